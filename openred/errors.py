@@ -1,0 +1,134 @@
+"""The one exception tree of OpenRed.
+
+Every error the product raises on purpose derives from :class:`OpenRedError`; third-party
+exceptions (sqlite3, PyNaCl, cryptography, sockets) are translated at the adapter that meets
+them, with ``raise New(...) from exc``::
+
+    OpenRedError
+    ├── ConfigurationError          bad settings, missing files, unusable paths
+    ├── StoreError                  the event store could not do what was asked
+    │   ├── ConcurrencyConflict     UNIQUE(stream, stream_version) refused a stale writer
+    │   ├── StoreClosed             the store was used after close()
+    │   └── SchemaError             the database schema is missing, newer than the code, or broken
+    ├── VerificationError           something signed or chained does not check out
+    │   ├── TamperedLog             a log entry fails verification (carries seq and reason)
+    │   ├── InvalidSignature        an Ed25519 signature does not verify
+    │   ├── ProofError              a Merkle inclusion or consistency proof is wrong
+    │   └── CheckpointError         a checkpoint note is malformed or its signature is wrong
+    ├── CryptoError                 a cryptographic operation failed (reveals nothing more)
+    │   ├── InvalidKey              wrong length, low-order point, unparseable key
+    │   ├── TokenMismatch           the two halves of a grant do not belong together
+    │   ├── HandshakeFailed         a Noise handshake failed (bad message, wrong PSK, wrong key)
+    │   ├── DecryptionFailed        an AEAD open failed
+    │   ├── ReplayDetected          a transport counter was seen before or is below the window
+    │   ├── RequestSignatureError   an RFC 9421 signature is missing, bad, stale or replayed
+    │   └── UnknownSuite            a cipher suite or selection mode nobody registered
+    └── JailError                   talking to the crypto jail failed
+        ├── JailUnavailable         the jail is not running and could not be (re)started
+        ├── JailProtocolError       a frame was malformed or too large
+        └── JailRefused             the jail answered with an error for this request
+"""
+
+from __future__ import annotations
+
+
+class OpenRedError(Exception):
+    """Root of every error OpenRed raises on purpose."""
+
+
+class ConfigurationError(OpenRedError):
+    """Settings or files needed to run are missing or unusable."""
+
+
+class StoreError(OpenRedError):
+    """The event store could not complete an operation."""
+
+
+class ConcurrencyConflict(StoreError):
+    """Another writer already appended at this (stream, stream_version)."""
+
+
+class StoreClosed(StoreError):
+    """The store was used after it was closed."""
+
+
+class SchemaError(StoreError):
+    """The database schema is missing, newer than this code, or damaged."""
+
+
+class VerificationError(OpenRedError):
+    """Signed or chained data does not verify."""
+
+
+class TamperedLog(VerificationError):
+    """A log entry fails verification; ``seq`` names the first bad entry."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"entry {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
+
+
+class InvalidSignature(VerificationError):
+    """An Ed25519 signature does not verify under the given key."""
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof does not verify."""
+
+
+class CheckpointError(VerificationError):
+    """A checkpoint note is malformed or not signed by the expected key."""
+
+
+class CryptoError(OpenRedError):
+    """A cryptographic operation failed; the message never reveals secret material."""
+
+
+class InvalidKey(CryptoError):
+    """A key has the wrong length or is otherwise unusable (e.g. a low-order point)."""
+
+
+class TokenMismatch(CryptoError):
+    """The two tokens presented do not belong to the same grant."""
+
+
+class HandshakeFailed(CryptoError):
+    """A Noise handshake failed."""
+
+
+class DecryptionFailed(CryptoError):
+    """Authenticated decryption failed."""
+
+
+class ReplayDetected(CryptoError):
+    """A transport message counter was already seen or is below the replay window."""
+
+
+class RequestSignatureError(CryptoError):
+    """An RFC 9421 request signature is missing, invalid, outside its window or replayed."""
+
+
+class UnknownSuite(CryptoError):
+    """A cipher suite or selection mode that no one registered."""
+
+
+class JailError(OpenRedError):
+    """Talking to the crypto jail failed."""
+
+
+class JailUnavailable(JailError):
+    """The jail is not running and could not be started."""
+
+
+class JailProtocolError(JailError):
+    """A jail frame was malformed or too large."""
+
+
+class JailRefused(JailError):
+    """The jail answered this request with an error."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail

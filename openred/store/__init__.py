@@ -1,0 +1,1 @@
+"""The event store: events, canonical codec, chain, Merkle tree, checkpoints, projections, replay."""
