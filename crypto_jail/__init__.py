@@ -1,0 +1,1 @@
+"""The crypto jail: the isolated process that alone holds private keys."""
