@@ -1,0 +1,210 @@
+"""Connection grants and sealed token delivery (DESIGN §5), public-key side only.
+
+A :class:`Grant` is what the directory signs: ``{v, grant_id, initiator, responder, issued_at,
+expires_at, suite}`` in RFC 8785 canonical bytes. The directory mints the two token halves with
+:func:`mint_tokens` from a fresh secret it then forgets, seals each half to its node's X25519 key
+(:func:`seal_token`, libsodium ``crypto_box_seal``) and delivers ``{grant, grant_signature,
+sealed_token}``. Opening a sealed token happens only in the recipient's crypto jail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NewType
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.public
+import rfc8785
+
+from crypto_jail import tokens as _jail_tokens
+from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url
+from openred.errors import CryptoError
+
+__all__ = [
+    "DEFAULT_TTL",
+    "GRANT_VERSION",
+    "SEALED_TOKEN_LEN",
+    "Grant",
+    "SealedToken",
+    "check_sealed_token",
+    "mint_tokens",
+    "new_grant",
+    "seal_token",
+    "verify_grant_signature",
+    "verify_signed_grant",
+]
+
+GRANT_VERSION = _jail_tokens.GRANT_VERSION
+DEFAULT_TTL = 300
+"""Seconds a grant stays usable (DESIGN §5: issued_at + 300 s by default)."""
+
+SealedToken = NewType("SealedToken", bytes)
+"""A 32-byte token sealed to one node's X25519 key (crypto_box_seal: 32 + 32 + 16 bytes)."""
+
+SEALED_TOKEN_LEN = _jail_tokens.TOKEN_LEN + nacl.bindings.crypto_box_SEALBYTES
+
+
+def _str(obj: Mapping[str, object], key: str) -> str:
+    value = obj[key]
+    assert isinstance(value, str)  # guaranteed by check_grant_fields
+    return value
+
+
+def _int(obj: Mapping[str, object], key: str) -> int:
+    value = obj[key]
+    assert isinstance(value, int)  # guaranteed by check_grant_fields
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """A directory grant letting ``initiator`` open one session to ``responder`` (DESIGN §5)."""
+
+    v: int = GRANT_VERSION
+    grant_id: str
+    initiator: NodeId
+    responder: NodeId
+    issued_at: int
+    expires_at: int
+    suite: str
+    _canonical: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            _jail_tokens.check_grant_fields(self.to_dict())
+            object.__setattr__(self, "initiator", NodeId(self.initiator))
+            object.__setattr__(self, "responder", NodeId(self.responder))
+        except ValueError as exc:
+            raise CryptoError(f"grant is malformed: {exc}") from exc
+        # Computed once: the fields are frozen, and the hash is needed on every token check.
+        object.__setattr__(self, "_canonical", rfc8785.dumps(self.to_dict()))
+
+    def to_dict(self) -> dict[str, str | int]:
+        """The grant as a JSON object (the wire form inside token delivery)."""
+        return {
+            "v": self.v,
+            "grant_id": self.grant_id,
+            "initiator": self.initiator,
+            "responder": self.responder,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "suite": self.suite,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, object]) -> Grant:
+        """Build a grant from a received JSON object; CryptoError if it is not exactly a grant."""
+        try:
+            _jail_tokens.check_grant_fields(obj)
+        except ValueError as exc:
+            raise CryptoError(f"grant is malformed: {exc}") from exc
+        return cls(
+            v=_int(obj, "v"),
+            grant_id=_str(obj, "grant_id"),
+            initiator=NodeId(_str(obj, "initiator")),
+            responder=NodeId(_str(obj, "responder")),
+            issued_at=_int(obj, "issued_at"),
+            expires_at=_int(obj, "expires_at"),
+            suite=_str(obj, "suite"),
+        )
+
+    @classmethod
+    def from_canonical(cls, data: bytes) -> Grant:
+        """Parse a grant's canonical bytes; CryptoError unless they are exactly canonical."""
+        try:
+            obj = _jail_tokens.check_canonical_grant(data)
+        except ValueError as exc:
+            raise CryptoError(f"grant is malformed: {exc}") from exc
+        return cls.from_dict(obj)
+
+    def canonical_bytes(self) -> bytes:
+        """The RFC 8785 canonical JSON bytes the directory signs and both tokens are bound to."""
+        return self._canonical
+
+    @property
+    def grant_hash(self) -> bytes:
+        """SHA-256 of the canonical bytes (DESIGN §5)."""
+        return hashlib.sha256(self._canonical).digest()
+
+    @property
+    def grant_id_bytes(self) -> bytes:
+        """The 16 raw bytes of the grant id (the HKDF salt)."""
+        return _jail_tokens.decode_grant_id(self.grant_id)
+
+    def expired(self, now: int) -> bool:
+        """Whether the grant can no longer be used at ``now`` (unix seconds, UTC)."""
+        return now >= self.expires_at
+
+    def involves(self, node: NodeId) -> bool:
+        """Whether ``node`` is the initiator or the responder of this grant."""
+        return node in (self.initiator, self.responder)
+
+
+def new_grant(
+    initiator: NodeId,
+    responder: NodeId,
+    *,
+    grant_id: bytes,
+    issued_at: int,
+    ttl: int = DEFAULT_TTL,
+    suite: str,
+) -> Grant:
+    """Build a grant from caller-supplied randomness (16-byte ``grant_id``) and time."""
+    if not isinstance(grant_id, bytes) or len(grant_id) != _jail_tokens.GRANT_ID_LEN:
+        raise CryptoError(f"grant is malformed: grant_id must be {_jail_tokens.GRANT_ID_LEN} bytes")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        raise CryptoError("grant is malformed: ttl must be a positive number of seconds")
+    return Grant(
+        grant_id=b64url(grant_id),
+        initiator=initiator,
+        responder=responder,
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+        suite=suite,
+    )
+
+
+def verify_grant_signature(grant: Grant, signature: bytes, directory_key: SignKey) -> None:
+    """Return None if the directory signed this grant's canonical bytes; raise InvalidSignature."""
+    directory_key.verify(signature, grant.canonical_bytes())
+
+
+def verify_signed_grant(canonical: bytes, signature: bytes, directory_key: SignKey) -> Grant:
+    """Verify the signature over exactly the received bytes, then parse them into a Grant."""
+    directory_key.verify(signature, canonical)
+    return Grant.from_canonical(canonical)
+
+
+def mint_tokens(grant: Grant, secret: bytes) -> tuple[bytes, bytes]:
+    """Derive ``(token_a, token_b)`` for this grant from a fresh 32-byte random secret.
+
+    The caller (the directory) draws ``secret`` with ``secrets.token_bytes(32)`` for each grant,
+    never from ids or time, and forgets it and both tokens once they are sealed.
+    """
+    try:
+        token_b = _jail_tokens.derive_token_b(secret, grant.grant_id_bytes, grant.grant_hash)
+    except ValueError as exc:
+        raise CryptoError(f"cannot mint tokens: {exc}") from exc
+    token_a = _jail_tokens.derive_token_a(token_b, grant.grant_id_bytes, grant.grant_hash)
+    return token_a, token_b
+
+
+def seal_token(token: bytes, box_key: BoxKey) -> SealedToken:
+    """Seal a 32-byte token to a node's X25519 key (libsodium ``crypto_box_seal``)."""
+    if not isinstance(token, bytes) or len(token) != _jail_tokens.TOKEN_LEN:
+        raise CryptoError(f"a token is {_jail_tokens.TOKEN_LEN} bytes")
+    try:
+        sealed = nacl.public.SealedBox(nacl.public.PublicKey(box_key.raw)).encrypt(token)
+    except nacl.exceptions.CryptoError as exc:
+        raise CryptoError("sealing the token failed") from exc
+    return SealedToken(bytes(sealed))
+
+
+def check_sealed_token(data: bytes) -> SealedToken:
+    """Accept received bytes as a sealed token if their length is right; CryptoError otherwise."""
+    if not isinstance(data, bytes) or len(data) != SEALED_TOKEN_LEN:
+        raise CryptoError(f"a sealed token is {SEALED_TOKEN_LEN} bytes")
+    return SealedToken(data)

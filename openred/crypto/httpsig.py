@@ -1,0 +1,345 @@
+"""RFC 9421 HTTP Message Signatures for requests that carry authority (DESIGN §3).
+
+OpenRed's profile, built with the ``http-message-signatures`` library:
+
+* one signature, label ``openred``, algorithm ``ed25519`` (RFC 9421 §3.3.6);
+* covered components, in this order: ``@method``, ``@target-uri``, ``content-digest``;
+  the body is bound through ``Content-Digest: sha-256=:<base64>:`` (RFC 9530 §2);
+* signature parameters, in this order: ``created`` (unix seconds), ``keyid`` (the signer's
+  node id, or ``directory``), ``alg="ed25519"`` and ``nonce`` (16–128 base64url characters,
+  random per request). ``keyid`` and ``alg`` are signed too, as RFC 9421 §2.3 allows, so a
+  verifier never has to guess either.
+
+No private key lives in this process: :func:`sign_request` builds the signature base here and
+hands its bytes to an async ``sign_base`` callable (the crypto jail's ``sign`` operation with
+kind ``http_signature_base``), which checks them with
+``crypto_jail.structures.is_http_signature_base`` before signing. That module documents the
+exact bytes of a signature base.
+
+:class:`RequestVerifier` checks, in numbered steps, and raises
+:class:`~openred.errors.RequestSignatureError` with the precise reason for the first failure;
+``now`` is passed in, never read from the clock.
+
+The ``url`` of an :class:`HttpRequest` must be the absolute URL the client addressed
+(``@target-uri``, RFC 9421 §2.2.2); a server behind a proxy rebuilds it from its public
+base URL, never from untrusted forwarding headers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import heapq
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import http_sf
+from http_message_signatures import (
+    HTTPMessageSignaturesException,
+    HTTPMessageSigner,
+    HTTPMessageVerifier,
+    HTTPSignatureAlgorithm,
+    HTTPSignatureKeyResolver,
+)
+
+from crypto_jail.structures import is_http_signature_base
+from openred.crypto.identity import SignKey
+from openred.errors import InvalidSignature, RequestSignatureError
+
+__all__ = [
+    "ALGORITHM",
+    "COVERED_COMPONENTS",
+    "DEFAULT_WINDOW_SECONDS",
+    "LABEL",
+    "HttpRequest",
+    "NonceCache",
+    "RequestVerifier",
+    "SignBase",
+    "new_nonce",
+    "sign_request",
+]
+
+ALGORITHM: Final = "ed25519"
+LABEL: Final = "openred"
+COVERED_COMPONENTS: Final = ("@method", "@target-uri", "content-digest")
+DEFAULT_WINDOW_SECONDS: Final = 60
+MAX_HEADER_LEN: Final = 2048
+"""A real Signature-Input is ~200 characters and a Signature ~100; refuse much more unparsed."""
+
+_PARAMETERS: Final = frozenset({"created", "keyid", "alg", "nonce"})
+_SIGNATURE_FIELDS: Final = frozenset({"signature", "signature-input", "content-digest"})
+_NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_KEYID_RE: Final = re.compile(r"[a-z2-7]{32}|directory")
+
+SignBase = Callable[[bytes], Awaitable[bytes]]
+"""Signs a signature base with the caller's Ed25519 key (the jail) and returns 64 bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A framework-neutral HTTP request: what a Quart or aiohttp adapter converts to and from."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (case-insensitive), field lines joined by ``, ``."""
+        values = [v for k, v in self.headers.items() if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+
+class _Message:
+    """The mutable message view the library reads (method, url, headers)."""
+
+    def __init__(self, method: str, url: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+
+
+class _Ed25519(HTTPSignatureAlgorithm):
+    """Ed25519 verification through :meth:`SignKey.verify`; signing happens only in the jail."""
+
+    algorithm_id = ALGORITHM
+
+    def __init__(self, public_key: object = None, private_key: object = None) -> None:
+        if private_key is not None or not isinstance(public_key, SignKey):
+            raise HTTPMessageSignaturesException("only a SignKey public key is accepted here")
+        self._key = public_key
+
+    def sign(self, message: bytes) -> bytes:
+        raise HTTPMessageSignaturesException("private keys live in the crypto jail")
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        self._key.verify(signature, message)
+
+
+class _OneKey(HTTPSignatureKeyResolver):
+    """Resolves the single key the verifier already looked up for this request's keyid."""
+
+    def __init__(self, key: SignKey) -> None:
+        self._key = key
+
+    def resolve_public_key(self, key_id: str) -> SignKey:
+        return self._key
+
+    def resolve_private_key(self, key_id: str) -> None:
+        raise HTTPMessageSignaturesException("private keys live in the crypto jail")
+
+
+class _InjectedClockVerifier(HTTPMessageVerifier):
+    """The library's verifier minus its wall-clock check: RequestVerifier checks ``created``."""
+
+    def validate_created_and_expires(self, sig_input: object, max_age: object = None) -> None:
+        return None
+
+
+_SIGNER: Final = HTTPMessageSigner(signature_algorithm=_Ed25519)
+
+
+def new_nonce() -> str:
+    """A fresh random nonce (128 bits, base64url) for one request; for the edges only."""
+    return secrets.token_urlsafe(16)
+
+
+def _check_keyid(keyid: str) -> None:
+    if not isinstance(keyid, str) or not _KEYID_RE.fullmatch(keyid):
+        raise RequestSignatureError("keyid must be a node id or 'directory'")
+
+
+def _check_nonce(nonce: object) -> str:
+    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+        raise RequestSignatureError("nonce must be 16-128 base64url characters")
+    return nonce
+
+
+async def sign_request(
+    req: HttpRequest, *, keyid: str, sign_base: SignBase, now: int, nonce: str
+) -> HttpRequest:
+    """Return ``req`` with Content-Digest, Signature-Input and Signature headers added.
+
+    Any Content-Digest, Signature-Input or Signature already on ``req`` is replaced. The
+    signature base (documented in ``crypto_jail.structures``) is signed by ``sign_base``.
+    """
+    _check_keyid(keyid)
+    _check_nonce(nonce)
+    if isinstance(now, bool) or not isinstance(now, int) or now < 0:
+        raise RequestSignatureError("created must be a non-negative integer")
+    headers = {k: v for k, v in req.headers.items() if k.lower() not in _SIGNATURE_FIELDS}
+    message = _Message(req.method, req.url, headers)
+    try:
+        prepared = _SIGNER.prepare(
+            message,
+            key_id=keyid,
+            created=datetime.datetime.fromtimestamp(now, tz=datetime.UTC),
+            nonce=nonce,
+            label=LABEL,
+            covered_component_ids=COVERED_COMPONENTS,
+            body=req.body,
+        )
+    except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+        raise RequestSignatureError(f"cannot sign request: {exc}") from exc
+    if not is_http_signature_base(prepared.signature_base):
+        # The jail would refuse it; fail here with a clearer message (e.g. a non-http(s) URL).
+        raise RequestSignatureError("cannot sign request: signature base outside the profile")
+    signature = await sign_base(prepared.signature_base)
+    if not isinstance(signature, bytes) or len(signature) != 64:
+        raise RequestSignatureError("sign_base must return a 64-byte Ed25519 signature")
+    try:
+        _SIGNER.apply(message, prepared, signature)
+    except HTTPMessageSignaturesException as exc:
+        raise RequestSignatureError(f"cannot sign request: {exc}") from exc
+    return HttpRequest(req.method, req.url, dict(message.headers), req.body)
+
+
+class NonceCache:
+    """Remembers ``(keyid, nonce)`` pairs while a signature carrying them could still verify.
+
+    An entry for a signature created at ``created`` lives until ``created + window``: after
+    that the ``created`` check alone refuses the request, so forgetting it is safe. The cache
+    is bounded; when it is full of live entries it refuses new ones (fail closed) rather than
+    evicting a live entry, which would reopen that nonce to replay. Pure: ``now`` is passed in.
+    """
+
+    def __init__(self, *, window_seconds: int = DEFAULT_WINDOW_SECONDS,
+                 max_entries: int = 100_000) -> None:
+        if window_seconds <= 0 or max_entries <= 0:
+            raise ValueError("window_seconds and max_entries must be positive")
+        self.window_seconds = window_seconds
+        self.max_entries = max_entries
+        self._expiry: dict[tuple[str, str], int] = {}
+        self._heap: list[tuple[int, str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        return item in self._expiry
+
+    def purge(self, now: int) -> None:
+        """Forget every entry whose signature can no longer pass the ``created`` check."""
+        heap = self._heap
+        while heap and heap[0][0] < now:
+            expiry, keyid, nonce = heapq.heappop(heap)
+            if self._expiry.get((keyid, nonce)) == expiry:
+                del self._expiry[(keyid, nonce)]
+
+    def remember(self, keyid: str, nonce: str, *, created: int, now: int) -> None:
+        """Record a nonce; raise RequestSignatureError if it was seen or the cache is full."""
+        self.purge(now)
+        key = (keyid, nonce)
+        if key in self._expiry:
+            raise RequestSignatureError("nonce replayed inside the window")
+        if len(self._expiry) >= self.max_entries:
+            raise RequestSignatureError("nonce cache full; try again later")
+        expiry = created + self.window_seconds
+        self._expiry[key] = expiry
+        heapq.heappush(self._heap, (expiry, keyid, nonce))
+
+
+@dataclass(frozen=True, slots=True)
+class _SignatureInput:
+    keyid: str
+    created: int
+    nonce: str
+
+
+class RequestVerifier:
+    """Verifies OpenRed request signatures and returns the verified ``keyid``."""
+
+    def __init__(
+        self,
+        resolve_key: Callable[[str], SignKey | None],
+        *,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        nonce_cache: NonceCache | None = None,
+    ) -> None:
+        self._resolve_key = resolve_key
+        self.window_seconds = window_seconds
+        self.nonce_cache = nonce_cache or NonceCache(window_seconds=window_seconds)
+        if self.nonce_cache.window_seconds < window_seconds:
+            raise ValueError("the nonce cache must remember nonces for the whole window")
+
+    def verify(self, req: HttpRequest, now: int) -> str:
+        """Return the keyid that signed ``req``; raise RequestSignatureError saying why not."""
+        # 1. The three fields are present and of sane size.
+        fields = {}
+        for name in ("Signature-Input", "Signature", "Content-Digest"):
+            value = req.header(name)
+            if value is None:
+                raise RequestSignatureError(f"missing {name} header")
+            if len(value) > MAX_HEADER_LEN:
+                raise RequestSignatureError(f"{name} header longer than {MAX_HEADER_LEN}")
+            fields[name] = value
+        # 2. Signature-Input holds one signature in our profile (RFC 9421 §4.1).
+        params = self._parse_signature_input(fields["Signature-Input"])
+        # 3. created within ±window of now (DESIGN §3).
+        if params.created > now + self.window_seconds:
+            raise RequestSignatureError("created is in the future beyond the window")
+        if params.created < now - self.window_seconds:
+            raise RequestSignatureError("created is older than the window")
+        # 4. The keyid names a key we know.
+        key = self._resolve_key(params.keyid)
+        if key is None:
+            raise RequestSignatureError(f"unknown key {params.keyid!r}")
+        # 5. The Ed25519 signature over the signature base (RFC 9421 §3.2).
+        message = _Message(req.method, req.url, dict(req.headers))
+        verifier = _InjectedClockVerifier(signature_algorithm=_Ed25519, key_resolver=_OneKey(key))
+        try:
+            results = verifier.verify(
+                message, max_age=None, require_components=COVERED_COMPONENTS
+            )
+        except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+            if isinstance(exc.__cause__, InvalidSignature):
+                raise RequestSignatureError("bad signature") from exc
+            raise RequestSignatureError(f"bad signature: {exc}") from exc
+        # 6. The signed Content-Digest matches the body (RFC 9530 §2).
+        try:
+            verifier.verify_body(message, results, req.body)
+        except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
+            raise RequestSignatureError("content-digest does not match the body") from exc
+        # 7. The nonce was not seen inside the window (only now, so forgeries cannot fill it).
+        self.nonce_cache.remember(params.keyid, params.nonce, created=params.created, now=now)
+        return params.keyid
+
+    def _parse_signature_input(self, value: str) -> _SignatureInput:
+        try:
+            parsed = http_sf.parse(value.encode("ascii"), tltype="dictionary")
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise RequestSignatureError("malformed Signature-Input header") from exc
+        if not isinstance(parsed, dict) or len(parsed) != 1:
+            raise RequestSignatureError("Signature-Input must hold exactly one signature")
+        ((_, member),) = parsed.items()
+        if not isinstance(member, tuple) or not isinstance(member[0], list):
+            raise RequestSignatureError("Signature-Input member is not an inner list")
+        components, params = member
+        covered = set(_component_names(components))
+        missing = [c for c in COVERED_COMPONENTS if c not in covered]
+        if missing:
+            raise RequestSignatureError(f"signature does not cover {', '.join(missing)}")
+        unexpected = sorted(set(params) - _PARAMETERS)
+        if unexpected:
+            raise RequestSignatureError(f"unexpected signature parameters {unexpected}")
+        if params.get("alg") != ALGORITHM:
+            raise RequestSignatureError(f"alg must be {ALGORITHM!r}")
+        keyid = params.get("keyid")
+        if not isinstance(keyid, str):
+            raise RequestSignatureError("keyid missing")
+        created = params.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            raise RequestSignatureError("created missing or not an integer")
+        if "nonce" not in params:
+            raise RequestSignatureError("nonce missing")
+        return _SignatureInput(keyid=keyid, created=created, nonce=_check_nonce(params["nonce"]))
+
+
+def _component_names(components: Iterable[object]) -> Iterator[str]:
+    for item in components:
+        # Each inner-list member is (bare item, parameters); a parameterized component such
+        # as "content-digest";key="sha-256" is not the whole field, so it does not count.
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and not item[1]:
+            yield item[0]
