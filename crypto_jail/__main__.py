@@ -1,0 +1,203 @@
+"""``python -I -m crypto_jail init | serve``: create a keystore, or run the jail on a Unix socket.
+
+Passphrase sources, first match wins (never argv): ``--passphrase-fd N`` (serve; read to EOF,
+used by the node's supervisor), ``--passphrase-file FILE`` (one trailing newline stripped),
+the environment variable ``OPENRED_JAIL_PASSPHRASE`` (removed from the environment once read),
+then an interactive prompt if stdin is a terminal. ``--insecure-no-passphrase`` (init) writes
+a clear keystore for development only; serving one prints a loud warning every time.
+
+``OPENRED_JAIL_KDF`` (or ``init --kdf``) picks the Argon2id cost: ``moderate`` (default),
+``sensitive``, ``interactive``, or ``min`` for tests only.
+
+Exit codes: 0 success, 1 failure (message on stderr, no traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crypto_jail.errors import JailFailure, KeystoreError
+from crypto_jail.hardening import harden, seccomp_available
+from crypto_jail.keystore import (
+    DEFAULT_KDF_LEVEL,
+    KDF_LEVELS,
+    Keystore,
+    create_keystore,
+    load_keystore,
+)
+from crypto_jail.ops import JailState
+from crypto_jail.server import JailServer, log, prepare_socket, unlink_socket
+
+PASSPHRASE_ENV = "OPENRED_JAIL_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+KDF_ENV = "OPENRED_JAIL_KDF"
+_MAX_PASSPHRASE = 4096
+
+_BANNER = "*" * 78
+
+
+def insecure_warning(path: Path) -> str:
+    """The loud development-mode warning."""
+    return (
+        f"{_BANNER}\n"
+        f"WARNING: INSECURE DEVELOPMENT KEYSTORE {path}\n"
+        "The private keys are stored UNENCRYPTED (file mode 0600 only). Anyone who can read\n"
+        "this file can impersonate this node. Never use --insecure-no-passphrase in production.\n"
+        f"{_BANNER}"
+    )
+
+
+def _strip_newline(raw: bytes) -> bytes:
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    with os.fdopen(fd, "rb", closefd=True) as pipe:
+        while chunk := pipe.read(4096):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_PASSPHRASE:
+                raise KeystoreError("passphrase too long")
+    return b"".join(chunks)
+
+
+def read_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
+    """The passphrase from the sources in the module docstring; None when none is given."""
+    env_value = os.environ.pop(PASSPHRASE_ENV, None)
+    fd = getattr(args, "passphrase_fd", None)
+    if fd is not None:
+        return _read_fd(fd)
+    if args.passphrase_file is not None:
+        try:
+            raw = Path(args.passphrase_file).read_bytes()
+        except OSError as exc:
+            raise KeystoreError(f"cannot read passphrase file: {exc.strerror}") from exc
+        return _strip_newline(raw)
+    if env_value is not None:
+        return env_value.encode("utf-8")
+    if sys.stdin.isatty():
+        first = getpass.getpass("Keystore passphrase: ")
+        if confirm and getpass.getpass("Repeat passphrase: ") != first:
+            raise KeystoreError("the passphrases differ")
+        return first.encode("utf-8")
+    return None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create a keystore and print only its public keys."""
+    path = Path(args.keystore)
+    if args.insecure_no_passphrase:
+        if args.passphrase_file is not None:
+            raise KeystoreError("--insecure-no-passphrase and --passphrase-file exclude each other")
+        os.environ.pop(PASSPHRASE_ENV, None)
+        passphrase = None
+        print(insecure_warning(path), file=sys.stderr, flush=True)
+    else:
+        passphrase = read_passphrase(args, confirm=True)
+        if not passphrase:
+            raise KeystoreError(
+                f"no passphrase: use --passphrase-file FILE, {PASSPHRASE_ENV}, "
+                "or --insecure-no-passphrase for development"
+            )
+    level = args.kdf or os.environ.get(KDF_ENV) or DEFAULT_KDF_LEVEL
+    keystore = create_keystore(path, passphrase, kdf_level=level)
+    info = keystore.public_info()
+    if args.json:
+        print(json.dumps(info, sort_keys=True), flush=True)
+    else:
+        for key in ("node_id", "sign_key", "box_key"):
+            print(f"{key}: {info[key]}", flush=True)
+    return 0
+
+
+def _open_for_serving(args: argparse.Namespace) -> Keystore:
+    passphrase = read_passphrase(args, confirm=False)
+    keystore = load_keystore(Path(args.keystore), passphrase)
+    if keystore.insecure:
+        print(insecure_warning(Path(args.keystore)), file=sys.stderr, flush=True)
+    return keystore
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Open the keystore, bind the socket, harden the process, print READY, serve."""
+    keystore = _open_for_serving(args)
+    if args.no_seccomp:
+        log("WARNING: --no-seccomp: this jail can open network sockets and run programs")
+    elif not seccomp_available():
+        raise JailFailure("libseccomp is not available here; install libseccomp2 "
+                          "(or run with --no-seccomp on platforms without it)")
+    split = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jail-split")
+    ops = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jail-op")
+    state = JailState(keystore, split_executor=split)
+    allowed = frozenset({os.getuid(), *args.allow_uid})
+    server = JailServer(state, allowed_uids=allowed, op_executor=ops)
+    socket_path = Path(args.socket)
+    sock = prepare_socket(socket_path)
+    try:
+        harden(seccomp=not args.no_seccomp)
+
+        def ready() -> None:
+            log(f"serving node {keystore.node_id} on {socket_path}")
+            print(f"READY {socket_path}", flush=True)
+
+        asyncio.run(server.run(sock, on_ready=ready))
+    finally:
+        unlink_socket(socket_path, sock)
+        split.shutdown(wait=False, cancel_futures=True)
+        ops.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -I -m crypto_jail", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create a new keystore and print its public keys")
+    init.add_argument("--keystore", required=True, help="path of the keystore file to create")
+    init.add_argument("--passphrase-file", help="file holding the passphrase")
+    init.add_argument("--insecure-no-passphrase", action="store_true",
+                      help="development only: store the keys unencrypted (0600)")
+    init.add_argument("--kdf", choices=sorted(KDF_LEVELS),
+                      help=f"Argon2id cost (default ${KDF_ENV} or {DEFAULT_KDF_LEVEL})")
+    init.add_argument("--json", action="store_true", help="print the public keys as JSON")
+    serve = sub.add_parser("serve", help="serve the keystore's operations on a Unix socket")
+    serve.add_argument("--keystore", required=True)
+    serve.add_argument("--socket", required=True, help="Unix socket path (parent dir 0700)")
+    serve.add_argument("--passphrase-file", help="file holding the passphrase")
+    serve.add_argument("--passphrase-fd", type=int, help="inherited fd to read the passphrase from")
+    serve.add_argument("--allow-uid", type=int, action="append", default=[],
+                       help="another uid allowed to connect (repeatable)")
+    serve.add_argument("--no-seccomp", action="store_true",
+                       help="skip the seccomp filter (platforms without libseccomp only)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return cmd_init(args)
+        return cmd_serve(args)
+    except JailFailure as exc:
+        print(f"crypto_jail: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # e.g. a socket directory that cannot be created
+        print(f"crypto_jail: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,400 @@
+"""The jail's whitelisted operations: pure functions over a :class:`JailState`, no sockets.
+
+Each operation takes the request's ``args`` object and returns the ``result`` object, or raises
+:class:`~crypto_jail.errors.OpRefused` with a stable code. No result ever carries a private key,
+a token or any other secret except the session keys a finished handshake produces (which the
+node needs for its transport and stores only wrapped by this jail).
+
+Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_checkpoint``,
+``open_sealed``, ``noise_initiate``, ``noise_respond``, ``noise_finish``, ``wrap``, ``unwrap``.
+Tokens stay sealed outside the jail: ``open_sealed`` only says whether a sealed token opens,
+and the Noise operations take the sealed token and open it internally (stateless).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+
+from crypto_jail import structures, tokens
+from crypto_jail.errors import (
+    BAD_REQUEST,
+    DECRYPT_FAILED,
+    HANDSHAKE_FAILED,
+    REFUSED,
+    UNKNOWN_HANDLE,
+    UNKNOWN_OP,
+    OpRefused,
+)
+from crypto_jail.keystore import Keystore
+from crypto_jail.noise import SUITES, HandshakeState, NoiseError, X25519KeyPair
+from crypto_jail.protocol import b64d, b64e
+
+__all__ = ["OPS", "JailState", "dispatch"]
+
+PATTERN = "KKpsk0"
+PROLOGUE_PREFIX = b"openred/v3"  # DESIGN §6: prologue = "openred/v3" ‖ grant ‖ grant signature
+WRAP_AD_PREFIX = b"openred/v3 wrap\x00"
+WRAP_VERSION = b"\x01"
+_NONCE_LEN = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_TAG_LEN = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+SIGNATURE_LEN = 64
+MAX_LABEL = 256
+SPLIT_THRESHOLD = 64
+"""A sign_batch this large is split over two threads (libsodium runs without the GIL)."""
+
+_SIGNABLE: dict[str, Callable[[bytes], bool]] = {
+    "entry_hash": structures.is_entry_hash,
+    "http_signature_base": structures.is_http_signature_base,
+    "checkpoint": structures.is_checkpoint_body,
+    "grant": structures.is_canonical_grant,
+}
+
+
+@dataclass(slots=True)
+class _Pending:
+    state: HandshakeState
+    expires_at: float
+
+
+class JailState:
+    """The keystore plus the jail's only mutable state: initiated, unfinished handshakes.
+
+    ``clock`` (monotonic seconds) and ``random_bytes`` are injectable for tests. Pending
+    handshakes live at most ``handshake_ttl`` seconds and at most ``max_handshakes`` of them
+    are kept (the oldest is dropped first).
+    """
+
+    def __init__(
+        self,
+        keystore: Keystore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        handshake_ttl: float = 60.0,
+        max_handshakes: int = 10_000,
+        split_executor: Executor | None = None,
+    ) -> None:
+        self.keystore = keystore
+        self.public = keystore.public_info()
+        self.static = X25519KeyPair.from_private_bytes(bytes(keystore.box_private))
+        _, self._sign_sk = nacl.bindings.crypto_sign_seed_keypair(bytes(keystore.signing_key))
+        self._clock = clock
+        self.random_bytes = random_bytes
+        self._ttl = handshake_ttl
+        self._max = max_handshakes
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.split_executor = split_executor
+
+    def __repr__(self) -> str:
+        return f"JailState(node_id={self.public['node_id']}, pending={len(self._pending)})"
+
+    # -- signing --
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        """Ed25519 over ``data`` exactly as given (callers check it is a signable structure)."""
+        signed: bytes = nacl.bindings.crypto_sign(data, self._sign_sk)
+        return signed[:SIGNATURE_LEN]
+
+    def sign_concatenated(self, data: bytes) -> bytes:
+        """Sign each 32-byte slice of ``data``; the 64-byte signatures concatenated, in order."""
+        sk, sign = self._sign_sk, nacl.bindings.crypto_sign
+        return b"".join(sign(data[i : i + 32], sk)[:SIGNATURE_LEN] for i in range(0, len(data), 32))
+
+    # -- pending handshakes --
+
+    def _purge(self, now: float) -> None:
+        while self._pending:
+            handle, pending = next(iter(self._pending.items()))
+            if pending.expires_at > now:
+                break
+            del self._pending[handle]
+
+    def remember(self, state: HandshakeState) -> str:
+        """Keep an initiated handshake; return its fresh random handle."""
+        handle = b64e(self.random_bytes(16))
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            while len(self._pending) >= self._max:
+                self._pending.popitem(last=False)
+            self._pending[handle] = _Pending(state, now + self._ttl)
+        return handle
+
+    def take(self, handle: str) -> HandshakeState:
+        """Remove and return a pending handshake (one use); unknown_handle if gone or expired."""
+        with self._lock:
+            self._purge(self._clock())
+            pending = self._pending.pop(handle, None)
+        if pending is None:
+            raise OpRefused(UNKNOWN_HANDLE, "no pending handshake with this handle")
+        return pending.state
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+
+# -- argument helpers --
+
+
+def _check_keys(args: Mapping[str, Any], required: tuple[str, ...]) -> None:
+    missing = [k for k in required if k not in args]
+    extra = sorted(set(args) - set(required))
+    if missing or extra:
+        raise OpRefused(BAD_REQUEST, f"arguments wrong: missing {missing}, unexpected {extra}")
+
+
+def _bytes(args: Mapping[str, Any], name: str, length: int | None = None) -> bytes:
+    raw = b64d(args[name], name=name)
+    if length is not None and len(raw) != length:
+        raise OpRefused(BAD_REQUEST, f"{name} must be {length} bytes")
+    return raw
+
+
+def _str(args: Mapping[str, Any], name: str) -> str:
+    value = args[name]
+    if not isinstance(value, str):
+        raise OpRefused(BAD_REQUEST, f"{name} must be a string")
+    return value
+
+
+# -- operations --
+
+
+def op_public_keys(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{} → {sign_key, box_key, node_id}."""
+    _check_keys(args, ())
+    return dict(state.public)
+
+
+def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{kind, data} → {signature}; only the four signable structures, each checked exactly."""
+    _check_keys(args, ("kind", "data"))
+    kind = _str(args, "kind")
+    data = _bytes(args, "data")
+    check = _SIGNABLE.get(kind)
+    if check is None:
+        raise OpRefused(BAD_REQUEST, f"unknown kind; use one of {sorted(_SIGNABLE)}")
+    if not check(data):
+        raise OpRefused(REFUSED, f"not a signable structure of kind {kind}")
+    return {"signature": b64e(state.sign_bytes(data))}
+
+
+def op_sign_batch(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{kind: "entry_hash", data: N×32 bytes} → {signatures: N×64 bytes}, in order."""
+    _check_keys(args, ("kind", "data"))
+    if _str(args, "kind") != "entry_hash":
+        raise OpRefused(REFUSED, "sign_batch signs entry hashes only")
+    data = _bytes(args, "data")
+    if not data or len(data) % 32:
+        raise OpRefused(REFUSED, "data must be one or more 32-byte entry hashes")
+    count = len(data) // 32
+    executor = state.split_executor
+    if executor is None or count < SPLIT_THRESHOLD:
+        return {"signatures": b64e(state.sign_concatenated(data))}
+    middle = (count // 2) * 32
+    second = executor.submit(state.sign_concatenated, data[middle:])
+    first = state.sign_concatenated(data[:middle])
+    return {"signatures": b64e(first + second.result())}
+
+
+def op_sign_checkpoint(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{body} → {signature} over a C2SP checkpoint body (same check as kind "checkpoint")."""
+    _check_keys(args, ("body",))
+    body = _bytes(args, "body")
+    if not structures.is_checkpoint_body(body):
+        raise OpRefused(REFUSED, "not a signable structure of kind checkpoint")
+    return {"signature": b64e(state.sign_bytes(body))}
+
+
+def _open_sealed(state: JailState, sealed: bytes) -> bytes:
+    keystore = state.keystore
+    try:
+        clear: bytes = nacl.bindings.crypto_box_seal_open(
+            sealed, keystore.box_public, bytes(keystore.box_private)
+        )
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as exc:
+        raise OpRefused(DECRYPT_FAILED, "sealed box does not open with this node's key") from exc
+    return clear
+
+
+def op_open_sealed(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{sealed} → {ok: true, length}: whether a sealed token opens; the token stays inside."""
+    _check_keys(args, ("sealed",))
+    clear = _open_sealed(state, _bytes(args, "sealed"))
+    return {"ok": True, "length": len(clear)}
+
+
+@dataclass(frozen=True, slots=True)
+class _HandshakeInput:
+    suite: str
+    grant: bytes
+    fields: dict[str, object]
+    prologue: bytes
+    token: bytes
+    remote_static: bytes
+
+
+def _handshake_input(state: JailState, args: Mapping[str, Any], role: str) -> _HandshakeInput:
+    suite = _str(args, "suite")
+    grant = _bytes(args, "grant")
+    try:
+        fields = tokens.check_canonical_grant(grant)
+    except ValueError as exc:
+        raise OpRefused(BAD_REQUEST, "grant is not a canonical v3 grant") from exc
+    if fields["suite"] != suite:
+        raise OpRefused(BAD_REQUEST, "suite does not match the grant")
+    if suite not in SUITES:
+        raise OpRefused(BAD_REQUEST, "unsupported suite")
+    if fields[role] != state.public["node_id"]:
+        raise OpRefused(REFUSED, f"this node is not the grant's {role}")
+    signature = _bytes(args, "grant_signature", SIGNATURE_LEN)
+    remote_static = _bytes(args, "remote_static", 32)
+    token = _open_sealed(state, _bytes(args, "sealed_token"))
+    if len(token) != tokens.TOKEN_LEN:
+        raise OpRefused(REFUSED, "the sealed token has the wrong length")
+    return _HandshakeInput(
+        suite, grant, fields, PROLOGUE_PREFIX + grant + signature, token, remote_static
+    )
+
+
+def _keys(send: bytes, recv: bytes, handshake_hash: bytes) -> dict[str, str]:
+    return {"send_key": b64e(send), "recv_key": b64e(recv), "handshake_hash": b64e(handshake_hash)}
+
+
+def op_noise_initiate(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{suite, grant, grant_signature, sealed_token, remote_static} → {handle, message}.
+
+    KKpsk0 message 1 (Noise rev 34 §9.4) with psk = token_a, which arrives sealed to us.
+    """
+    _check_keys(args, ("suite", "grant", "grant_signature", "sealed_token", "remote_static"))
+    given = _handshake_input(state, args, "initiator")
+    try:
+        handshake = HandshakeState(
+            pattern=PATTERN, suite=given.suite, initiator=True, prologue=given.prologue,
+            s=state.static, rs=given.remote_static, psk=given.token,
+        )
+        message = handshake.write_message()
+    except NoiseError as exc:
+        raise OpRefused(HANDSHAKE_FAILED, "could not start the handshake") from exc
+    return {"handle": state.remember(handshake), "message": b64e(message)}
+
+
+def op_noise_respond(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{suite, grant, grant_signature, sealed_token, remote_static, message} → msg 2 and keys.
+
+    token_a = derive_token_a(token_b, grant_id, grant_hash) (DESIGN §5) is the PSK; a wrong
+    token, key, grant or tampered message makes message 1 fail to decrypt → handshake_failed.
+    Keys are from the responder's view: send = responder→initiator, recv = initiator→responder.
+    """
+    _check_keys(
+        args, ("suite", "grant", "grant_signature", "sealed_token", "remote_static", "message")
+    )
+    given = _handshake_input(state, args, "responder")
+    message = _bytes(args, "message")
+    grant_id = tokens.decode_grant_id(str(given.fields["grant_id"]))
+    token_a = tokens.derive_token_a(given.token, grant_id, tokens.grant_hash(given.grant))
+    try:
+        handshake = HandshakeState(
+            pattern=PATTERN, suite=given.suite, initiator=False, prologue=given.prologue,
+            s=state.static, rs=given.remote_static, psk=token_a,
+        )
+        handshake.read_message(message)
+        reply = handshake.write_message()
+        i_to_r, r_to_i = handshake.split()
+        result = _keys(r_to_i.key, i_to_r.key, handshake.handshake_hash)
+    except NoiseError as exc:
+        raise OpRefused(HANDSHAKE_FAILED, "handshake message 1 was refused") from exc
+    result["message"] = b64e(reply)
+    return result
+
+
+def op_noise_finish(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{handle, message} → {send_key, recv_key, handshake_hash} from the initiator's view.
+
+    The handle is used once: it is gone afterwards whether message 2 verified or not.
+    """
+    _check_keys(args, ("handle", "message"))
+    handle = _str(args, "handle")
+    message = _bytes(args, "message")
+    handshake = state.take(handle)
+    try:
+        handshake.read_message(message)
+        i_to_r, r_to_i = handshake.split()
+        return _keys(i_to_r.key, r_to_i.key, handshake.handshake_hash)
+    except NoiseError as exc:
+        raise OpRefused(HANDSHAKE_FAILED, "handshake message 2 was refused") from exc
+
+
+def _label_ad(args: Mapping[str, Any]) -> bytes:
+    label = _str(args, "label")
+    if not 1 <= len(label) <= MAX_LABEL:
+        raise OpRefused(BAD_REQUEST, f"label must be 1-{MAX_LABEL} characters")
+    return WRAP_AD_PREFIX + label.encode("utf-8")
+
+
+def op_wrap(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{label, plaintext} → {wrapped}: XChaCha20-Poly1305 under the wrap key, AD bound to label.
+
+    wrapped = 0x01 ‖ 24-byte random nonce ‖ ciphertext+tag.
+    """
+    _check_keys(args, ("label", "plaintext"))
+    ad = _label_ad(args)
+    plaintext = _bytes(args, "plaintext")
+    nonce = state.random_bytes(_NONCE_LEN)
+    sealed: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plaintext, ad, nonce, state.keystore.wrap_key
+    )
+    return {"wrapped": b64e(WRAP_VERSION + nonce + sealed)}
+
+
+def op_unwrap(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{label, wrapped} → {plaintext}; decrypt_failed for a wrong label, key or any tampering."""
+    _check_keys(args, ("label", "wrapped"))
+    ad = _label_ad(args)
+    wrapped = _bytes(args, "wrapped")
+    if len(wrapped) < 1 + _NONCE_LEN + _TAG_LEN or wrapped[:1] != WRAP_VERSION:
+        raise OpRefused(DECRYPT_FAILED, "wrapped value does not open")
+    nonce, sealed = wrapped[1 : 1 + _NONCE_LEN], wrapped[1 + _NONCE_LEN :]
+    try:
+        plaintext: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, ad, nonce, state.keystore.wrap_key
+        )
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as exc:
+        raise OpRefused(DECRYPT_FAILED, "wrapped value does not open") from exc
+    return {"plaintext": b64e(plaintext)}
+
+
+Op = Callable[[JailState, Mapping[str, Any]], dict[str, Any]]
+
+OPS: dict[str, Op] = {
+    "public_keys": op_public_keys,
+    "sign": op_sign,
+    "sign_batch": op_sign_batch,
+    "sign_checkpoint": op_sign_checkpoint,
+    "open_sealed": op_open_sealed,
+    "noise_initiate": op_noise_initiate,
+    "noise_respond": op_noise_respond,
+    "noise_finish": op_noise_finish,
+    "wrap": op_wrap,
+    "unwrap": op_unwrap,
+}
+
+
+def dispatch(state: JailState, op: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one whitelisted operation; OpRefused(unknown_op) for anything else."""
+    handler = OPS.get(op)
+    if handler is None:
+        raise OpRefused(UNKNOWN_OP, "no such operation")
+    return handler(state, args)

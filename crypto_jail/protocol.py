@@ -1,0 +1,225 @@
+"""The jail's wire protocol: length-prefixed JSON frames over a Unix stream socket.
+
+A frame is a 4-byte big-endian body length followed by the body; a body is at most
+:data:`MAX_BODY` bytes of UTF-8 JSON. Requests are ``{"id": int, "op": str, "args": {...}}``;
+answers are ``{"id": int, "ok": true, "result": {...}}`` or
+``{"id": int | null, "ok": false, "error": {"code": str, "detail": str}}``. Binary values travel
+as unpadded base64url strings. Both the jail and ``openred.crypto.client`` import this module,
+so it uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from crypto_jail.errors import (
+    BAD_REQUEST,
+    FRAME_TOO_LARGE,
+    MALFORMED_FRAME,
+    FrameError,
+    OpRefused,
+)
+
+__all__ = [
+    "HEADER",
+    "MAX_BODY",
+    "MAX_ID",
+    "Request",
+    "Response",
+    "b64d",
+    "b64e",
+    "decode_json",
+    "encode_error",
+    "encode_frame",
+    "encode_ok",
+    "encode_request",
+    "parse_request",
+    "parse_response",
+    "read_frame",
+    "request_id_of",
+]
+
+HEADER = struct.Struct(">I")
+MAX_BODY = 4 * 1024 * 1024
+"""Largest body either side accepts (4 MiB); a bigger length prefix ends the connection."""
+MAX_ID = 2**53 - 1
+"""Request ids are non-negative integers that survive any JSON implementation exactly."""
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_REQUEST_KEYS = frozenset({"id", "op", "args"})
+
+
+def b64e(raw: bytes) -> str:
+    """Unpadded base64url, the encoding of every binary value on the wire."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: object, *, name: str = "value") -> bytes:
+    """Decode strict unpadded base64url (one spelling per value); else OpRefused(bad_request)."""
+    if not isinstance(text, str) or len(text) % 4 == 1 or not _B64URL.fullmatch(text):
+        raise OpRefused(BAD_REQUEST, f"{name} must be unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
+        raise OpRefused(BAD_REQUEST, f"{name} must be unpadded base64url") from exc
+    if len(text) % 4 and b64e(raw) != text:  # non-zero trailing bits: a second spelling
+        raise OpRefused(BAD_REQUEST, f"{name} is not canonical base64url")
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError("duplicate key")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a frame body as strict JSON (UTF-8, no duplicate keys, no NaN); else FrameError."""
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+        )
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+        raise FrameError(MALFORMED_FRAME, "body is not a JSON document", fatal=False) from exc
+
+
+def encode_frame(obj: dict[str, Any]) -> bytes:
+    """One frame carrying ``obj`` as compact JSON."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    if len(body) > MAX_BODY:
+        raise FrameError(FRAME_TOO_LARGE, f"body exceeds {MAX_BODY} bytes", fatal=False)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_request(request_id: int, op: str, args: dict[str, Any]) -> bytes:
+    """A request frame."""
+    return encode_frame({"id": request_id, "op": op, "args": args})
+
+
+def encode_ok(request_id: int, result: dict[str, Any]) -> bytes:
+    """A success answer frame."""
+    return encode_frame({"id": request_id, "ok": True, "result": result})
+
+
+def encode_error(request_id: int | None, code: str, detail: str) -> bytes:
+    """An error answer frame (``request_id`` is None when the request could not be read)."""
+    return encode_frame({"id": request_id, "ok": False, "error": {"code": code, "detail": detail}})
+
+
+async def read_frame(reader: asyncio.StreamReader, *, body_timeout: float | None = None) -> bytes:
+    """Read one frame body; FrameError(fatal) on a bad length, EOF inside a frame or a stall.
+
+    Waiting for the first header byte has no deadline (an idle peer is fine); once a frame has
+    started, the rest must arrive within ``body_timeout`` seconds (a slow-loris peer is dropped).
+    Raises ``asyncio.IncompleteReadError`` with no partial bytes on a clean EOF between frames.
+    """
+    first = await reader.readexactly(1)
+    try:
+        async with asyncio.timeout(body_timeout):
+            rest = await reader.readexactly(HEADER.size - 1)
+            (length,) = HEADER.unpack(first + rest)
+            if length > MAX_BODY:
+                raise FrameError(
+                    FRAME_TOO_LARGE, f"length {length} exceeds {MAX_BODY} bytes", fatal=True
+                )
+            return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise FrameError(MALFORMED_FRAME, "connection closed inside a frame", fatal=True) from exc
+    except TimeoutError as exc:
+        raise FrameError(MALFORMED_FRAME, "frame did not arrive in time", fatal=True) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed request."""
+
+    id: int
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
+def parse_request(obj: Any) -> Request:
+    """Check the request envelope; OpRefused(bad_request) names what is wrong.
+
+    The server answers a refused envelope with the id from :func:`request_id_of`, so a request
+    with a good id but bad fields still gets an error its sender can match.
+    """
+    if not isinstance(obj, dict):
+        raise OpRefused(BAD_REQUEST, "a request is a JSON object")
+    if not _is_id(obj.get("id")):
+        raise OpRefused(BAD_REQUEST, f"id must be an integer in [0, {MAX_ID}]")
+    extra = set(obj) - _REQUEST_KEYS
+    if extra:
+        raise OpRefused(BAD_REQUEST, f"unexpected request fields {sorted(extra)}")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise OpRefused(BAD_REQUEST, "op must be a string")
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise OpRefused(BAD_REQUEST, "args must be a JSON object")
+    return Request(obj["id"], op, args)
+
+
+def request_id_of(obj: Any) -> int | None:
+    """The request id if ``obj`` carries a valid one (for error answers), else None."""
+    if isinstance(obj, dict) and _is_id(obj.get("id")):
+        value: int = obj["id"]
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One parsed answer: ``result`` when ok, otherwise ``code`` and ``detail``."""
+
+    id: int | None
+    ok: bool
+    result: dict[str, Any]
+    code: str = ""
+    detail: str = ""
+
+
+def parse_response(body: bytes) -> Response:
+    """Parse an answer body; FrameError(malformed_frame) if it is not a well-formed answer."""
+    obj = decode_json(body)
+
+    def bad(why: str) -> FrameError:
+        return FrameError(MALFORMED_FRAME, f"malformed answer: {why}", fatal=True)
+
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        raise bad("not an answer object")
+    request_id = obj.get("id")
+    if request_id is not None and not _is_id(request_id):
+        raise bad("bad id")
+    if obj["ok"]:
+        result = obj.get("result")
+        if not isinstance(result, dict) or request_id is None:
+            raise bad("ok answer without id or result object")
+        return Response(request_id, True, result)
+    error = obj.get("error")
+    if not isinstance(error, dict):
+        raise bad("error answer without error object")
+    code, detail = error.get("code"), error.get("detail")
+    if not isinstance(code, str) or not isinstance(detail, str):
+        raise bad("error code and detail must be strings")
+    return Response(request_id, False, {}, code, detail)
