@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -137,11 +137,12 @@ class CipherFunction:
     name: str
     aead_class: type[ChaCha20Poly1305] | type[AESGCM]
     nonce_prefix: bytes
-    nonce_byteorder: str  # "little" for ChaChaPoly (§12.3), "big" for AESGCM (§12.4)
+    # "little" for ChaChaPoly (§12.3), "big" for AESGCM (§12.4)
+    nonce_byteorder: Literal["little", "big"]
 
     def nonce(self, n: int) -> bytes:
         """The 12-byte AEAD nonce for the 64-bit counter ``n``: 32 zero bits then n."""
-        return self.nonce_prefix + n.to_bytes(8, self.nonce_byteorder)  # type: ignore[arg-type]
+        return self.nonce_prefix + n.to_bytes(8, self.nonce_byteorder)
 
     def key(self, k: bytes) -> AeadKey:
         """The AEAD keyed with the 32-byte ``k``."""

@@ -1,0 +1,381 @@
+"""Session ciphers (DESIGN §6): the two Noise transport keys as explicit-counter AEAD channels.
+
+A :class:`SessionCipher` is one node's end of a session: a sending key and a receiving key (the
+two outputs of Noise Split), the suite's AEAD from :mod:`crypto_jail.noise`, an explicit 64-bit
+counter on every message (the Noise nonce, Noise rev 34 §5.1, so messages may arrive out of
+order), and a :class:`ReplayWindow` on the receiving side.
+
+Counter and epochs
+    The 64-bit counter carries the key epoch in its upper 32 bits: ``counter = epoch << 32 |
+    index``. Epoch 0 uses the Split key itself; each later epoch's key is
+    ``HKDF-SHA256(previous epoch key, salt=empty, info=b"openred/v3 session epoch" ‖
+    epoch.to_bytes(8, "big"))`` and the previous key is dropped, so a leaked key does not
+    decrypt earlier epochs. The sender moves on with :meth:`SessionCipher.rotate` (the node
+    calls it on its own schedule, e.g. hourly) or automatically when an epoch's 2^32 counters
+    are used up; the receiver reads the epoch from the counter and follows deterministically
+    (at most :data:`MAX_EPOCH_SKIP` epochs ahead). Each direction has its own key chain.
+    Rotation moves the counter to the new epoch's start, so messages still in flight from the
+    old epoch fall below the replay window and are refused: rotate when the channel is quiet.
+    Counter 2^64-1 is reserved by Noise and never sent.
+
+Replay window
+    WireGuard-style sliding bitmap (RFC 6479 semantics, :data:`WINDOW_BITS` wide) kept as one
+    Python integer: check before decrypting, mark only after the AEAD accepted the message.
+
+Persistence
+    :meth:`SessionCipher.to_state` serializes keys, epochs, counters and the window (versioned;
+    the node has the jail ``wrap`` it before it touches disk). :meth:`SessionCipher.from_state`
+    restores it and moves sending to the next epoch, so messages sent after the last save can
+    never reuse a (key, nonce) pair. Contract for callers: save after every :meth:`rotate` and
+    right after restoring. Messages accepted after the last save could be replayed once after a
+    restore; save as often as that matters.
+
+Errors: :class:`~openred.errors.ReplayDetected` for a counter seen before, below the window or
+from a retired epoch; :class:`~openred.errors.DecryptionFailed` for anything the AEAD refuses
+(tampered ciphertext, AD or counter, wrong key); :class:`~openred.errors.CryptoError` for an
+exhausted session or malformed saved state; :class:`~openred.errors.InvalidKey` for bad keys.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from crypto_jail.noise import SUITES, CipherFunction, Suite
+from openred.errors import CryptoError, DecryptionFailed, InvalidKey, ReplayDetected, UnknownSuite
+
+__all__ = [
+    "EPOCH_INFO",
+    "EPOCH_SHIFT",
+    "MAX_COUNTER",
+    "MAX_EPOCH",
+    "MAX_EPOCH_SKIP",
+    "STATE_VERSION",
+    "WINDOW_BITS",
+    "ReplayWindow",
+    "SessionCipher",
+    "derive_epoch_key",
+]
+
+KEY_LEN: Final = 32
+EPOCH_SHIFT: Final = 32
+MAX_COUNTER: Final = 2**64 - 1  # reserved by Noise (§5.1): never used as a nonce
+MAX_EPOCH: Final = MAX_COUNTER >> EPOCH_SHIFT
+MAX_EPOCH_SKIP: Final = 1024
+WINDOW_BITS: Final = 4096
+EPOCH_INFO: Final = b"openred/v3 session epoch"
+STATE_MAGIC: Final = b"ORSC"
+STATE_VERSION: Final = 1
+
+_Aead = ChaCha20Poly1305 | AESGCM
+
+
+def derive_epoch_key(previous: bytes, epoch: int) -> bytes:
+    """The key of ``epoch`` from the key of ``epoch - 1`` (HKDF-SHA256, RFC 5869)."""
+    hkdf = HKDF(
+        algorithm=SHA256(), length=KEY_LEN, salt=b"", info=EPOCH_INFO + epoch.to_bytes(8, "big")
+    )
+    return hkdf.derive(previous)
+
+
+class ReplayWindow:
+    """A sliding bitmap of the last ``size`` counters below the highest one accepted.
+
+    Bit ``i`` of the bitmap stands for counter ``top - i``. :meth:`check` never changes state;
+    :meth:`mark` is called only once the message authenticated (RFC 6479 §2).
+    """
+
+    __slots__ = ("_bits", "_mask", "_top", "size")
+
+    def __init__(self, size: int = WINDOW_BITS, *, top: int = -1, bits: int = 0) -> None:
+        if size < 64 or size % 8:
+            raise ValueError("window size must be a multiple of 8, at least 64")
+        self.size = size
+        self._mask = (1 << size) - 1
+        self._top = top
+        self._bits = bits & self._mask
+
+    @property
+    def top(self) -> int:
+        """The highest counter accepted so far (-1 before the first)."""
+        return self._top
+
+    def check(self, counter: int) -> None:
+        """Raise ReplayDetected if ``counter`` was accepted before or is below the window."""
+        offset = self._top - counter
+        if offset < 0:
+            return
+        if offset >= self.size:
+            raise ReplayDetected("counter is below the replay window")
+        if (self._bits >> offset) & 1:
+            raise ReplayDetected("counter was already received")
+
+    def mark(self, counter: int) -> None:
+        """Record ``counter`` as received (after :meth:`check` and successful decryption)."""
+        shift = counter - self._top
+        if shift > 0:
+            self._bits = 1 if shift >= self.size else ((self._bits << shift) | 1) & self._mask
+            self._top = counter
+        else:
+            self._bits |= 1 << -shift
+
+    def accepts(self, counter: int) -> bool:
+        """Whether :meth:`check` would pass."""
+        try:
+            self.check(counter)
+        except ReplayDetected:
+            return False
+        return True
+
+    def state(self) -> tuple[int, int]:
+        """(top, bitmap) for serialization."""
+        return self._top, self._bits
+
+
+def _suite(name: str) -> Suite:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise UnknownSuite(f"unknown Noise suite {name!r}") from None
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes | bytearray) or len(key) != KEY_LEN:
+        raise InvalidKey(f"session keys are {KEY_LEN} bytes")
+    return bytes(key)
+
+
+class SessionCipher:
+    """One end of a session: encrypt with an explicit counter, decrypt once per counter."""
+
+    __slots__ = (
+        "_byteorder",
+        "_cipher",
+        "_future",
+        "_prefix",
+        "_recv_aead",
+        "_recv_epoch",
+        "_recv_key",
+        "_send_aead",
+        "_send_counter",
+        "_send_epoch",
+        "_send_key",
+        "_send_limit",
+        "_suite_name",
+        "_window",
+    )
+
+    def __init__(
+        self,
+        suite: str,
+        send_key: bytes,
+        recv_key: bytes,
+        *,
+        send_epoch: int = 0,
+        send_counter: int | None = None,
+        recv_epoch: int = 0,
+        window: ReplayWindow | None = None,
+    ) -> None:
+        self._suite_name = suite
+        self._cipher: CipherFunction = _suite(suite).cipher
+        self._prefix = self._cipher.nonce_prefix
+        self._byteorder = self._cipher.nonce_byteorder
+        if not 0 <= send_epoch <= MAX_EPOCH or not 0 <= recv_epoch <= MAX_EPOCH:
+            raise CryptoError("epoch out of range")
+        if send_counter is None:
+            send_counter = send_epoch << EPOCH_SHIFT
+        if send_counter >> EPOCH_SHIFT != send_epoch or send_counter > MAX_COUNTER:
+            raise CryptoError("send counter does not belong to the send epoch")
+        self._send_epoch = send_epoch
+        self._send_counter = send_counter
+        self._set_send_key(_check_key(send_key))
+        self._recv_epoch = recv_epoch
+        self._recv_key = _check_key(recv_key)
+        self._recv_aead: _Aead = self._cipher.aead_class(self._recv_key)
+        self._future: list[bytes] = []  # keys of epochs recv_epoch+1, +2, … derived so far
+        self._window = window if window is not None else ReplayWindow()
+
+    @classmethod
+    def from_split(
+        cls,
+        suite: str,
+        *,
+        initiator: bool,
+        initiator_to_responder: bytes,
+        responder_to_initiator: bytes,
+    ) -> SessionCipher:
+        """The session for one side from the two Noise Split keys (Noise §5.2)."""
+        if initiator:
+            return cls(suite, initiator_to_responder, responder_to_initiator)
+        return cls(suite, responder_to_initiator, initiator_to_responder)
+
+    # -- properties --
+
+    @property
+    def suite(self) -> str:
+        return self._suite_name
+
+    @property
+    def send_epoch(self) -> int:
+        return self._send_epoch
+
+    @property
+    def send_counter(self) -> int:
+        """The counter the next :meth:`encrypt` will use."""
+        return self._send_counter
+
+    @property
+    def recv_epoch(self) -> int:
+        return self._recv_epoch
+
+    @property
+    def window(self) -> ReplayWindow:
+        return self._window
+
+    # -- the hot path --
+
+    def encrypt(self, plaintext: bytes, *, ad: bytes = b"") -> tuple[int, bytes]:
+        """Seal ``plaintext``; returns (counter, ciphertext ‖ tag) to send together."""
+        counter = self._send_counter
+        if counter >= self._send_limit:
+            self._advance_send(self._send_epoch + 1)
+            counter = self._send_counter
+        self._send_counter = counter + 1
+        nonce = self._prefix + counter.to_bytes(8, self._byteorder)
+        return counter, self._send_aead.encrypt(nonce, plaintext, ad)
+
+    def decrypt(self, counter: int, ciphertext: bytes, *, ad: bytes = b"") -> bytes:
+        """Open a message sent with ``counter``; each counter is accepted at most once."""
+        if not 0 <= counter < MAX_COUNTER:
+            raise DecryptionFailed("counter out of range")
+        self._window.check(counter)
+        epoch = counter >> EPOCH_SHIFT
+        aead = self._recv_aead if epoch == self._recv_epoch else self._aead_for(epoch)
+        nonce = self._prefix + counter.to_bytes(8, self._byteorder)
+        try:
+            plaintext = aead.decrypt(nonce, ciphertext, ad)
+        except (InvalidTag, ValueError, OverflowError, TypeError):
+            raise DecryptionFailed("message does not authenticate") from None
+        if epoch != self._recv_epoch:
+            self._commit_recv_epoch(epoch, aead)
+        self._window.mark(counter)
+        return plaintext
+
+    # -- epochs --
+
+    def rotate(self, epoch: int | None = None) -> int:
+        """Move sending to ``epoch`` (default: the next one); returns the new send epoch."""
+        target = self._send_epoch + 1 if epoch is None else epoch
+        if not self._send_epoch < target <= self._send_epoch + MAX_EPOCH_SKIP:
+            raise CryptoError(
+                f"can only rotate forward by 1..{MAX_EPOCH_SKIP} epochs "
+                f"(now {self._send_epoch}, asked {target})"
+            )
+        self._advance_send(target)
+        return target
+
+    def _set_send_key(self, key: bytes) -> None:
+        self._send_key = key
+        self._send_aead: _Aead = self._cipher.aead_class(key)
+        # The last epoch stops one short: counter 2^64-1 is reserved.
+        self._send_limit = min((self._send_epoch + 1) << EPOCH_SHIFT, MAX_COUNTER)
+
+    def _advance_send(self, target: int) -> None:
+        if target > MAX_EPOCH or self._send_counter >= MAX_COUNTER:
+            raise CryptoError("session counter space exhausted; renew the session")
+        key = self._send_key
+        for epoch in range(self._send_epoch + 1, target + 1):
+            key = derive_epoch_key(key, epoch)
+        self._send_epoch = target
+        self._send_counter = target << EPOCH_SHIFT
+        self._set_send_key(key)
+
+    def _aead_for(self, epoch: int) -> _Aead:
+        if epoch < self._recv_epoch:
+            raise ReplayDetected("counter belongs to a retired epoch")
+        ahead = epoch - self._recv_epoch
+        if ahead > MAX_EPOCH_SKIP:
+            raise DecryptionFailed("counter is too many epochs ahead")
+        # Future keys are derivable from the current one anyway, so caching them costs no
+        # forward secrecy and stops forged far-ahead counters from costing HKDF work each time.
+        while len(self._future) < ahead:
+            previous = self._future[-1] if self._future else self._recv_key
+            self._future.append(
+                derive_epoch_key(previous, self._recv_epoch + len(self._future) + 1)
+            )
+        return self._cipher.aead_class(self._future[ahead - 1])
+
+    def _commit_recv_epoch(self, epoch: int, aead: _Aead) -> None:
+        ahead = epoch - self._recv_epoch
+        self._recv_key = self._future[ahead - 1]
+        del self._future[:ahead]
+        self._recv_epoch = epoch
+        self._recv_aead = aead
+
+    # -- persistence --
+
+    def to_state(self) -> bytes:
+        """Versioned bytes of keys, epochs, counters and window (wrap them before storing)."""
+        suite = self._suite_name.encode("ascii")
+        top, bits = self._window.state()
+        size = self._window.size
+        return b"".join(
+            (
+                _HEADER.pack(STATE_MAGIC, STATE_VERSION, len(suite)),
+                suite,
+                _BODY.pack(
+                    self._send_key,
+                    self._send_epoch,
+                    self._send_counter,
+                    self._recv_key,
+                    self._recv_epoch,
+                    size,
+                    top + 1,
+                ),
+                bits.to_bytes(size // 8, "big"),
+            )
+        )
+
+    @classmethod
+    def from_state(cls, data: bytes) -> SessionCipher:
+        """Restore :meth:`to_state` output; sending resumes in the next epoch (see module doc)."""
+        try:
+            magic, version, suite_len = _HEADER.unpack_from(data, 0)
+            if magic != STATE_MAGIC or version != STATE_VERSION:
+                raise CryptoError("session state has an unknown format or version")
+            offset = _HEADER.size
+            suite = bytes(data[offset : offset + suite_len]).decode("ascii")
+            offset += suite_len
+            (send_key, send_epoch, send_counter, recv_key, recv_epoch, size, top1) = (
+                _BODY.unpack_from(data, offset)
+            )
+            offset += _BODY.size
+            if size < 64 or size % 8 or len(data) != offset + size // 8:
+                raise CryptoError("session state has the wrong length")
+            bits = int.from_bytes(data[offset:], "big")
+            window = ReplayWindow(size, top=top1 - 1, bits=bits)
+            session = cls(
+                suite,
+                send_key,
+                recv_key,
+                send_epoch=send_epoch,
+                send_counter=send_counter,
+                recv_epoch=recv_epoch,
+                window=window,
+            )
+        except (struct.error, UnicodeDecodeError, ValueError, UnknownSuite, InvalidKey) as exc:
+            raise CryptoError("session state is malformed") from exc
+        if window.top >= 0 and window.top >> EPOCH_SHIFT > recv_epoch:
+            raise CryptoError("session state is inconsistent")
+        session.rotate()
+        return session
+
+
+_HEADER = struct.Struct(">4sBB")
+# send key, send epoch, send counter, recv key, recv epoch, window bits, window top + 1
+_BODY = struct.Struct(">32sIQ32sIHQ")

@@ -1,0 +1,341 @@
+"""Session ciphers: round trips, replay protection, epochs, and saved state."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto_jail.noise import SUITES, CipherState, HandshakeState, X25519KeyPair
+from openred.crypto.session import (
+    EPOCH_SHIFT,
+    MAX_COUNTER,
+    MAX_EPOCH,
+    MAX_EPOCH_SKIP,
+    WINDOW_BITS,
+    ReplayWindow,
+    SessionCipher,
+    derive_epoch_key,
+)
+from openred.errors import CryptoError, DecryptionFailed, InvalidKey, ReplayDetected, UnknownSuite
+
+SUITE_NAMES = (
+    "25519_ChaChaPoly_SHA256",
+    "25519_AESGCM_SHA256",
+    "25519_ChaChaPoly_BLAKE2b",
+    "25519_AESGCM_BLAKE2b",
+)
+K1 = bytes(range(32))
+K2 = bytes(range(32, 64))
+
+
+def _pair(suite: str = SUITE_NAMES[0]) -> tuple[SessionCipher, SessionCipher]:
+    a = SessionCipher.from_split(
+        suite, initiator=True, initiator_to_responder=K1, responder_to_initiator=K2
+    )
+    b = SessionCipher.from_split(
+        suite, initiator=False, initiator_to_responder=K1, responder_to_initiator=K2
+    )
+    return a, b
+
+
+@pytest.mark.parametrize("suite", SUITE_NAMES)
+def test_round_trip_both_directions(suite: str) -> None:
+    a, b = _pair(suite)
+    for i in range(5):
+        counter, ct = a.encrypt(b"request %d" % i, ad=b"session-1")
+        assert counter == i
+        assert b.decrypt(counter, ct, ad=b"session-1") == b"request %d" % i
+        counter, ct = b.encrypt(b"answer %d" % i)
+        assert a.decrypt(counter, ct) == b"answer %d" % i
+
+
+@pytest.mark.parametrize("suite", SUITE_NAMES)
+def test_session_from_a_real_handshake_matches_noise_transport(suite: str) -> None:
+    init_s, resp_s, psk = X25519KeyPair.generate(), X25519KeyPair.generate(), os.urandom(32)
+    init = HandshakeState(
+        pattern="KKpsk0", suite=suite, initiator=True, prologue=b"p",
+        s=init_s, rs=resp_s.public, psk=psk,
+    )
+    resp = HandshakeState(
+        pattern="KKpsk0", suite=suite, initiator=False, prologue=b"p",
+        s=resp_s, rs=init_s.public, psk=psk,
+    )
+    resp.read_message(init.write_message())
+    init.read_message(resp.write_message())
+    i2r, r2i = init.split()
+    a = SessionCipher.from_split(
+        suite, initiator=True, initiator_to_responder=i2r.key, responder_to_initiator=r2i.key
+    )
+    counter, ct = a.encrypt(b"hello", ad=b"x")
+    # the explicit counter is exactly the Noise nonce: a Noise CipherState at n opens it
+    noise_side = CipherState(SUITES[suite].cipher, i2r.key, n=counter)
+    assert noise_side.decrypt_with_ad(b"x", ct) == b"hello"
+
+
+def test_replay_is_rejected() -> None:
+    a, b = _pair()
+    counter, ct = a.encrypt(b"once")
+    assert b.decrypt(counter, ct) == b"once"
+    with pytest.raises(ReplayDetected):
+        b.decrypt(counter, ct)
+
+
+def test_below_window_is_rejected() -> None:
+    a, b = _pair()
+    old = a.encrypt(b"old")
+    for _ in range(WINDOW_BITS):
+        a.encrypt(b"")
+    counter, ct = a.encrypt(b"new")
+    b.decrypt(counter, ct)
+    with pytest.raises(ReplayDetected, match="below"):
+        b.decrypt(*old)
+
+
+def test_out_of_order_within_window_is_accepted_once() -> None:
+    a, b = _pair()
+    sent = [a.encrypt(b"m%d" % i) for i in range(50)]
+    for counter, ct in reversed(sent):
+        assert b.decrypt(counter, ct) == b"m%d" % counter
+    for counter, ct in sent:
+        with pytest.raises(ReplayDetected):
+            b.decrypt(counter, ct)
+
+
+def test_tampered_ciphertext_ad_and_counter_are_rejected() -> None:
+    a, b = _pair()
+    counter, ct = a.encrypt(b"payload", ad=b"ad")
+    for i in range(len(ct)):
+        tampered = bytearray(ct)
+        tampered[i] ^= 0x01
+        with pytest.raises(DecryptionFailed):
+            b.decrypt(counter, bytes(tampered), ad=b"ad")
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(counter, ct, ad=b"other")
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(counter + 1, ct, ad=b"ad")
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(counter, ct[:-1], ad=b"ad")
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(counter, b"", ad=b"ad")
+    # failures marked nothing: the genuine message is still accepted, and the counter+1 slot too
+    assert b.decrypt(counter, ct, ad=b"ad") == b"payload"
+    assert b.decrypt(*a.encrypt(b"next"), ad=b"") == b"next"
+
+
+def test_messages_do_not_cross_directions() -> None:
+    a, b = _pair()
+    counter, ct = a.encrypt(b"to b")
+    with pytest.raises(DecryptionFailed):
+        a.decrypt(counter, ct)  # a's receive key is the other direction's
+    assert b.decrypt(counter, ct) == b"to b"
+
+
+def test_wrong_key_is_rejected() -> None:
+    a, _ = _pair()
+    stranger = SessionCipher(SUITE_NAMES[0], bytes(32), bytes(32))
+    counter, ct = a.encrypt(b"secret")
+    with pytest.raises(DecryptionFailed):
+        stranger.decrypt(counter, ct)
+
+
+def test_other_suite_is_rejected() -> None:
+    a, _ = _pair(SUITE_NAMES[0])
+    _, b = _pair(SUITE_NAMES[1])
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(*a.encrypt(b"x"))
+
+
+@pytest.mark.parametrize("counter", [-1, MAX_COUNTER, MAX_COUNTER + 1])
+def test_counter_out_of_range_is_rejected(counter: int) -> None:
+    _, b = _pair()
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(counter, bytes(32))
+
+
+def test_epoch_rotation_is_followed_by_the_receiver() -> None:
+    a, b = _pair()
+    b.decrypt(*a.encrypt(b"epoch 0"))
+    assert a.rotate() == 1
+    counter, ct = a.encrypt(b"epoch 1")
+    assert counter == 1 << EPOCH_SHIFT
+    assert b.decrypt(counter, ct) == b"epoch 1"
+    assert b.recv_epoch == 1
+    assert a.rotate(5) == 5
+    counter, ct = a.encrypt(b"epoch 5")
+    assert counter >> EPOCH_SHIFT == 5
+    assert b.decrypt(counter, ct) == b"epoch 5"
+    assert b.recv_epoch == 5
+    # the other direction rotates independently
+    assert b.send_epoch == 0
+    assert a.decrypt(*b.encrypt(b"still epoch 0")) == b"still epoch 0"
+
+
+def test_epoch_keys_follow_the_documented_hkdf_chain() -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key1 = HKDF(SHA256(), 32, b"", b"openred/v3 session epoch" + (1).to_bytes(8, "big")).derive(K1)
+    key2 = HKDF(SHA256(), 32, b"", b"openred/v3 session epoch" + (2).to_bytes(8, "big")).derive(
+        key1
+    )
+    assert derive_epoch_key(K1, 1) == key1 and derive_epoch_key(key1, 2) == key2
+    a, _ = _pair()
+    a.rotate(2)
+    counter, ct = a.encrypt(b"x")
+    nonce = bytes(4) + counter.to_bytes(8, "little")
+    assert ChaCha20Poly1305(key2).decrypt(nonce, ct, b"") == b"x"
+
+
+def test_old_epoch_ciphertext_fails_under_the_new_key() -> None:
+    a, b = _pair()
+    counter, ct = a.encrypt(b"epoch 0")
+    relabelled = counter + (1 << EPOCH_SHIFT)  # same index, claimed to be epoch 1
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(relabelled, ct)
+    assert b.recv_epoch == 0  # a forged epoch does not move the receiver
+    assert b.decrypt(counter, ct) == b"epoch 0"
+
+
+def test_in_flight_old_epoch_messages_are_refused_after_rotation() -> None:
+    a, b = _pair()
+    late = a.encrypt(b"sent before rotating")
+    a.rotate()
+    b.decrypt(*a.encrypt(b"after"))
+    with pytest.raises(ReplayDetected):
+        b.decrypt(*late)
+
+
+def test_rotation_limits() -> None:
+    a, b = _pair()
+    with pytest.raises(CryptoError):
+        a.rotate(0)
+    with pytest.raises(CryptoError):
+        a.rotate(MAX_EPOCH_SKIP + 1)
+    # a counter too far ahead is refused without deriving keys forever
+    with pytest.raises(DecryptionFailed):
+        b.decrypt((MAX_EPOCH_SKIP + 1) << EPOCH_SHIFT, bytes(32))
+
+
+def test_epoch_advances_by_itself_when_the_index_space_runs_out() -> None:
+    a = SessionCipher(SUITE_NAMES[0], K1, K2, send_counter=(1 << EPOCH_SHIFT) - 1)
+    _, b = _pair()
+    first = a.encrypt(b"last of epoch 0")
+    second = a.encrypt(b"first of epoch 1")
+    assert first[0] == (1 << EPOCH_SHIFT) - 1 and second[0] == 1 << EPOCH_SHIFT
+    assert b.decrypt(*first) == b"last of epoch 0"
+    assert b.decrypt(*second) == b"first of epoch 1"
+
+
+def test_reserved_counter_is_never_sent() -> None:
+    a = SessionCipher(SUITE_NAMES[0], K1, K2, send_epoch=MAX_EPOCH, send_counter=MAX_COUNTER - 1)
+    counter, _ = a.encrypt(b"last")
+    assert counter == MAX_COUNTER - 1
+    with pytest.raises(CryptoError):
+        a.encrypt(b"one too many")
+    with pytest.raises(CryptoError):
+        a.rotate()
+
+
+def test_bad_construction_is_refused() -> None:
+    with pytest.raises(InvalidKey):
+        SessionCipher(SUITE_NAMES[0], bytes(31), K2)
+    with pytest.raises(UnknownSuite):
+        SessionCipher("25519_Rot13_MD5", K1, K2)
+    with pytest.raises(CryptoError):
+        SessionCipher(SUITE_NAMES[0], K1, K2, send_epoch=1, send_counter=5)
+
+
+def test_restored_session_keeps_replay_protection() -> None:
+    a, b = _pair()
+    seen = [a.encrypt(b"m%d" % i) for i in range(10)]
+    for message in seen[:8]:
+        b.decrypt(*message)
+    restored = SessionCipher.from_state(b.to_state())
+    for message in seen[:8]:
+        with pytest.raises(ReplayDetected):
+            restored.decrypt(*message)
+    # not-yet-seen messages still get through, once
+    assert restored.decrypt(*seen[9]) == b"m9"
+    assert restored.decrypt(*seen[8]) == b"m8"
+    with pytest.raises(ReplayDetected):
+        restored.decrypt(*seen[8])
+
+
+def test_restored_session_never_reuses_a_send_nonce() -> None:
+    a, b = _pair()
+    state = a.to_state()
+    used = {a.encrypt(b"after the save")[0] for _ in range(3)}  # then the node crashes
+    restored = SessionCipher.from_state(state)
+    counter, ct = restored.encrypt(b"after restart")
+    assert counter not in used and restored.send_epoch == a.send_epoch + 1
+    assert b.decrypt(counter, ct) == b"after restart"
+
+
+def test_restored_session_keeps_epochs_and_suite() -> None:
+    a, b = _pair(SUITE_NAMES[3])
+    a.rotate(3)
+    b.decrypt(*a.encrypt(b"x"))
+    restored_b = SessionCipher.from_state(b.to_state())
+    assert restored_b.suite == SUITE_NAMES[3] and restored_b.recv_epoch == 3
+    assert restored_b.decrypt(*a.encrypt(b"y")) == b"y"
+    restored_a = SessionCipher.from_state(a.to_state())
+    assert restored_b.decrypt(*restored_a.encrypt(b"z")) == b"z"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: s[:-1],
+        lambda s: s + b"\x00",
+        lambda s: b"XXXX" + s[4:],
+        lambda s: s[:4] + b"\x02" + s[5:],
+        lambda s: b"",
+        lambda s: s[:6] + b"\xff" + s[7:],  # suite name no longer ascii/known
+    ],
+)
+def test_malformed_state_is_refused(mangle: Callable[[bytes], bytes]) -> None:
+    _, b = _pair()
+    state = b.to_state()
+    with pytest.raises(CryptoError):
+        SessionCipher.from_state(mangle(state))
+
+
+# --- the window on its own --------------------------------------------------------------------
+
+
+def test_window_edges() -> None:
+    w = ReplayWindow(64)
+    w.mark(100)
+    assert w.accepts(101) and w.accepts(37) and not w.accepts(36) and not w.accepts(100)
+    w.mark(10_000)  # a jump larger than the window clears it
+    assert not w.accepts(9_936) and w.accepts(9_937) and not w.accepts(10_000)
+    with pytest.raises(ValueError):
+        ReplayWindow(10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(0, 300), st.integers(0, 20_000), st.integers(0, 2**64 - 2)),
+        max_size=200,
+    )
+)
+def test_window_accepts_each_counter_at_most_once_and_never_below(counters: list[int]) -> None:
+    size = 256
+    w = ReplayWindow(size)
+    accepted: set[int] = set()
+    highest = -1
+    for counter in counters:
+        fresh = counter not in accepted
+        in_window = counter > highest - size
+        assert w.accepts(counter) == (fresh and in_window)
+        if w.accepts(counter):
+            w.mark(counter)
+            accepted.add(counter)
+            highest = max(highest, counter)
+        assert w.top == highest
