@@ -1,0 +1,1 @@
+"""The node: its domain events and projections (the Quart app and lifecycle tasks come later)."""

@@ -1,1 +1,1 @@
-"""The event store: events, canonical codec, chain, Merkle tree, checkpoints, projections, replay."""
+"""The event store: events, canonical codec, chain, Merkle tree, projections, replay."""

@@ -1,0 +1,124 @@
+"""Canonical payload bytes and the entry-hash encoding of the log (DESIGN §8).
+
+Payloads are RFC 8785 (JCS) canonical JSON. The ``rfc8785`` library is the reference; a fast
+path produces the same bytes with the standard library for the common case (ASCII keys, strings,
+safe integers, booleans, null, nested objects and arrays) and falls back to the library for
+anything else (floats, non-ASCII keys, big integers). A property test holds the two equal.
+
+The entry hash is SHA-256 over a domain-separated, length-prefixed encoding, so no byte can
+move across a field boundary without changing the hash::
+
+    entry_hash = SHA-256( "openred/v3 log entry" 0x00
+                          u64 seq ‖ lp(stream) ‖ u64 stream_version ‖ lp(type)
+                          ‖ u32 schema_version ‖ lp(recorded_at) ‖ lp(payload) ‖ prev_hash )
+
+where integers are big-endian, ``lp(x) = u32(len(x)) ‖ x`` and ``prev_hash`` is 32 bytes
+(all zero for the first entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import rfc8785
+
+ENTRY_DOMAIN = b"openred/v3 log entry\x00"
+GENESIS_PREV_HASH = bytes(32)
+HASH_SIZE = 32
+SIGNATURE_SIZE = 64
+_SAFE_INT = 2**53 - 1
+
+_encode_json = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def _fast_path_ok(value: Any) -> bool:
+    """True when the standard library's sorted JSON equals RFC 8785 for ``value``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or item is True or item is False or type(item) is str:
+            continue
+        if type(item) is int:
+            if -_SAFE_INT <= item <= _SAFE_INT:
+                continue
+            return False
+        if type(item) is dict:
+            for key, sub in item.items():
+                # RFC 8785 sorts keys by UTF-16 code units; for ASCII keys that is the code-point
+                # order json's sort_keys uses.
+                if type(key) is not str or not key.isascii():
+                    return False
+                stack.append(sub)
+            continue
+        if type(item) is list:
+            stack.extend(item)
+            continue
+        return False
+    return True
+
+
+def canonical_json(value: Mapping[str, Any] | list[Any]) -> bytes:
+    """RFC 8785 canonical JSON bytes of ``value``."""
+    if _fast_path_ok(value):
+        return _encode_json(value).encode("utf-8")
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise ValueError(f"payload cannot be canonicalized: {exc}") from exc
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """Parse canonical payload bytes back into a JSON object."""
+    value = json.loads(payload)
+    if not isinstance(value, dict):
+        raise ValueError("payload is not a JSON object")
+    return value
+
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+
+def entry_hash(
+    *,
+    seq: int,
+    stream: str,
+    stream_version: int,
+    type: str,
+    schema_version: int,
+    recorded_at: str,
+    payload: bytes,
+    prev_hash: bytes,
+) -> bytes:
+    """SHA-256 of the domain-separated, length-prefixed encoding of one log entry."""
+    if len(prev_hash) != HASH_SIZE:
+        raise ValueError("prev_hash must be 32 bytes")
+    stream_b = stream.encode("utf-8")
+    type_b = type.encode("utf-8")
+    recorded_b = recorded_at.encode("utf-8")
+    h = hashlib.sha256(ENTRY_DOMAIN)
+    h.update(
+        b"".join(
+            (
+                _U64.pack(seq),
+                _U32.pack(len(stream_b)),
+                stream_b,
+                _U64.pack(stream_version),
+                _U32.pack(len(type_b)),
+                type_b,
+                _U32.pack(schema_version),
+                _U32.pack(len(recorded_b)),
+                recorded_b,
+                _U32.pack(len(payload)),
+            )
+        )
+    )
+    h.update(payload)
+    h.update(prev_hash)
+    return h.digest()

@@ -1,0 +1,152 @@
+"""Events: what a writer appends, what the log stores, and what readers get back.
+
+Three shapes, one way each (after eventsourcing's mapper):
+
+* :class:`NewEvent` — what a writer asks to append: stream, type, payload, and optionally the
+  stream version it expects (optimistic concurrency).
+* :class:`StoredEvent` — one row of the ``events`` table exactly as signed and chained.
+* :class:`RecordedEvent` — a verified stored event decoded for readers and projections, its
+  payload upcast to the current schema version of its type.
+
+An :class:`EventRegistry` knows each event type's current schema version and the upcasters that
+bring older payloads forward. Upcasting happens only after the stored bytes were verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from openred.store.codec import decode_payload
+
+LOG_OPENED = "LogOpened"
+KEY_ROTATED = "KeyRotated"
+LOG_STREAM = "log"
+
+Payload = dict[str, Any]
+Upcaster = Callable[[Payload], Payload]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a writer wants appended.
+
+    ``expected_version`` is the stream version the writer last saw (0 for a stream it believes
+    new); when given and the stream has moved on, the append fails with ConcurrencyConflict.
+    """
+
+    stream: str
+    type: str
+    payload: Mapping[str, Any]
+    schema_version: int = 1
+    expected_version: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.stream or not self.type:
+            raise ValueError("an event needs a stream and a type")
+        if self.schema_version < 1:
+            raise ValueError("schema_version starts at 1")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of the ``events`` table, exactly as chained and signed."""
+
+    seq: int
+    stream: str
+    stream_version: int
+    type: str
+    schema_version: int
+    recorded_at: str
+    payload: bytes
+    prev_hash: bytes
+    entry_hash: bytes
+    signature: bytes
+
+    def as_row(self) -> tuple[int, str, int, str, int, str, bytes, bytes, bytes, bytes]:
+        return (
+            self.seq, self.stream, self.stream_version, self.type, self.schema_version,
+            self.recorded_at, self.payload, self.prev_hash, self.entry_hash, self.signature,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """A decoded event for readers and projections (payload upcast to the current version)."""
+
+    seq: int
+    stream: str
+    stream_version: int
+    type: str
+    schema_version: int
+    recorded_at: str
+    payload: Payload
+
+
+@dataclass(slots=True)
+class _TypeInfo:
+    version: int = 1
+    upcasters: dict[int, Upcaster] = field(default_factory=dict)
+
+
+class EventRegistry:
+    """Event types, their current schema versions, and upcasters from older versions."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, _TypeInfo] = {}
+        self.register(LOG_OPENED)
+        self.register(KEY_ROTATED)
+
+    def register(self, type: str, *, version: int = 1) -> None:
+        """Declare an event type at its current schema ``version``."""
+        info = self._types.setdefault(type, _TypeInfo())
+        info.version = max(info.version, version)
+
+    def upcaster(self, type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator: register a function turning a ``from_version`` payload into the next."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            info = self._types.setdefault(type, _TypeInfo())
+            if from_version in info.upcasters:
+                raise ValueError(f"{type} already has an upcaster from version {from_version}")
+            info.upcasters[from_version] = fn
+            info.version = max(info.version, from_version + 1)
+            return fn
+
+        return decorate
+
+    def current_version(self, type: str) -> int:
+        info = self._types.get(type)
+        return info.version if info else 1
+
+    def known(self, type: str) -> bool:
+        return type in self._types
+
+    def upcast(self, type: str, version: int, payload: Payload) -> tuple[int, Payload]:
+        """Bring ``payload`` from ``version`` to the current version of ``type``."""
+        info = self._types.get(type)
+        if info is None:
+            return version, payload
+        while version < info.version:
+            step = info.upcasters.get(version)
+            if step is None:
+                raise ValueError(f"{type} has no upcaster from schema version {version}")
+            payload = step(payload)
+            version += 1
+        return version, payload
+
+    def decode(self, stored: StoredEvent) -> RecordedEvent:
+        """Decode a (verified) stored event and upcast its payload."""
+        version, payload = self.upcast(
+            stored.type, stored.schema_version, decode_payload(stored.payload)
+        )
+        return RecordedEvent(
+            seq=stored.seq,
+            stream=stored.stream,
+            stream_version=stored.stream_version,
+            type=stored.type,
+            schema_version=version,
+            recorded_at=stored.recorded_at,
+            payload=payload,
+        )
