@@ -260,7 +260,10 @@ class RequestVerifier:
     ) -> None:
         self._resolve_key = resolve_key
         self.window_seconds = window_seconds
-        self.nonce_cache = nonce_cache or NonceCache(window_seconds=window_seconds)
+        # Not `or`: an empty NonceCache is falsy (it has __len__), and a shared one must be used.
+        if nonce_cache is None:
+            nonce_cache = NonceCache(window_seconds=window_seconds)
+        self.nonce_cache = nonce_cache
         if self.nonce_cache.window_seconds < window_seconds:
             raise ValueError("the nonce cache must remember nonces for the whole window")
 
