@@ -1,0 +1,375 @@
+"""Event-store figures: batched and single appends, against raw primitives and eventsourcing.
+
+What each figure compares (every baseline is measured in the same run, on the same disk, with
+``journal_mode=WAL`` and ``synchronous=FULL``; appends are interleaved batch by batch with their
+baselines so load from other processes hits both sides alike):
+
+* ``store_append_batch_1000`` — ``SQLiteEventStore.append`` of 1000 ``PeerDiscovered`` events on
+  1000 new streams: stream-version lookup, RFC 8785 payloads, the entry-hash chain, one
+  ``InProcessSigner`` call signing 1000 hashes, one transaction inserting the rows and updating
+  the ``peers`` projection, the Merkle frontier, and the checkpoint that becomes due (every 100
+  entries by default, so one signed checkpoint per batch). Baseline
+  ``raw_canonical_sha256_sign_insert``: for the same payloads, per event ``canonical_json`` +
+  SHA-256 + PyNaCl Ed25519 sign, then one ``executemany`` INSERT of 1000 rows into a bare table
+  and COMMIT — the floor any signed, durable log in Python pays.
+* ``store_append_1000_streams`` / ``store_append_1_stream`` vs ``eventsourcing_sqlite_*`` — the
+  same store path against eventsourcing 9.5.6's ``Application`` with its SQLite persistence
+  module (``PERSISTENCE_MODULE=eventsourcing.sqlite``, a file database, every other setting its
+  default: WAL which it switches on itself, SQLite's default ``synchronous=FULL`` (both read
+  back from its connection and printed), its ``SQLiteApplicationRecorder``, which INSERTs one row
+  per ``execute`` to collect notification ids, UUID originator ids, JSON transcoder, no
+  compression, no cipher, no snapshots, no repository cache). Their side times
+  ``app.save(...)``: collecting the pending events, its mapper (``vars(event)`` → JSON
+  transcoder → ``StoredEvent``), one transaction with the inserts, COMMIT. Building the
+  aggregates (and triggering their events, which also applies them to the aggregates) happens
+  before the clock starts, as building our ``NewEvent`` objects does. Shape (a): 1000 new
+  aggregates in one ``save`` call vs 1000 new streams in one ``append``; shape (b): one aggregate
+  with 1000 new events saved once vs 1000 events on one stream in one ``append``. Our side does
+  more (chain, signatures, projection, checkpoint); theirs has no integrity at all.
+* ``store_append_one_p50``/``_p99`` — latency of ``append_one`` (one event, new stream; includes
+  the thread hand-offs, the signature, the fsync of the commit, and every 100th call the
+  checkpoint that falls due) vs a bare ``INSERT`` + ``COMMIT`` of a row with a payload of the
+  same size. A latency ratio is ours / baseline: LOWER is better.
+* ``store_rebuild_projections`` — ``rebuild_projections()`` with every node projection over a log
+  of N entries (N = min(``OPENRED_BENCH_VERIFY_ENTRIES``, 200000); a mix of peers, tokens,
+  sessions and messages) vs reading the same rows with ``SELECT * FROM events`` and
+  ``json.loads`` of each payload.
+
+Rates are medians over batches (robust to the odd stall on a shared machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from bench.common import percentiles, report
+from openred.crypto.identity import b64url
+from openred.node import events as ev
+from openred.node.events import node_registry
+from openred.node.projections import PeersProjection, node_projections
+from openred.store.codec import canonical_json
+from openred.store.events import NewEvent
+from openred.store.projections import ProjectionRegistry
+from openred.store.signer import InProcessSigner
+from openred.store.sqlite import SQLiteEventStore
+
+BATCH = 1000
+BATCHES = 20
+SINGLE_APPENDS = 300
+REPLAY_CAP = 200_000
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+# -- payloads (the shape of tests/store/history.py, copied so the bench imports no tests) -----
+
+
+def fake_id(i: int, kind: str = "peer") -> str:
+    """A deterministic 32-character base32 node id."""
+    digest = hashlib.sha256(f"{kind}{i}".encode()).digest()
+    return "".join(_ALPHABET[b % 32] for b in digest[:32])
+
+
+def peer_payload(i: int) -> dict[str, Any]:
+    node_id = fake_id(i)
+    return {
+        "node_id": node_id, "api_url": f"https://peer{i}.example:8443",
+        "sign_key": b64url(hashlib.sha256(b"s%d" % i).digest()),
+        "box_key": b64url(hashlib.sha256(b"b%d" % i).digest()),
+    }
+
+
+def peer_event(i: int, stream: str | None = None) -> NewEvent:
+    payload = peer_payload(i)
+    return NewEvent(stream or ev.node_stream(payload["node_id"]), ev.PEER_DISCOVERED, payload)
+
+
+def session_events(i: int) -> list[NewEvent]:
+    """A token received and consumed, a session established, a message received."""
+    grant_id = b64url(hashlib.sha256(b"g%d" % i).digest()[:16])
+    session_id = b64url(hashlib.sha256(b"sess%d" % i).digest()[:16])
+    peer = fake_id(i)
+    return [
+        NewEvent(ev.grant_stream(grant_id), ev.TOKEN_RECEIVED, {
+            "grant_id": grant_id, "peer": peer, "role": "responder",
+            "suite": "25519_ChaChaPoly_SHA256", "issued_at": 1_790_000_000 + i,
+            "expires_at": 1_790_000_300 + i, "grant": b64url(b"{}"),
+            "grant_signature": b64url(bytes(64)), "sealed_token": b64url(bytes(80)),
+        }),
+        NewEvent(ev.grant_stream(grant_id), ev.TOKEN_CONSUMED,
+                 {"grant_id": grant_id, "session_id": session_id}),
+        NewEvent(ev.session_stream(session_id), ev.SESSION_ESTABLISHED, {
+            "session_id": session_id, "peer": peer, "grant_id": grant_id,
+            "role": "responder", "suite": "25519_ChaChaPoly_SHA256",
+            "expires_at": 1_790_086_400 + i, "wrapped_state": b64url(bytes(100)),
+        }),
+        NewEvent(ev.session_stream(session_id), ev.MESSAGE_RECEIVED, {
+            "message_id": b64url(hashlib.sha256(b"m%d" % i).digest()[:16]),
+            "session_id": session_id, "peer": peer, "size": 12, "body": b64url(bytes(40)),
+        }),
+    ]
+
+
+class _Clock:
+    """A strictly increasing clock (recorded_at never repeats, as on a real node)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+async def _open_store(path: Path, projections: ProjectionRegistry) -> SQLiteEventStore:
+    return await SQLiteEventStore.open(
+        path, InProcessSigner.from_seed(b"\x42" * 32), registry=node_registry(),
+        projections=projections, clock=_Clock(), checkpoint_interval=0,
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+# -- the raw baseline ---------------------------------------------------------------------------
+
+
+class _RawLog:
+    """Canonical JSON + SHA-256 + Ed25519 + executemany into a bare table: the floor."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = _connect(path)
+        self.conn.execute(
+            "CREATE TABLE log (seq INTEGER PRIMARY KEY, payload BLOB, hash BLOB, sig BLOB)"
+        )
+        self.key = nacl.signing.SigningKey(b"\x43" * 32)
+        self.seq = 0
+
+    def append(self, payloads: list[dict[str, Any]]) -> None:
+        sign, sha256 = self.key.sign, hashlib.sha256
+        rows = []
+        for payload in payloads:
+            self.seq += 1
+            data = canonical_json(payload)
+            digest = sha256(data).digest()
+            rows.append((self.seq, data, digest, sign(digest).signature))
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
+        self.conn.execute("COMMIT")
+
+
+# -- eventsourcing ------------------------------------------------------------------------------
+
+
+def _eventsourcing_app(path: Path) -> Any:
+    """An eventsourcing Application on a SQLite file, every other setting its default."""
+    from eventsourcing.application import Application
+
+    class PeerDirectory(Application[Any]):
+        pass
+
+    return PeerDirectory(env={
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(path),
+    })
+
+
+def _peer_aggregate_class() -> Any:
+    from eventsourcing.domain import Aggregate, event
+
+    class Peer(Aggregate):
+        @event("Discovered")
+        def __init__(self, node_id: str, api_url: str, sign_key: str, box_key: str) -> None:
+            self.node_id, self.api_url = node_id, api_url
+            self.sign_key, self.box_key = sign_key, box_key
+
+        @event("Rediscovered")
+        def rediscover(self, node_id: str, api_url: str, sign_key: str, box_key: str) -> None:
+            self.api_url, self.sign_key, self.box_key = api_url, sign_key, box_key
+
+    return Peer
+
+
+def _eventsourcing_settings(app: Any) -> str:
+    """The journal mode and synchronous level eventsourcing's own connection uses."""
+    datastore = app.recorder.datastore
+    with datastore.transaction(commit=False) as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        journal = cursor.fetchone()[0]
+        cursor.execute("PRAGMA synchronous")
+        sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[cursor.fetchone()[0]]
+    return f"journal_mode={journal} synchronous={sync}"
+
+
+# -- runners ------------------------------------------------------------------------------------
+
+
+def _median_rate(times: list[float], n: int = BATCH) -> float:
+    return n / statistics.median(times)
+
+
+async def _batches(root: Path) -> None:
+    """Figures 1 and 2: batched appends, interleaved with their three baselines."""
+    peers = ProjectionRegistry([PeersProjection()])
+    many = await _open_store(root / "many.db", peers)
+    one = await _open_store(root / "one.db", ProjectionRegistry([PeersProjection()]))
+    raw = _RawLog(root / "raw.db")
+    es_many = _eventsourcing_app(root / "es_many.db")
+    es_one = _eventsourcing_app(root / "es_one.db")
+    settings = _eventsourcing_settings(es_many)
+    peer_cls = _peer_aggregate_class()
+    single = peer_cls(**peer_payload(-1))
+    es_one.save(single)
+    one_stream = ev.node_stream(fake_id(-1))
+    times: dict[str, list[float]] = {k: [] for k in ("many", "one", "raw", "es_many", "es_one")}
+    clock = time.perf_counter
+    try:
+        for b in range(BATCHES):
+            base = b * BATCH
+            payloads = [peer_payload(i) for i in range(base, base + BATCH)]
+            events = [NewEvent(ev.node_stream(p["node_id"]), ev.PEER_DISCOVERED, p)
+                      for p in payloads]
+            one_events = [NewEvent(one_stream, ev.PEER_DISCOVERED, p) for p in payloads]
+            aggregates = [peer_cls(**p) for p in payloads]
+            for p in payloads:
+                single.rediscover(**p)
+
+            t = clock()
+            await many.append(events)
+            times["many"].append(clock() - t)
+            t = clock()
+            raw.append(payloads)
+            times["raw"].append(clock() - t)
+            t = clock()
+            es_many.save(*aggregates)
+            times["es_many"].append(clock() - t)
+            t = clock()
+            await one.append(one_events)
+            times["one"].append(clock() - t)
+            t = clock()
+            es_one.save(single)
+            times["es_one"].append(clock() - t)
+    finally:
+        await many.close()
+        await one.close()
+        raw.conn.close()
+        es_many.close()
+        es_one.close()
+    rate = {k: _median_rate(v) for k, v in times.items()}
+    report("store_append_batch_1000", rate["many"], "events/s",
+           "raw_canonical_sha256_sign_insert", rate["raw"])
+    print(f"# eventsourcing {_eventsourcing_version()} SQLite: {settings}", flush=True)
+    report("store_append_1000_streams", rate["many"], "events/s",
+           "eventsourcing_sqlite_1000_streams", rate["es_many"])
+    report("store_append_1_stream", rate["one"], "events/s",
+           "eventsourcing_sqlite_1_stream", rate["es_one"])
+
+
+def _eventsourcing_version() -> str:
+    from importlib.metadata import version
+
+    return version("eventsourcing")
+
+
+async def _single(root: Path) -> None:
+    """Figure 3: ``append_one`` latency vs a bare INSERT + COMMIT, interleaved."""
+    store = await _open_store(root / "single.db", ProjectionRegistry([PeersProjection()]))
+    conn = _connect(root / "bare.db")
+    conn.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, payload BLOB)")
+    ours: list[float] = []
+    bare: list[float] = []
+    clock = time.perf_counter
+    try:
+        for i in range(SINGLE_APPENDS):
+            event = peer_event(1_000_000 + i)
+            payload = canonical_json(dict(event.payload))
+            t = clock()
+            await store.append_one(event)
+            ours.append(clock() - t)
+            t = clock()
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO log VALUES (?, ?)", (i + 1, payload))
+            conn.execute("COMMIT")
+            bare.append(clock() - t)
+    finally:
+        await store.close()
+        conn.close()
+    ours_p50, ours_p99 = percentiles(ours)
+    bare_p50, bare_p99 = percentiles(bare)
+    # Latencies: ratio = ours / baseline, so LOWER is better.
+    report("store_append_one_p50", ours_p50 * 1e6, "us", "sqlite_insert_commit_p50",
+           bare_p50 * 1e6)
+    report("store_append_one_p99", ours_p99 * 1e6, "us", "sqlite_insert_commit_p99",
+           bare_p99 * 1e6)
+
+
+def _history(n: int) -> Iterator[list[NewEvent]]:
+    """Batches of a node history: per unit i, one peer and its session (5 events)."""
+    batch: list[NewEvent] = []
+    i = 0
+    while n > 0:
+        unit = [peer_event(i), *session_events(i)][:n]
+        batch.extend(unit)
+        n -= len(unit)
+        i += 1
+        if len(batch) >= 5 * BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def _replay(root: Path) -> None:
+    """Figure 4: rebuilding every node projection vs a plain SELECT + json.loads."""
+    entries = min(int(os.environ.get("OPENRED_BENCH_VERIFY_ENTRIES", "1000000")), REPLAY_CAP)
+    path = root / "replay.db"
+    store = await _open_store(path, node_projections())
+    try:
+        for batch in _history(entries - 1):  # the genesis entry is the first of N
+            await store.append(batch)
+        t = time.perf_counter()
+        count = await store.rebuild_projections()
+        ours = count / (time.perf_counter() - t)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        t = time.perf_counter()
+        loads = json.loads
+        n = 0
+        for row in conn.execute("SELECT * FROM events"):
+            loads(row[6])
+            n += 1
+        baseline = n / (time.perf_counter() - t)
+    finally:
+        conn.close()
+    report(f"store_rebuild_projections_{count}", ours, "events/s",
+           "select_json_loads", baseline)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="openred-bench-store-") as tmp:
+        root = Path(tmp)
+        asyncio.run(_batches(root))
+        asyncio.run(_single(root))
+        asyncio.run(_replay(root))
+
+
+if __name__ == "__main__":
+    main()
