@@ -141,7 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ops = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jail-op")
     state = JailState(keystore, split_executor=split)
     allowed = frozenset({os.getuid(), *args.allow_uid})
-    server = JailServer(state, allowed_uids=allowed, op_executor=ops)
+    server = JailServer(
+        state, allowed_uids=allowed, op_executor=ops, frame_timeout=args.frame_timeout
+    )
     socket_path = Path(args.socket)
     sock = prepare_socket(socket_path)
     try:
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--passphrase-fd", type=int, help="inherited fd to read the passphrase from")
     serve.add_argument("--allow-uid", type=int, action="append", default=[],
                        help="another uid allowed to connect (repeatable)")
+    serve.add_argument("--frame-timeout", type=float, default=10.0,
+                       help="seconds a started frame may take to arrive (default 10)")
     serve.add_argument("--no-seccomp", action="store_true",
                        help="skip the seccomp filter (platforms without libseccomp only)")
     return parser

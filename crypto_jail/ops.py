@@ -37,7 +37,7 @@ from crypto_jail.errors import (
 )
 from crypto_jail.keystore import Keystore
 from crypto_jail.noise import SUITES, HandshakeState, NoiseError, X25519KeyPair
-from crypto_jail.protocol import b64d, b64e
+from crypto_jail.protocol import MAX_BATCH, b64d, b64e
 
 __all__ = ["OPS", "JailState", "dispatch"]
 
@@ -200,6 +200,8 @@ def op_sign_batch(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     if not data or len(data) % 32:
         raise OpRefused(REFUSED, "data must be one or more 32-byte entry hashes")
     count = len(data) // 32
+    if count > MAX_BATCH:
+        raise OpRefused(BAD_REQUEST, f"at most {MAX_BATCH} entry hashes per batch")
     executor = state.split_executor
     if executor is None or count < SPLIT_THRESHOLD:
         return {"signatures": b64e(state.sign_concatenated(data))}

@@ -29,6 +29,7 @@ from crypto_jail.errors import (
 
 __all__ = [
     "HEADER",
+    "MAX_BATCH",
     "MAX_BODY",
     "MAX_ID",
     "Request",
@@ -49,6 +50,8 @@ __all__ = [
 HEADER = struct.Struct(">I")
 MAX_BODY = 4 * 1024 * 1024
 """Largest body either side accepts (4 MiB); a bigger length prefix ends the connection."""
+MAX_BATCH = 32768
+"""Most entry hashes one ``sign_batch`` takes: its answer (N × 64 bytes) must fit in a frame."""
 MAX_ID = 2**53 - 1
 """Request ids are non-negative integers that survive any JSON implementation exactly."""
 

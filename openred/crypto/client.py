@@ -1,0 +1,545 @@
+"""The only code that talks to the crypto jail (DESIGN §7): client, supervisor and Signer.
+
+* :class:`JailClient` sends framed requests over the jail's Unix socket (a small pool of
+  connections, one request in flight per connection, a timeout per call) and translates every
+  failure here, in one place: error answers become :class:`~openred.errors.JailRefused`
+  (with :class:`JailHandshakeFailed` / :class:`JailDecryptionFailed`, which are also
+  :class:`~openred.errors.HandshakeFailed` / :class:`~openred.errors.DecryptionFailed`),
+  malformed answers :class:`~openred.errors.JailProtocolError`, and a jail that cannot be
+  reached :class:`~openred.errors.JailUnavailable`. A broken connection is reopened (after the
+  supervisor restarts a dead jail) and an idempotent request is retried once.
+* :class:`JailSupervisor` runs ``python -I -m crypto_jail serve`` (``OPENRED_JAIL_PYTHON`` or
+  this interpreter), hands it the passphrase through an inherited pipe (never argv or the
+  environment), waits for its ``READY`` line and restarts it when it dies.
+* :class:`JailSigner` implements the store's :class:`~openred.store.signer.Signer` over a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypto_jail.errors import FrameError, OpRefused
+from crypto_jail.protocol import (
+    HEADER,
+    MAX_BATCH,
+    MAX_BODY,
+    b64d,
+    b64e,
+    encode_request,
+    parse_response,
+)
+from openred.crypto.identity import BoxKey, EntryHash, NodeId, Signature, SignKey
+from openred.errors import (
+    DecryptionFailed,
+    HandshakeFailed,
+    JailProtocolError,
+    JailRefused,
+    JailUnavailable,
+)
+
+__all__ = [
+    "Initiated",
+    "JailClient",
+    "JailDecryptionFailed",
+    "JailHandshakeFailed",
+    "JailSigner",
+    "JailSupervisor",
+    "PublicKeys",
+    "Responded",
+    "SessionKeys",
+]
+
+logger = logging.getLogger("openred.crypto_jail")
+
+JAIL_PYTHON_ENV = "OPENRED_JAIL_PYTHON"
+SIGNATURE_LEN = 64
+_BROKEN = (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError, EOFError)
+_UNREACHABLE = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError)
+
+
+class JailHandshakeFailed(JailRefused, HandshakeFailed):
+    """The jail refused a handshake message (wrong token, key, grant, or tampered message)."""
+
+
+class JailDecryptionFailed(JailRefused, DecryptionFailed):
+    """The jail could not open a sealed or wrapped value."""
+
+
+_REFUSALS: dict[str, type[JailRefused]] = {
+    "handshake_failed": JailHandshakeFailed,
+    "decrypt_failed": JailDecryptionFailed,
+}
+
+
+def refusal(code: str, detail: str) -> JailRefused:
+    """The exception for an error answer (the one place wire codes become exception types)."""
+    return _REFUSALS.get(code, JailRefused)(code, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeys:
+    """The jail's public identity."""
+
+    sign_key: SignKey
+    box_key: BoxKey
+    node_id: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """Noise Split() output from one side's view; ``repr`` hides the keys."""
+
+    send_key: bytes = field(repr=False)
+    recv_key: bytes = field(repr=False)
+    handshake_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Initiated:
+    """An initiated handshake: the jail-side ``handle`` and Noise message 1."""
+
+    handle: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Responded:
+    """A completed responder handshake: Noise message 2 and the responder's session keys."""
+
+    message: bytes
+    keys: SessionKeys
+
+
+def _need(result: dict[str, Any], name: str, length: int | None = None) -> bytes:
+    try:
+        raw = b64d(result.get(name), name=name)
+    except OpRefused as exc:
+        raise JailProtocolError(f"jail answer field {name!r} is not base64url") from exc
+    if length is not None and len(raw) != length:
+        raise JailProtocolError(f"jail answer field {name!r} has the wrong length")
+    return raw
+
+
+def _session_keys(result: dict[str, Any]) -> SessionKeys:
+    return SessionKeys(
+        _need(result, "send_key", 32), _need(result, "recv_key", 32),
+        _need(result, "handshake_hash"),
+    )
+
+
+class _Connection:
+    """One connection to the jail, one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._next_id = 1
+
+    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            frame = encode_request(request_id, op, args)
+        except FrameError as exc:
+            raise JailProtocolError(f"request too large for one frame ({op})") from exc
+        self.writer.write(frame)
+        await self.writer.drain()
+        header = await self.reader.readexactly(HEADER.size)
+        (length,) = HEADER.unpack(header)
+        if length > MAX_BODY:
+            raise JailProtocolError(f"jail answer length {length} exceeds {MAX_BODY}")
+        body = await self.reader.readexactly(length)
+        try:
+            response = parse_response(body)
+        except FrameError as exc:
+            raise JailProtocolError(exc.detail) from exc
+        if response.id != request_id:
+            if not response.ok and response.id is None:
+                raise refusal(response.code, response.detail)
+            raise JailProtocolError(f"jail answered id {response.id}, expected {request_id}")
+        if not response.ok:
+            raise refusal(response.code, response.detail)
+        return response.result
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class JailSupervisor:
+    """Runs the jail as a child process and restarts it when it dies."""
+
+    def __init__(
+        self,
+        keystore: Path,
+        socket_path: Path,
+        *,
+        passphrase: bytes | None = None,
+        python: str | None = None,
+        no_seccomp: bool = False,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 30.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+    ) -> None:
+        self.keystore = Path(keystore)
+        self.socket_path = Path(socket_path)
+        self._passphrase = passphrase
+        self._python = python
+        self._no_seccomp = no_seccomp
+        self._extra = tuple(extra_args)
+        self._start_timeout = start_timeout
+        self._max_restarts = max_restarts
+        self._window = restart_window
+        self._starts: deque[float] = deque()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The running jail's process id (None before start)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def python(self) -> str:
+        return self._python or os.environ.get(JAIL_PYTHON_ENV) or sys.executable
+
+    def _argv(self) -> list[str]:
+        argv = [self.python, "-I", "-m", "crypto_jail", "serve",
+                "--keystore", str(self.keystore), "--socket", str(self.socket_path)]
+        if self._no_seccomp:
+            argv.append("--no-seccomp")
+        return argv + list(self._extra)
+
+    async def start(self) -> None:
+        """Start the jail if it is not running and wait for READY; JailUnavailable on failure."""
+        async with self._lock:
+            if self._proc is None or self._proc.returncode is not None:
+                await self._spawn()
+
+    async def ensure_running(self) -> None:
+        """Called after a connection failed: restart the jail unless it still answers."""
+        async with self._lock:
+            proc = self._proc
+            if proc is not None and proc.returncode is None and await self._answers():
+                return
+            if proc is not None:
+                await self._reap(proc)
+            await self._spawn()
+
+    async def _answers(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.socket_path)), timeout=1.0
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _spawn(self) -> None:
+        now = time.monotonic()
+        while self._starts and now - self._starts[0] > self._window:
+            self._starts.popleft()
+        if len(self._starts) >= self._max_restarts:
+            raise JailUnavailable(
+                f"the jail was started {len(self._starts)} times in {self._window:.0f} s; "
+                "giving up"
+            )
+        self._starts.append(now)
+        argv = self._argv()
+        pass_fds: tuple[int, ...] = ()
+        read_end: int | None = None
+        if self._passphrase is not None:
+            if len(self._passphrase) > 4096:
+                raise JailUnavailable("passphrase longer than 4096 bytes")
+            read_end, write_end = os.pipe()
+            try:
+                os.write(write_end, self._passphrase)  # fits the pipe buffer: nothing blocks
+            finally:
+                os.close(write_end)
+            argv += ["--passphrase-fd", str(read_end)]
+            pass_fds = (read_end,)
+        env = {k: v for k, v in os.environ.items() if k != "OPENRED_JAIL_PASSPHRASE"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=env,
+            )
+        except OSError as exc:
+            raise JailUnavailable(f"cannot start the jail with {self.python}: {exc}") from exc
+        finally:
+            if read_end is not None:
+                os.close(read_end)
+        self._proc = proc
+        self._stderr_tail.clear()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._tasks = [asyncio.create_task(self._drain_stderr(proc.stderr))]
+        try:
+            await asyncio.wait_for(self._wait_ready(proc.stdout), self._start_timeout)
+        except (TimeoutError, JailUnavailable) as exc:
+            await self._reap(proc)
+            tail = " | ".join(self._stderr_tail) or "no output"
+            raise JailUnavailable(f"the jail did not become ready: {tail}") from exc
+        self._tasks.append(asyncio.create_task(self._drain(proc.stdout)))
+
+    async def _wait_ready(self, stdout: asyncio.StreamReader) -> None:
+        while True:
+            line = await stdout.readline()
+            if not line:
+                raise JailUnavailable("the jail exited before it was ready")
+            if line.startswith(b"READY "):
+                return
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self._stderr_tail.append(text)
+            logger.info("%s", text)
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 1.0)
+        self._tasks = []
+
+    async def stop(self) -> None:
+        """Terminate the jail (SIGTERM, then SIGKILL after 5 s) and wait for it."""
+        async with self._lock:
+            if self._proc is not None:
+                await self._reap(self._proc)
+                self._proc = None
+
+
+class JailClient:
+    """Typed requests to the jail over its Unix socket."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        supervisor: JailSupervisor | None = None,
+        timeout: float = 10.0,
+        max_connections: int = 4,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.supervisor = supervisor
+        self.timeout = timeout
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
+
+    async def __aenter__(self) -> JailClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every pooled connection (the supervisor, if any, is stopped separately)."""
+        self._closed = True
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    async def _open(self) -> _Connection:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(self.socket_path), limit=MAX_BODY + HEADER.size),
+            self.timeout,
+        )
+        return _Connection(reader, writer)
+
+    async def _connect(self) -> _Connection:
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await self._open()
+        except (TimeoutError, *_UNREACHABLE):
+            if self.supervisor is None:
+                raise
+        await self.supervisor.ensure_running()
+        return await self._open()
+
+    async def call(self, op: str, args: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
+        """Send one request; the result object, or raise a JailError subclass.
+
+        ``retry`` resends once after a broken connection (only for idempotent operations).
+        """
+        if self._closed:
+            raise JailUnavailable("the jail client is closed")
+        async with self._slots:
+            for attempt in (1, 2):
+                try:
+                    conn = await self._connect()
+                except (TimeoutError, *_UNREACHABLE) as exc:
+                    raise JailUnavailable(f"cannot reach the jail at {self.socket_path}") from exc
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        result = await conn.request(op, args)
+                except JailRefused:
+                    self._idle.append(conn)
+                    raise
+                except JailProtocolError:
+                    conn.close()
+                    raise
+                except TimeoutError as exc:
+                    conn.close()
+                    raise JailUnavailable(f"the jail did not answer {op} in time") from exc
+                except _BROKEN as exc:
+                    conn.close()
+                    self._drop_idle()  # every pooled connection died with the jail
+                    if self.supervisor is not None:
+                        await self.supervisor.ensure_running()
+                    if attempt == 1 and retry:
+                        continue
+                    raise JailUnavailable(f"the connection to the jail broke during {op}") from exc
+                self._idle.append(conn)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- typed operations --
+
+    async def public_keys(self) -> PublicKeys:
+        result = await self.call("public_keys", {})
+        try:
+            sign_key = SignKey(_need(result, "sign_key", 32))
+            box_key = BoxKey(_need(result, "box_key", 32))
+            node_id = NodeId(str(result.get("node_id")))
+        except ValueError as exc:
+            raise JailProtocolError("jail answered malformed public keys") from exc
+        if sign_key.node_id != node_id:
+            raise JailProtocolError("jail node id does not match its signing key")
+        return PublicKeys(sign_key, box_key, node_id)
+
+    async def sign(self, kind: str, data: bytes) -> Signature:
+        """Ed25519 over ``data``, which must be one of the jail's signable structures."""
+        result = await self.call("sign", {"kind": kind, "data": b64e(data)})
+        return Signature(_need(result, "signature", SIGNATURE_LEN))
+
+    async def sign_batch(self, hashes: Sequence[bytes]) -> list[Signature]:
+        """Sign 32-byte entry hashes in order (split into frames of at most MAX_BATCH)."""
+        for h in hashes:
+            if len(h) != 32:
+                raise ValueError("an entry hash is 32 bytes")
+        out: list[Signature] = []
+        for start in range(0, len(hashes), MAX_BATCH):
+            chunk = hashes[start : start + MAX_BATCH]
+            result = await self.call(
+                "sign_batch", {"kind": "entry_hash", "data": b64e(b"".join(chunk))}
+            )
+            raw = _need(result, "signatures", SIGNATURE_LEN * len(chunk))
+            out.extend(
+                Signature(raw[i : i + SIGNATURE_LEN]) for i in range(0, len(raw), SIGNATURE_LEN)
+            )
+        return out
+
+    async def sign_checkpoint(self, body: bytes) -> Signature:
+        result = await self.call("sign_checkpoint", {"body": b64e(body)})
+        return Signature(_need(result, "signature", SIGNATURE_LEN))
+
+    async def open_sealed(self, sealed: bytes) -> int:
+        """Check that a sealed token opens with the node's key; its length (it stays inside)."""
+        result = await self.call("open_sealed", {"sealed": b64e(sealed)})
+        length = result.get("length")
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise JailProtocolError("jail answered open_sealed without a length")
+        return length
+
+    async def noise_initiate(
+        self, *, suite: str, grant: bytes, grant_signature: bytes, sealed_token: bytes,
+        remote_static: bytes,
+    ) -> Initiated:
+        """Start a KKpsk0 handshake as initiator; Noise message 1 and a handle for finish."""
+        result = await self.call("noise_initiate", {
+            "suite": suite, "grant": b64e(grant), "grant_signature": b64e(grant_signature),
+            "sealed_token": b64e(sealed_token), "remote_static": b64e(remote_static),
+        })
+        handle = result.get("handle")
+        if not isinstance(handle, str):
+            raise JailProtocolError("jail answered noise_initiate without a handle")
+        return Initiated(handle, _need(result, "message"))
+
+    async def noise_respond(
+        self, *, suite: str, grant: bytes, grant_signature: bytes, sealed_token: bytes,
+        remote_static: bytes, message: bytes,
+    ) -> Responded:
+        """Answer Noise message 1 as responder; message 2 and the responder's session keys."""
+        result = await self.call("noise_respond", {
+            "suite": suite, "grant": b64e(grant), "grant_signature": b64e(grant_signature),
+            "sealed_token": b64e(sealed_token), "remote_static": b64e(remote_static),
+            "message": b64e(message),
+        })
+        return Responded(_need(result, "message"), _session_keys(result))
+
+    async def noise_finish(self, handle: str, message: bytes) -> SessionKeys:
+        """Read Noise message 2 on ``handle`` (used once); the initiator's session keys."""
+        result = await self.call(
+            "noise_finish", {"handle": handle, "message": b64e(message)}, retry=False
+        )
+        return _session_keys(result)
+
+    async def wrap(self, label: str, plaintext: bytes) -> bytes:
+        """Encrypt ``plaintext`` at rest under the jail's wrap key, bound to ``label``."""
+        result = await self.call("wrap", {"label": label, "plaintext": b64e(plaintext)})
+        return _need(result, "wrapped")
+
+    async def unwrap(self, label: str, wrapped: bytes) -> bytes:
+        """Decrypt a wrapped value; JailDecryptionFailed for a wrong label or any tampering."""
+        result = await self.call("unwrap", {"label": label, "wrapped": b64e(wrapped)})
+        return _need(result, "plaintext")
+
+
+class JailSigner:
+    """The store's :class:`~openred.store.signer.Signer`, signing through the jail."""
+
+    def __init__(self, client: JailClient, sign_key: SignKey) -> None:
+        self._client = client
+        self._sign_key = sign_key
+
+    @classmethod
+    async def create(cls, client: JailClient) -> JailSigner:
+        """A signer whose ``sign_key`` is the jail's (asked once, at startup)."""
+        keys = await client.public_keys()
+        return cls(client, keys.sign_key)
+
+    @property
+    def sign_key(self) -> SignKey:
+        return self._sign_key
+
+    async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        if not hashes:
+            return []
+        return await self._client.sign_batch(hashes)
+
+    async def sign_checkpoint(self, note_body: bytes) -> Signature:
+        return await self._client.sign_checkpoint(note_body)
