@@ -14,11 +14,13 @@ escapes this module.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -130,27 +132,37 @@ class X25519KeyPair:
 _Aead = ChaCha20Poly1305 | AESGCM
 
 
+@functools.cache
+def _nonce_struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
+
+
 @dataclass(frozen=True)
 class CipherFunction:
     """A Noise cipher: an AEAD with a 256-bit key and the 96-bit nonce it builds from ``n``."""
 
     name: str
     aead_class: type[ChaCha20Poly1305] | type[AESGCM]
-    nonce_prefix: bytes
-    # "little" for ChaChaPoly (§12.3), "big" for AESGCM (§12.4)
-    nonce_byteorder: Literal["little", "big"]
+    # struct format of the nonce: 32 zero bits, then n as 64 bits little-endian for ChaChaPoly
+    # (§12.3), big-endian for AESGCM (§12.4)
+    nonce_format: str
+
+    @property
+    def pack_nonce(self) -> Callable[[int], bytes]:
+        """``n -> 12-byte nonce`` as one C call (hot paths keep a reference to it)."""
+        return _nonce_struct(self.nonce_format).pack
 
     def nonce(self, n: int) -> bytes:
-        """The 12-byte AEAD nonce for the 64-bit counter ``n``: 32 zero bits then n."""
-        return self.nonce_prefix + n.to_bytes(8, self.nonce_byteorder)
+        """The 12-byte AEAD nonce for the 64-bit counter ``n``."""
+        return _nonce_struct(self.nonce_format).pack(n)
 
     def key(self, k: bytes) -> AeadKey:
         """The AEAD keyed with the 32-byte ``k``."""
         return AeadKey(self, k)
 
 
-CHACHAPOLY = CipherFunction("ChaChaPoly", ChaCha20Poly1305, bytes(4), "little")
-AESGCM_CIPHER = CipherFunction("AESGCM", AESGCM, bytes(4), "big")
+CHACHAPOLY = CipherFunction("ChaChaPoly", ChaCha20Poly1305, "<4xQ")
+AESGCM_CIPHER = CipherFunction("AESGCM", AESGCM, ">4xQ")
 
 
 def _nonce(cipher: CipherFunction, n: int) -> bytes:

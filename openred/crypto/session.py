@@ -19,8 +19,9 @@ Counter and epochs
     Counter 2^64-1 is reserved by Noise and never sent.
 
 Replay window
-    WireGuard-style sliding bitmap (RFC 6479 semantics, :data:`WINDOW_BITS` wide) kept as one
-    Python integer: check before decrypting, mark only after the AEAD accepted the message.
+    WireGuard-style RFC 6479 ring of :data:`WINDOW_BITS` bits (64 blocks of 64), which tracks
+    the last ``WINDOW_BITS - 64`` = 4032 counters exactly: check before decrypting, mark only
+    after the AEAD accepted the message.
 
 Persistence
     :meth:`SessionCipher.to_state` serializes keys, epochs, counters and the window (versioned;
@@ -71,6 +72,7 @@ WINDOW_BITS: Final = 4096
 EPOCH_INFO: Final = b"openred/v3 session epoch"
 STATE_MAGIC: Final = b"ORSC"
 STATE_VERSION: Final = 1
+_BLOCK_BITS: Final = 64
 
 _Aead = ChaCha20Poly1305 | AESGCM
 
@@ -84,21 +86,33 @@ def derive_epoch_key(previous: bytes, epoch: int) -> bytes:
 
 
 class ReplayWindow:
-    """A sliding bitmap of the last ``size`` counters below the highest one accepted.
+    """RFC 6479 sliding-window replay check over a ring of 64-bit blocks.
 
-    Bit ``i`` of the bitmap stands for counter ``top - i``. :meth:`check` never changes state;
-    :meth:`mark` is called only once the message authenticated (RFC 6479 §2).
+    The ring holds ``size`` bits (``size // 64`` blocks); counters in ``(top - width, top]``
+    where ``width = size - 64`` are tracked exactly, older ones are refused. :meth:`check`
+    never changes state; :meth:`mark` is called only once the message authenticated
+    (RFC 6479 §2: the window is updated after the integrity check).
     """
 
-    __slots__ = ("_bits", "_mask", "_top", "size")
+    __slots__ = ("_blocks", "_mask", "_top", "size", "width")
 
-    def __init__(self, size: int = WINDOW_BITS, *, top: int = -1, bits: int = 0) -> None:
-        if size < 64 or size % 8:
-            raise ValueError("window size must be a multiple of 8, at least 64")
+    def __init__(
+        self, size: int = WINDOW_BITS, *, top: int = -1, blocks: list[int] | None = None
+    ) -> None:
+        nblocks = size // _BLOCK_BITS
+        if size < 2 * _BLOCK_BITS or nblocks * _BLOCK_BITS != size or nblocks & (nblocks - 1):
+            raise ValueError("window size must be a power-of-two number of 64-bit blocks (>= 2)")
+        if blocks is not None and (
+            len(blocks) != nblocks or not all(0 <= b < 1 << _BLOCK_BITS for b in blocks)
+        ):
+            raise ValueError("window blocks do not match the window size")
+        if top < -1:
+            raise ValueError("window top out of range")
         self.size = size
-        self._mask = (1 << size) - 1
+        self.width = size - _BLOCK_BITS
+        self._mask = nblocks - 1
         self._top = top
-        self._bits = bits & self._mask
+        self._blocks = [0] * nblocks if blocks is None else list(blocks)
 
     @property
     def top(self) -> int:
@@ -107,22 +121,26 @@ class ReplayWindow:
 
     def check(self, counter: int) -> None:
         """Raise ReplayDetected if ``counter`` was accepted before or is below the window."""
-        offset = self._top - counter
-        if offset < 0:
+        top = self._top
+        if counter > top:
             return
-        if offset >= self.size:
+        if top - counter >= self.width:
             raise ReplayDetected("counter is below the replay window")
-        if (self._bits >> offset) & 1:
+        if (self._blocks[(counter >> 6) & self._mask] >> (counter & 63)) & 1:
             raise ReplayDetected("counter was already received")
 
     def mark(self, counter: int) -> None:
         """Record ``counter`` as received (after :meth:`check` and successful decryption)."""
-        shift = counter - self._top
-        if shift > 0:
-            self._bits = 1 if shift >= self.size else ((self._bits << shift) | 1) & self._mask
+        blocks, mask = self._blocks, self._mask
+        index = counter >> 6
+        if counter > self._top:
+            current = self._top >> 6
+            if index != current:
+                # Moving into new blocks: clear the ring slots they reuse (RFC 6479 §2).
+                for block in range(current + 1, min(index, current + mask + 1) + 1):
+                    blocks[block & mask] = 0
             self._top = counter
-        else:
-            self._bits |= 1 << -shift
+        blocks[index & mask] |= 1 << (counter & 63)
 
     def accepts(self, counter: int) -> bool:
         """Whether :meth:`check` would pass."""
@@ -132,9 +150,9 @@ class ReplayWindow:
             return False
         return True
 
-    def state(self) -> tuple[int, int]:
-        """(top, bitmap) for serialization."""
-        return self._top, self._bits
+    def blocks(self) -> list[int]:
+        """A copy of the ring (for serialization)."""
+        return list(self._blocks)
 
 
 def _suite(name: str) -> Suite:
@@ -154,10 +172,9 @@ class SessionCipher:
     """One end of a session: encrypt with an explicit counter, decrypt once per counter."""
 
     __slots__ = (
-        "_byteorder",
         "_cipher",
         "_future",
-        "_prefix",
+        "_nonce",
         "_recv_aead",
         "_recv_epoch",
         "_recv_key",
@@ -183,8 +200,7 @@ class SessionCipher:
     ) -> None:
         self._suite_name = suite
         self._cipher: CipherFunction = _suite(suite).cipher
-        self._prefix = self._cipher.nonce_prefix
-        self._byteorder = self._cipher.nonce_byteorder
+        self._nonce = self._cipher.pack_nonce
         if not 0 <= send_epoch <= MAX_EPOCH or not 0 <= recv_epoch <= MAX_EPOCH:
             raise CryptoError("epoch out of range")
         if send_counter is None:
@@ -246,24 +262,25 @@ class SessionCipher:
             self._advance_send(self._send_epoch + 1)
             counter = self._send_counter
         self._send_counter = counter + 1
-        nonce = self._prefix + counter.to_bytes(8, self._byteorder)
-        return counter, self._send_aead.encrypt(nonce, plaintext, ad)
+        return counter, self._send_aead.encrypt(self._nonce(counter), plaintext, ad)
 
     def decrypt(self, counter: int, ciphertext: bytes, *, ad: bytes = b"") -> bytes:
         """Open a message sent with ``counter``; each counter is accepted at most once."""
         if not 0 <= counter < MAX_COUNTER:
             raise DecryptionFailed("counter out of range")
-        self._window.check(counter)
+        window = self._window
+        top = window._top  # the in-order fast path skips check(): a new top is always fresh
+        if counter <= top:
+            window.check(counter)
         epoch = counter >> EPOCH_SHIFT
         aead = self._recv_aead if epoch == self._recv_epoch else self._aead_for(epoch)
-        nonce = self._prefix + counter.to_bytes(8, self._byteorder)
         try:
-            plaintext = aead.decrypt(nonce, ciphertext, ad)
+            plaintext = aead.decrypt(self._nonce(counter), ciphertext, ad)
         except (InvalidTag, ValueError, OverflowError, TypeError):
             raise DecryptionFailed("message does not authenticate") from None
         if epoch != self._recv_epoch:
             self._commit_recv_epoch(epoch, aead)
-        self._window.mark(counter)
+        window.mark(counter)
         return plaintext
 
     # -- epochs --
@@ -322,8 +339,8 @@ class SessionCipher:
     def to_state(self) -> bytes:
         """Versioned bytes of keys, epochs, counters and window (wrap them before storing)."""
         suite = self._suite_name.encode("ascii")
-        top, bits = self._window.state()
-        size = self._window.size
+        window = self._window
+        size = window.size
         return b"".join(
             (
                 _HEADER.pack(STATE_MAGIC, STATE_VERSION, len(suite)),
@@ -335,9 +352,9 @@ class SessionCipher:
                     self._recv_key,
                     self._recv_epoch,
                     size,
-                    top + 1,
+                    window.top + 1,
                 ),
-                bits.to_bytes(size // 8, "big"),
+                struct.pack(f">{size // _BLOCK_BITS}Q", *window.blocks()),
             )
         )
 
@@ -355,10 +372,10 @@ class SessionCipher:
                 _BODY.unpack_from(data, offset)
             )
             offset += _BODY.size
-            if size < 64 or size % 8 or len(data) != offset + size // 8:
+            if size < 2 * _BLOCK_BITS or size % _BLOCK_BITS or len(data) != offset + size // 8:
                 raise CryptoError("session state has the wrong length")
-            bits = int.from_bytes(data[offset:], "big")
-            window = ReplayWindow(size, top=top1 - 1, bits=bits)
+            blocks = list(struct.unpack_from(f">{size // _BLOCK_BITS}Q", data, offset))
+            window = ReplayWindow(size, top=top1 - 1, blocks=blocks)
             session = cls(
                 suite,
                 send_key,

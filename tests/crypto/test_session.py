@@ -87,7 +87,8 @@ def test_replay_is_rejected() -> None:
 def test_below_window_is_rejected() -> None:
     a, b = _pair()
     old = a.encrypt(b"old")
-    for _ in range(WINDOW_BITS):
+    assert b.window.width >= 2048
+    for _ in range(b.window.width):
         a.encrypt(b"")
     counter, ct = a.encrypt(b"new")
     b.decrypt(counter, ct)
@@ -309,30 +310,36 @@ def test_malformed_state_is_refused(mangle: Callable[[bytes], bytes]) -> None:
 
 
 def test_window_edges() -> None:
-    w = ReplayWindow(64)
+    assert ReplayWindow().size == WINDOW_BITS and ReplayWindow().width == WINDOW_BITS - 64
+    w = ReplayWindow(128)  # two blocks: tracks the last 64 counters
     w.mark(100)
     assert w.accepts(101) and w.accepts(37) and not w.accepts(36) and not w.accepts(100)
-    w.mark(10_000)  # a jump larger than the window clears it
+    w.mark(10_000)  # a jump larger than the ring clears it
     assert not w.accepts(9_936) and w.accepts(9_937) and not w.accepts(10_000)
+    for size in (10, 64, 192):
+        with pytest.raises(ValueError):
+            ReplayWindow(size)
     with pytest.raises(ValueError):
-        ReplayWindow(10)
+        ReplayWindow(128, blocks=[0])
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.one_of(st.integers(0, 300), st.integers(0, 20_000), st.integers(0, 2**64 - 2)),
+        st.one_of(
+            st.integers(0, 300), st.integers(0, 1_000), st.integers(0, 20_000),
+            st.integers(0, 2**64 - 2),
+        ),
         max_size=200,
     )
 )
 def test_window_accepts_each_counter_at_most_once_and_never_below(counters: list[int]) -> None:
-    size = 256
-    w = ReplayWindow(size)
+    w = ReplayWindow(256)
     accepted: set[int] = set()
     highest = -1
     for counter in counters:
         fresh = counter not in accepted
-        in_window = counter > highest - size
+        in_window = counter > highest - w.width
         assert w.accepts(counter) == (fresh and in_window)
         if w.accepts(counter):
             w.mark(counter)
