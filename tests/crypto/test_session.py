@@ -346,3 +346,22 @@ def test_window_accepts_each_counter_at_most_once_and_never_below(counters: list
             accepted.add(counter)
             highest = max(highest, counter)
         assert w.top == highest
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 299), max_size=300))
+def test_session_accepts_each_message_once_in_any_delivery_order(order: list[int]) -> None:
+    sender = SessionCipher(SUITE_NAMES[0], K1, K2)
+    receiver = SessionCipher(SUITE_NAMES[0], K2, K1, window=ReplayWindow(128))
+    sent = [sender.encrypt(b"%d" % i) for i in range(300)]
+    accepted: set[int] = set()
+    highest = -1
+    for i in order:
+        counter, ct = sent[i]
+        if counter in accepted or counter <= highest - receiver.window.width:
+            with pytest.raises(ReplayDetected):
+                receiver.decrypt(counter, ct)
+        else:
+            assert receiver.decrypt(counter, ct) == b"%d" % i
+            accepted.add(counter)
+            highest = max(highest, counter)
