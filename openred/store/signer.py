@@ -7,9 +7,13 @@ implements the same protocol.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
+import nacl.bindings
 import nacl.signing
 
 from openred.crypto.identity import EntryHash, Signature, SignKey
@@ -33,12 +37,39 @@ class Signer(Protocol):
         ...
 
 
+# Below this many hashes a batch is signed in the calling thread: handing work to another thread
+# costs more than it saves. Above it the batch is split over up to _MAX_THREADS threads, which
+# run at once because libsodium's signing releases the GIL (PyNaCl calls it through cffi).
+_PARALLEL_MIN = 128
+_MAX_THREADS = 4
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _signing_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_THREADS, cores))
+
+
+def _shared_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openred-sign")
+        return _pool
+
+
 class InProcessSigner:
     """A :class:`Signer` holding an Ed25519 key in this process (tests, demo, benchmarks)."""
 
     def __init__(self, key: nacl.signing.SigningKey) -> None:
         self._key = key
         self._public = SignKey(bytes(key.verify_key))
+        # libsodium's 64-byte secret key (seed ‖ public key), derived once for the batch path.
+        _pk, self._secret = nacl.bindings.crypto_sign_seed_keypair(bytes(key))
 
     @classmethod
     def generate(cls) -> InProcessSigner:
@@ -53,13 +84,25 @@ class InProcessSigner:
         return self._public
 
     def sign_entry_hashes_sync(self, hashes: Sequence[EntryHash]) -> list[Signature]:
-        sign = self._key.sign
-        out: list[Signature] = []
         for h in hashes:
             if len(h) != 32:
                 raise ValueError("an entry hash is 32 bytes")
-            out.append(Signature(sign(h).signature))
+        threads = _signing_threads() if len(hashes) >= _PARALLEL_MIN else 1
+        if threads == 1:
+            return self._sign_all(hashes)
+        step = -(-len(hashes) // threads)
+        chunks = [hashes[i:i + step] for i in range(0, len(hashes), step)]
+        pool = _shared_pool(threads)
+        rest = [pool.submit(self._sign_all, chunk) for chunk in chunks[1:]]
+        out = self._sign_all(chunks[0])
+        for future in rest:
+            out.extend(future.result())
         return out
+
+    def _sign_all(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        sign, secret = nacl.bindings.crypto_sign, self._secret
+        # crypto_sign returns signature ‖ message; the signature is the first 64 bytes.
+        return [Signature(sign(h, secret)[:64]) for h in hashes]
 
     async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
         return self.sign_entry_hashes_sync(hashes)
