@@ -162,10 +162,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: "--passphrase SECRET" must never be taken for --passphrase-file.
     parser = argparse.ArgumentParser(prog="python -I -m crypto_jail", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init", help="create a new keystore and print its public keys")
+    init = sub.add_parser("init", help="create a new keystore and print its public keys",
+                          allow_abbrev=False)
     init.add_argument("--keystore", required=True, help="path of the keystore file to create")
     init.add_argument("--passphrase-file", help="file holding the passphrase")
     init.add_argument("--insecure-no-passphrase", action="store_true",
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--kdf", choices=sorted(KDF_LEVELS),
                       help=f"Argon2id cost (default ${KDF_ENV} or {DEFAULT_KDF_LEVEL})")
     init.add_argument("--json", action="store_true", help="print the public keys as JSON")
-    serve = sub.add_parser("serve", help="serve the keystore's operations on a Unix socket")
+    serve = sub.add_parser("serve", help="serve the keystore's operations on a Unix socket",
+                           allow_abbrev=False)
     serve.add_argument("--keystore", required=True)
     serve.add_argument("--socket", required=True, help="Unix socket path (parent dir 0700)")
     serve.add_argument("--passphrase-file", help="file holding the passphrase")
