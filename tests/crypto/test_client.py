@@ -1,0 +1,326 @@
+"""The jail client: typed operations, error translation, the supervisor and the Signer port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import struct
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nacl.public
+import pytest
+
+import openred.crypto.client as client_module
+from crypto_jail.keystore import create_keystore
+from openred.crypto.client import (
+    JailClient,
+    JailDecryptionFailed,
+    JailHandshakeFailed,
+    JailSigner,
+    JailSupervisor,
+)
+from openred.crypto.identity import EntryHash, SignKey
+from openred.errors import (
+    DecryptionFailed,
+    HandshakeFailed,
+    InvalidSignature,
+    JailProtocolError,
+    JailRefused,
+    JailUnavailable,
+)
+from openred.store.signer import Signer
+from tests.crypto_jail.test_ops import CHECKPOINT, mint
+from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
+
+PASSPHRASE = b"client test passphrase"
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    directory = short_dir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def jails(workdir: Path) -> Iterator[tuple[JailProc, JailProc]]:
+    procs = []
+    for name in ("a", "b"):
+        (workdir / name).mkdir(mode=0o700)
+        keystore, _ = dev_keystore(workdir / name)
+        procs.append(spawn_jail(keystore, workdir / name / "s" / "j.sock"))
+    yield procs[0], procs[1]
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+async def alice(jails: tuple[JailProc, JailProc]) -> AsyncIterator[JailClient]:
+    async with JailClient(jails[0].socket_path, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(jails: tuple[JailProc, JailProc]) -> AsyncIterator[JailClient]:
+    async with JailClient(jails[1].socket_path, timeout=5) as client:
+        yield client
+
+
+def _hashes(n: int, salt: bytes = b"") -> list[EntryHash]:
+    return [EntryHash(hashlib.sha256(salt + i.to_bytes(4, "big")).digest()) for i in range(n)]
+
+
+# --- the Signer port -------------------------------------------------------------------------
+
+
+async def test_jail_signer_is_a_signer_and_signs_verifiably(alice: JailClient) -> None:
+    signer = await JailSigner.create(alice)
+    assert isinstance(signer, Signer)
+    keys = await alice.public_keys()
+    assert signer.sign_key == keys.sign_key
+    assert keys.sign_key.node_id == keys.node_id
+    hashes = _hashes(300)
+    signatures = await signer.sign_entry_hashes(hashes)
+    assert len(signatures) == 300
+    for h, s in zip(hashes, signatures, strict=True):
+        signer.sign_key.verify(s, h)
+    with pytest.raises(InvalidSignature):
+        signer.sign_key.verify(signatures[0], hashes[1])
+    assert await signer.sign_entry_hashes([]) == []
+    signer.sign_key.verify(await signer.sign_checkpoint(CHECKPOINT), CHECKPOINT)
+    with pytest.raises(ValueError):
+        await signer.sign_entry_hashes([EntryHash(bytes(31))])
+
+
+async def test_large_batches_are_split_into_frames(
+    alice: JailClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "MAX_BATCH", 100)
+    key = (await alice.public_keys()).sign_key
+    hashes = _hashes(250, b"split")
+    signatures = await alice.sign_batch(hashes)
+    assert len(signatures) == 250
+    for h, s in zip(hashes, signatures, strict=True):
+        key.verify(s, h)
+
+
+async def test_concurrent_callers_share_the_pool(alice: JailClient) -> None:
+    key = (await alice.public_keys()).sign_key
+    hashes = _hashes(40, b"gather")
+    signatures = await asyncio.gather(*(alice.sign("entry_hash", h) for h in hashes))
+    for h, s in zip(hashes, signatures, strict=True):
+        key.verify(s, h)
+
+
+# --- typed operations and error translation --------------------------------------------------
+
+
+async def test_refusals_become_jail_refused(alice: JailClient) -> None:
+    with pytest.raises(JailRefused) as info:
+        await alice.sign("entry_hash", bytes(33))
+    assert info.value.code == "refused"
+    with pytest.raises(JailRefused) as info:
+        await alice.call("no_such_op", {})
+    assert info.value.code == "unknown_op"
+    # The connection that carried a refusal keeps working.
+    assert (await alice.public_keys()).node_id
+
+
+async def test_open_sealed_and_decryption_failures(alice: JailClient) -> None:
+    keys = await alice.public_keys()
+    sealed = nacl.public.SealedBox(nacl.public.PublicKey(keys.box_key.raw)).encrypt(bytes(32))
+    assert await alice.open_sealed(bytes(sealed)) == 32
+    with pytest.raises(JailDecryptionFailed) as info:
+        await alice.open_sealed(os.urandom(80))
+    assert isinstance(info.value, DecryptionFailed)
+    assert isinstance(info.value, JailRefused)
+    assert info.value.code == "decrypt_failed"
+
+
+async def test_wrap_and_unwrap(alice: JailClient) -> None:
+    wrapped = await alice.wrap("session:1", b"k" * 32)
+    assert await alice.unwrap("session:1", wrapped) == b"k" * 32
+    with pytest.raises(DecryptionFailed):
+        await alice.unwrap("session:2", wrapped)
+    with pytest.raises(DecryptionFailed):
+        await alice.unwrap("session:1", wrapped[:-1] + bytes([wrapped[-1] ^ 1]))
+
+
+async def test_handshake_through_two_jails(alice: JailClient, bob: JailClient) -> None:
+    a, b = await alice.public_keys(), await bob.public_keys()
+    pub = {"node_id": str(a.node_id), "box_key": a.box_key.b64url()}
+    bpub = {"node_id": str(b.node_id), "box_key": b.box_key.b64url()}
+    m = mint(pub, bpub)
+    first = await alice.noise_initiate(
+        suite=m.suite, grant=m.grant, grant_signature=m.signature, sealed_token=m.sealed_a,
+        remote_static=b.box_key.raw,
+    )
+    second = await bob.noise_respond(
+        suite=m.suite, grant=m.grant, grant_signature=m.signature, sealed_token=m.sealed_b,
+        remote_static=a.box_key.raw, message=first.message,
+    )
+    keys = await alice.noise_finish(first.handle, second.message)
+    assert keys.send_key == second.keys.recv_key
+    assert keys.recv_key == second.keys.send_key
+    assert keys.handshake_hash == second.keys.handshake_hash
+    assert keys.send_key.hex() not in repr(keys)
+    with pytest.raises(JailRefused) as info:
+        await alice.noise_finish(first.handle, second.message)
+    assert info.value.code == "unknown_handle"
+    tampered = bytes([first.message[0] ^ 1]) + first.message[1:]
+    with pytest.raises(JailHandshakeFailed) as failed:
+        await bob.noise_respond(
+            suite=m.suite, grant=m.grant, grant_signature=m.signature, sealed_token=m.sealed_b,
+            remote_static=a.box_key.raw, message=tampered,
+        )
+    assert isinstance(failed.value, HandshakeFailed)
+
+
+# --- a misbehaving server --------------------------------------------------------------------
+
+
+async def _fake_jail(path: Path, reply: bytes | None) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            header = await reader.readexactly(4)
+            await reader.readexactly(struct.unpack(">I", header)[0])
+            if reply is not None:
+                writer.write(reply)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            else:
+                await asyncio.sleep(5)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_unix_server(handle, path=str(path))
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        _frame(b"not json"),
+        _frame(b'{"id": 99, "ok": true, "result": {}}'),
+        _frame(b'{"id": 1, "ok": true, "result": {"sign_key": "!!"}}'),
+        _frame(b'{"id": 1, "ok": true}'),
+        struct.pack(">I", 64 * 1024 * 1024),
+    ],
+)
+async def test_malformed_answers_are_protocol_errors(workdir: Path, reply: bytes) -> None:
+    path = workdir / f"fake{os.getpid()}.sock"
+    server = await _fake_jail(path, reply)
+    try:
+        async with JailClient(path, timeout=2) as client:
+            with pytest.raises(JailProtocolError):
+                await client.public_keys()
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)
+
+
+async def test_a_silent_jail_times_out(workdir: Path) -> None:
+    path = workdir / "silent.sock"
+    server = await _fake_jail(path, None)
+    try:
+        async with JailClient(path, timeout=0.2) as client:
+            with pytest.raises(JailUnavailable, match="in time"):
+                await client.public_keys()
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)
+
+
+async def test_no_jail_and_no_supervisor_is_unavailable(workdir: Path) -> None:
+    async with JailClient(workdir / "absent.sock", timeout=1) as client:
+        with pytest.raises(JailUnavailable):
+            await client.public_keys()
+
+
+# --- the supervisor --------------------------------------------------------------------------
+
+
+async def test_supervisor_restarts_a_killed_jail_transparently(workdir: Path) -> None:
+    directory = workdir / "sup"
+    directory.mkdir(mode=0o700)
+    keystore = directory / "ks.json"
+    made = create_keystore(keystore, PASSPHRASE, kdf_level="min")
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=PASSPHRASE)
+    await supervisor.start()
+    try:
+        client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=5)
+        signer = await JailSigner.create(client)
+        assert signer.sign_key == SignKey(made.sign_public)
+        first_pid = supervisor.pid
+        assert first_pid is not None
+        (h,) = _hashes(1, b"before")
+        signer.sign_key.verify((await signer.sign_entry_hashes([h]))[0], h)
+        os.kill(first_pid, signal.SIGKILL)
+        (h,) = _hashes(1, b"after")
+        signature = (await signer.sign_entry_hashes([h]))[0]  # restarts, reconnects, retries
+        signer.sign_key.verify(signature, h)
+        assert supervisor.pid not in (None, first_pid)
+        await client.close()
+    finally:
+        await supervisor.stop()
+    assert not supervisor.socket_path.exists()
+
+
+async def test_supervisor_reports_a_wrong_passphrase(workdir: Path) -> None:
+    directory = workdir / "wrong"
+    directory.mkdir(mode=0o700)
+    keystore = directory / "ks.json"
+    create_keystore(keystore, PASSPHRASE, kdf_level="min")
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=b"nope")
+    with pytest.raises(JailUnavailable, match="wrong passphrase"):
+        await supervisor.start()
+    await supervisor.stop()
+
+
+async def test_unavailable_python_is_jail_unavailable(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = workdir / "nopy"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    monkeypatch.setenv("OPENRED_JAIL_PYTHON", "/nonexistent/python3")
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    assert supervisor.python == "/nonexistent/python3"
+    client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=2)
+    with pytest.raises(JailUnavailable, match="cannot start"):
+        await client.public_keys()
+    await client.close()
+    await supervisor.stop()
+
+
+async def test_supervisor_gives_up_on_a_jail_that_keeps_dying(workdir: Path) -> None:
+    directory = workdir / "dying"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", max_restarts=2)
+    client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=5)
+    try:
+        await supervisor.start()
+        pid = supervisor.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await client.public_keys()  # the second start is allowed
+        pid = supervisor.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(JailUnavailable, match="giving up"):
+            await client.public_keys()
+    finally:
+        await client.close()
+        await supervisor.stop()
