@@ -96,7 +96,7 @@ class SignKey(_PublicKey):
         return NodeId.for_key(self)
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        """Return None if ``signature`` is valid for ``message``; raise InvalidSignature otherwise."""
+        """Return None if ``signature`` is valid for ``message``, else raise InvalidSignature."""
         try:
             nacl.signing.VerifyKey(self.raw).verify(message, signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError,

@@ -1,0 +1,5 @@
+"""``python -m audit_tools``."""
+
+from audit_tools.cli import run
+
+run()

@@ -1,0 +1,347 @@
+"""The ``audit_tools`` command: verify, checkpoint, export, replay and prove a node's log offline.
+
+Exit codes, for every command: 0 the log is valid (or the command did its work), 1 the log is
+tampered or corrupt (the first bad seq and the reason are printed), 2 usage or I/O error.
+Whatever the bytes on disk, the command prints a message and exits with one of these codes;
+it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from audit_tools.export import export_bundle
+from audit_tools.replay import replay as replay_log
+from audit_tools.source import CorruptLog, SourceError, open_source
+from audit_tools.verify import Report, Step, StepFailed, declared_keys, key_at, verify
+from openred.crypto.identity import NodeId, SignKey, from_b64url
+from openred.errors import CheckpointError, InvalidKey, OpenRedError, ProofError, TamperedLog
+from openred.store import merkle
+from openred.store.checkpoint import verify_checkpoint
+from openred.store.events import StoredEvent
+
+VALID, TAMPERED, USAGE = 0, 1, 2
+
+
+def _emit_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _fail(code: int, message: str, as_json: bool, **extra: Any) -> NoReturn:
+    if as_json:
+        _emit_json({"error": message, "exit_code": code, **extra})
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for long runs at a terminal; nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), transient=True, console=None,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def _guard(as_json: bool) -> Iterator[None]:
+    """Map every failure to an exit code and a message; fail closed on the unexpected."""
+    try:
+        yield
+    except SourceError as exc:
+        _fail(USAGE, str(exc), as_json)
+    except TamperedLog as exc:
+        _fail(TAMPERED, f"tampered at seq {exc.seq}: {exc.reason}", as_json, failed_seq=exc.seq)
+    except (CorruptLog, StepFailed, CheckpointError, ProofError) as exc:
+        _fail(TAMPERED, str(exc), as_json)
+    except OSError as exc:
+        _fail(USAGE, f"I/O error: {exc}", as_json)
+    except (OpenRedError, ValueError, KeyError, TypeError, UnicodeError) as exc:
+        # Bytes no valid log contains: report them as a damaged log, never as a traceback.
+        _fail(TAMPERED, f"the log cannot be read as a valid log: {exc!r}", as_json)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Check an OpenRed node's signed, hash-chained event log — offline, read-only.
+
+    PATH is a node's data directory, its openred.db file, or a bundle written by `export`.
+    """
+
+
+def _parse_key(key: str | None, node_id: str | None) -> tuple[SignKey | None, NodeId | None]:
+    try:
+        return (
+            SignKey(from_b64url(key)) if key else None,
+            NodeId(node_id) if node_id else None,
+        )
+    except (ValueError, InvalidKey) as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _print_step(step: Step) -> None:
+    mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[step.status]
+    click.echo(f"  {step.number}. {step.title:<40} {mark:<8} {step.detail}")
+
+
+@main.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--node-id", help="Require the log to belong to this node id.")
+@click.option("--key", help="Require the genesis signer key (base64url Ed25519 public key).")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path),
+              help="A checkpoint saved earlier: prove the log is a consistent extension of it.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None,
+              help="Worker processes for signature checks (default: every core).")
+@click.option("--no-projections", is_flag=True, help="Skip step 7 (replaying projections).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def verify_command(
+    path: Path, node_id: str | None, key: str | None, checkpoint_file: Path | None,
+    jobs: int | None, no_projections: bool, as_json: bool,
+) -> None:
+    """Prove the log at PATH intact, in numbered steps; exit 0 valid, 1 tampered, 2 usage/IO."""
+    expected_key, expected_id = _parse_key(key, node_id)
+    note = None
+    if checkpoint_file is not None:
+        try:
+            note = checkpoint_file.read_bytes()
+        except OSError as exc:
+            _fail(USAGE, f"cannot read checkpoint {checkpoint_file}: {exc.strerror}", as_json)
+    with _guard(as_json):
+        if not as_json:
+            click.echo(f"Verifying {path}")
+        with _progress(not as_json, "verifying") as progress:
+            report = verify(
+                path, key=expected_key, node_id=expected_id, checkpoint=note, jobs=jobs,
+                projections=not no_projections, progress=progress,
+                on_step=None if as_json else _print_step,
+            )
+        _finish(report, as_json)
+
+
+def _finish(report: Report, as_json: bool) -> NoReturn:
+    if as_json:
+        _emit_json(report.to_json())
+    elif report.ok:
+        click.echo(f"VALID: {report.entries} entries checked; head {report.head}; "
+                   f"root {report.root}")
+        if report.pseudonymized:
+            click.echo("(pseudonymized bundle: order, links, signatures and checkpoints hold; "
+                       "payloads were rewritten, so their hashes could not be recomputed)")
+    else:
+        where = f" at seq {report.failed_seq}" if report.failed_seq else ""
+        click.echo(f"TAMPERED{where}: {report.reason}")
+    sys.exit(VALID if report.ok else TAMPERED)
+
+
+@main.command("checkpoint")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the note text.")
+def checkpoint_command(path: Path, as_json: bool) -> None:
+    """Print the newest signed checkpoint of the log at PATH (save it to verify against later)."""
+    with _guard(as_json):
+        source = open_source(path)
+        try:
+            count, top = source.size()
+            n = max(count, top)
+            stored = source.checkpoints()
+            if not stored:
+                _fail(TAMPERED, "the log holds no signed checkpoint", as_json)
+            keys = declared_keys(source, n)
+            origin = f"openred/{keys[0][1].node_id}"
+            size, note = stored[-1]
+            cp = verify_checkpoint(note, origin, key_at(keys, size + 1))
+        finally:
+            source.close()
+        if as_json:
+            _emit_json({"origin": cp.origin, "size": cp.size, "root": cp.root_hash.hex(),
+                        "note": note.decode(), "log_entries": n,
+                        "entries_after": max(0, n - cp.size)})
+        else:
+            click.echo(note.decode(), nl=False)
+            if n > cp.size:
+                click.echo(f"note: {n - cp.size} entries were appended after this checkpoint",
+                           err=True)
+
+
+@main.command("export")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Bundle file to write (JSON Lines).")
+@click.option("--pseudonymize", is_flag=True, help="Replace peers' node ids and keys by keyed "
+              "hashes.")
+@click.option("--pseudonym-key-file", type=click.Path(path_type=Path),
+              help="Key for --pseudonymize (random if absent), for stable pseudonyms.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def export_command(
+    path: Path, out: Path, pseudonymize: bool, pseudonym_key_file: Path | None, as_json: bool,
+) -> None:
+    """Verify the log at PATH, then write a self-contained bundle that `verify` checks offline."""
+    if out.exists():
+        _fail(USAGE, f"{out} exists; export will not overwrite it", as_json)
+    key = None
+    if pseudonymize:
+        try:
+            key = pseudonym_key_file.read_bytes() if pseudonym_key_file else secrets.token_bytes(32)
+        except OSError as exc:
+            _fail(USAGE, f"cannot read {pseudonym_key_file}: {exc.strerror}", as_json)
+    with _guard(as_json):
+        report = verify(path, projections=False)
+        if not report.ok:
+            where = f" at seq {report.failed_seq}" if report.failed_seq else ""
+            _fail(TAMPERED, f"refusing to export a log that does not verify{where}: "
+                            f"{report.reason}", as_json)
+        source = open_source(path)
+        try:
+            with _progress(not as_json, "exporting") as progress:
+                written = export_bundle(source, report, out, pseudonym_key=key,
+                                        progress=progress)
+        finally:
+            source.close()
+        if as_json:
+            _emit_json({"out": str(out), "entries": written, "pseudonymized": pseudonymize})
+        else:
+            click.echo(f"Exported {written} entries to {out}"
+                       + (" (pseudonymized)" if pseudonymize else ""))
+
+
+@main.command("replay")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--until", type=click.IntRange(min=1), default=None,
+              help="Last seq to apply (default: the whole log).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Keep the rebuilt state as an OpenRed database at this path.")
+@click.option("--rows", type=click.IntRange(min=0), default=20,
+              help="Rows shown per table (human output).")
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def replay_command(
+    path: Path, until: int | None, out: Path | None, rows: int, as_json: bool
+) -> None:
+    """Rebuild the node's state (peers, tokens, sessions, inbox) as of seq UNTIL."""
+    if out is not None and out.exists():
+        _fail(USAGE, f"{out} exists; replay will not overwrite it", as_json)
+    with _guard(as_json):
+        source = open_source(path)
+        try:
+            count, top = source.size()
+            n = max(count, top)
+            if until is not None and until > n:
+                _fail(USAGE, f"--until {until} is past the log's {n} entries", as_json)
+            with _progress(not as_json, "replaying") as progress:
+                state = replay_log(source, until or n, out=out, progress=progress)
+        finally:
+            source.close()
+        if as_json:
+            _emit_json({
+                "position": state.position,
+                "tables": {
+                    t: [dict(zip(cols, map(_jsonable, r), strict=True)) for r in data]
+                    for t, (cols, data) in state.tables.items()
+                },
+            })
+            return
+        click.echo(f"State as of seq {state.position}"
+                   + (f" (saved to {out})" if out else ""))
+        for table, (cols, data) in state.tables.items():
+            click.echo(f"\n{table}: {len(data)} row(s)")
+            for row in data[:rows]:
+                click.echo("  " + "  ".join(f"{c}={_short(v)}" for c, v in zip(cols, row,
+                                                                            strict=True)))
+            if len(data) > rows:
+                click.echo(f"  … {len(data) - rows} more")
+
+
+def _jsonable(value: object) -> object:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _short(value: object) -> str:
+    text = str(_jsonable(value))
+    return text if len(text) <= 24 else text[:21] + "…"
+
+
+@main.command("prove")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("seq", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the proof as JSON.")
+def prove_command(path: Path, seq: int, as_json: bool) -> None:
+    """Print an inclusion proof of entry SEQ, anchored to the newest signed checkpoint."""
+    with _guard(as_json):
+        source = open_source(path)
+        try:
+            count, top = source.size()
+            n = max(count, top)
+            if seq > n:
+                _fail(USAGE, f"no entry {seq}: the log has {n} entries", as_json)
+            keys = declared_keys(source, n)
+            origin = f"openred/{keys[0][1].node_id}"
+            anchor = [(s, note) for s, note in source.checkpoints() if s >= seq]
+            size, note = anchor[0] if anchor else (n, None)
+            entries = [e for e in source.rows(1, size) if isinstance(e, StoredEvent)]
+        finally:
+            source.close()
+        if len(entries) != size:
+            raise TamperedLog(len(entries) + 1, "entries are missing below the proof's tree size")
+        hashes = [e.entry_hash for e in entries]
+        path_hashes = merkle.inclusion_proof(seq - 1, hashes)
+        if note is not None:
+            root = verify_checkpoint(note, origin, key_at(keys, size + 1)).root_hash
+        else:
+            root = merkle.root_from_entry_hashes(hashes)
+        # The proof must verify against the signed root before it is handed out.
+        merkle.verify_inclusion(seq - 1, size, hashes[seq - 1], path_hashes, root)
+        data = {
+            "origin": origin, "seq": seq, "leaf_index": seq - 1, "tree_size": size,
+            "entry_hash": hashes[seq - 1].hex(), "root": root.hex(),
+            "proof": [h.hex() for h in path_hashes],
+            "checkpoint": note.decode() if note else None,
+        }
+        if as_json:
+            _emit_json(data)
+            return
+        click.echo(f"Inclusion proof for entry {seq} of {origin}")
+        click.echo(f"  leaf index  {seq - 1} (leaf hash = SHA-256(0x00 ‖ entry_hash))")
+        click.echo(f"  entry_hash  {data['entry_hash']}")
+        click.echo(f"  tree size   {size}")
+        click.echo(f"  root        {data['root']}")
+        for i, h in enumerate(path_hashes):
+            click.echo(f"  path[{i}]     {h.hex()}")
+        if note is None:
+            click.echo("  anchored to: the current tree (no signed checkpoint covers this entry)")
+        else:
+            click.echo("  anchored to the signed checkpoint:")
+            for line in note.decode().splitlines():
+                click.echo(f"    {line}")
+
+
+def run() -> None:
+    """Entry point that also turns Ctrl-C into a clean exit."""
+    try:
+        main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        os._exit(USAGE)
+
+
+if __name__ == "__main__":
+    run()

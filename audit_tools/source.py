@@ -1,0 +1,240 @@
+"""Where a log is read from: a node's SQLite database (read-only) or an exported bundle.
+
+Both sources hand out the same :class:`~openred.store.events.StoredEvent` rows. Reading is
+defensive: whatever bytes are on disk, a malformed row becomes a :class:`MalformedRow` naming
+its position, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openred.crypto.identity import from_b64url
+from openred.errors import OpenRedError
+from openred.store.codec import decode_payload
+from openred.store.events import StoredEvent
+from openred.store.sqlite import DATABASE_NAME
+
+BUNDLE_FORMAT = "openred-log-bundle/1"
+_CHUNK = 4096
+_EVENT_COLUMNS = (
+    "seq", "stream", "stream_version", "type", "schema_version", "recorded_at",
+    "payload", "prev_hash", "entry_hash", "signature",
+)
+
+
+class SourceError(OpenRedError):
+    """The log cannot be read at all (missing file, not a database, I/O error): exit 2."""
+
+
+class CorruptLog(OpenRedError):
+    """The storage itself is damaged or is not an OpenRed log: exit 1 (fail closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRow:
+    """A row whose columns do not have the types a log entry must have."""
+
+    seq: int
+    reason: str
+
+
+def _blob(value: Any, name: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise ValueError(f"{name} is {type(value).__name__}, not a blob")
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} is {type(value).__name__}, not an integer")
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is {type(value).__name__}, not text")
+
+
+def parse_row(row: tuple[Any, ...], position: int) -> StoredEvent | MalformedRow:
+    """Turn raw column values into a StoredEvent, or say what is wrong with them."""
+    try:
+        return StoredEvent(
+            _int(row[0], "seq"), _text(row[1], "stream"), _int(row[2], "stream_version"),
+            _text(row[3], "type"), _int(row[4], "schema_version"), _text(row[5], "recorded_at"),
+            _blob(row[6], "payload"), _blob(row[7], "prev_hash"), _blob(row[8], "entry_hash"),
+            _blob(row[9], "signature"),
+        )
+    except (ValueError, IndexError) as exc:
+        seq = row[0] if row and isinstance(row[0], int) else position
+        return MalformedRow(int(seq), f"malformed row: {exc}")
+
+
+class LogSource:
+    """What every source offers the verifier."""
+
+    origin_hint: str | None = None
+    pseudonymized: bool = False
+
+    def size(self) -> tuple[int, int]:
+        """(number of rows, largest seq)."""
+        raise NotImplementedError
+
+    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
+        """Rows with first <= seq <= last in seq order."""
+        raise NotImplementedError
+
+    def checkpoints(self) -> list[tuple[int, bytes]]:
+        """Stored (size, note) checkpoints, newest last."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the source."""
+
+
+class SQLiteSource(LogSource):
+    """A node's database, opened read-only."""
+
+    def __init__(self, path: Path) -> None:
+        db = path / DATABASE_NAME if path.is_dir() else path
+        if not db.exists():
+            raise SourceError(f"no such file: {db}")
+        if not db.is_file():
+            raise SourceError(f"not a file: {db}")
+        try:
+            with db.open("rb"):
+                pass
+        except OSError as exc:
+            raise SourceError(f"cannot read {db}: {exc.strerror}") from exc
+        self.path = db
+        try:
+            self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+            tables = {r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"{db} is not a readable SQLite database: {exc}") from exc
+        if "events" not in tables:
+            raise CorruptLog(f"{db} has no events table: not an OpenRed log")
+        self.tables = tables
+
+    def size(self) -> tuple[int, int]:
+        try:
+            count, top = self.conn.execute("SELECT count(*), max(seq) FROM events").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"the events table cannot be read: {exc}") from exc
+        return int(count), int(top or 0) if isinstance(top, int) else int(count)
+
+    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
+        seq = first
+        while seq <= last:
+            upper = min(last, seq + _CHUNK - 1)
+            try:
+                chunk = self.conn.execute(
+                    f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events "  # noqa: S608
+                    "WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    (seq, upper),
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise CorruptLog(f"events {seq}..{upper} cannot be read: {exc}") from exc
+            for i, row in enumerate(chunk):
+                yield parse_row(tuple(row), seq + i)
+            seq = upper + 1
+
+    def checkpoints(self) -> list[tuple[int, bytes]]:
+        if "checkpoints" not in self.tables:
+            return []
+        try:
+            rows = self.conn.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"the checkpoints table cannot be read: {exc}") from exc
+        out = []
+        for size, note in rows:
+            if not isinstance(size, int) or not isinstance(note, bytes):
+                raise CorruptLog("the checkpoints table holds a malformed row")
+            out.append((size, note))
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class BundleSource(LogSource):
+    """An exported bundle: a header line, then one JSON line per entry (see export.py)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+        if not lines:
+            raise CorruptLog(f"{path} is empty")
+        try:
+            header = json.loads(lines[0])
+            if header.get("format") != BUNDLE_FORMAT:
+                raise ValueError("unknown bundle format")
+            self.header: dict[str, Any] = header
+            self.pseudonymized = bool(header.get("pseudonymized", False))
+            self.origin_hint = str(header["origin"])
+            self._checkpoints = [
+                (int(c["size"]), str(c["note"]).encode("utf-8")) for c in header["checkpoints"]
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptLog(f"{path} does not start with a valid bundle header: {exc}") from exc
+        self._entries: list[StoredEvent | MalformedRow] = []
+        for i, line in enumerate(lines[1:], start=1):
+            self._entries.append(self._parse_line(line, i))
+
+    @staticmethod
+    def _parse_line(line: bytes, position: int) -> StoredEvent | MalformedRow:
+        try:
+            d = json.loads(line)
+            row = (
+                d["seq"], d["stream"], d["stream_version"], d["type"], d["schema_version"],
+                d["recorded_at"], from_b64url(d["payload"]), from_b64url(d["prev_hash"]),
+                from_b64url(d["entry_hash"]), from_b64url(d["signature"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            return MalformedRow(position, f"malformed bundle line: {exc}")
+        return parse_row(row, position)
+
+    def size(self) -> tuple[int, int]:
+        seqs = [e.seq for e in self._entries]
+        return len(seqs), max(seqs, default=0)
+
+    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
+        for entry in self._entries:
+            if first <= entry.seq <= last:
+                yield entry
+
+    def checkpoints(self) -> list[tuple[int, bytes]]:
+        return list(self._checkpoints)
+
+
+def open_source(path: Path) -> LogSource:
+    """A data directory or database file → SQLiteSource; a ``.jsonl`` bundle → BundleSource."""
+    if not path.exists():
+        raise SourceError(f"no such file or directory: {path}")
+    if path.is_file():
+        try:
+            with path.open("rb") as f:
+                head = f.read(32)
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+        if head.startswith(b"{"):
+            return BundleSource(path)
+    return SQLiteSource(path)
+
+
+def genesis_key_text(entry: StoredEvent) -> str | None:
+    """The sign_key a LogOpened entry names, if it parses."""
+    try:
+        value = decode_payload(entry.payload).get("sign_key")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
