@@ -48,6 +48,7 @@ from openred.store.checkpoint import (
 )
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import KEY_ROTATED, LOG_OPENED, StoredEvent
+from openred.store.projections import ProjectionRegistry
 from openred.store.sqlite import apply_projections, read_events
 
 PARALLEL_THRESHOLD = 20_000
@@ -487,10 +488,21 @@ def _check_projections(source: SQLiteSource, n: int) -> tuple[str]:
             stored = {t: _dump(mem, t) for t in tables}
         except sqlite3.DatabaseError as exc:
             raise CorruptLog(f"the projection tables cannot be read: {exc}") from exc
-        for name in projections.names:
-            if stored_positions.get(name) != n:
-                raise StepFailed(7, f"projection {name} is at position "
-                                 f"{stored_positions.get(name)}, the log at {n}")
+        kept = [p for p in projections if p.name in stored_positions]
+        for projection in projections:
+            if projection.name not in stored_positions and any(
+                stored[t] for t in projection.tables
+            ):
+                raise StepFailed(7, f"projection {projection.name} has rows but no recorded "
+                                    "position")
+        if not kept:
+            return ("this log keeps no node projections",)  # e.g. a directory's log
+        for projection in kept:
+            if stored_positions[projection.name] != n:
+                raise StepFailed(7, f"projection {projection.name} is at position "
+                                 f"{stored_positions[projection.name]}, the log at {n}")
+        projections = ProjectionRegistry(kept)
+        tables = projections.tables()
         mem.execute("BEGIN")
         for table in tables:
             mem.execute(f"DELETE FROM {table}")  # noqa: S608 - names from the registry
