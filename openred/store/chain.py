@@ -167,9 +167,10 @@ class ChainChecker:
 
     def check(self, entry: StoredEvent, *, verify_signature: bool = True) -> None:
         seq = self.count + 1
-        # Sequence continuity: seq is 1..n with no gap, repeat or reordering.
+        # Sequence continuity: seq is 1..n with no gap, repeat or reordering. The first bad
+        # position is the one expected here (a missing or misplaced entry), not the stray seq.
         if entry.seq != seq:
-            raise TamperedLog(entry.seq, f"sequence broken: expected seq {seq}, got {entry.seq}")
+            raise TamperedLog(seq, f"sequence broken: expected seq {seq}, got {entry.seq}")
         if len(entry.prev_hash) != HASH_SIZE or len(entry.entry_hash) != HASH_SIZE:
             raise TamperedLog(seq, "hash field has the wrong length")
         # The link: prev_hash is the previous entry's hash (zeros for the first).
