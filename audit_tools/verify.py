@@ -215,9 +215,13 @@ def declared_keys(source: LogSource, size: int) -> list[tuple[int, SignKey]]:
         ]
     keys: list[tuple[int, SignKey]] = []
     for seq, type_, payload in items:
+        if not isinstance(seq, int):
+            continue  # a malformed seq: the chain pass names the position it is missing from
         try:
             data = decode_payload(bytes(payload))
             if type_ == LOG_OPENED:
+                if seq != 1 and not keys:
+                    break  # no LogOpened at seq 1: reported below as a missing genesis
                 if seq != 1:
                     raise StepFailed(2, "LogOpened may only be the first entry", seq)
                 keys.append((1, SignKey(from_b64url(data["sign_key"]))))
