@@ -54,12 +54,14 @@ def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] 
 
     with Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), transient=True, console=None,
+        TimeRemainingColumn(), transient=True, auto_refresh=False,
     ) as bar:
+        # Refreshed by hand: no refresh thread, so verify may fork its workers safely.
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            bar.refresh()
 
         yield update
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -370,7 +371,9 @@ def _chain_pass(
     if parallel:
         assert isinstance(source, SQLiteSource)
         report.workers = workers
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # fork is cheap and safe while this process runs one thread; otherwise spawn.
+        method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
         results = pool.map(
             _check_sqlite_range,
             [(str(source.path), a, b, key_at(keys, a).raw) for a, b in ranges],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from openred.store.codec import decode_payload
 
@@ -49,9 +49,12 @@ class NewEvent:
             raise ValueError("schema_version starts at 1")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One row of the ``events`` table, exactly as chained and signed."""
+class StoredEvent(NamedTuple):
+    """One row of the ``events`` table, exactly as chained and signed.
+
+    A named tuple rather than a frozen dataclass: it is built once per row on every append,
+    read and verification, and it is directly the parameter row of the INSERT.
+    """
 
     seq: int
     stream: str
@@ -65,10 +68,7 @@ class StoredEvent:
     signature: bytes
 
     def as_row(self) -> tuple[int, str, int, str, int, str, bytes, bytes, bytes, bytes]:
-        return (
-            self.seq, self.stream, self.stream_version, self.type, self.schema_version,
-            self.recorded_at, self.payload, self.prev_hash, self.entry_hash, self.signature,
-        )
+        return self
 
 
 @dataclass(frozen=True, slots=True)

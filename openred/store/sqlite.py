@@ -56,7 +56,6 @@ from openred.store.events import (
     RecordedEvent,
     StoredEvent,
 )
-from openred.store.migrate import upgrade
 from openred.store.projections import Delete, ProjectionRegistry, RowOp, Update, Upsert
 from openred.store.signer import Signer
 
@@ -326,6 +325,9 @@ class SQLiteEventStore:
         return store
 
     def _open_sync(self) -> None:
+        # Alembic is imported only here: readers of a log (audit_tools workers) never need it.
+        from openred.store.migrate import upgrade
+
         try:
             upgrade(self.path)
             conn = connect(self.path)
@@ -519,7 +521,7 @@ class SQLiteEventStore:
             current = (0, GENESIS_PREV_HASH) if row is None else (int(row[0]), bytes(row[1]))
             if current != (head_size, head_hash):
                 raise _HeadMoved
-            conn.executemany(_INSERT_EVENT, [e.as_row() for e in stored])
+            conn.executemany(_INSERT_EVENT, stored)
             apply_projections(conn, self.projections, self.registry, stored)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
