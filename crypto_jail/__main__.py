@@ -15,12 +15,14 @@ Exit codes: 0 success, 1 failure (message on stderr, no traceback), 2 usage erro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
+import contextlib
 import getpass
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,6 +131,15 @@ def _open_for_serving(args: argparse.Namespace) -> Keystore:
     return keystore
 
 
+def _stop_when_stdin_closes() -> None:
+    """Block on stdin; at EOF (the supervisor died or let go) stop this jail with SIGTERM."""
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    log("stdin closed: the supervisor is gone, stopping")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Open the keystore, bind the socket, harden the process, print READY, serve."""
     keystore = _open_for_serving(args)
@@ -138,14 +149,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise JailFailure("libseccomp is not available here; install libseccomp2 "
                           "(or run with --no-seccomp on platforms without it)")
     split = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jail-split")
-    ops = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jail-op")
     state = JailState(keystore, split_executor=split)
     allowed = frozenset({os.getuid(), *args.allow_uid})
-    server = JailServer(
-        state, allowed_uids=allowed, op_executor=ops, frame_timeout=args.frame_timeout
-    )
+    server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout)
     socket_path = Path(args.socket)
     sock = prepare_socket(socket_path)
+    if args.exit_on_stdin_eof:
+        threading.Thread(target=_stop_when_stdin_closes, daemon=True, name="jail-stdin").start()
     try:
         harden(seccomp=not args.no_seccomp)
 
@@ -153,11 +163,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log(f"serving node {keystore.node_id} on {socket_path}")
             print(f"READY {socket_path}", flush=True)
 
-        asyncio.run(server.run(sock, on_ready=ready))
+        server.run(sock, on_ready=ready)
     finally:
         unlink_socket(socket_path, sock)
         split.shutdown(wait=False, cancel_futures=True)
-        ops.shutdown(wait=False, cancel_futures=True)
     return 0
 
 
@@ -186,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another uid allowed to connect (repeatable)")
     serve.add_argument("--frame-timeout", type=float, default=10.0,
                        help="seconds a started frame may take to arrive (default 10)")
+    serve.add_argument("--exit-on-stdin-eof", action="store_true",
+                       help="stop when stdin reaches EOF (a supervisor holds the other end, so "
+                            "the jail never outlives it)")
     serve.add_argument("--no-seccomp", action="store_true",
                        help="skip the seccomp filter (platforms without libseccomp only)")
     return parser

@@ -60,6 +60,30 @@ _SIGNABLE: dict[str, Callable[[bytes], bool]] = {
 }
 
 
+class _StaticForPeer:
+    """The jail's static key as a Noise :class:`~crypto_jail.noise.DH` for one handshake.
+
+    DH(s, rs) — Noise's ``ss`` token — is the same in every handshake with the same peer, so
+    its result is remembered (a bounded table inside the jail, next to the private key it is
+    derived from); DH with ephemeral keys is always computed.
+    """
+
+    __slots__ = ("_remote_static", "_state")
+
+    def __init__(self, state: JailState, remote_static: bytes) -> None:
+        self._state = state
+        self._remote_static = remote_static
+
+    @property
+    def public(self) -> bytes:
+        return self._state.static.public
+
+    def dh(self, remote_public: bytes) -> bytes:
+        if remote_public != self._remote_static:
+            return self._state.static.dh(remote_public)
+        return self._state.static_static(remote_public)
+
+
 @dataclass(slots=True)
 class _Pending:
     state: HandshakeState
@@ -82,6 +106,7 @@ class JailState:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         handshake_ttl: float = 60.0,
         max_handshakes: int = 10_000,
+        max_peers: int = 4096,
         split_executor: Executor | None = None,
     ) -> None:
         self.keystore = keystore
@@ -94,6 +119,8 @@ class JailState:
         self._max = max_handshakes
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
+        self._ss: OrderedDict[bytes, bytes] = OrderedDict()
+        self._max_peers = max_peers
         self.split_executor = split_executor
 
     def __repr__(self) -> str:
@@ -110,6 +137,24 @@ class JailState:
         """Sign each 32-byte slice of ``data``; the 64-byte signatures concatenated, in order."""
         sk, sign = self._sign_sk, nacl.bindings.crypto_sign
         return b"".join(sign(data[i : i + 32], sk)[:SIGNATURE_LEN] for i in range(0, len(data), 32))
+
+    def static_static(self, remote_static: bytes) -> bytes:
+        """DH(s, rs), remembered for the ``max_peers`` most recent peers."""
+        with self._lock:
+            shared = self._ss.get(remote_static)
+            if shared is not None:
+                self._ss.move_to_end(remote_static)
+                return shared
+        shared = self.static.dh(remote_static)  # NoiseError for a low-order point: not kept
+        with self._lock:
+            self._ss[remote_static] = shared
+            while len(self._ss) > self._max_peers:
+                self._ss.popitem(last=False)
+        return shared
+
+    def for_peer(self, remote_static: bytes) -> _StaticForPeer:
+        """The static key as the DH object of one handshake with ``remote_static``."""
+        return _StaticForPeer(self, remote_static)
 
     # -- pending handshakes --
 
@@ -285,7 +330,7 @@ def op_noise_initiate(state: JailState, args: Mapping[str, Any]) -> dict[str, An
     try:
         handshake = HandshakeState(
             pattern=PATTERN, suite=given.suite, initiator=True, prologue=given.prologue,
-            s=state.static, rs=given.remote_static, psk=given.token,
+            s=state.for_peer(given.remote_static), rs=given.remote_static, psk=given.token,
         )
         message = handshake.write_message()
     except NoiseError as exc:
@@ -310,7 +355,7 @@ def op_noise_respond(state: JailState, args: Mapping[str, Any]) -> dict[str, Any
     try:
         handshake = HandshakeState(
             pattern=PATTERN, suite=given.suite, initiator=False, prologue=given.prologue,
-            s=state.static, rs=given.remote_static, psk=token_a,
+            s=state.for_peer(given.remote_static), rs=given.remote_static, psk=token_a,
         )
         handshake.read_message(message)
         reply = handshake.write_message()

@@ -10,7 +10,6 @@ so it uses the standard library only.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -43,7 +42,6 @@ __all__ = [
     "encode_request",
     "parse_request",
     "parse_response",
-    "read_frame",
     "request_id_of",
 ]
 
@@ -123,29 +121,6 @@ def encode_ok(request_id: int, result: dict[str, Any]) -> bytes:
 def encode_error(request_id: int | None, code: str, detail: str) -> bytes:
     """An error answer frame (``request_id`` is None when the request could not be read)."""
     return encode_frame({"id": request_id, "ok": False, "error": {"code": code, "detail": detail}})
-
-
-async def read_frame(reader: asyncio.StreamReader, *, body_timeout: float | None = None) -> bytes:
-    """Read one frame body; FrameError(fatal) on a bad length, EOF inside a frame or a stall.
-
-    Waiting for the first header byte has no deadline (an idle peer is fine); once a frame has
-    started, the rest must arrive within ``body_timeout`` seconds (a slow-loris peer is dropped).
-    Raises ``asyncio.IncompleteReadError`` with no partial bytes on a clean EOF between frames.
-    """
-    first = await reader.readexactly(1)
-    try:
-        async with asyncio.timeout(body_timeout):
-            rest = await reader.readexactly(HEADER.size - 1)
-            (length,) = HEADER.unpack(first + rest)
-            if length > MAX_BODY:
-                raise FrameError(
-                    FRAME_TOO_LARGE, f"length {length} exceeds {MAX_BODY} bytes", fatal=True
-                )
-            return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise FrameError(MALFORMED_FRAME, "connection closed inside a frame", fatal=True) from exc
-    except TimeoutError as exc:
-        raise FrameError(MALFORMED_FRAME, "frame did not arrive in time", fatal=True) from exc
 
 
 @dataclass(frozen=True, slots=True)

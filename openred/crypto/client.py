@@ -217,7 +217,7 @@ class JailSupervisor:
         return self._python or os.environ.get(JAIL_PYTHON_ENV) or sys.executable
 
     def _argv(self) -> list[str]:
-        argv = [self.python, "-I", "-m", "crypto_jail", "serve",
+        argv = [self.python, "-I", "-m", "crypto_jail", "serve", "--exit-on-stdin-eof",
                 "--keystore", str(self.keystore), "--socket", str(self.socket_path)]
         if self._no_seccomp:
             argv.append("--no-seccomp")
@@ -240,15 +240,17 @@ class JailSupervisor:
             await self._spawn()
 
     async def _answers(self) -> bool:
+        """Whether the jail answers a request (a dying process may still accept connections)."""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.socket_path)), timeout=1.0
-            )
-        except (OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+                try:
+                    await _Connection(reader, writer).request("public_keys", {})
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, JailProtocolError,
+                JailRefused):
             return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
         return True
 
     async def _spawn(self) -> None:
@@ -277,7 +279,9 @@ class JailSupervisor:
         env = {k: v for k, v in os.environ.items() if k != "OPENRED_JAIL_PASSPHRASE"}
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                # stdin stays open for the jail's lifetime: if this process dies, the jail sees
+                # EOF and stops instead of holding the socket (--exit-on-stdin-eof).
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, pass_fds=pass_fds, env=env,
             )
         except OSError as exc:

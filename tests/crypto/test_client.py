@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import struct
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -324,3 +325,55 @@ async def test_supervisor_gives_up_on_a_jail_that_keeps_dying(workdir: Path) -> 
     finally:
         await client.close()
         await supervisor.stop()
+
+
+ORPHAN_PARENT = """
+import asyncio, sys
+from pathlib import Path
+from openred.crypto.client import JailSupervisor
+
+async def main():
+    supervisor = JailSupervisor(Path(sys.argv[1]), Path(sys.argv[2]))
+    await supervisor.start()
+    print(supervisor.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_the_jail_does_not_outlive_its_supervisor(workdir: Path) -> None:
+    directory = workdir / "orphan"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    socket_path = directory / "s" / "j.sock"
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ORPHAN_PARENT, str(keystore), str(socket_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    jail_pid = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    try:
+        assert _alive(jail_pid)
+        parent.kill()  # SIGKILL: the supervisor gets no chance to stop the jail
+        await parent.wait()
+        for _ in range(100):
+            if not _alive(jail_pid):
+                break
+            await asyncio.sleep(0.05)
+        assert not _alive(jail_pid)
+        assert not socket_path.exists()  # it shut down cleanly and removed its socket
+    finally:
+        if _alive(jail_pid):
+            os.kill(jail_pid, signal.SIGKILL)
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 
@@ -20,7 +19,6 @@ from crypto_jail.protocol import (
     encode_request,
     parse_request,
     parse_response,
-    read_frame,
     request_id_of,
 )
 
@@ -120,47 +118,3 @@ def test_encode_frame_refuses_oversized_bodies() -> None:
     with pytest.raises(FrameError) as info:
         encode_frame({"data": "A" * MAX_BODY})
     assert info.value.code == "frame_too_large"
-
-
-def _reader(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    if eof:
-        reader.feed_eof()
-    return reader
-
-
-async def test_read_frame_reads_consecutive_frames() -> None:
-    reader = _reader(encode_frame({"a": 1}) + encode_frame({"b": 2}))
-    assert json.loads(await read_frame(reader)) == {"a": 1}
-    assert json.loads(await read_frame(reader)) == {"b": 2}
-    with pytest.raises(asyncio.IncompleteReadError) as info:
-        await read_frame(reader)  # clean EOF between frames
-    assert info.value.partial == b""
-
-
-async def test_read_frame_refuses_oversized_length_before_reading_it() -> None:
-    reader = _reader(struct.pack(">I", MAX_BODY + 1), eof=False)
-    with pytest.raises(FrameError) as info:
-        await read_frame(reader, body_timeout=1.0)
-    assert info.value.code == "frame_too_large"
-    assert info.value.fatal
-
-
-async def test_read_frame_accepts_exactly_max_body() -> None:
-    body = b"x" * MAX_BODY
-    assert await read_frame(_reader(struct.pack(">I", MAX_BODY) + body)) == body
-
-
-@pytest.mark.parametrize("data", [b"\x00\x00", struct.pack(">I", 10) + b"abc"])
-async def test_read_frame_eof_inside_a_frame_is_fatal(data: bytes) -> None:
-    with pytest.raises(FrameError) as info:
-        await read_frame(_reader(data))
-    assert info.value.fatal
-
-
-async def test_read_frame_drops_a_stalled_frame() -> None:
-    reader = _reader(struct.pack(">I", 10) + b"abc", eof=False)
-    with pytest.raises(FrameError) as info:
-        await read_frame(reader, body_timeout=0.05)
-    assert "in time" in info.value.detail
