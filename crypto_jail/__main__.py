@@ -144,7 +144,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Open the keystore, bind the socket, harden the process, print READY, serve."""
     keystore = _open_for_serving(args)
     if args.no_seccomp:
-        log("WARNING: --no-seccomp: this jail can open network sockets and run programs")
+        log("WARNING: --no-seccomp: this jail can run programs, and open network sockets "
+            "unless a network namespace can be created")
     elif not seccomp_available():
         raise JailFailure("libseccomp is not available here; install libseccomp2 "
                           "(or run with --no-seccomp on platforms without it)")
@@ -154,10 +155,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout)
     socket_path = Path(args.socket)
     sock = prepare_socket(socket_path)
-    if args.exit_on_stdin_eof:
-        threading.Thread(target=_stop_when_stdin_closes, daemon=True, name="jail-stdin").start()
     try:
-        harden(seccomp=not args.no_seccomp)
+        # Still single-threaded here: unshare(CLONE_NEWNET) refuses multithreaded processes.
+        if harden(seccomp=not args.no_seccomp):
+            if args.no_seccomp:
+                log("no seccomp, but network access is cut off by a new network namespace")
+        else:
+            log("WARNING: network access is NOT restricted (no seccomp, no network namespace)")
+        if args.exit_on_stdin_eof:
+            threading.Thread(target=_stop_when_stdin_closes, daemon=True,
+                             name="jail-stdin").start()
 
         def ready() -> None:
             log(f"serving node {keystore.node_id} on {socket_path}")

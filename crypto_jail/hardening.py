@@ -12,6 +12,11 @@ first request is read (DESIGN §7):
    ``ptrace``, ``process_vm_readv``/``writev`` and io_uring (whose socket and connect operations
    would bypass the syscall rules). Syscalls of other ABIs (e.g. i386 on x86-64) kill the
    process, libseccomp's default for foreign architectures.
+
+Where seccomp is unavailable (``seccomp=False``), step 4 is replaced by a fresh, empty network
+namespace (``unshare(CLONE_NEWNET)``) when the process may create one; the bound Unix socket
+lives in the filesystem, so clients still reach it. A user namespace is deliberately not used:
+it would remap peer uids and defeat the SO_PEERCRED check.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from typing import Any
 
 from crypto_jail.errors import JailFailure
 
-__all__ = ["HardeningError", "harden", "seccomp_available"]
+__all__ = ["HardeningError", "harden", "is_dumpable", "isolate_network", "seccomp_available"]
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
+CLONE_NEWNET = 0x40000000
 
 _DENIED_ALWAYS = ("connect", "execve", "execveat", "ptrace", "process_vm_readv",
                   "process_vm_writev")
@@ -97,13 +103,27 @@ def _install_seccomp() -> None:
         raise HardeningError(f"could not load the seccomp filter: {exc}") from exc
 
 
-def harden(*, seccomp: bool = True) -> None:
+def isolate_network() -> bool:
+    """Move this (single-threaded) process into a new, empty network namespace if allowed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = _libc()
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.unshare.restype = ctypes.c_int
+    return bool(libc.unshare(CLONE_NEWNET) == 0)
+
+
+def harden(*, seccomp: bool = True) -> bool:
     """Apply steps 1-4 of the module docstring to this process (irreversible).
 
-    ``seccomp=False`` skips step 4 only (platforms without libseccomp); the caller warns.
+    ``seccomp=False`` (platforms without libseccomp) replaces step 4 by a network namespace
+    where possible. Returns whether network access is cut off (by seccomp or the namespace);
+    the caller warns when it is not.
     """
     _prctl(PR_SET_DUMPABLE, 0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     if seccomp:
         _install_seccomp()
+        return True
+    return isolate_network()

@@ -246,12 +246,15 @@ class _Connection:
     read within ``frame_timeout`` drops it.
     """
 
-    _CHUNK = 256 * 1024
+    _CHUNK = 64 * 1024
 
     def __init__(self, server: JailServer, conn: socket.socket) -> None:
         self.server = server
         self.conn = conn
         self.buffer = bytearray()
+        # recv_into one reused buffer: recv(n) would allocate (mmap) and trim n bytes per call.
+        self.scratch = bytearray(self._CHUNK)
+        self.scratch_view = memoryview(self.scratch)
         self.deadline_set = False
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(server.frame_timeout))
 
@@ -305,9 +308,9 @@ class _Connection:
         return body
 
     def _recv(self) -> bool:
-        chunk = self.conn.recv(self._CHUNK)
-        self.buffer += chunk
-        return bool(chunk)
+        count = self.conn.recv_into(self.scratch)
+        self.buffer += self.scratch_view[:count]
+        return count > 0
 
     def _set_read_deadline(self, seconds: float | None) -> None:
         if seconds is None and not self.deadline_set:

@@ -4,6 +4,7 @@ state of a real jail process seen from /proc. Also: the jail imports only crypto
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,8 +30,11 @@ PROBE = r"""
 import json, os, resource, socket, sys
 from crypto_jail import hardening
 seccomp = sys.argv[1] == "1"
-hardening.harden(seccomp=seccomp)
-out = {"dumpable": hardening.is_dumpable(),
+netns_before = os.readlink("/proc/self/ns/net")
+isolated = hardening.harden(seccomp=seccomp)
+out = {"isolated": isolated,
+       "new_netns": os.readlink("/proc/self/ns/net") != netns_before,
+       "dumpable": hardening.is_dumpable(),
        "core": resource.getrlimit(resource.RLIMIT_CORE)}
 def attempt(name, fn):
     try:
@@ -76,6 +80,7 @@ def test_harden_denies_network_exec_and_connect_but_not_unix_sockets() -> None:
     assert out["connect"] == "denied"
     assert out["unix"] == "allowed"
     assert out["unix_pair"] == "allowed"
+    assert out["isolated"] is True and out["new_netns"] is False
     assert out["dumpable"] is False
     assert out["core"] == [0, 0]
     assert out["status"] == {"NoNewPrivs": "1", "Seccomp": "2"}
@@ -84,7 +89,9 @@ def test_harden_denies_network_exec_and_connect_but_not_unix_sockets() -> None:
 @linux_only
 def test_without_seccomp_the_other_steps_still_apply() -> None:
     out = _probe(seccomp=False)
-    assert out["inet"] == "allowed"  # this is what the seccomp filter takes away
+    assert out["inet"] == "allowed"  # this is what the seccomp filter takes away...
+    if os.geteuid() == 0:  # ...and what an empty network namespace makes useless instead
+        assert out["isolated"] is True and out["new_netns"] is True
     assert out["dumpable"] is False
     assert out["core"] == [0, 0]
     assert out["status"] == {"NoNewPrivs": "1", "Seccomp": "0"}
@@ -137,6 +144,16 @@ def test_no_seccomp_flag_warns_and_skips_only_seccomp(workdir: Path) -> None:
         assert status["Seccomp"] == "0"
         assert status["NoNewPrivs"] == "1"
         assert "--no-seccomp" in proc.stderr()
+        own_netns = os.readlink("/proc/self/ns/net")
+        jail_netns = os.readlink(f"/proc/{proc.pid}/ns/net")
+        if os.geteuid() == 0:  # root may create a network namespace: the fallback isolation
+            assert jail_netns != own_netns
+            assert "network namespace" in proc.stderr()
+        else:
+            assert "NOT restricted" in proc.stderr() or jail_netns != own_netns
+        client = RawClient(proc.socket_path)  # the filesystem socket still reaches it
+        assert client.result("public_keys")["node_id"]
+        client.close()
     finally:
         proc.stop()
 

@@ -462,6 +462,8 @@ def _connect_as(uid: int, path: Path) -> str:
             client.send_body(b'{"id": 1, "op": "public_keys", "args": {}}')
             answer = client.recv()
             outcome = b"closed" if answer is None else b"answered" if answer["ok"] else b"refused"
+        except (BrokenPipeError, ConnectionResetError):
+            outcome = b"closed"  # the jail hung up before our request was even written
         except OSError as exc:
             outcome = f"oserror {exc.errno}".encode()
         finally:
