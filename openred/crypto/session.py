@@ -266,21 +266,39 @@ class SessionCipher:
 
     def decrypt(self, counter: int, ciphertext: bytes, *, ad: bytes = b"") -> bytes:
         """Open a message sent with ``counter``; each counter is accepted at most once."""
-        if not 0 <= counter < MAX_COUNTER:
-            raise DecryptionFailed("counter out of range")
         window = self._window
-        top = window._top  # the in-order fast path skips check(): a new top is always fresh
-        if counter <= top:
+        top = window._top
+        if counter > top:  # in order: a new top is always fresh, so check() is skipped
+            if counter >= MAX_COUNTER:
+                raise DecryptionFailed("counter out of range")
+        elif counter < 0:
+            raise DecryptionFailed("counter out of range")
+        else:
             window.check(counter)
+        if counter >> EPOCH_SHIFT == self._recv_epoch:
+            try:
+                plaintext = self._recv_aead.decrypt(self._nonce(counter), ciphertext, ad)
+            except (InvalidTag, ValueError, OverflowError, TypeError):
+                raise DecryptionFailed("message does not authenticate") from None
+        else:
+            plaintext = self._decrypt_other_epoch(counter, ciphertext, ad)
+        index = counter >> 6
+        if counter > top and index == top >> 6:
+            # In order within the current 64-bit block: the same bit mark() would set.
+            window._blocks[index & window._mask] |= 1 << (counter & 63)
+            window._top = counter
+        else:
+            window.mark(counter)
+        return plaintext
+
+    def _decrypt_other_epoch(self, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
         epoch = counter >> EPOCH_SHIFT
-        aead = self._recv_aead if epoch == self._recv_epoch else self._aead_for(epoch)
+        aead = self._aead_for(epoch)
         try:
-            plaintext = aead.decrypt(self._nonce(counter), ciphertext, ad)
+            plaintext: bytes = aead.decrypt(self._nonce(counter), ciphertext, ad)
         except (InvalidTag, ValueError, OverflowError, TypeError):
             raise DecryptionFailed("message does not authenticate") from None
-        if epoch != self._recv_epoch:
-            self._commit_recv_epoch(epoch, aead)
-        window.mark(counter)
+        self._commit_recv_epoch(epoch, aead)
         return plaintext
 
     # -- epochs --
