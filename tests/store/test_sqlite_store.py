@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from openred.store import merkle
 from openred.store.chain import check_chain
 from openred.store.checkpoint import verify_checkpoint
 from openred.store.events import NewEvent
+from openred.store.projections import ProjectionRegistry, Upsert
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore, connect
 from tests.store.history import peer_event, session_events, table_dump
@@ -259,3 +261,42 @@ async def test_projection_added_later_catches_up_on_open(tmp_path: Path,
 async def test_open_refuses_a_missing_directory(tmp_path: Path, signer: InProcessSigner) -> None:
     with pytest.raises(ConfigurationError):
         await open_store(tmp_path / "nope" / "x.db", signer)
+
+
+async def test_a_timer_signs_a_checkpoint_when_entries_wait(tmp_path: Path,
+                                                            signer: InProcessSigner) -> None:
+    store = await SQLiteEventStore.open(tmp_path, signer, registry=node_registry(),
+                                        checkpoint_every=1000, checkpoint_interval=0.05)
+    try:
+        await store.append([peer_event(1)])
+        before = await store.query("SELECT max(size) FROM checkpoints")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if await store.query("SELECT max(size) FROM checkpoints") != before:
+                break
+        assert await store.query("SELECT max(size) FROM checkpoints") == [(2,)]
+    finally:
+        await store.close()
+
+
+async def test_projection_with_a_bad_identifier_is_refused(tmp_path: Path,
+                                                           signer: InProcessSigner) -> None:
+    class Evil:
+        name = "evil"
+        tables = ("peers",)
+        handles = frozenset({"PeerDiscovered"})
+
+        def apply(self, event: object) -> list[Upsert]:
+            return [Upsert("peers; DROP TABLE events", ("node_id",), {"node_id": "x"})]
+
+    store = await SQLiteEventStore.open(tmp_path, signer, registry=node_registry(),
+                                        projections=ProjectionRegistry([Evil()]),
+                                        checkpoint_interval=0)
+    try:
+        with pytest.raises(StoreError, match="invalid SQL identifier"):
+            await store.append([peer_event(1)])
+        # The refused batch left nothing behind.
+        assert store.head.size == 1
+        assert len(await store.read()) == 1
+    finally:
+        await store.close()
