@@ -117,15 +117,27 @@ class SQLiteSource(LogSource):
             self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
             tables = {r[0] for r in self.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptLog(f"{db} is not a readable SQLite database: {exc}") from exc
         if "events" not in tables:
             raise CorruptLog(f"{db} has no events table: not an OpenRed log")
         self.tables = tables
 
+    def check_structure(self) -> None:
+        """Raise CorruptLog unless SQLite finds every page and b-tree of the file sound."""
+        try:
+            problems = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check")]
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise CorruptLog(f"{self.path} is damaged: {exc}") from exc
+        if problems != ["ok"]:
+            lines = [line for p in problems for line in p.splitlines() if not line.startswith("*")]
+            raise CorruptLog(f"{self.path} is damaged: {(lines or problems)[0]}")
+
     def size(self) -> tuple[int, int]:
         try:
-            count, top = self.conn.execute("SELECT count(*), max(seq) FROM events").fetchone()
+            # Counted in the table itself: a damaged index must not hide a row from the count.
+            count, top = self.conn.execute(
+                "SELECT count(*), max(seq) FROM events NOT INDEXED").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CorruptLog(f"the events table cannot be read: {exc}") from exc
         return int(count), int(top or 0) if isinstance(top, int) else int(count)
@@ -159,6 +171,16 @@ class SQLiteSource(LogSource):
                 raise CorruptLog("the checkpoints table holds a malformed row")
             out.append((size, note))
         return out
+
+    def checkpoint_roots(self) -> dict[int, object]:
+        """The ``root_hash`` column of each stored checkpoint (a copy of what its note signs)."""
+        if "checkpoints" not in self.tables:
+            return {}
+        try:
+            rows = self.conn.execute("SELECT size, root_hash FROM checkpoints").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"the checkpoints table cannot be read: {exc}") from exc
+        return {size: root for size, root in rows if isinstance(size, int)}
 
     def close(self) -> None:
         self.conn.close()

@@ -1,6 +1,8 @@
 """``audit_tools verify``: prove a log is intact, in numbered steps (DESIGN §9).
 
-1. Read the log: open it read-only, count its entries (zero entries is never "valid").
+1. Read the log: open it read-only, check SQLite's own structure (``PRAGMA quick_check``: a
+   damaged page can alias, hide or duplicate rows the later steps would read as intact), count
+   its entries (zero entries is never "valid").
 2. Genesis and signer key history: the first entry is ``LogOpened`` naming the expected key;
    every ``KeyRotated`` hands over from the key in force.
 3. Sequence, entry hashes and links: seq runs 1..n without a gap; each entry_hash matches the
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from audit_tools.source import (
     BundleSource,
@@ -263,7 +266,6 @@ def verify(
     Raises only :class:`audit_tools.source.SourceError` when the path cannot be read at all.
     """
     report = Report(path=str(path))
-    source = open_source(path)
     current = 0
 
     def done(number: int, detail: str, status: str = "ok") -> None:
@@ -273,9 +275,17 @@ def verify(
             on_step(step)
 
     try:
+        source = open_source(path)
+    except CorruptLog as exc:
+        report.reason = str(exc)
+        done(1, str(exc), "failed")
+        return report
+    try:
         try:
             # 1. Read the log.
             current = 1
+            if isinstance(source, SQLiteSource):
+                source.check_structure()
             count, top = source.size()
             n = max(count, top)
             if count == 0:
@@ -341,6 +351,10 @@ def verify(
         except CorruptLog as exc:
             report.reason = str(exc)
             done(current, str(exc), "failed")
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            # Damaged storage met where no step expected it: fail closed, never raise.
+            report.reason = f"the database cannot be read: {exc}"
+            done(current, report.reason, "failed")
     finally:
         source.close()
     return report
@@ -431,6 +445,7 @@ def _check_stored_checkpoints(
     stored = source.checkpoints()
     if not stored:
         return "the log holds no checkpoint", "skipped"
+    root_column = source.checkpoint_roots() if isinstance(source, SQLiteSource) else {}
     for size, note in stored:
         if size > n:
             raise StepFailed(5, f"the log has {n} entries but its own checkpoint covers {size}: "
@@ -444,6 +459,10 @@ def _check_stored_checkpoints(
         if cp.root_hash != roots.get(size):
             raise StepFailed(5, f"the log's first {size} entries do not have the root the "
                              f"checkpoint at size {size} signed", size)
+        # The row's root_hash column is a copy of what the note signs; readers may use it.
+        if size in root_column and root_column[size] != cp.root_hash:
+            raise StepFailed(5, f"stored checkpoint row at size {size} holds another root_hash "
+                             "than its note signs")
         report.checkpoints_checked += 1
     newest = stored[-1][0]
     behind = f", {n - newest} entries after it" if newest < n else ""
@@ -485,15 +504,18 @@ def _check_projections(source: SQLiteSource, n: int) -> tuple[str]:
     projections = node_projections()
     tables = projections.tables()
     missing = [t for t in tables if t not in source.tables]
-    if missing or "projection_positions" not in source.tables:
+    if len(missing) == len(tables) or "projection_positions" not in source.tables:
         return (f"no node projections in this database ({', '.join(missing)} missing)",)
+    if missing:
+        # The migrations create every node table at once: losing some is damage, not a choice.
+        raise StepFailed(7, f"projection table(s) {', '.join(missing)} missing")
     mem = sqlite3.connect(":memory:", isolation_level=None)
     try:
         try:
             source.conn.backup(mem)
-            stored_positions = dict(mem.execute("SELECT name, position FROM projection_positions"))
+            stored_positions = {r[0]: r[1] for r in _dump(mem, "projection_positions")}
             stored = {t: _dump(mem, t) for t in tables}
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptLog(f"the projection tables cannot be read: {exc}") from exc
         kept = [p for p in projections if p.name in stored_positions]
         for projection in projections:
@@ -504,18 +526,22 @@ def _check_projections(source: SQLiteSource, n: int) -> tuple[str]:
                                     "position")
         if not kept:
             return ("this log keeps no node projections",)  # e.g. a directory's log
+        # A node keeps every node projection: one without a position lost its row.
+        for projection in projections:
+            if projection.name not in stored_positions:
+                raise StepFailed(7, f"projection {projection.name} has no recorded position")
         for projection in kept:
             if stored_positions[projection.name] != n:
                 raise StepFailed(7, f"projection {projection.name} is at position "
                                  f"{stored_positions[projection.name]}, the log at {n}")
         projections = ProjectionRegistry(kept)
         tables = projections.tables()
-        mem.execute("BEGIN")
-        for table in tables:
-            mem.execute(f"DELETE FROM {table}")  # noqa: S608 - names from the registry
         registry = node_registry()
         batch: list[StoredEvent] = []
         try:
+            mem.execute("BEGIN")
+            for table in tables:
+                mem.execute(f"DELETE FROM {table}")  # noqa: S608 - names from the registry
             for event in read_events(mem):
                 batch.append(event)
                 if len(batch) >= 5000:
@@ -524,17 +550,31 @@ def _check_projections(source: SQLiteSource, n: int) -> tuple[str]:
             apply_projections(mem, projections, registry, batch)
         except (ValueError, KeyError, TypeError, sqlite3.DatabaseError) as exc:
             raise StepFailed(7, f"replaying the log into projections failed: {exc}") from None
+        try:
+            replayed = {t: _dump(mem, t) for t in tables}
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise CorruptLog(f"the projection tables cannot be replayed: {exc}") from exc
         for table in tables:
-            if _dump(mem, table) != stored[table]:
+            if replayed[table] != stored[table]:
                 raise StepFailed(7, f"projection table {table} differs from a replay of the log")
-        mem.execute("ROLLBACK")
     finally:
         mem.close()
     return (f"{len(tables)} tables equal a replay of {n} entries",)
 
 
 def _dump(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
-    return [tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY 1")]  # noqa: S608
+    """Every row of ``table``, read from the table itself, in a stable order.
+
+    NOT INDEXED: an ORDER BY on the key column may read that column from its index, which a
+    damaged file can hold out of step with the table (the rows would then look unchanged).
+    """
+    rows = [tuple(r) for r in conn.execute(f"SELECT * FROM {table} NOT INDEXED")]  # noqa: S608
+    return sorted(rows, key=_row_key)
+
+
+def _row_key(row: tuple[object, ...]) -> tuple[tuple[str, Any], ...]:
+    # Values are compared only with values of the same type, so NULLs and stray types sort too.
+    return tuple((type(v).__name__, 0 if v is None else v) for v in row)
 
 
 __all__ = [
