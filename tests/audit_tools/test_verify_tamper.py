@@ -494,6 +494,35 @@ def test_a_checkpoint_whose_root_does_not_match_the_entries_is_detected(
                     reason="first 8 entries do not have the root the checkpoint at size 8")
 
 
+def test_a_checkpoint_rows_root_hash_column_must_match_its_note(logs: Logs,
+                                                                 tmp_path: Path) -> None:
+    db = without_triggers(logs.main, tmp_path / "x.db")
+    execute(db, "UPDATE checkpoints SET root_hash = zeroblob(32) WHERE size = 14")
+    assert_tampered(verify(db, jobs=1), step=5, seq=None,
+                    reason="row at size 14 holds another root_hash than its note signs")
+    assert_cli_tampered(db)
+
+
+def test_pages_aliased_by_the_schema_are_caught_before_any_row_is_trusted(
+    logs: Logs, tmp_path: Path
+) -> None:
+    # Point the registration table at the peers table's pages: every row then reads as
+    # plausible, and a replay writes both "tables" alike — only SQLite's structure check sees
+    # two tables sharing one b-tree.
+    db = tmp_path / "x.db"
+    shutil.copyfile(logs.main, db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    peers_root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'peers'"
+                              ).fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'registration'",
+                 (peers_root,))
+    conn.close()
+    report = verify(db, jobs=1)
+    assert_tampered(report, step=1, seq=None, reason="is damaged: ")
+    assert_cli_tampered(db)
+
+
 @pytest.mark.parametrize("attack", ["body edited", "signature edited", "not a note"])
 def test_a_tampered_given_checkpoint_is_rejected(logs: Logs, tmp_path: Path,
                                                  attack: str) -> None:
