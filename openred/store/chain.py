@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from openred.crypto.identity import EntryHash, NodeId, SignKey, from_b64url
 from openred.errors import ConcurrencyConflict, InvalidKey, InvalidSignature, TamperedLog
@@ -24,8 +25,7 @@ from openred.store.codec import (
 from openred.store.events import KEY_ROTATED, LOG_OPENED, LOG_STREAM, NewEvent, StoredEvent
 
 
-@dataclass(frozen=True, slots=True)
-class UnsignedEntry:
+class UnsignedEntry(NamedTuple):
     """A chained entry waiting for its signature."""
 
     seq: int
@@ -39,10 +39,7 @@ class UnsignedEntry:
     entry_hash: EntryHash
 
     def signed(self, signature: bytes) -> StoredEvent:
-        return StoredEvent(
-            self.seq, self.stream, self.stream_version, self.type, self.schema_version,
-            self.recorded_at, self.payload, self.prev_hash, self.entry_hash, signature,
-        )
+        return StoredEvent(*self, signature)
 
 
 def origin_for(node_id: NodeId) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from openred.store.codec import decode_payload
 
@@ -84,6 +84,25 @@ class RecordedEvent:
     payload: Payload
 
 
+class EntryFields(Protocol):
+    """What decoding needs of an entry: a stored event, or a chained one not yet signed."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def stream_version(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def recorded_at(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
 @dataclass(slots=True)
 class _TypeInfo:
     version: int = 1
@@ -136,7 +155,7 @@ class EventRegistry:
             version += 1
         return version, payload
 
-    def decode(self, stored: StoredEvent) -> RecordedEvent:
+    def decode(self, stored: EntryFields) -> RecordedEvent:
         """Decode a (verified) stored event and upcast its payload."""
         version, payload = self.upcast(
             stored.type, stored.schema_version, decode_payload(stored.payload)

@@ -51,6 +51,7 @@ from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import (
     KEY_ROTATED,
     LOG_OPENED,
+    EntryFields,
     EventRegistry,
     NewEvent,
     RecordedEvent,
@@ -165,15 +166,19 @@ def _sql_for(op: RowOp) -> tuple[str, tuple[Any, ...]]:
     return _statement(Delete, op.table, (), tuple(op.where)), tuple(op.where.values())
 
 
-def apply_projections(
-    conn: sqlite3.Connection,
+ProjectionPlan = list[tuple[str, list[tuple[Any, ...]]]]
+"""Grouped projection statements: (SQL, parameter rows), in the order they must run."""
+
+
+def plan_projections(
     projections: ProjectionRegistry,
     registry: EventRegistry,
-    entries: Sequence[StoredEvent],
-) -> None:
-    """Run every projection over ``entries`` and advance its position (caller holds the tx)."""
+    entries: Sequence[EntryFields],
+) -> ProjectionPlan:
+    """The SQL every projection needs for ``entries`` (pure: no database is touched)."""
+    plan: ProjectionPlan = []
     if not entries or not len(projections):
-        return
+        return plan
     handled = frozenset().union(*(p.handles for p in projections))
     # Consecutive operations of the same shape go to SQLite in one executemany: same statements,
     # same order, a fraction of the per-statement overhead.
@@ -186,17 +191,38 @@ def apply_projections(
             sql, params = _sql_for(op)
             if sql != pending:
                 if rows:
-                    conn.executemany(pending, rows)
+                    plan.append((pending, rows))
                 pending, rows = sql, []
             rows.append(params)
     if rows:
-        conn.executemany(pending, rows)
-    last = entries[-1].seq
-    conn.executemany(
-        "INSERT INTO projection_positions (name, position) VALUES (?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET position=excluded.position",
-        [(name, last) for name in projections.names],
-    )
+        plan.append((pending, rows))
+    return plan
+
+
+def execute_plan(
+    conn: sqlite3.Connection, projections: ProjectionRegistry, plan: ProjectionPlan, last: int
+) -> None:
+    """Run a plan and advance every projection to ``last`` (the caller holds the transaction)."""
+    for sql, rows in plan:
+        conn.executemany(sql, rows)
+    if len(projections):
+        conn.executemany(
+            "INSERT INTO projection_positions (name, position) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET position=excluded.position",
+            [(name, last) for name in projections.names],
+        )
+
+
+def apply_projections(
+    conn: sqlite3.Connection,
+    projections: ProjectionRegistry,
+    registry: EventRegistry,
+    entries: Sequence[EntryFields],
+) -> None:
+    """Run every projection over ``entries`` and advance its position (caller holds the tx)."""
+    if entries:
+        execute_plan(conn, projections, plan_projections(projections, registry, entries),
+                     entries[-1].seq)
 
 
 def row_to_event(row: Sequence[Any]) -> StoredEvent:
@@ -472,15 +498,27 @@ class SQLiteEventStore:
                     stream_versions=versions,
                     recorded_at=utc_timestamp(self._clock()),
                 )
-                if sign is None:
-                    signatures: list[bytes] = list(
-                        await self._signer.sign_entry_hashes([u.entry_hash for u in unsigned])
-                    )
-                else:
-                    signatures = await sign(unsigned)
+                # Projections need no signatures: the database thread plans their statements
+                # while the signer works (its threads or the jail run outside the GIL).
+                planned = asyncio.get_running_loop().run_in_executor(
+                    self._executor, plan_projections, self.projections, self.registry, unsigned
+                )
+                try:
+                    if sign is None:
+                        signatures: list[bytes] = list(
+                            await self._signer.sign_entry_hashes([u.entry_hash for u in unsigned])
+                        )
+                    else:
+                        signatures = await sign(unsigned)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await planned
+                    raise
+                plan = await planned
                 stored = [u.signed(s) for u, s in zip(unsigned, signatures, strict=True)]
                 try:
-                    await self._run(self._commit_sync, stored, frontier.size, frontier.entry_hash)
+                    await self._run(self._commit_sync, stored, plan, frontier.size,
+                                    frontier.entry_hash)
                 except _HeadMoved:
                     await self._run(self._reload_sync)
                     continue
@@ -511,7 +549,9 @@ class SQLiteEventStore:
             found.update((str(s), int(v)) for s, v in rows)
         return found
 
-    def _commit_sync(self, stored: list[StoredEvent], head_size: int, head_hash: bytes) -> None:
+    def _commit_sync(
+        self, stored: list[StoredEvent], plan: ProjectionPlan, head_size: int, head_hash: bytes
+    ) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -522,7 +562,7 @@ class SQLiteEventStore:
             if current != (head_size, head_hash):
                 raise _HeadMoved
             conn.executemany(_INSERT_EVENT, stored)
-            apply_projections(conn, self.projections, self.registry, stored)
+            execute_plan(conn, self.projections, plan, stored[-1].seq)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK")
