@@ -164,8 +164,8 @@ def checkpoint_command(path: Path, as_json: bool) -> None:
     with _guard(as_json):
         source = open_source(path)
         try:
-            count, top = source.size()
-            n = max(count, top)
+            count, _top = source.size()
+            n = count  # a stray seq past the row count must not size the work (see verify)
             stored = source.checkpoints()
             if not stored:
                 _fail(TAMPERED, "the log holds no signed checkpoint", as_json)
@@ -245,8 +245,8 @@ def replay_command(
     with _guard(as_json):
         source = open_source(path)
         try:
-            count, top = source.size()
-            n = max(count, top)
+            count, _top = source.size()
+            n = count  # a stray seq past the row count must not size the work (see verify)
             if until is not None and until > n:
                 _fail(USAGE, f"--until {until} is past the log's {n} entries", as_json)
             with _progress(not as_json, "replaying") as progress:
@@ -291,8 +291,8 @@ def prove_command(path: Path, seq: int, as_json: bool) -> None:
     with _guard(as_json):
         source = open_source(path)
         try:
-            count, top = source.size()
-            n = max(count, top)
+            count, _top = source.size()
+            n = count  # a stray seq past the row count must not size the work (see verify)
             if seq > n:
                 _fail(USAGE, f"no entry {seq}: the log has {n} entries", as_json)
             keys = declared_keys(source, n)
