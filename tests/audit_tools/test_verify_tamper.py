@@ -14,6 +14,8 @@ import json
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from openred.store.checkpoint import Checkpoint, sign_checkpoint
 from openred.store.events import NewEvent
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import read_events
+from tests.conftest import REPO_ROOT
 from tests.store.history import peer_event, session_events
 from tests.vectors import make_fixtures as mf
 
@@ -278,6 +281,21 @@ def test_closing_a_gap_by_renumbering_the_tail_is_detected(logs: Logs, tmp_path:
     assert [r[0] for r in events_of(db)] == list(range(1, N))
     assert_tampered(verify(db, jobs=1), step=3, seq=15, reason="prev_hash does not match")
     assert_cli_tampered(db, seq=15)
+
+
+def test_a_seq_renumbered_far_past_the_end_is_a_missing_entry_not_a_resource_sink(
+    logs: Logs, tmp_path: Path
+) -> None:
+    # max(seq) once sized the work: 2**40 meant a list of 2**26 ranges (MemoryError, or the OOM
+    # killer) in verify and 2**28 queries in replay and prove.
+    db = without_triggers(logs.main, tmp_path / "x.db")
+    execute(db, ("UPDATE events SET seq = ? WHERE seq = ?", (2**40, N)))
+    assert_tampered(verify(db, jobs=1), step=3, seq=N, reason=f"entry {N} is missing")
+    assert_cli_tampered(db, seq=N)
+    replayed = subprocess.run([sys.executable, "-m", "audit_tools", "replay", str(db)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert replayed.returncode == 1 and f"tampered at seq {N}" in replayed.stderr
 
 
 def test_truncating_the_tail_under_a_stored_checkpoint_is_detected(logs: Logs,
