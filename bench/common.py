@@ -48,5 +48,5 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     """p50 and p99 of ``samples``."""
     ordered = sorted(samples)
     p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return p50, p99

@@ -498,23 +498,15 @@ class SQLiteEventStore:
                     stream_versions=versions,
                     recorded_at=utc_timestamp(self._clock()),
                 )
-                # Projections need no signatures: the database thread plans their statements
-                # while the signer works (its threads or the jail run outside the GIL).
-                planned = asyncio.get_running_loop().run_in_executor(
-                    self._executor, plan_projections, self.projections, self.registry, unsigned
-                )
-                try:
-                    if sign is None:
-                        signatures: list[bytes] = list(
-                            await self._signer.sign_entry_hashes([u.entry_hash for u in unsigned])
-                        )
-                    else:
-                        signatures = await sign(unsigned)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await planned
-                    raise
-                plan = await planned
+                if sign is None:
+                    signatures: list[bytes] = list(
+                        await self._signer.sign_entry_hashes([u.entry_hash for u in unsigned])
+                    )
+                else:
+                    signatures = await sign(unsigned)
+                # Planned after signing, not during: Python work holding the GIL starves the
+                # signing threads, which need it between every signature (measured slower).
+                plan = plan_projections(self.projections, self.registry, unsigned)
                 stored = [u.signed(s) for u, s in zip(unsigned, signatures, strict=True)]
                 try:
                     await self._run(self._commit_sync, stored, plan, frontier.size,
