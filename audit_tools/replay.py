@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from audit_tools import verify as _verify
 from audit_tools.source import LogSource, MalformedRow, SQLiteSource
-from audit_tools.verify import PARALLEL_THRESHOLD, check_chain_parallel
 from openred.errors import TamperedLog
 from openred.node.events import node_registry
 from openred.node.projections import node_projections
@@ -67,10 +67,12 @@ def _replay_into(
     projections = node_projections()
     registry = node_registry()
     checker = ChainChecker(recompute_hashes=not source.pseudonymized)
-    signatures_checked = isinstance(source, SQLiteSource) and until >= PARALLEL_THRESHOLD
+    signatures_checked = (
+        isinstance(source, SQLiteSource) and until >= _verify.PARALLEL_THRESHOLD
+    )
     if signatures_checked:
         assert isinstance(source, SQLiteSource)
-        check_chain_parallel(source, until)
+        _verify.check_chain_parallel(source, until)
     conn.execute("BEGIN")
     batch: list[StoredEvent] = []
 

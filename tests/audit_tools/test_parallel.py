@@ -108,7 +108,13 @@ def test_the_earliest_failure_wins_across_ranges(log: Path, tmp_path: Path) -> N
     assert verify(bad, jobs=2).failed_seq == RANGE + 9
 
 
-def test_replay_of_a_big_log_checks_signatures_on_every_core(log: Path, tmp_path: Path) -> None:
+def test_replay_of_a_big_log_checks_signatures_on_every_core(
+    log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = verify_module.check_chain_parallel
+    monkeypatch.setattr(verify_module, "check_chain_parallel",
+                        lambda source, n: calls.append(n) or real(source, n))
     source = open_source(log)
     try:
         state = replay(source, SIZE)
@@ -118,6 +124,7 @@ def test_replay_of_a_big_log_checks_signatures_on_every_core(log: Path, tmp_path
     live = [tuple(r) for r in conn.execute("SELECT * FROM peers ORDER BY 1")]
     conn.close()
     assert state.position == SIZE and state.tables["peers"][1] == live
+    assert calls == [SIZE]  # the signatures were checked by the parallel pass
     bad = without_triggers(log, tmp_path / "bad.db")
     conn = sqlite3.connect(bad, isolation_level=None)
     conn.execute("UPDATE events SET signature = zeroblob(64) WHERE seq = ?", (3 * RANGE,))
