@@ -106,6 +106,14 @@ class _HeadMoved(Exception):
     """Another writer appended between chaining and committing; chain again."""
 
 
+class _StaleVersions(Exception):
+    """Streams this process had not seen were not at the assumed versions; chain again."""
+
+    def __init__(self, found: dict[str, int]) -> None:
+        super().__init__("stream versions differ from the assumption")
+        self.found = found
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """The newest entry: the log's size and the hash every next entry links to."""
@@ -485,12 +493,18 @@ class SQLiteEventStore:
         async with self._write_lock:
             for _attempt in range(5):
                 frontier = self._frontier
-                missing = {e.stream for e in events if e.stream not in frontier.versions}
-                if missing:
-                    found = await self._run(self._stream_versions_sync, sorted(missing))
-                    for stream in missing:
-                        frontier.remember(stream, found.get(stream, 0))
-                versions = {e.stream: frontier.versions[e.stream] for e in events}
+                # Streams this process has not seen are assumed to be at the version the writer
+                # expects, or new; the commit checks the assumption under the write lock, so the
+                # usual append (fresh grant:/session: streams) costs one database hand-off.
+                versions: dict[str, int] = {}
+                assumed: dict[str, int] = {}
+                for e in events:
+                    if e.stream in versions:
+                        continue
+                    known = frontier.versions.get(e.stream)
+                    if known is None:
+                        known = assumed[e.stream] = e.expected_version or 0
+                    versions[e.stream] = known
                 unsigned = chain_entries(
                     events,
                     next_seq=frontier.size + 1,
@@ -510,9 +524,13 @@ class SQLiteEventStore:
                 stored = [u.signed(s) for u, s in zip(unsigned, signatures, strict=True)]
                 try:
                     await self._run(self._commit_sync, stored, plan, frontier.size,
-                                    frontier.entry_hash)
+                                    frontier.entry_hash, assumed)
                 except _HeadMoved:
                     await self._run(self._reload_sync)
+                    continue
+                except _StaleVersions as stale:
+                    for stream, version in stale.found.items():
+                        frontier.remember(stream, version)
                     continue
                 except ConcurrencyConflict:
                     frontier.versions.clear()
@@ -542,7 +560,8 @@ class SQLiteEventStore:
         return found
 
     def _commit_sync(
-        self, stored: list[StoredEvent], plan: ProjectionPlan, head_size: int, head_hash: bytes
+        self, stored: list[StoredEvent], plan: ProjectionPlan, head_size: int, head_hash: bytes,
+        assumed: dict[str, int],
     ) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -553,6 +572,11 @@ class SQLiteEventStore:
             current = (0, GENESIS_PREV_HASH) if row is None else (int(row[0]), bytes(row[1]))
             if current != (head_size, head_hash):
                 raise _HeadMoved
+            if assumed:
+                found = self._stream_versions_sync(list(assumed))
+                actual = {stream: found.get(stream, 0) for stream in assumed}
+                if actual != assumed:
+                    raise _StaleVersions(actual)
             conn.executemany(_INSERT_EVENT, stored)
             execute_plan(conn, self.projections, plan, stored[-1].seq)
             conn.execute("COMMIT")
