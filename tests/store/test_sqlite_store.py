@@ -300,3 +300,32 @@ async def test_projection_with_a_bad_identifier_is_refused(tmp_path: Path,
         assert len(await store.read()) == 1
     finally:
         await store.close()
+
+
+async def test_streams_unknown_to_this_process_get_their_true_next_version(
+    tmp_path: Path, signer: InProcessSigner
+) -> None:
+    store = await open_store(tmp_path, signer)
+    await store.append([NewEvent("node:z", "PeerDiscovered", peer_event(1).payload)] * 2)
+    await store.close()
+    store = await open_store(tmp_path, signer)  # a fresh process knows no stream versions
+    try:
+        (third,) = await store.append([NewEvent("node:z", "PeerDiscovered",
+                                                peer_event(1).payload)])
+        assert third.stream_version == 3
+        (fourth,) = await store.append([NewEvent("node:z", "PeerDiscovered",
+                                                 peer_event(1).payload, expected_version=3)])
+        assert fourth.stream_version == 4
+        with pytest.raises(ConcurrencyConflict):
+            await store.append([NewEvent("node:z", "PeerDiscovered", peer_event(1).payload,
+                                         expected_version=2)])
+    finally:
+        await store.close()
+    other = await open_store(tmp_path, signer)
+    try:
+        with pytest.raises(ConcurrencyConflict):
+            await other.append([NewEvent("node:z", "PeerDiscovered", peer_event(1).payload,
+                                         expected_version=9)])
+        assert check_chain(await other.read()).count == 5
+    finally:
+        await other.close()
