@@ -44,6 +44,7 @@ from openred.store.events import EventRegistry, NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
 NODES = ("alice", "bob", "carol")
+ROUNDS = 30  # rounds of the six-message chat: enough traffic for a periodic checkpoint
 DIRECTORY_URL = "http://127.0.0.1:8700"
 CONNECTION_GRANTED = "ConnectionGranted"
 DIRECTORY_NODE_REGISTERED = "NodeRegistered"
@@ -135,10 +136,15 @@ async def network(
         yield directory, started[1:]
     finally:
         for p in started:
-            await p.store.close()
-            await p.client.close()
-            await p.supervisor.stop()
+            await stop(p)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+async def stop(p: Participant) -> None:
+    """Close a participant's log (signing a final checkpoint), then its jail."""
+    await p.store.close()
+    await p.client.close()
+    await p.supervisor.stop()
 
 
 async def register(directory: Participant, node: Participant) -> None:
@@ -297,27 +303,34 @@ async def story(out: Path) -> list[Participant]:
                                {"grant_id": replayed.grant.grant_id, "peer": alice.node_id,
                                 "reason": "already_consumed"}))
 
-        console.print("[bold]4.[/] Messages flow end to end, encrypted by the session ciphers")
+        console.print("[bold]4.[/] The directory grants alice a connection to carol that "
+                      "she never uses — then the directory goes offline")
+        unused = await grant_connection(directory, alice, carol, clock)
+        await receive_token(alice, unused, directory, "initiator", carol)
+        await receive_token(carol, unused, directory, "responder", alice)
+        await stop(directory)
+
+        console.print("[bold]5.[/] With the directory down, messages keep flowing end to end, "
+                      "encrypted by the session ciphers")
         chat = [
             (alice, bob, "Hi Bob, the directory is only needed to introduce us."),
-            (bob, alice, "And now it could go down: we talk directly."),
+            (bob, alice, "And now it is down: we still talk directly."),
             (bob, carol, "Carol, the backup finished at 02:00."),
             (carol, bob, "Thanks, I will verify my log tonight."),
             (carol, alice, "Alice, are you coming to the meetup?"),
             (alice, carol, "Yes — I will bring the printed checkpoints."),
         ]
-        for sender, receiver, text in chat:
-            clock.advance(7)
-            await send(sender, receiver, text)
+        for round_ in range(ROUNDS):
+            for sender, receiver, text in chat:
+                clock.advance(7)
+                await send(sender, receiver, text if round_ == 0 else f"{text} ({round_ + 1})")
+        console.print(f"   {ROUNDS * len(chat)} messages sent and received")
 
-        console.print("[bold]5.[/] An unused grant expires; a day later sessions expire")
-        d = await grant_connection(directory, alice, carol, clock)
-        await receive_token(alice, d, directory, "initiator", carol)
-        await receive_token(carol, d, directory, "responder", alice)
+        console.print("[bold]6.[/] The unused grant expires; a day later the sessions expire")
         clock.advance(301)
         for node in (alice, carol):
-            await node.log(NewEvent(ev.grant_stream(d.grant.grant_id), ev.TOKEN_EXPIRED,
-                                    {"grant_id": d.grant.grant_id}))
+            await node.log(NewEvent(ev.grant_stream(unused.grant.grant_id), ev.TOKEN_EXPIRED,
+                                    {"grant_id": unused.grant.grant_id}))
         clock.advance(24 * 3600)
         for node in nodes:
             for _peer, (session_id, _cipher) in node.sessions.items():
