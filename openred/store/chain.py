@@ -21,6 +21,7 @@ from openred.store.codec import (
     canonical_json,
     decode_payload,
     entry_hash,
+    entry_hash_raw,
 )
 from openred.store.events import KEY_ROTATED, LOG_OPENED, LOG_STREAM, NewEvent, StoredEvent
 
@@ -83,8 +84,11 @@ def chain_entries(
     ``stream_versions`` maps each stream of the batch to its current version and is advanced in
     place; an ``expected_version`` that does not match raises ConcurrencyConflict.
     """
+    if len(prev_hash) != HASH_SIZE:
+        raise ValueError("prev_hash must be 32 bytes")
     out: list[UnsignedEntry] = []
     seq = next_seq
+    recorded_b = recorded_at.encode("utf-8")
     for event in events:
         current = stream_versions[event.stream]
         if event.expected_version is not None and event.expected_version != current:
@@ -94,12 +98,12 @@ def chain_entries(
             )
         version = current + 1
         stream_versions[event.stream] = version
-        payload = canonical_json(dict(event.payload))
+        raw = event.payload
+        payload = canonical_json(raw if type(raw) is dict else dict(raw))
         digest = EntryHash(
-            entry_hash(
-                seq=seq, stream=event.stream, stream_version=version, type=event.type,
-                schema_version=event.schema_version, recorded_at=recorded_at,
-                payload=payload, prev_hash=prev_hash,
+            entry_hash_raw(
+                seq, event.stream.encode("utf-8"), version, event.type.encode("utf-8"),
+                event.schema_version, recorded_b, payload, prev_hash,
             )
         )
         out.append(

@@ -42,24 +42,30 @@ def _fast_path_ok(value: Any) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()
-        if item is None or item is True or item is False or type(item) is str:
-            continue
-        if type(item) is int:
-            if -_SAFE_INT <= item <= _SAFE_INT:
-                continue
-            return False
-        if type(item) is dict:
+        kind = type(item)
+        if kind is dict:
             for key, sub in item.items():
                 # RFC 8785 sorts keys by UTF-16 code units; for ASCII keys that is the code-point
                 # order json's sort_keys uses.
                 if type(key) is not str or not key.isascii():
                     return False
+                sub_kind = type(sub)
+                if sub_kind is str or sub is None or sub_kind is bool:
+                    continue
+                if sub_kind is int:
+                    if -_SAFE_INT <= sub <= _SAFE_INT:
+                        continue
+                    return False
                 stack.append(sub)
-            continue
-        if type(item) is list:
+        elif kind is list:
             stack.extend(item)
+        elif kind is str or item is None or kind is bool:
             continue
-        return False
+        elif kind is int:
+            if not -_SAFE_INT <= item <= _SAFE_INT:
+                return False
+        else:
+            return False
     return True
 
 
@@ -85,6 +91,32 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
 
+def entry_hash_raw(
+    seq: int,
+    stream: bytes,
+    stream_version: int,
+    type: bytes,
+    schema_version: int,
+    recorded_at: bytes,
+    payload: bytes,
+    prev_hash: bytes,
+) -> bytes:
+    """:func:`entry_hash` over already-encoded text fields (the append path's inner loop)."""
+    h = hashlib.sha256(ENTRY_DOMAIN)
+    h.update(
+        b"".join(
+            (
+                _U64.pack(seq), _U32.pack(len(stream)), stream, _U64.pack(stream_version),
+                _U32.pack(len(type)), type, _U32.pack(schema_version),
+                _U32.pack(len(recorded_at)), recorded_at, _U32.pack(len(payload)),
+            )
+        )
+    )
+    h.update(payload)
+    h.update(prev_hash)
+    return h.digest()
+
+
 def entry_hash(
     *,
     seq: int,
@@ -99,26 +131,7 @@ def entry_hash(
     """SHA-256 of the domain-separated, length-prefixed encoding of one log entry."""
     if len(prev_hash) != HASH_SIZE:
         raise ValueError("prev_hash must be 32 bytes")
-    stream_b = stream.encode("utf-8")
-    type_b = type.encode("utf-8")
-    recorded_b = recorded_at.encode("utf-8")
-    h = hashlib.sha256(ENTRY_DOMAIN)
-    h.update(
-        b"".join(
-            (
-                _U64.pack(seq),
-                _U32.pack(len(stream_b)),
-                stream_b,
-                _U64.pack(stream_version),
-                _U32.pack(len(type_b)),
-                type_b,
-                _U32.pack(schema_version),
-                _U32.pack(len(recorded_b)),
-                recorded_b,
-                _U32.pack(len(payload)),
-            )
-        )
+    return entry_hash_raw(
+        seq, stream.encode("utf-8"), stream_version, type.encode("utf-8"), schema_version,
+        recorded_at.encode("utf-8"), payload, prev_hash,
     )
-    h.update(payload)
-    h.update(prev_hash)
-    return h.digest()
