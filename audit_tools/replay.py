@@ -24,7 +24,8 @@ from openred.store.chain import ChainChecker
 from openred.store.checkpoint import parse_checkpoint_body, parse_signed_note
 from openred.store.events import StoredEvent
 from openred.store.migrate import upgrade
-from openred.store.sqlite import apply_projections, connect
+from openred.store.projection_sql import apply_projections
+from openred.store.sqlite import connect
 
 _INSERT = (
     "INSERT INTO events (seq, stream, stream_version, type, schema_version, recorded_at, "

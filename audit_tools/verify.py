@@ -52,8 +52,9 @@ from openred.store.checkpoint import (
 )
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import KEY_ROTATED, LOG_OPENED, StoredEvent
+from openred.store.projection_sql import apply_projections
 from openred.store.projections import ProjectionRegistry
-from openred.store.sqlite import apply_projections, read_events
+from openred.store.sqlite import read_events
 
 PARALLEL_THRESHOLD = 20_000
 RANGE_SIZE = 16_384
