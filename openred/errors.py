@@ -27,6 +27,8 @@ them, with ``raise New(...) from exc``::
         ├── JailUnavailable         the jail is not running and could not be (re)started
         ├── JailProtocolError       a frame was malformed or too large
         └── JailRefused             the jail answered with an error for this request
+            ├── JailHandshakeFailed     … a handshake message (also a HandshakeFailed)
+            └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
 """
 
 from __future__ import annotations
@@ -132,3 +134,11 @@ class JailRefused(JailError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class JailHandshakeFailed(JailRefused, HandshakeFailed):
+    """The jail refused a handshake message (wrong token, key, grant, or tampered message)."""
+
+
+class JailDecryptionFailed(JailRefused, DecryptionFailed):
+    """The jail could not open a sealed or wrapped value."""

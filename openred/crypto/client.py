@@ -40,8 +40,8 @@ from crypto_jail.protocol import (
 )
 from openred.crypto.identity import BoxKey, EntryHash, NodeId, Signature, SignKey
 from openred.errors import (
-    DecryptionFailed,
-    HandshakeFailed,
+    JailDecryptionFailed,
+    JailHandshakeFailed,
     JailProtocolError,
     JailRefused,
     JailUnavailable,
@@ -65,14 +65,6 @@ JAIL_PYTHON_ENV = "OPENRED_JAIL_PYTHON"
 SIGNATURE_LEN = 64
 _BROKEN = (ConnectionError, EOFError)
 _UNREACHABLE = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError)
-
-
-class JailHandshakeFailed(JailRefused, HandshakeFailed):
-    """The jail refused a handshake message (wrong token, key, grant, or tampered message)."""
-
-
-class JailDecryptionFailed(JailRefused, DecryptionFailed):
-    """The jail could not open a sealed or wrapped value."""
 
 
 _REFUSALS: dict[str, type[JailRefused]] = {
