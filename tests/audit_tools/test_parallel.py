@@ -26,6 +26,7 @@ from tests.audit_tools.test_verify_tamper import without_triggers
 from tests.store.history import peer_event, session_events
 
 RANGE = 16
+BAD_SIGNATURE = "UPDATE events SET signature = zeroblob(64) WHERE seq = ?"
 SIZE = 120
 
 
@@ -58,6 +59,16 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def tampered(log: Path, tmp_path: Path, sql: str, *seqs: int) -> Path:
+    """A copy of ``log`` (triggers dropped) with ``sql`` run once for each seq."""
+    bad = without_triggers(log, tmp_path / "bad.db")
+    conn = sqlite3.connect(bad, isolation_level=None)
+    for seq in seqs:
+        conn.execute(sql, (seq,))
+    conn.close()
+    return bad
+
+
 def test_a_big_log_is_checked_by_every_worker_and_verifies(log: Path) -> None:
     report = verify(log, jobs=2)
     assert report.ok, report.reason
@@ -70,41 +81,28 @@ def test_a_big_log_is_checked_by_every_worker_and_verifies(log: Path) -> None:
 @pytest.mark.parametrize("seq", [2, RANGE, RANGE + 1, 3 * RANGE + 5, SIZE])
 def test_a_bad_signature_in_any_range_is_found_at_its_seq(log: Path, tmp_path: Path,
                                                           seq: int) -> None:
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
-    conn.execute("UPDATE events SET signature = zeroblob(64) WHERE seq = ?", (seq,))
-    conn.close()
-    report = verify(bad, jobs=2)
+    report = verify(tampered(log, tmp_path, BAD_SIGNATURE, seq), jobs=2)
     assert not report.ok and report.failed_seq == seq, report.to_json()
     assert "signature" in report.reason
 
 
 def test_a_range_whose_first_entry_does_not_link_is_found(log: Path, tmp_path: Path) -> None:
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
     # The first entry of the third range claims another predecessor (its own hash then fails
     # too, but the link is what a range boundary must catch first).
-    conn.execute("UPDATE events SET prev_hash = zeroblob(32) WHERE seq = ?", (2 * RANGE + 1,))
-    conn.close()
+    bad = tampered(log, tmp_path, "UPDATE events SET prev_hash = zeroblob(32) WHERE seq = ?",
+                   2 * RANGE + 1)
     report = verify(bad, jobs=2)
     assert not report.ok and report.failed_seq == 2 * RANGE + 1, report.to_json()
 
 
 def test_a_missing_entry_is_found_by_the_worker_of_its_range(log: Path, tmp_path: Path) -> None:
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
-    conn.execute("DELETE FROM events WHERE seq = ?", (4 * RANGE + 3,))
-    conn.close()
+    bad = tampered(log, tmp_path, "DELETE FROM events WHERE seq = ?", 4 * RANGE + 3)
     report = verify(bad, jobs=2)
     assert not report.ok and report.failed_seq == 4 * RANGE + 3, report.to_json()
 
 
 def test_the_earliest_failure_wins_across_ranges(log: Path, tmp_path: Path) -> None:
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
-    for seq in (5 * RANGE + 2, RANGE + 9):
-        conn.execute("UPDATE events SET signature = zeroblob(64) WHERE seq = ?", (seq,))
-    conn.close()
+    bad = tampered(log, tmp_path, BAD_SIGNATURE, 5 * RANGE + 2, RANGE + 9)
     assert verify(bad, jobs=2).failed_seq == RANGE + 9
 
 
@@ -125,11 +123,7 @@ def test_replay_of_a_big_log_checks_signatures_on_every_core(
     conn.close()
     assert state.position == SIZE and state.tables["peers"][1] == live
     assert calls == [SIZE]  # the signatures were checked by the parallel pass
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
-    conn.execute("UPDATE events SET signature = zeroblob(64) WHERE seq = ?", (3 * RANGE,))
-    conn.close()
-    source = open_source(bad)
+    source = open_source(tampered(log, tmp_path, BAD_SIGNATURE, 3 * RANGE))
     try:
         with pytest.raises(TamperedLog) as caught:
             replay(source, SIZE)
