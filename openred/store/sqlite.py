@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from openred.crypto.identity import EntryHash, SignKey
 from openred.errors import (
     ConcurrencyConflict,
     ConfigurationError,
+    OpenRedError,
     SchemaError,
     StoreClosed,
     StoreError,
@@ -65,6 +67,8 @@ from openred.store.signer import Signer
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+logger = logging.getLogger("openred.store")
 
 DATABASE_NAME = "openred.db"
 _EVENT_COLUMNS = (
@@ -571,7 +575,12 @@ class SQLiteEventStore:
         while True:
             await asyncio.sleep(self._checkpoint_interval)
             if self._frontier.size > self._last_checkpoint_size:
-                await self.checkpoint()
+                try:
+                    await self.checkpoint()
+                except OpenRedError as exc:
+                    # A signer that is briefly away (the jail restarting) must not end the timer;
+                    # the entries stay pending and the next tick or append signs them.
+                    logger.warning("periodic checkpoint failed, will retry: %s", exc)
 
     async def latest_checkpoint(self) -> bytes | None:
         """The newest signed checkpoint note, if any."""

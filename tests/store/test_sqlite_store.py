@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from openred.crypto.identity import Signature
 from openred.errors import ConcurrencyConflict, ConfigurationError, StoreClosed, StoreError
 from openred.node.events import node_registry
 from openred.node.projections import node_projections
@@ -329,3 +330,34 @@ async def test_streams_unknown_to_this_process_get_their_true_next_version(
         assert check_chain(await other.read()).count == 5
     finally:
         await other.close()
+
+
+async def test_the_checkpoint_timer_survives_a_signer_that_is_briefly_away(
+    tmp_path: Path, signer: InProcessSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    from openred.errors import JailUnavailable
+
+    class Flaky(InProcessSigner):
+        away = False
+
+        async def sign_checkpoint(self, note_body: bytes) -> Signature:
+            if self.away:
+                raise JailUnavailable("the jail is restarting")
+            return await super().sign_checkpoint(note_body)
+
+    flaky = Flaky.from_seed(b"\x07" * 32)
+    store = await SQLiteEventStore.open(tmp_path, flaky, registry=node_registry(),
+                                        checkpoint_every=1000, checkpoint_interval=0.03)
+    try:
+        flaky.away = True
+        await store.append([peer_event(1)])
+        await asyncio.sleep(0.1)
+        assert "will retry" in caplog.text
+        flaky.away = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if await store.query("SELECT max(size) FROM checkpoints") == [(2,)]:
+                break
+        assert await store.query("SELECT max(size) FROM checkpoints") == [(2,)]
+    finally:
+        await store.close()
