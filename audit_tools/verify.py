@@ -52,7 +52,7 @@ from openred.store.checkpoint import (
 )
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import KEY_ROTATED, LOG_OPENED, StoredEvent
-from openred.store.projection_sql import apply_projections
+from openred.store.projection_sql import project_events
 from openred.store.projections import ProjectionRegistry
 from openred.store.sqlite import read_events
 
@@ -550,18 +550,11 @@ def _check_projections(source: SQLiteSource, n: int) -> tuple[str]:
                                  f"{stored_positions[projection.name]}, the log at {n}")
         projections = ProjectionRegistry(kept)
         tables = projections.tables()
-        registry = node_registry()
-        batch: list[StoredEvent] = []
         try:
             mem.execute("BEGIN")
             for table in tables:
                 mem.execute(f"DELETE FROM {table}")  # noqa: S608 - names from the registry
-            for event in read_events(mem):
-                batch.append(event)
-                if len(batch) >= 5000:
-                    apply_projections(mem, projections, registry, batch)
-                    batch = []
-            apply_projections(mem, projections, registry, batch)
+            project_events(mem, projections, node_registry(), read_events(mem))
         except (ValueError, KeyError, TypeError, sqlite3.DatabaseError) as exc:
             raise StepFailed(7, f"replaying the log into projections failed: {exc}") from None
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from openred.errors import StoreError
@@ -114,3 +114,24 @@ def apply_projections(
     if entries:
         execute_plan(conn, projections, plan_projections(projections, registry, entries),
                      entries[-1].seq)
+
+
+def project_events(
+    conn: sqlite3.Connection,
+    projections: ProjectionRegistry,
+    registry: EventRegistry,
+    events: Iterable[EntryFields],
+    *,
+    batch_size: int = 5000,
+) -> int:
+    """Apply ``projections`` to a stream of events in batches; return how many were read."""
+    count = 0
+    batch: list[EntryFields] = []
+    for event in events:
+        batch.append(event)
+        count += 1
+        if len(batch) >= batch_size:
+            apply_projections(conn, projections, registry, batch)
+            batch = []
+    apply_projections(conn, projections, registry, batch)
+    return count

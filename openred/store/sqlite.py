@@ -58,9 +58,9 @@ from openred.store.events import (
 )
 from openred.store.projection_sql import (
     ProjectionPlan,
-    apply_projections,
     execute_plan,
     plan_projections,
+    project_events,
 )
 from openred.store.projections import ProjectionRegistry
 from openred.store.signer import Signer
@@ -309,13 +309,7 @@ class SQLiteEventStore:
             single = ProjectionRegistry([projection])
             conn.execute("BEGIN IMMEDIATE")
             try:
-                batch: list[StoredEvent] = []
-                for event in read_events(conn, position + 1):
-                    batch.append(event)
-                    if len(batch) >= _READ_CHUNK:
-                        apply_projections(conn, single, self.registry, batch)
-                        batch = []
-                apply_projections(conn, single, self.registry, batch)
+                project_events(conn, single, self.registry, read_events(conn, position + 1))
                 conn.execute(
                     "INSERT INTO projection_positions (name, position) VALUES (?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET position=excluded.position",
@@ -644,15 +638,7 @@ class SQLiteEventStore:
             for table in self.projections.tables():
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("DELETE FROM projection_positions")
-            count = 0
-            batch: list[StoredEvent] = []
-            for event in read_events(conn):
-                batch.append(event)
-                count += 1
-                if len(batch) >= _READ_CHUNK:
-                    apply_projections(conn, self.projections, self.registry, batch)
-                    batch = []
-            apply_projections(conn, self.projections, self.registry, batch)
+            count = project_events(conn, self.projections, self.registry, read_events(conn))
             conn.executemany(
                 "INSERT INTO projection_positions (name, position) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET position=excluded.position",
