@@ -16,7 +16,6 @@ from typing import Any
 
 from openred.crypto.identity import from_b64url
 from openred.errors import OpenRedError
-from openred.store.codec import decode_payload
 from openred.store.events import StoredEvent
 from openred.store.sqlite import DATABASE_NAME
 
@@ -251,12 +250,3 @@ def open_source(path: Path) -> LogSource:
         if head.startswith(b"{"):
             return BundleSource(path)
     return SQLiteSource(path)
-
-
-def genesis_key_text(entry: StoredEvent) -> str | None:
-    """The sign_key a LogOpened entry names, if it parses."""
-    try:
-        value = decode_payload(entry.payload).get("sign_key")
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None

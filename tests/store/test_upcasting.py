@@ -46,6 +46,13 @@ async def test_old_events_are_read_at_the_current_version(tmp_path: Path) -> Non
     assert verify(tmp_path).ok
 
 
+def test_the_registry_knows_each_types_current_version() -> None:
+    registry = registry_v2()
+    assert registry.current_version("Greeted") == 2
+    assert registry.current_version("LogOpened") == 1
+    assert registry.known("Greeted") and not registry.known("Nope")
+
+
 def test_a_missing_upcaster_is_an_error() -> None:
     registry = EventRegistry()
     registry.register("Greeted", version=3)
