@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The machine is shared and noisy: a per-example deadline would fail tests for the machine's
+# load, not for the code. Timing lives in bench/, never in tests.
+settings.register_profile("openred", deadline=None)
+settings.load_profile("openred")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LONG = os.environ.get("OPENRED_TEST_LONG") == "1"
