@@ -59,7 +59,6 @@ from typing import Any
 import nacl.signing
 
 from bench.common import percentiles, report
-from openred.crypto.identity import b64url
 from openred.node import events as ev
 from openred.node.events import node_registry
 from openred.node.projections import PeersProjection, node_projections
@@ -68,61 +67,12 @@ from openred.store.events import NewEvent
 from openred.store.projections import ProjectionRegistry
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
+from tests.store.history import fake_id, peer_event, peer_payload, session_events
 
 BATCH = 1000
 BATCHES = 20
 SINGLE_APPENDS = 1000
 REPLAY_CAP = 200_000
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-
-
-# -- payloads (the shape of tests/store/history.py, copied so the bench imports no tests) -----
-
-
-def fake_id(i: int, kind: str = "peer") -> str:
-    """A deterministic 32-character base32 node id."""
-    digest = hashlib.sha256(f"{kind}{i}".encode()).digest()
-    return "".join(_ALPHABET[b % 32] for b in digest[:32])
-
-
-def peer_payload(i: int) -> dict[str, Any]:
-    node_id = fake_id(i)
-    return {
-        "node_id": node_id, "api_url": f"https://peer{i}.example:8443",
-        "sign_key": b64url(hashlib.sha256(b"s%d" % i).digest()),
-        "box_key": b64url(hashlib.sha256(b"b%d" % i).digest()),
-    }
-
-
-def peer_event(i: int, stream: str | None = None) -> NewEvent:
-    payload = peer_payload(i)
-    return NewEvent(stream or ev.node_stream(payload["node_id"]), ev.PEER_DISCOVERED, payload)
-
-
-def session_events(i: int) -> list[NewEvent]:
-    """A token received and consumed, a session established, a message received."""
-    grant_id = b64url(hashlib.sha256(b"g%d" % i).digest()[:16])
-    session_id = b64url(hashlib.sha256(b"sess%d" % i).digest()[:16])
-    peer = fake_id(i)
-    return [
-        NewEvent(ev.grant_stream(grant_id), ev.TOKEN_RECEIVED, {
-            "grant_id": grant_id, "peer": peer, "role": "responder",
-            "suite": "25519_ChaChaPoly_SHA256", "issued_at": 1_790_000_000 + i,
-            "expires_at": 1_790_000_300 + i, "grant": b64url(b"{}"),
-            "grant_signature": b64url(bytes(64)), "sealed_token": b64url(bytes(80)),
-        }),
-        NewEvent(ev.grant_stream(grant_id), ev.TOKEN_CONSUMED,
-                 {"grant_id": grant_id, "session_id": session_id}),
-        NewEvent(ev.session_stream(session_id), ev.SESSION_ESTABLISHED, {
-            "session_id": session_id, "peer": peer, "grant_id": grant_id,
-            "role": "responder", "suite": "25519_ChaChaPoly_SHA256",
-            "expires_at": 1_790_086_400 + i, "wrapped_state": b64url(bytes(100)),
-        }),
-        NewEvent(ev.session_stream(session_id), ev.MESSAGE_RECEIVED, {
-            "message_id": b64url(hashlib.sha256(b"m%d" % i).digest()[:16]),
-            "session_id": session_id, "peer": peer, "size": 12, "body": b64url(bytes(40)),
-        }),
-    ]
 
 
 class _Clock:

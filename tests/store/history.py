@@ -1,10 +1,11 @@
-"""Small synthetic node histories for store tests."""
+"""Small synthetic node histories for store tests and the store benchmarks."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from openred.crypto.identity import b64url
 from openred.node import events as ev
@@ -18,13 +19,18 @@ def fake_id(i: int, kind: str = "peer") -> str:
     return "".join(alphabet[b % 32] for b in digest[:32])
 
 
-def peer_event(i: int) -> NewEvent:
+def peer_payload(i: int) -> dict[str, Any]:
     node_id = fake_id(i)
-    return NewEvent(ev.node_stream(node_id), ev.PEER_DISCOVERED, {
+    return {
         "node_id": node_id, "api_url": f"https://peer{i}.example:8443",
         "sign_key": b64url(hashlib.sha256(b"s%d" % i).digest()),
         "box_key": b64url(hashlib.sha256(b"b%d" % i).digest()),
-    })
+    }
+
+
+def peer_event(i: int, stream: str | None = None) -> NewEvent:
+    payload = peer_payload(i)
+    return NewEvent(stream or ev.node_stream(payload["node_id"]), ev.PEER_DISCOVERED, payload)
 
 
 def session_events(i: int, *, expire: bool = False) -> list[NewEvent]:
