@@ -6,6 +6,7 @@ them, with ``raise New(...) from exc``::
 
     OpenRedError
     ├── ConfigurationError          bad settings, missing files, unusable paths
+    │   └── ModuleLoadError         an OpenRed module could not be loaded or registered
     ├── StoreError                  the event store could not do what was asked
     │   ├── ConcurrencyConflict     UNIQUE(stream, stream_version) refused a stale writer
     │   ├── StoreClosed             the store was used after close()
@@ -23,12 +24,13 @@ them, with ``raise New(...) from exc``::
     │   ├── ReplayDetected          a transport counter was seen before or is below the window
     │   ├── RequestSignatureError   an RFC 9421 signature is missing, bad, stale or replayed
     │   └── UnknownSuite            a cipher suite or selection mode nobody registered
-    └── JailError                   talking to the crypto jail failed
-        ├── JailUnavailable         the jail is not running and could not be (re)started
-        ├── JailProtocolError       a frame was malformed or too large
-        └── JailRefused             the jail answered with an error for this request
-            ├── JailHandshakeFailed     … a handshake message (also a HandshakeFailed)
-            └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
+    ├── JailError                   talking to the crypto jail failed
+    │   ├── JailUnavailable         the jail is not running and could not be (re)started
+    │   ├── JailProtocolError       a frame was malformed or too large
+    │   └── JailRefused             the jail answered with an error for this request
+    │       ├── JailHandshakeFailed     … a handshake message (also a HandshakeFailed)
+    │       └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
+    └── NodeRefused                 a node service refused a request (carries status and reason)
 """
 
 from __future__ import annotations
@@ -142,3 +144,26 @@ class JailHandshakeFailed(JailRefused, HandshakeFailed):
 
 class JailDecryptionFailed(JailRefused, DecryptionFailed):
     """The jail could not open a sealed or wrapped value."""
+
+
+class NodeRefused(OpenRedError):
+    """A node service refused a request: ``status`` is the HTTP status, ``reason`` a stable slug.
+
+    The node's decisions return refusals as values; services raise them as this exception so
+    one handler can turn them into RFC 9457 problems.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class ModuleLoadError(ConfigurationError):
+    """An OpenRed module could not be imported, instantiated or registered."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"module {name!r}: {detail}")
+        self.name = name
+        self.detail = detail

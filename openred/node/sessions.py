@@ -1,0 +1,254 @@
+"""Sessions (DESIGN §6): lifecycle decisions, the validated-session cache, and persistence.
+
+Decisions (pure):
+
+* :func:`decide_use` — may a message use this session now? unknown 404, expired or closed 410;
+* :func:`decide_tick` — ``SessionExpired`` once ``expires_at`` is reached;
+* :func:`renewal_due` — at/after 80 % of the life (``renew_at``) and before expiry, an active
+  session that no newer one renewed is due; the new grant's session then logs
+  ``SessionRenewed`` for the old one (:func:`openred.node.handshake.decide_established`).
+
+Persistence: a session's :class:`~openred.crypto.session.SessionCipher` state is stored only
+wrapped by the jail (label ``session:<id>``), first in ``SessionEstablished`` and then in
+``SessionStateSaved`` events. Restoring (:meth:`SessionKeeper.channel`):
+
+1. unwrap the newest saved state; :meth:`SessionCipher.from_state` moves sending to the next
+   epoch, so no (key, nonce) is ever used twice;
+2. mark in the replay window every counter the log shows was accepted after that save (each
+   event a P2P request caused carries ``counter``), so no message is accepted twice;
+3. save the restored state at once, before it sends anything, so a second restore moves on
+   to yet another epoch.
+
+The state is saved again after every epoch rotation (and every ``save_every`` accepted
+requests, which only shortens step 2). The :class:`SessionCache` (LRU + TTL) keeps restored
+channels in memory so the message path touches neither the database nor the jail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from openred.crypto.client import JailClient
+from openred.crypto.identity import b64url, from_b64url
+from openred.crypto.session import SessionCipher
+from openred.errors import CryptoError, DecryptionFailed, NodeRefused, ReplayDetected
+from openred.node import events as ev
+from openred.node.book import NodeBook
+from openred.node.envelope import SessionChannel
+from openred.node.readmodels import SessionRow
+from openred.node.tokens import Refusal
+from openred.store.events import NewEvent, RecordedEvent
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = [
+    "SessionCache",
+    "SessionKeeper",
+    "decide_tick",
+    "decide_use",
+    "renewal_due",
+    "wrap_label",
+]
+
+DEFAULT_CACHE_SIZE: Final = 4096
+DEFAULT_CACHE_TTL: Final = 300.0
+DEFAULT_SAVE_EVERY: Final = 1000
+_STATE_EVENTS = frozenset({ev.SESSION_ESTABLISHED, ev.SESSION_STATE_SAVED})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What the decisions need of a session row."""
+
+    session_id: str
+    state: str
+    expires_at: int
+    renew_at: int | None
+    renewed_by: str | None
+
+    @classmethod
+    def of(cls, row: SessionRow) -> SessionView:
+        return cls(row.session_id, row.state, row.expires_at, row.renew_at, row.renewed_by)
+
+
+def decide_use(session: SessionView | None, now: int) -> Refusal | None:
+    """None if a message may use the session at ``now``; otherwise the refusal."""
+    if session is None:
+        return Refusal(404, "unknown-session", "no session with this id")
+    if session.state != "active" or now >= session.expires_at:
+        return Refusal(410, "session-expired", f"the session is {session.state} or expired")
+    return None
+
+
+def decide_tick(session: SessionView, now: int) -> list[NewEvent]:
+    """``SessionExpired`` for an active session whose life is over."""
+    if session.state == "active" and now >= session.expires_at:
+        return [NewEvent(ev.session_stream(session.session_id), ev.SESSION_EXPIRED,
+                         {"session_id": session.session_id})]
+    return []
+
+
+def renewal_due(session: SessionView, now: int) -> bool:
+    """Whether the node should get a new grant and renew this session now (80 % of life)."""
+    return (
+        session.state == "active"
+        and session.renewed_by is None
+        and session.renew_at is not None
+        and session.renew_at <= now < session.expires_at
+    )
+
+
+def wrap_label(session_id: str) -> str:
+    """The jail wrap label binding saved state to its session."""
+    return f"session:{session_id}"
+
+
+class SessionCache:
+    """LRU + TTL cache of validated, restored session channels (monotonic clock)."""
+
+    def __init__(
+        self, *, max_size: int = DEFAULT_CACHE_SIZE, ttl: float = DEFAULT_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_size < 1 or ttl <= 0:
+            raise ValueError("the cache needs a positive size and time to live")
+        self.max_size = max_size
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[SessionChannel, float, int]] = OrderedDict()
+
+    def get(self, session_id: str, now: int) -> SessionChannel | None:
+        """The cached channel, unless absent, past its TTL, or past the session's expiry."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        channel, deadline, expires_at = entry
+        if self._clock() >= deadline or now >= expires_at:
+            del self._entries[session_id]
+            return None
+        self._entries.move_to_end(session_id)
+        return channel
+
+    def put(self, channel: SessionChannel, expires_at: int) -> None:
+        self._entries[channel.session_id] = (channel, self._clock() + self.ttl, expires_at)
+        self._entries.move_to_end(channel.session_id)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+
+    def drop(self, session_id: str) -> None:
+        self._entries.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def accepted_counters(events: list[RecordedEvent]) -> tuple[str, list[int]]:
+    """The newest saved state of a session stream and the counters accepted after it."""
+    wrapped: str | None = None
+    counters: list[int] = []
+    for event in events:
+        if event.type in _STATE_EVENTS:
+            wrapped = event.payload["wrapped_state"]
+            counters = []
+        elif isinstance(event.payload.get("counter"), int):
+            counters.append(event.payload["counter"])
+    if wrapped is None:
+        raise CryptoError("the session stream holds no saved state")
+    return wrapped, counters
+
+
+class SessionKeeper:
+    """Restores, caches and saves session channels (the imperative shell around the cipher)."""
+
+    def __init__(
+        self, store: SQLiteEventStore, jail: JailClient, book: NodeBook, *,
+        cache: SessionCache | None = None, save_every: int = DEFAULT_SAVE_EVERY,
+    ) -> None:
+        self.store = store
+        self.jail = jail
+        self.book = book
+        self.cache = cache or SessionCache()
+        self.save_every = save_every
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._uses: dict[str, int] = {}
+        self._saved_epoch: dict[str, int] = {}
+
+    def adopt(self, channel: SessionChannel, expires_at: int) -> None:
+        """Cache a channel just established (its state was saved in SessionEstablished)."""
+        self._saved_epoch[channel.session_id] = channel.cipher.send_epoch
+        self.cache.put(channel, expires_at)
+
+    async def channel(self, session_id: str, now: int) -> SessionChannel:
+        """The usable channel of ``session_id``, restored from the log if it is not cached."""
+        cached = self.cache.get(session_id, now)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            cached = self.cache.get(session_id, now)
+            if cached is not None:
+                return cached
+            row = await self.book.session(session_id)
+            refusal = decide_use(None if row is None else SessionView.of(row), now)
+            if refusal is not None:
+                raise refusal.error()
+            assert row is not None
+            channel = await self._restore(row)
+            await self.save(channel)
+            self.cache.put(channel, row.expires_at)
+        self._locks.pop(session_id, None)
+        return channel
+
+    async def _restore(self, row: SessionRow) -> SessionChannel:
+        events = await self.store.read_stream(ev.session_stream(row.session_id))
+        wrapped, counters = accepted_counters(events)
+        try:
+            state = await self.jail.unwrap(wrap_label(row.session_id), from_b64url(wrapped))
+        except DecryptionFailed as exc:
+            raise CryptoError(f"saved state of session {row.session_id} does not unwrap") from exc
+        cipher = SessionCipher.from_state(state)
+        window = cipher.window
+        for counter in counters:
+            if window.accepts(counter):
+                window.mark(counter)
+        return SessionChannel(row.session_id, row.role, row.peer, cipher)
+
+    async def save(self, channel: SessionChannel) -> None:
+        """Wrap the channel's state in the jail and log it (``SessionStateSaved``)."""
+        wrapped = await self.jail.wrap(wrap_label(channel.session_id), channel.cipher.to_state())
+        await self.store.append_one(NewEvent(
+            ev.session_stream(channel.session_id), ev.SESSION_STATE_SAVED,
+            {"session_id": channel.session_id, "wrapped_state": b64url(wrapped)},
+        ))
+        self._saved_epoch[channel.session_id] = channel.cipher.send_epoch
+        self._uses[channel.session_id] = 0
+
+    async def rotate(self, channel: SessionChannel) -> int:
+        """Move sending to the next epoch and save at once (the cipher's contract)."""
+        epoch = channel.cipher.rotate()
+        await self.save(channel)
+        return epoch
+
+    async def after_use(self, channel: SessionChannel) -> None:
+        """Save when the sender moved to a new epoch on its own, or every ``save_every`` uses."""
+        sid = channel.session_id
+        uses = self._uses.get(sid, 0) + 1
+        self._uses[sid] = uses
+        if channel.cipher.send_epoch != self._saved_epoch.get(sid) or uses >= self.save_every:
+            await self.save(channel)
+
+    def forget(self, session_id: str) -> None:
+        self.cache.drop(session_id)
+        self._uses.pop(session_id, None)
+        self._saved_epoch.pop(session_id, None)
+
+
+def refusal_for_crypto(exc: CryptoError) -> NodeRefused:
+    """How a transport failure is answered: replay 409, anything the AEAD refused 401."""
+    if isinstance(exc, ReplayDetected):
+        return NodeRefused(409, "replayed-message", str(exc))
+    return NodeRefused(401, "message-rejected", "the message does not authenticate")

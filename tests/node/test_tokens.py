@@ -1,0 +1,213 @@
+"""Token manager: receiving grants through real jails and stores, and the pure decisions."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from openred.crypto.grants import mint_tokens, seal_token
+from openred.crypto.identity import BoxKey, b64url
+from openred.errors import NodeRefused
+from openred.node import events as ev
+from openred.node.tokens import (
+    UNKNOWN,
+    HeldCheckpoint,
+    ReceiveToken,
+    Refusal,
+    TokenState,
+    TokenStatus,
+    decide_expiry,
+    decide_receive,
+)
+from tests.node.world import NOW, Directory, Node, ScriptedChecks
+
+
+async def refused(coro: Any, status: int, reason: str) -> None:
+    with pytest.raises(NodeRefused) as info:
+        await coro
+    assert (info.value.status, info.value.reason) == (status, reason)
+
+
+async def test_both_parties_store_their_sealed_token_as_it_arrived(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    grant, for_a, for_b = directory.pair(a, b)
+    assert await a.tokens.receive(for_a, NOW) == {"grant_id": grant.grant_id,
+                                                  "status": "received"}
+    assert await b.tokens.receive(for_b, NOW) == {"grant_id": grant.grant_id,
+                                                  "status": "received"}
+    state = await b.book.token_state(grant.grant_id)
+    assert state.status is TokenStatus.RECEIVED and state.token is not None
+    assert b64url(state.token.sealed_token) == for_b["sealed_token"]
+    assert state.token.role == "responder" and state.token.peer == a.id
+    assert (await a.book.token_state(grant.grant_id)).token.role == "initiator"  # type: ignore[union-attr]
+    assert await b.book.peer(str(a.id)) == a.info()
+    assert (await b.book.directory_checkpoint()) == HeldCheckpoint(
+        "directory.example/log", 10, "note 10")
+    assert await b.types() == ["LogOpened", ev.TOKEN_RECEIVED, ev.PEER_DISCOVERED]
+
+
+async def test_a_delivery_is_idempotent_by_grant_id(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = directory.pair(a, b)
+    await b.tokens.receive(for_b, NOW)
+    size = b.store.head.size
+    assert (await b.tokens.receive(for_b, NOW + 1))["status"] == "duplicate"
+    assert b.store.head.size == size
+    # The same grant id with another token is a conflict, and changes nothing either.
+    other = dict(for_b, sealed_token=b64url(bytes(seal_token(os.urandom(32),
+                                                             BoxKey(b.keys.box_key.raw)))))
+    await refused(b.tokens.receive(other, NOW), 409, "grant-conflict")
+    assert b.store.head.size == size
+
+
+@pytest.mark.parametrize(("mutate", "status", "reason"), [
+    (lambda d: d.pop("entry"), 400, "malformed-delivery"),
+    (lambda d: d.update(extra=1), 400, "malformed-delivery"),
+    (lambda d: d.update(grant="x"), 400, "malformed-delivery"),
+    (lambda d: d["grant"].update(v=2), 422, "invalid-grant"),
+    (lambda d: d["grant"].pop("suite"), 422, "invalid-grant"),
+    (lambda d: d.update(grant_signature="!!"), 400, "malformed-delivery"),
+    (lambda d: d.update(grant_signature=b64url(bytes(64))), 401, "bad-grant-signature"),
+    (lambda d: d["grant"].update(expires_at=d["grant"]["expires_at"] + 1), 401,
+     "bad-grant-signature"),
+    (lambda d: d.update(sealed_token=b64url(bytes(10))), 422, "invalid-sealed-token"),
+])
+async def test_malformed_tampered_and_forged_deliveries_are_refused_with_nothing_logged(
+    nodes: tuple[Node, Node, Node], directory: Directory, mutate: Any, status: int,
+    reason: str,
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = directory.pair(a, b)
+    mutate(for_b)
+    await refused(b.tokens.receive(for_b, NOW), status, reason)
+    assert await b.types() == ["LogOpened"]
+
+
+async def test_a_grant_for_other_nodes_is_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, c = nodes
+    _, for_a, _ = directory.pair(a, b)
+    await refused(c.tokens.receive(for_a, NOW), 403, "not-a-party")
+    assert await c.types() == ["LogOpened"]
+
+
+async def test_a_token_sealed_to_another_key_is_refused_by_the_jail(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, c = nodes
+    grant, _, _ = directory.pair(a, b)
+    token_a, _ = mint_tokens(grant, os.urandom(32))
+    wrong = directory.delivery(grant, seal_token(token_a, BoxKey(c.keys.box_key.raw)), b.info())
+    await refused(a.tokens.receive(wrong, NOW), 422, "invalid-sealed-token")
+    assert await a.types() == ["LogOpened"]
+
+
+async def test_an_expired_grant_is_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = directory.pair(a, b, issued_at=NOW - 400)
+    await refused(b.tokens.receive(for_b, NOW), 410, "grant-expired")
+    assert await b.types() == ["LogOpened"]
+
+
+async def test_unverifiable_records_or_proofs_are_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = directory.pair(a, b)
+    checks.error = "inclusion proof has wrong size: expected 5, got 4"
+    await refused(b.tokens.receive(for_b, NOW), 422, "unverifiable-delivery")
+    assert await b.types() == ["LogOpened"]
+
+
+async def test_a_peer_record_of_another_node_is_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
+) -> None:
+    a, b, c = nodes
+    _, _, for_b = directory.pair(a, b)
+    checks.peers[str(a.id)] = c.info()
+    await refused(b.tokens.receive(for_b, NOW), 422, "wrong-peer-record")
+    assert await b.types() == ["LogOpened"]
+
+
+async def test_a_fork_is_refused_and_kept_as_evidence(
+    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = directory.pair(a, b)
+    await b.tokens.receive(for_b, NOW)
+    checks.fork = True
+    _, _, again = directory.pair(a, b)
+    await refused(b.tokens.receive(again, NOW), 409, "directory-fork")
+    evidence = (await b.store.read())[-1]
+    assert evidence.type == ev.DIRECTORY_FORK_DETECTED
+    events = await b.store.read_stream("directory")
+    assert events[0].payload["held_checkpoint"] == "note 10"
+    assert events[0].payload["received_checkpoint"] == "forked note"
+
+
+async def test_unused_tokens_expire_and_stay_told_apart_from_unknown_and_used(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    grant, _, for_b = directory.pair(a, b)
+    await b.tokens.receive(for_b, NOW)
+    assert await b.tokens.expire(NOW + 100) == 0
+    assert await b.tokens.expire(NOW + 300) == 1
+    state = await b.book.token_state(grant.grant_id)
+    assert state.status is TokenStatus.EXPIRED
+    assert await b.book.count_tokens() == 0  # cleaned from the tokens projection
+    assert (await b.book.token_state(b64url(os.urandom(16)))).status is TokenStatus.UNKNOWN
+    # A redelivery of an expired grant changes nothing.
+    assert (await b.tokens.receive(for_b, NOW + 1))["status"] == "duplicate"
+
+
+# -- the pure decisions --
+
+def command(directory: Directory, a: Node, b: Node, size: int = 5) -> ReceiveToken:
+    grant = directory.grant(a.id, b.id)
+    return ReceiveToken(grant, bytes(64), bytes(80), a.info(),
+                        HeldCheckpoint("o", size, f"note {size}"))
+
+
+async def test_decide_receive_keeps_only_a_newer_checkpoint(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    cmd = command(directory, a, b, size=5)
+    newer = decide_receive(UNKNOWN, cmd, me=b.id, known_peer=a.info(),
+                           held=HeldCheckpoint("o", 4, "n4"), now=NOW)
+    older = decide_receive(UNKNOWN, cmd, me=b.id, known_peer=None,
+                           held=HeldCheckpoint("o", 9, "n9"), now=NOW)
+    assert isinstance(newer, list) and isinstance(older, list)
+    assert newer[0].payload["directory_checkpoint"]["size"] == 5
+    assert [e.type for e in newer] == [ev.TOKEN_RECEIVED]  # peer already known
+    assert "directory_checkpoint" not in older[0].payload
+    assert [e.type for e in older] == [ev.TOKEN_RECEIVED, ev.PEER_DISCOVERED]
+    assert decide_receive(UNKNOWN, cmd, me=b.id, known_peer=None, held=None,
+                          now=cmd.grant.expires_at) == Refusal(
+        410, "grant-expired", "the grant expired before it arrived")
+
+
+async def test_decide_expiry_only_for_received_tokens_past_expiry(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    cmd = command(directory, a, b)
+    from openred.node.tokens import HeldToken
+
+    held = TokenState(TokenStatus.RECEIVED, HeldToken(cmd.grant, bytes(64), bytes(80),
+                                                      "responder"), 1)
+    assert decide_expiry([held], cmd.grant.expires_at - 1) == []
+    [event] = decide_expiry([held, TokenState(TokenStatus.CONSUMED, version=2)],
+                            cmd.grant.expires_at)
+    assert event.type == ev.TOKEN_EXPIRED and event.expected_version == 1
+    assert held.at(cmd.grant.expires_at) is TokenStatus.EXPIRED
