@@ -163,8 +163,8 @@ async def test_a_forged_answer_is_refused_by_the_initiator(
 # -- the pure decisions --
 
 def test_decide_handshake_tells_every_state_apart(directory: Directory) -> None:
-    from tests.node.world import SUITE
     from openred.crypto.identity import NodeId
+    from tests.node.world import SUITE
 
     grant = directory.grant(NodeId("a" * 32), NodeId("b" * 32))
     assert grant.suite == SUITE
