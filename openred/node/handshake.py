@@ -18,9 +18,12 @@ handshake hash, so both sides name the session alike without trusting each other
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from typing import Final
 
-from openred.crypto.identity import b64url
+from openred.crypto.identity import b64url, from_b64url
+from openred.errors import NodeRefused
 from openred.node import events as ev
 from openred.node.tokens import HeldToken, Refusal, TokenState, TokenStatus
 from openred.store.events import NewEvent
@@ -30,6 +33,7 @@ __all__ = [
     "TOKENS_DO_NOT_MATCH",
     "decide_established",
     "decide_handshake",
+    "parse_handshake",
     "rejected",
     "renew_at",
     "session_id_for",
@@ -42,6 +46,29 @@ TOKENS_DO_NOT_MATCH: Final = Refusal(
     401, "tokens-do-not-match", "the handshake does not prove the other half of this grant"
 )
 _SESSION_ID_LABEL: Final = b"openred/v3 session id\x00"
+MAX_MESSAGE: Final = 1024
+"""Largest Noise message 1 accepted (KKpsk0's is 48 bytes plus an empty payload's tag)."""
+_GRANT_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def parse_handshake(body: object) -> tuple[str, bytes]:
+    """``(grant_id, message)`` from a handshake request body, or NodeRefused 400/413."""
+    if not isinstance(body, Mapping) or set(body) != {"grant_id", "message"}:
+        raise NodeRefused(400, "malformed-handshake", "the body is {grant_id, message}")
+    grant_id, message = body["grant_id"], body["message"]
+    if not isinstance(grant_id, str) or not _GRANT_ID.fullmatch(grant_id):
+        raise NodeRefused(400, "malformed-handshake", "grant_id is 16 bytes base64url")
+    if not isinstance(message, str):
+        raise NodeRefused(400, "malformed-handshake", "message is base64url")
+    if len(message) > (MAX_MESSAGE * 4 + 2) // 3:
+        raise NodeRefused(413, "handshake-too-large", f"message exceeds {MAX_MESSAGE} bytes")
+    try:
+        raw = from_b64url(message)
+    except ValueError:
+        raise NodeRefused(400, "malformed-handshake", "message is base64url") from None
+    if not raw:
+        raise NodeRefused(400, "malformed-handshake", "message is empty")
+    return grant_id, raw
 
 
 def decide_handshake(

@@ -241,6 +241,21 @@ class SessionKeeper:
         if channel.cipher.send_epoch != self._saved_epoch.get(sid) or uses >= self.save_every:
             await self.save(channel)
 
+    async def expire(self, now: int) -> list[str]:
+        """Log ``SessionExpired`` for every active session past its life; their ids."""
+        expired: list[str] = []
+        for row in await self.book.sessions(state="active"):
+            events = decide_tick(SessionView.of(row), now)
+            if events:
+                await self.store.append(events)
+                self.forget(row.session_id)
+                expired.append(row.session_id)
+        return expired
+
+    def due_for_renewal(self, rows: list[SessionRow], now: int) -> list[SessionRow]:
+        """The sessions among ``rows`` whose renewal is due at ``now``."""
+        return [row for row in rows if renewal_due(SessionView.of(row), now)]
+
     def forget(self, session_id: str) -> None:
         self.cache.drop(session_id)
         self._uses.pop(session_id, None)

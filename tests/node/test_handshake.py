@@ -201,3 +201,32 @@ def test_decide_established_consumes_at_the_grant_version_and_renews(
     with pytest.raises(ValueError):
         decide_established(token, grant_version=1, session_id=sid, wrapped_state=b"w",
                            now=NOW, lifetime=0)
+
+
+GOOD_BODY = {"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))}
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (None, 400),
+    ([], 400),
+    ({"grant_id": GOOD_BODY["grant_id"]}, 400),
+    ({**GOOD_BODY, "extra": 1}, 400),
+    ({**GOOD_BODY, "grant_id": "short"}, 400),
+    ({**GOOD_BODY, "grant_id": 7}, 400),
+    ({**GOOD_BODY, "message": 7}, 400),
+    ({**GOOD_BODY, "message": "@@@"}, 400),
+    ({**GOOD_BODY, "message": ""}, 400),
+    ({**GOOD_BODY, "message": "A" * 2000}, 413),
+])
+def test_malformed_and_oversized_handshake_bodies_are_refused(body: Any, status: int) -> None:
+    from openred.node.handshake import parse_handshake
+
+    with pytest.raises(NodeRefused) as info:
+        parse_handshake(body)
+    assert info.value.status == status
+
+
+def test_a_handshake_body_parses() -> None:
+    from openred.node.handshake import parse_handshake
+
+    assert parse_handshake(GOOD_BODY) == (GOOD_BODY["grant_id"], bytes(48))
