@@ -181,14 +181,17 @@ class PeerUnreachable(TransportError):
 class RequestRefused(OpenRedError):
     """A service refuses a request; becomes an RFC 9457 problem with this status and slug.
 
-    ``retry_after`` (seconds) is sent as Retry-After (429, 503).
+    ``retry_after`` (seconds) is sent as Retry-After (429, 503); ``extra`` adds members to the
+    problem object (RFC 9457 §3.2 extension members).
     """
 
     def __init__(
-        self, status: int, slug: str, detail: str, *, retry_after: int | None = None
+        self, status: int, slug: str, detail: str, *, retry_after: int | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.slug = slug
         self.detail = detail
         self.retry_after = retry_after
+        self.extra = dict(extra or {})

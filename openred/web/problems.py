@@ -160,4 +160,5 @@ def install(app: Quart) -> None:
                 logger.exception("unhandled error", exc_info=exc)
             else:
                 logger.warning("%s: %s", slug, detail)
-        return problem_response(status, slug, detail, headers=headers)
+        extra = exc.extra if isinstance(exc, errors.RequestRefused) else None
+        return problem_response(status, slug, detail, headers=headers, extra=extra)
