@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from openred.crypto.grants import Grant, verify_signed_grant
+from openred.crypto.identity import from_b64url
 from openred.crypto.records import SignedNodeRecord, verify_signed_record
 from openred.crypto.transparency import InclusionProof, entry_from_wire, verify_grant_delivery
-from openred.crypto.identity import from_b64url
 from tests.directory.conftest import Directory
 
 
