@@ -36,7 +36,9 @@ from openred.crypto.grants import Grant, new_grant, seal_token, verify_signed_gr
 from openred.crypto.grants import mint_tokens as mint
 from openred.crypto.identity import b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
+from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.crypto.session import SessionCipher
+from openred.crypto.transparency import connection_granted_payload
 from openred.node import events as ev
 from openred.node.events import node_registry
 from openred.node.projections import node_projections
@@ -78,6 +80,7 @@ class Participant:
     client: JailClient
     keys: PublicKeys
     store: SQLiteEventStore
+    record: SignedNodeRecord | None = None
     sessions: dict[str, tuple[str, SessionCipher]] = field(default_factory=dict)
 
     @property
@@ -147,12 +150,14 @@ async def stop(p: Participant) -> None:
     await p.supervisor.stop()
 
 
-async def register(directory: Participant, node: Participant) -> None:
+async def register(directory: Participant, node: Participant, clock: SimClock) -> None:
     api_url = f"http://127.0.0.1:{8701 + NODES.index(node.name)}"
-    await directory.log(NewEvent(ev.node_stream(node.node_id), DIRECTORY_NODE_REGISTERED, {
-        "node_id": node.node_id, "api_url": api_url, "sign_key": node.keys.sign_key.b64url(),
-        "box_key": node.keys.box_key.b64url(), "modules": ["messaging"],
-    }))
+    record = NodeRecord.build(sign_key=node.keys.sign_key, box_key=node.keys.box_key,
+                              api_url=api_url, modules=["messaging"], issued_at=clock.unix,
+                              version=1)
+    node.record = await sign_record(record, node.client.sign)
+    await directory.log(NewEvent(ev.node_stream(node.node_id), DIRECTORY_NODE_REGISTERED,
+                                 node.record.to_wire()))
     await node.log(NewEvent(ev.node_stream(node.node_id), ev.NODE_REGISTERED, {
         "directory": DIRECTORY_URL, "node_id": node.node_id, "api_url": api_url,
     }))
@@ -181,8 +186,10 @@ async def grant_connection(
 ) -> Delivered:
     """The directory's part: mint, sign, seal, log ConnectionGranted — and forget the secret."""
     method = select_crypto_method(clock.now, "hourly")
+    assert a.record is not None and b.record is not None, "both nodes registered their records"
     grant = new_grant(a.keys.node_id, b.keys.node_id, grant_id=secrets.token_bytes(16),
-                      issued_at=clock.unix, suite=DEFAULT_REGISTRY.suite(method))
+                      issued_at=clock.unix, suite=DEFAULT_REGISTRY.suite(method),
+                      initiator_record=a.record.hash, responder_record=b.record.hash)
     canonical = grant.canonical_bytes()
     signature = await directory.client.sign("grant", canonical)
     token_a, token_b = mint(grant, secrets.token_bytes(32))
@@ -191,10 +198,8 @@ async def grant_connection(
         b.name: seal_token(token_b, b.keys.box_key),
     }
     del token_a, token_b
-    await directory.log(NewEvent(f"grant:{grant.grant_id}", CONNECTION_GRANTED, {
-        "grant_id": grant.grant_id, "initiator": grant.initiator, "responder": grant.responder,
-        "issued_at": grant.issued_at, "expires_at": grant.expires_at, "suite": grant.suite,
-    }))
+    await directory.log(NewEvent(f"grant:{grant.grant_id}", CONNECTION_GRANTED,
+                                 connection_granted_payload(grant)))
     return Delivered(grant, canonical, signature, sealed)
 
 
@@ -277,7 +282,7 @@ async def story(out: Path) -> list[Participant]:
         console.print("[bold]1.[/] Three nodes register with the directory and discover "
                       "each other")
         for node in nodes:
-            await register(directory, node)
+            await register(directory, node, clock)
         for node in nodes:
             await discover(node, nodes)
 

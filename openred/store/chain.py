@@ -8,7 +8,7 @@ key, its signature column holding both signatures, old first).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,8 +48,14 @@ def origin_for(node_id: NodeId) -> str:
     return f"openred/{node_id}"
 
 
-def genesis_event(sign_key: SignKey) -> NewEvent:
-    """The ``LogOpened`` event that starts every log and names its first signer key."""
+DEFAULT_KIND = "node"
+
+
+def genesis_event(sign_key: SignKey, kind: str = DEFAULT_KIND) -> NewEvent:
+    """The ``LogOpened`` event that starts every log: its first signer key and its kind.
+
+    ``kind`` names the log's migration branch and projections (``node``, ``directory``...).
+    """
     return NewEvent(
         stream=LOG_STREAM,
         type=LOG_OPENED,
@@ -57,9 +63,18 @@ def genesis_event(sign_key: SignKey) -> NewEvent:
             "sign_key": sign_key.b64url(),
             "node_id": str(sign_key.node_id),
             "origin": origin_for(sign_key.node_id),
+            "kind": kind,
         },
         expected_version=0,
     )
+
+
+def log_kind(genesis_payload: Mapping[str, object]) -> str:
+    """The kind a ``LogOpened`` payload declares; logs from before kinds existed are nodes'."""
+    kind = genesis_payload.get("kind", DEFAULT_KIND)
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("LogOpened kind must be a non-empty string")
+    return kind
 
 
 def rotation_event(old: SignKey, new: SignKey) -> NewEvent:
@@ -257,6 +272,7 @@ __all__ = [
     "chain_entries",
     "check_chain",
     "genesis_event",
+    "log_kind",
     "origin_for",
     "recompute_hash",
     "rotation_event",

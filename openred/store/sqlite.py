@@ -40,9 +40,11 @@ from openred.errors import (
 )
 from openred.store import merkle
 from openred.store.chain import (
+    DEFAULT_KIND,
     UnsignedEntry,
     chain_entries,
     genesis_event,
+    log_kind,
     origin_for,
     rotation_event,
 )
@@ -203,8 +205,10 @@ class SQLiteEventStore:
         checkpoint_every: int,
         checkpoint_interval: float,
         clock: Callable[[], datetime],
+        kind: str = DEFAULT_KIND,
     ) -> None:
         self.path = path
+        self.kind = kind
         self._signer = signer
         self.registry = registry
         self.projections = projections
@@ -231,15 +235,18 @@ class SQLiteEventStore:
         *,
         registry: EventRegistry | None = None,
         projections: ProjectionRegistry | None = None,
+        kind: str = DEFAULT_KIND,
         checkpoint_every: int = 100,
         checkpoint_interval: float = 60.0,
         clock: Callable[[], datetime] = system_clock,
     ) -> SQLiteEventStore:
         """Open (creating and migrating if needed) the log at ``path`` signed by ``signer``.
 
-        ``path`` is a database file or a data directory holding ``openred.db``. A new log starts
-        with a ``LogOpened`` entry naming the signer's key; an existing log must be signed by
-        the same key as its newest entry, or opening fails.
+        ``path`` is a database file or a data directory holding ``openred.db``. ``kind`` is the
+        kind of log (``node``, ``directory``...): the database is migrated to ``kind@head``, and
+        a new log starts with a ``LogOpened`` entry naming the signer's key and the kind. An
+        existing log must be of the same kind (logs from before kinds are nodes') and signed by
+        the same key as its newest entry, or opening fails with ConfigurationError.
         """
         path = Path(path)
         if path.is_dir():
@@ -250,12 +257,12 @@ class SQLiteEventStore:
             path, signer, registry=registry or EventRegistry(),
             projections=projections or ProjectionRegistry(),
             checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval,
-            clock=clock,
+            clock=clock, kind=kind,
         )
         try:
             await store._run(store._open_sync)
             if store._frontier.size == 0:
-                await store._append([genesis_event(signer.sign_key)], internal=True)
+                await store._append([genesis_event(signer.sign_key, kind)], internal=True)
             await store._checkpoint_if_due()
         except BaseException:
             await store.close()
@@ -266,10 +273,12 @@ class SQLiteEventStore:
 
     def _open_sync(self) -> None:
         # Alembic is imported only here: readers of a log (audit_tools workers) never need it.
-        from openred.store.migrate import upgrade
+        from openred.store.migrate import check_kind, upgrade
 
+        check_kind(self.kind)
         try:
-            upgrade(self.path)
+            self._check_log_kind()
+            upgrade(self.path, self.kind)
             conn = connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
@@ -293,6 +302,30 @@ class SQLiteEventStore:
         row = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
         self._last_checkpoint_size = int(row[0] or 0)
         self._catch_up_projections(conn)
+
+    def _check_log_kind(self) -> None:
+        """Refuse an existing log of another kind before any migration touches it."""
+        if not self.path.exists():
+            return
+        with contextlib.closing(sqlite3.connect(self.path)) as probe:
+            try:
+                row = probe.execute(
+                    "SELECT type, payload FROM events WHERE seq = 1"
+                ).fetchone()
+            except sqlite3.OperationalError:
+                return  # not migrated yet: no log, no kind
+        if row is None:
+            return
+        if str(row[0]) != LOG_OPENED:
+            raise SchemaError(f"{self.path}: the first entry is not LogOpened")
+        try:
+            kind = log_kind(decode_payload(bytes(row[1])))
+        except ValueError as exc:
+            raise SchemaError(f"{self.path}: the LogOpened entry is malformed: {exc}") from exc
+        if kind != self.kind:
+            raise ConfigurationError(
+                f"{self.path} is a {kind} log; it cannot be opened as a {self.kind} log"
+            )
 
     def _catch_up_projections(self, conn: sqlite3.Connection) -> None:
         """Bring projections registered after events were written up to the head."""

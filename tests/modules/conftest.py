@@ -1,3 +1,3 @@
-from tests.node.conftest import checks, directory, jails, nodes
+from tests.node.conftest import directory, jails, nodes
 
-__all__ = ["checks", "directory", "jails", "nodes"]
+__all__ = ["directory", "jails", "nodes"]

@@ -1,4 +1,4 @@
-"""Fixtures: real jails (one set per module), fresh stores per test."""
+"""Fixtures: real jails (one set per module), a real directory log and fresh stores per test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.world import Directory, JailPair, Node, ScriptedChecks, open_node
+from tests.node.world import Directory, JailPair, Node, open_node
 
 
 @pytest.fixture(scope="module")
@@ -18,25 +18,18 @@ def jails() -> Iterator[JailPair]:
 
 
 @pytest.fixture
-def directory() -> Directory:
-    return Directory()
-
-
-@pytest.fixture
-def checks() -> ScriptedChecks:
-    return ScriptedChecks()
+async def directory(tmp_path: Path) -> AsyncIterator[Directory]:
+    opened = await Directory.open(tmp_path / "directory")
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
 async def nodes(
-    jails: JailPair, tmp_path: Path, checks: ScriptedChecks, directory: Directory
+    jails: JailPair, tmp_path: Path, directory: Directory
 ) -> AsyncIterator[tuple[Node, Node, Node]]:
-    opened = []
-    for name, proc in zip("abc", jails.procs, strict=True):
-        opened.append(await open_node(name, proc.socket_path, tmp_path / name, checks,
-                                      directory.key))
-    for node in opened:
-        checks.peers[str(node.id)] = node.info()
+    opened = [await open_node(name, proc.socket_path, tmp_path / name, directory)
+              for name, proc in zip("abc", jails.procs, strict=True)]
     yield opened[0], opened[1], opened[2]
     for node in opened:
         await node.close()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from openred.crypto.grants import mint_tokens, seal_token
-from openred.crypto.identity import BoxKey, b64url
+from openred.crypto.grants import Grant, mint_tokens, new_grant, seal_token
+from openred.crypto.identity import BoxKey, NodeId, b64url
 from openred.errors import NodeRefused
 from openred.node import events as ev
 from openred.node.handshake import (
@@ -19,11 +19,11 @@ from openred.node.handshake import (
 )
 from openred.node.handshake_service import HandshakeAnswer
 from openred.node.tokens import UNKNOWN, HeldToken, Refusal, TokenState, TokenStatus
-from tests.node.world import NOW, Directory, Node, transport_to
+from tests.node.world import NOW, SUITE, Directory, Node, transport_to
 
 
 async def received(directory: Directory, a: Node, b: Node, **kw: Any) -> str:
-    grant, for_a, for_b = directory.pair(a, b, **kw)
+    grant, for_a, for_b = await directory.pair(a, b, **kw)
     await a.tokens.receive(for_a, NOW)
     await b.tokens.receive(for_b, NOW)
     return grant.grant_id
@@ -108,13 +108,14 @@ async def test_tokens_that_do_not_match_are_refused_with_401(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    grant = directory.grant(a.id, b.id)
+    grant = directory.grant(a, b)
+    proofs = await directory.logged(grant)
     token_a, _ = mint_tokens(grant, os.urandom(32))
     _, other_b = mint_tokens(grant, os.urandom(32))  # B's half of another secret
     await a.tokens.receive(directory.delivery(
-        grant, seal_token(token_a, BoxKey(a.keys.box_key.raw)), b.info()), NOW)
+        grant, seal_token(token_a, BoxKey(a.keys.box_key.raw)), b, proofs), NOW)
     await b.tokens.receive(directory.delivery(
-        grant, seal_token(other_b, BoxKey(b.keys.box_key.raw)), a.info()), NOW)
+        grant, seal_token(other_b, BoxKey(b.keys.box_key.raw)), a, proofs), NOW)
     with pytest.raises(NodeRefused) as info:
         await a.handshakes.connect(grant.grant_id, transport_to(b, NOW), NOW)
     assert (info.value.status, info.value.reason) == (401, "tokens-do-not-match")
@@ -162,12 +163,14 @@ async def test_a_forged_answer_is_refused_by_the_initiator(
 
 # -- the pure decisions --
 
-def test_decide_handshake_tells_every_state_apart(directory: Directory) -> None:
-    from openred.crypto.identity import NodeId
-    from tests.node.world import SUITE
+def pure_grant() -> Grant:
+    return new_grant(NodeId("a" * 32), NodeId("b" * 32), grant_id=os.urandom(16),
+                     issued_at=NOW, suite=SUITE, initiator_record=bytes(32),
+                     responder_record=bytes(32))
 
-    grant = directory.grant(NodeId("a" * 32), NodeId("b" * 32))
-    assert grant.suite == SUITE
+
+def test_decide_handshake_tells_every_state_apart() -> None:
+    grant = pure_grant()
     token = HeldToken(grant, bytes(64), bytes(80), "responder")
     received_state = TokenState(TokenStatus.RECEIVED, token, 1)
     assert decide_handshake(received_state, role="responder", now=NOW) is token
@@ -181,12 +184,8 @@ def test_decide_handshake_tells_every_state_apart(directory: Directory) -> None:
     assert isinstance(wrong, Refusal) and wrong.status == 403
 
 
-def test_decide_established_consumes_at_the_grant_version_and_renews(
-    directory: Directory,
-) -> None:
-    from openred.crypto.identity import NodeId
-
-    grant = directory.grant(NodeId("a" * 32), NodeId("b" * 32))
+def test_decide_established_consumes_at_the_grant_version_and_renews() -> None:
+    grant = pure_grant()
     token = HeldToken(grant, bytes(64), bytes(80), "initiator")
     sid = session_id_for(b"h" * 32)
     events = decide_established(token, grant_version=1, session_id=sid, wrapped_state=b"w",

@@ -84,7 +84,7 @@ def serve_messaging(node: Node) -> Messaging:
 
 
 async def connected(directory: Directory, a: Node, b: Node) -> SessionChannel:
-    grant, for_a, for_b = directory.pair(a, b)
+    grant, for_a, for_b = await directory.pair(a, b)
     await a.tokens.receive(for_a, NOW)
     await b.tokens.receive(for_b, NOW)
     return await a.handshakes.connect(grant.grant_id, transport_to(b, NOW), NOW)
@@ -238,7 +238,7 @@ async def test_a_renewal_closes_the_old_session(
 ) -> None:
     a, b, _ = nodes
     old = await connected(directory, a, b)
-    grant, for_a, for_b = directory.pair(a, b, issued_at=NOW + 70000)
+    grant, for_a, for_b = await directory.pair(a, b, issued_at=NOW + 70000)
     await a.tokens.receive(for_a, NOW + 70000)
     await b.tokens.receive(for_b, NOW + 70000)
     new = await a.handshakes.connect(grant.grant_id, transport_to(b, NOW + 70000),

@@ -18,27 +18,24 @@ from tests.node.world import (
     Directory,
     JailPair,
     Node,
-    ScriptedChecks,
     open_node,
     p2p_to,
     transport_to,
 )
 
 
-async def reopen(node: Node, jails: JailPair, index: int, data: Path, checks: ScriptedChecks,
+async def reopen(node: Node, jails: JailPair, index: int, data: Path,
                  directory: Directory) -> Node:
     """Close the node's store and read models and open them again: a restarted process."""
     await node.close()
-    return await open_node(node.name, jails.procs[index].socket_path, data, checks,
-                           directory.key)
+    return await open_node(node.name, jails.procs[index].socket_path, data, directory)
 
 
 async def test_two_nodes_talk_restart_resume_and_their_logs_verify(
-    nodes: tuple[Node, Node, Node], directory: Directory, jails: JailPair,
-    checks: ScriptedChecks, tmp_path: Path,
+    nodes: tuple[Node, Node, Node], directory: Directory, jails: JailPair, tmp_path: Path,
 ) -> None:
     a, b, _ = nodes
-    grant, for_a, for_b = directory.pair(a, b)
+    grant, for_a, for_b = await directory.pair(a, b)
     await a.tokens.receive(for_a, NOW)
     await b.tokens.receive(for_b, NOW)
     sent_handshake: list[tuple[str, bytes]] = []
@@ -59,8 +56,8 @@ async def test_two_nodes_talk_restart_resume_and_their_logs_verify(
         channel_b, "hello A", message_id=os.urandom(16), now=NOW, transport=p2p_to(a, NOW))
 
     # Both processes restart: stores and read models reopened, nothing kept in memory.
-    a = await reopen(a, jails, 0, tmp_path / "a", checks, directory)
-    b = await reopen(b, jails, 1, tmp_path / "b", checks, directory)
+    a = await reopen(a, jails, 0, tmp_path / "a", directory)
+    b = await reopen(b, jails, 1, tmp_path / "b", directory)
     try:
         serve_messaging(a)
         serve_messaging(b)

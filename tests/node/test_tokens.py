@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
 
 from openred.crypto.grants import mint_tokens, seal_token
-from openred.crypto.identity import BoxKey, b64url
+from openred.crypto.identity import BoxKey, b64url, from_b64url
 from openred.errors import NodeRefused
 from openred.node import events as ev
 from openred.node.tokens import (
@@ -21,7 +22,7 @@ from openred.node.tokens import (
     decide_expiry,
     decide_receive,
 )
-from tests.node.world import NOW, Directory, Node, ScriptedChecks
+from tests.node.world import NOW, Directory, Node
 
 
 async def refused(coro: Any, status: int, reason: str) -> None:
@@ -34,7 +35,7 @@ async def test_both_parties_store_their_sealed_token_as_it_arrived(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    grant, for_a, for_b = directory.pair(a, b)
+    grant, for_a, for_b = await directory.pair(a, b)
     assert await a.tokens.receive(for_a, NOW) == {"grant_id": grant.grant_id,
                                                   "status": "received"}
     assert await b.tokens.receive(for_b, NOW) == {"grant_id": grant.grant_id,
@@ -45,8 +46,8 @@ async def test_both_parties_store_their_sealed_token_as_it_arrived(
     assert state.token.role == "responder" and state.token.peer == a.id
     assert (await a.book.token_state(grant.grant_id)).token.role == "initiator"  # type: ignore[union-attr]
     assert await b.book.peer(str(a.id)) == a.info()
-    assert (await b.book.directory_checkpoint()) == HeldCheckpoint(
-        "directory.example/log", 10, "note 10")
+    held = await b.book.directory_checkpoint()
+    assert held == HeldCheckpoint(f"openred/{directory.key.node_id}", 2, for_b["checkpoint"])
     assert await b.types() == ["LogOpened", ev.TOKEN_RECEIVED, ev.PEER_DISCOVERED]
 
 
@@ -54,7 +55,7 @@ async def test_a_delivery_is_idempotent_by_grant_id(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    _, _, for_b = directory.pair(a, b)
+    _, _, for_b = await directory.pair(a, b)
     await b.tokens.receive(for_b, NOW)
     size = b.store.head.size
     assert (await b.tokens.receive(for_b, NOW + 1))["status"] == "duplicate"
@@ -83,7 +84,7 @@ async def test_malformed_tampered_and_forged_deliveries_are_refused_with_nothing
     reason: str,
 ) -> None:
     a, b, _ = nodes
-    _, _, for_b = directory.pair(a, b)
+    _, _, for_b = await directory.pair(a, b)
     mutate(for_b)
     await refused(b.tokens.receive(for_b, NOW), status, reason)
     assert await b.types() == ["LogOpened"]
@@ -93,7 +94,7 @@ async def test_a_grant_for_other_nodes_is_refused(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, c = nodes
-    _, for_a, _ = directory.pair(a, b)
+    _, for_a, _ = await directory.pair(a, b)
     await refused(c.tokens.receive(for_a, NOW), 403, "not-a-party")
     assert await c.types() == ["LogOpened"]
 
@@ -102,9 +103,9 @@ async def test_a_token_sealed_to_another_key_is_refused_by_the_jail(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, c = nodes
-    grant, _, _ = directory.pair(a, b)
+    grant, for_a, _ = await directory.pair(a, b)
     token_a, _ = mint_tokens(grant, os.urandom(32))
-    wrong = directory.delivery(grant, seal_token(token_a, BoxKey(c.keys.box_key.raw)), b.info())
+    wrong = dict(for_a, sealed_token=b64url(seal_token(token_a, BoxKey(c.keys.box_key.raw))))
     await refused(a.tokens.receive(wrong, NOW), 422, "invalid-sealed-token")
     assert await a.types() == ["LogOpened"]
 
@@ -113,52 +114,131 @@ async def test_an_expired_grant_is_refused(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    _, _, for_b = directory.pair(a, b, issued_at=NOW - 400)
+    _, _, for_b = await directory.pair(a, b, issued_at=NOW - 400)
     await refused(b.tokens.receive(for_b, NOW), 410, "grant-expired")
     assert await b.types() == ["LogOpened"]
 
 
-async def test_unverifiable_records_or_proofs_are_refused(
-    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
+def flip(text: str) -> str:
+    raw = bytearray(from_b64url(text))
+    raw[0] ^= 1
+    return b64url(bytes(raw))
+
+
+@pytest.mark.parametrize(("attack", "detail"), [
+    # The grant is not in the log: the entry delivered is another grant's.
+    ("other_entry", "does not name exactly this grant"),
+    # The entry was altered after the directory hashed it.
+    ("entry_payload", "do not hash to its entry_hash"),
+    # The inclusion proof does not lead to the checkpoint's root.
+    ("proof_hash", "inclusion proof"),
+    ("proof_size", "inclusion proof has wrong size"),
+    # The checkpoint is not signed by the pinned directory key.
+    ("checkpoint_key", "signature"),
+    # The peer record is signed by a key other than the one its node id names.
+    ("record_signature", "signature"),
+    # The peer record is another node's, or not the version the grant was minted for.
+    ("record_of_c", "not the other party's"),
+    ("record_version", "not the one the grant was minted for"),
+    ("record_malformed", "malformed"),
+])
+async def test_deliveries_whose_records_or_log_proofs_do_not_verify_are_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory, attack: str, detail: str,
+) -> None:
+    from openred.crypto.records import NodeRecord, sign_record
+
+    a, b, c = nodes
+    grant, _, for_b = await directory.pair(a, b)
+    if attack == "other_entry":
+        _, _, other = await directory.pair(a, b)
+        for_b.update(entry=other["entry"], inclusion_proof=other["inclusion_proof"],
+                     checkpoint=other["checkpoint"])
+    elif attack == "entry_payload":
+        payload = json.loads(from_b64url(for_b["entry"]["payload"]))
+        payload["expires_at"] += 1
+        for_b["entry"]["payload"] = b64url(json.dumps(payload).encode())
+    elif attack == "proof_hash":
+        await directory.pair(a, b)  # a larger tree, so the proof has hashes
+        for_b.update(await directory.logged(grant))
+        for_b["inclusion_proof"]["hashes"][0] = flip(for_b["inclusion_proof"]["hashes"][0])
+    elif attack == "proof_size":
+        for_b["inclusion_proof"]["tree_size"] += 1
+    elif attack == "checkpoint_key":
+        impostor = await Directory.open(directory.store.path.parent.parent / "impostor")
+        try:
+            for_b["checkpoint"] = (await impostor.store.checkpoint()).decode()
+        finally:
+            await impostor.close()
+    elif attack == "record_signature":
+        for_b["peer_record"]["signature"] = flip(for_b["peer_record"]["signature"])
+    elif attack == "record_of_c":
+        for_b["peer_record"] = c.record.to_wire()
+    elif attack == "record_version":
+        newer = await sign_record(NodeRecord.build(
+            sign_key=a.keys.sign_key, box_key=a.keys.box_key, api_url="https://a.example:1",
+            issued_at=NOW, version=2), a.jail.sign)
+        for_b["peer_record"] = newer.to_wire()
+    elif attack == "record_malformed":
+        for_b["peer_record"] = {"record": {}, "signature": for_b["peer_record"]["signature"]}
+    with pytest.raises(NodeRefused) as info:
+        await b.tokens.receive(for_b, NOW)
+    assert (info.value.status, info.value.reason) == (422, "unverifiable-delivery")
+    assert detail in info.value.detail
+    assert await b.types() == ["LogOpened"]
+
+
+async def test_a_checkpoint_consistent_with_the_one_held_is_accepted_and_kept(
+    nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    _, _, for_b = directory.pair(a, b)
-    checks.error = "inclusion proof has wrong size: expected 5, got 4"
-    await refused(b.tokens.receive(for_b, NOW), 422, "unverifiable-delivery")
-    assert await b.types() == ["LogOpened"]
-
-
-async def test_a_peer_record_of_another_node_is_refused(
-    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
-) -> None:
-    a, b, c = nodes
-    _, _, for_b = directory.pair(a, b)
-    checks.peers[str(a.id)] = c.info()
-    await refused(b.tokens.receive(for_b, NOW), 422, "wrong-peer-record")
-    assert await b.types() == ["LogOpened"]
+    _, _, first = await directory.pair(a, b)
+    _, _, second = await directory.pair(a, b)
+    _, _, third = await directory.pair(a, b)
+    await b.tokens.receive(second, NOW)
+    # An older checkpoint (proof from its size to the newest) and a newer one both verify.
+    await b.tokens.receive(first, NOW)
+    await b.tokens.receive(third, NOW)
+    held = await b.book.directory_checkpoint()
+    assert held is not None and held.note == third["checkpoint"]
 
 
 async def test_a_fork_is_refused_and_kept_as_evidence(
-    nodes: tuple[Node, Node, Node], directory: Directory, checks: ScriptedChecks
+    nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    _, _, for_b = directory.pair(a, b)
+    _, _, for_b = await directory.pair(a, b)
     await b.tokens.receive(for_b, NOW)
-    checks.fork = True
-    _, _, again = directory.pair(a, b)
-    await refused(b.tokens.receive(again, NOW), 409, "directory-fork")
-    evidence = (await b.store.read())[-1]
+    size = b.store.head.size
+    # The same key signs another history of the same size: two roots for one size.
+    _, _, forked = await directory.pair(a, b, log=directory.fork)
+    await refused(b.tokens.receive(forked, NOW), 409, "directory-fork")
+    assert b.store.head.size == size + 1
+    [evidence] = await b.store.read_stream("directory")
     assert evidence.type == ev.DIRECTORY_FORK_DETECTED
-    events = await b.store.read_stream("directory")
-    assert events[0].payload["held_checkpoint"] == "note 10"
-    assert events[0].payload["received_checkpoint"] == "forked note"
+    assert evidence.payload["held_checkpoint"] == for_b["checkpoint"]
+    assert evidence.payload["received_checkpoint"] == forked["checkpoint"]
+    assert (await b.book.token_state(forked["grant"]["grant_id"])).status is TokenStatus.UNKNOWN
+
+
+async def test_a_longer_fork_is_found_through_the_consistency_proof(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    _, _, for_b = await directory.pair(a, b)
+    await b.tokens.receive(for_b, NOW)
+    for _ in range(3):
+        await directory.pair(a, b, log=directory.fork)
+    _, _, forked = await directory.pair(a, b, log=directory.fork)
+    directory.serving = directory.fork  # it answers checkpoint requests from the fork too
+    await refused(b.tokens.receive(forked, NOW), 409, "directory-fork")
+    assert (await b.store.read_stream("directory"))[0].type == ev.DIRECTORY_FORK_DETECTED
 
 
 async def test_unused_tokens_expire_and_stay_told_apart_from_unknown_and_used(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
-    grant, _, for_b = directory.pair(a, b)
+    grant, _, for_b = await directory.pair(a, b)
     await b.tokens.receive(for_b, NOW)
     assert await b.tokens.expire(NOW + 100) == 0
     assert await b.tokens.expire(NOW + 300) == 1
@@ -173,7 +253,7 @@ async def test_unused_tokens_expire_and_stay_told_apart_from_unknown_and_used(
 # -- the pure decisions --
 
 def command(directory: Directory, a: Node, b: Node, size: int = 5) -> ReceiveToken:
-    grant = directory.grant(a.id, b.id)
+    grant = directory.grant(a, b)
     return ReceiveToken(grant, bytes(64), bytes(80), a.info(),
                         HeldCheckpoint("o", size, f"note {size}"))
 

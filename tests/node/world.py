@@ -1,17 +1,15 @@
 """Two real nodes in one process for the node tests: each a real crypto jail, a real SQLite log.
 
-A test "directory" (an in-process Ed25519 key) mints grants exactly as DESIGN §5 says; the
-delivery's transparency checks go through :class:`ScriptedChecks`, a double of the
-``DeliveryChecks`` port whose answer each test chooses (the real adapter is the directory's
-``openred.crypto.transparency``).
+A test directory keeps a real directory log (kind ``directory``, its key in-process) and mints
+grants as DESIGN §5 says: a ``ConnectionGranted`` entry, a signed checkpoint and an inclusion
+proof per delivery, for the nodes' real signed records (signed in their jails). Nodes check
+deliveries with the real :class:`~openred.node.transparency.TransparencyChecks`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,13 @@ import nacl.signing
 from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.grants import Grant, mint_tokens, new_grant, seal_token
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url
-from openred.errors import VerificationError
+from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.crypto.transparency import (
+    CONNECTION_GRANTED,
+    InclusionProof,
+    connection_granted_payload,
+    entry_to_wire,
+)
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route
 from openred.node.events import node_registry
@@ -29,8 +33,11 @@ from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
 from openred.node.readmodels import ReadModels
 from openred.node.sessions import SessionKeeper
-from openred.node.token_service import DeliveryChecks, Forked, TokenReceiver, Verified
-from openred.node.tokens import HeldCheckpoint, PeerInfo
+from openred.node.token_service import TokenReceiver
+from openred.node.tokens import PeerInfo
+from openred.node.transparency import TransparencyChecks
+from openred.store.events import EventRegistry, NewEvent
+from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
 from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
 
@@ -39,7 +46,7 @@ SUITE = "25519_ChaChaPoly_SHA256"
 
 
 class JailPair:
-    """Two jails (nodes A and B) for a test module; stopped by pid at the end."""
+    """Three jails (nodes A, B, C) for a test module; stopped by pid at the end."""
 
     def __init__(self) -> None:
         self.root = short_dir()
@@ -57,36 +64,85 @@ class JailPair:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@dataclass
-class ScriptedChecks:
-    """The DeliveryChecks port answering what the test sets: verified, forked, or an error."""
+class Directory:
+    """A directory log and key minting grants and deliveries like the directory (DESIGN §5).
 
-    peers: dict[str, PeerInfo] = field(default_factory=dict)
-    checkpoint: HeldCheckpoint = field(
-        default_factory=lambda: HeldCheckpoint("directory.example/log", 10, "note 10")
-    )
-    fork: bool = False
-    error: str | None = None
-    calls: int = 0
+    ``fork`` is a second log under the same key: what a directory showing different nodes
+    different histories would sign.
+    """
 
-    async def verify(
-        self, delivery: Mapping[str, Any], grant: Grant, peer: NodeId,
-        held: HeldCheckpoint | None,
-    ) -> Verified | Forked:
-        self.calls += 1
-        if self.error is not None:
-            raise VerificationError(self.error)
-        if self.fork:
-            return Forked("forked note")
-        return Verified(self.peers[str(peer)], self.checkpoint)
+    def __init__(self, signing: nacl.signing.SigningKey, store: SQLiteEventStore,
+                 fork: SQLiteEventStore) -> None:
+        self.signing = signing
+        self.key: SignKey = SignKey(bytes(signing.verify_key))
+        self.store = store
+        self.fork = fork
+        self.serving = store
+
+    @classmethod
+    async def open(cls, path: Path) -> Directory:
+        signing = nacl.signing.SigningKey.generate()
+        signer = InProcessSigner(signing)
+        registry = EventRegistry()
+        registry.register(CONNECTION_GRANTED)
+        logs = []
+        for name in ("log", "fork"):
+            (path / name).mkdir(parents=True)
+            logs.append(await SQLiteEventStore.open(
+                path / name, signer, registry=registry, kind="directory",
+                checkpoint_every=10**6, checkpoint_interval=0))
+        return cls(signing, logs[0], logs[1])
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.fork.close()
+
+    async def fetch(self, from_size: int) -> tuple[bytes, list[bytes]]:
+        """GET /api/v3/directory/checkpoint?from=SIZE: newest checkpoint and consistency proof."""
+        note = await self.serving.checkpoint()
+        _, proof = await self.serving.consistency_proof(from_size)
+        return note, proof
+
+    def grant(self, a: Node, b: Node, *, issued_at: int = NOW, ttl: int = 300) -> Grant:
+        return new_grant(a.id, b.id, grant_id=os.urandom(16), issued_at=issued_at, ttl=ttl,
+                         suite=SUITE, initiator_record=a.record.hash,
+                         responder_record=b.record.hash)
+
+    async def logged(self, grant: Grant, *, log: SQLiteEventStore | None = None,
+                     ) -> dict[str, Any]:
+        """Append the grant's ConnectionGranted; the delivery's entry, checkpoint and proof."""
+        log = log or self.store
+        entry = await log.append_one(NewEvent(f"grant:{grant.grant_id}", CONNECTION_GRANTED,
+                                              connection_granted_payload(grant)))
+        note = await log.checkpoint()
+        size, hashes = await log.inclusion_proof(entry.seq)
+        return {"entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
+                "inclusion_proof": InclusionProof(entry.seq - 1, size, tuple(hashes)).to_wire()}
+
+    def delivery(self, grant: Grant, sealed: bytes, peer: Node,
+                 proofs: dict[str, Any]) -> dict[str, Any]:
+        signature = self.signing.sign(grant.canonical_bytes()).signature
+        return {"grant": grant.to_dict(), "grant_signature": b64url(signature),
+                "sealed_token": b64url(sealed), "peer_record": peer.record.to_wire(), **proofs}
+
+    async def pair(self, a: Node, b: Node, *, log: SQLiteEventStore | None = None,
+                   **kw: Any) -> tuple[Grant, dict[str, Any], dict[str, Any]]:
+        """A grant from a to b in the log, and each side's delivery."""
+        grant = self.grant(a, b, **kw)
+        proofs = await self.logged(grant, log=log)
+        token_a, token_b = mint_tokens(grant, os.urandom(32))
+        for_a = self.delivery(grant, seal_token(token_a, BoxKey(a.keys.box_key.raw)), b, proofs)
+        for_b = self.delivery(grant, seal_token(token_b, BoxKey(b.keys.box_key.raw)), a, proofs)
+        return grant, for_a, for_b
 
 
 class Node:
     """One node's services over its jail and store."""
 
     def __init__(self, name: str, jail: JailClient, keys: PublicKeys, store: SQLiteEventStore,
-                 reads: ReadModels, checks: DeliveryChecks, directory_key: SignKey) -> None:
+                 reads: ReadModels, record: SignedNodeRecord, directory: Directory) -> None:
         self.name = name
+        self.record = record
         self.jail = jail
         self.keys = keys
         self.store = store
@@ -94,8 +150,9 @@ class Node:
         self.book = NodeBook(reads)
         self.keeper = SessionKeeper(store, jail, self.book)
         self.handshakes = Handshakes(store=store, jail=jail, book=self.book, keeper=self.keeper)
-        self.tokens = TokenReceiver(me=keys.node_id, directory_key=directory_key, store=store,
-                                    jail=jail, book=self.book, checks=checks)
+        self.checks = TransparencyChecks(directory.key, directory.fetch)
+        self.tokens = TokenReceiver(me=keys.node_id, directory_key=directory.key, store=store,
+                                    jail=jail, book=self.book, checks=self.checks)
         self.actions = P2PActions()
 
     @property
@@ -103,7 +160,7 @@ class Node:
         return self.keys.node_id
 
     def info(self) -> PeerInfo:
-        return PeerInfo(self.id, f"https://{self.name}.example", self.keys.sign_key,
+        return PeerInfo(self.id, self.record.record.api_url, self.keys.sign_key,
                         self.keys.box_key)
 
     def restart_sessions(self) -> None:
@@ -120,47 +177,19 @@ class Node:
         await self.jail.close()
 
 
-async def open_node(name: str, socket: Path, data: Path, checks: DeliveryChecks,
-                    directory_key: SignKey) -> Node:
+async def open_node(name: str, socket: Path, data: Path, directory: Directory) -> Node:
     jail = JailClient(socket, timeout=10)
     keys = await jail.public_keys()
+    record = await sign_record(NodeRecord.build(
+        sign_key=keys.sign_key, box_key=keys.box_key, api_url=f"https://{name}.example:8443",
+        modules=("messaging",), issued_at=NOW, version=1), jail.sign)
     data.mkdir(parents=True, exist_ok=True)
     store = await SQLiteEventStore.open(
         data, await JailSigner.create(jail), registry=node_registry(),
         projections=node_projections(), checkpoint_interval=0,
     )
-    return Node(name, jail, keys, store, ReadModels.open(data / "openred.db"), checks,
-                directory_key)
-
-
-class Directory:
-    """Mints signed grants and sealed tokens like the directory (DESIGN §5)."""
-
-    def __init__(self) -> None:
-        self.signing = nacl.signing.SigningKey.generate()
-        self.key = SignKey(bytes(self.signing.verify_key))
-
-    def delivery(self, grant: Grant, sealed: bytes, peer: PeerInfo) -> dict[str, Any]:
-        signature = self.signing.sign(grant.canonical_bytes()).signature
-        return {
-            "grant": grant.to_dict(), "grant_signature": b64url(signature),
-            "sealed_token": b64url(sealed),
-            "peer_record": {"record": peer.payload(), "signature": b64url(bytes(64))},
-            "entry": {}, "checkpoint": "note", "inclusion_proof": {},
-        }
-
-    def grant(self, initiator: NodeId, responder: NodeId, *, issued_at: int = NOW,
-              ttl: int = 300) -> Grant:
-        return new_grant(initiator, responder, grant_id=os.urandom(16), issued_at=issued_at,
-                         ttl=ttl, suite=SUITE)
-
-    def pair(self, a: Node, b: Node, **kw: Any) -> tuple[Grant, dict[str, Any], dict[str, Any]]:
-        """A grant from a to b, and each side's delivery."""
-        grant = self.grant(a.id, b.id, **kw)
-        token_a, token_b = mint_tokens(grant, os.urandom(32))
-        for_a = self.delivery(grant, seal_token(token_a, BoxKey(a.keys.box_key.raw)), b.info())
-        for_b = self.delivery(grant, seal_token(token_b, BoxKey(b.keys.box_key.raw)), a.info())
-        return grant, for_a, for_b
+    return Node(name, jail, keys, store, ReadModels.open(data / "openred.db"), record,
+                directory)
 
 
 def transport_to(node: Node, now: int) -> Any:
