@@ -38,8 +38,8 @@ __all__ = [
     "request_ad",
 ]
 
-MAX_CIPHERTEXT: Final = 1 << 20
-"""Largest ciphertext an envelope may carry (1 MiB); larger bodies are refused with 413."""
+MAX_CIPHERTEXT: Final = 256 * 1024
+"""Largest ciphertext an envelope may carry (256 KiB); larger ones are refused with 413."""
 SESSION_ID_LEN: Final = 16
 _AD_LABEL: Final = b"openred/v3 p2p\x00"
 _REQUEST: Final = b"\x01"
