@@ -21,7 +21,7 @@ import pytest
 from quart import Quart
 
 from openred.crypto.client import JailClient
-from openred.crypto.identity import b64url
+from openred.crypto.identity import SignKey, b64url
 from openred.crypto.records import NodeRecord, sign_record
 from openred.node import events as ev
 from openred.node.app import create_app
@@ -76,14 +76,15 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve_node(name: str, jail: JailClient, data: Path, directory: Directory,
+async def serve_node(name: str, jail: JailClient, data: Path, directory_key: SignKey,
                      directory_url: str, port: int | None = None,
                      ) -> AsyncIterator[Served]:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     settings = NodeSettings(
         data_dir=data, host="127.0.0.1", port=port, public_url=url, allow_private_urls=True,
-        directory_url=directory_url, directory_key=directory.key.b64url(), lifecycle_interval=3600,
+        directory_url=directory_url, directory_key=directory_key.b64url(),
+        lifecycle_interval=3600,
     )
     data.mkdir(parents=True, exist_ok=True)
     keys = await jail.public_keys()
@@ -117,11 +118,11 @@ async def world(jails: JailPair, directory: Directory, tmp_path: Path) -> AsyncI
     async with contextlib.AsyncExitStack() as stack:
         dir_url = await stack.enter_async_context(serve_in_loop(directory_app(directory)))
         a = await stack.enter_async_context(
-            serve_node("a", clients[0], tmp_path / "a", directory, dir_url))
+            serve_node("a", clients[0], tmp_path / "a", directory.key, dir_url))
         b_server = contextlib.AsyncExitStack()
         stack.push_async_callback(b_server.aclose)
         b = await b_server.enter_async_context(
-            serve_node("b", clients[1], tmp_path / "b", directory, dir_url))
+            serve_node("b", clients[1], tmp_path / "b", directory.key, dir_url))
         yield World(a, b, directory, pusher, clients, dir_url, b_server)
     await pusher.close()
     for client in clients:
@@ -315,8 +316,8 @@ async def test_a_restarted_node_resumes_its_session_over_http(
     # B's server stops (its app closes its log, signing a last checkpoint) and a new app
     # serves the same data directory at the same URL: nothing of the session is in memory.
     await world.b_server.aclose()
-    async with serve_node("b", world.jails[1], world.b.data, directory, world.directory_url,
-                          port=port) as b2:
+    async with serve_node("b", world.jails[1], world.b.data, directory.key,
+                          world.directory_url, port=port) as b2:
         assert b2.url == world.b.url
         receipt = await world.a.services.send_message(channel.session_id, "after the restart")
         texts = sorted(m.text for m in await b2.services.messaging.inbox())

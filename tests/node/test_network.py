@@ -1,0 +1,89 @@
+"""The real directory introduces two real nodes, which then talk without it (all on loopback).
+
+The directory app (its own jail and log) and two node apps run under Hypercorn; the nodes
+register signed records, A asks for a connection, the directory pushes both halves (RFC 9421,
+keyid ``directory``), each node verifies the grant against the directory's log — fetching a
+consistency proof from the directory for the second grant — and A shakes hands with B and they
+exchange messages; then the directory stops and the session keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from openred.crypto.client import JailClient
+from openred.directory.app import create_app as create_directory_app
+from openred.directory.keys import create_keystore
+from openred.directory.routing import EXTENSION as DIRECTORY
+from openred.settings import DirectorySettings
+from openred.web.client import HttpClient, Signer
+from tests.node.test_app import Served, serve_node
+from tests.node.world import JailPair
+from tests.servers import HOST, free_port, serve_in_loop
+
+os.environ.setdefault("OPENRED_JAIL_KDF", "min")
+
+
+def client_for(node: Served, jail: JailClient) -> HttpClient:
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(await jail.sign("http_signature_base", base))
+
+    return HttpClient(signer=Signer(str(node.id), sign_base), allow_private=True, attempts=1)
+
+
+async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
+    jails: JailPair, tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = DirectorySettings.load(
+        tmp_path / "directory", environ={"OPENRED_ALLOW_PRIVATE_URLS": "1"}, host=HOST,
+        port=port, jail_socket=Path(f"/tmp/openred-test-{port}/j.sock"))
+    settings.data_dir.mkdir()
+    create_keystore(settings)
+    directory_app = create_directory_app(settings)
+    clients = [JailClient(p.socket_path, timeout=10) for p in jails.procs[:2]]
+    async with contextlib.AsyncExitStack() as stack:
+        directory_server = contextlib.AsyncExitStack()
+        stack.push_async_callback(directory_server.aclose)
+        dir_url = await directory_server.enter_async_context(serve_in_loop(directory_app, port))
+        key = directory_app.extensions[DIRECTORY].key
+        a = await stack.enter_async_context(
+            serve_node("a", clients[0], tmp_path / "a", key, dir_url))
+        b = await stack.enter_async_context(
+            serve_node("b", clients[1], tmp_path / "b", key, dir_url))
+        http = [client_for(a, clients[0]), client_for(b, clients[1])]
+        for node, client in zip((a, b), http, strict=True):
+            stack.push_async_callback(client.close)
+            reply = await client.request("POST", f"{dir_url}/api/v3/nodes/register",
+                                         json_body=node.record.to_wire(), signed=True)
+            assert reply.status == 201, reply.body
+
+        async def connect() -> str:
+            reply = await http[0].request(
+                "POST", f"{dir_url}/api/v3/tokens/request-connection",
+                json_body={"target": str(b.id)}, signed=True)
+            assert reply.status == 201, reply.body
+            assert reply.json()["delivered"] == {"initiator": True, "responder": True}
+            grant_id: str = reply.json()["grant_id"]
+            return grant_id
+
+        first = await a.services.connect(await connect())
+        await a.services.send_message(first.session_id, "introduced by the directory")
+        # A second grant: each node holds the first checkpoint and proves the new one extends it.
+        second = await a.services.connect(await connect())
+        await b.services.send_message(second.session_id, "on the second session")
+        held = await b.services.book.directory_checkpoint()
+        assert held is not None and held.origin == f"openred/{key.node_id}"
+        # The directory goes away; the sessions do not need it.
+        await directory_server.aclose()
+        await a.services.send_message(first.session_id, "the directory is down")
+        await b.services.send_message(first.session_id, "still here")
+        assert sorted(m.text for m in await b.services.messaging.inbox()) == [
+            "introduced by the directory", "the directory is down"]
+        assert sorted(m.text for m in await a.services.messaging.inbox()) == [
+            "on the second session", "still here"]
+    for client in clients:
+        await client.close()
+
