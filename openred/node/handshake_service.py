@@ -15,6 +15,7 @@ in the app; a direct call in tests), message 2 checked by the jail.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ class Handshakes:
         self.book = book
         self.keeper = keeper
         self.lifetime = lifetime
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per grant while someone holds or awaits it (weak: no unbounded growth).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
     async def _refuse(self, grant_id: str, refusal: Refusal) -> NodeRefused:
         await self.store.append_one(rejected(grant_id, refusal))
@@ -87,7 +90,9 @@ class Handshakes:
 
     async def respond(self, grant_id: str, message: bytes, now: int) -> HandshakeAnswer:
         """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side)."""
-        lock = self._locks.setdefault(grant_id, asyncio.Lock())
+        lock = self._locks.get(grant_id)
+        if lock is None:
+            lock = self._locks[grant_id] = asyncio.Lock()
         async with lock:
             state = await self.book.token_state(grant_id)
             decision = decide_handshake(state, role="responder", now=now)
@@ -111,7 +116,6 @@ class Handshakes:
                 raise await self._refuse(
                     grant_id, Refusal(409, "grant-used", "the grant was used meanwhile")
                 ) from None
-        self._locks.pop(grant_id, None)
         return HandshakeAnswer(session_id, responded.message)
 
     async def connect(

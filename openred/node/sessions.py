@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,7 +174,8 @@ class SessionKeeper:
         self.book = book
         self.cache = cache or SessionCache()
         self.save_every = save_every
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
         self._uses: dict[str, int] = {}
         self._saved_epoch: dict[str, int] = {}
 
@@ -187,7 +189,9 @@ class SessionKeeper:
         cached = self.cache.get(session_id, now)
         if cached is not None:
             return cached
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
         async with lock:
             cached = self.cache.get(session_id, now)
             if cached is not None:
@@ -200,7 +204,6 @@ class SessionKeeper:
             channel = await self._restore(row)
             await self.save(channel)
             self.cache.put(channel, row.expires_at)
-        self._locks.pop(session_id, None)
         return channel
 
     async def _restore(self, row: SessionRow) -> SessionChannel:

@@ -229,3 +229,30 @@ def test_a_handshake_body_parses() -> None:
     from openred.node.handshake import parse_handshake
 
     assert parse_handshake(GOOD_BODY) == (GOOD_BODY["grant_id"], bytes(48))
+
+
+async def test_racing_copies_of_message_1_establish_one_session(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    import asyncio
+
+    a, b, _ = nodes
+    grant_id = await received(directory, a, b)
+    sent: list[tuple[str, bytes]] = []
+    await a.handshakes.connect(grant_id, recording(b, NOW, sent), NOW)
+    # Another grant; its message 1 captured and sent five times at once.
+    grant_id = await received(directory, a, b)
+    captured: list[tuple[str, bytes]] = []
+
+    async def capture(api_url: str, gid: str, message: bytes) -> HandshakeAnswer:
+        captured.append((gid, message))
+        raise NodeRefused(502, "peer-unreachable", "the test keeps the message")
+
+    with pytest.raises(NodeRefused):
+        await a.handshakes.connect(grant_id, capture, NOW)
+    results = await asyncio.gather(
+        *(b.handshakes.respond(*captured[0], NOW) for _ in range(5)), return_exceptions=True)
+    answers = [r for r in results if isinstance(r, HandshakeAnswer)]
+    refusals = [r for r in results if isinstance(r, NodeRefused)]
+    assert len(answers) == 1 and [r.status for r in refusals] == [409] * 4
+    assert len(await b.book.sessions()) == 2

@@ -248,3 +248,17 @@ async def test_a_renewal_closes_the_old_session(
     assert rows[old.session_id].renewed_by == new.session_id
     assert rows[new.session_id].state == "active"
     assert ev.SESSION_RENEWED in await a.types()
+
+
+async def test_concurrent_first_uses_restore_a_session_once(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    import asyncio
+
+    a, b, _ = nodes
+    channel = await connected(directory, a, b)
+    a.restart_sessions()
+    restored = await asyncio.gather(*(a.keeper.channel(channel.session_id, NOW)
+                                      for _ in range(5)))
+    assert all(r is restored[0] for r in restored)
+    assert (await a.types()).count(ev.SESSION_STATE_SAVED) == 1
