@@ -18,7 +18,7 @@ from typing import Any
 from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.methods import MethodRegistry
-from openred.errors import NodeRefused, TransportError
+from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, Receipt
@@ -34,7 +34,7 @@ from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
 from openred.node.transparency import TransparencyChecks
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
-from openred.web.client import HttpClient, Reply
+from openred.web.client import HttpClient, Reply, Signer
 
 __all__ = ["NodeServices"]
 
@@ -42,6 +42,7 @@ logger = logging.getLogger("openred.node")
 
 HANDSHAKE_PATH = "/api/v3/p2p/handshake"
 CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
+REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -101,7 +102,11 @@ class NodeServices:
         reads = ReadModels.open(settings.data_dir / DATABASE_NAME)
         book = NodeBook(reads)
         keeper = SessionKeeper(store, jail, book)
-        http = HttpClient(allow_private=settings.allow_private_urls, clock=clock)
+        async def sign_base(base: bytes) -> bytes:
+            return bytes(await jail.sign("http_signature_base", base))
+
+        http = HttpClient(signer=Signer(str(keys.node_id), sign_base),
+                          allow_private=settings.allow_private_urls, clock=clock)
 
         async def fetch(from_size: int) -> tuple[bytes, list[bytes]]:
             url = f"{settings.directory_url}{CHECKPOINT_PATH}?from={from_size}"
@@ -193,14 +198,49 @@ class NodeServices:
             transport=self._p2p_transport(peer.api_url),
         )
 
+    async def request_grant(self, peer: str) -> str:
+        """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
+        reply = await self.http.request(
+            "POST", f"{self.settings.directory_url}{REQUEST_CONNECTION_PATH}",
+            json_body={"target": peer}, signed=True,
+        )
+        if reply.status != 201:
+            raise _refusal_from(reply, "the directory")
+        body = reply.json()
+        grant_id = body.get("grant_id") if isinstance(body, dict) else None
+        if not isinstance(grant_id, str):
+            raise NodeRefused(502, "directory-malformed", "the directory's answer has no grant")
+        return grant_id
+
     # -- lifecycle --
 
+    async def renew(self) -> list[tuple[str, str]]:
+        """Renew the sessions this node initiated whose renewal is due (80 % of life).
+
+        A new grant from the directory, a new handshake, and ``SessionRenewed`` for the old
+        session; the pairs (old, new). A renewal that fails is logged and tried on the next run.
+        """
+        renewed: list[tuple[str, str]] = []
+        rows = [r for r in await self.book.sessions(state="active") if r.role == "initiator"]
+        for row in self.keeper.due_for_renewal(rows, self.now()):
+            try:
+                grant_id = await self.request_grant(row.peer)
+                channel = await self.handshakes.connect(
+                    grant_id, self._handshake_over_http, self.now(), renews=row.session_id)
+            except OpenRedError as exc:
+                logger.warning("renewing session %s failed: %s", row.session_id, exc)
+                continue
+            self.keeper.forget(row.session_id)
+            renewed.append((row.session_id, channel.session_id))
+        return renewed
+
     async def lifecycle(self) -> dict[str, int]:
-        """Expire unused tokens and sessions past their life; counts of what expired."""
+        """Renew sessions due, expire unused tokens and sessions past their life; counts."""
+        renewed = await self.renew()
         now = self.now()
         tokens = await self.tokens.expire(now)
         sessions = await self.keeper.expire(now)
-        return {"tokens": tokens, "sessions": len(sessions)}
+        return {"renewed": len(renewed), "tokens": tokens, "sessions": len(sessions)}
 
     async def health(self) -> dict[str, Any]:
         return {

@@ -77,14 +77,14 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve_node(name: str, jail: JailClient, data: Path, directory_key: SignKey,
-                     directory_url: str, port: int | None = None,
-                     ) -> AsyncIterator[Served]:
+                     directory_url: str, port: int | None = None, *,
+                     session_lifetime: int = 86400) -> AsyncIterator[Served]:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     settings = NodeSettings(
         data_dir=data, host="127.0.0.1", port=port, public_url=url, allow_private_urls=True,
         directory_url=directory_url, directory_key=directory_key.b64url(),
-        lifecycle_interval=3600,
+        lifecycle_interval=3600, session_lifetime=session_lifetime,
     )
     data.mkdir(parents=True, exist_ok=True)
     keys = await jail.public_keys()

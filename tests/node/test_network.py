@@ -4,13 +4,15 @@ The directory app (its own jail and log) and two node apps run under Hypercorn; 
 register signed records, A asks for a connection, the directory pushes both halves (RFC 9421,
 keyid ``directory``), each node verifies the grant against the directory's log — fetching a
 consistency proof from the directory for the second grant — and A shakes hands with B and they
-exchange messages; then the directory stops and the session keeps working.
+exchange messages; at 80 % of the sessions' life A renews them through new grants; then the
+directory stops and the renewed session keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from openred.crypto.client import JailClient
@@ -24,6 +26,7 @@ from tests.node.world import JailPair
 from tests.servers import HOST, free_port, serve_in_loop
 
 os.environ.setdefault("OPENRED_JAIL_KDF", "min")
+LIFETIME = 60
 
 
 def client_for(node: Served, jail: JailClient) -> HttpClient:
@@ -50,9 +53,11 @@ async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
         dir_url = await directory_server.enter_async_context(serve_in_loop(directory_app, port))
         key = directory_app.extensions[DIRECTORY].key
         a = await stack.enter_async_context(
-            serve_node("a", clients[0], tmp_path / "a", key, dir_url))
+            serve_node("a", clients[0], tmp_path / "a", key, dir_url,
+                       session_lifetime=LIFETIME))
         b = await stack.enter_async_context(
-            serve_node("b", clients[1], tmp_path / "b", key, dir_url))
+            serve_node("b", clients[1], tmp_path / "b", key, dir_url,
+                       session_lifetime=LIFETIME))
         http = [client_for(a, clients[0]), client_for(b, clients[1])]
         for node, client in zip((a, b), http, strict=True):
             stack.push_async_callback(client.close)
@@ -76,12 +81,24 @@ async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
         await b.services.send_message(second.session_id, "on the second session")
         held = await b.services.book.directory_checkpoint()
         assert held is not None and held.origin == f"openred/{key.node_id}"
+        # At 80 % of its life the initiator renews a session through a new grant.
+        assert await a.services.lifecycle() == {"renewed": 0, "tokens": 0, "sessions": 0}
+        a.services.clock = lambda: time.time() + LIFETIME * 4 // 5
+        outcome = await a.services.lifecycle()
+        assert outcome["renewed"] == 2  # both sessions were made at about the same time
+        rows = {r.session_id: r for r in await a.services.book.sessions()}
+        assert rows[first.session_id].state == "closed"
+        renewed = rows[first.session_id].renewed_by
+        assert renewed is not None and rows[renewed].state == "active"
+        await a.services.send_message(renewed, "on the renewed session")
+        first_texts = ["introduced by the directory", "on the renewed session"]
+        a.services.clock = time.time
         # The directory goes away; the sessions do not need it.
         await directory_server.aclose()
-        await a.services.send_message(first.session_id, "the directory is down")
-        await b.services.send_message(first.session_id, "still here")
-        assert sorted(m.text for m in await b.services.messaging.inbox()) == [
-            "introduced by the directory", "the directory is down"]
+        await a.services.send_message(renewed, "the directory is down")
+        await b.services.send_message(renewed, "still here")
+        assert sorted(m.text for m in await b.services.messaging.inbox()) == sorted(
+            [*first_texts, "the directory is down"])
         assert sorted(m.text for m in await a.services.messaging.inbox()) == [
             "on the second session", "still here"]
     for client in clients:
