@@ -7,7 +7,8 @@
   (:data:`STATUS_BY_ERROR`, most specific class first),
 * quart-schema's validation errors into 422 (wrong type, missing or unknown field) and a body
   that is not JSON into 400,
-* Werkzeug's HTTP errors (404, 405, 413, …) into their own status,
+* Werkzeug's HTTP errors (404, 405, 413, …) into their own status, and a body that is not
+  UTF-8 (Quart decodes JSON bodies before parsing them) into 400,
 
 and anything else into a 500 whose body says nothing about the cause (the traceback goes to the
 log only). Every answer is ``application/problem+json`` with a stable ``type``:
@@ -112,6 +113,9 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
         if exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, int(exc.retry_after)))
         return exc.status, exc.slug, exc.detail, headers
+    if isinstance(exc, UnicodeDecodeError):
+        # Quart decodes a JSON body as UTF-8 before parsing it: a body that is not UTF-8.
+        return 400, "malformed", "the request body is not UTF-8 JSON", {}
     if isinstance(exc, RequestSchemaValidationError):
         return 422, "invalid-field", _validation_detail(exc.validation_error), {}
     if isinstance(exc, HTTPException):
