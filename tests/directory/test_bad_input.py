@@ -113,6 +113,9 @@ async def test_registration_refusals(directory: Directory, make_node: Any) -> No
     (b"[]", 422, "invalid-field"),
     (b"null", 422, "invalid-field"),
     (b"x" * 70_000, 413, "too-large"),
+    (b"[" * 60_000, 400, "malformed"),
+    (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, 400, "malformed"),
+    (b'{"record": "\xff\xfe"}', 400, "malformed"),
 ])
 async def test_malformed_bodies(directory: Directory, make_node: Any, body: bytes, status: int,
                                 slug: str) -> None:
