@@ -39,6 +39,14 @@ from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.crypto.session import SessionCipher
 from openred.crypto.transparency import connection_granted_payload
+from openred.directory.events import (
+    CONNECTION_GRANTED,
+    NODE_REGISTERED,
+    directory_registry,
+    grant_stream,
+    record_event,
+)
+from openred.directory.projections import directory_projections
 from openred.node import events as ev
 from openred.node.events import node_registry
 from openred.node.projections import node_projections
@@ -48,8 +56,6 @@ from openred.store.sqlite import SQLiteEventStore
 NODES = ("alice", "bob", "carol")
 ROUNDS = 30  # rounds of the six-message chat: enough traffic for a periodic checkpoint
 DIRECTORY_URL = "http://127.0.0.1:8700"
-CONNECTION_GRANTED = "ConnectionGranted"
-DIRECTORY_NODE_REGISTERED = "NodeRegistered"
 
 console = Console(highlight=False)
 
@@ -114,7 +120,8 @@ async def start_participant(
     keys = await client.public_keys()
     store = await SQLiteEventStore.open(
         data_dir, await JailSigner.create(client), registry=registry,
-        projections=node_projections() if node else None, clock=clock,
+        projections=node_projections() if node else directory_projections(), clock=clock,
+        kind="node" if node else "directory",
     )
     return Participant(name, data_dir, supervisor, client, keys, store)
 
@@ -127,11 +134,8 @@ async def network(
     sockets = Path(tempfile.mkdtemp(prefix="openred-demo-"))
     started: list[Participant] = []
     try:
-        directory_registry = EventRegistry()
-        for t in (DIRECTORY_NODE_REGISTERED, CONNECTION_GRANTED):
-            directory_registry.register(t)
         directory = await start_participant("directory", out, sockets, clock,
-                                            directory_registry, node=False)
+                                            directory_registry(), node=False)
         started.append(directory)
         for name in NODES:
             started.append(await start_participant(name, out, sockets, clock, node_registry(),
@@ -156,8 +160,7 @@ async def register(directory: Participant, node: Participant, clock: SimClock) -
                               api_url=api_url, modules=["messaging"], issued_at=clock.unix,
                               version=1)
     node.record = await sign_record(record, node.client.sign)
-    await directory.log(NewEvent(ev.node_stream(node.node_id), DIRECTORY_NODE_REGISTERED,
-                                 node.record.to_wire()))
+    await directory.log(record_event(NODE_REGISTERED, node.record, clock.unix))
     await node.log(NewEvent(ev.node_stream(node.node_id), ev.NODE_REGISTERED, {
         "directory": DIRECTORY_URL, "node_id": node.node_id, "api_url": api_url,
     }))
@@ -198,7 +201,7 @@ async def grant_connection(
         b.name: seal_token(token_b, b.keys.box_key),
     }
     del token_a, token_b
-    await directory.log(NewEvent(f"grant:{grant.grant_id}", CONNECTION_GRANTED,
+    await directory.log(NewEvent(grant_stream(grant.grant_id), CONNECTION_GRANTED,
                                  connection_granted_payload(grant)))
     return Delivered(grant, canonical, signature, sealed)
 

@@ -52,6 +52,7 @@ class NodeView:
     last_seen: int
     record_json: str
     signature: str
+    sign_key: str = ""
 
     def signed_record(self) -> SignedNodeRecord:
         """The node's signed record exactly as it registered it."""

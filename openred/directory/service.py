@@ -7,6 +7,13 @@ Writes go through one group appender: appends that arrive while one is being com
 batched into the next single ``store.append`` (one transaction, one signing call), so
 registrations under load share commits. Commands on one node are serialized by a striped lock,
 so two concurrent requests for the same node never decide from the same stale state.
+
+Node rows are cached in memory (:class:`_NodeCache`): an append by this process drops the
+entries of the nodes it touches, and any write by another process (``openred directory
+revoke`` while the server runs) is seen before every lookup — the newest ``seq`` in the log,
+read on a private read-only connection in microseconds, is ahead of what this process appended
+— and empties the cache. Concurrent grants share checkpoints: a grant waits for a checkpoint
+that covers its entry instead of signing one of its own when one is already being signed.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import asyncio
 import json
 import logging
 import secrets
+import sqlite3
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
@@ -73,9 +82,44 @@ class GrantOutcome:
     delivered: dict[str, bool]
 
 
+class _NodeCache:
+    """Node views by id (None cached too), valid while no other process wrote to the log."""
+
+    MAX = 100_000
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only=1")
+        self.known_size = 0
+        self.views: dict[str, d.NodeView | None] = {}
+
+    def check(self) -> None:
+        """Empty the cache if the log grew beyond what this process appended."""
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        size = int(row[0] or 0)
+        if size > self.known_size:
+            self.views.clear()
+            self.known_size = size
+
+    def appended(self, stored: Sequence[StoredEvent]) -> None:
+        for entry in stored:
+            if entry.stream.startswith("node:"):
+                self.views.pop(entry.stream.removeprefix("node:"), None)
+        if stored and stored[0].seq == self.known_size + 1:
+            self.known_size = stored[-1].seq
+
+    def put(self, node_id: str, view: d.NodeView | None) -> None:
+        if len(self.views) >= self.MAX:
+            self.views.clear()
+        self.views[node_id] = view
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 def _view(row: DirectoryNode) -> d.NodeView:
     return d.NodeView(row.node_id, row.status, row.version, row.record_hash, row.last_seen,
-                      row.record, row.signature)
+                      row.record, row.signature, row.sign_key)
 
 
 class _GroupAppender:
@@ -142,6 +186,9 @@ class DirectoryService:
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
         self._started = int(clock())
+        self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
+        self._note: tuple[int, bytes] | None = None
+        self._signing: asyncio.Task[bytes] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
         self.target_limit = RateLimiter(settings.rate_per_target, window)
@@ -172,6 +219,7 @@ class DirectoryService:
         return service
 
     async def close(self) -> None:
+        self._cache.close()
         await self.http.close()
         await self.reads.close()
         await self.store.close()
@@ -182,6 +230,7 @@ class DirectoryService:
     # -- the proof tree ----------------------------------------------------------------------
 
     def _track(self, stored: list[StoredEvent]) -> None:
+        self._cache.appended(stored)
         if stored and stored[0].seq == len(self.tree) + 1:
             for entry in stored:
                 self.tree.append(entry.entry_hash)
@@ -201,9 +250,18 @@ class DirectoryService:
     # -- reading -----------------------------------------------------------------------------
 
     async def node(self, node_id: str) -> d.NodeView | None:
+        cache = self._cache
+        cache.check()
+        if node_id in cache.views:
+            return cache.views[node_id]
+        known = cache.known_size
         async with self.reads.session() as session:
             row = await session.get(DirectoryNode, node_id)
-        return None if row is None else _view(row)
+        view = None if row is None else _view(row)
+        # Only cache what was read with no write in between (an append may have landed).
+        if cache.known_size == known and node_id not in cache.views:
+            cache.put(node_id, view)
+        return view
 
     async def resolve_key(self, keyid: str) -> SignKey | None:
         """The key of a node the directory knows (revoked included: they get 403, not 401)."""
@@ -214,7 +272,8 @@ class DirectoryService:
         node = await self.node(keyid)
         if node is None or node.status == d.DEREGISTERED:
             return None
-        return node.signed_record().record.sign_key
+        # The projection copied sign_key from the record the node signed (and whose id it is).
+        return SignKey.from_b64url(node.sign_key)
 
     def last_seen(self, node: d.NodeView) -> int:
         return max(self._last_seen.get(node.node_id, 0), node.last_seen)
@@ -284,9 +343,10 @@ class DirectoryService:
                 existing, signed, signer=signer, now=now, window=self.settings.signature_window)
             await self.append(events)
             self._last_seen[record.node_id] = now
-            node = await self.node(record.node_id)
-        assert node is not None
-        return status, self.item(node)
+        # Whatever the decision, the node is now active with this record.
+        wire = signed.to_wire()
+        return status, {"record": wire["record"], "signature": wire["signature"],
+                        "status": d.ACTIVE, "last_seen": now}
 
     async def heartbeat(self, *, signer: str) -> dict[str, Any]:
         async with self._lock(signer):
@@ -411,8 +471,28 @@ class DirectoryService:
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
 
+    async def _note_covering(self, seq: int) -> bytes:
+        """A signed checkpoint whose tree contains entry ``seq`` (shared by concurrent grants)."""
+        while self._note is None or self._note[0] < seq:
+            task = self._signing
+            if task is None:
+                task = self._signing = asyncio.ensure_future(self._sign_note())
+            # A checkpoint being signed may have started before seq was appended: look again.
+            await asyncio.shield(task)
+        return self._note[1]
+
+    async def _sign_note(self) -> bytes:
+        try:
+            note = await self.store.checkpoint()
+            size = parse_checkpoint_body(parse_signed_note(note).body).size
+            if self._note is None or size > self._note[0]:
+                self._note = (size, note)
+            return note
+        finally:
+            self._signing = None
+
     async def _proof_for(self, entry: StoredEvent) -> tuple[bytes, InclusionProof]:
-        note = await self.store.checkpoint()
+        note = await self._note_covering(entry.seq)
         checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
         await self._sync_tree(checkpoint.size)
         if len(self.tree) < checkpoint.size or self.tree.root(checkpoint.size) != \

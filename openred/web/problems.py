@@ -7,7 +7,8 @@
   (:data:`STATUS_BY_ERROR`, most specific class first),
 * quart-schema's validation errors into 422 (wrong type, missing or unknown field) and a body
   that is not JSON into 400,
-* Werkzeug's HTTP errors (404, 405, 413, …) into their own status,
+* Werkzeug's HTTP errors (404, 405, 413, …) into their own status (a JSON body that does not
+  parse — not UTF-8, not JSON, nested too deep — is a 400 through :class:`JsonRequest`),
 
 and anything else into a 500 whose body says nothing about the cause (the traceback goes to the
 log only). Every answer is ``application/problem+json`` with a stable ``type``:
@@ -21,15 +22,16 @@ import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from quart import Quart, Response
+from quart import Quart, Request, Response
 from quart_schema import RequestSchemaValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from openred import errors
 
 __all__ = [
     "PROBLEM_JSON",
     "STATUS_BY_ERROR",
+    "JsonRequest",
     "Problem",
     "install",
     "problem_response",
@@ -149,8 +151,27 @@ def _validation_detail(error: Exception) -> str:
     return "the request does not match the schema"
 
 
+class JsonRequest(Request):
+    """Quart's request, whose JSON parsing turns every malformed body into a 400.
+
+    Quart decodes the body as UTF-8 before parsing (UnicodeDecodeError) and the JSON parser
+    recurses (RecursionError on ``[[[[…``): neither is a ValueError, so neither reaches Quart's
+    own 400 path.
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False,
+                       cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            if silent:
+                return None
+            raise BadRequest("the request body is not valid JSON") from exc
+
+
 def install(app: Quart) -> None:
     """Register the one error handler that turns every failure into a problem response."""
+    app.request_class = JsonRequest
 
     @app.errorhandler(Exception)
     async def _handle(exc: Exception) -> Response:

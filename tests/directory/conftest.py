@@ -19,6 +19,8 @@ from openred.crypto.identity import BoxKey, SignKey
 from openred.crypto.records import NodeRecord, SignedNodeRecord
 from openred.directory.app import create_app
 from openred.directory.keys import create_keystore
+from openred.directory.routing import EXTENSION
+from openred.directory.service import DirectoryService
 from openred.settings import DirectorySettings
 from openred.web.client import HttpClient, Reply, Signer
 from openred.web.signatures import InboundVerifier
@@ -34,6 +36,7 @@ class Directory:
     url: str
     settings: DirectorySettings
     key: SignKey
+    service: DirectoryService
 
 
 @dataclass
@@ -118,10 +121,8 @@ async def directory_factory(tmp_path: Path) -> AsyncIterator[DirectoryFactory]:
         create_keystore(settings)
         app = create_app(settings)
         async with serve_in_loop(app, port) as url:
-            from openred.directory.routing import EXTENSION
-
             service = app.extensions[EXTENSION]
-            yield Directory(url, settings, service.key)
+            yield Directory(url, settings, service.key, service)
 
     yield start
 

@@ -101,6 +101,8 @@ async def raw(method: str, url: str, **kw: object) -> Answer:
 @pytest.mark.parametrize("method,path,kw,status,slug", [
     ("POST", "/echo", {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
      400, "malformed"),
+    ("POST", "/echo", {"data": b'{"n": "\x91"}', "headers": {"Content-Type": "application/json"}},
+     400, "malformed"),
     ("POST", "/echo", {"json": {"n": "1"}}, 422, "invalid-field"),
     ("POST", "/echo", {"json": {"n": 1, "extra": 2}}, 422, "invalid-field"),
     ("POST", "/echo", {"json": [1]}, 422, "invalid-field"),
