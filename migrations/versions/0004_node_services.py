@@ -8,7 +8,10 @@ used (409) from expired (410). ``outbox`` holds sent messages and their delivery
 
 The tables of 0002 are rebuilt with ``NOT NULL`` on their primary keys: SQLite, unlike the
 SQL standard, lets a TEXT primary key hold NULL unless told otherwise, and the read models
-(SQLModel) declare the keys not null. Rows are copied unchanged.
+(SQLModel) declare the keys not null. Rows are copied unchanged. Tables of small rows keyed by
+text (registration, peers, tokens, grant outcomes, the directory checkpoint) are ``WITHOUT
+ROWID``: the primary key is the table's own b-tree, so a lookup reads one tree instead of an
+index and a table, and there is no separate index that could disagree with the rows.
 
 Revision ID: 0004
 Revises: 0002
@@ -31,7 +34,7 @@ NEW_TABLES = {
             outcome     TEXT NOT NULL CHECK (outcome IN ('consumed', 'expired')),
             session_id  TEXT,
             recorded_at TEXT NOT NULL
-        )""",
+        ) WITHOUT ROWID""",
     "outbox": """
         CREATE TABLE outbox (
             message_id   TEXT NOT NULL PRIMARY KEY,
@@ -47,7 +50,7 @@ NEW_TABLES = {
             origin     TEXT NOT NULL PRIMARY KEY,
             size       INTEGER NOT NULL,
             checkpoint TEXT NOT NULL
-        )""",
+        ) WITHOUT ROWID""",
 }
 
 # 0002's tables as they become (columns in the same order, new ones last).
@@ -58,7 +61,7 @@ REBUILT = {
             node_id       TEXT NOT NULL,
             api_url       TEXT NOT NULL,
             registered_at TEXT NOT NULL
-        )""", "directory, node_id, api_url, registered_at"),
+        ) WITHOUT ROWID""", "directory, node_id, api_url, registered_at"),
     "peers": ("""
         CREATE TABLE peers (
             node_id         TEXT NOT NULL PRIMARY KEY,
@@ -67,7 +70,7 @@ REBUILT = {
             box_key         TEXT NOT NULL,
             updated_at      TEXT NOT NULL,
             last_session_at TEXT
-        )""", "node_id, api_url, sign_key, box_key, updated_at, last_session_at"),
+        ) WITHOUT ROWID""", "node_id, api_url, sign_key, box_key, updated_at, last_session_at"),
     "tokens": ("""
         CREATE TABLE tokens (
             grant_id        TEXT NOT NULL PRIMARY KEY,
@@ -80,8 +83,9 @@ REBUILT = {
             grant_signature TEXT NOT NULL,
             sealed_token    TEXT NOT NULL,
             received_at     TEXT NOT NULL
-        )""", "grant_id, peer, role, suite, issued_at, expires_at, grant, grant_signature, "
-              "sealed_token, received_at"),
+        ) WITHOUT ROWID""",
+        "grant_id, peer, role, suite, issued_at, expires_at, grant, grant_signature, "
+        "sealed_token, received_at"),
     "sessions": ("""
         CREATE TABLE sessions (
             session_id     TEXT NOT NULL PRIMARY KEY,
@@ -109,9 +113,14 @@ REBUILT = {
 }
 
 
+def _compact(statement: str) -> str:
+    """The statement on one line: SQLite keeps CREATE text verbatim in the schema table."""
+    return " ".join(statement.split())
+
+
 def _rebuild(name: str, create: str, columns: str) -> None:
     op.execute(f"ALTER TABLE {name} RENAME TO {name}_0002")
-    op.execute(create)
+    op.execute(_compact(create))
     op.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {name}_0002")  # noqa: S608
     op.execute(f"DROP TABLE {name}_0002")
 
@@ -120,13 +129,13 @@ def upgrade() -> None:
     for name, (create, columns) in REBUILT.items():
         _rebuild(name, create, columns)
     for statement in NEW_TABLES.values():
-        op.execute(statement)
+        op.execute(_compact(statement))
 
 
 def _as_in_0002(create: str) -> str:
-    """0002's statement: primary keys without NOT NULL, no renewal columns."""
-    lines = [line for line in create.replace("NOT NULL PRIMARY KEY", "PRIMARY KEY").split("\n")
-             if "renew" not in line]
+    """0002's statement: primary keys without NOT NULL, rowid tables, no renewal columns."""
+    create = create.replace(" WITHOUT ROWID", "").replace("NOT NULL PRIMARY KEY", "PRIMARY KEY")
+    lines = [line for line in create.split("\n") if "renew" not in line]
     body = "\n".join(lines)
     return body.replace("wrapped_state  TEXT NOT NULL,\n", "wrapped_state  TEXT NOT NULL\n")
 
