@@ -41,12 +41,17 @@ class _NodeModel(SQLModel, registry=_registry):
     pass
 
 
+# Small text-keyed tables are WITHOUT ROWID in migration 0004 (see its docstring).
+_WITHOUT_ROWID = {"sqlite_with_rowid": False}
+
+
 def _text(*, primary_key: bool = False, nullable: bool = False) -> str:
     return Field(sa_type=Text, primary_key=primary_key, nullable=nullable)  # type: ignore[no-any-return]
 
 
 class RegistrationRow(_NodeModel, table=True):
     __tablename__ = "registration"
+    __table_args__ = _WITHOUT_ROWID
     directory: str = _text(primary_key=True)
     node_id: str = _text()
     api_url: str = _text()
@@ -55,6 +60,7 @@ class RegistrationRow(_NodeModel, table=True):
 
 class PeerRow(_NodeModel, table=True):
     __tablename__ = "peers"
+    __table_args__ = _WITHOUT_ROWID
     node_id: str = _text(primary_key=True)
     api_url: str = _text()
     sign_key: str = _text()
@@ -67,6 +73,7 @@ class TokenRow(_NodeModel, table=True):
     """A received token not yet used or expired (the row is deleted once it is)."""
 
     __tablename__ = "tokens"
+    __table_args__ = _WITHOUT_ROWID
     grant_id: str = _text(primary_key=True)
     peer: str = _text()
     role: str = _text()
@@ -83,6 +90,7 @@ class GrantOutcomeRow(_NodeModel, table=True):
     """How a grant ended: ``consumed`` (by which session) or ``expired``; kept forever."""
 
     __tablename__ = "grant_outcomes"
+    __table_args__ = _WITHOUT_ROWID
     grant_id: str = _text(primary_key=True)
     outcome: str = _text()
     session_id: str | None = Field(default=None, sa_type=Text, nullable=True)
@@ -133,6 +141,7 @@ class DirectoryCheckpointRow(_NodeModel, table=True):
     """The newest directory checkpoint this node verified a grant against."""
 
     __tablename__ = "directory_checkpoint"
+    __table_args__ = _WITHOUT_ROWID
     origin: str = _text(primary_key=True)
     size: int = Field(sa_type=Integer, nullable=False)
     checkpoint: str = _text()
