@@ -176,10 +176,11 @@ class TokenReceiver:
 
     async def expire(self, now: int) -> int:
         """Log ``TokenExpired`` for every unused token past its grant's expiry; how many."""
-        events = decide_expiry(await self.book.received_tokens(), now)
-        for event in events:  # one by one: a token consumed meanwhile just conflicts
-            try:
+        expired = 0
+        for event in decide_expiry(await self.book.received_tokens(), now):
+            try:  # one by one: a token consumed meanwhile conflicts and stays consumed
                 await self.store.append_one(event)
             except ConcurrencyConflict:
                 continue
-        return len(events)
+            expired += 1
+        return expired

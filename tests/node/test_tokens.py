@@ -10,7 +10,7 @@ import pytest
 
 from openred.crypto.grants import mint_tokens, seal_token
 from openred.crypto.identity import BoxKey, b64url, from_b64url
-from openred.errors import NodeRefused
+from openred.errors import ConcurrencyConflict, NodeRefused
 from openred.node import events as ev
 from openred.node.tokens import (
     UNKNOWN,
@@ -22,7 +22,7 @@ from openred.node.tokens import (
     decide_expiry,
     decide_receive,
 )
-from tests.node.world import NOW, Directory, Node
+from tests.node.world import NOW, Directory, Node, transport_to
 
 
 async def refused(coro: Any, status: int, reason: str) -> None:
@@ -291,3 +291,21 @@ async def test_decide_expiry_only_for_received_tokens_past_expiry(
                             cmd.grant.expires_at)
     assert event.type == ev.TOKEN_EXPIRED and event.expected_version == 1
     assert held.at(cmd.grant.expires_at) is TokenStatus.EXPIRED
+
+
+async def test_a_token_consumed_while_expiry_runs_stays_consumed(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    from openred.node.tokens import decide_expiry
+
+    a, b, _ = nodes
+    grant, for_a, for_b = await directory.pair(a, b)
+    await a.tokens.receive(for_a, NOW)
+    await b.tokens.receive(for_b, NOW)
+    stale = await b.book.received_tokens()  # what an expiry run read before the handshake
+    await a.handshakes.connect(grant.grant_id, transport_to(b, NOW), NOW)
+    [late] = decide_expiry(stale, grant.expires_at)
+    with pytest.raises(ConcurrencyConflict):
+        await b.store.append_one(late)
+    assert await b.tokens.expire(grant.expires_at) == 0
+    assert (await b.book.token_state(grant.grant_id)).status is TokenStatus.CONSUMED
