@@ -5,9 +5,12 @@ epoll costs ~40 µs more than a blocking ``recv`` wakeup, and every jail call pa
 
 A misbehaving client only ever hurts itself: a frame that is not JSON gets an error answer and
 the connection stays; a bad length prefix, EOF inside a frame, or a frame that dribbles in
-slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; an
-exception inside an operation becomes an ``internal`` error answer, never a crash. Peers whose
-uid (SO_PEERCRED) is not allowed are closed before a byte is read.
+slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
+client silent for ``idle_timeout`` between frames, or that does not read its answer within
+``frame_timeout``, is cut off, so idle or stalled clients cannot hold the ``max_connections``
+slots and lock others out; an exception inside an operation becomes an ``internal`` error
+answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are closed before a byte
+is read.
 """
 
 from __future__ import annotations
@@ -63,12 +66,28 @@ def log(message: str) -> None:
         print(f"crypto_jail: {message}", file=sys.stderr, flush=True)
 
 
-def _check_private_dir(directory: Path) -> None:
+def _group_id(group: str) -> int:
+    import grp  # only here: most jails never resolve a group name
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SocketError(f"no such group {group!r}") from None
+
+
+def _check_private_dir(directory: Path, gid: int | None = None) -> None:
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode):
         raise SocketError(f"{directory} is not a directory")
     if info.st_uid != os.getuid():
         raise SocketError(f"{directory} belongs to uid {info.st_uid}, not to this user")
+    if gid is not None:  # shared with one group (systemd RuntimeDirectory + Group=): no others
+        if info.st_gid != gid or info.st_mode & 0o027:
+            raise SocketError(
+                f"{directory} must belong to the socket group and have mode 0710 or 0750 "
+                f"(it has group {info.st_gid}, mode {stat.S_IMODE(info.st_mode):04o})"
+            )
+        return
     if info.st_mode & 0o077:
         raise SocketError(
             f"{directory} has mode {stat.S_IMODE(info.st_mode):04o}; "
@@ -94,13 +113,18 @@ def _remove_stale(path: Path) -> None:
     raise SocketError(f"{path} is in use by a running jail")
 
 
-def prepare_socket(path: Path) -> socket.socket:
-    """Bind and listen on ``path`` (0600) inside a private directory (0700, created if missing)."""
+def prepare_socket(path: Path, *, group: str | None = None) -> socket.socket:
+    """Bind and listen on ``path`` (0600) inside a private directory (0700, created if missing).
+
+    With ``group`` the directory may be shared with that group only (0710 or 0750) and the
+    socket is 0660 with that group, for a node running as another user of the group.
+    """
     path = Path(path)
     directory = path.parent
+    gid = None if group is None else _group_id(group)
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)
-    _check_private_dir(directory)
+    _check_private_dir(directory, gid)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window with a wider mode
@@ -111,7 +135,11 @@ def prepare_socket(path: Path) -> socket.socket:
         raise SocketError(f"cannot bind {path}: {exc.strerror}") from exc
     finally:
         os.umask(old_umask)
-    path.chmod(0o600)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        path.chmod(0o660)
+    else:
+        path.chmod(0o600)
     sock.listen(128)
     return sock
 
@@ -133,11 +161,13 @@ class JailServer:
         allowed_uids: frozenset[int] | None = None,
         max_connections: int = 128,
         frame_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.state = state
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid()})
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
+        self.idle_timeout = idle_timeout
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -241,9 +271,10 @@ class _Connection:
 
     The socket stays in blocking mode and deadlines are kernel timeouts (SO_RCVTIMEO and
     SO_SNDTIMEO), so the common case — a whole request in one segment — costs one ``recv``
-    and one ``send``. Waiting for a new frame has no deadline (idle clients are fine); once a
-    frame has started it must complete within ``frame_timeout``; an answer the client does not
-    read within ``frame_timeout`` drops it.
+    and one ``send``. Waiting for a new frame may take ``idle_timeout`` (then the client is
+    cut off, between frames, without an answer); once a frame has started it must complete
+    within ``frame_timeout``; an answer the client does not read within ``frame_timeout``
+    drops it.
     """
 
     _CHUNK = 64 * 1024
@@ -255,7 +286,7 @@ class _Connection:
         # recv_into one reused buffer: recv(n) would allocate (mmap) and trim n bytes per call.
         self.scratch = bytearray(self._CHUNK)
         self.scratch_view = memoryview(self.scratch)
-        self.deadline_set = False
+        self.deadline = 0.0
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(server.frame_timeout))
 
     def serve(self) -> None:
@@ -288,9 +319,12 @@ class _Connection:
         body = self._frame_in_buffer()
         if body is not None:
             return body
-        if not self.buffer:  # between frames: wait as long as the client likes
-            self._set_read_deadline(None)
-            if not self._recv():
+        if not self.buffer:  # between frames: wait at most idle_timeout
+            self._set_read_deadline(self.server.idle_timeout)
+            try:
+                if not self._recv():
+                    return None
+            except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: idle, cut off
                 return None
         deadline = time.monotonic() + self.server.frame_timeout
         while (body := self._frame_in_buffer()) is None:
@@ -312,11 +346,11 @@ class _Connection:
         self.buffer += self.scratch_view[:count]
         return count > 0
 
-    def _set_read_deadline(self, seconds: float | None) -> None:
-        if seconds is None and not self.deadline_set:
+    def _set_read_deadline(self, seconds: float) -> None:
+        if seconds == self.deadline:  # the common case: the idle deadline is already set
             return
-        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds or 0.0))
-        self.deadline_set = seconds is not None
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        self.deadline = seconds
 
 
 def _timeval(seconds: float) -> bytes:
