@@ -19,7 +19,6 @@ from openred.store.sqlite import SQLiteEventStore
 from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
 from tests.store.history import peer_event, session_events
 
-NOW = int(time.time())  # the jail signs only requests created close to its own clock
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,7 @@ async def test_a_log_signed_through_the_jail_verifies(client: JailClient, tmp_pa
 
 async def test_a_request_signed_through_the_jail_verifies(client: JailClient) -> None:
     keys = await client.public_keys()
+    now = int(time.time())  # the jail signs only requests created close to its own clock
 
     async def sign_base(base: bytes) -> bytes:
         return await client.sign("http_signature_base", base)
@@ -64,11 +64,11 @@ async def test_a_request_signed_through_the_jail_verifies(client: JailClient) ->
     request = HttpRequest("POST", "https://dir.example/api/v3/nodes/heartbeat",
                           {"content-type": "application/json"}, b'{"node_id":"x"}')
     signed = await sign_request(request, keyid=str(keys.node_id), sign_base=sign_base,
-                                now=NOW, nonce="n0nce-" + "a" * 16)
+                                now=now, nonce="n0nce-" + "a" * 16)
     verifier = RequestVerifier(lambda k: keys.sign_key if k == keys.node_id else None)
-    assert verifier.verify(signed, NOW + 5) == keys.node_id
+    assert verifier.verify(signed, now + 5) == keys.node_id
     with pytest.raises(RequestSignatureError, match="replay"):
-        verifier.verify(signed, NOW + 6)
+        verifier.verify(signed, now + 6)
     tampered = HttpRequest(signed.method, signed.url, signed.headers, b'{"node_id":"y"}')
     with pytest.raises(RequestSignatureError):
-        RequestVerifier(lambda k: keys.sign_key).verify(tampered, NOW)
+        RequestVerifier(lambda k: keys.sign_key).verify(tampered, now)
