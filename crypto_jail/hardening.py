@@ -13,15 +13,18 @@ first request is read, while the process is still single-threaded:
    set-uid escalation;
 4. Landlock (where the kernel offers it): file creation, writing, truncation, removal and
    renaming are allowed only beneath the given directories (the keystore's and the socket's);
-   executing files is allowed nowhere and, from ABI 4, TCP bind/connect neither. Without
+   executing files is allowed nowhere; from ABI 4, TCP bind/connect neither, and from ABI 6
+   the jail can neither signal processes outside it nor reach abstract Unix sockets. Without
    Landlock the jail logs that file writes are not confined, and goes on;
 5. a seccomp-bpf filter (libseccomp via pyseccomp), default ALLOW, with a denylist that fails
    with EPERM: ``socket``/``socketpair`` for any family but AF_UNIX, ``connect``;
    ``execve``/``execveat``; ``fork``/``vfork`` and ``clone`` without ``CLONE_THREAD`` (threads
    stay possible, processes do not; ``clone3``, whose flags seccomp cannot read, fails with
-   ENOSYS so the C library falls back to ``clone``); ``unshare``/``setns``; ``memfd_create``
-   and ``memfd_secret``; ``prctl(PR_SET_DUMPABLE)`` and ``prctl(PR_SET_MM)`` (no undoing step
-   1); ``ptrace``, ``process_vm_readv``/``writev``, ``pidfd_getfd``; io_uring (whose socket
+   ENOSYS so the C library falls back to ``clone``); ``unshare``/``setns`` and ``clone`` with
+   any ``CLONE_NEW*`` flag; ``memfd_create`` and ``memfd_secret``; ``prctl(PR_SET_DUMPABLE)``,
+   ``prctl(PR_SET_MM)`` and raising ``RLIMIT_CORE`` again (``setrlimit``/``prlimit64``: with
+   ``fs.suid_dumpable=2`` a non-dumpable process may still dump core) — no undoing steps 1-2;
+   ``ptrace``, ``process_vm_readv``/``writev``, ``pidfd_getfd``; io_uring (whose socket
    operations would bypass the syscall rules); ``bpf``, ``perf_event_open``, ``userfaultfd``,
    ``keyctl``/``add_key``/``request_key``, mounting, module loading and kexec. Syscalls of
    other ABIs (e.g. i386 on x86-64) kill the process, libseccomp's default for foreign
@@ -71,6 +74,9 @@ PR_GET_NO_NEW_PRIVS = 39
 PR_SET_MM = 35
 CLONE_NEWNET = 0x40000000
 CLONE_THREAD = 0x00010000
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (linux/sched.h)
+_CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+              CLONE_NEWNET)
 
 _DENIED_ALWAYS = ("connect", "execve", "execveat", "ptrace", "process_vm_readv",
                   "process_vm_writev", "fork", "vfork", "unshare", "setns", "memfd_create")
@@ -96,6 +102,7 @@ _FS_WRITE = (
 _FS_REFER = 1 << 13  # ABI 2: rename/link across directories
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _NET_TCP = (1 << 0) | (1 << 1)  # ABI 4: BIND_TCP, CONNECT_TCP
+_SCOPES = (1 << 0) | (1 << 1)  # ABI 6: SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL
 _PATH_BENEATH = struct.Struct("=Qi")  # struct landlock_path_beneath_attr is packed
 
 
@@ -164,11 +171,20 @@ def _install_seccomp() -> None:
         filt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
         # clone(2): arg 0 is the flags on x86-64 and arm64; a new process lacks CLONE_THREAD.
         filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        for flag in _CLONE_NEW:
+            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
         # clone3(2) passes its flags in memory seccomp cannot read: ENOSYS makes glibc's
         # pthread_create fall back to clone(2), where the rule above applies.
         filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
         filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_DUMPABLE))
         filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_MM))
+        # Reading limits stays possible (prlimit64 with new_limit NULL); setting RLIMIT_CORE not.
+        filt.add_rule(deny, "prlimit64", sc.Arg(1, sc.EQ, resource.RLIMIT_CORE),
+                      sc.Arg(2, sc.NE, 0))
+        try:
+            filt.add_rule(deny, "setrlimit", sc.Arg(0, sc.EQ, resource.RLIMIT_CORE))
+        except (OSError, ValueError, RuntimeError):  # an architecture with prlimit64 only
+            pass
         for name in _DENIED_ALWAYS:
             filt.add_rule(deny, name)
         for name in _DENIED_IF_KNOWN:
@@ -219,7 +235,8 @@ def confine_writes(writable: Sequence[Path]) -> int | None:
         return None
     create, add_rule, restrict = _LANDLOCK_SYSCALLS[platform.machine()]
     write = _FS_WRITE | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
-    fields = [write | _FS_EXECUTE] + ([_NET_TCP] if abi >= 4 else [])
+    fields = [write | _FS_EXECUTE] + ([_NET_TCP] if abi >= 4 else []) + (
+        [_SCOPES] if abi >= 6 else [])
     attr = struct.pack(f"={len(fields)}Q", *fields)  # struct landlock_ruleset_attr, prefix
     ruleset = _landlock_syscall(create, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)),
                                 ctypes.c_uint32(0))

@@ -325,7 +325,7 @@ def load_keystore(
 ) -> Keystore:
     """Read and open the keystore at ``path``; KeystoreError with a printable reason otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise KeystoreError(f"no keystore at {path}") from exc
     except OSError as exc:

@@ -224,6 +224,13 @@ def probe(self, sock, *, on_ready):
     attempt("setns", lambda: libc.setns(fd, 0))
     attempt("memfd", lambda: os.close(os.memfd_create("x")))
     attempt("dumpable_again", lambda: libc.prctl(4, 1, 0, 0, 0))
+    import resource
+    limit = (ctypes.c_ulong * 2)(4096, 4096)  # struct rlimit; root could raise it otherwise
+    attempt("core_again", lambda: libc.setrlimit(resource.RLIMIT_CORE, ctypes.byref(limit)))
+    attempt("read_limits", lambda: resource.getrlimit(resource.RLIMIT_CORE) and None)
+    attempt("clone_newnet_thread", lambda: libc.syscall(56, 0x40000000 | 0x00010000 | 0x00000800
+                                                        | 0x00000100, 0, 0, 0, 0))
+    attempt("signal_outside", lambda: os.kill(int(sys.argv[3]), 0))
     attempt("inet", lambda: socket.socket(socket.AF_INET).close())
     attempt("unix", lambda: socket.socket(socket.AF_UNIX).close())
     keystore_dir, outside = sys.argv[1], sys.argv[2]
@@ -249,18 +256,19 @@ def test_the_hardened_jail_refuses_processes_namespaces_memfd_dumping_and_writes
     directory, outside = short_dir(), short_dir()
     try:
         dev_keystore(directory)
-        result = subprocess.run([PYTHON, "-I", "-c", SERVE_PROBE, str(directory), str(outside)],
+        result = subprocess.run([PYTHON, "-I", "-c", SERVE_PROBE, str(directory), str(outside),
+                                 str(os.getpid())],
                                 capture_output=True, text=True, timeout=60, check=False,
                                 stdin=subprocess.DEVNULL)
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout.splitlines()[-1])
         assert out["thread"] == "allowed"  # the jail serves each client on a thread
         for refused in ("fork", "subprocess", "exec", "unshare", "setns", "memfd",
-                        "dumpable_again", "inet"):
+                        "dumpable_again", "core_again", "clone_newnet_thread", "inet"):
             assert out[refused] == "denied", (refused, out)
         assert out["dumpable"] is False
         assert out["unix"] == "allowed"
-        assert out["read_outside"] == "allowed"
+        assert out["read_outside"] == "allowed" and out["read_limits"] == "allowed"
         if landlock_abi() is None:  # skip the write checks cleanly, as the jail does
             assert "Landlock is not available" in result.stderr
         else:
@@ -268,6 +276,10 @@ def test_the_hardened_jail_refuses_processes_namespaces_memfd_dumping_and_writes
             assert out["write_keystore_dir"] == "allowed"
             assert out["write_outside"] == "denied" and out["mkdir_outside"] == "denied"
             assert list(outside.iterdir()) == []
+            abi = landlock_abi()
+            assert abi is not None
+            if abi >= 6:  # signalling a process outside the jail's domain
+                assert out["signal_outside"] == "denied"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)
