@@ -38,6 +38,7 @@ it would remap peer uids and defeat the SO_PEERCRED check.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -181,10 +182,8 @@ def _install_seccomp() -> None:
         # Reading limits stays possible (prlimit64 with new_limit NULL); setting RLIMIT_CORE not.
         filt.add_rule(deny, "prlimit64", sc.Arg(1, sc.EQ, resource.RLIMIT_CORE),
                       sc.Arg(2, sc.NE, 0))
-        try:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # prlimit64-only arches
             filt.add_rule(deny, "setrlimit", sc.Arg(0, sc.EQ, resource.RLIMIT_CORE))
-        except (OSError, ValueError, RuntimeError):  # an architecture with prlimit64 only
-            pass
         for name in _DENIED_ALWAYS:
             filt.add_rule(deny, name)
         for name in _DENIED_IF_KNOWN:

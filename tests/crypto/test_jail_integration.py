@@ -20,7 +20,6 @@ from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spa
 from tests.store.history import peer_event, session_events
 
 
-
 @pytest.fixture(scope="module")
 def jail() -> Iterator[JailProc]:
     directory = short_dir()
