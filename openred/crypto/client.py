@@ -152,6 +152,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[bytes] | None = None
         self._lost: BaseException | None = None
         self._next_id = 1
+        self.idle_since = 0.0
 
     @classmethod
     async def open(cls, path: Path) -> _Connection:
@@ -452,11 +453,15 @@ class JailClient:
         timeout: float = 10.0,
         max_connections: int = 4,
         reconnect_timeout: float = 30.0,
+        max_idle: float = 30.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.supervisor = supervisor
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
+        # Below the jail's --idle-timeout (60 s): a pooled connection is never used just as
+        # the jail cuts it off for idling.
+        self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
@@ -481,11 +486,12 @@ class JailClient:
         return await asyncio.wait_for(_Connection.open(self.socket_path), self.timeout)
 
     async def _connect(self) -> _Connection:
+        now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.alive:
+            if conn.alive and now - conn.idle_since < self.max_idle:
                 return conn
-            conn.close()  # cut off by the jail while idle
+            conn.close()  # cut off by the jail, or about to be, for idling
         try:
             return await self._open()
         except (TimeoutError, *_UNREACHABLE):
@@ -523,7 +529,7 @@ class JailClient:
                     async with asyncio.timeout(self.timeout):
                         result = await conn.request(op, args)
                 except JailRefused:
-                    self._idle.append(conn)
+                    self._release(conn)
                     raise
                 except JailProtocolError:
                     conn.close()
@@ -539,9 +545,13 @@ class JailClient:
                     if attempt == 1 and retry:
                         continue
                     raise JailUnavailable(f"the connection to the jail broke during {op}") from exc
-                self._idle.append(conn)
+                self._release(conn)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _release(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
 
     # -- typed operations --
 

@@ -347,6 +347,26 @@ async def test_a_client_without_supervisor_waits_for_the_restarted_jail(workdir:
         proc.stop()
 
 
+@pytest.mark.parametrize("max_idle", [0.2, 30.0])
+async def test_connections_the_jail_cut_off_for_idling_are_replaced(
+    workdir: Path, max_idle: float
+) -> None:
+    directory = workdir / f"idle{max_idle}"
+    directory.mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    proc = spawn_jail(keystore, directory / "s" / "j.sock", "--idle-timeout", "0.4")
+    client = JailClient(proc.socket_path, timeout=5, reconnect_timeout=0.2, max_idle=max_idle)
+    try:
+        assert (await client.public_keys()).node_id == public["node_id"]
+        await asyncio.sleep(0.8)  # the jail hangs up on the pooled connection
+        # Not retried on a broken connection, so it must not be sent on a dead one.
+        result = await client.call("public_keys", {}, retry=False)
+        assert result["node_id"] == public["node_id"]
+    finally:
+        await client.close()
+        proc.stop()
+
+
 async def test_supervisor_reports_a_wrong_passphrase(workdir: Path) -> None:
     directory = workdir / "wrong"
     directory.mkdir(mode=0o700)
