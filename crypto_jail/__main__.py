@@ -14,8 +14,9 @@ passphrase or keystore byte (``crypto_jail.hardening.harden_early``).
 
 ``OPENRED_JAIL_KDF`` (or ``init --kdf``) picks the Argon2id cost: ``moderate`` (default),
 ``sensitive``, ``interactive``, or ``min`` for tests only: ``min`` needs
-``--insecure-test-kdf``, which marks the keystore test-only; serving a test-only keystore needs
-``--insecure-test-kdf`` again.
+``--insecure-test-kdf`` (or ``OPENRED_JAIL_INSECURE_TEST_KDF=1``, for test suites that start
+jails through other programs), which marks the keystore test-only; serving a test-only keystore
+needs the flag (or the variable) again.
 
 Exit codes: 0 success, 1 failure (message on stderr, no traceback), 2 usage error.
 """
@@ -50,6 +51,7 @@ from crypto_jail.server import JailServer, log, prepare_socket, unlink_socket
 PASSPHRASE_ENV = "OPENRED_JAIL_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 KDF_ENV = "OPENRED_JAIL_KDF"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+TEST_KDF_ENV = "OPENRED_JAIL_INSECURE_TEST_KDF"
 _MAX_PASSPHRASE = 4096
 
 _BANNER = "*" * 78
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get(TEST_KDF_ENV) == "1":
+        args.insecure_test_kdf = True
     try:
         if args.command == "init":
             return cmd_init(args)

@@ -314,6 +314,15 @@ def test_the_command_line_refuses_the_test_kdf_without_the_flag(workdir: Path) -
                          str(passphrase), "--socket", str(workdir / "s" / "j.sock"),
                          test_kdf=False)
     assert serve.returncode == 1 and "test-only" in serve.stderr
+    # Test suites that start jails through other programs say so in the environment instead.
+    proc = spawn_jail(keystore, workdir / "s" / "e.sock", "--passphrase-file", str(passphrase),
+                      test_kdf=False, env=jail_env(OPENRED_JAIL_INSECURE_TEST_KDF="1"))
+    proc.stop()
+    for value in ("0", "yes", ""):
+        refused = run_jail_cli("serve", "--keystore", str(keystore), "--passphrase-file",
+                               str(passphrase), "--socket", str(workdir / "s" / "j.sock"),
+                               test_kdf=False, env=jail_env(OPENRED_JAIL_INSECURE_TEST_KDF=value))
+        assert refused.returncode == 1, value
 
 
 @pytest.mark.parametrize("length", [0, 1, MIN_PASSPHRASE - 1])
