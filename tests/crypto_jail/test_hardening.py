@@ -400,3 +400,27 @@ def test_a_jail_waiting_for_its_passphrase_is_already_hardened(workdir: Path) ->
         popen.kill()
         popen.wait(5)
         fifo.unlink()
+
+
+NO_LANDLOCK_PROBE = r"""
+import sys
+from crypto_jail import __main__ as jail_main, hardening, server
+
+hardening.landlock_abi = lambda: None  # a kernel without Landlock
+server.JailServer.run = lambda self, sock, *, on_ready: print("served", flush=True)
+sys.exit(jail_main.main(["serve", "--keystore", sys.argv[1], "--socket", sys.argv[2]]))
+"""
+
+
+@linux_only
+@needs_seccomp
+def test_without_landlock_the_jail_says_so_and_still_serves(workdir: Path) -> None:
+    keystore = workdir / "keystore.json"
+    if not keystore.exists():
+        keystore, _ = dev_keystore(workdir)
+    result = subprocess.run(
+        [PYTHON, "-I", "-c", NO_LANDLOCK_PROBE, str(keystore), str(workdir / "s" / "l.sock")],
+        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "served\n"
+    assert "Landlock is not available here: file writes are NOT confined" in result.stderr

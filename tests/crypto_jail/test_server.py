@@ -580,6 +580,29 @@ def test_the_real_jail_refuses_a_stale_http_signature_base(
     assert good.result("sign", {"kind": "http_signature_base", "data": b64e(fresh)})
 
 
+def test_the_time_bounds_are_set_on_the_command_line(workdir: Path) -> None:
+    from tests.crypto_jail.test_ops import HTTP_BASE, canonical_grant
+
+    directory = workdir / "bounds"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    age = int(time.time()) - 1_700_000_000 + 3600
+    proc = spawn_jail(keystore, directory / "s" / "j.sock", "--http-window", str(age),
+                      "--grant-skew", str(age), "--grant-max-lifetime", "299")
+    try:
+        client = RawClient(proc.socket_path)
+        assert client.result("sign", {"kind": "http_signature_base", "data": b64e(HTTP_BASE)})
+        grant = canonical_grant("a" * 32, "b" * 32)  # issued 1700000000, lives 300 s
+        answer = client.call("sign", {"kind": "grant", "data": b64e(grant)})
+        assert answer["ok"] is False and "lifetime" in answer["error"]["detail"]
+        client.close()
+    finally:
+        proc.stop()
+    bad = run_jail_cli("serve", "--keystore", str(keystore), "--socket",
+                       str(directory / "s" / "j.sock"), "--grant-skew", "0")
+    assert bad.returncode == 1 and "positive" in bad.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
 def test_a_socket_group_lets_another_user_of_that_group_in(workdir: Path) -> None:
     """The systemd layout: RuntimeDirectory 0750 owned by the jail user and the node's group."""
