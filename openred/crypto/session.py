@@ -60,11 +60,13 @@ exhausted session or malformed saved state; :class:`~openred.errors.InvalidKey` 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -152,13 +154,19 @@ class MemorySessionLedger:
 class FileSessionLedger(MemorySessionLedger):
     """A :class:`SessionLedger` in one JSON file, replaced atomically and fsynced per change.
 
-    Changes are rare (an epoch change, or every :data:`RECV_RESERVE` messages received); a
-    busy node with many sessions keeps the same marks in its own database instead.
+    Every change re-reads the file under an exclusive ``flock`` on a lock file beside it, so
+    several processes (or two restores racing) sharing one ledger file never hand out the
+    same epoch. Changes are rare (an epoch change, or every :data:`RECV_RESERVE` messages
+    received); a busy node with many sessions keeps the same marks in its own database.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = Path(path)
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._load()
+
+    def _load(self) -> None:
         try:
             doc = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
@@ -172,6 +180,18 @@ class FileSessionLedger(MemorySessionLedger):
         ):
             raise CryptoError(f"session ledger {self.path} is malformed")
         self.send, self.recv = dict(doc["send"]), dict(doc["recv"])
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread and no other process: the file as it is now, for one change."""
+        with self._lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._load()
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def _persist(self) -> None:
         data = json.dumps({"send": self.send, "recv": self.recv}, sort_keys=True).encode()
@@ -193,17 +213,21 @@ class FileSessionLedger(MemorySessionLedger):
             os.close(dir_fd)
 
     def reserve_send_epoch(self, session_id: str, at_least: int) -> int:
-        with self._lock:
+        with self._exclusive():
             epoch = max(at_least, self.send.get(session_id, -1) + 1)
             self.send[session_id] = epoch
             self._persist()
             return epoch
 
     def raise_recv_mark(self, session_id: str, mark: int) -> None:
-        with self._lock:
+        with self._exclusive():
             if mark > self.recv.get(session_id, -1):
                 self.recv[session_id] = mark
                 self._persist()
+
+    def recv_mark(self, session_id: str) -> int:
+        with self._exclusive():
+            return self.recv.get(session_id, -1)
 
 
 def derive_epoch_key(previous: bytes, epoch: int) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -366,10 +368,28 @@ def test_the_file_ledger_survives_a_restart(tmp_path: Path) -> None:
     assert again.reserve_send_epoch("s", 3) == 4
     assert again.recv_mark("s") == 70 and again.recv_mark("other") == -1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ledger.json.lock", "ledger.json"]
     path.write_text('{"send": {"s": "x"}, "recv": {}}')
     with pytest.raises(CryptoError, match="malformed"):
         FileSessionLedger(path)
+
+
+RACE = """
+import sys
+from pathlib import Path
+from openred.crypto.session import FileSessionLedger
+ledger = FileSessionLedger(Path(sys.argv[1]))
+print(" ".join(str(ledger.reserve_send_epoch("s", 1)) for _ in range(25)))
+"""
+
+
+def test_processes_sharing_a_file_ledger_never_get_the_same_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(path)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    epochs = [int(e) for proc in procs for e in proc.communicate(timeout=60)[0].split()]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sorted(epochs) == list(range(1, 101))  # 100 reservations, 100 distinct epochs
 
 
 def test_a_ledger_needs_a_session_id() -> None:
