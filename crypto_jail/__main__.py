@@ -198,7 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise JailFailure("libseccomp is not available here; install libseccomp2 "
                           "(or run with --no-seccomp on platforms without it)")
     split = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jail-split")
-    state = JailState(keystore, split_executor=split, time_policy=policy)
+    state = JailState(keystore, split_executor=split, time_policy=policy,
+                      extra_origins=frozenset(args.checkpoint_origin))
     allowed = frozenset({os.getuid(), *args.allow_uid, *map(_uid_of, args.allow_user)})
     server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout,
                         idle_timeout=args.idle_timeout)
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a started frame may take to arrive (default 10)")
     serve.add_argument("--idle-timeout", type=float, default=60.0,
                        help="seconds a client may stay silent between frames (default 60)")
+    serve.add_argument("--checkpoint-origin", action="append", default=[], metavar="ORIGIN",
+                       help="another log origin whose checkpoints this jail signs (repeatable; "
+                            "e.g. the first key's origin of a log after a key rotation)")
     serve.add_argument("--http-window", type=int, default=60,
                        help="seconds an HTTP signature's created may be off this clock (60)")
     serve.add_argument("--grant-skew", type=int, default=300,

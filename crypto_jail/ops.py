@@ -14,8 +14,10 @@ The jail keeps time itself (its own wall clock, never one a caller sends): it si
 signature base only if its ``created`` is within :attr:`TimePolicy.http_window` of that clock,
 a grant only if its ``issued_at`` is within :attr:`TimePolicy.grant_skew` of it and its lifetime
 ``expires_at - issued_at`` is at most :attr:`TimePolicy.grant_max_lifetime`, and a checkpoint
-only for its own log's origin ``openred/<node id>``. A compromised node therefore cannot have
-the jail pre-sign requests or grants for later use, nor sign another log's checkpoints.
+only for its own log's origin ``openred/<node id>`` (plus origins the operator names with
+``--checkpoint-origin``: a log keeps its first key's origin after a key rotation). A
+compromised node therefore cannot have the jail pre-sign requests or grants for later use,
+nor sign another log's checkpoints.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class JailState:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         time_policy: TimePolicy | None = None,
+        extra_origins: frozenset[str] = frozenset(),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         handshake_ttl: float = 60.0,
         max_handshakes: int = 10_000,
@@ -148,6 +151,7 @@ class JailState:
         self.wall_clock = wall_clock
         self.time_policy = time_policy if time_policy is not None else TimePolicy()
         self.origin = f"openred/{self.public['node_id']}"
+        self.origins = frozenset({self.origin, *extra_origins})
         self.random_bytes = random_bytes
         self._ttl = handshake_ttl
         self._max = max_handshakes
@@ -295,7 +299,8 @@ def _check_in_time(state: JailState, kind: str, data: bytes) -> None:
 
 
 def _check_origin(state: JailState, body: bytes) -> None:
-    if not structures.is_checkpoint_body(body, origin=state.origin):
+    origin = body.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if origin not in state.origins or not structures.is_checkpoint_body(body, origin=origin):
         raise OpRefused(REFUSED, "checkpoint origin is not this jail's log")
 
 

@@ -350,6 +350,14 @@ def test_only_the_jails_own_checkpoints_are_signed(alice: JailState, bob: JailSt
     verify(alice, dispatch(alice, op, args)["signature"], own)
 
 
+def test_the_operator_may_name_more_checkpoint_origins(bob: JailState) -> None:
+    rotated = f"openred/{bob.public['node_id']}"  # a log whose first key was bob's
+    state = JailState(Keystore.generate(), extra_origins=frozenset({rotated}))
+    body = checkpoint_for(bob.public["node_id"])
+    verify(state, dispatch(state, "sign_checkpoint", {"body": b64e(body)})["signature"], body)
+    assert refused(state, "sign_checkpoint", {"body": b64e(CHECKPOINT)}).code == "refused"
+
+
 def test_the_default_clock_is_the_real_one() -> None:
     state = JailState(Keystore.generate())
     now = int(time.time())
