@@ -38,12 +38,13 @@ Persistence
       different fresh epochs, hence two different keys: no (key, nonce) pair is used twice.
     * a bound on the receive counters accepted: before :meth:`~SessionCipher.decrypt` returns
       a message whose counter is above the recorded mark, it raises the mark to that counter
-      plus :data:`RECV_RESERVE` (:meth:`SessionLedger.raise_recv_mark`; one durable write per
-      ``RECV_RESERVE`` messages in order). A restored receiver refuses every counter up to the
-      recorded mark, so no message accepted after the save is accepted again.
+      plus ``recv_reserve`` (default :data:`RECV_RESERVE`, 64; one durable
+      :meth:`SessionLedger.raise_recv_mark` per ``recv_reserve`` messages in order). A
+      restored receiver refuses every counter up to the recorded mark, so no message accepted
+      after the save is accepted again.
 
     A crash between a reservation and its use only wastes it: an epoch (of 2^32) or up to
-    ``RECV_RESERVE`` of the peer's next counters, which the restored side refuses as replays
+    ``recv_reserve`` of the peer's next counters, which the restored side refuses as replays
     (the peer's messages in that gap are lost, never accepted twice). A crash between
     ``from_state`` and saving the new state is the same case: the next restore reserves yet
     another epoch. Bind the ledger when the session is created (``ledger=``, ``session_id=``)
@@ -333,6 +334,7 @@ class SessionCipher:
         "_recv_epoch",
         "_recv_key",
         "_recv_mark",
+        "_recv_reserve",
         "_send_aead",
         "_send_counter",
         "_send_epoch",
@@ -355,9 +357,13 @@ class SessionCipher:
         window: ReplayWindow | None = None,
         ledger: SessionLedger | None = None,
         session_id: str = "",
+        recv_reserve: int = RECV_RESERVE,
     ) -> None:
         if ledger is not None and not session_id:
             raise CryptoError("a session bound to a ledger needs its session_id")
+        if recv_reserve < 1:
+            raise CryptoError("recv_reserve must be positive")
+        self._recv_reserve = recv_reserve
         self._ledger = ledger
         self._session_id = session_id
         # Counters above this mark need a ledger write before they are accepted.
@@ -390,13 +396,15 @@ class SessionCipher:
         responder_to_initiator: bytes,
         ledger: SessionLedger | None = None,
         session_id: str = "",
+        recv_reserve: int = RECV_RESERVE,
     ) -> SessionCipher:
         """The session for one side from the two Noise Split keys (Noise §5.2)."""
         if initiator:
             send, recv = initiator_to_responder, responder_to_initiator
         else:
             send, recv = responder_to_initiator, initiator_to_responder
-        return cls(suite, send, recv, ledger=ledger, session_id=session_id)
+        return cls(suite, send, recv, ledger=ledger, session_id=session_id,
+                   recv_reserve=recv_reserve)
 
     # -- properties --
 
@@ -473,7 +481,7 @@ class SessionCipher:
 
     def _raise_recv_mark(self, counter: int) -> None:
         assert self._ledger is not None
-        mark = min(counter + RECV_RESERVE, MAX_COUNTER - 1)
+        mark = min(counter + self._recv_reserve, MAX_COUNTER - 1)
         self._ledger.raise_recv_mark(self._session_id, mark)
         self._recv_mark = mark
 
@@ -557,7 +565,10 @@ class SessionCipher:
         )
 
     @classmethod
-    def from_state(cls, data: bytes, *, ledger: SessionLedger, session_id: str) -> SessionCipher:
+    def from_state(
+        cls, data: bytes, *, ledger: SessionLedger, session_id: str,
+        recv_reserve: int = RECV_RESERVE,
+    ) -> SessionCipher:
         """Restore :meth:`to_state` output bound to ``ledger`` (see the module doc).
 
         Sending resumes in a fresh epoch the ledger reserves (never one used before, however
@@ -589,6 +600,7 @@ class SessionCipher:
                 window=window,
                 ledger=ledger,
                 session_id=session_id,
+                recv_reserve=recv_reserve,
             )
         except (struct.error, UnicodeDecodeError, ValueError, UnknownSuite, InvalidKey) as exc:
             raise CryptoError("session state is malformed") from exc

@@ -359,6 +359,22 @@ def test_the_receive_mark_is_written_once_per_reserve() -> None:
     assert Counting.writes == 10
 
 
+def test_the_receive_reserve_trades_writes_for_what_a_crash_loses() -> None:
+    ledger = MemorySessionLedger()
+    a, _ = _pair()
+    b = SessionCipher.from_split(SUITE_NAMES[0], initiator=False, initiator_to_responder=K1,
+                                 responder_to_initiator=K2, ledger=ledger, session_id="s",
+                                 recv_reserve=1000)
+    state = b.to_state()
+    for _ in range(10):
+        b.decrypt(*a.encrypt(b"x"))
+    assert ledger.recv_mark("s") == 1000
+    restored = SessionCipher.from_state(state, ledger=ledger, session_id="s", recv_reserve=1000)
+    assert not restored.window.accepts(1000) and restored.window.accepts(1001)
+    with pytest.raises(CryptoError):
+        SessionCipher(SUITE_NAMES[0], K1, K2, recv_reserve=0)
+
+
 def test_the_file_ledger_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     ledger = FileSessionLedger(path)
