@@ -7,10 +7,11 @@ A misbehaving client only ever hurts itself: a frame that is not JSON gets an er
 the connection stays; a bad length prefix, EOF inside a frame, or a frame that dribbles in
 slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
 client silent for ``idle_timeout`` between frames, or that does not read its answer within
-``frame_timeout``, is cut off, so idle or stalled clients cannot hold the ``max_connections``
-slots and lock others out; an exception inside an operation becomes an ``internal`` error
-answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are closed before a byte
-is read.
+``frame_timeout``, is cut off, and when all ``max_connections`` slots are taken a newcomer
+takes the slot of the client idle longest (at least :data:`EVICT_AFTER_IDLE` seconds), so
+idle or stalled clients cannot lock others out; an exception inside an operation becomes an
+``internal`` error answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are
+closed before a byte is read.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ from crypto_jail.protocol import (
 )
 
 __all__ = ["JailServer", "SocketError", "log", "peer_uid", "prepare_socket", "unlink_socket"]
+
+EVICT_AFTER_IDLE = 1.0
+"""A client idle between frames this long may lose its slot to a newcomer when all are taken."""
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (socket(7))
 
@@ -168,7 +172,9 @@ class JailServer:
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
-        self._clients: set[socket.socket] = set()
+        # Each client → since when it waits between frames (monotonic), or None while a frame
+        # is arriving or being answered.
+        self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -198,9 +204,15 @@ class JailServer:
             pass  # the peer went away or stopped reading: only its own connection ends
         finally:
             with self._lock:
-                self._clients.discard(conn)
+                self._clients.pop(conn, None)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def set_idle(self, conn: socket.socket, since: float | None) -> None:
+        """Record that ``conn`` waits between frames since ``since`` (None: it is busy)."""
+        with self._lock:
+            if conn in self._clients:  # an evicted client stays out
+                self._clients[conn] = since
 
     def _admit(self, conn: socket.socket) -> bool:
         try:
@@ -211,10 +223,26 @@ class JailServer:
             log(f"refused a connection from uid {uid}")
             return False
         with self._lock:
-            if len(self._clients) >= self.max_connections or self._stopping:
+            if self._stopping:
+                return False
+            if len(self._clients) >= self.max_connections and not self._evict_idlest():
                 log("refused a connection: too many clients")
                 return False
-            self._clients.add(conn)
+            self._clients[conn] = None
+        return True
+
+    def _evict_idlest(self) -> bool:
+        """Hang up on the client idle longest, if any has idled EVICT_AFTER_IDLE (lock held)."""
+        idle = [(since, c) for c, since in self._clients.items() if since is not None]
+        if not idle:
+            return False
+        since, victim = min(idle, key=lambda item: item[0])
+        if time.monotonic() - since < EVICT_AFTER_IDLE:
+            return False
+        del self._clients[victim]
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF between frames and ends
+        log("all client slots taken: hung up on the client idle longest")
         return True
 
     # -- the listening loop --
@@ -321,11 +349,13 @@ class _Connection:
             return body
         if not self.buffer:  # between frames: wait at most idle_timeout
             self._set_read_deadline(self.server.idle_timeout)
+            self.server.set_idle(self.conn, time.monotonic())
             try:
                 if not self._recv():
                     return None
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: idle, cut off
                 return None
+            self.server.set_idle(self.conn, None)
         deadline = time.monotonic() + self.server.frame_timeout
         while (body := self._frame_in_buffer()) is None:
             remaining = deadline - time.monotonic()
