@@ -17,7 +17,9 @@ first request is read, while the process is still single-threaded:
    the jail can neither signal processes outside it nor reach abstract Unix sockets. Without
    Landlock the jail logs that file writes are not confined, and goes on;
 5. a seccomp-bpf filter (libseccomp via pyseccomp), default ALLOW, with a denylist that fails
-   with EPERM: ``socket``/``socketpair`` for any family but AF_UNIX, ``connect``;
+   with EPERM: ``socket``/``socketpair`` for any family but AF_UNIX or any type but
+   SOCK_STREAM, ``connect``, and sending to an address (``sendto`` with one, ``sendmsg``,
+   ``sendmmsg``: a Unix datagram needs no ``connect``) — answers go out with ``send``;
    ``execve``/``execveat``; ``fork``/``vfork`` and ``clone`` without ``CLONE_THREAD`` (threads
    stay possible, processes do not; ``clone3``, whose flags seccomp cannot read, fails with
    ENOSYS so the C library falls back to ``clone``); ``unshare``/``setns`` and ``clone`` with
@@ -80,7 +82,10 @@ _CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x2000
               CLONE_NEWNET)
 
 _DENIED_ALWAYS = ("connect", "execve", "execveat", "ptrace", "process_vm_readv",
-                  "process_vm_writev", "fork", "vfork", "unshare", "setns", "memfd_create")
+                  "process_vm_writev", "fork", "vfork", "unshare", "setns", "memfd_create",
+                  "sendmsg", "sendmmsg")
+_SOCK_TYPE_MASK = 0xF
+_SOCK_PACKET = 10
 _DENIED_IF_KNOWN = (
     "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_secret", "pidfd_getfd",
     "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
@@ -174,6 +179,14 @@ def _install_seccomp() -> None:
         # socket(2)/socketpair(2): arg 0 is the address family; only AF_UNIX may be created.
         filt.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
         filt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
+        # arg 1 is the type, ORed with SOCK_NONBLOCK/SOCK_CLOEXEC: only streams (no datagram
+        # sockets, which reach other Unix sockets without connect).
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_RDM, socket.SOCK_SEQPACKET,
+                     _SOCK_PACKET):
+            for name in ("socket", "socketpair"):
+                filt.add_rule(deny, name, sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, kind))
+        # send(2) is sendto(2) with no address; an address means talking to someone else.
+        filt.add_rule(deny, "sendto", sc.Arg(4, sc.NE, 0))
         # clone(2): arg 0 is the flags on x86-64 and arm64; a new process lacks CLONE_THREAD.
         filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
         for flag in _CLONE_NEW:

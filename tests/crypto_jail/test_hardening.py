@@ -233,6 +233,15 @@ def probe(self, sock, *, on_ready):
     attempt("signal_outside", lambda: os.kill(int(sys.argv[3]), 0))
     attempt("inet", lambda: socket.socket(socket.AF_INET).close())
     attempt("unix", lambda: socket.socket(socket.AF_UNIX).close())
+    attempt("unix_dgram", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close())
+    attempt("unix_dgram_pair",
+            lambda: [s.close() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)])
+    attempt("unix_seqpacket",
+            lambda: socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).close())
+    a, b = socket.socketpair()
+    attempt("send", lambda: a.send(b"x") and None)
+    attempt("sendto_address", lambda: a.sendto(b"x", "/nonexistent") and None)
+    attempt("sendmsg", lambda: a.sendmsg([b"x"]) and None)
     keystore_dir, outside = sys.argv[1], sys.argv[2]
     def write(path):
         with open(path, "w") as handle:
@@ -264,10 +273,12 @@ def test_the_hardened_jail_refuses_processes_namespaces_memfd_dumping_and_writes
         out = json.loads(result.stdout.splitlines()[-1])
         assert out["thread"] == "allowed"  # the jail serves each client on a thread
         for refused in ("fork", "subprocess", "exec", "unshare", "setns", "memfd",
-                        "dumpable_again", "core_again", "clone_newnet_thread", "inet"):
+                        "dumpable_again", "core_again", "clone_newnet_thread", "inet",
+                        "unix_dgram", "unix_dgram_pair", "unix_seqpacket", "sendto_address",
+                        "sendmsg"):
             assert out[refused] == "denied", (refused, out)
         assert out["dumpable"] is False
-        assert out["unix"] == "allowed"
+        assert out["unix"] == "allowed" and out["send"] == "allowed"
         assert out["read_outside"] == "allowed" and out["read_limits"] == "allowed"
         if landlock_abi() is None:  # skip the write checks cleanly, as the jail does
             assert "Landlock is not available" in result.stderr
