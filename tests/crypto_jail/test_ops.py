@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import nacl.bindings
 import nacl.public
 import nacl.signing
 import pytest
@@ -603,3 +604,34 @@ def test_unwrap_refuses_wrong_label_key_or_tampering(alice: JailState, bob: Jail
 @pytest.mark.parametrize("label", ["", "x" * 257, 7])
 def test_wrap_labels_are_checked(alice: JailState, label: object) -> None:
     assert refused(alice, "wrap", {"label": label, "plaintext": ""}).code == "bad_request"
+
+
+def test_no_operation_ever_answers_with_a_private_key_or_the_wrap_key(
+    alice: JailState, bob: JailState
+) -> None:
+    m = mint(alice.public, bob.public)
+    first, second, done = _handshake(alice, bob, m)
+    wrapped = dispatch(alice, "wrap", {"label": "l", "plaintext": b64e(b"state")})
+    answers = {
+        "public_keys": dispatch(alice, "public_keys", {}),
+        "sign": dispatch(alice, "sign", {"kind": "entry_hash", "data": b64e(bytes(32))}),
+        "sign_batch": dispatch(alice, "sign_batch", {"kind": "entry_hash",
+                                                     "data": b64e(bytes(32 * 3))}),
+        "sign_checkpoint": dispatch(alice, "sign_checkpoint", {
+            "body": b64e(checkpoint_for(alice.public["node_id"]))}),
+        "open_sealed": dispatch(alice, "open_sealed", {"sealed": b64e(m.sealed_a)}),
+        "noise_initiate": first, "noise_respond": second, "noise_finish": done,
+        "wrap": wrapped,
+        "unwrap": dispatch(alice, "unwrap", {"label": "l", "wrapped": wrapped["wrapped"]}),
+    }
+    assert set(answers) == set(OPS)  # every operation is covered
+    secrets = [m.token_a, m.token_b]
+    for state in (alice, bob):
+        _, sign_sk = nacl.bindings.crypto_sign_seed_keypair(bytes(state.keystore.signing_key))
+        secrets += [bytes(state.keystore.signing_key), sign_sk,
+                    bytes(state.keystore.box_private), state.keystore.wrap_key]
+    for op, answer in answers.items():
+        text = json.dumps(answer)
+        for secret in secrets:
+            for chunk in (secret, secret[:16], secret[16:32]):  # whole or in part
+                assert b64e(chunk)[:20] not in text, op
