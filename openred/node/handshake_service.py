@@ -109,7 +109,8 @@ class Handshakes:
                 raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH) from None
             keys = responded.keys
             session_id = session_id_for(keys.handshake_hash)
-            cipher = SessionCipher(token.grant.suite, keys.send_key, keys.recv_key)
+            cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
+                                         session_id)
             try:
                 await self._establish(token, state.version, cipher, session_id, now, None)
             except ConcurrencyConflict:
@@ -145,7 +146,8 @@ class Handshakes:
         session_id = session_id_for(keys.handshake_hash)
         if answer.session_id != session_id:
             raise NodeRefused(502, "peer-handshake-failed", "the peer named another session id")
-        cipher = SessionCipher(token.grant.suite, keys.send_key, keys.recv_key)
+        cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
+                                         session_id)
         return await self._establish(token, state.version, cipher, session_id, now, renews)
 
 

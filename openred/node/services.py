@@ -29,7 +29,7 @@ from openred.node.handshake_service import HandshakeAnswer, Handshakes
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
 from openred.node.readmodels import ReadModels
-from openred.node.sessions import SessionKeeper
+from openred.node.sessions import NodeSessionLedger, SessionKeeper
 from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
 from openred.node.transparency import TransparencyChecks
@@ -43,6 +43,8 @@ logger = logging.getLogger("openred.node")
 HANDSHAKE_PATH = "/api/v3/p2p/handshake"
 CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
 REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
+SESSION_LEDGER = "session-ledger.json"
+"""The durable session ledger (send epochs) in the data directory."""
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -101,7 +103,8 @@ class NodeServices:
         )
         reads = ReadModels.open(settings.data_dir / DATABASE_NAME)
         book = NodeBook(reads)
-        keeper = SessionKeeper(store, jail, book)
+        keeper = SessionKeeper(store, jail, book,
+                               NodeSessionLedger(settings.data_dir / SESSION_LEDGER))
         async def sign_base(base: bytes) -> bytes:
             return bytes(await jail.sign("http_signature_base", base))
 
@@ -195,7 +198,7 @@ class NodeServices:
             raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")
         return await self.messaging.send(
             channel, text, message_id=secrets.token_bytes(16), now=self.now(),
-            transport=self._p2p_transport(peer.api_url),
+            transport=self._p2p_transport(peer.api_url), rotate=self.keeper.rotate,
         )
 
     async def request_grant(self, peer: str) -> str:

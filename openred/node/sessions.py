@@ -32,11 +32,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
-from openred.crypto.session import SessionCipher
+from openred.crypto.session import FileSessionLedger, SessionCipher, SessionLedger
 from openred.errors import CryptoError, DecryptionFailed, NodeRefused, ReplayDetected
 from openred.node import events as ev
 from openred.node.book import NodeBook
@@ -47,6 +48,7 @@ from openred.store.events import NewEvent, RecordedEvent
 from openred.store.sqlite import SQLiteEventStore
 
 __all__ = [
+    "NodeSessionLedger",
     "SessionCache",
     "SessionKeeper",
     "decide_tick",
@@ -108,6 +110,30 @@ def wrap_label(session_id: str) -> str:
     return f"session:{session_id}"
 
 
+class NodeSessionLedger:
+    """The node's :class:`~openred.crypto.session.SessionLedger`: durable send epochs only.
+
+    Send epochs are reserved in a :class:`~openred.crypto.session.FileSessionLedger` (fsynced,
+    locked across processes) before their first nonce, so no restore ever reuses a (key,
+    nonce). Receive marks are not kept: the node prevents double acceptance itself — every
+    request that changes anything leaves its counter in the log, which a restore re-marks
+    exactly, and answers are accepted only for requests pending in memory. A receive floor would
+    add nothing to that but refuse the peer's next messages and answers after every restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._send = FileSessionLedger(path)
+
+    def reserve_send_epoch(self, session_id: str, at_least: int) -> int:
+        return self._send.reserve_send_epoch(session_id, at_least)
+
+    def raise_recv_mark(self, session_id: str, mark: int) -> None:
+        """Receive marks are not kept (see the class doc)."""
+
+    def recv_mark(self, session_id: str) -> int:
+        return -1
+
+
 class SessionCache:
     """LRU + TTL cache of validated, restored session channels (monotonic clock)."""
 
@@ -166,18 +192,25 @@ class SessionKeeper:
     """Restores, caches and saves session channels (the imperative shell around the cipher)."""
 
     def __init__(
-        self, store: SQLiteEventStore, jail: JailClient, book: NodeBook, *,
-        cache: SessionCache | None = None, save_every: int = DEFAULT_SAVE_EVERY,
+        self, store: SQLiteEventStore, jail: JailClient, book: NodeBook, ledger: SessionLedger,
+        *, cache: SessionCache | None = None, save_every: int = DEFAULT_SAVE_EVERY,
     ) -> None:
         self.store = store
         self.jail = jail
         self.book = book
+        self.ledger = ledger
         self.cache = cache or SessionCache()
         self.save_every = save_every
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
         self._uses: dict[str, int] = {}
         self._saved_epoch: dict[str, int] = {}
+
+    def new_cipher(self, suite: str, send_key: bytes, recv_key: bytes,
+                   session_id: str) -> SessionCipher:
+        """The cipher of a session just established, bound to the ledger from the start."""
+        return SessionCipher(suite, send_key, recv_key, ledger=self.ledger,
+                             session_id=session_id)
 
     def adopt(self, channel: SessionChannel, expires_at: int) -> None:
         """Cache a channel just established (its state was saved in SessionEstablished)."""
@@ -213,7 +246,7 @@ class SessionKeeper:
             state = await self.jail.unwrap(wrap_label(row.session_id), from_b64url(wrapped))
         except DecryptionFailed as exc:
             raise CryptoError(f"saved state of session {row.session_id} does not unwrap") from exc
-        cipher = SessionCipher.from_state(state)
+        cipher = SessionCipher.from_state(state, ledger=self.ledger, session_id=row.session_id)
         window = cipher.window
         for counter in counters:
             if window.accepts(counter):

@@ -49,7 +49,8 @@ def b_dir() -> Iterator[Path]:
 
 
 def start_b(data: Path, port: int, directory_url: str, key: SignKey) -> ServerProcess:
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+           "PYTHONPATH": str(ROOT)}
     env.pop("OPENRED_JAIL_PASSPHRASE", None)
     return start_process(
         [sys.executable, "-m", "tests.node.node_process", str(data), str(port), directory_url,
@@ -82,7 +83,8 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
 ) -> None:
     # B's keystore (encrypted, its passphrase in the data directory as `init` leaves it), made
     # here so the test knows B's public keys and can sign B's record.
-    keystore = create_keystore(b_dir / "keystore.json", PASSPHRASE, kdf_level="min")
+    keystore = create_keystore(b_dir / "keystore.json", PASSPHRASE, kdf_level="min",
+                               test_only=True)
     (b_dir / "jail-passphrase").write_bytes(PASSPHRASE + b"\n")
     (b_dir / "jail-passphrase").chmod(0o600)
     public = keystore.public_info()

@@ -26,6 +26,7 @@ from tests.node.world import JailPair
 from tests.servers import HOST, free_port, serve_in_loop
 
 os.environ.setdefault("OPENRED_JAIL_KDF", "min")
+os.environ.setdefault("OPENRED_JAIL_INSECURE_TEST_KDF", "1")  # the "min" KDF is for tests only
 LIFETIME = 60
 
 

@@ -262,3 +262,48 @@ async def test_concurrent_first_uses_restore_a_session_once(
                                       for _ in range(5)))
     assert all(r is restored[0] for r in restored)
     assert (await a.types()).count(ev.SESSION_STATE_SAVED) == 1
+
+
+async def test_the_node_ledger_never_hands_out_a_send_epoch_twice(tmp_path: Any) -> None:
+    from openred.crypto.session import SessionCipher
+    from openred.node.sessions import NodeSessionLedger
+
+    a, _ = pair()
+    state = a.cipher.to_state()
+    path = tmp_path / "ledger.json"
+    # The same saved state restored by two processes (two ledger objects on one file), and
+    # again after a crash before anything was saved: every restore sends in a fresh epoch.
+    epochs = [SessionCipher.from_state(state, ledger=NodeSessionLedger(path),
+                                       session_id=a.session_id).send_epoch for _ in range(3)]
+    assert epochs == [1, 2, 3]
+    # Receive marks are not kept: the log and the pending answers guard acceptance instead.
+    ledger = NodeSessionLedger(path)
+    ledger.raise_recv_mark(a.session_id, 99)
+    assert ledger.recv_mark(a.session_id) == -1
+
+
+async def test_a_sender_moves_past_a_strict_peers_receive_floor_after_its_restart(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    from openred.crypto.session import FileSessionLedger
+    from openred.node.sessions import SessionKeeper
+
+    a, b, _ = nodes
+    path = b.store.path.parent / "strict-ledger.json"
+    b.keeper = SessionKeeper(b.store, b.jail, b.book, FileSessionLedger(path))
+    b.handshakes.keeper = b.keeper
+    serve_messaging(b)
+    channel = await connected(directory, a, b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    await sender.send(channel, "before", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    # B restarts with a ledger that keeps receive marks: it refuses counters up to its mark.
+    b.keeper = SessionKeeper(b.store, b.jail, b.book, FileSessionLedger(path))
+    await refused(sender.send(channel, "refused", message_id=os.urandom(16), now=NOW,
+                              transport=p2p_to(b, NOW)), 409, "replayed-message")
+    # With rotate, the sender moves to a fresh epoch and the message goes through once.
+    receipt = await sender.send(channel, "after", message_id=os.urandom(16), now=NOW,
+                                transport=p2p_to(b, NOW), rotate=a.keeper.rotate)
+    assert receipt.received_at == NOW
+    inbox = sorted(m.text for m in await Messaging(b.store, b.jail, b.reads).inbox())
+    assert inbox == ["after", "before"]

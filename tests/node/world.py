@@ -32,7 +32,7 @@ from openred.node.handshake_service import HandshakeAnswer, Handshakes
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
 from openred.node.readmodels import ReadModels
-from openred.node.sessions import SessionKeeper
+from openred.node.sessions import NodeSessionLedger, SessionKeeper
 from openred.node.token_service import TokenReceiver
 from openred.node.tokens import PeerInfo
 from openred.node.transparency import TransparencyChecks
@@ -148,7 +148,7 @@ class Node:
         self.store = store
         self.reads = reads
         self.book = NodeBook(reads)
-        self.keeper = SessionKeeper(store, jail, self.book)
+        self.keeper = self._keeper()
         self.handshakes = Handshakes(store=store, jail=jail, book=self.book, keeper=self.keeper)
         self.checks = TransparencyChecks(directory.key, directory.fetch)
         self.tokens = TokenReceiver(me=keys.node_id, directory_key=directory.key, store=store,
@@ -163,9 +163,13 @@ class Node:
         return PeerInfo(self.id, self.record.record.api_url, self.keys.sign_key,
                         self.keys.box_key)
 
+    def _keeper(self) -> SessionKeeper:
+        ledger = NodeSessionLedger(self.store.path.parent / "session-ledger.json")
+        return SessionKeeper(self.store, self.jail, self.book, ledger)
+
     def restart_sessions(self) -> None:
-        """Forget every in-memory session, as a restarted process would."""
-        self.keeper = SessionKeeper(self.store, self.jail, self.book)
+        """Forget every in-memory session, as a restarted process would (the ledger re-read)."""
+        self.keeper = self._keeper()
         self.handshakes.keeper = self.keeper
 
     async def types(self) -> list[str]:

@@ -39,6 +39,8 @@ _MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 """Send a sealed request to the peer; its sealed answer (the HTTP call in the app)."""
+Rotate = Callable[[SessionChannel], Awaitable[int]]
+"""Move a channel's sending to a fresh epoch and save it (``SessionKeeper.rotate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +128,16 @@ class Messaging:
 
     async def send(
         self, channel: SessionChannel, text: str, *, message_id: bytes, now: int,
-        transport: Transport,
+        transport: Transport, rotate: Rotate | None = None,
     ) -> Receipt:
-        """Send ``text`` on ``channel``; log it, deliver it, log the receipt; the receipt."""
+        """Send ``text`` on ``channel``; log it, deliver it, log the receipt; the receipt.
+
+        A peer restarted since our last message refuses counters up to its session ledger's
+        receive mark as replays (409 ``replayed-message``) although it never saw them; with
+        ``rotate`` the channel then moves to a fresh epoch (counters far above any mark) and
+        the message is sent once more. The receiver keeps a message id once, so a retry never
+        stores a message twice.
+        """
         if len(message_id) != 16:
             raise ValueError("a message id is 16 random bytes")
         mid = b64url(message_id)
@@ -140,12 +149,19 @@ class Messaging:
             "message_id": mid, "session_id": channel.session_id, "peer": channel.peer,
             "size": len(body), "body": b64url(wrapped),
         }))
-        envelope = channel.seal_request(SEND, request)
-        try:
-            answer = await transport(SEND, envelope)
-            plaintext = channel.open_answer(SEND, envelope.counter, answer)
-        finally:
-            channel.forget(envelope.counter)
+        for attempt in (1, 2):
+            envelope = channel.seal_request(SEND, request)
+            try:
+                answer = await transport(SEND, envelope)
+                plaintext = channel.open_answer(SEND, envelope.counter, answer)
+            except NodeRefused as exc:
+                if attempt == 1 and rotate is not None and exc.reason == "replayed-message":
+                    await rotate(channel)
+                    continue
+                raise
+            finally:
+                channel.forget(envelope.counter)
+            break
         receipt = _object(plaintext)
         received_at = receipt.get("received_at")
         if receipt.get("message_id") != mid or isinstance(received_at, bool) or not isinstance(
