@@ -100,10 +100,6 @@ class Envelope:
     counter: int
     ciphertext: bytes
 
-    @property
-    def session_id_bytes(self) -> bytes:
-        return from_b64url(self.session_id)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id, "counter": self.counter,

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from openred.crypto.client import JailClient
-from openred.crypto.identity import b64url
 from openred.crypto.session import SessionCipher
 from openred.errors import ConcurrencyConflict, HandshakeFailed, NodeRefused
 from openred.node.book import NodeBook
@@ -150,6 +149,3 @@ class Handshakes:
                                          session_id)
         return await self._establish(token, state.version, cipher, session_id, now, renews)
 
-
-def answer_json(answer: HandshakeAnswer) -> dict[str, str]:
-    return {"session_id": answer.session_id, "message": b64url(answer.message)}

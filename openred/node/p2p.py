@@ -66,9 +66,6 @@ class P2PActions:
             raise NodeRefused(404, "unknown-route", f"no P2P action {route}")
         return handler
 
-    def routes(self) -> list[str]:
-        return sorted(str(r) for r in self._handlers)
-
 
 async def dispatch(
     route: Route, body: object, *, actions: P2PActions, keeper: SessionKeeper,

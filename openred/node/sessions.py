@@ -12,12 +12,13 @@ Persistence: a session's :class:`~openred.crypto.session.SessionCipher` state is
 wrapped by the jail (label ``session:<id>``), first in ``SessionEstablished`` and then in
 ``SessionStateSaved`` events. Restoring (:meth:`SessionKeeper.channel`):
 
-1. unwrap the newest saved state; :meth:`SessionCipher.from_state` moves sending to the next
-   epoch, so no (key, nonce) is ever used twice;
+1. unwrap the newest saved state; :meth:`SessionCipher.from_state` moves sending to a send
+   epoch the :class:`NodeSessionLedger` reserved durably, never used before however often the
+   state is restored, so no (key, nonce) is ever used twice;
 2. mark in the replay window every counter the log shows was accepted after that save (each
-   event a P2P request caused carries ``counter``), so no message is accepted twice;
-3. save the restored state at once, before it sends anything, so a second restore moves on
-   to yet another epoch.
+   event a P2P request caused carries ``counter``), so no request is accepted twice (answers
+   are accepted only for requests pending in memory);
+3. save the restored state at once, which keeps the saved state current and step 2 short.
 
 The state is saved again after every epoch rotation (and every ``save_every`` accepted
 requests, which only shortens step 2). The :class:`SessionCache` (LRU + TTL) keeps restored
