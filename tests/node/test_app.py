@@ -348,3 +348,27 @@ async def test_a_module_that_fails_to_load_does_not_take_the_node_down(
         body = await resp.json()
     assert resp.status == 200
     assert body["modules"] == {"loaded": ["messaging"], "failed": ["not_installed"]}
+
+
+ODD_BODIES: list[bytes] = [
+    b"", b"null", b"[]", b"{}", b'"text"', b"1e999", b"-0", b"true",
+    b'{"grant_id": null, "message": null}', b'{"session_id": [], "counter": {}, "ciphertext": 1}',
+    b"[" * 5000 + b"]" * 5000, b'{"a": "\\ud800"}', "{\"é\": \"ü\"}".encode(),
+    b'{"session_id": "AAAAAAAAAAAAAAAAAAAAAA", "counter": 18446744073709551616, '
+    b'"ciphertext": ""}',
+    b'{"grant": {}, "grant_signature": "", "sealed_token": "", "peer_record": {}, "entry": {}, '
+    b'"checkpoint": "", "inclusion_proof": {}}',
+    b"\xff\xfe\x00garbage",
+]
+
+
+async def test_no_body_a_client_can_send_gets_a_500(world: World) -> None:
+    paths = ["/api/v3/p2p/handshake", "/api/v3/p2p/messaging/send", "/api/v3/tokens/receive",
+             "/api/v3/p2p/x/y", "/api/v3/health"]
+    for path in paths:
+        for body in ODD_BODIES:
+            for content_type in ("application/json", "text/plain"):
+                status, kind, _ = await raw_post(world.b.url + path, body, content_type)
+                assert 400 <= status < 500, (path, body[:40], status)
+                assert kind.startswith(PROBLEM_JSON), (path, body[:40], kind)
+    assert await types(world.b) == ["LogOpened"]
