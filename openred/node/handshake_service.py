@@ -84,7 +84,7 @@ class Handshakes:
         )
         await self.store.append(events)
         channel = SessionChannel(session_id, token.role, str(token.peer), cipher)
-        self.keeper.adopt(channel, now + self.lifetime)
+        self.keeper.adopt(channel, now + self.lifetime, now)
         return channel
 
     async def respond(self, grant_id: str, message: bytes, now: int) -> HandshakeAnswer:

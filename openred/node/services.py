@@ -238,12 +238,14 @@ class NodeServices:
         return renewed
 
     async def lifecycle(self) -> dict[str, int]:
-        """Renew sessions due, expire unused tokens and sessions past their life; counts."""
+        """Renew sessions due, rotate send keys due, expire unused tokens and sessions; counts."""
         renewed = await self.renew()
         now = self.now()
+        rotated = await self.keeper.rotate_due(now, self.settings.epoch_interval)
         tokens = await self.tokens.expire(now)
         sessions = await self.keeper.expire(now)
-        return {"renewed": len(renewed), "tokens": tokens, "sessions": len(sessions)}
+        return {"renewed": len(renewed), "rotated": len(rotated), "tokens": tokens,
+                "sessions": len(sessions)}
 
     async def health(self) -> dict[str, Any]:
         return {

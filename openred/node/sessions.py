@@ -170,6 +170,10 @@ class SessionCache:
     def drop(self, session_id: str) -> None:
         self._entries.pop(session_id, None)
 
+    def channels(self) -> list[SessionChannel]:
+        """The channels cached now (none is touched or evicted)."""
+        return [channel for channel, _, _ in self._entries.values()]
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -206,6 +210,7 @@ class SessionKeeper:
             weakref.WeakValueDictionary())
         self._uses: dict[str, int] = {}
         self._saved_epoch: dict[str, int] = {}
+        self._epoch_since: dict[str, int] = {}
 
     def new_cipher(self, suite: str, send_key: bytes, recv_key: bytes,
                    session_id: str) -> SessionCipher:
@@ -213,9 +218,10 @@ class SessionKeeper:
         return SessionCipher(suite, send_key, recv_key, ledger=self.ledger,
                              session_id=session_id)
 
-    def adopt(self, channel: SessionChannel, expires_at: int) -> None:
+    def adopt(self, channel: SessionChannel, expires_at: int, now: int) -> None:
         """Cache a channel just established (its state was saved in SessionEstablished)."""
         self._saved_epoch[channel.session_id] = channel.cipher.send_epoch
+        self._epoch_since[channel.session_id] = now
         self.cache.put(channel, expires_at)
 
     async def channel(self, session_id: str, now: int) -> SessionChannel:
@@ -237,6 +243,7 @@ class SessionKeeper:
             assert row is not None
             channel = await self._restore(row)
             await self.save(channel)
+            self._epoch_since[session_id] = now
             self.cache.put(channel, row.expires_at)
         return channel
 
@@ -270,6 +277,21 @@ class SessionKeeper:
         await self.save(channel)
         return epoch
 
+    async def rotate_due(self, now: int, interval: int) -> list[str]:
+        """Rotate the send epoch of every cached channel in its epoch ``interval`` s or more.
+
+        DESIGN §6: keys rotate every epoch. A message of the old epoch still in flight is then
+        refused by the peer as a replay; the messaging sender resends it in the new epoch.
+        """
+        rotated: list[str] = []
+        for channel in self.cache.channels():
+            since = self._epoch_since.setdefault(channel.session_id, now)
+            if now - since >= interval:
+                await self.rotate(channel)
+                self._epoch_since[channel.session_id] = now
+                rotated.append(channel.session_id)
+        return rotated
+
     async def after_use(self, channel: SessionChannel) -> None:
         """Save when the sender moved to a new epoch on its own, or every ``save_every`` uses."""
         sid = channel.session_id
@@ -297,6 +319,7 @@ class SessionKeeper:
         self.cache.drop(session_id)
         self._uses.pop(session_id, None)
         self._saved_epoch.pop(session_id, None)
+        self._epoch_since.pop(session_id, None)
 
 
 def refusal_for_crypto(exc: CryptoError) -> NodeRefused:

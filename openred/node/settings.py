@@ -5,7 +5,8 @@
 ``OPENRED_DIRECTORY_KEY``           the pinned directory key (base64url Ed25519, 32 bytes)
 ``OPENRED_MODULES``                 enabled modules, comma-separated (``messaging``)
 ``OPENRED_SESSION_LIFETIME``        seconds a session lives (86400); renewal is due at 80 %
-``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (expiries) (30)
+``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (renewal, expiry) (30)
+``OPENRED_EPOCH_INTERVAL``          seconds a session's send key lives before it rotates (3600)
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
 ==================================  ==========================================================
 
@@ -41,6 +42,7 @@ class NodeSettings(ServiceSettings):
     modules: tuple[str, ...] = field(default=("messaging",))
     session_lifetime: int = 86400
     lifecycle_interval: float = 30.0
+    epoch_interval: int = 3600
 
     DEFAULT_PORT = 8710
 
@@ -66,4 +68,5 @@ class NodeSettings(ServiceSettings):
             modules=tuple(parse_enabled(v.text("MODULES", "messaging"))),
             session_lifetime=v.integer("SESSION_LIFETIME", 86400, minimum=60),
             lifecycle_interval=float(v.integer("LIFECYCLE_INTERVAL", 30, minimum=1)),
+            epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
         )

@@ -83,7 +83,8 @@ async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
         held = await b.services.book.directory_checkpoint()
         assert held is not None and held.origin == f"openred/{key.node_id}"
         # At 80 % of its life the initiator renews a session through a new grant.
-        assert await a.services.lifecycle() == {"renewed": 0, "tokens": 0, "sessions": 0}
+        assert await a.services.lifecycle() == {"renewed": 0, "rotated": 0, "tokens": 0,
+                                                "sessions": 0}
         a.services.clock = lambda: time.time() + LIFETIME * 4 // 5
         outcome = await a.services.lifecycle()
         assert outcome["renewed"] == 2  # both sessions were made at about the same time

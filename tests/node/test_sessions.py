@@ -307,3 +307,21 @@ async def test_a_sender_moves_past_a_strict_peers_receive_floor_after_its_restar
     assert receipt.received_at == NOW
     inbox = sorted(m.text for m in await Messaging(b.store, b.jail, b.reads).inbox())
     assert inbox == ["after", "before"]
+
+
+async def test_send_keys_rotate_every_epoch_interval_and_messages_keep_flowing(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    serve_messaging(b)
+    channel = await connected(directory, a, b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    assert await a.keeper.rotate_due(NOW + 3599, 3600) == []
+    assert await a.keeper.rotate_due(NOW + 3600, 3600) == [channel.session_id]
+    assert channel.cipher.send_epoch == 1
+    assert (await a.types())[-1] == ev.SESSION_STATE_SAVED  # saved at once
+    assert await a.keeper.rotate_due(NOW + 3601, 3600) == []  # a new epoch, a new interval
+    await sender.send(channel, "in epoch 1", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    responder = b.keeper.cache.get(channel.session_id, NOW)
+    assert responder is not None and responder.cipher.recv_epoch == 1
