@@ -19,6 +19,7 @@ that covers its entry instead of signing one of its own when one is already bein
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -449,7 +450,15 @@ class DirectoryService:
         (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
                                                ev.CONNECTION_GRANTED,
                                                connection_granted_payload(grant))])
-        note, proof = await self._proof_for(entry)
+        try:
+            note, proof = await self._proof_for(entry)
+        except OpenRedError as exc:
+            # Logged but not deliverable: say so in the log too, then answer 503.
+            with contextlib.suppress(OpenRedError):
+                await self.append([ev.grant_failed_event(
+                    grant.grant_id, ["initiator", "responder"], f"no checkpoint: {exc}",
+                    self.now())])
+            raise
         common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
                   "inclusion_proof": proof.to_wire()}
@@ -505,8 +514,8 @@ class DirectoryService:
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
             reply = await self.http.request("POST", url, json_body=body, signed=True)
-        except OpenRedError as exc:
-            return False, f"{to.record.node_id}: {exc}"
+        except Exception as exc:  # any failure to deliver is reported, never a 500
+            return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
         if reply.ok:
             return True, ""
         return False, f"{to.record.node_id} answered {reply.status}"
