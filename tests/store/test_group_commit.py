@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,7 +56,7 @@ async def test_concurrent_appends_are_one_signing_call_and_one_commit(tmp_path: 
         assert signer.calls == [200]
         assert [r.seq for r in results] == list(range(2, 202))  # in call order, no gap
         assert len({r.recorded_at for r in results}) == 1  # one group, one timestamp
-        for prev, entry in zip(results, results[1:], strict=False):
+        for prev, entry in itertools.pairwise(results):
             assert entry.prev_hash == prev.entry_hash
         rows = await store.query("SELECT count(*) FROM peers")
         assert rows == [(200,)]
