@@ -99,11 +99,14 @@ _READ_CHUNK = 5_000
 # Work in the store's threads is cut into chunks of this many entries, with a pause between
 # chunks once _SLICE seconds have passed, so the event loop's thread is never kept off the GIL
 # for long (CPython would otherwise hand it over only every sys.getswitchinterval(), 5 ms).
-_CHUNK = 256
+_CHUNK = 64
 _SLICE = 0.0005
 # Contended writers (another process keeps moving the head) back off exponentially with jitter.
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
+
+# Proofs hash at most one block of this many leaves (2**10) in one go; block roots are cached.
+_PROOF_BLOCK_LEVEL = 10
 
 # SQLite result codes (primary code: the low byte of the extended code) meaning "not now": the
 # database is busy or locked, the disk is full, I/O failed or memory ran out.
@@ -409,7 +412,7 @@ class SQLiteEventStore:
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._frontier = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(),
-                                   merkle.BlockIndex())
+                                   merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
         self._key_in_force: SignKey | None = None
         self._origin = ""
         self._last_checkpoint_size = 0
@@ -493,7 +496,7 @@ class SQLiteEventStore:
         self._conn = conn
         hashes = entry_hashes(conn)
         pace = _Pacer()
-        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(), merkle.BlockIndex())
+        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(), merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
         tree, blocks = _extend_tree(empty, hashes, pace)
         self._frontier = _Frontier(len(hashes), hashes[-1] if hashes else GENESIS_PREV_HASH,
                                    tree, blocks)
