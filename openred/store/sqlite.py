@@ -496,7 +496,8 @@ class SQLiteEventStore:
         self._conn = conn
         hashes = entry_hashes(conn)
         pace = _Pacer()
-        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(), merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
+        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(),
+                          merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
         tree, blocks = _extend_tree(empty, hashes, pace)
         self._frontier = _Frontier(len(hashes), hashes[-1] if hashes else GENESIS_PREV_HASH,
                                    tree, blocks)
