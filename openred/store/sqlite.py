@@ -754,59 +754,100 @@ class SQLiteEventStore:
         self, group: list[_Request],
         sign: Callable[[list[UnsignedEntry]], Awaitable[list[bytes]]] | None,
     ) -> list[list[StoredEvent] | BaseException]:
-        """Each request's rows or error; raises what fails the whole group (signer, database)."""
+        """Each request's rows or error; raises what fails the whole group (signer, database).
+
+        The first attempt is optimistic: chain and sign without holding the database, and
+        check in the commit that the head has not moved. If another process moved it, the
+        next attempts take the database's write lock first (``BEGIN IMMEDIATE``, waiting for
+        it as long as ``busy_timeout``), catch up and chain under it, so they cannot lose the
+        race again however busy the other writers are.
+        """
         deadline = time.monotonic() + self._contention_timeout
         delay = _BACKOFF_FIRST
         moves = 0
         while True:
-            self._check_key_in_force()
-            frontier = self._frontier
-            recorded_at = utc_timestamp(self._clock())
-            prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
-            if not prepared.entries:
-                return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
-            if sign is None:
-                signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
-                    [u.entry_hash for u in prepared.entries]
-                ))
-            else:
-                signatures = await sign(prepared.entries)
-            if len(signatures) != len(prepared.entries):
-                raise StoreError(f"the signer returned {len(signatures)} signatures for "
-                                 f"{len(prepared.entries)} entries")
+            hold = moves > 0
+            if hold:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"other writers kept {self.path} busy for "
+                        f"{self._contention_timeout:g} s; nothing was appended"
+                    )
+                await self._run(self._begin_sync)
             try:
-                stored = await self._run(self._commit_sync, prepared, signatures, frontier)
+                return await self._attempt(group, sign)
             except _HeadMoved:
                 await self._run(self._reload_sync)
                 moves += 1
+                logger.debug("head of %s moved (attempt %d): now at %d", self.path, moves,
+                             self._frontier.size)
                 if moves > 1:
-                    if time.monotonic() >= deadline:
-                        raise StoreUnavailable(
-                            f"other writers kept moving the head of {self.path} for "
-                            f"{self._contention_timeout:g} s; nothing was appended"
-                        ) from None
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                     delay = min(delay * 2, _BACKOFF_MAX)
-                continue
             except _StaleVersions as stale:
                 for stream, version in stale.found.items():
-                    frontier.remember(stream, version)
-                continue
+                    self._frontier.remember(stream, version)
             except ConcurrencyConflict:
-                frontier.versions.clear()
-                live = [r for r, o in zip(group, prepared.outcomes, strict=True)
-                        if not isinstance(o, BaseException)]
-                if len(live) <= 1 or sign is not None:
+                self._frontier.versions.clear()
+                if len(group) <= 1 or sign is not None:
                     raise
-                # Somebody's stream version was not what this process knew: commit each
-                # request on its own, so the conflict fails only the request it belongs to.
-                for request in live:
+                # A stream was not at the version this process knew: commit each request on
+                # its own, so the conflict fails only the request it belongs to.
+                for request in group:
                     await self._write_group([request])
-                return [o if isinstance(o, BaseException) else
-                        (r.future.exception() or r.future.result())
-                        for r, o in zip(group, prepared.outcomes, strict=True)]
-            return [o if isinstance(o, BaseException) else stored[o[0]:o[1]]
-                    for o in prepared.outcomes]
+                return [r.future.exception() or r.future.result() for r in group]
+            finally:
+                if hold:
+                    # Whatever happened, the write lock is not kept (a no-op after COMMIT).
+                    self._executor.submit(self._rollback_if_open)
+
+    async def _attempt(
+        self, group: list[_Request],
+        sign: Callable[[list[UnsignedEntry]], Awaitable[list[bytes]]] | None,
+    ) -> list[list[StoredEvent] | BaseException]:
+        await self._ensure_key_in_force()
+        frontier = self._frontier
+        recorded_at = utc_timestamp(self._clock())
+        prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
+        if not prepared.entries:
+            return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
+        if sign is None:
+            signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
+                [u.entry_hash for u in prepared.entries]
+            ))
+        else:
+            signatures = await sign(prepared.entries)
+        if len(signatures) != len(prepared.entries):
+            raise StoreError(f"the signer returned {len(signatures)} signatures for "
+                             f"{len(prepared.entries)} entries")
+        stored = await self._run(self._commit_sync, prepared, signatures, frontier)
+        return [o if isinstance(o, BaseException) else stored[o[0]:o[1]]
+                for o in prepared.outcomes]
+
+    def _begin_sync(self) -> None:
+        """Take the write lock and catch up with what other processes wrote (write thread)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._reload_sync()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback_if_open(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            self._rollback()
+
+    async def _ensure_key_in_force(self) -> None:
+        """Refuse to sign unless the signer holds the key in force at the newest entry.
+
+        When they differ, this process may simply not have seen a rotation another process
+        wrote (and a signer that follows the rotation, like a jail, already holds the new key):
+        catch up with the database first, then decide.
+        """
+        if self._key_in_force is not None and self._signer.sign_key != self._key_in_force:
+            await self._run(self._reload_sync)
+        self._check_key_in_force()
 
     def _check_key_in_force(self) -> None:
         if self._key_in_force is not None and self._signer.sign_key != self._key_in_force:
@@ -893,7 +934,8 @@ class SQLiteEventStore:
         """Insert, check and commit a signed group; then advance the frontier (write thread)."""
         stored = [u.signed(s) for u, s in zip(prepared.entries, signatures, strict=True)]
         conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
+        if not conn.in_transaction:  # a retry holds the write lock already (_begin_sync)
+            conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute(
                 "SELECT seq, entry_hash FROM events ORDER BY seq DESC LIMIT 1"
@@ -986,26 +1028,35 @@ class SQLiteEventStore:
         conn = self._db
         frontier = self._frontier
         known = frontier.size
-        conn.execute("BEGIN")
+        # One snapshot for both reads (inside the caller's transaction if it holds one).
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")
         try:
             rows = conn.execute(
-                "SELECT seq, entry_hash FROM events WHERE seq > ? ORDER BY seq", (known,)
+                "SELECT seq, entry_hash, stream, stream_version FROM events WHERE seq > ? "
+                "ORDER BY seq", (known,)
             ).fetchall()
             rotations = conn.execute(
                 "SELECT payload FROM events WHERE seq > ? AND type = ? ORDER BY seq",
                 (known, KEY_ROTATED),
             ).fetchall()
         finally:
-            conn.execute("COMMIT")
+            if own:
+                conn.execute("COMMIT")
         if [int(r[0]) for r in rows] != list(range(known + 1, known + 1 + len(rows))):
             raise SchemaError(f"{self.path}: the entries after {known} are not contiguous")
-        frontier.versions.clear()
         if not rows:
             return
+        # The streams other writers appended to are now at the versions they wrote.
+        for _seq, _hash, stream, version in rows:
+            frontier.remember(str(stream), int(version))
         hashes = [bytes(r[1]) for r in rows]
         tree, blocks = _extend_tree(frontier, hashes, _Pacer())
         for (payload,) in rotations:
             self._key_in_force = SignKey(from_b64url(decode_payload(bytes(payload))["new_key"]))
+            logger.info("%s: another writer rotated the key to %s", self.path,
+                        self._key_in_force.b64url())
         frontier.tree, frontier.blocks = tree, blocks
         frontier.size = int(rows[-1][0])
         frontier.entry_hash = hashes[-1]
@@ -1047,7 +1098,9 @@ class SQLiteEventStore:
         size = frontier.size
         existing = await self._run(self._checkpoint_note_sync, size)
         if existing is None:
-            self._check_key_in_force()
+            await self._ensure_key_in_force()
+            frontier = self._frontier
+            size = frontier.size
             root = frontier.tree.root()
             body = Checkpoint(origin=self._origin, size=size, root_hash=root)
             note = await sign_checkpoint(body, self._origin, self._signer)
