@@ -9,7 +9,8 @@ token pushes of two local receivers), and the load comes from a separate client 
 Each scenario is compared with a baseline run measured just before it (the machine is shared
 and its load drifts). The client sends requests prepared beforehand — already signed
 (RFC 9421) with fresh nonces — so signing does not slow the client down; the directory runs
-with a 300 s signature window so the prepared requests are still inside it. Latency is per request, from send to full answer.
+with a 300 s signature window so the prepared requests are still inside it. Latency is per
+request, from send to full answer.
 
 * ``directory_register``: each request registers a new node (signature check, record check,
   URL check, one log append through the group commit);
