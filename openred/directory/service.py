@@ -12,7 +12,8 @@ Node rows are cached in memory (:class:`_NodeCache`): an append by this process 
 entries of the nodes it touches, and any write by another process (``openred directory
 revoke`` while the server runs) is seen before every lookup — the newest ``seq`` in the log,
 read on a private read-only connection in microseconds, is ahead of what this process appended
-— and empties the cache. Concurrent grants share checkpoints: a grant waits for a checkpoint
+and has in flight — and empties the cache (at the latest once this process's appends in flight
+at that moment have returned). Concurrent grants share checkpoints: a grant waits for a checkpoint
 that covers its entry instead of signing one of its own when one is already being signed.
 """
 
@@ -92,6 +93,7 @@ class _NodeCache:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._conn.execute("PRAGMA query_only=1")
         self.known_size = 0
+        self.inflight = 0
         self._ours: set[int] = set()
         self.views: dict[str, d.NodeView | None] = {}
 
@@ -99,7 +101,8 @@ class _NodeCache:
         """Empty the cache if the log grew beyond what this process appended."""
         row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
-        if size > self.known_size:
+        # Entries of this process's appends still in flight may already be committed.
+        if size > self.known_size + self.inflight:
             self.views.clear()
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
@@ -294,7 +297,11 @@ class DirectoryService:
     async def append(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
         if not events:
             return []
-        stored = await self.store.append(events)
+        self._cache.inflight += len(events)
+        try:
+            stored = await self.store.append(events)
+        finally:
+            self._cache.inflight -= len(events)
         self._track(stored)
         return stored
 
