@@ -241,7 +241,8 @@ def run_all(quick: bool) -> None:
     n_base, n_reg, n_grant, n_disc = (600, 300, 150, 600) if quick else (6000, 3000, 1500, 6000)
     tmp = Path(tempfile.mkdtemp(prefix="openred-bench-dir-"))
     procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_SIGNATURE_WINDOW": "300",
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+           "OPENRED_SIGNATURE_WINDOW": "300",
            "OPENRED_RATE_PER_CLIENT": "100000000", "OPENRED_RATE_PER_INITIATOR": "100000000",
            "OPENRED_RATE_PER_TARGET": "100000000", "OPENRED_PUSH_ATTEMPTS": "1"}
     try:

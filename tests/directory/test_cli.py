@@ -21,7 +21,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
     data = tmp_path / "d"
     port = free_port()
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min",
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
            "OPENRED_JAIL_SOCKET": f"/tmp/openred-cli-{port}/j.sock"}
     init = cli("init", "--data-dir", str(data), "--port", str(port), "--allow-private-urls",
                env=env)
@@ -64,7 +64,7 @@ async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
 def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     import socket
 
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min"}
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1"}
     env.pop("OPENRED_JAIL_PASSPHRASE", None)
     data = tmp_path / "d"
     for args in (("serve",), ("key",), ("nodes",), ("revoke", "a" * 32)):
