@@ -122,6 +122,12 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if not settings.keystore_path.is_file():
         err.print(f"[red]error:[/] {data_dir} is not initialized: run `openred directory init`")
         sys.exit(1)
+    from openred.directory.keys import PASSPHRASE_ENV, passphrase_available
+
+    if not passphrase_available(settings):
+        err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
+                  f"{settings.passphrase_path}")
+        sys.exit(1)
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)

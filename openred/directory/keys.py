@@ -46,6 +46,11 @@ def read_passphrase(settings: ServiceSettings) -> bytes:
     return raw.rstrip(b"\r\n")
 
 
+def passphrase_available(settings: ServiceSettings) -> bool:
+    """Whether :func:`read_passphrase` will find a passphrase (without consuming it)."""
+    return bool(os.environ.get(PASSPHRASE_ENV)) or settings.passphrase_path.is_file()
+
+
 def create_keystore(settings: ServiceSettings, *, kdf: str | None = None) -> None:
     """Create the keystore (and, without a passphrase in the environment, the passphrase file)."""
     keystore = settings.keystore_path

@@ -3,22 +3,24 @@
 Routes call these methods with plain values and serialize what they return; every refusal is a
 :class:`~openred.errors.RequestRefused` raised by a decision (or by the rate limiter here).
 
-Writes go through one group appender: appends that arrive while one is being committed are
-batched into the next single ``store.append`` (one transaction, one signing call), so
-registrations under load share commits. Commands on one node are serialized by a striped lock,
-so two concurrent requests for the same node never decide from the same stale state.
+Concurrent appends are committed as one group by the store (one transaction, one signing
+call), so registrations under load share commits. Commands on one node are serialized by a
+striped lock, so two concurrent requests for the same node never decide from the same stale
+state.
 
 Node rows are cached in memory (:class:`_NodeCache`): an append by this process drops the
 entries of the nodes it touches, and any write by another process (``openred directory
 revoke`` while the server runs) is seen before every lookup — the newest ``seq`` in the log,
 read on a private read-only connection in microseconds, is ahead of what this process appended
-— and empties the cache. Concurrent grants share checkpoints: a grant waits for a checkpoint
+and has in flight — and empties the cache (at the latest once this process's appends in flight
+at that moment have returned). Concurrent grants share checkpoints: a grant waits for a checkpoint
 that covers its entry instead of signing one of its own when one is already being signed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -91,22 +93,29 @@ class _NodeCache:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._conn.execute("PRAGMA query_only=1")
         self.known_size = 0
+        self.inflight = 0
+        self._ours: set[int] = set()
         self.views: dict[str, d.NodeView | None] = {}
 
     def check(self) -> None:
         """Empty the cache if the log grew beyond what this process appended."""
         row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
-        if size > self.known_size:
+        # Entries of this process's appends still in flight may already be committed.
+        if size > self.known_size + self.inflight:
             self.views.clear()
             self.known_size = size
+            self._ours = {seq for seq in self._ours if seq > size}
 
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
             if entry.stream.startswith("node:"):
                 self.views.pop(entry.stream.removeprefix("node:"), None)
-        if stored and stored[0].seq == self.known_size + 1:
-            self.known_size = stored[-1].seq
+            if entry.seq > self.known_size:
+                self._ours.add(entry.seq)
+        while self.known_size + 1 in self._ours:
+            self.known_size += 1
+            self._ours.discard(self.known_size)
 
     def put(self, node_id: str, view: d.NodeView | None) -> None:
         if len(self.views) >= self.MAX:
@@ -120,48 +129,6 @@ class _NodeCache:
 def _view(row: DirectoryNode) -> d.NodeView:
     return d.NodeView(row.node_id, row.status, row.version, row.record_hash, row.last_seen,
                       row.record, row.signature, row.sign_key)
-
-
-class _GroupAppender:
-    """Batches concurrent appends into one store.append (one transaction, one signature call)."""
-
-    def __init__(self, store: SQLiteEventStore, on_stored: Callable[[list[StoredEvent]], None]):
-        self._store = store
-        self._on_stored = on_stored
-        self._pending: list[tuple[list[NewEvent], asyncio.Future[list[StoredEvent]]]] = []
-        self._draining = False
-
-    async def append(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        if not events:
-            return []
-        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(events), future))
-        if not self._draining:
-            self._draining = True
-            try:
-                await self._drain()
-            finally:
-                self._draining = False
-        return await future
-
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            flat = [e for events, _ in batch for e in events]
-            try:
-                stored = await self._store.append(flat)
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            self._on_stored(stored)
-            start = 0
-            for events, future in batch:
-                future.set_result(stored[start:start + len(events)])
-                start += len(events)
 
 
 class DirectoryService:
@@ -182,7 +149,7 @@ class DirectoryService:
         self.verifier = InboundVerifier(settings.base_url,
                                         window_seconds=settings.signature_window, clock=clock)
         self.tree = ProofTree()
-        self._appender = _GroupAppender(store, self._track)
+        self._arrived: dict[int, bytes] = {}
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
         self._started = int(clock())
@@ -230,11 +197,18 @@ class DirectoryService:
     # -- the proof tree ----------------------------------------------------------------------
 
     def _track(self, stored: list[StoredEvent]) -> None:
+        """Feed this process's appends to the cache and the tree, in seq order.
+
+        Concurrent appends may return out of order: entries wait in ``_arrived`` until the ones
+        before them are in. A gap left by another process is filled by :meth:`_sync_tree`.
+        """
         self._cache.appended(stored)
-        if stored and stored[0].seq == len(self.tree) + 1:
-            for entry in stored:
-                self.tree.append(entry.entry_hash)
-        # Otherwise another process appended in between: _sync_tree fills the gap on demand.
+        tree, arrived = self.tree, self._arrived
+        for entry in stored:
+            if entry.seq > len(tree):
+                arrived[entry.seq] = entry.entry_hash
+        while (nxt := len(tree) + 1) in arrived:
+            tree.append(arrived.pop(nxt))
 
     async def _sync_tree(self, size: int) -> None:
         if len(self.tree) >= size:
@@ -246,6 +220,9 @@ class DirectoryService:
         for seq, digest in rows:
             if seq == len(self.tree) + 1:
                 self.tree.append(bytes(digest))
+                self._arrived.pop(seq, None)
+        while (nxt := len(self.tree) + 1) in self._arrived:
+            self.tree.append(self._arrived.pop(nxt))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -318,7 +295,15 @@ class DirectoryService:
         return self._locks[zlib.crc32(node_id.encode()) % _STRIPES]
 
     async def append(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        return await self._appender.append(events)
+        if not events:
+            return []
+        self._cache.inflight += len(events)
+        try:
+            stored = await self.store.append(events)
+        finally:
+            self._cache.inflight -= len(events)
+        self._track(stored)
+        return stored
 
     def limit_client(self, key: str) -> None:
         """Per-client limit on signed requests (429 with Retry-After)."""
@@ -449,7 +434,15 @@ class DirectoryService:
         (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
                                                ev.CONNECTION_GRANTED,
                                                connection_granted_payload(grant))])
-        note, proof = await self._proof_for(entry)
+        try:
+            note, proof = await self._proof_for(entry)
+        except OpenRedError as exc:
+            # Logged but not deliverable: say so in the log too, then answer 503.
+            with contextlib.suppress(OpenRedError):
+                await self.append([ev.grant_failed_event(
+                    grant.grant_id, ["initiator", "responder"], f"no checkpoint: {exc}",
+                    self.now())])
+            raise
         common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
                   "inclusion_proof": proof.to_wire()}
@@ -505,8 +498,8 @@ class DirectoryService:
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
             reply = await self.http.request("POST", url, json_body=body, signed=True)
-        except OpenRedError as exc:
-            return False, f"{to.record.node_id}: {exc}"
+        except Exception as exc:  # any failure to deliver is reported, never a 500
+            return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
         if reply.ok:
             return True, ""
         return False, f"{to.record.node_id} answered {reply.status}"

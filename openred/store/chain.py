@@ -93,11 +93,13 @@ def chain_entries(
     prev_hash: bytes,
     stream_versions: MutableMapping[str, int],
     recorded_at: str,
+    current_versions: Mapping[str, int] | None = None,
 ) -> list[UnsignedEntry]:
     """Chain ``events`` after the entry ``prev_hash`` at position ``next_seq - 1``.
 
     ``stream_versions`` maps each stream of the batch to its current version and is advanced in
-    place; an ``expected_version`` that does not match raises ConcurrencyConflict.
+    place; an ``expected_version`` that does not match raises ConcurrencyConflict. An event
+    without a schema version gets its type's from ``current_versions`` (1 if not given).
     """
     if len(prev_hash) != HASH_SIZE:
         raise ValueError("prev_hash must be 32 bytes")
@@ -113,17 +115,20 @@ def chain_entries(
             )
         version = current + 1
         stream_versions[event.stream] = version
+        schema_version = event.schema_version
+        if schema_version is None:
+            schema_version = current_versions.get(event.type, 1) if current_versions else 1
         raw = event.payload
         payload = canonical_json(raw if type(raw) is dict else dict(raw))
         digest = EntryHash(
             entry_hash_raw(
                 seq, event.stream.encode("utf-8"), version, event.type.encode("utf-8"),
-                event.schema_version, recorded_b, payload, prev_hash,
+                schema_version, recorded_b, payload, prev_hash,
             )
         )
         out.append(
             UnsignedEntry(
-                seq, event.stream, version, event.type, event.schema_version,
+                seq, event.stream, version, event.type, schema_version,
                 recorded_at, payload, prev_hash, digest,
             )
         )

@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError
 from quart import Quart
+
+from openred.errors import ConfigurationError
 
 __all__ = ["hypercorn_config", "run", "serve_app"]
 
@@ -58,5 +61,13 @@ async def serve_app(
 
 
 def run(app: Quart, host: str, port: int, *, access_log: bool = False) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking)."""
-    asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
+    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking).
+
+    A port that cannot be bound or an app that fails to start is a ConfigurationError.
+    """
+    try:
+        asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
+    except LifespanFailureError as exc:
+        raise ConfigurationError(f"the service failed to start: {exc}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc

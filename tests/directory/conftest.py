@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from openred.web.client import HttpClient, Reply, Signer
 from openred.web.signatures import InboundVerifier
 from tests.servers import HOST, free_port, serve_in_loop
 
-os.environ.setdefault("OPENRED_JAIL_KDF", "min")
+TEST_JAIL_ENV = {"OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1"}
+"""Fast, test-only keystores (the jail refuses the ``min`` KDF without the second variable)."""
 
 DirectoryFactory = Callable[..., contextlib.AbstractAsyncContextManager["Directory"]]
 
@@ -106,7 +106,12 @@ def receiver_app(node: Node, directory_key: SignKey, public_url: str) -> Quart:
 
 
 @pytest.fixture
-async def directory_factory(tmp_path: Path) -> AsyncIterator[DirectoryFactory]:
+async def directory_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[DirectoryFactory]:
+    for name, value in TEST_JAIL_ENV.items():
+        monkeypatch.setenv(name, value)
+
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Directory]:
         data_dir = tmp_path / f"dir{free_port()}"

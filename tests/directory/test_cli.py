@@ -21,7 +21,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
     data = tmp_path / "d"
     port = free_port()
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min",
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
            "OPENRED_JAIL_SOCKET": f"/tmp/openred-cli-{port}/j.sock"}
     init = cli("init", "--data-dir", str(data), "--port", str(port), "--allow-private-urls",
                env=env)
@@ -59,3 +59,25 @@ async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
         code = server.stop()
     assert code == 0, server.output()
     assert "Traceback" not in server.output()
+
+
+def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    import socket
+
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1"}
+    env.pop("OPENRED_JAIL_PASSPHRASE", None)
+    data = tmp_path / "d"
+    for args in (("serve",), ("key",), ("nodes",), ("revoke", "a" * 32)):
+        result = cli(*args, "--data-dir", str(data), env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    port = free_port()
+    assert cli("init", "--data-dir", str(data), "--port", str(port), env=env).returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = cli("serve", "--data-dir", str(data), env=env)
+    assert result.returncode == 1 and "cannot serve" in result.stderr
+    assert "Traceback" not in result.stderr
+    (data / "jail-passphrase").unlink()
+    result = cli("serve", "--data-dir", str(data), env=env)
+    assert result.returncode == 1 and "passphrase" in result.stderr

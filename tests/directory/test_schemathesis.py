@@ -87,7 +87,8 @@ def exercise(operation: Any, mode: GenerationMode, base_url: str,
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(tmp_path: Path) -> None:
     data, port = tmp_path / "d", free_port()
-    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_RATE_PER_CLIENT": "10000000",
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+           "OPENRED_RATE_PER_CLIENT": "10000000",
            "OPENRED_RATE_PER_INITIATOR": "10000000", "OPENRED_RATE_PER_TARGET": "10000000",
            "OPENRED_PUSH_ATTEMPTS": "1", "OPENRED_PUSH_TIMEOUT": "1",
            "OPENRED_JAIL_SOCKET": f"/tmp/openred-st-{port}/j.sock"}
