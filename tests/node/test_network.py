@@ -11,9 +11,10 @@ directory stops and the renewed session keeps working.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
+
+import pytest
 
 from openred.crypto.client import JailClient
 from openred.directory.app import create_app as create_directory_app
@@ -25,8 +26,6 @@ from tests.node.test_app import Served, serve_node
 from tests.node.world import JailPair
 from tests.servers import HOST, free_port, serve_in_loop
 
-os.environ.setdefault("OPENRED_JAIL_KDF", "min")
-os.environ.setdefault("OPENRED_JAIL_INSECURE_TEST_KDF", "1")  # the "min" KDF is for tests only
 LIFETIME = 60
 
 
@@ -38,8 +37,11 @@ def client_for(node: Served, jail: JailClient) -> HttpClient:
 
 
 async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
-    jails: JailPair, tmp_path: Path,
+    jails: JailPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The directory's keystore with the fast KDF, which the jail accepts for tests only.
+    monkeypatch.setenv("OPENRED_JAIL_KDF", "min")
+    monkeypatch.setenv("OPENRED_JAIL_INSECURE_TEST_KDF", "1")
     port = free_port()
     settings = DirectorySettings.load(
         tmp_path / "directory", environ={"OPENRED_ALLOW_PRIVATE_URLS": "1"}, host=HOST,
