@@ -18,9 +18,10 @@ from quart_schema import QuartSchema
 from openred import __version__
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.directory.keys import connect_jail
+from openred.directory.ratelimit import RateLimiter
 from openred.errors import OpenRedError
 from openred.modules import install_app_hooks
-from openred.node.routes import EXTENSION, VERIFIER, blueprint
+from openred.node.routes import EXTENSION, HANDSHAKE_LIMITER, VERIFIER, blueprint
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.web.problems import install
@@ -66,6 +67,7 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
         app.extensions[EXTENSION] = services
         app.extensions[VERIFIER] = InboundVerifier(
             settings.base_url, window_seconds=settings.signature_window)
+        app.extensions[HANDSHAKE_LIMITER] = RateLimiter(settings.handshake_refusals, 60.0)
         app.extensions.update(services.extensions())
         install_app_hooks(app, services.modules)
         state["lifecycle"] = asyncio.create_task(

@@ -9,6 +9,8 @@ node's own slug rather than a schema error.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,17 +20,19 @@ from quart_schema import document_response, validate_response
 
 from openred import __version__
 from openred.crypto.identity import SignKey, b64url
-from openred.errors import NodeRefused
+from openred.directory.ratelimit import RateLimiter
+from openred.errors import NodeRefused, RequestRefused
 from openred.node.envelope import Route
 from openred.node.handshake import parse_handshake
 from openred.node.services import NodeServices
 from openred.web.problems import Problem
 from openred.web.signatures import InboundVerifier
 
-__all__ = ["EXTENSION", "VERIFIER", "blueprint"]
+__all__ = ["EXTENSION", "HANDSHAKE_LIMITER", "VERIFIER", "blueprint"]
 
 EXTENSION = "openred.node"
 VERIFIER = "openred.node.verifier"
+HANDSHAKE_LIMITER = "openred.node.handshake_limiter"
 DIRECTORY_KEYID = "directory"
 
 blueprint = Blueprint("node", __name__, url_prefix="/api/v3")
@@ -104,12 +108,27 @@ async def receive_token() -> tuple[dict[str, str], int]:
 
 @blueprint.post("/p2p/handshake")
 @validate_response(HandshakeReply, 200)
-@_documented(400, 401, 403, 404, 409, 410, 413, 503)
+@_documented(400, 401, 403, 404, 409, 410, 413, 429, 503)
 async def handshake() -> dict[str, str]:
-    """Noise KKpsk0 message 1 for a grant this node holds as responder; message 2."""
+    """Noise KKpsk0 message 1 for a grant this node holds as responder; message 2.
+
+    Every refusal is logged (``HandshakeRejected``); an address that caused more than
+    ``OPENRED_HANDSHAKE_REFUSALS`` of them in a minute gets 429 without any log entry, so
+    nobody can fill the log with refusals.
+    """
     svc = services()
+    limiter: RateLimiter = current_app.extensions[HANDSHAKE_LIMITER]
+    address, moment = request.remote_addr or "unknown", time.monotonic()
+    wait = limiter.retry_after(address, moment)
+    if wait is not None:
+        raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
+                             "address", retry_after=math.ceil(wait))
     grant_id, message = parse_handshake(await _json())
-    answer = await svc.handshakes.respond(grant_id, message, svc.now())
+    try:
+        answer = await svc.handshakes.respond(grant_id, message, svc.now())
+    except NodeRefused:
+        limiter.hit(address, moment)
+        raise
     return {"session_id": answer.session_id, "message": b64url(answer.message)}
 
 

@@ -7,6 +7,8 @@
 ``OPENRED_SESSION_LIFETIME``        seconds a session lives (86400); renewal is due at 80 %
 ``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (renewal, expiry) (30)
 ``OPENRED_EPOCH_INTERVAL``          seconds a session's send key lives before it rotates (3600)
+``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address may cause per minute (30);
+                                    past that it gets 429 and nothing is logged
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
 ==================================  ==========================================================
 
@@ -43,6 +45,7 @@ class NodeSettings(ServiceSettings):
     session_lifetime: int = 86400
     lifecycle_interval: float = 30.0
     epoch_interval: int = 3600
+    handshake_refusals: int = 30
 
     DEFAULT_PORT = 8710
 
@@ -69,4 +72,5 @@ class NodeSettings(ServiceSettings):
             session_lifetime=v.integer("SESSION_LIFETIME", 86400, minimum=60),
             lifecycle_interval=float(v.integer("LIFECYCLE_INTERVAL", 30, minimum=1)),
             epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
+            handshake_refusals=v.integer("HANDSHAKE_REFUSALS", 30, minimum=1),
         )

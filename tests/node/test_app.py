@@ -78,13 +78,13 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve_node(name: str, jail: JailClient, data: Path, directory_key: SignKey,
                      directory_url: str, port: int | None = None, *,
-                     session_lifetime: int = 86400) -> AsyncIterator[Served]:
+                     session_lifetime: int = 86400, **extra: Any) -> AsyncIterator[Served]:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     settings = NodeSettings(
         data_dir=data, host="127.0.0.1", port=port, public_url=url, allow_private_urls=True,
         directory_url=directory_url, directory_key=directory_key.b64url(),
-        lifecycle_interval=3600, session_lifetime=session_lifetime,
+        lifecycle_interval=3600, session_lifetime=session_lifetime, **extra,
     )
     data.mkdir(parents=True, exist_ok=True)
     keys = await jail.public_keys()
@@ -372,3 +372,23 @@ async def test_no_body_a_client_can_send_gets_a_500(world: World) -> None:
                 assert 400 <= status < 500, (path, body[:40], status)
                 assert kind.startswith(PROBLEM_JSON), (path, body[:40], kind)
     assert await types(world.b) == ["LogOpened"]
+
+
+async def test_refused_handshakes_are_rate_limited_per_address_before_they_reach_the_log(
+    jails: JailPair, directory: Directory, tmp_path: Path,
+) -> None:
+    async with JailClient(jails.procs[2].socket_path) as jail, serve_node(
+        "c", jail, tmp_path / "c", directory.key, "http://127.0.0.1:9", handshake_refusals=3,
+    ) as c:
+        url = f"{c.url}/api/v3/p2p/handshake"
+        body = json.dumps({"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))})
+        for _ in range(3):
+            status, _, _ = await raw_post(url, body)
+            assert status == 404
+        async with aiohttp.ClientSession() as session, session.post(
+            url, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 429
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert (await resp.json())["type"] == "urn:openred:problem:rate-limited"
+        assert (await types(c)).count(ev.HANDSHAKE_REJECTED) == 3
