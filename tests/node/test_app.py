@@ -392,3 +392,17 @@ async def test_refused_handshakes_are_rate_limited_per_address_before_they_reach
             assert int(resp.headers["Retry-After"]) >= 1
             assert (await resp.json())["type"] == "urn:openred:problem:rate-limited"
         assert (await types(c)).count(ev.HANDSHAKE_REJECTED) == 3
+
+
+async def test_the_openapi_document_lists_every_route_and_its_problems(world: World) -> None:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{world.b.url}/openapi.json"
+    ) as resp:
+        doc = await resp.json()
+    paths = doc["paths"]
+    assert set(paths) >= {"/api/v3/tokens/receive", "/api/v3/p2p/handshake",
+                          "/api/v3/p2p/{module}/{action}", "/api/v3/health"}
+    handshake = paths["/api/v3/p2p/handshake"]["post"]["responses"]
+    assert {"200", "401", "404", "409", "410", "429"} <= set(handshake)
+    envelope = paths["/api/v3/p2p/{module}/{action}"]["post"]["responses"]
+    assert {"200", "400", "401", "404", "409", "410", "413"} <= set(envelope)
