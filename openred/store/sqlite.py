@@ -136,7 +136,9 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, busy_timeout: float = 10.0
+) -> sqlite3.Connection:
     """Open a SQLite connection with the log's durability settings.
 
     A read-only connection opens exactly the file named (its path is URI-escaped, so ``#``,
@@ -150,7 +152,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     return conn
 
 
@@ -393,6 +395,7 @@ class SQLiteEventStore:
         kind: str = DEFAULT_KIND,
         readers: int = 2,
         contention_timeout: float = 30.0,
+        busy_timeout: float = 10.0,
     ) -> None:
         self.path = path
         self.kind = kind
@@ -403,6 +406,7 @@ class SQLiteEventStore:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = checkpoint_interval
         self._contention_timeout = contention_timeout
+        self._busy_timeout = busy_timeout
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openred-store")
         self._readers = _Readers(path, max(1, readers))
@@ -439,6 +443,7 @@ class SQLiteEventStore:
         clock: Callable[[], datetime] = system_clock,
         readers: int = 2,
         contention_timeout: float = 30.0,
+        busy_timeout: float = 10.0,
     ) -> SQLiteEventStore:
         """Open (creating and migrating if needed) the log at ``path`` signed by ``signer``.
 
@@ -451,7 +456,8 @@ class SQLiteEventStore:
         ``registry`` and ``projections`` are frozen: what the log accepts and maintains cannot
         change while it is open. ``readers`` read-only connections serve the read methods.
         ``contention_timeout`` bounds how long an append retries while other processes keep
-        moving the head.
+        moving the head; ``busy_timeout`` how long one wait for SQLite's write lock lasts
+        (then the append fails with StoreUnavailable, nothing written).
         """
         path = Path(path)
         if path.is_dir():
@@ -466,6 +472,7 @@ class SQLiteEventStore:
             path, signer, registry=registry, projections=projections,
             checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval,
             clock=clock, kind=kind, readers=readers, contention_timeout=contention_timeout,
+            busy_timeout=busy_timeout,
         )
         store._current_versions = registry.current_versions()
         try:
@@ -490,7 +497,7 @@ class SQLiteEventStore:
         try:
             self._check_log_kind()
             upgrade(self.path, self.kind)
-            conn = connect(self.path)
+            conn = connect(self.path, busy_timeout=self._busy_timeout)
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
@@ -599,6 +606,9 @@ class SQLiteEventStore:
         finally:
             self._closed = True
             self._fail_queued(StoreClosed("the event store was closed before this append"))
+            # Readers first: the last connection to close checkpoints the WAL into the
+            # database and removes it, which only the write connection can do.
+            self._readers.close()
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
@@ -607,7 +617,6 @@ class SQLiteEventStore:
                     with contextlib.suppress(Exception):
                         conn.close()
             self._executor.shutdown(wait=True)
-            self._readers.close()
 
     async def __aenter__(self) -> SQLiteEventStore:
         return self
