@@ -67,25 +67,39 @@ def count_events(path: Path) -> int:
 
 # -- the insert is checked ------------------------------------------------------------------------
 
-LYING_SCHEMAS = {
-    "ignore-every-row": [
-        "CREATE TRIGGER lie BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END",
-    ],
-    "ignore-some-rows": [
-        "CREATE TRIGGER lie BEFORE INSERT ON events WHEN NEW.seq % 2 = 0 "
-        "BEGIN SELECT RAISE(IGNORE); END",
-    ],
-    "rewrite-after-insert": [
-        "DROP TRIGGER events_no_update",
-        "CREATE TRIGGER lie AFTER INSERT ON events "
-        "BEGIN UPDATE events SET payload = X'7B7D' WHERE seq = NEW.seq; END",
-    ],
-    "replace-the-row": [
-        "CREATE TRIGGER lie BEFORE INSERT ON events WHEN NEW.stream NOT LIKE 'x%' BEGIN "
-        "INSERT INTO events VALUES (NEW.seq, 'x' || NEW.seq, 1, NEW.type, NEW.schema_version, "
-        "NEW.recorded_at, NEW.payload, NEW.prev_hash, NEW.entry_hash, NEW.signature); "
-        "SELECT RAISE(IGNORE); END",
-    ],
+HONEST_AGAIN = ["DROP TRIGGER lie"]
+LYING_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
+    # name: (statements that make the database lie, statements that undo them)
+    "ignore-every-row": (
+        ["CREATE TRIGGER lie BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END"],
+        HONEST_AGAIN,
+    ),
+    "ignore-some-rows": (
+        ["CREATE TRIGGER lie BEFORE INSERT ON events WHEN NEW.seq % 2 = 0 "
+         "BEGIN SELECT RAISE(IGNORE); END"],
+        HONEST_AGAIN,
+    ),
+    "rewrite-after-insert": (
+        ["DROP TRIGGER events_no_update",
+         "CREATE TRIGGER lie AFTER INSERT ON events "
+         "BEGIN UPDATE events SET payload = X'7B7D' WHERE seq = NEW.seq; END"],
+        ["DROP TRIGGER lie",
+         "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+         "BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END"],
+    ),
+    "replace-the-row": (
+        ["CREATE TRIGGER lie BEFORE INSERT ON events WHEN NEW.stream NOT LIKE 'x%' BEGIN "
+         "INSERT INTO events VALUES (NEW.seq, 'x' || NEW.seq, 1, NEW.type, NEW.schema_version, "
+         "NEW.recorded_at, NEW.payload, NEW.prev_hash, NEW.entry_hash, NEW.signature); "
+         "SELECT RAISE(IGNORE); END"],
+        HONEST_AGAIN,
+    ),
+    "a-view-that-swallows-inserts": (
+        ["ALTER TABLE events RENAME TO events_real",
+         "CREATE VIEW events AS SELECT * FROM events_real",
+         "CREATE TRIGGER lie INSTEAD OF INSERT ON events BEGIN SELECT 1; END"],
+        ["DROP TRIGGER lie", "DROP VIEW events", "ALTER TABLE events_real RENAME TO events"],
+    ),
 }
 
 
@@ -97,16 +111,16 @@ async def test_rows_the_database_did_not_store_are_never_acknowledged(
     try:
         head = store.head
         side = side_connection(store)
-        for statement in LYING_SCHEMAS[lie]:
+        make_lie, undo = LYING_SCHEMAS[lie]
+        for statement in make_lie:
             side.execute(statement)
         with pytest.raises(StoreError, match="did not store"):
             await store.append([peer_event(i) for i in range(4)])
         assert store.head == head
         assert count_events(store.path) == head.size
         # The database honest again, the store goes on from where it was.
-        side.execute("DROP TRIGGER lie")
-        side.execute("CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events "
-                     "BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END")
+        for statement in undo:
+            side.execute(statement)
         side.close()
         stored = await store.append([peer_event(i) for i in range(4)])
         assert stored[0].seq == head.size + 1
