@@ -681,6 +681,7 @@ class SQLiteEventStore:
         (an event the registry refuses), StoreUnavailable (busy, disk full, I/O error: nothing
         was appended) or another StoreError.
         """
+        events = list(events)
         for event in events:
             if event.type in (LOG_OPENED, KEY_ROTATED):
                 raise StoreError(f"{event.type} is written by the store itself")

@@ -497,3 +497,16 @@ def test_sqlite_errors_map_to_the_store_errors() -> None:
     assert isinstance(store_module.store_error(error(10 | 12 << 8), "w"), StoreUnavailable)
     assert isinstance(store_module.store_error(error(11), "w"), SchemaError)  # CORRUPT
     assert type(store_module.store_error(error(1), "w")) is StoreError
+
+
+async def test_a_path_with_uri_characters_is_opened_exactly(tmp_path: Path) -> None:
+    odd = tmp_path / "a#b?c%20d"
+    odd.mkdir()
+    store = await open_store(odd)
+    try:
+        await store.append_one(peer_event(1))
+        assert await store.query("SELECT count(*) FROM events") == [(2,)]
+        assert (await store.load_stream((await store.read(2, 2))[0].stream)).version == 1
+    finally:
+        await store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c%20d"]
