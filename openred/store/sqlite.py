@@ -605,6 +605,9 @@ class SQLiteEventStore:
                                    self.path, exc)
         finally:
             self._closed = True
+            for task in (self._writer, self._ticker):
+                if task is not None and not task.done():  # close() itself was cancelled
+                    task.cancel()
             self._fail_queued(StoreClosed("the event store was closed before this append"))
             # Readers first: the last connection to close checkpoints the WAL into the
             # database and removes it, which only the write connection can do.

@@ -510,3 +510,27 @@ async def test_a_path_with_uri_characters_is_opened_exactly(tmp_path: Path) -> N
     finally:
         await store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c%20d"]
+
+
+async def test_close_closes_even_when_cancelled_while_a_signer_hangs(tmp_path: Path) -> None:
+    class Hanging(InProcessSigner):
+        hang = False
+
+        async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+            if self.hang:
+                await asyncio.Event().wait()
+            return await super().sign_entry_hashes(hashes)
+
+    signer = Hanging.from_seed(SEED)
+    store = await open_store(tmp_path, signer)
+    signer.hang = True
+    stuck = asyncio.ensure_future(store.append_one(peer_event(1)))
+    await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(store.close(), 0.2)
+    with pytest.raises(StoreClosed):
+        await stuck
+    with pytest.raises(StoreClosed):
+        await store.append_one(peer_event(2))
+    assert store._conn is None
+    assert count_events(tmp_path / "openred.db") == 1
