@@ -4,7 +4,8 @@ Threads. All writing runs in one dedicated thread per store, on the one write co
 model aiosqlite uses); reads run on read-only connections in a small pool of reader threads, so
 a query never waits behind an append. Everything CPU-bound — validating, canonical encoding,
 chaining, projection planning, Merkle hashing and proofs — runs in those threads, never on the
-event loop; long work there pauses every half millisecond so the loop's thread gets the GIL.
+event loop; the store lowers CPython's switch interval to 1 ms, so the loop's thread never
+waits long for the GIL while those threads work.
 
 Group commit. Appends are queued; one writer task takes everything queued so far as a *group*:
 
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -96,11 +98,11 @@ _EVENT_COLUMNS = (
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _STREAM_CACHE_SIZE = 100_000
 _READ_CHUNK = 5_000
-# Work in the store's threads is cut into chunks of this many entries, with a pause between
-# chunks once _SLICE seconds have passed, so the event loop's thread is never kept off the GIL
-# for long (CPython would otherwise hand it over only every sys.getswitchinterval(), 5 ms).
-_CHUNK = 64
-_SLICE = 0.0005
+# The longest a thread waiting for the GIL waits before CPython makes the holder hand it over
+# (sys.setswitchinterval; CPython's default is 5 ms). The store lowers the process's interval
+# to this when it opens, so the event loop's thread waits at most about a millisecond while
+# the store's threads chain, plan and hash; a thread nobody waits for pays nothing for it.
+SWITCH_INTERVAL = 0.001
 # Contended writers (another process keeps moving the head) back off exponentially with jitter.
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
@@ -226,32 +228,19 @@ class _Frontier:
             self.versions.popitem(last=False)
 
 
-class _Pacer:
-    """Called between chunks of work in a store thread: yields the GIL every _SLICE seconds."""
-
-    __slots__ = ("_due",)
-
-    def __init__(self) -> None:
-        self._due = time.perf_counter() + _SLICE
-
-    def __call__(self) -> None:
-        if time.perf_counter() >= self._due:
-            time.sleep(0)
-            self._due = time.perf_counter() + _SLICE
-
-
-def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes], pace: _Pacer) -> tuple[
+def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes]) -> tuple[
     merkle.CompactRange, merkle.BlockIndex
 ]:
-    """The frontier's Merkle structures with ``hashes`` appended (new objects, chunk by chunk)."""
+    """The frontier's Merkle structures with ``hashes`` appended (new objects)."""
     tree = frontier.tree.copy()
-    blocks = frontier.blocks
-    for i in range(0, len(hashes), 4 * _CHUNK):
-        chunk = hashes[i:i + 4 * _CHUNK]
-        tree.extend(chunk)
-        blocks = blocks.extended(chunk)
-        pace()
-    return tree, blocks
+    tree.extend(hashes)
+    return tree, frontier.blocks.extended(hashes)
+
+
+def lower_switch_interval() -> None:
+    """Make CPython hand the GIL to a waiting thread within :data:`SWITCH_INTERVAL`."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 @dataclass(slots=True)
@@ -464,6 +453,7 @@ class SQLiteEventStore:
             path = path / DATABASE_NAME
         if not path.parent.is_dir():
             raise ConfigurationError(f"directory {path.parent} does not exist")
+        lower_switch_interval()
         registry = registry or EventRegistry()
         projections = projections or ProjectionRegistry()
         registry.freeze()
@@ -502,10 +492,9 @@ class SQLiteEventStore:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
         hashes = entry_hashes(conn)
-        pace = _Pacer()
-        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(),
-                          merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
-        tree, blocks = _extend_tree(empty, hashes, pace)
+        # Whole at once (aligned blocks, the fast path): opening is not serving yet.
+        tree = merkle.CompactRange.from_entry_hashes(hashes)
+        blocks = merkle.BlockIndex(_PROOF_BLOCK_LEVEL).extended(hashes)
         self._frontier = _Frontier(len(hashes), hashes[-1] if hashes else GENESIS_PREV_HASH,
                                    tree, blocks)
         if hashes:
@@ -873,7 +862,6 @@ class SQLiteEventStore:
         self, group: list[_Request], frontier: _Frontier, recorded_at: str
     ) -> _Prepared:
         """Validate, chain and plan each request after the last one that could be chained."""
-        pace = _Pacer()
         registry, projections = self._registry, self._projections
         current = self._current_versions
         next_seq, prev_hash = frontier.size + 1, frontier.entry_hash
@@ -899,18 +887,11 @@ class SQLiteEventStore:
                     if known is None:
                         known = guessed[event.stream] = event.expected_version or 0
                     mine[event.stream] = known
-                chained: list[UnsignedEntry] = []
-                request_plan: ProjectionPlan = []
-                events = request.events
-                for i in range(0, len(events), _CHUNK):
-                    part = chain_entries(
-                        events[i:i + _CHUNK], next_seq=next_seq + i,
-                        prev_hash=chained[-1].entry_hash if chained else prev_hash,
-                        stream_versions=mine, recorded_at=recorded_at, current_versions=current,
-                    )
-                    chained.extend(part)
-                    _merge_plan(request_plan, plan_projections(projections, registry, part))
-                    pace()
+                chained = chain_entries(
+                    request.events, next_seq=next_seq, prev_hash=prev_hash,
+                    stream_versions=mine, recorded_at=recorded_at, current_versions=current,
+                )
+                request_plan = plan_projections(projections, registry, chained)
             except OpenRedError as exc:
                 outcomes.append(exc)
                 continue
@@ -1025,8 +1006,7 @@ class SQLiteEventStore:
         self, frontier: _Frontier, stored: list[StoredEvent], versions: dict[str, int]
     ) -> None:
         """Move the in-memory head past ``stored`` (committed by this process)."""
-        pace = _Pacer()
-        tree, blocks = _extend_tree(frontier, [e.entry_hash for e in stored], pace)
+        tree, blocks = _extend_tree(frontier, [e.entry_hash for e in stored])
         for entry in stored:
             if entry.type == KEY_ROTATED:
                 self._key_in_force = SignKey(from_b64url(decode_payload(entry.payload)["new_key"]))
@@ -1065,7 +1045,7 @@ class SQLiteEventStore:
         for _seq, _hash, stream, version in rows:
             frontier.remember(str(stream), int(version))
         hashes = [bytes(r[1]) for r in rows]
-        tree, blocks = _extend_tree(frontier, hashes, _Pacer())
+        tree, blocks = _extend_tree(frontier, hashes)
         for (payload,) in rotations:
             self._key_in_force = SignKey(from_b64url(decode_payload(bytes(payload))["new_key"]))
             logger.info("%s: another writer rotated the key to %s", self.path,
