@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -466,6 +467,8 @@ async def test_cpu_work_runs_off_the_event_loop(tmp_path: Path,
         await store.close()
     for what, threads in seen.items():
         assert threads and loop_thread not in threads, what
+    # A busy store thread hands the GIL to the waiting loop within a millisecond.
+    assert sys.getswitchinterval() <= store_module.SWITCH_INTERVAL
 
 
 async def test_a_big_batch_is_signed_off_the_event_loop(tmp_path: Path) -> None:
