@@ -801,7 +801,8 @@ class SQLiteEventStore:
             finally:
                 if hold:
                     # Whatever happened, the write lock is not kept (a no-op after COMMIT).
-                    self._executor.submit(self._rollback_if_open)
+                    with contextlib.suppress(RuntimeError):  # the store was closed meanwhile
+                        self._executor.submit(self._rollback_if_open)
 
     async def _attempt(
         self, group: list[_Request],
