@@ -6,6 +6,8 @@ them, with ``raise New(...) from exc``::
 
     OpenRedError
     ├── ConfigurationError          bad settings, missing files, unusable paths
+    ├── ServiceBusy                 temporarily out of capacity; retry later (HTTP 503)
+    │   └── NonceCacheFull          the RFC 9421 nonce cache (or one signer's quota) is full
     ├── StoreError                  the event store could not do what was asked
     │   ├── ConcurrencyConflict     UNIQUE(stream, stream_version) refused a stale writer
     │   ├── StoreClosed             the store was used after close()
@@ -41,6 +43,17 @@ class OpenRedError(Exception):
 
 class ConfigurationError(OpenRedError):
     """Settings or files needed to run are missing or unusable."""
+
+
+class ServiceBusy(OpenRedError):
+    """A bounded resource is full for now; the request may succeed later (HTTP 503)."""
+
+
+class NonceCacheFull(ServiceBusy):
+    """The nonce cache cannot remember another nonce (of this signer) until entries expire.
+
+    Not a :class:`RequestSignatureError`: the signature was fine, the verifier is busy.
+    """
 
 
 class StoreError(OpenRedError):
