@@ -83,7 +83,7 @@ from openred.store.projection_sql import (
     project_events,
 )
 from openred.store.projections import ProjectionRegistry
-from openred.store.signer import Signer
+from openred.store.signer import InProcessSigner, Signer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -232,9 +232,25 @@ def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes]) -> tuple[
     merkle.CompactRange, merkle.BlockIndex
 ]:
     """The frontier's Merkle structures with ``hashes`` appended (new objects)."""
+    leaves = merkle.leaf_hashes(hashes)
     tree = frontier.tree.copy()
-    tree.extend(hashes)
-    return tree, frontier.blocks.extended(hashes)
+    tree.extend_leaf_hashes(leaves)
+    return tree, frontier.blocks.extended_leaf_hashes(leaves)
+
+
+def _signs_in_thread(
+    signer: Signer,
+) -> Callable[[Sequence[EntryHash]], Sequence[bytes]] | None:
+    """The synchronous signing call of an unmodified :class:`InProcessSigner`, else None.
+
+    Such a signer is CPU work in this process: the store thread can do it between chaining and
+    committing, saving two thread hand-offs per append. A subclass that overrides the async
+    call (a test's flaky signer) keeps its override.
+    """
+    if (isinstance(signer, InProcessSigner)
+            and type(signer).sign_entry_hashes is InProcessSigner.sign_entry_hashes):
+        return signer.sign_entry_hashes_sync
+    return None
 
 
 def lower_switch_interval() -> None:
@@ -811,21 +827,35 @@ class SQLiteEventStore:
         await self._ensure_key_in_force()
         frontier = self._frontier
         recorded_at = utc_timestamp(self._clock())
-        prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
-        if not prepared.entries:
-            return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
-        if sign is None:
-            signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
-                [u.entry_hash for u in prepared.entries]
-            ))
+        sign_here = _signs_in_thread(self._signer) if sign is None else None
+        if sign_here is not None:
+            # A signer in this process: chain, sign and commit in one hand-off to the thread.
+            prepared, stored = await self._run(
+                self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here
+            )
         else:
-            signatures = await sign(prepared.entries)
-        if len(signatures) != len(prepared.entries):
-            raise StoreError(f"the signer returned {len(signatures)} signatures for "
-                             f"{len(prepared.entries)} entries")
-        stored = await self._run(self._commit_sync, prepared, signatures, frontier)
+            prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
+            if not prepared.entries:
+                return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
+            if sign is None:
+                signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
+                    [u.entry_hash for u in prepared.entries]
+                ))
+            else:
+                signatures = await sign(prepared.entries)
+            stored = await self._run(self._commit_sync, prepared, signatures, frontier)
         return [o if isinstance(o, BaseException) else stored[o[0]:o[1]]
                 for o in prepared.outcomes]
+
+    def _prepare_sign_commit_sync(
+        self, group: list[_Request], frontier: _Frontier, recorded_at: str,
+        sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
+    ) -> tuple[_Prepared, list[StoredEvent]]:
+        prepared = self._prepare_sync(group, frontier, recorded_at)
+        if not prepared.entries:
+            return prepared, []
+        signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        return prepared, self._commit_sync(prepared, signatures, frontier)
 
     def _begin_sync(self) -> None:
         """Take the write lock and catch up with what other processes wrote (write thread)."""
@@ -927,6 +957,9 @@ class SQLiteEventStore:
         self, prepared: _Prepared, signatures: list[bytes], frontier: _Frontier
     ) -> list[StoredEvent]:
         """Insert, check and commit a signed group; then advance the frontier (write thread)."""
+        if len(signatures) != len(prepared.entries):
+            raise StoreError(f"the signer returned {len(signatures)} signatures for "
+                             f"{len(prepared.entries)} entries")
         stored = [u.signed(s) for u, s in zip(prepared.entries, signatures, strict=True)]
         conn = self._db
         if not conn.in_transaction:  # a retry holds the write lock already (_begin_sync)
