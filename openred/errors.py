@@ -11,6 +11,7 @@ them, with ``raise New(...) from exc``::
     ├── StoreError                  the event store could not do what was asked
     │   ├── ConcurrencyConflict     UNIQUE(stream, stream_version) refused a stale writer
     │   ├── StoreClosed             the store was used after close()
+    │   ├── StoreUnavailable        the database is busy, full or failing I/O (cause attached)
     │   └── SchemaError             the database schema is missing, newer than the code, or broken
     ├── VerificationError           something signed or chained does not check out
     │   ├── TamperedLog             a log entry fails verification (carries seq and reason)
@@ -65,6 +66,14 @@ class ConcurrencyConflict(StoreError):
 
 class StoreClosed(StoreError):
     """The store was used after it was closed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be written or read now: busy, disk full, I/O error.
+
+    The SQLite error is attached as ``__cause__``; nothing was acknowledged, so retrying later
+    is safe.
+    """
 
 
 class SchemaError(StoreError):
