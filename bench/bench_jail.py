@@ -90,6 +90,7 @@ def _grant(initiator: PublicKeys, responder: PublicKeys) -> tuple[bytes, bytes, 
         "v": 3, "grant_id": b64e(os.urandom(16)),
         "initiator": str(initiator.node_id), "responder": str(responder.node_id),
         "issued_at": 1_700_000_000, "expires_at": 1_700_000_300, "suite": SUITE,
+        "initiator_record": b64e(os.urandom(32)), "responder_record": b64e(os.urandom(32)),
     }
     grant = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     grant_id = tokens.decode_grant_id(str(body["grant_id"]))

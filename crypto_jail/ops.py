@@ -86,6 +86,7 @@ _SIGNABLE: dict[str, Callable[[bytes], bool]] = {
     "http_signature_base": structures.is_http_signature_base,
     "checkpoint": structures.is_checkpoint_body,
     "grant": structures.is_canonical_grant,
+    "node_record": structures.is_node_record,
 }
 
 
@@ -262,7 +263,7 @@ def op_public_keys(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """{kind, data} → {signature}; only the four signable structures, each checked exactly."""
+    """{kind, data} → {signature}; only the five signable structures, each checked exactly."""
     _check_keys(args, ("kind", "data"))
     kind = _str(args, "kind")
     data = _bytes(args, "data")

@@ -6,7 +6,10 @@ pairwise disjoint, so a signature made for one purpose can never be valid for an
 
 * entry hash — exactly 32 bytes (every other shape is longer than 32 bytes);
 * checkpoint body — ends with a newline and has at least three lines;
-* canonical grant — one JSON object line, starts with ``{`` and has no newline;
+* canonical grant — one JSON object line, starts with ``{`` and has no newline, with exactly
+  the grant's keys;
+* canonical node record — one JSON object line with exactly the node record's keys (DESIGN §2),
+  so it is never a grant (and a grant never a record): the two key sets differ;
 * HTTP signature base — starts with ``"@method": `` and has no trailing newline.
 
 The HTTP signature base is OpenRed's RFC 9421 profile (DESIGN §3), four lines joined by
@@ -26,17 +29,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 
 from crypto_jail.tokens import check_canonical_grant
 
 __all__ = [
     "MAX_CHECKPOINT_BODY",
     "MAX_SIGNATURE_BASE",
+    "check_canonical_node_record",
+    "check_node_record_fields",
     "is_canonical_grant",
     "is_checkpoint_body",
     "is_entry_hash",
     "is_http_signature_base",
+    "is_node_record",
 ]
 
 MAX_SIGNATURE_BASE = 8192
@@ -118,6 +127,119 @@ def is_canonical_grant(data: bytes) -> bool:
     """Whether ``data`` is a well-formed grant in its exact RFC 8785 canonical bytes."""
     try:
         check_canonical_grant(data)
+    except ValueError:
+        return False
+    return True
+
+
+# --- signed node records (DESIGN §2) ------------------------------------------------------------
+
+NODE_RECORD_FIELDS = frozenset(
+    {"node_id", "api_url", "sign_key", "box_key", "modules", "issued_at", "version"}
+)
+MAX_NODE_RECORD = 4096
+MAX_API_URL = 512
+MAX_MODULES = 32
+_NODE_ID = re.compile(r"[a-z2-7]{32}")
+_KEY_B64URL = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")  # 32 bytes, canonical
+# Printable ASCII without space, quote or backslash: the JSON form needs no escapes at all.
+_API_URL = re.compile(r"https?://[!#-\[\]-~]{1,500}")
+_MODULE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_MAX_SAFE_INT = 2**53 - 1
+
+
+def _safe_int(value: object, *, minimum: int) -> bool:
+    return (
+        isinstance(value, int) and not isinstance(value, bool)
+        and minimum <= value <= _MAX_SAFE_INT
+    )
+
+
+def check_node_record_fields(obj: Mapping[str, object]) -> None:
+    """Raise ValueError unless ``obj`` has exactly the node record's fields, well formed."""
+    if not isinstance(obj, Mapping):
+        raise ValueError("a node record is a JSON object")
+    keys = set(obj)
+    if keys != NODE_RECORD_FIELDS:
+        missing = sorted(NODE_RECORD_FIELDS - keys)
+        extra = sorted(str(k) for k in keys - NODE_RECORD_FIELDS)
+        raise ValueError(f"node record fields wrong: missing {missing}, unexpected {extra}")
+    node_id = obj["node_id"]
+    if not isinstance(node_id, str) or not _NODE_ID.fullmatch(node_id):
+        raise ValueError("node_id is not a node id")
+    url = obj["api_url"]
+    if not isinstance(url, str) or len(url) > MAX_API_URL or not _API_URL.fullmatch(url):
+        raise ValueError("api_url must be an http(s) URL of printable ASCII")
+    for name in ("sign_key", "box_key"):
+        key = obj[name]
+        if not isinstance(key, str) or not _KEY_B64URL.fullmatch(key):
+            raise ValueError(f"{name} must be 32 bytes in canonical unpadded base64url")
+    modules = obj["modules"]
+    if not isinstance(modules, list) or len(modules) > MAX_MODULES:
+        raise ValueError(f"modules must be a list of at most {MAX_MODULES} names")
+    for module in modules:
+        if not isinstance(module, str) or not _MODULE.fullmatch(module):
+            raise ValueError("a module name is 1-64 characters of [a-z0-9_.-]")
+    if modules != sorted(set(modules)):
+        raise ValueError("modules must be sorted and without repeats")
+    if not _safe_int(obj["issued_at"], minimum=0):
+        raise ValueError("issued_at must be an integer number of seconds in [0, 2**53)")
+    if not _safe_int(obj["version"], minimum=1):
+        raise ValueError("version must be a positive integer below 2**53")
+    key_raw = base64.urlsafe_b64decode(str(obj["sign_key"]) + "=")
+    expected = base64.b32encode(hashlib.sha256(key_raw).digest()[:20]).decode("ascii").lower()
+    if node_id != expected:
+        raise ValueError("node_id is not the id of sign_key")
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_float(text: str) -> object:
+    raise ValueError("node record numbers are integers")
+
+
+def check_canonical_node_record(data: bytes) -> dict[str, object]:
+    """Parse a node record; ValueError unless these are exactly its RFC 8785 canonical bytes.
+
+    Every string in a valid record is ASCII needing no escape and every number a safe integer,
+    so RFC 8785 equals ``json.dumps(sort_keys=True, separators=(",", ":"))`` here (as for the
+    grant in ``crypto_jail.tokens``): equality with that re-encoding proves canonical form.
+    """
+    if not isinstance(data, bytes):
+        raise ValueError("a canonical node record is bytes")
+    if len(data) > MAX_NODE_RECORD:
+        raise ValueError(f"node record longer than {MAX_NODE_RECORD} bytes")
+    try:
+        obj = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant, parse_float=_no_float,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError("node record is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise ValueError("a node record is a JSON object")
+    check_node_record_fields(obj)
+    again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if again.encode("utf-8") != data:
+        raise ValueError("node record bytes are not in RFC 8785 canonical form")
+    return obj
+
+
+def is_node_record(data: bytes) -> bool:
+    """Whether ``data`` is a well-formed node record in its exact canonical bytes."""
+    try:
+        check_canonical_node_record(data)
     except ValueError:
         return False
     return True

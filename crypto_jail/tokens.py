@@ -48,9 +48,12 @@ HASH_LEN = 32
 MAX_CANONICAL_GRANT = 1024
 """No real grant comes near this; the jail refuses anything longer before parsing it."""
 
-GRANT_FIELDS = frozenset(
-    {"v", "grant_id", "initiator", "responder", "issued_at", "expires_at", "suite"}
-)
+GRANT_FIELDS = frozenset({
+    "v", "grant_id", "initiator", "responder", "issued_at", "expires_at", "suite",
+    "initiator_record", "responder_record",
+})
+"""``*_record`` name the signed node records the grant was minted for: base64url of SHA-256 of
+each record's canonical bytes (``openred.crypto.records.record_hash``)."""
 
 _INFO_BETA = b"openred/v3 token beta"
 _INFO_ALPHA = b"openred/v3 token alpha"
@@ -60,6 +63,8 @@ _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 # Suite names are registry keys such as "25519_ChaChaPoly_SHA256": ASCII only, so the
 # canonical form below is exactly RFC 8785 (no escapes can ever be needed).
 _SUITE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# 32 bytes as canonical unpadded base64url (the last character carries two zero bits).
+_RECORD_HASH = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 # RFC 8785 §3.2.2.3 serializes numbers as IEEE 754 doubles: only integers up to 2**53 - 1
 # survive exactly, so a timestamp outside that range has no unambiguous canonical form.
 _MAX_SAFE_INT = 2**53 - 1
@@ -151,6 +156,10 @@ def check_grant_fields(obj: Mapping[str, object]) -> None:
     suite = obj["suite"]
     if not isinstance(suite, str) or not _SUITE.fullmatch(suite):
         raise ValueError("suite must be 1-64 characters of [A-Za-z0-9_.-]")
+    for name in ("initiator_record", "responder_record"):
+        value = obj[name]
+        if not isinstance(value, str) or not _RECORD_HASH.fullmatch(value):
+            raise ValueError(f"{name} must be a 32-byte hash in canonical base64url")
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:

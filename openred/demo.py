@@ -36,7 +36,17 @@ from openred.crypto.grants import Grant, new_grant, seal_token, verify_signed_gr
 from openred.crypto.grants import mint_tokens as mint
 from openred.crypto.identity import b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
+from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.crypto.session import SessionCipher
+from openred.crypto.transparency import connection_granted_payload
+from openred.directory.events import (
+    CONNECTION_GRANTED,
+    NODE_REGISTERED,
+    directory_registry,
+    grant_stream,
+    record_event,
+)
+from openred.directory.projections import directory_projections
 from openred.node import events as ev
 from openred.node.events import node_registry
 from openred.node.projections import node_projections
@@ -46,8 +56,6 @@ from openred.store.sqlite import SQLiteEventStore
 NODES = ("alice", "bob", "carol")
 ROUNDS = 30  # rounds of the six-message chat: enough traffic for a periodic checkpoint
 DIRECTORY_URL = "http://127.0.0.1:8700"
-CONNECTION_GRANTED = "ConnectionGranted"
-DIRECTORY_NODE_REGISTERED = "NodeRegistered"
 
 console = Console(highlight=False)
 
@@ -78,6 +86,7 @@ class Participant:
     client: JailClient
     keys: PublicKeys
     store: SQLiteEventStore
+    record: SignedNodeRecord | None = None
     sessions: dict[str, tuple[str, SessionCipher]] = field(default_factory=dict)
 
     @property
@@ -111,7 +120,8 @@ async def start_participant(
     keys = await client.public_keys()
     store = await SQLiteEventStore.open(
         data_dir, await JailSigner.create(client), registry=registry,
-        projections=node_projections() if node else None, clock=clock,
+        projections=node_projections() if node else directory_projections(), clock=clock,
+        kind="node" if node else "directory",
     )
     return Participant(name, data_dir, supervisor, client, keys, store)
 
@@ -124,11 +134,8 @@ async def network(
     sockets = Path(tempfile.mkdtemp(prefix="openred-demo-"))
     started: list[Participant] = []
     try:
-        directory_registry = EventRegistry()
-        for t in (DIRECTORY_NODE_REGISTERED, CONNECTION_GRANTED):
-            directory_registry.register(t)
         directory = await start_participant("directory", out, sockets, clock,
-                                            directory_registry, node=False)
+                                            directory_registry(), node=False)
         started.append(directory)
         for name in NODES:
             started.append(await start_participant(name, out, sockets, clock, node_registry(),
@@ -147,12 +154,13 @@ async def stop(p: Participant) -> None:
     await p.supervisor.stop()
 
 
-async def register(directory: Participant, node: Participant) -> None:
+async def register(directory: Participant, node: Participant, clock: SimClock) -> None:
     api_url = f"http://127.0.0.1:{8701 + NODES.index(node.name)}"
-    await directory.log(NewEvent(ev.node_stream(node.node_id), DIRECTORY_NODE_REGISTERED, {
-        "node_id": node.node_id, "api_url": api_url, "sign_key": node.keys.sign_key.b64url(),
-        "box_key": node.keys.box_key.b64url(), "modules": ["messaging"],
-    }))
+    record = NodeRecord.build(sign_key=node.keys.sign_key, box_key=node.keys.box_key,
+                              api_url=api_url, modules=["messaging"], issued_at=clock.unix,
+                              version=1)
+    node.record = await sign_record(record, node.client.sign)
+    await directory.log(record_event(NODE_REGISTERED, node.record, clock.unix))
     await node.log(NewEvent(ev.node_stream(node.node_id), ev.NODE_REGISTERED, {
         "directory": DIRECTORY_URL, "node_id": node.node_id, "api_url": api_url,
     }))
@@ -181,8 +189,10 @@ async def grant_connection(
 ) -> Delivered:
     """The directory's part: mint, sign, seal, log ConnectionGranted — and forget the secret."""
     method = select_crypto_method(clock.now, "hourly")
+    assert a.record is not None and b.record is not None, "both nodes registered their records"
     grant = new_grant(a.keys.node_id, b.keys.node_id, grant_id=secrets.token_bytes(16),
-                      issued_at=clock.unix, suite=DEFAULT_REGISTRY.suite(method))
+                      issued_at=clock.unix, suite=DEFAULT_REGISTRY.suite(method),
+                      initiator_record=a.record.hash, responder_record=b.record.hash)
     canonical = grant.canonical_bytes()
     signature = await directory.client.sign("grant", canonical)
     token_a, token_b = mint(grant, secrets.token_bytes(32))
@@ -191,10 +201,8 @@ async def grant_connection(
         b.name: seal_token(token_b, b.keys.box_key),
     }
     del token_a, token_b
-    await directory.log(NewEvent(f"grant:{grant.grant_id}", CONNECTION_GRANTED, {
-        "grant_id": grant.grant_id, "initiator": grant.initiator, "responder": grant.responder,
-        "issued_at": grant.issued_at, "expires_at": grant.expires_at, "suite": grant.suite,
-    }))
+    await directory.log(NewEvent(grant_stream(grant.grant_id), CONNECTION_GRANTED,
+                                 connection_granted_payload(grant)))
     return Delivered(grant, canonical, signature, sealed)
 
 
@@ -277,7 +285,7 @@ async def story(out: Path) -> list[Participant]:
         console.print("[bold]1.[/] Three nodes register with the directory and discover "
                       "each other")
         for node in nodes:
-            await register(directory, node)
+            await register(directory, node, clock)
         for node in nodes:
             await discover(node, nodes)
 

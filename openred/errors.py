@@ -17,7 +17,9 @@ them, with ``raise New(...) from exc``::
     │   ├── TamperedLog             a log entry fails verification (carries seq and reason)
     │   ├── InvalidSignature        an Ed25519 signature does not verify
     │   ├── ProofError              a Merkle inclusion or consistency proof is wrong
-    │   └── CheckpointError         a checkpoint note is malformed or its signature is wrong
+    │   ├── CheckpointError         a checkpoint note is malformed or its signature is wrong
+    │   ├── ForkDetected            two signed checkpoints of one log are inconsistent (evidence)
+    │   └── TransparencyError       a grant's log entry, proof or checkpoint does not match it
     ├── CryptoError                 a cryptographic operation failed (reveals nothing more)
     │   ├── InvalidKey              wrong length, low-order point, unparseable key
     │   ├── TokenMismatch           the two halves of a grant do not belong together
@@ -32,6 +34,10 @@ them, with ``raise New(...) from exc``::
         └── JailRefused             the jail answered with an error for this request
             ├── JailHandshakeFailed     … a handshake message (also a HandshakeFailed)
             └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
+    ├── UnsafeUrl                   a URL is not http(s) with a host, or points where it must not
+    ├── TransportError              an outbound HTTP call failed
+    │   └── PeerUnreachable         … refused, timed out or answered 5xx after the retries
+    └── RequestRefused              a service refuses a request (carries status and problem slug)
 """
 
 from __future__ import annotations
@@ -164,3 +170,50 @@ class JailHandshakeFailed(JailRefused, HandshakeFailed):
 
 class JailDecryptionFailed(JailRefused, DecryptionFailed):
     """The jail could not open a sealed or wrapped value."""
+
+
+class ForkDetected(VerificationError):
+    """Two checkpoints signed by the same log key cannot both be true: the log forked.
+
+    Carries both signed notes, so the caller can keep them as evidence.
+    """
+
+    def __init__(self, detail: str, *, held: bytes, received: bytes) -> None:
+        super().__init__(detail)
+        self.held = held
+        self.received = received
+
+
+class TransparencyError(VerificationError):
+    """A grant's log entry, inclusion proof or checkpoint does not prove what it must."""
+
+
+class UnsafeUrl(OpenRedError):
+    """A URL is not http(s) with a host, or names an address this service must not call."""
+
+
+class TransportError(OpenRedError):
+    """An outbound HTTP request failed."""
+
+
+class PeerUnreachable(TransportError):
+    """The peer refused the connection, timed out, or kept answering 5xx after retries."""
+
+
+class RequestRefused(OpenRedError):
+    """A service refuses a request; becomes an RFC 9457 problem with this status and slug.
+
+    ``retry_after`` (seconds) is sent as Retry-After (429, 503); ``extra`` adds members to the
+    problem object (RFC 9457 §3.2 extension members).
+    """
+
+    def __init__(
+        self, status: int, slug: str, detail: str, *, retry_after: int | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.retry_after = retry_after
+        self.extra = dict(extra or {})

@@ -1,7 +1,10 @@
 """Connection grants and sealed token delivery (DESIGN §5), public-key side only.
 
 A :class:`Grant` is what the directory signs: ``{v, grant_id, initiator, responder, issued_at,
-expires_at, suite}`` in RFC 8785 canonical bytes. The directory mints the two token halves with
+expires_at, suite, initiator_record, responder_record}`` in RFC 8785 canonical bytes, where the
+``*_record`` fields are base64url of the ``record_hash`` of the two signed node records the grant
+was minted for (so a node checks its peer's key and URL against the peer's own signature).
+The directory mints the two token halves with
 :func:`mint_tokens` from a fresh secret it then forgets, seals each half to its node's X25519 key
 (:func:`seal_token`, libsodium ``crypto_box_seal``) and delivers ``{grant, grant_signature,
 sealed_token}``. Opening a sealed token happens only in the recipient's crypto jail.
@@ -20,7 +23,7 @@ import nacl.public
 import rfc8785
 
 from crypto_jail import tokens as _jail_tokens
-from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url
+from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
 from openred.errors import CryptoError
 
 __all__ = [
@@ -70,6 +73,8 @@ class Grant:
     issued_at: int
     expires_at: int
     suite: str
+    initiator_record: str
+    responder_record: str
     _canonical: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +97,8 @@ class Grant:
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
             "suite": self.suite,
+            "initiator_record": self.initiator_record,
+            "responder_record": self.responder_record,
         }
 
     @classmethod
@@ -109,6 +116,8 @@ class Grant:
             issued_at=_int(obj, "issued_at"),
             expires_at=_int(obj, "expires_at"),
             suite=_str(obj, "suite"),
+            initiator_record=_str(obj, "initiator_record"),
+            responder_record=_str(obj, "responder_record"),
         )
 
     @classmethod
@@ -138,6 +147,14 @@ class Grant:
         """Whether the grant can no longer be used at ``now`` (unix seconds, UTC)."""
         return now >= self.expires_at
 
+    def record_hash_of(self, node: NodeId) -> bytes:
+        """The 32-byte record hash the grant names for ``node`` (initiator or responder)."""
+        if node == self.initiator:
+            return from_b64url(self.initiator_record)
+        if node == self.responder:
+            return from_b64url(self.responder_record)
+        raise CryptoError(f"node {node} is not a party to this grant")
+
     def involves(self, node: NodeId) -> bool:
         """Whether ``node`` is the initiator or the responder of this grant."""
         return node in (self.initiator, self.responder)
@@ -151,8 +168,18 @@ def new_grant(
     issued_at: int,
     ttl: int = DEFAULT_TTL,
     suite: str,
+    initiator_record: bytes,
+    responder_record: bytes,
 ) -> Grant:
-    """Build a grant from caller-supplied randomness (16-byte ``grant_id``) and time."""
+    """Build a grant from caller-supplied randomness (16-byte ``grant_id``) and time.
+
+    ``initiator_record`` / ``responder_record`` are the 32-byte ``record_hash`` of the signed
+    node records the grant is minted for.
+    """
+    for name, value in (("initiator_record", initiator_record),
+                        ("responder_record", responder_record)):
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise CryptoError(f"grant is malformed: {name} must be a 32-byte hash")
     if not isinstance(grant_id, bytes) or len(grant_id) != _jail_tokens.GRANT_ID_LEN:
         raise CryptoError(f"grant is malformed: grant_id must be {_jail_tokens.GRANT_ID_LEN} bytes")
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
@@ -164,6 +191,8 @@ def new_grant(
         issued_at=issued_at,
         expires_at=issued_at + ttl,
         suite=suite,
+        initiator_record=b64url(initiator_record),
+        responder_record=b64url(responder_record),
     )
 
 

@@ -32,10 +32,14 @@ A = NodeId("a" * 32)
 B = NodeId("b" * 32)
 SUITE = "25519_ChaChaPoly_SHA256"
 GRANT_ID = bytes(range(16))
+R1 = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"
+R2 = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI"
+RECORDS = {"initiator_record": b"\x01" * 32, "responder_record": b"\x02" * 32}
 
 
 def make_grant(**overrides: object) -> Grant:
-    args: dict[str, object] = {"grant_id": GRANT_ID, "issued_at": 1_700_000_000, "suite": SUITE}
+    args: dict[str, object] = {"grant_id": GRANT_ID, "issued_at": 1_700_000_000, "suite": SUITE,
+                               **RECORDS}
     args.update(overrides)
     return new_grant(A, B, **args)  # type: ignore[arg-type]
 
@@ -54,7 +58,8 @@ def test_canonical_bytes_are_rfc8785_with_sorted_keys() -> None:
     g = make_grant()
     expected = (
         '{"expires_at":1700000300,"grant_id":"AAECAwQFBgcICQoLDA0ODw",'
-        f'"initiator":"{A}","issued_at":1700000000,"responder":"{B}",'
+        f'"initiator":"{A}","initiator_record":"{R1}",'
+        f'"issued_at":1700000000,"responder":"{B}","responder_record":"{R2}",'
         f'"suite":"{SUITE}","v":3}}'
     ).encode()
     assert g.canonical_bytes() == expected
@@ -71,7 +76,7 @@ def test_every_field_changes_the_hash() -> None:
         make_grant(issued_at=1_700_000_001),
         make_grant(ttl=301),
         make_grant(suite="25519_AESGCM_SHA256"),
-        new_grant(B, A, grant_id=GRANT_ID, issued_at=1_700_000_000, suite=SUITE),
+        new_grant(B, A, grant_id=GRANT_ID, issued_at=1_700_000_000, suite=SUITE, **RECORDS),
     ]
     hashes = {v.grant_hash for v in variants} | {base.grant_hash}
     assert len(hashes) == len(variants) + 1
@@ -84,7 +89,7 @@ def test_every_field_changes_the_hash() -> None:
     suite=st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
 )
 def test_canonical_roundtrip(grant_id: bytes, issued_at: int, ttl: int, suite: str) -> None:
-    g = new_grant(A, B, grant_id=grant_id, issued_at=issued_at, ttl=ttl, suite=suite)
+    g = new_grant(A, B, grant_id=grant_id, issued_at=issued_at, ttl=ttl, suite=suite, **RECORDS)
     data = g.canonical_bytes()
     # The jail's stdlib check and the rfc8785 library agree on what is canonical.
     assert check_canonical_grant(data) == g.to_dict()
@@ -126,7 +131,8 @@ def test_from_dict_rejects_missing_and_extra_fields() -> None:
 
 def test_constructor_validates_too() -> None:
     with pytest.raises(CryptoError):
-        Grant(grant_id="x", initiator=A, responder=B, issued_at=0, expires_at=1, suite=SUITE)
+        Grant(grant_id="x", initiator=A, responder=B, issued_at=0, expires_at=1, suite=SUITE,
+              initiator_record=R1, responder_record=R2)
     with pytest.raises(CryptoError):
         make_grant(grant_id=bytes(15))
     with pytest.raises(CryptoError):
@@ -186,7 +192,8 @@ def test_tampered_grant_fails(directory: nacl.signing.SigningKey) -> None:
     key = SignKey(bytes(directory.verify_key))
     for tampered in (make_grant(ttl=3600), make_grant(suite="25519_AESGCM_SHA256"),
                      new_grant(A, NodeId("c" * 32), grant_id=GRANT_ID, issued_at=g.issued_at,
-                               suite=SUITE)):
+                               suite=SUITE, **RECORDS),
+                     make_grant(initiator_record=b"\x03" * 32)):
         with pytest.raises(InvalidSignature):
             verify_grant_signature(tampered, sig, key)
     raw = g.canonical_bytes().replace(b"1700000300", b"1700009999")

@@ -22,7 +22,8 @@ B = NodeId("b" * 32)
 
 
 def grant(grant_id: bytes = b"\x07" * 16, issued_at: int = 1_700_000_000) -> Grant:
-    return new_grant(A, B, grant_id=grant_id, issued_at=issued_at, suite="25519_AESGCM_SHA256")
+    return new_grant(A, B, grant_id=grant_id, issued_at=issued_at, suite="25519_AESGCM_SHA256",
+                     initiator_record=b"\x01" * 32, responder_record=b"\x02" * 32)
 
 
 def test_derivation_follows_design_section_5() -> None:

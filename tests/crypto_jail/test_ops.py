@@ -57,7 +57,8 @@ def canonical_grant(
     grant = {
         "v": 3, "grant_id": b64e(os.urandom(16)), "initiator": initiator,
         "responder": responder, "issued_at": issued_at, "expires_at": issued_at + 300,
-        "suite": suite,
+        "suite": suite, "initiator_record": b64e(os.urandom(32)),
+        "responder_record": b64e(os.urandom(32)),
     }
     return json.dumps(grant, sort_keys=True, separators=(",", ":")).encode()
 

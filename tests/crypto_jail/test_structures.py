@@ -14,6 +14,7 @@ from crypto_jail.structures import (
     is_checkpoint_body,
     is_entry_hash,
     is_http_signature_base,
+    is_node_record,
 )
 
 ROOT = base64.b64encode(hashlib.sha256(b"root").digest()).decode()
@@ -28,18 +29,29 @@ BASE = (
 ).encode()
 GRANT = (
     '{"expires_at":1700000300,"grant_id":"AAECAwQFBgcICQoLDA0ODw",'
-    f'"initiator":"{"a" * 32}","issued_at":1700000000,"responder":"{"b" * 32}",'
+    f'"initiator":"{"a" * 32}","initiator_record":"{"A" * 43}","issued_at":1700000000,'
+    f'"responder":"{"b" * 32}","responder_record":"{"B" * 42}A",'
     '"suite":"25519_ChaChaPoly_SHA256","v":3}'
 ).encode()
 HASH = hashlib.sha256(b"entry").digest()
+SIGN_KEY = bytes(range(32))
+NODE_ID = base64.b32encode(hashlib.sha256(SIGN_KEY).digest()[:20]).decode().lower()
+RECORD = (
+    '{"api_url":"https://node.example:8443","box_key":"' + "B" * 42 + 'A",'
+    '"issued_at":1700000000,"modules":["file_sharing","messaging"],'
+    f'"node_id":"{NODE_ID}","sign_key":"'
+    + base64.urlsafe_b64encode(SIGN_KEY).decode().rstrip("=") + '","version":1}'
+).encode()
 
 RECOGNIZERS = {
     "entry": is_entry_hash,
     "checkpoint": is_checkpoint_body,
     "grant": is_canonical_grant,
     "http": is_http_signature_base,
+    "record": is_node_record,
 }
-SAMPLES = {"entry": HASH, "checkpoint": CHECKPOINT, "grant": GRANT, "http": BASE}
+SAMPLES = {"entry": HASH, "checkpoint": CHECKPOINT, "grant": GRANT, "http": BASE,
+           "record": RECORD}
 
 
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
@@ -168,3 +180,24 @@ def test_signature_base_variants_accepted() -> None:
 )
 def test_signature_base_rejects(base: bytes) -> None:
     assert not is_http_signature_base(base)
+
+
+def test_node_record_recognized_and_variants_refused() -> None:
+    assert is_node_record(RECORD)
+    assert not is_node_record(RECORD.replace(b",", b", "))  # not canonical
+    assert not is_node_record(RECORD.replace(b'"version":1', b'"version":0'))
+    assert not is_node_record(RECORD.replace(b'"version":1', b'"version":1.0'))
+    assert not is_node_record(RECORD.replace(b'"version":1', b'"version":true'))
+    assert not is_node_record(RECORD.replace(b'"issued_at":1700000000', b'"issued_at":-1'))
+    assert not is_node_record(RECORD.replace(b"https://", b"ftp://"))
+    assert not is_node_record(RECORD.replace(b'.example:8443"', b'.example:8443/a b"'))
+    assert not is_node_record(RECORD.replace(b'"file_sharing","messaging"',
+                                             b'"messaging","file_sharing"'))  # unsorted
+    assert not is_node_record(RECORD.replace(b'"file_sharing","messaging"',
+                                             b'"messaging","messaging"'))
+    # The node id must be the id of sign_key: a record for someone else's key is not signed.
+    other = base64.b32encode(hashlib.sha256(b"x").digest()[:20]).decode().lower()
+    assert not is_node_record(RECORD.replace(NODE_ID.encode(), other.encode()))
+    assert not is_node_record(RECORD[:-1] + b',"extra":1}')
+    assert not is_node_record(b"{}")
+    assert not is_node_record(b"[1]")

@@ -1,0 +1,349 @@
+"""The directory under HTTP load: registrations, grants and one-record lookups per second.
+
+Baseline (issue 7): a trivial JSON endpoint on the same Hypercorn configuration
+(``openred.web.serve.hypercorn_config``), loaded by the same client, from another process, at
+the same concurrency. Every server here is its own process (``openred directory serve`` for
+the directory, with its jail; a bare Quart app for the baseline; one process answering the
+token pushes of two local receivers), and the load comes from a separate client process.
+
+Each scenario is compared with a baseline run measured just before it (the machine is shared
+and its load drifts). The client sends requests prepared beforehand — already signed
+(RFC 9421) with fresh nonces — so signing does not slow the client down; the directory runs
+with a 300 s signature window so the prepared requests are still inside it. Latency is per
+request, from send to full answer.
+
+* ``directory_register``: each request registers a new node (signature check, record check,
+  URL check, one log append through the group commit);
+* ``directory_request_connection``: grants between registered nodes whose URLs are the two
+  receivers: sign the grant in the jail, seal two tokens, append, sign a checkpoint, prove
+  inclusion, push both halves and wait for both acknowledgements;
+* ``directory_discover``: ``GET /nodes/discover?node_id=`` for one record.
+
+``python -m bench.bench_directory`` (or ``make bench``); ``--quick`` runs fewer requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nacl.public
+import nacl.signing
+
+from bench.common import percentiles, report
+
+CONCURRENCY = 16
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the servers ---------------------------------------------------------------------------------
+
+def baseline_app() -> Any:
+    from quart import Quart
+
+    app = Quart("baseline")
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def receivers_app() -> Any:
+    from quart import Quart
+
+    app = Quart("receivers")
+
+    @app.post("/api/v3/tokens/receive")
+    async def receive() -> dict[str, str]:
+        from quart import request
+
+        await request.get_data()
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_many(kind: str, ports: list[int]) -> None:
+    """Run ``baseline`` or ``receivers`` on the given ports (the server processes' entry)."""
+    from hypercorn.asyncio import serve
+
+    from openred.web.serve import hypercorn_config
+
+    app = baseline_app() if kind == "baseline" else receivers_app()
+    config = hypercorn_config("127.0.0.1", ports[0])
+    config.bind = [f"127.0.0.1:{p}" for p in ports]
+    config.errorlog = None
+    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the load client (its own process) -----------------------------------------------------------
+
+async def _load(requests: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = list(reversed(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while queue:
+                r = queue.pop()
+                body = base64.b64decode(r["body"])
+                start = time.perf_counter()
+                async with session.request(r["method"], r["url"], headers=r["headers"],
+                                           data=body or None) as resp:
+                    await resp.read()
+                latencies.append(time.perf_counter() - start)
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        # Warm the connections first (not timed).
+        warm = [queue.pop() for _ in range(min(concurrency, len(queue) // 10))]
+        queue_after = queue
+        queue = list(reversed(warm))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        queue = queue_after
+        latencies.clear()
+        count = len(queue)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"count": count, "elapsed": elapsed, "latencies": latencies, "statuses": statuses}
+
+
+def client_main(path: str, concurrency: int) -> None:
+    requests = json.loads(Path(path).read_text())
+    result = asyncio.run(_load(requests, concurrency))
+    print(json.dumps(result))
+
+
+@dataclass
+class Run:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+
+
+def load(requests: list[dict[str, Any]], tmp: Path) -> Run:
+    path = tmp / f"requests-{random.random()}.json"
+    path.write_text(json.dumps(requests))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_directory", "--client", str(path),
+         str(CONCURRENCY)], cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    result = json.loads(out.stdout)
+    p50, p99 = percentiles(result["latencies"])
+    return Run(result["count"] / result["elapsed"], p50 * 1000, p99 * 1000, result["statuses"])
+
+
+# -- preparing signed requests -------------------------------------------------------------------
+
+class BenchNode:
+    def __init__(self, api_url: str) -> None:
+        from openred.crypto.identity import SignKey
+
+        self.sk = nacl.signing.SigningKey.generate()
+        self.box = nacl.public.PrivateKey.generate()
+        self.api_url = api_url
+        self.node_id = str(SignKey(bytes(self.sk.verify_key)).node_id)
+
+    def record_wire(self) -> dict[str, Any]:
+        from openred.crypto.identity import BoxKey, SignKey
+        from openred.crypto.records import NodeRecord, SignedNodeRecord
+
+        record = NodeRecord.build(sign_key=SignKey(bytes(self.sk.verify_key)),
+                                  box_key=BoxKey(bytes(self.box.public_key)),
+                                  api_url=self.api_url, modules=["messaging"],
+                                  issued_at=int(time.time()), version=1)
+        return SignedNodeRecord(record, self.sk.sign(record.canonical_bytes()).signature).to_wire()
+
+    async def signed(self, method: str, url: str, body: Any = None) -> dict[str, Any]:
+        from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
+
+        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+
+        async def sign(base: bytes) -> bytes:
+            return bytes(self.sk.sign(base).signature)
+
+        req = await sign_request(HttpRequest(method, url, headers, raw), keyid=self.node_id,
+                                 sign_base=sign, now=int(time.time()), nonce=new_nonce())
+        return {"method": method, "url": url, "headers": dict(req.headers),
+                "body": base64.b64encode(raw).decode()}
+
+
+def plain(method: str, url: str) -> dict[str, Any]:
+    return {"method": method, "url": url, "headers": {}, "body": ""}
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+async def prepare_register(url: str, n: int, receiver: str) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        node = BenchNode(receiver)
+        out.append(await node.signed("POST", url + "/api/v3/nodes/register", node.record_wire()))
+    return out
+
+
+def run_all(quick: bool) -> None:
+    n_base, n_reg, n_grant, n_disc = (600, 300, 150, 600) if quick else (6000, 3000, 1500, 6000)
+    tmp = Path(tempfile.mkdtemp(prefix="openred-bench-dir-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+           "OPENRED_SIGNATURE_WINDOW": "300",
+           "OPENRED_RATE_PER_CLIENT": "100000000", "OPENRED_RATE_PER_INITIATOR": "100000000",
+           "OPENRED_RATE_PER_TARGET": "100000000", "OPENRED_PUSH_ATTEMPTS": "1"}
+    try:
+        base_port = free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_directory", "--serve", "baseline",
+             str(base_port)], cwd=ROOT, env=env))
+        receiver_ports = [free_port(), free_port()]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_directory", "--serve", "receivers",
+             *map(str, receiver_ports)], cwd=ROOT, env=env))
+        data, dir_port = tmp / "directory", free_port()
+        env["OPENRED_JAIL_SOCKET"] = str(tmp / "jail" / "j.sock")
+        subprocess.run([sys.executable, "-m", "openred.cli", "directory", "init", "--data-dir",
+                        str(data), "--port", str(dir_port), "--allow-private-urls"],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "openred.cli", "directory", "serve", "--data-dir",
+             str(data)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+        base = f"http://127.0.0.1:{base_port}"
+        directory = f"http://127.0.0.1:{dir_port}"
+        wait_for(base + "/ping", procs[0])
+        wait_for(directory + "/api/v3/health", procs[2])
+        receivers = [f"http://127.0.0.1:{p}" for p in receiver_ports]
+
+        def baseline() -> Run:
+            return load([plain("GET", base + "/ping") for _ in range(n_base)], tmp)
+
+        # Each scenario is compared with a baseline measured right before it: the machine is
+        # shared, and its load drifts over a run more than between two adjacent measurements.
+        reg_requests = asyncio.run(prepare_register(directory, n_reg, receivers[0]))
+        reg_base = baseline()
+        reg = load(reg_requests, tmp)
+
+        async def prepare_grants() -> list[dict[str, Any]]:
+            nodes = [BenchNode(receivers[i % 2]) for i in range(20)]
+            for node in nodes:
+                r = await node.signed("POST", directory + "/api/v3/nodes/register",
+                                      node.record_wire())
+                load_one(r)
+            out = []
+            for i in range(n_grant):
+                a, b = nodes[i % 10], nodes[10 + (i * 7) % 10]
+                out.append(await a.signed("POST", directory + "/api/v3/tokens/request-connection",
+                                          {"target": b.node_id}))
+            return out
+
+        grant_requests = asyncio.run(prepare_grants())
+        grant_base = baseline()
+        grants = load(grant_requests, tmp)
+
+        async def prepare_discover() -> list[dict[str, Any]]:
+            # One asker per connection: a signer's nonce quota (1000 per window) is not the
+            # thing measured here.
+            askers = [BenchNode(receivers[0]) for _ in range(CONCURRENCY)]
+            target = BenchNode(receivers[1])
+            for node in (*askers, target):
+                load_one(await node.signed("POST", directory + "/api/v3/nodes/register",
+                                           node.record_wire()))
+            url = f"{directory}/api/v3/nodes/discover?node_id={target.node_id}"
+            return [await askers[i % CONCURRENCY].signed("GET", url) for i in range(n_disc)]
+
+        disc_requests = asyncio.run(prepare_discover())
+        disc_base = baseline()
+        disc = load(disc_requests, tmp)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    for name, run, base_run, expected in (
+        ("directory_register", reg, reg_base, "201"),
+        ("directory_request_connection", grants, grant_base, "201"),
+        ("directory_discover", disc, disc_base, "200"),
+    ):
+        if set(run.statuses) != {expected}:
+            print(f"bench {name}: unexpected statuses {run.statuses}", flush=True)
+        report(name, run.rate, "req/s", "http_json_baseline", base_run.rate)
+        report(f"{name}_p50", run.p50_ms, "ms", "http_json_baseline_p50", base_run.p50_ms)
+        report(f"{name}_p99", run.p99_ms, "ms", "http_json_baseline_p99", base_run.p99_ms)
+
+
+def load_one(request: dict[str, Any]) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(
+        request["url"], data=base64.b64decode(request["body"]) or None,
+        headers=request["headers"], method=request["method"])
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--serve"]:
+        serve_many(args[1], [int(p) for p in args[2:]])
+    elif args[:1] == ["--client"]:
+        client_main(args[1], int(args[2]))
+    else:
+        run_all(quick="--quick" in args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The directory's Quart app: ``create_app(settings)``, served by Hypercorn (issue 7 §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from quart import Quart
+from quart_schema import QuartSchema
+
+from openred import __version__
+from openred.crypto.client import JailClient, JailSupervisor
+from openred.directory import grants, info, registry
+from openred.directory.keys import start_jail
+from openred.directory.routing import EXTENSION
+from openred.directory.service import DirectoryService
+from openred.settings import DirectorySettings
+from openred.web.problems import install
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: DirectorySettings) -> Quart:
+    """The directory app; its jail, store and clients open when serving starts."""
+    app = Quart("openred.directory")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    QuartSchema(
+        app,
+        info={"title": "OpenRed directory", "version": __version__,
+              "description": "Signed node records, discovery and paired connection grants. "
+                             "Signed routes need an RFC 9421 signature (DESIGN §3)."},
+    )
+    install(app)
+    for blueprint in (registry.blueprint, grants.blueprint, info.blueprint):
+        app.register_blueprint(blueprint)
+    state: dict[str, object] = {}
+
+    @app.before_serving
+    async def open_service() -> None:
+        supervisor, jail = await start_jail(settings)
+        state["supervisor"], state["jail"] = supervisor, jail
+        try:
+            service = await DirectoryService.open(settings, jail)
+        except BaseException:
+            await jail.close()
+            await supervisor.stop()
+            raise
+        app.extensions[EXTENSION] = service
+        state["status_task"] = asyncio.create_task(service.run_status_task())
+
+    @app.after_serving
+    async def close_service() -> None:
+        task = state.pop("status_task", None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        service = app.extensions.pop(EXTENSION, None)
+        if isinstance(service, DirectoryService):
+            await service.close()
+        jail = state.pop("jail", None)
+        if isinstance(jail, JailClient):
+            await jail.close()
+        supervisor = state.pop("supervisor", None)
+        if isinstance(supervisor, JailSupervisor):
+            await supervisor.stop()
+
+    return app

@@ -1,0 +1,25 @@
+"""Route for paired connection grants: request-connection (DESIGN §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+from quart_schema import validate_request, validate_response
+
+from openred.directory.routing import SIGNED_PROBLEMS, problems, service, signed
+from openred.directory.schemas import ConnectionReply, ConnectionRequest
+
+blueprint = Blueprint("grants", __name__, url_prefix="/api/v3/tokens")
+
+
+@blueprint.post("/request-connection")
+@validate_request(ConnectionRequest)
+@validate_response(ConnectionReply, 201)
+@problems(*SIGNED_PROBLEMS, 404, 409, 410, 502)
+@signed
+async def request_connection(data: ConnectionRequest, signer: str) -> tuple[dict[str, Any], int]:
+    """Mint a grant to ``target``, push both halves; 201 when both nodes took theirs."""
+    outcome = await service().request_connection(signer=signer, target=data.target)
+    return {"grant_id": outcome.grant_id, "expires_at": outcome.expires_at,
+            "suite": outcome.suite, "delivered": outcome.delivered}, 201

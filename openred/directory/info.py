@@ -1,0 +1,37 @@
+"""Unsigned routes: health, the directory's key, its log's checkpoint (DESIGN §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint
+from quart_schema import validate_querystring, validate_response
+
+from openred.directory.routing import problems, service
+from openred.directory.schemas import CheckpointQuery, CheckpointReply, DirectoryKey, Health
+
+blueprint = Blueprint("info", __name__, url_prefix="/api/v3")
+
+
+@blueprint.get("/health")
+@validate_response(Health, 200)
+@problems(503)
+async def health() -> dict[str, Any]:
+    """Status, version, node counts, and the log's size and root."""
+    return await service().health()
+
+
+@blueprint.get("/directory/key")
+@validate_response(DirectoryKey, 200)
+async def key() -> dict[str, str]:
+    """The directory's public key (what nodes pin) and its id."""
+    return service().key_info()
+
+
+@blueprint.get("/directory/checkpoint")
+@validate_querystring(CheckpointQuery)
+@validate_response(CheckpointReply, 200)
+@problems(400, 422, 503)
+async def checkpoint(query_args: CheckpointQuery) -> dict[str, Any]:
+    """The newest signed checkpoint; ``?from=SIZE`` adds a consistency proof from that size."""
+    return await service().checkpoint(query_args.from_size)

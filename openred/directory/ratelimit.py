@@ -1,0 +1,53 @@
+"""A keyed sliding-window rate limiter (issue 7 §5: per initiator and per target).
+
+Pure and in memory: ``now`` is passed in. Each key keeps the instants of its recent hits; a hit
+beyond ``limit`` inside ``window`` seconds is refused with the seconds until the oldest hit
+leaves the window (the Retry-After). The table is bounded: keys whose hits all left the window
+are dropped as the table is swept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["RateLimiter"]
+
+
+class RateLimiter:
+    """At most ``limit`` hits per key in any ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit and window must be positive")
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._hits: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: float) -> float | None:
+        """Seconds to wait if ``key`` is at its limit now, else None (nothing recorded)."""
+        hits = self._hits.get(key)
+        if hits is None:
+            return None
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) < self.limit:
+            return None
+        return max(hits[0] + self.window - now, 0.001)
+
+    def hit(self, key: str, now: float) -> None:
+        """Record one hit for ``key``."""
+        hits = self._hits.get(key)
+        if hits is None:
+            if len(self._hits) >= self.max_keys:
+                self._sweep(now)
+            hits = self._hits[key] = deque()
+        hits.append(now)
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window]:
+            del self._hits[key]
+        if len(self._hits) >= self.max_keys:
+            # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
+            stalest = min(self._hits, key=lambda k: self._hits[k][-1])
+            del self._hits[stalest]

@@ -1,0 +1,79 @@
+"""What every directory route shares: the service, signed-request checks, documented problems."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from quart import current_app, request
+from quart_schema import document_response
+
+from openred.crypto.identity import NodeId, SignKey
+from openred.directory.schemas import SignedRecordBody
+from openred.directory.service import DirectoryService
+from openred.errors import InvalidKey
+from openred.web.problems import Problem
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+EXTENSION = "openred.directory"
+
+SIGNED_PROBLEMS = (400, 401, 403, 413, 422, 429, 503)
+"""What any signed route may answer besides its own successes."""
+
+
+def service() -> DirectoryService:
+    svc: DirectoryService = current_app.extensions[EXTENSION]
+    return svc
+
+
+def problems(*codes: int) -> Callable[[F], F]:
+    """Document ``Problem`` answers with these statuses in the OpenAPI document."""
+
+    def decorator(func: F) -> F:
+        for code in codes:
+            func = document_response(Problem, code)(func)
+        return func
+
+    return decorator
+
+
+def signed(func: F) -> F:
+    """Verify the request's RFC 9421 signature by a node the directory knows; pass ``signer``."""
+
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        svc = service()
+        keyid, _ = await svc.verifier.verify(request, svc.resolve_key)
+        svc.limit_client(keyid)
+        return await func(*args, signer=keyid, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def signed_registration(func: F) -> F:
+    """Like :func:`signed`, but a new node's key comes from the record it registers.
+
+    Registration is self-certifying: a ``keyid`` equal to the record's ``node_id`` is checked
+    against the record's ``sign_key`` (whose id it must be); any other ``keyid`` against the
+    key the directory already holds for it (so the decision can answer 403, not 401).
+    """
+
+    @wraps(func)
+    async def wrapper(*args: Any, data: SignedRecordBody, **kwargs: Any) -> Any:
+        svc = service()
+        svc.limit_client(f"address:{request.remote_addr}")
+
+        async def resolve(keyid: str) -> SignKey | None:
+            if keyid == data.record.node_id:
+                try:
+                    key = SignKey.from_b64url(data.record.sign_key)
+                except InvalidKey:
+                    return None
+                return key if NodeId.for_key(key) == keyid else None
+            return await svc.resolve_key(keyid)
+
+        keyid, _ = await svc.verifier.verify(request, resolve)
+        return await func(*args, data=data, signer=keyid, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

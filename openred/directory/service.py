@@ -1,0 +1,541 @@
+"""The directory service: gathers state, calls a ``decide_*``, appends, pushes (the shell).
+
+Routes call these methods with plain values and serialize what they return; every refusal is a
+:class:`~openred.errors.RequestRefused` raised by a decision (or by the rate limiter here).
+
+Concurrent appends are committed as one group by the store (one transaction, one signing
+call), so registrations under load share commits. Commands on one node are serialized by a
+striped lock, so two concurrent requests for the same node never decide from the same stale
+state.
+
+Node rows are cached in memory (:class:`_NodeCache`): an append by this process drops the
+entries of the nodes it touches, and any write by another process (``openred directory
+revoke`` while the server runs) is seen before every lookup — the newest ``seq`` in the log,
+read on a private read-only connection in microseconds, is ahead of what this process appended
+and has in flight — and empties the cache (at the latest once this process's appends in flight
+at that moment have returned). Concurrent grants share checkpoints: a grant waits for a checkpoint
+that covers its entry instead of signing one of its own when one is already being signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from openred import __version__
+from openred.crypto.client import JailClient, JailSigner
+from openred.crypto.grants import mint_tokens, new_grant, seal_token
+from openred.crypto.identity import NodeId, SignKey, b64url
+from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
+from openred.crypto.records import SignedNodeRecord
+from openred.crypto.transparency import (
+    InclusionProof,
+    connection_granted_payload,
+    directory_origin,
+    entry_to_wire,
+)
+from openred.directory import decisions as d
+from openred.directory import events as ev
+from openred.directory.events import directory_registry
+from openred.directory.models import DirectoryNode
+from openred.directory.projections import directory_projections
+from openred.directory.ratelimit import RateLimiter
+from openred.directory.tree import ProofTree
+from openred.errors import OpenRedError, RequestRefused, StoreError
+from openred.settings import DirectorySettings
+from openred.store.checkpoint import parse_checkpoint_body, parse_signed_note, vkey
+from openred.store.events import NewEvent, StoredEvent
+from openred.store.readmodels import ReadModels
+from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
+from openred.web.client import HttpClient, Signer
+from openred.web.signatures import InboundVerifier
+from openred.web.urls import check_url
+
+__all__ = ["DirectoryService", "GrantOutcome"]
+
+logger = logging.getLogger("openred.directory")
+
+RECEIVE_PATH = "/api/v3/tokens/receive"
+_STRIPES = 256
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class GrantOutcome:
+    """What request-connection answers: the grant's public facts and what was delivered."""
+
+    grant_id: str
+    expires_at: int
+    suite: str
+    delivered: dict[str, bool]
+
+
+class _NodeCache:
+    """Node views by id (None cached too), valid while no other process wrote to the log."""
+
+    MAX = 100_000
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only=1")
+        self.known_size = 0
+        self.inflight = 0
+        self._ours: set[int] = set()
+        self.views: dict[str, d.NodeView | None] = {}
+
+    def check(self) -> None:
+        """Empty the cache if the log grew beyond what this process appended."""
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        size = int(row[0] or 0)
+        # Entries of this process's appends still in flight may already be committed.
+        if size > self.known_size + self.inflight:
+            self.views.clear()
+            self.known_size = size
+            self._ours = {seq for seq in self._ours if seq > size}
+
+    def appended(self, stored: Sequence[StoredEvent]) -> None:
+        for entry in stored:
+            if entry.stream.startswith("node:"):
+                self.views.pop(entry.stream.removeprefix("node:"), None)
+            if entry.seq > self.known_size:
+                self._ours.add(entry.seq)
+        while self.known_size + 1 in self._ours:
+            self.known_size += 1
+            self._ours.discard(self.known_size)
+
+    def put(self, node_id: str, view: d.NodeView | None) -> None:
+        if len(self.views) >= self.MAX:
+            self.views.clear()
+        self.views[node_id] = view
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _view(row: DirectoryNode) -> d.NodeView:
+    return d.NodeView(row.node_id, row.status, row.version, row.record_hash, row.last_seen,
+                      row.record, row.signature, row.sign_key)
+
+
+class DirectoryService:
+    """The directory's state and commands, over its store, read models, jail and HTTP client."""
+
+    def __init__(
+        self, settings: DirectorySettings, store: SQLiteEventStore, reads: ReadModels,
+        jail: JailClient, http: HttpClient, *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.reads = reads
+        self.jail = jail
+        self.http = http
+        self.clock = clock
+        self.key = store.sign_key
+        self.origin = directory_origin(self.key)
+        self.verifier = InboundVerifier(settings.base_url,
+                                        window_seconds=settings.signature_window, clock=clock)
+        self.tree = ProofTree()
+        self._arrived: dict[int, bytes] = {}
+        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
+        self._last_seen: dict[str, int] = {}
+        self._started = int(clock())
+        self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
+        self._note: tuple[int, bytes] | None = None
+        self._signing: asyncio.Task[bytes] | None = None
+        window = settings.rate_window
+        self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
+        self.target_limit = RateLimiter(settings.rate_per_target, window)
+        self.client_limit = RateLimiter(settings.rate_per_client, window)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, settings: DirectorySettings, jail: JailClient, *,
+        clock: Callable[[], float] = time.time,
+    ) -> DirectoryService:
+        """Open the directory's log (kind ``directory``) and everything that reads it."""
+        signer = await JailSigner.create(jail)
+        store = await SQLiteEventStore.open(
+            settings.data_dir, signer, kind="directory", registry=directory_registry(),
+            projections=directory_projections(),
+        )
+        http = HttpClient(
+            signer=Signer("directory", _jail_base_signer(jail)),
+            allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
+            total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
+            clock=clock,
+        )
+        reads = ReadModels(settings.data_dir / DATABASE_NAME)
+        service = cls(settings, store, reads, jail, http, clock=clock)
+        await service._sync_tree(store.head.size)
+        return service
+
+    async def close(self) -> None:
+        self._cache.close()
+        await self.http.close()
+        await self.reads.close()
+        await self.store.close()
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- the proof tree ----------------------------------------------------------------------
+
+    def _track(self, stored: list[StoredEvent]) -> None:
+        """Feed this process's appends to the cache and the tree, in seq order.
+
+        Concurrent appends may return out of order: entries wait in ``_arrived`` until the ones
+        before them are in. A gap left by another process is filled by :meth:`_sync_tree`.
+        """
+        self._cache.appended(stored)
+        tree, arrived = self.tree, self._arrived
+        for entry in stored:
+            if entry.seq > len(tree):
+                arrived[entry.seq] = entry.entry_hash
+        while (nxt := len(tree) + 1) in arrived:
+            tree.append(arrived.pop(nxt))
+
+    async def _sync_tree(self, size: int) -> None:
+        if len(self.tree) >= size:
+            return
+        rows = await self.store.query(
+            "SELECT seq, entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (len(self.tree), size),
+        )
+        for seq, digest in rows:
+            if seq == len(self.tree) + 1:
+                self.tree.append(bytes(digest))
+                self._arrived.pop(seq, None)
+        while (nxt := len(self.tree) + 1) in self._arrived:
+            self.tree.append(self._arrived.pop(nxt))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def node(self, node_id: str) -> d.NodeView | None:
+        cache = self._cache
+        cache.check()
+        if node_id in cache.views:
+            return cache.views[node_id]
+        known = cache.known_size
+        async with self.reads.session() as session:
+            row = await session.get(DirectoryNode, node_id)
+        view = None if row is None else _view(row)
+        # Only cache what was read with no write in between (an append may have landed).
+        if cache.known_size == known and node_id not in cache.views:
+            cache.put(node_id, view)
+        return view
+
+    async def resolve_key(self, keyid: str) -> SignKey | None:
+        """The key of a node the directory knows (revoked included: they get 403, not 401)."""
+        try:
+            NodeId(keyid)
+        except ValueError:
+            return None
+        node = await self.node(keyid)
+        if node is None or node.status == d.DEREGISTERED:
+            return None
+        # The projection copied sign_key from the record the node signed (and whose id it is).
+        return SignKey.from_b64url(node.sign_key)
+
+    def last_seen(self, node: d.NodeView) -> int:
+        return max(self._last_seen.get(node.node_id, 0), node.last_seen)
+
+    def item(self, node: d.NodeView) -> dict[str, Any]:
+        """A discovery item: the signed record verbatim plus status and last_seen."""
+        return {"record": json.loads(node.record_json), "signature": node.signature,
+                "status": node.status, "last_seen": self.last_seen(node)}
+
+    async def discover_one(self, signer: str, node_id: str) -> dict[str, Any]:
+        d.decide_discovery_access(await self.node(signer), signer=signer)
+        node = await self.node(node_id)
+        if node is None or node.status == d.DEREGISTERED:
+            raise RequestRefused(404, "unknown-node", f"node {node_id} is not registered")
+        return {"items": [self.item(node)], "next_cursor": None}
+
+    async def discover_page(self, signer: str, *, status: str | None, limit: int,
+                            cursor: str | None) -> dict[str, Any]:
+        d.decide_discovery_access(await self.node(signer), signer=signer)
+        statuses = [status] if status else list(d.LISTED_STATUSES)
+        query = select(DirectoryNode).where(col(DirectoryNode.status).in_(statuses))
+        if cursor:
+            query = query.where(col(DirectoryNode.node_id) > cursor)
+        query = query.order_by(col(DirectoryNode.node_id)).limit(limit + 1)
+        async with self.reads.session() as session:
+            rows = list((await session.exec(query)).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"items": [self.item(_view(r)) for r in rows],
+                "next_cursor": rows[-1].node_id if more else None}
+
+    async def counts(self) -> dict[str, int]:
+        query = select(DirectoryNode.status, func.count()).group_by(col(DirectoryNode.status))
+        async with self.reads.session() as session:
+            rows = (await session.exec(query)).all()
+        found = {str(status): int(count) for status, count in rows}
+        return {s: found.get(s, 0) for s in (d.ACTIVE, d.STALE, d.EXPIRED, d.REVOKED)}
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _lock(self, node_id: str) -> asyncio.Lock:
+        return self._locks[zlib.crc32(node_id.encode()) % _STRIPES]
+
+    async def append(self, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        if not events:
+            return []
+        self._cache.inflight += len(events)
+        try:
+            stored = await self.store.append(events)
+        finally:
+            self._cache.inflight -= len(events)
+        self._track(stored)
+        return stored
+
+    def limit_client(self, key: str) -> None:
+        """Per-client limit on signed requests (429 with Retry-After)."""
+        now = self.clock()
+        wait = self.client_limit.retry_after(key, now)
+        if wait is not None:
+            raise RequestRefused(429, "rate-limited", "too many requests from this client",
+                                 retry_after=int(wait) + 1)
+        self.client_limit.hit(key, now)
+
+    async def register(
+        self, signed: SignedNodeRecord, *, signer: str
+    ) -> tuple[int, dict[str, Any]]:
+        """Register or update a node's signed record; (status code, discovery item)."""
+        record = signed.record
+        if signer == record.node_id:
+            await check_url(record.api_url, allow_private=self.settings.allow_private_urls)
+        async with self._lock(record.node_id):
+            now = self.now()
+            existing = await self.node(record.node_id)
+            status, events = d.decide_registration(
+                existing, signed, signer=signer, now=now, window=self.settings.signature_window)
+            await self.append(events)
+            self._last_seen[record.node_id] = now
+        # Whatever the decision, the node is now active with this record.
+        wire = signed.to_wire()
+        return status, {"record": wire["record"], "signature": wire["signature"],
+                        "status": d.ACTIVE, "last_seen": now}
+
+    async def heartbeat(self, *, signer: str) -> dict[str, Any]:
+        async with self._lock(signer):
+            now = self.now()
+            node = await self.node(signer)
+            events = d.decide_heartbeat(node, signer=signer, now=now)
+            await self.append(events)
+            self._last_seen[signer] = now
+            if events:
+                node = await self.node(signer)
+        assert node is not None
+        return {"node_id": signer, "status": node.status, "last_seen": now,
+                "heartbeat_interval": self.settings.heartbeat_interval}
+
+    async def deregister(self, node_id: str, *, signer: str) -> dict[str, Any]:
+        async with self._lock(node_id):
+            events = d.decide_deregistration(await self.node(node_id), node_id=node_id,
+                                             signer=signer, now=self.now())
+            await self.append(events)
+        self._last_seen.pop(node_id, None)
+        return {"node_id": node_id, "status": d.DEREGISTERED}
+
+    async def revoke(self, node_id: str, reason: str) -> None:
+        async with self._lock(node_id):
+            events = d.decide_revocation(await self.node(node_id), node_id=node_id,
+                                         reason=reason, now=self.now())
+            await self.append(events)
+
+    async def sweep_statuses(self) -> int:
+        """Move silent nodes active → stale → expired; the number of transitions logged."""
+        now = self.now()
+        query = select(DirectoryNode).where(col(DirectoryNode.status).in_([d.ACTIVE, d.STALE]))
+        async with self.reads.session() as session:
+            rows = list((await session.exec(query)).all())
+        changed = 0
+        for row in rows:
+            node = _view(row)
+            # A node is not blamed for the directory's own downtime: silence counts from start.
+            seen = max(self.last_seen(node), self._started)
+            async with self._lock(node.node_id):
+                fresh = await self.node(node.node_id)
+                if fresh is None:
+                    continue
+                events = d.decide_status(
+                    fresh, last_seen=max(seen, self.last_seen(fresh)), now=now,
+                    stale_after=self.settings.stale_after,
+                    expire_after=self.settings.expire_after)
+                await self.append(events)
+                changed += len(events)
+        return changed
+
+    async def run_status_task(self) -> None:
+        """The background task: sweep every ``status_check_interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.status_check_interval)
+            try:
+                await self.sweep_statuses()
+            except OpenRedError as exc:
+                logger.warning("status sweep failed, will retry: %s", exc)
+
+    # -- grants ------------------------------------------------------------------------------
+
+    def _check_rates(self, initiator: str, target: str) -> None:
+        now = self.clock()
+        for limiter, key, who in ((self.initiator_limit, initiator, "this initiator"),
+                                  (self.target_limit, target, "this target")):
+            wait = limiter.retry_after(key, now)
+            if wait is not None:
+                raise RequestRefused(429, "rate-limited", f"too many grants for {who}",
+                                     retry_after=int(wait) + 1)
+        self.initiator_limit.hit(initiator, now)
+        self.target_limit.hit(target, now)
+
+    async def request_connection(self, *, signer: str, target: str) -> GrantOutcome:
+        """Mint a grant from ``signer`` to ``target``, log it, push both halves (DESIGN §5)."""
+        initiator_view, target_view = await self.node(signer), await self.node(target)
+        d.decide_grant(initiator_view, target_view, signer=signer, target_id=target)
+        assert initiator_view is not None and target_view is not None
+        self._check_rates(signer, target)
+        a_record = initiator_view.signed_record()
+        b_record = target_view.signed_record()
+        now = self.now()
+        when = datetime.fromtimestamp(now, UTC)
+        method = select_crypto_method(when, self.settings.suite_mode,
+                                      seed=self.settings.suite_seed)
+        # 1. The grant, signed in the directory's jail.
+        grant = new_grant(
+            a_record.record.node_id, b_record.record.node_id,
+            grant_id=secrets.token_bytes(16), issued_at=now, ttl=self.settings.grant_ttl,
+            suite=DEFAULT_REGISTRY.suite(method), initiator_record=a_record.hash,
+            responder_record=b_record.hash,
+        )
+        signature = bytes(await self.jail.sign("grant", grant.canonical_bytes()))
+        # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
+        token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
+        sealed_a = seal_token(token_a, a_record.record.box_key)
+        sealed_b = seal_token(token_b, b_record.record.box_key)
+        del token_a, token_b
+        # 3. ConnectionGranted in the log (no secret), a checkpoint covering it, its proof.
+        (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
+                                               ev.CONNECTION_GRANTED,
+                                               connection_granted_payload(grant))])
+        try:
+            note, proof = await self._proof_for(entry)
+        except OpenRedError as exc:
+            # Logged but not deliverable: say so in the log too, then answer 503.
+            with contextlib.suppress(OpenRedError):
+                await self.append([ev.grant_failed_event(
+                    grant.grant_id, ["initiator", "responder"], f"no checkpoint: {exc}",
+                    self.now())])
+            raise
+        common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
+                  "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
+                  "inclusion_proof": proof.to_wire()}
+        # 4. Push both halves at once over the pooled client.
+        delivered_a, delivered_b = await asyncio.gather(
+            self._push(a_record, {**common, "sealed_token": b64url(sealed_a),
+                                  "peer_record": b_record.to_wire()}),
+            self._push(b_record, {**common, "sealed_token": b64url(sealed_b),
+                                  "peer_record": a_record.to_wire()}),
+        )
+        delivered = {"initiator": delivered_a[0], "responder": delivered_b[0]}
+        if not all(delivered.values()):
+            undelivered = [role for role, ok in delivered.items() if not ok]
+            reason = "; ".join(r for ok, r in (delivered_a, delivered_b) if not ok)
+            await self.append([ev.grant_failed_event(grant.grant_id, undelivered, reason,
+                                                      self.now())])
+            raise RequestRefused(
+                502, "push-failed", f"the grant could not be delivered to {undelivered}: "
+                f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
+        return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
+
+    async def _note_covering(self, seq: int) -> bytes:
+        """A signed checkpoint whose tree contains entry ``seq`` (shared by concurrent grants)."""
+        while self._note is None or self._note[0] < seq:
+            task = self._signing
+            if task is None:
+                task = self._signing = asyncio.ensure_future(self._sign_note())
+            # A checkpoint being signed may have started before seq was appended: look again.
+            await asyncio.shield(task)
+        return self._note[1]
+
+    async def _sign_note(self) -> bytes:
+        try:
+            note = await self.store.checkpoint()
+            size = parse_checkpoint_body(parse_signed_note(note).body).size
+            if self._note is None or size > self._note[0]:
+                self._note = (size, note)
+            return note
+        finally:
+            self._signing = None
+
+    async def _proof_for(self, entry: StoredEvent) -> tuple[bytes, InclusionProof]:
+        note = await self._note_covering(entry.seq)
+        checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
+        await self._sync_tree(checkpoint.size)
+        if len(self.tree) < checkpoint.size or self.tree.root(checkpoint.size) != \
+                checkpoint.root_hash:
+            raise StoreError("the proof cache disagrees with the signed checkpoint")
+        hashes = self.tree.inclusion_proof(entry.seq - 1, checkpoint.size)
+        return note, InclusionProof(entry.seq - 1, checkpoint.size, tuple(hashes))
+
+    async def _push(self, to: SignedNodeRecord, body: dict[str, Any]) -> tuple[bool, str]:
+        url = to.record.api_url.rstrip("/") + RECEIVE_PATH
+        try:
+            reply = await self.http.request("POST", url, json_body=body, signed=True)
+        except Exception as exc:  # any failure to deliver is reported, never a 500
+            return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
+        if reply.ok:
+            return True, ""
+        return False, f"{to.record.node_id} answered {reply.status}"
+
+    # -- log facts ---------------------------------------------------------------------------
+
+    async def checkpoint(self, from_size: int | None) -> dict[str, Any]:
+        """The newest signed checkpoint, with a consistency proof from ``from_size``."""
+        note = await self.store.latest_checkpoint()
+        if note is None:
+            note = await self.store.checkpoint()
+        checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
+        proof: list[str] | None = None
+        if from_size is not None:
+            if from_size > checkpoint.size:
+                raise RequestRefused(
+                    422, "invalid-field",
+                    f"from={from_size} is beyond the checkpoint's size {checkpoint.size}")
+            await self._sync_tree(checkpoint.size)
+            proof = [b64url(h) for h in self.tree.consistency_proof(from_size, checkpoint.size)]
+        return {"checkpoint": note.decode("utf-8"), "consistency_proof": proof}
+
+    async def health(self) -> dict[str, Any]:
+        head = self.store.head
+        root = await self.store.root()
+        return {"status": "ok", "version": __version__, "nodes": await self.counts(),
+                "log": {"size": head.size, "root": b64url(root)}}
+
+    def key_info(self) -> dict[str, str]:
+        return {"key": self.key.b64url(), "id": str(self.key.node_id), "origin": self.origin,
+                "vkey": vkey(self.origin, self.key)}
+
+
+def _jail_base_signer(jail: JailClient) -> Callable[[bytes], Any]:
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(await jail.sign("http_signature_base", base))
+
+    return sign_base
+

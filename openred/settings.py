@@ -1,0 +1,284 @@
+"""Configuration: ``OPENRED_*`` environment variables over the data directory's ``.env`` file.
+
+Precedence, highest first: the process environment, then ``DATA_DIR/.env`` (written by
+``openred directory init``), then the defaults below. Every service shares
+:class:`ServiceSettings` (where it listens, its public URL, request limits, its jail); each
+service adds its own fields in a subclass — :class:`DirectorySettings` here, a ``NodeSettings``
+beside it — and its own ``_from_values``. Values are parsed strictly: a malformed value is a
+:class:`~openred.errors.ConfigurationError` naming the variable, never a silent default.
+
+Shared variables:
+
+==================================  ==========================================================
+``OPENRED_DATA_DIR``                data directory (CLI ``--data-dir`` wins over it)
+``OPENRED_HOST`` / ``OPENRED_PORT``   where Hypercorn listens (127.0.0.1, 8700 for a directory)
+``OPENRED_PUBLIC_URL``              the URL clients address (RFC 9421 ``@target-uri`` is
+                                    rebuilt from it); default ``http://HOST:PORT``
+``OPENRED_ALLOW_PRIVATE_URLS``      1 to accept loopback and private addresses as API URLs
+``OPENRED_SIGNATURE_WINDOW``        seconds a signed request's ``created`` may be off (60)
+``OPENRED_MAX_BODY_BYTES``          largest request body (65536); larger gets 413
+``OPENRED_JAIL_SOCKET``             the jail's Unix socket (default ``DATA_DIR/jail/jail.sock``)
+``OPENRED_JAIL_PASSPHRASE_FILE``    file holding the keystore passphrase (default
+                                    ``DATA_DIR/jail-passphrase`` when it exists)
+``OPENRED_JAIL_NO_SECCOMP``         1 to start the jail without seccomp (platforms without it)
+==================================  ==========================================================
+
+The directory's own variables are listed on :class:`DirectorySettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Self
+
+from openred.errors import ConfigurationError
+
+__all__ = [
+    "DirectorySettings",
+    "ServiceSettings",
+    "read_env_file",
+    "write_env_file",
+]
+
+ENV_FILE = ".env"
+PREFIX = "OPENRED_"
+_LINE = re.compile(r"(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=\s*(.*)")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes); {} if absent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.fullmatch(line)
+        if match is None:
+            raise ConfigurationError(f"{path}:{number}: not a KEY=VALUE line")
+        key, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def write_env_file(path: Path, values: Mapping[str, str], *, header: str = "") -> None:
+    """Write a ``.env`` file (mode 0600, replaced atomically)."""
+    for key, value in values.items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or "\n" in value:
+            raise ConfigurationError(f"cannot write {key!r} to a .env file")
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{key}={value}" for key, value in values.items()]
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+class _Values:
+    """Looks variables up in the environment, then the .env file; parses them strictly."""
+
+    def __init__(self, env: Mapping[str, str], file_values: Mapping[str, str]) -> None:
+        self._env = env
+        self._file = file_values
+
+    def raw(self, name: str) -> str | None:
+        key = PREFIX + name
+        if key in self._env:
+            return self._env[key]
+        return self._file.get(key)
+
+    def text(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        return default if value is None or value == "" else value
+
+    def optional(self, name: str) -> str | None:
+        value = self.raw(name)
+        return None if value is None or value == "" else value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.raw(name)
+        if value is None or value == "":
+            return default
+        try:
+            number = int(value, 10)
+        except ValueError:
+            raise ConfigurationError(f"{PREFIX}{name}={value!r} is not an integer") from None
+        if number < minimum:
+            raise ConfigurationError(f"{PREFIX}{name} must be at least {minimum}")
+        return number
+
+    def seconds_or_never(self, name: str, default: int | None) -> int | None:
+        value = self.raw(name)
+        if value is not None and value.strip().lower() == "never":
+            return None
+        if value is None or value == "":
+            return default
+        return self.integer(name, 0, minimum=1)
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigurationError(f"{PREFIX}{name}={value!r} is not a boolean (use 1 or 0)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSettings:
+    """What every OpenRed service needs: where it listens, its limits, its jail."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8700
+    public_url: str = ""
+    allow_private_urls: bool = False
+    signature_window: int = 60
+    max_body_bytes: int = 65536
+    jail_socket: Path | None = None
+    jail_passphrase_file: Path | None = None
+    jail_no_seccomp: bool = False
+
+    DEFAULT_PORT = 8700
+
+    @property
+    def base_url(self) -> str:
+        """The public URL without a trailing slash."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.data_dir / "keystore.json"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.jail_socket or self.data_dir / "jail" / "jail.sock"
+
+    @property
+    def passphrase_path(self) -> Path:
+        return self.jail_passphrase_file or self.data_dir / "jail-passphrase"
+
+    @classmethod
+    def load(
+        cls, data_dir: Path | str | None = None, *, environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Self:
+        """Settings from ``environ`` (default: the process's), ``DATA_DIR/.env`` and defaults."""
+        env = dict(os.environ if environ is None else environ)
+        directory = Path(data_dir or env.get(PREFIX + "DATA_DIR") or "openred-data")
+        values = _Values(env, read_env_file(directory / ENV_FILE))
+        settings = cls._from_values(directory, values)
+        return replace(settings, **overrides) if overrides else settings
+
+    @classmethod
+    def _shared(cls, data_dir: Path, v: _Values) -> dict[str, Any]:
+        socket = v.optional("JAIL_SOCKET")
+        passphrase = v.optional("JAIL_PASSPHRASE_FILE")
+        return {
+            "data_dir": data_dir,
+            "host": v.text("HOST", "127.0.0.1"),
+            "port": v.integer("PORT", cls.DEFAULT_PORT, minimum=0),
+            "public_url": v.text("PUBLIC_URL", ""),
+            "allow_private_urls": v.flag("ALLOW_PRIVATE_URLS"),
+            "signature_window": v.integer("SIGNATURE_WINDOW", 60, minimum=1),
+            "max_body_bytes": v.integer("MAX_BODY_BYTES", 65536, minimum=1024),
+            "jail_socket": Path(socket) if socket else None,
+            "jail_passphrase_file": Path(passphrase) if passphrase else None,
+            "jail_no_seccomp": v.flag("JAIL_NO_SECCOMP"),
+        }
+
+    @classmethod
+    def _from_values(cls, data_dir: Path, v: _Values) -> Self:
+        return cls(**cls._shared(data_dir, v))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectorySettings(ServiceSettings):
+    """The directory's settings (DESIGN §4, §5).
+
+    ==================================  =======================================================
+    ``OPENRED_HEARTBEAT_INTERVAL``      seconds between a node's heartbeats (60)
+    ``OPENRED_STALE_AFTER``             silence before active → stale (2 × interval)
+    ``OPENRED_EXPIRE_AFTER``            silence before stale → expired (86400, or ``never``)
+    ``OPENRED_STATUS_CHECK_INTERVAL``   how often the status task runs (10)
+    ``OPENRED_GRANT_TTL``               seconds a grant stays usable (300)
+    ``OPENRED_SUITE_MODE``              hourly | weekday | seeded (hourly)
+    ``OPENRED_SUITE_SEED``              network seed for ``seeded`` (hex, ≥ 16 bytes)
+    ``OPENRED_RATE_WINDOW``             rate-limit window in seconds (60)
+    ``OPENRED_RATE_PER_INITIATOR``      grants one node may request per window (30)
+    ``OPENRED_RATE_PER_TARGET``         grants naming one target per window (60)
+    ``OPENRED_RATE_PER_CLIENT``         signed requests one node may make per window (600)
+    ``OPENRED_PUSH_ATTEMPTS``           tries per token push (3)
+    ``OPENRED_PUSH_TIMEOUT``            seconds per push attempt (5)
+    ==================================  =======================================================
+    """
+
+    heartbeat_interval: int = 60
+    stale_after: int = 120
+    expire_after: int | None = 86400
+    status_check_interval: float = 10.0
+    grant_ttl: int = 300
+    suite_mode: str = "hourly"
+    suite_seed: bytes | None = None
+    rate_window: int = 60
+    rate_per_initiator: int = 30
+    rate_per_target: int = 60
+    rate_per_client: int = 600
+    push_attempts: int = 3
+    push_timeout: float = 5.0
+
+    @classmethod
+    def _from_values(cls, data_dir: Path, v: _Values) -> Self:
+        interval = v.integer("HEARTBEAT_INTERVAL", 60, minimum=1)
+        seed_text = v.optional("SUITE_SEED")
+        try:
+            seed = bytes.fromhex(seed_text) if seed_text else None
+        except ValueError:
+            raise ConfigurationError("OPENRED_SUITE_SEED is not hexadecimal") from None
+        mode = v.text("SUITE_MODE", "hourly")
+        if mode not in ("hourly", "weekday", "seeded"):
+            raise ConfigurationError(f"OPENRED_SUITE_MODE={mode!r}: use hourly, weekday or seeded")
+        if mode == "seeded" and (seed is None or len(seed) < 16):
+            raise ConfigurationError("OPENRED_SUITE_MODE=seeded needs OPENRED_SUITE_SEED "
+                                     "(at least 16 bytes, hex)")
+        stale = v.integer("STALE_AFTER", 2 * interval, minimum=1)
+        expire = v.seconds_or_never("EXPIRE_AFTER", 86400)
+        if expire is not None and expire <= stale:
+            raise ConfigurationError("OPENRED_EXPIRE_AFTER must be longer than "
+                                     "OPENRED_STALE_AFTER (or never)")
+        return cls(
+            **cls._shared(data_dir, v),
+            heartbeat_interval=interval,
+            stale_after=stale,
+            expire_after=expire,
+            status_check_interval=float(v.integer("STATUS_CHECK_INTERVAL", 10, minimum=1)),
+            grant_ttl=v.integer("GRANT_TTL", 300, minimum=1),
+            suite_mode=mode,
+            suite_seed=seed,
+            rate_window=v.integer("RATE_WINDOW", 60, minimum=1),
+            rate_per_initiator=v.integer("RATE_PER_INITIATOR", 30, minimum=1),
+            rate_per_target=v.integer("RATE_PER_TARGET", 60, minimum=1),
+            rate_per_client=v.integer("RATE_PER_CLIENT", 600, minimum=1),
+            push_attempts=v.integer("PUSH_ATTEMPTS", 3, minimum=1),
+            push_timeout=float(v.integer("PUSH_TIMEOUT", 5, minimum=1)),
+        )

@@ -1,0 +1,192 @@
+"""The one pooled outbound HTTP client of a process (DESIGN §10, issue 7 §5).
+
+One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
+per host), connect and total timeouts, and a resolver that refuses addresses the service must
+not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority are signed with
+RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh ``created`` and nonce
+on every attempt. Transport failures and 502/503/504 answers are retried with exponential
+backoff and jitter; after the last attempt a transport failure becomes
+:class:`~openred.errors.PeerUnreachable` — aiohttp's exceptions are translated here and nowhere
+else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from openred.crypto.httpsig import HttpRequest, SignBase, new_nonce, sign_request
+from openred.errors import OpenRedError, PeerUnreachable, TransportError
+from openred.web.urls import SafeResolver, check_address, check_url_syntax
+
+__all__ = ["HttpClient", "Reply", "Signer"]
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_REPLY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """Who signs outbound requests: the ``keyid`` and the jail's signature-base signer."""
+
+    keyid: str
+    sign_base: SignBase
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: status, headers and body (parsed as JSON when it is JSON)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON; TransportError if it is not."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TransportError(f"answer with status {self.status} is not JSON") from exc
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class HttpClient:
+    """Pooled, signed, retried outbound HTTP for one process."""
+
+    def __init__(
+        self,
+        *,
+        signer: Signer | None = None,
+        allow_private: bool = False,
+        limit: int = 100,
+        limit_per_host: int = 16,
+        connect_timeout: float = 3.0,
+        total_timeout: float = 10.0,
+        attempts: int = 3,
+        backoff: float = 0.1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.signer = signer
+        self.allow_private = allow_private
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.clock = clock
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        self._ensure()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ensure(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, limit_per_host=self._limit_per_host,
+                resolver=SafeResolver(allow_private=self.allow_private),
+                keepalive_timeout=30, enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, raise_for_status=False,
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the pool (idempotent)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _check(self, url: str) -> None:
+        _, host, _ = check_url_syntax_for_request(url)
+        from ipaddress import ip_address
+
+        try:
+            literal = ip_address(host.strip("[]"))
+        except ValueError:
+            return  # a name: SafeResolver checks the addresses it resolves to
+        check_address(literal, allow_private=self.allow_private)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        signed: bool = False,
+        attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Send one request (retried on transport failures and 502/503/504); its Reply."""
+        self._check(url)
+        body = b"" if json_body is None else json.dumps(
+            json_body, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+        base_headers = {"Accept": "application/json, application/problem+json"}
+        if json_body is not None:
+            base_headers["Content-Type"] = "application/json"
+        base_headers.update(headers or {})
+        tries = self.attempts if attempts is None else max(1, attempts)
+        last: Exception | None = None
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (1 + random.random()))
+            send_headers = dict(base_headers)
+            if signed:
+                send_headers = await self._sign(method, url, send_headers, body)
+            try:
+                reply = await self._send(method, url, send_headers, body)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                last = exc
+                continue
+            if reply.status in RETRY_STATUSES and attempt + 1 < tries:
+                continue
+            return reply
+        raise PeerUnreachable(f"{method} {url} failed after {tries} attempts: "
+                              f"{type(last).__name__}: {last}") from last
+
+    async def _sign(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> dict[str, str]:
+        if self.signer is None:
+            raise OpenRedError("this client has no signer for signed requests")
+        signed = await sign_request(
+            HttpRequest(method, url, headers, body), keyid=self.signer.keyid,
+            sign_base=self.signer.sign_base, now=int(self.clock()), nonce=new_nonce(),
+        )
+        return dict(signed.headers)
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> Reply:
+        session = self._ensure()
+        # SafeResolver raises UnsafeUrl through aiohttp unwrapped (it is not an OSError).
+        async with session.request(method, url, data=body or None, headers=headers,
+                                   allow_redirects=False) as resp:
+            data = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                data += chunk
+                if len(data) > MAX_REPLY_BYTES:
+                    raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
+            return Reply(resp.status, dict(resp.headers), bytes(data))
+
+
+def check_url_syntax_for_request(url: str) -> tuple[str, str, int]:
+    """Syntax check of an outbound URL (queries allowed, unlike an API base URL)."""
+    base, _, _ = url.partition("?")
+    return check_url_syntax(base)

@@ -1,0 +1,190 @@
+"""RFC 9457 problem details: every error a service answers, in one place (DESIGN §3).
+
+:func:`install` registers one error handler on a Quart app that turns
+
+* :class:`~openred.errors.RequestRefused` (raised by decisions and routes) into its status,
+* the rest of the :class:`~openred.errors.OpenRedError` tree into the status of DESIGN §3
+  (:data:`STATUS_BY_ERROR`, most specific class first),
+* quart-schema's validation errors into 422 (wrong type, missing or unknown field) and a body
+  that is not JSON into 400,
+* Werkzeug's HTTP errors (404, 405, 413, …) into their own status (a JSON body that does not
+  parse — not UTF-8, not JSON, nested too deep — is a 400 through :class:`JsonRequest`),
+
+and anything else into a 500 whose body says nothing about the cause (the traceback goes to the
+log only). Every answer is ``application/problem+json`` with a stable ``type``:
+``urn:openred:problem:<slug>``. :class:`Problem` is the pydantic model routes declare with
+``document_response`` so the OpenAPI document lists every status a route can answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from quart import Quart, Request, Response
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from openred import errors
+
+__all__ = [
+    "PROBLEM_JSON",
+    "STATUS_BY_ERROR",
+    "JsonRequest",
+    "Problem",
+    "install",
+    "problem_response",
+    "problem_type",
+]
+
+logger = logging.getLogger("openred.web")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:openred:problem:"
+BUSY_RETRY_AFTER = 5
+"""Seconds a 503 (busy, signer or store unavailable) asks the client to wait."""
+
+TITLES = {
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 413: "Content Too Large",
+    415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+}
+
+# (error class, status, slug), most specific first: the first match wins.
+STATUS_BY_ERROR: tuple[tuple[type[errors.OpenRedError], int, str], ...] = (
+    (errors.RequestSignatureError, 401, "bad-signature"),
+    (errors.InvalidSignature, 401, "bad-signature"),
+    (errors.UnsafeUrl, 422, "unsafe-url"),
+    (errors.InvalidKey, 422, "invalid-key"),
+    (errors.ConcurrencyConflict, 409, "conflict"),
+    (errors.VerificationError, 422, "unverifiable"),
+    (errors.CryptoError, 422, "invalid-crypto"),
+    (errors.ServiceBusy, 503, "busy"),
+    (errors.PeerUnreachable, 502, "peer-unreachable"),
+    (errors.TransportError, 502, "peer-unreachable"),
+    (errors.JailError, 503, "signer-unavailable"),
+    (errors.StoreError, 503, "store-unavailable"),
+)
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def problem_type(slug: str) -> str:
+    """The stable ``type`` URI of a problem slug."""
+    return TYPE_PREFIX + slug
+
+
+def problem_response(
+    status: int, slug: str, detail: str, *, headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """An ``application/problem+json`` response."""
+    body: dict[str, Any] = {
+        "type": problem_type(slug),
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if extra:
+        body.update(extra)
+    response = Response(
+        _dumps(body), status=status, content_type=PROBLEM_JSON, headers=headers or {}
+    )
+    return response
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
+    """(status, slug, detail, headers) for an exception (the one mapping, used by the handler)."""
+    if isinstance(exc, errors.RequestRefused):
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+        return exc.status, exc.slug, exc.detail, headers
+    if isinstance(exc, RequestSchemaValidationError):
+        return 422, "invalid-field", _validation_detail(exc.validation_error), {}
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        headers = {}
+        if code == 405 and exc.response is None:
+            valid = getattr(exc, "valid_methods", None)
+            if valid:
+                headers["Allow"] = ", ".join(valid)
+        if code == 400:
+            return 400, "malformed", "the request body is not valid JSON", headers
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large",
+                415: "unsupported-media-type"}.get(code, f"http-{code}")
+        return code, slug, exc.description or TITLES.get(code, "Error"), headers
+    if isinstance(exc, errors.OpenRedError):
+        for cls, status, slug in STATUS_BY_ERROR:
+            if isinstance(exc, cls):
+                # Busy (e.g. one signer's nonce quota is full) clears within seconds.
+                headers = {"Retry-After": str(BUSY_RETRY_AFTER)} if status == 503 else {}
+                return status, slug, str(exc), headers
+    return 500, "internal", "the server failed to handle this request", {}
+
+
+def _validation_detail(error: Exception) -> str:
+    errors_fn = getattr(error, "errors", None)
+    if callable(errors_fn):
+        try:
+            items = errors_fn()
+        except Exception:
+            items = []
+        parts = []
+        for item in items[:5]:
+            loc = ".".join(str(p) for p in item.get("loc", ()))
+            parts.append(f"{loc or 'body'}: {item.get('msg', 'invalid')}")
+        if parts:
+            return "; ".join(parts)
+    return "the request does not match the schema"
+
+
+class JsonRequest(Request):
+    """Quart's request, whose JSON parsing turns every malformed body into a 400.
+
+    Quart decodes the body as UTF-8 before parsing (UnicodeDecodeError) and the JSON parser
+    recurses (RecursionError on ``[[[[…``): neither is a ValueError, so neither reaches Quart's
+    own 400 path.
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False,
+                       cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            if silent:
+                return None
+            raise BadRequest("the request body is not valid JSON") from exc
+
+
+def install(app: Quart) -> None:
+    """Register the one error handler that turns every failure into a problem response."""
+    app.request_class = JsonRequest
+
+    @app.errorhandler(Exception)
+    async def _handle(exc: Exception) -> Response:
+        status, slug, detail, headers = classify(exc)
+        if status >= 500:
+            if slug == "internal":
+                logger.exception("unhandled error", exc_info=exc)
+            else:
+                logger.warning("%s: %s", slug, detail)
+        extra = exc.extra if isinstance(exc, errors.RequestRefused) else None
+        return problem_response(status, slug, detail, headers=headers, extra=extra)

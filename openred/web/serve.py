@@ -1,0 +1,73 @@
+"""Serve a Quart app under Hypercorn, stopping cleanly on SIGTERM or SIGINT.
+
+A signal sets the shutdown trigger: Hypercorn stops accepting, lets requests in flight finish
+(within ``graceful_timeout``), and the app's ``after_serving`` hooks run (closing the store,
+signing a last checkpoint, closing the jail client), so a stopped service leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError
+from quart import Quart
+
+from openred.errors import ConfigurationError
+
+__all__ = ["hypercorn_config", "run", "serve_app"]
+
+
+def hypercorn_config(
+    host: str, port: int, *, access_log: bool = False, graceful_timeout: float = 5.0
+) -> Config:
+    """The Hypercorn configuration every OpenRed service (and its benchmarks) uses."""
+    config = Config()
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    config.bind = [f"{bind_host}:{port}"]
+    config.accesslog = "-" if access_log else None
+    config.errorlog = "-"
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = 30
+    config.h11_max_incomplete_size = 16 * 1024
+    config.include_server_header = False
+    return config
+
+
+async def serve_app(
+    app: Quart, config: Config, *, shutdown: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``)."""
+    stop = shutdown or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+    trigger: Callable[[], Awaitable[None]] = stop.wait  # type: ignore[assignment]
+    try:
+        await serve(app, config, shutdown_trigger=trigger)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run(app: Quart, host: str, port: int, *, access_log: bool = False) -> None:
+    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking).
+
+    A port that cannot be bound or an app that fails to start is a ConfigurationError.
+    """
+    try:
+        asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
+    except LifespanFailureError as exc:
+        raise ConfigurationError(f"the service failed to start: {exc}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc

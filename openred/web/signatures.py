@@ -1,0 +1,120 @@
+"""Verify an inbound Quart request's RFC 9421 signature (DESIGN §3).
+
+The ``@target-uri`` a client signed is rebuilt from the service's configured public base URL
+and the raw path and query of the request, never from the ``Host`` or forwarding headers, so a
+request signed for one service cannot be replayed to another one (see openred.crypto.httpsig).
+The key is resolved asynchronously (a database lookup) after the ``keyid`` is read from
+``Signature-Input``; the checks themselves are :class:`~openred.crypto.httpsig.RequestVerifier`'s.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+import http_sf
+from quart import Request
+
+from openred.crypto.httpsig import (
+    DEFAULT_WINDOW_SECONDS,
+    MAX_HEADER_LEN,
+    HttpRequest,
+    NonceCache,
+    RequestVerifier,
+)
+from openred.crypto.identity import SignKey
+from openred.errors import RequestSignatureError
+
+__all__ = ["InboundVerifier", "KeyResolver", "to_http_request"]
+
+KeyResolver = Callable[[str], Awaitable[SignKey | None]]
+"""Looks up the public key a ``keyid`` names (None when unknown)."""
+
+
+def _target_uri(public_url: str, request: Request) -> str:
+    raw_path = request.scope.get("raw_path") or request.path.encode("utf-8")
+    path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
+    query = request.scope.get("query_string", b"")
+    uri = public_url.rstrip("/") + path
+    if query:
+        uri += "?" + (query.decode("latin-1") if isinstance(query, bytes) else str(query))
+    return uri
+
+
+async def to_http_request(public_url: str, request: Request) -> HttpRequest:
+    """The framework-neutral form of a Quart request (body read and cached)."""
+    body = await request.get_data(cache=True, as_text=False)
+    assert isinstance(body, bytes)
+    names = {name for name, _ in request.headers.items()}
+    headers = {name: ", ".join(request.headers.getlist(name)) for name in names}
+    return HttpRequest(request.method, _target_uri(public_url, request), headers, body)
+
+
+_KEYID = re.compile(r';keyid="([a-z2-7]{32}|directory)";')
+
+
+def peek_keyid(req: HttpRequest) -> str:
+    """The keyid named in Signature-Input, before anything is verified (to look its key up).
+
+    Only a hint for the key lookup: the verifier parses the header itself and accepts the
+    key only for the keyid it finds, so a header that fools this peek is refused there.
+    """
+    value = req.header("Signature-Input")
+    if value is None:
+        raise RequestSignatureError("missing Signature-Input header")
+    if len(value) > MAX_HEADER_LEN:
+        raise RequestSignatureError(f"Signature-Input header longer than {MAX_HEADER_LEN}")
+    found = _KEYID.findall(value)
+    if len(found) == 1:
+        return str(found[0])
+    try:
+        parsed = http_sf.parse(value.encode("ascii"), tltype="dictionary")
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise RequestSignatureError("malformed Signature-Input header") from exc
+    if not isinstance(parsed, dict) or len(parsed) != 1:
+        raise RequestSignatureError("Signature-Input must hold exactly one signature")
+    ((_, member),) = parsed.items()
+    if not isinstance(member, tuple) or len(member) != 2 or not isinstance(member[1], dict):
+        raise RequestSignatureError("Signature-Input member is not an inner list")
+    keyid = member[1].get("keyid")
+    if not isinstance(keyid, str):
+        raise RequestSignatureError("keyid missing")
+    return keyid
+
+
+class InboundVerifier:
+    """Checks signed requests to one service: its public URL, window and nonce cache."""
+
+    def __init__(
+        self,
+        public_url: str,
+        *,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.time,
+        nonce_cache: NonceCache | None = None,
+    ) -> None:
+        self.public_url = public_url.rstrip("/")
+        self.window_seconds = window_seconds
+        self.clock = clock
+        # Not `or`: an empty NonceCache is falsy (it has __len__), and a given one must be used.
+        if nonce_cache is None:
+            nonce_cache = NonceCache(window_seconds=window_seconds)
+        self.nonce_cache = nonce_cache
+
+    async def verify(self, request: Request, resolve: KeyResolver) -> tuple[str, HttpRequest]:
+        """(verified keyid, the request) or RequestSignatureError saying why not."""
+        req = await to_http_request(self.public_url, request)
+        return await self.verify_http(req, resolve), req
+
+    async def verify_http(self, req: HttpRequest, resolve: KeyResolver) -> str:
+        """Verify a framework-neutral request; the keyid that signed it."""
+        keyid = peek_keyid(req)
+        key = await resolve(keyid)
+
+        def one(wanted: str) -> SignKey | None:
+            return key if wanted == keyid else None
+
+        verifier = RequestVerifier(one, window_seconds=self.window_seconds,
+                                   nonce_cache=self.nonce_cache)
+        return verifier.verify(req, int(self.clock()))

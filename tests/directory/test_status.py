@@ -1,0 +1,50 @@
+"""The status task on a running directory: active → stale → expired, and ``never``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.directory.conftest import DirectoryFactory, Node
+
+
+async def statuses(node: Node) -> dict[str, int]:
+    reply = await node.call("GET", "/api/v3/health", signed=False)
+    counts: dict[str, int] = reply.json()["nodes"]
+    return counts
+
+
+async def wait_for(node: Node, wanted: dict[str, int], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await statuses(node)) != wanted:
+        assert asyncio.get_running_loop().time() < deadline, got
+        await asyncio.sleep(0.2)
+
+
+async def test_silent_nodes_go_stale_then_expire_and_a_heartbeat_revives_them(
+    directory_factory: DirectoryFactory,
+) -> None:
+    async with directory_factory(stale_after=1, expire_after=3,
+                                 status_check_interval=0.5) as directory:
+        quiet, chatty = Node(directory), Node(directory)
+        for n in (quiet, chatty):
+            assert (await n.register()).status == 201
+        await wait_for(quiet, {"active": 0, "stale": 2, "expired": 0, "revoked": 0})
+        beat = await chatty.call("POST", "/api/v3/nodes/heartbeat", {})
+        assert beat.status == 200 and beat.json()["status"] == "active"
+        await wait_for(quiet, {"active": 0, "stale": 0, "expired": 2, "revoked": 0})
+        # An expired node gets no grant; one heartbeat and it is active again.
+        path = "/api/v3/tokens/request-connection"
+        reply = await quiet.call("POST", path, {"target": chatty.node_id})
+        assert reply.status == 409 and "initiator-not-active" in reply.json()["type"]
+        assert (await quiet.call("POST", "/api/v3/nodes/heartbeat", {})).status == 200
+        assert (await quiet.call("POST", path, {"target": chatty.node_id})).status == 410
+
+
+async def test_never_expire(directory_factory: DirectoryFactory) -> None:
+    async with directory_factory(stale_after=1, expire_after=None,
+                                 status_check_interval=0.5) as directory:
+        node = Node(directory)
+        assert (await node.register()).status == 201
+        await wait_for(node, {"active": 0, "stale": 1, "expired": 0, "revoked": 0})
+        await asyncio.sleep(2.5)
+        assert await statuses(node) == {"active": 0, "stale": 1, "expired": 0, "revoked": 0}

@@ -1,0 +1,214 @@
+"""The shared web pieces on a real Hypercorn server: problems, inbound signatures, the client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import nacl.signing
+import pytest
+from pydantic import BaseModel, ConfigDict
+from quart import Quart, request
+from quart_schema import QuartSchema, validate_request
+
+from openred.crypto.httpsig import NonceCache
+from openred.crypto.identity import SignKey
+from openred.errors import PeerUnreachable, RequestRefused, StoreError, UnsafeUrl
+from openred.web.client import HttpClient, Signer
+from openred.web.problems import PROBLEM_JSON, install
+from openred.web.signatures import InboundVerifier
+from tests.servers import free_port, serve_in_loop
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    n: int
+
+
+@dataclass
+class Site:
+    url: str
+    key: nacl.signing.SigningKey
+    calls: list[str]
+
+
+def build_app(public_url: str, key: SignKey, calls: list[str]) -> Quart:
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    QuartSchema(app)
+    install(app)
+    verifier = InboundVerifier(public_url)
+    small = InboundVerifier(public_url, nonce_cache=NonceCache(max_entries=100,
+                                                               max_per_signer=1))
+
+    async def resolve(keyid: str) -> SignKey | None:
+        return key if keyid == str(key.node_id) else None
+
+    @app.post("/echo")
+    @validate_request(Body)
+    async def echo(data: Body) -> dict[str, int]:
+        return {"n": data.n}
+
+    @app.post("/signed")
+    async def signed() -> dict[str, str]:
+        keyid, _ = await verifier.verify(request, resolve)
+        return {"keyid": keyid}
+
+    @app.post("/signed-small")
+    async def signed_small() -> dict[str, str]:
+        keyid, _ = await small.verify(request, resolve)
+        return {"keyid": keyid}
+
+    @app.get("/refuse")
+    async def refuse() -> None:
+        raise RequestRefused(429, "rate-limited", "slow down", retry_after=7)
+
+    @app.get("/store")
+    async def store() -> None:
+        raise StoreError("disk gone")
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise ZeroDivisionError("secret internal detail")
+
+    @app.route("/flaky", methods=["GET", "POST"])
+    async def flaky() -> tuple[dict[str, int], int]:
+        calls.append("flaky")
+        return ({"n": len(calls)}, 503) if len(calls) < 3 else ({"n": len(calls)}, 200)
+
+    return app
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[Site]:
+    sk = nacl.signing.SigningKey.generate()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    calls: list[str] = []
+    async with serve_in_loop(build_app(url, SignKey(bytes(sk.verify_key)), calls), port):
+        yield Site(url, sk, calls)
+
+
+def signer_for(sk: nacl.signing.SigningKey) -> Signer:
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(sk.sign(base).signature)
+
+    return Signer(str(SignKey(bytes(sk.verify_key)).node_id), sign_base)
+
+
+Answer = tuple[int, str, dict[str, object], dict[str, str]]
+
+
+async def raw(method: str, url: str, **kw: object) -> Answer:
+    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, r.content_type, await r.json(content_type=None), dict(r.headers)
+
+
+@pytest.mark.parametrize("method,path,kw,status,slug", [
+    ("POST", "/echo", {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+     400, "malformed"),
+    ("POST", "/echo", {"data": b'{"n": "\x91"}', "headers": {"Content-Type": "application/json"}},
+     400, "malformed"),
+    ("POST", "/echo", {"json": {"n": "1"}}, 422, "invalid-field"),
+    ("POST", "/echo", {"json": {"n": 1, "extra": 2}}, 422, "invalid-field"),
+    ("POST", "/echo", {"json": [1]}, 422, "invalid-field"),
+    ("POST", "/echo", {"data": b"x" * 5000, "headers": {"Content-Type": "application/json"}},
+     413, "too-large"),
+    ("GET", "/nowhere", {}, 404, "not-found"),
+    ("GET", "/echo", {}, 405, "method-not-allowed"),
+    ("GET", "/refuse", {}, 429, "rate-limited"),
+    ("GET", "/store", {}, 503, "store-unavailable"),
+    ("POST", "/signed", {"data": b"{}"}, 401, "bad-signature"),
+])
+async def test_failures_are_problem_details(
+    site: Site, method: str, path: str, kw: dict[str, object], status: int, slug: str
+) -> None:
+    code, ctype, body, headers = await raw(method, site.url + path, **kw)
+    assert (code, ctype) == (status, PROBLEM_JSON)
+    assert body["type"] == f"urn:openred:problem:{slug}" and body["status"] == status
+    assert isinstance(body["detail"], str) and "Traceback" not in body["detail"]
+    if status == 429:
+        assert headers["Retry-After"] == "7"
+
+
+async def test_a_bug_is_a_500_that_reveals_nothing(site: Site) -> None:
+    code, ctype, body, _ = await raw("GET", site.url + "/bug")
+    assert (code, ctype) == (500, PROBLEM_JSON)
+    assert "secret" not in str(body)
+
+
+async def test_signed_requests_verify_and_replays_are_refused(site: Site) -> None:
+    async with HttpClient(signer=signer_for(site.key), allow_private=True) as client:
+        reply = await client.request("POST", site.url + "/signed", json_body={"a": 1},
+                                     signed=True)
+        assert reply.status == 200
+        assert reply.json()["keyid"] == str(SignKey(bytes(site.key.verify_key)).node_id)
+        # An unknown key.
+        async with HttpClient(signer=signer_for(nacl.signing.SigningKey.generate()),
+                              allow_private=True) as stranger:
+            reply = await stranger.request("POST", site.url + "/signed", json_body={},
+                                           signed=True)
+            assert reply.status == 401 and "unknown key" in reply.json()["detail"]
+    # The same signed bytes twice: the nonce is remembered.
+    captured: dict[str, str] = {}
+
+    async def capture(base: bytes) -> bytes:
+        return bytes(site.key.sign(base).signature)
+
+    import time
+
+    from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
+
+    req = await sign_request(HttpRequest("POST", site.url + "/signed", {}, b"{}"),
+                             keyid=str(SignKey(bytes(site.key.verify_key)).node_id),
+                             sign_base=capture, now=int(time.time()), nonce=new_nonce())
+    captured.update(req.headers)
+    first = await raw("POST", site.url + "/signed", data=b"{}", headers=captured)
+    again = await raw("POST", site.url + "/signed", data=b"{}", headers=captured)
+    assert first[0] == 200
+    assert again[0] == 401 and "replayed" in str(again[2]["detail"])
+    # Signed for another service's URL: refused here.
+    other = await sign_request(HttpRequest("POST", "http://elsewhere.example/signed", {}, b"{}"),
+                               keyid=str(SignKey(bytes(site.key.verify_key)).node_id),
+                               sign_base=capture, now=int(time.time()), nonce=new_nonce())
+    moved = await raw("POST", site.url + "/signed", data=b"{}", headers=dict(other.headers))
+    assert moved[0] == 401
+    # A stale created.
+    stale = await sign_request(HttpRequest("POST", site.url + "/signed", {}, b"{}"),
+                               keyid=str(SignKey(bytes(site.key.verify_key)).node_id),
+                               sign_base=capture, now=int(time.time()) - 600, nonce=new_nonce())
+    old = await raw("POST", site.url + "/signed", data=b"{}", headers=dict(stale.headers))
+    assert old[0] == 401 and "older than the window" in str(old[2]["detail"])
+
+
+async def test_the_client_retries_503_then_succeeds(site: Site) -> None:
+    async with HttpClient(allow_private=True, attempts=3, backoff=0.01) as client:
+        reply = await client.request("GET", site.url + "/flaky")
+    assert reply.status == 200 and len(site.calls) == 3
+
+
+async def test_the_client_reports_an_unreachable_peer() -> None:
+    port = free_port()
+    async with HttpClient(allow_private=True, attempts=2, backoff=0.01) as client:
+        with pytest.raises(PeerUnreachable, match="after 2 attempts"):
+            await client.request("GET", f"http://127.0.0.1:{port}/x")
+
+
+async def test_the_client_refuses_unsafe_addresses() -> None:
+    async with HttpClient(allow_private=False) as client:
+        for url in ("http://127.0.0.1:1/x", "http://169.254.169.254/latest",
+                    "http://[fe80::1]/x", "http://localhost:1/x"):
+            with pytest.raises(UnsafeUrl):
+                await asyncio.wait_for(client.request("GET", url), 5)
+
+
+
+async def test_a_full_nonce_quota_is_a_503_with_retry_after(site: Site) -> None:
+    async with HttpClient(signer=signer_for(site.key), allow_private=True, attempts=1) as c:
+        first = await c.request("POST", site.url + "/signed-small", json_body={}, signed=True)
+        second = await c.request("POST", site.url + "/signed-small", json_body={}, signed=True)
+    assert first.status == 200
+    assert second.status == 503 and second.headers["Retry-After"] == "5"
+    assert second.json()["type"] == "urn:openred:problem:busy"
