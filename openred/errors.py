@@ -6,6 +6,7 @@ them, with ``raise New(...) from exc``::
 
     OpenRedError
     ├── ConfigurationError          bad settings, missing files, unusable paths
+    │   └── ModuleLoadError         an OpenRed module could not be loaded or registered
     ├── ServiceBusy                 temporarily out of capacity; retry later (HTTP 503)
     │   └── NonceCacheFull          the RFC 9421 nonce cache (or one signer's quota) is full
     ├── StoreError                  the event store could not do what was asked
@@ -38,6 +39,7 @@ them, with ``raise New(...) from exc``::
     ├── TransportError              an outbound HTTP call failed
     │   └── PeerUnreachable         … refused, timed out or answered 5xx after the retries
     └── RequestRefused              a service refuses a request (carries status and problem slug)
+        └── NodeRefused             … a node service (its ``reason`` is the slug)
 """
 
 from __future__ import annotations
@@ -217,3 +219,27 @@ class RequestRefused(OpenRedError):
         self.detail = detail
         self.retry_after = retry_after
         self.extra = dict(extra or {})
+
+
+class NodeRefused(RequestRefused):
+    """A node service refused a request: ``status`` is the HTTP status, ``reason`` a stable slug.
+
+    The node's decisions return refusals as values; services raise them as this exception, a
+    :class:`RequestRefused`, so the one problem handler renders them as RFC 9457 problems.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(status, reason, detail)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class ModuleLoadError(ConfigurationError):
+    """An OpenRed module could not be imported, instantiated or registered."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"module {name!r}: {detail}")
+        self.name = name
+        self.detail = detail

@@ -1,1 +1,5 @@
-"""The node: its domain events and projections (the Quart app and lifecycle tasks come later)."""
+"""The node: decisions, services, read models and its Quart app (``openred.node.app``).
+
+Importing this package imports no web framework: audit_tools reads the node's events and
+projections through it.
+"""

@@ -16,11 +16,15 @@ TOKEN_RECEIVED = "TokenReceived"
 TOKEN_CONSUMED = "TokenConsumed"
 TOKEN_EXPIRED = "TokenExpired"
 HANDSHAKE_REJECTED = "HandshakeRejected"
+DIRECTORY_FORK_DETECTED = "DirectoryForkDetected"
 SESSION_ESTABLISHED = "SessionEstablished"
 SESSION_EXPIRED = "SessionExpired"
 SESSION_CLOSED = "SessionClosed"
+SESSION_RENEWED = "SessionRenewed"
+SESSION_STATE_SAVED = "SessionStateSaved"
 MESSAGE_SENT = "MessageSent"
 MESSAGE_RECEIVED = "MessageReceived"
+MESSAGE_DELIVERED = "MessageDelivered"
 
 NODE_EVENT_TYPES = (
     NODE_REGISTERED,
@@ -29,11 +33,15 @@ NODE_EVENT_TYPES = (
     TOKEN_CONSUMED,
     TOKEN_EXPIRED,
     HANDSHAKE_REJECTED,
+    DIRECTORY_FORK_DETECTED,
     SESSION_ESTABLISHED,
     SESSION_EXPIRED,
     SESSION_CLOSED,
+    SESSION_RENEWED,
+    SESSION_STATE_SAVED,
     MESSAGE_SENT,
     MESSAGE_RECEIVED,
+    MESSAGE_DELIVERED,
 )
 
 
@@ -47,6 +55,12 @@ def node_registry() -> EventRegistry:
 
 def grant_stream(grant_id: str) -> str:
     return f"grant:{grant_id}"
+
+
+def handshake_stream(grant_id: str) -> str:
+    """Rejected handshakes for one grant id (apart from ``grant:``, whose versions they
+    would otherwise move under a concurrent good handshake or a later delivery)."""
+    return f"handshake:{grant_id}"
 
 
 def session_stream(session_id: str) -> str:

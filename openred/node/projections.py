@@ -1,7 +1,10 @@
-"""The node's projections: registration, peers, tokens, sessions, inbox (DESIGN §8).
+"""The node's projections: registration, peers, tokens, grant outcomes, sessions (DESIGN §8).
 
 Each is pure: it maps an event to row operations; the store runs them in the append's
-transaction. Tables are created by migration 0002.
+transaction. Tables are created by migrations 0002 and 0004. :func:`node_projections` is the
+node kind's whole set: these plus the built-in modules' projections (the messaging inbox and
+outbox), which every node keeps whether or not the module's routes are enabled, so a log always
+replays to the same tables.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from dataclasses import dataclass, field
 
 from openred.node import events as ev
 from openred.store.events import RecordedEvent
-from openred.store.projections import Delete, ProjectionRegistry, RowOp, Update, Upsert
+from openred.store.projections import (
+    Delete,
+    Projection,
+    ProjectionRegistry,
+    RowOp,
+    Update,
+    Upsert,
+)
 
 
 @dataclass(frozen=True)
@@ -75,14 +85,52 @@ class TokensProjection:
 
 
 @dataclass(frozen=True)
+class GrantOutcomesProjection:
+    """How each grant ended (consumed or expired), kept after its token row is cleaned."""
+
+    name: str = "grant_outcomes"
+    tables: tuple[str, ...] = ("grant_outcomes",)
+    handles: frozenset[str] = field(
+        default=frozenset({ev.TOKEN_CONSUMED, ev.TOKEN_EXPIRED})
+    )
+
+    def apply(self, event: RecordedEvent) -> Iterable[RowOp]:
+        p = event.payload
+        consumed = event.type == ev.TOKEN_CONSUMED
+        yield Upsert("grant_outcomes", ("grant_id",), {
+            "grant_id": p["grant_id"], "outcome": "consumed" if consumed else "expired",
+            "session_id": p.get("session_id") if consumed else None,
+            "recorded_at": event.recorded_at,
+        })
+
+
+@dataclass(frozen=True)
+class DirectoryCheckpointProjection:
+    """The newest directory checkpoint a received grant was verified against."""
+
+    name: str = "directory_checkpoint"
+    tables: tuple[str, ...] = ("directory_checkpoint",)
+    handles: frozenset[str] = field(default=frozenset({ev.TOKEN_RECEIVED}))
+
+    def apply(self, event: RecordedEvent) -> Iterable[RowOp]:
+        p = event.payload
+        held = p.get("directory_checkpoint")
+        if held is not None:
+            yield Upsert("directory_checkpoint", ("origin",), {
+                "origin": held["origin"], "size": held["size"], "checkpoint": held["note"],
+            })
+
+
+@dataclass(frozen=True)
 class SessionsProjection:
     """Sessions with their wrapped state, so they survive a restart."""
 
     name: str = "sessions"
     tables: tuple[str, ...] = ("sessions",)
-    handles: frozenset[str] = field(default=frozenset(
-        {ev.SESSION_ESTABLISHED, ev.SESSION_EXPIRED, ev.SESSION_CLOSED}
-    ))
+    handles: frozenset[str] = field(default=frozenset({
+        ev.SESSION_ESTABLISHED, ev.SESSION_EXPIRED, ev.SESSION_CLOSED, ev.SESSION_RENEWED,
+        ev.SESSION_STATE_SAVED,
+    }))
 
     def apply(self, event: RecordedEvent) -> Iterable[RowOp]:
         p = event.payload
@@ -91,33 +139,31 @@ class SessionsProjection:
                 "session_id": p["session_id"], "peer": p["peer"], "grant_id": p["grant_id"],
                 "role": p["role"], "suite": p["suite"], "state": "active",
                 "established_at": event.recorded_at, "expires_at": p["expires_at"],
-                "wrapped_state": p["wrapped_state"],
+                "wrapped_state": p["wrapped_state"], "renew_at": p.get("renew_at"),
+                "renewed_by": None,
             })
         elif event.type == ev.SESSION_EXPIRED:
             yield Update("sessions", {"session_id": p["session_id"]}, {"state": "expired"})
+        elif event.type == ev.SESSION_STATE_SAVED:
+            yield Update("sessions", {"session_id": p["session_id"]},
+                         {"wrapped_state": p["wrapped_state"]})
+        elif event.type == ev.SESSION_RENEWED:
+            yield Update("sessions", {"session_id": p["session_id"]},
+                         {"state": "closed", "renewed_by": p["renewed_by"]})
         else:
             yield Update("sessions", {"session_id": p["session_id"]}, {"state": "closed"})
 
 
-@dataclass(frozen=True)
-class InboxProjection:
-    """Messages received, bodies still wrapped by the jail."""
-
-    name: str = "inbox"
-    tables: tuple[str, ...] = ("inbox",)
-    handles: frozenset[str] = field(default=frozenset({ev.MESSAGE_RECEIVED}))
-
-    def apply(self, event: RecordedEvent) -> Iterable[RowOp]:
-        p = event.payload
-        yield Upsert("inbox", ("message_id",), {
-            "message_id": p["message_id"], "session_id": p["session_id"], "peer": p["peer"],
-            "size": p["size"], "body": p["body"], "received_at": event.recorded_at,
-        })
+def core_projections() -> list[Projection]:
+    """The node's own projections (without the built-in modules')."""
+    return [
+        RegistrationProjection(), PeersProjection(), TokensProjection(),
+        GrantOutcomesProjection(), SessionsProjection(), DirectoryCheckpointProjection(),
+    ]
 
 
 def node_projections() -> ProjectionRegistry:
-    """Every projection a node keeps."""
-    return ProjectionRegistry([
-        RegistrationProjection(), PeersProjection(), TokensProjection(),
-        SessionsProjection(), InboxProjection(),
-    ])
+    """Every projection a node keeps: its own and the built-in modules' (see module doc)."""
+    from openred.modules.builtin import builtin_projections
+
+    return ProjectionRegistry([*core_projections(), *builtin_projections()])

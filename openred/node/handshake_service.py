@@ -1,0 +1,174 @@
+"""The handshake through the jail (DESIGN §6), both sides, around the pure decisions.
+
+Responder (:meth:`Handshakes.respond`, ``POST /api/v3/p2p/handshake``): decide, have the jail
+answer Noise message 1, wrap the new session's state, append ``TokenConsumed`` +
+``SessionEstablished``. Every refusal appends exactly one ``HandshakeRejected{reason}`` and
+raises :class:`~openred.errors.NodeRefused` with its status. Handshakes on one grant are
+serialized in this process, and ``TokenConsumed`` is appended at the grant stream's version, so
+of two racing handshakes (or a replayed message 1) only one can ever win.
+
+Initiator (:meth:`Handshakes.connect`): the same decisions for the initiator's half, Noise
+message 1 from the jail, the peer's answer through a :data:`HandshakeTransport` (the HTTP call
+in the app; a direct call in tests), message 2 checked by the jail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from openred.crypto.client import JailClient
+from openred.crypto.session import SessionCipher
+from openred.errors import ConcurrencyConflict, HandshakeFailed, NodeRefused
+from openred.node.book import NodeBook
+from openred.node.envelope import SessionChannel
+from openred.node.handshake import (
+    DEFAULT_SESSION_LIFETIME,
+    TOKENS_DO_NOT_MATCH,
+    decide_established,
+    decide_handshake,
+    rejected,
+    session_id_for,
+)
+from openred.node.sessions import SessionKeeper, SessionView, renewal_due, wrap_label
+from openred.node.tokens import HeldToken, Refusal
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = ["HandshakeAnswer", "HandshakeTransport", "Handshakes"]
+
+RENEWAL_SKEW = 60
+"""Seconds the responder's clock may be behind the initiator's when a renewal arrives."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeAnswer:
+    session_id: str
+    message: bytes
+
+
+HandshakeTransport = Callable[[str, str, bytes, str | None], Awaitable[HandshakeAnswer]]
+"""(peer api_url, grant_id, Noise message 1, renewed session) → the peer's answer."""
+
+
+class Handshakes:
+    def __init__(
+        self, *, store: SQLiteEventStore, jail: JailClient, book: NodeBook,
+        keeper: SessionKeeper, lifetime: int = DEFAULT_SESSION_LIFETIME,
+    ) -> None:
+        self.store = store
+        self.jail = jail
+        self.book = book
+        self.keeper = keeper
+        self.lifetime = lifetime
+        # One lock per grant while someone holds or awaits it (weak: no unbounded growth).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+
+    async def _refuse(self, grant_id: str, refusal: Refusal) -> NodeRefused:
+        await self.store.append_one(rejected(grant_id, refusal))
+        return refusal.error()
+
+    async def _peer_box_key(self, token: HeldToken) -> bytes:
+        peer = await self.book.peer(str(token.peer))
+        if peer is None:  # TokenReceived always comes with the peer's record
+            raise NodeRefused(404, "unknown-peer", "no verified record of the grant's peer")
+        return peer.box_key.raw
+
+    async def _renewable(self, session_id: str, token: HeldToken, now: int) -> bool:
+        # Both sides computed renew_at from their own clocks: allow them RENEWAL_SKEW apart.
+        row = await self.book.session(session_id)
+        if row is None or row.peer != str(token.peer) or now >= row.expires_at:
+            return False
+        return renewal_due(SessionView.of(row), min(now + RENEWAL_SKEW, row.expires_at - 1))
+
+    async def _establish(
+        self, token: HeldToken, version: int, cipher: SessionCipher, session_id: str,
+        now: int, renews: str | None,
+    ) -> SessionChannel:
+        wrapped = await self.jail.wrap(wrap_label(session_id), cipher.to_state())
+        events = decide_established(
+            token, grant_version=version, session_id=session_id, wrapped_state=wrapped,
+            now=now, lifetime=self.lifetime, renews=renews,
+        )
+        await self.store.append(events)
+        if renews is not None:
+            self.keeper.forget(renews)
+        channel = SessionChannel(session_id, token.role, str(token.peer), cipher)
+        self.keeper.adopt(channel, now + self.lifetime, now)
+        return channel
+
+    async def respond(
+        self, grant_id: str, message: bytes, now: int, renews: str | None = None
+    ) -> HandshakeAnswer:
+        """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side).
+
+        ``renews`` names the session the initiator renews with this one: it must be an active
+        session with the same peer whose renewal is due, and it is closed (``SessionRenewed``)
+        with the new one established.
+        """
+        lock = self._locks.get(grant_id)
+        if lock is None:
+            lock = self._locks[grant_id] = asyncio.Lock()
+        async with lock:
+            state = await self.book.token_state(grant_id)
+            decision = decide_handshake(state, role="responder", now=now)
+            if isinstance(decision, Refusal):
+                raise await self._refuse(grant_id, decision)
+            token = decision
+            if renews is not None and not await self._renewable(renews, token, now):
+                raise await self._refuse(grant_id, Refusal(
+                    422, "invalid-renewal", "renews names no session with this peer due for "
+                    "renewal"))
+            try:
+                responded = await self.jail.noise_respond(
+                    suite=token.grant.suite, grant=token.grant.canonical_bytes(),
+                    grant_signature=token.grant_signature, sealed_token=token.sealed_token,
+                    remote_static=await self._peer_box_key(token), message=message,
+                )
+            except HandshakeFailed:
+                raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH) from None
+            keys = responded.keys
+            session_id = session_id_for(keys.handshake_hash)
+            cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
+                                         session_id)
+            try:
+                await self._establish(token, state.version, cipher, session_id, now, renews)
+            except ConcurrencyConflict:
+                raise await self._refuse(
+                    grant_id, Refusal(409, "grant-used", "the grant was used meanwhile")
+                ) from None
+        return HandshakeAnswer(session_id, responded.message)
+
+    async def connect(
+        self, grant_id: str, transport: HandshakeTransport, now: int, *,
+        renews: str | None = None,
+    ) -> SessionChannel:
+        """Open a session with the grant's responder (the initiator's side)."""
+        state = await self.book.token_state(grant_id)
+        decision = decide_handshake(state, role="initiator", now=now)
+        if isinstance(decision, Refusal):
+            raise decision.error()
+        token = decision
+        peer = await self.book.peer(str(token.peer))
+        if peer is None:
+            raise NodeRefused(404, "unknown-peer", "no verified record of the grant's peer")
+        initiated = await self.jail.noise_initiate(
+            suite=token.grant.suite, grant=token.grant.canonical_bytes(),
+            grant_signature=token.grant_signature, sealed_token=token.sealed_token,
+            remote_static=peer.box_key.raw,
+        )
+        answer = await transport(peer.api_url, grant_id, initiated.message, renews)
+        try:
+            keys = await self.jail.noise_finish(initiated.handle, answer.message)
+        except HandshakeFailed:
+            raise NodeRefused(502, "peer-handshake-failed",
+                              "the peer's handshake answer does not verify") from None
+        session_id = session_id_for(keys.handshake_hash)
+        if answer.session_id != session_id:
+            raise NodeRefused(502, "peer-handshake-failed", "the peer named another session id")
+        cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
+                                         session_id)
+        return await self._establish(token, state.version, cipher, session_id, now, renews)
+

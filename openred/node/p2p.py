@@ -1,0 +1,92 @@
+"""Encrypted P2P calls (DESIGN §6): the action registry and the request dispatcher.
+
+``POST /api/v3/p2p/<module>/<action>`` carries an :class:`~openred.node.envelope.Envelope`.
+:func:`dispatch` parses it strictly, finds the module's handler, opens the request with the
+session's channel (cache first), runs the handler on the plaintext, appends the events the
+handler returns and seals the answer bound to the request's counter. Any event a request
+causes in its session's stream must carry that request's ``counter``: restoring a session
+re-marks those counters in the replay window (:mod:`openred.node.sessions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from openred.errors import CryptoError, NodeRefused
+from openred.node import events as ev
+from openred.node.envelope import Envelope, Route
+from openred.node.sessions import SessionKeeper, refusal_for_crypto
+from openred.store.events import NewEvent
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = ["P2P_ACTIONS", "Outcome", "P2PActions", "RequestContext", "dispatch"]
+
+P2P_ACTIONS = "openred.p2p_actions"
+"""Key of the :class:`P2PActions` registry in the node app's ``extensions``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who sent an authenticated request, on which session, with which counter, and when."""
+
+    session_id: str
+    peer: str
+    counter: int
+    route: Route
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A handler's result: the answer's plaintext and the events to append first."""
+
+    answer: bytes
+    events: list[NewEvent] = field(default_factory=list)
+
+
+Handler = Callable[[RequestContext, bytes], Awaitable[Outcome]]
+
+
+class P2PActions:
+    """The encrypted actions modules offer: ``<module>/<action>`` → handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[Route, Handler] = {}
+
+    def add(self, module: str, action: str, handler: Handler) -> None:
+        route = Route(module, action)
+        if route in self._handlers:
+            raise ValueError(f"P2P action {route} is registered twice")
+        self._handlers[route] = handler
+
+    def get(self, route: Route) -> Handler:
+        handler = self._handlers.get(route)
+        if handler is None:
+            raise NodeRefused(404, "unknown-route", f"no P2P action {route}")
+        return handler
+
+
+async def dispatch(
+    route: Route, body: object, *, actions: P2PActions, keeper: SessionKeeper,
+    store: SQLiteEventStore, now: int,
+) -> Envelope:
+    """Handle one encrypted request; the encrypted answer, or NodeRefused (nothing committed)."""
+    envelope = Envelope.from_json(body)
+    handler = actions.get(route)
+    channel = await keeper.channel(envelope.session_id, now)
+    try:
+        plaintext = channel.open_request(route, envelope)
+    except CryptoError as exc:
+        raise refusal_for_crypto(exc) from exc
+    context = RequestContext(envelope.session_id, channel.peer, envelope.counter, route, now)
+    outcome = await handler(context, plaintext)
+    stream = ev.session_stream(envelope.session_id)
+    for event in outcome.events:
+        if event.stream == stream and event.payload.get("counter") != envelope.counter:
+            raise AssertionError(f"{event.type} in the session stream lacks the request counter")
+    if outcome.events:
+        await store.append(outcome.events)
+    answer = channel.seal_answer(route, envelope.counter, outcome.answer)
+    await keeper.after_use(channel)
+    return answer

@@ -1,0 +1,149 @@
+"""The node's P2P routes (DESIGN §10): token delivery, handshake, encrypted calls, health.
+
+Routes only parse, call a service and serialize; every refusal is a
+:class:`~openred.errors.NodeRefused` the problem handler renders (RFC 9457). The P2P routes
+parse their bodies strictly themselves (:func:`~openred.node.handshake.parse_handshake`,
+:meth:`~openred.node.envelope.Envelope.from_json`), so malformed input is a 400 with the
+node's own slug rather than a schema error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from quart import Blueprint, current_app, request
+from quart_schema import document_response, validate_response
+
+from openred import __version__
+from openred.crypto.identity import SignKey, b64url
+from openred.directory.ratelimit import RateLimiter
+from openred.errors import NodeRefused, RequestRefused
+from openred.node.envelope import Route
+from openred.node.handshake import parse_handshake
+from openred.node.services import NodeServices
+from openred.web.problems import Problem
+from openred.web.signatures import InboundVerifier
+
+__all__ = ["EXTENSION", "HANDSHAKE_LIMITER", "VERIFIER", "blueprint"]
+
+EXTENSION = "openred.node"
+VERIFIER = "openred.node.verifier"
+HANDSHAKE_LIMITER = "openred.node.handshake_limiter"
+DIRECTORY_KEYID = "directory"
+
+blueprint = Blueprint("node", __name__, url_prefix="/api/v3")
+
+
+class Received(BaseModel):
+    grant_id: str
+    status: str
+
+
+class HandshakeReply(BaseModel):
+    session_id: str
+    message: str
+
+
+class EnvelopeModel(BaseModel):
+    session_id: str
+    counter: int
+    ciphertext: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    node_id: str
+    sessions: dict[str, int]
+    tokens: dict[str, int]
+    log: dict[str, int]
+    modules: dict[str, list[str]]
+
+
+def services() -> NodeServices:
+    svc: NodeServices = current_app.extensions[EXTENSION]
+    return svc
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _documented(*codes: int) -> Callable[[F], F]:
+    """Document ``Problem`` answers with these statuses in the OpenAPI document."""
+
+    def decorator(func: F) -> F:
+        for code in codes:
+            func = document_response(Problem, code)(func)
+        return func
+
+    return decorator
+
+
+async def _json() -> object:
+    body = await request.get_json(force=True, silent=True)
+    if body is None:
+        raise NodeRefused(400, "malformed", "the request body is not JSON")
+    return body
+
+
+@blueprint.post("/tokens/receive")
+@validate_response(Received, 200)
+@_documented(400, 401, 403, 409, 410, 413, 422, 502, 503)
+async def receive_token() -> tuple[dict[str, str], int]:
+    """A grant half pushed by the directory (RFC 9421, keyid ``directory``)."""
+    svc = services()
+    verifier: InboundVerifier = current_app.extensions[VERIFIER]
+    key = svc.settings.directory_sign_key
+
+    async def resolve(keyid: str) -> SignKey | None:
+        return key if keyid == DIRECTORY_KEYID else None
+
+    await verifier.verify(request, resolve)
+    return await svc.tokens.receive(await _json(), svc.now()), 200
+
+
+@blueprint.post("/p2p/handshake")
+@validate_response(HandshakeReply, 200)
+@_documented(400, 401, 403, 404, 409, 410, 413, 429, 503)
+async def handshake() -> dict[str, str]:
+    """Noise KKpsk0 message 1 for a grant this node holds as responder; message 2.
+
+    Every refusal is logged (``HandshakeRejected``); an address that caused more than
+    ``OPENRED_HANDSHAKE_REFUSALS`` of them in a minute gets 429 without any log entry, so
+    nobody can fill the log with refusals.
+    """
+    svc = services()
+    limiter: RateLimiter = current_app.extensions[HANDSHAKE_LIMITER]
+    address, moment = request.remote_addr or "unknown", time.monotonic()
+    wait = limiter.retry_after(address, moment)
+    if wait is not None:
+        raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
+                             "address", retry_after=math.ceil(wait))
+    grant_id, message, renews = parse_handshake(await _json())
+    try:
+        answer = await svc.handshakes.respond(grant_id, message, svc.now(), renews)
+    except NodeRefused:
+        limiter.hit(address, moment)
+        raise
+    return {"session_id": answer.session_id, "message": b64url(answer.message)}
+
+
+@blueprint.post("/p2p/<module>/<action>")
+@validate_response(EnvelopeModel, 200)
+@_documented(400, 401, 404, 409, 410, 413, 422, 503)
+async def p2p(module: str, action: str) -> dict[str, Any]:
+    """An encrypted call on an established session; the encrypted answer."""
+    route = Route(module, action)
+    return (await services().handle(route, await _json())).to_json()
+
+
+@blueprint.get("/health")
+@validate_response(Health, 200)
+@_documented(503)
+async def health() -> dict[str, Any]:
+    """The node's id, sessions, unused tokens, log size and modules."""
+    return {**await services().health(), "version": __version__}

@@ -1,0 +1,260 @@
+"""Everything a running node holds, opened together and closed together (the app's extension).
+
+:class:`NodeServices` owns the node's log (kind ``node``), its read models, the session keeper,
+the token receiver, the handshakes, the enabled modules and the one pooled outbound HTTP client,
+and offers the node-to-node calls: :meth:`NodeServices.connect` (handshake as initiator over
+HTTP) and :meth:`NodeServices.send_message`, plus the lifecycle run (:meth:`lifecycle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from openred.crypto.client import JailClient, JailSigner, PublicKeys
+from openred.crypto.identity import b64url, from_b64url
+from openred.crypto.methods import MethodRegistry
+from openred.errors import NodeRefused, OpenRedError, TransportError
+from openred.modules import LoadReport, load_modules
+from openred.modules.messaging import MESSAGING_SERVICE
+from openred.modules.messaging.service import Messaging, Receipt
+from openred.node.book import NodeBook
+from openred.node.envelope import Envelope, Route, SessionChannel
+from openred.node.events import node_registry
+from openred.node.handshake_service import HandshakeAnswer, Handshakes
+from openred.node.p2p import P2PActions, dispatch
+from openred.node.projections import node_projections
+from openred.node.readmodels import ReadModels
+from openred.node.sessions import NodeSessionLedger, SessionKeeper
+from openred.node.settings import NodeSettings
+from openred.node.token_service import TokenReceiver
+from openred.node.transparency import TransparencyChecks
+from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
+from openred.web.client import HttpClient, Reply, Signer
+
+__all__ = ["NodeServices"]
+
+logger = logging.getLogger("openred.node")
+
+HANDSHAKE_PATH = "/api/v3/p2p/handshake"
+CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
+REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
+SESSION_LEDGER = "session-ledger.json"
+"""The durable session ledger (send epochs) in the data directory."""
+
+
+def _refusal_from(reply: Reply, what: str) -> NodeRefused:
+    """The peer's problem answer as our refusal (statuses kept, 5xx become 502)."""
+    slug, detail = "peer-refused", f"{what} answered {reply.status}"
+    try:
+        body = reply.json()
+    except TransportError:
+        body = None
+    if isinstance(body, dict):
+        kind, text = body.get("type"), body.get("detail")
+        if isinstance(kind, str):
+            slug = kind.rsplit(":", 1)[-1]
+        if isinstance(text, str):
+            detail = f"{what}: {text}"
+    status = reply.status if 400 <= reply.status < 500 else 502
+    return NodeRefused(status, slug, detail)
+
+
+@dataclass
+class NodeServices:
+    settings: NodeSettings
+    jail: JailClient
+    keys: PublicKeys
+    store: SQLiteEventStore
+    reads: ReadModels
+    book: NodeBook
+    keeper: SessionKeeper
+    handshakes: Handshakes
+    tokens: TokenReceiver
+    messaging: Messaging
+    actions: P2PActions
+    http: HttpClient
+    modules: LoadReport
+    methods: MethodRegistry
+    clock: Callable[[], float] = time.time
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    @classmethod
+    async def open(
+        cls, settings: NodeSettings, jail: JailClient, *, clock: Callable[[], float] = time.time,
+    ) -> NodeServices:
+        """Open the log, read models and services over a running jail."""
+        directory_key = settings.directory_sign_key
+        keys = await jail.public_keys()
+        events = node_registry()
+        report, projections, methods = load_modules(
+            settings.modules, events=events, projections=node_projections(),
+            methods=MethodRegistry(),
+        )
+        store = await SQLiteEventStore.open(
+            settings.data_dir, await JailSigner.create(jail), registry=events,
+            projections=projections, kind="node",
+        )
+        reads = ReadModels.open(settings.data_dir / DATABASE_NAME)
+        book = NodeBook(reads)
+        keeper = SessionKeeper(store, jail, book,
+                               NodeSessionLedger(settings.data_dir / SESSION_LEDGER))
+        async def sign_base(base: bytes) -> bytes:
+            return bytes(await jail.sign("http_signature_base", base))
+
+        http = HttpClient(signer=Signer(str(keys.node_id), sign_base),
+                          allow_private=settings.allow_private_urls, clock=clock)
+
+        async def fetch(from_size: int) -> tuple[bytes, list[bytes]]:
+            url = f"{settings.directory_url}{CHECKPOINT_PATH}?from={from_size}"
+            reply = await http.request("GET", url)
+            if not reply.ok:
+                raise _refusal_from(reply, "the directory")
+            body = reply.json()
+            note, proof = body.get("checkpoint"), body.get("consistency_proof") or []
+            if not isinstance(note, str) or not isinstance(proof, list):
+                raise TransportError("the directory's checkpoint answer is malformed")
+            return note.encode("utf-8"), [from_b64url(h) for h in proof]
+
+        services = cls(
+            settings=settings, jail=jail, keys=keys, store=store, reads=reads, book=book,
+            keeper=keeper,
+            handshakes=Handshakes(store=store, jail=jail, book=book, keeper=keeper,
+                                  lifetime=settings.session_lifetime),
+            tokens=TokenReceiver(me=keys.node_id, directory_key=directory_key, store=store,
+                                 jail=jail, book=book,
+                                 checks=TransparencyChecks(directory_key, fetch)),
+            messaging=Messaging(store, jail, reads), actions=P2PActions(), http=http,
+            modules=report, methods=methods, clock=clock,
+        )
+        return services
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.reads.close()
+        await self.store.close()
+
+    def extensions(self) -> dict[str, Any]:
+        """What modules find in ``app.extensions`` when they register their routes."""
+        from openred.node.p2p import P2P_ACTIONS
+
+        return {P2P_ACTIONS: self.actions, MESSAGING_SERVICE: self.messaging}
+
+    # -- inbound --
+
+    async def handle(self, route: Route, body: object) -> Envelope:
+        return await dispatch(route, body, actions=self.actions, keeper=self.keeper,
+                              store=self.store, now=self.now())
+
+    # -- node-to-node calls --
+
+    async def _handshake_over_http(
+        self, api_url: str, grant_id: str, message: bytes, renews: str | None
+    ) -> HandshakeAnswer:
+        body = {"grant_id": grant_id, "message": b64url(message)}
+        if renews is not None:
+            body["renews"] = renews
+        reply = await self.http.request(
+            "POST", api_url.rstrip("/") + HANDSHAKE_PATH, json_body=body, attempts=1,
+        )
+        if not reply.ok:
+            raise _refusal_from(reply, "the peer's handshake")
+        body = reply.json()
+        session_id, answer = (body.get("session_id"), body.get("message")) if isinstance(
+            body, dict) else (None, None)
+        if not isinstance(session_id, str) or not isinstance(answer, str):
+            raise NodeRefused(502, "peer-handshake-failed", "the peer's answer is malformed")
+        try:
+            return HandshakeAnswer(session_id, from_b64url(answer))
+        except ValueError:
+            raise NodeRefused(502, "peer-handshake-failed",
+                              "the peer's answer is malformed") from None
+
+    async def connect(self, grant_id: str) -> SessionChannel:
+        """Open a session with the grant's responder over HTTP (the initiator's side)."""
+        return await self.handshakes.connect(grant_id, self._handshake_over_http, self.now())
+
+    def _p2p_transport(self, api_url: str) -> Callable[[Route, Envelope], Any]:
+        async def send(route: Route, envelope: Envelope) -> Envelope:
+            reply = await self.http.request(
+                "POST", f"{api_url.rstrip('/')}/api/v3/p2p/{route}",
+                json_body=envelope.to_json(), attempts=1,
+            )
+            if not reply.ok:
+                raise _refusal_from(reply, f"the peer's {route}")
+            return Envelope.from_json(reply.json())
+
+        return send
+
+    async def send_message(self, session_id: str, text: str) -> Receipt:
+        """Send ``text`` on an established session; the peer's delivery receipt."""
+        channel = await self.keeper.channel(session_id, self.now())
+        peer = await self.book.peer(channel.peer)
+        if peer is None:
+            raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")
+        return await self.messaging.send(
+            channel, text, message_id=secrets.token_bytes(16), now=self.now(),
+            transport=self._p2p_transport(peer.api_url), rotate=self.keeper.rotate,
+        )
+
+    async def request_grant(self, peer: str) -> str:
+        """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
+        reply = await self.http.request(
+            "POST", f"{self.settings.directory_url}{REQUEST_CONNECTION_PATH}",
+            json_body={"target": peer}, signed=True,
+        )
+        if reply.status != 201:
+            raise _refusal_from(reply, "the directory")
+        body = reply.json()
+        grant_id = body.get("grant_id") if isinstance(body, dict) else None
+        if not isinstance(grant_id, str):
+            raise NodeRefused(502, "directory-malformed", "the directory's answer has no grant")
+        return grant_id
+
+    # -- lifecycle --
+
+    async def renew(self) -> list[tuple[str, str]]:
+        """Renew the sessions this node initiated whose renewal is due (80 % of life).
+
+        A new grant from the directory, a new handshake, and ``SessionRenewed`` for the old
+        session; the pairs (old, new). A renewal that fails is logged and tried on the next run.
+        """
+        renewed: list[tuple[str, str]] = []
+        rows = [r for r in await self.book.sessions(state="active") if r.role == "initiator"]
+        for row in self.keeper.due_for_renewal(rows, self.now()):
+            try:
+                grant_id = await self.request_grant(row.peer)
+                channel = await self.handshakes.connect(
+                    grant_id, self._handshake_over_http, self.now(), renews=row.session_id)
+            except OpenRedError as exc:
+                logger.warning("renewing session %s failed: %s", row.session_id, exc)
+                continue
+            renewed.append((row.session_id, channel.session_id))
+        return renewed
+
+    async def lifecycle(self) -> dict[str, int]:
+        """Renew sessions due, rotate send keys due, expire unused tokens and sessions; counts."""
+        renewed = await self.renew()
+        now = self.now()
+        rotated = await self.keeper.rotate_due(now, self.settings.epoch_interval)
+        tokens = await self.tokens.expire(now)
+        sessions = await self.keeper.expire(now)
+        return {"renewed": len(renewed), "rotated": len(rotated), "tokens": tokens,
+                "sessions": len(sessions)}
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "node_id": str(self.keys.node_id),
+            "sessions": {"active": len(await self.book.sessions(state="active"))},
+            "tokens": {"unused": await self.book.count_tokens()},
+            "log": {"size": self.store.head.size},
+            "modules": {"loaded": sorted(self.modules.loaded),
+                        "failed": sorted(self.modules.failed)},
+        }

@@ -1,0 +1,76 @@
+"""The node's settings (DESIGN §10): the shared service settings plus the node's own.
+
+==================================  ==========================================================
+``OPENRED_DIRECTORY_URL``           the directory's base URL (where checkpoints are fetched)
+``OPENRED_DIRECTORY_KEY``           the pinned directory key (base64url Ed25519, 32 bytes)
+``OPENRED_MODULES``                 enabled modules, comma-separated (``messaging``)
+``OPENRED_SESSION_LIFETIME``        seconds a session lives (86400); renewal is due at 80 %
+``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (renewal, expiry) (30)
+``OPENRED_EPOCH_INTERVAL``          seconds a session's send key lives before it rotates (3600)
+``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address may cause per minute (30);
+                                    past that it gets 429 and nothing is logged
+``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
+==================================  ==========================================================
+
+The shared variables (host, port, public URL, jail) are :class:`~openred.settings.
+ServiceSettings`'; a node listens on port 8710 by default and its public URL is the
+``api_url`` of its signed record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from openred.crypto.identity import SignKey
+from openred.errors import ConfigurationError, InvalidKey
+from openred.modules import parse_enabled
+from openred.settings import ServiceSettings, _Values
+
+__all__ = ["DEFAULT_MAX_BODY", "NodeSettings"]
+
+DEFAULT_MAX_BODY = 384 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings(ServiceSettings):
+    """What a node needs besides the shared settings."""
+
+    port: int = 8710
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    directory_url: str = ""
+    directory_key: str = ""
+    modules: tuple[str, ...] = field(default=("messaging",))
+    session_lifetime: int = 86400
+    lifecycle_interval: float = 30.0
+    epoch_interval: int = 3600
+    handshake_refusals: int = 30
+
+    DEFAULT_PORT = 8710
+
+    @property
+    def directory_sign_key(self) -> SignKey:
+        """The pinned directory key; ConfigurationError when missing or malformed."""
+        if not self.directory_key:
+            raise ConfigurationError("OPENRED_DIRECTORY_KEY is not set")
+        try:
+            return SignKey.from_b64url(self.directory_key)
+        except (ValueError, InvalidKey) as exc:
+            raise ConfigurationError("OPENRED_DIRECTORY_KEY is not an Ed25519 key") from exc
+
+    @classmethod
+    def _from_values(cls, data_dir: Path, v: _Values) -> Self:
+        shared = cls._shared(data_dir, v)
+        if v.optional("MAX_BODY_BYTES") is None:
+            shared["max_body_bytes"] = DEFAULT_MAX_BODY
+        return cls(
+            **shared,
+            directory_url=v.text("DIRECTORY_URL", "").rstrip("/"),
+            directory_key=v.text("DIRECTORY_KEY", ""),
+            modules=tuple(parse_enabled(v.text("MODULES", "messaging"))),
+            session_lifetime=v.integer("SESSION_LIFETIME", 86400, minimum=60),
+            lifecycle_interval=float(v.integer("LIFECYCLE_INTERVAL", 30, minimum=1)),
+            epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
+            handshake_refusals=v.integer("HANDSHAKE_REFUSALS", 30, minimum=1),
+        )

@@ -1,0 +1,186 @@
+"""Receiving grants (DESIGN §5, ``POST /api/v3/tokens/receive``) and expiring them.
+
+:meth:`TokenReceiver.receive` takes the delivery body as plain JSON values and, in order:
+
+1. parses the grant, its signature and the sealed token strictly (400/422);
+2. checks the grant's signature under the pinned directory key (401);
+3. checks this node is a party (403) before any costlier work;
+4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
+   grant is in the directory's log, consistent with the checkpoint this node holds (422); a
+   fork is logged as evidence (``DirectoryForkDetected``) and refused (409);
+5. has the jail check that the sealed token opens with this node's key (422);
+6. decides (:func:`openred.node.tokens.decide_receive`) and appends ``TokenReceived`` (and
+   ``PeerDiscovered`` when the record is new), idempotent by grant id.
+
+The port exists because the transparency checks live in ``openred.crypto.transparency`` and
+the node record checks in ``openred.crypto.records`` (the directory's part); their adapter
+implements :class:`DeliveryChecks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from openred.crypto.client import JailClient
+from openred.crypto.grants import Grant, check_sealed_token, verify_grant_signature
+from openred.crypto.identity import NodeId, SignKey, from_b64url
+from openred.errors import (
+    ConcurrencyConflict,
+    CryptoError,
+    DecryptionFailed,
+    NodeRefused,
+    VerificationError,
+)
+from openred.node.book import NodeBook
+from openred.node.tokens import (
+    HeldCheckpoint,
+    PeerInfo,
+    ReceiveToken,
+    Refusal,
+    decide_expiry,
+    decide_receive,
+    fork_evidence,
+)
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = ["DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
+
+DELIVERY_KEYS = frozenset({
+    "grant", "grant_signature", "sealed_token", "peer_record", "entry", "checkpoint",
+    "inclusion_proof",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The peer's verified record and the checkpoint the grant's inclusion was proven against."""
+
+    peer: PeerInfo
+    checkpoint: HeldCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Forked:
+    """The delivered checkpoint is inconsistent with the one this node holds."""
+
+    received_checkpoint: str
+
+
+class DeliveryChecks(Protocol):
+    """Verification of a delivery's peer record and log proofs (the transparency adapter)."""
+
+    async def verify(
+        self, delivery: Mapping[str, Any], grant: Grant, peer: NodeId,
+        held: HeldCheckpoint | None,
+    ) -> Verified | Forked:
+        """Verified, Forked, or raise VerificationError / CryptoError for anything else."""
+        ...
+
+
+def _bad(status: int, reason: str, detail: str) -> NodeRefused:
+    return NodeRefused(status, reason, detail)
+
+
+def _b64_field(body: Mapping[str, Any], name: str) -> bytes:
+    value = body.get(name)
+    try:
+        if not isinstance(value, str):
+            raise ValueError(name)
+        return from_b64url(value)
+    except ValueError:
+        raise _bad(400, "malformed-delivery", f"{name} must be base64url") from None
+
+
+class TokenReceiver:
+    """The token manager's service: receive deliveries, expire unused tokens."""
+
+    def __init__(
+        self, *, me: NodeId, directory_key: SignKey, store: SQLiteEventStore,
+        jail: JailClient, book: NodeBook, checks: DeliveryChecks,
+    ) -> None:
+        self.me = me
+        self.directory_key = directory_key
+        self.store = store
+        self.jail = jail
+        self.book = book
+        self.checks = checks
+
+    async def receive(self, body: object, now: int) -> dict[str, str]:
+        """Accept a delivery; ``{grant_id, status}`` with status received or duplicate."""
+        if not isinstance(body, Mapping) or set(body) != DELIVERY_KEYS:
+            raise _bad(
+                400, "malformed-delivery", f"a delivery has exactly {sorted(DELIVERY_KEYS)}"
+            )
+        # 1. parse
+        if not isinstance(body["grant"], Mapping):
+            raise _bad(400, "malformed-delivery", "grant must be an object")
+        try:
+            grant = Grant.from_dict(body["grant"])
+        except CryptoError as exc:
+            raise _bad(422, "invalid-grant", str(exc)) from None
+        signature = _b64_field(body, "grant_signature")
+        try:
+            sealed = check_sealed_token(_b64_field(body, "sealed_token"))
+        except CryptoError as exc:
+            raise _bad(422, "invalid-sealed-token", str(exc)) from None
+        # 2. the directory signed this grant
+        try:
+            verify_grant_signature(grant, signature, self.directory_key)
+        except VerificationError:
+            raise _bad(
+                401, "bad-grant-signature", "the grant is not signed by the directory"
+            ) from None
+        # 3. this node is a party
+        if not grant.involves(self.me):
+            raise _bad(403, "not-a-party", "this node is neither initiator nor responder")
+        peer_id = grant.responder if grant.initiator == self.me else grant.initiator
+        # 4. peer record and directory log
+        held = await self.book.directory_checkpoint()
+        try:
+            verdict = await self.checks.verify(body, grant, peer_id, held)
+        except (VerificationError, CryptoError) as exc:
+            raise _bad(422, "unverifiable-delivery", str(exc)) from None
+        if isinstance(verdict, Forked):
+            assert held is not None, "a fork needs a checkpoint held before"
+            await self.store.append_one(
+                fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
+            )
+            raise _bad(409, "directory-fork",
+                       "the directory's checkpoint is inconsistent with the one this node holds")
+        # 5. the token is sealed to this node
+        try:
+            await self.jail.open_sealed(sealed)
+        except DecryptionFailed:
+            raise _bad(
+                422, "invalid-sealed-token", "the token is not sealed to this node"
+            ) from None
+        # 6. decide and append (once more if a concurrent delivery of the same grant won)
+        command = ReceiveToken(grant, signature, sealed, verdict.peer, verdict.checkpoint)
+        for _attempt in (1, 2):
+            decision = decide_receive(
+                await self.book.token_state(grant.grant_id), command, me=self.me,
+                known_peer=await self.book.peer(str(peer_id)), held=held, now=now,
+            )
+            if isinstance(decision, Refusal):
+                raise decision.error()
+            if not decision:
+                return {"grant_id": grant.grant_id, "status": "duplicate"}
+            try:
+                await self.store.append(decision)
+            except ConcurrencyConflict:
+                continue
+            return {"grant_id": grant.grant_id, "status": "received"}
+        raise _bad(409, "grant-conflict", "concurrent deliveries of this grant disagree")
+
+    async def expire(self, now: int) -> int:
+        """Log ``TokenExpired`` for every unused token past its grant's expiry; how many."""
+        expired = 0
+        for event in decide_expiry(await self.book.received_tokens(), now):
+            try:  # one by one: a token consumed meanwhile conflicts and stays consumed
+                await self.store.append_one(event)
+            except ConcurrencyConflict:
+                continue
+            expired += 1
+        return expired

@@ -1,0 +1,44 @@
+"""The node's settings: environment over the data directory's .env, parsed strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openred.crypto.identity import SignKey
+from openred.errors import ConfigurationError
+from openred.node.settings import DEFAULT_MAX_BODY, NodeSettings
+from openred.settings import write_env_file
+
+KEY = SignKey(bytes(range(32))).b64url()
+
+
+def test_defaults_and_the_env_file(tmp_path: Path) -> None:
+    write_env_file(tmp_path / ".env", {"OPENRED_DIRECTORY_URL": "http://dir.example/",
+                                       "OPENRED_DIRECTORY_KEY": KEY})
+    settings = NodeSettings.load(tmp_path, environ={"OPENRED_MODULES": "messaging, notes"})
+    assert settings.port == 8710 and settings.max_body_bytes == DEFAULT_MAX_BODY
+    assert settings.directory_url == "http://dir.example"
+    assert settings.directory_sign_key.raw == bytes(range(32))
+    assert settings.modules == ("messaging", "notes")
+    assert settings.session_lifetime == 86400
+    assert settings.base_url == "http://127.0.0.1:8710"
+
+
+@pytest.mark.parametrize(("environ", "match"), [
+    ({"OPENRED_MODULES": "messaging, ../x"}, "module"),
+    ({"OPENRED_SESSION_LIFETIME": "10"}, "SESSION_LIFETIME"),
+    ({"OPENRED_LIFECYCLE_INTERVAL": "soon"}, "LIFECYCLE_INTERVAL"),
+])
+def test_malformed_values_are_refused(tmp_path: Path, environ: dict[str, str],
+                                      match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        NodeSettings.load(tmp_path, environ=environ)
+
+
+@pytest.mark.parametrize("key", ["", "not-a-key", "AAAA"])
+def test_the_pinned_directory_key_must_be_a_key(tmp_path: Path, key: str) -> None:
+    settings = NodeSettings.load(tmp_path, environ={"OPENRED_DIRECTORY_KEY": key})
+    with pytest.raises(ConfigurationError, match="OPENRED_DIRECTORY_KEY"):
+        _ = settings.directory_sign_key
