@@ -1,4 +1,4 @@
-"""Shared fixtures: where the read-only test vectors live (``tests/vectors/``), the long-run switch."""
+"""Shared fixtures: where the test vectors live (``tests/vectors/``), the long-run switch."""
 
 from __future__ import annotations
 
