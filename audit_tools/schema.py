@@ -131,7 +131,8 @@ def schema_differences(conn: sqlite3.Connection, kind: str) -> list[str]:
             if (obj.type, obj.name) in seen:
                 foreign.append(f"{obj.describe()} is defined twice")
             seen.add((obj.type, obj.name))
-    for key, obj in sorted(actual.items()):
+    order = {"table": 0, "view": 1, "index": 2, "trigger": 3}
+    for key, obj in sorted(actual.items(), key=lambda item: (order.get(item[0][0], 4), item[0])):
         if key not in expected:
             foreign.append(f"{obj.describe()} is not part of the {kind} log's schema")
         elif expected[key] != obj:

@@ -213,7 +213,7 @@ def check_entries(
         for entry in entries:
             if isinstance(entry, MalformedRow):
                 raise TamperedLog(entry.seq, entry.reason)
-            if first_prev is None:
+            if first_prev is None and entry.seq == first:
                 first_prev = entry.prev_hash
             rewritten += hash_check(entry, checker, pseudonymized)
             checker.check(entry)
@@ -388,8 +388,13 @@ def verify(
                     raise StepFailed(2, f"the log belongs to node {genesis_key.node_id}, "
                                         f"not {node_id}", 1)
 
-            chain = _chain_pass(source, hint, jobs, progress, report, pin,
-                                sizes={s for s, _ in source.checkpoints()})
+            try:
+                chain = _chain_pass(source, hint, jobs, progress, report, pin,
+                                    sizes={s for s, _ in source.checkpoints()})
+            except StepFailed as exc:
+                if isinstance(source, SQLiteSource):
+                    exc.reason += _schema_note(source)
+                raise
             n = chain.entries
             genesis_key = chain.keys[0][1]
             kind = log_kind(chain.genesis)
@@ -466,6 +471,17 @@ def _check_schema(source: SQLiteSource, kind: str) -> None:
     if differences:
         more = f" (and {len(differences) - 1} more difference(s))" if len(differences) > 1 else ""
         raise StepFailed(1, f"schema: {differences[0]}{more}")
+
+
+def _schema_note(source: SQLiteSource) -> str:
+    """What else is wrong with a database whose chain failed: its schema, if it is not a
+    node's (the genesis that names the kind may be the entry that failed)."""
+    try:
+        differences = schema_differences(source.conn, DEFAULT_KIND)
+    except (UnknownKind, sqlite3.Error):
+        return ""
+    return (f"; the database's schema is not the store's own either: {differences[0]}"
+            if differences else "")
 
 
 def _check_bundle_header(source: LogSource, report: Report) -> None:
