@@ -18,8 +18,8 @@ from pathlib import Path
 from audit_tools import verify as _verify
 from audit_tools.schema import fresh_database
 from audit_tools.source import LogSource, MalformedRow, SQLiteSource
+from openred import kinds
 from openred.errors import TamperedLog
-from openred.kinds import projections_for, registry_for
 from openred.store.chain import ChainChecker
 from openred.store.checkpoint import parse_checkpoint_body, parse_signed_note
 from openred.store.codec import decode_payload
@@ -102,8 +102,8 @@ def _replay_into(
     until: int,
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
-    projections = projections_for(kind)
-    registry = registry_for(kind)
+    projections = kinds.projections_for(kind)
+    registry = kinds.registry_for(kind)
     conn.execute("BEGIN")
     batch: list[StoredEvent] = [first]
 

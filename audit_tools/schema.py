@@ -79,10 +79,10 @@ def read_schema(conn: sqlite3.Connection) -> list[SchemaObject]:
 
 def migrate_fresh(path: Path, kind: str) -> None:
     """Build a new database at ``path`` with the migrations of ``kind`` (its branch head)."""
-    from openred.kinds import KINDS
+    from openred import kinds
     from openred.store.migrate import upgrade
 
-    if kind not in KINDS:
+    if kind not in kinds.KINDS:
         raise UnknownKind(f"no migrations for a log of kind {kind!r}")
     upgrade(path)
 

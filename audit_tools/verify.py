@@ -47,9 +47,10 @@ from audit_tools.source import (
     SQLiteSource,
     open_source,
 )
+from openred import kinds
 from openred.crypto.identity import NodeId, SignKey, from_b64url
 from openred.errors import CheckpointError, InvalidKey, TamperedLog
-from openred.kinds import DEFAULT_KIND, KINDS, projections_for, registry_for
+from openred.kinds import DEFAULT_KIND
 from openred.store import merkle
 from openred.store.chain import ChainChecker, origin_for, recompute_hash
 from openred.store.checkpoint import (
@@ -327,9 +328,9 @@ def _genesis_facts(payload: bytes) -> dict[str, Any]:
 def log_kind(genesis: dict[str, Any]) -> str:
     """The kind a genesis payload names (a genesis without one is a node's, from before kinds)."""
     kind = genesis.get("kind", DEFAULT_KIND)
-    if not isinstance(kind, str) or kind not in KINDS:
+    if not isinstance(kind, str) or kind not in kinds.KINDS:
         raise StepFailed(2, f"the genesis names log kind {kind!r}, which this verifier does not "
-                            f"know (known: {', '.join(KINDS)})", 1)
+                            f"know (known: {', '.join(kinds.KINDS)})", 1)
     return kind
 
 
@@ -726,8 +727,8 @@ def _check_projections(source: SQLiteSource, n: int, kind: str) -> tuple[str]:
     Nothing of the file under test runs here (its triggers, views and indexes stay unread), and
     memory holds only projection rows: events stream from the file in chunks.
     """
-    projections = projections_for(kind)
-    registry = registry_for(kind)
+    projections = kinds.projections_for(kind)
+    registry = kinds.registry_for(kind)
     tables = projections.tables()
     try:
         position_rows = _dump(source.conn, "projection_positions")
