@@ -123,11 +123,16 @@ class SQLiteSource(LogSource):
             # One snapshot for every read of this connection: a writer appending meanwhile
             # cannot make the count, the chain and the replay see different logs.
             self.conn.execute("BEGIN")
-            tables = {r[0] for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            objects = {(r[0], r[1]) for r in self.conn.execute(
+                "SELECT name, type FROM sqlite_master")}
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptLog(f"{db} is not a readable SQLite database: {exc}") from exc
+        tables = {name for name, type_ in objects if type_ == "table"}
         if "events" not in tables:
+            shadow = [type_ for name, type_ in objects if name == "events"]
+            if shadow:
+                raise CorruptLog(f"{db}: events is a {shadow[0]}, not the log's table: the "
+                                 "schema is not the store's own")
             raise CorruptLog(f"{db} has no events table: not an OpenRed log")
         self.tables = tables
 

@@ -26,7 +26,7 @@ from openred.node.projections import node_projections
 from openred.store.codec import canonical_json
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
-from tests.audit_tools.test_verify_tamper import assert_cli_tampered, execute
+from tests.audit_tools.test_verify_tamper import assert_cli_tampered, execute, unconstrained
 from tests.store.history import peer_event, session_events
 
 OWNER = InProcessSigner.from_seed(b"\x31" * 32)
@@ -216,6 +216,35 @@ def test_any_schema_object_that_is_not_the_stores_own_fails_named(
     assert (step, seq) == (1, None)
     assert reason.startswith(f"schema: {named}"), reason
     assert_cli_tampered(db)
+
+
+def test_a_view_standing_in_for_the_events_table_is_named(log: Path, tmp_path: Path) -> None:
+    db = copy(log, tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("ALTER TABLE events RENAME TO events_real")
+    conn.execute("CREATE VIEW events AS SELECT * FROM events_real WHERE seq <> 5")
+    conn.close()
+    step, seq, reason = failed(verify(db, jobs=1))
+    assert (step, seq) == (1, None)
+    assert reason.endswith("events is a view, not the log's table: the schema is not the "
+                           "store's own"), reason
+    assert_cli_tampered(db)
+
+
+def test_duplicate_and_null_rows_in_an_unconstrained_table_are_named_where_they_stand(
+    log: Path, tmp_path: Path,
+) -> None:
+    db = unconstrained(log, tmp_path / "u.db")
+    execute(db, "INSERT INTO events SELECT * FROM events WHERE seq = 7")
+    step, seq, reason = failed(verify(db, jobs=1))
+    assert (step, seq) == (3, 8)
+    assert reason.startswith("sequence broken: expected seq 8, got 7; the database's schema is "
+                             "not the store's own either: table events differs"), reason
+    db = unconstrained(log, tmp_path / "n.db")
+    execute(db, "INSERT INTO events (seq) VALUES (NULL)")
+    step, seq, reason = failed(verify(db, jobs=1))
+    assert (step, seq) == (3, SIZE + 1)
+    assert reason.startswith("malformed row: seq is NoneType, not an integer"), reason
 
 
 def test_a_table_definition_rewritten_in_place_fails(log: Path, tmp_path: Path) -> None:
