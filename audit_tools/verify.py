@@ -259,14 +259,26 @@ def declared_keys(source: LogSource, size: int) -> list[tuple[int, SignKey]]:
     For commands that show a checkpoint or a proof, and as verify's guess of the key at the
     start of each parallel range. Verify itself uses only the key history its chain pass read.
     """
-    items = [
-        (e.seq, e.type, e.payload) for e in source.rows(1, size)
-        if isinstance(e, StoredEvent) and e.type in (LOG_OPENED, KEY_ROTATED)
-    ]
+    items: list[tuple[Any, Any, Any]]
+    if isinstance(source, SQLiteSource):
+        try:
+            items = source.conn.execute(
+                "SELECT seq, type, payload FROM events NOT INDEXED WHERE type IN (?, ?) "
+                "AND seq BETWEEN 1 AND ? ORDER BY seq", (LOG_OPENED, KEY_ROTATED, size),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"the events table cannot be read: {exc}") from exc
+    else:
+        items = [
+            (e.seq, e.type, e.payload) for e in source.rows(1, size)
+            if isinstance(e, StoredEvent) and e.type in (LOG_OPENED, KEY_ROTATED)
+        ]
     keys: list[tuple[int, SignKey]] = []
     for seq, type_, payload in items:
+        if not isinstance(seq, int) or not isinstance(payload, bytes):
+            continue  # a malformed row: the chain pass names the position it breaks
         try:
-            data = decode_payload(bytes(payload))
+            data = decode_payload(payload)
             if type_ == LOG_OPENED:
                 if seq != 1 and not keys:
                     break  # no LogOpened at seq 1: reported below as a missing genesis
@@ -475,10 +487,19 @@ def _check_schema(source: SQLiteSource, kind: str) -> None:
 
 
 def _schema_note(source: SQLiteSource) -> str:
-    """What else is wrong with a database whose chain failed: its schema, if it is not a
-    node's (the genesis that names the kind may be the entry that failed)."""
+    """What else is wrong with a database whose chain failed: its schema, compared with the
+    kind its genesis row names if that kind is known, else a node's (the genesis may be the
+    entry that failed, so this only adds to a failure already found)."""
+    kind = DEFAULT_KIND
     try:
-        differences = schema_differences(source.conn, DEFAULT_KIND)
+        genesis = source.genesis()
+        if isinstance(genesis, StoredEvent):
+            named = decode_payload(genesis.payload).get("kind", DEFAULT_KIND)
+            kind = named if named in kinds.KINDS else DEFAULT_KIND
+    except (ValueError, RecursionError, CorruptLog):
+        pass
+    try:
+        differences = schema_differences(source.conn, kind)
     except (UnknownKind, sqlite3.Error):
         return ""
     return (f"; the database's schema is not the store's own either: {differences[0]}"
