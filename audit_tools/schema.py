@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -87,9 +88,17 @@ def migrate_fresh(path: Path, kind: str) -> None:
     upgrade(path)
 
 
-@lru_cache(maxsize=8)
+_BUILDING = threading.Lock()  # verify may prepare the schema in a thread while it waits
+
+
 def _template(kind: str) -> bytes:
     """The bytes of a new database the migrations of ``kind`` built (migrated once per kind)."""
+    with _BUILDING:
+        return _built(kind)
+
+
+@lru_cache(maxsize=8)
+def _built(kind: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="openred-schema-") as tmp:
         db = Path(tmp) / "fresh.db"
         migrate_fresh(db, kind)

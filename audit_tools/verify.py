@@ -27,6 +27,7 @@ Any failure stops at that step and names the first bad seq and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit_tools.schema import UnknownKind, fresh_database, schema_differences
+from audit_tools.schema import UnknownKind, expected_schema, fresh_database, schema_differences
 from audit_tools.source import (
     BundleSource,
     CorruptLog,
@@ -401,9 +402,15 @@ def verify(
                     raise StepFailed(2, f"the log belongs to node {genesis_key.node_id}, "
                                         f"not {node_id}", 1)
 
+            # The Merkle roots steps 5 and 6 compare are taken from the chain pass's own hashes.
+            sizes = {s for s, _ in source.checkpoints()}
+            if checkpoint is not None:
+                with contextlib.suppress(CheckpointError):
+                    sizes.add(parse_given_checkpoint(checkpoint).size)
+            prepare = _prepare_schema(source) if isinstance(source, SQLiteSource) else None
             try:
-                chain = _chain_pass(source, hint, jobs, progress, report, pin,
-                                    sizes={s for s, _ in source.checkpoints()})
+                chain = _chain_pass(source, hint, jobs, progress, report, pin, sizes=sizes,
+                                    meanwhile=prepare)
             except StepFailed as exc:
                 if isinstance(source, SQLiteSource):
                     exc.reason += _schema_note(source)
@@ -447,7 +454,7 @@ def verify(
             if checkpoint is None:
                 done(6, "no checkpoint given", "skipped")
             else:
-                done(6, _check_given_checkpoint(source, checkpoint, n, chain.keys, report))
+                done(6, _check_given_checkpoint(checkpoint, n, chain.keys, chain.roots, report))
 
             # 7. Projections equal a replay.
             current = 7
@@ -486,18 +493,34 @@ def _check_schema(source: SQLiteSource, kind: str) -> None:
         raise StepFailed(1, f"schema: {differences[0]}{more}")
 
 
-def _schema_note(source: SQLiteSource) -> str:
-    """What else is wrong with a database whose chain failed: its schema, compared with the
-    kind its genesis row names if that kind is known, else a node's (the genesis may be the
-    entry that failed, so this only adds to a failure already found)."""
-    kind = DEFAULT_KIND
+def _genesis_kind_hint(source: SQLiteSource) -> str:
+    """The kind the genesis row names, unchecked: only to prepare or to explain, never to decide."""
     try:
         genesis = source.genesis()
         if isinstance(genesis, StoredEvent):
             named = decode_payload(genesis.payload).get("kind", DEFAULT_KIND)
-            kind = named if named in kinds.KINDS else DEFAULT_KIND
+            if isinstance(named, str) and named in kinds.KINDS:
+                return named
     except (ValueError, RecursionError, CorruptLog):
         pass
+    return DEFAULT_KIND
+
+
+def _prepare_schema(source: SQLiteSource) -> Callable[[], object]:
+    kind = _genesis_kind_hint(source)
+
+    def prepare() -> None:
+        with contextlib.suppress(Exception):  # a failure here is met again where it matters
+            expected_schema(kind)
+
+    return prepare
+
+
+def _schema_note(source: SQLiteSource) -> str:
+    """What else is wrong with a database whose chain failed: its schema, compared with the
+    kind its genesis row names if that kind is known, else a node's (the genesis may be the
+    entry that failed, so this only adds to a failure already found)."""
+    kind = _genesis_kind_hint(source)
     try:
         differences = schema_differences(source.conn, kind)
     except (UnknownKind, sqlite3.Error):
@@ -542,6 +565,7 @@ def _chain_pass(
     sizes: set[int],
     *,
     until: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> ChainResult:
     """Steps 2-4 over every row (or rows 1..``until``); the Merkle frontier and the roots at
     the requested ``sizes``.
@@ -575,6 +599,12 @@ def _chain_pass(
             [(str(source.path), a, b, key_at(guesses, a).raw if guesses and a > 1 else None,
               a == 1) for a, b in ranges],
         )
+        if meanwhile is not None:
+            # The workers are forked by now; this process waits on them, so it can build
+            # what later steps need (the expected schema) in the meantime.
+            helper = threading.Thread(target=meanwhile, name="openred-verify-prepare",
+                                      daemon=True)
+            helper.start()
     else:
         report.workers = 1
         results = (check_entries(source.rows(None, until), 1, until, None,
@@ -703,7 +733,8 @@ def parse_given_checkpoint(note: bytes) -> Checkpoint:
 
 
 def _check_given_checkpoint(
-    source: LogSource, note: bytes, n: int, keys: list[tuple[int, SignKey]], report: Report
+    note: bytes, n: int, keys: list[tuple[int, SignKey]], roots: dict[int, bytes],
+    report: Report,
 ) -> str:
     try:
         claimed = parse_given_checkpoint(note)
@@ -732,14 +763,11 @@ def _check_given_checkpoint(
                          f"{claimed.size}: truncated or rolled back", n + 1)
     # Holding every leaf, the verifier recomputes the old tree's root directly: equal roots are
     # exactly what a consistency proof would establish (RFC 9162 §2.1.4), without trusting one.
-    if merkle.root_from_entry_hashes(_entry_hashes(source, claimed.size)) != claimed.root_hash:
+    expected = roots.get(claimed.size) if claimed.size else merkle.root_from_entry_hashes([])
+    if expected != claimed.root_hash:
         raise StepFailed(6, f"the log's first {claimed.size} entries differ from the tree the "
                          "given checkpoint signed: the log was rewritten or forked")
     return f"the log ({n} entries) extends the checkpoint at size {claimed.size}"
-
-
-def _entry_hashes(source: LogSource, size: int) -> list[bytes]:
-    return [e.entry_hash for e in source.rows(1, size) if isinstance(e, StoredEvent)]
 
 
 def _check_projections(source: SQLiteSource, n: int, kind: str) -> tuple[str]:
