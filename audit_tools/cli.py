@@ -288,13 +288,14 @@ def replay_command(
         if as_json:
             _emit_json({
                 "position": state.position,
+                "kind": state.kind,
                 "tables": {
                     t: [dict(zip(cols, map(_jsonable, r), strict=True)) for r in data]
                     for t, (cols, data) in state.tables.items()
                 },
             })
             return
-        click.echo(f"State as of seq {state.position}"
+        click.echo(f"State of this {state.kind} log as of seq {state.position}"
                    + (f" (saved to {out})" if out else ""))
         for table, (cols, data) in state.tables.items():
             click.echo(f"\n{table}: {len(data)} row(s)")

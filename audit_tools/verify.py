@@ -689,6 +689,10 @@ def _check_stored_checkpoints(
     report: Report,
 ) -> tuple[str, str]:
     stored = source.checkpoints()
+    if isinstance(source, BundleSource) and not any(size > n for size, _ in stored) \
+            and source.header.get("count") != n:
+        raise StepFailed(5, f"the bundle header counts {source.header.get('count')!r} entries, "
+                            f"the bundle holds {n}")
     if not stored:
         report.uncovered = n
         return (f"the log holds no checkpoint: none of its {n} entries is covered by a signed "
@@ -712,9 +716,6 @@ def _check_stored_checkpoints(
             raise StepFailed(5, f"stored checkpoint row at size {size} holds another root_hash "
                              "than its note signs")
         report.checkpoints_checked += 1
-    if isinstance(source, BundleSource) and source.header.get("count") != n:
-        raise StepFailed(5, f"the bundle header counts {source.header.get('count')!r} entries, "
-                            f"the bundle holds {n}")
     newest = stored[-1][0]
     report.uncovered = n - newest
     if newest < n:

@@ -342,13 +342,13 @@ def test_replay_until_shows_the_state_as_of_that_seq(log: Log) -> None:
     assert grant in states[received] and grant in states[consumed - 1]
     assert grant not in states[consumed]
     human = cli("replay", log.db, "--until", received)
-    assert human.exit_code == 0 and f"State as of seq {received}" in human.output
+    assert human.exit_code == 0 and f"State of this node log as of seq {received}" in human.output
     assert "tokens: 1 row(s)" in human.output
 
 
 def test_replay_of_the_whole_log_equals_the_nodes_tables(log: Log) -> None:
     state = json.loads(cli("replay", log.db, "--json").stdout)
-    assert state["position"] == N
+    assert state["position"] == N and state["kind"] == "node"
     conn = sqlite3.connect(log.db)
     try:
         for table, rows in state["tables"].items():

@@ -258,6 +258,7 @@ def test_a_marked_bundle_still_proves_the_log_stream_order_links_and_signatures(
     ({"key_history": [{"from_seq": 1, "sign_key": b64url(bytes(32))}]},
      "the bundle header's key history is not the one its entries sign"),
     ({"checkpoints": []}, ""),
+    ({"checkpoints": [], "count": 99}, "the bundle header counts 99 entries, the bundle holds 24"),
 ])
 def test_a_marked_bundle_checks_its_header_claims(tmp_path: Path, header: dict[str, Any],
                                                   reason: str) -> None:
