@@ -28,6 +28,7 @@ from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
 from tests.audit_tools.test_verify_tamper import assert_cli_tampered, execute, unconstrained
 from tests.store.history import peer_event, session_events
+from tests.vectors import make_fixtures as mf
 
 OWNER = InProcessSigner.from_seed(b"\x31" * 32)
 ATTACKER = InProcessSigner.from_seed(b"\x32" * 32)
@@ -86,44 +87,52 @@ def without_schema_check(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the key history comes from the rows the chain pass read --------------------------------
 
 
-def forge_tail_behind_a_stale_index(db: Path) -> None:
-    """Re-sign entries FORGED_FROM.. with the attacker's key, and hide a handover in an index.
+def stale_index(db: Path, seq: int, type_: str, payload: bytes) -> None:
+    """Leave a covering index on ``type`` that says entry ``seq`` is ``type_``/``payload``.
 
-    No ``KeyRotated`` is in the table: the chain never hands the log to the attacker. A covering
-    index on ``type`` is made to hold one anyway (written while a row briefly said so, then
-    detached while the row was put back, then attached again: a stale index that SQLite's
-    quick_check does not compare with the table). Entry hashes are unchanged, so links and
-    Merkle roots still hold; the owner's checkpoints past the forged point are removed.
+    The index is written while the row briefly says so, detached while the row is put back,
+    and attached again: a stale index, which SQLite's quick_check does not compare with the
+    table, and which SQLite uses to answer a query on ``type``.
     """
-    handover = FORGED_FROM - 1
     conn = sqlite3.connect(db, isolation_level=None)
-    original = conn.execute("SELECT type, payload FROM events WHERE seq = ?",
-                            (handover,)).fetchone()
-    forged_sigs = [
-        (ATTACKER.sign_entry_hashes_sync([EntryHash(bytes(h))])[0], seq)
-        for seq, h in conn.execute("SELECT seq, entry_hash FROM events WHERE seq >= ?",
-                                   (FORGED_FROM,))
-    ]
+    original = conn.execute("SELECT type, payload FROM events WHERE seq = ?", (seq,)).fetchone()
     conn.execute("CREATE INDEX events_by_type ON events (type, seq, payload)")
     conn.close()
-    rotation = canonical_json({"old_key": OWNER.sign_key.b64url(),
-                               "new_key": ATTACKER.sign_key.b64url()})
-    execute(db, ("UPDATE events SET type = 'KeyRotated', payload = ? WHERE seq = ?",
-                 (rotation, handover)))
+    execute(db, ("UPDATE events SET type = ?, payload = ? WHERE seq = ?", (type_, payload, seq)))
     conn = sqlite3.connect(db, isolation_level=None)
     entry = conn.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master "
                          "WHERE name = 'events_by_type'").fetchone()
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("DELETE FROM sqlite_master WHERE name = 'events_by_type'")
     conn.close()
-    execute(db, ("UPDATE events SET type = ?, payload = ? WHERE seq = ?", (*original, handover)),
-            *(("UPDATE events SET signature = ? WHERE seq = ?", row) for row in forged_sigs),
-            ("DELETE FROM checkpoints WHERE size >= ?", (handover,)))
+    execute(db, ("UPDATE events SET type = ?, payload = ? WHERE seq = ?", (*original, seq)))
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA writable_schema = ON")
     conn.execute("INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) "
                  "VALUES (?, ?, ?, ?, ?)", entry)
     conn.close()
+
+
+def forge_tail_behind_a_stale_index(db: Path) -> None:
+    """Re-sign entries FORGED_FROM.. with the attacker's key, and hide a handover in an index.
+
+    No ``KeyRotated`` is in the table: the chain never hands the log to the attacker; only a
+    stale index says it does. Entry hashes are unchanged, so links and Merkle roots still hold;
+    the owner's checkpoints past the forged point are removed.
+    """
+    handover = FORGED_FROM - 1
+    conn = sqlite3.connect(db, isolation_level=None)
+    forged_sigs = [
+        (ATTACKER.sign_entry_hashes_sync([EntryHash(bytes(h))])[0], seq)
+        for seq, h in conn.execute("SELECT seq, entry_hash FROM events WHERE seq >= ?",
+                                   (FORGED_FROM,))
+    ]
+    conn.close()
+    rotation = canonical_json({"old_key": OWNER.sign_key.b64url(),
+                               "new_key": ATTACKER.sign_key.b64url()})
+    stale_index(db, handover, "KeyRotated", rotation)
+    execute(db, *(("UPDATE events SET signature = ? WHERE seq = ?", row) for row in forged_sigs),
+            ("DELETE FROM checkpoints WHERE size >= ?", (handover,)))
 
 
 def test_a_stale_index_cannot_hand_the_log_to_another_key(
@@ -154,6 +163,26 @@ def test_a_stale_index_cannot_hand_the_log_to_another_key(
         report = verify(db, jobs=jobs)
         assert failed(report) == (4, FORGED_FROM, "signature does not verify"), jobs
         assert ATTACKER.sign_key.b64url() not in {k for _, k in report.keys}
+
+
+async def test_the_pinned_key_is_compared_with_the_genesis_the_chain_pass_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An attacker's own log of the same history, with a stale index claiming the owner's genesis:
+    # a key read through the index would pass --key OWNER.
+    owner_log = await mf.build_closed_log(tmp_path / "owner.db")
+    db = await mf.build_closed_log(tmp_path / "openred.db", seed=mf.ATTACKER_SEED)
+    conn = sqlite3.connect(owner_log)
+    owner_genesis = conn.execute("SELECT payload FROM events WHERE seq = 1").fetchone()[0]
+    conn.close()
+    stale_index(db, 1, "LogOpened", owner_genesis)
+    execute(db, "DELETE FROM checkpoints")  # signed by the attacker's key under its own origin
+    owner = InProcessSigner.from_seed(mf.OWNER_SEED).sign_key
+    without_schema_check(monkeypatch)
+    for pin in ({"key": owner}, {"node_id": owner.node_id}):
+        step, seq, reason = failed(verify(db, jobs=1, **pin))
+        assert (step, seq) == (2, 1), reason
+        assert "is not the expected key" in reason or f"not {owner.node_id}" in reason
 
 
 def test_a_wrong_guess_of_a_range_key_is_checked_again_with_the_key_the_rows_hand_over(
