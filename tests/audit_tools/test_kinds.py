@@ -28,6 +28,7 @@ from openred.store.codec import GENESIS_PREV_HASH
 from openred.store.events import KEY_ROTATED, LOG_OPENED, LOG_STREAM, NewEvent
 from openred.store.projection_sql import apply_projections
 from openred.store.signer import InProcessSigner
+from openred.store.sqlite import SQLiteEventStore
 from tests.audit_tools.test_verify_tamper import execute
 from tests.store.history import peer_event, session_events
 from tests.vectors import make_fixtures as mf
@@ -142,6 +143,22 @@ def test_projections_are_checked_against_the_kinds_whole_set(tmp_path: Path) -> 
     execute(db, "INSERT INTO projection_positions VALUES ('inbox', 6), ('ghost', 6)")
     report = verify(db, jobs=1)
     assert report.reason == "projection_positions names 'ghost', which no node projection is"
+
+
+async def test_a_plain_log_keeps_no_projections_and_wiping_a_nodes_is_not_that(
+    tmp_path: Path,
+) -> None:
+    plain = tmp_path / "plain.db"
+    store = await SQLiteEventStore.open(plain, SIGNER, checkpoint_interval=0)
+    await store.append([peer_event(1)])
+    await store.close()
+    report = verify(plain, jobs=1)
+    assert report.ok and report.steps[-1].status == "skipped", report.reason
+    assert "keeps none of the node projections" in report.steps[-1].detail
+    # A node's log whose positions were wiped still holds rows: that is damage, not a choice.
+    db = handmade_log(tmp_path / "openred.db", {}, EVENTS)
+    execute(db, "DELETE FROM projection_positions")
+    assert verify(db, jobs=1).reason == "projection registration has no recorded position"
 
 
 # -- checkpoints removed ----------------------------------------------------------------------
