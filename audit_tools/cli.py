@@ -176,7 +176,8 @@ def _finish(report: Report, as_json: bool) -> NoReturn:
         click.echo(f"VALID: {report.entries} entries checked; head {report.head}; "
                    f"root {report.root}")
         if report.uncovered:
-            click.echo(f"WARNING: {report.uncovered} of {report.entries} entries are covered "
+            label = "WARNING" if report.uncovered == report.entries else "note"
+            click.echo(f"{label}: {report.uncovered} of {report.entries} entries are covered "
                        "by no stored checkpoint")
         if report.pseudonymized:
             click.echo(f"(pseudonymized bundle: order, links, signatures, the key history and "

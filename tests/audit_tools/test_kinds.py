@@ -169,9 +169,11 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return asyncio.run(mf.build_closed_log(tmp_path_factory.mktemp("kinds") / "openred.db"))
 
 
-@pytest.mark.parametrize(("removed", "uncovered"), [("size >= 1", N), ("size > 14", N - 14)])
+@pytest.mark.parametrize(("removed", "uncovered", "status", "label"), [
+    ("size >= 1", N, "warning", "WARNING"), ("size > 14", N - 14, "ok", "note"),
+])
 def test_a_log_whose_checkpoints_were_removed_says_how_many_entries_none_covers(
-    log: Path, tmp_path: Path, removed: str, uncovered: int,
+    log: Path, tmp_path: Path, removed: str, uncovered: int, status: str, label: str,
 ) -> None:
     db = tmp_path / "openred.db"
     shutil.copyfile(log, db)
@@ -179,16 +181,17 @@ def test_a_log_whose_checkpoints_were_removed_says_how_many_entries_none_covers(
     report = verify(db, jobs=1)
     assert report.ok, report.reason  # every entry still proves itself...
     assert report.uncovered == uncovered  # ...but this many are covered by no checkpoint
-    assert report.steps[4].status == "warning"
+    assert report.steps[4].status == status
     assert f"{uncovered}" in report.steps[4].detail and "no" in report.steps[4].detail
     text = cli("verify", db)
     assert text.exit_code == 0
-    assert "5. stored checkpoints" in text.output and "WARNING" in text.output
-    assert f"WARNING: {uncovered} of {N} entries are covered by no stored checkpoint" in \
+    assert f"{label}: {uncovered} of {N} entries are covered by no stored checkpoint" in \
         text.output
+    assert ("5. stored checkpoints" in text.output) and (status != "warning"
+                                                        or "WARNING" in text.output)
     as_json = json.loads(cli("verify", db, "--json").output)
     assert as_json["entries_without_checkpoint"] == uncovered
-    assert as_json["steps"][4]["status"] == "warning"
+    assert as_json["steps"][4]["status"] == status
 
 
 def test_a_fully_checkpointed_log_reports_no_uncovered_entry(log: Path) -> None:
