@@ -414,6 +414,9 @@ def verify(
             except StepFailed as exc:
                 if isinstance(source, SQLiteSource):
                     exc.reason += _schema_note(source)
+                if exc.step > 1:
+                    done(1, "file structure sound; rows read until the failure below"
+                         if isinstance(source, SQLiteSource) else "bundle read")
                 raise
             n = chain.entries
             genesis_key = chain.keys[0][1]
