@@ -85,7 +85,7 @@ def migrate_fresh(path: Path, kind: str) -> None:
 
     if kind not in kinds.KINDS:
         raise UnknownKind(f"no migrations for a log of kind {kind!r}")
-    upgrade(path)
+    upgrade(path, kind)  # to f"{kind}@head"
 
 
 _BUILDING = threading.Lock()  # verify may prepare the schema in a thread while it waits

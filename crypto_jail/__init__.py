@@ -8,7 +8,8 @@ only the standard library and crypto libraries (cryptography, PyNaCl, pyseccomp)
     protocol     length-prefixed JSON frames; also imported by openred.crypto.client
     ops          the whitelisted operations, pure functions over the keys
     server       one thread per client, SO_PEERCRED check, never crashes on input
-    hardening    no core dumps, no new privileges, seccomp: no network, no exec
+    hardening    no core dumps (before any secret is read), no new privileges, Landlock:
+                 writes only to its own directories, seccomp: no network, no exec, no fork
     noise        Noise rev 34 KK / KKpsk0;  tokens, structures: grants, tokens, signables
     errors       the jail's own error types and wire codes
 """

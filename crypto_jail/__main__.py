@@ -1,13 +1,22 @@
 """``python -I -m crypto_jail init | serve``: create a keystore, or run the jail on a Unix socket.
 
 Passphrase sources, first match wins (never argv): ``--passphrase-fd N`` (serve; read to EOF,
-used by the node's supervisor), ``--passphrase-file FILE`` (one trailing newline stripped),
-the environment variable ``OPENRED_JAIL_PASSPHRASE`` (removed from the environment once read),
-then an interactive prompt if stdin is a terminal. ``--insecure-no-passphrase`` (init) writes
-a clear keystore for development only; serving one prints a loud warning every time.
+used by the node's supervisor for its one start), ``--passphrase-credential NAME`` (serve; the
+file ``$CREDENTIALS_DIRECTORY/NAME`` that systemd's ``LoadCredential=`` provides),
+``--passphrase-file FILE`` (one trailing newline stripped), the environment variable
+``OPENRED_JAIL_PASSPHRASE`` (removed from the environment once read), then an interactive
+prompt if stdin is a terminal. ``--insecure-no-passphrase`` (init) writes a clear keystore for
+development only; serving one prints a loud warning every time. New passphrases are at least
+12 bytes long.
+
+The process makes itself non-dumpable and sets its core limit to 0 before it reads any
+passphrase or keystore byte (``crypto_jail.hardening.harden_early``).
 
 ``OPENRED_JAIL_KDF`` (or ``init --kdf``) picks the Argon2id cost: ``moderate`` (default),
-``sensitive``, ``interactive``, or ``min`` for tests only.
+``sensitive``, ``interactive``, or ``min`` for tests only: ``min`` needs
+``--insecure-test-kdf`` (or ``OPENRED_JAIL_INSECURE_TEST_KDF=1``, for test suites that start
+jails through other programs), which marks the keystore test-only; serving a test-only keystore
+needs the flag (or the variable) again.
 
 Exit codes: 0 success, 1 failure (message on stderr, no traceback), 2 usage error.
 """
@@ -27,19 +36,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crypto_jail.errors import JailFailure, KeystoreError
-from crypto_jail.hardening import harden, seccomp_available
+from crypto_jail.hardening import harden, harden_early, seccomp_available
 from crypto_jail.keystore import (
     DEFAULT_KDF_LEVEL,
     KDF_LEVELS,
+    TEST_KDF_LEVELS,
     Keystore,
     create_keystore,
     load_keystore,
 )
-from crypto_jail.ops import JailState
+from crypto_jail.ops import JailState, TimePolicy
 from crypto_jail.server import JailServer, log, prepare_socket, unlink_socket
 
 PASSPHRASE_ENV = "OPENRED_JAIL_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 KDF_ENV = "OPENRED_JAIL_KDF"
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+TEST_KDF_ENV = "OPENRED_JAIL_INSECURE_TEST_KDF"
 _MAX_PASSPHRASE = 4096
 
 _BANNER = "*" * 78
@@ -74,18 +86,40 @@ def _read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _read_file(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_PASSPHRASE + 3)
+    except OSError as exc:
+        raise KeystoreError(f"cannot read passphrase file: {exc.strerror}") from exc
+    raw = _strip_newline(raw)
+    if len(raw) > _MAX_PASSPHRASE:
+        raise KeystoreError("passphrase too long")
+    return raw
+
+
+def _credential_path(name: str) -> Path:
+    """``$CREDENTIALS_DIRECTORY/name`` (systemd.exec(5) "Credentials"), checked."""
+    directory = os.environ.get(CREDENTIALS_ENV)
+    if not directory:
+        raise KeystoreError(f"--passphrase-credential needs ${CREDENTIALS_ENV} "
+                            "(set by systemd's LoadCredential=)")
+    if not name or "/" in name or name in {".", ".."}:
+        raise KeystoreError("a credential name is a plain file name")
+    return Path(directory) / name
+
+
 def read_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
     """The passphrase from the sources in the module docstring; None when none is given."""
     env_value = os.environ.pop(PASSPHRASE_ENV, None)
     fd = getattr(args, "passphrase_fd", None)
     if fd is not None:
         return _read_fd(fd)
+    credential = getattr(args, "passphrase_credential", None)
+    if credential is not None:
+        return _read_file(_credential_path(credential))
     if args.passphrase_file is not None:
-        try:
-            raw = Path(args.passphrase_file).read_bytes()
-        except OSError as exc:
-            raise KeystoreError(f"cannot read passphrase file: {exc.strerror}") from exc
-        return _strip_newline(raw)
+        return _read_file(Path(args.passphrase_file))
     if env_value is not None:
         return env_value.encode("utf-8")
     if sys.stdin.isatty():
@@ -98,6 +132,7 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes | None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a keystore and print only its public keys."""
+    harden_early()  # before the passphrase is read or the keys exist
     path = Path(args.keystore)
     if args.insecure_no_passphrase:
         if args.passphrase_file is not None:
@@ -113,7 +148,11 @@ def cmd_init(args: argparse.Namespace) -> int:
                 "or --insecure-no-passphrase for development"
             )
     level = args.kdf or os.environ.get(KDF_ENV) or DEFAULT_KDF_LEVEL
-    keystore = create_keystore(path, passphrase, kdf_level=level)
+    if passphrase is not None and level in TEST_KDF_LEVELS and not args.insecure_test_kdf:
+        raise KeystoreError(f"KDF level {level!r} is for test keystores only; add "
+                            "--insecure-test-kdf to make one")
+    keystore = create_keystore(path, passphrase, kdf_level=level,
+                               test_only=args.insecure_test_kdf and passphrase is not None)
     info = keystore.public_info()
     if args.json:
         print(json.dumps(info, sort_keys=True), flush=True)
@@ -125,7 +164,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _open_for_serving(args: argparse.Namespace) -> Keystore:
     passphrase = read_passphrase(args, confirm=False)
-    keystore = load_keystore(Path(args.keystore), passphrase)
+    keystore = load_keystore(Path(args.keystore), passphrase,
+                             allow_test_only=args.insecure_test_kdf)
     if keystore.insecure:
         print(insecure_warning(Path(args.keystore)), file=sys.stderr, flush=True)
     return keystore
@@ -141,7 +181,15 @@ def _stop_when_stdin_closes() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Open the keystore, bind the socket, harden the process, print READY, serve."""
+    """Harden early, open the keystore, bind the socket, harden fully, print READY, serve."""
+    harden_early()  # no core dumps, no same-uid tracing: before any secret is read
+    try:
+        policy = TimePolicy(http_window=args.http_window, grant_skew=args.grant_skew,
+                            grant_max_lifetime=args.grant_max_lifetime)
+    except ValueError as exc:
+        raise JailFailure(str(exc)) from None
+    if args.idle_timeout <= 0 or args.frame_timeout <= 0:
+        raise JailFailure("timeouts must be positive")
     keystore = _open_for_serving(args)
     if args.no_seccomp:
         log("WARNING: --no-seccomp: this jail can run programs, and open network sockets "
@@ -150,14 +198,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise JailFailure("libseccomp is not available here; install libseccomp2 "
                           "(or run with --no-seccomp on platforms without it)")
     split = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jail-split")
-    state = JailState(keystore, split_executor=split)
-    allowed = frozenset({os.getuid(), *args.allow_uid})
-    server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout)
+    state = JailState(keystore, split_executor=split, time_policy=policy,
+                      extra_origins=frozenset(args.checkpoint_origin))
+    allowed = frozenset({os.getuid(), *args.allow_uid, *map(_uid_of, args.allow_user)})
+    server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout,
+                        idle_timeout=args.idle_timeout)
     socket_path = Path(args.socket)
-    sock = prepare_socket(socket_path)
+    sock = prepare_socket(socket_path, group=args.socket_group)
     try:
-        # Still single-threaded here: unshare(CLONE_NEWNET) refuses multithreaded processes.
-        if harden(seccomp=not args.no_seccomp):
+        # Still single-threaded here: unshare(CLONE_NEWNET) refuses multithreaded processes,
+        # and Landlock and seccomp apply to the threads created after them.
+        writable = sorted({Path(args.keystore).resolve().parent, socket_path.resolve().parent})
+        hardened = harden(seccomp=not args.no_seccomp, writable=writable)
+        if hardened.landlock_abi is None:
+            log("Landlock is not available here: file writes are NOT confined")
+        else:
+            log(f"Landlock ABI {hardened.landlock_abi}: file writes confined to "
+                + ", ".join(map(str, writable)))
+        if hardened.network_cut:
             if args.no_seccomp:
                 log("no seccomp, but network access is cut off by a new network namespace")
         else:
@@ -177,6 +235,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uid_of(user: str) -> int:
+    import pwd  # only here: most jails never resolve a user name
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise JailFailure(f"no such user {user!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: "--passphrase SECRET" must never be taken for --passphrase-file.
     parser = argparse.ArgumentParser(prog="python -I -m crypto_jail", description=__doc__,
@@ -191,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="development only: store the keys unencrypted (0600)")
     init.add_argument("--kdf", choices=sorted(KDF_LEVELS),
                       help=f"Argon2id cost (default ${KDF_ENV} or {DEFAULT_KDF_LEVEL})")
+    init.add_argument("--insecure-test-kdf", action="store_true",
+                      help="tests only: allow the 'min' KDF level and mark the keystore test-only")
     init.add_argument("--json", action="store_true", help="print the public keys as JSON")
     serve = sub.add_parser("serve", help="serve the keystore's operations on a Unix socket",
                            allow_abbrev=False)
@@ -198,10 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, help="Unix socket path (parent dir 0700)")
     serve.add_argument("--passphrase-file", help="file holding the passphrase")
     serve.add_argument("--passphrase-fd", type=int, help="inherited fd to read the passphrase from")
+    serve.add_argument("--passphrase-credential", metavar="NAME",
+                       help=f"read the passphrase from ${CREDENTIALS_ENV}/NAME (systemd)")
+    serve.add_argument("--insecure-test-kdf", action="store_true",
+                       help="tests only: serve a test-only keystore (weak KDF)")
     serve.add_argument("--allow-uid", type=int, action="append", default=[],
                        help="another uid allowed to connect (repeatable)")
+    serve.add_argument("--allow-user", action="append", default=[],
+                       help="another user (by name) allowed to connect (repeatable)")
+    serve.add_argument("--socket-group", metavar="GROUP",
+                       help="group that may reach the socket: its directory may then be 0710/"
+                            "0750 with that group, and the socket is 0660")
     serve.add_argument("--frame-timeout", type=float, default=10.0,
                        help="seconds a started frame may take to arrive (default 10)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0,
+                       help="seconds a client may stay silent between frames (default 60)")
+    serve.add_argument("--checkpoint-origin", action="append", default=[], metavar="ORIGIN",
+                       help="another log origin whose checkpoints this jail signs (repeatable; "
+                            "e.g. the first key's origin of a log after a key rotation)")
+    serve.add_argument("--http-window", type=int, default=60,
+                       help="seconds an HTTP signature's created may be off this clock (60)")
+    serve.add_argument("--grant-skew", type=int, default=300,
+                       help="seconds a grant's issued_at may be off this clock (300)")
+    serve.add_argument("--grant-max-lifetime", type=int, default=24 * 3600,
+                       help="longest grant lifetime signed, in seconds (86400)")
     serve.add_argument("--exit-on-stdin-eof", action="store_true",
                        help="stop when stdin reaches EOF (a supervisor holds the other end, so "
                             "the jail never outlives it)")
@@ -212,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get(TEST_KDF_ENV) == "1":
+        args.insecure_test_kdf = True
     try:
         if args.command == "init":
             return cmd_init(args)

@@ -1,19 +1,38 @@
 """Process hardening for the jail: no core dumps, no ptrace-style reads, no network, no exec.
 
-Applied by the server after every import and after the listening socket is bound, before the
-first request is read (DESIGN §7):
+Two stages (DESIGN §7). :func:`harden_early` runs first thing, before any passphrase or
+keystore byte is read:
 
 1. ``prctl(PR_SET_DUMPABLE, 0)`` — no core dumps and no same-uid ``ptrace``/``/proc/<pid>/mem``;
-2. ``RLIMIT_CORE = 0`` — belt and braces for core files;
-3. ``prctl(PR_SET_NO_NEW_PRIVS, 1)`` — needed to load a seccomp filter unprivileged, and
-   stops set-uid escalation;
-4. a seccomp-bpf filter (libseccomp via pyseccomp), default ALLOW, that fails with EPERM:
-   ``socket``/``socketpair`` for any family but AF_UNIX, ``connect``, ``execve``/``execveat``,
-   ``ptrace``, ``process_vm_readv``/``writev`` and io_uring (whose socket and connect operations
-   would bypass the syscall rules). Syscalls of other ABIs (e.g. i386 on x86-64) kill the
-   process, libseccomp's default for foreign architectures.
+2. ``RLIMIT_CORE = 0`` — belt and braces for core files.
 
-Where seccomp is unavailable (``seccomp=False``), step 4 is replaced by a fresh, empty network
+:func:`harden` runs after every import and after the listening socket is bound, before the
+first request is read, while the process is still single-threaded:
+
+3. ``prctl(PR_SET_NO_NEW_PRIVS, 1)`` — needed for Landlock and seccomp unprivileged, and stops
+   set-uid escalation;
+4. Landlock (where the kernel offers it): file creation, writing, truncation, removal and
+   renaming are allowed only beneath the given directories (the keystore's and the socket's);
+   executing files is allowed nowhere; from ABI 4, TCP bind/connect neither, and from ABI 6
+   the jail can neither signal processes outside it nor reach abstract Unix sockets. Without
+   Landlock the jail logs that file writes are not confined, and goes on;
+5. a seccomp-bpf filter (libseccomp via pyseccomp), default ALLOW, with a denylist that fails
+   with EPERM: ``socket``/``socketpair`` for any family but AF_UNIX or any type but
+   SOCK_STREAM, ``connect``, and sending to an address (``sendto`` with one, ``sendmsg``,
+   ``sendmmsg``: a Unix datagram needs no ``connect``) — answers go out with ``send``;
+   ``execve``/``execveat``; ``fork``/``vfork`` and ``clone`` without ``CLONE_THREAD`` (threads
+   stay possible, processes do not; ``clone3``, whose flags seccomp cannot read, fails with
+   ENOSYS so the C library falls back to ``clone``); ``unshare``/``setns`` and ``clone`` with
+   any ``CLONE_NEW*`` flag; ``memfd_create`` and ``memfd_secret``; ``prctl(PR_SET_DUMPABLE)``,
+   ``prctl(PR_SET_MM)`` and raising ``RLIMIT_CORE`` again (``setrlimit``/``prlimit64``: with
+   ``fs.suid_dumpable=2`` a non-dumpable process may still dump core) — no undoing steps 1-2;
+   ``ptrace``, ``process_vm_readv``/``writev``, ``pidfd_getfd``; io_uring (whose socket
+   operations would bypass the syscall rules); ``bpf``, ``perf_event_open``, ``userfaultfd``,
+   ``keyctl``/``add_key``/``request_key``, mounting, module loading and kexec. Syscalls of
+   other ABIs (e.g. i386 on x86-64) kill the process, libseccomp's default for foreign
+   architectures.
+
+Where seccomp is unavailable (``seccomp=False``), step 5 is replaced by a fresh, empty network
 namespace (``unshare(CLONE_NEWNET)``) when the process may create one; the bound Unix socket
 lives in the filesystem, so clients still reach it. A user namespace is deliberately not used:
 it would remap peer uids and defeat the SO_PEERCRED check.
@@ -21,34 +40,94 @@ it would remap peer uids and defeat the SO_PEERCRED check.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
+import os
+import platform
 import resource
 import socket
+import struct
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from crypto_jail.errors import JailFailure
 
-__all__ = ["HardeningError", "harden", "is_dumpable", "isolate_network", "seccomp_available"]
+__all__ = [
+    "Hardened",
+    "HardeningError",
+    "confine_writes",
+    "harden",
+    "harden_early",
+    "is_dumpable",
+    "isolate_network",
+    "landlock_abi",
+    "seccomp_available",
+]
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
+PR_SET_MM = 35
 CLONE_NEWNET = 0x40000000
+CLONE_THREAD = 0x00010000
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (linux/sched.h)
+_CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+              CLONE_NEWNET)
 
 _DENIED_ALWAYS = ("connect", "execve", "execveat", "ptrace", "process_vm_readv",
-                  "process_vm_writev")
-_DENIED_IF_KNOWN = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+                  "process_vm_writev", "fork", "vfork", "unshare", "setns", "memfd_create",
+                  "sendmsg", "sendmmsg")
+_SOCK_TYPE_MASK = 0xF
+_SOCK_PACKET = 10
+_DENIED_IF_KNOWN = (
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_secret", "pidfd_getfd",
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsmount",
+    "fspick", "mount_setattr", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "open_by_handle_at", "process_madvise",
+)
+
+# Landlock (linux/landlock.h). The three syscalls have the same numbers on every architecture
+# that has them (they were added after the syscall tables were unified).
+_LANDLOCK_SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_FS_EXECUTE = 1 << 0
+_FS_WRITE = (
+    (1 << 1)  # WRITE_FILE
+    | (1 << 4) | (1 << 5)  # REMOVE_DIR, REMOVE_FILE
+    | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12)  # MAKE_*
+)
+_FS_REFER = 1 << 13  # ABI 2: rename/link across directories
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_NET_TCP = (1 << 0) | (1 << 1)  # ABI 4: BIND_TCP, CONNECT_TCP
+_SCOPES = (1 << 0) | (1 << 1)  # ABI 6: SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL
+_PATH_BENEATH = struct.Struct("=Qi")  # struct landlock_path_beneath_attr is packed
 
 
 class HardeningError(JailFailure):
     """The process could not be hardened as asked (the jail refuses to serve)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Hardened:
+    """What :func:`harden` achieved: whether network access is cut off, and Landlock's ABI
+    version confining file writes (None where the kernel does not offer Landlock)."""
+
+    network_cut: bool
+    landlock_abi: int | None
+
+
+@functools.cache
 def _libc() -> Any:
+    # Cached: find_library runs helper programs, which the finished jail may no longer run.
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -80,17 +159,48 @@ def seccomp_available() -> bool:
     return True
 
 
-def _install_seccomp() -> None:
+def _load_pyseccomp() -> Any:
     try:
         import pyseccomp as sc
     except (ImportError, OSError) as exc:
         raise HardeningError("seccomp is unavailable (libseccomp or pyseccomp missing)") from exc
+    return sc
+
+
+def _install_seccomp() -> None:
+    sc = _load_pyseccomp()
     deny = sc.ERRNO(errno.EPERM)
     try:
         filt = sc.SyscallFilter(sc.ALLOW)
+        # A binary tree of syscall numbers instead of a linear chain: the longer denylist
+        # must not cost every recv/send of the jail a walk through all its rules.
+        with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
+            filt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
         # socket(2)/socketpair(2): arg 0 is the address family; only AF_UNIX may be created.
         filt.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
         filt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
+        # arg 1 is the type, ORed with SOCK_NONBLOCK/SOCK_CLOEXEC: only streams (no datagram
+        # sockets, which reach other Unix sockets without connect).
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_RDM, socket.SOCK_SEQPACKET,
+                     _SOCK_PACKET):
+            for name in ("socket", "socketpair"):
+                filt.add_rule(deny, name, sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, kind))
+        # send(2) is sendto(2) with no address; an address means talking to someone else.
+        filt.add_rule(deny, "sendto", sc.Arg(4, sc.NE, 0))
+        # clone(2): arg 0 is the flags on x86-64 and arm64; a new process lacks CLONE_THREAD.
+        filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        for flag in _CLONE_NEW:
+            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+        # clone3(2) passes its flags in memory seccomp cannot read: ENOSYS makes glibc's
+        # pthread_create fall back to clone(2), where the rule above applies.
+        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_DUMPABLE))
+        filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_MM))
+        # Reading limits stays possible (prlimit64 with new_limit NULL); setting RLIMIT_CORE not.
+        filt.add_rule(deny, "prlimit64", sc.Arg(1, sc.EQ, resource.RLIMIT_CORE),
+                      sc.Arg(2, sc.NE, 0))
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # prlimit64-only arches
+            filt.add_rule(deny, "setrlimit", sc.Arg(0, sc.EQ, resource.RLIMIT_CORE))
         for name in _DENIED_ALWAYS:
             filt.add_rule(deny, name)
         for name in _DENIED_IF_KNOWN:
@@ -113,17 +223,83 @@ def isolate_network() -> bool:
     return bool(libc.unshare(CLONE_NEWNET) == 0)
 
 
-def harden(*, seccomp: bool = True) -> bool:
-    """Apply steps 1-4 of the module docstring to this process (irreversible).
+def _landlock_syscall(number: int, *args: Any) -> int:
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    result: int = libc.syscall(ctypes.c_long(number), *args)
+    return result
 
-    ``seccomp=False`` (platforms without libseccomp) replaces step 4 by a network namespace
-    where possible. Returns whether network access is cut off (by seccomp or the namespace);
-    the caller warns when it is not.
+
+def landlock_abi() -> int | None:
+    """The kernel's Landlock ABI version, or None where Landlock is not offered."""
+    numbers = _LANDLOCK_SYSCALLS.get(platform.machine())
+    if not sys.platform.startswith("linux") or numbers is None:
+        return None
+    version = _landlock_syscall(numbers[0], None, ctypes.c_size_t(0),
+                                ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))
+    return version if version > 0 else None
+
+
+def confine_writes(writable: Sequence[Path]) -> int | None:
+    """Step 4: allow file writes only beneath ``writable`` (Landlock); its ABI, or None.
+
+    Needs ``PR_SET_NO_NEW_PRIVS`` first (or CAP_SYS_ADMIN). Irreversible for this process and
+    every thread it creates later.
     """
+    abi = landlock_abi()
+    if abi is None:
+        return None
+    create, add_rule, restrict = _LANDLOCK_SYSCALLS[platform.machine()]
+    write = _FS_WRITE | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    fields = [write | _FS_EXECUTE] + ([_NET_TCP] if abi >= 4 else []) + (
+        [_SCOPES] if abi >= 6 else [])
+    attr = struct.pack(f"={len(fields)}Q", *fields)  # struct landlock_ruleset_attr, prefix
+    ruleset = _landlock_syscall(create, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)),
+                                ctypes.c_uint32(0))
+    if ruleset < 0:
+        err = ctypes.get_errno()
+        raise HardeningError(f"landlock_create_ruleset failed: {errno.errorcode.get(err, err)}")
+    try:
+        for directory in writable:
+            dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                rule = _PATH_BENEATH.pack(write, dir_fd)
+                if _landlock_syscall(add_rule, ctypes.c_int(ruleset),
+                                     ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+                                     ctypes.c_char_p(rule), ctypes.c_uint32(0)) < 0:
+                    err = ctypes.get_errno()
+                    raise HardeningError(f"landlock_add_rule({directory}) failed: "
+                                         f"{errno.errorcode.get(err, err)}")
+            finally:
+                os.close(dir_fd)
+        if _landlock_syscall(restrict, ctypes.c_int(ruleset), ctypes.c_uint32(0)) < 0:
+            err = ctypes.get_errno()
+            raise HardeningError(f"landlock_restrict_self failed: {errno.errorcode.get(err, err)}")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def harden_early() -> None:
+    """Steps 1-2 of the module docstring: before any secret is read (irreversible)."""
     _prctl(PR_SET_DUMPABLE, 0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def harden(*, seccomp: bool = True, writable: Sequence[Path] = ()) -> Hardened:
+    """Apply steps 1-5 of the module docstring to this process (irreversible).
+
+    ``writable`` are the directories file writes stay possible beneath (Landlock, where the
+    kernel offers it). ``seccomp=False`` (platforms without libseccomp) replaces step 5 by a
+    network namespace where possible. The caller warns about what :class:`Hardened` says is
+    missing.
+    """
+    harden_early()
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     if seccomp:
+        _load_pyseccomp()  # loading it looks for libseccomp with helpers that write temp files
+    abi = confine_writes(writable)
+    if seccomp:
         _install_seccomp()
-        return True
-    return isolate_network()
+        return Hardened(True, abi)
+    return Hardened(isolate_network(), abi)

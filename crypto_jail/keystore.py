@@ -13,6 +13,15 @@ The passphrase key is Argon2id (RFC 9106) via libsodium's ``crypto_pwhash``; the
 sealed with libsodium's SecretBox (XSalsa20-Poly1305). The clear ``public`` block is only a
 convenience: on load it must equal the keys derived from the decrypted secrets, so a swapped
 header is detected. ``"protection": "none"`` (development only) stores ``"secrets"`` in clear.
+
+Policy (refused with a :class:`KeystoreError` saying why):
+
+* a passphrase shorter than :data:`MIN_PASSPHRASE` bytes when a keystore is created;
+* a clear keystore opened with a passphrase (the operator believes it is encrypted: it is
+  not), or whose file mode gives any access to group or others (looser than 0600);
+* a KDF cost below ``interactive`` (the ``min`` level, or any weaker parameters) unless the
+  caller says ``test_only=True`` (``--insecure-test-kdf`` on the command line): such a
+  keystore is written with ``"test_only": true`` and is refused everywhere else.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +48,8 @@ from crypto_jail.errors import KeystoreError
 
 __all__ = [
     "KDF_LEVELS",
+    "MIN_PASSPHRASE",
+    "TEST_KDF_LEVELS",
     "Keystore",
     "create_keystore",
     "load_keystore",
@@ -54,6 +66,12 @@ KDF_LEVELS: dict[str, tuple[int, int]] = {
     "sensitive": (argon2id.OPSLIMIT_SENSITIVE, argon2id.MEMLIMIT_SENSITIVE),
 }
 DEFAULT_KDF_LEVEL = "moderate"
+TEST_KDF_LEVELS = frozenset({"min"})
+"""KDF levels only a keystore marked test-only may use."""
+MIN_PASSPHRASE = 12
+"""Shortest passphrase (bytes) a new keystore accepts: ~70 bits as random base64 characters."""
+_MIN_REAL_OPSLIMIT = argon2id.OPSLIMIT_INTERACTIVE
+_MIN_REAL_MEMLIMIT = argon2id.MEMLIMIT_INTERACTIVE
 # A damaged or hostile file must not make the jail burn minutes or gigabytes before failing.
 _MAX_OPSLIMIT = argon2id.OPSLIMIT_SENSITIVE
 _MAX_MEMLIMIT = argon2id.MEMLIMIT_SENSITIVE
@@ -140,9 +158,13 @@ def _derive(passphrase: bytes, salt: bytes, opslimit: int, memlimit: int) -> byt
 
 
 def encode_keystore(
-    keystore: Keystore, passphrase: bytes | None, *, kdf_level: str = DEFAULT_KDF_LEVEL
+    keystore: Keystore, passphrase: bytes | None, *, kdf_level: str = DEFAULT_KDF_LEVEL,
+    test_only: bool = False,
 ) -> bytes:
-    """The file bytes for ``keystore``: encrypted under ``passphrase``, or clear if None."""
+    """The file bytes for ``keystore``: encrypted under ``passphrase``, or clear if None.
+
+    A test-only KDF level needs ``test_only=True``, which marks the file as test-only.
+    """
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -154,8 +176,15 @@ def encode_keystore(
     else:
         if not passphrase:
             raise KeystoreError("the passphrase is empty")
+        if len(passphrase) < MIN_PASSPHRASE:
+            raise KeystoreError(f"the passphrase is shorter than {MIN_PASSPHRASE} bytes")
         if kdf_level not in KDF_LEVELS:
             raise KeystoreError(f"unknown KDF level {kdf_level!r}; use one of {sorted(KDF_LEVELS)}")
+        if kdf_level in TEST_KDF_LEVELS and not test_only:
+            raise KeystoreError(f"KDF level {kdf_level!r} is for test keystores only "
+                                "(--insecure-test-kdf)")
+        if test_only:
+            doc["test_only"] = True
         opslimit, memlimit = KDF_LEVELS[kdf_level]
         salt = secrets.token_bytes(argon2id.SALTBYTES)
         box = nacl.secret.SecretBox(_derive(passphrase, salt, opslimit, memlimit))
@@ -173,8 +202,14 @@ def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def decode_keystore(data: bytes, passphrase: bytes | None) -> Keystore:
-    """Open keystore file bytes; KeystoreError with a printable reason on any failure."""
+def decode_keystore(
+    data: bytes, passphrase: bytes | None, *, allow_test_only: bool = False
+) -> Keystore:
+    """Open keystore file bytes; KeystoreError with a printable reason on any failure.
+
+    A test-only keystore (marked so, or with a KDF cost below ``interactive``) opens only with
+    ``allow_test_only=True``.
+    """
     try:
         doc = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
@@ -185,6 +220,9 @@ def decode_keystore(data: bytes, passphrase: bytes | None) -> Keystore:
         raise KeystoreError(f"unsupported keystore version {doc.get('version')!r}")
     protection = doc.get("protection")
     if protection == "none":
+        if passphrase is not None:
+            raise KeystoreError("a passphrase was given but this keystore is NOT encrypted; "
+                                "refusing to serve it as if it were")
         secrets_doc = _field(doc, "secrets", dict)
         insecure = True
     elif protection == "argon2id-secretbox":
@@ -197,6 +235,10 @@ def decode_keystore(data: bytes, passphrase: bytes | None) -> Keystore:
             and argon2id.MEMLIMIT_MIN <= memlimit <= _MAX_MEMLIMIT
         ):
             raise KeystoreError("damaged keystore: KDF parameters out of range")
+        weak = opslimit < _MIN_REAL_OPSLIMIT or memlimit < _MIN_REAL_MEMLIMIT
+        if (weak or doc.get("test_only") is not None) and not allow_test_only:
+            raise KeystoreError("this is a test-only keystore (weak KDF); refusing to serve it "
+                                "without --insecure-test-kdf")
         salt = _b64d(kdf.get("salt"), argon2id.SALTBYTES)
         ciphertext = _b64d(_field(doc, "ciphertext", str), None)
         try:
@@ -268,23 +310,36 @@ def write_new_file(path: Path, data: bytes) -> None:
 
 
 def create_keystore(
-    path: Path, passphrase: bytes | None, *, kdf_level: str = DEFAULT_KDF_LEVEL
+    path: Path, passphrase: bytes | None, *, kdf_level: str = DEFAULT_KDF_LEVEL,
+    test_only: bool = False,
 ) -> Keystore:
     """Generate keys and write a new keystore at ``path`` (clear if ``passphrase`` is None)."""
     keystore = Keystore.generate(insecure=passphrase is None)
-    write_new_file(Path(path), encode_keystore(keystore, passphrase, kdf_level=kdf_level))
+    write_new_file(Path(path), encode_keystore(keystore, passphrase, kdf_level=kdf_level,
+                                               test_only=test_only))
     return keystore
 
 
-def load_keystore(path: Path, passphrase: bytes | None) -> Keystore:
+def load_keystore(
+    path: Path, passphrase: bytes | None, *, allow_test_only: bool = False
+) -> Keystore:
     """Read and open the keystore at ``path``; KeystoreError with a printable reason otherwise."""
     try:
-        with Path(path).open("rb") as handle:
-            data = handle.read(_MAX_FILE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise KeystoreError(f"no keystore at {path}") from exc
     except OSError as exc:
         raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)  # the file read, not the name
+        try:
+            data = handle.read(_MAX_FILE + 1)
+        except OSError as exc:
+            raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
     if len(data) > _MAX_FILE:
         raise KeystoreError("damaged keystore: file too large")
-    return decode_keystore(data, passphrase)
+    keystore = decode_keystore(data, passphrase, allow_test_only=allow_test_only)
+    if keystore.insecure and mode & 0o077:
+        raise KeystoreError(f"the clear keystore {path} has mode {mode:04o}; it must be 0600 "
+                            "(chmod 600) or encrypted")
+    return keystore

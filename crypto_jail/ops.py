@@ -9,10 +9,20 @@ Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_check
 ``open_sealed``, ``noise_initiate``, ``noise_respond``, ``noise_finish``, ``wrap``, ``unwrap``.
 Tokens stay sealed outside the jail: ``open_sealed`` only says whether a sealed token opens,
 and the Noise operations take the sealed token and open it internally (stateless).
+
+The jail keeps time itself (its own wall clock, never one a caller sends): it signs an HTTP
+signature base only if its ``created`` is within :attr:`TimePolicy.http_window` of that clock,
+a grant only if its ``issued_at`` is within :attr:`TimePolicy.grant_skew` of it and its lifetime
+``expires_at - issued_at`` is at most :attr:`TimePolicy.grant_max_lifetime`, and a checkpoint
+only for its own log's origin ``openred/<node id>`` (plus origins the operator names with
+``--checkpoint-origin``: a log keeps its first key's origin after a key rotation). A
+compromised node therefore cannot have the jail pre-sign requests or grants for later use,
+nor sign another log's checkpoints.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -39,7 +49,7 @@ from crypto_jail.keystore import Keystore
 from crypto_jail.noise import SUITES, HandshakeState, NoiseError, X25519KeyPair
 from crypto_jail.protocol import MAX_BATCH, b64d, b64e
 
-__all__ = ["OPS", "JailState", "dispatch"]
+__all__ = ["OPS", "JailState", "TimePolicy", "dispatch"]
 
 PATTERN = "KKpsk0"
 PROLOGUE_PREFIX = b"openred/v3"  # DESIGN §6: prologue = "openred/v3" ‖ grant ‖ grant signature
@@ -51,6 +61,25 @@ SIGNATURE_LEN = 64
 MAX_LABEL = 256
 SPLIT_THRESHOLD = 64
 """A sign_batch this large is split over two threads (libsodium runs without the GIL)."""
+
+_CREATED = re.compile(rb";created=(0|[1-9][0-9]{0,15});")
+
+
+@dataclass(frozen=True, slots=True)
+class TimePolicy:
+    """The bounds the jail's own clock puts on what it signs (seconds; see the module doc)."""
+
+    http_window: int = 60
+    """``created`` of an HTTP signature base may differ from the jail's clock by this much."""
+    grant_skew: int = 300
+    """``issued_at`` of a grant may differ from the jail's clock by this much."""
+    grant_max_lifetime: int = 24 * 3600
+    """A grant may live at most this long (``expires_at - issued_at``)."""
+
+    def __post_init__(self) -> None:
+        if min(self.http_window, self.grant_skew, self.grant_max_lifetime) <= 0:
+            raise ValueError("time bounds must be positive")
+
 
 _SIGNABLE: dict[str, Callable[[bytes], bool]] = {
     "entry_hash": structures.is_entry_hash,
@@ -93,7 +122,9 @@ class _Pending:
 class JailState:
     """The keystore plus the jail's only mutable state: initiated, unfinished handshakes.
 
-    ``clock`` (monotonic seconds) and ``random_bytes`` are injectable for tests. Pending
+    ``clock`` (monotonic seconds), ``wall_clock`` (Unix seconds, what signed times are checked
+    against) and ``random_bytes`` are injectable for tests; ``time_policy`` bounds what may be
+    signed (:class:`TimePolicy`). Pending
     handshakes live at most ``handshake_ttl`` seconds and at most ``max_handshakes`` of them
     are kept (the oldest is dropped first).
     """
@@ -103,6 +134,9 @@ class JailState:
         keystore: Keystore,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        time_policy: TimePolicy | None = None,
+        extra_origins: frozenset[str] = frozenset(),
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         handshake_ttl: float = 60.0,
         max_handshakes: int = 10_000,
@@ -114,6 +148,10 @@ class JailState:
         self.static = X25519KeyPair.from_private_bytes(bytes(keystore.box_private))
         _, self._sign_sk = nacl.bindings.crypto_sign_seed_keypair(bytes(keystore.signing_key))
         self._clock = clock
+        self.wall_clock = wall_clock
+        self.time_policy = time_policy if time_policy is not None else TimePolicy()
+        self.origin = f"openred/{self.public['node_id']}"
+        self.origins = frozenset({self.origin, *extra_origins})
         self.random_bytes = random_bytes
         self._ttl = handshake_ttl
         self._max = max_handshakes
@@ -233,7 +271,37 @@ def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
         raise OpRefused(BAD_REQUEST, f"unknown kind; use one of {sorted(_SIGNABLE)}")
     if not check(data):
         raise OpRefused(REFUSED, f"not a signable structure of kind {kind}")
+    _check_in_time(state, kind, data)
     return {"signature": b64e(state.sign_bytes(data))}
+
+
+def _check_in_time(state: JailState, kind: str, data: bytes) -> None:
+    """Refuse a recognized structure whose times or origin this jail does not vouch for."""
+    policy = state.time_policy
+    if kind == "http_signature_base":
+        # The last line: a target URI may itself contain ";created=…;".
+        found = _CREATED.search(data, data.rfind(b'\n"@signature-params": '))
+        if found is None:  # pragma: no cover - the recognizer guarantees the parameter
+            raise OpRefused(REFUSED, "signature base without created")
+        created = int(found.group(1))
+        if abs(created - state.wall_clock()) > policy.http_window:
+            raise OpRefused(REFUSED, "created is outside the jail's time window")
+    elif kind == "grant":
+        fields = tokens.check_canonical_grant(data)
+        issued_at, expires_at = fields["issued_at"], fields["expires_at"]
+        assert isinstance(issued_at, int) and isinstance(expires_at, int)
+        if abs(issued_at - state.wall_clock()) > policy.grant_skew:
+            raise OpRefused(REFUSED, "grant issued_at is outside the jail's time window")
+        if expires_at - issued_at > policy.grant_max_lifetime:
+            raise OpRefused(REFUSED, "grant lifetime exceeds the jail's limit")
+    elif kind == "checkpoint":
+        _check_origin(state, data)
+
+
+def _check_origin(state: JailState, body: bytes) -> None:
+    origin = body.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if origin not in state.origins or not structures.is_checkpoint_body(body, origin=origin):
+        raise OpRefused(REFUSED, "checkpoint origin is not this jail's log")
 
 
 def op_sign_batch(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,6 +330,7 @@ def op_sign_checkpoint(state: JailState, args: Mapping[str, Any]) -> dict[str, A
     body = _bytes(args, "body")
     if not structures.is_checkpoint_body(body):
         raise OpRefused(REFUSED, "not a signable structure of kind checkpoint")
+    _check_origin(state, body)
     return {"signature": b64e(state.sign_bytes(body))}
 
 

@@ -5,9 +5,13 @@ epoll costs ~40 µs more than a blocking ``recv`` wakeup, and every jail call pa
 
 A misbehaving client only ever hurts itself: a frame that is not JSON gets an error answer and
 the connection stays; a bad length prefix, EOF inside a frame, or a frame that dribbles in
-slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; an
-exception inside an operation becomes an ``internal`` error answer, never a crash. Peers whose
-uid (SO_PEERCRED) is not allowed are closed before a byte is read.
+slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
+client silent for ``idle_timeout`` between frames, or that does not read its answer within
+``frame_timeout``, is cut off, and when all ``max_connections`` slots are taken a newcomer
+takes the slot of the client idle longest (at least :data:`EVICT_AFTER_IDLE` seconds), so
+idle or stalled clients cannot lock others out; an exception inside an operation becomes an
+``internal`` error answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are
+closed before a byte is read.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from crypto_jail.protocol import (
 
 __all__ = ["JailServer", "SocketError", "log", "peer_uid", "prepare_socket", "unlink_socket"]
 
+EVICT_AFTER_IDLE = 1.0
+"""A client idle between frames this long may lose its slot to a newcomer when all are taken."""
+
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (socket(7))
 
 
@@ -63,12 +70,28 @@ def log(message: str) -> None:
         print(f"crypto_jail: {message}", file=sys.stderr, flush=True)
 
 
-def _check_private_dir(directory: Path) -> None:
+def _group_id(group: str) -> int:
+    import grp  # only here: most jails never resolve a group name
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SocketError(f"no such group {group!r}") from None
+
+
+def _check_private_dir(directory: Path, gid: int | None = None) -> None:
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode):
         raise SocketError(f"{directory} is not a directory")
     if info.st_uid != os.getuid():
         raise SocketError(f"{directory} belongs to uid {info.st_uid}, not to this user")
+    if gid is not None:  # shared with one group (systemd RuntimeDirectory + Group=): no others
+        if info.st_gid != gid or info.st_mode & 0o027:
+            raise SocketError(
+                f"{directory} must belong to the socket group and have mode 0710 or 0750 "
+                f"(it has group {info.st_gid}, mode {stat.S_IMODE(info.st_mode):04o})"
+            )
+        return
     if info.st_mode & 0o077:
         raise SocketError(
             f"{directory} has mode {stat.S_IMODE(info.st_mode):04o}; "
@@ -94,13 +117,18 @@ def _remove_stale(path: Path) -> None:
     raise SocketError(f"{path} is in use by a running jail")
 
 
-def prepare_socket(path: Path) -> socket.socket:
-    """Bind and listen on ``path`` (0600) inside a private directory (0700, created if missing)."""
+def prepare_socket(path: Path, *, group: str | None = None) -> socket.socket:
+    """Bind and listen on ``path`` (0600) inside a private directory (0700, created if missing).
+
+    With ``group`` the directory may be shared with that group only (0710 or 0750) and the
+    socket is 0660 with that group, for a node running as another user of the group.
+    """
     path = Path(path)
     directory = path.parent
+    gid = None if group is None else _group_id(group)
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)
-    _check_private_dir(directory)
+    _check_private_dir(directory, gid)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window with a wider mode
@@ -111,7 +139,11 @@ def prepare_socket(path: Path) -> socket.socket:
         raise SocketError(f"cannot bind {path}: {exc.strerror}") from exc
     finally:
         os.umask(old_umask)
-    path.chmod(0o600)
+    if gid is not None:
+        os.chown(path, -1, gid)
+        path.chmod(0o660)
+    else:
+        path.chmod(0o600)
     sock.listen(128)
     return sock
 
@@ -133,12 +165,16 @@ class JailServer:
         allowed_uids: frozenset[int] | None = None,
         max_connections: int = 128,
         frame_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.state = state
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid()})
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
-        self._clients: set[socket.socket] = set()
+        self.idle_timeout = idle_timeout
+        # Each client → since when it waits between frames (monotonic), or None while a frame
+        # is arriving or being answered.
+        self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -168,9 +204,15 @@ class JailServer:
             pass  # the peer went away or stopped reading: only its own connection ends
         finally:
             with self._lock:
-                self._clients.discard(conn)
+                self._clients.pop(conn, None)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def set_idle(self, conn: socket.socket, since: float | None) -> None:
+        """Record that ``conn`` waits between frames since ``since`` (None: it is busy)."""
+        with self._lock:
+            if conn in self._clients:  # an evicted client stays out
+                self._clients[conn] = since
 
     def _admit(self, conn: socket.socket) -> bool:
         try:
@@ -181,10 +223,26 @@ class JailServer:
             log(f"refused a connection from uid {uid}")
             return False
         with self._lock:
-            if len(self._clients) >= self.max_connections or self._stopping:
+            if self._stopping:
+                return False
+            if len(self._clients) >= self.max_connections and not self._evict_idlest():
                 log("refused a connection: too many clients")
                 return False
-            self._clients.add(conn)
+            self._clients[conn] = None
+        return True
+
+    def _evict_idlest(self) -> bool:
+        """Hang up on the client idle longest, if any has idled EVICT_AFTER_IDLE (lock held)."""
+        idle = [(since, c) for c, since in self._clients.items() if since is not None]
+        if not idle:
+            return False
+        since, victim = min(idle, key=lambda item: item[0])
+        if time.monotonic() - since < EVICT_AFTER_IDLE:
+            return False
+        del self._clients[victim]
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF between frames and ends
+        log("all client slots taken: hung up on the client idle longest")
         return True
 
     # -- the listening loop --
@@ -241,9 +299,10 @@ class _Connection:
 
     The socket stays in blocking mode and deadlines are kernel timeouts (SO_RCVTIMEO and
     SO_SNDTIMEO), so the common case — a whole request in one segment — costs one ``recv``
-    and one ``send``. Waiting for a new frame has no deadline (idle clients are fine); once a
-    frame has started it must complete within ``frame_timeout``; an answer the client does not
-    read within ``frame_timeout`` drops it.
+    and one ``send``. Waiting for a new frame may take ``idle_timeout`` (then the client is
+    cut off, between frames, without an answer); once a frame has started it must complete
+    within ``frame_timeout``; an answer the client does not read within ``frame_timeout``
+    drops it.
     """
 
     _CHUNK = 64 * 1024
@@ -255,7 +314,7 @@ class _Connection:
         # recv_into one reused buffer: recv(n) would allocate (mmap) and trim n bytes per call.
         self.scratch = bytearray(self._CHUNK)
         self.scratch_view = memoryview(self.scratch)
-        self.deadline_set = False
+        self.deadline = 0.0
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(server.frame_timeout))
 
     def serve(self) -> None:
@@ -288,10 +347,15 @@ class _Connection:
         body = self._frame_in_buffer()
         if body is not None:
             return body
-        if not self.buffer:  # between frames: wait as long as the client likes
-            self._set_read_deadline(None)
-            if not self._recv():
+        if not self.buffer:  # between frames: wait at most idle_timeout
+            self._set_read_deadline(self.server.idle_timeout)
+            self.server.set_idle(self.conn, time.monotonic())
+            try:
+                if not self._recv():
+                    return None
+            except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: idle, cut off
                 return None
+            self.server.set_idle(self.conn, None)
         deadline = time.monotonic() + self.server.frame_timeout
         while (body := self._frame_in_buffer()) is None:
             remaining = deadline - time.monotonic()
@@ -312,11 +376,11 @@ class _Connection:
         self.buffer += self.scratch_view[:count]
         return count > 0
 
-    def _set_read_deadline(self, seconds: float | None) -> None:
-        if seconds is None and not self.deadline_set:
+    def _set_read_deadline(self, seconds: float) -> None:
+        if seconds == self.deadline:  # the common case: the idle deadline is already set
             return
-        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds or 0.0))
-        self.deadline_set = seconds is not None
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        self.deadline = seconds
 
 
 def _timeval(seconds: float) -> bytes:

@@ -6,9 +6,12 @@ them, with ``raise New(...) from exc``::
 
     OpenRedError
     ├── ConfigurationError          bad settings, missing files, unusable paths
+    ├── ServiceBusy                 temporarily out of capacity; retry later (HTTP 503)
+    │   └── NonceCacheFull          the RFC 9421 nonce cache (or one signer's quota) is full
     ├── StoreError                  the event store could not do what was asked
     │   ├── ConcurrencyConflict     UNIQUE(stream, stream_version) refused a stale writer
     │   ├── StoreClosed             the store was used after close()
+    │   ├── StoreUnavailable        the database is busy, full or failing I/O (cause attached)
     │   └── SchemaError             the database schema is missing, newer than the code, or broken
     ├── VerificationError           something signed or chained does not check out
     │   ├── TamperedLog             a log entry fails verification (carries seq and reason)
@@ -42,6 +45,17 @@ class ConfigurationError(OpenRedError):
     """Settings or files needed to run are missing or unusable."""
 
 
+class ServiceBusy(OpenRedError):
+    """A bounded resource is full for now; the request may succeed later (HTTP 503)."""
+
+
+class NonceCacheFull(ServiceBusy):
+    """The nonce cache cannot remember another nonce (of this signer) until entries expire.
+
+    Not a :class:`RequestSignatureError`: the signature was fine, the verifier is busy.
+    """
+
+
 class StoreError(OpenRedError):
     """The event store could not complete an operation."""
 
@@ -52,6 +66,14 @@ class ConcurrencyConflict(StoreError):
 
 class StoreClosed(StoreError):
     """The store was used after it was closed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be written or read now: busy, disk full, I/O error.
+
+    The SQLite error is attached as ``__cause__``; nothing was acknowledged, so retrying later
+    is safe.
+    """
 
 
 class SchemaError(StoreError):

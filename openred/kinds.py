@@ -18,11 +18,9 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from openred.store.chain import DEFAULT_KIND  # a genesis without "kind" (older logs): node
 from openred.store.events import EventRegistry
 from openred.store.projections import ProjectionRegistry
-
-DEFAULT_KIND = "node"
-"""The kind of a log whose genesis names none (logs written before kinds existed)."""
 
 
 @dataclass(frozen=True, slots=True)

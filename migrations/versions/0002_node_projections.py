@@ -1,5 +1,8 @@
 """The node's projection tables: registration, peers, tokens, sessions, inbox.
 
+The first revision of the ``node`` branch: a node's log is migrated to ``node@head``
+(openred/store/migrate.py), a directory's to ``directory@head``; both grow from ``0001``.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25
@@ -11,7 +14,7 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
+branch_labels = ("node",)
 depends_on = None
 
 TABLES = {

@@ -7,10 +7,16 @@
   :class:`~openred.errors.HandshakeFailed` / :class:`~openred.errors.DecryptionFailed`),
   malformed answers :class:`~openred.errors.JailProtocolError`, and a jail that cannot be
   reached :class:`~openred.errors.JailUnavailable`. A broken connection is reopened (after the
-  supervisor restarts a dead jail) and an idempotent request is retried once.
+  supervisor restarts a dead jail, or once the service manager has restarted it: the client
+  waits up to ``reconnect_timeout`` for the socket to answer again) and an idempotent request
+  is retried once.
 * :class:`JailSupervisor` runs ``python -I -m crypto_jail serve`` (``OPENRED_JAIL_PYTHON`` or
-  this interpreter), hands it the passphrase through an inherited pipe (never argv or the
-  environment), waits for its ``READY`` line and restarts it when it dies.
+  this interpreter) and waits for its ``READY`` line. It restarts a jail that died only for a
+  development keystore without passphrase. A passphrase is handed over once, through an
+  inherited pipe (never argv or the environment), and wiped here right after: once the jail
+  runs, no other process holds it. A passphrase jail that dies is restarted by the service
+  manager or the operator (``deploy/systemd/openred-jail@.service``); the supervisor then only
+  waits for the socket to answer again (docs/threat-model.md).
 * :class:`JailSigner` implements the store's :class:`~openred.store.signer.Signer` over a client.
 """
 
@@ -146,6 +152,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[bytes] | None = None
         self._lost: BaseException | None = None
         self._next_id = 1
+        self.idle_since = 0.0
 
     @classmethod
     async def open(cls, path: Path) -> _Connection:
@@ -217,30 +224,62 @@ class _Connection(asyncio.BufferedProtocol):
             raise refusal(response.code, response.detail)
         return response.result
 
+    @property
+    def alive(self) -> bool:
+        """False once the jail hung up (e.g. it cut this connection off as idle)."""
+        return self._lost is None and self.transport is not None and not self.transport.is_closing()
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
 
+async def _answers(socket_path: Path) -> bool:
+    """Whether a jail answers a request on ``socket_path`` (a dying one may still accept)."""
+    try:
+        async with asyncio.timeout(1.0):
+            conn = await _Connection.open(socket_path)
+            try:
+                await conn.request("public_keys", {})
+            finally:
+                conn.close()
+    except (OSError, TimeoutError, JailProtocolError, JailRefused):
+        return False
+    return True
+
+
 class JailSupervisor:
-    """Runs the jail as a child process and restarts it when it dies."""
+    """Runs the jail as a child process; restarts it only if its keystore has no passphrase.
+
+    ``passphrase`` is used for the first start only and then wiped (pass a ``bytearray`` to
+    have the caller's copy wiped too; a ``bytes`` object cannot be). After that the
+    supervisor holds no secret: when a passphrase jail dies, :meth:`ensure_running` waits up
+    to ``reconnect_timeout`` for a jail started by the service manager to answer on the
+    socket, and raises :class:`~openred.errors.JailUnavailable` otherwise.
+    """
 
     def __init__(
         self,
         keystore: Path,
         socket_path: Path,
         *,
-        passphrase: bytes | None = None,
+        passphrase: bytes | bytearray | None = None,
         python: str | None = None,
         no_seccomp: bool = False,
         extra_args: Sequence[str] = (),
         start_timeout: float = 30.0,
         max_restarts: int = 5,
         restart_window: float = 60.0,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         self.keystore = Path(keystore)
         self.socket_path = Path(socket_path)
-        self._passphrase = passphrase
+        self.restartable = passphrase is None
+        """Whether this supervisor may start the jail again (development keystores only)."""
+        self._passphrase: bytearray | None = None if passphrase is None else bytearray(passphrase)
+        if isinstance(passphrase, bytearray):
+            passphrase[:] = bytes(len(passphrase))
+        self._reconnect_timeout = reconnect_timeout
         self._python = python
         self._no_seccomp = no_seccomp
         self._extra = tuple(extra_args)
@@ -273,30 +312,37 @@ class JailSupervisor:
         """Start the jail if it is not running and wait for READY; JailUnavailable on failure."""
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
+                if self._proc is not None and not self.restartable:
+                    raise JailUnavailable("a jail with a passphrase is restarted by the "
+                                          "service manager, not by the node")
                 await self._spawn()
 
     async def ensure_running(self) -> None:
-        """Called after a connection failed: restart the jail unless it still answers."""
+        """Called after a connection failed: restart a development jail unless it answers;
+        for a passphrase jail, wait for the service manager's jail to answer instead."""
         async with self._lock:
             proc = self._proc
-            if proc is not None and proc.returncode is None and await self._answers():
+            if proc is not None and proc.returncode is None and await _answers(self.socket_path):
+                return
+            if not self.restartable:
+                if proc is not None and proc.returncode is not None:
+                    await self._reap(proc)
+                await self._wait_for_other_jail()
                 return
             if proc is not None:
                 await self._reap(proc)
             await self._spawn()
 
-    async def _answers(self) -> bool:
-        """Whether the jail answers a request (a dying process may still accept connections)."""
-        try:
-            async with asyncio.timeout(1.0):
-                conn = await _Connection.open(self.socket_path)
-                try:
-                    await conn.request("public_keys", {})
-                finally:
-                    conn.close()
-        except (OSError, TimeoutError, JailProtocolError, JailRefused):
-            return False
-        return True
+    async def _wait_for_other_jail(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_timeout
+        while not await _answers(self.socket_path):
+            if loop.time() >= deadline:
+                raise JailUnavailable(
+                    f"the jail at {self.socket_path} is down; a jail with a passphrase is "
+                    "restarted by the service manager or the operator, not by the node"
+                )
+            await asyncio.sleep(0.1)
 
     async def _spawn(self) -> None:
         now = time.monotonic()
@@ -311,14 +357,21 @@ class JailSupervisor:
         argv = self._argv()
         pass_fds: tuple[int, ...] = ()
         read_end: int | None = None
-        if self._passphrase is not None:
-            if len(self._passphrase) > 4096:
-                raise JailUnavailable("passphrase longer than 4096 bytes")
-            read_end, write_end = os.pipe()
+        if not self.restartable:
+            passphrase, self._passphrase = self._passphrase, None  # used once, then gone
+            if passphrase is None:
+                raise JailUnavailable("the passphrase was handed to a jail already; a jail "
+                                      "with a passphrase is restarted by the service manager")
             try:
-                os.write(write_end, self._passphrase)  # fits the pipe buffer: nothing blocks
+                if len(passphrase) > 4096:
+                    raise JailUnavailable("passphrase longer than 4096 bytes")
+                read_end, write_end = os.pipe()
+                try:
+                    os.write(write_end, passphrase)  # fits the pipe buffer: nothing blocks
+                finally:
+                    os.close(write_end)
             finally:
-                os.close(write_end)
+                passphrase[:] = bytes(len(passphrase))
             argv += ["--passphrase-fd", str(read_end)]
             pass_fds = (read_end,)
         env = {k: v for k, v in os.environ.items() if k != "OPENRED_JAIL_PASSPHRASE"}
@@ -399,10 +452,16 @@ class JailClient:
         supervisor: JailSupervisor | None = None,
         timeout: float = 10.0,
         max_connections: int = 4,
+        reconnect_timeout: float = 30.0,
+        max_idle: float = 30.0,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.supervisor = supervisor
         self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        # Below the jail's --idle-timeout (60 s): a pooled connection is never used just as
+        # the jail cuts it off for idling.
+        self.max_idle = max_idle
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
@@ -427,15 +486,31 @@ class JailClient:
         return await asyncio.wait_for(_Connection.open(self.socket_path), self.timeout)
 
     async def _connect(self) -> _Connection:
-        if self._idle:
-            return self._idle.pop()
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.alive and now - conn.idle_since < self.max_idle:
+                return conn
+            conn.close()  # cut off by the jail, or about to be, for idling
         try:
             return await self._open()
         except (TimeoutError, *_UNREACHABLE):
             if self.supervisor is None:
-                raise
+                return await self._open_when_back()
         await self.supervisor.ensure_running()
         return await self._open()
+
+    async def _open_when_back(self) -> _Connection:
+        """Wait up to ``reconnect_timeout`` for a jail (restarted by the service manager)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        while True:
+            try:
+                return await self._open()
+            except (TimeoutError, *_UNREACHABLE):
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def call(self, op: str, args: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
         """Send one request; the result object, or raise a JailError subclass.
@@ -454,7 +529,7 @@ class JailClient:
                     async with asyncio.timeout(self.timeout):
                         result = await conn.request(op, args)
                 except JailRefused:
-                    self._idle.append(conn)
+                    self._release(conn)
                     raise
                 except JailProtocolError:
                     conn.close()
@@ -470,9 +545,13 @@ class JailClient:
                     if attempt == 1 and retry:
                         continue
                     raise JailUnavailable(f"the connection to the jail broke during {op}") from exc
-                self._idle.append(conn)
+                self._release(conn)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _release(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
 
     # -- typed operations --
 

@@ -46,7 +46,7 @@ from http_message_signatures import (
 
 from crypto_jail.structures import is_http_signature_base
 from openred.crypto.identity import SignKey
-from openred.errors import InvalidSignature, RequestSignatureError
+from openred.errors import InvalidSignature, NonceCacheFull, RequestSignatureError
 
 __all__ = [
     "ALGORITHM",
@@ -201,17 +201,25 @@ class NonceCache:
 
     An entry for a signature created at ``created`` lives until ``created + window``: after
     that the ``created`` check alone refuses the request, so forgetting it is safe. The cache
-    is bounded; when it is full of live entries it refuses new ones (fail closed) rather than
-    evicting a live entry, which would reopen that nonce to replay. Pure: ``now`` is passed in.
+    is bounded, in total (``max_entries``) and per signer (``max_per_signer``, default a
+    hundredth of the total): a signer whose quota is full of live entries cannot remember
+    another nonce, but every other signer still can. A full cache or quota refuses new
+    entries (fail closed) rather than evicting a live entry, which would reopen that nonce to
+    replay, and says so with :class:`~openred.errors.NonceCacheFull` (a 503: retry later),
+    not a signature error. Pure: ``now`` is passed in.
     """
 
     def __init__(self, *, window_seconds: int = DEFAULT_WINDOW_SECONDS,
-                 max_entries: int = 100_000) -> None:
-        if window_seconds <= 0 or max_entries <= 0:
-            raise ValueError("window_seconds and max_entries must be positive")
+                 max_entries: int = 100_000, max_per_signer: int | None = None) -> None:
+        if max_per_signer is None:
+            max_per_signer = max(1, max_entries // 100)
+        if window_seconds <= 0 or max_entries <= 0 or max_per_signer <= 0:
+            raise ValueError("window_seconds, max_entries and max_per_signer must be positive")
         self.window_seconds = window_seconds
         self.max_entries = max_entries
+        self.max_per_signer = min(max_per_signer, max_entries)
         self._expiry: dict[tuple[str, str], int] = {}
+        self._per_signer: dict[str, int] = {}
         self._heap: list[tuple[int, str, str]] = []
 
     def __len__(self) -> int:
@@ -227,17 +235,29 @@ class NonceCache:
             expiry, keyid, nonce = heapq.heappop(heap)
             if self._expiry.get((keyid, nonce)) == expiry:
                 del self._expiry[(keyid, nonce)]
+                left = self._per_signer[keyid] - 1
+                if left:
+                    self._per_signer[keyid] = left
+                else:
+                    del self._per_signer[keyid]
+
+    def count(self, keyid: str) -> int:
+        """How many live nonces of ``keyid`` are remembered."""
+        return self._per_signer.get(keyid, 0)
 
     def remember(self, keyid: str, nonce: str, *, created: int, now: int) -> None:
-        """Record a nonce; raise RequestSignatureError if it was seen or the cache is full."""
+        """Record a nonce; RequestSignatureError if it was seen, NonceCacheFull if no room."""
         self.purge(now)
         key = (keyid, nonce)
         if key in self._expiry:
             raise RequestSignatureError("nonce replayed inside the window")
+        if self._per_signer.get(keyid, 0) >= self.max_per_signer:
+            raise NonceCacheFull(f"nonce quota of {keyid!r} is full; try again later")
         if len(self._expiry) >= self.max_entries:
-            raise RequestSignatureError("nonce cache full; try again later")
+            raise NonceCacheFull("nonce cache full; try again later")
         expiry = created + self.window_seconds
         self._expiry[key] = expiry
+        self._per_signer[keyid] = self._per_signer.get(keyid, 0) + 1
         heapq.heappush(self._heap, (expiry, keyid, nonce))
 
 

@@ -25,11 +25,32 @@ Replay window
 
 Persistence
     :meth:`SessionCipher.to_state` serializes keys, epochs, counters and the window (versioned;
-    the node has the jail ``wrap`` it before it touches disk). :meth:`SessionCipher.from_state`
-    restores it and moves sending to the next epoch, so messages sent after the last save can
-    never reuse a (key, nonce) pair. Contract for callers: save after every :meth:`rotate` and
-    right after restoring. Messages accepted after the last save could be replayed once after a
-    restore; save as often as that matters.
+    the node has the jail ``wrap`` it before it touches disk). A saved state can be restored
+    any number of times (a crash, a copied backup, two processes), so the state alone cannot
+    say which nonces were used after it was saved. A durable :class:`SessionLedger` records,
+    per session, two high-water marks *before* they are used:
+
+    * the highest send epoch ever entered: every epoch a sender moves into — by
+      :meth:`~SessionCipher.rotate`, by running out of counters, or by
+      :meth:`~SessionCipher.from_state` — is first reserved with
+      :meth:`SessionLedger.reserve_send_epoch`, which returns an epoch above every one it
+      returned before for that session. Restoring the same state twice therefore gives two
+      different fresh epochs, hence two different keys: no (key, nonce) pair is used twice.
+    * a bound on the receive counters accepted: before :meth:`~SessionCipher.decrypt` returns
+      a message whose counter is above the recorded mark, it raises the mark to that counter
+      plus ``recv_reserve`` (default :data:`RECV_RESERVE`, 64; one durable
+      :meth:`SessionLedger.raise_recv_mark` per ``recv_reserve`` messages in order). A
+      restored receiver refuses every counter up to the recorded mark, so no message accepted
+      after the save is accepted again.
+
+    A crash between a reservation and its use only wastes it: an epoch (of 2^32) or up to
+    ``recv_reserve`` of the peer's next counters, which the restored side refuses as replays
+    (the peer's messages in that gap are lost, never accepted twice). A crash between
+    ``from_state`` and saving the new state is the same case: the next restore reserves yet
+    another epoch. Bind the ledger when the session is created (``ledger=``, ``session_id=``)
+    if its state will ever be saved: a sender that rotated unbound after a save is not known
+    to the ledger. :class:`FileSessionLedger` is a small durable ledger (one fsynced JSON
+    file); a node may keep the same marks in its own store.
 
 Errors: :class:`~openred.errors.ReplayDetected` for a counter seen before, below the window or
 from a retired epoch; :class:`~openred.errors.DecryptionFailed` for anything the AEAD refuses
@@ -39,8 +60,16 @@ exhausted session or malformed saved state; :class:`~openred.errors.InvalidKey` 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
+import secrets
 import struct
-from typing import Final
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -56,10 +85,14 @@ __all__ = [
     "MAX_COUNTER",
     "MAX_EPOCH",
     "MAX_EPOCH_SKIP",
+    "RECV_RESERVE",
     "STATE_VERSION",
     "WINDOW_BITS",
+    "FileSessionLedger",
+    "MemorySessionLedger",
     "ReplayWindow",
     "SessionCipher",
+    "SessionLedger",
     "derive_epoch_key",
 ]
 
@@ -73,8 +106,129 @@ EPOCH_INFO: Final = b"openred/v3 session epoch"
 STATE_MAGIC: Final = b"ORSC"
 STATE_VERSION: Final = 1
 _BLOCK_BITS: Final = 64
+RECV_RESERVE: Final = 64
+"""How far past an accepted counter the durable receive mark is raised in one write."""
 
 _Aead = ChaCha20Poly1305 | AESGCM
+
+
+class SessionLedger(Protocol):
+    """Durable per-session high-water marks (see the module doc); each call returns only once
+    what it records would survive a crash."""
+
+    def reserve_send_epoch(self, session_id: str, at_least: int) -> int:
+        """Record and return an epoch >= ``at_least`` above every one returned before."""
+        ...
+
+    def raise_recv_mark(self, session_id: str, mark: int) -> None:
+        """Record that counters up to ``mark`` may have been accepted (marks only grow)."""
+        ...
+
+    def recv_mark(self, session_id: str) -> int:
+        """The recorded receive mark (-1 if none)."""
+        ...
+
+
+class MemorySessionLedger:
+    """A :class:`SessionLedger` in memory: for tests, or a process that never restores."""
+
+    def __init__(self) -> None:
+        self.send: dict[str, int] = {}
+        self.recv: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def reserve_send_epoch(self, session_id: str, at_least: int) -> int:
+        with self._lock:
+            epoch = max(at_least, self.send.get(session_id, -1) + 1)
+            self.send[session_id] = epoch
+            return epoch
+
+    def raise_recv_mark(self, session_id: str, mark: int) -> None:
+        with self._lock:
+            self.recv[session_id] = max(mark, self.recv.get(session_id, -1))
+
+    def recv_mark(self, session_id: str) -> int:
+        with self._lock:
+            return self.recv.get(session_id, -1)
+
+
+class FileSessionLedger(MemorySessionLedger):
+    """A :class:`SessionLedger` in one JSON file, replaced atomically and fsynced per change.
+
+    Every change re-reads the file under an exclusive ``flock`` on a lock file beside it, so
+    several processes (or two restores racing) sharing one ledger file never hand out the
+    same epoch. Changes are rare (an epoch change, or every :data:`RECV_RESERVE` messages
+    received); a busy node with many sessions keeps the same marks in its own database.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CryptoError(f"session ledger {self.path} is unreadable") from exc
+        if not isinstance(doc, dict) or not all(
+            isinstance(doc.get(name), dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in doc[name].values())
+            for name in ("send", "recv")
+        ):
+            raise CryptoError(f"session ledger {self.path} is malformed")
+        self.send, self.recv = dict(doc["send"]), dict(doc["recv"])
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread and no other process: the file as it is now, for one change."""
+        with self._lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._load()
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _persist(self) -> None:
+        data = json.dumps({"send": self.send, "recv": self.recv}, sort_keys=True).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def reserve_send_epoch(self, session_id: str, at_least: int) -> int:
+        with self._exclusive():
+            epoch = max(at_least, self.send.get(session_id, -1) + 1)
+            self.send[session_id] = epoch
+            self._persist()
+            return epoch
+
+    def raise_recv_mark(self, session_id: str, mark: int) -> None:
+        with self._exclusive():
+            if mark > self.recv.get(session_id, -1):
+                self.recv[session_id] = mark
+                self._persist()
+
+    def recv_mark(self, session_id: str) -> int:
+        with self._exclusive():
+            return self.recv.get(session_id, -1)
 
 
 def derive_epoch_key(previous: bytes, epoch: int) -> bytes:
@@ -174,15 +328,19 @@ class SessionCipher:
     __slots__ = (
         "_cipher",
         "_future",
+        "_ledger",
         "_nonce",
         "_recv_aead",
         "_recv_epoch",
         "_recv_key",
+        "_recv_mark",
+        "_recv_reserve",
         "_send_aead",
         "_send_counter",
         "_send_epoch",
         "_send_key",
         "_send_limit",
+        "_session_id",
         "_suite_name",
         "_window",
     )
@@ -197,7 +355,19 @@ class SessionCipher:
         send_counter: int | None = None,
         recv_epoch: int = 0,
         window: ReplayWindow | None = None,
+        ledger: SessionLedger | None = None,
+        session_id: str = "",
+        recv_reserve: int = RECV_RESERVE,
     ) -> None:
+        if ledger is not None and not session_id:
+            raise CryptoError("a session bound to a ledger needs its session_id")
+        if recv_reserve < 1:
+            raise CryptoError("recv_reserve must be positive")
+        self._recv_reserve = recv_reserve
+        self._ledger = ledger
+        self._session_id = session_id
+        # Counters above this mark need a ledger write before they are accepted.
+        self._recv_mark = MAX_COUNTER if ledger is None else ledger.recv_mark(session_id)
         self._suite_name = suite
         self._cipher: CipherFunction = _suite(suite).cipher
         self._nonce = self._cipher.pack_nonce
@@ -224,11 +394,17 @@ class SessionCipher:
         initiator: bool,
         initiator_to_responder: bytes,
         responder_to_initiator: bytes,
+        ledger: SessionLedger | None = None,
+        session_id: str = "",
+        recv_reserve: int = RECV_RESERVE,
     ) -> SessionCipher:
         """The session for one side from the two Noise Split keys (Noise §5.2)."""
         if initiator:
-            return cls(suite, initiator_to_responder, responder_to_initiator)
-        return cls(suite, responder_to_initiator, initiator_to_responder)
+            send, recv = initiator_to_responder, responder_to_initiator
+        else:
+            send, recv = responder_to_initiator, initiator_to_responder
+        return cls(suite, send, recv, ledger=ledger, session_id=session_id,
+                   recv_reserve=recv_reserve)
 
     # -- properties --
 
@@ -282,6 +458,8 @@ class SessionCipher:
                 raise DecryptionFailed("message does not authenticate") from None
         else:
             plaintext = self._decrypt_other_epoch(counter, ciphertext, ad)
+        if counter > self._recv_mark:  # authenticated: record it durably before accepting
+            self._raise_recv_mark(counter)
         index = counter >> 6
         if counter > top and index == top >> 6:
             # In order within the current 64-bit block: the same bit mark() would set.
@@ -301,6 +479,12 @@ class SessionCipher:
         self._commit_recv_epoch(epoch, aead)
         return plaintext
 
+    def _raise_recv_mark(self, counter: int) -> None:
+        assert self._ledger is not None
+        mark = min(counter + self._recv_reserve, MAX_COUNTER - 1)
+        self._ledger.raise_recv_mark(self._session_id, mark)
+        self._recv_mark = mark
+
     # -- epochs --
 
     def rotate(self, epoch: int | None = None) -> int:
@@ -312,7 +496,7 @@ class SessionCipher:
                 f"(now {self._send_epoch}, asked {target})"
             )
         self._advance_send(target)
-        return target
+        return self._send_epoch
 
     def _set_send_key(self, key: bytes) -> None:
         self._send_key = key
@@ -323,6 +507,10 @@ class SessionCipher:
     def _advance_send(self, target: int) -> None:
         if target > MAX_EPOCH or self._send_counter >= MAX_COUNTER:
             raise CryptoError("session counter space exhausted; renew the session")
+        if self._ledger is not None:  # reserved durably before the first nonce of the epoch
+            target = self._ledger.reserve_send_epoch(self._session_id, target)
+            if target > MAX_EPOCH:
+                raise CryptoError("session counter space exhausted; renew the session")
         key = self._send_key
         for epoch in range(self._send_epoch + 1, target + 1):
             key = derive_epoch_key(key, epoch)
@@ -377,8 +565,16 @@ class SessionCipher:
         )
 
     @classmethod
-    def from_state(cls, data: bytes) -> SessionCipher:
-        """Restore :meth:`to_state` output; sending resumes in the next epoch (see module doc)."""
+    def from_state(
+        cls, data: bytes, *, ledger: SessionLedger, session_id: str,
+        recv_reserve: int = RECV_RESERVE,
+    ) -> SessionCipher:
+        """Restore :meth:`to_state` output bound to ``ledger`` (see the module doc).
+
+        Sending resumes in a fresh epoch the ledger reserves (never one used before, however
+        often this state is restored); receiving refuses every counter up to the ledger's
+        receive mark.
+        """
         try:
             magic, version, suite_len = _HEADER.unpack_from(data, 0)
             if magic != STATE_MAGIC or version != STATE_VERSION:
@@ -402,12 +598,21 @@ class SessionCipher:
                 send_counter=send_counter,
                 recv_epoch=recv_epoch,
                 window=window,
+                ledger=ledger,
+                session_id=session_id,
+                recv_reserve=recv_reserve,
             )
         except (struct.error, UnicodeDecodeError, ValueError, UnknownSuite, InvalidKey) as exc:
             raise CryptoError("session state is malformed") from exc
         if window.top >= 0 and window.top >> EPOCH_SHIFT > recv_epoch:
             raise CryptoError("session state is inconsistent")
-        session.rotate()
+        floor = session._recv_mark
+        if floor > window.top:
+            # Anything up to the mark may have been accepted after this state was saved.
+            session._window = ReplayWindow(
+                size, top=floor, blocks=[(1 << _BLOCK_BITS) - 1] * (size // _BLOCK_BITS)
+            )
+        session._advance_send(session._send_epoch + 1)
         return session
 
 

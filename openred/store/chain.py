@@ -8,7 +8,7 @@ key, its signature column holding both signatures, old first).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,8 +48,14 @@ def origin_for(node_id: NodeId) -> str:
     return f"openred/{node_id}"
 
 
-def genesis_event(sign_key: SignKey) -> NewEvent:
-    """The ``LogOpened`` event that starts every log and names its first signer key."""
+DEFAULT_KIND = "node"
+
+
+def genesis_event(sign_key: SignKey, kind: str = DEFAULT_KIND) -> NewEvent:
+    """The ``LogOpened`` event that starts every log: its first signer key and its kind.
+
+    ``kind`` names the log's migration branch and projections (``node``, ``directory``...).
+    """
     return NewEvent(
         stream=LOG_STREAM,
         type=LOG_OPENED,
@@ -57,9 +63,18 @@ def genesis_event(sign_key: SignKey) -> NewEvent:
             "sign_key": sign_key.b64url(),
             "node_id": str(sign_key.node_id),
             "origin": origin_for(sign_key.node_id),
+            "kind": kind,
         },
         expected_version=0,
     )
+
+
+def log_kind(genesis_payload: Mapping[str, object]) -> str:
+    """The kind a ``LogOpened`` payload declares; logs from before kinds existed are nodes'."""
+    kind = genesis_payload.get("kind", DEFAULT_KIND)
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("LogOpened kind must be a non-empty string")
+    return kind
 
 
 def rotation_event(old: SignKey, new: SignKey) -> NewEvent:
@@ -78,11 +93,13 @@ def chain_entries(
     prev_hash: bytes,
     stream_versions: MutableMapping[str, int],
     recorded_at: str,
+    current_versions: Mapping[str, int] | None = None,
 ) -> list[UnsignedEntry]:
     """Chain ``events`` after the entry ``prev_hash`` at position ``next_seq - 1``.
 
     ``stream_versions`` maps each stream of the batch to its current version and is advanced in
-    place; an ``expected_version`` that does not match raises ConcurrencyConflict.
+    place; an ``expected_version`` that does not match raises ConcurrencyConflict. An event
+    without a schema version gets its type's from ``current_versions`` (1 if not given).
     """
     if len(prev_hash) != HASH_SIZE:
         raise ValueError("prev_hash must be 32 bytes")
@@ -98,17 +115,20 @@ def chain_entries(
             )
         version = current + 1
         stream_versions[event.stream] = version
+        schema_version = event.schema_version
+        if schema_version is None:
+            schema_version = current_versions.get(event.type, 1) if current_versions else 1
         raw = event.payload
         payload = canonical_json(raw if type(raw) is dict else dict(raw))
         digest = EntryHash(
             entry_hash_raw(
                 seq, event.stream.encode("utf-8"), version, event.type.encode("utf-8"),
-                event.schema_version, recorded_b, payload, prev_hash,
+                schema_version, recorded_b, payload, prev_hash,
             )
         )
         out.append(
             UnsignedEntry(
-                seq, event.stream, version, event.type, event.schema_version,
+                seq, event.stream, version, event.type, schema_version,
                 recorded_at, payload, prev_hash, digest,
             )
         )
@@ -257,6 +277,7 @@ __all__ = [
     "chain_entries",
     "check_chain",
     "genesis_event",
+    "log_kind",
     "origin_for",
     "recompute_hash",
     "rotation_event",

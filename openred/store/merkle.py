@@ -26,7 +26,7 @@ Pure code: no I/O, no clock, no randomness.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 
 from openred.errors import ProofError
@@ -65,6 +65,11 @@ def _check_entry_hashes(entry_hashes: Sequence[bytes]) -> None:
 def _leaf_hashes(entry_hashes: Sequence[bytes]) -> list[bytes]:
     _check_entry_hashes(entry_hashes)
     return [_sha256(_LEAF_PREFIX + h).digest() for h in entry_hashes]
+
+
+def leaf_hashes(entry_hashes: Sequence[bytes]) -> list[bytes]:
+    """The RFC 6962 leaf hash of each 32-byte entry hash (computed once, used twice)."""
+    return _leaf_hashes(entry_hashes)
 
 
 def _reduce(level: list[bytes]) -> bytes:
@@ -159,17 +164,28 @@ class CompactRange:
             block = list(islice(items, _BLOCK))
             if not block:
                 return
-            leaves = _leaf_hashes(block)
-            if len(leaves) == _BLOCK:
-                self._push(_reduce(leaves), _BLOCK_LEVEL)
-                continue
-            # A short last block: push its perfect pieces, largest first (each stays aligned).
-            start = 0
-            for level in range(_BLOCK_LEVEL - 1, -1, -1):
-                if len(leaves) >> level & 1:
-                    self._push(_reduce(leaves[start:start + (1 << level)]), level)
-                    start += 1 << level
+            self._extend_aligned(_leaf_hashes(block))
+
+    def extend_leaf_hashes(self, leaves: Sequence[bytes]) -> None:
+        """Append leaves whose leaf hashes (:func:`leaf_hashes`) the caller computed already."""
+        start = 0
+        while self._size % _BLOCK and start < len(leaves):
+            self._push(leaves[start], 0)
+            start += 1
+        for i in range(start, len(leaves), _BLOCK):
+            self._extend_aligned(leaves[i:i + _BLOCK])
+
+    def _extend_aligned(self, leaves: Sequence[bytes]) -> None:
+        """Append up to one block of leaf hashes at a block-aligned size."""
+        if len(leaves) == _BLOCK:
+            self._push(_reduce(list(leaves)), _BLOCK_LEVEL)
             return
+        # A short last block: push its perfect pieces, largest first (each stays aligned).
+        start = 0
+        for level in range(_BLOCK_LEVEL - 1, -1, -1):
+            if len(leaves) >> level & 1:
+                self._push(_reduce(list(leaves[start:start + (1 << level)])), level)
+                start += 1 << level
 
     def root(self) -> bytes:
         """RFC 6962 §2.1 Merkle Tree Hash of the leaves appended so far."""
@@ -199,9 +215,16 @@ def _range_root(leaf_hashes: Sequence[bytes], start: int, end: int) -> bytes:
     return _reduce(list(leaf_hashes[start:end]))
 
 
-def inclusion_proof_from_leaf_hashes(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """RFC 9162 §2.1.3.1 PATH(index, D[n]) over already-hashed leaves, bottom sibling first."""
-    size = len(leaf_hashes)
+RangeRoot = Callable[[int, int], bytes]
+"""MTH(D[start:end]) of a tree's leaves, given start and end."""
+
+
+def inclusion_path(index: int, size: int, range_root: RangeRoot) -> list[bytes]:
+    """RFC 9162 §2.1.3.1 PATH(index, D[size]), bottom sibling first, from subtree roots.
+
+    ``range_root`` gives the root of any range the path needs; every range starts at a multiple
+    of a power of two no smaller than the range, so a caller can answer from cached subtrees.
+    """
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is outside a tree of size {size}")
     top_down: list[bytes] = []
@@ -209,23 +232,17 @@ def inclusion_proof_from_leaf_hashes(index: int, leaf_hashes: Sequence[bytes]) -
     while n > 1:
         k = _largest_power_of_two_below(n)
         if m < k:  # PATH(m, D[0:k]) : MTH(D[k:n])
-            top_down.append(_range_root(leaf_hashes, lo + k, lo + n))
+            top_down.append(range_root(lo + k, lo + n))
             n = k
         else:  # PATH(m - k, D[k:n]) : MTH(D[0:k])
-            top_down.append(_range_root(leaf_hashes, lo, lo + k))
+            top_down.append(range_root(lo, lo + k))
             lo, n, m = lo + k, n - k, m - k
     top_down.reverse()
     return top_down
 
 
-def inclusion_proof(index: int, entry_hashes: Sequence[bytes]) -> list[bytes]:
-    """The audit path proving leaf ``index`` (0-based, seq - 1) is in the tree of all leaves."""
-    return inclusion_proof_from_leaf_hashes(index, _leaf_hashes(entry_hashes))
-
-
-def consistency_proof_from_leaf_hashes(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """RFC 9162 §2.1.4.1 PROOF(m, D[n]) over already-hashed leaves; [] when m is 0 or n."""
-    size = len(leaf_hashes)
+def consistency_path(old_size: int, size: int, range_root: RangeRoot) -> list[bytes]:
+    """RFC 9162 §2.1.4.1 PROOF(old_size, D[size]) from subtree roots; [] when m is 0 or n."""
     if not 0 <= old_size <= size:
         raise ValueError(f"old size {old_size} is outside 0..{size}")
     if old_size in (0, size):
@@ -236,20 +253,127 @@ def consistency_proof_from_leaf_hashes(old_size: int, leaf_hashes: Sequence[byte
     while m != n:
         k = _largest_power_of_two_below(n)
         if m <= k:  # SUBPROOF(m, D[0:k], b) : MTH(D[k:n])
-            top_down.append(_range_root(leaf_hashes, lo + k, lo + n))
+            top_down.append(range_root(lo + k, lo + n))
             n = k
         else:  # SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k])
-            top_down.append(_range_root(leaf_hashes, lo, lo + k))
+            top_down.append(range_root(lo, lo + k))
             lo, n, m, whole_old_tree = lo + k, n - k, m - k, False
     if not whole_old_tree:  # SUBPROOF(m, D[m], false) = MTH(D[m])
-        top_down.append(_range_root(leaf_hashes, lo, lo + n))
+        top_down.append(range_root(lo, lo + n))
     top_down.reverse()
     return top_down
+
+
+def inclusion_proof_from_leaf_hashes(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    """RFC 9162 §2.1.3.1 PATH(index, D[n]) over already-hashed leaves, bottom sibling first."""
+    return inclusion_path(index, len(leaf_hashes),
+                          lambda start, end: _range_root(leaf_hashes, start, end))
+
+
+def inclusion_proof(index: int, entry_hashes: Sequence[bytes]) -> list[bytes]:
+    """The audit path proving leaf ``index`` (0-based, seq - 1) is in the tree of all leaves."""
+    return inclusion_proof_from_leaf_hashes(index, _leaf_hashes(entry_hashes))
+
+
+def consistency_proof_from_leaf_hashes(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    """RFC 9162 §2.1.4.1 PROOF(m, D[n]) over already-hashed leaves; [] when m is 0 or n."""
+    return consistency_path(old_size, len(leaf_hashes),
+                            lambda start, end: _range_root(leaf_hashes, start, end))
 
 
 def consistency_proof(old_size: int, entry_hashes: Sequence[bytes]) -> list[bytes]:
     """Proof that the tree of the first ``old_size`` leaves is a prefix of the tree of all."""
     return consistency_proof_from_leaf_hashes(old_size, _leaf_hashes(entry_hashes))
+
+
+# --- proofs over a large log: cached block roots -----------------------------------------------
+
+
+class BlockIndex:
+    """Roots of the log's complete aligned blocks of leaves, and the leaf hashes of the last one.
+
+    With it, any subtree root a proof needs costs hashing block roots (one per 4096 leaves) plus
+    at most one block of leaves, read through ``read_entry_hashes(start, end)`` (entry hashes
+    of leaves ``start``..``end - 1``): a proof on a log of a million entries hashes a few
+    thousand nodes instead of two million. An index is a value: :meth:`extended` returns a new
+    one and never changes what a reader of this one sees (the roots list is only appended to).
+    """
+
+    __slots__ = ("_block", "_level", "_roots", "size", "tail")
+
+    def __init__(self, level: int = _BLOCK_LEVEL) -> None:
+        self._level = level
+        self._block = 1 << level
+        self._roots: list[bytes] = []
+        self.size = 0
+        self.tail: tuple[bytes, ...] = ()  # leaf hashes of the incomplete last block
+
+    def extended(self, entry_hashes: Sequence[bytes]) -> BlockIndex:
+        """A new index with ``entry_hashes`` appended as the next leaves."""
+        return self.extended_leaf_hashes(_leaf_hashes(entry_hashes))
+
+    def extended_leaf_hashes(self, leaves: Sequence[bytes]) -> BlockIndex:
+        """:meth:`extended`, given the leaf hashes (:func:`leaf_hashes`) of the entries."""
+        other = BlockIndex.__new__(BlockIndex)
+        other._level, other._block, other._roots = self._level, self._block, self._roots
+        tail = list(self.tail)
+        block = self._block
+        roots = self._roots
+        complete = self.size // block
+        if len(roots) != complete:
+            raise ValueError("this block index is stale: a newer one was extended from it")
+        start = 0
+        while start < len(leaves):
+            take = min(block - len(tail), len(leaves) - start)
+            tail.extend(leaves[start:start + take])
+            start += take
+            if len(tail) == block:
+                roots.append(_reduce(tail))
+                tail = []
+        other.size = self.size + len(leaves)
+        other.tail = tuple(tail)
+        return other
+
+    def range_root(
+        self, start: int, end: int, read_entry_hashes: Callable[[int, int], Sequence[bytes]]
+    ) -> bytes:
+        """MTH(D[start:end]) for a range a proof asks for (``start`` aligned as in RFC 9162)."""
+        if not 0 <= start < end <= self.size:
+            raise ValueError(f"range {start}..{end} is outside a tree of size {self.size}")
+        block = self._block
+        if start % block == 0 and (end - start) >= block:
+            # MTH splits at the largest power of two below the size, a multiple of the block
+            # size here: whole blocks on the left, the rest (aligned) on the right.
+            whole = (end - start) // block
+            if whole * block == end - start:
+                return _reduce(self._roots[start // block:start // block + whole])
+            k = _largest_power_of_two_below(end - start)
+            left = _reduce(self._roots[start // block:(start + k) // block])
+            return node_hash(left, self.range_root(start + k, end, read_entry_hashes))
+        first_block = start // block
+        if first_block != (end - 1) // block:
+            raise ValueError(f"range {start}..{end} is not aligned as a proof's ranges are")
+        tail_start = self.size - len(self.tail)
+        if start >= tail_start:
+            return _reduce(list(self.tail[start - tail_start:end - tail_start]))
+        hashes = read_entry_hashes(start, end)
+        if len(hashes) != end - start:
+            raise ValueError(f"read {len(hashes)} entry hashes for leaves {start}..{end}")
+        return _reduce(_leaf_hashes(hashes))
+
+    def inclusion_proof(
+        self, index: int, read_entry_hashes: Callable[[int, int], Sequence[bytes]]
+    ) -> list[bytes]:
+        """The audit path of leaf ``index`` in the tree of :attr:`size` leaves."""
+        return inclusion_path(index, self.size,
+                              lambda s, e: self.range_root(s, e, read_entry_hashes))
+
+    def consistency_proof(
+        self, old_size: int, read_entry_hashes: Callable[[int, int], Sequence[bytes]]
+    ) -> list[bytes]:
+        """The proof that the tree of ``old_size`` leaves is a prefix of this one."""
+        return consistency_path(old_size, self.size,
+                                lambda s, e: self.range_root(s, e, read_entry_hashes))
 
 
 # --- proof verification: RFC 9162 §2.1.3.2 and §2.1.4.2 ----------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from openred.errors import SchemaError
 from openred.store.events import RecordedEvent
 
 SqlValue: TypeAlias = str | int | bytes | None
@@ -69,10 +70,21 @@ class ProjectionRegistry:
 
     def __init__(self, projections: Iterable[Projection] = ()) -> None:
         self._by_name: dict[str, Projection] = {}
+        self._frozen = False
         for projection in projections:
             self.add(projection)
 
+    def freeze(self) -> None:
+        """Refuse every later change (the store freezes its projections when it opens)."""
+        self._frozen = True
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
     def add(self, projection: Projection) -> None:
+        if self._frozen:
+            raise SchemaError("the projection registry is frozen: a store is open on it")
         if projection.name in self._by_name:
             raise ValueError(f"projection {projection.name!r} is registered twice")
         owned = {t for p in self._by_name.values() for t in p.tables}

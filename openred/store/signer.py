@@ -7,6 +7,7 @@ implements the same protocol.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Sequence
@@ -42,6 +43,9 @@ class Signer(Protocol):
 # run at once because libsodium's signing releases the GIL (PyNaCl calls it through cffi).
 _PARALLEL_MIN = 128
 _MAX_THREADS = 4
+# Batches of at least this many hashes are signed off the event loop (about 25 µs each): a
+# group commit of hundreds must not hold the loop for milliseconds.
+_OFF_LOOP_MIN = 16
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -105,7 +109,9 @@ class InProcessSigner:
         return [Signature(sign(h, secret)[:64]) for h in hashes]
 
     async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
-        return self.sign_entry_hashes_sync(hashes)
+        if len(hashes) < _OFF_LOOP_MIN:
+            return self.sign_entry_hashes_sync(hashes)
+        return await asyncio.to_thread(self.sign_entry_hashes_sync, hashes)
 
     async def sign_checkpoint(self, note_body: bytes) -> Signature:
         return Signature(self._key.sign(note_body).signature)

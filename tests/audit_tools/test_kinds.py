@@ -149,7 +149,8 @@ async def test_a_plain_log_keeps_no_projections_and_wiping_a_nodes_is_not_that(
     tmp_path: Path,
 ) -> None:
     plain = tmp_path / "plain.db"
-    store = await SQLiteEventStore.open(plain, SIGNER, checkpoint_interval=0)
+    store = await SQLiteEventStore.open(plain, SIGNER, registry=node_registry(),
+                                        checkpoint_interval=0)
     await store.append([peer_event(1)])
     await store.close()
     report = verify(plain, jobs=1)

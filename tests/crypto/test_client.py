@@ -9,6 +9,7 @@ import shutil
 import signal
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from openred.crypto.client import (
     JailSigner,
     JailSupervisor,
 )
-from openred.crypto.identity import EntryHash, SignKey
+from openred.crypto.identity import EntryHash
 from openred.errors import (
     DecryptionFailed,
     HandshakeFailed,
@@ -34,8 +35,8 @@ from openred.errors import (
     JailUnavailable,
 )
 from openred.store.signer import Signer
-from tests.crypto_jail.test_ops import CHECKPOINT, mint
-from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
+from tests.crypto_jail.test_ops import checkpoint_for, mint
+from tests.crypto_jail.test_server import JailProc, dev_keystore, jail_env, short_dir, spawn_jail
 
 PASSPHRASE = b"client test passphrase"
 
@@ -92,7 +93,8 @@ async def test_jail_signer_is_a_signer_and_signs_verifiably(alice: JailClient) -
     with pytest.raises(InvalidSignature):
         signer.sign_key.verify(signatures[0], hashes[1])
     assert await signer.sign_entry_hashes([]) == []
-    signer.sign_key.verify(await signer.sign_checkpoint(CHECKPOINT), CHECKPOINT)
+    own = checkpoint_for(keys.node_id)
+    signer.sign_key.verify(await signer.sign_checkpoint(own), own)
     with pytest.raises(ValueError):
         await signer.sign_entry_hashes([EntryHash(bytes(31))])
 
@@ -244,7 +246,7 @@ async def test_a_silent_jail_times_out(workdir: Path) -> None:
 
 
 async def test_no_jail_and_no_supervisor_is_unavailable(workdir: Path) -> None:
-    async with JailClient(workdir / "absent.sock", timeout=1) as client:
+    async with JailClient(workdir / "absent.sock", timeout=1, reconnect_timeout=0.2) as client:
         with pytest.raises(JailUnavailable):
             await client.public_keys()
 
@@ -252,17 +254,16 @@ async def test_no_jail_and_no_supervisor_is_unavailable(workdir: Path) -> None:
 # --- the supervisor --------------------------------------------------------------------------
 
 
-async def test_supervisor_restarts_a_killed_jail_transparently(workdir: Path) -> None:
+async def test_supervisor_restarts_a_killed_dev_jail_transparently(workdir: Path) -> None:
     directory = workdir / "sup"
     directory.mkdir(mode=0o700)
-    keystore = directory / "ks.json"
-    made = create_keystore(keystore, PASSPHRASE, kdf_level="min")
-    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=PASSPHRASE)
+    keystore, public = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
     await supervisor.start()
     try:
         client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=5)
         signer = await JailSigner.create(client)
-        assert signer.sign_key == SignKey(made.sign_public)
+        assert signer.sign_key.node_id == public["node_id"]
         first_pid = supervisor.pid
         assert first_pid is not None
         (h,) = _hashes(1, b"before")
@@ -278,12 +279,101 @@ async def test_supervisor_restarts_a_killed_jail_transparently(workdir: Path) ->
     assert not supervisor.socket_path.exists()
 
 
+def _holds(obj: object, secret: bytes, depth: int = 0) -> bool:
+    """Whether ``secret`` is reachable from ``obj``'s attributes (bytes, bytearray, containers)."""
+    if isinstance(obj, bytes | bytearray):
+        return secret in bytes(obj)
+    if depth > 3:
+        return False
+    if isinstance(obj, dict):
+        return any(_holds(v, secret, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple | set | frozenset):
+        return any(_holds(v, secret, depth + 1) for v in obj)
+    attrs = getattr(obj, "__dict__", None)
+    return attrs is not None and any(_holds(v, secret, depth + 1) for v in attrs.values())
+
+
+async def test_a_passphrase_jail_is_never_restarted_by_the_node(workdir: Path) -> None:
+    directory = workdir / "pass"
+    directory.mkdir(mode=0o700)
+    keystore = directory / "ks.json"
+    made = create_keystore(keystore, PASSPHRASE, kdf_level="min", test_only=True)
+    given = bytearray(PASSPHRASE)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=given,
+                                extra_args=("--insecure-test-kdf",), reconnect_timeout=1.0)
+    await supervisor.start()
+    client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=5)
+    try:
+        assert (await client.public_keys()).node_id == made.node_id
+        # The jail runs: the node side holds the passphrase nowhere (the caller's copy too).
+        assert given == bytearray(len(PASSPHRASE))
+        assert not _holds(supervisor, PASSPHRASE) and not _holds(client, PASSPHRASE)
+        first_pid = supervisor.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(JailUnavailable, match="service manager"):
+            await client.public_keys()
+        assert supervisor.pid == first_pid  # nothing new was spawned
+        # The service manager restarts it (here: the test, with the passphrase it holds);
+        # the node reconnects on its own.
+        proc = spawn_jail(keystore, supervisor.socket_path,
+                          env=jail_env(OPENRED_JAIL_PASSPHRASE=PASSPHRASE.decode()))
+        try:
+            assert (await client.public_keys()).node_id == made.node_id
+        finally:
+            proc.stop()
+    finally:
+        await client.close()
+        await supervisor.stop()
+
+
+async def test_a_client_without_supervisor_waits_for_the_restarted_jail(workdir: Path) -> None:
+    directory = workdir / "wait"
+    directory.mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    socket_path = directory / "s" / "j.sock"
+    proc = spawn_jail(keystore, socket_path)
+    client = JailClient(socket_path, timeout=5, reconnect_timeout=20)
+    try:
+        assert (await client.public_keys()).node_id == public["node_id"]
+        proc.stop()
+        loop = asyncio.get_running_loop()
+        restart = loop.run_in_executor(None, lambda: (time.sleep(0.5),
+                                                      spawn_jail(keystore, socket_path))[1])
+        assert (await client.public_keys()).node_id == public["node_id"]
+        proc = await restart
+    finally:
+        await client.close()
+        proc.stop()
+
+
+@pytest.mark.parametrize("max_idle", [0.2, 30.0])
+async def test_connections_the_jail_cut_off_for_idling_are_replaced(
+    workdir: Path, max_idle: float
+) -> None:
+    directory = workdir / f"idle{max_idle}"
+    directory.mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    proc = spawn_jail(keystore, directory / "s" / "j.sock", "--idle-timeout", "0.4")
+    client = JailClient(proc.socket_path, timeout=5, reconnect_timeout=0.2, max_idle=max_idle)
+    try:
+        assert (await client.public_keys()).node_id == public["node_id"]
+        await asyncio.sleep(0.8)  # the jail hangs up on the pooled connection
+        # Not retried on a broken connection, so it must not be sent on a dead one.
+        result = await client.call("public_keys", {}, retry=False)
+        assert result["node_id"] == public["node_id"]
+    finally:
+        await client.close()
+        proc.stop()
+
+
 async def test_supervisor_reports_a_wrong_passphrase(workdir: Path) -> None:
     directory = workdir / "wrong"
     directory.mkdir(mode=0o700)
     keystore = directory / "ks.json"
-    create_keystore(keystore, PASSPHRASE, kdf_level="min")
-    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=b"nope")
+    create_keystore(keystore, PASSPHRASE, kdf_level="min", test_only=True)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock", passphrase=b"nope",
+                                extra_args=("--insecure-test-kdf",))
     with pytest.raises(JailUnavailable, match="wrong passphrase"):
         await supervisor.start()
     await supervisor.stop()

@@ -24,7 +24,7 @@ from openred.crypto.httpsig import (
     sign_request,
 )
 from openred.crypto.identity import SignKey
-from openred.errors import RequestSignatureError
+from openred.errors import NonceCacheFull, RequestSignatureError, ServiceBusy
 
 NOW = 1_700_000_000
 URL = "https://dir.example:8443/api/v3/nodes/register"
@@ -495,10 +495,10 @@ def test_nonce_cache_detects_replay_until_the_window_ends() -> None:
 
 
 def test_nonce_cache_is_bounded_and_fails_closed() -> None:
-    cache = NonceCache(window_seconds=60, max_entries=3)
+    cache = NonceCache(window_seconds=60, max_entries=3, max_per_signer=3)
     for i in range(3):
         cache.remember("k", f"n{i}", created=100 + i, now=100 + i)
-    with pytest.raises(RequestSignatureError, match="full"):
+    with pytest.raises(NonceCacheFull, match="full"):
         cache.remember("k", "n3", created=103, now=103)
     assert len(cache) == 3
     # Earlier entries are still remembered: nothing live was evicted to make room.
@@ -511,15 +511,16 @@ def test_nonce_cache_is_bounded_and_fails_closed() -> None:
 
 
 def test_nonce_cache_never_grows_past_its_bound() -> None:
-    cache = NonceCache(window_seconds=5, max_entries=50)
+    cache = NonceCache(window_seconds=5, max_entries=50, max_per_signer=20)
     full = 0
     for t in range(1000):
         for j in range(20):
             try:
-                cache.remember("k", f"{t}-{j}", created=t, now=t)
-            except RequestSignatureError:
+                cache.remember(f"k{j % 3}", f"{t}-{j}", created=t, now=t)
+            except NonceCacheFull:
                 full += 1
         assert len(cache) <= 50
+        assert all(cache.count(f"k{i}") <= 20 for i in range(3))
     assert full > 0
 
 
@@ -529,6 +530,8 @@ def test_nonce_cache_rejects_bad_configuration() -> None:
     with pytest.raises(ValueError):
         NonceCache(max_entries=0)
     with pytest.raises(ValueError):
+        NonceCache(max_per_signer=0)
+    with pytest.raises(ValueError):
         RequestVerifier(lambda k: None, window_seconds=120,
                         nonce_cache=NonceCache(window_seconds=60))
 
@@ -537,4 +540,41 @@ async def test_verifier_uses_the_shared_cache(signer: Signer) -> None:
     cache = NonceCache(window_seconds=60, max_entries=1)
     verifier = RequestVerifier({signer.node_id: signer.public}.get, nonce_cache=cache)
     assert verifier.verify(await signed(signer), NOW) == signer.node_id
-    reject(verifier, await signed(signer), "nonce cache full")
+    with pytest.raises(NonceCacheFull):
+        verifier.verify(await signed(signer), NOW)
+
+
+def test_one_signer_cannot_lock_the_others_out() -> None:
+    cache = NonceCache(window_seconds=60, max_entries=1000, max_per_signer=10)
+    for i in range(10):
+        cache.remember("flooder", f"n{i}", created=100, now=100)
+    with pytest.raises(NonceCacheFull, match="quota"):
+        cache.remember("flooder", "one-more", created=100, now=100)
+    for i in range(10):  # every other signer still gets its own room
+        cache.remember(f"honest{i}", "n0", created=100, now=100)
+    assert cache.count("flooder") == 10 and len(cache) == 20
+    cache.purge(161)  # the flooder's quota frees up as its entries expire
+    assert cache.count("flooder") == 0
+    cache.remember("flooder", "again", created=161, now=161)
+
+
+def test_the_default_quota_is_a_small_share_of_the_cache() -> None:
+    cache = NonceCache()
+    assert cache.max_per_signer == cache.max_entries // 100
+    for i in range(cache.max_per_signer):
+        cache.remember("flooder", f"n{i}", created=100, now=100)
+    with pytest.raises(NonceCacheFull):
+        cache.remember("flooder", "x", created=100, now=100)
+    cache.remember("honest", "n", created=100, now=100)
+
+
+async def test_a_full_cache_is_busy_not_a_bad_signature(signer: Signer) -> None:
+    cache = NonceCache(window_seconds=60, max_entries=1)
+    verifier = RequestVerifier({signer.node_id: signer.public}.get, nonce_cache=cache)
+    verifier.verify(await signed(signer), NOW)
+    try:
+        verifier.verify(await signed(signer), NOW)
+    except Exception as exc:  # what a service's error handler sees
+        assert isinstance(exc, ServiceBusy) and not isinstance(exc, RequestSignatureError)
+    else:
+        raise AssertionError("a full cache must refuse")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,9 +19,13 @@ from openred.crypto.session import (
     MAX_COUNTER,
     MAX_EPOCH,
     MAX_EPOCH_SKIP,
+    RECV_RESERVE,
     WINDOW_BITS,
+    FileSessionLedger,
+    MemorySessionLedger,
     ReplayWindow,
     SessionCipher,
+    SessionLedger,
     derive_epoch_key,
 )
 from openred.errors import CryptoError, DecryptionFailed, InvalidKey, ReplayDetected, UnknownSuite
@@ -251,12 +259,17 @@ def test_bad_construction_is_refused() -> None:
         SessionCipher(SUITE_NAMES[0], K1, K2, send_epoch=1, send_counter=5)
 
 
+def _restore(state: bytes, ledger: SessionLedger, session_id: str = "s1") -> SessionCipher:
+    return SessionCipher.from_state(state, ledger=ledger, session_id=session_id)
+
+
 def test_restored_session_keeps_replay_protection() -> None:
+    ledger = MemorySessionLedger()
     a, b = _pair()
     seen = [a.encrypt(b"m%d" % i) for i in range(10)]
     for message in seen[:8]:
         b.decrypt(*message)
-    restored = SessionCipher.from_state(b.to_state())
+    restored = _restore(b.to_state(), ledger)
     for message in seen[:8]:
         with pytest.raises(ReplayDetected):
             restored.decrypt(*message)
@@ -268,23 +281,147 @@ def test_restored_session_keeps_replay_protection() -> None:
 
 
 def test_restored_session_never_reuses_a_send_nonce() -> None:
+    ledger = MemorySessionLedger()
     a, b = _pair()
     state = a.to_state()
     used = {a.encrypt(b"after the save")[0] for _ in range(3)}  # then the node crashes
-    restored = SessionCipher.from_state(state)
+    restored = _restore(state, ledger)
     counter, ct = restored.encrypt(b"after restart")
     assert counter not in used and restored.send_epoch == a.send_epoch + 1
     assert b.decrypt(counter, ct) == b"after restart"
 
 
+def _xor(x: bytes, y: bytes) -> bytes:
+    return bytes(i ^ j for i, j in zip(x, y, strict=False))
+
+
+@pytest.mark.parametrize("suite", SUITE_NAMES)
+def test_restoring_one_saved_state_twice_never_encrypts_twice_under_one_key_and_nonce(
+    suite: str,
+) -> None:
+    # Both AEADs are counter-mode: one (key, nonce) used twice shows as c1 ^ c2 == p1 ^ p2.
+    ledger = MemorySessionLedger()
+    a, b = _pair(suite)
+    state = a.to_state()
+    p1, p2 = b"attack at dawn!!", b"retreat at dusk!"
+    first = _restore(state, ledger)  # a crash, then the same saved state again
+    second = _restore(state, ledger)
+    (n1, c1), (n2, c2) = first.encrypt(p1), second.encrypt(p2)
+    assert first.send_epoch != second.send_epoch
+    assert _xor(c1[: len(p1)], c2[: len(p2)]) != _xor(p1, p2)
+    assert b.decrypt(n1, c1) == p1 and b.decrypt(n2, c2) == p2  # and both still arrive
+    # A copy that rotates (or runs out of counters) asks the ledger too: no epoch twice.
+    epochs = {first.send_epoch, second.send_epoch, first.rotate(), second.rotate()}
+    assert len(epochs) == 4
+
+
+@pytest.mark.parametrize("suite", [SUITE_NAMES[0], SUITE_NAMES[1]])
+def test_a_restored_receiver_never_accepts_a_message_again(suite: str) -> None:
+    ledger = MemorySessionLedger()
+    a, _ = _pair(suite)
+    b = SessionCipher.from_split(suite, initiator=False, initiator_to_responder=K1,
+                                 responder_to_initiator=K2, ledger=ledger, session_id="s1")
+    state = b.to_state()  # saved before any message
+    accepted = [a.encrypt(b"m%d" % i) for i in range(5)]
+    for message in accepted:
+        b.decrypt(*message)  # accepted after the save; then the node crashes
+    restored = _restore(state, ledger)
+    for message in accepted:
+        with pytest.raises(ReplayDetected):
+            restored.decrypt(*message)
+    # Messages past the durable mark get through; the ones in between are lost, never doubled.
+    assert ledger.recv_mark("s1") == 0 + RECV_RESERVE  # raised once, at the first message
+    for _ in range(RECV_RESERVE - 4):  # counters 5..RECV_RESERVE
+        counter, ct = a.encrypt(b"gap")
+        with pytest.raises(ReplayDetected):
+            restored.decrypt(counter, ct)
+    assert restored.decrypt(*a.encrypt(b"after")) == b"after"
+
+
+def test_the_receive_mark_is_written_once_per_reserve() -> None:
+    class Counting(MemorySessionLedger):
+        writes = 0
+
+        def raise_recv_mark(self, session_id: str, mark: int) -> None:
+            Counting.writes += 1
+            super().raise_recv_mark(session_id, mark)
+
+    ledger = Counting()
+    a, _ = _pair()
+    b = SessionCipher.from_split(SUITE_NAMES[0], initiator=False, initiator_to_responder=K1,
+                                 responder_to_initiator=K2, ledger=ledger, session_id="s")
+    for _ in range(10 * RECV_RESERVE):
+        b.decrypt(*a.encrypt(b"x"))
+    assert Counting.writes == 10
+    forged = a.encrypt(b"y")
+    with pytest.raises(DecryptionFailed):  # unauthenticated counters never move the mark
+        b.decrypt(forged[0] + 5000, forged[1])
+    assert Counting.writes == 10
+
+
+def test_the_receive_reserve_trades_writes_for_what_a_crash_loses() -> None:
+    ledger = MemorySessionLedger()
+    a, _ = _pair()
+    b = SessionCipher.from_split(SUITE_NAMES[0], initiator=False, initiator_to_responder=K1,
+                                 responder_to_initiator=K2, ledger=ledger, session_id="s",
+                                 recv_reserve=1000)
+    state = b.to_state()
+    for _ in range(10):
+        b.decrypt(*a.encrypt(b"x"))
+    assert ledger.recv_mark("s") == 1000
+    restored = SessionCipher.from_state(state, ledger=ledger, session_id="s", recv_reserve=1000)
+    assert not restored.window.accepts(1000) and restored.window.accepts(1001)
+    with pytest.raises(CryptoError):
+        SessionCipher(SUITE_NAMES[0], K1, K2, recv_reserve=0)
+
+
+def test_the_file_ledger_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = FileSessionLedger(path)
+    assert ledger.reserve_send_epoch("s", 3) == 3
+    ledger.raise_recv_mark("s", 70)
+    again = FileSessionLedger(path)  # what a restarted node reads
+    assert again.reserve_send_epoch("s", 3) == 4
+    assert again.recv_mark("s") == 70 and again.recv_mark("other") == -1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ledger.json.lock", "ledger.json"]
+    path.write_text('{"send": {"s": "x"}, "recv": {}}')
+    with pytest.raises(CryptoError, match="malformed"):
+        FileSessionLedger(path)
+
+
+RACE = """
+import sys
+from pathlib import Path
+from openred.crypto.session import FileSessionLedger
+ledger = FileSessionLedger(Path(sys.argv[1]))
+print(" ".join(str(ledger.reserve_send_epoch("s", 1)) for _ in range(25)))
+"""
+
+
+def test_processes_sharing_a_file_ledger_never_get_the_same_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(path)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    epochs = [int(e) for proc in procs for e in proc.communicate(timeout=60)[0].split()]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert sorted(epochs) == list(range(1, 101))  # 100 reservations, 100 distinct epochs
+
+
+def test_a_ledger_needs_a_session_id() -> None:
+    with pytest.raises(CryptoError):
+        SessionCipher(SUITE_NAMES[0], K1, K2, ledger=MemorySessionLedger())
+
+
 def test_restored_session_keeps_epochs_and_suite() -> None:
+    ledger = MemorySessionLedger()
     a, b = _pair(SUITE_NAMES[3])
     a.rotate(3)
     b.decrypt(*a.encrypt(b"x"))
-    restored_b = SessionCipher.from_state(b.to_state())
+    restored_b = _restore(b.to_state(), ledger, "b")
     assert restored_b.suite == SUITE_NAMES[3] and restored_b.recv_epoch == 3
     assert restored_b.decrypt(*a.encrypt(b"y")) == b"y"
-    restored_a = SessionCipher.from_state(a.to_state())
+    restored_a = _restore(a.to_state(), ledger, "a")
     assert restored_b.decrypt(*restored_a.encrypt(b"z")) == b"z"
 
 
@@ -303,7 +440,7 @@ def test_malformed_state_is_refused(mangle: Callable[[bytes], bytes]) -> None:
     _, b = _pair()
     state = b.to_state()
     with pytest.raises(CryptoError):
-        SessionCipher.from_state(mangle(state))
+        _restore(mangle(state), MemorySessionLedger())
 
 
 # --- the window on its own --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from crypto_jail.errors import KeystoreError
 from crypto_jail.keystore import (
+    MIN_PASSPHRASE,
     Keystore,
     create_keystore,
     decode_keystore,
@@ -21,6 +22,7 @@ from crypto_jail.keystore import (
 )
 from tests.crypto_jail.test_server import (
     RawClient,
+    dev_keystore,
     jail_env,
     run_jail_cli,
     short_dir,
@@ -42,9 +44,9 @@ def workdir() -> Iterator[Path]:
 
 def test_encrypted_roundtrip_and_file_mode(workdir: Path) -> None:
     path = workdir / "ks.json"
-    made = create_keystore(path, PASSPHRASE, kdf_level="min")
+    made = create_keystore(path, PASSPHRASE, kdf_level="min", test_only=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    opened = load_keystore(path, PASSPHRASE)
+    opened = load_keystore(path, PASSPHRASE, allow_test_only=True)
     assert opened.public_info() == made.public_info()
     assert opened.wrap_key == made.wrap_key
     assert not opened.insecure
@@ -71,16 +73,16 @@ def test_repr_shows_no_secret() -> None:
 
 def test_wrong_passphrase(workdir: Path) -> None:
     path = workdir / "ks.json"
-    create_keystore(path, PASSPHRASE, kdf_level="min")
+    create_keystore(path, PASSPHRASE, kdf_level="min", test_only=True)
     with pytest.raises(KeystoreError, match="wrong passphrase"):
-        load_keystore(path, b"wrong")
+        load_keystore(path, b"wrong", allow_test_only=True)
     with pytest.raises(KeystoreError, match="passphrase is needed"):
-        load_keystore(path, None)
+        load_keystore(path, None, allow_test_only=True)
 
 
 def _doc(workdir: Path) -> dict[str, object]:
     path = workdir / "ks.json"
-    create_keystore(path, PASSPHRASE, kdf_level="min")
+    create_keystore(path, PASSPHRASE, kdf_level="min", test_only=True)
     doc: dict[str, object] = json.loads(path.read_text())
     return doc
 
@@ -125,13 +127,13 @@ def test_tampered_keystore_is_refused(workdir: Path, tamper: object, message: st
     doc = _doc(workdir)
     tamper(doc)  # type: ignore[operator]
     with pytest.raises(KeystoreError, match=message):
-        decode_keystore(json.dumps(doc).encode(), PASSPHRASE)
+        decode_keystore(json.dumps(doc).encode(), PASSPHRASE, allow_test_only=True)
 
 
 @pytest.mark.parametrize("data", [b"", b"{", b"[]", b"\xff", b"null"])
 def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(KeystoreError):
-        decode_keystore(data, PASSPHRASE)
+        decode_keystore(data, PASSPHRASE, allow_test_only=True)
 
 
 def test_insecure_roundtrip_and_tampering() -> None:
@@ -150,7 +152,7 @@ def test_refuses_to_overwrite(workdir: Path) -> None:
     first = create_keystore(path, None)
     with pytest.raises(KeystoreError, match="refusing to overwrite"):
         create_keystore(path, None)
-    assert load_keystore(path, None).public_info() == first.public_info()
+    assert load_keystore(path, None, allow_test_only=True).public_info() == first.public_info()
 
 
 def test_missing_keystore(workdir: Path) -> None:
@@ -196,7 +198,7 @@ def test_init_prints_public_keys_only(workdir: Path) -> None:
 
 def test_wrong_passphrase_is_a_clear_error_without_traceback(workdir: Path) -> None:
     keystore = workdir / "ks.json"
-    create_keystore(keystore, PASSPHRASE, kdf_level="min")
+    create_keystore(keystore, PASSPHRASE, kdf_level="min", test_only=True)
     wrong = workdir / "wrong"
     wrong.write_bytes(b"not it\n")
     result = run_jail_cli("serve", "--keystore", str(keystore), "--passphrase-file", str(wrong),
@@ -243,3 +245,118 @@ def test_there_is_no_passphrase_argument(workdir: Path) -> None:
     result = run_jail_cli("init", "--keystore", str(workdir / "ks.json"), "--passphrase", "x")
     assert result.returncode == 2
     assert not (workdir / "ks.json").exists()
+
+
+# --- keystore policy -------------------------------------------------------------------------
+
+
+def test_a_clear_keystore_is_refused_when_a_passphrase_is_given(workdir: Path) -> None:
+    keystore, _ = dev_keystore(workdir)
+    with pytest.raises(KeystoreError, match="NOT encrypted"):
+        load_keystore(keystore, PASSPHRASE)
+    given = workdir / "pass"
+    given.write_bytes(PASSPHRASE)
+    result = run_jail_cli("serve", "--keystore", str(keystore), "--passphrase-file", str(given),
+                          "--socket", str(workdir / "s" / "j.sock"))
+    assert result.returncode == 1 and "NOT encrypted" in result.stderr
+    assert not (workdir / "s" / "j.sock").exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o666, 0o610])
+def test_a_clear_keystore_looser_than_0600_is_refused(workdir: Path, mode: int) -> None:
+    keystore, _ = dev_keystore(workdir)
+    keystore.chmod(mode)
+    with pytest.raises(KeystoreError, match="0600"):
+        load_keystore(keystore, None)
+    result = run_jail_cli("serve", "--keystore", str(keystore),
+                          "--socket", str(workdir / "s" / "j.sock"))
+    assert result.returncode == 1 and "must be 0600" in result.stderr
+    keystore.chmod(0o600)
+    assert load_keystore(keystore, None).insecure
+    keystore.chmod(0o400)
+    assert load_keystore(keystore, None).insecure  # stricter is fine
+
+
+def test_the_test_kdf_needs_an_explicit_flag_and_marks_the_keystore(workdir: Path) -> None:
+    path = workdir / "ks.json"
+    with pytest.raises(KeystoreError, match="test keystores only"):
+        create_keystore(path, PASSPHRASE, kdf_level="min")
+    assert not path.exists()
+    create_keystore(path, PASSPHRASE, kdf_level="min", test_only=True)
+    assert json.loads(path.read_text())["test_only"] is True
+    with pytest.raises(KeystoreError, match="test-only"):
+        load_keystore(path, PASSPHRASE)
+    assert load_keystore(path, PASSPHRASE, allow_test_only=True).node_id
+
+
+def test_weak_kdf_parameters_are_test_only_even_without_the_mark(workdir: Path) -> None:
+    # Dropping the mark from the file does not make a weak keystore a real one.
+    path = workdir / "ks.json"
+    create_keystore(path, PASSPHRASE, kdf_level="min", test_only=True)
+    doc = json.loads(path.read_text())
+    del doc["test_only"]
+    with pytest.raises(KeystoreError, match="test-only"):
+        decode_keystore(json.dumps(doc).encode(), PASSPHRASE)
+
+
+def test_the_command_line_refuses_the_test_kdf_without_the_flag(workdir: Path) -> None:
+    passphrase = workdir / "pass"
+    passphrase.write_bytes(PASSPHRASE)
+    keystore = workdir / "ks.json"
+    refused = run_jail_cli("init", "--keystore", str(keystore), "--passphrase-file",
+                           str(passphrase), "--kdf", "min", test_kdf=False)
+    assert refused.returncode == 1 and "--insecure-test-kdf" in refused.stderr
+    assert not keystore.exists()
+    made = run_jail_cli("init", "--keystore", str(keystore), "--passphrase-file",
+                        str(passphrase), "--kdf", "min")  # the helper adds the flag
+    assert made.returncode == 0, made.stderr
+    serve = run_jail_cli("serve", "--keystore", str(keystore), "--passphrase-file",
+                         str(passphrase), "--socket", str(workdir / "s" / "j.sock"),
+                         test_kdf=False)
+    assert serve.returncode == 1 and "test-only" in serve.stderr
+    # Test suites that start jails through other programs say so in the environment instead.
+    proc = spawn_jail(keystore, workdir / "s" / "e.sock", "--passphrase-file", str(passphrase),
+                      test_kdf=False, env=jail_env(OPENRED_JAIL_INSECURE_TEST_KDF="1"))
+    proc.stop()
+    for value in ("0", "yes", ""):
+        refused = run_jail_cli("serve", "--keystore", str(keystore), "--passphrase-file",
+                               str(passphrase), "--socket", str(workdir / "s" / "j.sock"),
+                               test_kdf=False, env=jail_env(OPENRED_JAIL_INSECURE_TEST_KDF=value))
+        assert refused.returncode == 1, value
+
+
+@pytest.mark.parametrize("length", [0, 1, MIN_PASSPHRASE - 1])
+def test_short_passphrases_are_refused(workdir: Path, length: int) -> None:
+    path = workdir / "ks.json"
+    with pytest.raises(KeystoreError, match="passphrase is"):
+        create_keystore(path, b"p" * length, kdf_level="min", test_only=True)
+    assert not path.exists()
+    passphrase = workdir / "pass"
+    passphrase.write_bytes(b"p" * length)
+    result = run_jail_cli("init", "--keystore", str(path), "--passphrase-file", str(passphrase))
+    assert result.returncode == 1 and not path.exists()
+    create_keystore(path, b"p" * MIN_PASSPHRASE, kdf_level="min", test_only=True)
+
+
+def test_the_passphrase_can_come_from_a_systemd_credential(workdir: Path) -> None:
+    keystore = workdir / "ks.json"
+    made = create_keystore(keystore, PASSPHRASE, kdf_level="min", test_only=True)
+    credentials = workdir / "creds"
+    credentials.mkdir(mode=0o700)
+    (credentials / "openred-jail-passphrase").write_bytes(PASSPHRASE + b"\n")
+    proc = spawn_jail(keystore, workdir / "s" / "c.sock", "--passphrase-credential",
+                      "openred-jail-passphrase",
+                      env=jail_env(CREDENTIALS_DIRECTORY=str(credentials)))
+    try:
+        client = RawClient(proc.socket_path)
+        assert client.result("public_keys")["node_id"] == made.node_id
+        client.close()
+    finally:
+        proc.stop()
+    missing = run_jail_cli("serve", "--keystore", str(keystore), "--socket",
+                           str(workdir / "s" / "c.sock"), "--passphrase-credential", "x")
+    assert missing.returncode == 1 and "CREDENTIALS_DIRECTORY" in missing.stderr
+    escape = run_jail_cli("serve", "--keystore", str(keystore), "--socket",
+                          str(workdir / "s" / "c.sock"), "--passphrase-credential", "../pass",
+                          env=jail_env(CREDENTIALS_DIRECTORY=str(credentials)))
+    assert escape.returncode == 1 and "plain file name" in escape.stderr

@@ -6,10 +6,12 @@ import base64
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import nacl.bindings
 import nacl.public
 import nacl.signing
 import pytest
@@ -17,7 +19,7 @@ import pytest
 from crypto_jail import noise, tokens
 from crypto_jail.errors import OpRefused
 from crypto_jail.keystore import Keystore
-from crypto_jail.ops import OPS, SPLIT_THRESHOLD, JailState, dispatch
+from crypto_jail.ops import OPS, SPLIT_THRESHOLD, JailState, TimePolicy, dispatch
 from crypto_jail.protocol import MAX_BATCH, b64d, b64e
 
 SUITE = "25519_ChaChaPoly_SHA256"
@@ -29,6 +31,13 @@ DESIGN_SUITES = [
 ]
 ROOT = base64.b64encode(hashlib.sha256(b"root").digest()).decode()
 CHECKPOINT = f"openred/{'a' * 32}\n42\n{ROOT}\n".encode()
+WALL = 1_700_000_000
+"""The jail's wall clock in these tests: HTTP_BASE and canonical_grant are made at this time."""
+
+
+def checkpoint_for(node_id: str, size: int = 42) -> bytes:
+    """A checkpoint body for the log of ``node_id`` (the only origin its jail signs)."""
+    return f"openred/{node_id}\n{size}\n{ROOT}\n".encode()
 HTTP_BASE = (
     '"@method": POST\n'
     '"@target-uri": https://dir.example/api/v3/nodes/register\n'
@@ -121,12 +130,12 @@ def clock() -> Clock:
 
 @pytest.fixture
 def alice(clock: Clock) -> JailState:
-    return JailState(Keystore.generate(), clock=clock)
+    return JailState(Keystore.generate(), clock=clock, wall_clock=lambda: WALL)
 
 
 @pytest.fixture
 def bob() -> JailState:
-    return JailState(Keystore.generate())
+    return JailState(Keystore.generate(), wall_clock=lambda: WALL)
 
 
 def refused(state: JailState, op: str, args: dict[str, Any]) -> OpRefused:
@@ -180,6 +189,8 @@ def test_the_whitelist_is_exactly_the_designed_operations() -> None:
     ],
 )
 def test_sign_each_signable_kind(alice: JailState, kind: str, data: bytes) -> None:
+    if kind == "checkpoint":
+        data = checkpoint_for(alice.public["node_id"])
     result = dispatch(alice, "sign", {"kind": kind, "data": b64e(data)})
     verify(alice, result["signature"], data)
 
@@ -242,9 +253,118 @@ def test_sign_batch_refusals(alice: JailState, kind: str, data: bytes, code: str
 
 
 def test_sign_checkpoint(alice: JailState) -> None:
-    result = dispatch(alice, "sign_checkpoint", {"body": b64e(CHECKPOINT)})
-    verify(alice, result["signature"], CHECKPOINT)
+    own = checkpoint_for(alice.public["node_id"])
+    result = dispatch(alice, "sign_checkpoint", {"body": b64e(own)})
+    verify(alice, result["signature"], own)
     assert refused(alice, "sign_checkpoint", {"body": b64e(bytes(32))}).code == "refused"
+
+
+# --- the jail keeps time itself -------------------------------------------------------------
+
+
+def _base_created(created: int, uri: str = "https://dir.example/api/v3/nodes/register") -> bytes:
+    return HTTP_BASE.replace(b"created=1700000000", b"created=%d" % created).replace(
+        b"https://dir.example/api/v3/nodes/register", uri.encode()
+    )
+
+
+def _grant(issued_at: int, lifetime: int = 300) -> bytes:
+    grant = json.loads(canonical_grant("a" * 32, "b" * 32, issued_at=issued_at))
+    grant["expires_at"] = issued_at + lifetime
+    return json.dumps(grant, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("offset", [-60, -1, 0, 1, 60])
+def test_http_bases_created_inside_the_window_are_signed(alice: JailState, offset: int) -> None:
+    data = _base_created(WALL + offset)
+    verify(alice, dispatch(alice, "sign", {"kind": "http_signature_base",
+                                           "data": b64e(data)})["signature"], data)
+
+
+@pytest.mark.parametrize("offset", [-61, 61, -3600, 86400 * 365, -WALL])
+def test_http_bases_created_off_the_jails_clock_are_refused(
+    alice: JailState, offset: int
+) -> None:
+    args = {"kind": "http_signature_base", "data": b64e(_base_created(WALL + offset))}
+    error = refused(alice, "sign", args)
+    assert error.code == "refused" and "time window" in error.detail
+
+
+def test_a_created_inside_the_target_uri_does_not_fool_the_clock(alice: JailState) -> None:
+    sneaky = _base_created(WALL + 7200, f"https://x.example/p;created={WALL};q")
+    args = {"kind": "http_signature_base", "data": b64e(sneaky)}
+    assert refused(alice, "sign", args).code == "refused"
+
+
+def test_the_http_window_is_configurable() -> None:
+    state = JailState(Keystore.generate(), wall_clock=lambda: WALL,
+                      time_policy=TimePolicy(http_window=5))
+    args = {"kind": "http_signature_base", "data": b64e(_base_created(WALL + 6))}
+    assert refused(state, "sign", args).code == "refused"
+    dispatch(state, "sign", {"kind": "http_signature_base", "data": b64e(_base_created(WALL + 5))})
+
+
+@pytest.mark.parametrize(("issued", "lifetime"), [(0, 300), (-300, 300), (300, 86400), (0, 1)])
+def test_grants_inside_the_bounds_are_signed(alice: JailState, issued: int, lifetime: int) -> None:
+    data = _grant(WALL + issued, lifetime)
+    verify(alice, dispatch(alice, "sign", {"kind": "grant", "data": b64e(data)})["signature"],
+           data)
+
+
+@pytest.mark.parametrize(
+    ("issued", "lifetime", "why"),
+    [
+        (-301, 300, "issued_at"),  # minted long ago: pre-signed for later use
+        (301, 300, "issued_at"),  # dated in the future
+        (0, 86401, "lifetime"),
+        (0, 10 * 365 * 86400, "lifetime"),
+    ],
+)
+def test_grants_outside_the_bounds_are_refused(
+    alice: JailState, issued: int, lifetime: int, why: str
+) -> None:
+    error = refused(alice, "sign", {"kind": "grant", "data": b64e(_grant(WALL + issued, lifetime))})
+    assert error.code == "refused" and why in error.detail
+
+
+def test_grant_bounds_are_configurable() -> None:
+    state = JailState(Keystore.generate(), wall_clock=lambda: WALL,
+                      time_policy=TimePolicy(grant_skew=10, grant_max_lifetime=600))
+    assert refused(state, "sign", {"kind": "grant", "data": b64e(_grant(WALL + 11))}).code
+    assert refused(state, "sign", {"kind": "grant", "data": b64e(_grant(WALL, 601))}).code
+    dispatch(state, "sign", {"kind": "grant", "data": b64e(_grant(WALL + 10, 600))})
+    with pytest.raises(ValueError):
+        TimePolicy(http_window=0)
+
+
+@pytest.mark.parametrize("op", ["sign", "sign_checkpoint"])
+def test_only_the_jails_own_checkpoints_are_signed(alice: JailState, bob: JailState,
+                                                   op: str) -> None:
+    for body in (checkpoint_for(bob.public["node_id"]), CHECKPOINT,
+                 f"directory\n1\n{ROOT}\n".encode()):
+        args = ({"kind": "checkpoint", "data": b64e(body)} if op == "sign"
+                else {"body": b64e(body)})
+        error = refused(alice, op, args)
+        assert error.code == "refused" and "origin" in error.detail
+    own = checkpoint_for(alice.public["node_id"])
+    args = {"kind": "checkpoint", "data": b64e(own)} if op == "sign" else {"body": b64e(own)}
+    verify(alice, dispatch(alice, op, args)["signature"], own)
+
+
+def test_the_operator_may_name_more_checkpoint_origins(bob: JailState) -> None:
+    rotated = f"openred/{bob.public['node_id']}"  # a log whose first key was bob's
+    state = JailState(Keystore.generate(), extra_origins=frozenset({rotated}))
+    body = checkpoint_for(bob.public["node_id"])
+    verify(state, dispatch(state, "sign_checkpoint", {"body": b64e(body)})["signature"], body)
+    assert refused(state, "sign_checkpoint", {"body": b64e(CHECKPOINT)}).code == "refused"
+
+
+def test_the_default_clock_is_the_real_one() -> None:
+    state = JailState(Keystore.generate())
+    now = int(time.time())
+    dispatch(state, "sign", {"kind": "http_signature_base", "data": b64e(_base_created(now))})
+    old = {"kind": "http_signature_base", "data": b64e(_base_created(now - 3600))}
+    assert refused(state, "sign", old).code == "refused"
 
 
 # --- sealed tokens ---------------------------------------------------------------------------
@@ -484,3 +604,34 @@ def test_unwrap_refuses_wrong_label_key_or_tampering(alice: JailState, bob: Jail
 @pytest.mark.parametrize("label", ["", "x" * 257, 7])
 def test_wrap_labels_are_checked(alice: JailState, label: object) -> None:
     assert refused(alice, "wrap", {"label": label, "plaintext": ""}).code == "bad_request"
+
+
+def test_no_operation_ever_answers_with_a_private_key_or_the_wrap_key(
+    alice: JailState, bob: JailState
+) -> None:
+    m = mint(alice.public, bob.public)
+    first, second, done = _handshake(alice, bob, m)
+    wrapped = dispatch(alice, "wrap", {"label": "l", "plaintext": b64e(b"state")})
+    answers = {
+        "public_keys": dispatch(alice, "public_keys", {}),
+        "sign": dispatch(alice, "sign", {"kind": "entry_hash", "data": b64e(bytes(32))}),
+        "sign_batch": dispatch(alice, "sign_batch", {"kind": "entry_hash",
+                                                     "data": b64e(bytes(32 * 3))}),
+        "sign_checkpoint": dispatch(alice, "sign_checkpoint", {
+            "body": b64e(checkpoint_for(alice.public["node_id"]))}),
+        "open_sealed": dispatch(alice, "open_sealed", {"sealed": b64e(m.sealed_a)}),
+        "noise_initiate": first, "noise_respond": second, "noise_finish": done,
+        "wrap": wrapped,
+        "unwrap": dispatch(alice, "unwrap", {"label": "l", "wrapped": wrapped["wrapped"]}),
+    }
+    assert set(answers) == set(OPS)  # every operation is covered
+    secrets = [m.token_a, m.token_b]
+    for state in (alice, bob):
+        _, sign_sk = nacl.bindings.crypto_sign_seed_keypair(bytes(state.keystore.signing_key))
+        secrets += [bytes(state.keystore.signing_key), sign_sk,
+                    bytes(state.keystore.box_private), state.keystore.wrap_key]
+    for op, answer in answers.items():
+        text = json.dumps(answer)
+        for secret in secrets:
+            for chunk in (secret, secret[:16], secret[16:32]):  # whole or in part
+                assert b64e(chunk)[:20] not in text, op

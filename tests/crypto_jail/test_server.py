@@ -49,10 +49,18 @@ def jail_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _test_kdf(args: tuple[str, ...], test_kdf: bool) -> list[str]:
+    """``args`` with ``--insecure-test-kdf`` after the command: tests use the "min" KDF."""
+    if not test_kdf or not args or args[0] not in {"init", "serve"}:
+        return list(args)
+    return [args[0], "--insecure-test-kdf", *args[1:]]
+
+
 def run_jail_cli(*args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+                 timeout: float = 60, test_kdf: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-I", "-m", "crypto_jail", *args], capture_output=True, text=True,
+        [PYTHON, "-I", "-m", "crypto_jail", *_test_kdf(args, test_kdf)],
+        capture_output=True, text=True,
         env=env or jail_env(), timeout=timeout, check=False, stdin=subprocess.DEVNULL,
     )
 
@@ -87,14 +95,15 @@ class JailProc:
 
 def spawn_jail(
     keystore: Path, socket_path: Path, *args: str, env: dict[str, str] | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, test_kdf: bool = True,
 ) -> JailProc:
     """Start ``python -I -m crypto_jail serve`` and wait for its READY line."""
     stderr_path = socket_path.parent.parent / f"stderr-{socket_path.name}-{time.monotonic_ns()}"
     with stderr_path.open("wb") as stderr:
         popen = subprocess.Popen(
-            [PYTHON, "-I", "-m", "crypto_jail", "serve", "--keystore", str(keystore),
-             "--socket", str(socket_path), *args],
+            [PYTHON, "-I", "-m", "crypto_jail",
+             *_test_kdf(("serve", "--keystore", str(keystore), "--socket", str(socket_path),
+                         *args), test_kdf)],
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
             env=env or jail_env(),
         )
@@ -503,3 +512,142 @@ def test_peers_with_another_uid_are_closed(
         workdir.chmod(0o700)
         with contextlib.suppress(OSError):
             proc.stop()
+
+
+# --- idle and stalled clients cannot lock others out -----------------------------------------
+
+
+def test_idle_clients_are_cut_off_and_cannot_lock_others_out(workdir: Path) -> None:
+    directory = workdir / "idle"
+    directory.mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    proc = spawn_jail(keystore, directory / "s" / "j.sock", "--idle-timeout", "1")
+    hogs: list[RawClient] = []
+    try:
+        for _ in range(128):  # every slot the jail has, held by clients that say nothing
+            hogs.append(RawClient(proc.socket_path))
+        started = time.monotonic()
+        for hog in hogs:  # all cut off between frames, without an answer
+            assert hog.recv() is None
+        assert time.monotonic() - started < 5
+        newcomer = RawClient(proc.socket_path)
+        assert newcomer.result("public_keys") == public
+        newcomer.close()
+        # A client that keeps talking is never cut off for being idle.
+        busy = RawClient(proc.socket_path)
+        for _ in range(4):
+            assert busy.result("public_keys") == public
+            time.sleep(0.4)
+        busy.close()
+    finally:
+        for hog in hogs:
+            hog.close()
+        proc.stop()
+
+
+def test_a_client_that_stops_reading_is_dropped_while_others_are_served(
+    jail: tuple[JailProc, dict[str, str]], good: RawClient
+) -> None:
+    stalled = RawClient(jail[0].socket_path)
+    request = json.dumps({"id": 1, "op": "sign_batch", "args": {
+        "kind": "entry_hash", "data": b64e(bytes(32 * 20000))}}).encode()
+    frame = struct.pack(">I", len(request)) + request
+    stalled.sock.setblocking(False)
+    sent = 0
+    # Until its buffers are full, or the jail has already hung up on it.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+        for _ in range(50):  # answers of 1.7 MB each that it never reads
+            sent += stalled.sock.send(frame)
+    assert_still_served(good, jail[1])
+    time.sleep(1.5)  # frame timeout 0.5 s: its unread answer drops it
+    assert_still_served(good, jail[1])
+    stalled.close()
+    assert jail[0].popen.poll() is None
+
+
+def test_the_real_jail_refuses_a_stale_http_signature_base(
+    jail: tuple[JailProc, dict[str, str]], good: RawClient
+) -> None:
+    from tests.crypto_jail.test_ops import HTTP_BASE  # created=1700000000
+
+    stale = good.call("sign", {"kind": "http_signature_base", "data": b64e(HTTP_BASE)})
+    assert stale["ok"] is False and stale["error"]["code"] == "refused"
+    fresh = HTTP_BASE.replace(b"created=1700000000", b"created=%d" % int(time.time()))
+    assert good.result("sign", {"kind": "http_signature_base", "data": b64e(fresh)})
+
+
+def test_the_time_bounds_are_set_on_the_command_line(workdir: Path) -> None:
+    from tests.crypto_jail.test_ops import HTTP_BASE, canonical_grant
+
+    directory = workdir / "bounds"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    age = int(time.time()) - 1_700_000_000 + 3600
+    proc = spawn_jail(keystore, directory / "s" / "j.sock", "--http-window", str(age),
+                      "--grant-skew", str(age), "--grant-max-lifetime", "299")
+    try:
+        client = RawClient(proc.socket_path)
+        assert client.result("sign", {"kind": "http_signature_base", "data": b64e(HTTP_BASE)})
+        grant = canonical_grant("a" * 32, "b" * 32)  # issued 1700000000, lives 300 s
+        answer = client.call("sign", {"kind": "grant", "data": b64e(grant)})
+        assert answer["ok"] is False and "lifetime" in answer["error"]["detail"]
+        client.close()
+    finally:
+        proc.stop()
+    bad = run_jail_cli("serve", "--keystore", str(keystore), "--socket",
+                       str(directory / "s" / "j.sock"), "--grant-skew", "0")
+    assert bad.returncode == 1 and "positive" in bad.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+def test_a_socket_group_lets_another_user_of_that_group_in(workdir: Path) -> None:
+    """The systemd layout: RuntimeDirectory 0750 owned by the jail user and the node's group."""
+    directory = workdir / "group"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    socket_dir = directory / "run"
+    socket_dir.mkdir(mode=0o750)
+    os.chown(socket_dir, -1, NOBODY)  # nogroup
+    proc = spawn_jail(keystore, socket_dir / "j.sock", "--socket-group", "nogroup",
+                      "--allow-user", "nobody")
+    try:
+        info = proc.socket_path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == NOBODY
+        for opened in (workdir, directory):
+            opened.chmod(0o711)  # test only: let nobody walk down to the socket directory
+        assert _connect_as(NOBODY, proc.socket_path) == "answered"
+    finally:
+        workdir.chmod(0o700)
+        directory.chmod(0o700)
+        proc.stop()
+    socket_dir.chmod(0o755)  # others may enter: refused even with a socket group
+    result = run_jail_cli("serve", "--keystore", str(keystore), "--socket",
+                          str(socket_dir / "j.sock"), "--socket-group", "nogroup")
+    assert result.returncode == 1 and "0710 or 0750" in result.stderr
+
+
+def test_a_newcomer_takes_the_slot_of_the_client_idle_longest(workdir: Path) -> None:
+    directory = workdir / "evict"
+    directory.mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    proc = spawn_jail(keystore, directory / "s" / "j.sock")  # the default 60 s idle timeout
+    hogs: list[RawClient] = []
+    try:
+        for _ in range(128):
+            hogs.append(RawClient(proc.socket_path))
+        time.sleep(1.5)  # every hog now idles longer than the eviction threshold
+        assert hogs[1].result("public_keys") == public  # but hogs[1] just talked
+        newcomer = RawClient(proc.socket_path)
+        assert newcomer.result("public_keys") == public  # admitted at once, not after 60 s
+        # One idle hog lost its slot (hung up: readable at EOF); never hogs[1], which talked.
+        readable, _, _ = select.select([h.sock for h in hogs], [], [], 3)
+        assert len(readable) == 1 and readable[0] is not hogs[1].sock
+        victim = next(h for h in hogs if h.sock is readable[0])
+        assert victim.recv() is None
+        assert hogs[1].result("public_keys") == public
+        newcomer.close()
+        assert "idle longest" in proc.stderr()
+    finally:
+        for hog in hogs:
+            hog.close()
+        proc.stop()

@@ -10,6 +10,7 @@ from typing import Any
 from openred.crypto.identity import b64url
 from openred.node import events as ev
 from openred.store.events import NewEvent
+from openred.store.sqlite import SQLiteEventStore
 
 
 def fake_id(i: int, kind: str = "peer") -> str:
@@ -70,3 +71,10 @@ def table_dump(
     return {
         t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in tables
     }
+
+
+async def store_tables(
+    store: SQLiteEventStore, tables: Sequence[str]
+) -> dict[str, list[tuple[object, ...]]]:
+    """:func:`table_dump` through the store's read side (its read-only connections)."""
+    return {t: await store.query(f"SELECT * FROM {t} ORDER BY 1") for t in tables}

@@ -31,7 +31,7 @@ from openred.store.migrate import upgrade
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
 from tests.conftest import LONG
-from tests.store.history import fake_id, table_dump
+from tests.store.history import fake_id, store_tables
 from tests.vectors.make_fixtures import FixedClock
 
 PEERS = [fake_id(i) for i in range(4)]
@@ -150,14 +150,14 @@ async def scenario(db: Path, events: list[NewEvent], sizes: list[int]) -> None:
             await store.append(chunk)
         size = store.head.size
         assert size == len(events) + 1
-        live = table_dump(store.conn, TABLES)
+        live = await store_tables(store, TABLES)
         # The model agrees with the live tables (so equal-to-live below means right, too).
         assert observed(live) == model(events)
         positions = dict(await store.query("SELECT name, position FROM projection_positions"))
         assert positions == {name: size for name in store.projections.names}
         # (a) The store's own rebuild gives the same rows, byte for byte.
         assert await store.rebuild_projections() == size
-        assert table_dump(store.conn, TABLES) == live
+        assert await store_tables(store, TABLES) == live
     finally:
         await store.close()
     # (b) audit_tools replay of the whole log.
@@ -205,10 +205,10 @@ def test_replay_until_a_position_equals_the_live_state_at_that_position(
             db, SIGNER, registry=node_registry(), projections=node_projections(),
             checkpoint_interval=0, clock=FixedClock())
         try:
-            states = [table_dump(store.conn, TABLES)]
+            states = [await store_tables(store, TABLES)]
             for event in events:
                 await store.append([event])
-                states.append(table_dump(store.conn, TABLES))
+                states.append(await store_tables(store, TABLES))
             return states
         finally:
             await store.close()

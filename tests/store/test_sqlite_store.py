@@ -21,7 +21,7 @@ from openred.store.events import NewEvent
 from openred.store.projections import ProjectionRegistry, Upsert
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore, connect
-from tests.store.history import peer_event, session_events, table_dump
+from tests.store.history import peer_event, session_events, store_tables
 
 
 class FakeClock:
@@ -236,12 +236,12 @@ async def test_projections_follow_appends_and_rebuild_identically(
         assert sorted(sessions.values()) == ["active", "expired"]
         assert await store.query("SELECT count(*) FROM tokens") == [(0,)]
         assert await store.query("SELECT count(*) FROM inbox") == [(2,)]
-        before = table_dump(store.conn, store.projections.tables())
+        before = await store_tables(store, store.projections.tables())
         positions = dict(await store.query("SELECT name, position FROM projection_positions"))
         assert set(positions.values()) == {store.head.size}
         replayed = await store.rebuild_projections()
         assert replayed == store.head.size
-        assert table_dump(store.conn, store.projections.tables()) == before
+        assert await store_tables(store, store.projections.tables()) == before
     finally:
         await store.close()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from audit_tools.verify import verify
+from openred.errors import SchemaError
 from openred.store.events import EventRegistry, NewEvent, Payload
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
@@ -56,7 +57,7 @@ def test_the_registry_knows_each_types_current_version() -> None:
 def test_a_missing_upcaster_is_an_error() -> None:
     registry = EventRegistry()
     registry.register("Greeted", version=3)
-    with pytest.raises(ValueError, match="no upcaster from schema version 1"):
+    with pytest.raises(SchemaError, match="no upcaster from schema version 1"):
         registry.upcast("Greeted", 1, {})
 
 

@@ -1,0 +1,1 @@
+"""The Alembic migrations, installed with the package as ``openred.store.migrations``."""
