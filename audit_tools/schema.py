@@ -14,6 +14,7 @@ reformatted in the source still matches the files its earlier text created.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import tempfile
 import threading
@@ -42,18 +43,28 @@ class SchemaObject:
             f" on {self.table}" if self.type in ("index", "trigger") else "")
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def normalize_sql(sql: str | None) -> str | None:
-    """Collapse runs of white space outside quotes to one space; strip the ends."""
+    """Collapse runs of white space outside quotes to one space, strip the ends, and unquote
+    plain identifiers (``"events"`` is ``events``: SQLite quotes a table's name in every
+    definition naming it when the table is renamed, even back to its own name)."""
     if sql is None:
         return None
     out: list[str] = []
     quote: str | None = None
     closing = {"'": "'", '"': '"', "`": "`", "[": "]"}
+    start = 0
     pending_space = False
     for char in sql.strip():
         if quote is not None:
             out.append(char)
             if char == quote:
+                inner = "".join(out[start + 1:-1])
+                if quote != "'" and _IDENTIFIER.fullmatch(inner):
+                    del out[start:]
+                    out.append(inner)
                 quote = None
             continue
         if char.isspace():
@@ -62,9 +73,10 @@ def normalize_sql(sql: str | None) -> str | None:
         if pending_space and out:
             out.append(" ")
         pending_space = False
-        out.append(char)
         if char in closing:
             quote = closing[char]
+            start = len(out)
+        out.append(char)
     return "".join(out)
 
 

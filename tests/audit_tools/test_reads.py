@@ -289,6 +289,19 @@ def test_a_table_definition_rewritten_in_place_fails(log: Path, tmp_path: Path) 
         1, None, "schema: table events differs from the definition the migrations create")
 
 
+def test_a_table_renamed_and_back_is_the_same_schema(log: Path, tmp_path: Path) -> None:
+    # SQLite then quotes the name in every definition that names it: same schema, other text.
+    db = copy(log, tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("ALTER TABLE events RENAME TO events_real")
+    conn.execute("ALTER TABLE events_real RENAME TO events")
+    assert '"events"' in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'"
+                                      ).fetchone()[0]
+    conn.close()
+    report = verify(db, jobs=1)
+    assert report.ok, report.reason
+
+
 def test_a_temp_trigger_never_reaches_the_file(log: Path, tmp_path: Path) -> None:
     db = copy(log, tmp_path)
     conn = sqlite3.connect(db, isolation_level=None)
@@ -307,8 +320,8 @@ def test_the_expected_schema_is_the_migrations_and_whitespace_does_not_matter(
     conn = sqlite3.connect(f"file:{log}?mode=ro", uri=True)
     assert schema_differences(conn, "node") == []
     conn.close()
-    assert normalize_sql("CREATE  TABLE\n t (a  TEXT DEFAULT 'x  y')") == \
-        "CREATE TABLE t (a TEXT DEFAULT 'x  y')"
+    assert normalize_sql("CREATE  TABLE\n \"t\" (a  TEXT DEFAULT 'x  y', [b c] INT)") == \
+        "CREATE TABLE t (a TEXT DEFAULT 'x  y', [b c] INT)"
 
 
 # -- step 7 replays into a fresh database -----------------------------------------------------
