@@ -13,8 +13,6 @@ Quart, aiohttp or an app (``app.py`` modules): ``audit_tools`` stands on it.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -41,36 +39,25 @@ def _node_projections() -> ProjectionRegistry:
     return node_projections()
 
 
-# The directory's package joins the tree on its own branch: imported by name, so this module
-# type-checks and runs with or without it.
 def _directory_registry() -> EventRegistry:
-    registry: EventRegistry = importlib.import_module(
-        "openred.directory.events").directory_registry()
-    return registry
+    from openred.directory.events import directory_registry
+
+    return directory_registry()
 
 
 def _directory_projections() -> ProjectionRegistry:
-    projections: ProjectionRegistry = importlib.import_module(
-        "openred.directory.projections").directory_projections()
-    return projections
+    from openred.directory.projections import directory_projections
 
-
-def _present(module: str) -> bool:
-    """Whether this tree holds ``module`` (found without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # its package is missing
-        return False
+    return directory_projections()
 
 
 _KINDS: Mapping[str, _Kind] = {
     "node": _Kind(_node_registry, _node_projections),
-    **({"directory": _Kind(_directory_registry, _directory_projections)}
-       if _present("openred.directory.projections") else {}),
+    "directory": _Kind(_directory_registry, _directory_projections),
 }
 
 KINDS: tuple[str, ...] = tuple(_KINDS)
-"""Every kind of log this code knows (the directory's once its package is in the tree)."""
+"""Every kind of log this code knows."""
 
 
 def _kind(kind: str) -> _Kind:
