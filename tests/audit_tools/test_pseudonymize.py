@@ -81,14 +81,17 @@ async def build(path: Path) -> Secrets:
                 "box_key": p.box_key.b64url(),
             })])
             # A real grant, minted and signed as the directory does, the owner initiating.
+            peer_record = bytes([0xB0 + i]) * 32
             grant = new_grant(owner_id, p.node_id, grant_id=bytes([i + 1]) * 16,
-                              issued_at=1_790_000_000 + i, suite=SUITE)
+                              issued_at=1_790_000_000 + i, suite=SUITE,
+                              initiator_record=bytes([0xA0 + i]) * 32,
+                              responder_record=peer_record)
             canonical = grant.canonical_bytes()
             signature = DIRECTORY.sign(canonical).signature
             token_a, _token_b = mint_tokens(grant, bytes([0x70 + i]) * 32)
             sealed = seal_token(token_a, BoxKey(bytes(
                 nacl.public.PrivateKey(b"\x41" * 32).public_key)))
-            secrets |= {grant.grant_id, b64url(signature), b64url(canonical)}
+            secrets |= {grant.grant_id, b64url(signature), b64url(canonical), b64url(peer_record)}
             session_id = b64url(bytes([0x80 + i]) * 16)
             await store.append([
                 NewEvent(ev.grant_stream(grant.grant_id), ev.TOKEN_RECEIVED, {
