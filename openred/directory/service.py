@@ -71,6 +71,7 @@ logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
 _STRIPES = 256
+READ_POOL = 16
 MAX_PAGE = 100
 
 
@@ -180,7 +181,9 @@ class DirectoryService:
             total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
             clock=clock,
         )
-        reads = ReadModels(settings.data_dir / DATABASE_NAME)
+        # As many pooled connections as requests a loaded directory serves at once: a smaller
+        # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
+        reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
         service = cls(settings, store, reads, jail, http, clock=clock)
         await service._sync_tree(store.head.size)
         return service
