@@ -137,3 +137,43 @@ async def test_a_failure_on_the_fast_path_is_decided_and_explained_by_the_genera
     assert verifier.verify(req, NOW) == keyid
     with pytest.raises(RequestSignatureError, match="replayed"):
         verifier.verify(req, NOW)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_fast_signing_writes_exactly_the_library_headers(seed: int) -> None:
+    from openred.crypto.httpsig import _SIGNATURE_FIELDS, _sign_library
+
+    rng = random.Random(100 + seed)
+    for _ in range(150):
+        key = nacl.signing.SigningKey(rng.randbytes(32))
+        bases: list[bytes] = []
+
+        async def sign(base: bytes, key: nacl.signing.SigningKey = key,
+                       bases: list[bytes] = bases) -> bytes:
+            bases.append(base)
+            return bytes(key.sign(base).signature)
+
+        keyid = rng.choice([str(SignKey(bytes(key.verify_key)).node_id), "directory"])
+        headers = rng.choice([{}, {"X-A": "b"}, {"content-digest": "old", "Signature": "x"},
+                              {"Accept": "application/json", "Content-Type": "text/plain"}])
+        req = HttpRequest(rng.choice(["GET", "POST", "DELETE", "OPTIONS"]), _random_url(rng),
+                          headers, rng.randbytes(rng.choice([0, 5, 200])))
+        created = rng.choice([0, NOW, 253_402_300_799, rng.randrange(253_402_300_799)])
+        nonce = new_nonce()
+        fast = await sign_request(req, keyid=keyid, sign_base=sign, now=created, nonce=nonce)
+        kept = {k: v for k, v in req.headers.items() if k.lower() not in _SIGNATURE_FIELDS}
+        slow = await _sign_library(req, kept, keyid=keyid, sign_base=sign, now=created,
+                                   nonce=nonce)
+        assert bases[0] == bases[1]
+        assert list(fast.headers.items()) == list(slow.headers.items())
+        assert fast == slow
+        assert req.headers == headers  # the input is left alone
+
+
+async def test_signing_past_year_9999_is_refused_as_before() -> None:
+    async def sign(base: bytes) -> bytes:
+        return bytes(64)
+
+    with pytest.raises(RequestSignatureError, match="cannot sign request"):
+        await sign_request(HttpRequest("GET", "https://d.example/x"), keyid="directory",
+                           sign_base=sign, now=253_402_300_800, nonce=new_nonce())
