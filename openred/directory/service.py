@@ -108,6 +108,12 @@ class _NodeCache:
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
 
+    def exists(self, node_id: str) -> bool:
+        """Whether the projection has a row for ``node_id`` (an indexed probe, microseconds)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM directory_nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return row is not None
+
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
             if entry.stream.startswith("node:"):
@@ -235,9 +241,15 @@ class DirectoryService:
         if node_id in cache.views:
             return cache.views[node_id]
         known = cache.known_size
-        async with self.reads.session() as session:
-            row = await session.get(DirectoryNode, node_id)
-        view = None if row is None else _view(row)
+        # An unknown node (every first registration) is answered by the cache's own read-only
+        # connection without a round trip through the session and its aiosqlite thread; a row
+        # that exists is read through SQLModel.
+        if not cache.exists(node_id):
+            view = None
+        else:
+            async with self.reads.session() as session:
+                row = await session.get(DirectoryNode, node_id)
+            view = None if row is None else _view(row)
         # Only cache what was read with no write in between (an append may have landed).
         if cache.known_size == known and node_id not in cache.views:
             cache.put(node_id, view)
