@@ -378,7 +378,16 @@ class DirectoryService:
     async def sweep_statuses(self) -> int:
         """Move silent nodes active → stale → expired; the number of transitions logged."""
         now = self.now()
-        query = select(DirectoryNode).where(col(DirectoryNode.status).in_([d.ACTIVE, d.STALE]))
+        stale_after, expire_after = self.settings.stale_after, self.settings.expire_after
+        # Only rows silent long enough in the projection can be due: its last_seen is never
+        # newer than the one heartbeats keep in memory, so this is a superset of the due nodes
+        # (and a loaded directory does not load every row every few seconds).
+        status, last_seen = col(DirectoryNode.status), col(DirectoryNode.last_seen)
+        active_due = stale_after if expire_after is None else min(stale_after, expire_after)
+        due = (status == d.ACTIVE) & (last_seen <= now - active_due)
+        if expire_after is not None:
+            due = due | ((status == d.STALE) & (last_seen <= now - expire_after))
+        query = select(DirectoryNode).where(due)
         async with self.reads.session() as session:
             rows = list((await session.exec(query)).all())
         changed = 0
@@ -386,6 +395,9 @@ class DirectoryService:
             node = _view(row)
             # A node is not blamed for the directory's own downtime: silence counts from start.
             seen = max(self.last_seen(node), self._started)
+            if not d.decide_status(node, last_seen=seen, now=now, stale_after=stale_after,
+                                   expire_after=expire_after):
+                continue  # heard from since (its fresh state is at least as recent)
             async with self._lock(node.node_id):
                 fresh = await self.node(node.node_id)
                 if fresh is None:
