@@ -162,6 +162,8 @@ class DirectoryService:
         self._started = int(clock())
         self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
         self._note: tuple[int, bytes] | None = None
+        self._records: dict[tuple[str, str], SignedNodeRecord] = {}
+        self._keys: dict[str, SignKey] = {}
         self._signing: asyncio.Task[bytes] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
@@ -265,7 +267,28 @@ class DirectoryService:
         if node is None or node.status == d.DEREGISTERED:
             return None
         # The projection copied sign_key from the record the node signed (and whose id it is).
-        return SignKey.from_b64url(node.sign_key)
+        return self._sign_key(node.sign_key)
+
+    def _signed_record(self, node: d.NodeView) -> SignedNodeRecord:
+        """``node.signed_record()``, parsed once per record (immutable, bounded memo)."""
+        memo = self._records
+        key = (node.record_json, node.signature)
+        signed = memo.get(key)
+        if signed is None:
+            if len(memo) >= _NodeCache.MAX:
+                memo.clear()
+            signed = memo[key] = node.signed_record()
+        return signed
+
+    def _sign_key(self, b64: str) -> SignKey:
+        """``SignKey.from_b64url``, decoded and checked once per key (bounded memo)."""
+        memo = self._keys
+        key = memo.get(b64)
+        if key is None:
+            if len(memo) >= _NodeCache.MAX:
+                memo.clear()
+            key = memo[b64] = SignKey.from_b64url(b64)
+        return key
 
     def last_seen(self, node: d.NodeView) -> int:
         return max(self._last_seen.get(node.node_id, 0), node.last_seen)
@@ -438,8 +461,8 @@ class DirectoryService:
         d.decide_grant(initiator_view, target_view, signer=signer, target_id=target)
         assert initiator_view is not None and target_view is not None
         self._check_rates(signer, target)
-        a_record = initiator_view.signed_record()
-        b_record = target_view.signed_record()
+        a_record = self._signed_record(initiator_view)
+        b_record = self._signed_record(target_view)
         now = self.now()
         when = datetime.fromtimestamp(now, UTC)
         method = select_crypto_method(when, self.settings.suite_mode,
