@@ -3,7 +3,8 @@
 A message is the request plaintext ``{"message_id", "text", "sent_at"}`` (canonical JSON) on
 route ``messaging/send``; the receiver's answer is the delivery receipt ``{"message_id",
 "received_at"}``, authenticated by the session and bound to the request's counter. Bodies are
-stored only wrapped by the jail (label ``message:<id>``), in the log and in the inbox/outbox.
+stored only encrypted, in the log and in the inbox/outbox, under the node's message data key,
+which only the jail can unwrap (:mod:`openred.modules.messaging.bodykey`), bound to the message id.
 The receiver is idempotent by message id: a message sent again (after a lost answer) gets the
 same receipt and is stored once.
 """
@@ -23,6 +24,7 @@ from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import NodeRefused
 from openred.modules.messaging import events as ev
+from openred.modules.messaging.bodykey import BODY_KEY_FILE, BodyKey
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import session_stream
 from openred.node.p2p import Outcome, RequestContext
@@ -73,10 +75,6 @@ def _object(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-def label(message_id: str) -> str:
-    return f"message:{message_id}"
-
-
 def check_text(text: str) -> bytes:
     if not isinstance(text, str):
         raise _refuse("text is a string")
@@ -89,10 +87,14 @@ def check_text(text: str) -> bytes:
 class Messaging:
     """The messaging module's services over the node's store, jail and read models."""
 
-    def __init__(self, store: SQLiteEventStore, jail: JailClient, reads: ReadModels) -> None:
+    def __init__(
+        self, store: SQLiteEventStore, jail: JailClient, reads: ReadModels, *,
+        body_key: BodyKey | None = None,
+    ) -> None:
         self.store = store
         self.jail = jail
         self.reads = reads
+        self.bodies = body_key or BodyKey(jail, store.path.parent / BODY_KEY_FILE)
 
     # -- receiving (the P2P handler of messaging/send) --
 
@@ -112,7 +114,7 @@ class Messaging:
             if seen.peer != ctx.peer:
                 raise NodeRefused(409, "message-id-taken", "another peer used this message id")
             return Outcome(self._receipt(message_id, ctx.now))
-        wrapped = await self.jail.wrap(label(message_id), body)
+        wrapped = await self.bodies.seal(message_id, body)
         event = NewEvent(session_stream(ctx.session_id), ev.MESSAGE_RECEIVED, {
             "message_id": message_id, "session_id": ctx.session_id, "peer": ctx.peer,
             "size": len(body), "body": b64url(wrapped), "counter": ctx.counter,
@@ -143,7 +145,7 @@ class Messaging:
         mid = b64url(message_id)
         body = check_text(text)
         request = bytes(rfc8785.dumps({"message_id": mid, "text": text, "sent_at": now}))
-        wrapped = await self.jail.wrap(label(mid), body)
+        wrapped = await self.bodies.seal(mid, body)
         stream = session_stream(channel.session_id)
         await self.store.append_one(NewEvent(stream, ev.MESSAGE_SENT, {
             "message_id": mid, "session_id": channel.session_id, "peer": channel.peer,
@@ -176,7 +178,7 @@ class Messaging:
     # -- reading --
 
     async def inbox(self, *, limit: int = 100) -> list[Message]:
-        """Received messages, newest first, bodies unwrapped by the jail."""
+        """Received messages, newest first, bodies opened."""
         query = select(InboxRow).order_by(col(InboxRow.received_at).desc()).limit(limit)
         async with self.reads.session() as s:
             rows = list((await s.exec(query)).all())
@@ -198,5 +200,5 @@ class Messaging:
         ]
 
     async def _open(self, message_id: str, wrapped: str) -> str:
-        raw = await self.jail.unwrap(label(message_id), from_b64url(wrapped))
+        raw = await self.bodies.open(message_id, from_b64url(wrapped))
         return raw.decode("utf-8")
