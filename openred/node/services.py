@@ -155,11 +155,11 @@ class NodeServices:
     # -- node-to-node calls --
 
     async def _handshake_over_http(
-        self, api_url: str, grant_id: str, message: bytes, renews: str | None
+        self, api_url: str, grant_id: str, message: bytes, renews: Envelope | None
     ) -> HandshakeAnswer:
-        body = {"grant_id": grant_id, "message": b64url(message)}
+        body: dict[str, Any] = {"grant_id": grant_id, "message": b64url(message)}
         if renews is not None:
-            body["renews"] = renews
+            body["renews"] = renews.to_json()
         reply = await self.http.request(
             "POST", api_url.rstrip("/") + HANDSHAKE_PATH, json_body=body, attempts=1,
         )
