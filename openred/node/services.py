@@ -136,6 +136,7 @@ class NodeServices:
         return services
 
     async def close(self) -> None:
+        self.messaging.close()
         await self.http.close()
         await self.reads.close()
         await self.store.close()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import rfc8785
@@ -84,6 +86,34 @@ def check_text(text: str) -> bytes:
     return raw
 
 
+class InboxIndex:
+    """Who sent a message id we hold, read straight from the inbox table.
+
+    The receive path asks this once per message. Through the SQLModel session it took a
+    pooled aiosqlite connection, a thread hop and an ORM identity map each time; a primary-key
+    lookup on one read-only sqlite3 connection takes microseconds, and in WAL mode a reader
+    never waits for the writer, so it runs inline.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def peer_of(self, message_id: str) -> str | None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                f"file:{self.database}?mode=ro", uri=True, check_same_thread=False,
+                timeout=5.0)
+        row = self._conn.execute(
+            "SELECT peer FROM inbox WHERE message_id = ?", (message_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class Messaging:
     """The messaging module's services over the node's store, jail and read models."""
 
@@ -95,6 +125,10 @@ class Messaging:
         self.jail = jail
         self.reads = reads
         self.bodies = body_key or BodyKey(jail, store.path.parent / BODY_KEY_FILE)
+        self.index = InboxIndex(store.path)
+
+    def close(self) -> None:
+        self.index.close()
 
     # -- receiving (the P2P handler of messaging/send) --
 
@@ -108,10 +142,9 @@ class Messaging:
         if isinstance(sent_at, bool) or not isinstance(sent_at, int) or sent_at < 0:
             raise _refuse("sent_at is Unix seconds")
         body = check_text(text)
-        async with self.reads.session() as s:
-            seen = await s.get(InboxRow, message_id)
+        seen = self.index.peer_of(message_id)
         if seen is not None:
-            if seen.peer != ctx.peer:
+            if seen != ctx.peer:
                 raise NodeRefused(409, "message-id-taken", "another peer used this message id")
             return Outcome(self._receipt(message_id, ctx.now))
         wrapped = await self.bodies.seal(message_id, body)
