@@ -16,21 +16,25 @@ first request is read, while the process is still single-threaded:
    executing files is allowed nowhere; from ABI 4, TCP bind/connect neither, and from ABI 6
    the jail can neither signal processes outside it nor reach abstract Unix sockets. Without
    Landlock the jail logs that file writes are not confined, and goes on;
-5. a seccomp-bpf filter (libseccomp via pyseccomp), default ALLOW, with a denylist that fails
-   with EPERM: ``socket``/``socketpair`` for any family but AF_UNIX or any type but
-   SOCK_STREAM, ``connect``, and sending to an address (``sendto`` with one, ``sendmsg``,
-   ``sendmmsg``: a Unix datagram needs no ``connect``) — answers go out with ``send``;
-   ``execve``/``execveat``; ``fork``/``vfork`` and ``clone`` without ``CLONE_THREAD`` (threads
-   stay possible, processes do not; ``clone3``, whose flags seccomp cannot read, fails with
-   ENOSYS so the C library falls back to ``clone``); ``unshare``/``setns`` and ``clone`` with
-   any ``CLONE_NEW*`` flag; ``memfd_create`` and ``memfd_secret``; ``prctl(PR_SET_DUMPABLE)``,
-   ``prctl(PR_SET_MM)`` and raising ``RLIMIT_CORE`` again (``setrlimit``/``prlimit64``: with
-   ``fs.suid_dumpable=2`` a non-dumpable process may still dump core) — no undoing steps 1-2;
-   ``ptrace``, ``process_vm_readv``/``writev``, ``pidfd_getfd``; io_uring (whose socket
-   operations would bypass the syscall rules); ``bpf``, ``perf_event_open``, ``userfaultfd``,
-   ``keyctl``/``add_key``/``request_key``, mounting, module loading and kexec. Syscalls of
-   other ABIs (e.g. i386 on x86-64) kill the process, libseccomp's default for foreign
-   architectures.
+5. a seccomp-bpf filter (libseccomp via pyseccomp), an allowlist: every syscall not allowed
+   fails with EPERM. Allowed (:data:`_ALLOWED`, grouped by what the jail does with them, found
+   by tracing real jails): memory management, threads and futexes, signal handling, clocks,
+   identity queries, file reads (CPython imports lazily; Landlock, not seccomp, confines
+   writes), ``pipe2``, ``unlink`` (the socket at shutdown), ``getrandom``, and serving on the
+   socket bound before hardening (``accept4``, ``recvfrom``, ``shutdown``, socket options,
+   ``select``/``poll`` variants). Allowed only with safe arguments: ``clone`` with
+   ``CLONE_THREAD`` and no ``CLONE_NEW*`` flag (threads, never processes or namespaces;
+   ``clone3``, whose flags seccomp cannot read, fails with ENOSYS so the C library falls back
+   to ``clone``); ``sendto`` without an address (``send``); ``kill``/``tgkill`` of the jail
+   itself; ``prctl`` only to read the dumpable and no-new-privs flags or get/set a thread
+   name; ``prlimit64`` only to read a limit (so ``RLIMIT_CORE`` stays 0: with
+   ``fs.suid_dumpable=2`` a non-dumpable process may still dump core); ``ioctl`` only
+   ``TCGETS`` (isatty), ``FIONBIO``, ``FIOCLEX``/``FIONCLEX``. Everything else is refused,
+   among it: creating any socket, ``connect``, ``bind``, ``sendmsg``; ``execve``/``execveat``;
+   ``fork``/``vfork``; ``unshare``/``setns``; ``memfd_create``; ``prctl(PR_SET_DUMPABLE)``,
+   ``prctl(PR_SET_MM)``, ``setrlimit``; ``ptrace``, ``process_vm_*``, io_uring, ``bpf``,
+   mounts, ``chmod``, ``mknod``, ``uname``. Syscalls of other ABIs (e.g. i386 on x86-64) kill
+   the process, libseccomp's default for foreign architectures.
 
 Where seccomp is unavailable (``seccomp=False``), step 5 is replaced by a fresh, empty network
 namespace (``unshare(CLONE_NEWNET)``) when the process may create one; the bound Unix socket
@@ -45,10 +49,10 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import operator
 import os
 import platform
 import resource
-import socket
 import struct
 import sys
 from collections.abc import Sequence
@@ -81,17 +85,37 @@ CLONE_THREAD = 0x00010000
 _CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
               CLONE_NEWNET)
 
-_DENIED_ALWAYS = ("connect", "execve", "execveat", "ptrace", "process_vm_readv",
-                  "process_vm_writev", "fork", "vfork", "unshare", "setns", "memfd_create",
-                  "sendmsg", "sendmmsg")
 _SOCK_TYPE_MASK = 0xF
-_SOCK_PACKET = 10
-_DENIED_IF_KNOWN = (
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_secret", "pidfd_getfd",
-    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsmount",
-    "fspick", "mount_setattr", "init_module", "finit_module", "delete_module", "kexec_load",
-    "kexec_file_load", "open_by_handle_at", "process_madvise",
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
+_TCGETS, _FIONBIO, _FIONCLEX, _FIOCLEX = 0x5401, 0x5421, 0x5450, 0x5451
+
+# The allowlist (every other syscall fails with EPERM), by what the jail does with it once
+# hardened. Where a C library or CPython picks one of several syscalls for one function
+# (select/pselect6, open/openat, stat/newfstatat/statx, ...), all of them are listed, so that
+# another libc build keeps working. Names an architecture lacks are skipped.
+_ALLOWED = (
+    # memory: the allocator, thread stacks, CPython's arenas, lazily loaded extension modules
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
+    # threads (clone itself is below, with its flags checked) and their synchronisation
+    "futex", "set_robust_list", "get_robust_list", "rseq", "set_tid_address", "gettid",
+    "sched_yield", "sched_getaffinity", "exit", "exit_group", "restart_syscall",
+    # signals: SIGTERM/SIGINT handlers, the wakeup pipe, thread signal masks
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+    # clocks and timeouts (normally the vDSO; syscalls where it is missing)
+    "clock_gettime", "clock_getres", "gettimeofday", "time", "clock_nanosleep", "nanosleep",
+    # who am I (CPython and libraries ask; nothing to change)
+    "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+    # files: reads anywhere (CPython imports lazily), writes only where Landlock allows;
+    # the socket file is removed at shutdown; os.pipe for the server's wakeup pipe
+    "read", "pread64", "readv", "write", "writev", "close", "openat", "open", "lseek",
+    "fstat", "newfstatat", "stat", "lstat", "statx", "getdents64", "readlink", "readlinkat",
+    "access", "faccessat", "faccessat2", "fcntl", "dup", "dup3", "pipe2", "unlink",
+    "unlinkat",
+    # randomness for the crypto libraries (libsodium, OpenSSL, os.urandom)
+    "getrandom",
+    # serving clients on the listening socket bound before hardening
+    "accept4", "accept", "recvfrom", "recvmsg", "shutdown", "getsockopt", "setsockopt",
+    "getsockname", "getpeername", "select", "pselect6", "poll", "ppoll",
 )
 
 # Landlock (linux/landlock.h). The three syscalls have the same numbers on every architecture
@@ -167,47 +191,45 @@ def _load_pyseccomp() -> Any:
     return sc
 
 
+def _add_rules(filt: Any, action: Any, name: str, *conditions: Any) -> None:
+    with contextlib.suppress(OSError, ValueError, RuntimeError):  # not on this architecture
+        filt.add_rule(action, name, *conditions)
+
+
 def _install_seccomp() -> None:
     sc = _load_pyseccomp()
-    deny = sc.ERRNO(errno.EPERM)
+    allow = sc.ALLOW
+    me = os.getpid()
     try:
-        filt = sc.SyscallFilter(sc.ALLOW)
-        # A binary tree of syscall numbers instead of a linear chain: the longer denylist
-        # must not cost every recv/send of the jail a walk through all its rules.
+        filt = sc.SyscallFilter(sc.ERRNO(errno.EPERM))
+        # A binary tree of syscall numbers instead of a linear chain: every recv/send of the
+        # jail must not walk through all the rules.
         with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
             filt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
-        # socket(2)/socketpair(2): arg 0 is the address family; only AF_UNIX may be created.
-        filt.add_rule(deny, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
-        filt.add_rule(deny, "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
-        # arg 1 is the type, ORed with SOCK_NONBLOCK/SOCK_CLOEXEC: only streams (no datagram
-        # sockets, which reach other Unix sockets without connect).
-        for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW, socket.SOCK_RDM, socket.SOCK_SEQPACKET,
-                     _SOCK_PACKET):
-            for name in ("socket", "socketpair"):
-                filt.add_rule(deny, name, sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, kind))
+        for name in _ALLOWED:
+            _add_rules(filt, allow, name)
+        # clone(2): threads only: CLONE_THREAD set and no CLONE_NEW* flag (arg 0 is the flags
+        # on x86-64 and arm64). clone3(2) passes its flags in memory seccomp cannot read:
+        # ENOSYS makes glibc's pthread_create fall back to clone(2).
+        new_namespaces = functools.reduce(operator.or_, _CLONE_NEW)
+        _add_rules(filt, allow, "clone",
+                   sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD | new_namespaces, CLONE_THREAD))
+        _add_rules(filt, sc.ERRNO(errno.ENOSYS), "clone3")
         # send(2) is sendto(2) with no address; an address means talking to someone else.
-        filt.add_rule(deny, "sendto", sc.Arg(4, sc.NE, 0))
-        # clone(2): arg 0 is the flags on x86-64 and arm64; a new process lacks CLONE_THREAD.
-        filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
-        for flag in _CLONE_NEW:
-            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-        # clone3(2) passes its flags in memory seccomp cannot read: ENOSYS makes glibc's
-        # pthread_create fall back to clone(2), where the rule above applies.
-        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_DUMPABLE))
-        filt.add_rule(deny, "prctl", sc.Arg(0, sc.EQ, PR_SET_MM))
-        # Reading limits stays possible (prlimit64 with new_limit NULL); setting RLIMIT_CORE not.
-        filt.add_rule(deny, "prlimit64", sc.Arg(1, sc.EQ, resource.RLIMIT_CORE),
-                      sc.Arg(2, sc.NE, 0))
-        with contextlib.suppress(OSError, ValueError, RuntimeError):  # prlimit64-only arches
-            filt.add_rule(deny, "setrlimit", sc.Arg(0, sc.EQ, resource.RLIMIT_CORE))
-        for name in _DENIED_ALWAYS:
-            filt.add_rule(deny, name)
-        for name in _DENIED_IF_KNOWN:
-            try:
-                filt.add_rule(deny, name)
-            except (OSError, ValueError, RuntimeError):  # an old libseccomp without io_uring
-                continue
+        _add_rules(filt, allow, "sendto", sc.Arg(4, sc.EQ, 0))
+        # Signals only to itself (the stdin watcher stops the jail with SIGTERM; raise()).
+        _add_rules(filt, allow, "kill", sc.Arg(0, sc.EQ, me))
+        _add_rules(filt, allow, "tgkill", sc.Arg(0, sc.EQ, me))
+        # prctl(2): reading state and thread names; never PR_SET_DUMPABLE or PR_SET_MM.
+        for option in (PR_GET_DUMPABLE, _PR_SET_NAME, _PR_GET_NAME, PR_GET_NO_NEW_PRIVS):
+            _add_rules(filt, allow, "prctl", sc.Arg(0, sc.EQ, option))
+        # Reading resource limits (prlimit64 with new_limit NULL); setting none, so RLIMIT_CORE
+        # stays 0 (with fs.suid_dumpable=2 a non-dumpable process may still dump core).
+        _add_rules(filt, allow, "prlimit64", sc.Arg(2, sc.EQ, 0))
+        _add_rules(filt, allow, "getrlimit")
+        # ioctl(2): isatty() and (non-)blocking/close-on-exec flags only; never TIOCSTI & co.
+        for request in (_TCGETS, _FIONBIO, _FIONCLEX, _FIOCLEX):
+            _add_rules(filt, allow, "ioctl", sc.Arg(1, sc.EQ, request))
         filt.load()
     except OSError as exc:
         raise HardeningError(f"could not load the seccomp filter: {exc}") from exc
