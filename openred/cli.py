@@ -128,6 +128,9 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
         err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
                   f"{settings.passphrase_path}")
         sys.exit(1)
+    from openred.web.logging import configure_logging
+
+    configure_logging()
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)
