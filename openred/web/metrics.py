@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from openred.errors import ConfigurationError
+from openred.store.codec import decode_payload
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -108,7 +109,8 @@ class Metrics:
         self.tokens_expired = Counter(
             "openred_tokens_expired", "Received tokens that expired unused.", registry=r)
         self.peer_authentications = Counter(
-            "openred_peer_authentications", "Peer challenge-responses, by role and result.",
+            "openred_peer_authentications",
+            "Peer challenge-responses this node asked for, by result (ok or the refusal).",
             ["role", "result"], registry=r)
         self.file_transfer_bytes = Counter(
             "openred_file_transfer_bytes", "File bytes transferred, by direction.",
@@ -124,6 +126,10 @@ class Metrics:
             "ConnectionGranted": lambda p: self.grants_issued.inc(),
             "ConnectionGrantFailed": lambda p: self.grants_failed.labels(
                 str(p.get("reason", "unknown"))).inc(),
+            "PeerAuthenticated": lambda p: self.peer_authentications.labels(
+                "challenger", "ok").inc(),
+            "PeerAuthenticationFailed": lambda p: self.peer_authentications.labels(
+                "challenger", str(p.get("reason", "unknown"))).inc(),
         }
 
     # -- collection --------------------------------------------------------------------------
@@ -166,7 +172,7 @@ class Metrics:
                 self.log_events.labels(event.type).inc()
                 counter = self._event_counters.get(event.type)
                 if counter is not None:
-                    counter(event.payload)
+                    counter(decode_payload(event.payload))
             return stored
 
         store.append = timed_append
