@@ -2,8 +2,9 @@
 
 Enabled on a node (``OPENRED_MODULES=messaging,monitoring``) it counts and times every request,
 log append and jail call, samples sessions and peers, logs the directory or a peer becoming
-unreachable (ERROR) and reachable again (INFO), and serves ``/metrics`` on the loopback address
-``OPENRED_METRICS_ADDRESS`` (default ``127.0.0.1:9464``) — never on the public P2P port. The
+unreachable (ERROR) and reachable again (INFO), and serves the metrics on the local admin API
+(``GET /admin/v1/metrics``, bearer key) and, when ``OPENRED_METRICS_ADDRESS`` is set, on a
+listener of their own at that address — never on the public P2P port. The
 directory installs the same instruments through :func:`openred.modules.monitoring.service.
 monitor_directory`. Health checks (:mod:`.health`) are part of every node and directory,
 enabled or not.
@@ -29,6 +30,12 @@ class MonitoringModule:
 
     def register_routes(self, app: Any) -> None:
         """Metrics are served on their own loopback listener, not on the P2P app."""
+
+    def register_admin_routes(self, admin_app: Any) -> None:
+        """``GET /admin/v1/metrics`` on the local admin API (bearer key, like every admin call)."""
+        from openred.modules.monitoring.service import register_admin_metrics
+
+        register_admin_metrics(admin_app)
 
     def register_crypto_methods(self, registry: MethodRegistry) -> None:
         """Monitoring adds no cipher method."""

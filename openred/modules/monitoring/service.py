@@ -23,6 +23,7 @@ from sqlmodel import select
 from openred.errors import TransportError
 from openred.web.logging import Reachability, bind_node_id, install_request_ids
 from openred.web.metrics import (
+    CONTENT_TYPE,
     METRICS_EXTENSION,
     Metrics,
     install_request_metrics,
@@ -33,7 +34,8 @@ from openred.web.metrics import (
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["METRICS_ADDRESS", "monitor_directory", "monitor_node", "watch_reachability"]
+__all__ = ["METRICS_ADDRESS", "monitor_directory", "monitor_node", "register_admin_metrics",
+           "watch_reachability"]
 
 logger = logging.getLogger("openred.monitoring")
 
@@ -149,6 +151,23 @@ def monitor_directory(app: Any, service: Any, *,
     metrics.add_sampler(sample)
     _start_listener(app, metrics, os.environ if environ is None else environ)
     return metrics
+
+
+def register_admin_metrics(admin_app: Quart) -> None:
+    """Serve the node's metrics at ``GET /admin/v1/metrics`` on the admin app."""
+    from quart import Response, current_app
+
+    from openred.node.admin import ADMIN_PREFIX, NODE_APP
+
+    @admin_app.get(f"{ADMIN_PREFIX}/metrics")
+    async def admin_metrics() -> Response:
+        metrics = metrics_of(current_app.extensions[NODE_APP])
+        if metrics is None:
+            from openred.errors import RequestRefused
+
+            raise RequestRefused(503, "node-not-ready", "the node is starting or stopping",
+                                 retry_after=1)
+        return Response(await metrics.exposition(), content_type=CONTENT_TYPE)
 
 
 def metrics_of(app: Any) -> Metrics | None:

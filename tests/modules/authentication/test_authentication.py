@@ -24,6 +24,8 @@ from openred.modules.authentication import AUTHENTICATION_SERVICE
 from openred.modules.authentication import events as ev
 from openred.modules.authentication.challenge import PeerChallenge
 from openred.modules.authentication.service import PeerAuthentication
+from openred.modules import install_admin_hooks
+from openred.node.admin import create_admin_app
 from openred.node.p2p import RequestContext
 from openred.store.codec import decode_payload
 from openred.web.client import HttpClient, Signer
@@ -243,3 +245,25 @@ async def test_the_jail_signs_only_peer_challenges_under_that_kind(pair: Pair) -
             await pair.jails[1].sign("peer_challenge", data)
     with pytest.raises(JailRefused):  # and a challenge is no other structure
         await pair.jails[1].sign("entry_hash", challenge.signable())
+
+
+async def test_the_operator_asks_for_a_proof_and_reads_metrics_through_the_admin_api(
+    pair: Pair,
+) -> None:
+    admin = create_admin_app(pair.a.app, "k" * 43)
+    install_admin_hooks(admin, pair.a.services.modules)
+    client = admin.test_client()
+    bearer = {"Authorization": "Bearer " + "k" * 43}
+    reply = await client.post("/admin/v1/authentication/challenge", headers=bearer,
+                              json={"peer": str(pair.b.id)[:8], "purpose": "operator"})
+    assert reply.status_code == 200, await reply.get_data()
+    body = await reply.get_json()
+    assert (body["peer"], body["session_id"], body["purpose"]) == (
+        pair.b.id, pair.session_id, "operator")
+    assert (await client.post("/admin/v1/authentication/challenge",
+                              json={"peer": str(pair.b.id)})).status_code == 401
+    metrics = await client.get("/admin/v1/metrics", headers=bearer)
+    assert metrics.status_code == 200
+    text = (await metrics.get_data()).decode()
+    assert 'openred_peer_authentications_total{result="ok",role="challenger"} 1.0' in text
+    assert (await client.get("/admin/v1/metrics")).status_code == 401
