@@ -20,11 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import JailRefused, NodeRefused
+from openred.modules import install_admin_hooks
 from openred.modules.authentication import AUTHENTICATION_SERVICE
 from openred.modules.authentication import events as ev
 from openred.modules.authentication.challenge import PeerChallenge
 from openred.modules.authentication.service import PeerAuthentication
-from openred.modules import install_admin_hooks
 from openred.node.admin import create_admin_app
 from openred.node.p2p import RequestContext
 from openred.store.codec import decode_payload
