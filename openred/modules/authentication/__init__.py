@@ -6,7 +6,11 @@ sign a fresh challenge bound to both node ids, the session and a purpose
 (:mod:`.events`). Other modules find the :class:`~.service.PeerAuthentication` service in
 ``app.extensions[AUTHENTICATION_SERVICE]`` and call ``require_recent(peer, purpose, now,
 max_age)`` before an action. The operator asks for a proof through the admin API:
-``POST /admin/v1/authentication/challenge {"peer", "purpose"}``.
+``POST /admin/v1/authentication/challenge {"peer", "purpose"}`` (``openred auth challenge``).
+
+It also holds the operator's TOTP second factor (:mod:`.operator`, :mod:`.totp`): once
+enrolled (``openred auth enroll``), the admin API's ``@sensitive`` actions need an admin token
+(``openred auth login``) or a code besides the bearer key.
 
 Importing this package imports no web framework.
 """
@@ -45,6 +49,12 @@ class AuthenticationModule:
         from openred.modules.authentication.admin import register
 
         register(admin_app)
+
+    def register_cli(self, group: Any) -> None:
+        """``openred auth enroll | login | logout | disable | status | challenge``."""
+        from openred.modules.authentication.cli import register
+
+        register(group)
 
     def register_crypto_methods(self, registry: MethodRegistry) -> None:
         """Authentication uses the node's sessions and identity key; it adds no method."""
