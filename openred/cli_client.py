@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
-from openred.node.admin_auth import ADMIN_TOKEN_HEADER, read_admin_key, read_admin_token
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, read_admin_token
+from openred.node.admin_keys import read_admin_key
 
 __all__ = ["ADMIN_URL_FILE", "AdminClient"]
 

@@ -11,85 +11,43 @@ a valid admin token (``X-OpenRed-Admin-Token``, from ``openred auth login``) or 
 (``X-OpenRed-TOTP``). If a second factor is enrolled but the authentication module is not
 loaded, sensitive actions are refused (503): disabling the module never drops the factor.
 
-The CLI keeps its admin token in ``DATA_DIR/admin-token`` (0600, :func:`write_admin_token`).
+The CLI keeps its admin token in ``DATA_DIR/admin-token`` (0600,
+:mod:`openred.modules.authentication.files`).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import os
-import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from quart import current_app, request
 
-from openred.errors import ConfigurationError, RequestRefused
+from openred.errors import RequestRefused
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, TOTP_HEADER, TOTP_STATE_FILE
+from openred.node.admin_keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 
 __all__ = [
     "ADMIN_KEY",
     "ADMIN_KEY_FILE",
-    "ADMIN_TOKEN_FILE",
-    "ADMIN_TOKEN_HEADER",
     "SECOND_FACTOR",
-    "TOTP_HEADER",
-    "TOTP_STATE_FILE",
     "ensure_admin_key",
     "is_sensitive",
     "read_admin_key",
-    "read_admin_token",
     "require_bearer",
     "require_second_factor",
     "sensitive",
-    "write_admin_token",
 ]
 
-ADMIN_KEY_FILE = "admin-key"
 ADMIN_KEY = "openred.admin.key"
 """Key of the expected bearer key (str) in the admin app's ``config``."""
 
 SECOND_FACTOR = "openred.admin.second_factor"
 """Key of the authentication module's ``OperatorAuth`` in the admin app's ``extensions``."""
-TOTP_STATE_FILE = "operator-totp.json"
-ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
-ADMIN_TOKEN_HEADER = "X-OpenRed-Admin-Token"  # noqa: S105 - a header name
-TOTP_HEADER = "X-OpenRed-TOTP"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def ensure_admin_key(data_dir: Path) -> str:
-    """The admin key in ``data_dir``, created (0600) when missing."""
-    path = data_dir / ADMIN_KEY_FILE
-    if not path.exists():
-        key = secrets.token_urlsafe(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return read_admin_key(data_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(key + "\n")
-        return key
-    return read_admin_key(data_dir)
-
-
-def read_admin_key(data_dir: Path) -> str:
-    """The admin key; ConfigurationError when absent, empty or readable by others."""
-    path = data_dir / ADMIN_KEY_FILE
-    try:
-        mode = path.stat().st_mode
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigurationError(f"no admin key at {path}: run `openred node init`") from None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise ConfigurationError(f"{path} is readable by others: chmod 600 it")
-    if not key:
-        raise ConfigurationError(f"{path} is empty")
-    return key
 
 
 def require_bearer() -> None:
@@ -141,28 +99,3 @@ def is_sensitive(func: Callable[..., Any]) -> bool:
     """Whether ``func`` was marked with :func:`sensitive`."""
     return bool(getattr(func, "__openred_sensitive__", False))
 
-
-def write_admin_token(data_dir: Path, token: str, expires_at: int) -> Path:
-    """Keep the CLI's admin token in ``DATA_DIR/admin-token``, created 0600."""
-    path = data_dir / ADMIN_TOKEN_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(f"{token} {expires_at}\n")
-    tmp.replace(path)
-    return path
-
-
-def read_admin_token(data_dir: Path, now: float) -> str | None:
-    """The CLI's admin token if there is one, unexpired, and not readable by others."""
-    path = data_dir / ADMIN_TOKEN_FILE
-    try:
-        if path.stat().st_mode & 0o077:
-            raise ConfigurationError(f"{path} is readable by others: remove it and log in again")
-        token, _, expires = path.read_text(encoding="utf-8").strip().partition(" ")
-    except FileNotFoundError:
-        return None
-    if not token or not expires.isdigit() or int(expires) <= now:
-        return None
-    return token

@@ -78,7 +78,7 @@ def enroll(data_dir: Path) -> None:
 @CODE
 def login(data_dir: Path, code: str) -> None:
     """Trade a code for a short-lived admin token (kept 0600 in the data directory)."""
-    from openred.node.admin_auth import write_admin_token
+    from openred.modules.authentication.files import write_admin_token
 
     answer = _call(data_dir, "POST", "authentication/token", {"code": code})
     path = write_admin_token(data_dir, answer["token"], int(answer["expires_at"]))
@@ -89,7 +89,7 @@ def login(data_dir: Path, code: str) -> None:
 @DATA_DIR
 def logout(data_dir: Path) -> None:
     """Forget the CLI's admin token."""
-    from openred.node.admin_auth import ADMIN_TOKEN_FILE
+    from openred.modules.authentication.files import ADMIN_TOKEN_FILE
 
     (data_dir / ADMIN_TOKEN_FILE).unlink(missing_ok=True)
     click.echo("admin token removed")
@@ -100,7 +100,7 @@ def logout(data_dir: Path) -> None:
 @CODE
 def disable(data_dir: Path, code: str) -> None:
     """Remove the second factor (needs a valid code)."""
-    from openred.node.admin_auth import ADMIN_TOKEN_FILE
+    from openred.modules.authentication.files import ADMIN_TOKEN_FILE
 
     _call(data_dir, "POST", "authentication/totp/disable", {"code": code})
     (data_dir / ADMIN_TOKEN_FILE).unlink(missing_ok=True)

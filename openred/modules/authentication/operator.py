@@ -26,8 +26,8 @@ from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.directory.ratelimit import RateLimiter
 from openred.errors import ConfigurationError, RequestRefused
+from openred.modules.authentication.files import TOTP_STATE_FILE
 from openred.modules.authentication.totp import SECRET_BYTES, match_step, provisioning_uri
-from openred.node.admin_auth import TOTP_STATE_FILE
 
 __all__ = ["WRAP_LABEL", "OperatorAuth"]
 

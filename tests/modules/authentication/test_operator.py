@@ -25,15 +25,12 @@ from openred.cli_client import AdminClient
 from openred.crypto.client import JailClient
 from openred.crypto.identity import from_b64url
 from openred.modules import install_admin_hooks
+from openred.modules.authentication.files import ADMIN_TOKEN_FILE, TOTP_STATE_FILE
 from openred.modules.authentication.operator import WRAP_LABEL, OperatorAuth
 from openred.modules.authentication.totp import code_at
 from openred.node.admin import create_admin_app
-from openred.node.admin_auth import (
-    ADMIN_TOKEN_FILE,
-    SECOND_FACTOR,
-    TOTP_STATE_FILE,
-    ensure_admin_key,
-)
+from openred.node.admin_auth import SECOND_FACTOR
+from openred.node.admin_keys import ensure_admin_key
 from openred.node.serve import ADMIN_URL_FILE
 from tests.node.test_app import Served, directory_app, serve_node
 from tests.node.world import Directory, JailPair
