@@ -409,6 +409,10 @@ def status(data_dir: Path, as_json: bool) -> None:
         ("unused tokens", info["tokens"]["unused"]),
         ("modules", ", ".join(info["modules"]["loaded"]) or "none"),
     ]
+    checks = info.get("checks") or {}
+    failing = {name: detail for name, detail in checks.items() if detail != "ok"}
+    rows.append(("health", "ok (" + ", ".join(sorted(checks)) + ")" if not failing else
+                 "; ".join(f"{name} failing: {detail}" for name, detail in failing.items())))
     if info["modules"]["failed"]:
         rows.append(("failed modules", ", ".join(info["modules"]["failed"])))
     if reg.get("last_error"):

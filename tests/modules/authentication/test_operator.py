@@ -223,3 +223,16 @@ async def test_the_cli_logs_in_and_keeps_its_token_private(
         off = await asyncio.to_thread(cli, "auth", "disable", "--code", admin.code())
         assert off.exit_code == 0, off.output
         assert not token_file.exists()
+
+
+async def test_openred_status_shows_the_health_checks(admin: Admin) -> None:
+    reply = await admin.client().get("/admin/v1/status", headers=admin.headers())
+    assert (await reply.get_json())["checks"] == {
+        "database": "ok", "jail": "ok", "directory": "ok"}
+    data = admin.node.data
+    async with serve_in_loop(admin.app) as url:
+        (data / ADMIN_URL_FILE).write_text(url + "\n")
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["status", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "health" in result.output and "ok (database, directory, jail)" in result.output
