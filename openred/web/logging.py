@@ -173,6 +173,7 @@ class Reachability:
                  on_change: Any | None = None) -> None:
         self.logger = logger or logging.getLogger("openred.reachability")
         self._down: dict[str, str] = {}
+        self._seen: set[str] = set()
         self._on_change = on_change
 
     def is_down(self, target: str) -> bool:
@@ -180,6 +181,7 @@ class Reachability:
 
     def failed(self, target: str, detail: str) -> None:
         """``target`` did not answer; an ERROR line if it was answering until now."""
+        self._seen.add(target)
         if target not in self._down:
             self._down[target] = detail
             self.logger.error("%s is unreachable: %s", target, detail,
@@ -189,6 +191,10 @@ class Reachability:
 
     def answered(self, target: str) -> None:
         """``target`` answered; an INFO line if it was down."""
+        if target not in self._seen:
+            self._seen.add(target)
+            if self._on_change is not None and target not in self._down:
+                self._on_change(target, True)  # first answer: up, nothing to log
         detail = self._down.pop(target, None)
         if detail is not None:
             self.logger.info("%s is reachable again", target,

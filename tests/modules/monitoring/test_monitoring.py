@@ -163,6 +163,7 @@ def test_reachability_logs_once_down_and_once_back() -> None:
     configure_logging(fmt="json", node_id="n" * 32, stream=stream)
     changes: list[tuple[str, bool]] = []
     tracker = Reachability(on_change=lambda target, up: changes.append((target, up)))
+    tracker.answered("peer example:1")
     tracker.failed("directory", "connection refused")
     tracker.failed("directory", "connection refused")
     tracker.answered("directory")
@@ -171,7 +172,7 @@ def test_reachability_logs_once_down_and_once_back() -> None:
     assert [(x["level"], x["event"]) for x in lines] == [
         ("ERROR", "DependencyUnreachable"), ("INFO", "DependencyReachable")]
     assert all(x["node_id"] == "n" * 32 and x["target"] == "directory" for x in lines)
-    assert changes == [("directory", False), ("directory", True)]
+    assert changes == [("peer example:1", True), ("directory", False), ("directory", True)]
     logging.getLogger("openred").removeHandler(logging.getLogger("openred").handlers[-1])
 
 
