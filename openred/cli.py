@@ -139,7 +139,15 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
         sys.exit(1)
     from openred.web.logging import configure_logging
 
-    configure_logging()
+    try:
+        configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
+    except OpenRedError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)
@@ -347,8 +355,12 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if not settings.socket_path.exists() and not passphrase_available(settings):
         _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
               f"{settings.passphrase_path}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    from openred.web.logging import configure_logging
+
+    try:
+        configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
+    except OpenRedError as exc:
+        _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"node serving on {settings.base_url} (listening on "

@@ -1,6 +1,6 @@
 """Structured logs (issue 10, monitoring §2): one JSON object a line, or readable console lines.
 
-:func:`configure_logging` sets up the ``openred`` logger tree once per process. With
+:func:`configure_logging` sets up the process's logging once (a handler on the root logger). With
 ``OPENRED_LOG_FORMAT=json`` every record is one JSON object on one line with ``ts``, ``level``,
 ``logger``, ``event`` (the event type: a record's ``extra={"event": ...}``, else ``log``),
 ``message``, ``request_id`` and ``node_id`` (when known) and any other ``extra`` fields; the
@@ -126,7 +126,7 @@ def configure_logging(
     *, fmt: str | None = None, level: str | int | None = None, node_id: str | None = None,
     stream: TextIO | None = None, environ: Mapping[str, str] | None = None,
 ) -> logging.Handler:
-    """Send the ``openred`` loggers to ``stream`` (stderr) as JSON or console lines.
+    """Send the process's log records to ``stream`` (stderr) as JSON or console lines.
 
     ``fmt`` defaults to ``OPENRED_LOG_FORMAT`` (``json`` or ``console``, the default) and
     ``level`` to ``OPENRED_LOG_LEVEL`` (``INFO``). Calling it again replaces the handler.
@@ -141,7 +141,8 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if chosen == "json" else ConsoleFormatter())
     handler.addFilter(_ContextFilter(node_id))
     handler.set_name("openred")
-    root = logging.getLogger("openred")
+    # On the root logger: the libraries' lines (Hypercorn, Alembic) get the same format.
+    root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "openred"]:
         root.removeHandler(old)
     root.addHandler(handler)

@@ -158,9 +158,15 @@ async def test_health_names_the_directory_when_it_is_unreachable(
     assert status == 503 and json.loads(text)["failing"] == ["directory"]
 
 
+def release(handler: logging.Handler) -> None:
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def test_reachability_logs_once_down_and_once_back() -> None:
     stream = io.StringIO()
-    configure_logging(fmt="json", node_id="n" * 32, stream=stream)
+    handler = configure_logging(fmt="json", node_id="n" * 32, stream=stream)
     changes: list[tuple[str, bool]] = []
     tracker = Reachability(on_change=lambda target, up: changes.append((target, up)))
     tracker.answered("peer example:1")
@@ -173,14 +179,14 @@ def test_reachability_logs_once_down_and_once_back() -> None:
         ("ERROR", "DependencyUnreachable"), ("INFO", "DependencyReachable")]
     assert all(x["node_id"] == "n" * 32 and x["target"] == "directory" for x in lines)
     assert changes == [("peer example:1", True), ("directory", False), ("directory", True)]
-    logging.getLogger("openred").removeHandler(logging.getLogger("openred").handlers[-1])
+    release(handler)
 
 
 def test_console_format_is_the_default_and_bad_formats_are_refused() -> None:
     stream = io.StringIO()
     handler = configure_logging(stream=stream, environ={})
     logging.getLogger("openred.test").warning("hello %s", "there", extra={"event": "Greeted"})
-    logging.getLogger("openred").removeHandler(handler)
+    release(handler)
     line = stream.getvalue().strip()
     assert "WARNING" in line and "[Greeted] hello there" in line and not line.startswith("{")
     with pytest.raises(ConfigurationError):
