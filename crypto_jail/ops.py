@@ -87,6 +87,7 @@ _SIGNABLE: dict[str, Callable[[bytes], bool]] = {
     "checkpoint": structures.is_checkpoint_body,
     "grant": structures.is_canonical_grant,
     "node_record": structures.is_node_record,
+    "peer_challenge": structures.is_peer_challenge,
 }
 
 
@@ -263,7 +264,7 @@ def op_public_keys(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """{kind, data} → {signature}; only the five signable structures, each checked exactly."""
+    """{kind, data} → {signature}; only the six signable structures, each checked exactly."""
     _check_keys(args, ("kind", "data"))
     kind = _str(args, "kind")
     data = _bytes(args, "data")

@@ -10,7 +10,10 @@ pairwise disjoint, so a signature made for one purpose can never be valid for an
   the grant's keys;
 * canonical node record — one JSON object line with exactly the node record's keys (DESIGN §2),
   so it is never a grant (and a grant never a record): the two key sets differ;
-* HTTP signature base — starts with ``"@method": `` and has no trailing newline.
+* HTTP signature base — starts with ``"@method": `` and has no trailing newline;
+* peer challenge — starts with the line ``OpenRed peer challenge v1`` and has no trailing
+  newline (so it is never a checkpoint body, never JSON, never a signature base, and longer
+  than an entry hash).
 
 The HTTP signature base is OpenRed's RFC 9421 profile (DESIGN §3), four lines joined by
 ``\\n`` with no trailing newline, exactly as ``openred.crypto.httpsig`` builds it::
@@ -46,6 +49,7 @@ __all__ = [
     "is_entry_hash",
     "is_http_signature_base",
     "is_node_record",
+    "is_peer_challenge",
 ]
 
 MAX_SIGNATURE_BASE = 8192
@@ -243,3 +247,29 @@ def is_node_record(data: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- peer challenges (issue 10: authentication) --------------------------------------------------
+
+PEER_CHALLENGE_HEADER = "OpenRed peer challenge v1"
+# Six lines joined by "\n", no trailing newline: a node proves to the challenger, on one
+# session, for one purpose, that it holds its identity key (openred.modules.authentication).
+_PEER_CHALLENGE = re.compile(
+    PEER_CHALLENGE_HEADER + r"\n"
+    r"purpose: [a-z0-9][a-z0-9_.:-]{0,63}\n"
+    r"challenger: [a-z2-7]{32}\n"
+    r"responder: [a-z2-7]{32}\n"
+    r"session: [A-Za-z0-9_-]{21}[AQgw]\n"  # 16 bytes, canonical unpadded base64url
+    r"nonce: [A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]"  # 32 bytes, canonical unpadded base64url
+)
+
+
+def is_peer_challenge(data: bytes) -> bool:
+    """Whether ``data`` is a peer challenge in its exact form (see the module doc)."""
+    if not isinstance(data, bytes) or len(data) > 512:
+        return False
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return _PEER_CHALLENGE.fullmatch(text) is not None

@@ -137,6 +137,17 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
         err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
                   f"{settings.passphrase_path}")
         sys.exit(1)
+    from openred.web.logging import configure_logging
+
+    try:
+        configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
+    except OpenRedError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)
@@ -337,13 +348,18 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
         settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
     except OpenRedError as exc:
         _fail(str(exc))
-    if not settings.keystore_path.is_file():
+    # A keystore moved to a jail run by the service manager (deploy/systemd) is not here.
+    if not settings.keystore_path.is_file() and not settings.socket_path.exists():
         _fail(f"{data_dir} is not initialized: run `openred node init`")
     if not settings.socket_path.exists() and not passphrase_available(settings):
         _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
               f"{settings.passphrase_path}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    from openred.web.logging import configure_logging
+
+    try:
+        configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
+    except OpenRedError as exc:
+        _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"node serving on {settings.base_url} (listening on "
@@ -404,6 +420,10 @@ def status(data_dir: Path, as_json: bool) -> None:
         ("unused tokens", info["tokens"]["unused"]),
         ("modules", ", ".join(info["modules"]["loaded"]) or "none"),
     ]
+    checks = info.get("checks") or {}
+    failing = {name: detail for name, detail in checks.items() if detail != "ok"}
+    rows.append(("health", "ok (" + ", ".join(sorted(checks)) + ")" if not failing else
+                 "; ".join(f"{name} failing: {detail}" for name, detail in failing.items())))
     if info["modules"]["failed"]:
         rows.append(("failed modules", ", ".join(info["modules"]["failed"])))
     if reg.get("last_error"):

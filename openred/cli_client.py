@@ -10,6 +10,7 @@ detail — so a command prints one clear line either way.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, read_admin_token
 from openred.node.admin_keys import read_admin_key
 
 __all__ = ["ADMIN_URL_FILE", "AdminClient"]
@@ -27,10 +29,13 @@ ADMIN_URL_FILE = "admin-url"
 class AdminClient:
     """Synchronous calls to ``/admin/v1/...`` with the data directory's bearer key."""
 
-    def __init__(self, base_url: str, key: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, key: str, *, timeout: float = 30.0,
+                 admin_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.timeout = timeout
+        self.admin_token = admin_token
+        """Sent as X-OpenRed-Admin-Token (``openred auth login``) for sensitive actions."""
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, *, timeout: float = 30.0) -> AdminClient:
@@ -43,7 +48,8 @@ class AdminClient:
         except FileNotFoundError:
             raise NodeNotRunning(f"the node in {data_dir} is not running "
                                  "(start it with `openred node serve`)") from None
-        return cls(url, key, timeout=timeout)
+        return cls(url, key, timeout=timeout,
+                   admin_token=read_admin_token(data_dir, time.time()))
 
     def get(self, path: str, **query: Any) -> Any:
         params = {k: v for k, v in query.items() if v is not None}
@@ -59,7 +65,8 @@ class AdminClient:
         req = urllib.request.Request(  # noqa: S310 - http on loopback, from our own file
             f"{self.base_url}/admin/v1/{path.lstrip('/')}", data=data, method=method,
             headers={"Authorization": f"Bearer {self.key}", "Accept": "application/json",
-                     **({"Content-Type": "application/json"} if data is not None else {})},
+                     **({"Content-Type": "application/json"} if data is not None else {}),
+                     **({ADMIN_TOKEN_HEADER: self.admin_token} if self.admin_token else {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310

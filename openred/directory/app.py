@@ -14,6 +14,7 @@ from openred.directory import grants, info, registry
 from openred.directory.keys import start_jail
 from openred.directory.routing import EXTENSION
 from openred.directory.service import DirectoryService
+from openred.modules.monitoring.service import monitor_directory
 from openred.settings import DirectorySettings
 from openred.web.problems import install
 
@@ -47,6 +48,7 @@ def create_app(settings: DirectorySettings) -> Quart:
             await supervisor.stop()
             raise
         app.extensions[EXTENSION] = service
+        monitor_directory(app, service)
         state["status_task"] = asyncio.create_task(service.run_status_task())
 
     @app.after_serving

@@ -9,6 +9,13 @@ from quart_schema import validate_querystring, validate_response
 
 from openred.directory.routing import problems, service
 from openred.directory.schemas import CheckpointQuery, CheckpointReply, DirectoryKey, Health
+from openred.modules.monitoring.health import (
+    database_writable,
+    jail_answering,
+    refusal,
+    run_checks,
+)
+from openred.store.sqlite import DATABASE_NAME
 
 blueprint = Blueprint("info", __name__, url_prefix="/api/v3")
 
@@ -17,8 +24,19 @@ blueprint = Blueprint("info", __name__, url_prefix="/api/v3")
 @validate_response(Health, 200)
 @problems(503)
 async def health() -> dict[str, Any]:
-    """Status, version, node counts, and the log's size and root."""
-    return await service().health()
+    """Status, version, node counts, and the log's size and root; 503 naming a failing part.
+
+    Checks that the database is writable and the jail answers (:mod:`openred.modules.
+    monitoring.health`) before reading the counts.
+    """
+    svc = service()
+    failure = refusal(await run_checks({
+        "database": database_writable(svc.settings.data_dir / DATABASE_NAME),
+        "jail": jail_answering(svc.jail),
+    }))
+    if failure is not None:
+        raise failure
+    return await svc.health()
 
 
 @blueprint.get("/directory/key")

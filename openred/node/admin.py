@@ -32,6 +32,7 @@ from sqlmodel import select
 
 from openred import __version__
 from openred.errors import NodeRefused, RequestRefused
+from openred.modules.monitoring.health import run_checks
 from openred.node.admin_auth import ADMIN_KEY, require_bearer, sensitive
 from openred.node.readmodels import PeerRow
 from openred.node.routes import EXTENSION
@@ -105,6 +106,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
     async def status() -> dict[str, Any]:
         svc = node_services()
         health = await svc.health()
+        checks = await run_checks(svc.health_probes())
         registrar = node_app.extensions.get(REGISTRAR)
         registration = asdict(registrar.state) if registrar is not None else None
         record = registrar.record if registrar is not None else None
@@ -115,6 +117,8 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
             "record_version": record.record.version if record is not None else None,
             "sessions": {"active": len(await svc.book.sessions(state="active")),
                          "total": len(await svc.book.sessions())},
+            # What GET /api/v3/health checks: "ok" or why the part fails.
+            "checks": {c.name: c.detail for c in checks},
         }
 
     @app.get(f"{ADMIN_PREFIX}/peers")

@@ -4,9 +4,15 @@ The admin key is a random secret in ``DATA_DIR/admin-key`` (mode 0600), created 
 node init`` (or by ``serve`` when missing). Every admin request must carry it as
 ``Authorization: Bearer <key>``; :func:`require_bearer` checks it in constant time and refuses
 with 401 (RFC 9457) otherwise. Routes that change something or reveal message contents are
-also marked :func:`sensitive`: for now that means "the bearer key, checked again at the route"
-(so a sensitive route stays protected even if mounted on an app without the global check); a
-second factor for enrolled operators is added here by the authentication module.
+also marked :func:`sensitive`: the bearer key, checked again at the route (so a sensitive
+route stays protected even if mounted on an app without the global check), and — once the
+operator enrolled a TOTP second factor (``openred auth enroll``, the authentication module) —
+a valid admin token (``X-OpenRed-Admin-Token``, from ``openred auth login``) or a fresh code
+(``X-OpenRed-TOTP``). If a second factor is enrolled but the authentication module is not
+loaded, sensitive actions are refused (503): disabling the module never drops the factor.
+
+The CLI keeps its admin token in ``DATA_DIR/admin-token`` (0600,
+:mod:`openred.modules.authentication.files`).
 """
 
 from __future__ import annotations
@@ -14,25 +20,32 @@ from __future__ import annotations
 import functools
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from quart import current_app, request
 
 from openred.errors import RequestRefused
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, TOTP_HEADER, TOTP_STATE_FILE
 from openred.node.admin_keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 
 __all__ = [
     "ADMIN_KEY",
     "ADMIN_KEY_FILE",
+    "SECOND_FACTOR",
     "ensure_admin_key",
     "is_sensitive",
     "read_admin_key",
     "require_bearer",
+    "require_second_factor",
     "sensitive",
 ]
 
 ADMIN_KEY = "openred.admin.key"
 """Key of the expected bearer key (str) in the admin app's ``config``."""
+
+SECOND_FACTOR = "openred.admin.second_factor"
+"""Key of the authentication module's ``OperatorAuth`` in the admin app's ``extensions``."""
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -50,12 +63,32 @@ def require_bearer() -> None:
                              extra={})
 
 
+async def require_second_factor() -> None:
+    """Refuse the current request unless the enrolled second factor (if any) is satisfied."""
+    guard = current_app.extensions.get(SECOND_FACTOR)
+    if guard is None:
+        from openred.node.admin import NODE_APP
+        from openred.node.routes import EXTENSION
+
+        node_app = current_app.extensions.get(NODE_APP)
+        services = node_app.extensions.get(EXTENSION) if node_app is not None else None
+        data_dir = getattr(getattr(services, "settings", None), "data_dir", None)
+        if isinstance(data_dir, Path) and (data_dir / TOTP_STATE_FILE).exists():
+            raise RequestRefused(503, "second-factor-unavailable",
+                                 "a second factor is enrolled but the authentication module "
+                                 "is not loaded: enable it (OPENRED_MODULES)", retry_after=60)
+        return
+    await guard.require(token=request.headers.get(ADMIN_TOKEN_HEADER) or None,
+                        code=request.headers.get(TOTP_HEADER) or None)
+
+
 def sensitive(func: F) -> F:
-    """Mark an admin route as sensitive: it requires the bearer key (and, later, a 2nd factor)."""
+    """Mark an admin route as sensitive: the bearer key and the second factor when enrolled."""
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         require_bearer()
+        await require_second_factor()
         return await func(*args, **kwargs)
 
     wrapper.__openred_sensitive__ = True  # type: ignore[attr-defined]
@@ -65,3 +98,4 @@ def sensitive(func: F) -> F:
 def is_sensitive(func: Callable[..., Any]) -> bool:
     """Whether ``func`` was marked with :func:`sensitive`."""
     return bool(getattr(func, "__openred_sensitive__", False))
+

@@ -22,6 +22,7 @@ from openred import __version__
 from openred.crypto.identity import SignKey, b64url
 from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused, RequestRefused
+from openred.modules.monitoring.health import refusal, run_checks
 from openred.node.envelope import Route
 from openred.node.handshake import parse_handshake
 from openred.node.services import NodeServices
@@ -145,5 +146,13 @@ async def p2p(module: str, action: str) -> dict[str, Any]:
 @validate_response(Health, 200)
 @_documented(503)
 async def health() -> dict[str, Any]:
-    """The node's id, sessions, unused tokens, log size and modules."""
-    return {**await services().health(), "version": __version__}
+    """The node's id, sessions, unused tokens, log size and modules; 503 naming a failing part.
+
+    Checks first that the database is writable, the jail answers and the directory answers
+    (:mod:`openred.modules.monitoring.health`).
+    """
+    svc = services()
+    failure = refusal(await run_checks(svc.health_probes()))
+    if failure is not None:
+        raise failure
+    return {**await svc.health(), "version": __version__}

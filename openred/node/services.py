@@ -24,6 +24,12 @@ from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, Receipt
+from openred.modules.monitoring.health import (
+    Probe,
+    database_writable,
+    jail_answering,
+    url_answers,
+)
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import node_registry
@@ -44,6 +50,7 @@ logger = logging.getLogger("openred.node")
 
 HANDSHAKE_PATH = "/api/v3/p2p/handshake"
 CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
+HEALTH_PATH = "/api/v3/health"
 REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
 SESSION_LEDGER = "session-ledger.json"
 """The durable session ledger (send epochs) in the data directory."""
@@ -283,6 +290,17 @@ class NodeServices:
         sessions = await self.keeper.expire(now)
         return {"renewed": len(renewed), "rotated": len(rotated), "tokens": tokens,
                 "sessions": len(sessions)}
+
+    def health_probes(self) -> dict[str, Probe]:
+        """What ``GET /api/v3/health`` checks: database writable, jail and directory answering."""
+        probes = {
+            "database": database_writable(self.settings.data_dir / DATABASE_NAME),
+            "jail": jail_answering(self.jail),
+        }
+        if self.settings.directory_url:
+            probes["directory"] = url_answers(
+                self.http, f"{self.settings.directory_url}{HEALTH_PATH}")
+        return probes
 
     async def health(self) -> dict[str, Any]:
         return {

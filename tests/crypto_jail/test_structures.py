@@ -15,6 +15,7 @@ from crypto_jail.structures import (
     is_entry_hash,
     is_http_signature_base,
     is_node_record,
+    is_peer_challenge,
 )
 
 ROOT = base64.b64encode(hashlib.sha256(b"root").digest()).decode()
@@ -43,15 +44,25 @@ RECORD = (
     + base64.urlsafe_b64encode(SIGN_KEY).decode().rstrip("=") + '","version":1}'
 ).encode()
 
+CHALLENGE = (
+    "OpenRed peer challenge v1\n"
+    "purpose: file_sharing.offer\n"
+    f"challenger: {'a' * 32}\n"
+    f"responder: {'b' * 32}\n"
+    "session: AAAAAAAAAAAAAAAAAAAAAA\n"
+    f"nonce: {'B' * 42}A"
+).encode()
+
 RECOGNIZERS = {
     "entry": is_entry_hash,
     "checkpoint": is_checkpoint_body,
     "grant": is_canonical_grant,
     "http": is_http_signature_base,
     "record": is_node_record,
+    "challenge": is_peer_challenge,
 }
 SAMPLES = {"entry": HASH, "checkpoint": CHECKPOINT, "grant": GRANT, "http": BASE,
-           "record": RECORD}
+           "record": RECORD, "challenge": CHALLENGE}
 
 
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
@@ -201,3 +212,27 @@ def test_node_record_recognized_and_variants_refused() -> None:
     assert not is_node_record(RECORD[:-1] + b',"extra":1}')
     assert not is_node_record(b"{}")
     assert not is_node_record(b"[1]")
+
+
+# --- peer challenge ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(CHALLENGE + b"\n", id="trailing-newline"),
+        pytest.param(CHALLENGE.replace(b"v1", b"v2"), id="other-version"),
+        pytest.param(CHALLENGE.replace(b"file_sharing.offer", b"File"), id="uppercase-purpose"),
+        pytest.param(CHALLENGE.replace(b"file_sharing.offer", b""), id="empty-purpose"),
+        pytest.param(CHALLENGE.replace(b"file_sharing.offer", b"x" * 65), id="long-purpose"),
+        pytest.param(CHALLENGE.replace(b"a" * 32, b"a" * 31), id="short-challenger"),
+        pytest.param(CHALLENGE.replace(b"A" * 22, b"A" * 21 + b"B"), id="noncanonical-session"),
+        pytest.param(CHALLENGE.replace(b"B" * 42 + b"A", b"B" * 43), id="noncanonical-nonce"),
+        pytest.param(CHALLENGE.replace(b"\nsession", b"\r\nsession"), id="carriage-return"),
+        pytest.param(CHALLENGE.replace(b"purpose: ", b"purpose:"), id="no-space"),
+        pytest.param(b"\n".join(reversed(CHALLENGE.split(b"\n"))), id="reordered"),
+    ],
+)
+def test_peer_challenge_rejects(data: bytes) -> None:
+    assert is_peer_challenge(CHALLENGE)
+    assert not is_peer_challenge(data)

@@ -334,15 +334,17 @@ async def test_a_restarted_node_resumes_its_session_over_http(
 async def test_a_module_that_fails_to_load_does_not_take_the_node_down(
     jails: JailPair, directory: Directory, tmp_path: Path,
 ) -> None:
-    port = free_port()
+    port, dir_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     settings = NodeSettings(
         data_dir=tmp_path / "c", host="127.0.0.1", port=port, public_url=url,
-        allow_private_urls=True, directory_url="http://127.0.0.1:9",
+        allow_private_urls=True, directory_url=f"http://127.0.0.1:{dir_port}",
         directory_key=directory.key.b64url(), modules=("messaging", "not_installed"),
     )
     settings.data_dir.mkdir()
-    async with JailClient(jails.procs[2].socket_path) as jail, serve_in_loop(
+    async with serve_in_loop(directory_app(directory), dir_port), JailClient(
+        jails.procs[2].socket_path
+    ) as jail, serve_in_loop(
         create_app(settings, jail=jail), port
     ), aiohttp.ClientSession() as session, session.get(f"{url}/api/v3/health") as resp:
         body = await resp.json()

@@ -98,7 +98,8 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         for attempt in range(3):  # another test may take the free port before B binds it
             port = free_port()
             try:
-                server = start_b(b_dir, port, dir_url, directory.key)
+                # In a thread: this loop serves the directory B's health check asks.
+                server = await asyncio.to_thread(start_b, b_dir, port, dir_url, directory.key)
             except RuntimeError:
                 if attempt == 2:
                     raise
@@ -148,7 +149,7 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         await asyncio.sleep(0.5)  # B's jail sees its supervisor's pipe close and exits
 
         # B comes back on the same data directory.
-        server = start_b(b_dir, port, dir_url, directory.key)
+        server = await asyncio.to_thread(start_b, b_dir, port, dir_url, directory.key)
         stack.callback(lambda: server.stop())
         receipt = await a.services.send_message(channel.session_id, "after the kill")
         acknowledged.append(receipt.message_id)

@@ -1,0 +1,225 @@
+"""Peer authentication (issue 10, authentication §1): ask a peer to prove, now, on a session,
+that it holds its identity key; answer such questions; let modules require a recent proof.
+
+Challenger side: :meth:`PeerAuthentication.authenticate` sends ``authentication/prove`` with
+``{"purpose", "nonce"}`` over the session (encrypted and bound to the request's counter like
+every P2P call); the answer is ``{"signature"}``, which :meth:`PeerAuthentication.check`
+accepts once (:func:`~openred.modules.authentication.challenge.decide_answer`) and logs as
+``PeerAuthenticated`` or ``PeerAuthenticationFailed``.
+
+Responder side: :meth:`PeerAuthentication.answer` (the P2P handler) rebuilds the challenge from
+what the session itself says — the challenger is the session's peer, the responder is this
+node, the session is the one the request came on — so a peer cannot make this node sign a
+question about another session or another node; the jail signs it as kind ``peer_challenge``.
+Nothing is logged on the responder: answering changes no state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import rfc8785
+
+from openred.crypto.client import JailClient
+from openred.crypto.identity import b64url, from_b64url
+from openred.errors import NodeRefused
+from openred.modules.authentication import events as ev
+from openred.modules.authentication.challenge import (
+    NONCE_BYTES,
+    PURPOSE,
+    Failure,
+    PeerChallenge,
+    Pending,
+    Proof,
+    decide_answer,
+)
+from openred.node.book import NodeBook
+from openred.node.envelope import Envelope, Route, SessionChannel
+from openred.node.p2p import Outcome, RequestContext
+from openred.node.sessions import SessionKeeper, SessionView, decide_use
+from openred.store.events import NewEvent
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = ["CHALLENGE_LIFETIME", "PROVE", "PeerAuthentication"]
+
+logger = logging.getLogger("openred.authentication")
+
+PROVE: Final = Route("authentication", "prove")
+CHALLENGE_LIFETIME: Final = 30
+"""Seconds a challenge waits for its answer."""
+MAX_PENDING: Final = 1024
+
+Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
+Rotate = Callable[[SessionChannel], Awaitable[int]]
+
+
+def _refuse(detail: str) -> NodeRefused:
+    return NodeRefused(422, "invalid-challenge", detail)
+
+
+def _object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _refuse(f"the {what} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise _refuse(f"the {what} is a JSON object")
+    return obj
+
+
+class PeerAuthentication:
+    """Challenges this node sent, proofs its peers gave, and the answers it gives."""
+
+    def __init__(
+        self, me: str, store: SQLiteEventStore, jail: JailClient, book: NodeBook,
+        keeper: SessionKeeper, *, lifetime: int = CHALLENGE_LIFETIME,
+        random: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.me = me
+        self.store = store
+        self.jail = jail
+        self.book = book
+        self.keeper = keeper
+        self.lifetime = lifetime
+        self.random = random
+        self._pending: dict[str, Pending] = {}
+        self._proofs: dict[tuple[str, str], Proof] = {}
+
+    # -- challenger --
+
+    def issue(self, session_id: str, peer: str, purpose: str, now: int) -> PeerChallenge:
+        """A fresh challenge for ``peer`` on ``session_id``, pending for ``lifetime`` seconds."""
+        self._pending = {n: p for n, p in self._pending.items() if p.expires_at > now}
+        if len(self._pending) >= MAX_PENDING:
+            raise NodeRefused(429, "too-many-challenges", "too many challenges are pending")
+        challenge = PeerChallenge.fresh(purpose, self.me, peer, session_id,
+                                        self.random(NONCE_BYTES))
+        self._pending[challenge.nonce] = Pending(challenge, now + self.lifetime)
+        return challenge
+
+    async def check(self, challenge: PeerChallenge, signature: bytes, now: int) -> Proof:
+        """Accept ``signature`` as the answer to ``challenge`` (once), or raise NodeRefused.
+
+        Either way the outcome is logged (``PeerAuthenticated`` / ``PeerAuthenticationFailed``).
+        """
+        pending = self._pending.get(challenge.nonce)
+        if pending is not None and pending.challenge != challenge:
+            pending = None  # the nonce names another question: never answer one with another
+        row = await self.book.session(challenge.session_id)
+        usable = row is not None and row.peer == challenge.responder and decide_use(
+            SessionView.of(row), now) is None
+        peer = await self.book.peer(challenge.responder)
+        failure = decide_answer(pending, session_usable=usable,
+                                peer_key=None if peer is None else peer.sign_key,
+                                signature=signature, now=now)
+        if pending is not None:
+            del self._pending[challenge.nonce]  # answered once, right or wrong
+        if failure is not None:
+            await self._failed(challenge, failure)
+            raise NodeRefused(failure.status, failure.reason, failure.detail)
+        await self.store.append_one(NewEvent(ev.auth_stream(challenge.responder),
+                                             ev.PEER_AUTHENTICATED, {
+            "peer": challenge.responder, "session_id": challenge.session_id,
+            "purpose": challenge.purpose, "nonce": challenge.nonce,
+            "signature": b64url(signature),
+        }))
+        proof = Proof(challenge.responder, challenge.session_id, challenge.purpose, now)
+        self._proofs[(proof.peer, proof.purpose)] = proof
+        logger.info("peer %s proved its key for %s", proof.peer, proof.purpose,
+                    extra={"event": ev.PEER_AUTHENTICATED, "peer": proof.peer,
+                           "purpose": proof.purpose, "session_id": proof.session_id})
+        return proof
+
+    async def _failed(self, challenge: PeerChallenge, failure: Failure) -> None:
+        await self.store.append_one(NewEvent(ev.auth_stream(challenge.responder),
+                                             ev.PEER_AUTHENTICATION_FAILED, {
+            "peer": challenge.responder, "session_id": challenge.session_id,
+            "purpose": challenge.purpose, "reason": failure.reason,
+        }))
+        logger.warning("peer %s failed authentication for %s: %s", challenge.responder,
+                       challenge.purpose, failure.detail,
+                       extra={"event": ev.PEER_AUTHENTICATION_FAILED, "peer":
+                              challenge.responder, "reason": failure.reason})
+
+    async def authenticate(
+        self, session_id: str, purpose: str, *, transport: Transport, now: Callable[[], int],
+        rotate: Rotate | None = None,
+    ) -> Proof:
+        """Ask the peer of ``session_id`` to prove its key for ``purpose``; the proof."""
+        if not PURPOSE.fullmatch(purpose):
+            raise _refuse("a purpose is 1-64 characters of [a-z0-9_.:-]")
+        channel = await self.keeper.channel(session_id, now())
+        challenge = self.issue(session_id, channel.peer, purpose, now())
+        request = bytes(rfc8785.dumps({"purpose": purpose, "nonce": challenge.nonce}))
+        try:
+            plaintext = await self._ask(channel, request, transport, rotate)
+        except NodeRefused as exc:
+            self._pending.pop(challenge.nonce, None)
+            await self._failed(challenge, Failure(exc.status, exc.reason, exc.detail))
+            raise
+        answer = _object(plaintext, "answer")
+        signature = answer.get("signature") if set(answer) == {"signature"} else None
+        try:
+            raw = from_b64url(signature) if isinstance(signature, str) else b""
+        except ValueError:
+            raw = b""
+        return await self.check(challenge, raw, now())
+
+    @staticmethod
+    async def _ask(channel: SessionChannel, request: bytes, transport: Transport,
+                   rotate: Rotate | None) -> bytes:
+        for attempt in (1, 2):
+            envelope = channel.seal_request(PROVE, request)
+            try:
+                answer = await transport(PROVE, envelope)
+                return channel.open_answer(PROVE, envelope.counter, answer)
+            except NodeRefused as exc:
+                # A restarted peer refuses old counters: move to a fresh epoch once (as messaging).
+                if attempt == 1 and rotate is not None and exc.reason == "replayed-message":
+                    await rotate(channel)
+                    continue
+                raise
+            finally:
+                channel.forget(envelope.counter)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- what other modules use --
+
+    def recent_proof(self, peer: str, purpose: str, now: int, max_age: int) -> Proof | None:
+        """The peer's proof for ``purpose`` if it is at most ``max_age`` seconds old."""
+        proof = self._proofs.get((peer, purpose))
+        if proof is None or now - proof.at > max_age:
+            return None
+        return proof
+
+    def require_recent(self, peer: str, purpose: str, now: int, max_age: int) -> Proof:
+        """The recent proof, or 403 ``authentication-required`` (ask the peer first)."""
+        proof = self.recent_proof(peer, purpose, now, max_age)
+        if proof is None:
+            raise NodeRefused(403, "authentication-required",
+                              f"peer {peer} has not proved its key for {purpose} in the last "
+                              f"{max_age} s")
+        return proof
+
+    # -- responder (the P2P handler of authentication/prove) --
+
+    async def answer(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
+        obj = _object(plaintext, "challenge")
+        if set(obj) != {"purpose", "nonce"}:
+            raise _refuse("a challenge has exactly purpose and nonce")
+        purpose, nonce = obj["purpose"], obj["nonce"]
+        if not isinstance(purpose, str) or not PURPOSE.fullmatch(purpose):
+            raise _refuse("a purpose is 1-64 characters of [a-z0-9_.:-]")
+        try:
+            raw = from_b64url(nonce) if isinstance(nonce, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != NONCE_BYTES:
+            raise _refuse(f"the nonce is {NONCE_BYTES} bytes base64url")
+        challenge = PeerChallenge.fresh(purpose, ctx.peer, self.me, ctx.session_id, raw)
+        signature = await self.jail.sign("peer_challenge", challenge.signable())
+        return Outcome(bytes(rfc8785.dumps({"signature": b64url(bytes(signature))})))

@@ -1,0 +1,103 @@
+"""Dependency checks behind ``GET /api/v3/health`` (issue 10, monitoring §3); no Quart here.
+
+Each check is an async function that returns None when its dependency works and raises (any
+exception) when not; :func:`run_checks` runs them concurrently, each within a time limit, and
+returns one :class:`Check` per dependency. The routes turn a failing check into a 503 problem
+that names the failing part (``failing: ["jail"]``), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openred.errors import RequestRefused
+
+__all__ = ["Check", "database_writable", "jail_answering", "refusal", "run_checks", "url_answers"]
+
+Probe = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = "ok"
+
+
+def database_writable(path: Path) -> Probe:
+    """The SQLite file and its directory are writable and the file opens as a database.
+
+    It does not take the write lock: under load the log's writer holds it, and a health check
+    must not report that as an outage.
+    """
+
+    def probe() -> None:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        for target in (path, path.parent):
+            if not os.access(target, os.W_OK):
+                raise PermissionError(f"{target} is not writable")
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1.0)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+
+    async def check() -> None:
+        await asyncio.to_thread(probe)
+
+    return check
+
+
+def jail_answering(jail: Any) -> Probe:
+    """The crypto jail answers a ``public_keys`` request."""
+
+    async def check() -> None:
+        await jail.call("public_keys", {}, retry=False)
+
+    return check
+
+
+def url_answers(http: Any, url: str) -> Probe:
+    """``GET url`` answers with a status below 500 (one attempt, no retries)."""
+
+    async def check() -> None:
+        reply = await http.request("GET", url, attempts=1)
+        if reply.status >= 500:
+            raise ConnectionError(f"answered {reply.status}")
+
+    return check
+
+
+async def _run(name: str, probe: Probe, timeout: float) -> Check:
+    try:
+        async with asyncio.timeout(timeout):
+            await probe()
+    except TimeoutError:
+        return Check(name, False, f"no answer within {timeout:g} s")
+    except Exception as exc:  # any failure of a dependency is reported, not raised
+        return Check(name, False, f"{type(exc).__name__}: {exc}"[:300])
+    return Check(name, True)
+
+
+async def run_checks(probes: Mapping[str, Probe], *, timeout: float = 2.0) -> list[Check]:
+    """Run every probe concurrently, each within ``timeout`` seconds; one Check each."""
+    return list(await asyncio.gather(*(_run(n, p, timeout) for n, p in probes.items())))
+
+
+def refusal(checks: list[Check]) -> RequestRefused | None:
+    """The 503 problem naming the failing parts, or None when all are ok."""
+    failing = [c for c in checks if not c.ok]
+    if not failing:
+        return None
+    detail = "; ".join(f"{c.name}: {c.detail}" for c in failing)
+    return RequestRefused(503, "unhealthy", f"failing: {detail}", retry_after=5, extra={
+        "failing": [c.name for c in failing],
+        "checks": {c.name: c.detail for c in checks},
+    })

@@ -1,0 +1,204 @@
+"""Structured logs (issue 10, monitoring §2): one JSON object a line, or readable console lines.
+
+:func:`configure_logging` sets up the process's logging once (a handler on the root logger). With
+``OPENRED_LOG_FORMAT=json`` every record is one JSON object on one line with ``ts``, ``level``,
+``logger``, ``event`` (the event type: a record's ``extra={"event": ...}``, else ``log``),
+``message``, ``request_id`` and ``node_id`` (when known) and any other ``extra`` fields; the
+default is a readable console line carrying the same fields.
+
+The request id comes from the inbound ``X-Request-Id`` header (when it is a short token) or is
+made fresh, is kept in a context variable for the request's logs, and is echoed in the answer
+(:func:`install_request_ids`). :class:`Reachability` writes one ERROR line when a dependency
+(the directory, a peer) stops answering and one INFO line when it is back — not one per failure.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+__all__ = [
+    "JsonFormatter",
+    "Reachability",
+    "bind_node_id",
+    "configure_logging",
+    "install_request_ids",
+    "request_id",
+]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "openred_request_id", default=None)
+_VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+
+_NODE_ID: list[str | None] = [None]
+
+
+def bind_node_id(node_id: str | None) -> None:
+    """Name this process's node in every later log record (a service calls it once open)."""
+    _NODE_ID[0] = node_id
+
+
+def request_id() -> str | None:
+    """The id of the request being handled, if any."""
+    return _REQUEST_ID.get()
+
+
+class _ContextFilter(logging.Filter):
+    """Adds ``request_id``, ``node_id`` and ``event`` to every record."""
+
+    def __init__(self, node_id: str | None) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = _REQUEST_ID.get()
+        if not hasattr(record, "node_id"):
+            record.node_id = self.node_id or _NODE_ID[0]
+        if not hasattr(record, "event"):
+            record.event = "log"
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items()
+            if k not in _STANDARD and k not in ("request_id", "node_id", "event")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+            "node_id": getattr(record, "node_id", None),
+        }
+        obj.update(_extras(record))
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL logger [event] message key=value …`` for a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [stamp, f"{record.levelname:<7}", record.name]
+        event = getattr(record, "event", "log")
+        if event != "log":
+            parts.append(f"[{event}]")
+        parts.append(record.getMessage())
+        fields = dict(_extras(record))
+        rid = getattr(record, "request_id", None)
+        if rid:
+            fields["request_id"] = rid
+        parts.extend(f"{k}={v}" for k, v in fields.items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(
+    *, fmt: str | None = None, level: str | int | None = None, node_id: str | None = None,
+    stream: TextIO | None = None, environ: Mapping[str, str] | None = None,
+) -> logging.Handler:
+    """Send the process's log records to ``stream`` (stderr) as JSON or console lines.
+
+    ``fmt`` defaults to ``OPENRED_LOG_FORMAT`` (``json`` or ``console``, the default) and
+    ``level`` to ``OPENRED_LOG_LEVEL`` (``INFO``). Calling it again replaces the handler.
+    """
+    env = os.environ if environ is None else environ
+    chosen = (fmt or env.get("OPENRED_LOG_FORMAT") or "console").strip().lower()
+    if chosen not in ("json", "console"):
+        from openred.errors import ConfigurationError
+
+        raise ConfigurationError("OPENRED_LOG_FORMAT is json or console")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else ConsoleFormatter())
+    handler.addFilter(_ContextFilter(node_id))
+    handler.set_name("openred")
+    # On the root logger: the libraries' lines (Hypercorn, Alembic) get the same format.
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "openred"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level or env.get("OPENRED_LOG_LEVEL", "INFO").upper())
+    return handler
+
+
+def install_request_ids(app: Quart) -> None:
+    """Give each request of a Quart ``app`` an id: its logs carry it, its answer echoes it."""
+    from quart import request
+
+    @app.before_request
+    async def assign() -> None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        _REQUEST_ID.set(given if _VALID_ID.fullmatch(given) else secrets.token_urlsafe(12))
+
+    @app.after_request
+    async def echo(response: Any) -> Any:
+        rid = _REQUEST_ID.get()
+        if rid is not None:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+
+class Reachability:
+    """Log a dependency going down (ERROR, once) and coming back (INFO, once)."""
+
+    def __init__(self, logger: logging.Logger | None = None,
+                 on_change: Any | None = None) -> None:
+        self.logger = logger or logging.getLogger("openred.reachability")
+        self._down: dict[str, str] = {}
+        self._seen: set[str] = set()
+        self._on_change = on_change
+
+    def is_down(self, target: str) -> bool:
+        return target in self._down
+
+    def failed(self, target: str, detail: str) -> None:
+        """``target`` did not answer; an ERROR line if it was answering until now."""
+        self._seen.add(target)
+        if target not in self._down:
+            self._down[target] = detail
+            self.logger.error("%s is unreachable: %s", target, detail,
+                              extra={"event": "DependencyUnreachable", "target": target})
+            if self._on_change is not None:
+                self._on_change(target, False)
+
+    def answered(self, target: str) -> None:
+        """``target`` answered; an INFO line if it was down."""
+        if target not in self._seen:
+            self._seen.add(target)
+            if self._on_change is not None and target not in self._down:
+                self._on_change(target, True)  # first answer: up, nothing to log
+        detail = self._down.pop(target, None)
+        if detail is not None:
+            self.logger.info("%s is reachable again", target,
+                             extra={"event": "DependencyReachable", "target": target})
+            if self._on_change is not None:
+                self._on_change(target, True)
