@@ -30,7 +30,7 @@ TABLES = {
             state      TEXT NOT NULL
                        CHECK (state IN ('offered', 'revoked', 'declined', 'expired')),
             source     TEXT,
-            mtime_ns   INTEGER,
+            mtime_ns   TEXT,
             offered_at TEXT NOT NULL
         )""",
     "file_transfers": """

@@ -4,7 +4,8 @@ Each offer has its own stream ``file_offer:<offer_id>`` on both nodes.
 
 * ``FileOffered {offer_id, peer, session_id, name, size, digest, root, chunk_size, expires_at,
   source, mtime_ns}`` — the sender offered a local file (``source`` its absolute path,
-  ``mtime_ns`` its modification time when hashed; both stay on the sender).
+  ``mtime_ns`` its modification time in nanoseconds when hashed, a decimal string: it is
+  beyond JSON's safe integers; both stay on the sender).
 * ``FileOfferReceived {offer_id, peer, session_id, name, size, digest, root, chunk_size,
   expires_at}`` — an offer arrived from ``peer``.
 * ``FileOfferRevoked {offer_id}`` — the sender revoked it (logged by the sender, and by the

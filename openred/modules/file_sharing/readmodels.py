@@ -31,7 +31,7 @@ class FileOfferRow(_NodeModel, table=True):
     expires_at: int = Field(sa_type=Integer, nullable=False)
     state: str = Field(sa_type=Text, nullable=False)
     source: str | None = Field(default=None, sa_type=Text, nullable=True)
-    mtime_ns: int | None = Field(default=None, sa_type=Integer, nullable=True)
+    mtime_ns: str | None = Field(default=None, sa_type=Text, nullable=True)
     offered_at: str = Field(sa_type=Text, nullable=False)
 
 

@@ -283,7 +283,7 @@ class FileSharing:
         tmp.replace(tree_path)
         await self._log(offer_id, ev.FILE_OFFERED, {
             **terms.to_json(), "peer": peer, "session_id": channel.session_id,
-            "source": str(source), "mtime_ns": after.st_mtime_ns,
+            "source": str(source), "mtime_ns": str(after.st_mtime_ns),
         })
         try:
             await self._call(peer, OFFER, _json(terms.to_json()), channel)
@@ -366,7 +366,7 @@ class FileSharing:
             raise changed from None
         try:
             info = os.fstat(fd)
-            if info.st_size != row.size or info.st_mtime_ns != row.mtime_ns:
+            if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
                 raise changed
             data = os.pread(fd, length, offset)
         finally:
