@@ -295,12 +295,15 @@ def run_all(quick: bool) -> None:
         grants = load(grant_requests, tmp)
 
         async def prepare_discover() -> list[dict[str, Any]]:
-            asker, target = BenchNode(receivers[0]), BenchNode(receivers[1])
-            for node in (asker, target):
+            # One asker per connection: a signer's nonce quota (1000 per window) is not the
+            # thing measured here.
+            askers = [BenchNode(receivers[0]) for _ in range(CONCURRENCY)]
+            target = BenchNode(receivers[1])
+            for node in (*askers, target):
                 load_one(await node.signed("POST", directory + "/api/v3/nodes/register",
                                            node.record_wire()))
             url = f"{directory}/api/v3/nodes/discover?node_id={target.node_id}"
-            return [await asker.signed("GET", url) for _ in range(n_disc)]
+            return [await askers[i % CONCURRENCY].signed("GET", url) for i in range(n_disc)]
 
         disc_requests = asyncio.run(prepare_discover())
         disc_base = baseline()

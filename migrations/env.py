@@ -6,6 +6,8 @@ or from ``-x db=PATH`` on the command line.
 
 from __future__ import annotations
 
+import sqlite3
+
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -22,7 +24,7 @@ def run_migrations() -> None:
     db = context.get_x_argument(as_dictionary=True).get("db")
     if not db:
         raise SystemExit("usage: alembic -x db=PATH/openred.db upgrade head")
-    engine = create_engine(f"sqlite:///{db}")
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(db))
     with engine.connect() as conn:
         context.configure(connection=conn, render_as_batch=True)
         with context.begin_transaction():

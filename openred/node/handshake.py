@@ -51,11 +51,18 @@ MAX_MESSAGE: Final = 1024
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
-def parse_handshake(body: object) -> tuple[str, bytes]:
-    """``(grant_id, message)`` from a handshake request body, or NodeRefused 400/413."""
-    if not isinstance(body, Mapping) or set(body) != {"grant_id", "message"}:
-        raise NodeRefused(400, "malformed-handshake", "the body is {grant_id, message}")
-    grant_id, message = body["grant_id"], body["message"]
+def parse_handshake(body: object) -> tuple[str, bytes, str | None]:
+    """``(grant_id, message, renews)`` from a handshake body, or NodeRefused 400/413.
+
+    ``renews`` (optional) names the session this handshake renews (DESIGN §6, 80 % of life).
+    """
+    if not isinstance(body, Mapping) or not (
+        {"grant_id", "message"} <= set(body) <= {"grant_id", "message", "renews"}
+    ):
+        raise NodeRefused(400, "malformed-handshake", "the body is {grant_id, message, renews?}")
+    grant_id, message, renews = body["grant_id"], body["message"], body.get("renews")
+    if renews is not None and (not isinstance(renews, str) or not _GRANT_ID.fullmatch(renews)):
+        raise NodeRefused(400, "malformed-handshake", "renews is a session id")
     if not isinstance(grant_id, str) or not _GRANT_ID.fullmatch(grant_id):
         raise NodeRefused(400, "malformed-handshake", "grant_id is 16 bytes base64url")
     if not isinstance(message, str):
@@ -68,7 +75,7 @@ def parse_handshake(body: object) -> tuple[str, bytes]:
         raise NodeRefused(400, "malformed-handshake", "message is base64url") from None
     if not raw:
         raise NodeRefused(400, "malformed-handshake", "message is empty")
-    return grant_id, raw
+    return grant_id, raw, renews
 
 
 def decide_handshake(

@@ -32,11 +32,14 @@ from openred.node.handshake import (
     rejected,
     session_id_for,
 )
-from openred.node.sessions import SessionKeeper, wrap_label
+from openred.node.sessions import SessionKeeper, SessionView, renewal_due, wrap_label
 from openred.node.tokens import HeldToken, Refusal
 from openred.store.sqlite import SQLiteEventStore
 
 __all__ = ["HandshakeAnswer", "HandshakeTransport", "Handshakes"]
+
+RENEWAL_SKEW = 60
+"""Seconds the responder's clock may be behind the initiator's when a renewal arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,8 @@ class HandshakeAnswer:
     message: bytes
 
 
-HandshakeTransport = Callable[[str, str, bytes], Awaitable[HandshakeAnswer]]
-"""(peer api_url, grant_id, Noise message 1) → the peer's answer (or NodeRefused)."""
+HandshakeTransport = Callable[[str, str, bytes, str | None], Awaitable[HandshakeAnswer]]
+"""(peer api_url, grant_id, Noise message 1, renewed session) → the peer's answer."""
 
 
 class Handshakes:
@@ -73,6 +76,13 @@ class Handshakes:
             raise NodeRefused(404, "unknown-peer", "no verified record of the grant's peer")
         return peer.box_key.raw
 
+    async def _renewable(self, session_id: str, token: HeldToken, now: int) -> bool:
+        # Both sides computed renew_at from their own clocks: allow them RENEWAL_SKEW apart.
+        row = await self.book.session(session_id)
+        if row is None or row.peer != str(token.peer) or now >= row.expires_at:
+            return False
+        return renewal_due(SessionView.of(row), min(now + RENEWAL_SKEW, row.expires_at - 1))
+
     async def _establish(
         self, token: HeldToken, version: int, cipher: SessionCipher, session_id: str,
         now: int, renews: str | None,
@@ -83,12 +93,21 @@ class Handshakes:
             now=now, lifetime=self.lifetime, renews=renews,
         )
         await self.store.append(events)
+        if renews is not None:
+            self.keeper.forget(renews)
         channel = SessionChannel(session_id, token.role, str(token.peer), cipher)
         self.keeper.adopt(channel, now + self.lifetime, now)
         return channel
 
-    async def respond(self, grant_id: str, message: bytes, now: int) -> HandshakeAnswer:
-        """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side)."""
+    async def respond(
+        self, grant_id: str, message: bytes, now: int, renews: str | None = None
+    ) -> HandshakeAnswer:
+        """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side).
+
+        ``renews`` names the session the initiator renews with this one: it must be an active
+        session with the same peer whose renewal is due, and it is closed (``SessionRenewed``)
+        with the new one established.
+        """
         lock = self._locks.get(grant_id)
         if lock is None:
             lock = self._locks[grant_id] = asyncio.Lock()
@@ -98,6 +117,10 @@ class Handshakes:
             if isinstance(decision, Refusal):
                 raise await self._refuse(grant_id, decision)
             token = decision
+            if renews is not None and not await self._renewable(renews, token, now):
+                raise await self._refuse(grant_id, Refusal(
+                    422, "invalid-renewal", "renews names no session with this peer due for "
+                    "renewal"))
             try:
                 responded = await self.jail.noise_respond(
                     suite=token.grant.suite, grant=token.grant.canonical_bytes(),
@@ -111,7 +134,7 @@ class Handshakes:
             cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
                                          session_id)
             try:
-                await self._establish(token, state.version, cipher, session_id, now, None)
+                await self._establish(token, state.version, cipher, session_id, now, renews)
             except ConcurrencyConflict:
                 raise await self._refuse(
                     grant_id, Refusal(409, "grant-used", "the grant was used meanwhile")
@@ -136,7 +159,7 @@ class Handshakes:
             grant_signature=token.grant_signature, sealed_token=token.sealed_token,
             remote_static=peer.box_key.raw,
         )
-        answer = await transport(peer.api_url, grant_id, initiated.message)
+        answer = await transport(peer.api_url, grant_id, initiated.message, renews)
         try:
             keys = await self.jail.noise_finish(initiated.handle, answer.message)
         except HandshakeFailed:

@@ -123,9 +123,9 @@ async def handshake() -> dict[str, str]:
     if wait is not None:
         raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
                              "address", retry_after=math.ceil(wait))
-    grant_id, message = parse_handshake(await _json())
+    grant_id, message, renews = parse_handshake(await _json())
     try:
-        answer = await svc.handshakes.respond(grant_id, message, svc.now())
+        answer = await svc.handshakes.respond(grant_id, message, svc.now(), renews)
     except NodeRefused:
         limiter.hit(address, moment)
         raise

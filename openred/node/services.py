@@ -155,11 +155,13 @@ class NodeServices:
     # -- node-to-node calls --
 
     async def _handshake_over_http(
-        self, api_url: str, grant_id: str, message: bytes
+        self, api_url: str, grant_id: str, message: bytes, renews: str | None
     ) -> HandshakeAnswer:
+        body = {"grant_id": grant_id, "message": b64url(message)}
+        if renews is not None:
+            body["renews"] = renews
         reply = await self.http.request(
-            "POST", api_url.rstrip("/") + HANDSHAKE_PATH,
-            json_body={"grant_id": grant_id, "message": b64url(message)}, attempts=1,
+            "POST", api_url.rstrip("/") + HANDSHAKE_PATH, json_body=body, attempts=1,
         )
         if not reply.ok:
             raise _refusal_from(reply, "the peer's handshake")
@@ -233,7 +235,6 @@ class NodeServices:
             except OpenRedError as exc:
                 logger.warning("renewing session %s failed: %s", row.session_id, exc)
                 continue
-            self.keeper.forget(row.session_id)
             renewed.append((row.session_id, channel.session_id))
         return renewed
 

@@ -67,6 +67,11 @@ def _leaf_hashes(entry_hashes: Sequence[bytes]) -> list[bytes]:
     return [_sha256(_LEAF_PREFIX + h).digest() for h in entry_hashes]
 
 
+def leaf_hashes(entry_hashes: Sequence[bytes]) -> list[bytes]:
+    """The RFC 6962 leaf hash of each 32-byte entry hash (computed once, used twice)."""
+    return _leaf_hashes(entry_hashes)
+
+
 def _reduce(level: list[bytes]) -> bytes:
     """MTH of a non-empty list of leaf hashes, hashing level by level.
 
@@ -159,17 +164,28 @@ class CompactRange:
             block = list(islice(items, _BLOCK))
             if not block:
                 return
-            leaves = _leaf_hashes(block)
-            if len(leaves) == _BLOCK:
-                self._push(_reduce(leaves), _BLOCK_LEVEL)
-                continue
-            # A short last block: push its perfect pieces, largest first (each stays aligned).
-            start = 0
-            for level in range(_BLOCK_LEVEL - 1, -1, -1):
-                if len(leaves) >> level & 1:
-                    self._push(_reduce(leaves[start:start + (1 << level)]), level)
-                    start += 1 << level
+            self._extend_aligned(_leaf_hashes(block))
+
+    def extend_leaf_hashes(self, leaves: Sequence[bytes]) -> None:
+        """Append leaves whose leaf hashes (:func:`leaf_hashes`) the caller computed already."""
+        start = 0
+        while self._size % _BLOCK and start < len(leaves):
+            self._push(leaves[start], 0)
+            start += 1
+        for i in range(start, len(leaves), _BLOCK):
+            self._extend_aligned(leaves[i:i + _BLOCK])
+
+    def _extend_aligned(self, leaves: Sequence[bytes]) -> None:
+        """Append up to one block of leaf hashes at a block-aligned size."""
+        if len(leaves) == _BLOCK:
+            self._push(_reduce(list(leaves)), _BLOCK_LEVEL)
             return
+        # A short last block: push its perfect pieces, largest first (each stays aligned).
+        start = 0
+        for level in range(_BLOCK_LEVEL - 1, -1, -1):
+            if len(leaves) >> level & 1:
+                self._push(_reduce(list(leaves[start:start + (1 << level)])), level)
+                start += 1 << level
 
     def root(self) -> bytes:
         """RFC 6962 §2.1 Merkle Tree Hash of the leaves appended so far."""
@@ -294,6 +310,10 @@ class BlockIndex:
 
     def extended(self, entry_hashes: Sequence[bytes]) -> BlockIndex:
         """A new index with ``entry_hashes`` appended as the next leaves."""
+        return self.extended_leaf_hashes(_leaf_hashes(entry_hashes))
+
+    def extended_leaf_hashes(self, leaves: Sequence[bytes]) -> BlockIndex:
+        """:meth:`extended`, given the leaf hashes (:func:`leaf_hashes`) of the entries."""
         other = BlockIndex.__new__(BlockIndex)
         other._level, other._block, other._roots = self._level, self._block, self._roots
         tail = list(self.tail)
@@ -303,14 +323,14 @@ class BlockIndex:
         if len(roots) != complete:
             raise ValueError("this block index is stale: a newer one was extended from it")
         start = 0
-        while start < len(entry_hashes):
-            take = min(block - len(tail), len(entry_hashes) - start)
-            tail.extend(_leaf_hashes(entry_hashes[start:start + take]))
+        while start < len(leaves):
+            take = min(block - len(tail), len(leaves) - start)
+            tail.extend(leaves[start:start + take])
             start += take
             if len(tail) == block:
                 roots.append(_reduce(tail))
                 tail = []
-        other.size = self.size + len(entry_hashes)
+        other.size = self.size + len(leaves)
         other.tail = tuple(tail)
         return other
 

@@ -134,7 +134,10 @@ def upgrade(path: Path, kind: str = DEFAULT_KIND) -> None:
     if revisions == (target,):
         return
     check_revisions(revisions, kind, path)
-    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    # The connection is made by sqlite3 itself: a URL would read "?" or "#" in the path as the
+    # start of a query or fragment and migrate another file.
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(path),
+                           poolclass=NullPool)
     try:
         with engine.begin() as connection:
             config = _config()

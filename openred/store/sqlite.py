@@ -4,7 +4,8 @@ Threads. All writing runs in one dedicated thread per store, on the one write co
 model aiosqlite uses); reads run on read-only connections in a small pool of reader threads, so
 a query never waits behind an append. Everything CPU-bound — validating, canonical encoding,
 chaining, projection planning, Merkle hashing and proofs — runs in those threads, never on the
-event loop; long work there pauses every half millisecond so the loop's thread gets the GIL.
+event loop; the store lowers CPython's switch interval to 1 ms, so the loop's thread never
+waits long for the GIL while those threads work.
 
 Group commit. Appends are queued; one writer task takes everything queued so far as a *group*:
 
@@ -33,6 +34,7 @@ import contextlib
 import logging
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -81,7 +83,7 @@ from openred.store.projection_sql import (
     project_events,
 )
 from openred.store.projections import ProjectionRegistry
-from openred.store.signer import Signer
+from openred.store.signer import InProcessSigner, Signer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -96,11 +98,11 @@ _EVENT_COLUMNS = (
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _STREAM_CACHE_SIZE = 100_000
 _READ_CHUNK = 5_000
-# Work in the store's threads is cut into chunks of this many entries, with a pause between
-# chunks once _SLICE seconds have passed, so the event loop's thread is never kept off the GIL
-# for long (CPython would otherwise hand it over only every sys.getswitchinterval(), 5 ms).
-_CHUNK = 64
-_SLICE = 0.0005
+# The longest a thread waiting for the GIL waits before CPython makes the holder hand it over
+# (sys.setswitchinterval; CPython's default is 5 ms). The store lowers the process's interval
+# to this when it opens, so the event loop's thread waits at most about a millisecond while
+# the store's threads chain, plan and hash; a thread nobody waits for pays nothing for it.
+SWITCH_INTERVAL = 0.001
 # Contended writers (another process keeps moving the head) back off exponentially with jitter.
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
@@ -136,7 +138,9 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, busy_timeout: float = 10.0
+) -> sqlite3.Connection:
     """Open a SQLite connection with the log's durability settings.
 
     A read-only connection opens exactly the file named (its path is URI-escaped, so ``#``,
@@ -150,7 +154,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     return conn
 
 
@@ -224,32 +228,35 @@ class _Frontier:
             self.versions.popitem(last=False)
 
 
-class _Pacer:
-    """Called between chunks of work in a store thread: yields the GIL every _SLICE seconds."""
-
-    __slots__ = ("_due",)
-
-    def __init__(self) -> None:
-        self._due = time.perf_counter() + _SLICE
-
-    def __call__(self) -> None:
-        if time.perf_counter() >= self._due:
-            time.sleep(0)
-            self._due = time.perf_counter() + _SLICE
-
-
-def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes], pace: _Pacer) -> tuple[
+def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes]) -> tuple[
     merkle.CompactRange, merkle.BlockIndex
 ]:
-    """The frontier's Merkle structures with ``hashes`` appended (new objects, chunk by chunk)."""
+    """The frontier's Merkle structures with ``hashes`` appended (new objects)."""
+    leaves = merkle.leaf_hashes(hashes)
     tree = frontier.tree.copy()
-    blocks = frontier.blocks
-    for i in range(0, len(hashes), 4 * _CHUNK):
-        chunk = hashes[i:i + 4 * _CHUNK]
-        tree.extend(chunk)
-        blocks = blocks.extended(chunk)
-        pace()
-    return tree, blocks
+    tree.extend_leaf_hashes(leaves)
+    return tree, frontier.blocks.extended_leaf_hashes(leaves)
+
+
+def _signs_in_thread(
+    signer: Signer,
+) -> Callable[[Sequence[EntryHash]], Sequence[bytes]] | None:
+    """The synchronous signing call of an unmodified :class:`InProcessSigner`, else None.
+
+    Such a signer is CPU work in this process: the store thread can do it between chaining and
+    committing, saving two thread hand-offs per append. A subclass that overrides the async
+    call (a test's flaky signer) keeps its override.
+    """
+    if (isinstance(signer, InProcessSigner)
+            and type(signer).sign_entry_hashes is InProcessSigner.sign_entry_hashes):
+        return signer.sign_entry_hashes_sync
+    return None
+
+
+def lower_switch_interval() -> None:
+    """Make CPython hand the GIL to a waiting thread within :data:`SWITCH_INTERVAL`."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 @dataclass(slots=True)
@@ -393,6 +400,7 @@ class SQLiteEventStore:
         kind: str = DEFAULT_KIND,
         readers: int = 2,
         contention_timeout: float = 30.0,
+        busy_timeout: float = 10.0,
     ) -> None:
         self.path = path
         self.kind = kind
@@ -403,6 +411,7 @@ class SQLiteEventStore:
         self._checkpoint_every = checkpoint_every
         self._checkpoint_interval = checkpoint_interval
         self._contention_timeout = contention_timeout
+        self._busy_timeout = busy_timeout
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openred-store")
         self._readers = _Readers(path, max(1, readers))
@@ -439,6 +448,7 @@ class SQLiteEventStore:
         clock: Callable[[], datetime] = system_clock,
         readers: int = 2,
         contention_timeout: float = 30.0,
+        busy_timeout: float = 10.0,
     ) -> SQLiteEventStore:
         """Open (creating and migrating if needed) the log at ``path`` signed by ``signer``.
 
@@ -451,13 +461,15 @@ class SQLiteEventStore:
         ``registry`` and ``projections`` are frozen: what the log accepts and maintains cannot
         change while it is open. ``readers`` read-only connections serve the read methods.
         ``contention_timeout`` bounds how long an append retries while other processes keep
-        moving the head.
+        moving the head; ``busy_timeout`` how long one wait for SQLite's write lock lasts
+        (then the append fails with StoreUnavailable, nothing written).
         """
         path = Path(path)
         if path.is_dir():
             path = path / DATABASE_NAME
         if not path.parent.is_dir():
             raise ConfigurationError(f"directory {path.parent} does not exist")
+        lower_switch_interval()
         registry = registry or EventRegistry()
         projections = projections or ProjectionRegistry()
         registry.freeze()
@@ -466,6 +478,7 @@ class SQLiteEventStore:
             path, signer, registry=registry, projections=projections,
             checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval,
             clock=clock, kind=kind, readers=readers, contention_timeout=contention_timeout,
+            busy_timeout=busy_timeout,
         )
         store._current_versions = registry.current_versions()
         try:
@@ -490,15 +503,14 @@ class SQLiteEventStore:
         try:
             self._check_log_kind()
             upgrade(self.path, self.kind)
-            conn = connect(self.path)
+            conn = connect(self.path, busy_timeout=self._busy_timeout)
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
         hashes = entry_hashes(conn)
-        pace = _Pacer()
-        empty = _Frontier(0, GENESIS_PREV_HASH, merkle.CompactRange(),
-                          merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
-        tree, blocks = _extend_tree(empty, hashes, pace)
+        # Whole at once (aligned blocks, the fast path): opening is not serving yet.
+        tree = merkle.CompactRange.from_entry_hashes(hashes)
+        blocks = merkle.BlockIndex(_PROOF_BLOCK_LEVEL).extended(hashes)
         self._frontier = _Frontier(len(hashes), hashes[-1] if hashes else GENESIS_PREV_HASH,
                                    tree, blocks)
         if hashes:
@@ -598,7 +610,13 @@ class SQLiteEventStore:
                                    self.path, exc)
         finally:
             self._closed = True
+            for task in (self._writer, self._ticker):
+                if task is not None and not task.done():  # close() itself was cancelled
+                    task.cancel()
             self._fail_queued(StoreClosed("the event store was closed before this append"))
+            # Readers first: the last connection to close checkpoints the WAL into the
+            # database and removes it, which only the write connection can do.
+            self._readers.close()
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
@@ -607,7 +625,6 @@ class SQLiteEventStore:
                     with contextlib.suppress(Exception):
                         conn.close()
             self._executor.shutdown(wait=True)
-            self._readers.close()
 
     async def __aenter__(self) -> SQLiteEventStore:
         return self
@@ -672,6 +689,7 @@ class SQLiteEventStore:
         (an event the registry refuses), StoreUnavailable (busy, disk full, I/O error: nothing
         was appended) or another StoreError.
         """
+        events = list(events)
         for event in events:
             if event.type in (LOG_OPENED, KEY_ROTATED):
                 raise StoreError(f"{event.type} is written by the store itself")
@@ -799,7 +817,8 @@ class SQLiteEventStore:
             finally:
                 if hold:
                     # Whatever happened, the write lock is not kept (a no-op after COMMIT).
-                    self._executor.submit(self._rollback_if_open)
+                    with contextlib.suppress(RuntimeError):  # the store was closed meanwhile
+                        self._executor.submit(self._rollback_if_open)
 
     async def _attempt(
         self, group: list[_Request],
@@ -808,21 +827,35 @@ class SQLiteEventStore:
         await self._ensure_key_in_force()
         frontier = self._frontier
         recorded_at = utc_timestamp(self._clock())
-        prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
-        if not prepared.entries:
-            return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
-        if sign is None:
-            signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
-                [u.entry_hash for u in prepared.entries]
-            ))
+        sign_here = _signs_in_thread(self._signer) if sign is None else None
+        if sign_here is not None:
+            # A signer in this process: chain, sign and commit in one hand-off to the thread.
+            prepared, stored = await self._run(
+                self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here
+            )
         else:
-            signatures = await sign(prepared.entries)
-        if len(signatures) != len(prepared.entries):
-            raise StoreError(f"the signer returned {len(signatures)} signatures for "
-                             f"{len(prepared.entries)} entries")
-        stored = await self._run(self._commit_sync, prepared, signatures, frontier)
+            prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
+            if not prepared.entries:
+                return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
+            if sign is None:
+                signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
+                    [u.entry_hash for u in prepared.entries]
+                ))
+            else:
+                signatures = await sign(prepared.entries)
+            stored = await self._run(self._commit_sync, prepared, signatures, frontier)
         return [o if isinstance(o, BaseException) else stored[o[0]:o[1]]
                 for o in prepared.outcomes]
+
+    def _prepare_sign_commit_sync(
+        self, group: list[_Request], frontier: _Frontier, recorded_at: str,
+        sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
+    ) -> tuple[_Prepared, list[StoredEvent]]:
+        prepared = self._prepare_sync(group, frontier, recorded_at)
+        if not prepared.entries:
+            return prepared, []
+        signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        return prepared, self._commit_sync(prepared, signatures, frontier)
 
     def _begin_sync(self) -> None:
         """Take the write lock and catch up with what other processes wrote (write thread)."""
@@ -860,7 +893,6 @@ class SQLiteEventStore:
         self, group: list[_Request], frontier: _Frontier, recorded_at: str
     ) -> _Prepared:
         """Validate, chain and plan each request after the last one that could be chained."""
-        pace = _Pacer()
         registry, projections = self._registry, self._projections
         current = self._current_versions
         next_seq, prev_hash = frontier.size + 1, frontier.entry_hash
@@ -886,18 +918,11 @@ class SQLiteEventStore:
                     if known is None:
                         known = guessed[event.stream] = event.expected_version or 0
                     mine[event.stream] = known
-                chained: list[UnsignedEntry] = []
-                request_plan: ProjectionPlan = []
-                events = request.events
-                for i in range(0, len(events), _CHUNK):
-                    part = chain_entries(
-                        events[i:i + _CHUNK], next_seq=next_seq + i,
-                        prev_hash=chained[-1].entry_hash if chained else prev_hash,
-                        stream_versions=mine, recorded_at=recorded_at, current_versions=current,
-                    )
-                    chained.extend(part)
-                    _merge_plan(request_plan, plan_projections(projections, registry, part))
-                    pace()
+                chained = chain_entries(
+                    request.events, next_seq=next_seq, prev_hash=prev_hash,
+                    stream_versions=mine, recorded_at=recorded_at, current_versions=current,
+                )
+                request_plan = plan_projections(projections, registry, chained)
             except OpenRedError as exc:
                 outcomes.append(exc)
                 continue
@@ -932,6 +957,9 @@ class SQLiteEventStore:
         self, prepared: _Prepared, signatures: list[bytes], frontier: _Frontier
     ) -> list[StoredEvent]:
         """Insert, check and commit a signed group; then advance the frontier (write thread)."""
+        if len(signatures) != len(prepared.entries):
+            raise StoreError(f"the signer returned {len(signatures)} signatures for "
+                             f"{len(prepared.entries)} entries")
         stored = [u.signed(s) for u, s in zip(prepared.entries, signatures, strict=True)]
         conn = self._db
         if not conn.in_transaction:  # a retry holds the write lock already (_begin_sync)
@@ -1012,8 +1040,7 @@ class SQLiteEventStore:
         self, frontier: _Frontier, stored: list[StoredEvent], versions: dict[str, int]
     ) -> None:
         """Move the in-memory head past ``stored`` (committed by this process)."""
-        pace = _Pacer()
-        tree, blocks = _extend_tree(frontier, [e.entry_hash for e in stored], pace)
+        tree, blocks = _extend_tree(frontier, [e.entry_hash for e in stored])
         for entry in stored:
             if entry.type == KEY_ROTATED:
                 self._key_in_force = SignKey(from_b64url(decode_payload(entry.payload)["new_key"]))
@@ -1052,7 +1079,7 @@ class SQLiteEventStore:
         for _seq, _hash, stream, version in rows:
             frontier.remember(str(stream), int(version))
         hashes = [bytes(r[1]) for r in rows]
-        tree, blocks = _extend_tree(frontier, hashes, _Pacer())
+        tree, blocks = _extend_tree(frontier, hashes)
         for (payload,) in rotations:
             self._key_in_force = SignKey(from_b64url(decode_payload(bytes(payload))["new_key"]))
             logger.info("%s: another writer rotated the key to %s", self.path,

@@ -42,6 +42,8 @@ logger = logging.getLogger("openred.web")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:openred:problem:"
+BUSY_RETRY_AFTER = 5
+"""Seconds a 503 (busy, signer or store unavailable) asks the client to wait."""
 
 TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -59,6 +61,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.OpenRedError], int, str], ...] = (
     (errors.ConcurrencyConflict, 409, "conflict"),
     (errors.VerificationError, 422, "unverifiable"),
     (errors.CryptoError, 422, "invalid-crypto"),
+    (errors.ServiceBusy, 503, "busy"),
     (errors.PeerUnreachable, 502, "peer-unreachable"),
     (errors.TransportError, 502, "peer-unreachable"),
     (errors.JailError, 503, "signer-unavailable"),
@@ -131,7 +134,9 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     if isinstance(exc, errors.OpenRedError):
         for cls, status, slug in STATUS_BY_ERROR:
             if isinstance(exc, cls):
-                return status, slug, str(exc), {}
+                # Busy (e.g. one signer's nonce quota is full) clears within seconds.
+                headers = {"Retry-After": str(BUSY_RETRY_AFTER)} if status == 503 else {}
+                return status, slug, str(exc), headers
     return 500, "internal", "the server failed to handle this request", {}
 
 

@@ -97,7 +97,10 @@ class InboundVerifier:
         self.public_url = public_url.rstrip("/")
         self.window_seconds = window_seconds
         self.clock = clock
-        self.nonce_cache = nonce_cache or NonceCache(window_seconds=window_seconds)
+        # Not `or`: an empty NonceCache is falsy (it has __len__), and a given one must be used.
+        if nonce_cache is None:
+            nonce_cache = NonceCache(window_seconds=window_seconds)
+        self.nonce_cache = nonce_cache
 
     async def verify(self, request: Request, resolve: KeyResolver) -> tuple[str, HttpRequest]:
         """(verified keyid, the request) or RequestSignatureError saying why not."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nacl.signing
 import pytest
@@ -177,3 +178,44 @@ def test_projections_keep_the_record_verbatim_and_follow_status() -> None:
     (op,) = registry.operations(recorded)
     assert op.row["record"] == s.record.canonical_bytes().decode()  # type: ignore[union-attr]
     assert op.row["record_hash"] == b64url(s.hash)  # type: ignore[union-attr]
+
+
+async def test_node_cache_sees_foreign_writes_but_not_its_own_in_flight(tmp_path: Path) -> None:
+    from openred.directory.events import directory_registry
+    from openred.directory.projections import directory_projections
+    from openred.directory.service import _NodeCache
+    from openred.store.signer import InProcessSigner
+    from openred.store.sqlite import SQLiteEventStore
+
+    store = await SQLiteEventStore.open(tmp_path, InProcessSigner.generate(), kind="directory",
+                                        registry=directory_registry(),
+                                        projections=directory_projections())
+    cache = _NodeCache(tmp_path / "openred.db")
+    try:
+        cache.check()  # the genesis entry predates the cache
+        a = view(signed(nacl.signing.SigningKey.generate()))
+        cache.put(a.node_id, a)
+        # This process appends two entries; they come back out of order.
+        cache.inflight += 2
+        first = await store.append([ev.revoked_event("x" * 32, "r", NOW)])
+        second = await store.append([ev.revoked_event("y" * 32, "r", NOW)])
+        cache.check()
+        assert a.node_id in cache.views  # committed but in flight: not foreign
+        cache.inflight -= 2
+        cache.appended(second)
+        cache.appended(first)
+        cache.check()
+        assert a.node_id in cache.views and cache.known_size == second[0].seq
+        # An append to a node's stream drops that node only.
+        b = view(signed(nacl.signing.SigningKey.generate()))
+        cache.put(b.node_id, b)
+        cache.appended(await store.append([ev.revoked_event(a.node_id, "r", NOW)]))
+        cache.check()
+        assert a.node_id not in cache.views and b.node_id in cache.views
+        # Another writer (another process: here, nobody told the cache) empties it.
+        await store.append([ev.revoked_event("z" * 32, "r", NOW)])
+        cache.check()
+        assert cache.views == {}
+    finally:
+        cache.close()
+        await store.close()

@@ -32,9 +32,10 @@ async def received(directory: Directory, a: Node, b: Node, **kw: Any) -> str:
 def recording(node: Node, now: int, sent: list[tuple[str, bytes]]) -> Any:
     inner = transport_to(node, now)
 
-    async def send(api_url: str, grant_id: str, message: bytes) -> HandshakeAnswer:
+    async def send(api_url: str, grant_id: str, message: bytes,
+                   renews: str | None = None) -> HandshakeAnswer:
         sent.append((grant_id, message))
-        answer: HandshakeAnswer = await inner(api_url, grant_id, message)
+        answer: HandshakeAnswer = await inner(api_url, grant_id, message, renews)
         return answer
 
     return send
@@ -133,7 +134,8 @@ async def test_a_tampered_first_message_is_refused(
     grant_id = await received(directory, a, b)
     sent: list[tuple[str, bytes]] = []
 
-    async def tamper(api_url: str, gid: str, message: bytes) -> HandshakeAnswer:
+    async def tamper(api_url: str, gid: str, message: bytes,
+                     renews: str | None = None) -> HandshakeAnswer:
         sent.append((gid, message))
         flipped = bytes([message[0] ^ 1]) + message[1:]
         return await b.handshakes.respond(gid, flipped, NOW)
@@ -151,7 +153,8 @@ async def test_a_forged_answer_is_refused_by_the_initiator(
     a, b, _ = nodes
     grant_id = await received(directory, a, b)
 
-    async def wrong_id(api_url: str, gid: str, message: bytes) -> HandshakeAnswer:
+    async def wrong_id(api_url: str, gid: str, message: bytes,
+                       renews: str | None = None) -> HandshakeAnswer:
         real = await b.handshakes.respond(gid, message, NOW)
         return HandshakeAnswer(b64url(os.urandom(16)), real.message)
 
@@ -216,6 +219,8 @@ GOOD_BODY = {"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))}
     ({**GOOD_BODY, "message": "@@@"}, 400),
     ({**GOOD_BODY, "message": ""}, 400),
     ({**GOOD_BODY, "message": "A" * 2000}, 413),
+    ({**GOOD_BODY, "renews": 5}, 400),
+    ({**GOOD_BODY, "renews": "not a session"}, 400),
 ])
 def test_malformed_and_oversized_handshake_bodies_are_refused(body: Any, status: int) -> None:
     from openred.node.handshake import parse_handshake
@@ -228,7 +233,9 @@ def test_malformed_and_oversized_handshake_bodies_are_refused(body: Any, status:
 def test_a_handshake_body_parses() -> None:
     from openred.node.handshake import parse_handshake
 
-    assert parse_handshake(GOOD_BODY) == (GOOD_BODY["grant_id"], bytes(48))
+    assert parse_handshake(GOOD_BODY) == (GOOD_BODY["grant_id"], bytes(48), None)
+    renewing = {**GOOD_BODY, "renews": b64url(bytes(16))}
+    assert parse_handshake(renewing) == (GOOD_BODY["grant_id"], bytes(48), b64url(bytes(16)))
 
 
 async def test_racing_copies_of_message_1_establish_one_session(
@@ -244,7 +251,8 @@ async def test_racing_copies_of_message_1_establish_one_session(
     grant_id = await received(directory, a, b)
     captured: list[tuple[str, bytes]] = []
 
-    async def capture(api_url: str, gid: str, message: bytes) -> HandshakeAnswer:
+    async def capture(api_url: str, gid: str, message: bytes,
+                      renews: str | None = None) -> HandshakeAnswer:
         captured.append((gid, message))
         raise NodeRefused(502, "peer-unreachable", "the test keeps the message")
 

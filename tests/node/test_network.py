@@ -94,6 +94,9 @@ async def test_a_directory_introduces_two_nodes_that_keep_talking_without_it(
         assert rows[first.session_id].state == "closed"
         renewed = rows[first.session_id].renewed_by
         assert renewed is not None and rows[renewed].state == "active"
+        b_rows = {r.session_id: r for r in await b.services.book.sessions()}
+        assert b_rows[first.session_id].state == "closed"  # the responder closed it too
+        assert b_rows[first.session_id].renewed_by == renewed
         await a.services.send_message(renewed, "on the renewed session")
         first_texts = ["introduced by the directory", "on the renewed session"]
         a.services.clock = time.time

@@ -243,11 +243,32 @@ async def test_a_renewal_closes_the_old_session(
     await b.tokens.receive(for_b, NOW + 70000)
     new = await a.handshakes.connect(grant.grant_id, transport_to(b, NOW + 70000),
                                      NOW + 70000, renews=old.session_id)
-    rows = {r.session_id: r for r in await a.book.sessions()}
-    assert rows[old.session_id].state == "closed"
-    assert rows[old.session_id].renewed_by == new.session_id
-    assert rows[new.session_id].state == "active"
-    assert ev.SESSION_RENEWED in await a.types()
+    for node in (a, b):  # both sides close the old session
+        rows = {r.session_id: r for r in await node.book.sessions()}
+        assert rows[old.session_id].state == "closed"
+        assert rows[old.session_id].renewed_by == new.session_id
+        assert rows[new.session_id].state == "active"
+        assert ev.SESSION_RENEWED in await node.types()
+    await refused(b.keeper.channel(old.session_id, NOW + 70000), 410, "session-expired")
+
+
+async def test_a_renewal_must_name_a_session_with_that_peer_that_is_due(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, c = nodes
+    old = await connected(directory, a, b)
+    other = await connected(directory, c, b)  # B's session with another peer
+    for renews, now in ((old.session_id, NOW + 100), (other.session_id, NOW + 70000),
+                        (b64url(os.urandom(16)), NOW + 70000)):
+        grant, for_a, for_b = await directory.pair(a, b, issued_at=now)
+        await a.tokens.receive(for_a, now)
+        await b.tokens.receive(for_b, now)
+        with pytest.raises(NodeRefused) as info:
+            await a.handshakes.connect(grant.grant_id, transport_to(b, now), now, renews=renews)
+        assert (info.value.status, info.value.reason) == (422, "invalid-renewal")
+    rows = {r.session_id: r.state for r in await b.book.sessions()}
+    assert rows[old.session_id] == rows[other.session_id] == "active"
+    assert (await b.types()).count(ev.HANDSHAKE_REJECTED) == 3
 
 
 async def test_concurrent_first_uses_restore_a_session_once(

@@ -41,9 +41,10 @@ async def test_two_nodes_talk_restart_resume_and_their_logs_verify(
     sent_handshake: list[tuple[str, bytes]] = []
     inner = transport_to(b, NOW)
 
-    async def recording(api_url: str, grant_id: str, message: bytes):  # type: ignore[no-untyped-def]
+    async def recording(api_url: str, grant_id: str, message: bytes,  # type: ignore[no-untyped-def]
+                        renews: str | None = None):
         sent_handshake.append((grant_id, message))
-        return await inner(api_url, grant_id, message)
+        return await inner(api_url, grant_id, message, renews)
 
     channel_a = await a.handshakes.connect(grant.grant_id, recording, NOW)
     serve_messaging(a)

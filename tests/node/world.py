@@ -199,8 +199,9 @@ async def open_node(name: str, socket: Path, data: Path, directory: Directory) -
 def transport_to(node: Node, now: int) -> Any:
     """The initiator's handshake transport: a direct call into the responder's service."""
 
-    async def send(api_url: str, grant_id: str, message: bytes) -> HandshakeAnswer:
-        return await node.handshakes.respond(grant_id, message, now)
+    async def send(api_url: str, grant_id: str, message: bytes,
+                   renews: str | None = None) -> HandshakeAnswer:
+        return await node.handshakes.respond(grant_id, message, now, renews)
 
     return send
 

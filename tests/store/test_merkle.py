@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -12,12 +13,14 @@ from hypothesis import strategies as st
 from openred.errors import ProofError
 from openred.store.merkle import (
     EMPTY_ROOT,
+    BlockIndex,
     CompactRange,
     consistency_proof,
     consistency_proof_from_leaf_hashes,
     inclusion_proof,
     inclusion_proof_from_leaf_hashes,
     leaf_hash,
+    leaf_hashes,
     node_hash,
     root_from_entry_hashes,
     root_from_leaf_hashes,
@@ -499,3 +502,30 @@ def test_a_million_leaves() -> None:
     old = n // 2 + 1
     verify_consistency(old, n, root_from_entry_hashes(leaves[:old]), root,
                        consistency_proof(old, leaves))
+
+
+@pytest.mark.parametrize("level", [2, 10])
+def test_block_index_proofs_equal_the_reference_proofs(level: int) -> None:
+    rng = random.Random(level)
+    for size in [1, 2, 3, 5, 8, 17, 1023, 1024, 1025, 3000, 4097]:
+        hashes = [hashlib.sha256(b"%d" % i).digest() for i in range(size)]
+        index, tree = BlockIndex(level), CompactRange()
+        i, reads = 0, []
+        while i < size:
+            j = min(size, i + rng.randint(1, 700))
+            leaves = leaf_hashes(hashes[i:j])
+            index = index.extended_leaf_hashes(leaves)
+            tree.extend_leaf_hashes(leaves)
+            i = j
+
+        def read(start: int, end: int, hashes: list[bytes] = hashes,
+                 reads: list[int] = reads) -> list[bytes]:
+            reads.append(end - start)
+            return hashes[start:end]
+
+        assert tree.root() == root_from_entry_hashes(hashes)
+        for leaf in {0, size // 2, size - 1, rng.randrange(size)}:
+            assert index.inclusion_proof(leaf, read) == inclusion_proof(leaf, hashes)
+        for old in {0, 1, size // 2, size - 1, size}:
+            assert index.consistency_proof(old, read) == consistency_proof(old, hashes)
+        assert max(reads, default=0) <= 1 << level  # never more than one block read

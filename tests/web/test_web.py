@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from quart import Quart, request
 from quart_schema import QuartSchema, validate_request
 
+from openred.crypto.httpsig import NonceCache
 from openred.crypto.identity import SignKey
 from openred.errors import PeerUnreachable, RequestRefused, StoreError, UnsafeUrl
 from openred.web.client import HttpClient, Signer
@@ -39,6 +40,8 @@ def build_app(public_url: str, key: SignKey, calls: list[str]) -> Quart:
     QuartSchema(app)
     install(app)
     verifier = InboundVerifier(public_url)
+    small = InboundVerifier(public_url, nonce_cache=NonceCache(max_entries=100,
+                                                               max_per_signer=1))
 
     async def resolve(keyid: str) -> SignKey | None:
         return key if keyid == str(key.node_id) else None
@@ -51,6 +54,11 @@ def build_app(public_url: str, key: SignKey, calls: list[str]) -> Quart:
     @app.post("/signed")
     async def signed() -> dict[str, str]:
         keyid, _ = await verifier.verify(request, resolve)
+        return {"keyid": keyid}
+
+    @app.post("/signed-small")
+    async def signed_small() -> dict[str, str]:
+        keyid, _ = await small.verify(request, resolve)
         return {"keyid": keyid}
 
     @app.get("/refuse")
@@ -194,3 +202,13 @@ async def test_the_client_refuses_unsafe_addresses() -> None:
                     "http://[fe80::1]/x", "http://localhost:1/x"):
             with pytest.raises(UnsafeUrl):
                 await asyncio.wait_for(client.request("GET", url), 5)
+
+
+
+async def test_a_full_nonce_quota_is_a_503_with_retry_after(site: Site) -> None:
+    async with HttpClient(signer=signer_for(site.key), allow_private=True, attempts=1) as c:
+        first = await c.request("POST", site.url + "/signed-small", json_body={}, signed=True)
+        second = await c.request("POST", site.url + "/signed-small", json_body={}, signed=True)
+    assert first.status == 200
+    assert second.status == 503 and second.headers["Retry-After"] == "5"
+    assert second.json()["type"] == "urn:openred:problem:busy"
