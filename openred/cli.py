@@ -1,18 +1,27 @@
-"""The ``openred`` command (DESIGN §1): ``openred directory init | serve | key | revoke | nodes``.
+"""The ``openred`` command (DESIGN §1, §10).
 
-Every command takes ``--data-dir DIR`` (default ``$OPENRED_DATA_DIR`` or ``./openred-data``).
-Errors are printed as one line on stderr with exit code 1 (2 for usage), never a traceback.
+* ``openred directory init | serve | key | revoke | nodes`` — run and operate a directory;
+* ``openred node init | serve`` — create and run a node;
+* ``openred status | peers | connect PEER | send PEER TEXT | inbox | sessions`` — operate a
+  running node through its local admin API (:class:`~openred.cli_client.AdminClient`); each
+  prints a table, or JSON with ``--json``.
+
+Every command takes ``--data-dir DIR`` (default ``$OPENRED_DATA_DIR``, else ``./openred-data``
+for a directory and ``./openred-node`` for a node). Errors are printed as one line on stderr
+with exit code 1 (2 for usage), never a traceback. Installed modules add their own commands
+through ``register_cli(group)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -216,6 +225,273 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     for item in items:
         table.add_row(*(str(item[n]) for n in names))
     console.print(table)
+
+
+# -- nodes --------------------------------------------------------------------------------
+
+NODE_DATA_DIR = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OPENRED_DATA_DIR",
+    default=Path("openred-node"), show_default=True, help="The node's data directory.",
+)
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    sys.exit(1)
+
+
+@main.group()
+def node() -> None:
+    """Create and run a node."""
+
+
+@node.command("init")
+@NODE_DATA_DIR
+@click.option("--directory", "directory_url", required=True, help="The directory's URL.")
+@click.option("--directory-key", required=True,
+              help="The directory's public key (`openred directory key`), pinned.")
+@click.option("--api-url", required=True, help="The URL peers reach this node at.")
+@click.option("--modules", default="messaging", show_default=True,
+              help="Enabled modules, comma-separated.")
+@click.option("--admin-port", type=int, default=None,
+              help="Port of the local admin API (default: the node's port + 100).")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Accept loopback/private URLs (a private network or a demo).")
+def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: str,
+              modules: str, admin_port: int | None, allow_private_urls: bool) -> None:
+    """Create the node's keys (in its jail), database, admin key and .env."""
+    from urllib.parse import urlsplit
+
+    from openred.directory.keys import create_keystore, start_jail
+    from openred.node.admin_auth import ensure_admin_key
+    from openred.node.services import NodeServices
+    from openred.node.settings import NodeSettings
+
+    parts = urlsplit(api_url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        _fail(f"--api-url {api_url!r} has a bad port")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _fail(f"--api-url {api_url!r} is not an http(s) URL with a host")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    values = {
+        "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
+        "OPENRED_DIRECTORY_KEY": directory_key,
+        "OPENRED_PUBLIC_URL": api_url.rstrip("/"),
+        "OPENRED_HOST": parts.hostname, "OPENRED_PORT": str(port),
+        "OPENRED_MODULES": modules,
+        "OPENRED_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0",
+    }
+    if admin_port is not None:
+        values["OPENRED_ADMIN_PORT"] = str(admin_port)
+    try:
+        settings = NodeSettings.load(data_dir, environ={
+            k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")} | values)
+        settings.directory_sign_key  # noqa: B018 - refuse a bad key before creating anything
+        create_keystore(settings)
+    except OpenRedError as exc:
+        _fail(str(exc))
+    write_env_file(data_dir / ".env", values, header="OpenRed node settings "
+                   "(OPENRED_* variables in the environment override these)")
+    ensure_admin_key(data_dir)
+    settings = NodeSettings.load(data_dir)
+
+    async def create() -> str:
+        supervisor, jail = await start_jail(settings)
+        try:
+            services = await NodeServices.open(settings, jail)
+            node_id = str(services.keys.node_id)
+            await services.close()
+        finally:
+            await jail.close()
+            await supervisor.stop()
+        return node_id
+
+    node_id = _run(create())
+    console.print(f"node initialized in {data_dir}")
+    console.print("node id:")
+    click.echo(node_id)
+
+
+@node.command("serve")
+@NODE_DATA_DIR
+@click.option("--host", default=None, help="Address to listen on (default from the api_url).")
+@click.option("--port", default=None, type=int,
+              help="Port to listen on (default from the api_url).")
+def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Serve the node (P2P API, admin API, registration, lifecycle) until SIGTERM or SIGINT."""
+    import logging
+
+    from openred.directory.keys import PASSPHRASE_ENV, passphrase_available
+    from openred.node.serve import run_node
+    from openred.node.settings import NodeSettings
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        settings = NodeSettings.load(data_dir, **overrides)
+        settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
+    except OpenRedError as exc:
+        _fail(str(exc))
+    if not settings.keystore_path.is_file():
+        _fail(f"{data_dir} is not initialized: run `openred node init`")
+    if not settings.socket_path.exists() and not passphrase_available(settings):
+        _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
+              f"{settings.passphrase_path}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
+    console.print(f"node serving on {settings.base_url} (listening on "
+                  f"{settings.host}:{settings.port})")
+    try:
+        run_node(settings)
+    except OpenRedError as exc:
+        _fail(str(exc))
+
+
+def _admin(data_dir: Path) -> Any:
+    from openred.cli_client import AdminClient
+
+    try:
+        return AdminClient.from_data_dir(data_dir)
+    except OpenRedError as exc:
+        _fail(str(exc))
+
+
+def _call(data_dir: Path, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    client = _admin(data_dir)
+    try:
+        if method == "GET":
+            return client.get(path, **query)
+        return client.post(path, body)
+    except OpenRedError as exc:
+        _fail(str(exc))
+
+
+def _table(title: str, items: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    for item in items:
+        table.add_row(*("" if item.get(n) is None else str(item.get(n)) for n in columns))
+    console.print(table)
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+def status(data_dir: Path, as_json: bool) -> None:
+    """The running node's id, URL, directory registration, log, sessions and modules."""
+    info = _call(data_dir, "GET", "status")
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    reg = info.get("registration") or {}
+    rows = [
+        ("node id", info["node_id"]), ("api url", info["api_url"]),
+        ("directory", info["directory_url"]),
+        ("registered", f"{'yes' if reg.get('registered') else 'no'} (record version "
+                       f"{info.get('record_version')})"),
+        ("directory reachable", {True: "yes", False: "no", None: "unknown"}[
+            reg.get("directory_reachable")]),
+        ("log entries", info["log"]["size"]),
+        ("sessions", f"{info['sessions']['active']} active of {info['sessions']['total']}"),
+        ("unused tokens", info["tokens"]["unused"]),
+        ("modules", ", ".join(info["modules"]["loaded"]) or "none"),
+    ]
+    if info["modules"]["failed"]:
+        rows.append(("failed modules", ", ".join(info["modules"]["failed"])))
+    if reg.get("last_error"):
+        rows.append(("last error", reg["last_error"]))
+    table = Table(title="node status", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", overflow="fold")
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+def peers(data_dir: Path, as_json: bool) -> None:
+    """Peers this node knows (from verified grants)."""
+    items = _call(data_dir, "GET", "peers")["items"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    _table(f"{len(items)} peers", items, ["node_id", "api_url", "active_sessions",
+                                          "last_session_at"])
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+@click.option("--state", default=None, help="Only sessions in this state (active, closed, …).")
+def sessions(data_dir: Path, as_json: bool, state: str | None) -> None:
+    """The node's sessions."""
+    items = _call(data_dir, "GET", "sessions", state=state)["items"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    _table(f"{len(items)} sessions", items, ["session_id", "peer", "role", "state",
+                                             "established_at", "expires_at"])
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+@click.argument("peer")
+def connect(data_dir: Path, as_json: bool, peer: str) -> None:
+    """Open a session with PEER (its node id): a grant from the directory, then a handshake."""
+    info = _call(data_dir, "POST", "connect", {"peer": peer})
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console.print(f"session {info['session_id']} with {info['peer']}")
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+@click.argument("peer")
+@click.argument("text")
+def send(data_dir: Path, as_json: bool, peer: str, text: str) -> None:
+    """Send TEXT to PEER (node id or a known peer's unique prefix) on its newest session."""
+    info = _call(data_dir, "POST", "send", {"peer": peer, "text": text})
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console.print(f"delivered: message {info['message_id']} (received at "
+                  f"{info['received_at']})")
+
+
+@main.command()
+@NODE_DATA_DIR
+@JSON
+@click.option("--limit", default=100, show_default=True, type=int)
+def inbox(data_dir: Path, as_json: bool, limit: int) -> None:
+    """Received messages, newest first."""
+    items = _call(data_dir, "GET", "inbox", limit=limit)["items"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    _table(f"{len(items)} messages", items, ["received_at", "peer", "text"])
+
+
+def _install_module_commands() -> None:
+    from openred.modules import install_cli_hooks
+
+    install_cli_hooks(main)
+
+
+_install_module_commands()
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -37,7 +37,8 @@ them, with ``raise New(...) from exc``::
             └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
     ├── UnsafeUrl                   a URL is not http(s) with a host, or points where it must not
     ├── TransportError              an outbound HTTP call failed
-    │   └── PeerUnreachable         … refused, timed out or answered 5xx after the retries
+    │   ├── PeerUnreachable         … refused, timed out or answered 5xx after the retries
+    │   └── NodeNotRunning          the CLI found no running node's admin API in the data dir
     └── RequestRefused              a service refuses a request (carries status and problem slug)
         └── NodeRefused             … a node service (its ``reason`` is the slug)
 """
@@ -200,6 +201,10 @@ class TransportError(OpenRedError):
 
 class PeerUnreachable(TransportError):
     """The peer refused the connection, timed out, or kept answering 5xx after retries."""
+
+
+class NodeNotRunning(TransportError):
+    """The CLI could not reach the node's local admin API (not started, or stopped)."""
 
 
 class RequestRefused(OpenRedError):

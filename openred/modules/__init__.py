@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from openred.crypto.methods import MethodRegistry
 from openred.errors import ModuleLoadError
@@ -38,7 +38,9 @@ __all__ = [
     "LoadReport",
     "OpenRedModule",
     "discover",
+    "install_admin_hooks",
     "install_app_hooks",
+    "install_cli_hooks",
     "load_modules",
     "parse_enabled",
 ]
@@ -76,6 +78,15 @@ class OpenRedModule(Protocol):
 
     def register_projections(self, registry: ProjectionRegistry) -> None:
         """Add the module's projections (their tables come from the module's migrations)."""
+
+    # Optional hooks: a module subclassing OpenRedModule inherits these no-ops; a module that
+    # does not may leave them out (they are not in HOOKS).
+
+    def register_admin_routes(self, admin_app: Any) -> None:
+        """Add routes under ``/admin/v1/<module>/...`` to the node's local admin API."""
+
+    def register_cli(self, group: Any) -> None:
+        """Add commands to the ``openred`` CLI (a click group); they use ``AdminClient``."""
 
 
 @dataclass
@@ -120,8 +131,7 @@ def _instantiate(entry_point: importlib.metadata.EntryPoint) -> OpenRedModule:
     if getattr(module, "name", None) != entry_point.name:
         named = getattr(module, "name", None)
         raise ModuleLoadError(entry_point.name, f"the module calls itself {named!r}")
-    assert isinstance(module, OpenRedModule)
-    return module
+    return cast(OpenRedModule, module)
 
 
 def load_modules(
@@ -171,3 +181,34 @@ def install_app_hooks(app: Any, report: LoadReport) -> None:
             except Exception as exc:  # reported, the node keeps serving the others
                 report.fail(name, f"{hook.__name__}: {type(exc).__name__}: {exc}")
                 break
+
+
+def install_admin_hooks(admin_app: Any, report: LoadReport) -> None:
+    """Run each loaded module's optional ``register_admin_routes``; a failure is reported."""
+    for name, module in list(report.loaded.items()):
+        hook = getattr(module, "register_admin_routes", None)
+        if not callable(hook):
+            continue
+        try:
+            hook(admin_app)
+        except Exception as exc:  # the admin API keeps the other modules' routes
+            report.fail(name, f"register_admin_routes: {type(exc).__name__}: {exc}")
+
+
+def install_cli_hooks(group: Any) -> list[str]:
+    """Let every installed module add CLI commands to ``group``; the modules that failed.
+
+    The CLI does not know which modules a node enables, so every installed one may add
+    commands (they talk to the admin API, which answers 404 for a module that is not loaded).
+    """
+    failed: list[str] = []
+    for entry_point in discover():
+        try:
+            module = _instantiate(entry_point)
+            hook = getattr(module, "register_cli", None)
+            if callable(hook):
+                hook(group)
+        except Exception as exc:  # a broken module must not take the CLI down
+            logger.warning("module %s: register_cli failed: %s", entry_point.name, exc)
+            failed.append(entry_point.name)
+    return failed

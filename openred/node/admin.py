@@ -1,0 +1,197 @@
+"""The node's local admin API (DESIGN §10): what the ``openred`` CLI talks to.
+
+A second Quart app served beside the P2P app, bound to 127.0.0.1 only, every request
+authenticated by the bearer key in ``DATA_DIR/admin-key`` (:mod:`openred.node.admin_auth`).
+Errors are RFC 9457 problems, like the P2P API's. Routes (all under ``/admin/v1``):
+
+=============================  ==============================================================
+``GET  /status``               node id, URL, log size, sessions, modules, directory state
+``GET  /peers``                peers this node verified (from grants), with session counts
+``GET  /sessions``             sessions (``?state=active``)
+``POST /connect``              ``{peer}``: ask the directory for a grant, wait for this
+                               node's half, shake hands; the new session (sensitive)
+``POST /send``                 ``{peer, text}`` (or ``{session_id, text}``): send on the
+                               newest active session with the peer; the receipt (sensitive)
+``GET  /inbox``                received messages, newest first (``?limit=``) (sensitive)
+=============================  ==============================================================
+
+Modules add their own admin routes through ``register_admin_routes(admin_app)``
+(:func:`openred.modules.install_admin_hooks`); they find the node's services with
+:func:`node_services`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+
+from quart import Quart, current_app, request
+from sqlmodel import select
+
+from openred import __version__
+from openred.errors import NodeRefused, RequestRefused
+from openred.node.admin_auth import ADMIN_KEY, require_bearer, sensitive
+from openred.node.readmodels import PeerRow
+from openred.node.routes import EXTENSION
+from openred.node.services import NodeServices
+from openred.node.tokens import TokenStatus
+from openred.web.problems import install
+
+__all__ = ["ADMIN_PREFIX", "NODE_APP", "REGISTRAR", "create_admin_app", "node_services"]
+
+ADMIN_PREFIX = "/admin/v1"
+NODE_APP = "openred.admin.node_app"
+REGISTRAR = "openred.node.registrar"
+"""Key of the :class:`~openred.node.lifecycle.Registrar` in the node app's extensions."""
+TOKEN_WAIT = 10.0
+
+
+def node_services() -> NodeServices:
+    """The running node's services, or 503 while the node is starting or stopping."""
+    node_app: Quart = current_app.extensions[NODE_APP]
+    services = node_app.extensions.get(EXTENSION)
+    if not isinstance(services, NodeServices):
+        raise RequestRefused(503, "node-not-ready", "the node is starting or stopping",
+                             retry_after=1)
+    return services
+
+
+async def _body() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise RequestRefused(400, "malformed", "the request body is not a JSON object")
+    return body
+
+
+def _text_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise RequestRefused(422, "invalid-field", f"{name} must be a non-empty string")
+    return value
+
+
+async def resolve_peer(services: NodeServices, text: str) -> str:
+    """A node id: ``text`` itself when it is a full id, else the one known peer it prefixes."""
+    if len(text) == 32:
+        return text
+    async with services.reads.session() as s:
+        ids = [r.node_id for r in (await s.exec(select(PeerRow))).all()]
+    matches = [node_id for node_id in ids if node_id.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RequestRefused(404, "unknown-peer", f"no known peer starts with {text!r}")
+    raise RequestRefused(409, "ambiguous-peer", f"{len(matches)} known peers start with {text!r}")
+
+
+def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
+    """The admin app over ``node_app``'s services (opened when ``node_app`` starts serving)."""
+    app = Quart("openred.node.admin")
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.config[ADMIN_KEY] = admin_key
+    app.extensions[NODE_APP] = node_app
+    install(app)
+
+    @app.before_request
+    async def authenticate() -> None:
+        if request.remote_addr not in (None, "127.0.0.1", "::1", "<local>"):
+            raise RequestRefused(403, "admin-local-only", "the admin API is local only")
+        require_bearer()
+
+    @app.get(f"{ADMIN_PREFIX}/status")
+    async def status() -> dict[str, Any]:
+        svc = node_services()
+        health = await svc.health()
+        registrar = node_app.extensions.get(REGISTRAR)
+        registration = asdict(registrar.state) if registrar is not None else None
+        record = registrar.record if registrar is not None else None
+        return {
+            **health, "version": __version__, "api_url": svc.settings.base_url,
+            "directory_url": svc.settings.directory_url,
+            "registration": registration,
+            "record_version": record.record.version if record is not None else None,
+            "sessions": {"active": len(await svc.book.sessions(state="active")),
+                         "total": len(await svc.book.sessions())},
+        }
+
+    @app.get(f"{ADMIN_PREFIX}/peers")
+    async def peers() -> dict[str, Any]:
+        svc = node_services()
+        async with svc.reads.session() as s:
+            rows = list((await s.exec(select(PeerRow).order_by(PeerRow.node_id))).all())
+        active: dict[str, int] = {}
+        for row in await svc.book.sessions(state="active"):
+            active[row.peer] = active.get(row.peer, 0) + 1
+        return {"items": [{
+            "node_id": r.node_id, "api_url": r.api_url, "updated_at": r.updated_at,
+            "last_session_at": r.last_session_at, "active_sessions": active.get(r.node_id, 0),
+        } for r in rows]}
+
+    @app.get(f"{ADMIN_PREFIX}/sessions")
+    async def sessions() -> dict[str, Any]:
+        svc = node_services()
+        state = request.args.get("state") or None
+        rows = sorted(await svc.book.sessions(state=state), key=lambda r: r.established_at)
+        return {"items": [{
+            "session_id": r.session_id, "peer": r.peer, "role": r.role, "state": r.state,
+            "suite": r.suite, "established_at": r.established_at, "expires_at": r.expires_at,
+            "renew_at": r.renew_at, "renewed_by": r.renewed_by,
+        } for r in rows]}
+
+    @app.post(f"{ADMIN_PREFIX}/connect")
+    @sensitive
+    async def connect() -> tuple[dict[str, Any], int]:
+        svc = node_services()
+        peer = await resolve_peer(svc, _text_field(await _body(), "peer"))
+        if peer == str(svc.keys.node_id):
+            raise RequestRefused(422, "self-connection", "a node does not connect to itself")
+        grant_id = await svc.request_grant(peer)
+        deadline = time.monotonic() + TOKEN_WAIT
+        while (await svc.book.token_state(grant_id)).status is TokenStatus.UNKNOWN:
+            if time.monotonic() > deadline:
+                raise NodeRefused(504, "token-not-delivered",
+                                  "the directory granted the connection but this node's token "
+                                  f"did not arrive within {TOKEN_WAIT:.0f} s")
+            await asyncio.sleep(0.05)
+        channel = await svc.connect(grant_id)
+        return {"session_id": channel.session_id, "peer": channel.peer,
+                "grant_id": grant_id}, 201
+
+    @app.post(f"{ADMIN_PREFIX}/send")
+    @sensitive
+    async def send() -> dict[str, Any]:
+        svc = node_services()
+        body = await _body()
+        text = _text_field(body, "text")
+        if isinstance(body.get("session_id"), str):
+            session_id = body["session_id"]
+        else:
+            peer = await resolve_peer(svc, _text_field(body, "peer"))
+            rows = [r for r in await svc.book.sessions(state="active") if r.peer == peer]
+            if not rows:
+                raise RequestRefused(404, "no-session",
+                                     f"no active session with {peer}: connect first")
+            session_id = max(rows, key=lambda r: r.established_at).session_id
+        receipt = await svc.send_message(session_id, text)
+        return {"message_id": receipt.message_id, "session_id": session_id,
+                "received_at": receipt.received_at}
+
+    @app.get(f"{ADMIN_PREFIX}/inbox")
+    @sensitive
+    async def inbox() -> dict[str, Any]:
+        svc = node_services()
+        try:
+            limit = int(request.args.get("limit", "100"))
+        except ValueError:
+            raise RequestRefused(422, "invalid-field", "limit is an integer") from None
+        if not 1 <= limit <= 1000:
+            raise RequestRefused(422, "invalid-field", "limit is 1..1000")
+        messages = await svc.messaging.inbox(limit=limit)
+        return {"items": [{"message_id": m.message_id, "session_id": m.session_id,
+                           "peer": m.peer, "text": m.text, "received_at": m.at}
+                          for m in messages]}
+
+    return app

@@ -1,0 +1,199 @@
+"""A served node's duties towards the directory (DESIGN §10): its record, registration, heartbeat.
+
+The node's signed record is kept in ``DATA_DIR/node-record.json``. When the node starts,
+:meth:`Registrar.current_record` compares what the record says (URL, keys, modules) with what
+the node is now; on any change it signs a new record with the next ``version`` (so the
+directory accepts it as newer). :meth:`Registrar.run` registers that record — retrying while the
+directory is unreachable, logging each failure clearly, while the node keeps serving its peers —
+then heartbeats at the interval the directory asks for, registering again when the directory
+answers a heartbeat with 404 (it forgot the node or expired it). A registration whose record
+version is new is logged as ``NodeRegistered``.
+
+The other lifecycle work (renewal at 80 % of a session's life, send-key rotation, token and
+session expiry) is :meth:`~openred.node.services.NodeServices.lifecycle`, run by the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.errors import OpenRedError, PeerUnreachable
+from openred.node import events as ev
+from openred.node.services import NodeServices
+from openred.store.events import NewEvent
+
+__all__ = ["RECORD_FILE", "Registrar"]
+
+logger = logging.getLogger("openred.node.lifecycle")
+
+RECORD_FILE = "node-record.json"
+REGISTER_PATH = "/api/v3/nodes/register"
+HEARTBEAT_PATH = "/api/v3/nodes/heartbeat"
+
+
+@dataclass
+class RegistrationState:
+    """What the operator sees in ``openred status``."""
+
+    registered: bool = False
+    version: int = 0
+    last_heartbeat: int | None = None
+    last_error: str | None = None
+    directory_reachable: bool | None = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+class Registrar:
+    """Keeps the node's signed record current and registered with its directory."""
+
+    def __init__(self, services: NodeServices, *, retry_interval: float = 5.0,
+                 heartbeat_interval: float = 60.0) -> None:
+        self.services = services
+        self.retry_interval = retry_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.path = services.settings.data_dir / RECORD_FILE
+        self.state = RegistrationState()
+        self.record: SignedNodeRecord | None = None
+
+    def _stored(self) -> tuple[SignedNodeRecord | None, int]:
+        try:
+            obj = json.loads(self.path.read_text(encoding="utf-8"))
+            return SignedNodeRecord.from_wire(obj["signed"]), int(obj.get("logged_version", 0))
+        except FileNotFoundError:
+            return None, 0
+        except (ValueError, KeyError, TypeError, OpenRedError) as exc:
+            logger.warning("%s is unreadable (%s): signing a new record", self.path, exc)
+            return None, 0
+
+    def _save(self, signed: SignedNodeRecord, logged_version: int) -> None:
+        _write_private(self.path, json.dumps(
+            {"signed": signed.to_wire(), "logged_version": logged_version}, indent=2) + "\n")
+
+    async def current_record(self) -> SignedNodeRecord:
+        """The node's signed record, re-signed with the next version when anything changed."""
+        svc = self.services
+        keys = svc.keys
+        modules = tuple(sorted(svc.modules.loaded))
+        stored, logged = self._stored()
+        if stored is not None:
+            r = stored.record
+            if (r.api_url == svc.settings.base_url and r.sign_key == keys.sign_key
+                    and r.box_key == keys.box_key and r.modules == modules):
+                self.record = stored
+                return stored
+        version = 1 if stored is None else stored.record.version + 1
+        record = NodeRecord.build(sign_key=keys.sign_key, box_key=keys.box_key,
+                                  api_url=svc.settings.base_url, modules=modules,
+                                  issued_at=svc.now(), version=version)
+        signed = await sign_record(record, svc.jail.sign)
+        self._save(signed, logged)
+        if stored is not None:
+            logger.info("node record changed: version %d signed", version)
+        self.record = signed
+        return signed
+
+    async def register(self) -> bool:
+        """Register the current record; whether the directory accepted it (failures logged)."""
+        svc = self.services
+        signed = self.record or await self.current_record()
+        url = svc.settings.directory_url
+        try:
+            reply = await svc.http.request("POST", url + REGISTER_PATH,
+                                           json_body=signed.to_wire(), signed=True, attempts=1)
+        except (PeerUnreachable, OpenRedError) as exc:
+            self._failed(f"directory unreachable at {url}: {exc}", reachable=False)
+            return False
+        if reply.status not in (200, 201):
+            self._failed(f"directory at {url} refused the registration: "
+                         f"{reply.status} {_detail(reply.body)}", reachable=True)
+            return False
+        self.state.registered = True
+        self.state.version = signed.record.version
+        self.state.directory_reachable = True
+        self.state.last_error = None
+        _, logged = self._stored()
+        if logged != signed.record.version:
+            await svc.store.append_one(NewEvent(ev.node_stream(str(svc.keys.node_id)),
+                                                ev.NODE_REGISTERED, {
+                "directory": url, "node_id": str(svc.keys.node_id),
+                "api_url": signed.record.api_url,
+            }))
+            self._save(signed, signed.record.version)
+        logger.info("registered with the directory at %s (record version %d)", url,
+                    signed.record.version)
+        return True
+
+    async def heartbeat(self) -> bool | None:
+        """One heartbeat: True if the directory saw it, None if it forgot us, False if down."""
+        svc = self.services
+        url = svc.settings.directory_url
+        try:
+            reply = await svc.http.request("POST", url + HEARTBEAT_PATH, json_body={},
+                                           signed=True, attempts=1)
+        except (PeerUnreachable, OpenRedError) as exc:
+            self._failed(f"directory unreachable at {url}: {exc}", reachable=False)
+            return False
+        if reply.status == 404:
+            self.state.registered = False
+            logger.warning("the directory at %s does not know this node: registering again",
+                           url)
+            return None
+        if reply.status != 200:
+            self._failed(f"directory at {url} refused the heartbeat: {reply.status} "
+                         f"{_detail(reply.body)}", reachable=True)
+            return False
+        body: Any = reply.json()
+        interval = body.get("heartbeat_interval") if isinstance(body, dict) else None
+        if isinstance(interval, int) and interval > 0:
+            self.heartbeat_interval = float(interval)
+        self.state.last_heartbeat = svc.now()
+        self.state.directory_reachable = True
+        self.state.last_error = None
+        return True
+
+    def _failed(self, message: str, *, reachable: bool) -> None:
+        if self.state.last_error != message:
+            logger.warning("%s; still serving peers, retrying", message)
+        self.state.last_error = message
+        self.state.directory_reachable = reachable
+
+    async def run(self) -> None:
+        """Register (until it works), then heartbeat forever; cancel to stop."""
+        await self.current_record()
+        while True:
+            if not self.state.registered and not await self.register():
+                await asyncio.sleep(self.retry_interval)
+                continue
+            # The first heartbeat right after registering tells the directory's interval; then
+            # one every half interval, so a single lost heartbeat never makes the node stale.
+            beat = await self.heartbeat()
+            if beat is None:
+                continue
+            await asyncio.sleep(self.retry_interval if beat is False
+                                else self.heartbeat_interval / 2)
+
+
+def _detail(body: bytes) -> str:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(obj, dict) and isinstance(obj.get("detail"), str):
+        return str(obj["detail"])
+    return body[:200].decode("utf-8", "replace")

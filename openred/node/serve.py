@@ -1,0 +1,143 @@
+"""``openred node serve``: the node's P2P app, its admin API and its registrar in one process.
+
+:func:`serve_node` starts the P2P app under Hypercorn (which connects to the node's jail, or
+starts it for a development keystore, and opens the node's services), then — once the services
+are open — the local admin API on 127.0.0.1 and the :class:`~openred.node.lifecycle.Registrar`
+(registration, heartbeats). The admin URL is written to ``DATA_DIR/admin-url`` for the CLI and
+removed on exit. SIGTERM or SIGINT stops the registrar first, then both servers (requests in
+flight finish), then the app closes its services, store and jail.
+
+``OPENRED_ADMIN_PORT`` sets the admin port (default: the node's port + 100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from hypercorn.utils import LifespanFailureError
+from quart import Quart
+
+from openred.errors import ConfigurationError
+from openred.modules import install_admin_hooks
+from openred.node.admin import REGISTRAR, create_admin_app
+from openred.node.admin_auth import ensure_admin_key
+from openred.node.app import create_app
+from openred.node.lifecycle import Registrar
+from openred.node.routes import EXTENSION
+from openred.node.services import NodeServices
+from openred.node.settings import NodeSettings
+from openred.settings import read_env_file
+from openred.web.serve import hypercorn_config, serve_app
+
+__all__ = ["ADMIN_URL_FILE", "admin_port", "run_node", "serve_node"]
+
+logger = logging.getLogger("openred.node")
+
+ADMIN_URL_FILE = "admin-url"
+ADMIN_HOST = "127.0.0.1"
+
+
+def admin_port(settings: NodeSettings) -> int:
+    """``OPENRED_ADMIN_PORT`` (environment, then .env), else the node's port + 100."""
+    raw = os.environ.get("OPENRED_ADMIN_PORT") or read_env_file(
+        settings.data_dir / ".env").get("OPENRED_ADMIN_PORT")
+    if not raw:
+        return settings.port + 100
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"OPENRED_ADMIN_PORT={raw!r} is not an integer") from None
+    if not 0 < port < 65536:
+        raise ConfigurationError("OPENRED_ADMIN_PORT must be 1..65535")
+    return port
+
+
+async def _ready(app: Quart, task: asyncio.Task[None]) -> NodeServices:
+    while True:
+        services = app.extensions.get(EXTENSION)
+        if isinstance(services, NodeServices):
+            return services
+        if task.done():
+            task.result()
+            raise ConfigurationError("the node stopped before it was ready")
+        await asyncio.sleep(0.02)
+
+
+async def serve_node(
+    settings: NodeSettings, *, stop: asyncio.Event | None = None,
+    retry_interval: float = 5.0,
+) -> None:
+    """Serve the node until ``stop`` is set, or SIGTERM/SIGINT when ``stop`` is None."""
+    admin_key = ensure_admin_key(settings.data_dir)
+    port = admin_port(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    shutdown = asyncio.Event()
+    app = create_app(settings)
+    node_task = asyncio.create_task(serve_app(
+        app, hypercorn_config(settings.host, settings.port), shutdown=shutdown,
+        install_signals=False))
+    tasks: list[asyncio.Task[None]] = [node_task]
+    url_file = settings.data_dir / ADMIN_URL_FILE
+    try:
+        waiting = asyncio.create_task(_ready(app, node_task))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            return
+        stopping.cancel()
+        services = waiting.result()
+        admin = create_admin_app(app, admin_key)
+        install_admin_hooks(admin, services.modules)
+        tasks.append(asyncio.create_task(serve_app(
+            admin, hypercorn_config(ADMIN_HOST, port), shutdown=shutdown,
+            install_signals=False)))
+        registrar = Registrar(services, retry_interval=retry_interval)
+        app.extensions[REGISTRAR] = registrar
+        registering = asyncio.create_task(registrar.run())
+        url_file.write_text(f"http://{ADMIN_HOST}:{port}\n", encoding="utf-8")
+        logger.info("node %s serving on %s, admin API on http://%s:%d", services.keys.node_id,
+                    settings.base_url, ADMIN_HOST, port)
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        registering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registering
+        for task in done:
+            if task is not stopped:
+                task.result()  # a server that failed: raise its error after cleanup
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            url_file.unlink()
+        shutdown.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
+                raise result
+
+
+def run_node(settings: NodeSettings) -> None:
+    """Serve the node until SIGTERM or SIGINT (blocking); a failed start is ConfigurationError."""
+    try:
+        asyncio.run(serve_node(settings))
+    except LifespanFailureError as exc:
+        raise ConfigurationError(f"the node failed to start: {exc}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve the node: {exc.strerror or exc}") from exc
