@@ -57,11 +57,25 @@ class FileSharingModule:
                               book=node.book, data_dir=node.settings.data_dir,
                               transport_for=transport_for, clock=node.now)
         app.extensions[FILE_SHARING_SERVICE] = service
+        # Stop background fetches before the node closes its log (they resume next time).
+        app.after_serving_funcs.insert(0, service.close)
         actions = app.extensions[P2P_ACTIONS]
         actions.add(OFFER.module, OFFER.action, service.receive_offer)
         actions.add(CHUNK.module, CHUNK.action, service.serve_chunk)
         actions.add(REVOKE.module, REVOKE.action, service.receive_revoke)
         actions.add(DECLINE.module, DECLINE.action, service.receive_decline)
+
+    def register_admin_routes(self, admin_app: Any) -> None:
+        """``/admin/v1/file_sharing/...``: share, list, fetch (with progress), unshare, decline."""
+        from openred.modules.file_sharing.admin import register
+
+        register(admin_app)
+
+    def register_cli(self, group: Any) -> None:
+        """``openred share | files | fetch | unshare | decline``."""
+        from openred.modules.file_sharing.cli import register
+
+        register(group)
 
     def register_crypto_methods(self, registry: MethodRegistry) -> None:
         """File sharing uses the node's session ciphers; it adds no method."""

@@ -93,11 +93,20 @@ Write = Callable[[int, bytes, int], int]
 
 @dataclass
 class Progress:
-    """A fetch's progress: verified bytes of ``total``."""
+    """A fetch's progress: verified bytes of ``total``; how it ended, once it has."""
 
     offer_id: str
     total: int
     verified: int = 0
+    state: str = "running"
+    path: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offer_id": self.offer_id, "total": self.total, "verified": self.verified,
+                "state": self.state, "path": self.path, "reason": self.reason,
+                "detail": self.detail}
 
 
 def _object(raw: bytes, what: str) -> dict[str, Any]:
@@ -164,6 +173,7 @@ class FileSharing:
         self.write = write
         self._trees: OrderedDict[str, HashTree] = OrderedDict()
         self._fetching: set[str] = set()
+        self._background: dict[str, tuple[Progress, asyncio.Task[None] | None]] = {}
 
     # -- paths --
 
@@ -428,6 +438,77 @@ class FileSharing:
         self._discard_partial(offer_id)
         with contextlib.suppress(OpenRedError):
             await self._call(row.peer, DECLINE, _json({"offer_id": offer_id}))
+
+    # -- fetches in the background (what the admin API starts and the CLI watches) --
+
+    async def start_fetch(self, offer_id: str, *, out: Path | None = None) -> Progress:
+        """Start fetching in a task of this node (or find the one running); its progress.
+
+        Refusals known up front (unknown, revoked or expired offer, a bad ``out``) are raised
+        here; later ones end the task and are in the progress (``state`` ``failed``).
+        """
+        held = self._background.get(offer_id)
+        if held is not None and held[0].state == "running":
+            return held[0]
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        refuse_unless_usable(exists=True, for_peer=True, state=row.state,
+                             expires_at=row.expires_at, now=self.clock())
+        if out is not None and not Path(out).is_dir():
+            raise NodeRefused(422, "no-such-directory", f"{out} is not a directory")
+        state = Progress(offer_id, row.size)
+
+        def update(seen: Progress) -> None:
+            state.verified = seen.verified
+
+        async def run() -> None:
+            try:
+                path = await self.fetch(offer_id, out=out, progress=update)
+            except NodeRefused as exc:
+                state.state, state.reason, state.detail = "failed", exc.reason, exc.detail
+            except OpenRedError as exc:  # the node is stopping (its log closed): resume later
+                state.state, state.reason, state.detail = "failed", "node-stopping", str(exc)
+            except asyncio.CancelledError:
+                state.state, state.reason = "failed", "interrupted"
+                state.detail = "the fetch was stopped; fetch again to resume"
+                raise
+            else:
+                state.state, state.path, state.verified = "completed", str(path), row.size
+
+        self._background[offer_id] = (state, asyncio.create_task(run()))
+        await asyncio.sleep(0)
+        return state
+
+    async def fetch_progress(self, offer_id: str) -> Progress:
+        """The progress of this node's fetch of ``offer_id`` (from the log if none ran here)."""
+        held = self._background.get(offer_id)
+        if held is not None:
+            return held[0]
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        transfer = await self.transfer(offer_id)
+        if transfer is None:
+            return Progress(offer_id, row.size, state="not-started")
+        return Progress(offer_id, row.size, transfer.verified_bytes,
+                        "failed" if transfer.state == "running" else transfer.state,
+                        transfer.path, transfer.reason or "interrupted", transfer.detail)
+
+    async def stop_fetch(self, offer_id: str) -> Progress:
+        """Stop this node's running fetch of ``offer_id`` (verified chunks are kept)."""
+        held = self._background.get(offer_id)
+        if held is None or held[1] is None or held[1].done():
+            return await self.fetch_progress(offer_id)
+        held[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held[1]
+        return held[0]
+
+    async def close(self) -> None:
+        """Stop every fetch running in the background (they resume on the next fetch)."""
+        for offer_id in list(self._background):
+            await self.stop_fetch(offer_id)
 
     def _discard_partial(self, offer_id: str) -> None:
         for path in (self._part(offer_id), self._marks(offer_id)):
