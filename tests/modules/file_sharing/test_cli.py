@@ -92,7 +92,8 @@ async def test_cli_errors_are_one_clear_line(pair: Pair, tmp_path: Path) -> None
     (tmp_path / "link").symlink_to(tmp_path / "real")
     cases: list[tuple[Served, tuple[str, ...], str]] = [
         (pair.a, ("share", pair.b.id, str(tmp_path / "link")), "is a symbolic link"),
-        (pair.a, ("share", pair.b.id, str(tmp_path / "real"), "--name", "../x"), "the name may not contain"),
+        (pair.a, ("share", pair.b.id, str(tmp_path / "real"), "--name", "../x"),
+         "the name may not contain"),
         (pair.a, ("share", pair.b.id, str(tmp_path / "nope")), "does not exist"),
         (pair.a, ("share", "zzzz", str(tmp_path / "real")), "no known peer"),
         (pair.b, ("fetch", "A" * 22), "no offer received"),
@@ -150,7 +151,7 @@ async def test_ctrl_c_stops_a_fetch_and_running_it_again_resumes(
     assert stopped.state == "failed" and stopped.reason == "interrupted"
     assert 3 * CHUNK_SIZE <= stopped.verified < len(data)
     sender._read_chunk = slow_read  # type: ignore[method-assign]
-    code, out, err = await openred(pair.b, "fetch", offer.offer_id)
+    code, _, err = await openred(pair.b, "fetch", offer.offer_id)
     assert code == 0, err
     placed = pair.b.data / "files" / "received" / "big.bin"
     assert placed.read_bytes() == data
