@@ -21,7 +21,7 @@ import pytest
 
 from audit_tools.verify import verify
 from openred.crypto.identity import b64url
-from openred.errors import NodeRefused
+from openred.errors import NodeRefused, PeerUnreachable
 from openred.modules.file_sharing import events as fev
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.service import CHUNK
@@ -348,7 +348,39 @@ async def test_both_nodes_restarted_mid_transfer(pair: Pair, tmp_path: Path) -> 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await pair.restart_a()
     b2 = await pair.restart_b()
     path = await files(b2).fetch(offer.offer_id)
     assert path.read_bytes() == data
     assert {"FileTransferFailed", "FileTransferCompleted"} <= set(await types(b2))
+
+
+async def test_a_network_cut_stops_the_fetch_and_the_next_one_resumes(
+    pair: Pair, tmp_path: Path
+) -> None:
+    source = tmp_path / "f"
+    data = payload(source, 8 * CHUNK_SIZE)
+    offer = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
+    b = files(pair.b)
+    real = b.transport_for
+    calls = [0]
+
+    async def cut_after_three(peer: str) -> Any:
+        send = await real(peer)
+
+        async def flaky(route: Any, envelope: Any) -> Any:
+            calls[0] += 1
+            if calls[0] > 3:
+                raise PeerUnreachable("POST failed: connection reset by peer")
+            return await send(route, envelope)
+
+        return flaky
+
+    b.transport_for = cut_after_three
+    with pytest.raises(NodeRefused) as caught:
+        await b.fetch(offer.offer_id, in_flight=1)
+    assert (caught.value.status, caught.value.reason) == (502, "peer-unreachable")
+    b.transport_for = real
+    seen: list[int] = []
+    path = await b.fetch(offer.offer_id, progress=lambda p: seen.append(p.verified))
+    assert seen[0] == 3 * CHUNK_SIZE and path.read_bytes() == data

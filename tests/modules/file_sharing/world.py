@@ -35,6 +35,8 @@ class Pair:
     def b(self) -> Served:
         return self.world.b
 
+    a_server: contextlib.AsyncExitStack | None = None
+
     async def restart_b(self) -> Served:
         """Stop B's server and serve its data directory again at the same URL."""
         port = int(self.world.b.url.rsplit(":", 1)[1])
@@ -44,6 +46,17 @@ class Pair:
             "b", self.world.jails[1], self.world.b.data, self.world.directory.key,
             self.world.directory_url, port=port, modules=MODULES))
         return self.world.b
+
+    async def restart_a(self) -> Served:
+        """Stop A's server and serve its data directory again at the same URL."""
+        assert self.a_server is not None
+        port = int(self.world.a.url.rsplit(":", 1)[1])
+        await self.a_server.aclose()
+        self.a_server = contextlib.AsyncExitStack()
+        self.world.a = await self.a_server.enter_async_context(serve_node(
+            "a", self.world.jails[0], self.world.a.data, self.world.directory.key,
+            self.world.directory_url, port=port, modules=MODULES))
+        return self.world.a
 
 
 @contextlib.asynccontextmanager
@@ -58,15 +71,18 @@ async def served_pair(jails: JailPair, directory: Directory, tmp: Path) -> Async
     pusher = HttpClient(signer=Signer("directory", sign_base), allow_private=True, attempts=1)
     async with contextlib.AsyncExitStack() as stack:
         dir_url = await stack.enter_async_context(serve_in_loop(directory_app(directory)))
-        a = await stack.enter_async_context(serve_node(
+        a_server = contextlib.AsyncExitStack()
+        a = await a_server.enter_async_context(serve_node(
             "a", clients[0], tmp / "a", directory.key, dir_url, modules=MODULES))
         b_server = contextlib.AsyncExitStack()
         b = await b_server.enter_async_context(serve_node(
             "b", clients[1], tmp / "b", directory.key, dir_url, modules=MODULES))
         world = World(a, b, directory, pusher, clients, dir_url, b_server)
+        pair = Pair(world, "", a_server)
+        stack.push_async_callback(lambda: pair.a_server.aclose())  # type: ignore[union-attr]
         stack.push_async_callback(lambda: world.b_server.aclose())
-        channel = await a.services.connect(await granted(world))
-        yield Pair(world, channel.session_id)
+        pair.session_id = (await a.services.connect(await granted(world))).session_id
+        yield pair
     await pusher.close()
     for client in clients:
         await client.close()
