@@ -80,7 +80,7 @@ CHUNK: Final = Route("file_sharing", "chunk")
 REVOKE: Final = Route("file_sharing", "revoke")
 DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
-IN_FLIGHT: Final = 4
+IN_FLIGHT: Final = 8
 HASH_BLOCK: Final = 1 << 20
 _MARK = struct.Struct(">I32s")
 
@@ -226,7 +226,8 @@ class FileSharing:
         return await self.keeper.channel(newest.session_id, self.clock())
 
     async def _call(self, peer: str, route: Route, request: bytes,
-                    channel: SessionChannel | None = None) -> bytes:
+                    channel: SessionChannel | None = None,
+                    transport: Transport | None = None) -> bytes:
         """One request to ``peer`` on its newest session; the answer's plaintext.
 
         A peer restarted since our last request may refuse our counters as replays: the
@@ -234,7 +235,7 @@ class FileSharing:
         here is idempotent).
         """
         channel = channel or await self._session_with(peer)
-        transport = await self.transport_for(peer)
+        transport = transport or await self.transport_for(peer)
         for attempt in (1, 2):
             envelope = channel.seal_request(route, request)
             try:
@@ -611,6 +612,7 @@ class FileSharing:
             return
         root = from_b64url(row.root)
         channel = await self._session_with(row.peer)
+        transport = await self.transport_for(row.peer)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in missing:
             queue.put_nowait(index)
@@ -628,7 +630,7 @@ class FileSharing:
                 request = _json({"offer_id": row.offer_id, "offset": offset, "length": length})
                 checked: tuple[bytes, memoryview] | None = None
                 for _attempt in range(CHUNK_ATTEMPTS):
-                    answer = await self._call(row.peer, CHUNK, request, channel)
+                    answer = await self._call(row.peer, CHUNK, request, channel, transport)
                     checked = self._check_chunk(answer, index, count, length, root)
                     if checked is not None:
                         break

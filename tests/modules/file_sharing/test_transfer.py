@@ -227,8 +227,9 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(
     original = b._call
     corrupted: list[int] = []
 
-    async def flaky(peer: str, route: Any, request: bytes, channel: Any = None) -> bytes:
-        answer = await original(peer, route, request, channel)
+    async def flaky(peer: str, route: Any, request: bytes, channel: Any = None,
+                     transport: Any = None) -> bytes:
+        answer = await original(peer, route, request, channel, transport)
         if route == CHUNK and json.loads(request)["offset"] == CHUNK_SIZE and not corrupted:
             corrupted.append(1)
             return answer[:-1] + bytes([answer[-1] ^ 0xFF])
@@ -241,8 +242,9 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(
     # A peer that always sends a bad chunk: the fetch stops, nothing is placed.
     offer2 = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
 
-    async def broken(peer: str, route: Any, request: bytes, channel: Any = None) -> bytes:
-        answer = await original(peer, route, request, channel)
+    async def broken(peer: str, route: Any, request: bytes, channel: Any = None,
+                     transport: Any = None) -> bytes:
+        answer = await original(peer, route, request, channel, transport)
         return answer[:-1] + bytes([answer[-1] ^ 0xFF]) if route == CHUNK else answer
 
     b._call = broken  # type: ignore[method-assign]
@@ -283,10 +285,11 @@ async def test_disk_full_keeps_the_partial_file_and_a_fetch_resumes_after_it(
     fetched: list[int] = []
     original = b._call
 
-    async def counting(peer: str, route: Any, request: bytes, channel: Any = None) -> bytes:
+    async def counting(peer: str, route: Any, request: bytes, channel: Any = None,
+                     transport: Any = None) -> bytes:
         if route == CHUNK:
             fetched.append(json.loads(request)["offset"] // CHUNK_SIZE)
-        return await original(peer, route, request, channel)
+        return await original(peer, route, request, channel, transport)
 
     b._call = counting  # type: ignore[method-assign]
     path = await b.fetch(offer.offer_id)
@@ -324,10 +327,11 @@ async def test_an_interrupted_fetch_resumes_from_verified_chunks_even_if_the_par
     fetched: list[int] = []
     original = b._call
 
-    async def counting(peer: str, route: Any, request: bytes, channel: Any = None) -> bytes:
+    async def counting(peer: str, route: Any, request: bytes, channel: Any = None,
+                     transport: Any = None) -> bytes:
         if route == CHUNK:
             fetched.append(json.loads(request)["offset"] // CHUNK_SIZE)
-        return await original(peer, route, request, channel)
+        return await original(peer, route, request, channel, transport)
 
     b._call = counting  # type: ignore[method-assign]
     path = await b.fetch(offer.offer_id)
