@@ -174,6 +174,10 @@ class FileSharing:
         self._trees: OrderedDict[str, HashTree] = OrderedDict()
         self._fetching: set[str] = set()
         self._background: dict[str, tuple[Progress, asyncio.Task[None] | None]] = {}
+        self._served: dict[str, FileOfferRow] = {}
+        """Offers of ours in use while they stand (every change to them goes through here)."""
+        self._ended: set[str] = set()
+        """Offers revoked, declined or expired by this process: never cached again."""
 
     # -- paths --
 
@@ -212,7 +216,14 @@ class FileSharing:
                 row.state = "expired"
         return rows
 
+    def _end(self, offer_id: str) -> None:
+        self._ended.add(offer_id)
+        self._served.pop(offer_id, None)
+        self._trees.pop(offer_id, None)
+
     async def _log(self, offer_id: str, kind: str, payload: dict[str, Any]) -> None:
+        if kind in (ev.FILE_OFFER_REVOKED, ev.FILE_OFFER_DECLINED, ev.FILE_OFFER_EXPIRED):
+            self._end(offer_id)
         await self.store.append_one(NewEvent(ev.offer_stream(offer_id), kind, payload))
 
     # -- calling the peer --
@@ -313,7 +324,6 @@ class FileSharing:
         if row.state != "offered":
             raise NodeRefused(409, f"offer-{row.state}", f"the offer is already {row.state}")
         await self._log(offer_id, ev.FILE_OFFER_REVOKED, {"offer_id": offer_id})
-        self._trees.pop(offer_id, None)
         with contextlib.suppress(OpenRedError):
             await self._call(row.peer, REVOKE, _json({"offer_id": offer_id}))
 
@@ -331,7 +341,9 @@ class FileSharing:
         return tree
 
     async def _usable(self, ctx: RequestContext, offer_id: str, direction: str) -> FileOfferRow:
-        row = await self.offer(offer_id)
+        row = self._served.get(offer_id)
+        if row is None:
+            row = await self.offer(offer_id)
         exists = row is not None and row.direction == direction
         for_peer = row is not None and row.peer == ctx.peer
         if row is not None and exists and for_peer and row.state == "offered" and (
@@ -342,6 +354,10 @@ class FileSharing:
         refuse_unless_usable(exists=exists, for_peer=for_peer, state=row.state if row else "",
                              expires_at=row.expires_at if row else 0, now=ctx.now)
         assert row is not None
+        if direction == "sent" and offer_id not in self._ended:
+            self._served[offer_id] = row
+            while len(self._served) > 64:
+                self._served.pop(next(iter(self._served)))
         return row
 
     async def serve_chunk(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
@@ -396,7 +412,7 @@ class FileSharing:
         if row.state == "offered":
             events.append(NewEvent(ev.offer_stream(offer_id), ev.FILE_OFFER_DECLINED,
                                    {"offer_id": offer_id}))
-            self._trees.pop(offer_id, None)
+            self._end(offer_id)
         return Outcome(_json({"offer_id": offer_id, "state": "declined"}), events)
 
     # -- the receiver --

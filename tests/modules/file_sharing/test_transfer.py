@@ -125,6 +125,10 @@ async def test_the_offer_is_for_that_peer_only_and_ends_with_revocation_decline_
     payload(tmp_path / "f", 1000)
     a, b = files(pair.a), files(pair.b)
     revoked = await a.share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    # Served once (the sender keeps the standing offer at hand), then revoked: nothing more.
+    first = await b._call(pair.a.id, CHUNK, json.dumps(
+        {"offer_id": revoked.offer_id, "offset": 0, "length": 1000}).encode())
+    assert first[2:] != b"" and len(first) > 1000
     await a.revoke(revoked.offer_id)
     assert (await b.offer(revoked.offer_id)).state == "revoked"  # type: ignore[union-attr]
     with pytest.raises(NodeRefused) as caught:
