@@ -264,7 +264,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
     from urllib.parse import urlsplit
 
     from openred.directory.keys import create_keystore, start_jail
-    from openred.node.admin_auth import ensure_admin_key
+    from openred.node.admin_keys import ensure_admin_key
     from openred.node.services import NodeServices
     from openred.node.settings import NodeSettings
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
-from openred.node.admin_auth import read_admin_key
+from openred.node.admin_keys import read_admin_key
 
 __all__ = ["ADMIN_URL_FILE", "AdminClient"]
 

@@ -1,384 +1,436 @@
-"""``make demo``: a small network's history, written through real crypto jails, then audited.
+"""``make demo``: a live OpenRed network on loopback — a directory and three nodes as processes.
 
-Until the directory and node services exist, this plays their parts in one process — but every
-key lives in a real crypto jail process (one per participant, keystore encrypted with Argon2id),
-every grant is signed by the directory's jail, every token is sealed to its node's X25519 key,
-every handshake is a real Noise KKpsk0 run inside two jails, and every log entry and checkpoint
-is signed through the jail. What is synthetic is only the transport (no HTTP) and the clock
-(simulated, so grants and sessions can expire in seconds).
+Every participant is created and started with the real commands (``openred directory init |
+serve``, ``openred node init | serve``) under ``./demo-data/<participant>/``, each with its own
+crypto jail (keystore encrypted with Argon2id) and signed log. Then the story, driven through
+the nodes' admin APIs exactly as ``openred connect | send`` do:
 
-Each participant's log lands in ``./demo-data/<participant>/openred.db``; afterwards each log is
-verified with ``audit_tools`` and a summary is printed.
+1. alice connects to bob and to carol (a grant from the directory, a Noise handshake each) and
+   they exchange messages;
+2. someone on the path to carol recorded alice's first handshake message and sends it again:
+   carol's server refuses it (the grant is used) and logs the attempt;
+3. the directory is stopped: alice and bob keep talking on their session;
+4. bob (and his jail) are killed with SIGKILL, bob is started again and resumes the session;
+5. everything stops, every log is verified with ``audit_tools`` and a summary is printed.
+
+Every process the demo starts is stopped by its pid when it ends, fails or is interrupted
+(Ctrl-C); the servers run in their own sessions, so the terminal's SIGINT reaches only the demo.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import http.client
+import http.server
+import json
 import os
-import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from audit_tools.verify import verify
-from openred.crypto.client import JailClient, JailSigner, JailSupervisor, PublicKeys, SessionKeys
-from openred.crypto.grants import Grant, new_grant, seal_token, verify_signed_grant
-from openred.crypto.grants import mint_tokens as mint
-from openred.crypto.identity import b64url
-from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
-from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
-from openred.crypto.session import SessionCipher
-from openred.crypto.transparency import connection_granted_payload
-from openred.directory.events import (
-    CONNECTION_GRANTED,
-    NODE_REGISTERED,
-    directory_registry,
-    grant_stream,
-    record_event,
-)
-from openred.directory.projections import directory_projections
-from openred.node import events as ev
-from openred.node.events import node_registry
-from openred.node.projections import node_projections
-from openred.store.events import EventRegistry, NewEvent
-from openred.store.sqlite import SQLiteEventStore
+from openred.cli_client import AdminClient
+from openred.errors import OpenRedError
 
 NODES = ("alice", "bob", "carol")
-ROUNDS = 30  # rounds of the six-message chat: enough traffic for a periodic checkpoint
-DIRECTORY_URL = "http://127.0.0.1:8700"
+HOST = "127.0.0.1"
+HANDSHAKE_PATH = "/api/v3/p2p/handshake"
 
 console = Console(highlight=False)
 
 
-class SimClock:
-    """Simulated UTC time: starts now, moves only when the story says so."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=3)
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-    @property
-    def unix(self) -> int:
-        return int(self.now.timestamp())
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
-@dataclass
-class Participant:
-    name: str
-    data_dir: Path
-    supervisor: JailSupervisor
-    client: JailClient
-    keys: PublicKeys
-    store: SQLiteEventStore
-    record: SignedNodeRecord | None = None
-    sessions: dict[str, tuple[str, SessionCipher]] = field(default_factory=dict)
-
-    @property
-    def node_id(self) -> str:
-        return str(self.keys.node_id)
-
-    async def log(self, *events: NewEvent) -> None:
-        await self.store.append(list(events))
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (read from /proc; empty where there is no /proc)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
-async def start_participant(
-    name: str, out: Path, sockets: Path, clock: SimClock, registry: EventRegistry, node: bool
-) -> Participant:
-    """Create a keystore in a fresh data dir, start its jail, and open its log."""
-    data_dir = out / name
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
-    keystore = data_dir / "keystore.json"
-    passphrase = secrets.token_urlsafe(24)
-    env = {**os.environ, "OPENRED_JAIL_PASSPHRASE": passphrase}
-    subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
-        [sys.executable, "-I", "-m", "crypto_jail", "init", "--keystore", str(keystore),
-         "--kdf", "interactive", "--json"],
-        env=env, check=True, capture_output=True,
-    )
-    supervisor = JailSupervisor(keystore, sockets / name / "jail.sock",
-                                passphrase=passphrase.encode())
-    await supervisor.start()
-    client = JailClient(supervisor.socket_path, supervisor=supervisor)
-    keys = await client.public_keys()
-    store = await SQLiteEventStore.open(
-        data_dir, await JailSigner.create(client), registry=registry,
-        projections=node_projections() if node else directory_projections(), clock=clock,
-        kind="node" if node else "directory",
-    )
-    return Participant(name, data_dir, supervisor, client, keys, store)
-
-
-@contextlib.asynccontextmanager
-async def network(
-    out: Path, clock: SimClock
-) -> AsyncIterator[tuple[Participant, list[Participant]]]:
-    """The directory and the nodes, each with its own jail and log; all closed afterwards."""
-    sockets = Path(tempfile.mkdtemp(prefix="openred-demo-"))
-    started: list[Participant] = []
+def _answers(url: str) -> bool:
     try:
-        directory = await start_participant("directory", out, sockets, clock,
-                                            directory_registry(), node=False)
-        started.append(directory)
-        for name in NODES:
-            started.append(await start_participant(name, out, sockets, clock, node_registry(),
-                                                   node=True))
-        yield directory, started[1:]
-    finally:
-        for p in started:
-            await stop(p)
-        shutil.rmtree(sockets, ignore_errors=True)
-
-
-async def stop(p: Participant) -> None:
-    """Close a participant's log (signing a final checkpoint), then its jail."""
-    await p.store.close()
-    await p.client.close()
-    await p.supervisor.stop()
-
-
-async def register(directory: Participant, node: Participant, clock: SimClock) -> None:
-    api_url = f"http://127.0.0.1:{8701 + NODES.index(node.name)}"
-    record = NodeRecord.build(sign_key=node.keys.sign_key, box_key=node.keys.box_key,
-                              api_url=api_url, modules=["messaging"], issued_at=clock.unix,
-                              version=1)
-    node.record = await sign_record(record, node.client.sign)
-    await directory.log(record_event(NODE_REGISTERED, node.record, clock.unix))
-    await node.log(NewEvent(ev.node_stream(node.node_id), ev.NODE_REGISTERED, {
-        "directory": DIRECTORY_URL, "node_id": node.node_id, "api_url": api_url,
-    }))
-
-
-async def discover(node: Participant, peers: list[Participant]) -> None:
-    await node.log(*[
-        NewEvent(ev.node_stream(p.node_id), ev.PEER_DISCOVERED, {
-            "node_id": p.node_id, "api_url": f"http://127.0.0.1:{8701 + NODES.index(p.name)}",
-            "sign_key": p.keys.sign_key.b64url(), "box_key": p.keys.box_key.b64url(),
-        })
-        for p in peers if p is not node
-    ])
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback http
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @dataclass
-class Delivered:
-    grant: Grant
-    canonical: bytes
-    signature: bytes
-    sealed: Mapping[str, bytes]
+class Processes:
+    """Every process the demo started (and the jails they started), stopped by pid at the end."""
+
+    logs: Path
+    started: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    jails: dict[str, list[int]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], health: str) -> None:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )
+        self.started[name] = proc
+        deadline = time.monotonic() + 60
+        while not _answers(health):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see "
+                                   f"{self.logs / f'{name}.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer within 60 s")
+            time.sleep(0.05)
+        self.jails[name] = children(proc.pid)
+
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> int:
+        proc = self.started.pop(name)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for pid in self.jails.pop(name, []):
+            _reap(pid, signal.SIGKILL if sig == signal.SIGKILL else signal.SIGTERM)
+        return int(proc.returncode)
+
+    def stop_all(self) -> None:
+        for name in list(self.started):
+            self.stop(name)
+        for name in list(self.jails):
+            for pid in self.jails.pop(name):
+                _reap(pid, signal.SIGTERM)
 
 
-async def grant_connection(
-    directory: Participant, a: Participant, b: Participant, clock: SimClock
-) -> Delivered:
-    """The directory's part: mint, sign, seal, log ConnectionGranted — and forget the secret."""
-    method = select_crypto_method(clock.now, "hourly")
-    assert a.record is not None and b.record is not None, "both nodes registered their records"
-    grant = new_grant(a.keys.node_id, b.keys.node_id, grant_id=secrets.token_bytes(16),
-                      issued_at=clock.unix, suite=DEFAULT_REGISTRY.suite(method),
-                      initiator_record=a.record.hash, responder_record=b.record.hash)
-    canonical = grant.canonical_bytes()
-    signature = await directory.client.sign("grant", canonical)
-    token_a, token_b = mint(grant, secrets.token_bytes(32))
-    sealed = {
-        a.name: seal_token(token_a, a.keys.box_key),
-        b.name: seal_token(token_b, b.keys.box_key),
-    }
-    del token_a, token_b
-    await directory.log(NewEvent(grant_stream(grant.grant_id), CONNECTION_GRANTED,
-                                 connection_granted_payload(grant)))
-    return Delivered(grant, canonical, signature, sealed)
+def _reap(pid: int, sig: signal.Signals) -> None:
+    """Stop a jail the demo's server started, if it outlived it (by pid only)."""
+    deadline = time.monotonic() + 5
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        time.sleep(0.05)
 
 
-async def receive_token(
-    node: Participant, d: Delivered, directory: Participant, role: str, peer: Participant
-) -> None:
-    """A node's part of delivery: check the directory's signature, check the seal, log it."""
-    verify_signed_grant(d.canonical, d.signature, directory.keys.sign_key)
-    await node.client.open_sealed(d.sealed[node.name])
-    await node.log(NewEvent(ev.grant_stream(d.grant.grant_id), ev.TOKEN_RECEIVED, {
-        "grant_id": d.grant.grant_id, "peer": peer.node_id, "role": role,
-        "suite": d.grant.suite, "issued_at": d.grant.issued_at,
-        "expires_at": d.grant.expires_at, "grant": b64url(d.canonical),
-        "grant_signature": b64url(d.signature), "sealed_token": b64url(d.sealed[node.name]),
-    }))
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def establish(
-    a: Participant, b: Participant, d: Delivered, clock: SimClock
-) -> tuple[str, bytes]:
-    """KKpsk0 between two jails; both sides log TokenConsumed and SessionEstablished."""
-    started = await a.client.noise_initiate(
-        suite=d.grant.suite, grant=d.canonical, grant_signature=d.signature,
-        sealed_token=d.sealed[a.name], remote_static=b.keys.box_key.raw,
-    )
-    responded = await b.client.noise_respond(
-        suite=d.grant.suite, grant=d.canonical, grant_signature=d.signature,
-        sealed_token=d.sealed[b.name], remote_static=a.keys.box_key.raw,
-        message=started.message,
-    )
-    a_keys = await a.client.noise_finish(started.handle, responded.message)
-    session_id = b64url(a_keys.handshake_hash[:16])
-    for node, keys, role, peer in ((a, a_keys, "initiator", b), (b, responded.keys,
-                                                                  "responder", a)):
-        await open_session(node, keys, role, peer, d, session_id, clock)
-    return session_id, started.message
+class Tap:
+    """A forwarding proxy in front of a node that records every handshake request it carries."""
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.recorded: list[bytes] = []
+        tap = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def _forward(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == HANDSHAKE_PATH:
+                    tap.recorded.append(body)
+                conn = http.client.HTTPConnection(HOST, target_port, timeout=30)
+                try:
+                    conn.request(method, self.path, body=body or None,
+                                 headers={k: v for k, v in self.headers.items()
+                                          if k.lower() != "connection"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = http.server.ThreadingHTTPServer((HOST, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
-async def open_session(
-    node: Participant, keys: SessionKeys, role: str, peer: Participant, d: Delivered,
-    session_id: str, clock: SimClock,
-) -> None:
-    cipher = SessionCipher(d.grant.suite, keys.send_key, keys.recv_key)
-    node.sessions[peer.name] = (session_id, cipher)
-    wrapped = await node.client.wrap(f"session:{session_id}", cipher.to_state())
-    await node.log(
-        NewEvent(ev.grant_stream(d.grant.grant_id), ev.TOKEN_CONSUMED,
-                 {"grant_id": d.grant.grant_id, "session_id": session_id}),
-        NewEvent(ev.session_stream(session_id), ev.SESSION_ESTABLISHED, {
-            "session_id": session_id, "peer": peer.node_id, "grant_id": d.grant.grant_id,
-            "role": role, "suite": d.grant.suite, "expires_at": clock.unix + 24 * 3600,
-            "wrapped_state": b64url(wrapped),
-        }),
-    )
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method="POST",  # noqa: S310
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
-async def send(sender: Participant, receiver: Participant, text: str) -> None:
-    """An end-to-end encrypted message; each side keeps the body wrapped by its own jail."""
-    session_id, out = sender.sessions[receiver.name]
-    _, inbound = receiver.sessions[sender.name]
-    body = text.encode()
-    counter, ciphertext = out.encrypt(body, ad=session_id.encode())
-    plaintext = inbound.decrypt(counter, ciphertext, ad=session_id.encode())
-    message_id = b64url(secrets.token_bytes(16))
-    label = f"message:{message_id}"
-    await sender.log(NewEvent(ev.session_stream(session_id), ev.MESSAGE_SENT, {
-        "message_id": message_id, "session_id": session_id, "peer": receiver.node_id,
-        "size": len(body), "body": b64url(await sender.client.wrap(label, body)),
-    }))
-    await receiver.log(NewEvent(ev.session_stream(session_id), ev.MESSAGE_RECEIVED, {
-        "message_id": message_id, "session_id": session_id, "peer": sender.node_id,
-        "size": len(plaintext), "body": b64url(await receiver.client.wrap(label, plaintext)),
-    }))
+class Demo:
+    def __init__(self, out: Path) -> None:
+        self.out = out.resolve()
+        self.sockets = Path(tempfile.mkdtemp(prefix="openred-demo-"))
+        self.procs = Processes(self.out)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")}
+        self.env["OPENRED_JAIL_KDF"] = "interactive"
+        self.ports = {name: free_port() for name in ("directory", *NODES, "carol-tap")}
+        self.ids: dict[str, str] = {}
+        self.admin: dict[str, AdminClient] = {}
+        self.tap: Tap | None = None
+        self.facts: dict[str, dict[str, Any]] = {name: {} for name in ("directory", *NODES)}
 
+    def cli(self, *args: str, name: str = "") -> str:
+        env = dict(self.env)
+        if name:
+            env["OPENRED_JAIL_SOCKET"] = str(self.sockets / name / "jail.sock")
+        result = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "openred.cli", *args], env=env, capture_output=True,
+            text=True, check=False, timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"openred {' '.join(args[:2])} failed: {result.stderr.strip()}")
+        return result.stdout
 
-async def story(out: Path) -> list[Participant]:
-    clock = SimClock()
-    async with network(out, clock) as (directory, nodes):
-        alice, bob, carol = nodes
-        console.print("[bold]1.[/] Three nodes register with the directory and discover "
-                      "each other")
-        for node in nodes:
-            await register(directory, node, clock)
-        for node in nodes:
-            await discover(node, nodes)
+    def step(self, text: str) -> None:
+        console.print(f"[bold cyan]▶[/] {text}")
 
-        console.print("[bold]2.[/] The directory mints paired tokens; each pair runs a Noise "
-                      "KKpsk0 handshake between their jails")
-        first_message = b""
-        for a, b in ((alice, bob), (bob, carol), (carol, alice)):
-            clock.advance(40)
-            d = await grant_connection(directory, a, b, clock)
-            await receive_token(a, d, directory, "initiator", b)
-            await receive_token(b, d, directory, "responder", a)
-            session_id, message1 = await establish(a, b, d, clock)
-            console.print(f"   {a.name} ⇄ {b.name}: session {session_id} ({d.grant.suite})")
-            if a is alice:
-                first_message, replayed = message1, d
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.ports[name]}"
 
-        console.print("[bold]3.[/] A captured handshake is replayed to bob: its grant was "
-                      "consumed, so it is refused — and audited")
-        held = await bob.store.query("SELECT grant_id FROM tokens WHERE grant_id = ?",
-                                     (replayed.grant.grant_id,))
-        assert not held and first_message, "bob must no longer hold the consumed grant"
-        await bob.log(NewEvent(ev.grant_stream(replayed.grant.grant_id), ev.HANDSHAKE_REJECTED,
-                               {"grant_id": replayed.grant.grant_id, "peer": alice.node_id,
-                                "reason": "already_consumed"}))
+    # -- starting --
 
-        console.print("[bold]4.[/] The directory grants alice a connection to carol that "
-                      "she never uses — then the directory goes offline")
-        unused = await grant_connection(directory, alice, carol, clock)
-        await receive_token(alice, unused, directory, "initiator", carol)
-        await receive_token(carol, unused, directory, "responder", alice)
-        await stop(directory)
+    def start_directory(self) -> None:
+        env = {**self.env, "OPENRED_JAIL_SOCKET": str(self.sockets / "directory" / "jail.sock"),
+               "OPENRED_HEARTBEAT_INTERVAL": "10"}
+        self.procs.start("directory", [sys.executable, "-m", "openred.cli", "directory",
+                                       "serve", "--data-dir", str(self.out / "directory")],
+                         env, self.url("directory") + "/api/v3/health")
 
-        console.print("[bold]5.[/] With the directory down, messages keep flowing end to end, "
-                      "encrypted by the session ciphers")
-        chat = [
-            (alice, bob, "Hi Bob, the directory is only needed to introduce us."),
-            (bob, alice, "And now it is down: we still talk directly."),
-            (bob, carol, "Carol, the backup finished at 02:00."),
-            (carol, bob, "Thanks, I will verify my log tonight."),
-            (carol, alice, "Alice, are you coming to the meetup?"),
-            (alice, carol, "Yes — I will bring the printed checkpoints."),
-        ]
-        for round_ in range(ROUNDS):
-            for sender, receiver, text in chat:
-                clock.advance(7)
-                await send(sender, receiver, text if round_ == 0 else f"{text} ({round_ + 1})")
-        console.print(f"   {ROUNDS * len(chat)} messages sent and received")
+    def start_node(self, name: str) -> None:
+        env = {**self.env, "OPENRED_JAIL_SOCKET": str(self.sockets / name / "jail.sock")}
+        argv = [sys.executable, "-m", "openred.cli", "node", "serve", "--data-dir",
+                str(self.out / name), "--port", str(self.ports[name])]
+        self.procs.start(name, argv, env, f"{self.url(name)}/api/v3/health")
+        deadline = time.monotonic() + 30
+        while not (self.out / name / "admin-url").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}'s admin API did not start")
+            time.sleep(0.05)
+        self.admin[name] = AdminClient.from_data_dir(self.out / name)
 
-        console.print("[bold]6.[/] The unused grant expires; a day later the sessions expire")
-        clock.advance(301)
-        for node in (alice, carol):
-            await node.log(NewEvent(ev.grant_stream(unused.grant.grant_id), ev.TOKEN_EXPIRED,
-                                    {"grant_id": unused.grant.grant_id}))
-        clock.advance(24 * 3600)
-        for node in nodes:
-            for _peer, (session_id, _cipher) in node.sessions.items():
-                await node.log(NewEvent(ev.session_stream(session_id), ev.SESSION_EXPIRED,
-                                        {"session_id": session_id}))
-        participants = [directory, *nodes]
-    return participants
+    def init(self) -> None:
+        for name in ("directory", *NODES):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+            (self.sockets / name).mkdir(mode=0o700)
+        self.step("openred directory init && openred directory serve")
+        key = self.cli("directory", "init", "--data-dir", str(self.out / "directory"),
+                       "--port", str(self.ports["directory"]), "--allow-private-urls",
+                       name="directory").strip().splitlines()[-1]
+        self.start_directory()
+        self.step("openred node init && openred node serve, for " + ", ".join(NODES))
+        inits = {}
+        for name in NODES:
+            # carol is reached through a tap that records what travels to her
+            api = self.url("carol-tap") if name == "carol" else self.url(name)
+            env = {**self.env, "OPENRED_JAIL_SOCKET": str(self.sockets / name / "jail.sock")}
+            inits[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "openred.cli", "node", "init", "--data-dir",
+                 str(self.out / name), "--directory", self.url("directory"),
+                 "--directory-key", key, "--api-url", api, "--admin-port",
+                 str(free_port()), "--allow-private-urls"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=True)
+        for name, proc in inits.items():
+            stdout, stderr = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"openred node init ({name}) failed: {stderr.strip()}")
+            self.ids[name] = stdout.strip().splitlines()[-1]
+        self.tap = Tap(self.ports["carol-tap"], self.ports["carol"])
+        for name in NODES:
+            self.start_node(name)
+        for name in NODES:
+            self.wait_registered(name)
+        table = Table(title="the network")
+        for column in ("participant", "node id", "API URL"):
+            table.add_column(column, no_wrap=True)
+        table.add_row("directory", "—", self.url("directory"))
+        for name in NODES:
+            api = f"{self.url('carol-tap')} (tap)" if name == "carol" else self.url(name)
+            table.add_row(name, self.ids[name], api)
+        console.print(table)
 
+    def wait_registered(self, name: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            status = self.admin[name].get("status")
+            reg = status.get("registration") or {}
+            if reg.get("registered") and reg.get("last_heartbeat"):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not register: {reg.get('last_error')}")
+            time.sleep(0.05)
 
-def summarize(out: Path, names: list[str]) -> bool:
-    table = Table(title="audit_tools verify, for every participant")
-    for column in ("participant", "node id", "entries", "checkpoints", "result"):
-        table.add_column(column)
-    all_ok = True
-    for name in names:
-        report = verify(out / name)
-        all_ok &= report.ok
-        node_id = report.origin.removeprefix("openred/")
-        result = "[green]valid[/]" if report.ok else f"[red]{report.reason}[/]"
-        table.add_row(name, node_id, str(report.entries), str(report.checkpoints_checked),
-                      result)
-    console.print(table)
-    return all_ok
+    # -- the story --
+
+    def send(self, sender: str, to: str, text: str) -> None:
+        receipt = self.admin[sender].post("send", {"peer": self.ids[to], "text": text})
+        console.print(f"  {sender} → {to}: {text!r}  [dim](receipt {receipt['message_id']})[/]")
+
+    def story(self) -> None:
+        alice = self.admin["alice"]
+        for peer in ("bob", "carol"):
+            self.step(f"openred connect {peer}  (alice asks the directory for a grant, "
+                      "then shakes hands with " + peer + ")")
+            session = alice.post("connect", {"peer": self.ids[peer]})
+            console.print(f"  session {session['session_id']} alice ↔ {peer}")
+            self.facts[peer]["session"] = session["session_id"]
+        self.step("they exchange end-to-end encrypted messages")
+        self.send("alice", "bob", "hello bob, it's alice")
+        self.send("bob", "alice", "hi alice! bob here")
+        self.send("alice", "carol", "hello carol")
+        self.send("carol", "alice", "hello alice, carol speaking")
+
+        self.step("an eavesdropper replays alice's recorded handshake message to carol")
+        assert self.tap is not None and self.tap.recorded, "the tap saw no handshake"
+        status, problem = _post(self.url("carol") + HANDSHAKE_PATH, self.tap.recorded[0])
+        if status < 400:
+            raise RuntimeError(f"carol accepted a replayed handshake ({status})")
+        console.print(f"  carol refuses it: {status} {problem.get('type')} — "
+                      f"{problem.get('detail')}")
+        self.facts["carol"]["replay"] = f"refused ({status})"
+
+        self.step("the directory stops (SIGTERM); alice and bob keep talking")
+        code = self.procs.stop("directory")
+        console.print(f"  directory exited with {code}")
+        self.send("alice", "bob", "the directory is gone")
+        self.send("bob", "alice", "we do not need it any more")
+
+        self.step("bob is killed with SIGKILL (and his jail), then started again")
+        self.procs.stop("bob", signal.SIGKILL)
+        self.start_node("bob")
+        status_text = self.admin["bob"].get("status")
+        console.print(f"  bob is back: {status_text['sessions']['active']} active session(s) "
+                      "restored from his log; the directory is unreachable, he serves peers")
+        self.send("alice", "bob", "welcome back, bob")
+        self.send("bob", "alice", "thanks, same session as before")
+        for name in NODES:
+            facts = self.facts[name]
+            facts["inbox"] = len(self.admin[name].get("inbox")["items"])
+            facts["sessions"] = len(self.admin[name].get("sessions")["items"])
+
+    def finish(self) -> bool:
+        self.step("every process stops (SIGTERM); every log is verified with audit_tools")
+        for name in NODES:
+            self.procs.stop(name)
+        table = Table(title="OpenRed demo — live network on loopback")
+        for column in ("participant", "entries", "verified", "checkpoints", "sessions",
+                       "inbox", "notes"):
+            table.add_column(column, no_wrap=column != "notes")
+        ok = True
+        for name in ("directory", *NODES):
+            report = verify(self.out / name)
+            ok = ok and report.ok
+            facts = self.facts[name]
+            notes = {"directory": "stopped mid-story", "bob": "killed, restarted",
+                     "carol": f"replay {facts.get('replay', '?')}"}.get(name, "")
+            table.add_row(name, str(report.entries),
+                          "[green]ok[/]" if report.ok else f"[red]{report.reason}[/]",
+                          str(report.checkpoints_checked), str(facts.get("sessions", "—")),
+                          str(facts.get("inbox", "—")), notes)
+        console.print(table)
+        return ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m openred.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m openred.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo-data"),
                         help="where the participants' data directories go (default demo-data)")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]OpenRed demo[/] — writing each participant's log under {out}/")
-    participants = asyncio.run(story(out))
-    names = [p.name for p in participants]
-    console.print()
-    ok = summarize(out, names)
-    console.print(f"\nCheck any log yourself:  .venv/bin/audit_tools verify {out}/alice\n"
-                  f"State as of any entry:   .venv/bin/audit_tools replay {out}/bob --until 10")
+    started = time.monotonic()
+    console.print(f"[bold]OpenRed demo[/] — a live network on loopback, data under {out}/")
+    demo = Demo(out)
+    try:
+        demo.init()
+        demo.story()
+        ok = demo.finish()
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted: stopping every process the demo started[/]")
+        return 130
+    except (RuntimeError, OSError, AssertionError, OpenRedError) as exc:
+        console.print(f"[red]demo failed:[/] {exc}  (logs: {out}/*.log)")
+        return 1
+    finally:
+        with _ignoring_interrupts():
+            demo.procs.stop_all()
+            if demo.tap is not None:
+                demo.tap.close()
+            shutil.rmtree(demo.sockets, ignore_errors=True)
+    console.print(f"\nfinished in {time.monotonic() - started:.1f} s; no process left running.")
+    console.print(f"Check any log yourself:  .venv/bin/audit_tools verify {out}/alice\n"
+                  f"Each process's output:   {out}/<participant>.log")
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _ignoring_interrupts() -> Iterator[None]:
+    """A second Ctrl-C must not cut the clean-up short."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

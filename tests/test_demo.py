@@ -1,23 +1,92 @@
-"""`make demo` end to end: every participant's log is written through jails and verifies."""
+"""`make demo` runs a live network of real processes: it must finish, verify, and leave nothing.
+
+The demo runs as its own process (as ``make demo`` runs it). Afterwards every participant's log
+verifies with audit_tools and no process that mentions the demo's data directory is alive —
+the servers, and the jails they started. Interrupted with SIGINT (Ctrl-C) in the middle, it
+stops everything it started, too.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from audit_tools.verify import verify
-from openred.demo import NODES, main
+from openred.demo import NODES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_writes_a_verifiable_log_per_participant(tmp_path: Path) -> None:
-    assert main(["--out", str(tmp_path)]) == 0
+def survivors(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (other than this test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+def start_demo(out: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")}
+    env["COLUMNS"] = "200"  # rich wraps at 80 columns without a terminal
+    return subprocess.Popen(
+        [sys.executable, "-m", "openred.demo", "--out", str(out)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_the_demo_runs_a_live_network_and_leaves_every_log_verifiable(tmp_path: Path) -> None:
+    out = tmp_path / "demo-data"
+    started = time.monotonic()
+    proc = start_demo(out)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert time.monotonic() - started < 120  # a minute on an idle machine; shared CI is slower
+    assert not survivors(str(out)), survivors(str(out))
     for name in ("directory", *NODES):
-        report = verify(tmp_path / name)
+        report = verify(out / name)
         assert report.ok, (name, report.reason)
-        assert report.entries > 5
-    # The nodes' projections hold what the story did: sessions (expired), inbox messages.
-    alice = verify(tmp_path / "alice")
-    assert any(s.number == 7 and s.status == "ok" and "5 tables" in s.detail
-               for s in alice.steps)
-    # Keys never reach the data directory in clear: the keystore is encrypted.
-    keystore = (tmp_path / "alice" / "keystore.json").read_text()
+        assert report.entries >= 5
+    assert "refused (409)" in output and "grant-used" in output
+    assert "no process left running" in output
+    # Carol's log records the refused replay; bob's holds the messages of both his lives.
+    with sqlite3.connect(out / "carol" / "openred.db") as conn:
+        kinds = [row[0] for row in conn.execute("SELECT type FROM events")]
+    assert kinds.count("HandshakeRejected") == 1 and kinds.count("SessionEstablished") == 1
+    with sqlite3.connect(out / "bob" / "openred.db") as conn:
+        received = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+    assert received == 3
+    keystore = (out / "alice" / "keystore.json").read_text()
     assert "argon2id" in keystore.lower()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_middle_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    out = tmp_path / "demo-data"
+    proc = start_demo(out)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # interrupt once the nodes serve and talk
+        if "openred connect" in line:
+            break
+        assert time.monotonic() < deadline
+    assert survivors(str(out)), "the demo should be running its network now"
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert not survivors(str(out)), survivors(str(out))

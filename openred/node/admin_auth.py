@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import functools
 import hmac
-import os
-import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from quart import current_app, request
 
-from openred.errors import ConfigurationError, RequestRefused
+from openred.errors import RequestRefused
+from openred.node.admin_keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 
 __all__ = [
     "ADMIN_KEY",
@@ -33,43 +31,10 @@ __all__ = [
     "sensitive",
 ]
 
-ADMIN_KEY_FILE = "admin-key"
 ADMIN_KEY = "openred.admin.key"
 """Key of the expected bearer key (str) in the admin app's ``config``."""
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def ensure_admin_key(data_dir: Path) -> str:
-    """The admin key in ``data_dir``, created (0600) when missing."""
-    path = data_dir / ADMIN_KEY_FILE
-    if not path.exists():
-        key = secrets.token_urlsafe(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return read_admin_key(data_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(key + "\n")
-        return key
-    return read_admin_key(data_dir)
-
-
-def read_admin_key(data_dir: Path) -> str:
-    """The admin key; ConfigurationError when absent, empty or readable by others."""
-    path = data_dir / ADMIN_KEY_FILE
-    try:
-        mode = path.stat().st_mode
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigurationError(f"no admin key at {path}: run `openred node init`") from None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise ConfigurationError(f"{path} is readable by others: chmod 600 it")
-    if not key:
-        raise ConfigurationError(f"{path} is empty")
-    return key
 
 
 def require_bearer() -> None:

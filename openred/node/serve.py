@@ -24,7 +24,7 @@ from quart import Quart
 from openred.errors import ConfigurationError
 from openred.modules import install_admin_hooks
 from openred.node.admin import REGISTRAR, create_admin_app
-from openred.node.admin_auth import ensure_admin_key
+from openred.node.admin_keys import ensure_admin_key
 from openred.node.app import create_app
 from openred.node.lifecycle import Registrar
 from openred.node.routes import EXTENSION

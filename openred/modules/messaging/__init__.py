@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from openred.crypto.methods import MethodRegistry
+from openred.modules import OpenRedModule
 from openred.store.events import EventRegistry
 from openred.store.projections import ProjectionRegistry
 
@@ -17,7 +18,7 @@ MESSAGING_SERVICE = "openred.messaging"
 """Key of the :class:`~openred.modules.messaging.service.Messaging` service in app.extensions."""
 
 
-class MessagingModule:
+class MessagingModule(OpenRedModule):
     """The built-in messaging module."""
 
     name = "messaging"

@@ -1,0 +1,146 @@
+"""A directory and nodes started with the real ``openred`` commands, as processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.servers import ServerProcess, free_port, start_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")}
+    env.update({"OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+                "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def openred(*args: str, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``openred ARGS`` (this interpreter); the completed process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "openred.cli", *args], capture_output=True, text=True,
+        env=env or cli_env(), cwd=ROOT, timeout=120, check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"openred {' '.join(args)} failed:\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class Network:
+    root: Path
+    env: dict[str, str]
+    directory_key: str = ""
+    directory_port: int = 0
+    servers: dict[str, ServerProcess] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def directory_url(self) -> str:
+        return f"http://127.0.0.1:{self.directory_port}"
+
+    def init_directory(self) -> None:
+        self.directory_port = free_port()
+        out = openred("directory", "init", "--data-dir", str(self.root / "directory"),
+                      "--port", str(self.directory_port), "--allow-private-urls", env=self.env)
+        self.directory_key = out.stdout.strip().splitlines()[-1]
+
+    def start_directory(self) -> ServerProcess:
+        server = start_process(
+            [sys.executable, "-m", "openred.cli", "directory", "serve", "--data-dir",
+             str(self.root / "directory")], port=self.directory_port, env=self.env, cwd=ROOT)
+        self.servers["directory"] = server
+        return server
+
+    def init_node(self, name: str, port: int | None = None) -> str:
+        port = port or free_port()
+        out = openred("node", "init", "--data-dir", str(self.root / name), "--directory",
+                      self.directory_url, "--directory-key", self.directory_key, "--api-url",
+                      f"http://127.0.0.1:{port}", "--admin-port", str(free_port()),
+                      "--allow-private-urls", env=self.env)
+        self.ids[name] = out.stdout.strip().splitlines()[-1]
+        return self.ids[name]
+
+    def node_port(self, name: str) -> int:
+        for line in (self.root / name / ".env").read_text().splitlines():
+            if line.startswith("OPENRED_PORT="):
+                return int(line.split("=", 1)[1])
+        raise AssertionError("no port")
+
+    def start_node(self, name: str) -> ServerProcess:
+        server = start_process(
+            [sys.executable, "-m", "openred.cli", "node", "serve", "--data-dir",
+             str(self.root / name)], port=self.node_port(name), env=self.env, cwd=ROOT)
+        self.servers[name] = server
+        # serving peers comes first; wait for the admin API too
+        deadline = time.monotonic() + 20
+        while not (self.root / name / "admin-url").exists():
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
+        return server
+
+    def cli(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return openred(*args, "--data-dir", str(self.root / name), env=self.env, check=check)
+
+    def cli_json(self, name: str, *args: str) -> Any:
+        return json.loads(self.cli(name, *args, "--json").stdout)
+
+    def wait_registered(self, name: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status: dict[str, Any] = self.cli_json(name, "status")
+            if status["registration"]["registered"] and status["registration"]["last_heartbeat"]:
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@contextmanager
+def network(root: Path, **env: str) -> Iterator[Network]:
+    net = Network(root, cli_env(**env))
+    try:
+        yield net
+    finally:
+        net.stop_all()
+        shutil.rmtree(root, ignore_errors=True)

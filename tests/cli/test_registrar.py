@@ -1,0 +1,126 @@
+"""The registrar against a scripted directory: versions, NodeRegistered once, 404 → register."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart, request
+
+from openred.crypto.client import JailClient
+from openred.crypto.records import SignedNodeRecord, verify_signed_record
+from openred.node.lifecycle import RECORD_FILE, Registrar
+from openred.node.services import NodeServices
+from openred.node.settings import NodeSettings
+from tests.node.world import JailPair
+from tests.servers import free_port, serve_in_loop
+
+KEY = "PKQ1yLMr6W6wCGTapSUzkElojDYEehRbKcEiinBJLTM"
+
+
+@pytest.fixture(scope="module")
+def jails() -> Iterator[JailPair]:
+    pair = JailPair()
+    yield pair
+    pair.stop()
+
+
+class ScriptedDirectory:
+    def __init__(self) -> None:
+        self.records: list[SignedNodeRecord] = []
+        self.heartbeats: list[int] = []  # statuses to answer, then 200
+        self.app = Quart("scripted-directory")
+
+        @self.app.post("/api/v3/nodes/register")
+        async def register() -> tuple[dict[str, Any], int]:
+            assert "Signature" in request.headers
+            signed = SignedNodeRecord.from_wire(await request.get_json())
+            verify_signed_record(signed)
+            self.records.append(signed)
+            return {"status": "active"}, 201
+
+        @self.app.post("/api/v3/nodes/heartbeat")
+        async def heartbeat() -> tuple[dict[str, Any], int]:
+            status = self.heartbeats.pop(0) if self.heartbeats else 200
+            return {"node_id": "x", "status": "active", "last_seen": 1,
+                    "heartbeat_interval": 1}, status
+
+
+@contextlib.asynccontextmanager
+async def node(jails: JailPair, data: Path, directory_url: str,
+               port: int = 8710) -> AsyncIterator[NodeServices]:
+    settings = NodeSettings(data_dir=data, port=port, allow_private_urls=True,
+                            directory_url=directory_url, directory_key=KEY)
+    data.mkdir(exist_ok=True)
+    jail = JailClient(jails.procs[0].socket_path, timeout=10)
+    services = await NodeServices.open(settings, jail)
+    try:
+        yield services
+    finally:
+        await services.close()
+        await jail.close()
+
+
+async def registered_events(services: NodeServices) -> int:
+    return sum(e.type == "NodeRegistered" for e in await services.store.read())
+
+
+async def test_the_record_version_grows_only_when_the_node_changes(
+    jails: JailPair, tmp_path: Path,
+) -> None:
+    directory = ScriptedDirectory()
+    async with serve_in_loop(directory.app) as url:
+        async with node(jails, tmp_path / "n", url) as services:
+            registrar = Registrar(services)
+            assert await registrar.register()
+            assert (await registrar.current_record()).record.version == 1
+            assert await registrar.register()  # same record again: logged once
+            assert await registered_events(services) == 1
+        async with node(jails, tmp_path / "n", url) as services:
+            registrar = Registrar(services)
+            assert (await registrar.current_record()).record.version == 1
+        async with node(jails, tmp_path / "n", url, port=8799) as services:
+            registrar = Registrar(services)
+            record = (await registrar.current_record()).record
+            assert (record.version, record.api_url) == (2, "http://127.0.0.1:8799")
+            assert await registrar.register()
+            assert await registered_events(services) == 2
+            saved = json.loads((tmp_path / "n" / RECORD_FILE).read_text())
+            assert saved["logged_version"] == 2
+            services.modules.loaded.pop("messaging")
+            assert (await registrar.current_record()).record.version == 3
+    assert [r.record.version for r in directory.records] == [1, 1, 2]
+
+
+async def test_a_forgotten_node_registers_again_and_an_absent_directory_is_reported(
+    jails: JailPair, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = ScriptedDirectory()
+    directory.heartbeats = [404]
+    async with serve_in_loop(directory.app) as url, node(jails, tmp_path / "n", url) as svc:
+        registrar = Registrar(svc, retry_interval=0.05)
+        task = asyncio.create_task(registrar.run())
+        for _ in range(200):
+            if len(directory.records) == 2 and registrar.state.last_heartbeat:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert len(directory.records) == 2  # registered, forgotten (404), registered again
+        assert registrar.state.registered and registrar.heartbeat_interval == 1.0
+    # nobody listens at the directory's URL any more
+    gone = f"http://127.0.0.1:{free_port()}"
+    async with node(jails, tmp_path / "m", gone) as svc:
+        registrar = Registrar(svc)
+        svc.settings = replace(svc.settings, directory_url=gone)
+        assert not await registrar.register()
+        assert registrar.state.directory_reachable is False
+        assert "directory unreachable" in caplog.text and "still serving peers" in caplog.text
+        assert await svc.store.read() is not None and await registered_events(svc) == 0
