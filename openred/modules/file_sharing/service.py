@@ -691,15 +691,15 @@ class FileSharing:
     def _store_chunk(self, part_fd: int, marks_fd: int, data: memoryview, offset: int,
                      index: int, leaf: bytes) -> None:
         written = 0
-        while written < len(data):
-            try:
+        try:
+            while written < len(data):
                 written += self.write(part_fd, bytes(data[written:]), offset + written)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise NodeRefused(507, "disk-full", "no space left for the partial file; "
-                                      "it is kept: free space and fetch again") from None
-                raise
-        os.write(marks_fd, _MARK.pack(index, leaf))
+            os.write(marks_fd, _MARK.pack(index, leaf))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NodeRefused(507, "disk-full", "no space left for the partial file; "
+                                  "it is kept: free space and fetch again") from None
+            raise
 
     async def _finish(self, row: FileOfferRow, name: str, target_dir: Path) -> Path:
         part = self._part(row.offer_id)

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -392,3 +393,34 @@ async def test_a_network_cut_stops_the_fetch_and_the_next_one_resumes(
     seen: list[int] = []
     path = await b.fetch(offer.offer_id, progress=lambda p: seen.append(p.verified))
     assert seen[0] == 3 * CHUNK_SIZE and path.read_bytes() == data
+
+
+async def test_a_really_full_disk_keeps_a_sound_partial_file(pair: Pair, tmp_path: Path) -> None:
+    # A 1 MiB tmpfs holds the receiver's partial files (we run as root in CI; else skipped).
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                             capture_output=True, check=False)
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (pair.b.data / "files").mkdir(parents=True, exist_ok=True)
+        (pair.b.data / "files" / "partial").symlink_to(small)
+        source = tmp_path / "f"
+        data = payload(source, 8 * CHUNK_SIZE)
+        offer = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
+        with pytest.raises(NodeRefused) as caught:
+            await files(pair.b).fetch(offer.offer_id)
+        assert (caught.value.status, caught.value.reason) == (507, "disk-full")
+        transfer = await files(pair.b).transfer(offer.offer_id)
+        assert transfer is not None and (transfer.state, transfer.reason) == (
+            "failed", "disk-full")
+        assert (small / f"{offer.offer_id}.part").exists()
+        # More room: the fetch resumes from the chunks that made it, and the file is whole.
+        subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
+        seen: list[int] = []
+        path = await files(pair.b).fetch(offer.offer_id,
+                                         progress=lambda p: seen.append(p.verified))
+        assert seen[0] > 0 and path.read_bytes() == data
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
