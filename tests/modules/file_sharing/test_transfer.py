@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 
 from audit_tools.verify import verify
+from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url
 from openred.errors import NodeRefused, PeerUnreachable
 from openred.modules.file_sharing import events as fev
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.service import CHUNK
-from tests.modules.file_sharing.world import Pair, files, served_pair
-from tests.node.test_app import Served
+from tests.modules.file_sharing.world import MODULES, Pair, files, served_pair
+from tests.node.test_app import Served, push, serve_node
 from tests.node.world import Directory, JailPair
 
 HOUR = 3600
@@ -164,14 +165,33 @@ async def test_the_offer_is_for_that_peer_only_and_ends_with_revocation_decline_
     assert {fev.FILE_OFFER_REVOKED, fev.FILE_OFFER_DECLINED, fev.FILE_OFFER_EXPIRED} <= set(for_a)
 
 
-async def test_another_peer_gets_nothing(pair: Pair, tmp_path: Path) -> None:
+async def test_another_peer_gets_nothing(
+    pair: Pair, tmp_path: Path, jails: JailPair, directory: Directory,
+) -> None:
     payload(tmp_path / "f", 1000)
     offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
-    # A's own offer asked for by A's peer B works; the same request from A to B (who holds no
-    # offer of that id as sender) is unknown: an offer answers only the one peer it names.
+    # A third node C with its own session to A asks for B's offer: unknown, as if it did not
+    # exist — and still after the offer is revoked (C learns nothing about it).
+    async with JailClient(jails.procs[2].socket_path, timeout=10) as jail_c, serve_node(
+        "c", jail_c, tmp_path / "c", directory.key, pair.world.directory_url,
+        modules=MODULES,
+    ) as c:
+        grant, for_a, for_c = await directory.pair(pair.a, c,  # type: ignore[arg-type]
+                                                   issued_at=int(time.time()))
+        for node, body in ((pair.a, for_a), (c, for_c)):
+            reply = await push(pair.world, node, body)
+            assert reply.status == 200, reply.body
+        await pair.a.services.connect(grant.grant_id)
+        request = json.dumps({"offer_id": offer.offer_id, "offset": 0, "length": 1000}).encode()
+        for revoke in (False, True):
+            if revoke:
+                await files(pair.a).revoke(offer.offer_id)
+            with pytest.raises(NodeRefused) as caught:
+                await files(c)._call(pair.a.id, CHUNK, request)
+            assert (caught.value.status, caught.value.reason) == (404, "unknown-offer")
+    # The same request from A to B (who holds no offer of that id as sender): unknown too.
     with pytest.raises(NodeRefused) as caught:
-        await files(pair.a)._call(pair.b.id, CHUNK, json.dumps(
-            {"offer_id": offer.offer_id, "offset": 0, "length": 1000}).encode())
+        await files(pair.a)._call(pair.b.id, CHUNK, request)
     assert (caught.value.status, caught.value.reason) == (404, "unknown-offer")
 
 
