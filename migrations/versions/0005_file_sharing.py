@@ -1,5 +1,8 @@
 """The file_sharing module's tables: offers sent and received, transfers (DESIGN §11).
 
+Both are keyed by the offer id (text) and ``WITHOUT ROWID``, like 0004's text-keyed tables:
+the primary key is the table's own b-tree, with no separate index beside it.
+
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01
@@ -32,7 +35,7 @@ TABLES = {
             source     TEXT,
             mtime_ns   TEXT,
             offered_at TEXT NOT NULL
-        )""",
+        ) WITHOUT ROWID""",
     "file_transfers": """
         CREATE TABLE file_transfers (
             offer_id       TEXT NOT NULL PRIMARY KEY,
@@ -43,7 +46,7 @@ TABLES = {
             detail         TEXT,
             started_at     TEXT NOT NULL,
             updated_at     TEXT NOT NULL
-        )""",
+        ) WITHOUT ROWID""",
 }
 
 

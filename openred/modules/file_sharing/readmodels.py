@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Integer, Text
 from sqlmodel import Field
 
-from openred.node.readmodels import _NodeModel
+from openred.node.readmodels import _WITHOUT_ROWID, _NodeModel
 
 __all__ = ["FileOfferRow", "FileTransferRow"]
 
@@ -19,6 +19,7 @@ class FileOfferRow(_NodeModel, table=True):
     """An offer sent or received and its state."""
 
     __tablename__ = "file_offers"
+    __table_args__ = _WITHOUT_ROWID
     offer_id: str = Field(sa_type=Text, primary_key=True, nullable=False)
     direction: str = Field(sa_type=Text, nullable=False)
     peer: str = Field(sa_type=Text, nullable=False)
@@ -39,6 +40,7 @@ class FileTransferRow(_NodeModel, table=True):
     """A fetch on the receiver: state, verified bytes, final path or failure."""
 
     __tablename__ = "file_transfers"
+    __table_args__ = _WITHOUT_ROWID
     offer_id: str = Field(sa_type=Text, primary_key=True, nullable=False)
     state: str = Field(sa_type=Text, nullable=False)
     verified_bytes: int = Field(sa_type=Integer, nullable=False)
