@@ -33,7 +33,7 @@ from typing import Any
 from bench.common import report
 
 MIB = 1024 * 1024
-BLOCK = 192 * 1024
+BLOCK = 224 * 1024
 
 
 def plain_server(path: str, port: int) -> None:

@@ -45,9 +45,9 @@ __all__ = [
     "verify_chunk",
 ]
 
-CHUNK_SIZE: Final = 192 * 1024
+CHUNK_SIZE: Final = 224 * 1024
 """Default chunk size: one chunk and its proof fit an envelope (256 KiB) with room to spare."""
-MAX_CHUNK_SIZE: Final = 224 * 1024
+MAX_CHUNK_SIZE: Final = 240 * 1024
 MIN_CHUNK_SIZE: Final = 4 * 1024
 MAX_NAME_BYTES: Final = 200
 MAX_SIZE: Final = 1 << 50

@@ -113,3 +113,11 @@ def test_the_capability_is_for_one_peer_until_it_ends() -> None:
         with pytest.raises(NodeRefused) as caught:
             refuse_unless_usable(now=99, **kwargs)  # type: ignore[arg-type]
         assert (caught.value.status, caught.value.reason) == (status, reason)
+
+
+def test_the_largest_chunk_and_deepest_proof_fit_one_envelope() -> None:
+    from openred.modules.file_sharing.domain import MAX_CHUNK_SIZE, MAX_SIZE, MIN_CHUNK_SIZE
+    from openred.node.envelope import MAX_CIPHERTEXT
+
+    depth = (MAX_SIZE // MIN_CHUNK_SIZE - 1).bit_length()
+    assert 2 + 32 * depth + MAX_CHUNK_SIZE + 16 <= MAX_CIPHERTEXT
