@@ -287,8 +287,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
     if admin_port is not None:
         values["OPENRED_ADMIN_PORT"] = str(admin_port)
     try:
-        settings = NodeSettings.load(data_dir, environ={
-            k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")} | values)
+        settings = NodeSettings.load(data_dir, environ={**os.environ, **values})
         settings.directory_sign_key  # noqa: B018 - refuse a bad key before creating anything
         create_keystore(settings)
     except OpenRedError as exc:

@@ -134,6 +134,23 @@ class Processes:
                 _reap(pid, signal.SIGTERM)
 
 
+def _interrupt(proc: subprocess.Popen[str]) -> None:
+    """Stop a command still running (Ctrl-C during ``init``): SIGINT lets it stop its jail."""
+    if proc.poll() is not None:
+        return
+    jails = children(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    for pid in jails:
+        _reap(pid, signal.SIGTERM)
+
+
 def _reap(pid: int, sig: signal.Signals) -> None:
     """Stop a jail the demo's server started, if it outlived it (by pid only)."""
     deadline = time.monotonic() + 5
@@ -232,13 +249,17 @@ class Demo:
         env = dict(self.env)
         if name:
             env["OPENRED_JAIL_SOCKET"] = str(self.sockets / name / "jail.sock")
-        result = subprocess.run(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "openred.cli", *args], env=env, capture_output=True,
-            text=True, check=False, timeout=120,
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "openred.cli", *args], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"openred {' '.join(args[:2])} failed: {result.stderr.strip()}")
-        return result.stdout
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            _interrupt(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"openred {' '.join(args[:2])} failed: {stderr.strip()}")
+        return stdout
 
     def step(self, text: str) -> None:
         console.print(f"[bold cyan]▶[/] {text}")
@@ -289,11 +310,15 @@ class Demo:
                  str(free_port()), "--allow-private-urls"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 start_new_session=True)
-        for name, proc in inits.items():
-            stdout, stderr = proc.communicate(timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"openred node init ({name}) failed: {stderr.strip()}")
-            self.ids[name] = stdout.strip().splitlines()[-1]
+        try:
+            for name, proc in inits.items():
+                stdout, stderr = proc.communicate(timeout=120)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"openred node init ({name}) failed: {stderr.strip()}")
+                self.ids[name] = stdout.strip().splitlines()[-1]
+        finally:
+            for proc in inits.values():
+                _interrupt(proc)
         self.tap = Tap(self.ports["carol-tap"], self.ports["carol"])
         for name in NODES:
             self.start_node(name)

@@ -75,16 +75,21 @@ def test_the_demo_runs_a_live_network_and_leaves_every_log_verifiable(tmp_path: 
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_the_middle_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("moment", ["openred node init", "openred connect"])
+def test_ctrl_c_in_the_middle_stops_every_process_the_demo_started(
+    tmp_path: Path, moment: str,
+) -> None:
     out = tmp_path / "demo-data"
     proc = start_demo(out)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
-    for line in proc.stdout:  # interrupt once the nodes serve and talk
-        if "openred connect" in line:
+    for line in proc.stdout:  # interrupt while nodes are created, or once they talk
+        if moment in line:
             break
         assert time.monotonic() < deadline
-    assert survivors(str(out)), "the demo should be running its network now"
+    if moment == "openred node init":
+        time.sleep(0.5)
+    assert survivors(str(out)), "the demo should be running processes now"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest
