@@ -29,6 +29,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -74,6 +75,8 @@ __all__ = [
     "FileSharing",
     "Progress",
 ]
+
+logger = logging.getLogger("openred.file_sharing")
 
 OFFER: Final = Route("file_sharing", "offer")
 CHUNK: Final = Route("file_sharing", "chunk")
@@ -490,6 +493,10 @@ class FileSharing:
                 state.state, state.reason = "failed", "interrupted"
                 state.detail = "the fetch was stopped; fetch again to resume"
                 raise
+            except Exception as exc:  # whatever happens, the watcher learns that it stopped
+                logger.exception("fetching offer %s failed", offer_id)
+                state.state, state.reason = "failed", "internal-error"
+                state.detail = f"{type(exc).__name__}: the fetch stopped; fetch again to resume"
             else:
                 state.state, state.path, state.verified = "completed", str(path), row.size
 

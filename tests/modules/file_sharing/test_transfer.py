@@ -444,3 +444,24 @@ async def test_a_really_full_disk_keeps_a_sound_partial_file(pair: Pair, tmp_pat
         assert seen[0] > 0 and path.read_bytes() == data
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+async def test_a_background_fetch_reports_how_it_ended(pair: Pair, tmp_path: Path) -> None:
+    data = payload(tmp_path / "f", CHUNK_SIZE + 1)
+    b = files(pair.b)
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    state = await b.start_fetch(offer.offer_id)
+    assert (await b.start_fetch(offer.offer_id)) is state  # one fetch per offer at a time
+    while state.state == "running":
+        await asyncio.sleep(0.02)
+    assert state.state == "completed" and Path(state.path or "").read_bytes() == data
+
+    def broken(*args: Any) -> Path:
+        raise RuntimeError("a bug")
+
+    other = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    b._place = broken  # type: ignore[method-assign]
+    state = await b.start_fetch(other.offer_id)
+    while state.state == "running":
+        await asyncio.sleep(0.02)
+    assert (state.state, state.reason) == ("failed", "internal-error")
