@@ -22,7 +22,15 @@ import click
 from audit_tools.export import export_bundle
 from audit_tools.replay import replay as replay_log
 from audit_tools.source import CorruptLog, SourceError, open_source
-from audit_tools.verify import Report, Step, StepFailed, declared_keys, key_at, verify
+from audit_tools.verify import (
+    Report,
+    Step,
+    StepFailed,
+    declared_keys,
+    key_at,
+    parse_given_checkpoint,
+    verify,
+)
 from openred.crypto.identity import NodeId, SignKey, from_b64url
 from openred.errors import CheckpointError, InvalidKey, OpenRedError, ProofError, TamperedLog
 from openred.store import merkle
@@ -79,6 +87,8 @@ def _guard(as_json: bool) -> Iterator[None]:
         _fail(TAMPERED, str(exc), as_json)
     except OSError as exc:
         _fail(USAGE, f"I/O error: {exc}", as_json)
+    except RecursionError:
+        _fail(TAMPERED, "the log cannot be read as a valid log: JSON nested too deeply", as_json)
     except (OpenRedError, ValueError, KeyError, TypeError, UnicodeError) as exc:
         # Bytes no valid log contains: report them as a damaged log, never as a traceback.
         _fail(TAMPERED, f"the log cannot be read as a valid log: {exc!r}", as_json)
@@ -103,7 +113,8 @@ def _parse_key(key: str | None, node_id: str | None) -> tuple[SignKey | None, No
 
 
 def _print_step(step: Step) -> None:
-    mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[step.status]
+    mark = {"ok": "ok", "warning": "WARNING", "failed": "FAILED", "skipped": "skipped"}[
+        step.status]
     click.echo(f"  {step.number}. {step.title:<40} {mark:<8} {step.detail}")
 
 
@@ -125,10 +136,7 @@ def verify_command(
     expected_key, expected_id = _parse_key(key, node_id)
     note = None
     if checkpoint_file is not None:
-        try:
-            note = checkpoint_file.read_bytes()
-        except OSError as exc:
-            _fail(USAGE, f"cannot read checkpoint {checkpoint_file}: {exc.strerror}", as_json)
+        note = _read_checkpoint_file(checkpoint_file, as_json)
     with _guard(as_json):
         if not as_json:
             click.echo(f"Verifying {path}")
@@ -141,15 +149,40 @@ def verify_command(
         _finish(report, as_json)
 
 
+MAX_CHECKPOINT_FILE = 64 * 1024
+
+
+def _read_checkpoint_file(path: Path, as_json: bool) -> bytes:
+    """The note an auditor saved; anything that is not a well-formed note is a usage error."""
+    try:
+        with path.open("rb") as f:
+            note = f.read(MAX_CHECKPOINT_FILE + 1)
+    except OSError as exc:
+        _fail(USAGE, f"cannot read checkpoint {path}: {exc.strerror or exc}", as_json)
+    if len(note) > MAX_CHECKPOINT_FILE:
+        _fail(USAGE, f"checkpoint {path} is not a checkpoint: larger than "
+                     f"{MAX_CHECKPOINT_FILE} bytes", as_json)
+    try:
+        parse_given_checkpoint(note)
+    except CheckpointError as exc:
+        _fail(USAGE, f"checkpoint {path} is not a valid checkpoint: {exc}", as_json)
+    return note
+
+
 def _finish(report: Report, as_json: bool) -> NoReturn:
     if as_json:
         _emit_json(report.to_json())
     elif report.ok:
         click.echo(f"VALID: {report.entries} entries checked; head {report.head}; "
                    f"root {report.root}")
+        if report.uncovered:
+            label = "WARNING" if report.uncovered == report.entries else "note"
+            click.echo(f"{label}: {report.uncovered} of {report.entries} entries are covered "
+                       "by no stored checkpoint")
         if report.pseudonymized:
-            click.echo("(pseudonymized bundle: order, links, signatures and checkpoints hold; "
-                       "payloads were rewritten, so their hashes could not be recomputed)")
+            click.echo(f"(pseudonymized bundle: order, links, signatures, the key history and "
+                       f"checkpoints hold; {report.rewritten} entries' payloads were rewritten, "
+                       "so their contents are not proven)")
     else:
         where = f" at seq {report.failed_seq}" if report.failed_seq else ""
         click.echo(f"TAMPERED{where}: {report.reason}")
@@ -256,13 +289,14 @@ def replay_command(
         if as_json:
             _emit_json({
                 "position": state.position,
+                "kind": state.kind,
                 "tables": {
                     t: [dict(zip(cols, map(_jsonable, r), strict=True)) for r in data]
                     for t, (cols, data) in state.tables.items()
                 },
             })
             return
-        click.echo(f"State as of seq {state.position}"
+        click.echo(f"State of this {state.kind} log as of seq {state.position}"
                    + (f" (saved to {out})" if out else ""))
         for table, (cols, data) in state.tables.items():
             click.echo(f"\n{table}: {len(data)} row(s)")

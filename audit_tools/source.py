@@ -3,12 +3,18 @@
 Both sources hand out the same :class:`~openred.store.events.StoredEvent` rows. Reading is
 defensive: whatever bytes are on disk, a malformed row becomes a :class:`MalformedRow` naming
 its position, never a crash.
+
+A database is opened read-only through a ``file:`` URI whose path is percent-encoded, so a
+name holding ``?``, ``#`` or ``%`` opens exactly that file and never creates one. Every row is
+read from the table itself (``NOT INDEXED``; the ``seq`` key is the table's own rowid), never
+through an index, and one read transaction holds the whole verification to one snapshot.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +91,8 @@ class LogSource:
         """(number of rows, largest seq)."""
         raise NotImplementedError
 
-    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
-        """Rows with first <= seq <= last in seq order."""
+    def rows(self, first: int | None, last: int | None) -> Iterator[StoredEvent | MalformedRow]:
+        """Rows with first <= seq <= last (None: unbounded) in seq order."""
         raise NotImplementedError
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
@@ -113,12 +119,20 @@ class SQLiteSource(LogSource):
             raise SourceError(f"cannot read {db}: {exc.strerror}") from exc
         self.path = db
         try:
-            self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
-            tables = {r[0] for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            self.conn = open_readonly(db)
+            # One snapshot for every read of this connection: a writer appending meanwhile
+            # cannot make the count, the chain and the replay see different logs.
+            self.conn.execute("BEGIN")
+            objects = {(r[0], r[1]) for r in self.conn.execute(
+                "SELECT name, type FROM sqlite_master")}
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptLog(f"{db} is not a readable SQLite database: {exc}") from exc
+        tables = {name for name, type_ in objects if type_ == "table"}
         if "events" not in tables:
+            shadow = [type_ for name, type_ in objects if name == "events"]
+            if shadow:
+                raise CorruptLog(f"{db}: events is a {shadow[0]}, not the log's table: the "
+                                 "schema is not the store's own")
             raise CorruptLog(f"{db} has no events table: not an OpenRed log")
         self.tables = tables
 
@@ -133,35 +147,58 @@ class SQLiteSource(LogSource):
             raise CorruptLog(f"{self.path} is damaged: {(lines or problems)[0]}")
 
     def size(self) -> tuple[int, int]:
+        """(rows, largest seq): only to plan the work; the chain pass counts what it reads."""
         try:
-            # Counted in the table itself: a damaged index must not hide a row from the count.
             count, top = self.conn.execute(
                 "SELECT count(*), max(seq) FROM events NOT INDEXED").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CorruptLog(f"the events table cannot be read: {exc}") from exc
         return int(count), int(top or 0) if isinstance(top, int) else int(count)
 
-    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
-        seq = first
-        while seq <= last:
-            upper = min(last, seq + _CHUNK - 1)
-            try:
-                chunk = self.conn.execute(
-                    f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events "  # noqa: S608
-                    "WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                    (seq, upper),
-                ).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise CorruptLog(f"events {seq}..{upper} cannot be read: {exc}") from exc
-            for i, row in enumerate(chunk):
-                yield parse_row(tuple(row), seq + i)
-            seq = upper + 1
+    def rows(self, first: int | None, last: int | None) -> Iterator[StoredEvent | MalformedRow]:
+        """Rows with first <= seq <= last (None: unbounded) in seq order, from the table itself.
+
+        An unbounded start also reads every row whose seq is not a number (NULL), an unbounded
+        end every row above: a row outside 1..n is then met by the chain pass as the sequence
+        break it is. Rows whose seq is not an integer come last, after the numbered ones, so
+        the first gap they leave is what gets reported.
+        """
+        where, params = [], []
+        if first is not None:
+            where.append("seq >= ?")
+            params.append(first)
+        if last is not None:
+            where.append("(seq <= ? OR seq IS NULL)" if first is None else "seq <= ?")
+            params.append(last)
+        sql = (f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events NOT INDEXED"  # noqa: S608
+               + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq")
+        position = first if first is not None else 1
+        unnumbered: list[tuple[Any, ...]] = []
+        try:
+            cursor = self.conn.execute(sql, params)
+            while chunk := cursor.fetchmany(_CHUNK):
+                for row in chunk:
+                    if not isinstance(row[0], int):
+                        unnumbered.append(tuple(row))
+                        continue
+                    yield parse_row(tuple(row), position)
+                    position += 1
+        except sqlite3.DatabaseError as exc:
+            raise CorruptLog(f"events from {position} on cannot be read: {exc}") from exc
+        for row in unnumbered:
+            yield parse_row(row, position)
+            position += 1
+
+    def genesis(self) -> StoredEvent | MalformedRow | None:
+        """The row at seq 1 (read from the table), or None when there is none."""
+        return next(self.rows(1, 1), None)
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
         if "checkpoints" not in self.tables:
             return []
         try:
-            rows = self.conn.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
+            rows = self.conn.execute(
+                "SELECT size, note FROM checkpoints NOT INDEXED ORDER BY size").fetchall()
         except sqlite3.DatabaseError as exc:
             raise CorruptLog(f"the checkpoints table cannot be read: {exc}") from exc
         out = []
@@ -176,7 +213,8 @@ class SQLiteSource(LogSource):
         if "checkpoints" not in self.tables:
             return {}
         try:
-            rows = self.conn.execute("SELECT size, root_hash FROM checkpoints").fetchall()
+            rows = self.conn.execute(
+                "SELECT size, root_hash FROM checkpoints NOT INDEXED").fetchall()
         except sqlite3.DatabaseError as exc:
             raise CorruptLog(f"the checkpoints table cannot be read: {exc}") from exc
         return {size: root for size, root in rows if isinstance(size, int)}
@@ -205,6 +243,9 @@ class BundleSource(LogSource):
             self._checkpoints = [
                 (int(c["size"]), str(c["note"]).encode("utf-8")) for c in header["checkpoints"]
             ]
+        except RecursionError:
+            raise CorruptLog(f"{path} does not start with a valid bundle header: "
+                             "JSON nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptLog(f"{path} does not start with a valid bundle header: {exc}") from exc
         self._entries: list[StoredEvent | MalformedRow] = []
@@ -220,6 +261,8 @@ class BundleSource(LogSource):
                 d["recorded_at"], from_b64url(d["payload"]), from_b64url(d["prev_hash"]),
                 from_b64url(d["entry_hash"]), from_b64url(d["signature"]),
             )
+        except RecursionError:
+            return MalformedRow(position, "malformed bundle line: JSON nested too deeply")
         except (ValueError, KeyError, TypeError) as exc:
             return MalformedRow(position, f"malformed bundle line: {exc}")
         return parse_row(row, position)
@@ -228,13 +271,19 @@ class BundleSource(LogSource):
         seqs = [e.seq for e in self._entries]
         return len(seqs), max(seqs, default=0)
 
-    def rows(self, first: int, last: int) -> Iterator[StoredEvent | MalformedRow]:
+    def rows(self, first: int | None, last: int | None) -> Iterator[StoredEvent | MalformedRow]:
         for entry in self._entries:
-            if first <= entry.seq <= last:
+            if (first is None or first <= entry.seq) and (last is None or entry.seq <= last):
                 yield entry
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
         return list(self._checkpoints)
+
+
+def open_readonly(db: Path) -> sqlite3.Connection:
+    """Open exactly the file ``db``, read-only; never create it (percent-encoded URI path)."""
+    uri = f"file:{urllib.parse.quote(str(db.absolute()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
 def open_source(path: Path) -> LogSource:

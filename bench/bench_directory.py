@@ -6,8 +6,9 @@ the same concurrency. Every server here is its own process (``openred directory 
 the directory, with its jail; a bare Quart app for the baseline; one process answering the
 token pushes of two local receivers), and the load comes from a separate client process.
 
-Each scenario is compared with a baseline run measured just before it (the machine is shared
-and its load drifts). The client sends requests prepared beforehand — already signed
+Each scenario is compared with a baseline measured in the same minutes: both are split in
+three chunks run alternately (baseline, scenario, baseline, ...), because the machine is shared
+and its load drifts within seconds. The client sends requests prepared beforehand — already signed
 (RFC 9421) with fresh nonces — so signing does not slow the client down; the directory runs
 with a 300 s signature window so the prepared requests are still inside it. Latency is per
 request, from send to full answer.
@@ -44,6 +45,7 @@ import nacl.signing
 from bench.common import percentiles, report
 
 CONCURRENCY = 16
+ROUNDS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -175,16 +177,41 @@ class Run:
     statuses: dict[str, int]
 
 
-def load(requests: list[dict[str, Any]], tmp: Path) -> Run:
+def _load_raw(requests: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     path = tmp / f"requests-{random.random()}.json"
     path.write_text(json.dumps(requests))
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_directory", "--client", str(path),
          str(CONCURRENCY)], cwd=ROOT, capture_output=True, text=True, check=True,
     )
-    result = json.loads(out.stdout)
-    p50, p99 = percentiles(result["latencies"])
-    return Run(result["count"] / result["elapsed"], p50 * 1000, p99 * 1000, result["statuses"])
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def _run(results: list[dict[str, Any]]) -> Run:
+    latencies = [x for r in results for x in r["latencies"]]
+    statuses: dict[str, int] = {}
+    for r in results:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    p50, p99 = percentiles(latencies)
+    rate = sum(r["count"] for r in results) / sum(r["elapsed"] for r in results)
+    return Run(rate, p50 * 1000, p99 * 1000, statuses)
+
+
+def interleaved(requests: list[dict[str, Any]], baseline: list[dict[str, Any]], tmp: Path,
+                rounds: int = ROUNDS) -> tuple[Run, Run]:
+    """(scenario, baseline), each measured in ``rounds`` chunks that alternate with the other.
+
+    The machine is shared and its load drifts within seconds: alternating short chunks puts
+    both under the same load, where one baseline run followed by one scenario run did not.
+    """
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for i in range(rounds):
+        theirs.append(_load_raw(baseline[i::rounds], tmp))
+        ours.append(_load_raw(requests[i::rounds], tmp))
+    return _run(ours), _run(theirs)
 
 
 # -- preparing signed requests -------------------------------------------------------------------
@@ -268,14 +295,12 @@ def run_all(quick: bool) -> None:
         wait_for(directory + "/api/v3/health", procs[2])
         receivers = [f"http://127.0.0.1:{p}" for p in receiver_ports]
 
-        def baseline() -> Run:
-            return load([plain("GET", base + "/ping") for _ in range(n_base)], tmp)
+        def baseline() -> list[dict[str, Any]]:
+            return [plain("GET", base + "/ping") for _ in range(n_base)]
 
-        # Each scenario is compared with a baseline measured right before it: the machine is
-        # shared, and its load drifts over a run more than between two adjacent measurements.
+        # Each scenario is interleaved with its baseline (see interleaved()).
         reg_requests = asyncio.run(prepare_register(directory, n_reg, receivers[0]))
-        reg_base = baseline()
-        reg = load(reg_requests, tmp)
+        reg, reg_base = interleaved(reg_requests, baseline(), tmp)
 
         async def prepare_grants() -> list[dict[str, Any]]:
             nodes = [BenchNode(receivers[i % 2]) for i in range(20)]
@@ -291,8 +316,7 @@ def run_all(quick: bool) -> None:
             return out
 
         grant_requests = asyncio.run(prepare_grants())
-        grant_base = baseline()
-        grants = load(grant_requests, tmp)
+        grants, grant_base = interleaved(grant_requests, baseline(), tmp)
 
         async def prepare_discover() -> list[dict[str, Any]]:
             # One asker per connection: a signer's nonce quota (1000 per window) is not the
@@ -306,8 +330,7 @@ def run_all(quick: bool) -> None:
             return [await askers[i % CONCURRENCY].signed("GET", url) for i in range(n_disc)]
 
         disc_requests = asyncio.run(prepare_discover())
-        disc_base = baseline()
-        disc = load(disc_requests, tmp)
+        disc, disc_base = interleaved(disc_requests, baseline(), tmp)
     finally:
         for proc in reversed(procs):
             stop(proc)

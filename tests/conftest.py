@@ -1,4 +1,4 @@
-"""Shared fixtures: where the read-only test vectors live, and the long-run switch."""
+"""Shared fixtures: where the test vectors live (``tests/vectors/``), the long-run switch."""
 
 from __future__ import annotations
 
@@ -17,20 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LONG = os.environ.get("OPENRED_TEST_LONG") == "1"
 
 
-def find_vectors_dir() -> Path:
-    """The shared/vectors folder beside the repository (or OPENRED_VECTORS_DIR)."""
-    override = os.environ.get("OPENRED_VECTORS_DIR")
-    candidates = [Path(override)] if override else []
-    candidates += [REPO_ROOT.parent / "shared" / "vectors", REPO_ROOT / "shared" / "vectors"]
-    for candidate in candidates:
-        if (candidate / "noise_KK_KKpsk0_25519.json").is_file():
-            return candidate
-    raise FileNotFoundError(
-        "test vectors not found: expected ../shared/vectors beside the repository "
-        "(or set OPENRED_VECTORS_DIR)"
-    )
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
+"""Published known-answer vectors (copies, see ``tests/vectors/SOURCES.md``) and golden fixtures.
+
+Only this folder: the repository passes its tests with nothing beside it."""
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    return find_vectors_dir()
+    return VECTORS_DIR

@@ -91,7 +91,10 @@ async def start_jail(settings: ServiceSettings) -> tuple[JailSupervisor, JailCli
                                 passphrase=read_passphrase(settings),
                                 no_seccomp=settings.jail_no_seccomp)
     await supervisor.start()
-    return supervisor, JailClient(socket, supervisor=supervisor)
+    # One jail connection per request a loaded directory serves at once (the jail answers
+    # each connection on its own thread): with the default 4, concurrent grants queued for
+    # a slot behind each other's grant, push and entry signatures.
+    return supervisor, JailClient(socket, supervisor=supervisor, max_connections=16)
 
 
 async def connect_jail(

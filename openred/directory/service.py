@@ -71,6 +71,7 @@ logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
 _STRIPES = 256
+READ_POOL = 16
 MAX_PAGE = 100
 
 
@@ -106,6 +107,12 @@ class _NodeCache:
             self.views.clear()
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
+
+    def exists(self, node_id: str) -> bool:
+        """Whether the projection has a row for ``node_id`` (an indexed probe, microseconds)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM directory_nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return row is not None
 
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
@@ -155,6 +162,8 @@ class DirectoryService:
         self._started = int(clock())
         self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
         self._note: tuple[int, bytes] | None = None
+        self._records: dict[tuple[str, str], SignedNodeRecord] = {}
+        self._keys: dict[str, SignKey] = {}
         self._signing: asyncio.Task[bytes] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
@@ -180,7 +189,9 @@ class DirectoryService:
             total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
             clock=clock,
         )
-        reads = ReadModels(settings.data_dir / DATABASE_NAME)
+        # As many pooled connections as requests a loaded directory serves at once: a smaller
+        # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
+        reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
         service = cls(settings, store, reads, jail, http, clock=clock)
         await service._sync_tree(store.head.size)
         return service
@@ -232,9 +243,15 @@ class DirectoryService:
         if node_id in cache.views:
             return cache.views[node_id]
         known = cache.known_size
-        async with self.reads.session() as session:
-            row = await session.get(DirectoryNode, node_id)
-        view = None if row is None else _view(row)
+        # An unknown node (every first registration) is answered by the cache's own read-only
+        # connection without a round trip through the session and its aiosqlite thread; a row
+        # that exists is read through SQLModel.
+        if not cache.exists(node_id):
+            view = None
+        else:
+            async with self.reads.session() as session:
+                row = await session.get(DirectoryNode, node_id)
+            view = None if row is None else _view(row)
         # Only cache what was read with no write in between (an append may have landed).
         if cache.known_size == known and node_id not in cache.views:
             cache.put(node_id, view)
@@ -250,7 +267,28 @@ class DirectoryService:
         if node is None or node.status == d.DEREGISTERED:
             return None
         # The projection copied sign_key from the record the node signed (and whose id it is).
-        return SignKey.from_b64url(node.sign_key)
+        return self._sign_key(node.sign_key)
+
+    def _signed_record(self, node: d.NodeView) -> SignedNodeRecord:
+        """``node.signed_record()``, parsed once per record (immutable, bounded memo)."""
+        memo = self._records
+        key = (node.record_json, node.signature)
+        signed = memo.get(key)
+        if signed is None:
+            if len(memo) >= _NodeCache.MAX:
+                memo.clear()
+            signed = memo[key] = node.signed_record()
+        return signed
+
+    def _sign_key(self, b64: str) -> SignKey:
+        """``SignKey.from_b64url``, decoded and checked once per key (bounded memo)."""
+        memo = self._keys
+        key = memo.get(b64)
+        if key is None:
+            if len(memo) >= _NodeCache.MAX:
+                memo.clear()
+            key = memo[b64] = SignKey.from_b64url(b64)
+        return key
 
     def last_seen(self, node: d.NodeView) -> int:
         return max(self._last_seen.get(node.node_id, 0), node.last_seen)
@@ -363,7 +401,16 @@ class DirectoryService:
     async def sweep_statuses(self) -> int:
         """Move silent nodes active → stale → expired; the number of transitions logged."""
         now = self.now()
-        query = select(DirectoryNode).where(col(DirectoryNode.status).in_([d.ACTIVE, d.STALE]))
+        stale_after, expire_after = self.settings.stale_after, self.settings.expire_after
+        # Only rows silent long enough in the projection can be due: its last_seen is never
+        # newer than the one heartbeats keep in memory, so this is a superset of the due nodes
+        # (and a loaded directory does not load every row every few seconds).
+        status, last_seen = col(DirectoryNode.status), col(DirectoryNode.last_seen)
+        active_due = stale_after if expire_after is None else min(stale_after, expire_after)
+        due = (status == d.ACTIVE) & (last_seen <= now - active_due)
+        if expire_after is not None:
+            due = due | ((status == d.STALE) & (last_seen <= now - expire_after))
+        query = select(DirectoryNode).where(due)
         async with self.reads.session() as session:
             rows = list((await session.exec(query)).all())
         changed = 0
@@ -371,6 +418,9 @@ class DirectoryService:
             node = _view(row)
             # A node is not blamed for the directory's own downtime: silence counts from start.
             seen = max(self.last_seen(node), self._started)
+            if not d.decide_status(node, last_seen=seen, now=now, stale_after=stale_after,
+                                   expire_after=expire_after):
+                continue  # heard from since (its fresh state is at least as recent)
             async with self._lock(node.node_id):
                 fresh = await self.node(node.node_id)
                 if fresh is None:
@@ -411,8 +461,8 @@ class DirectoryService:
         d.decide_grant(initiator_view, target_view, signer=signer, target_id=target)
         assert initiator_view is not None and target_view is not None
         self._check_rates(signer, target)
-        a_record = initiator_view.signed_record()
-        b_record = target_view.signed_record()
+        a_record = self._signed_record(initiator_view)
+        b_record = self._signed_record(target_view)
         now = self.now()
         when = datetime.fromtimestamp(now, UTC)
         method = select_crypto_method(when, self.settings.suite_mode,

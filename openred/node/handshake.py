@@ -11,6 +11,11 @@ The responder decides in two steps around the jail's ``noise_respond``:
    session replaces one due for renewal. If Noise refused the message, the tokens do not match
    (401, :data:`TOKENS_DO_NOT_MATCH`).
 
+A renewal names the session it renews by a *proof*: an envelope sealed on that old session
+(route ``session/renew``) whose plaintext is :func:`renewal_claim` — the new grant id and the
+SHA-256 of Noise message 1. Only the two ends of the old session can seal it, and it names
+this very handshake, so nobody on the path can point the renewal at another session.
+
 A replayed message 1 finds the grant consumed: 409. The session id is derived from the Noise
 handshake hash, so both sides name the session alike without trusting each other's word.
 """
@@ -22,20 +27,25 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+import rfc8785
+
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import NodeRefused
 from openred.node import events as ev
+from openred.node.envelope import Envelope, Route
 from openred.node.tokens import HeldToken, Refusal, TokenState, TokenStatus
 from openred.store.events import NewEvent
 
 __all__ = [
     "DEFAULT_SESSION_LIFETIME",
+    "RENEW_ROUTE",
     "TOKENS_DO_NOT_MATCH",
     "decide_established",
     "decide_handshake",
     "parse_handshake",
     "rejected",
     "renew_at",
+    "renewal_claim",
     "session_id_for",
 ]
 
@@ -46,23 +56,39 @@ TOKENS_DO_NOT_MATCH: Final = Refusal(
     401, "tokens-do-not-match", "the handshake does not prove the other half of this grant"
 )
 _SESSION_ID_LABEL: Final = b"openred/v3 session id\x00"
+RENEW_ROUTE: Final = Route("session", "renew")
+"""The route bound into a renewal proof's associated data (no P2P action serves it)."""
 MAX_MESSAGE: Final = 1024
 """Largest Noise message 1 accepted (KKpsk0's is 48 bytes plus an empty payload's tag)."""
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
-def parse_handshake(body: object) -> tuple[str, bytes, str | None]:
+def renewal_claim(grant_id: str, message: bytes) -> bytes:
+    """The plaintext of a renewal proof: this grant and this Noise message 1, canonical JSON."""
+    return bytes(rfc8785.dumps({
+        "grant_id": grant_id, "message_hash": b64url(hashlib.sha256(message).digest()),
+    }))
+
+
+def parse_handshake(body: object) -> tuple[str, bytes, Envelope | None]:
     """``(grant_id, message, renews)`` from a handshake body, or NodeRefused 400/413.
 
-    ``renews`` (optional) names the session this handshake renews (DESIGN §6, 80 % of life).
+    ``renews`` (optional) is the renewal proof: an envelope sealed on the session this
+    handshake renews (DESIGN §6, 80 % of life), whose ``session_id`` names it.
     """
     if not isinstance(body, Mapping) or not (
         {"grant_id", "message"} <= set(body) <= {"grant_id", "message", "renews"}
     ):
         raise NodeRefused(400, "malformed-handshake", "the body is {grant_id, message, renews?}")
     grant_id, message, renews = body["grant_id"], body["message"], body.get("renews")
-    if renews is not None and (not isinstance(renews, str) or not _GRANT_ID.fullmatch(renews)):
-        raise NodeRefused(400, "malformed-handshake", "renews is a session id")
+    proof: Envelope | None = None
+    if renews is not None:
+        try:
+            proof = Envelope.from_json(renews)
+        except NodeRefused as exc:
+            raise NodeRefused(400, "malformed-handshake",
+                              f"renews is an envelope sealed on the renewed session: "
+                              f"{exc.detail}") from None
     if not isinstance(grant_id, str) or not _GRANT_ID.fullmatch(grant_id):
         raise NodeRefused(400, "malformed-handshake", "grant_id is 16 bytes base64url")
     if not isinstance(message, str):
@@ -75,7 +101,7 @@ def parse_handshake(body: object) -> tuple[str, bytes, str | None]:
         raise NodeRefused(400, "malformed-handshake", "message is base64url") from None
     if not raw:
         raise NodeRefused(400, "malformed-handshake", "message is empty")
-    return grant_id, raw, renews
+    return grant_id, raw, proof
 
 
 def decide_handshake(

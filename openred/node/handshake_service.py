@@ -10,6 +10,11 @@ of two racing handshakes (or a replayed message 1) only one can ever win.
 Initiator (:meth:`Handshakes.connect`): the same decisions for the initiator's half, Noise
 message 1 from the jail, the peer's answer through a :data:`HandshakeTransport` (the HTTP call
 in the app; a direct call in tests), message 2 checked by the jail.
+
+Renewal: the initiator proves which session it renews with an envelope sealed on that session
+over :func:`~openred.node.handshake.renewal_claim` (this grant, this message 1); the responder
+opens it with the old session's channel before anything else, so a ``renews`` swapped on the
+path for another session (even one due between the same two nodes) is refused 422.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ from dataclasses import dataclass
 
 from openred.crypto.client import JailClient
 from openred.crypto.session import SessionCipher
-from openred.errors import ConcurrencyConflict, HandshakeFailed, NodeRefused
+from openred.errors import ConcurrencyConflict, CryptoError, HandshakeFailed, NodeRefused
 from openred.node.book import NodeBook
-from openred.node.envelope import SessionChannel
+from openred.node.envelope import Envelope, SessionChannel
 from openred.node.handshake import (
     DEFAULT_SESSION_LIFETIME,
+    RENEW_ROUTE,
     TOKENS_DO_NOT_MATCH,
     decide_established,
     decide_handshake,
     rejected,
+    renewal_claim,
     session_id_for,
 )
 from openred.node.sessions import SessionKeeper, SessionView, renewal_due, wrap_label
@@ -48,8 +55,12 @@ class HandshakeAnswer:
     message: bytes
 
 
-HandshakeTransport = Callable[[str, str, bytes, str | None], Awaitable[HandshakeAnswer]]
-"""(peer api_url, grant_id, Noise message 1, renewed session) → the peer's answer."""
+HandshakeTransport = Callable[[str, str, bytes, Envelope | None], Awaitable[HandshakeAnswer]]
+"""(peer api_url, grant_id, Noise message 1, renewal proof) → the peer's answer."""
+
+INVALID_RENEWAL = Refusal(
+    422, "invalid-renewal", "renews names no session with this peer due for renewal, or its "
+    "proof does not name this handshake")
 
 
 class Handshakes:
@@ -99,14 +110,25 @@ class Handshakes:
         self.keeper.adopt(channel, now + self.lifetime, now)
         return channel
 
+    async def _proves_renewal(
+        self, grant_id: str, message: bytes, proof: Envelope, now: int
+    ) -> bool:
+        try:
+            channel = await self.keeper.channel(proof.session_id, now)
+            claim = channel.open_request(RENEW_ROUTE, proof)
+        except (CryptoError, NodeRefused):
+            return False
+        return claim == renewal_claim(grant_id, message)
+
     async def respond(
-        self, grant_id: str, message: bytes, now: int, renews: str | None = None
+        self, grant_id: str, message: bytes, now: int, renews: Envelope | None = None
     ) -> HandshakeAnswer:
         """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side).
 
-        ``renews`` names the session the initiator renews with this one: it must be an active
-        session with the same peer whose renewal is due, and it is closed (``SessionRenewed``)
-        with the new one established.
+        ``renews`` is the proof naming the session the initiator renews with this one: it must
+        be sealed on an active session with the same peer whose renewal is due and name this
+        grant and message 1; that session is closed (``SessionRenewed``) with the new one
+        established.
         """
         lock = self._locks.get(grant_id)
         if lock is None:
@@ -117,10 +139,12 @@ class Handshakes:
             if isinstance(decision, Refusal):
                 raise await self._refuse(grant_id, decision)
             token = decision
-            if renews is not None and not await self._renewable(renews, token, now):
-                raise await self._refuse(grant_id, Refusal(
-                    422, "invalid-renewal", "renews names no session with this peer due for "
-                    "renewal"))
+            renewed = None if renews is None else renews.session_id
+            if renews is not None and not (
+                await self._renewable(renews.session_id, token, now)
+                and await self._proves_renewal(grant_id, message, renews, now)
+            ):
+                raise await self._refuse(grant_id, INVALID_RENEWAL)
             try:
                 responded = await self.jail.noise_respond(
                     suite=token.grant.suite, grant=token.grant.canonical_bytes(),
@@ -134,7 +158,7 @@ class Handshakes:
             cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
                                          session_id)
             try:
-                await self._establish(token, state.version, cipher, session_id, now, renews)
+                await self._establish(token, state.version, cipher, session_id, now, renewed)
             except ConcurrencyConflict:
                 raise await self._refuse(
                     grant_id, Refusal(409, "grant-used", "the grant was used meanwhile")
@@ -145,7 +169,11 @@ class Handshakes:
         self, grant_id: str, transport: HandshakeTransport, now: int, *,
         renews: str | None = None,
     ) -> SessionChannel:
-        """Open a session with the grant's responder (the initiator's side)."""
+        """Open a session with the grant's responder (the initiator's side).
+
+        With ``renews`` (a session of ours with the same peer) the request carries the proof
+        that names it and this handshake; the old session is closed with the new one.
+        """
         state = await self.book.token_state(grant_id)
         decision = decide_handshake(state, role="initiator", now=now)
         if isinstance(decision, Refusal):
@@ -154,12 +182,22 @@ class Handshakes:
         peer = await self.book.peer(str(token.peer))
         if peer is None:
             raise NodeRefused(404, "unknown-peer", "no verified record of the grant's peer")
+        old: SessionChannel | None = None
+        if renews is not None:
+            row = await self.book.session(renews)
+            if row is None or row.peer != str(token.peer) or row.state != "active":
+                raise INVALID_RENEWAL.error()
+            old = await self.keeper.channel(renews, now)
         initiated = await self.jail.noise_initiate(
             suite=token.grant.suite, grant=token.grant.canonical_bytes(),
             grant_signature=token.grant_signature, sealed_token=token.sealed_token,
             remote_static=peer.box_key.raw,
         )
-        answer = await transport(peer.api_url, grant_id, initiated.message, renews)
+        proof = None
+        if old is not None:
+            proof = old.seal_request(RENEW_ROUTE, renewal_claim(grant_id, initiated.message))
+            old.forget(proof.counter)  # no answer comes on the old session
+        answer = await transport(peer.api_url, grant_id, initiated.message, proof)
         try:
             keys = await self.jail.noise_finish(initiated.handle, answer.message)
         except HandshakeFailed:

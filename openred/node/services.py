@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from openred.crypto.client import JailClient, JailSigner, PublicKeys
@@ -64,6 +66,34 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     return NodeRefused(status, slug, detail)
 
 
+class PeerUrls:
+    """A peer's ``api_url`` for the send path, read straight from the ``peers`` table.
+
+    Sending asked the SQLModel async session for the whole peer row per message (a pooled
+    aiosqlite connection, a thread hop, an identity map); one read-only sqlite3 connection
+    answers a primary-key lookup inline in microseconds (WAL: readers never wait for the
+    writer), always current, so a peer's new URL is used from its next message on.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def api_url(self, node_id: str) -> str | None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                f"file:{self.database}?mode=ro", uri=True, check_same_thread=False,
+                timeout=5.0)
+        row = self._conn.execute(
+            "SELECT api_url FROM peers WHERE node_id = ?", (node_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 @dataclass
 class NodeServices:
     settings: NodeSettings
@@ -81,6 +111,7 @@ class NodeServices:
     modules: LoadReport
     methods: MethodRegistry
     clock: Callable[[], float] = time.time
+    peer_urls: PeerUrls | None = None
 
     def now(self) -> int:
         return int(self.clock())
@@ -136,6 +167,9 @@ class NodeServices:
         return services
 
     async def close(self) -> None:
+        if self.peer_urls is not None:
+            self.peer_urls.close()
+        self.messaging.close()
         await self.http.close()
         await self.reads.close()
         await self.store.close()
@@ -155,11 +189,11 @@ class NodeServices:
     # -- node-to-node calls --
 
     async def _handshake_over_http(
-        self, api_url: str, grant_id: str, message: bytes, renews: str | None
+        self, api_url: str, grant_id: str, message: bytes, renews: Envelope | None
     ) -> HandshakeAnswer:
-        body = {"grant_id": grant_id, "message": b64url(message)}
+        body: dict[str, Any] = {"grant_id": grant_id, "message": b64url(message)}
         if renews is not None:
-            body["renews"] = renews
+            body["renews"] = renews.to_json()
         reply = await self.http.request(
             "POST", api_url.rstrip("/") + HANDSHAKE_PATH, json_body=body, attempts=1,
         )
@@ -195,12 +229,14 @@ class NodeServices:
     async def send_message(self, session_id: str, text: str) -> Receipt:
         """Send ``text`` on an established session; the peer's delivery receipt."""
         channel = await self.keeper.channel(session_id, self.now())
-        peer = await self.book.peer(channel.peer)
-        if peer is None:
+        if self.peer_urls is None:
+            self.peer_urls = PeerUrls(self.store.path)
+        api_url = self.peer_urls.api_url(channel.peer)
+        if api_url is None:
             raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")
         return await self.messaging.send(
             channel, text, message_id=secrets.token_bytes(16), now=self.now(),
-            transport=self._p2p_transport(peer.api_url), rotate=self.keeper.rotate,
+            transport=self._p2p_transport(api_url), rotate=self.keeper.rotate,
         )
 
     async def request_grant(self, peer: str) -> str:

@@ -22,7 +22,7 @@ from openred.node.events import node_registry
 from openred.node.projections import node_projections
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
-from tests.audit_tools.test_verify_tamper import without_triggers
+from tests.audit_tools.test_verify_tamper import attacker_copy, execute
 from tests.store.history import peer_event, session_events
 
 RANGE = 16
@@ -60,12 +60,9 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tampered(log: Path, tmp_path: Path, sql: str, *seqs: int) -> Path:
-    """A copy of ``log`` (triggers dropped) with ``sql`` run once for each seq."""
-    bad = without_triggers(log, tmp_path / "bad.db")
-    conn = sqlite3.connect(bad, isolation_level=None)
-    for seq in seqs:
-        conn.execute(sql, (seq,))
-    conn.close()
+    """A copy of ``log`` with ``sql`` run once for each seq (triggers lifted and restored)."""
+    bad = attacker_copy(log, tmp_path / "bad.db")
+    execute(bad, *((sql, (seq,)) for seq in seqs))
     return bad
 
 

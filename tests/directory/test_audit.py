@@ -7,15 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-
 from tests.directory.conftest import DirectoryFactory, Node
-
-kinds = pytest.importorskip("openred.kinds", reason="openred/kinds.py (log kinds) is not merged")
-pytestmark = pytest.mark.skipif(
-    "directory" not in getattr(kinds, "KINDS", ()),
-    reason="openred/kinds.py has no 'directory' entry yet",
-)
 
 
 async def test_a_directory_log_with_every_event_verifies(

@@ -48,3 +48,20 @@ async def test_never_expire(directory_factory: DirectoryFactory) -> None:
         await wait_for(node, {"active": 0, "stale": 1, "expired": 0, "revoked": 0})
         await asyncio.sleep(2.5)
         assert await statuses(node) == {"active": 0, "stale": 1, "expired": 0, "revoked": 0}
+
+
+async def test_heartbeats_keep_a_node_active_though_its_row_ages(
+    directory_factory: DirectoryFactory,
+) -> None:
+    # Heartbeats refresh last_seen in memory only: the sweep must not judge by the row alone.
+    async with directory_factory(stale_after=1, expire_after=None,
+                                 status_check_interval=0.3) as directory:
+        quiet, chatty = Node(directory), Node(directory)
+        for n in (quiet, chatty):
+            assert (await n.register()).status == 201
+        deadline = asyncio.get_running_loop().time() + 2.5
+        while asyncio.get_running_loop().time() < deadline:
+            beat = await chatty.call("POST", "/api/v3/nodes/heartbeat", {})
+            assert beat.status == 200 and beat.json()["status"] == "active"
+            await asyncio.sleep(0.25)
+        assert await statuses(quiet) == {"active": 1, "stale": 1, "expired": 0, "revoked": 0}

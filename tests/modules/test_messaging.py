@@ -12,6 +12,7 @@ import rfc8785
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import DecryptionFailed, NodeRefused
 from openred.modules.messaging import events as mev
+from openred.modules.messaging.bodykey import BODY_KEY_FILE, KEY_LABEL, BodyKey
 from openred.modules.messaging.service import MAX_TEXT, SEND, Messaging
 from openred.node.p2p import dispatch
 from tests.node.test_sessions import connected, serve_messaging
@@ -38,7 +39,7 @@ async def test_a_message_is_delivered_received_and_receipted(
     assert (await b.types())[-1] == mev.MESSAGE_RECEIVED
 
 
-async def test_bodies_are_stored_only_wrapped_by_the_jail(
+async def test_bodies_are_stored_only_encrypted_under_a_key_the_jail_wraps(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
     a, b, _ = nodes
@@ -54,10 +55,19 @@ async def test_bodies_are_stored_only_wrapped_by_the_jail(
     conn = sqlite3.connect(b.store.path)
     (mid, body), = conn.execute("SELECT message_id, body FROM inbox").fetchall()
     conn.close()
-    # A wrapped body is bound to its message id: moved to another message it does not open.
+    # The data key is on disk only wrapped by the jail, and a body is bound to its message id:
+    # moved to another message it does not open.
+    key_file = b.store.path.parent / BODY_KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = await b.jail.unwrap(KEY_LABEL, key_file.read_bytes())
+    assert len(key) == 32 and key not in key_file.read_bytes()
+    fresh = BodyKey(b.jail, key_file)
     with pytest.raises(DecryptionFailed):
-        await b.jail.unwrap(f"message:{b64url(os.urandom(16))}", from_b64url(body))
-    assert await b.jail.unwrap(f"message:{mid}", from_b64url(body)) == secret.encode()
+        await fresh.open(b64url(os.urandom(16)), from_b64url(body))
+    assert await fresh.open(mid, from_b64url(body)) == secret.encode()
+    # Bodies of the earlier format, wrapped by the jail under message:<id>, still open.
+    old = await b.jail.wrap(f"message:{mid}", b"old body")
+    assert await fresh.open(mid, old) == b"old body"
 
 
 async def test_a_message_sent_again_is_stored_once_and_receipted_again(

@@ -11,6 +11,7 @@ from openred.crypto.grants import Grant, mint_tokens, new_grant, seal_token
 from openred.crypto.identity import BoxKey, NodeId, b64url
 from openred.errors import NodeRefused
 from openred.node import events as ev
+from openred.node.envelope import Envelope
 from openred.node.handshake import (
     decide_established,
     decide_handshake,
@@ -221,6 +222,8 @@ GOOD_BODY = {"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))}
     ({**GOOD_BODY, "message": "A" * 2000}, 413),
     ({**GOOD_BODY, "renews": 5}, 400),
     ({**GOOD_BODY, "renews": "not a session"}, 400),
+    ({**GOOD_BODY, "renews": b64url(bytes(16))}, 400),  # a bare session id proves nothing
+    ({**GOOD_BODY, "renews": {"session_id": b64url(bytes(16)), "counter": 1}}, 400),
 ])
 def test_malformed_and_oversized_handshake_bodies_are_refused(body: Any, status: int) -> None:
     from openred.node.handshake import parse_handshake
@@ -234,8 +237,9 @@ def test_a_handshake_body_parses() -> None:
     from openred.node.handshake import parse_handshake
 
     assert parse_handshake(GOOD_BODY) == (GOOD_BODY["grant_id"], bytes(48), None)
-    renewing = {**GOOD_BODY, "renews": b64url(bytes(16))}
-    assert parse_handshake(renewing) == (GOOD_BODY["grant_id"], bytes(48), b64url(bytes(16)))
+    proof = Envelope(b64url(bytes(16)), 3, bytes(40))
+    renewing = {**GOOD_BODY, "renews": proof.to_json()}
+    assert parse_handshake(renewing) == (GOOD_BODY["grant_id"], bytes(48), proof)
 
 
 async def test_racing_copies_of_message_1_establish_one_session(

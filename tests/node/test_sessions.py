@@ -268,7 +268,61 @@ async def test_a_renewal_must_name_a_session_with_that_peer_that_is_due(
         assert (info.value.status, info.value.reason) == (422, "invalid-renewal")
     rows = {r.session_id: r.state for r in await b.book.sessions()}
     assert rows[old.session_id] == rows[other.session_id] == "active"
-    assert (await b.types()).count(ev.HANDSHAKE_REJECTED) == 3
+    # A holds no session `other` or the random one: it refuses those itself, B sees only one.
+    assert (await b.types()).count(ev.HANDSHAKE_REJECTED) == 1
+
+
+async def test_renews_swapped_on_the_path_for_another_due_session_is_refused(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    """Two sessions between A and B, both due: someone on the path cannot make A's renewal of
+    one close the other — neither by renaming the proof's session nor by replaying a proof
+    sealed on the other session for another handshake."""
+    a, b, _ = nodes
+    first = await connected(directory, a, b)
+    second = await connected(directory, a, b)
+    now = NOW + 70000
+    captured: list[Envelope] = []
+
+    async def keep(api_url: str, gid: str, message: bytes, renews: Any) -> Any:
+        captured.append(renews)
+        raise NodeRefused(502, "peer-unreachable", "the test keeps the proof")
+
+    grant, for_a, for_b = await directory.pair(a, b, issued_at=now)
+    await a.tokens.receive(for_a, now)
+    await b.tokens.receive(for_b, now)
+    with pytest.raises(NodeRefused):  # a proof sealed on `second` for another handshake
+        await a.handshakes.connect(grant.grant_id, keep, now, renews=second.session_id)
+    [second_proof] = captured
+    inner = transport_to(b, now)
+
+    async def renamed(api_url: str, gid: str, message: bytes, renews: Any) -> Any:
+        swapped = Envelope(second.session_id, renews.counter, renews.ciphertext)
+        return await inner(api_url, gid, message, swapped)
+
+    async def replayed(api_url: str, gid: str, message: bytes, renews: Any) -> Any:
+        return await inner(api_url, gid, message, second_proof)
+
+    for swap in (renamed, replayed):
+        grant, for_a, for_b = await directory.pair(a, b, issued_at=now)
+        await a.tokens.receive(for_a, now)
+        await b.tokens.receive(for_b, now)
+        with pytest.raises(NodeRefused) as info:
+            await a.handshakes.connect(grant.grant_id, swap, now, renews=first.session_id)
+        assert (info.value.status, info.value.reason) == (422, "invalid-renewal")
+    for node in (a, b):
+        rows = {r.session_id: r for r in await node.book.sessions()}
+        assert rows[first.session_id].state == rows[second.session_id].state == "active"
+        assert rows[second.session_id].renewed_by is None
+        assert ev.SESSION_RENEWED not in await node.types()
+    # The genuine renewal of `first` still goes through and closes `first` only.
+    grant, for_a, for_b = await directory.pair(a, b, issued_at=now)
+    await a.tokens.receive(for_a, now)
+    await b.tokens.receive(for_b, now)
+    new = await a.handshakes.connect(grant.grant_id, inner, now, renews=first.session_id)
+    rows = {r.session_id: r for r in await b.book.sessions()}
+    assert rows[first.session_id].renewed_by == new.session_id
+    assert rows[second.session_id].state == "active"
 
 
 async def test_concurrent_first_uses_restore_a_session_once(
