@@ -47,8 +47,10 @@ NODE_EVENT_TYPES = (
 
 def node_registry() -> EventRegistry:
     """An event registry that knows every node event type at its current schema version."""
+    from openred.modules.builtin import builtin_event_types
+
     registry = EventRegistry()
-    for event_type in NODE_EVENT_TYPES:
+    for event_type in (*NODE_EVENT_TYPES, *builtin_event_types()):
         registry.register(event_type)
     return registry
 

@@ -165,3 +165,7 @@ class ReadModels:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+# The built-in modules' read models join the node's metadata (they subclass _NodeModel).
+import openred.modules.file_sharing.readmodels as _file_sharing_readmodels  # noqa: E402, F401

@@ -1,0 +1,750 @@
+"""File sharing between two nodes over their encrypted session (DESIGN §11).
+
+Actions (``POST /api/v3/p2p/file_sharing/<action>``, each an encrypted envelope):
+
+* ``offer`` — the sender tells the peer about an offer (:class:`~.domain.OfferTerms`); the
+  receiver logs ``FileOfferReceived`` and answers ``{"status": "received"}``.
+* ``chunk`` — ``{offer_id, offset, length}``; the range must be exactly one chunk. The answer
+  is binary: a 2-byte count ``n``, ``n`` 32-byte proof hashes (:mod:`.domain`), then the chunk.
+  The sender reads the chunk from disk (``O_NOFOLLOW``) for that request only and checks the
+  file's size, modification time and the chunk's leaf hash against the offer: a file changed
+  since it was offered is a 409 ``file-changed``.
+* ``revoke`` / ``decline`` — ``{offer_id}``: the sender revoked, the receiver declined; each
+  side logs it and the offer gives nothing more.
+
+The receiver (:meth:`FileSharing.fetch`) keeps several chunk requests in flight, checks each
+chunk against the offer's root, writes it at its offset in a partial file under
+``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it. A
+fetch run again (after Ctrl-C, either node killed, the network cut) re-reads the marks, keeps
+the chunks whose bytes on disk still hash to their mark and fetches only the rest. When every
+chunk is there, the whole file's SHA-256 is checked against the offer's digest and the file is
+linked into place under a name no existing file has (never overwriting), then the partial files
+are removed. A chunk that fails its proof is fetched again (up to :data:`CHUNK_ATTEMPTS` times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import struct
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import rfc8785
+from sqlmodel import col, select
+
+from openred.crypto.identity import b64url, from_b64url
+from openred.errors import NodeRefused, OpenRedError, TransportError
+from openred.modules.file_sharing import events as ev
+from openred.modules.file_sharing.domain import (
+    CHUNK_SIZE,
+    HashTree,
+    OfferTerms,
+    check_name,
+    chunk_count,
+    chunk_range,
+    leaf_hash,
+    refuse_unless_usable,
+    verify_chunk,
+)
+from openred.modules.file_sharing.readmodels import FileOfferRow, FileTransferRow
+from openred.node.book import NodeBook
+from openred.node.envelope import Envelope, Route, SessionChannel
+from openred.node.p2p import Outcome, RequestContext
+from openred.node.readmodels import ReadModels
+from openred.node.sessions import SessionKeeper
+from openred.store.events import NewEvent
+from openred.store.sqlite import SQLiteEventStore
+
+__all__ = [
+    "CHUNK",
+    "DECLINE",
+    "OFFER",
+    "REVOKE",
+    "FileSharing",
+    "Progress",
+]
+
+logger = logging.getLogger("openred.file_sharing")
+
+OFFER: Final = Route("file_sharing", "offer")
+CHUNK: Final = Route("file_sharing", "chunk")
+REVOKE: Final = Route("file_sharing", "revoke")
+DECLINE: Final = Route("file_sharing", "decline")
+CHUNK_ATTEMPTS: Final = 3
+IN_FLIGHT: Final = 8
+HASH_BLOCK: Final = 1 << 20
+_MARK = struct.Struct(">I32s")
+
+Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
+TransportFor = Callable[[str], Awaitable[Transport]]
+"""The transport to a peer (by node id): the HTTP call to its ``/api/v3/p2p/...``."""
+Write = Callable[[int, bytes, int], int]
+"""``os.pwrite``-like: write bytes at an offset of a file descriptor (a port for tests)."""
+
+
+@dataclass
+class Progress:
+    """A fetch's progress: verified bytes of ``total``; how it ended, once it has."""
+
+    offer_id: str
+    total: int
+    verified: int = 0
+    state: str = "running"
+    path: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offer_id": self.offer_id, "total": self.total, "verified": self.verified,
+                "state": self.state, "path": self.path, "reason": self.reason,
+                "detail": self.detail}
+
+
+def _object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise NodeRefused(400, "malformed", f"the {what} is not JSON") from None
+    if not isinstance(obj, dict):
+        raise NodeRefused(400, "malformed", f"the {what} is a JSON object")
+    return obj
+
+
+def _offer_id(obj: dict[str, Any], keys: set[str]) -> str:
+    if set(obj) != keys:
+        raise NodeRefused(400, "malformed", f"the request has exactly {sorted(keys)}")
+    offer_id = obj["offer_id"]
+    if not isinstance(offer_id, str) or len(offer_id) != 22:
+        raise NodeRefused(404, "unknown-offer", "no such offer for this peer")
+    return offer_id
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    return bytes(rfc8785.dumps(obj))
+
+
+def _hash_file(fd: int) -> tuple[list[bytes], bytes, int]:
+    """Leaves and whole digest of an open file, reading one chunk at a time; and its size."""
+    leaves: list[bytes] = []
+    whole = hashlib.sha256()
+    offset = 0
+    while True:
+        data = os.pread(fd, CHUNK_SIZE, offset)
+        if not data:
+            break
+        leaves.append(leaf_hash(data))
+        whole.update(data)
+        offset += len(data)
+    return leaves, whole.digest(), offset
+
+
+def _digest_of(path: Path) -> bytes:
+    whole = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            whole.update(block)
+    return whole.digest()
+
+
+class FileSharing:
+    """The file_sharing module's services over the node's log, read models and sessions."""
+
+    def __init__(
+        self, *, store: SQLiteEventStore, reads: ReadModels, keeper: SessionKeeper,
+        book: NodeBook, data_dir: Path, transport_for: TransportFor,
+        clock: Callable[[], int], write: Write = os.pwrite,
+    ) -> None:
+        self.store = store
+        self.reads = reads
+        self.keeper = keeper
+        self.book = book
+        self.root = data_dir / "files"
+        self.transport_for = transport_for
+        self.clock = clock
+        self.write = write
+        self._trees: OrderedDict[str, HashTree] = OrderedDict()
+        self._fetching: set[str] = set()
+        self._background: dict[str, tuple[Progress, asyncio.Task[None] | None]] = {}
+        self._served: dict[str, FileOfferRow] = {}
+        """Offers of ours in use while they stand (every change to them goes through here)."""
+        self._ended: set[str] = set()
+        """Offers revoked, declined or expired by this process: never cached again."""
+
+    # -- paths --
+
+    def _tree_path(self, offer_id: str) -> Path:
+        return self.root / "trees" / f"{offer_id}.leaves"
+
+    def _part(self, offer_id: str) -> Path:
+        return self.root / "partial" / f"{offer_id}.part"
+
+    def _marks(self, offer_id: str) -> Path:
+        return self.root / "partial" / f"{offer_id}.marks"
+
+    @property
+    def received_dir(self) -> Path:
+        return self.root / "received"
+
+    # -- reading --
+
+    async def offer(self, offer_id: str) -> FileOfferRow | None:
+        async with self.reads.session() as s:
+            return await s.get(FileOfferRow, offer_id)
+
+    async def transfer(self, offer_id: str) -> FileTransferRow | None:
+        async with self.reads.session() as s:
+            return await s.get(FileTransferRow, offer_id)
+
+    async def offers(self) -> list[FileOfferRow]:
+        """Every offer sent and received, newest first (those found expired are logged so)."""
+        now = self.clock()
+        query = select(FileOfferRow).order_by(col(FileOfferRow.offered_at).desc())
+        async with self.reads.session() as s:
+            rows = list((await s.exec(query)).all())
+        for row in rows:
+            if row.state == "offered" and now >= row.expires_at:
+                await self._log(row.offer_id, ev.FILE_OFFER_EXPIRED, {"offer_id": row.offer_id})
+                row.state = "expired"
+        return rows
+
+    def _end(self, offer_id: str) -> None:
+        self._ended.add(offer_id)
+        self._served.pop(offer_id, None)
+        self._trees.pop(offer_id, None)
+
+    async def _log(self, offer_id: str, kind: str, payload: dict[str, Any]) -> None:
+        if kind in (ev.FILE_OFFER_REVOKED, ev.FILE_OFFER_DECLINED, ev.FILE_OFFER_EXPIRED):
+            self._end(offer_id)
+        await self.store.append_one(NewEvent(ev.offer_stream(offer_id), kind, payload))
+
+    # -- calling the peer --
+
+    async def _session_with(self, peer: str) -> SessionChannel:
+        rows = [r for r in await self.book.sessions(state="active") if r.peer == peer]
+        if not rows:
+            raise NodeRefused(409, "no-session",
+                              "no active session with this peer: connect to it first")
+        newest = max(rows, key=lambda r: r.established_at)
+        return await self.keeper.channel(newest.session_id, self.clock())
+
+    async def _call(self, peer: str, route: Route, request: bytes,
+                    channel: SessionChannel | None = None,
+                    transport: Transport | None = None) -> bytes:
+        """One request to ``peer`` on its newest session; the answer's plaintext.
+
+        A peer restarted since our last request may refuse our counters as replays: the
+        channel then moves to a fresh epoch and the request is sent once more (every action
+        here is idempotent).
+        """
+        channel = channel or await self._session_with(peer)
+        transport = transport or await self.transport_for(peer)
+        for attempt in (1, 2):
+            envelope = channel.seal_request(route, request)
+            try:
+                answer = await transport(route, envelope)
+                return channel.open_answer(route, envelope.counter, answer)
+            except NodeRefused as exc:
+                if attempt == 1 and exc.reason == "replayed-message":
+                    await self.keeper.rotate(channel)
+                    continue
+                raise
+            finally:
+                channel.forget(envelope.counter)
+        raise AssertionError("unreachable")
+
+    # -- the sender --
+
+    async def share(self, peer: str, path: Path | str, *, expires_in: int,
+                    name: str | None = None) -> FileOfferRow:
+        """Offer the regular file at ``path`` to ``peer`` for ``expires_in`` seconds."""
+        if expires_in < 1:
+            raise NodeRefused(422, "invalid-expiry", "an offer lives at least one second")
+        source = Path(path).absolute()
+        offered_name = check_name(source.name if name is None else name)
+        channel = await self._session_with(peer)
+        try:
+            info = os.lstat(source)
+        except FileNotFoundError:
+            raise NodeRefused(404, "no-such-file", f"{source} does not exist") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise NodeRefused(422, "symlink-refused", f"{source} is a symbolic link: offer "
+                              "the file it points to")
+        if not stat.S_ISREG(info.st_mode):
+            raise NodeRefused(422, "not-a-file", f"{source} is not a regular file")
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise NodeRefused(422, "unreadable-file", f"{source}: {exc.strerror}") from None
+        try:
+            before = os.fstat(fd)
+            leaves, digest, size = await asyncio.to_thread(_hash_file, fd)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+            size != after.st_size
+        ):
+            raise NodeRefused(409, "file-changed", f"{source} changed while it was hashed")
+        tree = HashTree(leaves)
+        offer_id = b64url(secrets.token_bytes(16))
+        terms = OfferTerms(offer_id, offered_name, size, b64url(digest), b64url(tree.root),
+                           CHUNK_SIZE, self.clock() + expires_in)
+        tree_path = self._tree_path(offer_id)
+        tree_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tree_path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(leaves))
+        tmp.replace(tree_path)
+        await self._log(offer_id, ev.FILE_OFFERED, {
+            **terms.to_json(), "peer": peer, "session_id": channel.session_id,
+            "source": str(source), "mtime_ns": str(after.st_mtime_ns),
+        })
+        try:
+            await self._call(peer, OFFER, _json(terms.to_json()), channel)
+        except OpenRedError:
+            await self._log(offer_id, ev.FILE_OFFER_REVOKED, {"offer_id": offer_id})
+            raise
+        row = await self.offer(offer_id)
+        assert row is not None
+        return row
+
+    async def revoke(self, offer_id: str) -> None:
+        """Revoke an offer this node made; the peer is told if it can be reached."""
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "sent":
+            raise NodeRefused(404, "unknown-offer", "no offer of ours with this id")
+        if row.state != "offered":
+            raise NodeRefused(409, f"offer-{row.state}", f"the offer is already {row.state}")
+        await self._log(offer_id, ev.FILE_OFFER_REVOKED, {"offer_id": offer_id})
+        with contextlib.suppress(OpenRedError):
+            await self._call(row.peer, REVOKE, _json({"offer_id": offer_id}))
+
+    async def _tree(self, row: FileOfferRow) -> HashTree:
+        tree = self._trees.get(row.offer_id)
+        if tree is None:
+            raw = await asyncio.to_thread(self._tree_path(row.offer_id).read_bytes)
+            tree = HashTree([raw[i:i + 32] for i in range(0, len(raw), 32)])
+            if b64url(tree.root) != row.root:
+                raise NodeRefused(409, "file-changed", "the offer's hash tree is damaged")
+            self._trees[row.offer_id] = tree
+            while len(self._trees) > 8:
+                self._trees.popitem(last=False)
+        self._trees.move_to_end(row.offer_id)
+        return tree
+
+    async def _usable(self, ctx: RequestContext, offer_id: str, direction: str) -> FileOfferRow:
+        row = self._served.get(offer_id)
+        if row is None:
+            row = await self.offer(offer_id)
+        exists = row is not None and row.direction == direction
+        for_peer = row is not None and row.peer == ctx.peer
+        if row is not None and exists and for_peer and row.state == "offered" and (
+            ctx.now >= row.expires_at
+        ):
+            await self._log(offer_id, ev.FILE_OFFER_EXPIRED, {"offer_id": offer_id})
+            row.state = "expired"
+        refuse_unless_usable(exists=exists, for_peer=for_peer, state=row.state if row else "",
+                             expires_at=row.expires_at if row else 0, now=ctx.now)
+        assert row is not None
+        if direction == "sent" and offer_id not in self._ended:
+            self._served[offer_id] = row
+            while len(self._served) > 64:
+                self._served.pop(next(iter(self._served)))
+        return row
+
+    async def serve_chunk(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
+        """The P2P handler of ``file_sharing/chunk``."""
+        obj = _object(plaintext, "chunk request")
+        row = await self._usable(ctx, _offer_id(obj, {"offer_id", "offset", "length"}), "sent")
+        offset, length = obj["offset"], obj["length"]
+        for value in (offset, length):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NodeRefused(400, "malformed", "offset and length are integers")
+        index = offset // row.chunk_size if offset >= 0 else -1
+        if not 0 <= offset < row.size or offset % row.chunk_size or (
+            length != chunk_range(index, row.size, row.chunk_size)[1]
+        ):
+            raise NodeRefused(416, "bad-range", "the range is not one chunk of the offered "
+                              f"file ({row.size} bytes in chunks of {row.chunk_size})")
+        tree = await self._tree(row)
+        data = await asyncio.to_thread(self._read_chunk, row, offset, length)
+        if leaf_hash(data) != tree.leaf(index):
+            raise NodeRefused(409, "file-changed", "the offered file changed on the sender's "
+                              "disk since it was offered")
+        proof = tree.proof(index)
+        return Outcome(b"".join((struct.pack(">H", len(proof)), *proof, data)))
+
+    @staticmethod
+    def _read_chunk(row: FileOfferRow, offset: int, length: int) -> bytes:
+        changed = NodeRefused(409, "file-changed", "the offered file changed on the sender's "
+                              "disk since it was offered")
+        assert row.source is not None
+        try:
+            fd = os.open(row.source, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            raise changed from None
+        try:
+            info = os.fstat(fd)
+            if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
+                raise changed
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise changed
+        return data
+
+    async def receive_decline(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
+        """The P2P handler of ``file_sharing/decline`` (the receiver declined our offer)."""
+        offer_id = _offer_id(_object(plaintext, "decline"), {"offer_id"})
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "sent" or row.peer != ctx.peer:
+            raise NodeRefused(404, "unknown-offer", "no such offer for this peer")
+        events = []
+        if row.state == "offered":
+            events.append(NewEvent(ev.offer_stream(offer_id), ev.FILE_OFFER_DECLINED,
+                                   {"offer_id": offer_id}))
+            self._end(offer_id)
+        return Outcome(_json({"offer_id": offer_id, "state": "declined"}), events)
+
+    # -- the receiver --
+
+    async def receive_offer(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
+        """The P2P handler of ``file_sharing/offer``: log the offer (once per offer id)."""
+        terms = OfferTerms.from_json(_object(plaintext, "offer"))
+        row = await self.offer(terms.offer_id)
+        answer = _json({"offer_id": terms.offer_id, "status": "received"})
+        if row is not None:
+            if row.peer != ctx.peer or row.direction != "received":
+                raise NodeRefused(409, "offer-id-taken", "another offer has this id")
+            return Outcome(answer)
+        if terms.expires_at <= ctx.now:
+            raise NodeRefused(410, "offer-expired", "the offer has already expired")
+        return Outcome(answer, [NewEvent(ev.offer_stream(terms.offer_id), ev.FILE_OFFER_RECEIVED, {
+            **terms.to_json(), "peer": ctx.peer, "session_id": ctx.session_id,
+        })])
+
+    async def receive_revoke(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
+        """The P2P handler of ``file_sharing/revoke`` (the sender revoked its offer)."""
+        offer_id = _offer_id(_object(plaintext, "revoke"), {"offer_id"})
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received" or row.peer != ctx.peer:
+            raise NodeRefused(404, "unknown-offer", "no such offer for this peer")
+        events = []
+        if row.state == "offered":
+            events.append(NewEvent(ev.offer_stream(offer_id), ev.FILE_OFFER_REVOKED,
+                                   {"offer_id": offer_id}))
+        return Outcome(_json({"offer_id": offer_id, "state": "revoked"}), events)
+
+    async def decline(self, offer_id: str) -> None:
+        """Decline an offer received; the sender is told if it can be reached."""
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        if row.state != "offered":
+            raise NodeRefused(409, f"offer-{row.state}", f"the offer is already {row.state}")
+        await self._log(offer_id, ev.FILE_OFFER_DECLINED, {"offer_id": offer_id})
+        self._discard_partial(offer_id)
+        with contextlib.suppress(OpenRedError):
+            await self._call(row.peer, DECLINE, _json({"offer_id": offer_id}))
+
+    # -- fetches in the background (what the admin API starts and the CLI watches) --
+
+    async def start_fetch(self, offer_id: str, *, out: Path | None = None) -> Progress:
+        """Start fetching in a task of this node (or find the one running); its progress.
+
+        Refusals known up front (unknown, revoked or expired offer, a bad ``out``) are raised
+        here; later ones end the task and are in the progress (``state`` ``failed``).
+        """
+        held = self._background.get(offer_id)
+        if held is not None and held[0].state == "running":
+            return held[0]
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        refuse_unless_usable(exists=True, for_peer=True, state=row.state,
+                             expires_at=row.expires_at, now=self.clock())
+        if out is not None and not Path(out).is_dir():
+            raise NodeRefused(422, "no-such-directory", f"{out} is not a directory")
+        state = Progress(offer_id, row.size)
+
+        def update(seen: Progress) -> None:
+            state.verified = seen.verified
+
+        async def run() -> None:
+            try:
+                path = await self.fetch(offer_id, out=out, progress=update)
+            except NodeRefused as exc:
+                state.state, state.reason, state.detail = "failed", exc.reason, exc.detail
+            except OpenRedError as exc:  # the node is stopping (its log closed): resume later
+                state.state, state.reason, state.detail = "failed", "node-stopping", str(exc)
+            except asyncio.CancelledError:
+                state.state, state.reason = "failed", "interrupted"
+                state.detail = "the fetch was stopped; fetch again to resume"
+                raise
+            except Exception as exc:  # whatever happens, the watcher learns that it stopped
+                logger.exception("fetching offer %s failed", offer_id)
+                state.state, state.reason = "failed", "internal-error"
+                state.detail = f"{type(exc).__name__}: the fetch stopped; fetch again to resume"
+            else:
+                state.state, state.path, state.verified = "completed", str(path), row.size
+
+        self._background[offer_id] = (state, asyncio.create_task(run()))
+        await asyncio.sleep(0)
+        return state
+
+    async def fetch_progress(self, offer_id: str) -> Progress:
+        """The progress of this node's fetch of ``offer_id`` (from the log if none ran here)."""
+        held = self._background.get(offer_id)
+        if held is not None:
+            return held[0]
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        transfer = await self.transfer(offer_id)
+        if transfer is None:
+            return Progress(offer_id, row.size, state="not-started")
+        return Progress(offer_id, row.size, transfer.verified_bytes,
+                        "failed" if transfer.state == "running" else transfer.state,
+                        transfer.path, transfer.reason or "interrupted", transfer.detail)
+
+    async def stop_fetch(self, offer_id: str) -> Progress:
+        """Stop this node's running fetch of ``offer_id`` (verified chunks are kept)."""
+        held = self._background.get(offer_id)
+        if held is None or held[1] is None or held[1].done():
+            return await self.fetch_progress(offer_id)
+        held[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held[1]
+        return held[0]
+
+    async def close(self) -> None:
+        """Stop every fetch running in the background (they resume on the next fetch)."""
+        for offer_id in list(self._background):
+            await self.stop_fetch(offer_id)
+
+    def _discard_partial(self, offer_id: str) -> None:
+        for path in (self._part(offer_id), self._marks(offer_id)):
+            path.unlink(missing_ok=True)
+
+    def _verified_marks(self, row: FileOfferRow) -> dict[int, bytes]:
+        """Chunks of the partial file whose bytes on disk still hash to their mark."""
+        marks_path, part = self._marks(row.offer_id), self._part(row.offer_id)
+        if not marks_path.exists() or not part.exists():
+            return {}
+        raw = marks_path.read_bytes()
+        count = chunk_count(row.size, row.chunk_size)
+        marks: dict[int, bytes] = {}
+        for i in range(0, len(raw) - len(raw) % _MARK.size, _MARK.size):
+            index, leaf = _MARK.unpack_from(raw, i)
+            if index < count:
+                marks[index] = leaf
+        verified: dict[int, bytes] = {}
+        with part.open("rb") as f:
+            for index in sorted(marks):
+                offset, length = chunk_range(index, row.size, row.chunk_size)
+                f.seek(offset)
+                if leaf_hash(f.read(length)) == marks[index]:
+                    verified[index] = marks[index]
+        return verified
+
+    async def fetch(self, offer_id: str, *, out: Path | None = None,
+                    progress: Callable[[Progress], None] | None = None,
+                    in_flight: int = IN_FLIGHT) -> Path:
+        """Fetch an offer received, resuming what earlier runs verified; the file's path."""
+        row = await self.offer(offer_id)
+        if row is None or row.direction != "received":
+            raise NodeRefused(404, "unknown-offer", "no offer received with this id")
+        done = await self.transfer(offer_id)
+        if done is not None and done.state == "completed" and done.path is not None:
+            return Path(done.path)
+        if row.state == "offered" and self.clock() >= row.expires_at:
+            await self._log(offer_id, ev.FILE_OFFER_EXPIRED, {"offer_id": offer_id})
+            row.state = "expired"
+        refuse_unless_usable(exists=True, for_peer=True, state=row.state,
+                             expires_at=row.expires_at, now=self.clock())
+        if offer_id in self._fetching:
+            raise NodeRefused(409, "fetch-running", "this offer is being fetched already")
+        name = check_name(row.name)
+        target_dir = Path(out).absolute() if out is not None else self.received_dir
+        if not target_dir.is_dir():
+            if out is not None:
+                raise NodeRefused(422, "no-such-directory", f"{target_dir} is not a directory")
+            target_dir.mkdir(parents=True, exist_ok=True)
+        self._fetching.add(offer_id)
+        try:
+            return await self._fetch(row, name, target_dir, progress, max(1, in_flight))
+        finally:
+            self._fetching.discard(offer_id)
+
+    async def _fetch(self, row: FileOfferRow, name: str, target_dir: Path,
+                     progress: Callable[[Progress], None] | None, in_flight: int) -> Path:
+        offer_id = row.offer_id
+        self._part(offer_id).parent.mkdir(parents=True, exist_ok=True)
+        verified = await asyncio.to_thread(self._verified_marks, row)
+        count = chunk_count(row.size, row.chunk_size)
+        state = Progress(offer_id, row.size, sum(
+            chunk_range(i, row.size, row.chunk_size)[1] for i in verified))
+        await self._log(offer_id, ev.FILE_TRANSFER_STARTED,
+                        {"offer_id": offer_id, "resumed_from": state.verified})
+        if progress:
+            progress(state)
+        try:
+            await self._fetch_chunks(row, verified, count, state, progress, in_flight)
+            path = await self._finish(row, name, target_dir)
+        except NodeRefused as exc:
+            await self._failed(row, exc.reason, exc.detail, state.verified)
+            raise
+        except (TransportError, OSError) as exc:
+            reason = "peer-unreachable" if isinstance(exc, OpenRedError) else "write-failed"
+            await self._failed(row, reason, str(exc), state.verified)
+            raise NodeRefused(502 if reason == "peer-unreachable" else 507, reason,
+                              f"{exc}; the partial file is kept: fetch again to resume") from exc
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._failed(row, "interrupted", "the fetch was stopped",
+                                                  state.verified))
+            raise
+        await self._log(offer_id, ev.FILE_TRANSFER_COMPLETED,
+                        {"offer_id": offer_id, "path": str(path), "size": row.size})
+        return path
+
+    async def _failed(self, row: FileOfferRow, reason: str, detail: str, verified: int) -> None:
+        await self._log(row.offer_id, ev.FILE_TRANSFER_FAILED, {
+            "offer_id": row.offer_id, "reason": reason, "detail": detail,
+            "verified_bytes": verified,
+        })
+
+    async def _fetch_chunks(
+        self, row: FileOfferRow, verified: dict[int, bytes], count: int, state: Progress,
+        progress: Callable[[Progress], None] | None, in_flight: int,
+    ) -> None:
+        missing = [i for i in range(count) if i not in verified]
+        if not missing:
+            return
+        root = from_b64url(row.root)
+        channel = await self._session_with(row.peer)
+        transport = await self.transport_for(row.peer)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in missing:
+            queue.put_nowait(index)
+        part_fd = os.open(self._part(row.offer_id), os.O_RDWR | os.O_CREAT, 0o600)
+        marks_fd = os.open(self._marks(row.offer_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                           0o600)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                offset, length = chunk_range(index, row.size, row.chunk_size)
+                request = _json({"offer_id": row.offer_id, "offset": offset, "length": length})
+                checked: tuple[bytes, memoryview] | None = None
+                for _attempt in range(CHUNK_ATTEMPTS):
+                    answer = await self._call(row.peer, CHUNK, request, channel, transport)
+                    checked = self._check_chunk(answer, index, count, length, root)
+                    if checked is not None:
+                        break
+                if checked is None:
+                    raise NodeRefused(502, "corrupt-chunk", f"chunk {index} failed its hash "
+                                      f"check {CHUNK_ATTEMPTS} times")
+                leaf, data = checked
+                await asyncio.to_thread(self._store_chunk, part_fd, marks_fd, data, offset,
+                                        index, leaf)
+                state.verified += length
+                if progress:
+                    progress(state)
+
+        try:
+            tasks = [asyncio.create_task(worker()) for _ in range(min(in_flight, len(missing)))]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            os.close(part_fd)
+            os.close(marks_fd)
+
+    @staticmethod
+    def _check_chunk(answer: bytes, index: int, count: int, length: int,
+                     root: bytes) -> tuple[bytes, memoryview] | None:
+        """The leaf hash and the bytes of a chunk answer that proves itself; else None."""
+        if len(answer) < 2:
+            return None
+        (n,) = struct.unpack_from(">H", answer)
+        start = 2 + 32 * n
+        if len(answer) != start + length:
+            return None
+        proof = [answer[2 + 32 * i:2 + 32 * (i + 1)] for i in range(n)]
+        data = memoryview(answer)[start:]
+        leaf = verify_chunk(index, count, data, proof, root)
+        return None if leaf is None else (leaf, data)
+
+    def _store_chunk(self, part_fd: int, marks_fd: int, data: memoryview, offset: int,
+                     index: int, leaf: bytes) -> None:
+        written = 0
+        try:
+            while written < len(data):
+                written += self.write(part_fd, bytes(data[written:]), offset + written)
+            os.write(marks_fd, _MARK.pack(index, leaf))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NodeRefused(507, "disk-full", "no space left for the partial file; "
+                                  "it is kept: free space and fetch again") from None
+            raise
+
+    async def _finish(self, row: FileOfferRow, name: str, target_dir: Path) -> Path:
+        part = self._part(row.offer_id)
+        if row.size == 0:
+            part.touch()
+        digest = await asyncio.to_thread(_digest_of, part)
+        if b64url(digest) != row.digest:
+            self._discard_partial(row.offer_id)
+            raise NodeRefused(502, "digest-mismatch", "the whole file does not match the "
+                              "offer's digest; the partial file was discarded")
+        return await asyncio.to_thread(self._place, part, name, target_dir, row.offer_id)
+
+    def _place(self, part: Path, name: str, target_dir: Path, offer_id: str) -> Path:
+        with part.open("rb+") as f:
+            os.fsync(f.fileno())
+        source = part
+        try:
+            probe = target_dir / f".openred-{offer_id}.probe"
+            os.link(part, probe)
+            probe.unlink()
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            source = target_dir / f".openred-{offer_id}.tmp"
+            shutil.copyfile(part, source)
+            with source.open("rb+") as f:
+                os.fsync(f.fileno())
+        stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+        for n in range(10_000):
+            candidate = target_dir / (name if n == 0 else f"{stem} ({n}){dot}{ext}")
+            try:
+                os.link(source, candidate)
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise NodeRefused(409, "name-taken", f"too many files named like {name}")
+        if source != part:
+            source.unlink()
+        self._discard_partial(offer_id)
+        return candidate
