@@ -87,7 +87,8 @@ async def remote_pair(a: Served, directory: Directory, directory_url: str,
     for attempt in range(3):  # another test may take the free port before B binds it
         remote = Remote(data, free_port(), free_port(), directory_url, directory.key, public)
         try:
-            remote.start()
+            # From a thread: B's health check asks the directory, which this loop serves.
+            await asyncio.to_thread(remote.start)
         except RuntimeError:
             if attempt == 2:
                 raise
