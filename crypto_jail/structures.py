@@ -33,11 +33,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 
-from crypto_jail.tokens import check_canonical_grant
+from crypto_jail.tokens import check_canonical_grant, check_canonical_object
 
 __all__ = [
     "MAX_CHECKPOINT_BODY",
@@ -196,48 +195,15 @@ def check_node_record_fields(obj: Mapping[str, object]) -> None:
         raise ValueError("node_id is not the id of sign_key")
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_float(text: str) -> object:
-    raise ValueError("node record numbers are integers")
-
-
 def check_canonical_node_record(data: bytes) -> dict[str, object]:
     """Parse a node record; ValueError unless these are exactly its RFC 8785 canonical bytes.
 
     Every string in a valid record is ASCII needing no escape and every number a safe integer,
-    so RFC 8785 equals ``json.dumps(sort_keys=True, separators=(",", ":"))`` here (as for the
-    grant in ``crypto_jail.tokens``): equality with that re-encoding proves canonical form.
+    so the grant's check (``crypto_jail.tokens.check_canonical_object``) applies as it is.
     """
-    if not isinstance(data, bytes):
-        raise ValueError("a canonical node record is bytes")
-    if len(data) > MAX_NODE_RECORD:
-        raise ValueError(f"node record longer than {MAX_NODE_RECORD} bytes")
-    try:
-        obj = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant, parse_float=_no_float,
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError("node record is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise ValueError("a node record is a JSON object")
-    check_node_record_fields(obj)
-    again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if again.encode("utf-8") != data:
-        raise ValueError("node record bytes are not in RFC 8785 canonical form")
-    return obj
+    return check_canonical_object(
+        data, what="node record", limit=MAX_NODE_RECORD, check_fields=check_node_record_fields,
+    )
 
 
 def is_node_record(data: bytes) -> bool:

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -175,37 +175,46 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def _reject_float(text: str) -> object:
-    raise ValueError("grant numbers are integers")
+def check_canonical_object(
+    data: bytes, *, what: str, limit: int, check_fields: Callable[[dict[str, object]], None],
+) -> dict[str, object]:
+    """Parse a flat signable object (``what``: "grant", "node record"); ValueError unless these
+    are its exact RFC 8785 canonical bytes.
 
-
-def check_canonical_grant(canonical: bytes) -> dict[str, object]:
-    """Parse a grant and return its fields; ValueError unless these are its exact RFC 8785 bytes.
-
-    For this flat object of ASCII strings and safe integers, RFC 8785 canonical JSON equals
+    For a flat object of ASCII strings and safe integers, RFC 8785 canonical JSON equals
     ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``: keys sorted by
     code unit (§3.2.3), no whitespace, shortest integer form (§3.2.2.3). Equality with that
     re-encoding therefore proves the input is canonical, so signatures and hashes over it are
-    unambiguous.
+    unambiguous. ``check_fields`` checks the exact field set and values before that.
     """
-    if not isinstance(canonical, bytes):
-        raise ValueError("a canonical grant is bytes")
-    if len(canonical) > MAX_CANONICAL_GRANT:
-        raise ValueError(f"grant longer than {MAX_CANONICAL_GRANT} bytes")
+    if not isinstance(data, bytes):
+        raise ValueError(f"a canonical {what} is bytes")
+    if len(data) > limit:
+        raise ValueError(f"{what} longer than {limit} bytes")
+
+    def reject_float(text: str) -> object:
+        raise ValueError(f"{what} numbers are integers")
+
     try:
-        text = canonical.decode("utf-8")
         obj = json.loads(
-            text,
+            data.decode("utf-8"),
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
-            parse_float=_reject_float,
+            parse_float=reject_float,
         )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError("grant is not JSON") from exc
+        raise ValueError(f"{what} is not JSON") from exc
     if not isinstance(obj, dict):
-        raise ValueError("a grant is a JSON object")
-    check_grant_fields(obj)
+        raise ValueError(f"a {what} is a JSON object")
+    check_fields(obj)
     again = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if again.encode("utf-8") != canonical:
-        raise ValueError("grant bytes are not in RFC 8785 canonical form")
+    if again.encode("utf-8") != data:
+        raise ValueError(f"{what} bytes are not in RFC 8785 canonical form")
     return obj
+
+
+def check_canonical_grant(canonical: bytes) -> dict[str, object]:
+    """Parse a grant and return its fields; ValueError unless these are its exact RFC 8785 bytes."""
+    return check_canonical_object(
+        canonical, what="grant", limit=MAX_CANONICAL_GRANT, check_fields=check_grant_fields,
+    )
