@@ -273,7 +273,8 @@ async def test_encrypted_calls_refuse_replays_tampering_and_malformed_envelopes(
 
     fresh = (await world.a.services.keeper.channel(channel.session_id, now())).seal_request(
         SEND, b"never sent as is")
-    tampered = dict(fresh.to_json(), ciphertext=b64url(b"\x00" + fresh.ciphertext[1:]))
+    flipped = bytes([fresh.ciphertext[0] ^ 1]) + fresh.ciphertext[1:]  # always differs
+    tampered = dict(fresh.to_json(), ciphertext=b64url(flipped))
     cases = [
         (good, 409, "replayed-message"),
         (tampered, 401, "message-rejected"),

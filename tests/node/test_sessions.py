@@ -116,7 +116,8 @@ async def test_requests_on_the_wire_are_checked_before_any_handler_runs(
     from openred.node.envelope import Route
 
     await refused(call(route=Route("messaging", "read")), 404, "unknown-route")
-    tampered = {**body, "ciphertext": b64url(b"\x00" + request.ciphertext[1:])}
+    flipped = bytes([request.ciphertext[0] ^ 1]) + request.ciphertext[1:]  # always differs
+    tampered = {**body, "ciphertext": b64url(flipped)}
     await refused(call(payload=tampered), 401, "message-rejected")
     await refused(call(now=NOW + 86400), 410, "session-expired")
     # The handler refuses the content (not a message) after authentication: 422.
