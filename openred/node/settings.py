@@ -10,6 +10,10 @@
 ``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address may cause per minute (30);
                                     past that it gets 429 and nothing is logged
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
+``OPENRED_PROJECTION_RETENTION``    seconds ended rows (expired/closed sessions, grant outcomes,
+                                    ended file offers) stay in the projections before the
+                                    lifecycle cleans them, at least 3600 (2592000: 30 days), or
+                                    ``never``
 ==================================  ==========================================================
 
 The shared variables (host, port, public URL, jail) are :class:`~openred.settings.
@@ -28,9 +32,11 @@ from openred.errors import ConfigurationError, InvalidKey
 from openred.modules import parse_enabled
 from openred.settings import ServiceSettings, _Values
 
-__all__ = ["DEFAULT_MAX_BODY", "NodeSettings"]
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_RETENTION", "NodeSettings"]
 
 DEFAULT_MAX_BODY = 384 * 1024
+DEFAULT_RETENTION = 30 * 86400
+MIN_RETENTION = 3600
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +52,8 @@ class NodeSettings(ServiceSettings):
     lifecycle_interval: float = 30.0
     epoch_interval: int = 3600
     handshake_refusals: int = 30
+    projection_retention: int | None = DEFAULT_RETENTION
+    """Seconds ended rows stay in the projections (None: never cleaned)."""
 
     DEFAULT_PORT = 8710
 
@@ -64,6 +72,10 @@ class NodeSettings(ServiceSettings):
         shared = cls._shared(data_dir, v)
         if v.optional("MAX_BODY_BYTES") is None:
             shared["max_body_bytes"] = DEFAULT_MAX_BODY
+        retention = v.seconds_or_never("PROJECTION_RETENTION", DEFAULT_RETENTION)
+        if retention is not None and retention < MIN_RETENTION:
+            raise ConfigurationError(
+                f"OPENRED_PROJECTION_RETENTION must be at least {MIN_RETENTION} (or never)")
         return cls(
             **shared,
             directory_url=v.text("DIRECTORY_URL", "").rstrip("/"),
@@ -73,4 +85,5 @@ class NodeSettings(ServiceSettings):
             lifecycle_interval=float(v.integer("LIFECYCLE_INTERVAL", 30, minimum=1)),
             epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
             handshake_refusals=v.integer("HANDSHAKE_REFUSALS", 30, minimum=1),
+            projection_retention=retention,
         )
