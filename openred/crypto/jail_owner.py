@@ -117,7 +117,7 @@ async def stop_orphan(pid: int, socket_path: Path, *, timeout: float = 5.0) -> N
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
         if process_start(pid) != start:
             break
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
             os.kill(pid, signal.SIGCONT)  # a stopped jail acts on SIGTERM only once it runs
         deadline = loop.time() + wait
