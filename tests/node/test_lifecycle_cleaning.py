@@ -173,8 +173,7 @@ async def test_the_sweep_removes_what_ended_before_the_retention_and_the_log_rep
     await files_b.fetch(fetched.offer_id, out=tmp_path)
     revoked = await files_a.share(str(b.id), tmp_path / "f", expires_in=3600)
     await files_a.revoke(revoked.offer_id)
-    old_grants = keys(db_a, "grant_outcomes")
-    assert grant.grant_id in old_grants and len(old_grants) == 2
+    assert grant.grant_id in keys(db_a, "grant_outcomes")
     # The expiry task logs the fetched offer's expiry on both sides, on time, once.
     clock.now = NOW + 400 + 3600
     assert await expire_offers(files_a, clock.now) == 1
@@ -183,18 +182,30 @@ async def test_the_sweep_removes_what_ended_before_the_retention_and_the_log_rep
     for service in (files_a, files_b):
         offer = await service.offer(fetched.offer_id)
         assert offer is not None and offer.state == "expired"
-    # Day 1: the session expires.
-    clock.now = NOW + DAY + 1
-    assert await a.keeper.expire(clock.now) == [old_session]
-    assert await b.keeper.expire(clock.now) == [old_session]
+    # At 80 % of its life the session is renewed (closed), and the new one expires on day 2.
+    clock.now = NOW + 70000
+    renewal, for_a, for_b = await directory.pair(a, b, issued_at=clock.now)
+    await a.tokens.receive(for_a, clock.now)
+    await b.tokens.receive(for_b, clock.now)
+    renewed = (await a.handshakes.connect(renewal.grant_id, transport_to(b, clock.now),
+                                          clock.now, renews=old_session)).session_id
+    clock.now += DAY + 1
+    assert await a.keeper.expire(clock.now) == [renewed]
+    assert await b.keeper.expire(clock.now) == [renewed]
+    old_sessions = {old_session, renewed}
+    for db in (db_a, db_b):
+        states = {r[0]: r[5] for r in dump(db)["sessions"]}
+        assert states == {old_session: "closed", renewed: "expired"}
+    old_grants = keys(db_a, "grant_outcomes")
+    assert len(old_grants) == 3  # two consumed by handshakes, one expired unused
 
     # Day 40: a new session that stays active, one that expires a day later, a recent offer.
     clock.now = NOW + 40 * DAY
-    recent_closed = await connect(directory, a, b, clock.now)
+    recent_ended = await connect(directory, a, b, clock.now)
     recent_offer = await files_a.share(str(b.id), tmp_path / "f", expires_in=3600)
     await files_a.revoke(recent_offer.offer_id)
     clock.now = NOW + 41 * DAY + 1
-    assert await a.keeper.expire(clock.now) == [recent_closed]
+    assert await a.keeper.expire(clock.now) == [recent_ended]
     active = await connect(directory, a, b, clock.now)
     standing = await files_a.share(str(b.id), tmp_path / "f", expires_in=3600)
     recent_grants = keys(db_a, "grant_outcomes") - old_grants
@@ -205,11 +216,11 @@ async def test_the_sweep_removes_what_ended_before_the_retention_and_the_log_rep
     before = {"a": dump(db_a), "b": dump(db_b)}
     assert await housekeeper(a, clock, retention=None).clean() == 0
     assert dump(db_a) == before["a"]
-    # a: the old session, both old grant outcomes, the fetched and the revoked offer
-    assert await housekeeper(a, clock).clean() == 1 + 2 + 2
+    # a: the closed and the expired session, three grant outcomes, the fetched and revoked offer
+    assert await housekeeper(a, clock).clean() == 2 + 3 + 2
     assert await housekeeper(b, clock).clean() > 0
     for db in (db_a, db_b):
-        assert keys(db, "sessions") == {recent_closed, active}
+        assert keys(db, "sessions") == {recent_ended, active}
         assert keys(db, "file_offers") == {recent_offer.offer_id, standing.offer_id}
         assert keys(db, "tokens") == set()
     assert keys(db_a, "grant_outcomes") == recent_grants
@@ -226,7 +237,8 @@ async def test_the_sweep_removes_what_ended_before_the_retention_and_the_log_rep
                if e.type == ev.PROJECTIONS_CLEANED]
     assert len(cleaned) == 1
     assert cleaned[0]["before"] == clock.now - RETENTION
-    assert cleaned[0]["rows"]["sessions"] == [old_session]
+    assert set(cleaned[0]["rows"]["sessions"]) == old_sessions
+    assert set(cleaned[0]["rows"]["grant_outcomes"]) == old_grants
     size = a.store.head.size
     assert await housekeeper(a, clock).clean() == 0
     assert a.store.head.size == size
