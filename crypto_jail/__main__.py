@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crypto_jail.errors import JailFailure, KeystoreError
-from crypto_jail.hardening import harden, harden_early, seccomp_available
+from crypto_jail.hardening import exit_with_parent, harden, harden_early, seccomp_available
 from crypto_jail.keystore import (
     DEFAULT_KDF_LEVEL,
     KDF_LEVELS,
@@ -183,6 +183,8 @@ def _stop_when_stdin_closes() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Harden early, open the keystore, bind the socket, harden fully, print READY, serve."""
     harden_early()  # no core dumps, no same-uid tracing: before any secret is read
+    if args.exit_on_stdin_eof:
+        exit_with_parent()  # SIGTERM when the supervisor dies, whoever holds stdin open
     try:
         policy = TimePolicy(http_window=args.http_window, grant_skew=args.grant_skew,
                             grant_max_lifetime=args.grant_max_lifetime)

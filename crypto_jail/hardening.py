@@ -53,6 +53,7 @@ import operator
 import os
 import platform
 import resource
+import signal
 import struct
 import sys
 from collections.abc import Sequence
@@ -300,6 +301,19 @@ def confine_writes(writable: Sequence[Path]) -> int | None:
     finally:
         os.close(ruleset)
     return abi
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent() -> None:
+    """Get SIGTERM when the process (thread) that started this one ends, even by SIGKILL.
+
+    For a supervised jail (``--exit-on-stdin-eof``), beside the stdin watcher: stdin reaches
+    EOF only when every copy of the pipe's write end is closed, which a process forked from
+    the supervisor could keep open. Set before seccomp, which allows no such ``prctl``.
+    """
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def harden_early() -> None:

@@ -263,7 +263,7 @@ def node() -> None:
 @click.option("--directory-key", required=True,
               help="The directory's public key (`openred directory key`), pinned.")
 @click.option("--api-url", required=True, help="The URL peers reach this node at.")
-@click.option("--modules", default="messaging", show_default=True,
+@click.option("--modules", default="messaging,file_sharing", show_default=True,
               help="Enabled modules, comma-separated.")
 @click.option("--admin-port", type=int, default=None,
               help="Port of the local admin API (default: the node's port + 100).")

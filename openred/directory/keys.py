@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from openred.crypto.client import JailClient, JailSupervisor
+from openred.crypto.jail_owner import orphaned_jail, record_owner, stop_orphan
 from openred.errors import ConfigurationError, JailError
 from openred.settings import ServiceSettings
 
@@ -91,6 +92,7 @@ async def start_jail(settings: ServiceSettings) -> tuple[JailSupervisor, JailCli
                                 passphrase=read_passphrase(settings),
                                 no_seccomp=settings.jail_no_seccomp)
     await supervisor.start()
+    record_owner(socket, supervisor.pid)  # so a successor can tell our orphan (jail_owner)
     # One jail connection per request a loaded directory serves at once (the jail answers
     # each connection on its own thread): with the default 4, concurrent grants queued for
     # a slot behind each other's grant, push and entry signatures.
@@ -100,8 +102,15 @@ async def start_jail(settings: ServiceSettings) -> tuple[JailSupervisor, JailCli
 async def connect_jail(
     settings: ServiceSettings,
 ) -> tuple[JailSupervisor | None, JailClient]:
-    """A client of the jail a running service already supervises, or a new jail of our own."""
+    """A client of the jail a running service already supervises, or a new jail of our own.
+
+    A jail left by a supervisor that died (see :mod:`openred.crypto.jail_owner`) is stopped
+    first: this service then starts and supervises its own.
+    """
     socket = settings.socket_path
+    orphan = orphaned_jail(socket)
+    if orphan is not None:
+        await stop_orphan(orphan, socket)
     if socket.exists():
         client = JailClient(socket, timeout=5.0)
         try:

@@ -25,6 +25,7 @@ SESSION_STATE_SAVED = "SessionStateSaved"
 MESSAGE_SENT = "MessageSent"
 MESSAGE_RECEIVED = "MessageReceived"
 MESSAGE_DELIVERED = "MessageDelivered"
+PROJECTIONS_CLEANED = "ProjectionsCleaned"  # see openred.node.cleaning
 
 NODE_EVENT_TYPES = (
     NODE_REGISTERED,
@@ -42,6 +43,7 @@ NODE_EVENT_TYPES = (
     MESSAGE_SENT,
     MESSAGE_RECEIVED,
     MESSAGE_DELIVERED,
+    PROJECTIONS_CLEANED,
 )
 
 

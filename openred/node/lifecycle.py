@@ -1,4 +1,4 @@
-"""A served node's duties towards the directory (DESIGN §10): its record, registration, heartbeat.
+"""A served node's lifecycle duties (DESIGN §10): its record, registration, heartbeat, housekeeping.
 
 The node's signed record is kept in ``DATA_DIR/node-record.json``. When the node starts,
 :meth:`Registrar.current_record` compares what the record says (URL, keys, modules) with what
@@ -8,6 +8,12 @@ directory is unreachable, logging each failure clearly, while the node keeps ser
 then heartbeats at the interval the directory asks for, registering again when the directory
 answers a heartbeat with 404 (it forgot the node or expired it). A registration whose record
 version is new is logged as ``NodeRegistered``.
+
+:class:`Housekeeper` runs beside it: every lifecycle interval the periodic tasks modules add to
+:class:`LifecycleTasks` (``app.extensions[LIFECYCLE_TASKS]``; file_sharing's offer expiry is
+one), and about once an hour the projection sweep (:mod:`openred.node.cleaning`): rows that
+ended longer than ``OPENRED_PROJECTION_RETENTION`` ago are removed by one logged
+``ProjectionsCleaned`` event, so the projections stay exactly what replaying the log gives.
 
 The other lifecycle work (renewal at 80 % of a session's life, send-key rotation, token and
 session expiry) is :meth:`~openred.node.services.NodeServices.lifecycle`, run by the app.
@@ -19,17 +25,26 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from sqlmodel import col, select
 
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.errors import OpenRedError, PeerUnreachable
 from openred.node import events as ev
+from openred.node.cleaning import CLEANABLE, cleaned_events
+from openred.node.readmodels import GrantOutcomeRow, SessionRow
 from openred.node.services import NodeServices
 from openred.store.events import NewEvent
+from openred.store.sqlite import utc_timestamp
 
-__all__ = ["RECORD_FILE", "Registrar"]
+__all__ = [
+    "CLEAN_EVERY", "LIFECYCLE_TASKS", "RECORD_FILE", "Housekeeper", "LifecycleTasks", "Registrar",
+]
 
 logger = logging.getLogger("openred.node.lifecycle")
 
@@ -187,6 +202,113 @@ class Registrar:
                 continue
             await asyncio.sleep(self.retry_interval if beat is False
                                 else self.heartbeat_interval / 2)
+
+
+LIFECYCLE_TASKS = "openred.lifecycle_tasks"
+"""Key of the served node's :class:`LifecycleTasks` in ``app.extensions`` (absent when the app
+is not run by ``openred node serve``: then nothing runs the tasks)."""
+
+CLEAN_EVERY = 3600.0
+"""Seconds between projection sweeps (the first one comes one lifecycle interval after start)."""
+
+LifecycleTask = Callable[[int], Awaitable[int]]
+"""A periodic task: called with the node's clock (Unix seconds); how many things it did."""
+
+
+class LifecycleTasks:
+    """Periodic tasks modules add (``add(name, task)`` from their ``register_routes``)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, LifecycleTask] = {}
+
+    def add(self, name: str, task: LifecycleTask) -> None:
+        if name in self._tasks:
+            raise ValueError(f"lifecycle task {name!r} is added twice")
+        self._tasks[name] = task
+
+    def __iter__(self) -> Iterator[tuple[str, LifecycleTask]]:
+        return iter(list(self._tasks.items()))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tasks)
+
+
+class Housekeeper:
+    """The served node's periodic housekeeping: module tasks and the projection sweep."""
+
+    def __init__(self, services: NodeServices, tasks: LifecycleTasks | None = None, *,
+                 clean_every: float = CLEAN_EVERY) -> None:
+        self.services = services
+        self.tasks = tasks or LifecycleTasks()
+        self.clean_every = clean_every
+        self._last_clean: float | None = None
+
+    async def due_rows(self, before: int) -> dict[str, list[str]]:
+        """Keys of the rows that ended before ``before`` (Unix seconds), per cleanable table."""
+        from openred.modules.file_sharing.readmodels import FileOfferRow, FileTransferRow
+
+        before_iso = utc_timestamp(datetime.fromtimestamp(before, UTC))
+        due: dict[str, list[str]] = {table: [] for table in CLEANABLE}
+        async with self.services.reads.session() as s:
+            due["sessions"] = list((await s.exec(
+                select(SessionRow.session_id)
+                .where(col(SessionRow.state).in_(("expired", "closed")))
+                .where(SessionRow.expires_at < before))).all())
+            due["grant_outcomes"] = list((await s.exec(
+                select(GrantOutcomeRow.grant_id)
+                .where(GrantOutcomeRow.recorded_at < before_iso))).all())
+            offers = list((await s.exec(
+                select(FileOfferRow.offer_id)
+                .where(col(FileOfferRow.state).in_(("revoked", "declined", "expired")))
+                .where(FileOfferRow.expires_at < before))).all())
+            due["file_offers"] = offers
+            if offers:
+                due["file_transfers"] = list((await s.exec(
+                    select(FileTransferRow.offer_id)
+                    .where(col(FileTransferRow.offer_id).in_(offers)))).all())
+        return due
+
+    async def clean(self, now: int | None = None) -> int:
+        """One projection sweep: log ``ProjectionsCleaned`` for what is due; rows removed."""
+        svc = self.services
+        retention = svc.settings.projection_retention
+        if retention is None:
+            return 0
+        now = svc.now() if now is None else now
+        before = now - retention
+        due = await self.due_rows(before)
+        count = sum(len(keys) for keys in due.values())
+        if count:
+            await svc.store.append(cleaned_events(
+                ev.node_stream(str(svc.keys.node_id)), due, before=before, retention=retention))
+            logger.info("cleaned %d projection rows that ended before %s", count,
+                        datetime.fromtimestamp(before, UTC).isoformat())
+        return count
+
+    async def run_once(self, now: int | None = None) -> dict[str, int]:
+        """Every module task, and the sweep when one is due; what each did (failures logged)."""
+        now = self.services.now() if now is None else now
+        done: dict[str, int] = {}
+        for name, task in self.tasks:
+            try:
+                done[name] = await task(now)
+            except Exception:  # one failing task never stops the others or the next run
+                logger.exception("lifecycle task %s failed", name)
+        loop = asyncio.get_running_loop()
+        if self._last_clean is None or loop.time() - self._last_clean >= self.clean_every:
+            try:
+                done["clean"] = await self.clean(now)
+                self._last_clean = loop.time()
+            except Exception:
+                logger.exception("cleaning the projections failed")
+        return done
+
+    async def run(self) -> None:
+        """Run the housekeeping every lifecycle interval until cancelled."""
+        while True:
+            await asyncio.sleep(self.services.settings.lifecycle_interval)
+            await self.run_once()
 
 
 def _detail(body: bytes) -> str:

@@ -165,5 +165,6 @@ def core_projections() -> list[Projection]:
 def node_projections() -> ProjectionRegistry:
     """Every projection a node keeps: its own and the built-in modules' (see module doc)."""
     from openred.modules.builtin import builtin_projections
+    from openred.node.cleaning import with_cleaning
 
-    return ProjectionRegistry([*core_projections(), *builtin_projections()])
+    return ProjectionRegistry(with_cleaning([*core_projections(), *builtin_projections()]))

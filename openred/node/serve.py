@@ -2,10 +2,12 @@
 
 :func:`serve_node` starts the P2P app under Hypercorn (which connects to the node's jail, or
 starts it for a development keystore, and opens the node's services), then — once the services
-are open — the local admin API on 127.0.0.1 and the :class:`~openred.node.lifecycle.Registrar`
-(registration, heartbeats). The admin URL is written to ``DATA_DIR/admin-url`` for the CLI and
-removed on exit. SIGTERM or SIGINT stops the registrar first, then both servers (requests in
-flight finish), then the app closes its services, store and jail.
+are open — the local admin API on 127.0.0.1, the :class:`~openred.node.lifecycle.Registrar`
+(registration, heartbeats) and the :class:`~openred.node.lifecycle.Housekeeper` (the tasks
+modules add, such as file_sharing's offer expiry, and the projection sweep). The admin URL is
+written to ``DATA_DIR/admin-url`` for the CLI and removed on exit. SIGTERM or SIGINT stops the
+registrar and the housekeeper first, then both servers (requests in flight finish), then the app
+closes its services, store and jail.
 
 ``OPENRED_ADMIN_PORT`` sets the admin port (default: the node's port + 100).
 """
@@ -26,7 +28,7 @@ from openred.modules import install_admin_hooks
 from openred.node.admin import REGISTRAR, create_admin_app
 from openred.node.admin_keys import ensure_admin_key
 from openred.node.app import create_app
-from openred.node.lifecycle import Registrar
+from openred.node.lifecycle import LIFECYCLE_TASKS, Housekeeper, LifecycleTasks, Registrar
 from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
@@ -83,6 +85,8 @@ async def serve_node(
             installed.append(sig)
     shutdown = asyncio.Event()
     app = create_app(settings)
+    tasks_registry = LifecycleTasks()
+    app.extensions[LIFECYCLE_TASKS] = tasks_registry  # modules add their tasks when they load
     node_task = asyncio.create_task(serve_app(
         app, hypercorn_config(settings.host, settings.port), shutdown=shutdown,
         install_signals=False))
@@ -107,15 +111,17 @@ async def serve_node(
         registrar = Registrar(services, retry_interval=retry_interval)
         app.extensions[REGISTRAR] = registrar
         registering = asyncio.create_task(registrar.run())
+        housekeeping = asyncio.create_task(Housekeeper(services, tasks_registry).run())
         url_file.write_text(f"http://{ADMIN_HOST}:{port}\n", encoding="utf-8")
         logger.info("node %s serving on %s, admin API on http://%s:%d", services.keys.node_id,
                     settings.base_url, ADMIN_HOST, port)
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        registering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await registering
+        for duty in (registering, housekeeping):
+            duty.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await duty
         for task in done:
             if task is not stopped:
                 task.result()  # a server that failed: raise its error after cleanup

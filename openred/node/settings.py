@@ -3,13 +3,17 @@
 ==================================  ==========================================================
 ``OPENRED_DIRECTORY_URL``           the directory's base URL (where checkpoints are fetched)
 ``OPENRED_DIRECTORY_KEY``           the pinned directory key (base64url Ed25519, 32 bytes)
-``OPENRED_MODULES``                 enabled modules, comma-separated (``messaging``)
+``OPENRED_MODULES``                 enabled modules, comma-separated (``messaging,file_sharing``)
 ``OPENRED_SESSION_LIFETIME``        seconds a session lives (86400); renewal is due at 80 %
 ``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (renewal, expiry) (30)
 ``OPENRED_EPOCH_INTERVAL``          seconds a session's send key lives before it rotates (3600)
 ``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address may cause per minute (30);
                                     past that it gets 429 and nothing is logged
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
+``OPENRED_PROJECTION_RETENTION``    seconds ended rows (expired/closed sessions, grant outcomes,
+                                    ended file offers) stay in the projections before the
+                                    lifecycle cleans them, at least 3600 (2592000: 30 days), or
+                                    ``never``
 ==================================  ==========================================================
 
 The shared variables (host, port, public URL, jail) are :class:`~openred.settings.
@@ -28,9 +32,14 @@ from openred.errors import ConfigurationError, InvalidKey
 from openred.modules import parse_enabled
 from openred.settings import ServiceSettings, _Values
 
-__all__ = ["DEFAULT_MAX_BODY", "NodeSettings"]
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MODULES", "DEFAULT_RETENTION", "NodeSettings"]
 
 DEFAULT_MAX_BODY = 384 * 1024
+DEFAULT_MODULES = "messaging,file_sharing"
+"""Modules a node enables unless told otherwise (each acts only on an operator's command or an
+established peer's request)."""
+DEFAULT_RETENTION = 30 * 86400
+MIN_RETENTION = 3600
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,11 +50,13 @@ class NodeSettings(ServiceSettings):
     max_body_bytes: int = DEFAULT_MAX_BODY
     directory_url: str = ""
     directory_key: str = ""
-    modules: tuple[str, ...] = field(default=("messaging",))
+    modules: tuple[str, ...] = field(default=tuple(parse_enabled(DEFAULT_MODULES)))
     session_lifetime: int = 86400
     lifecycle_interval: float = 30.0
     epoch_interval: int = 3600
     handshake_refusals: int = 30
+    projection_retention: int | None = DEFAULT_RETENTION
+    """Seconds ended rows stay in the projections (None: never cleaned)."""
 
     DEFAULT_PORT = 8710
 
@@ -64,13 +75,18 @@ class NodeSettings(ServiceSettings):
         shared = cls._shared(data_dir, v)
         if v.optional("MAX_BODY_BYTES") is None:
             shared["max_body_bytes"] = DEFAULT_MAX_BODY
+        retention = v.seconds_or_never("PROJECTION_RETENTION", DEFAULT_RETENTION)
+        if retention is not None and retention < MIN_RETENTION:
+            raise ConfigurationError(
+                f"OPENRED_PROJECTION_RETENTION must be at least {MIN_RETENTION} (or never)")
         return cls(
             **shared,
             directory_url=v.text("DIRECTORY_URL", "").rstrip("/"),
             directory_key=v.text("DIRECTORY_KEY", ""),
-            modules=tuple(parse_enabled(v.text("MODULES", "messaging"))),
+            modules=tuple(parse_enabled(v.text("MODULES", DEFAULT_MODULES))),
             session_lifetime=v.integer("SESSION_LIFETIME", 86400, minimum=60),
             lifecycle_interval=float(v.integer("LIFECYCLE_INTERVAL", 30, minimum=1)),
             epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
             handshake_refusals=v.integer("HANDSHAKE_REFUSALS", 30, minimum=1),
+            projection_retention=retention,
         )

@@ -169,7 +169,7 @@ async def test_health_names_the_node_and_its_modules(world: World) -> None:
         body = await resp.json()
     assert resp.status == 200
     assert body["node_id"] == world.b.id and body["status"] == "ok"
-    assert body["modules"] == {"loaded": ["messaging"], "failed": []}
+    assert body["modules"] == {"loaded": ["file_sharing", "messaging"], "failed": []}  # defaults
 
 
 async def test_token_delivery_needs_the_directory_signature(world: World) -> None:

@@ -64,6 +64,10 @@ class FileSharingModule:
         actions.add(CHUNK.module, CHUNK.action, service.serve_chunk)
         actions.add(REVOKE.module, REVOKE.action, service.receive_revoke)
         actions.add(DECLINE.module, DECLINE.action, service.receive_decline)
+        # Expire offers on time, not only when noticed (a served node's lifecycle runs it).
+        from openred.modules.file_sharing.expiry import register_expiry
+
+        register_expiry(app, service)
 
     def register_admin_routes(self, admin_app: Any) -> None:
         """``/admin/v1/file_sharing/...``: share, list, fetch (with progress), unshare, decline."""
