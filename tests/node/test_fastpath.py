@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import aiohttp
+from quart.json.provider import DefaultJSONProvider
 
 from openred.crypto.identity import b64url
 from openred.modules.messaging.service import SEND
@@ -76,12 +77,23 @@ async def test_answers_are_the_same_bytes_as_quarts(world: World) -> None:
         return answer
 
     world.b.services.handle = fixed  # type: ignore[method-assign]
+    # The node app's provider answers as the default one: the fast path builds its bytes.
+    provider = world.b.app.json
+    assert type(provider).response is DefaultJSONProvider.response and provider.compact is None
     sent = b'{"session_id": "x", "counter": 1, "ciphertext": "\\u00e9"}'
     fast_answer, slow_answer = await both(world, f"{world.b.url}/api/v3/p2p/messaging/send",
                                           sent)
     assert fast_answer == slow_answer
     assert fast_answer[0] == 200 and json.loads(fast_answer[2]) == answer.to_json()
     assert calls[0] == calls[1] == (SEND, json.loads(sent))
+    # Another provider mode (pretty-printed): the fast path asks the provider itself.
+    provider.compact = False
+    try:
+        fast_answer, slow_answer = await both(
+            world, f"{world.b.url}/api/v3/p2p/messaging/send", sent)
+    finally:
+        provider.compact = None
+    assert fast_answer == slow_answer and b'\n  "ciphertext"' in fast_answer[2]
 
 
 async def test_real_messages_and_every_refusal_match_quart(world: World) -> None:
