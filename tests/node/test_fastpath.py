@@ -129,9 +129,11 @@ async def test_real_messages_and_every_refusal_match_quart(world: World) -> None
     fresh = await sealed(world, sid, message("never"))
     flipped = bytes([fresh.ciphertext[0] ^ 1]) + fresh.ciphertext[1:]
     other_route = await sealed(world, sid, message("moved"), Route("messaging", "other"))
+    other_session = (await world.a.services.connect(await granted(world))).session_id
     cases: list[tuple[str, bytes, int]] = [
         (url, body_of(fresh, ciphertext=b64url(flipped)), 401),
         (url, body_of(fresh, session_id=b64url(bytes(16))), 404),
+        (url, body_of(fresh, session_id=other_session), 401),  # another live session
         (url, body_of(other_route), 401),  # sealed for messaging/other, posted to send
         (f"{world.b.url}/api/v3/p2p/messaging/other", body_of(fresh), 404),
         (url, body_of(fresh, counter="7"), 400),
