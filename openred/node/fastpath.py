@@ -20,9 +20,11 @@ Anything else goes to Quart unchanged: another method or path, a query string, a
 not ``application/json`` with one valid ``Content-Length`` within ``MAX_CONTENT_LENGTH``
 (chunked bodies, ``Expect: 100-continue``, oversized bodies — Quart answers those 413), a root
 path, services not open yet, no error handler for ``Exception`` on the app (the problem
-handler of :func:`openred.web.problems.install`), and — checked on every request — any request
-hook, ``url_value_preprocessor``, teardown function or request signal receiver installed on
-the app (e.g. by the monitoring module's middleware), so middleware always sees every request.
+handler of :func:`openred.web.problems.install`), and — checked on every request — a
+``SERVER_NAME`` or ``TRUSTED_HOSTS`` setting (Quart matches or refuses by ``Host``), any
+request hook, ``url_value_preprocessor``, teardown function or request signal receiver
+installed on the app (e.g. by the monitoring module's middleware), so middleware always sees
+every request.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ _SIGNALS: Final = (request_started, request_finished, request_tearing_down,
 
 def _hooked(app: Quart) -> bool:
     """Whether anything on the app wants to see requests (then Quart serves them all)."""
+    if app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS"):
+        return True  # Quart matches or refuses by Host
     for registry in (app.before_request_funcs, app.after_request_funcs,
                      app.teardown_request_funcs, app.url_value_preprocessors):
         if any(registry.values()):

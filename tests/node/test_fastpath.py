@@ -185,6 +185,13 @@ async def test_requests_it_must_not_take_reach_quart(world: World) -> None:
                                 headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 404  # unknown session, answered by Quart
     assert path.served == served
+    # Host-based matching or refusal is left to Quart (served by it, not by the fast path).
+    world.b.app.config["TRUSTED_HOSTS"] = ["example.org"]
+    try:
+        status, _, _ = await post(url, raw)
+    finally:
+        world.b.app.config["TRUSTED_HOSTS"] = None
+    assert status == 404 and path.served == served
     # Middleware on the app sees every request: with a hook installed, Quart serves them.
     seen: list[str] = []
 
