@@ -16,6 +16,9 @@ Baseline (issue 8): a plain JSON POST of the same payload to the same Hypercorn 
 * ``node_message_1kib``: messages of 1 KiB of text on one session, and spread over 10
   sessions, 16 in flight: each is logged and wrapped by A, sealed, opened by B, wrapped and
   logged by B, the receipt sealed, opened and logged by A. Target ≥ 0.5 × the baseline's rate.
+  Each also reports the CPU ms per message of A (this process, with its HTTP client), of B
+  and of both jails (``<name>_cpu_a|_cpu_b|_cpu_jails``, from /proc), beside the baseline's
+  client and server CPU per request: on a shared machine those say more than the rates.
 * ``node_idle_rss``: resident memory of B's node process plus its jail after start and
   registration (MiB); baseline: a bare Quart app under the same Hypercorn configuration.
 
@@ -62,6 +65,24 @@ def serve_baseline(port: int) -> None:
     asyncio.run(serve(app, config))  # type: ignore[arg-type]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU ms per operation of named processes over one measured run (robust on a busy host)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()}
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def per_op(self, n: int) -> dict[str, float]:
+        return {name: 1000 * (cpu_seconds(pid) - self.start[name]) / n
+                for name, pid in self.pids.items()}
+
+
 def rss_mib(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -104,6 +125,7 @@ class Bench:
                          "OPENRED_RATE_PER_TARGET": "100000",
                          "OPENRED_RATE_PER_CLIENT": "1000000"})
         self.ports = {name: free_port() for name in ("directory", "a", "b", "baseline")}
+        self.baseline_cpu: dict[str, float] = {}
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(
@@ -181,7 +203,23 @@ class Bench:
             assert reply.status == 200
 
         await timed(min(n, 50), concurrency, post)  # warm the pool
-        return await timed(n, concurrency, post)
+        meter = CpuMeter({"client": os.getpid(), "server": self.procs.started["baseline"].pid})
+        result = await timed(n, concurrency, post)
+        self.baseline_cpu = meter.per_op(n)
+        return result
+
+    def node_pids(self) -> dict[str, int]:
+        """This process (node A, the load client), A's jail, B and B's jail."""
+        from openred.demo import children
+
+        started = {p.pid for p in self.procs.started.values()}
+        b = self.procs.started["b"].pid
+        pids = {"a": os.getpid(), "b": b}
+        for name, found in (("a_jail", [p for p in children(os.getpid()) if p not in started]),
+                            ("b_jail", children(b))):
+            if found:
+                pids[name] = found[0]
+        return pids
 
     async def measure(self, a: Any, quick: bool) -> None:
         from openred.crypto.identity import b64url
@@ -216,12 +254,22 @@ class Bench:
                 await a.send_message(chosen[i % len(chosen)], TEXT)
 
             await timed(20, CONCURRENCY, send)  # warm-up
+            meter = CpuMeter(self.node_pids())
             rate, lat = await timed(m, CONCURRENCY, send)
+            cpu = meter.per_op(m)
             report(label, rate, "msg/s", "http_json_post", base_rate, "req/s")
             p50, p99 = percentiles(lat)
             b50, b99 = percentiles(base_lat)
             report(f"{label}_p50", p50, "ms", "http_json_post_p50", b50)
             report(f"{label}_p99", p99, "ms", "http_json_post_p99", b99)
+            # CPU per message of each process (the issue judges the rate; CPU says why).
+            base = self.baseline_cpu
+            report(f"{label}_cpu_a", cpu.get("a", 0.0), "ms/msg", "http_json_post_cpu_client",
+                   base["client"], "ms/req")
+            report(f"{label}_cpu_b", cpu.get("b", 0.0), "ms/msg", "http_json_post_cpu_server",
+                   base["server"], "ms/req")
+            report(f"{label}_cpu_jails", cpu.get("a_jail", 0.0) + cpu.get("b_jail", 0.0),
+                   "ms/msg", "http_json_post_cpu_server", base["server"], "ms/req")
 
     def idle_rss(self) -> None:
         node = self.procs.started["b"].pid

@@ -21,6 +21,7 @@ from openred.directory.keys import connect_jail
 from openred.directory.ratelimit import RateLimiter
 from openred.errors import OpenRedError
 from openred.modules import install_app_hooks
+from openred.node.fastpath import install_fast_p2p
 from openred.node.routes import EXTENSION, HANDSHAKE_LIMITER, VERIFIER, blueprint
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
@@ -54,6 +55,7 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
     })
     install(app)
     app.register_blueprint(blueprint)
+    install_fast_p2p(app, EXTENSION)
     state: dict[str, object] = {}
 
     @app.before_serving
