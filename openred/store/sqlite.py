@@ -83,7 +83,7 @@ from openred.store.projection_sql import (
     project_events,
 )
 from openred.store.projections import ProjectionRegistry
-from openred.store.signer import InProcessSigner, Signer
+from openred.store.signer import Signer, SignInThreadUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -241,15 +241,22 @@ def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes]) -> tuple[
 def _signs_in_thread(
     signer: Signer,
 ) -> Callable[[Sequence[EntryHash]], Sequence[bytes]] | None:
-    """The synchronous signing call of an unmodified :class:`InProcessSigner`, else None.
+    """The signer's synchronous signing call, if its class offers one, else None.
 
-    Such a signer is CPU work in this process: the store thread can do it between chaining and
-    committing, saving two thread hand-offs per append. A subclass that overrides the async
-    call (a test's flaky signer) keeps its override.
+    A signer whose class defines ``sign_entry_hashes_sync`` next to its async
+    ``sign_entry_hashes`` (:class:`InProcessSigner`, the jail's ``JailSigner``) can sign in the
+    store's write thread between chaining and committing: one hand-off to the thread per group
+    instead of two, and no trip through the event loop. A subclass that overrides the async
+    call only (a test's flaky signer) keeps its override: it is used instead.
     """
-    if (isinstance(signer, InProcessSigner)
-            and type(signer).sign_entry_hashes is InProcessSigner.sign_entry_hashes):
-        return signer.sign_entry_hashes_sync
+    for cls in type(signer).__mro__:
+        if "sign_entry_hashes" in vars(cls):
+            if "sign_entry_hashes_sync" not in vars(cls):
+                return None
+            sync: Callable[[Sequence[EntryHash]], Sequence[bytes]] = (
+                signer.sign_entry_hashes_sync  # type: ignore[attr-defined]
+            )
+            return sync
     return None
 
 
@@ -828,13 +835,17 @@ class SQLiteEventStore:
         frontier = self._frontier
         recorded_at = utc_timestamp(self._clock())
         sign_here = _signs_in_thread(self._signer) if sign is None else None
+        stored: list[StoredEvent] | None = None
         if sign_here is not None:
-            # A signer in this process: chain, sign and commit in one hand-off to the thread.
+            # A signer that can sign in the write thread: chain, sign and commit in one
+            # hand-off. If it cannot sign there right now (the jail unreachable from the
+            # thread), the chained group comes back unsigned and is signed the async way.
             prepared, stored = await self._run(
                 self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here
             )
         else:
             prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
+        if stored is None:
             if not prepared.entries:
                 return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
             if sign is None:
@@ -850,11 +861,17 @@ class SQLiteEventStore:
     def _prepare_sign_commit_sync(
         self, group: list[_Request], frontier: _Frontier, recorded_at: str,
         sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
-    ) -> tuple[_Prepared, list[StoredEvent]]:
+    ) -> tuple[_Prepared, list[StoredEvent] | None]:
+        """Chain, sign and commit in the write thread; rows None: sign it the async way."""
         prepared = self._prepare_sync(group, frontier, recorded_at)
         if not prepared.entries:
             return prepared, []
-        signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        try:
+            signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        except SignInThreadUnavailable as exc:
+            logger.debug("signing %d entries in the write thread failed (%s); signing them "
+                         "through the event loop", len(prepared.entries), exc)
+            return prepared, None
         return prepared, self._commit_sync(prepared, signatures, frontier)
 
     def _begin_sync(self) -> None:
