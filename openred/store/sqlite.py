@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import random
 import sqlite3
 import sys
@@ -351,6 +352,89 @@ def key_history(conn: sqlite3.Connection) -> list[tuple[int, SignKey]]:
     return history
 
 
+_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"]
+
+
+class _WriteThread:
+    """The store's one write thread: runs jobs in order and hands each result to its loop.
+
+    ``loop.run_in_executor`` on a ThreadPoolExecutor costs, per call, a concurrent Future with
+    its condition lock, a work item, two futures chained by callbacks and their state copied
+    across; a group commit needs none of it: a queue of (function, future) and one
+    ``call_soon_threadsafe`` that settles the future. Like the executor, a job whose future
+    was cancelled before it started is skipped, and nothing is accepted after
+    :meth:`shutdown` (RuntimeError, as the executor raises).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._shutdown = False
+        # A daemon thread: a store nobody closed must not keep the interpreter alive. A
+        # commit cut short at exit was never acknowledged, and SQLite rolls it back.
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn``; the future its result or exception arrives on (in the running loop)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put((fn, loop, future))
+        return future
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` without waiting for it (its exception, if any, is dropped)."""
+        self._put((fn, None, None))
+
+    def _put(self, job: _Job) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._jobs.put(job)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then stop the thread (and wait for it)."""
+        with self._lock:
+            if not self._shutdown:
+                self._shutdown = True
+                self._jobs.put(None)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, loop, future = job
+            if future is not None and future.cancelled():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # delivered to the caller, as the executor does
+                if loop is not None:
+                    _post(loop, future, None, exc)
+            else:
+                if loop is not None:
+                    _post(loop, future, result, None)
+            del job, fn, loop, future  # nothing of a finished job stays referenced
+
+
+def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any] | None, result: object,
+          exc: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, result, exc)
+
+
+def _settle(future: asyncio.Future[Any] | None, result: object,
+            exc: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    elif isinstance(exc, StopIteration):  # a future cannot carry it
+        future.set_exception(RuntimeError(f"StopIteration raised in the store thread: {exc!r}"))
+    else:
+        future.set_exception(exc)
+
+
 class _Readers:
     """Read-only connections, one per reader thread, so reads never queue behind appends."""
 
@@ -420,7 +504,7 @@ class SQLiteEventStore:
         self._contention_timeout = contention_timeout
         self._busy_timeout = busy_timeout
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openred-store")
+        self._executor = _WriteThread("openred-store")
         self._readers = _Readers(path, max(1, readers))
         self._conn: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -627,7 +711,7 @@ class SQLiteEventStore:
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
-                    await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+                    await self._executor.run(conn.close)
                 except Exception:
                     with contextlib.suppress(Exception):
                         conn.close()
@@ -643,9 +727,8 @@ class SQLiteEventStore:
         """Run ``fn`` in the write thread; SQLite errors become the project's store errors."""
         if self._closed:
             raise StoreClosed("the event store is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+            return await self._executor.run(partial(fn, *args, **kwargs))
         except sqlite3.Error as exc:
             raise store_error(exc, f"{getattr(fn, '__name__', 'store')} failed") from exc
         except RuntimeError as exc:
