@@ -242,6 +242,10 @@ def _check_answer(body: bytes, request_id: int) -> dict[str, Any]:
     return response.result
 
 
+class _NoAnswerInTime(JailUnavailable):
+    """The jail took the request but did not answer within the client's timeout."""
+
+
 class _BlockingConnection:
     """One blocking connection to the jail, for calls made from a worker thread.
 
@@ -667,7 +671,7 @@ class JailClient:
         that cannot be reached, breaks the connection twice or does not answer within
         ``timeout`` raises :class:`~openred.errors.JailUnavailable` at once — this path never
         restarts a jail nor waits for one: callers fall back to the async :meth:`call`,
-        which does.
+        which does (except after a timeout: a jail that does not answer is not asked twice).
         """
         for attempt in (1, 2):
             if self._closed:
@@ -683,7 +687,7 @@ class JailClient:
                 raise
             except TimeoutError as exc:
                 conn.close()
-                raise JailUnavailable(f"the jail did not answer {op} in time") from exc
+                raise _NoAnswerInTime(f"the jail did not answer {op} in time") from exc
             except OSError as exc:  # broken pipe, reset, EOF: the jail hung up
                 conn.close()
                 if attempt == 1 and reused:
@@ -851,12 +855,16 @@ class JailSigner:
         A jail that cannot be reached right now raises
         :class:`~openred.store.signer.SignInThreadUnavailable`: the store then signs through
         the async :meth:`sign_entry_hashes`, which restarts or waits for the jail as usual.
-        Refusals and malformed answers raise what the async call raises.
+        Refusals, malformed answers and a jail that took the request but did not answer in
+        time raise what the async call raises (JailRefused, JailProtocolError,
+        JailUnavailable).
         """
         if not hashes:
             return []
         try:
             return self._client.sign_batch_blocking(hashes)
+        except _NoAnswerInTime:
+            raise
         except JailUnavailable as exc:
             raise SignInThreadUnavailable(str(exc)) from exc
 

@@ -133,6 +133,11 @@ async def test_blocking_calls_end_by_their_deadline(workdir: Path) -> None:
         async with JailClient(path, timeout=0.2) as c:
             with pytest.raises(JailUnavailable, match="in time"):
                 await asyncio.to_thread(c.sign_batch_blocking, _hashes(1))
+            # Not asked a second time the async way: the store's group fails as it would.
+            signer = JailSigner(c, InProcessSigner.generate().sign_key)
+            with pytest.raises(JailUnavailable, match="in time") as info:
+                await asyncio.to_thread(signer.sign_entry_hashes_sync, _hashes(1))
+            assert not isinstance(info.value, SignInThreadUnavailable)
     finally:
         server.close()
         await server.wait_closed()
