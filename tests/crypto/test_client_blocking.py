@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
+import signal
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 import openred.crypto.client as client_module
-from openred.crypto.client import JailClient, JailSigner
+from openred.crypto.client import JailClient, JailSigner, JailSupervisor
 from openred.crypto.identity import EntryHash, Signature
 from openred.errors import JailProtocolError, JailRefused, JailUnavailable
 from openred.node.events import node_registry
@@ -260,3 +262,39 @@ def test_only_a_class_with_both_sign_calls_signs_in_the_thread() -> None:
     assert _signs_in_thread(AsyncOnly.generate()) is None
     assert _signs_in_thread(spy) == spy.sign_entry_hashes_sync
     assert _signs_in_thread(Plain()) is None  # type: ignore[arg-type]
+
+
+async def test_the_store_rides_out_a_jail_restart(workdir: Path) -> None:
+    """A supervised development jail killed between appends: the write thread's connection
+    is dead, the store falls back to the async path, which restarts the jail and signs."""
+    directory = workdir / "restart"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    data = directory / "data"
+    data.mkdir()
+    try:
+        async with _Counting(supervisor.socket_path, supervisor=supervisor, timeout=5) as c:
+            signer = await JailSigner.create(c)
+            store = await _open(data, signer)
+            try:
+                await asyncio.gather(*(store.append_one(peer_event(i)) for i in range(10)))
+                assert c.async_calls == 0
+                first = supervisor.pid
+                assert first is not None
+                os.kill(first, signal.SIGKILL)
+                more = await asyncio.gather(*(store.append_one(peer_event(i))
+                                              for i in range(10, 20)))
+                assert [e.seq for e in more] == list(range(12, 22))
+                assert supervisor.pid not in (None, first)
+                assert c.async_calls >= 1  # the fallback signed while the jail came back
+                # Once the jail is back, the write thread signs again.
+                calls = c.async_calls
+                await store.append_one(peer_event(20))
+                assert c.async_calls == calls
+            finally:
+                await store.close()
+        assert _check_log(data, signer) == 22
+    finally:
+        await supervisor.stop()
