@@ -26,7 +26,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -52,6 +55,7 @@ from openred.errors import (
     JailRefused,
     JailUnavailable,
 )
+from openred.store.signer import SignInThreadUnavailable
 
 __all__ = [
     "Initiated",
@@ -211,18 +215,7 @@ class _Connection(asyncio.BufferedProtocol):
             raise JailProtocolError(f"request too large for one frame ({op})") from exc
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(frame)
-        body = await self._waiter
-        try:
-            response = parse_response(body)
-        except FrameError as exc:
-            raise JailProtocolError(exc.detail) from exc
-        if response.id != request_id:
-            if not response.ok and response.id is None:
-                raise refusal(response.code, response.detail)
-            raise JailProtocolError(f"jail answered id {response.id}, expected {request_id}")
-        if not response.ok:
-            raise refusal(response.code, response.detail)
-        return response.result
+        return _check_answer(await self._waiter, request_id)
 
     @property
     def alive(self) -> bool:
@@ -232,6 +225,112 @@ class _Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _check_answer(body: bytes, request_id: int) -> dict[str, Any]:
+    """The result of one answer body to request ``request_id``, or the error it carries."""
+    try:
+        response = parse_response(body)
+    except FrameError as exc:
+        raise JailProtocolError(exc.detail) from exc
+    if response.id != request_id:
+        if not response.ok and response.id is None:
+            raise refusal(response.code, response.detail)
+        raise JailProtocolError(f"jail answered id {response.id}, expected {request_id}")
+    if not response.ok:
+        raise refusal(response.code, response.detail)
+    return response.result
+
+
+class _NoAnswerInTime(JailUnavailable):
+    """The jail took the request but did not answer within the client's timeout."""
+
+
+class _BlockingConnection:
+    """One blocking connection to the jail, for calls made from a worker thread.
+
+    The store's write thread signs a group's entry hashes with it between chaining and
+    committing, in the same hand-off to that thread: no trip through the event loop, no second
+    hand-off. Same frames, same checks of the answer as :class:`_Connection`. The socket stays
+    in blocking mode with kernel timeouts (SO_SNDTIMEO, SO_RCVTIMEO), as the jail's own: the
+    usual answer costs one ``send`` and one ``recv``, and every call ends by its deadline.
+    """
+
+    _CHUNK = 64 * 1024
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self._scratch = bytearray(self._CHUNK)
+        self._view = memoryview(self._scratch)
+        self._next_id = 1
+        self._read_timeout = timeout
+        self.idle_since = time.monotonic()
+        self.broken = False
+
+    @classmethod
+    def open(cls, path: Path, timeout: float) -> _BlockingConnection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, timeout)
+
+    def request(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            frame = encode_request(request_id, op, args)
+        except FrameError as exc:
+            raise JailProtocolError(f"request too large for one frame ({op})") from exc
+        deadline = time.monotonic() + timeout
+        self.broken = True  # until a whole answer is read: a half-read answer poisons the stream
+        self._set_read_timeout(timeout)
+        try:
+            self.sock.sendall(frame)
+            data = bytearray()
+            end = -1
+            while end < 0 or len(data) < end:
+                if data:  # a split answer: the rest must come before the deadline
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"the jail did not answer {op} in time")
+                    self._set_read_timeout(remaining)
+                count = self.sock.recv_into(self._scratch)
+                if not count:
+                    raise ConnectionResetError("the jail closed the connection")
+                data += self._view[:count]
+                if end < 0 and len(data) >= HEADER.size:
+                    (length,) = HEADER.unpack_from(data)
+                    if length > MAX_BODY:
+                        raise JailProtocolError(f"jail answer length {length} exceeds {MAX_BODY}")
+                    end = HEADER.size + length
+        except BlockingIOError as exc:  # SO_RCVTIMEO / SO_SNDTIMEO expired
+            raise TimeoutError(f"the jail did not answer {op} in time") from exc
+        if len(data) != end:  # one request in flight: nothing may follow its answer
+            raise JailProtocolError("the jail sent more than one answer")
+        self.broken = False
+        return _check_answer(bytes(data[HEADER.size:]), request_id)
+
+    def _set_read_timeout(self, seconds: float) -> None:
+        if seconds != self._read_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._read_timeout = seconds
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO / SO_SNDTIMEO, at least 1 µs (0 would mean never)."""
+    micros = max(1, int(seconds * 1_000_000))
+    return struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
 
 
 async def _answers(socket_path: Path) -> bool:
@@ -465,6 +564,9 @@ class JailClient:
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
+        # Blocking connections for calls from worker threads (call_blocking), and their lock.
+        self._blocking: list[_BlockingConnection] = []
+        self._blocking_lock = threading.Lock()
 
     async def __aenter__(self) -> JailClient:
         return self
@@ -476,9 +578,16 @@ class JailClient:
         """Close every pooled connection (the supervisor, if any, is stopped separately)."""
         self._closed = True
         self._drop_idle()
+        self._drop_blocking()
 
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _drop_blocking(self) -> None:
+        with self._blocking_lock:
+            idle, self._blocking = self._blocking, []
         for conn in idle:
             conn.close()
 
@@ -553,6 +662,65 @@ class JailClient:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
+    def call_blocking(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`call` for a worker thread (never the event loop's): blocks until answered.
+
+        For idempotent operations only: a pooled connection that turns out broken is replaced
+        and the request resent once. Error answers raise what :meth:`call` raises
+        (:class:`~openred.errors.JailRefused` and its subclasses, JailProtocolError); a jail
+        that cannot be reached, breaks the connection twice or does not answer within
+        ``timeout`` raises :class:`~openred.errors.JailUnavailable` at once — this path never
+        restarts a jail nor waits for one: callers fall back to the async :meth:`call`,
+        which does (except after a timeout: a jail that does not answer is not asked twice).
+        """
+        for attempt in (1, 2):
+            if self._closed:
+                raise JailUnavailable("the jail client is closed")
+            conn, reused = self._take_blocking()
+            try:
+                result = conn.request(op, args, self.timeout)
+            except JailRefused:
+                self._give_back(conn)
+                raise
+            except JailProtocolError:
+                conn.close()
+                raise
+            except TimeoutError as exc:
+                conn.close()
+                raise _NoAnswerInTime(f"the jail did not answer {op} in time") from exc
+            except OSError as exc:  # broken pipe, reset, EOF: the jail hung up
+                conn.close()
+                if attempt == 1 and reused:
+                    continue
+                raise JailUnavailable(f"the connection to the jail broke during {op}") from exc
+            self._give_back(conn)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_blocking(self) -> tuple[_BlockingConnection, bool]:
+        """A pooled blocking connection (reused: True) or a new one (False)."""
+        now = time.monotonic()
+        while True:
+            with self._blocking_lock:
+                conn = self._blocking.pop() if self._blocking else None
+            if conn is None:
+                break
+            if not conn.broken and now - conn.idle_since < self.max_idle:
+                return conn, True
+            conn.close()  # cut off by the jail, or about to be, for idling
+        try:
+            return _BlockingConnection.open(self.socket_path, self.timeout), False
+        except OSError as exc:  # TimeoutError included
+            raise JailUnavailable(f"cannot reach the jail at {self.socket_path}") from exc
+
+    def _give_back(self, conn: _BlockingConnection) -> None:
+        conn.idle_since = time.monotonic()
+        with self._blocking_lock:
+            if not self._closed:
+                self._blocking.append(conn)
+                return
+        conn.close()
+
     # -- typed operations --
 
     async def public_keys(self) -> PublicKeys:
@@ -574,19 +742,17 @@ class JailClient:
 
     async def sign_batch(self, hashes: Sequence[bytes]) -> list[Signature]:
         """Sign 32-byte entry hashes in order (split into frames of at most MAX_BATCH)."""
-        for h in hashes:
-            if len(h) != 32:
-                raise ValueError("an entry hash is 32 bytes")
         out: list[Signature] = []
-        for start in range(0, len(hashes), MAX_BATCH):
-            chunk = hashes[start : start + MAX_BATCH]
-            result = await self.call(
-                "sign_batch", {"kind": "entry_hash", "data": b64e(b"".join(chunk))}
-            )
-            raw = _need(result, "signatures", SIGNATURE_LEN * len(chunk))
-            out.extend(
-                Signature(raw[i : i + SIGNATURE_LEN]) for i in range(0, len(raw), SIGNATURE_LEN)
-            )
+        for chunk in _batches(hashes):
+            out.extend(_signatures(await self.call("sign_batch", _batch_args(chunk)), len(chunk)))
+        return out
+
+    def sign_batch_blocking(self, hashes: Sequence[bytes]) -> list[Signature]:
+        """:meth:`sign_batch` from a worker thread (see :meth:`call_blocking`)."""
+        out: list[Signature] = []
+        for chunk in _batches(hashes):
+            out.extend(_signatures(self.call_blocking("sign_batch", _batch_args(chunk)),
+                                   len(chunk)))
         return out
 
     async def sign_checkpoint(self, body: bytes) -> Signature:
@@ -645,6 +811,22 @@ class JailClient:
         return _need(result, "plaintext")
 
 
+def _batches(hashes: Sequence[bytes]) -> list[Sequence[bytes]]:
+    for h in hashes:
+        if len(h) != 32:
+            raise ValueError("an entry hash is 32 bytes")
+    return [hashes[start : start + MAX_BATCH] for start in range(0, len(hashes), MAX_BATCH)]
+
+
+def _batch_args(chunk: Sequence[bytes]) -> dict[str, Any]:
+    return {"kind": "entry_hash", "data": b64e(b"".join(chunk))}
+
+
+def _signatures(result: dict[str, Any], count: int) -> list[Signature]:
+    raw = _need(result, "signatures", SIGNATURE_LEN * count)
+    return [Signature(raw[i : i + SIGNATURE_LEN]) for i in range(0, len(raw), SIGNATURE_LEN)]
+
+
 class JailSigner:
     """The store's :class:`~openred.store.signer.Signer`, signing through the jail."""
 
@@ -666,6 +848,25 @@ class JailSigner:
         if not hashes:
             return []
         return await self._client.sign_batch(hashes)
+
+    def sign_entry_hashes_sync(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        """Sign from the store's write thread, in the hand-off that chains and commits.
+
+        A jail that cannot be reached right now raises
+        :class:`~openred.store.signer.SignInThreadUnavailable`: the store then signs through
+        the async :meth:`sign_entry_hashes`, which restarts or waits for the jail as usual.
+        Refusals, malformed answers and a jail that took the request but did not answer in
+        time raise what the async call raises (JailRefused, JailProtocolError,
+        JailUnavailable).
+        """
+        if not hashes:
+            return []
+        try:
+            return self._client.sign_batch_blocking(hashes)
+        except _NoAnswerInTime:
+            raise
+        except JailUnavailable as exc:
+            raise SignInThreadUnavailable(str(exc)) from exc
 
     async def sign_checkpoint(self, note_body: bytes) -> Signature:
         return await self._client.sign_checkpoint(note_body)

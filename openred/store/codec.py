@@ -1,9 +1,11 @@
 """Canonical payload bytes and the entry-hash encoding of the log (DESIGN §8).
 
 Payloads are RFC 8785 (JCS) canonical JSON. The ``rfc8785`` library is the reference; a fast
-path produces the same bytes with the standard library for the common case (ASCII keys, strings,
-safe integers, booleans, null, nested objects and arrays) and falls back to the library for
-anything else (floats, non-ASCII keys, big integers). A property test holds the two equal.
+path produces the same bytes with the standard library for the common case (keys of ASCII or
+other characters below U+D800, strings, safe integers, booleans, null, nested objects and
+arrays) and falls back to the library for anything else (floats, keys with characters from
+U+D800 up, big integers, strings the fast path cannot encode). Property tests hold the two
+equal.
 
 The entry hash is SHA-256 over a domain-separated, length-prefixed encoding, so no byte can
 move across a field boundary without changing the hash::
@@ -31,6 +33,7 @@ GENESIS_PREV_HASH = bytes(32)
 HASH_SIZE = 32
 SIGNATURE_SIZE = 64
 _SAFE_INT = 2**53 - 1
+_FIRST_SURROGATE = "\ud800"
 
 _encode_json = json.JSONEncoder(
     ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
@@ -45,9 +48,10 @@ def _fast_path_ok(value: Any) -> bool:
         kind = type(item)
         if kind is dict:
             for key, sub in item.items():
-                # RFC 8785 sorts keys by UTF-16 code units; for ASCII keys that is the code-point
-                # order json's sort_keys uses.
-                if type(key) is not str or not key.isascii():
+                # RFC 8785 sorts keys by UTF-16 code units; for keys of characters below U+D800
+                # (one code unit each, equal to the code point) that is the code-point order
+                # json's sort_keys uses. Surrogates and characters beyond the BMP go the slow way.
+                if type(key) is not str or not (key.isascii() or max(key) < _FIRST_SURROGATE):
                     return False
                 sub_kind = type(sub)
                 if sub_kind is str or sub is None or sub_kind is bool:
@@ -72,7 +76,10 @@ def _fast_path_ok(value: Any) -> bool:
 def canonical_json(value: Mapping[str, Any] | list[Any]) -> bytes:
     """RFC 8785 canonical JSON bytes of ``value``."""
     if _fast_path_ok(value):
-        return _encode_json(value).encode("utf-8")
+        try:
+            return _encode_json(value).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a string: the library's refusal
+            pass
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

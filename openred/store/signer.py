@@ -20,6 +20,15 @@ import nacl.signing
 from openred.crypto.identity import EntryHash, Signature, SignKey
 
 
+class SignInThreadUnavailable(Exception):
+    """A signer's synchronous ``sign_entry_hashes_sync`` cannot sign right now.
+
+    Raised by a signer whose key is elsewhere (the jail) when it cannot reach it from the
+    store's write thread; the store then signs the same hashes through the async
+    ``sign_entry_hashes`` (which may wait for, or restart, the key holder). Nothing was signed.
+    """
+
+
 @runtime_checkable
 class Signer(Protocol):
     """Signs the two domain-separated structures the log needs; never arbitrary bytes."""

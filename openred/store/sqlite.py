@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import random
 import sqlite3
 import sys
@@ -83,7 +84,7 @@ from openred.store.projection_sql import (
     project_events,
 )
 from openred.store.projections import ProjectionRegistry
-from openred.store.signer import InProcessSigner, Signer
+from openred.store.signer import Signer, SignInThreadUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -241,15 +242,22 @@ def _extend_tree(frontier: _Frontier, hashes: Sequence[bytes]) -> tuple[
 def _signs_in_thread(
     signer: Signer,
 ) -> Callable[[Sequence[EntryHash]], Sequence[bytes]] | None:
-    """The synchronous signing call of an unmodified :class:`InProcessSigner`, else None.
+    """The signer's synchronous signing call, if its class offers one, else None.
 
-    Such a signer is CPU work in this process: the store thread can do it between chaining and
-    committing, saving two thread hand-offs per append. A subclass that overrides the async
-    call (a test's flaky signer) keeps its override.
+    A signer whose class defines ``sign_entry_hashes_sync`` next to its async
+    ``sign_entry_hashes`` (:class:`InProcessSigner`, the jail's ``JailSigner``) can sign in the
+    store's write thread between chaining and committing: one hand-off to the thread per group
+    instead of two, and no trip through the event loop. A subclass that overrides the async
+    call only (a test's flaky signer) keeps its override: it is used instead.
     """
-    if (isinstance(signer, InProcessSigner)
-            and type(signer).sign_entry_hashes is InProcessSigner.sign_entry_hashes):
-        return signer.sign_entry_hashes_sync
+    for cls in type(signer).__mro__:
+        if "sign_entry_hashes" in vars(cls):
+            if "sign_entry_hashes_sync" not in vars(cls):
+                return None
+            sync: Callable[[Sequence[EntryHash]], Sequence[bytes]] = (
+                signer.sign_entry_hashes_sync  # type: ignore[attr-defined]
+            )
+            return sync
     return None
 
 
@@ -344,6 +352,89 @@ def key_history(conn: sqlite3.Connection) -> list[tuple[int, SignKey]]:
     return history
 
 
+_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None"]
+
+
+class _WriteThread:
+    """The store's one write thread: runs jobs in order and hands each result to its loop.
+
+    ``loop.run_in_executor`` on a ThreadPoolExecutor costs, per call, a concurrent Future with
+    its condition lock, a work item, two futures chained by callbacks and their state copied
+    across; a group commit needs none of it: a queue of (function, future) and one
+    ``call_soon_threadsafe`` that settles the future. Like the executor, a job whose future
+    was cancelled before it started is skipped, and nothing is accepted after
+    :meth:`shutdown` (RuntimeError, as the executor raises).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._shutdown = False
+        # A daemon thread: a store nobody closed must not keep the interpreter alive. A
+        # commit cut short at exit was never acknowledged, and SQLite rolls it back.
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn``; the future its result or exception arrives on (in the running loop)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put((fn, loop, future))
+        return future
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` without waiting for it (its exception, if any, is dropped)."""
+        self._put((fn, None, None))
+
+    def _put(self, job: _Job) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._jobs.put(job)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then stop the thread (and wait for it)."""
+        with self._lock:
+            if not self._shutdown:
+                self._shutdown = True
+                self._jobs.put(None)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, loop, future = job
+            if future is not None and future.cancelled():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # delivered to the caller, as the executor does
+                if loop is not None:
+                    _post(loop, future, None, exc)
+            else:
+                if loop is not None:
+                    _post(loop, future, result, None)
+            del job, fn, loop, future  # nothing of a finished job stays referenced
+
+
+def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any] | None, result: object,
+          exc: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, result, exc)
+
+
+def _settle(future: asyncio.Future[Any] | None, result: object,
+            exc: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    elif isinstance(exc, StopIteration):  # a future cannot carry it
+        future.set_exception(RuntimeError(f"StopIteration raised in the store thread: {exc!r}"))
+    else:
+        future.set_exception(exc)
+
+
 class _Readers:
     """Read-only connections, one per reader thread, so reads never queue behind appends."""
 
@@ -413,7 +504,7 @@ class SQLiteEventStore:
         self._contention_timeout = contention_timeout
         self._busy_timeout = busy_timeout
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openred-store")
+        self._executor = _WriteThread("openred-store")
         self._readers = _Readers(path, max(1, readers))
         self._conn: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -620,7 +711,7 @@ class SQLiteEventStore:
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
-                    await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+                    await self._executor.run(conn.close)
                 except Exception:
                     with contextlib.suppress(Exception):
                         conn.close()
@@ -636,9 +727,8 @@ class SQLiteEventStore:
         """Run ``fn`` in the write thread; SQLite errors become the project's store errors."""
         if self._closed:
             raise StoreClosed("the event store is closed")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+            return await self._executor.run(partial(fn, *args, **kwargs))
         except sqlite3.Error as exc:
             raise store_error(exc, f"{getattr(fn, '__name__', 'store')} failed") from exc
         except RuntimeError as exc:
@@ -828,13 +918,17 @@ class SQLiteEventStore:
         frontier = self._frontier
         recorded_at = utc_timestamp(self._clock())
         sign_here = _signs_in_thread(self._signer) if sign is None else None
+        stored: list[StoredEvent] | None = None
         if sign_here is not None:
-            # A signer in this process: chain, sign and commit in one hand-off to the thread.
+            # A signer that can sign in the write thread: chain, sign and commit in one
+            # hand-off. If it cannot sign there right now (the jail unreachable from the
+            # thread), the chained group comes back unsigned and is signed the async way.
             prepared, stored = await self._run(
                 self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here
             )
         else:
             prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
+        if stored is None:
             if not prepared.entries:
                 return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
             if sign is None:
@@ -850,11 +944,17 @@ class SQLiteEventStore:
     def _prepare_sign_commit_sync(
         self, group: list[_Request], frontier: _Frontier, recorded_at: str,
         sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
-    ) -> tuple[_Prepared, list[StoredEvent]]:
+    ) -> tuple[_Prepared, list[StoredEvent] | None]:
+        """Chain, sign and commit in the write thread; rows None: sign it the async way."""
         prepared = self._prepare_sync(group, frontier, recorded_at)
         if not prepared.entries:
             return prepared, []
-        signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        try:
+            signatures = list(sign([u.entry_hash for u in prepared.entries]))
+        except SignInThreadUnavailable as exc:
+            logger.debug("signing %d entries in the write thread failed (%s); signing them "
+                         "through the event loop", len(prepared.entries), exc)
+            return prepared, None
         return prepared, self._commit_sync(prepared, signatures, frontier)
 
     def _begin_sync(self) -> None:

@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 import rfc8785
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openred.store.codec import GENESIS_PREV_HASH, canonical_json, entry_hash
+from openred.store.codec import GENESIS_PREV_HASH, _fast_path_ok, canonical_json, entry_hash
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=20),
@@ -28,6 +28,74 @@ def test_canonical_json_equals_rfc8785(value: dict[str, object]) -> None:
             canonical_json(value)
         return
     assert canonical_json(value) == expected
+
+
+# Characters from every region that matters to the fast path: ASCII (controls, quotes and
+# backslashes included), Latin-1, BMP letters below the surrogates, U+2028/U+2029, the BMP above
+# the surrogates (sorts differently in UTF-16 against non-BMP characters), and non-BMP.
+_REGIONS = st.sampled_from([
+    (0x00, 0x7F), (0x80, 0xFF), (0x100, 0x2FFF), (0x2028, 0x2029), (0x3000, 0xD7FF),
+    (0xE000, 0xFFFF), (0x10000, 0x10FFFF),
+])
+_chars = _REGIONS.flatmap(lambda r: st.characters(min_codepoint=r[0], max_codepoint=r[1],
+                                                  exclude_categories=("Cs",)))
+_texts = st.text(_chars, max_size=12)
+_keys = st.text(_chars, max_size=6) | st.sampled_from(["", "a", "b", "é", "ö", "\u00e9\u0301",
+                                                        "\U0001f600", "\uff61", "z"])
+_wide_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**53), 2**53)
+    | st.sampled_from([2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 0, -1]) | _texts,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(_keys, children, max_size=5),
+    max_leaves=30,
+)
+
+
+def _reference(value: object) -> bytes | type[Exception]:
+    try:
+        return bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, ValueError):  # IntegerDomainError, surrogates
+        return ValueError
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_keys, _wide_values, max_size=8))
+def test_canonical_json_is_byte_identical_to_rfc8785_over_wide_payloads(
+    value: dict[str, object]
+) -> None:
+    expected = _reference(value)
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(st.characters(max_codepoint=0xD7FF), max_size=6),
+                       st.lists(_texts | st.integers(-(2**53) + 1, 2**53 - 1), max_size=3),
+                       max_size=8))
+def test_the_fast_path_covers_bmp_keys_and_matches_the_reference(
+    value: dict[str, object]
+) -> None:
+    assert _fast_path_ok(value)
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_what_the_fast_path_leaves_to_the_reference_library() -> None:
+    # Keys whose UTF-16 order differs from their code-point order, and keys or strings with
+    # lone surrogates, are never encoded by the fast path.
+    tricky = {"\U0001f600": 1, "\uff61": 2}
+    assert not _fast_path_ok(tricky)
+    assert canonical_json(tricky) == rfc8785.dumps(tricky)
+    assert list(canonical_json(tricky).decode())[2] == "\U0001f600"  # UTF-16 order: D83D < FF61
+    assert not _fast_path_ok({"\ud800": 1})
+    assert not _fast_path_ok({"a": 2**53})
+    for bad in ({"\ud800": 1}, {"a": "x\udfff"}, {"a": [1, {"b": "\ud83d"}]}, {"a": 2**64}):
+        with pytest.raises(ValueError):
+            rfc8785.dumps(bad)
+        with pytest.raises(ValueError):
+            canonical_json(bad)
 
 
 def test_canonical_json_sorts_keys_and_strips_whitespace() -> None:
