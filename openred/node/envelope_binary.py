@@ -23,6 +23,7 @@ below 2^64-1, a bounded ciphertext (requests: the JSON envelope's
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import struct
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ __all__ = [
     "accept_binary",
     "decode",
     "encode",
+    "header",
     "post",
 ]
 
@@ -67,14 +69,17 @@ def _too_large(limit: int) -> NodeRefused:
     return NodeRefused(413, "envelope-too-large", f"ciphertext exceeds {limit} bytes")
 
 
+def header(envelope: Envelope) -> bytes:
+    """The binary form's header for ``envelope`` (the ciphertext follows it)."""
+    return _HEADER.pack(MAGIC, from_b64url(envelope.session_id), envelope.counter)
+
+
 def encode(envelope: Envelope) -> bytes:
     """The binary form of ``envelope``."""
-    return _HEADER.pack(MAGIC, from_b64url(envelope.session_id), envelope.counter) + (
-        envelope.ciphertext)
+    return header(envelope) + envelope.ciphertext
 
 
-def decode(body: bytes, *, max_ciphertext: int = MAX_CIPHERTEXT) -> Envelope:
-    """Parse a binary envelope strictly (see the module doc); NodeRefused 400 or 413."""
+def _parse_header(body: bytes) -> tuple[str, int]:
     if len(body) < HEADER_LEN:
         raise _malformed(f"a binary envelope has a {HEADER_LEN}-byte header")
     magic, session_id, counter = _HEADER.unpack_from(body)
@@ -82,9 +87,15 @@ def decode(body: bytes, *, max_ciphertext: int = MAX_CIPHERTEXT) -> Envelope:
         raise _malformed("not a binary envelope of version 1")
     if counter >= MAX_COUNTER:
         raise _malformed("counter is out of range")
+    return b64url(session_id), counter
+
+
+def decode(body: bytes, *, max_ciphertext: int = MAX_CIPHERTEXT) -> Envelope:
+    """Parse a binary envelope strictly (see the module doc); NodeRefused 400 or 413."""
+    session_id, counter = _parse_header(body)
     if len(body) - HEADER_LEN > max_ciphertext:
         raise _too_large(max_ciphertext)
-    return Envelope(b64url(session_id), counter, body[HEADER_LEN:])
+    return Envelope(session_id, counter, body[HEADER_LEN:])
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -109,7 +120,9 @@ def accept_binary(handle: Callable[[Route, Envelope], Awaitable[Envelope]]) -> C
             body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
             envelope = decode(body)
             answer = await handle(route, envelope)
-            return Response(encode(answer), status=200, content_type=MEDIA_TYPE)
+            head = header(answer)  # sent before the ciphertext: no copy of the ciphertext
+            return Response([head, answer.ciphertext], status=200, content_type=MEDIA_TYPE,
+                            headers={"Content-Length": str(len(head) + len(answer.ciphertext))})
 
         return wrapper  # type: ignore[return-value]
 
@@ -136,10 +149,16 @@ async def post(
                      "Accept": f"{MEDIA_TYPE}, application/problem+json"},
         ) as resp:
             if resp.status == 200 and resp.content_type == MEDIA_TYPE:
-                body = await _read(resp, HEADER_LEN + max_ciphertext)
-                return decode(body, max_ciphertext=max_ciphertext)
+                size = resp.content_length
+                if size is None or not HEADER_LEN <= size <= HEADER_LEN + max_ciphertext:
+                    return decode(await _read(resp, HEADER_LEN + max_ciphertext),
+                                  max_ciphertext=max_ciphertext)
+                # The header, then the ciphertext as one bytes object (no copy to slice it).
+                session_id, counter = _parse_header(await resp.content.readexactly(HEADER_LEN))
+                ciphertext = await resp.content.readexactly(size - HEADER_LEN)
+                return Envelope(session_id, counter, ciphertext)
             reply = Reply(resp.status, dict(resp.headers), await _read(resp, MAX_PROBLEM))
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
         raise PeerUnreachable(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
     if reply.status == 200:
         raise NodeRefused(502, "malformed-envelope", "the peer's answer is not a binary envelope")

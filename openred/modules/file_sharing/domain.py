@@ -45,7 +45,7 @@ __all__ = [
     "verify_chunk",
 ]
 
-CHUNK_SIZE: Final = 1024 * 1024
+CHUNK_SIZE: Final = 2 * 1024 * 1024
 """Default chunk size: one chunk and its proof fit an envelope (256 KiB) with room to spare."""
 MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024
 MIN_CHUNK_SIZE: Final = 4 * 1024
