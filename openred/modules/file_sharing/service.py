@@ -8,18 +8,23 @@ Actions (``POST /api/v3/p2p/file_sharing/<action>``, each an encrypted envelope)
   is binary: a 2-byte count ``n``, ``n`` 32-byte proof hashes (:mod:`.domain`), then the chunk.
   The sender reads the chunk from disk (``O_NOFOLLOW``) for that request only and checks the
   file's size, modification time and the chunk's leaf hash against the offer: a file changed
-  since it was offered is a 409 ``file-changed``.
+  since it was offered is a 409 ``file-changed``. Chunk requests and answers travel in the
+  binary form of the envelope (:mod:`openred.node.envelope_binary`), JSON ones still work.
 * ``revoke`` / ``decline`` — ``{offer_id}``: the sender revoked, the receiver declined; each
   side logs it and the offer gives nothing more.
 
 The receiver (:meth:`FileSharing.fetch`) keeps several chunk requests in flight, checks each
 chunk against the offer's root, writes it at its offset in a partial file under
-``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it. A
-fetch run again (after Ctrl-C, either node killed, the network cut) re-reads the marks, keeps
-the chunks whose bytes on disk still hash to their mark and fetches only the rest. When every
-chunk is there, the whole file's SHA-256 is checked against the offer's digest and the file is
-linked into place under a name no existing file has (never overwriting), then the partial files
-are removed. A chunk that fails its proof is fetched again (up to :data:`CHUNK_ATTEMPTS` times).
+``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it.
+While chunks arrive, the whole file's SHA-256 follows behind them, reading the partial file
+back in order, so what is checked against the offer's digest is what lies on disk. A fetch run
+again (after Ctrl-C, either node killed, the network cut) fetches only the chunks not marked;
+the marked ones are not hashed again up front, the whole digest covers them. If the digest
+does not match, every marked chunk is hashed again on disk, those that fail are fetched again
+and the digest is read back once more; a second mismatch discards the partial file. Only then
+is the file linked into place under a name no existing file has (never overwriting), and the
+partial files are removed. A chunk that fails its proof is fetched again (up to
+:data:`CHUNK_ATTEMPTS` times).
 """
 
 from __future__ import annotations
