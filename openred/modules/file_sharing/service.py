@@ -188,6 +188,11 @@ class _Threads:
             await asyncio.wait(list(self._running))
 
 
+def _flush(*fds: int) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
+
+
 class FileSharing:
     """The file_sharing module's services over the node's log, read models and sessions."""
 
@@ -709,6 +714,13 @@ class FileSharing:
                     state.verified = self._bytes_of(row, held)
                     if progress:
                         progress(state)
+        except BaseException:
+            # Stopped (Ctrl-C, a failure): what was verified goes to disk now, so it survives a
+            # crash and the next fetch finds it there, not waiting to be written back.
+            await threads.drain()
+            with contextlib.suppress(OSError):
+                await threads.run(_flush, part_fd, marks_fd)
+            raise
         finally:
             await threads.drain()
             os.close(part_fd)
