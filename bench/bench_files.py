@@ -14,7 +14,9 @@ the whole digest checked at the end and the file linked into place.
   process and of the receiver (this process; the kernel's peak is reset just before with
   ``/proc/PID/clear_refs``), MiB; the "baseline" column is the sender's figure.
 * ``file_resume_overhead``: seconds to finish a fetch of a 128 MiB file stopped at half,
-  versus a fresh fetch of a file holding just that remaining half (lower is better).
+  versus a fresh fetch of a file holding just that remaining half (lower is better); the
+  fresh fetch runs right before the interrupted one and right after the resumed one, and
+  their mean is the baseline (the machine's load drifts, as for the throughput).
 
 ``python -m bench.bench_files`` (or ``make bench``); ``--quick`` uses 64 MiB.
 """
@@ -176,6 +178,18 @@ async def run_all(quick: bool) -> None:
                 rest = f.read(whole - whole // 2)
                 r.write(rest)
                 h.write(rest)
+
+            async def fresh_half() -> float:
+                offer_id = await offer(half)
+                start = time.perf_counter()
+                placed = await receiver.fetch(offer_id)
+                elapsed = time.perf_counter() - start
+                placed.unlink()
+                return elapsed
+
+            # As for the throughput, the load drifts: the fresh half is fetched right before
+            # the interrupted fetch and right after the resumed one, and the mean is compared.
+            before = await fresh_half()
             offer_id = await offer(resumable)
             stop = asyncio.Event()
             task = asyncio.create_task(receiver.fetch(
@@ -185,12 +199,10 @@ async def run_all(quick: bool) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             start = time.perf_counter()
-            (await receiver.fetch(offer_id)).unlink()
+            placed = await receiver.fetch(offer_id)
             resumed = time.perf_counter() - start
-            offer_id = await offer(half)
-            start = time.perf_counter()
-            (await receiver.fetch(offer_id)).unlink()
-            fresh = time.perf_counter() - start
+            placed.unlink()  # outside the time, as for the throughput (it frees 128 MiB)
+            fresh = (before + await fresh_half()) / 2
             report("file_resume_overhead", resumed, "s", "fresh_remaining_half", fresh)
     finally:
         jails.stop()

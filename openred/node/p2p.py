@@ -72,7 +72,7 @@ async def dispatch(
     store: SQLiteEventStore, now: int,
 ) -> Envelope:
     """Handle one encrypted request; the encrypted answer, or NodeRefused (nothing committed)."""
-    envelope = Envelope.from_json(body)
+    envelope = body if isinstance(body, Envelope) else Envelope.from_json(body)  # binary: parsed
     handler = actions.get(route)
     channel = await keeper.channel(envelope.session_id, now)
     try:

@@ -24,6 +24,7 @@ from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused, RequestRefused
 from openred.modules.monitoring.health import refusal, run_checks
 from openred.node.envelope import Route
+from openred.node.envelope_binary import accept_binary
 from openred.node.handshake import parse_handshake
 from openred.node.services import NodeServices
 from openred.web.problems import Problem
@@ -134,6 +135,7 @@ async def handshake() -> dict[str, str]:
 
 
 @blueprint.post("/p2p/<module>/<action>")
+@accept_binary(lambda route, envelope: services().handle(route, envelope))  # octet-stream body
 @validate_response(EnvelopeModel, 200)
 @_documented(400, 401, 404, 409, 410, 413, 422, 503)
 async def p2p(module: str, action: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class FileSharingModule:
     def register_routes(self, app: Any) -> None:
         """Build the service over the node's services and offer its four P2P actions."""
         from openred.modules.file_sharing.service import CHUNK, DECLINE, OFFER, REVOKE, FileSharing
+        from openred.node import envelope_binary
         from openred.node.envelope import Envelope, Route
         from openred.node.p2p import P2P_ACTIONS
         from openred.node.routes import EXTENSION
@@ -45,7 +46,12 @@ class FileSharingModule:
             base = info.api_url.rstrip("/")
 
             async def send(route: Route, envelope: Envelope) -> Envelope:
-                reply = await node.http.request("POST", f"{base}/api/v3/p2p/{route}",
+                url = f"{base}/api/v3/p2p/{route}"
+                if route == CHUNK:  # chunk answers travel in the binary envelope
+                    return await envelope_binary.post(
+                        node.http, url, envelope,
+                        refuse=lambda reply: _refusal_from(reply, f"the peer's {route}"))
+                reply = await node.http.request("POST", url,
                                                 json_body=envelope.to_json(), attempts=1)
                 if not reply.ok:
                     raise _refusal_from(reply, f"the peer's {route}")

@@ -8,18 +8,23 @@ Actions (``POST /api/v3/p2p/file_sharing/<action>``, each an encrypted envelope)
   is binary: a 2-byte count ``n``, ``n`` 32-byte proof hashes (:mod:`.domain`), then the chunk.
   The sender reads the chunk from disk (``O_NOFOLLOW``) for that request only and checks the
   file's size, modification time and the chunk's leaf hash against the offer: a file changed
-  since it was offered is a 409 ``file-changed``.
+  since it was offered is a 409 ``file-changed``. Chunk requests and answers travel in the
+  binary form of the envelope (:mod:`openred.node.envelope_binary`), JSON ones still work.
 * ``revoke`` / ``decline`` — ``{offer_id}``: the sender revoked, the receiver declined; each
   side logs it and the offer gives nothing more.
 
 The receiver (:meth:`FileSharing.fetch`) keeps several chunk requests in flight, checks each
 chunk against the offer's root, writes it at its offset in a partial file under
-``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it. A
-fetch run again (after Ctrl-C, either node killed, the network cut) re-reads the marks, keeps
-the chunks whose bytes on disk still hash to their mark and fetches only the rest. When every
-chunk is there, the whole file's SHA-256 is checked against the offer's digest and the file is
-linked into place under a name no existing file has (never overwriting), then the partial files
-are removed. A chunk that fails its proof is fetched again (up to :data:`CHUNK_ATTEMPTS` times).
+``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it.
+While chunks arrive, the whole file's SHA-256 follows behind them, reading the partial file
+back in order, so what is checked against the offer's digest is what lies on disk. A fetch run
+again (after Ctrl-C, either node killed, the network cut) fetches only the chunks not marked;
+the marked ones are not hashed again up front, the whole digest covers them. If the digest
+does not match, every marked chunk is hashed again on disk, those that fail are fetched again
+and the digest is read back once more; a second mismatch discards the partial file. Only then
+is the file linked into place under a name no existing file has (never overwriting), and the
+partial files are removed. A chunk that fails its proof is fetched again (up to
+:data:`CHUNK_ATTEMPTS` times).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import rfc8785
 from sqlmodel import col, select
@@ -83,14 +88,17 @@ CHUNK: Final = Route("file_sharing", "chunk")
 REVOKE: Final = Route("file_sharing", "revoke")
 DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
-IN_FLIGHT: Final = 8
-HASH_BLOCK: Final = 1 << 20
+IN_FLIGHT: Final = 4
+DIGEST_RUN: Final = 8
+"""Chunks the digest reads back in one go (at most)."""
+SYNC_EVERY: Final = 32 * 1024 * 1024
+"""The partial file is flushed to disk (fdatasync) as the digest passes every 32 MiB."""
 _MARK = struct.Struct(">I32s")
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 TransportFor = Callable[[str], Awaitable[Transport]]
 """The transport to a peer (by node id): the HTTP call to its ``/api/v3/p2p/...``."""
-Write = Callable[[int, bytes, int], int]
+Write = Callable[[int, memoryview, int], int]
 """``os.pwrite``-like: write bytes at an offset of a file descriptor (a port for tests)."""
 
 
@@ -150,12 +158,39 @@ def _hash_file(fd: int) -> tuple[list[bytes], bytes, int]:
     return leaves, whole.digest(), offset
 
 
-def _digest_of(path: Path) -> bytes:
-    whole = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK):
-            whole.update(block)
-    return whole.digest()
+T = TypeVar("T")
+
+
+class _Threads:
+    """Blocking calls in the default executor, and a way to wait until none is running.
+
+    Cancelling an ``await`` of a thread does not stop the thread: a fetch waits for its threads
+    before it closes the file descriptors they use (a closed descriptor's number is reused at
+    once by the next file opened).
+    """
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._running.add(future)
+        future.add_done_callback(self._done)
+        return await asyncio.shield(future)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        self._running.discard(future)
+        if not future.cancelled():
+            future.exception()  # its waiter got it, or was cancelled and needs it no more
+
+    async def drain(self) -> None:
+        while self._running:
+            await asyncio.wait(list(self._running))
+
+
+def _flush(*fds: int) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
 
 
 class FileSharing:
@@ -378,15 +413,15 @@ class FileSharing:
             raise NodeRefused(416, "bad-range", "the range is not one chunk of the offered "
                               f"file ({row.size} bytes in chunks of {row.chunk_size})")
         tree = await self._tree(row)
-        data = await asyncio.to_thread(self._read_chunk, row, offset, length)
-        if leaf_hash(data) != tree.leaf(index):
-            raise NodeRefused(409, "file-changed", "the offered file changed on the sender's "
-                              "disk since it was offered")
         proof = tree.proof(index)
-        return Outcome(b"".join((struct.pack(">H", len(proof)), *proof, data)))
+        head = b"".join((struct.pack(">H", len(proof)), *proof))
+        return Outcome(await asyncio.to_thread(self._read_chunk, row, offset, length,
+                                               tree.leaf(index), head))
 
     @staticmethod
-    def _read_chunk(row: FileOfferRow, offset: int, length: int) -> bytes:
+    def _read_chunk(row: FileOfferRow, offset: int, length: int, leaf: bytes,
+                    head: bytes) -> bytes:
+        """``head`` ‖ the chunk, read from the offered file if it still is the one offered."""
         changed = NodeRefused(409, "file-changed", "the offered file changed on the sender's "
                               "disk since it was offered")
         assert row.source is not None
@@ -401,9 +436,9 @@ class FileSharing:
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        if len(data) != length:
+        if len(data) != length or leaf_hash(data) != leaf:
             raise changed
-        return data
+        return head + data
 
     async def receive_decline(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
         """The P2P handler of ``file_sharing/decline`` (the receiver declined our offer)."""
@@ -538,18 +573,39 @@ class FileSharing:
         for path in (self._part(offer_id), self._marks(offer_id)):
             path.unlink(missing_ok=True)
 
-    def _verified_marks(self, row: FileOfferRow) -> dict[int, bytes]:
-        """Chunks of the partial file whose bytes on disk still hash to their mark."""
-        marks_path, part = self._marks(row.offer_id), self._part(row.offer_id)
-        if not marks_path.exists() or not part.exists():
+    def _marks_read(self, row: FileOfferRow) -> dict[int, bytes]:
+        """The marks file: chunk index → the leaf hash it was verified with (last mark wins)."""
+        try:
+            raw = self._marks(row.offer_id).read_bytes()
+        except FileNotFoundError:
             return {}
-        raw = marks_path.read_bytes()
         count = chunk_count(row.size, row.chunk_size)
         marks: dict[int, bytes] = {}
         for i in range(0, len(raw) - len(raw) % _MARK.size, _MARK.size):
             index, leaf = _MARK.unpack_from(raw, i)
             if index < count:
                 marks[index] = leaf
+        return marks
+
+    def _held_marks(self, row: FileOfferRow) -> dict[int, bytes]:
+        """Chunks an earlier run verified and wrote, as far as the partial file still holds them.
+
+        Not read again here: the whole digest, read back from the partial file before the file
+        is placed, covers them, and a mismatch sends the fetch to :meth:`_verified_marks`.
+        """
+        try:
+            size = self._part(row.offer_id).stat().st_size
+        except FileNotFoundError:
+            return {}
+        return {index: leaf for index, leaf in self._marks_read(row).items()
+                if sum(chunk_range(index, row.size, row.chunk_size)) <= size}
+
+    def _verified_marks(self, row: FileOfferRow) -> dict[int, bytes]:
+        """Chunks of the partial file whose bytes on disk still hash to their mark."""
+        part = self._part(row.offer_id)
+        marks = self._marks_read(row)
+        if not marks or not part.exists():
+            return {}
         verified: dict[int, bytes] = {}
         with part.open("rb") as f:
             for index in sorted(marks):
@@ -592,17 +648,16 @@ class FileSharing:
                      progress: Callable[[Progress], None] | None, in_flight: int) -> Path:
         offer_id = row.offer_id
         self._part(offer_id).parent.mkdir(parents=True, exist_ok=True)
-        verified = await asyncio.to_thread(self._verified_marks, row)
-        count = chunk_count(row.size, row.chunk_size)
-        state = Progress(offer_id, row.size, sum(
-            chunk_range(i, row.size, row.chunk_size)[1] for i in verified))
+        held = await asyncio.to_thread(self._held_marks, row)
+        state = Progress(offer_id, row.size, self._bytes_of(row, held))
         await self._log(offer_id, ev.FILE_TRANSFER_STARTED,
                         {"offer_id": offer_id, "resumed_from": state.verified})
         if progress:
             progress(state)
         try:
-            await self._fetch_chunks(row, verified, count, state, progress, in_flight)
-            path = await self._finish(row, name, target_dir)
+            await self._receive(row, held, state, progress, in_flight)
+            path = await asyncio.to_thread(self._place, self._part(offer_id), name, target_dir,
+                                           offer_id, row.size)
         except NodeRefused as exc:
             await self._failed(row, exc.reason, exc.detail, state.verified)
             raise
@@ -620,28 +675,86 @@ class FileSharing:
                         {"offer_id": offer_id, "path": str(path), "size": row.size})
         return path
 
+    @staticmethod
+    def _bytes_of(row: FileOfferRow, chunks: dict[int, bytes]) -> int:
+        return sum(chunk_range(i, row.size, row.chunk_size)[1] for i in chunks)
+
     async def _failed(self, row: FileOfferRow, reason: str, detail: str, verified: int) -> None:
         await self._log(row.offer_id, ev.FILE_TRANSFER_FAILED, {
             "offer_id": row.offer_id, "reason": reason, "detail": detail,
             "verified_bytes": verified,
         })
 
-    async def _fetch_chunks(
-        self, row: FileOfferRow, verified: dict[int, bytes], count: int, state: Progress,
+    async def _receive(
+        self, row: FileOfferRow, held: dict[int, bytes], state: Progress,
         progress: Callable[[Progress], None] | None, in_flight: int,
     ) -> None:
-        missing = [i for i in range(count) if i not in verified]
-        if not missing:
-            return
-        root = from_b64url(row.root)
-        channel = await self._session_with(row.peer)
-        transport = await self.transport_for(row.peer)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for index in missing:
-            queue.put_nowait(index)
+        """Fetch every chunk not ``held`` into the partial file until its whole digest matches.
+
+        The first round trusts the marks of earlier runs. If the digest read back from the
+        partial file does not match the offer's, a second round re-hashes every marked chunk on
+        disk (:meth:`_verified_marks`), fetches those that fail again and reads the digest back
+        once more; a second mismatch discards the partial file (the offer's digest and tree
+        disagree).
+        """
+        threads = _Threads()
         part_fd = os.open(self._part(row.offer_id), os.O_RDWR | os.O_CREAT, 0o600)
         marks_fd = os.open(self._marks(row.offer_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                            0o600)
+        try:
+            # The partial file has the offered size: nothing past it, whatever lay there.
+            os.ftruncate(part_fd, row.size)
+            for attempt in (1, 2):
+                digest = await self._receive_round(row, held, state, progress, in_flight,
+                                                   part_fd, marks_fd, threads)
+                if b64url(digest) == row.digest:
+                    return
+                if attempt == 1:
+                    held = await threads.run(self._verified_marks, row)
+                    state.verified = self._bytes_of(row, held)
+                    if progress:
+                        progress(state)
+        except BaseException:
+            # Stopped (Ctrl-C, a failure): what was verified goes to disk now, so it survives a
+            # crash and the next fetch finds it there, not waiting to be written back.
+            await threads.drain()
+            with contextlib.suppress(OSError):
+                await threads.run(_flush, part_fd, marks_fd)
+            raise
+        finally:
+            await threads.drain()
+            os.close(part_fd)
+            os.close(marks_fd)
+        self._discard_partial(row.offer_id)
+        raise NodeRefused(502, "digest-mismatch", "the whole file does not match the offer's "
+                          "digest; the partial file was discarded")
+
+    async def _receive_round(
+        self, row: FileOfferRow, held: dict[int, bytes], state: Progress,
+        progress: Callable[[Progress], None] | None, in_flight: int, part_fd: int,
+        marks_fd: int, threads: _Threads,
+    ) -> bytes:
+        """Fetch the chunks not ``held``; the SHA-256 of the partial file, read back in order.
+
+        Workers keep ``in_flight`` chunk requests going; each answer is checked against the
+        offer's root, written at its offset and marked, all in one worker thread. Meanwhile the
+        digest follows behind them in file order, reading back from the partial file every
+        chunk as soon as it (and every chunk before it) is there — so what is hashed is what
+        is on disk.
+        """
+        count = chunk_count(row.size, row.chunk_size)
+        missing = [i for i in range(count) if i not in held]
+        on_disk = set(held)
+        arrived = asyncio.Event()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in missing:
+            queue.put_nowait(index)
+        root = from_b64url(row.root)
+        channel: SessionChannel | None = None
+        transport: Transport | None = None
+        if missing:
+            channel = await self._session_with(row.peer)
+            transport = await self.transport_for(row.peer)
 
         async def worker() -> None:
             while True:
@@ -651,34 +764,56 @@ class FileSharing:
                     return
                 offset, length = chunk_range(index, row.size, row.chunk_size)
                 request = _json({"offer_id": row.offer_id, "offset": offset, "length": length})
-                checked: tuple[bytes, memoryview] | None = None
                 for _attempt in range(CHUNK_ATTEMPTS):
                     answer = await self._call(row.peer, CHUNK, request, channel, transport)
-                    checked = self._check_chunk(answer, index, count, length, root)
-                    if checked is not None:
+                    if await threads.run(self._store_chunk, part_fd, marks_fd, answer, index,
+                                         count, offset, length, root):
                         break
-                if checked is None:
+                else:
                     raise NodeRefused(502, "corrupt-chunk", f"chunk {index} failed its hash "
                                       f"check {CHUNK_ATTEMPTS} times")
-                leaf, data = checked
-                await asyncio.to_thread(self._store_chunk, part_fd, marks_fd, data, offset,
-                                        index, leaf)
+                on_disk.add(index)
+                arrived.set()
                 state.verified += length
                 if progress:
                     progress(state)
 
+        async def digest() -> bytes:
+            whole = hashlib.sha256()
+            buffer = bytearray(min(row.chunk_size, row.size))
+            at = 0
+            while at < count:
+                if at not in on_disk:
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                end = at
+                while end < count and end in on_disk and end - at < DIGEST_RUN:
+                    end += 1
+                await threads.run(self._hash_back, part_fd, whole, buffer, row, at, end)
+                at = end
+            return whole.digest()
+
+        tasks = [asyncio.create_task(worker()) for _ in range(min(in_flight, len(missing)))]
+        follower = asyncio.create_task(digest())
         try:
-            tasks = [asyncio.create_task(worker()) for _ in range(min(in_flight, len(missing)))]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-        finally:
-            os.close(part_fd)
-            os.close(marks_fd)
+            await asyncio.gather(*tasks)
+            return await follower
+        except BaseException:
+            for task in (*tasks, follower):
+                task.cancel()
+            await asyncio.gather(*tasks, follower, return_exceptions=True)
+            raise
+
+    @staticmethod
+    def _hash_back(fd: int, whole: Any, buffer: bytearray, row: FileOfferRow, start: int,
+                   end: int) -> None:
+        """Feed chunks ``start`` .. ``end - 1`` of the partial file, read back, to ``whole``."""
+        view = memoryview(buffer)
+        for index in range(start, end):
+            offset, length = chunk_range(index, row.size, row.chunk_size)
+            got = os.preadv(fd, [view[:length]], offset)
+            whole.update(view[:got])
 
     @staticmethod
     def _check_chunk(answer: bytes, index: int, count: int, length: int,
@@ -695,32 +830,30 @@ class FileSharing:
         leaf = verify_chunk(index, count, data, proof, root)
         return None if leaf is None else (leaf, data)
 
-    def _store_chunk(self, part_fd: int, marks_fd: int, data: memoryview, offset: int,
-                     index: int, leaf: bytes) -> None:
+    def _store_chunk(self, part_fd: int, marks_fd: int, answer: bytes, index: int, count: int,
+                     offset: int, length: int, root: bytes) -> bool:
+        """Check a chunk answer; if it proves itself, write the chunk and its mark (True)."""
+        checked = self._check_chunk(answer, index, count, length, root)
+        if checked is None:
+            return False
+        leaf, data = checked
         written = 0
         try:
             while written < len(data):
-                written += self.write(part_fd, bytes(data[written:]), offset + written)
+                written += self.write(part_fd, data[written:], offset + written)
             os.write(marks_fd, _MARK.pack(index, leaf))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NodeRefused(507, "disk-full", "no space left for the partial file; "
                                   "it is kept: free space and fetch again") from None
             raise
+        return True
 
-    async def _finish(self, row: FileOfferRow, name: str, target_dir: Path) -> Path:
-        part = self._part(row.offer_id)
-        if row.size == 0:
-            part.touch()
-        digest = await asyncio.to_thread(_digest_of, part)
-        if b64url(digest) != row.digest:
-            self._discard_partial(row.offer_id)
-            raise NodeRefused(502, "digest-mismatch", "the whole file does not match the "
-                              "offer's digest; the partial file was discarded")
-        return await asyncio.to_thread(self._place, part, name, target_dir, row.offer_id)
-
-    def _place(self, part: Path, name: str, target_dir: Path, offer_id: str) -> Path:
+    def _place(self, part: Path, name: str, target_dir: Path, offer_id: str, size: int) -> Path:
         with part.open("rb+") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise NodeRefused(502, "digest-mismatch", "the partial file changed size after "
+                                  "it was verified; fetch again")
             os.fsync(f.fileno())
         source = part
         try:

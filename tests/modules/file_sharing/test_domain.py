@@ -116,8 +116,9 @@ def test_the_capability_is_for_one_peer_until_it_ends() -> None:
 
 
 def test_the_largest_chunk_and_deepest_proof_fit_one_envelope() -> None:
+    # Chunk answers travel in the binary envelope (openred.node.envelope_binary).
     from openred.modules.file_sharing.domain import MAX_CHUNK_SIZE, MAX_SIZE, MIN_CHUNK_SIZE
-    from openred.node.envelope import MAX_CIPHERTEXT
+    from openred.node.envelope_binary import MAX_ANSWER_CIPHERTEXT
 
     depth = (MAX_SIZE // MIN_CHUNK_SIZE - 1).bit_length()
-    assert 2 + 32 * depth + MAX_CHUNK_SIZE + 16 <= MAX_CIPHERTEXT
+    assert 2 + 32 * depth + MAX_CHUNK_SIZE + 16 <= MAX_ANSWER_CIPHERTEXT

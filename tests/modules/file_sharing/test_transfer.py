@@ -416,10 +416,12 @@ async def test_a_network_cut_stops_the_fetch_and_the_next_one_resumes(
 
 
 async def test_a_really_full_disk_keeps_a_sound_partial_file(pair: Pair, tmp_path: Path) -> None:
-    # A 1 MiB tmpfs holds the receiver's partial files (we run as root in CI; else skipped).
+    # A tmpfs of four chunks holds the receiver's partial files (we run as root in CI; else
+    # skipped).
     small = tmp_path / "small"
     small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={4 * CHUNK_SIZE // 1024}k",
+                              "tmpfs", str(small)],
                              capture_output=True, check=False)
     if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here")
@@ -437,7 +439,8 @@ async def test_a_really_full_disk_keeps_a_sound_partial_file(pair: Pair, tmp_pat
             "failed", "disk-full")
         assert (small / f"{offer.offer_id}.part").exists()
         # More room: the fetch resumes from the chunks that made it, and the file is whole.
-        subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
+        subprocess.run(["mount", "-o", f"remount,size={16 * CHUNK_SIZE // 1024}k", str(small)],
+                       check=True)
         seen: list[int] = []
         path = await files(pair.b).fetch(offer.offer_id,
                                          progress=lambda p: seen.append(p.verified))
