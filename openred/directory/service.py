@@ -72,7 +72,7 @@ from openred.web.client import HttpClient, Signer
 from openred.web.signatures import InboundVerifier
 from openred.web.urls import check_url
 
-__all__ = ["DirectoryService", "GrantOutcome"]
+__all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 
 logger = logging.getLogger("openred.directory")
 
@@ -531,13 +531,12 @@ class DirectoryService:
         common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
                   "inclusion_proof": proof.to_wire()}
+        body_a, body_b = push_bodies(
+            common, {"sealed_token": b64url(sealed_a), "peer_record": b_record.to_wire()},
+            {"sealed_token": b64url(sealed_b), "peer_record": a_record.to_wire()})
         # 4. Push both halves at once over the pooled client.
         delivered_a, delivered_b = await asyncio.gather(
-            self._push(a_record, {**common, "sealed_token": b64url(sealed_a),
-                                  "peer_record": b_record.to_wire()}),
-            self._push(b_record, {**common, "sealed_token": b64url(sealed_b),
-                                  "peer_record": a_record.to_wire()}),
-        )
+            self._push(a_record, body_a), self._push(b_record, body_b))
         delivered = {"initiator": delivered_a[0], "responder": delivered_b[0]}
         if not all(delivered.values()):
             undelivered = [role for role, ok in delivered.items() if not ok]
@@ -612,10 +611,10 @@ class DirectoryService:
         hashes = self.tree.inclusion_proof(entry.seq - 1, note.size)
         return note.text, InclusionProof(entry.seq - 1, note.size, tuple(hashes))
 
-    async def _push(self, to: SignedNodeRecord, body: dict[str, Any]) -> tuple[bool, str]:
+    async def _push(self, to: SignedNodeRecord, body: bytes) -> tuple[bool, str]:
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
-            reply = await self.http.request("POST", url, json_body=body, signed=True)
+            reply = await self.http.request("POST", url, body=body, signed=True)
         except Exception as exc:  # any failure to deliver is reported, never a 500
             return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
         if reply.ok:
@@ -657,6 +656,27 @@ class DirectoryService:
     def key_info(self) -> dict[str, str]:
         return {"key": self.key.b64url(), "id": str(self.key.node_id), "origin": self.origin,
                 "vkey": vkey(self.origin, self.key)}
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def push_bodies(common: dict[str, Any], *own: dict[str, Any]) -> list[bytes]:
+    """The JSON bodies ``{**common, **own[i]}`` as the HTTP client would encode them, byte for byte.
+
+    The shared part (grant, entry, checkpoint, proof: most of a push) is encoded once for both
+    nodes. ``own`` must not repeat a key of ``common`` (each key appears once in the body).
+    """
+    head = _compact_json(common)
+    if not head.endswith("}") or head == "{}":
+        raise ValueError("common is a non-empty JSON object")
+    bodies = []
+    for extra in own:
+        if not extra or extra.keys() & common.keys():
+            raise ValueError("each body adds keys of its own to common")
+        bodies.append((head[:-1] + "," + _compact_json(extra)[1:]).encode("utf-8"))
+    return bodies
 
 
 def _jail_base_signer(jail: JailClient) -> Callable[[bytes], Any]:
