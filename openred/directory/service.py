@@ -572,10 +572,12 @@ class DirectoryService:
         """A checkpoint of the log's head signed from the proof tree, or None (use the store's).
 
         Only when the tree provably is the log: it holds exactly the store's head and its root
-        equals the root of the store's own Merkle frontier, read with no await in between (the
-        writer thread moves the frontier tree before its size, so a commit landing meanwhile
-        shows as a mismatch, never as a false match). The note is signed by the store's signer
-        (the jail), and ``sign_checkpoint`` verifies it under the log's key before it is used.
+        equals the root of the store's own Merkle frontier (built by the store from the rows it
+        committed, not from this tree). Equal RFC 6962 roots mean equal leaves, barring a
+        SHA-256 collision, so a match is the log itself; a commit landing while this runs (the
+        writer thread replaces the frontier) can only show as a mismatch, and a mismatch lets
+        the store sign. The note is signed by the store's signer (the jail), and
+        ``sign_checkpoint`` verifies it under the log's key before it is used.
 
         It is not written to the ``checkpoints`` table: it needs no write lock, no transaction
         and no fsync of its own, and a grant waits for neither. The entries it covers are

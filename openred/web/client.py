@@ -89,7 +89,7 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         # URLs that passed _check: the check is a pure function of the URL and allow_private
         # (fixed for this client); names are still checked by SafeResolver at each connection.
-        self._checked: set[str] = set()
+        self._checked: set[tuple[bool, str]] = set()
 
     async def __aenter__(self) -> HttpClient:
         self._ensure()
@@ -118,12 +118,13 @@ class HttpClient:
             self._session = None
 
     def _check(self, url: str) -> None:
-        if url in self._checked:
+        key = (self.allow_private, url)
+        if key in self._checked:
             return
         self._check_uncached(url)
         if len(self._checked) >= _CHECKED_URLS_MAX:
             self._checked.clear()
-        self._checked.add(url)
+        self._checked.add(key)
 
     def _check_uncached(self, url: str) -> None:
         _, host, _ = check_url_syntax_for_request(url)
