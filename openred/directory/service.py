@@ -57,15 +57,22 @@ from openred.directory.ratelimit import RateLimiter
 from openred.directory.tree import ProofTree
 from openred.errors import OpenRedError, RequestRefused, StoreError
 from openred.settings import DirectorySettings
-from openred.store.checkpoint import parse_checkpoint_body, parse_signed_note, vkey
+from openred.store.checkpoint import (
+    Checkpoint,
+    parse_checkpoint_body,
+    parse_signed_note,
+    sign_checkpoint,
+    vkey,
+)
 from openred.store.events import NewEvent, StoredEvent
 from openred.store.readmodels import ReadModels
+from openred.store.signer import Signer as LogSigner
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
 from openred.web.client import HttpClient, Signer
 from openred.web.signatures import InboundVerifier
 from openred.web.urls import check_url
 
-__all__ = ["DirectoryService", "GrantOutcome"]
+__all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 
 logger = logging.getLogger("openred.directory")
 
@@ -73,6 +80,25 @@ RECEIVE_PATH = "/api/v3/tokens/receive"
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
+
+
+@dataclass(slots=True)
+class _Note:
+    """A signed checkpoint of the directory's log: its size, root and note text.
+
+    ``checked``: the proof tree's root at ``size`` is known to be ``root`` (a note signed from
+    the tree is; a note the store signed is compared once, before its first proof leaves).
+    """
+
+    size: int
+    root: bytes
+    text: bytes
+    checked: bool
+
+
+def _parsed_note(text: bytes) -> _Note:
+    checkpoint = parse_checkpoint_body(parse_signed_note(text).body)
+    return _Note(checkpoint.size, checkpoint.root_hash, text, checked=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +170,7 @@ class DirectoryService:
     def __init__(
         self, settings: DirectorySettings, store: SQLiteEventStore, reads: ReadModels,
         jail: JailClient, http: HttpClient, *, clock: Callable[[], float] = time.time,
+        signer: LogSigner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -161,10 +188,13 @@ class DirectoryService:
         self._last_seen: dict[str, int] = {}
         self._started = int(clock())
         self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
-        self._note: tuple[int, bytes] | None = None
+        self._note: _Note | None = None
+        # Signs checkpoints of the proof tree (the store's own signer, the jail): None → every
+        # checkpoint is the store's.
+        self._signer = signer
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
         self._keys: dict[str, SignKey] = {}
-        self._signing: asyncio.Task[bytes] | None = None
+        self._signing: asyncio.Task[None] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
         self.target_limit = RateLimiter(settings.rate_per_target, window)
@@ -192,8 +222,13 @@ class DirectoryService:
         # As many pooled connections as requests a loaded directory serves at once: a smaller
         # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
-        service = cls(settings, store, reads, jail, http, clock=clock)
+        service = cls(settings, store, reads, jail, http, clock=clock, signer=signer)
         await service._sync_tree(store.head.size)
+        # Checkpoints pushed with grants are signed from the proof tree and kept in memory
+        # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
+        # of the whole durable log at start keeps GET /directory/checkpoint at or beyond every
+        # checkpoint pushed before a restart.
+        await store.checkpoint()
         return service
 
     async def close(self) -> None:
@@ -496,13 +531,12 @@ class DirectoryService:
         common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
                   "inclusion_proof": proof.to_wire()}
+        body_a, body_b = push_bodies(
+            common, {"sealed_token": b64url(sealed_a), "peer_record": b_record.to_wire()},
+            {"sealed_token": b64url(sealed_b), "peer_record": a_record.to_wire()})
         # 4. Push both halves at once over the pooled client.
         delivered_a, delivered_b = await asyncio.gather(
-            self._push(a_record, {**common, "sealed_token": b64url(sealed_a),
-                                  "peer_record": b_record.to_wire()}),
-            self._push(b_record, {**common, "sealed_token": b64url(sealed_b),
-                                  "peer_record": a_record.to_wire()}),
-        )
+            self._push(a_record, body_a), self._push(b_record, body_b))
         delivered = {"initiator": delivered_a[0], "responder": delivered_b[0]}
         if not all(delivered.values()):
             undelivered = [role for role, ok in delivered.items() if not ok]
@@ -514,40 +548,75 @@ class DirectoryService:
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
 
-    async def _note_covering(self, seq: int) -> bytes:
+    async def _note_covering(self, seq: int) -> _Note:
         """A signed checkpoint whose tree contains entry ``seq`` (shared by concurrent grants)."""
-        while self._note is None or self._note[0] < seq:
+        while self._note is None or self._note.size < seq:
             task = self._signing
             if task is None:
                 task = self._signing = asyncio.ensure_future(self._sign_note())
             # A checkpoint being signed may have started before seq was appended: look again.
             await asyncio.shield(task)
-        return self._note[1]
+        return self._note
 
-    async def _sign_note(self) -> bytes:
+    async def _sign_note(self) -> None:
         try:
-            note = await self.store.checkpoint()
-            size = parse_checkpoint_body(parse_signed_note(note).body).size
-            if self._note is None or size > self._note[0]:
-                self._note = (size, note)
-            return note
+            note = await self._sign_from_tree()
+            if note is None:
+                note = _parsed_note(await self.store.checkpoint())
+            if self._note is None or note.size > self._note.size:
+                self._note = note
         finally:
             self._signing = None
 
+    async def _sign_from_tree(self) -> _Note | None:
+        """A checkpoint of the log's head signed from the proof tree, or None (use the store's).
+
+        Only when the tree provably is the log: it holds exactly the store's head and its root
+        equals the root of the store's own Merkle frontier (built by the store from the rows it
+        committed, not from this tree). Equal RFC 6962 roots mean equal leaves, barring a
+        SHA-256 collision, so a match is the log itself; a commit landing while this runs (the
+        writer thread replaces the frontier) can only show as a mismatch, and a mismatch lets
+        the store sign. The note is signed by the store's signer (the jail), and
+        ``sign_checkpoint`` verifies it under the log's key before it is used.
+
+        It is not written to the ``checkpoints`` table: it needs no write lock, no transaction
+        and no fsync of its own, and a grant waits for neither. The entries it covers are
+        durable already (each append returned after its commit), so nothing it attests can be
+        lost; the store still stores its own checkpoints (every 100 entries, every 60 s, at
+        close), ``open`` stores one of the whole log, and GET /directory/checkpoint answers the
+        newest of the stored one and this one (docs/decisions.md, "Directory speed").
+        """
+        store, signer = self.store, self._signer
+        if signer is None or signer.sign_key != store.sign_key:
+            return None
+        head = store.head.size
+        if len(self.tree) < head:
+            await self._sync_tree(head)
+        size = len(self.tree)
+        if size == 0 or size != store.head.size:
+            return None
+        root = self.tree.root(size)
+        if await store.root() != root or store.head.size != size:
+            return None
+        origin = store.origin
+        text = await sign_checkpoint(Checkpoint(origin=origin, size=size, root_hash=root),
+                                     origin, signer)
+        return _Note(size, root, text, checked=True)
+
     async def _proof_for(self, entry: StoredEvent) -> tuple[bytes, InclusionProof]:
         note = await self._note_covering(entry.seq)
-        checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
-        await self._sync_tree(checkpoint.size)
-        if len(self.tree) < checkpoint.size or self.tree.root(checkpoint.size) != \
-                checkpoint.root_hash:
-            raise StoreError("the proof cache disagrees with the signed checkpoint")
-        hashes = self.tree.inclusion_proof(entry.seq - 1, checkpoint.size)
-        return note, InclusionProof(entry.seq - 1, checkpoint.size, tuple(hashes))
+        if not note.checked:
+            await self._sync_tree(note.size)
+            if len(self.tree) < note.size or self.tree.root(note.size) != note.root:
+                raise StoreError("the proof cache disagrees with the signed checkpoint")
+            note.checked = True
+        hashes = self.tree.inclusion_proof(entry.seq - 1, note.size)
+        return note.text, InclusionProof(entry.seq - 1, note.size, tuple(hashes))
 
-    async def _push(self, to: SignedNodeRecord, body: dict[str, Any]) -> tuple[bool, str]:
+    async def _push(self, to: SignedNodeRecord, body: bytes) -> tuple[bool, str]:
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
-            reply = await self.http.request("POST", url, json_body=body, signed=True)
+            reply = await self.http.request("POST", url, body=body, signed=True)
         except Exception as exc:  # any failure to deliver is reported, never a 500
             return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
         if reply.ok:
@@ -557,11 +626,19 @@ class DirectoryService:
     # -- log facts ---------------------------------------------------------------------------
 
     async def checkpoint(self, from_size: int | None) -> dict[str, Any]:
-        """The newest signed checkpoint, with a consistency proof from ``from_size``."""
+        """The newest signed checkpoint, with a consistency proof from ``from_size``.
+
+        The newest of the store's stored checkpoints and the one last pushed with a grant
+        (those are kept in memory only): never older than a checkpoint a node was sent.
+        """
         note = await self.store.latest_checkpoint()
         if note is None:
             note = await self.store.checkpoint()
         checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
+        mine = self._note
+        if mine is not None and mine.size > checkpoint.size:
+            note = mine.text
+            checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
         proof: list[str] | None = None
         if from_size is not None:
             if from_size > checkpoint.size:
@@ -581,6 +658,27 @@ class DirectoryService:
     def key_info(self) -> dict[str, str]:
         return {"key": self.key.b64url(), "id": str(self.key.node_id), "origin": self.origin,
                 "vkey": vkey(self.origin, self.key)}
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def push_bodies(common: dict[str, Any], *own: dict[str, Any]) -> list[bytes]:
+    """The JSON bodies ``{**common, **own[i]}`` as the HTTP client would encode them, byte for byte.
+
+    The shared part (grant, entry, checkpoint, proof: most of a push) is encoded once for both
+    nodes. ``own`` must not repeat a key of ``common`` (each key appears once in the body).
+    """
+    head = _compact_json(common)
+    if not head.endswith("}") or head == "{}":
+        raise ValueError("common is a non-empty JSON object")
+    bodies = []
+    for extra in own:
+        if not extra or extra.keys() & common.keys():
+            raise ValueError("each body adds keys of its own to common")
+        bodies.append((head[:-1] + "," + _compact_json(extra)[1:]).encode("utf-8"))
+    return bodies
 
 
 def _jail_base_signer(jail: JailClient) -> Callable[[bytes], Any]:

@@ -30,6 +30,8 @@ __all__ = ["HttpClient", "Reply", "Signer"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 1 << 20
+_CHECKED_URLS_MAX = 4096
+"""Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,9 @@ class HttpClient:
         self._limit_per_host = limit_per_host
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
+        # URLs that passed _check: the check is a pure function of the URL and allow_private
+        # (fixed for this client); names are still checked by SafeResolver at each connection.
+        self._checked: set[tuple[bool, str]] = set()
 
     async def __aenter__(self) -> HttpClient:
         self._ensure()
@@ -113,6 +118,15 @@ class HttpClient:
             self._session = None
 
     def _check(self, url: str) -> None:
+        key = (self.allow_private, url)
+        if key in self._checked:
+            return
+        self._check_uncached(url)
+        if len(self._checked) >= _CHECKED_URLS_MAX:
+            self._checked.clear()
+        self._checked.add(key)
+
+    def _check_uncached(self, url: str) -> None:
         _, host, _ = check_url_syntax_for_request(url)
         from ipaddress import ip_address
 
@@ -128,17 +142,28 @@ class HttpClient:
         url: str,
         *,
         json_body: Any = None,
+        body: bytes | None = None,
         signed: bool = False,
         attempts: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Send one request (retried on transport failures and 502/503/504); its Reply."""
+        """Send one request (retried on transport failures and 502/503/504); its Reply.
+
+        ``json_body`` is sent as compact JSON; ``body`` is JSON text already encoded the same
+        way (UTF-8; a caller that builds one body for many requests), never both.
+        """
         self._check(url)
-        body = b"" if json_body is None else json.dumps(
-            json_body, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        if body is not None:
+            if json_body is not None:
+                raise ValueError("pass json_body or body, not both")
+        elif json_body is not None:
+            body = json.dumps(
+                json_body, separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
         base_headers = {"Accept": "application/json, application/problem+json"}
-        if json_body is not None:
+        if body is None:
+            body = b""
+        else:
             base_headers["Content-Type"] = "application/json"
         base_headers.update(headers or {})
         tries = self.attempts if attempts is None else max(1, attempts)
