@@ -141,9 +141,9 @@ async def post(
     64 KiB pieces up to 1 MiB, so the binary exchange reads the whole answer itself, bounded
     by its Content-Length. A transport failure is :class:`~openred.errors.PeerUnreachable`.
     """
-    http._check(url)
+    session = http.session_for(url)
     try:
-        async with http._ensure().post(
+        async with session.post(
             url, data=encode(envelope), allow_redirects=False,
             headers={"Content-Type": MEDIA_TYPE,
                      "Accept": f"{MEDIA_TYPE}, application/problem+json"},

@@ -117,6 +117,16 @@ class HttpClient:
             await self._session.close()
             self._session = None
 
+    def session_for(self, url: str) -> aiohttp.ClientSession:
+        """The pooled session, after the same URL check as :meth:`request`.
+
+        For a caller whose body or answer is not this client's JSON (the binary P2P envelope
+        of file chunks): it shares the pool, timeouts and :class:`SafeResolver`, and handles
+        the exchange itself.
+        """
+        self._check(url)
+        return self._ensure()
+
     def _check(self, url: str) -> None:
         key = (self.allow_private, url)
         if key in self._checked:
