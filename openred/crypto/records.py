@@ -15,6 +15,7 @@ Whoever receives a record takes the node's X25519 key and URL only from a record
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -40,6 +41,8 @@ SIGNATURE_LEN = 64
 _PLAIN_STRING = re.compile(r"[ !#-\[\]-~]*")
 """Printable ASCII but ``"`` and backslash: JSON and RFC 8785 write these strings as they are."""
 _MAX_SAFE_INT = 2**53 - 1
+_FIELDS = ("node_id", "api_url", "sign_key", "box_key", "modules", "issued_at", "version")
+"""The record's fields in the order its dict form lists them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +68,7 @@ class NodeRecord:
         except (ValueError, TypeError) as exc:
             raise CryptoError(f"node record is malformed: {exc}") from exc
         object.__setattr__(self, "_dict", obj)
-        object.__setattr__(self, "_canonical", canonical_record_bytes(obj))
+        object.__setattr__(self, "_canonical", _checked_canonical(obj))
 
     @classmethod
     def build(
@@ -103,12 +106,22 @@ class NodeRecord:
             _jail.check_node_record_fields(obj)
         except (ValueError, TypeError) as exc:
             raise CryptoError(f"node record is malformed: {exc}") from exc
-        return cls(
-            node_id=NodeId(obj["node_id"]), api_url=obj["api_url"],
-            sign_key=SignKey.from_b64url(obj["sign_key"]),
-            box_key=BoxKey.from_b64url(obj["box_key"]), modules=tuple(obj["modules"]),
-            issued_at=obj["issued_at"], version=obj["version"],
-        )
+        # ``obj`` is now exactly a record in its canonical form (canonical unpadded base64url
+        # keys, sorted modules, safe integers, node_id = id(sign_key)): the checked constructor
+        # would rebuild this very dict and check it again. Set the fields from it directly
+        # (tested equal to the constructor's record, field by field and byte for byte).
+        own = {name: obj[name] for name in _FIELDS}
+        own["modules"] = list(own["modules"])
+        record = object.__new__(cls)
+        for name, value in (
+            ("node_id", NodeId(own["node_id"])), ("api_url", own["api_url"]),
+            ("sign_key", SignKey(_key_bytes(own["sign_key"]))),
+            ("box_key", BoxKey(_key_bytes(own["box_key"]))), ("modules", tuple(own["modules"])),
+            ("issued_at", own["issued_at"]), ("version", own["version"]), ("_dict", own),
+            ("_canonical", _checked_canonical(own)),
+        ):
+            object.__setattr__(record, name, value)
+        return record
 
     def canonical_bytes(self) -> bytes:
         """The RFC 8785 bytes the node signs."""
@@ -150,6 +163,16 @@ class SignedNodeRecord:
     @property
     def hash(self) -> bytes:
         return self.record.hash
+
+
+def _key_bytes(text: str) -> bytes:
+    """The 32 bytes of a key that check_node_record_fields found canonical (43 characters)."""
+    return base64.urlsafe_b64decode(text + "=")
+
+
+def _checked_canonical(obj: Mapping[str, Any]) -> bytes:
+    """canonical_record_bytes for a dict check_node_record_fields accepted (always plain)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 def canonical_record_bytes(obj: Mapping[str, Any]) -> bytes:

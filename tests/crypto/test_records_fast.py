@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import random
 import string
 
@@ -75,3 +76,35 @@ def test_node_id_memo_is_the_derivation() -> None:
         assert NodeId.for_key(SignKey(raw)) == expected
         assert NodeId.for_key(SignKey(raw)) == expected  # from the memo
         assert type(NodeId.for_key(SignKey(raw))) is NodeId
+
+
+def test_from_dict_builds_what_the_checked_constructor_builds() -> None:
+    rng = random.Random(8785)
+    for _ in range(300):
+        built = random_record(rng)
+        obj = json.loads(json.dumps(built.to_dict()))
+        parsed = NodeRecord.from_dict(obj)
+        assert parsed == built
+        for name in ("node_id", "api_url", "sign_key", "box_key", "modules", "issued_at",
+                     "version"):
+            assert getattr(parsed, name) == getattr(built, name)
+            assert type(getattr(parsed, name)) is type(getattr(built, name))
+        assert parsed.canonical_bytes() == built.canonical_bytes() == rfc8785.dumps(obj)
+        assert list(parsed.to_dict().items()) == list(built.to_dict().items())
+        assert parsed.hash == built.hash
+        obj["modules"].append("zzzz")  # the record keeps its own copy
+        assert parsed.to_dict() == built.to_dict()
+
+
+@pytest.mark.parametrize("change", [
+    {"sign_key": "A" * 43}, {"node_id": "a" * 32}, {"modules": ["b", "a"]},
+    {"version": 0}, {"issued_at": True}, {"api_url": "ftp://x"}, {"extra": 1},
+    {"box_key": "A" * 42 + "B"},
+])
+def test_from_dict_still_refuses_what_the_check_refuses(change: dict[str, object]) -> None:
+    from openred.errors import CryptoError
+
+    obj = random_record(random.Random(2)).to_dict()
+    obj.update(change)
+    with pytest.raises(CryptoError):
+        NodeRecord.from_dict(obj)
