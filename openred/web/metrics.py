@@ -124,6 +124,7 @@ class Metrics:
         # labels() call; a request only needs the child. Bounded like the label sets themselves
         # (route templates, not raw paths), and cleared if it ever grows past _MAX_CHILDREN.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[int, str], Any] = {}
         self._event_counters: dict[str, Callable[[dict[str, Any]], None]] = {
             "HandshakeRejected": lambda p: self.handshakes_rejected.labels(
                 str(p.get("reason", "unknown"))).inc(),
@@ -166,6 +167,16 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def _child(self, metric: Any, label: str) -> Any:
+        """``metric.labels(label)``, remembered (bounded like the request children)."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(label)
+        return child
+
     # -- instrumenting the store and the jail client -------------------------------------------
 
     def watch_store(self, store: Any) -> None:
@@ -181,7 +192,7 @@ class Metrics:
                 raise
             self.log_append_seconds.observe(time.perf_counter() - start)
             for event in stored:
-                self.log_events.labels(event.type).inc()
+                self._child(self.log_events, event.type).inc()
                 counter = self._event_counters.get(event.type)
                 if counter is not None:
                     counter(decode_payload(event.payload))
@@ -206,7 +217,7 @@ class Metrics:
                 self.jail_failures.labels(op, type(exc).__name__).inc()
                 raise
             finally:
-                self.jail_seconds.labels(op).observe(time.perf_counter() - start)
+                self._child(self.jail_seconds, op).observe(time.perf_counter() - start)
 
         jail.call = timed_call
 

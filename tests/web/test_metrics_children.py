@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import generate_latest
 
@@ -41,3 +43,28 @@ def test_the_child_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     metrics.observe_request("GET", "/r", 200, 0.001)
     assert sample(metrics, "openred_http_requests_total", method="GET", route="/r",
                   status="200") == 2
+
+
+async def test_store_and_jail_children_count_per_label() -> None:
+    from types import SimpleNamespace
+
+    metrics = m.Metrics("test")
+
+    async def append(events: list[Any]) -> list[Any]:
+        return [SimpleNamespace(type=e, payload=b"") for e in events]
+
+    async def call(op: str, args: dict[str, Any]) -> str:
+        return op
+
+    store = SimpleNamespace(append=append, head=SimpleNamespace(size=0))
+    jail = SimpleNamespace(call=call)
+    metrics.watch_store(store)
+    metrics.watch_jail(jail)
+    await store.append(["NodeRegistered", "NodeRegistered", "NodeUpdated"])
+    await store.append(["NodeRegistered"])
+    for op in ("sign", "sign", "public_key"):
+        assert await jail.call(op, {}) == op
+    assert sample(metrics, "openred_log_events_total", type="NodeRegistered") == 3
+    assert sample(metrics, "openred_log_events_total", type="NodeUpdated") == 1
+    assert sample(metrics, "openred_jail_call_duration_seconds_count", op="sign") == 2
+    assert sample(metrics, "openred_jail_call_duration_seconds_count", op="public_key") == 1
