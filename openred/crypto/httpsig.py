@@ -472,13 +472,29 @@ def _single_header(req: HttpRequest, name: str) -> str | None:
     return found
 
 
+def _signature_headers(req: HttpRequest) -> tuple[str, str, str] | None:
+    """(Signature-Input, Signature, Content-Digest) when one field line carries each.
+
+    The three :func:`_single_header` lookups in one pass over the headers.
+    """
+    found: dict[str, str] = {}
+    for key, value in req.headers.items():
+        name = key.lower()
+        if name in _SIGNATURE_FIELDS:
+            if name in found:
+                return None
+            found[name] = value
+    if len(found) != 3:
+        return None
+    return found["signature-input"], found["signature"], found["content-digest"]
+
+
 def _fast_parts(req: HttpRequest) -> tuple[bytes, int, str, str, bytes, str] | None:
     """(signature base, created, keyid, nonce, signature, content-digest) in the exact form."""
-    sig_input = _single_header(req, "signature-input")
-    sig_value = _single_header(req, "signature")
-    digest = _single_header(req, "content-digest")
-    if sig_input is None or sig_value is None or digest is None:
+    fields = _signature_headers(req)
+    if fields is None:
         return None
+    sig_input, sig_value, digest = fields
     m_input = _FAST_INPUT.fullmatch(sig_input)
     m_sig = _FAST_SIGNATURE.fullmatch(sig_value)
     if (m_input is None or m_sig is None or _FAST_DIGEST.fullmatch(digest) is None

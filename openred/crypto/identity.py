@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -54,8 +55,20 @@ class NodeId(str):
 
     @classmethod
     def for_key(cls, key: SignKey) -> NodeId:
-        digest = hashlib.sha256(key.raw).digest()[:20]
-        return cls(base64.b32encode(digest).decode("ascii").lower())
+        if cls is NodeId:
+            return _node_id_of(key.raw)
+        return cls(_derive_node_id(key.raw))
+
+
+def _derive_node_id(raw: bytes) -> str:
+    digest = hashlib.sha256(raw).digest()[:20]
+    return base64.b32encode(digest).decode("ascii").lower()
+
+
+@functools.lru_cache(maxsize=4096)
+def _node_id_of(raw: bytes) -> NodeId:
+    """The id of a raw key, remembered for the keys seen last (a pure function of ``raw``)."""
+    return NodeId(_derive_node_id(raw))
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,8 +156,11 @@ def install_request_ids(app: Quart) -> None:
 
     @app.before_request
     async def assign() -> None:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        _REQUEST_ID.set(given if _VALID_ID.fullmatch(given) else secrets.token_urlsafe(12))
+        # getlist, not get: Werkzeug's get raises and catches a KeyError for a missing header
+        # (most requests). The first line wins either way.
+        given = request.headers.getlist(REQUEST_ID_HEADER)
+        first = given[0] if given else ""
+        _REQUEST_ID.set(first if _VALID_ID.fullmatch(first) else secrets.token_urlsafe(12))
 
     @app.after_request
     async def echo(response: Any) -> Any:

@@ -56,6 +56,7 @@ METRICS_EXTENSION = "openred.metrics"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _UNMATCHED = "<unmatched>"
+_MAX_CHILDREN = 4096
 
 Sampler = Callable[["Metrics"], Awaitable[None]]
 
@@ -119,6 +120,11 @@ class Metrics:
             "openred_dependency_up", "Whether a dependency answered its last check (1) or not.",
             ["dependency"], registry=r)
         self._samplers: list[Sampler] = []
+        # Label children by (method, route, status): prometheus_client checks and locks on every
+        # labels() call; a request only needs the child. Bounded like the label sets themselves
+        # (route templates, not raw paths), and cleared if it ever grows past _MAX_CHILDREN.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[int, str], Any] = {}
         self._event_counters: dict[str, Callable[[dict[str, Any]], None]] = {
             "HandshakeRejected": lambda p: self.handshakes_rejected.labels(
                 str(p.get("reason", "unknown"))).inc(),
@@ -150,9 +156,26 @@ class Metrics:
 
     def observe_request(self, method: str, route: str | None, status: int,
                         seconds: float) -> None:
-        template = route or _UNMATCHED
-        self.requests.labels(method, template, str(status)).inc()
-        self.request_seconds.labels(method, template).observe(seconds)
+        key = (method, route or _UNMATCHED, status)
+        children = self._request_children.get(key)
+        if children is None:
+            if len(self._request_children) >= _MAX_CHILDREN:
+                self._request_children.clear()
+            children = self._request_children[key] = (
+                self.requests.labels(key[0], key[1], str(status)),
+                self.request_seconds.labels(key[0], key[1]))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _child(self, metric: Any, label: str) -> Any:
+        """``metric.labels(label)``, remembered (bounded like the request children)."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(label)
+        return child
 
     # -- instrumenting the store and the jail client -------------------------------------------
 
@@ -169,7 +192,7 @@ class Metrics:
                 raise
             self.log_append_seconds.observe(time.perf_counter() - start)
             for event in stored:
-                self.log_events.labels(event.type).inc()
+                self._child(self.log_events, event.type).inc()
                 counter = self._event_counters.get(event.type)
                 if counter is not None:
                     counter(decode_payload(event.payload))
@@ -194,7 +217,7 @@ class Metrics:
                 self.jail_failures.labels(op, type(exc).__name__).inc()
                 raise
             finally:
-                self.jail_seconds.labels(op).observe(time.perf_counter() - start)
+                self._child(self.jail_seconds, op).observe(time.perf_counter() - start)
 
         jail.call = timed_call
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -60,11 +61,26 @@ async def serve_app(
             loop.remove_signal_handler(sig)
 
 
+async def freeze_startup_objects() -> None:
+    """Move everything alive once the service has started out of the cyclic GC's sight.
+
+    A started service holds some hundred thousand long-lived objects (modules, SQLAlchemy and
+    pydantic schemas, the app); every full collection walked them all again while requests
+    only allocate short-lived ones. ``gc.freeze`` leaves them to reference counting alone
+    (they are freed as before when released; only a cycle among them is kept).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run(app: Quart, host: str, port: int, *, access_log: bool = False) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking).
 
     A port that cannot be bound or an app that fails to start is a ConfigurationError.
+    Once the app has started (its own ``before_serving`` functions ran first), the objects
+    it keeps are frozen out of the cyclic garbage collector (:func:`freeze_startup_objects`).
     """
+    app.before_serving(freeze_startup_objects)
     try:
         asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
     except LifespanFailureError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import http_sf
 from quart import Request
@@ -46,9 +46,24 @@ async def to_http_request(public_url: str, request: Request) -> HttpRequest:
     """The framework-neutral form of a Quart request (body read and cached)."""
     body = await request.get_data(cache=True, as_text=False)
     assert isinstance(body, bytes)
-    names = {name for name, _ in request.headers.items()}
-    headers = {name: ", ".join(request.headers.getlist(name)) for name in names}
-    return HttpRequest(request.method, _target_uri(public_url, request), headers, body)
+    return HttpRequest(request.method, _target_uri(public_url, request),
+                       _joined_headers(request.headers.items()), body)
+
+
+def _joined_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Each header name once, its field lines joined by ``, `` in order (one pass).
+
+    The same as ``{name: ", ".join(headers.getlist(name)) for name in names}`` when no two
+    names differ only in case, which Quart guarantees (it title-cases every name it receives);
+    names that do are merged under the first spelling, as ``getlist`` would have merged them.
+    """
+    joined: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for name, value in items:
+        folded = name.lower()
+        first = spelling.setdefault(folded, name)
+        joined[first] = joined[first] + ", " + value if first in joined else value
+    return joined
 
 
 _KEYID = re.compile(r';keyid="([a-z2-7]{32}|directory)";')
