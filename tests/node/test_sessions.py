@@ -464,3 +464,61 @@ async def test_concurrent_uses_past_save_every_save_the_state_once(
     # 7 uses with save_every 4: one save (at the 4th), not one per request still in flight.
     assert saved == len(wraps) == 1
     assert len(await Messaging(b.store, b.jail, b.reads).inbox()) == 7
+
+
+async def test_an_epoch_change_during_a_save_is_saved_by_the_next_use(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    serve_messaging(b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    channel = await connected(directory, a, b)
+    await sender.send(channel, "first", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    responder = await b.keeper.channel(channel.session_id, NOW)
+    original = b.jail.wrap
+    moved: list[int] = []
+
+    async def wrap_while_the_epoch_moves(label: str, plaintext: bytes) -> bytes:
+        if not moved:
+            moved.append(responder.cipher.rotate())  # after the state was taken
+            # A request finishing now does not start a second save of this session.
+            await sender.send(channel, "during", message_id=os.urandom(16), now=NOW,
+                              transport=p2p_to(b, NOW))
+        return await original(label, plaintext)
+
+    b.jail.wrap = wrap_while_the_epoch_moves  # type: ignore[method-assign]
+    before = (await b.types()).count(ev.SESSION_STATE_SAVED)
+    await b.keeper.save(responder)
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 1
+    await sender.send(channel, "after", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    # The saved state predates the epoch change, so the next use saves the new epoch.
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 2
+    await sender.send(channel, "again", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 2
+    assert len(await Messaging(b.store, b.jail, b.reads).inbox()) == 4
+
+
+def test_restoring_re_marks_the_counters_since_the_second_newest_save() -> None:
+    from openred.node.sessions import accepted_counters
+    from openred.store.events import RecordedEvent
+
+    def event(seq: int, type_: str, **payload: Any) -> RecordedEvent:
+        return RecordedEvent(seq, "session:s", seq, type_, 1, "", payload)
+
+    events = [
+        event(0, ev.SESSION_ESTABLISHED, wrapped_state="s0"),
+        event(1, ev.MESSAGE_RECEIVED, counter=1),
+        event(2, ev.SESSION_STATE_SAVED, wrapped_state="s1"),
+        event(3, ev.MESSAGE_RECEIVED, counter=2),
+        event(4, ev.MESSAGE_SENT),  # no counter: not caused by a request
+        event(5, ev.SESSION_STATE_SAVED, wrapped_state="s2"),
+        event(6, ev.MESSAGE_RECEIVED, counter=3),
+    ]
+    assert accepted_counters(events) == ("s2", [2, 3])
+    assert accepted_counters(events[:2]) == ("s0", [1])
+    assert accepted_counters(events[:3]) == ("s1", [1])
+    with pytest.raises(Exception, match="no saved state"):
+        accepted_counters(events[1:2])
