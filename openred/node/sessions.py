@@ -15,9 +15,10 @@ wrapped by the jail (label ``session:<id>``), first in ``SessionEstablished`` an
 1. unwrap the newest saved state; :meth:`SessionCipher.from_state` moves sending to a send
    epoch the :class:`NodeSessionLedger` reserved durably, never used before however often the
    state is restored, so no (key, nonce) is ever used twice;
-2. mark in the replay window every counter the log shows was accepted after that save (each
-   event a P2P request caused carries ``counter``), so no request is accepted twice (answers
-   are accepted only for requests pending in memory);
+2. mark in the replay window every counter the log shows was accepted after the save before
+   that one (each event a P2P request caused carries ``counter``; see
+   :func:`accepted_counters`), so no request is accepted twice (answers are accepted only for
+   requests pending in memory);
 3. save the restored state at once, which keeps the saved state current and step 2 short.
 
 The state is saved again after every epoch rotation (and every ``save_every`` accepted
@@ -179,18 +180,27 @@ class SessionCache:
 
 
 def accepted_counters(events: list[RecordedEvent]) -> tuple[str, list[int]]:
-    """The newest saved state of a session stream and the counters accepted after it."""
+    """The newest saved state of a session stream and the counters to re-mark on restoring it.
+
+    Those are the counters of every event after the *second* newest saved state, not only after
+    the newest: a state is taken before the jail wraps it and logged after, so a request
+    accepted meanwhile is in neither that state nor (its event logged before the state's)
+    after it. Saves of a session are serialized (:meth:`SessionKeeper.save`), so each state is
+    taken after the previous one was logged, and every request the newest state misses was
+    logged after the previous state. Re-marking a counter the state holds changes nothing.
+    """
     wrapped: str | None = None
+    earlier: list[int] = []
     counters: list[int] = []
     for event in events:
         if event.type in _STATE_EVENTS:
             wrapped = event.payload["wrapped_state"]
-            counters = []
+            earlier, counters = counters, []
         elif isinstance(event.payload.get("counter"), int):
             counters.append(event.payload["counter"])
     if wrapped is None:
         raise CryptoError("the session stream holds no saved state")
-    return wrapped, counters
+    return wrapped, earlier + counters
 
 
 class SessionKeeper:
@@ -207,6 +217,8 @@ class SessionKeeper:
         self.cache = cache or SessionCache()
         self.save_every = save_every
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+        self._save_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
         self._uses: dict[str, int] = {}
         self._saved_epoch: dict[str, int] = {}
@@ -262,14 +274,28 @@ class SessionKeeper:
         return SessionChannel(row.session_id, row.role, row.peer, cipher)
 
     async def save(self, channel: SessionChannel) -> None:
-        """Wrap the channel's state in the jail and log it (``SessionStateSaved``)."""
-        wrapped = await self.jail.wrap(wrap_label(channel.session_id), channel.cipher.to_state())
-        await self.store.append_one(NewEvent(
-            ev.session_stream(channel.session_id), ev.SESSION_STATE_SAVED,
-            {"session_id": channel.session_id, "wrapped_state": b64url(wrapped)},
-        ))
-        self._saved_epoch[channel.session_id] = channel.cipher.send_epoch
-        self._uses[channel.session_id] = 0
+        """Wrap the channel's state in the jail and log it (``SessionStateSaved``).
+
+        One save of a session at a time: the state is taken after the previous save was logged
+        (what :func:`accepted_counters` relies on).
+        """
+        sid = channel.session_id
+        lock = self._save_locks.get(sid)
+        if lock is None:
+            lock = self._save_locks[sid] = asyncio.Lock()
+        async with lock:
+            self._uses[sid] = 0
+            epoch = channel.cipher.send_epoch
+            wrapped = await self.jail.wrap(wrap_label(sid), channel.cipher.to_state())
+            await self.store.append_one(NewEvent(
+                ev.session_stream(sid), ev.SESSION_STATE_SAVED,
+                {"session_id": sid, "wrapped_state": b64url(wrapped)},
+            ))
+            self._saved_epoch[sid] = epoch
+
+    def _saving(self, session_id: str) -> bool:
+        lock = self._save_locks.get(session_id)
+        return lock is not None and lock.locked()
 
     async def rotate(self, channel: SessionChannel) -> int:
         """Move sending to the next epoch and save at once (the cipher's contract)."""
@@ -293,10 +319,17 @@ class SessionKeeper:
         return rotated
 
     async def after_use(self, channel: SessionChannel) -> None:
-        """Save when the sender moved to a new epoch on its own, or every ``save_every`` uses."""
+        """Save when the sender moved to a new epoch on its own, or every ``save_every`` uses.
+
+        Not while a save of the session is under way: the requests finishing meanwhile would
+        each start one more (up to one per request in flight), all saving the same state. The
+        next use after that save checks again.
+        """
         sid = channel.session_id
         uses = self._uses.get(sid, 0) + 1
         self._uses[sid] = uses
+        if self._saving(sid):
+            return
         if channel.cipher.send_epoch != self._saved_epoch.get(sid) or uses >= self.save_every:
             await self.save(channel)
 

@@ -401,3 +401,124 @@ async def test_send_keys_rotate_every_epoch_interval_and_messages_keep_flowing(
                       transport=p2p_to(b, NOW))
     responder = b.keeper.cache.get(channel.session_id, NOW)
     assert responder is not None and responder.cipher.recv_epoch == 1
+
+
+async def test_a_request_logged_while_the_state_is_being_saved_is_not_accepted_twice(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    # The saved state is taken before the jail wraps it; a request accepted during that wrap
+    # is in neither the saved state nor (if the log kept only what follows the save) the
+    # counters re-marked on restore. A restarted node must still refuse it.
+    a, b, _ = nodes
+    serve_messaging(b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    channel = await connected(directory, a, b)
+    await sender.send(channel, "first", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    responder = await b.keeper.channel(channel.session_id, NOW)
+    during: list[Envelope] = []
+    original = b.jail.wrap
+
+    async def wrap_while_a_request_arrives(label: str, plaintext: bytes) -> bytes:
+        if not during:
+            await sender.send(channel, "during the save", message_id=os.urandom(16), now=NOW,
+                              transport=p2p_to(b, NOW, during))
+        return await original(label, plaintext)
+
+    b.jail.wrap = wrap_while_a_request_arrives  # type: ignore[method-assign]
+    await b.keeper.save(responder)
+    b.jail.wrap = original  # type: ignore[method-assign]
+    types = await b.types()
+    assert types.index(ev.MESSAGE_RECEIVED, types.index(ev.MESSAGE_RECEIVED) + 1) < (
+        len(types) - 1 - types[::-1].index(ev.SESSION_STATE_SAVED))  # logged before the save
+    b.restart_sessions()
+    [envelope] = during
+    await refused(dispatch(SEND, envelope.to_json(), actions=b.actions, keeper=b.keeper,
+                           store=b.store, now=NOW), 409, "replayed-message")
+
+
+async def test_concurrent_uses_past_save_every_save_the_state_once(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    import asyncio
+
+    a, b, _ = nodes
+    serve_messaging(b)
+    channel = await connected(directory, a, b)
+    b.keeper.save_every = 4
+    sender = Messaging(a.store, a.jail, a.reads)
+    wraps: list[str] = []
+    original = b.jail.wrap
+
+    async def counting(label: str, plaintext: bytes) -> bytes:
+        if label.startswith("session:"):
+            wraps.append(label)
+        await asyncio.sleep(0.01)  # a slow jail: the other requests finish meanwhile
+        return await original(label, plaintext)
+
+    b.jail.wrap = counting  # type: ignore[method-assign]
+    before = (await b.types()).count(ev.SESSION_STATE_SAVED)
+    await asyncio.gather(*(sender.send(channel, f"m{i}", message_id=os.urandom(16), now=NOW,
+                                       transport=p2p_to(b, NOW)) for i in range(7)))
+    saved = (await b.types()).count(ev.SESSION_STATE_SAVED) - before
+    # 7 uses with save_every 4: one save (at the 4th), not one per request still in flight.
+    assert saved == len(wraps) == 1
+    assert len(await Messaging(b.store, b.jail, b.reads).inbox()) == 7
+
+
+async def test_an_epoch_change_during_a_save_is_saved_by_the_next_use(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    a, b, _ = nodes
+    serve_messaging(b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    channel = await connected(directory, a, b)
+    await sender.send(channel, "first", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    responder = await b.keeper.channel(channel.session_id, NOW)
+    original = b.jail.wrap
+    moved: list[int] = []
+
+    async def wrap_while_the_epoch_moves(label: str, plaintext: bytes) -> bytes:
+        if not moved:
+            moved.append(responder.cipher.rotate())  # after the state was taken
+            # A request finishing now does not start a second save of this session.
+            await sender.send(channel, "during", message_id=os.urandom(16), now=NOW,
+                              transport=p2p_to(b, NOW))
+        return await original(label, plaintext)
+
+    b.jail.wrap = wrap_while_the_epoch_moves  # type: ignore[method-assign]
+    before = (await b.types()).count(ev.SESSION_STATE_SAVED)
+    await b.keeper.save(responder)
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 1
+    await sender.send(channel, "after", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    # The saved state predates the epoch change, so the next use saves the new epoch.
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 2
+    await sender.send(channel, "again", message_id=os.urandom(16), now=NOW,
+                      transport=p2p_to(b, NOW))
+    assert (await b.types()).count(ev.SESSION_STATE_SAVED) == before + 2
+    assert len(await Messaging(b.store, b.jail, b.reads).inbox()) == 4
+
+
+def test_restoring_re_marks_the_counters_since_the_second_newest_save() -> None:
+    from openred.node.sessions import accepted_counters
+    from openred.store.events import RecordedEvent
+
+    def event(seq: int, type_: str, **payload: Any) -> RecordedEvent:
+        return RecordedEvent(seq, "session:s", seq, type_, 1, "", payload)
+
+    events = [
+        event(0, ev.SESSION_ESTABLISHED, wrapped_state="s0"),
+        event(1, ev.MESSAGE_RECEIVED, counter=1),
+        event(2, ev.SESSION_STATE_SAVED, wrapped_state="s1"),
+        event(3, ev.MESSAGE_RECEIVED, counter=2),
+        event(4, ev.MESSAGE_SENT),  # no counter: not caused by a request
+        event(5, ev.SESSION_STATE_SAVED, wrapped_state="s2"),
+        event(6, ev.MESSAGE_RECEIVED, counter=3),
+    ]
+    assert accepted_counters(events) == ("s2", [2, 3])
+    assert accepted_counters(events[:2]) == ("s0", [1])
+    assert accepted_counters(events[:3]) == ("s1", [1])
+    with pytest.raises(Exception, match="no saved state"):
+        accepted_counters(events[1:2])
