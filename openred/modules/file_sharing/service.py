@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -92,6 +91,8 @@ CHUNK_ATTEMPTS: Final = 3
 IN_FLIGHT: Final = 4
 DIGEST_RUN: Final = 8
 """Chunks the digest reads back in one go (at most)."""
+SYNC_EVERY: Final = 32 * 1024 * 1024
+"""The partial file is flushed to disk (fdatasync) as the digest passes every 32 MiB."""
 _MARK = struct.Struct(">I32s")
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
@@ -190,34 +191,6 @@ class _Threads:
 def _flush(*fds: int) -> None:
     for fd in fds:
         os.fdatasync(fd)
-
-
-_SYNC_FILE_RANGE_WRITE: Final = 2
-
-
-def _writeback_starter() -> Callable[[int, int, int], None]:
-    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)`` where the C library has it.
-
-    It asks the kernel to start writing a range of dirty pages to disk and returns without
-    waiting. Durability is still the ``fsync`` before the file is placed; this only lets the
-    disk work while the transfer runs, so that ``fsync`` finds little left to write. Without
-    it (not Linux), nothing is started early.
-    """
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd, offset, length: None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-
-    def start(fd: int, offset: int, length: int) -> None:
-        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
-
-    return start
-
-
-start_writeback: Final = _writeback_starter()
-"""Start writing a range of a file back to disk, not waiting (see :func:`_writeback_starter`)."""
 
 
 class FileSharing:
@@ -837,14 +810,10 @@ class FileSharing:
                    end: int) -> None:
         """Feed chunks ``start`` .. ``end - 1`` of the partial file, read back, to ``whole``."""
         view = memoryview(buffer)
-        first = chunk_range(start, row.size, row.chunk_size)[0]
         for index in range(start, end):
             offset, length = chunk_range(index, row.size, row.chunk_size)
             got = os.preadv(fd, [view[:length]], offset)
             whole.update(view[:got])
-        # What the digest has passed is final: let the disk start on it now, so the fsync
-        # before the file is placed does not write the whole file at the end.
-        start_writeback(fd, first, offset + length - first)
 
     @staticmethod
     def _check_chunk(answer: bytes, index: int, count: int, length: int,
