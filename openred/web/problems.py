@@ -23,11 +23,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from quart import Quart, Request, Response
+from quart.routing import QuartRule
 from quart.wrappers.request import Body
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from openred import errors
+from openred.web.middleware import ROUTE_SCOPE_KEY
 
 __all__ = [
     "PROBLEM_JSON",
@@ -172,6 +174,9 @@ class JsonRequest(Request):
     recurses (RecursionError on ``[[[[…``): neither is a ValueError, so neither reaches Quart's
     own 400 path.
 
+    The rule Quart matches is also left in the ASGI scope (``openred.route``) for the request
+    middleware's metrics (:mod:`openred.web.middleware`).
+
     Reading a body that has fully arrived (almost every request: small bodies come with their
     headers) skips Quart's ``asyncio.wait_for``, which wraps the body in a new task and a timer
     on every read; awaiting a complete body returns at once, with the same bytes and the same
@@ -179,6 +184,24 @@ class JsonRequest(Request):
     """
 
     body_class = CompleteBody
+    _url_rule: QuartRule | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request middleware labels metrics with the rule Quart matched (None: no match).
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[ROUTE_SCOPE_KEY] = None
+
+    @property
+    def url_rule(self) -> QuartRule | None:
+        """The matched rule; setting it also records its template in the ASGI scope."""
+        return self._url_rule
+
+    @url_rule.setter
+    def url_rule(self, rule: QuartRule | None) -> None:
+        self._url_rule = rule
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[ROUTE_SCOPE_KEY] = rule.rule if rule is not None else None
 
     async def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
