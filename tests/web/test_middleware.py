@@ -61,7 +61,7 @@ def old_install(app: Quart, metrics: Metrics) -> None:
         return response
 
 
-SEEN: list[str | None] = []
+seen_ids: list[str | None] = []
 
 
 def make_app(new: bool) -> tuple[Quart, Metrics]:
@@ -73,7 +73,7 @@ def make_app(new: bool) -> tuple[Quart, Metrics]:
     @app.get("/items/<name>")
     async def item(name: str) -> Any:
         logging.getLogger("mw-test").info("item %s", name)
-        SEEN.append(wl.request_id())
+        seen_ids.append(wl.request_id())
         return {"name": name}
 
     @app.get("/q")
@@ -163,24 +163,24 @@ async def test_answers_and_metrics_equal_the_hooks() -> None:
 async def test_a_missing_or_unusable_id_is_replaced_by_a_fresh_one(given: str | None) -> None:
     app, _ = make_app(True)
     headers = {} if given is None else {"X-Request-Id": given}
-    SEEN.clear()
+    seen_ids.clear()
     response = await app.test_client().get("/items/x", headers=headers)
     rid = response.headers["X-Request-Id"]
     assert TOKEN.fullmatch(rid) and rid != given
     assert response.headers.getlist("X-Request-Id") == [rid]
-    assert SEEN == [rid]  # what the handler's logs carry
+    assert seen_ids == [rid]  # what the handler's logs carry
 
 
 async def test_the_first_id_line_wins_and_logs_carry_it(caplog: pytest.LogCaptureFixture) -> None:
     app, _ = make_app(True)
     caplog.set_level(logging.INFO, logger="mw-test")
     caplog.handler.addFilter(wl._ContextFilter(None))
-    SEEN.clear()
+    seen_ids.clear()
     scope_headers = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
     status, headers, _ = await asgi(app, "GET", "/items/z", scope_headers)
     assert status == 200 and headers.count((b"x-request-id", b"first")) == 1
     assert (b"x-request-id", b"second") not in headers
-    assert SEEN == ["first"]
+    assert seen_ids == ["first"]
     assert [r.request_id for r in caplog.records if r.name == "mw-test"] == ["first"]
     assert wl.request_id() is None  # not left behind after the request
 
