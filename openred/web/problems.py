@@ -29,6 +29,7 @@ from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from openred import errors
+from openred.web.asgi import HTTPConnection
 from openred.web.middleware import ROUTE_SCOPE_KEY
 
 __all__ = [
@@ -227,6 +228,7 @@ class JsonRequest(Request):
 def install(app: Quart) -> None:
     """Register the one error handler that turns every failure into a problem response."""
     app.request_class = JsonRequest
+    app.asgi_http_class = HTTPConnection
 
     @app.errorhandler(Exception)
     async def _handle(exc: Exception) -> Response:
