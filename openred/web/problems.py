@@ -31,6 +31,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from openred import errors
 from openred.web.asgi import HTTPConnection
 from openred.web.middleware import ROUTE_SCOPE_KEY
+from openred.web.schema import cache_type_adapters
 
 __all__ = [
     "PROBLEM_JSON",
@@ -229,6 +230,7 @@ def install(app: Quart) -> None:
     """Register the one error handler that turns every failure into a problem response."""
     app.request_class = JsonRequest
     app.asgi_http_class = HTTPConnection
+    cache_type_adapters()
 
     @app.errorhandler(Exception)
     async def _handle(exc: Exception) -> Response:
