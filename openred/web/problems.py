@@ -27,6 +27,8 @@ from quart.routing import QuartRule
 from quart.wrappers.request import Body
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.sansio.utils import get_content_length
+from werkzeug.utils import cached_property
 
 from openred import errors
 from openred.web.asgi import HTTPConnection
@@ -161,6 +163,12 @@ def _validation_detail(error: Exception) -> str:
     return "the request does not match the schema"
 
 
+def _first(headers: Any, name: str) -> str | None:
+    """``headers.get(name)`` without raising for a missing header."""
+    values: list[str] = headers.getlist(name)
+    return values[0] if values else None
+
+
 class CompleteBody(Body):
     """Quart's request body, which can say whether it has been received in full."""
 
@@ -204,6 +212,19 @@ class JsonRequest(Request):
         self._url_rule = rule
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
         scope[ROUTE_SCOPE_KEY] = rule.rule if rule is not None else None
+
+    @cached_property
+    def content_length(self) -> int | None:
+        r"""Werkzeug's ``content_length``, without its two raised and caught ``KeyError``\ s.
+
+        Werkzeug reads both headers with ``headers.get``, which raises and catches a
+        ``BadRequestKeyError`` for each missing one (both, on a GET); the first line of each
+        header is the same value ``get`` returns.
+        """
+        return get_content_length(
+            http_content_length=_first(self.headers, "Content-Length"),
+            http_transfer_encoding=_first(self.headers, "Transfer-Encoding"),
+        )
 
     async def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
