@@ -65,7 +65,14 @@ def test_one_adapter_per_complete_model_and_pydantics_own_for_the_rest() -> None
     assert type_adapter(DiscoverQuery) is type_adapter(DiscoverQuery)
     assert type_adapter(list[int]) is not type_adapter(list[int])
     assert type_adapter(list[int]).validate_python(["1", 2]) == [1, 2]
+    assert type_adapter(dict) is type_adapter(dict)
+    assert type_adapter(list) is type_adapter(list)
     assert type_adapter(dict).dump_python({"a": 1}) == {"a": 1}
+    for raw in ({"a": [1, "x", None], "b": {"c": 1.5}}, [1, {"k": DiscoverQuery(limit=3)}], {},
+                []):
+        for mode in ("python", "json"):
+            assert type_adapter(type(raw)).dump_python(raw, mode=mode) == \
+                pydantic.TypeAdapter(type(raw)).dump_python(raw, mode=mode)
 
     class Later(pydantic.BaseModel):
         other: Other  # defined below: the model is not complete yet
