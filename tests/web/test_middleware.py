@@ -171,17 +171,34 @@ async def test_a_missing_or_unusable_id_is_replaced_by_a_fresh_one(given: str | 
     assert seen_ids == [rid]  # what the handler's logs carry
 
 
-async def test_the_first_id_line_wins_and_logs_carry_it(caplog: pytest.LogCaptureFixture) -> None:
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_first_id_line_wins_and_logs_carry_it() -> None:
     app, _ = make_app(True)
-    caplog.set_level(logging.INFO, logger="mw-test")
-    caplog.handler.addFilter(wl._ContextFilter(None))
-    seen_ids.clear()
-    scope_headers = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
-    status, headers, _ = await asgi(app, "GET", "/items/z", scope_headers)
+    logger = logging.getLogger("mw-test")
+    collect = Collect()
+    collect.addFilter(wl._ContextFilter(None))
+    logger.addHandler(collect)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        seen_ids.clear()
+        scope_headers = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
+        status, headers, _ = await asgi(app, "GET", "/items/z", scope_headers)
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(old_level)
     assert status == 200 and headers.count((b"x-request-id", b"first")) == 1
     assert (b"x-request-id", b"second") not in headers
     assert seen_ids == ["first"]
-    assert [r.request_id for r in caplog.records if r.name == "mw-test"] == ["first"]
+    assert [getattr(r, "request_id", None) for r in collect.records] == ["first"]
     assert wl.request_id() is None  # not left behind after the request
 
 
