@@ -8,7 +8,8 @@ default is a readable console line carrying the same fields.
 
 The request id comes from the inbound ``X-Request-Id`` header (when it is a short token) or is
 made fresh, is kept in a context variable for the request's logs, and is echoed in the answer
-(:func:`install_request_ids`). :class:`Reachability` writes one ERROR line when a dependency
+(:func:`install_request_ids`, done by the ASGI middleware of :mod:`openred.web.middleware`).
+:class:`Reachability` writes one ERROR line when a dependency
 (the directory, a peer) stops answering and one INFO line when it is back — not one per failure.
 """
 
@@ -19,7 +20,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Mapping
@@ -151,23 +151,13 @@ def configure_logging(
 
 
 def install_request_ids(app: Quart) -> None:
-    """Give each request of a Quart ``app`` an id: its logs carry it, its answer echoes it."""
-    from quart import request
+    """Give each request of a Quart ``app`` an id: its logs carry it, its answer echoes it.
 
-    @app.before_request
-    async def assign() -> None:
-        # getlist, not get: Werkzeug's get raises and catches a KeyError for a missing header
-        # (most requests). The first line wins either way.
-        given = request.headers.getlist(REQUEST_ID_HEADER)
-        first = given[0] if given else ""
-        _REQUEST_ID.set(first if _VALID_ID.fullmatch(first) else secrets.token_urlsafe(12))
+    Done by the app's request middleware (:mod:`openred.web.middleware`), not by request hooks.
+    """
+    from openred.web.middleware import request_middleware
 
-    @app.after_request
-    async def echo(response: Any) -> Any:
-        rid = _REQUEST_ID.get()
-        if rid is not None:
-            response.headers[REQUEST_ID_HEADER] = rid
-        return response
+    request_middleware(app).request_ids = True
 
 
 class Reachability:

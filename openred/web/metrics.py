@@ -8,7 +8,7 @@ What is measured, and where:
 
 * HTTP requests by route *template* (``/api/v3/p2p/<module>/<action>``, never the raw path, so
   the label set stays bounded) and status, and their latency — :func:`install_request_metrics`
-  (before/after request functions);
+  (an ASGI middleware around the app, :mod:`openred.web.middleware`);
 * the log: appends' latency, events appended by type, and the counters derived from what was
   appended (handshakes rejected by reason, tokens expired, grants issued and failed, peer
   authentications) — :meth:`Metrics.watch_store` wraps the store's ``append``;
@@ -223,23 +223,15 @@ class Metrics:
 
 
 def install_request_metrics(app: Quart, metrics: Metrics) -> None:
-    """Count and time every request of a Quart ``app`` by its route template and status."""
-    from quart import g, request
+    """Count and time every request of a Quart ``app`` by its route template and status.
+
+    Done by the app's request middleware (:mod:`openred.web.middleware`), not by request hooks;
+    installing again (the app served once more) replaces the metrics it reports to.
+    """
+    from openred.web.middleware import request_middleware
 
     app.extensions[METRICS_EXTENSION] = metrics
-
-    @app.before_request
-    async def start_timer() -> None:
-        g.openred_metrics_start = time.perf_counter()
-
-    @app.after_request
-    async def observe(response: Any) -> Any:
-        start = getattr(g, "openred_metrics_start", None)
-        if start is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else None
-            metrics.observe_request(request.method, rule, response.status_code,
-                                    time.perf_counter() - start)
-        return response
+    request_middleware(app).metrics = metrics
 
 
 def metrics_app(metrics: Metrics) -> Any:

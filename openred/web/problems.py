@@ -23,11 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from quart import Quart, Request, Response
+from quart.routing import QuartRule
 from quart.wrappers.request import Body
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.sansio.utils import get_content_length
+from werkzeug.utils import cached_property
 
 from openred import errors
+from openred.web.asgi import HTTPConnection
+from openred.web.middleware import ROUTE_SCOPE_KEY
+from openred.web.schema import cache_type_adapters
 
 __all__ = [
     "PROBLEM_JSON",
@@ -157,6 +163,12 @@ def _validation_detail(error: Exception) -> str:
     return "the request does not match the schema"
 
 
+def _first(headers: Any, name: str) -> str | None:
+    """``headers.get(name)`` without raising for a missing header."""
+    values: list[str] = headers.getlist(name)
+    return values[0] if values else None
+
+
 class CompleteBody(Body):
     """Quart's request body, which can say whether it has been received in full."""
 
@@ -172,6 +184,9 @@ class JsonRequest(Request):
     recurses (RecursionError on ``[[[[…``): neither is a ValueError, so neither reaches Quart's
     own 400 path.
 
+    The rule Quart matches is also left in the ASGI scope (``openred.route``) for the request
+    middleware's metrics (:mod:`openred.web.middleware`).
+
     Reading a body that has fully arrived (almost every request: small bodies come with their
     headers) skips Quart's ``asyncio.wait_for``, which wraps the body in a new task and a timer
     on every read; awaiting a complete body returns at once, with the same bytes and the same
@@ -179,6 +194,37 @@ class JsonRequest(Request):
     """
 
     body_class = CompleteBody
+    _url_rule: QuartRule | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request middleware labels metrics with the rule Quart matched (None: no match).
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[ROUTE_SCOPE_KEY] = None
+
+    @property
+    def url_rule(self) -> QuartRule | None:
+        """The matched rule; setting it also records its template in the ASGI scope."""
+        return self._url_rule
+
+    @url_rule.setter
+    def url_rule(self, rule: QuartRule | None) -> None:
+        self._url_rule = rule
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[ROUTE_SCOPE_KEY] = rule.rule if rule is not None else None
+
+    @cached_property
+    def content_length(self) -> int | None:
+        r"""Werkzeug's ``content_length``, without its two raised and caught ``KeyError``\ s.
+
+        Werkzeug reads both headers with ``headers.get``, which raises and catches a
+        ``BadRequestKeyError`` for each missing one (both, on a GET); the first line of each
+        header is the same value ``get`` returns.
+        """
+        return get_content_length(
+            http_content_length=_first(self.headers, "Content-Length"),
+            http_transfer_encoding=_first(self.headers, "Transfer-Encoding"),
+        )
 
     async def get_data(  # type: ignore[override]
         self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False
@@ -204,6 +250,8 @@ class JsonRequest(Request):
 def install(app: Quart) -> None:
     """Register the one error handler that turns every failure into a problem response."""
     app.request_class = JsonRequest
+    app.asgi_http_class = HTTPConnection
+    cache_type_adapters()
 
     @app.errorhandler(Exception)
     async def _handle(exc: Exception) -> Response:
