@@ -23,8 +23,9 @@ path, services not open yet, no error handler for ``Exception`` on the app (the 
 handler of :func:`openred.web.problems.install`), and — checked on every request — a
 ``SERVER_NAME`` or ``TRUSTED_HOSTS`` setting (Quart matches or refuses by ``Host``), any
 request hook, ``url_value_preprocessor``, teardown function or request signal receiver
-installed on the app (e.g. by the monitoring module's middleware), so middleware always sees
-every request.
+installed on the app, so a Quart hook always sees every request. Request ids and request
+metrics (:mod:`openred.web.middleware`) are an ASGI middleware around this wrapper, so they
+see the fast path's calls too.
 """
 
 from __future__ import annotations
