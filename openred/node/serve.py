@@ -33,7 +33,7 @@ from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.settings import read_env_file
-from openred.web.serve import hypercorn_config, serve_app
+from openred.web.serve import freeze_startup_objects, hypercorn_config, serve_app
 
 __all__ = ["ADMIN_URL_FILE", "admin_port", "run_node", "serve_node"]
 
@@ -115,6 +115,7 @@ async def serve_node(
         url_file.write_text(f"http://{ADMIN_HOST}:{port}\n", encoding="utf-8")
         logger.info("node %s serving on %s, admin API on http://%s:%d", services.keys.node_id,
                     settings.base_url, ADMIN_HOST, port)
+        await freeze_startup_objects()  # as `openred directory serve` does (openred.web.serve.run)
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

@@ -21,7 +21,7 @@ from quart import Quart
 
 from openred.errors import ConfigurationError
 
-__all__ = ["hypercorn_config", "run", "serve_app"]
+__all__ = ["freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
 
 
 def hypercorn_config(
