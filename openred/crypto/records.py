@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import rfc8785
-
 from crypto_jail import structures as _jail
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
 from openred.errors import CryptoError, InvalidSignature
+from openred.store.codec import canonical_json
 
 __all__ = [
     "NodeRecord",
@@ -38,9 +35,6 @@ __all__ = [
 ]
 
 SIGNATURE_LEN = 64
-_PLAIN_STRING = re.compile(r"[ !#-\[\]-~]*")
-"""Printable ASCII but ``"`` and backslash: JSON and RFC 8785 write these strings as they are."""
-_MAX_SAFE_INT = 2**53 - 1
 _FIELDS = ("node_id", "api_url", "sign_key", "box_key", "modules", "issued_at", "version")
 """The record's fields in the order its dict form lists them."""
 
@@ -68,7 +62,7 @@ class NodeRecord:
         except (ValueError, TypeError) as exc:
             raise CryptoError(f"node record is malformed: {exc}") from exc
         object.__setattr__(self, "_dict", obj)
-        object.__setattr__(self, "_canonical", _checked_canonical(obj))
+        object.__setattr__(self, "_canonical", canonical_json(obj))
 
     @classmethod
     def build(
@@ -118,7 +112,7 @@ class NodeRecord:
             ("sign_key", SignKey(_key_bytes(own["sign_key"]))),
             ("box_key", BoxKey(_key_bytes(own["box_key"]))), ("modules", tuple(own["modules"])),
             ("issued_at", own["issued_at"]), ("version", own["version"]), ("_dict", own),
-            ("_canonical", _checked_canonical(own)),
+            ("_canonical", canonical_json(own)),
         ):
             object.__setattr__(record, name, value)
         return record
@@ -168,36 +162,6 @@ class SignedNodeRecord:
 def _key_bytes(text: str) -> bytes:
     """The 32 bytes of a key that check_node_record_fields found canonical (43 characters)."""
     return base64.urlsafe_b64decode(text + "=")
-
-
-def _checked_canonical(obj: Mapping[str, Any]) -> bytes:
-    """canonical_record_bytes for a dict check_node_record_fields accepted (always plain)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
-
-
-def canonical_record_bytes(obj: Mapping[str, Any]) -> bytes:
-    """RFC 8785 bytes of a record that ``check_node_record_fields`` accepted.
-
-    Such a record holds only printable ASCII strings that JSON never escapes (no ``"``, no
-    backslash, no control character), safe integers and a list of such strings, and its keys
-    are ASCII: RFC 8785 is then exactly ``json.dumps`` with sorted keys and no whitespace (and
-    several times faster than the general canonicalizer). Anything else is left to ``rfc8785``.
-    Tested byte for byte against ``rfc8785.dumps`` over randomized records.
-    """
-    if all(_plain(key) and _plain(value) for key, value in obj.items()):
-        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
-    return rfc8785.dumps(obj)
-
-
-def _plain(value: object) -> bool:
-    """A value whose RFC 8785 form is its ``json.dumps`` form (see canonical_record_bytes)."""
-    if isinstance(value, str):
-        return _PLAIN_STRING.fullmatch(value) is not None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, list):
-        return all(isinstance(v, str) and _PLAIN_STRING.fullmatch(v) is not None for v in value)
-    return False
 
 
 def record_hash(record: NodeRecord | SignedNodeRecord) -> bytes:

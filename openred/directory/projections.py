@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from openred.crypto.identity import b64url
-from openred.crypto.records import canonical_record_bytes
 from openred.directory import events as ev
 from openred.directory.models import DirectoryGrant, DirectoryNode
+from openred.store.codec import canonical_json
 from openred.store.events import RecordedEvent
 from openred.store.projections import ProjectionRegistry, RowOp, Update, Upsert
 
@@ -22,8 +22,7 @@ GRANTS = str(DirectoryGrant.__tablename__)
 def _record_columns(payload: dict[str, object]) -> dict[str, str | int]:
     record = payload["record"]
     assert isinstance(record, dict)
-    # RFC 8785 (rfc8785.dumps for anything but a plain record: tests/crypto/test_records_fast).
-    canonical = canonical_record_bytes(record)
+    canonical = canonical_json(record)  # RFC 8785, as the node signed it
     return {
         "node_id": record["node_id"], "api_url": record["api_url"],
         "sign_key": record["sign_key"], "box_key": record["box_key"],
