@@ -120,11 +120,10 @@ class Metrics:
             "openred_dependency_up", "Whether a dependency answered its last check (1) or not.",
             ["dependency"], registry=r)
         self._samplers: list[Sampler] = []
-        # Label children by (method, route, status): prometheus_client checks and locks on every
+        # Label children by (metric, labels): prometheus_client checks and locks on every
         # labels() call; a request only needs the child. Bounded like the label sets themselves
         # (route templates, not raw paths), and cleared if it ever grows past _MAX_CHILDREN.
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._event_counters: dict[str, Callable[[dict[str, Any]], None]] = {
             "HandshakeRejected": lambda p: self.handshakes_rejected.labels(
                 str(p.get("reason", "unknown"))).inc(),
@@ -156,25 +155,18 @@ class Metrics:
 
     def observe_request(self, method: str, route: str | None, status: int,
                         seconds: float) -> None:
-        key = (method, route or _UNMATCHED, status)
-        children = self._request_children.get(key)
-        if children is None:
-            if len(self._request_children) >= _MAX_CHILDREN:
-                self._request_children.clear()
-            children = self._request_children[key] = (
-                self.requests.labels(key[0], key[1], str(status)),
-                self.request_seconds.labels(key[0], key[1]))
-        children[0].inc()
-        children[1].observe(seconds)
+        template = route or _UNMATCHED
+        self._child(self.requests, method, template, str(status)).inc()
+        self._child(self.request_seconds, method, template).observe(seconds)
 
-    def _child(self, metric: Any, label: str) -> Any:
-        """``metric.labels(label)``, remembered (bounded like the request children)."""
-        key = (id(metric), label)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered (bounded, see ``_children``)."""
+        key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
             if len(self._children) >= _MAX_CHILDREN:
                 self._children.clear()
-            child = self._children[key] = metric.labels(label)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
     # -- instrumenting the store and the jail client -------------------------------------------

@@ -39,7 +39,7 @@ def test_the_child_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = m.Metrics("test")
     for status in range(200, 210):
         metrics.observe_request("GET", "/r", status, 0.001)
-        assert len(metrics._request_children) <= 4
+        assert len(metrics._children) <= 4
     metrics.observe_request("GET", "/r", 200, 0.001)
     assert sample(metrics, "openred_http_requests_total", method="GET", route="/r",
                   status="200") == 2
