@@ -11,7 +11,6 @@ stay, and both logs verify afterwards.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from audit_tools.verify import verify
 from openred.modules.file_sharing.cleanup import offer_files
