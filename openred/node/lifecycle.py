@@ -13,7 +13,9 @@ version is new is logged as ``NodeRegistered``.
 :class:`LifecycleTasks` (``app.extensions[LIFECYCLE_TASKS]``; file_sharing's offer expiry is
 one), and about once an hour the projection sweep (:mod:`openred.node.cleaning`): rows that
 ended longer than ``OPENRED_PROJECTION_RETENTION`` ago are removed by one logged
-``ProjectionsCleaned`` event, so the projections stay exactly what replaying the log gives.
+``ProjectionsCleaned`` event, so the projections stay exactly what replaying the log gives;
+then the session ledger forgets the cleaned sessions and the cleaned offers' working files are
+removed (:meth:`Housekeeper.release`).
 
 The other lifecycle work (renewal at 80 % of a session's life, send-key rotation, token and
 session expiry) is :meth:`~openred.node.services.NodeServices.lifecycle`, run by the app.
