@@ -317,7 +317,8 @@ class Housekeeper:
         data_dir = self.services.settings.data_dir
 
         def release() -> tuple[int, int]:
-            forgotten = FileSessionLedger(data_dir / SESSION_LEDGER).forget(sessions)
+            forgotten = (FileSessionLedger(data_dir / SESSION_LEDGER).forget(sessions)
+                         if sessions else 0)
             return forgotten, len(remove_offer_files(data_dir / FILES_DIR, offers))
 
         try:

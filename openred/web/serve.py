@@ -22,7 +22,7 @@ from quart import Quart
 
 from openred.errors import ConfigurationError
 
-__all__ = ["freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
+__all__ = ["ACCESS_LOG_FORMAT", "freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
 
 
 ACCESS_LOG_FORMAT = Config.access_log_format + " request_id=%({x-request-id}o)s"
