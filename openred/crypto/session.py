@@ -67,7 +67,7 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -151,6 +151,26 @@ class MemorySessionLedger:
         with self._lock:
             return self.recv.get(session_id, -1)
 
+    def forget(self, session_ids: Iterable[str]) -> int:
+        """Drop every mark of ``session_ids``; how many sessions had any.
+
+        Only for sessions that can never be restored or used again (the node forgets a session
+        once it ended — expired or renewed — and its row was cleaned, see
+        :mod:`openred.node.cleaning`): a session forgotten and then restored from a saved state
+        would reserve a send epoch it may have used before.
+        """
+        with self._lock:
+            return _drop(self.send, self.recv, session_ids)
+
+
+def _drop(send: dict[str, int], recv: dict[str, int], session_ids: Iterable[str]) -> int:
+    dropped = 0
+    for session_id in set(session_ids):
+        had = send.pop(session_id, None) is not None
+        had = recv.pop(session_id, None) is not None or had
+        dropped += had
+    return dropped
+
 
 class FileSessionLedger(MemorySessionLedger):
     """A :class:`SessionLedger` in one JSON file, replaced atomically and fsynced per change.
@@ -229,6 +249,19 @@ class FileSessionLedger(MemorySessionLedger):
     def recv_mark(self, session_id: str) -> int:
         with self._exclusive():
             return self.recv.get(session_id, -1)
+
+    def forget(self, session_ids: Iterable[str]) -> int:
+        """Drop every mark of ``session_ids`` from the file (one fsynced replacement, none when
+        the file names none of them); how many sessions had any. See
+        :meth:`MemorySessionLedger.forget` for when this is safe."""
+        wanted = set(session_ids)
+        if not wanted or not self.path.exists():  # no file: nothing recorded to forget
+            return 0
+        with self._exclusive():
+            dropped = _drop(self.send, self.recv, wanted)
+            if dropped:
+                self._persist()
+            return dropped
 
 
 def derive_epoch_key(previous: bytes, epoch: int) -> bytes:

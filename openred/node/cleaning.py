@@ -26,6 +26,11 @@ file_offers    offer_id     ``revoked``, ``declined`` or ``expired``, ``expires_
 file_transfers offer_id     with its offer
 ============== ============ ==============================================================
 
+What the node keeps outside the log for cleaned rows goes after the event is logged, by the
+sweep and never by a replay (:meth:`~openred.node.lifecycle.Housekeeper.release`): cleaned
+sessions leave the session ledger (``FileSessionLedger.forget``), cleaned offers' working files
+leave ``DATA_DIR/files`` (:mod:`openred.modules.file_sharing.cleanup`).
+
 Tokens need nothing here: their row is already removed by ``TokenConsumed``/``TokenExpired``.
 A grant whose outcome was cleaned still cannot be used twice: its ``grant:`` stream in the log
 already has entries, and ``TokenReceived`` is only ever appended at stream version 0.

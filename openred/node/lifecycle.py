@@ -13,7 +13,9 @@ version is new is logged as ``NodeRegistered``.
 :class:`LifecycleTasks` (``app.extensions[LIFECYCLE_TASKS]``; file_sharing's offer expiry is
 one), and about once an hour the projection sweep (:mod:`openred.node.cleaning`): rows that
 ended longer than ``OPENRED_PROJECTION_RETENTION`` ago are removed by one logged
-``ProjectionsCleaned`` event, so the projections stay exactly what replaying the log gives.
+``ProjectionsCleaned`` event, so the projections stay exactly what replaying the log gives;
+then the session ledger forgets the cleaned sessions and the cleaned offers' working files are
+removed (:meth:`Housekeeper.release`).
 
 The other lifecycle work (renewal at 80 % of a session's life, send-key rotation, token and
 session expiry) is :meth:`~openred.node.services.NodeServices.lifecycle`, run by the app.
@@ -25,7 +27,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,11 +36,12 @@ from typing import Any
 from sqlmodel import col, select
 
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.crypto.session import FileSessionLedger
 from openred.errors import OpenRedError, PeerUnreachable
 from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
 from openred.node.readmodels import GrantOutcomeRow, SessionRow
-from openred.node.services import NodeServices
+from openred.node.services import SESSION_LEDGER, NodeServices
 from openred.store.events import NewEvent
 from openred.store.sqlite import utc_timestamp
 
@@ -243,6 +246,8 @@ class Housekeeper:
         self.tasks = tasks or LifecycleTasks()
         self.clean_every = clean_every
         self._last_clean: float | None = None
+        self._released_all = False
+        """Whether everything earlier sweeps cleaned was released (see :meth:`release`)."""
 
     async def due_rows(self, before: int) -> dict[str, list[str]]:
         """Keys of the rows that ended before ``before`` (Unix seconds), per cleanable table."""
@@ -284,7 +289,48 @@ class Housekeeper:
                 ev.node_stream(str(svc.keys.node_id)), due, before=before, retention=retention))
             logger.info("cleaned %d projection rows that ended before %s", count,
                         datetime.fromtimestamp(before, UTC).isoformat())
+        await self.release(due.get("sessions", ()), due.get("file_offers", ()))
         return count
+
+    async def release(self, sessions: Iterable[str], offers: Iterable[str]) -> None:
+        """What the node keeps outside its log for sessions and offers whose rows are cleaned.
+
+        Called once their ``ProjectionsCleaned`` is in the log (never by a replay): the
+        session ledger forgets the sessions' send epochs (safe: a cleaned session ended —
+        expired or renewed — before the cut-off, so no path can restore or use it again, see
+        docs/decisions.md) and the offers' working files go from ``DATA_DIR/files``
+        (:mod:`openred.modules.file_sharing.cleanup`; placed files are never touched). The
+        first sweep of a process also releases everything earlier sweeps cleaned, as its log
+        names it: a node stopped between the event and the release, or cleaned before this
+        existed, catches up. A failure is logged and retried at the next sweep the same way.
+        """
+        from openred.modules.file_sharing.cleanup import FILES_DIR, remove_offer_files
+
+        sessions, offers = set(sessions), set(offers)
+        if not self._released_all:
+            for event in await self.services.store.read_stream(
+                    ev.node_stream(str(self.services.keys.node_id))):
+                if event.type == ev.PROJECTIONS_CLEANED:
+                    rows = event.payload["rows"]
+                    sessions.update(rows.get("sessions", ()))
+                    offers.update(rows.get("file_offers", ()))
+        data_dir = self.services.settings.data_dir
+
+        def release() -> tuple[int, int]:
+            forgotten = (FileSessionLedger(data_dir / SESSION_LEDGER).forget(sessions)
+                         if sessions else 0)
+            return forgotten, len(remove_offer_files(data_dir / FILES_DIR, offers))
+
+        try:
+            forgotten, removed = await asyncio.to_thread(release)
+        except (OSError, OpenRedError):
+            logger.exception("releasing the ledger marks and files of cleaned rows failed")
+            self._released_all = False
+            return
+        self._released_all = True
+        if forgotten or removed:
+            logger.info("forgot %d cleaned sessions in the session ledger, removed %d files "
+                        "of cleaned offers", forgotten, removed)
 
     async def run_once(self, now: int | None = None) -> dict[str, int]:
         """Every module task, and the sweep when one is due; what each did (failures logged)."""

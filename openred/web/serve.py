@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -21,17 +22,30 @@ from quart import Quart
 
 from openred.errors import ConfigurationError
 
-__all__ = ["freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
+__all__ = ["ACCESS_LOG_FORMAT", "freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
+
+
+ACCESS_LOG_FORMAT = Config.access_log_format + " request_id=%({x-request-id}o)s"
+"""Hypercorn's access line, with the request id the middleware echoes in the answer."""
 
 
 def hypercorn_config(
-    host: str, port: int, *, access_log: bool = False, graceful_timeout: float = 5.0
+    host: str, port: int, *, access_log: bool | None = None, graceful_timeout: float = 5.0
 ) -> Config:
-    """The Hypercorn configuration every OpenRed service (and its benchmarks) uses."""
+    """The Hypercorn configuration every OpenRed service (and its benchmarks) uses.
+
+    The access log (stdout) is off unless ``access_log`` or, when it is None,
+    ``OPENRED_ACCESS_LOG=1`` in the environment turns it on."""
     config = Config()
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
+    if access_log is None:
+        flag = os.environ.get("OPENRED_ACCESS_LOG", "0").strip().lower()
+        if flag not in ("0", "1", "", "false", "true"):
+            raise ConfigurationError("OPENRED_ACCESS_LOG is 1 or 0")
+        access_log = flag in ("1", "true")
     config.accesslog = "-" if access_log else None
+    config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = "-"
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 30
@@ -73,7 +87,7 @@ async def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run(app: Quart, host: str, port: int, *, access_log: bool = False) -> None:
+def run(app: Quart, host: str, port: int, *, access_log: bool | None = None) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking).
 
     A port that cannot be bound or an app that fails to start is a ConfigurationError.

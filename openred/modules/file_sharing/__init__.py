@@ -74,6 +74,11 @@ class FileSharingModule:
         from openred.modules.file_sharing.expiry import register_expiry
 
         register_expiry(app, service)
+        # Then remove the working files of offers that ended (a partial file that can never
+        # complete, a sender's hash tree nobody may fetch from).
+        from openred.modules.file_sharing.cleanup import register_cleanup
+
+        register_cleanup(app, service)
 
     def register_admin_routes(self, admin_app: Any) -> None:
         """``/admin/v1/file_sharing/...``: share, list, fetch (with progress), unshare, decline."""
