@@ -8,7 +8,8 @@ URL check, connection pool, timeouts and :class:`~openred.web.urls.SafeResolver`
 same headers, the same body bytes (:meth:`~openred.node.envelope.Envelope.to_json_bytes`), the
 same 1 MiB bound on the answer and the same single attempt. A transport failure is
 :class:`~openred.errors.PeerUnreachable`; an answer that is not 2xx is handed to ``refuse`` as a
-:class:`~openred.web.client.Reply`.
+:class:`~openred.web.client.Reply`. A client whose ``request`` someone wrapped (monitoring) is
+used through that wrapper instead.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ async def post_envelope(
 
     An answer larger than 1 MiB or a 2xx answer that is not JSON is a TransportError, as from
     :meth:`HttpClient.request` and :meth:`Reply.json`; a 2xx envelope is parsed strictly.
+
+    When ``http.request`` is not :class:`HttpClient`'s own method — a module wrapped it, as
+    monitoring does to follow each peer's reachability — the call goes through it (with the
+    same body bytes), so whoever watches outbound requests still sees every P2P call.
     """
+    if "request" in vars(http) or type(http).request is not HttpClient.request:
+        reply = await http.request("POST", url, body=envelope.to_json_bytes(), attempts=1)
+        if not reply.ok:
+            raise refuse(reply)
+        return Envelope.from_json(reply.json())
     session = http.session_for(url)
     try:
         async with session.post(url, data=envelope.to_json_bytes(), headers=HEADERS,

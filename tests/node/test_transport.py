@@ -161,3 +161,46 @@ def test_a_refusal_reply_is_what_the_client_returns() -> None:
                   b'{"type": "urn:openred:problem:x", "detail": "d"}')
     refusal = _refusal_from(reply, "the peer's call")
     assert (refusal.status, refusal.reason) == (409, "x")
+
+
+@pytest.mark.parametrize("action", ["send", "refuse", "notjson", "huge"])
+async def test_a_wrapped_request_still_sees_every_call(peer: Peer, action: str) -> None:
+    """A module that wraps ``http.request`` (monitoring's reachability) sees the P2P call."""
+    url = f"{peer.url}/api/v3/p2p/messaging/{action}"
+    async with HttpClient(allow_private=True) as http:
+        old = await outcome(lambda: old_way(http, url, ENVELOPE))
+        original = http.request
+        watched: list[str] = []
+
+        async def watching(method: str, url: str, **kw: Any) -> Reply:
+            watched.append(url)
+            return await original(method, url, **kw)
+
+        http.request = watching  # type: ignore[method-assign]
+        new = await outcome(lambda: new_way(http, url, ENVELOPE))
+    assert watched == [url] and new == old
+    (old_body, old_headers), (new_body, new_headers) = peer.seen
+    assert new_body == old_body and new_headers == old_headers
+
+
+async def test_monitoring_follows_a_peer_through_messages(tmp_path: Any) -> None:
+    """The reachability watch of the monitoring module wraps the client the messages use."""
+    from openred.modules.monitoring.service import watch_reachability
+
+    class Seen:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str]] = []
+
+        def failed(self, target: str, why: str) -> None:
+            self.events.append(("failed", target))
+
+        def answered(self, target: str) -> None:
+            self.events.append(("answered", target))
+
+    url = f"http://127.0.0.1:{free_port()}/api/v3/p2p/messaging/send"
+    seen = Seen()
+    async with HttpClient(allow_private=True) as http:
+        watch_reachability(http, seen, lambda u: "peer")
+        with pytest.raises(PeerUnreachable):
+            await new_way(http, url, ENVELOPE)
+    assert seen.events == [("failed", "peer")]
