@@ -41,6 +41,7 @@ from openred.node.sessions import NodeSessionLedger, SessionKeeper
 from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
 from openred.node.transparency import TransparencyChecks
+from openred.node.transport import post_envelope
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
 from openred.web.client import HttpClient, Reply, Signer
 
@@ -222,14 +223,12 @@ class NodeServices:
         return await self.handshakes.connect(grant_id, self._handshake_over_http, self.now())
 
     def _p2p_transport(self, api_url: str) -> Callable[[Route, Envelope], Any]:
+        base = f"{api_url.rstrip('/')}/api/v3/p2p/"
+
         async def send(route: Route, envelope: Envelope) -> Envelope:
-            reply = await self.http.request(
-                "POST", f"{api_url.rstrip('/')}/api/v3/p2p/{route}",
-                json_body=envelope.to_json(), attempts=1,
-            )
-            if not reply.ok:
-                raise _refusal_from(reply, f"the peer's {route}")
-            return Envelope.from_json(reply.json())
+            return await post_envelope(
+                self.http, f"{base}{route}", envelope,
+                refuse=lambda reply: _refusal_from(reply, f"the peer's {route}"))
 
         return send
 

@@ -30,7 +30,7 @@ from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.web.client import HttpClient, Signer
 from openred.web.problems import PROBLEM_JSON
-from tests.node.world import Directory, JailPair
+from tests.node.world import Directory, JailPair, record_envelopes
 from tests.servers import free_port, serve_in_loop
 
 
@@ -252,19 +252,12 @@ async def test_handshake_refusals_over_http(world: World) -> None:
 
 
 async def test_encrypted_calls_refuse_replays_tampering_and_malformed_envelopes(
-    world: World,
+    world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grant_id = await granted(world)
     channel = await world.a.services.connect(grant_id)
     envelopes: list[dict[str, Any]] = []
-    original = world.a.services.http.request
-
-    async def recording(method: str, url: str, **kw: Any) -> Any:
-        if "/p2p/messaging/" in url:
-            envelopes.append(kw["json_body"])
-        return await original(method, url, **kw)
-
-    world.a.services.http.request = recording  # type: ignore[method-assign]
+    record_envelopes(monkeypatch, envelopes)
     await world.a.services.send_message(channel.session_id, "one")
     size = world.b.services.store.head.size
     url = f"{world.b.url}/api/v3/p2p/messaging/send"
@@ -299,19 +292,12 @@ async def test_encrypted_calls_refuse_replays_tampering_and_malformed_envelopes(
 
 
 async def test_a_restarted_node_resumes_its_session_over_http(
-    world: World, directory: Directory,
+    world: World, directory: Directory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grant_id = await granted(world)
     channel = await world.a.services.connect(grant_id)
     envelopes: list[dict[str, Any]] = []
-    original = world.a.services.http.request
-
-    async def recording(method: str, url: str, **kw: Any) -> Any:
-        if "/p2p/messaging/" in url:
-            envelopes.append(kw["json_body"])
-        return await original(method, url, **kw)
-
-    world.a.services.http.request = recording  # type: ignore[method-assign]
+    record_envelopes(monkeypatch, envelopes)
     await world.a.services.send_message(channel.session_id, "before the restart")
     port = int(world.b.url.rsplit(":", 1)[1])
     # B's server stops (its app closes its log, signing a last checkpoint) and a new app

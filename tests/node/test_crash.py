@@ -34,7 +34,7 @@ from openred.errors import OpenRedError
 from openred.web.client import HttpClient, Signer
 from tests.crypto_jail.test_server import short_dir
 from tests.node.test_app import Served, directory_app, serve_node
-from tests.node.world import Directory, JailPair
+from tests.node.world import Directory, JailPair, record_envelopes
 from tests.servers import ServerProcess, free_port, serve_in_loop, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +80,7 @@ async def pusher(directory: Directory) -> AsyncIterator[HttpClient]:
 
 async def test_sigkill_while_receiving_loses_no_acknowledged_message(
     jails: JailPair, directory: Directory, tmp_path: Path, b_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # B's keystore (encrypted, its passphrase in the data directory as `init` leaves it), made
     # here so the test knows B's public keys and can sign B's record.
@@ -122,14 +123,7 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
 
         # Record every envelope A sends and every receipt it gets.
         envelopes: list[dict[str, Any]] = []
-        original = a.services.http.request
-
-        async def recording(method: str, url: str, **kw: Any) -> Any:
-            if "/p2p/messaging/" in url:
-                envelopes.append(kw["json_body"])
-            return await original(method, url, **kw)
-
-        a.services.http.request = recording  # type: ignore[method-assign]
+        record_envelopes(monkeypatch, envelopes)
         acknowledged: list[str] = []
 
         async def sender(n: int) -> None:

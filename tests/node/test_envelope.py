@@ -162,3 +162,44 @@ def test_an_envelope_round_trips_through_json() -> None:
 def test_routes_are_lowercase_names(module: str, action: str) -> None:
     with pytest.raises(NodeRefused, match="unknown-route"):
         Route(module, action)
+
+
+class _SpyCipher:
+    """Records the associated data each call gets, then does the real work."""
+
+    def __init__(self, cipher: SessionCipher) -> None:
+        self.cipher = cipher
+        self.ads: list[bytes] = []
+
+    def encrypt(self, plaintext: bytes, *, ad: bytes) -> tuple[int, bytes]:
+        self.ads.append(ad)
+        return self.cipher.encrypt(plaintext, ad=ad)
+
+    def decrypt(self, counter: int, ciphertext: bytes, *, ad: bytes) -> bytes:
+        self.ads.append(ad)
+        return self.cipher.decrypt(counter, ciphertext, ad=ad)
+
+
+def test_the_associated_data_is_what_request_ad_and_answer_ad_write() -> None:
+    """The channel keeps each route's ADs; they stay the documented bytes, for any route."""
+    from openred.node.envelope import Direction, answer_ad, request_ad
+
+    a, b = pair()
+    spy_a, spy_b = _SpyCipher(a.cipher), _SpyCipher(b.cipher)
+    a.cipher, b.cipher = spy_a, spy_b  # type: ignore[assignment]
+    sid = a.session_id_raw
+    there, back = Direction.INITIATOR_TO_RESPONDER, Direction.RESPONDER_TO_INITIATOR
+    routes = [Route("m", f"a{i}") for i in range(70)] + [SEND, SEND]  # past the cache's bound
+    for route in routes:
+        request = a.seal_request(route, b"q")
+        b.open_request(route, request)
+        answer = b.seal_answer(route, request.counter, b"r")
+        a.open_answer(route, request.counter, answer)
+        expected = [request_ad(sid, there, route), answer_ad(sid, back, route, request.counter)]
+        assert spy_a.ads[-2:] == expected
+        assert spy_b.ads[-2:] == expected
+    # the responder's own requests go the other way
+    request = b.seal_request(SEND, b"q")
+    assert spy_b.ads[-1] == request_ad(sid, back, SEND)
+    assert a.open_request(SEND, request) == b"q"
+    assert spy_a.ads[-1] == request_ad(sid, back, SEND)

@@ -216,3 +216,17 @@ def p2p_to(node: Node, now: int, sent: list[Envelope] | None = None) -> Any:
                               keeper=node.keeper, store=node.store, now=now)
 
     return send
+
+
+def record_envelopes(monkeypatch: Any, envelopes: list[dict[str, Any]]) -> None:
+    """Record (as JSON) every envelope the node services post to a peer's messaging route."""
+    import openred.node.services as node_services
+
+    original = node_services.post_envelope
+
+    async def recording(http: Any, url: str, envelope: Envelope, **kw: Any) -> Envelope:
+        if "/p2p/messaging/" in url:
+            envelopes.append(envelope.to_json())
+        return await original(http, url, envelope, **kw)
+
+    monkeypatch.setattr(node_services, "post_envelope", recording)

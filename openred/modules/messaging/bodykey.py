@@ -96,9 +96,10 @@ class BodyKey:
         return key
 
     async def seal(self, message_id: str, body: bytes) -> bytes:
+        key = self._key if self._key is not None else await self.key()
         nonce = os.urandom(_NONCE_LEN)
         sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-            body, _ad(message_id), nonce, await self.key())
+            body, _ad(message_id), nonce, key)
         return bytes((LOCAL_FORMAT,)) + nonce + sealed
 
     async def open(self, message_id: str, stored: bytes) -> bytes:

@@ -33,3 +33,17 @@ def test_requests_and_receipts_are_the_bytes_rfc8785_writes() -> None:
 def test_any_text_gives_the_same_bytes(text: str, sent_at: int) -> None:
     assert request_bytes("Z" * 22, text, sent_at) == rfc8785.dumps(
         {"message_id": "Z" * 22, "text": text, "sent_at": sent_at})
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+               min_size=20, max_size=24),
+       st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1))
+def test_any_receipt_gives_the_same_bytes(message_id: str, received_at: int) -> None:
+    assert receipt_bytes(message_id, received_at) == rfc8785.dumps(
+        {"message_id": message_id, "received_at": received_at})
+
+
+@pytest.mark.parametrize("message_id", ['"quoted"', "é" * 22, "\u2028" * 22, "a\\b" * 7])
+def test_receipts_of_other_ids_go_through_the_encoder(message_id: str) -> None:
+    assert receipt_bytes(message_id, 5) == rfc8785.dumps(
+        {"message_id": message_id, "received_at": 5})

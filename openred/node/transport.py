@@ -1,0 +1,79 @@
+"""Sending one encrypted P2P call over HTTP: ``POST /api/v3/p2p/<module>/<action>`` (DESIGN §6).
+
+Every message is one such call, so it is sent without the general-purpose layers of
+:meth:`~openred.web.client.HttpClient.request` — a dict turned into JSON by the encoder, headers
+copied twice, the answer's headers copied into a dict and read in 64 KiB pieces — but through
+the same pooled aiohttp session (:meth:`~openred.web.client.HttpClient.session_for`: the same
+URL check, connection pool, timeouts and :class:`~openred.web.urls.SafeResolver`), with the
+same headers, the same body bytes (:meth:`~openred.node.envelope.Envelope.to_json_bytes`), the
+same 1 MiB bound on the answer and the same single attempt. A transport failure is
+:class:`~openred.errors.PeerUnreachable`; an answer that is not 2xx is handed to ``refuse`` as a
+:class:`~openred.web.client.Reply`. A client whose ``request`` someone wrapped (monitoring) is
+used through that wrapper instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Final
+
+import aiohttp
+
+from openred.errors import PeerUnreachable, TransportError
+from openred.node.envelope import Envelope
+from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
+
+__all__ = ["HEADERS", "post_envelope"]
+
+HEADERS: Final = {"Accept": "application/json, application/problem+json",
+                  "Content-Type": "application/json"}
+"""What :meth:`HttpClient.request` sends with a JSON body (aiohttp adds the rest)."""
+
+
+async def post_envelope(
+    http: HttpClient, url: str, envelope: Envelope, *, refuse: Callable[[Reply], Exception],
+) -> Envelope:
+    """POST ``envelope`` to ``url`` once; the peer's envelope, or ``refuse(reply)`` raised.
+
+    An answer larger than 1 MiB or a 2xx answer that is not JSON is a TransportError, as from
+    :meth:`HttpClient.request` and :meth:`Reply.json`; a 2xx envelope is parsed strictly.
+
+    When ``http.request`` is not :class:`HttpClient`'s own method — a module wrapped it, as
+    monitoring does to follow each peer's reachability — the call goes through it (with the
+    same body bytes), so whoever watches outbound requests still sees every P2P call.
+    """
+    if "request" in vars(http) or type(http).request is not HttpClient.request:
+        reply = await http.request("POST", url, body=envelope.to_json_bytes(), attempts=1)
+        if not reply.ok:
+            raise refuse(reply)
+        return Envelope.from_json(reply.json())
+    session = http.session_for(url)
+    try:
+        async with session.post(url, data=envelope.to_json_bytes(), headers=HEADERS,
+                                allow_redirects=False) as resp:
+            size = resp.content_length
+            if size is not None and size <= MAX_REPLY_BYTES:
+                body = await resp.read()
+            else:
+                body = await _read_bounded(resp, url)
+            status = resp.status
+            if not 200 <= status < 300:
+                raise refuse(Reply(status, dict(resp.headers), body))
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise PeerUnreachable(
+            f"POST {url} failed after 1 attempts: {type(exc).__name__}: {exc}") from exc
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TransportError(f"answer with status {status} is not JSON") from exc
+    return Envelope.from_json(obj)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        data += chunk
+        if len(data) > MAX_REPLY_BYTES:
+            raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
+    return bytes(data)
