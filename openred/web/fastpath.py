@@ -100,11 +100,16 @@ def hooked(app: Quart) -> bool:
         return True  # exceptions would be trapped or described differently
     for registry in (app.before_request_funcs, app.after_request_funcs,
                      app.teardown_request_funcs, app.url_value_preprocessors):
-        if any(registry.values()):
-            return True
+        if registry:  # a dict of lists by blueprint: look only when something is in it
+            for funcs in registry.values():
+                if funcs:
+                    return True
     if app.teardown_appcontext_funcs:
         return True
-    return any(signal.receivers for signal in _SIGNALS)
+    for signal in _SIGNALS:
+        if signal.receivers:
+            return True
+    return False
 
 
 def ready(app: Quart) -> bool:
