@@ -106,10 +106,7 @@ def hooked(app: Quart) -> bool:
                     return True
     if app.teardown_appcontext_funcs:
         return True
-    for signal in _SIGNALS:
-        if signal.receivers:
-            return True
-    return False
+    return any(signal.receivers for signal in _SIGNALS)
 
 
 def ready(app: Quart) -> bool:
