@@ -24,6 +24,7 @@ from openred.directory import app as directory_app
 from openred.directory.schemas import DiscoverQuery, SignedRecordBody
 from openred.settings import DirectorySettings
 from openred.web.fastpath import (
+    FastPath,
     body_is_plain,
     hooked,
     json_answer,
@@ -233,3 +234,42 @@ def test_random_names_are_title_cased_like_werkzeug() -> None:
         name = "".join(rng.choice(string.ascii_letters + "-_0") for _ in range(8))
         asgi = scope([(name.lower().encode(), b"v")])
         assert name.lower().title() in scope_http_request("http://x", asgi, b"").headers
+
+
+async def test_requests_go_to_quart_unless_claimed_ready_and_open() -> None:
+    app = new_app()
+    calls: list[str] = []
+
+    async def inner(asgi: Any, receive: Any, send: Any) -> None:
+        calls.append("quart")
+
+    class Everything(FastPath):
+        def route(self, asgi: Any) -> Any:
+            async def serve(services: Any, receive: Any, send: Any) -> None:
+                calls.append("fast")
+
+            return serve
+
+    path = Everything(app, inner, services_key="svc")
+
+    async def call(**changes: Any) -> str:
+        asgi = {**scope([]), **changes}
+        await path(asgi, None, None)
+        return calls.pop()
+
+    assert await call() == "quart"  # the service is not open
+    app.extensions["svc"] = object()
+    assert await call() == "fast" and path.served == 1
+    assert await call(type="websocket") == "quart"
+    assert await call(root_path="/prefix") == "quart"
+    path.enabled = False
+    assert await call() == "quart"
+    path.enabled = True
+
+    async def hook() -> None:
+        return None
+
+    app.before_request_funcs[None].append(hook)
+    assert await call() == "quart"
+    app.before_request_funcs[None].remove(hook)
+    assert await call() == "fast" and path.served == 2
