@@ -42,7 +42,7 @@ from openred.settings import DirectorySettings
 from tests.directory.conftest import TEST_JAIL_ENV
 from tests.servers import HOST, free_port, serve_in_loop
 
-NOW = int(time.time())
+NOW = int(time.time())  # set again before each test: the jail keeps its own clock
 REQUEST_ID = "fast-route-test"
 ODD_BODIES: list[bytes] = [
     b"", b"null", b"[]", b"{}", b'"text"', b"1e999", b"-0", b"true", b"{", b"{}x",
@@ -100,6 +100,13 @@ async def served(tmp_path: Path, env: dict[str, str], *, fast: bool) -> AsyncIte
 PairFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pair]]
 
 
+@pytest.fixture(autouse=True)
+def frozen_now() -> None:
+    """The instant both directories decide at: now, when the test starts."""
+    global NOW
+    NOW = int(time.time())
+
+
 @pytest.fixture
 async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     ) -> AsyncIterator[PairFactory]:
@@ -149,7 +156,7 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 async def signed(served: Served, peer: Peer, method: str, path: str, body: bytes = b"", *,
-                 created: int = NOW, nonce: str | None = None,
+                 created: int | None = None, nonce: str | None = None,
                  key: nacl.signing.SigningKey | None = None,
                  headers: dict[str, str] | None = None) -> Request:
     """``peer``'s request to ``served``, signed as a node signs it (or by ``key``)."""
@@ -163,7 +170,8 @@ async def signed(served: Served, peer: Peer, method: str, path: str, body: bytes
         sent.pop("Content-Type")
     url = served.url + path
     req = await sign_request(HttpRequest(method, url, sent, body), keyid=peer.node_id,
-                             sign_base=sign, now=created, nonce=nonce or new_nonce())
+                             sign_base=sign, now=NOW if created is None else created,
+                             nonce=nonce or new_nonce())
     return method, url, dict(req.headers), body
 
 
