@@ -9,6 +9,7 @@ from quart_schema import validate_request, validate_response
 
 from openred.directory.routing import SIGNED_PROBLEMS, problems, service, signed
 from openred.directory.schemas import ConnectionReply, ConnectionRequest
+from openred.directory.service import DirectoryService
 
 blueprint = Blueprint("grants", __name__, url_prefix="/api/v3/tokens")
 
@@ -20,6 +21,12 @@ blueprint = Blueprint("grants", __name__, url_prefix="/api/v3/tokens")
 @signed
 async def request_connection(data: ConnectionRequest, signer: str) -> tuple[dict[str, Any], int]:
     """Mint a grant to ``target``, push both halves; 201 when both nodes took theirs."""
-    outcome = await service().request_connection(signer=signer, target=data.target)
+    return await connection_reply(service(), data, signer), 201
+
+
+async def connection_reply(svc: DirectoryService, data: ConnectionRequest,
+                           signer: str) -> dict[str, Any]:
+    """What ``request_connection`` answers (before validate_response), for it and the fast route."""
+    outcome = await svc.request_connection(signer=signer, target=data.target)
     return {"grant_id": outcome.grant_id, "expires_at": outcome.expires_at,
-            "suite": outcome.suite, "delivered": outcome.delivered}, 201
+            "suite": outcome.suite, "delivered": outcome.delivered}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Blueprint, Response
 from quart_schema import document_response, validate_querystring, validate_request
 
@@ -23,6 +25,7 @@ from openred.directory.schemas import (
     NodePage,
     SignedRecordBody,
 )
+from openred.directory.service import DirectoryService
 from openred.errors import CryptoError, RequestRefused
 
 blueprint = Blueprint("registry", __name__, url_prefix="/api/v3/nodes")
@@ -36,12 +39,19 @@ blueprint = Blueprint("registry", __name__, url_prefix="/api/v3/nodes")
 @signed_registration
 async def register(data: SignedRecordBody, signer: str) -> tuple[Response, int]:
     """Register (201) or update (200) the signing node's signed record."""
+    item, status = await register_record(service(), data, signer)
+    return answer(item, status)
+
+
+async def register_record(svc: DirectoryService, data: SignedRecordBody,
+                          signer: str) -> tuple[dict[str, Any], int]:
+    """What ``register`` answers (and its status), for this route and the fast route."""
     try:
         signed_record = SignedNodeRecord.from_wire(data.model_dump())
     except CryptoError as exc:
         raise RequestRefused(422, "invalid-record", str(exc)) from exc
-    status, item = await service().register(signed_record, signer=signer)
-    return answer(item, status)
+    status, item = await svc.register(signed_record, signer=signer)
+    return item, status
 
 
 @blueprint.post("/heartbeat")
@@ -61,11 +71,16 @@ async def heartbeat(data: EmptyBody, signer: str) -> tuple[Response, int]:
 @signed
 async def discover(query_args: DiscoverQuery, signer: str) -> tuple[Response, int]:
     """One node (``?node_id=``), or a page of nodes by status with a cursor."""
-    svc = service()
+    return answer(await discover_nodes(service(), query_args, signer))
+
+
+async def discover_nodes(svc: DirectoryService, query_args: DiscoverQuery,
+                         signer: str) -> dict[str, Any]:
+    """What ``discover`` answers, for this route and the fast route."""
     if query_args.node_id is not None:
-        return answer(await svc.discover_one(signer, query_args.node_id))
-    return answer(await svc.discover_page(signer, status=query_args.status,
-                                          limit=query_args.limit, cursor=query_args.cursor))
+        return await svc.discover_one(signer, query_args.node_id)
+    return await svc.discover_page(signer, status=query_args.status, limit=query_args.limit,
+                                   cursor=query_args.cursor)
 
 
 @blueprint.delete("/<node_id>")

@@ -9,11 +9,13 @@ from typing import Any, TypeVar, cast
 from quart import Response, current_app, request
 from quart_schema import document_response
 
+from openred.crypto.httpsig import HttpRequest
 from openred.crypto.identity import NodeId, SignKey
 from openred.directory.schemas import SignedRecordBody
 from openred.directory.service import DirectoryService
 from openred.errors import InvalidKey
 from openred.web.problems import Problem
+from openred.web.signatures import to_http_request
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 EXTENSION = "openred.directory"
@@ -50,42 +52,61 @@ def answer(value: dict[str, Any], status: int = 200) -> tuple[Response, int]:
     return cast(Response, current_app.json.response(value)), status
 
 
+async def verify_signed(svc: DirectoryService, req: HttpRequest) -> str:
+    """The verified ``keyid`` of a request signed by a node the directory knows; then its limit.
+
+    Shared by the Quart routes (:func:`signed`) and the fast routes
+    (:mod:`openred.directory.fastroutes`).
+    """
+    keyid = await svc.verifier.verify_http(req, svc.resolve_key)
+    svc.limit_client(keyid)
+    return keyid
+
+
+async def verify_registration(svc: DirectoryService, req: HttpRequest, data: SignedRecordBody,
+                              remote_addr: str | None) -> str:
+    """The limit per client address, then the verified ``keyid`` of a registration.
+
+    Registration is self-certifying: a ``keyid`` equal to the record's ``node_id`` is checked
+    against the record's ``sign_key`` (whose id it must be); any other ``keyid`` against the
+    key the directory already holds for it (so the decision can answer 403, not 401).
+    """
+    svc.limit_client(f"address:{remote_addr}")
+
+    async def resolve(keyid: str) -> SignKey | None:
+        if keyid == data.record.node_id:
+            try:
+                key = SignKey.from_b64url(data.record.sign_key)
+            except InvalidKey:
+                return None
+            return key if NodeId.for_key(key) == keyid else None
+        return await svc.resolve_key(keyid)
+
+    return await svc.verifier.verify_http(req, resolve)
+
+
 def signed(func: F) -> F:
     """Verify the request's RFC 9421 signature by a node the directory knows; pass ``signer``."""
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         svc = service()
-        keyid, _ = await svc.verifier.verify(request, svc.resolve_key)
-        svc.limit_client(keyid)
+        req = await to_http_request(svc.verifier.public_url, request)
+        keyid = await verify_signed(svc, req)
         return await func(*args, signer=keyid, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
 def signed_registration(func: F) -> F:
-    """Like :func:`signed`, but a new node's key comes from the record it registers.
-
-    Registration is self-certifying: a ``keyid`` equal to the record's ``node_id`` is checked
-    against the record's ``sign_key`` (whose id it must be); any other ``keyid`` against the
-    key the directory already holds for it (so the decision can answer 403, not 401).
-    """
+    """Like :func:`signed`, but a new node's key comes from the record it registers
+    (:func:`verify_registration`)."""
 
     @wraps(func)
     async def wrapper(*args: Any, data: SignedRecordBody, **kwargs: Any) -> Any:
         svc = service()
-        svc.limit_client(f"address:{request.remote_addr}")
-
-        async def resolve(keyid: str) -> SignKey | None:
-            if keyid == data.record.node_id:
-                try:
-                    key = SignKey.from_b64url(data.record.sign_key)
-                except InvalidKey:
-                    return None
-                return key if NodeId.for_key(key) == keyid else None
-            return await svc.resolve_key(keyid)
-
-        keyid, _ = await svc.verifier.verify(request, resolve)
+        req = await to_http_request(svc.verifier.public_url, request)
+        keyid = await verify_registration(svc, req, data, request.remote_addr)
         return await func(*args, data=data, signer=keyid, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -123,16 +123,33 @@ class _NodeCache:
         self.inflight = 0
         self._ours: set[int] = set()
         self.views: dict[str, d.NodeView | None] = {}
+        self._version: int | None = None
+        self._settled = False
 
     def check(self) -> None:
-        """Empty the cache if the log grew beyond what this process appended."""
-        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        """Empty the cache if the log grew beyond what this process appended.
+
+        ``PRAGMA data_version`` changes whenever another connection (this process's writer
+        or another process) commits. When it has not changed since a check that found every
+        committed entry accounted for (``size <= known_size``, which stays true as
+        ``known_size`` only grows), nothing can have changed: the log's size is the same, so
+        that check's conclusion holds and ``max(seq)`` need not be read again. A check that
+        leaned on appends in flight is not settled: the next one reads ``max(seq)`` again,
+        since those appends may return without accounting for a foreign entry.
+        """
+        conn = self._conn
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._version and self._settled:
+            return
+        self._version = version
+        row = conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
         # Entries of this process's appends still in flight may already be committed.
         if size > self.known_size + self.inflight:
             self.views.clear()
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
+        self._settled = size <= self.known_size
 
     def exists(self, node_id: str) -> bool:
         """Whether the projection has a row for ``node_id`` (an indexed probe, microseconds)."""

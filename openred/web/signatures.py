@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import http_sf
 from quart import Request
@@ -26,17 +27,22 @@ from openred.crypto.httpsig import (
 from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
 
-__all__ = ["InboundVerifier", "KeyResolver", "to_http_request"]
+__all__ = ["InboundVerifier", "KeyResolver", "scope_http_request", "to_http_request"]
 
 KeyResolver = Callable[[str], Awaitable[SignKey | None]]
 """Looks up the public key a ``keyid`` names (None when unknown)."""
 
 
 def _target_uri(public_url: str, request: Request) -> str:
-    raw_path = request.scope.get("raw_path") or request.path.encode("utf-8")
-    path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
-    query = request.scope.get("query_string", b"")
-    uri = public_url.rstrip("/") + path
+    return scope_target_uri(public_url, request.scope, request.path)
+
+
+def scope_target_uri(public_url: str, scope: Any, path: str) -> str:
+    """``@target-uri``: the public URL, then the raw path (``path`` if none) and query."""
+    raw_path = scope.get("raw_path") or path.encode("utf-8")
+    text = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
+    query = scope.get("query_string", b"")
+    uri = public_url.rstrip("/") + text
     if query:
         uri += "?" + (query.decode("latin-1") if isinstance(query, bytes) else str(query))
     return uri
@@ -48,6 +54,33 @@ async def to_http_request(public_url: str, request: Request) -> HttpRequest:
     assert isinstance(body, bytes)
     return HttpRequest(request.method, _target_uri(public_url, request),
                        _joined_headers(request.headers.items()), body)
+
+
+def scope_http_request(public_url: str, scope: Any, body: bytes) -> HttpRequest:
+    """:func:`to_http_request` of the Quart request an ASGI HTTP/1.1 scope would become.
+
+    For a scope Quart would not rewrite (no ``root_path``, a path starting with ``/``, HTTP/1.1
+    or later): the same method, target URI and headers — Quart's ``Remote-Addr`` first, then
+    every field line with its name title-cased and its value decoded as Latin-1 — as
+    :func:`to_http_request` sees on the request Quart builds (tested).
+    """
+    client = scope.get("client") or ["<local>"]
+    items: list[tuple[str, str]] = [("Remote-Addr", str(client[0]))]
+    titled = _TITLED
+    for name, value in scope["headers"]:
+        title = titled.get(name)
+        if title is None:
+            if len(titled) >= _MAX_TITLED:
+                titled.clear()
+            title = titled[name] = name.decode("latin1").title()
+        items.append((title, value.decode("latin1")))
+    path: str = scope["path"]
+    return HttpRequest(scope["method"], scope_target_uri(public_url, scope, path),
+                       _joined_headers(items), body)
+
+
+_TITLED: dict[bytes, str] = {}
+_MAX_TITLED = 1024
 
 
 def _joined_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
