@@ -37,7 +37,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from openred import __version__
-from openred.crypto.client import JailClient, JailSigner
+from openred.crypto.client import JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import mint_tokens, new_grant, seal_token
 from openred.crypto.identity import NodeId, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
@@ -170,7 +170,7 @@ class DirectoryService:
     def __init__(
         self, settings: DirectorySettings, store: SQLiteEventStore, reads: ReadModels,
         jail: JailClient, http: HttpClient, *, clock: Callable[[], float] = time.time,
-        signer: LogSigner | None = None,
+        signer: LogSigner | None = None, signs: SignCoalescer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -192,6 +192,9 @@ class DirectoryService:
         # Signs checkpoints of the proof tree (the store's own signer, the jail): None → every
         # checkpoint is the store's.
         self._signer = signer
+        # The grant's signature goes to the jail with the push signatures of this and other
+        # grants in flight (one sign_many per turn of the loop; see SignCoalescer).
+        self._signs = signs if signs is not None else SignCoalescer(jail)
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
         self._keys: dict[str, SignKey] = {}
         self._signing: asyncio.Task[None] | None = None
@@ -209,12 +212,13 @@ class DirectoryService:
     ) -> DirectoryService:
         """Open the directory's log (kind ``directory``) and everything that reads it."""
         signer = await JailSigner.create(jail)
+        signs = SignCoalescer(jail)
         store = await SQLiteEventStore.open(
             settings.data_dir, signer, kind="directory", registry=directory_registry(),
             projections=directory_projections(),
         )
         http = HttpClient(
-            signer=Signer("directory", _jail_base_signer(jail)),
+            signer=Signer("directory", _jail_base_signer(signs)),
             allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
             total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
             clock=clock,
@@ -222,7 +226,8 @@ class DirectoryService:
         # As many pooled connections as requests a loaded directory serves at once: a smaller
         # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
-        service = cls(settings, store, reads, jail, http, clock=clock, signer=signer)
+        service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
+                      signs=signs)
         await service._sync_tree(store.head.size)
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
@@ -509,7 +514,7 @@ class DirectoryService:
             suite=DEFAULT_REGISTRY.suite(method), initiator_record=a_record.hash,
             responder_record=b_record.hash,
         )
-        signature = bytes(await self.jail.sign("grant", grant.canonical_bytes()))
+        signature = bytes(await self._signs.sign("grant", grant.canonical_bytes()))
         # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
         token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
         sealed_a = seal_token(token_a, a_record.record.box_key)
@@ -681,9 +686,9 @@ def push_bodies(common: dict[str, Any], *own: dict[str, Any]) -> list[bytes]:
     return bodies
 
 
-def _jail_base_signer(jail: JailClient) -> Callable[[bytes], Any]:
+def _jail_base_signer(signs: SignCoalescer) -> Callable[[bytes], Any]:
     async def sign_base(base: bytes) -> bytes:
-        return bytes(await jail.sign("http_signature_base", base))
+        return bytes(await signs.sign("http_signature_base", base))
 
     return sign_base
 
