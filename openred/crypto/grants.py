@@ -20,11 +20,11 @@ from typing import NewType
 import nacl.bindings
 import nacl.exceptions
 import nacl.public
-import rfc8785
 
 from crypto_jail import tokens as _jail_tokens
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
 from openred.errors import CryptoError
+from openred.store.codec import canonical_json
 
 __all__ = [
     "DEFAULT_TTL",
@@ -85,7 +85,11 @@ class Grant:
         except ValueError as exc:
             raise CryptoError(f"grant is malformed: {exc}") from exc
         # Computed once: the fields are frozen, and the hash is needed on every token check.
-        object.__setattr__(self, "_canonical", rfc8785.dumps(self.to_dict()))
+        # The store's canonical encoder: RFC 8785 through the standard library for plain
+        # strings and safe integers (every checked grant), the rfc8785 library otherwise.
+        plain = self.to_dict()
+        plain["initiator"], plain["responder"] = str(self.initiator), str(self.responder)
+        object.__setattr__(self, "_canonical", canonical_json(plain))
 
     def to_dict(self) -> dict[str, str | int]:
         """The grant as a JSON object (the wire form inside token delivery)."""
