@@ -19,7 +19,6 @@ from typing import NewType
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.public
 
 from crypto_jail import tokens as _jail_tokens
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
@@ -230,10 +229,11 @@ def seal_token(token: bytes, box_key: BoxKey) -> SealedToken:
     if not isinstance(token, bytes) or len(token) != _jail_tokens.TOKEN_LEN:
         raise CryptoError(f"a token is {_jail_tokens.TOKEN_LEN} bytes")
     try:
-        sealed = nacl.public.SealedBox(nacl.public.PublicKey(box_key.raw)).encrypt(token)
+        # What nacl.public.SealedBox(PublicKey(key)).encrypt does, without its two objects.
+        sealed: bytes = nacl.bindings.crypto_box_seal(token, box_key.raw)
     except nacl.exceptions.CryptoError as exc:
         raise CryptoError("sealing the token failed") from exc
-    return SealedToken(bytes(sealed))
+    return SealedToken(sealed)
 
 
 def check_sealed_token(data: bytes) -> SealedToken:
