@@ -1,8 +1,8 @@
 """The one pooled outbound HTTP client of a process (DESIGN §10, issue 7 §5).
 
 One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
-per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the service must
-not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority are signed with
+per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the
+service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority are signed with
 RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh ``created`` and nonce
 on every attempt. Transport failures and 502/503/504 answers are retried with exponential
 backoff and jitter; after the last attempt a transport failure becomes
