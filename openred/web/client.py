@@ -2,12 +2,13 @@
 
 One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
 per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the
-service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority are signed with
-RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh ``created`` and nonce
-on every attempt. Transport failures and 502/503/504 answers are retried with exponential
-backoff and jitter; after the last attempt a transport failure becomes
+service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority
+are signed with RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh
+``created`` and nonce on every attempt. Transport failures and 502/503/504 answers are retried
+with exponential backoff and jitter; after the last attempt a transport failure becomes
 :class:`~openred.errors.PeerUnreachable` — aiohttp's exceptions are translated here and nowhere
-else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to judge.
+else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to
+judge.
 """
 
 from __future__ import annotations
