@@ -850,31 +850,38 @@ class SignCoalescer:
     """:meth:`JailClient.sign` for concurrent callers, sent together in ``sign_many`` calls.
 
     The first :meth:`sign` of a batch starts a task that sends, one turn of the event loop
-    later, every item asked for by then (no timer: at most one turn of waiting): the grant
-    signature and the two push signatures of a grant, and those of grants proceeding together
-    (they share a checkpoint, so they reach their pushes in the same turn), cost one jail round
-    trip instead of one each. Each caller gets its own signature or its own refusal (the
-    exception :meth:`JailClient.sign` raises for that item); a failure of the whole call (the
-    jail unreachable, a malformed answer) is raised to every caller of that batch. A caller
+    later, the items asked for by then (no timer: at most one turn of waiting), at most
+    ``max_batch`` per call (a full batch starts the next one): the grant signature and the
+    two push signatures of a grant, and those of grants proceeding together (they share a
+    checkpoint, so they reach their pushes in the same turn), cost one jail round trip
+    instead of one each. Each caller gets its own signature or its own refusal (the exception
+    :meth:`JailClient.sign` raises for that item); a failure of the whole call (the jail
+    unreachable, a malformed answer) is raised to every caller of that batch. A caller
     cancelled while waiting leaves the batch to the others.
     """
 
-    def __init__(self, client: JailClient) -> None:
+    def __init__(self, client: JailClient, *, max_batch: int = MAX_SIGN_MANY) -> None:
+        if not 1 <= max_batch <= MAX_SIGN_MANY:
+            raise ValueError(f"max_batch must be 1-{MAX_SIGN_MANY}")
         self._client = client
-        self._pending: list[tuple[str, bytes, asyncio.Future[Signature]]] = []
+        self._max = max_batch
+        self._open: list[tuple[str, bytes, asyncio.Future[Signature]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def sign(self, kind: str, data: bytes) -> Signature:
         future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
-        if not self._pending:
-            task = asyncio.ensure_future(self._send())  # its first step runs next turn
+        batch = self._open
+        if batch is None or len(batch) >= self._max:
+            batch = self._open = []
+            task = asyncio.ensure_future(self._send(batch))  # its first step runs next turn
             self._tasks.add(task)  # keep a reference until it is done
             task.add_done_callback(self._tasks.discard)
-        self._pending.append((kind, data, future))
+        batch.append((kind, data, future))
         return await future
 
-    async def _send(self) -> None:
-        batch, self._pending = self._pending, []
+    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[Signature]]]) -> None:
+        if self._open is batch:
+            self._open = None  # what is asked from now on goes to the next batch
         try:
             results = await self._client.sign_many([(kind, data) for kind, data, _ in batch])
         except asyncio.CancelledError:

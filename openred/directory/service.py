@@ -80,6 +80,10 @@ RECEIVE_PATH = "/api/v3/tokens/receive"
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
+SIGN_BATCH = 8
+"""Most signatures one jail call carries for the grants in flight: the jail signs a batch on
+one thread, one item after the other, so a larger batch would save little more per item and
+make every grant in it wait for all of it."""
 
 
 @dataclass(slots=True)
@@ -194,7 +198,7 @@ class DirectoryService:
         self._signer = signer
         # The grant's signature goes to the jail with the push signatures of this and other
         # grants in flight (one sign_many per turn of the loop; see SignCoalescer).
-        self._signs = signs if signs is not None else SignCoalescer(jail)
+        self._signs = signs if signs is not None else SignCoalescer(jail, max_batch=SIGN_BATCH)
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
         self._keys: dict[str, SignKey] = {}
         self._signing: asyncio.Task[None] | None = None
@@ -212,7 +216,7 @@ class DirectoryService:
     ) -> DirectoryService:
         """Open the directory's log (kind ``directory``) and everything that reads it."""
         signer = await JailSigner.create(jail)
-        signs = SignCoalescer(jail)
+        signs = SignCoalescer(jail, max_batch=SIGN_BATCH)
         store = await SQLiteEventStore.open(
             settings.data_dir, signer, kind="directory", registry=directory_registry(),
             projections=directory_projections(),

@@ -218,3 +218,19 @@ async def test_malformed_sign_many_answers_are_protocol_errors(
         await server.wait_closed()
         path.unlink(missing_ok=True)
 
+
+
+async def test_a_full_batch_starts_the_next_one(client: JailClient) -> None:
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client, max_batch=3)
+    counting = _Counting(client)
+    bases = [await _base() for _ in range(7)]
+    signatures = await asyncio.gather(
+        *(coalescer.sign("http_signature_base", b) for b in bases))
+    assert sorted(n for _, n in counting.ops) == [1, 3, 3]
+    for base, signature in zip(bases, signatures, strict=True):
+        keys.sign_key.verify(bytes(signature), base)
+    with pytest.raises(ValueError):
+        SignCoalescer(client, max_batch=0)
+    with pytest.raises(ValueError):
+        SignCoalescer(client, max_batch=MAX_SIGN_MANY + 1)
