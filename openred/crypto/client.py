@@ -935,6 +935,11 @@ class JailSigner:
     def sign_key(self) -> SignKey:
         return self._sign_key
 
+    @property
+    def client(self) -> JailClient:
+        """The jail client this signer signs through."""
+        return self._client
+
     async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
         if not hashes:
             return []

@@ -39,7 +39,7 @@ from sqlmodel import col, select
 from openred import __version__
 from openred.crypto.client import JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import mint_tokens, new_grant, seal_token
-from openred.crypto.identity import NodeId, SignKey, b64url
+from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
 from openred.crypto.records import SignedNodeRecord
 from openred.crypto.transparency import (
@@ -609,8 +609,19 @@ class DirectoryService:
             return None
         origin = store.origin
         text = await sign_checkpoint(Checkpoint(origin=origin, size=size, root_hash=root),
-                                     origin, signer)
+                                     origin, self._checkpoint_signer(signer))
         return _Note(size, root, text, checked=True)
+
+    def _checkpoint_signer(self, signer: LogSigner) -> LogSigner:
+        """``signer``, or the same jail through the coalescer when ``signer`` is that jail's.
+
+        The jail's ``sign`` of kind ``checkpoint`` runs the same checks as ``sign_checkpoint``
+        (a C2SP body of the jail's own log's origin); ``sign_checkpoint`` still verifies the
+        note under ``signer.sign_key`` before it is used.
+        """
+        if isinstance(signer, JailSigner) and signer.client is self.jail:
+            return _CoalescedCheckpoints(signer, self._signs)
+        return signer
 
     async def _proof_for(self, entry: StoredEvent) -> tuple[bytes, InclusionProof]:
         note = await self._note_covering(entry.seq)
@@ -667,6 +678,24 @@ class DirectoryService:
     def key_info(self) -> dict[str, str]:
         return {"key": self.key.b64url(), "id": str(self.key.node_id), "origin": self.origin,
                 "vkey": vkey(self.origin, self.key)}
+
+
+class _CoalescedCheckpoints:
+    """A :class:`JailSigner` whose checkpoint signatures join the grants' coalesced jail calls."""
+
+    def __init__(self, signer: JailSigner, signs: SignCoalescer) -> None:
+        self._signer = signer
+        self._signs = signs
+
+    @property
+    def sign_key(self) -> SignKey:
+        return self._signer.sign_key
+
+    async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        return await self._signer.sign_entry_hashes(hashes)
+
+    async def sign_checkpoint(self, note_body: bytes) -> Signature:
+        return await self._signs.sign("checkpoint", note_body)
 
 
 def _compact_json(value: Any) -> str:
