@@ -6,6 +6,13 @@ the same concurrency. Every server here is its own process (``openred directory 
 the directory, with its jail; a bare Quart app for the baseline; one process answering the
 token pushes of two local receivers), and the load comes from a separate client process.
 
+The two receivers are a harness, not what is measured: they share the machine's cores with the
+directory, so they are a plain ASGI callable under the same Hypercorn configuration that reads
+each push's whole body and answers the acknowledgement the bare Quart receiver answered (same
+status, headers and bytes; ``--serve receivers-quart`` still runs that one). The directory's
+own work per grant is unchanged by it; compare its CPU per grant (``cpu_dir.py grant``) beside
+the ratio.
+
 Each scenario is compared with a baseline measured in the same minutes: both are split in
 three chunks run alternately (baseline, scenario, baseline, ...), because the machine is shared
 and its load drifts within seconds. The client sends requests prepared beforehand — already signed
@@ -63,12 +70,18 @@ def baseline_app() -> Any:
     return app
 
 
-def receivers_app() -> Any:
+RECEIVE_PATH = "/api/v3/tokens/receive"
+ACK = b'{"status":"ok"}\n'
+"""The receivers' acknowledgement: the bytes the bare Quart app used to answer."""
+
+
+def receivers_app_quart() -> Any:
+    """The receivers as a bare Quart app (what they were until the grant speed work)."""
     from quart import Quart
 
     app = Quart("receivers")
 
-    @app.post("/api/v3/tokens/receive")
+    @app.post(RECEIVE_PATH)
     async def receive() -> dict[str, str]:
         from quart import request
 
@@ -78,13 +91,61 @@ def receivers_app() -> Any:
     return app
 
 
+def receivers_app() -> Any:
+    """The two receivers: a plain ASGI callable that acknowledges every push.
+
+    Same Hypercorn configuration, same answer as :func:`receivers_app_quart` (200,
+    ``application/json``, ``{"status":"ok"}`` plus a newline, after reading the whole body; 404
+    for any other path, 405 for another method) without Quart's request machinery: the
+    receivers stand in for nodes and share the machine's cores with the directory being
+    measured, so what they spend per push is taken from the directory (docs/decisions.md,
+    "Directory speed").
+    """
+    ack_headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(ACK)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:  # the whole body, as the Quart receiver's get_data() read it
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            more = message.get("more_body", False)
+        if scope["path"] != RECEIVE_PATH:
+            status, body = 404, b""
+        elif scope["method"] != "POST":
+            status, body = 405, b""
+        else:
+            status, body = 200, ACK
+        headers = ack_headers if body else [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def serve_many(kind: str, ports: list[int]) -> None:
-    """Run ``baseline`` or ``receivers`` on the given ports (the server processes' entry)."""
+    """Run ``baseline``, ``receivers`` (or ``receivers-quart``) on the given ports.
+
+    The server processes' entry point.
+    """
     from hypercorn.asyncio import serve
 
     from openred.web.serve import hypercorn_config
 
-    app = baseline_app() if kind == "baseline" else receivers_app()
+    apps = {"baseline": baseline_app, "receivers": receivers_app,
+            "receivers-quart": receivers_app_quart}
+    app = apps[kind]()
     config = hypercorn_config("127.0.0.1", ports[0])
     config.bind = [f"127.0.0.1:{p}" for p in ports]
     config.errorlog = None

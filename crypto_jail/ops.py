@@ -5,7 +5,8 @@ Each operation takes the request's ``args`` object and returns the ``result`` ob
 a token or any other secret except the session keys a finished handshake produces (which the
 node needs for its transport and stores only wrapped by this jail).
 
-Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_checkpoint``,
+Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_many`` (``sign`` for
+several items in one call), ``sign_checkpoint``,
 ``open_sealed``, ``noise_initiate``, ``noise_respond``, ``noise_finish``, ``wrap``, ``unwrap``.
 Tokens stay sealed outside the jail: ``open_sealed`` only says whether a sealed token opens,
 and the Noise operations take the sealed token and open it internally (stateless).
@@ -47,7 +48,7 @@ from crypto_jail.errors import (
 )
 from crypto_jail.keystore import Keystore
 from crypto_jail.noise import SUITES, HandshakeState, NoiseError, X25519KeyPair
-from crypto_jail.protocol import MAX_BATCH, b64d, b64e
+from crypto_jail.protocol import MAX_BATCH, MAX_SIGN_MANY, b64d, b64e
 
 __all__ = ["OPS", "JailState", "TimePolicy", "dispatch"]
 
@@ -268,13 +269,49 @@ def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     _check_keys(args, ("kind", "data"))
     kind = _str(args, "kind")
     data = _bytes(args, "data")
+    return {"signature": b64e(_sign_checked(state, kind, data))}
+
+
+def _sign_checked(state: JailState, kind: str, data: bytes) -> bytes:
+    """The signature over ``data`` if it is a signable structure of ``kind`` in time."""
     check = _SIGNABLE.get(kind)
     if check is None:
         raise OpRefused(BAD_REQUEST, f"unknown kind; use one of {sorted(_SIGNABLE)}")
     if not check(data):
         raise OpRefused(REFUSED, f"not a signable structure of kind {kind}")
     _check_in_time(state, kind, data)
-    return {"signature": b64e(state.sign_bytes(data))}
+    return state.sign_bytes(data)
+
+
+def op_sign_many(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{items: [{kind, data}, ...]} → {results: [{signature} | {error, detail}, ...]}, in order.
+
+    Exactly ``sign`` for each item — same kinds, same recognizers, same time and origin
+    checks — in one round trip (a directory's grant needs three signatures; concurrent grants
+    share calls). One to :data:`MAX_SIGN_MANY` items. A malformed request (items not a list,
+    an item not exactly ``{kind, data}``, a kind that is not a string, data that is not
+    base64url) refuses the whole call; an item that ``sign`` would refuse gets its own error
+    (code and detail as ``sign`` answers) and the others are still signed.
+    """
+    _check_keys(args, ("items",))
+    items = args["items"]
+    if not isinstance(items, list) or not items:
+        raise OpRefused(BAD_REQUEST, "items must be a non-empty list")
+    if len(items) > MAX_SIGN_MANY:
+        raise OpRefused(BAD_REQUEST, f"at most {MAX_SIGN_MANY} items per sign_many")
+    parsed: list[tuple[str, bytes]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise OpRefused(BAD_REQUEST, "each item is an object {kind, data}")
+        _check_keys(item, ("kind", "data"))
+        parsed.append((_str(item, "kind"), _bytes(item, "data")))
+    results: list[dict[str, str]] = []
+    for kind, data in parsed:
+        try:
+            results.append({"signature": b64e(_sign_checked(state, kind, data))})
+        except OpRefused as exc:
+            results.append({"error": exc.code, "detail": exc.detail})
+    return {"results": results}
 
 
 def _check_in_time(state: JailState, kind: str, data: bytes) -> None:
@@ -500,6 +537,7 @@ OPS: dict[str, Op] = {
     "public_keys": op_public_keys,
     "sign": op_sign,
     "sign_batch": op_sign_batch,
+    "sign_many": op_sign_many,
     "sign_checkpoint": op_sign_checkpoint,
     "open_sealed": op_open_sealed,
     "noise_initiate": op_noise_initiate,

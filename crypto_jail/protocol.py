@@ -31,6 +31,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_BODY",
     "MAX_ID",
+    "MAX_SIGN_MANY",
     "Request",
     "Response",
     "b64d",
@@ -50,6 +51,8 @@ MAX_BODY = 4 * 1024 * 1024
 """Largest body either side accepts (4 MiB); a bigger length prefix ends the connection."""
 MAX_BATCH = 32768
 """Most entry hashes one ``sign_batch`` takes: its answer (N × 64 bytes) must fit in a frame."""
+MAX_SIGN_MANY = 64
+"""Most items one ``sign_many`` takes (each a structure ``sign`` accepts, at most 8 KiB)."""
 MAX_ID = 2**53 - 1
 """Request ids are non-negative integers that survive any JSON implementation exactly."""
 

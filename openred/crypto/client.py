@@ -42,6 +42,7 @@ from crypto_jail.protocol import (
     HEADER,
     MAX_BATCH,
     MAX_BODY,
+    MAX_SIGN_MANY,
     b64d,
     b64e,
     encode_request,
@@ -67,6 +68,7 @@ __all__ = [
     "PublicKeys",
     "Responded",
     "SessionKeys",
+    "SignCoalescer",
 ]
 
 logger = logging.getLogger("openred.crypto_jail")
@@ -755,6 +757,21 @@ class JailClient:
                                    len(chunk)))
         return out
 
+    async def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[Signature | JailRefused]:
+        """:meth:`sign` for each ``(kind, data)`` in one round trip per :data:`MAX_SIGN_MANY`.
+
+        In order: a signature, or the :class:`~openred.errors.JailRefused` the jail answered
+        for that item (the exception :meth:`sign` would raise; the caller raises it). A refusal
+        of the whole call (a malformed request) and a jail that cannot be reached raise.
+        """
+        out: list[Signature | JailRefused] = []
+        for start in range(0, len(items), MAX_SIGN_MANY):
+            chunk = items[start : start + MAX_SIGN_MANY]
+            result = await self.call("sign_many", {
+                "items": [{"kind": kind, "data": b64e(data)} for kind, data in chunk]})
+            out.extend(_sign_many_results(result, len(chunk)))
+        return out
+
     async def sign_checkpoint(self, body: bytes) -> Signature:
         result = await self.call("sign_checkpoint", {"body": b64e(body)})
         return Signature(_need(result, "signature", SIGNATURE_LEN))
@@ -811,6 +828,80 @@ class JailClient:
         return _need(result, "plaintext")
 
 
+def _sign_many_results(result: dict[str, Any], count: int) -> list[Signature | JailRefused]:
+    results = result.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise JailProtocolError("jail answered sign_many with the wrong number of results")
+    out: list[Signature | JailRefused] = []
+    for item in results:
+        if not isinstance(item, dict):
+            raise JailProtocolError("jail answered sign_many with a malformed result")
+        if set(item) == {"signature"}:
+            out.append(Signature(_need(item, "signature", SIGNATURE_LEN)))
+        elif (set(item) == {"error", "detail"} and isinstance(item["error"], str)
+              and isinstance(item["detail"], str)):
+            out.append(refusal(item["error"], item["detail"]))
+        else:
+            raise JailProtocolError("jail answered sign_many with a malformed result")
+    return out
+
+
+class SignCoalescer:
+    """:meth:`JailClient.sign` for concurrent callers, sent together in ``sign_many`` calls.
+
+    The first :meth:`sign` of a batch starts a task that sends, one turn of the event loop
+    later, the items asked for by then (no timer: at most one turn of waiting), at most
+    ``max_batch`` per call (a full batch starts the next one): the grant signature and the
+    two push signatures of a grant, and those of grants proceeding together (they share a
+    checkpoint, so they reach their pushes in the same turn), cost one jail round trip
+    instead of one each. Each caller gets its own signature or its own refusal (the exception
+    :meth:`JailClient.sign` raises for that item); a failure of the whole call (the jail
+    unreachable, a malformed answer) is raised to every caller of that batch. A caller
+    cancelled while waiting leaves the batch to the others.
+    """
+
+    def __init__(self, client: JailClient, *, max_batch: int = MAX_SIGN_MANY) -> None:
+        if not 1 <= max_batch <= MAX_SIGN_MANY:
+            raise ValueError(f"max_batch must be 1-{MAX_SIGN_MANY}")
+        self._client = client
+        self._max = max_batch
+        self._open: list[tuple[str, bytes, asyncio.Future[Signature]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def sign(self, kind: str, data: bytes) -> Signature:
+        future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
+        batch = self._open
+        if batch is None or len(batch) >= self._max:
+            batch = self._open = []
+            task = asyncio.ensure_future(self._send(batch))  # its first step runs next turn
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
+        batch.append((kind, data, future))
+        return await future
+
+    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[Signature]]]) -> None:
+        if self._open is batch:
+            self._open = None  # what is asked from now on goes to the next batch
+        try:
+            results = await self._client.sign_many([(kind, data) for kind, data, _ in batch])
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(result, JailRefused):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 def _batches(hashes: Sequence[bytes]) -> list[Sequence[bytes]]:
     for h in hashes:
         if len(h) != 32:
@@ -843,6 +934,11 @@ class JailSigner:
     @property
     def sign_key(self) -> SignKey:
         return self._sign_key
+
+    @property
+    def client(self) -> JailClient:
+        """The jail client this signer signs through."""
+        return self._client
 
     async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
         if not hashes:

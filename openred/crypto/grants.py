@@ -19,12 +19,11 @@ from typing import NewType
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.public
-import rfc8785
 
 from crypto_jail import tokens as _jail_tokens
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
 from openred.errors import CryptoError
+from openred.store.codec import canonical_json
 
 __all__ = [
     "DEFAULT_TTL",
@@ -85,7 +84,11 @@ class Grant:
         except ValueError as exc:
             raise CryptoError(f"grant is malformed: {exc}") from exc
         # Computed once: the fields are frozen, and the hash is needed on every token check.
-        object.__setattr__(self, "_canonical", rfc8785.dumps(self.to_dict()))
+        # The store's canonical encoder: RFC 8785 through the standard library for plain
+        # strings and safe integers (every checked grant), the rfc8785 library otherwise.
+        plain = self.to_dict()
+        plain["initiator"], plain["responder"] = str(self.initiator), str(self.responder)
+        object.__setattr__(self, "_canonical", canonical_json(plain))
 
     def to_dict(self) -> dict[str, str | int]:
         """The grant as a JSON object (the wire form inside token delivery)."""
@@ -226,10 +229,11 @@ def seal_token(token: bytes, box_key: BoxKey) -> SealedToken:
     if not isinstance(token, bytes) or len(token) != _jail_tokens.TOKEN_LEN:
         raise CryptoError(f"a token is {_jail_tokens.TOKEN_LEN} bytes")
     try:
-        sealed = nacl.public.SealedBox(nacl.public.PublicKey(box_key.raw)).encrypt(token)
+        # What nacl.public.SealedBox(PublicKey(key)).encrypt does, without its two objects.
+        sealed: bytes = nacl.bindings.crypto_box_seal(token, box_key.raw)
     except nacl.exceptions.CryptoError as exc:
         raise CryptoError("sealing the token failed") from exc
-    return SealedToken(bytes(sealed))
+    return SealedToken(sealed)
 
 
 def check_sealed_token(data: bytes) -> SealedToken:

@@ -37,9 +37,9 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from openred import __version__
-from openred.crypto.client import JailClient, JailSigner
+from openred.crypto.client import JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import mint_tokens, new_grant, seal_token
-from openred.crypto.identity import NodeId, SignKey, b64url
+from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
 from openred.crypto.records import SignedNodeRecord
 from openred.crypto.transparency import (
@@ -80,6 +80,10 @@ RECEIVE_PATH = "/api/v3/tokens/receive"
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
+SIGN_BATCH = 8
+"""Most signatures one jail call carries for the grants in flight: the jail signs a batch on
+one thread, one item after the other, so a larger batch would save little more per item and
+make every grant in it wait for all of it."""
 
 
 @dataclass(slots=True)
@@ -187,7 +191,7 @@ class DirectoryService:
     def __init__(
         self, settings: DirectorySettings, store: SQLiteEventStore, reads: ReadModels,
         jail: JailClient, http: HttpClient, *, clock: Callable[[], float] = time.time,
-        signer: LogSigner | None = None,
+        signer: LogSigner | None = None, signs: SignCoalescer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -209,6 +213,9 @@ class DirectoryService:
         # Signs checkpoints of the proof tree (the store's own signer, the jail): None → every
         # checkpoint is the store's.
         self._signer = signer
+        # The grant's signature goes to the jail with the push signatures of this and other
+        # grants in flight (one sign_many per turn of the loop; see SignCoalescer).
+        self._signs = signs if signs is not None else SignCoalescer(jail, max_batch=SIGN_BATCH)
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
         self._keys: dict[str, SignKey] = {}
         self._signing: asyncio.Task[None] | None = None
@@ -226,12 +233,13 @@ class DirectoryService:
     ) -> DirectoryService:
         """Open the directory's log (kind ``directory``) and everything that reads it."""
         signer = await JailSigner.create(jail)
+        signs = SignCoalescer(jail, max_batch=SIGN_BATCH)
         store = await SQLiteEventStore.open(
             settings.data_dir, signer, kind="directory", registry=directory_registry(),
             projections=directory_projections(),
         )
         http = HttpClient(
-            signer=Signer("directory", _jail_base_signer(jail)),
+            signer=Signer("directory", _jail_base_signer(signs)),
             allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
             total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
             clock=clock,
@@ -239,7 +247,8 @@ class DirectoryService:
         # As many pooled connections as requests a loaded directory serves at once: a smaller
         # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
-        service = cls(settings, store, reads, jail, http, clock=clock, signer=signer)
+        service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
+                      signs=signs)
         await service._sync_tree(store.head.size)
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
@@ -526,7 +535,7 @@ class DirectoryService:
             suite=DEFAULT_REGISTRY.suite(method), initiator_record=a_record.hash,
             responder_record=b_record.hash,
         )
-        signature = bytes(await self.jail.sign("grant", grant.canonical_bytes()))
+        signature = bytes(await self._signs.sign("grant", grant.canonical_bytes()))
         # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
         token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
         sealed_a = seal_token(token_a, a_record.record.box_key)
@@ -617,8 +626,19 @@ class DirectoryService:
             return None
         origin = store.origin
         text = await sign_checkpoint(Checkpoint(origin=origin, size=size, root_hash=root),
-                                     origin, signer)
+                                     origin, self._checkpoint_signer(signer))
         return _Note(size, root, text, checked=True)
+
+    def _checkpoint_signer(self, signer: LogSigner) -> LogSigner:
+        """``signer``, or the same jail through the coalescer when ``signer`` is that jail's.
+
+        The jail's ``sign`` of kind ``checkpoint`` runs the same checks as ``sign_checkpoint``
+        (a C2SP body of the jail's own log's origin); ``sign_checkpoint`` still verifies the
+        note under ``signer.sign_key`` before it is used.
+        """
+        if isinstance(signer, JailSigner) and signer.client is self.jail:
+            return _CoalescedCheckpoints(signer, self._signs)
+        return signer
 
     async def _proof_for(self, entry: StoredEvent) -> tuple[bytes, InclusionProof]:
         note = await self._note_covering(entry.seq)
@@ -677,6 +697,24 @@ class DirectoryService:
                 "vkey": vkey(self.origin, self.key)}
 
 
+class _CoalescedCheckpoints:
+    """A :class:`JailSigner` whose checkpoint signatures join the grants' coalesced jail calls."""
+
+    def __init__(self, signer: JailSigner, signs: SignCoalescer) -> None:
+        self._signer = signer
+        self._signs = signs
+
+    @property
+    def sign_key(self) -> SignKey:
+        return self._signer.sign_key
+
+    async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        return await self._signer.sign_entry_hashes(hashes)
+
+    async def sign_checkpoint(self, note_body: bytes) -> Signature:
+        return await self._signs.sign("checkpoint", note_body)
+
+
 def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -698,9 +736,9 @@ def push_bodies(common: dict[str, Any], *own: dict[str, Any]) -> list[bytes]:
     return bodies
 
 
-def _jail_base_signer(jail: JailClient) -> Callable[[bytes], Any]:
+def _jail_base_signer(signs: SignCoalescer) -> Callable[[bytes], Any]:
     async def sign_base(base: bytes) -> bytes:
-        return bytes(await jail.sign("http_signature_base", base))
+        return bytes(await signs.sign("http_signature_base", base))
 
     return sign_base
 

@@ -1,13 +1,14 @@
 """The one pooled outbound HTTP client of a process (DESIGN §10, issue 7 §5).
 
 One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
-per host), connect and total timeouts, and a resolver that refuses addresses the service must
-not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority are signed with
-RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh ``created`` and nonce
-on every attempt. Transport failures and 502/503/504 answers are retried with exponential
-backoff and jitter; after the last attempt a transport failure becomes
+per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the
+service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority
+are signed with RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh
+``created`` and nonce on every attempt. Transport failures and 502/503/504 answers are retried
+with exponential backoff and jitter; after the last attempt a transport failure becomes
 :class:`~openred.errors.PeerUnreachable` — aiohttp's exceptions are translated here and nowhere
-else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to judge.
+else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to
+judge.
 """
 
 from __future__ import annotations
@@ -105,9 +106,12 @@ class HttpClient:
                 resolver=SafeResolver(allow_private=self.allow_private),
                 keepalive_timeout=30, enable_cleanup_closed=False,
             )
+            # No cookie jar: no OpenRed protocol uses cookies, and one peer's Set-Cookie has no
+            # business in the requests this process sends (it also spares every request the
+            # jar's filtering and updating).
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
-                auto_decompress=True,
+                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

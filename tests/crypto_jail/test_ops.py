@@ -172,7 +172,7 @@ def test_unknown_op_and_bad_arguments(alice: JailState) -> None:
 
 def test_the_whitelist_is_exactly_the_designed_operations() -> None:
     assert set(OPS) == {
-        "public_keys", "sign", "sign_batch", "sign_checkpoint", "open_sealed",
+        "public_keys", "sign", "sign_batch", "sign_many", "sign_checkpoint", "open_sealed",
         "noise_initiate", "noise_respond", "noise_finish", "wrap", "unwrap",
     }
 
@@ -618,6 +618,8 @@ def test_no_operation_ever_answers_with_a_private_key_or_the_wrap_key(
         "sign": dispatch(alice, "sign", {"kind": "entry_hash", "data": b64e(bytes(32))}),
         "sign_batch": dispatch(alice, "sign_batch", {"kind": "entry_hash",
                                                      "data": b64e(bytes(32 * 3))}),
+        "sign_many": dispatch(alice, "sign_many", {"items": [
+            {"kind": "entry_hash", "data": b64e(bytes(32))}, {"kind": "raw", "data": ""}]}),
         "sign_checkpoint": dispatch(alice, "sign_checkpoint", {
             "body": b64e(checkpoint_for(alice.public["node_id"]))}),
         "open_sealed": dispatch(alice, "open_sealed", {"sealed": b64e(m.sealed_a)}),

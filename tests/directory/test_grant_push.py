@@ -110,3 +110,22 @@ async def test_the_client_remembers_only_urls_that_passed_its_check() -> None:
         assert 0 < len(client._checked) <= 4096
         with pytest.raises(UnsafeUrl):  # always refused, allow_private or not
             client._check("http://169.254.169.254/latest")
+
+
+async def test_the_pooled_client_keeps_no_cookies() -> None:
+    """A peer's Set-Cookie is never sent back (on a host name, where a jar would keep it)."""
+    port = free_port()
+    seen: list[str | None] = []
+    app = Quart("cookies")
+
+    @app.post("/in")
+    async def receive() -> tuple[dict[str, str], int, dict[str, str]]:
+        seen.append(request.headers.get("Cookie"))
+        return {"status": "ok"}, 200, {"Set-Cookie": "session=peer; Path=/"}
+
+    async with serve_in_loop(app, port), HttpClient(allow_private=True, attempts=1) as c:
+        for _ in range(2):
+            reply = await c.request("POST", f"http://localhost:{port}/in", json_body={})
+            assert reply.status == 200
+            assert "session=peer" in reply.headers.get("Set-Cookie", "")
+    assert seen == [None, None]

@@ -1,0 +1,236 @@
+"""``JailClient.sign_many`` and :class:`SignCoalescer` against a real jail and a fake one.
+
+Each item gets the signature ``sign`` gives (Ed25519 is deterministic) or the refusal ``sign``
+raises; callers of one turn of the event loop share one ``sign_many`` call; a failure of the
+whole call reaches every caller of that batch and no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crypto_jail.protocol import MAX_SIGN_MANY
+from openred.crypto.client import JailClient, SignCoalescer
+from openred.crypto.httpsig import HttpRequest, RequestVerifier, new_nonce, sign_request
+from openred.errors import JailProtocolError, JailRefused, JailUnavailable
+from tests.crypto.test_client import _fake_jail, _frame
+from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
+
+URL = "http://127.0.0.1:8711/api/v3/tokens/receive"
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    directory = short_dir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def jail(workdir: Path) -> Iterator[JailProc]:
+    (workdir / "a").mkdir(mode=0o700)
+    keystore, _ = dev_keystore(workdir / "a")
+    proc = spawn_jail(keystore, workdir / "a" / "s" / "j.sock")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def client(jail: JailProc) -> AsyncIterator[JailClient]:
+    async with JailClient(jail.socket_path, timeout=5) as c:
+        yield c
+
+
+async def _base(nonce: str | None = None, *, created: int | None = None) -> bytes:
+    """A push's signature base as the HTTP client builds it (captured, not signed)."""
+    captured: list[bytes] = []
+
+    async def grab(base: bytes) -> bytes:
+        captured.append(base)
+        return bytes(64)
+
+    await sign_request(HttpRequest("POST", URL, {"Content-Type": "application/json"}, b"{}"),
+                       keyid="directory", sign_base=grab,
+                       now=int(time.time()) if created is None else created,
+                       nonce=nonce or new_nonce())
+    return captured[0]
+
+
+def _checkpoint(node_id: str) -> bytes:
+    root = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    return f"openred/{node_id}\n1\n{root}\n".encode()
+
+
+class _Counting:
+    """Counts the jail calls of a client by operation (wraps ``call``)."""
+
+    def __init__(self, client: JailClient) -> None:
+        self.ops: list[tuple[str, int]] = []
+        call = client.call
+
+        async def counted(op: str, args: dict[str, Any], **kwargs: Any) -> Any:
+            self.ops.append((op, len(args.get("items", ()))))
+            return await call(op, args, **kwargs)
+
+        client.call = counted  # type: ignore[method-assign]
+
+
+async def test_sign_many_gives_what_sign_gives(client: JailClient) -> None:
+    keys = await client.public_keys()
+    items = [("http_signature_base", await _base()), ("entry_hash", bytes(32)),
+             ("checkpoint", _checkpoint(str(keys.node_id))),
+             ("http_signature_base", await _base())]
+    results = await client.sign_many(items)
+    for (kind, data), result in zip(items, results, strict=True):
+        assert result == await client.sign(kind, data)
+        keys.sign_key.verify(bytes(result), data)  # type: ignore[arg-type]
+
+
+async def test_refused_items_come_back_as_the_exception_sign_raises(client: JailClient) -> None:
+    good = await _base()
+    stale = await _base(created=int(time.time()) - 3600)
+    results = await client.sign_many([("http_signature_base", good),
+                                      ("http_signature_base", stale), ("raw", bytes(32)),
+                                      ("checkpoint", _checkpoint("c" * 32))])
+    assert isinstance(results[0], bytes)
+    for item, (kind, data) in zip(results[1:], [("http_signature_base", stale),
+                                                ("raw", bytes(32)),
+                                                ("checkpoint", _checkpoint("c" * 32))],
+                                  strict=True):
+        assert isinstance(item, JailRefused)
+        with pytest.raises(JailRefused) as info:
+            await client.sign(kind, data)
+        assert (item.code, item.detail) == (info.value.code, info.value.detail)
+
+
+async def test_more_items_than_one_call_takes_are_split(client: JailClient) -> None:
+    counting = _Counting(client)
+    hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(MAX_SIGN_MANY + 3)]
+    results = await client.sign_many([("entry_hash", h) for h in hashes])
+    assert results == await client.sign_batch(hashes)
+    assert [n for op, n in counting.ops if op == "sign_many"] == [MAX_SIGN_MANY, 3]
+
+
+async def test_concurrent_signs_share_one_call_and_each_gets_its_own(client: JailClient) -> None:
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client)
+    counting = _Counting(client)
+    bases = [await _base() for _ in range(10)]
+    stale = await _base(created=int(time.time()) - 3600)
+
+    async def one(base: bytes) -> bytes:
+        return bytes(await coalescer.sign("http_signature_base", base))
+
+    results = await asyncio.gather(*(one(b) for b in bases), one(stale), return_exceptions=True)
+    assert counting.ops == [("sign_many", 11)]
+    for base, signature in zip(bases, results[:10], strict=True):
+        assert isinstance(signature, bytes)
+        keys.sign_key.verify(signature, base)  # type: ignore[arg-type]
+    assert isinstance(results[10], JailRefused)
+    # A later turn is a new batch.
+    keys.sign_key.verify(await one(bases[0]), bases[0])  # type: ignore[arg-type]
+    assert counting.ops == [("sign_many", 11), ("sign_many", 1)]
+
+
+async def test_a_signed_push_verifies(client: JailClient) -> None:
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client)
+    body = b'{"grant":{}}'
+
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(await coalescer.sign("http_signature_base", base))
+
+    signed = await asyncio.gather(*(
+        sign_request(HttpRequest("POST", URL, {"Content-Type": "application/json"}, body),
+                     keyid="directory", sign_base=sign_base, now=int(time.time()),
+                     nonce=new_nonce()) for _ in range(2)))
+    verifier = RequestVerifier(lambda keyid: keys.sign_key if keyid == "directory" else None)
+    for request in signed:
+        assert verifier.verify(request, int(time.time())) == "directory"
+
+
+async def test_a_cancelled_caller_leaves_the_batch_to_the_others(client: JailClient) -> None:
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client)
+    first, second = await _base(), await _base()
+    cancelled = asyncio.ensure_future(coalescer.sign("http_signature_base", first))
+    kept = asyncio.ensure_future(coalescer.sign("http_signature_base", second))
+    await asyncio.sleep(0)  # both joined the batch
+    cancelled.cancel()
+    signature = await kept
+    keys.sign_key.verify(bytes(signature), second)
+    assert cancelled.cancelled()
+
+
+async def test_a_failed_call_fails_its_batch_only(workdir: Path) -> None:
+    path = workdir / f"fake{os.getpid()}.sock"
+    server = await _fake_jail(path, _frame(b'{"id": 1, "ok": true, "result": {"results": []}}'))
+    try:
+        async with JailClient(path, timeout=2) as broken:
+            coalescer = SignCoalescer(broken)
+            results = await asyncio.gather(
+                coalescer.sign("entry_hash", bytes(32)), coalescer.sign("entry_hash", bytes(32)),
+                return_exceptions=True)
+            assert all(isinstance(r, JailProtocolError) for r in results)
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)
+    async with JailClient(workdir / "nobody.sock", timeout=0.2,
+                          reconnect_timeout=0.2) as absent:
+        with pytest.raises(JailUnavailable):
+            await SignCoalescer(absent).sign("entry_hash", bytes(32))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"id": 1, "ok": true, "result": {"results": [{"signature": "AA"}]}}',
+        b'{"id": 1, "ok": true, "result": {"results": [{}]}}',
+        b'{"id": 1, "ok": true, "result": {"results": [{"error": "refused"}]}}',
+        b'{"id": 1, "ok": true, "result": {"results": [{"error": 1, "detail": "x"}]}}',
+        b'{"id": 1, "ok": true, "result": {"results": [5]}}',
+        b'{"id": 1, "ok": true, "result": {"results": {}}}',
+        b'{"id": 1, "ok": true, "result": {"results": [{"signature": "' + b"A" * 86
+        + b'", "error": "x", "detail": "y"}]}}',
+    ],
+)
+async def test_malformed_sign_many_answers_are_protocol_errors(
+    workdir: Path, answer: bytes
+) -> None:
+    path = workdir / f"fake{os.getpid()}.sock"
+    server = await _fake_jail(path, _frame(answer))
+    try:
+        async with JailClient(path, timeout=2) as broken:
+            with pytest.raises(JailProtocolError):
+                await broken.sign_many([("entry_hash", bytes(32))])
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)
+
+
+
+async def test_a_full_batch_starts_the_next_one(client: JailClient) -> None:
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client, max_batch=3)
+    counting = _Counting(client)
+    bases = [await _base() for _ in range(7)]
+    signatures = await asyncio.gather(
+        *(coalescer.sign("http_signature_base", b) for b in bases))
+    assert sorted(n for _, n in counting.ops) == [1, 3, 3]
+    for base, signature in zip(bases, signatures, strict=True):
+        keys.sign_key.verify(bytes(signature), base)
+    with pytest.raises(ValueError):
+        SignCoalescer(client, max_batch=0)
+    with pytest.raises(ValueError):
+        SignCoalescer(client, max_batch=MAX_SIGN_MANY + 1)
