@@ -230,7 +230,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log(f"serving node {keystore.node_id} on {socket_path}")
             print(f"READY {socket_path}", flush=True)
 
-        server.run(sock, on_ready=ready)
+        # The stop handler stays installed through the clean-up below: a second SIGTERM (the
+        # parent-death signal and the stdin watcher both send one) must not kill the jail
+        # before it has removed its socket.
+        server.run(sock, on_ready=ready, restore_signals=False)
     finally:
         unlink_socket(socket_path, sock)
         split.shutdown(wait=False, cancel_futures=True)

@@ -247,8 +247,15 @@ class JailServer:
 
     # -- the listening loop --
 
-    def run(self, sock: socket.socket, *, on_ready: Callable[[], None]) -> None:
-        """Accept and serve clients until SIGTERM or SIGINT; call ``on_ready`` once listening."""
+    def run(self, sock: socket.socket, *, on_ready: Callable[[], None],
+            restore_signals: bool = True) -> None:
+        """Accept and serve clients until SIGTERM or SIGINT; call ``on_ready`` once listening.
+
+        With ``restore_signals=False`` the handler that only asks the loop to stop stays
+        installed when this returns: a process that still has to clean up (remove its socket)
+        must not be killed by a second SIGTERM — a supervised jail gets one from
+        ``PR_SET_PDEATHSIG`` and one from its stdin watcher when its supervisor dies.
+        """
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         stop = threading.Event()
@@ -278,8 +285,10 @@ class JailServer:
                                  name="jail-client").start()
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for signum, handler in zip((signal.SIGTERM, signal.SIGINT), previous, strict=True):
-                signal.signal(signum, handler)
+            if restore_signals:
+                for signum, handler in zip((signal.SIGTERM, signal.SIGINT), previous,
+                                           strict=True):
+                    signal.signal(signum, handler)
             os.close(wake_read)
             os.close(wake_write)
             self.close_clients()

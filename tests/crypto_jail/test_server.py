@@ -651,3 +651,45 @@ def test_a_newcomer_takes_the_slot_of_the_client_idle_longest(workdir: Path) -> 
         for hog in hogs:
             hog.close()
         proc.stop()
+
+
+
+SECOND_SIGTERM = """
+import os, signal, sys, threading
+from pathlib import Path
+from crypto_jail.server import JailServer, prepare_socket
+
+restore = sys.argv[2] == "restore"
+sock = prepare_socket(Path(sys.argv[1]))
+server = JailServer(None, allowed_uids=frozenset({os.getuid()}), frame_timeout=1.0,
+                    idle_timeout=1.0)
+def stop_soon():
+    os.kill(os.getpid(), signal.SIGTERM)
+server.run(sock, on_ready=lambda: threading.Timer(0.1, stop_soon).start(),
+           restore_signals=restore)
+os.kill(os.getpid(), signal.SIGTERM)  # the second one, while cleaning up
+signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a point where Python runs pending handlers
+print("cleaned up", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "restore"])
+def test_a_second_sigterm_during_clean_up_does_not_kill_a_served_jail(
+    workdir: Path, mode: str,
+) -> None:
+    # A supervised jail gets two SIGTERMs when its supervisor dies (PR_SET_PDEATHSIG and its
+    # stdin watcher). ``crypto_jail serve`` keeps the stop handler installed after the serving
+    # loop (restore_signals=False), so the second one cannot kill it before it has removed its
+    # socket; restoring the default handler (the library default) would.
+    sub = workdir / f"second-{mode}"
+    sub.mkdir(mode=0o700)
+    done = subprocess.run([PYTHON, "-c", SECOND_SIGTERM, str(sub / "j.sock"), mode],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    if mode == "keep":
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "cleaned up\n"
+    else:
+        assert done.returncode == -signal.SIGTERM
+        assert done.stdout == ""
+
