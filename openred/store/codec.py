@@ -51,13 +51,17 @@ def _c_encoder() -> Callable[[Any], str] | None:
     ``JSONEncoder.encode`` makes a new ``_json.Encoder`` with these very settings on every call
     (sorted keys, ``,``/``:`` separators, no ASCII escaping, NaN refused). Without the
     circular-reference check: only values :func:`_fast_path_ok` accepted reach it, and that
-    walk never accepts a cycle. None where the C accelerator is missing.
+    walk never accepts a cycle. None where the C accelerator is missing or takes other
+    arguments (then ``_encode_json`` is used, as before).
     """
     make = getattr(json.encoder, "c_make_encoder", None)  # private to json; typeshed omits it
     if make is None:  # pragma: no cover - CPython always has it
         return None
-    encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", True,
-                   False, False)
+    try:
+        encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", True,
+                       False, False)
+    except TypeError:  # pragma: no cover - a Python whose private encoder takes other arguments
+        return None
 
     def encode(value: Any) -> str:
         return "".join(encoder(value, 0))  # the chunks JSONEncoder.encode joins
