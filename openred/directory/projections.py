@@ -44,7 +44,7 @@ class NodesProjection:
     }))
 
     def apply(self, event: RecordedEvent) -> Iterable[RowOp]:
-        p = dict(event.payload)
+        p = event.payload  # read only
         at = p["at"]
         if event.type == ev.NODE_REGISTERED:
             yield Upsert(NODES, ("node_id",), {

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import rfc8785
@@ -38,6 +39,37 @@ _FIRST_SURROGATE = "\ud800"
 _encode_json = json.JSONEncoder(
     ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
 ).encode
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    """``_encode_json`` without its per-call set-up: the C encoder it builds, built once.
+
+    ``JSONEncoder.encode`` makes a new ``_json.Encoder`` with these very settings on every call
+    (sorted keys, ``,``/``:`` separators, no ASCII escaping, NaN refused). Without the
+    circular-reference check: only values :func:`_fast_path_ok` accepted reach it, and that
+    walk never accepts a cycle. None where the C accelerator is missing or takes other
+    arguments (then ``_encode_json`` is used, as before).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)  # private to json; typeshed omits it
+    if make is None:  # pragma: no cover - CPython always has it
+        return None
+    try:
+        encoder = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",", True,
+                       False, False)
+    except TypeError:  # pragma: no cover - a Python whose private encoder takes other arguments
+        return None
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))  # the chunks JSONEncoder.encode joins
+
+    return encode
+
+
+_encode_fast = _c_encoder() or _encode_json
 
 
 def _fast_path_ok(value: Any) -> bool:
@@ -77,7 +109,7 @@ def canonical_json(value: Mapping[str, Any] | list[Any]) -> bytes:
     """RFC 8785 canonical JSON bytes of ``value``."""
     if _fast_path_ok(value):
         try:
-            return _encode_json(value).encode("utf-8")
+            return _encode_fast(value).encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate in a string: the library's refusal
             pass
     try:

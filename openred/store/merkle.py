@@ -299,14 +299,23 @@ class BlockIndex:
     one and never changes what a reader of this one sees (the roots list is only appended to).
     """
 
-    __slots__ = ("_block", "_level", "_roots", "size", "tail")
+    __slots__ = ("_block", "_level", "_roots", "_tail", "size")
 
     def __init__(self, level: int = _BLOCK_LEVEL) -> None:
         self._level = level
         self._block = 1 << level
         self._roots: list[bytes] = []
         self.size = 0
-        self.tail: tuple[bytes, ...] = ()  # leaf hashes of the incomplete last block
+        # Leaf hashes of the incomplete last block: the first ``size % block`` of this list.
+        # Like the roots it is shared with the indexes extended from this one and only ever
+        # appended to, so extending costs the new leaves only (not a copy of up to a block),
+        # and an older index still reads exactly its own prefix.
+        self._tail: list[bytes] = []
+
+    @property
+    def tail(self) -> list[bytes]:
+        """The leaf hashes of the incomplete last block (a copy)."""
+        return self._tail[:self.size % self._block]
 
     def extended(self, entry_hashes: Sequence[bytes]) -> BlockIndex:
         """A new index with ``entry_hashes`` appended as the next leaves."""
@@ -316,12 +325,16 @@ class BlockIndex:
         """:meth:`extended`, given the leaf hashes (:func:`leaf_hashes`) of the entries."""
         other = BlockIndex.__new__(BlockIndex)
         other._level, other._block, other._roots = self._level, self._block, self._roots
-        tail = list(self.tail)
         block = self._block
         roots = self._roots
-        complete = self.size // block
+        complete, partial = divmod(self.size, block)
         if len(roots) != complete:
             raise ValueError("this block index is stale: a newer one was extended from it")
+        tail = self._tail
+        if len(tail) != partial:
+            # A newer index was extended from this one within the same block (its leaves
+            # follow ours in the shared list): start a list of our own from our prefix.
+            tail = tail[:partial]
         start = 0
         while start < len(leaves):
             take = min(block - len(tail), len(leaves) - start)
@@ -331,7 +344,7 @@ class BlockIndex:
                 roots.append(_reduce(tail))
                 tail = []
         other.size = self.size + len(leaves)
-        other.tail = tuple(tail)
+        other._tail = tail
         return other
 
     def range_root(
@@ -353,9 +366,9 @@ class BlockIndex:
         first_block = start // block
         if first_block != (end - 1) // block:
             raise ValueError(f"range {start}..{end} is not aligned as a proof's ranges are")
-        tail_start = self.size - len(self.tail)
+        tail_start = self.size - self.size % block
         if start >= tail_start:
-            return _reduce(list(self.tail[start - tail_start:end - tail_start]))
+            return _reduce(self._tail[start - tail_start:end - tail_start])
         hashes = read_entry_hashes(start, end)
         if len(hashes) != end - start:
             raise ValueError(f"read {len(hashes)} entry hashes for leaves {start}..{end}")

@@ -70,13 +70,13 @@ def plan_projections(
     plan: ProjectionPlan = []
     if not entries or not len(projections):
         return plan
-    handled = frozenset().union(*(p.handles for p in projections))
     # Consecutive operations of the same shape go to SQLite in one executemany: same statements,
     # same order, a fraction of the per-statement overhead.
     pending = ""
     rows: list[tuple[Any, ...]] = []
+    handlers = projections.handlers
     for entry in entries:
-        if entry.type not in handled:
+        if not handlers(entry.type):
             continue
         for op in projections.operations(registry.decode(entry)):
             sql, params = _sql_for(op)

@@ -71,6 +71,8 @@ class ProjectionRegistry:
     def __init__(self, projections: Iterable[Projection] = ()) -> None:
         self._by_name: dict[str, Projection] = {}
         self._frozen = False
+        # Once frozen: event type -> the projections handling it, in registration order.
+        self._by_type: dict[str, tuple[Projection, ...]] = {}
         for projection in projections:
             self.add(projection)
 
@@ -106,10 +108,22 @@ class ProjectionRegistry:
     def tables(self) -> list[str]:
         return [t for p in self._by_name.values() for t in p.tables]
 
+    def handlers(self, event_type: str) -> tuple[Projection, ...]:
+        """The projections handling ``event_type``, in registration order.
+
+        Looked up once per type after :meth:`freeze` (nothing can be added any more), on every
+        call before it.
+        """
+        found = self._by_type.get(event_type)
+        if found is None:
+            found = tuple(p for p in self._by_name.values() if event_type in p.handles)
+            if self._frozen:
+                self._by_type[event_type] = found
+        return found
+
     def operations(self, event: RecordedEvent) -> list[RowOp]:
         """All row operations ``event`` causes across projections, in registration order."""
         ops: list[RowOp] = []
-        for projection in self._by_name.values():
-            if event.type in projection.handles:
-                ops.extend(projection.apply(event))
+        for projection in self.handlers(event.type):
+            ops.extend(projection.apply(event))
         return ops

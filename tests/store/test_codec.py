@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openred.store.codec import GENESIS_PREV_HASH, _fast_path_ok, canonical_json, entry_hash
+from openred.store.codec import (
+    GENESIS_PREV_HASH,
+    _encode_fast,
+    _encode_json,
+    _fast_path_ok,
+    canonical_json,
+    entry_hash,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=20),
@@ -138,3 +146,13 @@ def test_a_byte_moved_across_a_field_boundary_changes_the_hash() -> None:
 def test_prev_hash_must_be_32_bytes() -> None:
     with pytest.raises(ValueError):
         entry_hash(**{**FIELDS, "prev_hash": b"\x00" * 31})  # type: ignore[arg-type]
+
+
+def test_the_prebuilt_encoder_writes_what_json_encoder_writes() -> None:
+    """The fast path's one C encoder and ``JSONEncoder.encode`` with the same settings agree."""
+    values: list[Any] = [
+        {}, [], {"b": 1, "a": [True, False, None, "x"], "é": {"\u2028": "\x00\x1f\"\\/"}},
+        {"nested": [{"k": [-(2**53) + 1, 2**53 - 1, 0]}, "ünïcödé", "\U0001f600"]},
+    ]
+    for value in values:
+        assert _encode_fast(value) == _encode_json(value)

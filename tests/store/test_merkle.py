@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -529,3 +530,34 @@ def test_block_index_proofs_equal_the_reference_proofs(level: int) -> None:
         for old in {0, 1, size // 2, size - 1, size}:
             assert index.consistency_proof(old, read) == consistency_proof(old, hashes)
         assert max(reads, default=0) <= 1 << level  # never more than one block read
+
+
+def test_block_index_extended_twice_from_one_index_keeps_both_exact() -> None:
+    """Tails are shared append-only lists: an index extended again (a retry after a failed
+    extension) starts a list of its own, and the index extended first still reads its own."""
+    level = 3
+    hashes = [hashlib.sha256(b"%d" % i).digest() for i in range(40)]
+    other = [hashlib.sha256(b"other %d" % i).digest() for i in range(40)]
+
+    def read_from(entries: list[bytes]) -> Callable[[int, int], list[bytes]]:
+        return lambda start, end: entries[start:end]
+
+    base = BlockIndex(level).extended(hashes[:11])  # one whole block, three in the tail
+    first = base.extended(hashes[11:13])  # same block: the shared tail grows
+    second = base.extended(other[:4])  # from base again: must not see first's leaves
+    assert base.tail == leaf_hashes(hashes[8:11])
+    assert first.tail == leaf_hashes(hashes[8:13])
+    mixed = hashes[:11] + other[:4]
+    assert second.tail == leaf_hashes(mixed[8:15])
+    for index, entries in ((first, hashes[:13]), (second, mixed), (base, hashes[:11])):
+        size = len(entries)
+        for leaf in range(size):
+            assert index.inclusion_proof(leaf, read_from(entries)) == inclusion_proof(
+                leaf, entries)
+        for old in range(size + 1):
+            assert index.consistency_proof(old, read_from(entries)) == consistency_proof(
+                old, entries)
+    # Going on from the newest keeps working, across the block boundary.
+    third = first.extended(hashes[13:30])
+    assert third.tail == leaf_hashes(hashes[24:30])
+    assert third.inclusion_proof(27, read_from(hashes[:30])) == inclusion_proof(27, hashes[:30])
