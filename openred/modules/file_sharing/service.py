@@ -40,6 +40,7 @@ import secrets
 import shutil
 import stat
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -158,6 +159,27 @@ def _hash_file(fd: int) -> tuple[list[bytes], bytes, int]:
 T = TypeVar("T")
 
 
+class _Buffers:
+    """A few reused read buffers (the sender's chunks), taken and given back from threads."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buffer)
+
+
 class _Threads:
     """Blocking calls in the default executor, and a way to wait until none is running.
 
@@ -209,6 +231,8 @@ class FileSharing:
         self.direct_io = direct_io
         """Write and read back partial files with O_DIRECT where possible (:mod:`.partial`)."""
         self._trees: OrderedDict[str, HashTree] = OrderedDict()
+        self._read_buffers = _Buffers(IN_FLIGHT)
+        """Chunk read buffers of the sender, reused across requests (a few MiB at most)."""
         self._fetching: set[str] = set()
         self._background: dict[str, tuple[Progress, asyncio.Task[None] | None]] = {}
         self._served: dict[str, FileOfferRow] = {}
@@ -415,12 +439,16 @@ class FileSharing:
         proof = tree.proof(index)
         head = b"".join((struct.pack(">H", len(proof)), *proof))
         return Outcome(await asyncio.to_thread(self._read_chunk, row, offset, length,
-                                               tree.leaf(index), head))
+                                               tree.leaf(index), head, self._read_buffers))
 
     @staticmethod
     def _read_chunk(row: FileOfferRow, offset: int, length: int, leaf: bytes,
-                    head: bytes) -> bytes:
-        """``head`` ‖ the chunk, read from the offered file if it still is the one offered."""
+                    head: bytes, buffers: _Buffers | None = None) -> bytes:
+        """``head`` ‖ the chunk, read from the offered file if it still is the one offered.
+
+        The chunk is read into a reused buffer and hashed there; the answer is then one new
+        bytes object (head and chunk joined), not two.
+        """
         changed = NodeRefused(409, "file-changed", "the offered file changed on the sender's "
                               "disk since it was offered")
         assert row.source is not None
@@ -428,16 +456,22 @@ class FileSharing:
             fd = os.open(row.source, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             raise changed from None
+        buffers = buffers or _Buffers(0)
+        buffer = buffers.take(length)
         try:
-            info = os.fstat(fd)
-            if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
-                raise changed
-            data = os.pread(fd, length, offset)
+            with memoryview(buffer) as view, view[:length] as data:
+                try:
+                    info = os.fstat(fd)
+                    if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
+                        raise changed
+                    got = os.preadv(fd, [data], offset)
+                finally:
+                    os.close(fd)
+                if got != length or leaf_hash(data) != leaf:
+                    raise changed
+                return b"".join((head, data))
         finally:
-            os.close(fd)
-        if len(data) != length or leaf_hash(data) != leaf:
-            raise changed
-        return head + data
+            buffers.give(buffer)
 
     async def receive_decline(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
         """The P2P handler of ``file_sharing/decline`` (the receiver declined our offer)."""
