@@ -90,7 +90,7 @@ CHUNK: Final = Route("file_sharing", "chunk")
 REVOKE: Final = Route("file_sharing", "revoke")
 DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
-IN_FLIGHT: Final = 4
+IN_FLIGHT: Final = 3
 DIGEST_RUN: Final = 8
 """Chunks the digest reads back in one go (at most)."""
 _MARK = struct.Struct(">I32s")
