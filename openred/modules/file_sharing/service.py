@@ -15,7 +15,8 @@ Actions (``POST /api/v3/p2p/file_sharing/<action>``, each an encrypted envelope)
 
 The receiver (:meth:`FileSharing.fetch`) keeps several chunk requests in flight, checks each
 chunk against the offer's root, writes it at its offset in a partial file under
-``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it.
+``<data_dir>/files/partial/`` (with ``O_DIRECT`` where it can, :mod:`.partial`) and appends
+``(index, leaf hash)`` to a marks file beside it.
 While chunks arrive, the whole file's SHA-256 follows behind them, reading the partial file
 back in order, so what is checked against the offer's digest is what lies on disk. A fetch run
 again (after Ctrl-C, either node killed, the network cut) fetches only the chunks not marked;
