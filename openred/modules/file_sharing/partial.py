@@ -25,6 +25,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,8 +35,9 @@ logger = logging.getLogger("openred.file_sharing")
 
 ALIGN: Final = 4096
 """Offsets, lengths and buffers of direct transfers are multiples of this (a page)."""
-READ_SPAN: Final = 8 * 1024 * 1024
-"""The digest reads back up to this many bytes at once (at least one chunk)."""
+READ_SPAN: Final = 4 * 1024 * 1024
+"""The digest reads back up to this many bytes at once (at least one chunk), into each of two
+buffers: the next span is read while the last is hashed."""
 O_DIRECT: Final[int] = getattr(os, "O_DIRECT", 0)
 
 Write = Callable[[int, memoryview, int], int]
@@ -64,7 +66,8 @@ class PartialFile:
         self._lock = threading.Lock()
         self._free: list[mmap.mmap] = []
         self._all: list[mmap.mmap] = []
-        self._read: mmap.mmap | bytearray | None = None
+        self._reads: list[mmap.mmap | bytearray] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- buffers --
 
@@ -119,31 +122,59 @@ class PartialFile:
 
     # -- reading back --
 
-    def _read_buffer(self) -> memoryview:
-        if self._read is None:
+    def _read_buffers(self) -> list[mmap.mmap | bytearray]:
+        if not self._reads:
             span = max(self.chunk_size, READ_SPAN // self.chunk_size * self.chunk_size)
             span = min(span, max(self.size, 1))
-            self._read = _aligned(span) if self.use_direct else bytearray(span)
-        return memoryview(self._read)
+            self._reads = [_aligned(span) if self.use_direct else bytearray(span)
+                           for _ in range(2)]
+        return self._reads
 
     def hash_back(self, whole: Any, offset: int, length: int) -> int:
         """Feed ``length`` bytes of the file from ``offset``, read back, to ``whole``.
 
-        Returns how many bytes were there (fewer only if the file was cut short meanwhile).
+        Reads span by span into two buffers, the next span read by a helper thread while this
+        one hashes the last (both release the GIL). Returns how many bytes were there (fewer
+        only if the file was cut short meanwhile).
         """
+        buffers = self._read_buffers()
+        views = [memoryview(buffer) for buffer in buffers]
+        pending: Future[int] | None = None
         done = 0
-        with self._read_buffer() as buffer:
-            while done < length:
-                want = min(len(buffer), length - done)
-                got = self._read_into(buffer, want, offset + done)
-                whole.update(buffer[:got])
-                done += got
-                if got < want:
-                    break
+        try:
+            want = min(len(views[0]), length)
+            pending = self._reader().submit(self._read_into, views[0], buffers[0], want, offset)
+            turn = 0
+            while pending is not None:
+                got = pending.result()
+                pending = None
+                after = done + got
+                if got == want and after < length:  # start reading the next span now
+                    following = min(len(views[1 - turn]), length - after)
+                    pending = self._reader().submit(self._read_into, views[1 - turn],
+                                                    buffers[1 - turn], following,
+                                                    offset + after)
+                with views[turn][:got] as piece:
+                    whole.update(piece)
+                done = after
+                if pending is not None:
+                    turn, want = 1 - turn, following
+        finally:
+            if pending is not None:  # an error on this side: the read in flight ends first
+                wait([pending])
+            for view in views:
+                view.release()
         return done
 
-    def _read_into(self, buffer: memoryview, want: int, offset: int) -> int:
-        if self.use_direct and offset % ALIGN == 0 and isinstance(self._read, mmap.mmap):
+    def _reader(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="openred-readback")
+            return self._pool
+
+    def _read_into(self, buffer: memoryview, owner: mmap.mmap | bytearray, want: int,
+                   offset: int) -> int:
+        if self.use_direct and offset % ALIGN == 0 and isinstance(owner, mmap.mmap):
             assert self.direct_fd is not None
             with buffer[:-(-want // ALIGN) * ALIGN] as view:
                 try:
@@ -175,14 +206,17 @@ class PartialFile:
 
     def close(self) -> None:
         """Close both descriptors and drop the buffers (no thread may be using them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.direct_fd is not None:
             os.close(self.direct_fd)
             self.direct_fd = None
         os.close(self.fd)
-        for buffer in (*self._all, self._read):
+        for buffer in (*self._all, *self._reads):
             if isinstance(buffer, mmap.mmap):
                 with contextlib.suppress(BufferError):  # a view still held: the GC frees it
                     buffer.close()
         self._all.clear()
         self._free.clear()
-        self._read = None
+        self._reads = []

@@ -171,6 +171,41 @@ def test_a_refused_direct_read_falls_back_and_a_short_file_reads_short(
         part.close()
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_read_back_runs_span_after_span_with_the_next_read_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    monkeypatch.setattr(partial_mod, "READ_SPAN", 2 * CHUNK)  # many spans
+    data = os.urandom(9 * CHUNK + 77)
+    part = PartialFile(tmp_path / "p", size=len(data), chunk_size=CHUNK, direct=direct)
+    try:
+        fill(part, data, os.pwrite)
+        for start, end in ((0, len(data)), (CHUNK, 7 * CHUNK), (4 * CHUNK, len(data))):
+            whole = hashlib.sha256()
+            assert part.hash_back(whole, start, end - start) == end - start
+            assert whole.digest() == hashlib.sha256(data[start:end]).digest()
+        # A read that fails mid-way is raised, after the read running beside it ended.
+        real = os.preadv
+        calls = [0]
+
+        def failing(fd: int, buffers: Any, offset: int) -> int:
+            calls[0] += 1
+            if calls[0] == 3:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real(fd, buffers, offset)
+
+        monkeypatch.setattr(partial_mod.os, "preadv", failing)
+        with pytest.raises(OSError) as caught:
+            part.hash_back(hashlib.sha256(), 0, len(data))
+        assert caught.value.errno == errno.EIO
+        monkeypatch.setattr(partial_mod.os, "preadv", real)
+        whole = hashlib.sha256()
+        assert part.hash_back(whole, 0, len(data)) == len(data)
+        assert whole.digest() == hashlib.sha256(data).digest()
+    finally:
+        part.close()
+
+
 def open_files_under(directory: Path) -> list[str]:
     """Paths under ``directory`` this process has open."""
     found = []
