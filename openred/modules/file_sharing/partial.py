@@ -200,10 +200,6 @@ class PartialFile:
 
     # -- the end --
 
-    def flush(self) -> None:
-        """``fdatasync`` (the direct writes sit in the device's cache until then)."""
-        os.fdatasync(self.fd)
-
     def close(self) -> None:
         """Close both descriptors and drop the buffers (no thread may be using them)."""
         if self._pool is not None:
