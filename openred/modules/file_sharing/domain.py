@@ -45,8 +45,9 @@ __all__ = [
     "verify_chunk",
 ]
 
-CHUNK_SIZE: Final = 2 * 1024 * 1024
-"""Default chunk size: one chunk and its proof fit an envelope (256 KiB) with room to spare."""
+CHUNK_SIZE: Final = 4 * 1024 * 1024
+"""Default chunk size: one chunk, its proof and the tag fit a binary answer envelope
+(:data:`openred.node.envelope_binary.MAX_ANSWER_CIPHERTEXT`, 4 MiB + 64 KiB)."""
 MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024
 MIN_CHUNK_SIZE: Final = 4 * 1024
 MAX_NAME_BYTES: Final = 200

@@ -15,7 +15,8 @@ Actions (``POST /api/v3/p2p/file_sharing/<action>``, each an encrypted envelope)
 
 The receiver (:meth:`FileSharing.fetch`) keeps several chunk requests in flight, checks each
 chunk against the offer's root, writes it at its offset in a partial file under
-``<data_dir>/files/partial/`` and appends ``(index, leaf hash)`` to a marks file beside it.
+``<data_dir>/files/partial/`` (with ``O_DIRECT`` where it can, :mod:`.partial`) and appends
+``(index, leaf hash)`` to a marks file beside it.
 While chunks arrive, the whole file's SHA-256 follows behind them, reading the partial file
 back in order, so what is checked against the offer's digest is what lies on disk. A fetch run
 again (after Ctrl-C, either node killed, the network cut) fetches only the chunks not marked;
@@ -40,6 +41,7 @@ import secrets
 import shutil
 import stat
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +65,7 @@ from openred.modules.file_sharing.domain import (
     refuse_unless_usable,
     verify_chunk,
 )
+from openred.modules.file_sharing.partial import PartialFile, Write
 from openred.modules.file_sharing.readmodels import FileOfferRow, FileTransferRow
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
@@ -88,18 +91,14 @@ CHUNK: Final = Route("file_sharing", "chunk")
 REVOKE: Final = Route("file_sharing", "revoke")
 DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
-IN_FLIGHT: Final = 4
+IN_FLIGHT: Final = 3
 DIGEST_RUN: Final = 8
 """Chunks the digest reads back in one go (at most)."""
-SYNC_EVERY: Final = 32 * 1024 * 1024
-"""The partial file is flushed to disk (fdatasync) as the digest passes every 32 MiB."""
 _MARK = struct.Struct(">I32s")
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 TransportFor = Callable[[str], Awaitable[Transport]]
 """The transport to a peer (by node id): the HTTP call to its ``/api/v3/p2p/...``."""
-Write = Callable[[int, memoryview, int], int]
-"""``os.pwrite``-like: write bytes at an offset of a file descriptor (a port for tests)."""
 
 
 @dataclass
@@ -161,6 +160,27 @@ def _hash_file(fd: int) -> tuple[list[bytes], bytes, int]:
 T = TypeVar("T")
 
 
+class _Buffers:
+    """A few reused read buffers (the sender's chunks), taken and given back from threads."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buffer)
+
+
 class _Threads:
     """Blocking calls in the default executor, and a way to wait until none is running.
 
@@ -199,7 +219,7 @@ class FileSharing:
     def __init__(
         self, *, store: SQLiteEventStore, reads: ReadModels, keeper: SessionKeeper,
         book: NodeBook, data_dir: Path, transport_for: TransportFor,
-        clock: Callable[[], int], write: Write = os.pwrite,
+        clock: Callable[[], int], write: Write = os.pwrite, direct_io: bool = True,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -209,7 +229,11 @@ class FileSharing:
         self.transport_for = transport_for
         self.clock = clock
         self.write = write
+        self.direct_io = direct_io
+        """Write and read back partial files with O_DIRECT where possible (:mod:`.partial`)."""
         self._trees: OrderedDict[str, HashTree] = OrderedDict()
+        self._read_buffers = _Buffers(IN_FLIGHT)
+        """Chunk read buffers of the sender, reused across requests (a few MiB at most)."""
         self._fetching: set[str] = set()
         self._background: dict[str, tuple[Progress, asyncio.Task[None] | None]] = {}
         self._served: dict[str, FileOfferRow] = {}
@@ -416,12 +440,16 @@ class FileSharing:
         proof = tree.proof(index)
         head = b"".join((struct.pack(">H", len(proof)), *proof))
         return Outcome(await asyncio.to_thread(self._read_chunk, row, offset, length,
-                                               tree.leaf(index), head))
+                                               tree.leaf(index), head, self._read_buffers))
 
     @staticmethod
     def _read_chunk(row: FileOfferRow, offset: int, length: int, leaf: bytes,
-                    head: bytes) -> bytes:
-        """``head`` ‖ the chunk, read from the offered file if it still is the one offered."""
+                    head: bytes, buffers: _Buffers | None = None) -> bytes:
+        """``head`` ‖ the chunk, read from the offered file if it still is the one offered.
+
+        The chunk is read into a reused buffer and hashed there; the answer is then one new
+        bytes object (head and chunk joined), not two.
+        """
         changed = NodeRefused(409, "file-changed", "the offered file changed on the sender's "
                               "disk since it was offered")
         assert row.source is not None
@@ -429,16 +457,22 @@ class FileSharing:
             fd = os.open(row.source, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             raise changed from None
+        buffers = buffers or _Buffers(0)
+        buffer = buffers.take(length)
         try:
-            info = os.fstat(fd)
-            if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
-                raise changed
-            data = os.pread(fd, length, offset)
+            with memoryview(buffer) as view, view[:length] as data:
+                try:
+                    info = os.fstat(fd)
+                    if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
+                        raise changed
+                    got = os.preadv(fd, [data], offset)
+                finally:
+                    os.close(fd)
+                if got != length or leaf_hash(data) != leaf:
+                    raise changed
+                return b"".join((head, data))
         finally:
-            os.close(fd)
-        if len(data) != length or leaf_hash(data) != leaf:
-            raise changed
-        return head + data
+            buffers.give(buffer)
 
     async def receive_decline(self, ctx: RequestContext, plaintext: bytes) -> Outcome:
         """The P2P handler of ``file_sharing/decline`` (the receiver declined our offer)."""
@@ -698,15 +732,20 @@ class FileSharing:
         disagree).
         """
         threads = _Threads()
-        part_fd = os.open(self._part(row.offer_id), os.O_RDWR | os.O_CREAT, 0o600)
-        marks_fd = os.open(self._marks(row.offer_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                           0o600)
+        part = PartialFile(self._part(row.offer_id), size=row.size, chunk_size=row.chunk_size,
+                           direct=self.direct_io)
+        try:
+            marks_fd = os.open(self._marks(row.offer_id),
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except BaseException:
+            part.close()
+            raise
         try:
             # The partial file has the offered size: nothing past it, whatever lay there.
-            os.ftruncate(part_fd, row.size)
+            os.ftruncate(part.fd, row.size)
             for attempt in (1, 2):
                 digest = await self._receive_round(row, held, state, progress, in_flight,
-                                                   part_fd, marks_fd, threads)
+                                                   part, marks_fd, threads)
                 if b64url(digest) == row.digest:
                     return
                 if attempt == 1:
@@ -719,11 +758,11 @@ class FileSharing:
             # crash and the next fetch finds it there, not waiting to be written back.
             await threads.drain()
             with contextlib.suppress(OSError):
-                await threads.run(_flush, part_fd, marks_fd)
+                await threads.run(_flush, part.fd, marks_fd)
             raise
         finally:
             await threads.drain()
-            os.close(part_fd)
+            part.close()
             os.close(marks_fd)
         self._discard_partial(row.offer_id)
         raise NodeRefused(502, "digest-mismatch", "the whole file does not match the offer's "
@@ -731,7 +770,7 @@ class FileSharing:
 
     async def _receive_round(
         self, row: FileOfferRow, held: dict[int, bytes], state: Progress,
-        progress: Callable[[Progress], None] | None, in_flight: int, part_fd: int,
+        progress: Callable[[Progress], None] | None, in_flight: int, part: PartialFile,
         marks_fd: int, threads: _Threads,
     ) -> bytes:
         """Fetch the chunks not ``held``; the SHA-256 of the partial file, read back in order.
@@ -766,7 +805,7 @@ class FileSharing:
                 request = _json({"offer_id": row.offer_id, "offset": offset, "length": length})
                 for _attempt in range(CHUNK_ATTEMPTS):
                     answer = await self._call(row.peer, CHUNK, request, channel, transport)
-                    if await threads.run(self._store_chunk, part_fd, marks_fd, answer, index,
+                    if await threads.run(self._store_chunk, part, marks_fd, answer, index,
                                          count, offset, length, root):
                         break
                 else:
@@ -780,7 +819,6 @@ class FileSharing:
 
         async def digest() -> bytes:
             whole = hashlib.sha256()
-            buffer = bytearray(min(row.chunk_size, row.size))
             at = 0
             while at < count:
                 if at not in on_disk:
@@ -790,7 +828,9 @@ class FileSharing:
                 end = at
                 while end < count and end in on_disk and end - at < DIGEST_RUN:
                     end += 1
-                await threads.run(self._hash_back, part_fd, whole, buffer, row, at, end)
+                start = chunk_range(at, row.size, row.chunk_size)[0]
+                stop = sum(chunk_range(end - 1, row.size, row.chunk_size))
+                await threads.run(part.hash_back, whole, start, stop - start)
                 at = end
             return whole.digest()
 
@@ -804,16 +844,6 @@ class FileSharing:
                 task.cancel()
             await asyncio.gather(*tasks, follower, return_exceptions=True)
             raise
-
-    @staticmethod
-    def _hash_back(fd: int, whole: Any, buffer: bytearray, row: FileOfferRow, start: int,
-                   end: int) -> None:
-        """Feed chunks ``start`` .. ``end - 1`` of the partial file, read back, to ``whole``."""
-        view = memoryview(buffer)
-        for index in range(start, end):
-            offset, length = chunk_range(index, row.size, row.chunk_size)
-            got = os.preadv(fd, [view[:length]], offset)
-            whole.update(view[:got])
 
     @staticmethod
     def _check_chunk(answer: bytes, index: int, count: int, length: int,
@@ -830,17 +860,15 @@ class FileSharing:
         leaf = verify_chunk(index, count, data, proof, root)
         return None if leaf is None else (leaf, data)
 
-    def _store_chunk(self, part_fd: int, marks_fd: int, answer: bytes, index: int, count: int,
-                     offset: int, length: int, root: bytes) -> bool:
+    def _store_chunk(self, part: PartialFile, marks_fd: int, answer: bytes, index: int,
+                     count: int, offset: int, length: int, root: bytes) -> bool:
         """Check a chunk answer; if it proves itself, write the chunk and its mark (True)."""
         checked = self._check_chunk(answer, index, count, length, root)
         if checked is None:
             return False
         leaf, data = checked
-        written = 0
         try:
-            while written < len(data):
-                written += self.write(part_fd, data[written:], offset + written)
+            part.write(self.write, data, offset)
             os.write(marks_fd, _MARK.pack(index, leaf))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -65,3 +65,30 @@ def test_a_chunk_of_a_changed_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NodeRefused) as caught:
         FileSharing._read_chunk(row, CHUNK_SIZE, 10, tree.leaf(1), b"\x00\x00")
     assert caught.value.reason == "file-changed"
+
+
+def test_reused_read_buffers_give_the_same_answers_and_come_back_after_a_refusal(
+    tmp_path: Path
+) -> None:
+    from openred.modules.file_sharing.service import _Buffers
+
+    data = os.urandom(2 * CHUNK_SIZE + 1000)
+    row, tree = _offered(tmp_path, data)
+    buffers = _Buffers(2)
+    for index in (0, 2, 1, 0):  # a long buffer serves the short last chunk, then is reused
+        offset = index * CHUNK_SIZE
+        length = min(CHUNK_SIZE, len(data) - offset)
+        proof = tree.proof(index)
+        head = b"".join((struct.pack(">H", len(proof)), *proof))
+        answer = FileSharing._read_chunk(row, offset, length, tree.leaf(index), head, buffers)
+        assert answer == head + data[offset:offset + length]
+        assert len(buffers._free) == 1
+    # A refusal (a leaf that does not match) gives its buffer back too.
+    with pytest.raises(NodeRefused):
+        FileSharing._read_chunk(row, 0, CHUNK_SIZE, tree.leaf(1), b"\x00\x00", buffers)
+    assert len(buffers._free) == 1
+    # No more than ``keep`` buffers are kept.
+    taken = [buffers.take(10) for _ in range(4)]
+    for buffer in taken:
+        buffers.give(buffer)
+    assert len(buffers._free) == 2

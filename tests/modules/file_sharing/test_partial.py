@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import mmap
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,6 +43,15 @@ def payload(path: Path, size: int) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
+
+
+def wrong_copy(chunk: memoryview, at: int, flip: int) -> mmap.mmap:
+    """``chunk`` with byte ``at`` XORed with ``flip``, in a page-aligned buffer (the partial
+    file may be open with O_DIRECT, which takes only aligned buffers)."""
+    copy = mmap.mmap(-1, max(len(chunk), 1))
+    copy[:len(chunk)] = chunk
+    copy[at] ^= flip
+    return copy
 
 
 def counting(b: Any) -> list[int]:
@@ -92,9 +102,8 @@ async def test_a_chunk_damaged_on_disk_during_the_run_is_caught_and_fetched_agai
         # The disk silently stores one wrong byte of chunk 2, once.
         if offset == 2 * CHUNK_SIZE and not damaged:
             damaged.append(offset)
-            wrong = bytearray(chunk)
-            wrong[100] ^= 0x01
-            return os.pwrite(fd, wrong, offset)
+            with wrong_copy(chunk, 100, 0x01) as wrong, memoryview(wrong) as view:
+                return os.pwrite(fd, view[:len(chunk)], offset)
         return os.pwrite(fd, chunk, offset)
 
     b.write = bad_disk
@@ -113,10 +122,9 @@ async def test_a_disk_that_keeps_damaging_a_chunk_places_nothing(
     b = files(pair.b)
 
     def bad_disk(fd: int, chunk: memoryview, offset: int) -> int:
-        wrong = bytearray(chunk)
-        if offset == CHUNK_SIZE:
-            wrong[0] ^= 0x80
-        return os.pwrite(fd, wrong, offset)
+        with wrong_copy(chunk, 0, 0x80 if offset == CHUNK_SIZE else 0) as wrong, \
+                memoryview(wrong) as view:
+            return os.pwrite(fd, view[:len(chunk)], offset)
 
     b.write = bad_disk
     with pytest.raises(NodeRefused) as caught:
