@@ -195,7 +195,7 @@ from crypto_jail import __main__ as jail_main, hardening, server
 
 a, b = socket.socketpair()  # before hardening: a connected pair, as an accepted client is
 
-def probe(self, sock, *, on_ready):
+def probe(self, sock, *, on_ready, **_):
     libc = ctypes.CDLL(None, use_errno=True)
     out = {}
     def attempt(name, fn):
@@ -431,7 +431,7 @@ import sys
 from crypto_jail import __main__ as jail_main, hardening, server
 
 hardening.landlock_abi = lambda: None  # a kernel without Landlock
-server.JailServer.run = lambda self, sock, *, on_ready: print("served", flush=True)
+server.JailServer.run = lambda self, sock, *, on_ready, **_: print("served", flush=True)
 sys.exit(jail_main.main(["serve", "--keystore", sys.argv[1], "--socket", sys.argv[2]]))
 """
 
