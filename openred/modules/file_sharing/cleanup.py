@@ -107,12 +107,15 @@ def _offer_of(entry: str, suffixes: tuple[str, ...]) -> str | None:
     return None
 
 
-def offer_files(files_dir: Path) -> dict[str, list[str]]:
-    """The working files present, by offer id (``partial/<id>.part`` etc., relative)."""
-    found: dict[str, list[str]] = {}
+def _working_files(files_dir: Path) -> Iterator[tuple[int, str, str, str]]:
+    """``(directory fd, kind, entry, offer id)`` of every working file under ``files_dir``.
+
+    The directories are opened without following links; each descriptor is valid until the
+    generator moves on to the next kind.
+    """
     with _open_dir(str(files_dir)) as root:
         if root is None:
-            return found
+            return
         for kind, suffixes in _KINDS.items():
             with _open_dir(kind, dir_fd=root) as fd:
                 if fd is None:
@@ -120,7 +123,14 @@ def offer_files(files_dir: Path) -> dict[str, list[str]]:
                 for entry in os.listdir(fd):  # noqa: PTH208 (by descriptor: no link followed)
                     offer_id = _offer_of(entry, suffixes)
                     if offer_id is not None:
-                        found.setdefault(offer_id, []).append(f"{kind}/{entry}")
+                        yield fd, kind, entry, offer_id
+
+
+def offer_files(files_dir: Path) -> dict[str, list[str]]:
+    """The working files present, by offer id (``partial/<id>.part`` etc., relative)."""
+    found: dict[str, list[str]] = {}
+    for _, kind, entry, offer_id in _working_files(files_dir):
+        found.setdefault(offer_id, []).append(f"{kind}/{entry}")
     return found
 
 
@@ -134,25 +144,18 @@ def remove_offer_files(files_dir: Path, offer_ids: Iterable[str]) -> list[str]:
     removed: list[str] = []
     if not wanted:
         return removed
-    with _open_dir(str(files_dir)) as root:
-        if root is None:
-            return removed
-        for kind, suffixes in _KINDS.items():
-            with _open_dir(kind, dir_fd=root) as fd:
-                if fd is None:
-                    continue
-                for entry in os.listdir(fd):  # noqa: PTH208 (by descriptor: no link followed)
-                    if _offer_of(entry, suffixes) not in wanted:
-                        continue
-                    try:
-                        os.unlink(entry, dir_fd=fd)
-                    except FileNotFoundError:
-                        continue  # removed meanwhile (a fetch completing, a decline)
-                    except OSError as exc:  # a directory named like a file, permissions
-                        logger.warning("could not remove %s/%s/%s: %s", files_dir, kind, entry,
-                                       exc.strerror or exc)
-                        continue
-                    removed.append(f"{kind}/{entry}")
+    for fd, kind, entry, offer_id in _working_files(files_dir):
+        if offer_id not in wanted:
+            continue
+        try:
+            os.unlink(entry, dir_fd=fd)
+        except FileNotFoundError:
+            continue  # removed meanwhile (a fetch completing, a decline)
+        except OSError as exc:  # a directory named like a file, permissions
+            logger.warning("could not remove %s/%s/%s: %s", files_dir, kind, entry,
+                           exc.strerror or exc)
+            continue
+        removed.append(f"{kind}/{entry}")
     if removed:
         logger.info("removed %d working files of ended offers from %s", len(removed), files_dir)
     return removed
