@@ -110,6 +110,7 @@ RECV_RESERVE: Final = 64
 """How far past an accepted counter the durable receive mark is raised in one write."""
 
 _Aead = ChaCha20Poly1305 | AESGCM
+_TAG_LEN: Final = 16  # both suites' AEADs
 
 
 class SessionLedger(Protocol):
@@ -349,6 +350,25 @@ def _suite(name: str) -> Suite:
         raise UnknownSuite(f"unknown Noise suite {name!r}") from None
 
 
+def _open_into(aead: _Aead, nonce: bytes, ciphertext: bytes, ad: bytes,
+               into: bytearray) -> bytes | memoryview:
+    """The AEAD's open into ``into`` (see :meth:`SessionCipher.decrypt_into`)."""
+    try:
+        size = len(ciphertext) - _TAG_LEN
+        if size < 0:
+            raise ValueError("shorter than a tag")
+        if len(into) < size:
+            try:
+                into.extend(bytes(size - len(into)))
+            except BufferError:  # still viewed by the caller: a new object this time
+                return aead.decrypt(nonce, ciphertext, ad)
+        view = memoryview(into)[:size]
+        aead.decrypt_into(nonce, ciphertext, ad, view)
+        return view
+    except (InvalidTag, ValueError, OverflowError, TypeError):
+        raise DecryptionFailed("message does not authenticate") from None
+
+
 def _check_key(key: bytes) -> bytes:
     if not isinstance(key, bytes | bytearray) or len(key) != KEY_LEN:
         raise InvalidKey(f"session keys are {KEY_LEN} bytes")
@@ -500,6 +520,32 @@ class SessionCipher:
             window._top = counter
         else:
             window.mark(counter)
+        return plaintext
+
+    def decrypt_into(self, counter: int, ciphertext: bytes, into: bytearray, *,
+                     ad: bytes = b"") -> bytes | memoryview:
+        """:meth:`decrypt`, with the plaintext written into ``into``: no new object its size.
+
+        Same checks, same refusals, same marks, in the same order; returns a memoryview of
+        ``into``'s first ``len(ciphertext) - 16`` bytes. ``into`` grows when it is too short,
+        unless something still views it: then, and for a counter of another epoch, the
+        plaintext is a new bytes object as from :meth:`decrypt`. After a refusal ``into``
+        holds garbage.
+        """
+        window = self._window
+        if counter > window._top:
+            if counter >= MAX_COUNTER:
+                raise DecryptionFailed("counter out of range")
+        elif counter < 0:
+            raise DecryptionFailed("counter out of range")
+        else:
+            window.check(counter)
+        if counter >> EPOCH_SHIFT != self._recv_epoch:
+            return self.decrypt(counter, ciphertext, ad=ad)
+        plaintext = _open_into(self._recv_aead, self._nonce(counter), ciphertext, ad, into)
+        if counter > self._recv_mark:  # authenticated: record it durably before accepting
+            self._raise_recv_mark(counter)
+        window.mark(counter)
         return plaintext
 
     def _decrypt_other_epoch(self, counter: int, ciphertext: bytes, ad: bytes) -> bytes:

@@ -233,6 +233,22 @@ class SessionChannel:
         del self._pending[request_counter]
         return plaintext
 
+    def open_answer_into(self, route: Route, request_counter: int, envelope: Envelope,
+                         into: bytearray) -> bytes | memoryview:
+        """:meth:`open_answer`, decrypting into ``into`` (:meth:`SessionCipher.decrypt_into`).
+
+        Same checks, refusals and marks; the plaintext is a memoryview of ``into``, valid until
+        ``into`` is used again (a new bytes object in the cases ``decrypt_into`` lists).
+        """
+        self._own(envelope)
+        if self._pending.get(request_counter) != route:
+            raise NodeRefused(409, "unexpected-answer", "no request of ours awaits this answer")
+        plaintext = self.cipher.decrypt_into(
+            envelope.counter, envelope.ciphertext, into,
+            ad=self._ad(route)[3] + _COUNTER.pack(request_counter))
+        del self._pending[request_counter]
+        return plaintext
+
     def forget(self, request_counter: int) -> None:
         """Stop waiting for an answer (the request failed or timed out)."""
         self._pending.pop(request_counter, None)

@@ -300,8 +300,12 @@ class FileSharing:
 
     async def _call(self, peer: str, route: Route, request: bytes,
                     channel: SessionChannel | None = None,
-                    transport: Transport | None = None) -> bytes:
+                    transport: Transport | None = None,
+                    into: bytearray | None = None) -> bytes | memoryview:
         """One request to ``peer`` on its newest session; the answer's plaintext.
+
+        With ``into``, the answer is decrypted into that buffer and returned as a view of it
+        (:meth:`~openred.node.envelope.SessionChannel.open_answer_into`).
 
         A peer restarted since our last request may refuse our counters as replays: the
         channel then moves to a fresh epoch and the request is sent once more (every action
@@ -313,7 +317,9 @@ class FileSharing:
             envelope = channel.seal_request(route, request)
             try:
                 answer = await transport(route, envelope)
-                return channel.open_answer(route, envelope.counter, answer)
+                if into is None:
+                    return channel.open_answer(route, envelope.counter, answer)
+                return channel.open_answer_into(route, envelope.counter, answer, into)
             except NodeRefused as exc:
                 if attempt == 1 and exc.reason == "replayed-message":
                     await self.keeper.rotate(channel)
@@ -796,6 +802,9 @@ class FileSharing:
             transport = await self.transport_for(row.peer)
 
         async def worker() -> None:
+            # This worker's chunk plaintexts, one at a time, decrypted into one buffer (never
+            # shared: a cancelled worker's store thread may still be reading it).
+            plain = bytearray()
             while True:
                 try:
                     index = queue.get_nowait()
@@ -804,7 +813,8 @@ class FileSharing:
                 offset, length = chunk_range(index, row.size, row.chunk_size)
                 request = _json({"offer_id": row.offer_id, "offset": offset, "length": length})
                 for _attempt in range(CHUNK_ATTEMPTS):
-                    answer = await self._call(row.peer, CHUNK, request, channel, transport)
+                    answer = await self._call(row.peer, CHUNK, request, channel, transport,
+                                              plain)
                     if await threads.run(self._store_chunk, part, marks_fd, answer, index,
                                          count, offset, length, root):
                         break
@@ -846,7 +856,7 @@ class FileSharing:
             raise
 
     @staticmethod
-    def _check_chunk(answer: bytes, index: int, count: int, length: int,
+    def _check_chunk(answer: bytes | memoryview, index: int, count: int, length: int,
                      root: bytes) -> tuple[bytes, memoryview] | None:
         """The leaf hash and the bytes of a chunk answer that proves itself; else None."""
         if len(answer) < 2:
@@ -855,13 +865,13 @@ class FileSharing:
         start = 2 + 32 * n
         if len(answer) != start + length:
             return None
-        proof = [answer[2 + 32 * i:2 + 32 * (i + 1)] for i in range(n)]
+        proof = [bytes(answer[2 + 32 * i:2 + 32 * (i + 1)]) for i in range(n)]
         data = memoryview(answer)[start:]
         leaf = verify_chunk(index, count, data, proof, root)
         return None if leaf is None else (leaf, data)
 
-    def _store_chunk(self, part: PartialFile, marks_fd: int, answer: bytes, index: int,
-                     count: int, offset: int, length: int, root: bytes) -> bool:
+    def _store_chunk(self, part: PartialFile, marks_fd: int, answer: bytes | memoryview,
+                     index: int, count: int, offset: int, length: int, root: bytes) -> bool:
         """Check a chunk answer; if it proves itself, write the chunk and its mark (True)."""
         checked = self._check_chunk(answer, index, count, length, root)
         if checked is None:

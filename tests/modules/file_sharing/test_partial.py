@@ -60,12 +60,12 @@ def counting(b: Any) -> list[int]:
     original = b._call
 
     async def call(peer: str, route: Any, request: bytes, channel: Any = None,
-                   transport: Any = None) -> bytes:
+                   transport: Any = None, into: Any = None) -> Any:
         if route == CHUNK:
             import json
 
             fetched.append(json.loads(request)["offset"] // CHUNK_SIZE)
-        return await original(peer, route, request, channel, transport)
+        return await original(peer, route, request, channel, transport, into)
 
     b._call = call
     return fetched

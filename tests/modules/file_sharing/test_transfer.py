@@ -253,11 +253,11 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(
     corrupted: list[int] = []
 
     async def flaky(peer: str, route: Any, request: bytes, channel: Any = None,
-                     transport: Any = None) -> bytes:
-        answer = await original(peer, route, request, channel, transport)
+                     transport: Any = None, into: Any = None) -> Any:
+        answer = await original(peer, route, request, channel, transport, into)
         if route == CHUNK and json.loads(request)["offset"] == CHUNK_SIZE and not corrupted:
             corrupted.append(1)
-            return answer[:-1] + bytes([answer[-1] ^ 0xFF])
+            return bytes(answer[:-1]) + bytes([answer[-1] ^ 0xFF])
         return answer
 
     b._call = flaky  # type: ignore[method-assign]
@@ -268,9 +268,9 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(
     offer2 = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
 
     async def broken(peer: str, route: Any, request: bytes, channel: Any = None,
-                     transport: Any = None) -> bytes:
-        answer = await original(peer, route, request, channel, transport)
-        return answer[:-1] + bytes([answer[-1] ^ 0xFF]) if route == CHUNK else answer
+                     transport: Any = None, into: Any = None) -> Any:
+        answer = await original(peer, route, request, channel, transport, into)
+        return bytes(answer[:-1]) + bytes([answer[-1] ^ 0xFF]) if route == CHUNK else answer
 
     b._call = broken  # type: ignore[method-assign]
     with pytest.raises(NodeRefused) as caught:
@@ -311,10 +311,10 @@ async def test_disk_full_keeps_the_partial_file_and_a_fetch_resumes_after_it(
     original = b._call
 
     async def counting(peer: str, route: Any, request: bytes, channel: Any = None,
-                     transport: Any = None) -> bytes:
+                     transport: Any = None, into: Any = None) -> Any:
         if route == CHUNK:
             fetched.append(json.loads(request)["offset"] // CHUNK_SIZE)
-        return await original(peer, route, request, channel, transport)
+        return await original(peer, route, request, channel, transport, into)
 
     b._call = counting  # type: ignore[method-assign]
     path = await b.fetch(offer.offer_id)
@@ -353,10 +353,10 @@ async def test_an_interrupted_fetch_resumes_from_verified_chunks_even_if_the_par
     original = b._call
 
     async def counting(peer: str, route: Any, request: bytes, channel: Any = None,
-                     transport: Any = None) -> bytes:
+                     transport: Any = None, into: Any = None) -> Any:
         if route == CHUNK:
             fetched.append(json.loads(request)["offset"] // CHUNK_SIZE)
-        return await original(peer, route, request, channel, transport)
+        return await original(peer, route, request, channel, transport, into)
 
     b._call = counting  # type: ignore[method-assign]
     path = await b.fetch(offer.offer_id)
