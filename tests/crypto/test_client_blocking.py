@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import signal
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +29,8 @@ from openred.store.chain import check_chain
 from openred.store.signer import InProcessSigner, SignInThreadUnavailable
 from openred.store.sqlite import SQLiteEventStore, _signs_in_thread, read_events
 from tests.crypto.test_client import _fake_jail, _frame
-from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
+from tests.crypto_jail.test_server import JailProc, dev_keystore, spawn_jail
 from tests.store.history import peer_event
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    directory = short_dir()
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def jail(workdir: Path) -> Iterator[JailProc]:
-    (workdir / "a").mkdir(mode=0o700)
-    keystore, _ = dev_keystore(workdir / "a")
-    proc = spawn_jail(keystore, workdir / "a" / "s" / "j.sock")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def client(jail: JailProc) -> AsyncIterator[JailClient]:
-    async with JailClient(jail.socket_path, timeout=5) as c:
-        yield c
 
 
 def _hashes(n: int, salt: bytes = b"") -> list[EntryHash]:

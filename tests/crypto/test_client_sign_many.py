@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +21,8 @@ from openred.crypto.client import JailClient, SignCoalescer
 from openred.crypto.httpsig import HttpRequest, RequestVerifier, new_nonce, sign_request
 from openred.errors import JailProtocolError, JailRefused, JailUnavailable
 from tests.crypto.test_client import _fake_jail, _frame
-from tests.crypto_jail.test_server import JailProc, dev_keystore, short_dir, spawn_jail
 
 URL = "http://127.0.0.1:8711/api/v3/tokens/receive"
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    directory = short_dir()
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def jail(workdir: Path) -> Iterator[JailProc]:
-    (workdir / "a").mkdir(mode=0o700)
-    keystore, _ = dev_keystore(workdir / "a")
-    proc = spawn_jail(keystore, workdir / "a" / "s" / "j.sock")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def client(jail: JailProc) -> AsyncIterator[JailClient]:
-    async with JailClient(jail.socket_path, timeout=5) as c:
-        yield c
 
 
 async def _base(nonce: str | None = None, *, created: int | None = None) -> bytes:
