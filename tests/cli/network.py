@@ -131,6 +131,20 @@ class Network:
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
 
+    def connected_pair(self) -> tuple[str, str]:
+        """A served directory and nodes ``a`` and ``b``, registered, ``a`` connected to ``b``.
+
+        Returns the two node ids (their processes are ``servers["a"]`` and ``servers["b"]``).
+        """
+        self.init_directory()
+        self.start_directory()
+        a_id, b_id = self.init_node("a"), self.init_node("b")
+        self.start_node("a")
+        self.start_node("b")
+        self.wait_registered("b")
+        self.cli_json("a", "connect", b_id)
+        return a_id, b_id
+
     def stop_all(self) -> None:
         for server in self.servers.values():
             server.stop()

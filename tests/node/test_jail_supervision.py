@@ -54,14 +54,8 @@ def jail_of(pid: int) -> int:
 def test_a_killed_node_takes_its_jail_along_and_restarts_with_a_jail_it_supervises() -> None:
     root = short_dir()
     with network(root, OPENRED_HEARTBEAT_INTERVAL="2") as net:
-        net.init_directory()
-        net.start_directory()
-        a_id = net.init_node("a")
-        b_id = net.init_node("b")
-        net.start_node("a")
-        b = net.start_node("b")
-        net.wait_registered("b")
-        net.cli_json("a", "connect", b_id)
+        a_id, b_id = net.connected_pair()
+        b = net.servers["b"]
         net.cli("a", "send", b_id, "before")
         jail = jail_of(b.pid)
         assert owner_path(root / "b" / "jail" / "jail.sock").is_file()

@@ -32,14 +32,7 @@ def logged(data_dir: Path, event_type: str) -> int:
 def test_a_served_node_expires_offers_on_time_without_being_asked() -> None:
     root = short_dir()
     with network(root, OPENRED_LIFECYCLE_INTERVAL="1") as net:
-        net.init_directory()
-        net.start_directory()
-        net.init_node("a")
-        b_id = net.init_node("b")
-        net.start_node("a")
-        net.start_node("b")
-        net.wait_registered("b")
-        net.cli_json("a", "connect", b_id)
+        _, b_id = net.connected_pair()
         source = root / "shared.txt"
         source.write_text("offered for two seconds\n")
         offer = net.cli_json("a", "share", b_id, str(source), "--expires", "2s")

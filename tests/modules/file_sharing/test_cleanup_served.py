@@ -21,14 +21,7 @@ from tests.crypto_jail.test_server import short_dir
 def test_a_served_node_removes_the_files_of_offers_that_end() -> None:
     root = short_dir()
     with network(root, OPENRED_LIFECYCLE_INTERVAL="1") as net:
-        net.init_directory()
-        net.start_directory()
-        net.init_node("a")
-        b_id = net.init_node("b")
-        net.start_node("a")
-        net.start_node("b")
-        net.wait_registered("b")
-        net.cli_json("a", "connect", b_id)
+        _, b_id = net.connected_pair()
         source = root / "shared.txt"
         source.write_text("offered for a few seconds\n")
         fetched = net.cli_json("a", "share", b_id, str(source), "--expires", "15s")["offer_id"]
