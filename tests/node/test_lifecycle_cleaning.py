@@ -71,8 +71,11 @@ async def open_node(name: str, socket: Path, data: Path, directory: Directory,
                 directory)
 
 
-def file_sharing(node: Node, peers: dict[str, Node], clock: Clock) -> FileSharing:
-    """The node's file_sharing service, its P2P actions, and transports into its peers."""
+def file_sharing(node: Node, peers: dict[str, Node], clock: Clock, **extra: Any) -> FileSharing:
+    """The node's file_sharing service, its P2P actions, and transports into its peers.
+
+    ``extra`` goes to :class:`FileSharing` (e.g. a ``write`` that fails like a full disk).
+    """
 
     async def transport_for(peer: str) -> Any:
         target = peers[peer]
@@ -85,7 +88,7 @@ def file_sharing(node: Node, peers: dict[str, Node], clock: Clock) -> FileSharin
 
     service = FileSharing(store=node.store, reads=node.reads, keeper=node.keeper,
                           book=node.book, data_dir=node.store.path.parent,
-                          transport_for=transport_for, clock=clock.seconds)
+                          transport_for=transport_for, clock=clock.seconds, **extra)
     for route, handler in ((OFFER, service.receive_offer), (CHUNK, service.serve_chunk),
                            (REVOKE, service.receive_revoke), (DECLINE, service.receive_decline)):
         node.actions.add(route.module, route.action, handler)

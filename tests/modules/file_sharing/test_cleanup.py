@@ -30,11 +30,16 @@ from openred.modules.file_sharing.cleanup import (
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.expiry import TASK_NAME as EXPIRY_TASK
 from openred.modules.file_sharing.expiry import expire_offers, register_expiry
-from openred.modules.file_sharing.service import CHUNK, DECLINE, OFFER, REVOKE, FileSharing
-from openred.node.envelope import Envelope, Route
+from openred.modules.file_sharing.service import FileSharing
 from openred.node.lifecycle import LIFECYCLE_TASKS, LifecycleTasks
-from openred.node.p2p import dispatch
-from tests.node.test_lifecycle_cleaning import DAY, Clock, connect, housekeeper, open_node
+from tests.node.test_lifecycle_cleaning import (
+    DAY,
+    Clock,
+    connect,
+    file_sharing,
+    housekeeper,
+    open_node,
+)
 from tests.node.world import NOW, Directory, JailPair, Node, transport_to
 
 ID1, ID2, ID3, ID4 = "A" * 22, "B" * 22, "C" * 22, "D" * 22
@@ -131,25 +136,6 @@ def test_the_task_is_added_to_a_served_nodes_lifecycle_after_the_expiry() -> Non
 # -- through two nodes on a virtual clock --
 
 
-def sharing(node: Node, peers: dict[str, Node], clock: Clock, **extra: Any) -> FileSharing:
-    async def transport_for(peer: str) -> Any:
-        target = peers[peer]
-
-        async def send(route: Route, envelope: Envelope) -> Envelope:
-            return await dispatch(route, envelope.to_json(), actions=target.actions,
-                                  keeper=target.keeper, store=target.store, now=clock.now)
-
-        return send
-
-    service = FileSharing(store=node.store, reads=node.reads, keeper=node.keeper,
-                          book=node.book, data_dir=node.store.path.parent,
-                          transport_for=transport_for, clock=clock.seconds, **extra)
-    for route, handler in ((OFFER, service.receive_offer), (CHUNK, service.serve_chunk),
-                           (REVOKE, service.receive_revoke), (DECLINE, service.receive_decline)):
-        node.actions.add(route.module, route.action, handler)
-    return service
-
-
 def full_disk_after_the_first_chunk(fd: int, data: memoryview, offset: int) -> int:
     if offset >= CHUNK_SIZE:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -187,8 +173,8 @@ async def test_files_of_ended_offers_go_at_the_next_lifecycle_run(
 ) -> None:
     a, b, clock = pair
     peers = {str(a.id): a, str(b.id): b}
-    files_a = sharing(a, peers, clock)
-    files_b = sharing(b, peers, clock, write=full_disk_after_the_first_chunk)
+    files_a = file_sharing(a, peers, clock)
+    files_b = file_sharing(b, peers, clock, write=full_disk_after_the_first_chunk)
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(2 * CHUNK_SIZE + 1000))
     small = tmp_path / "small.txt"
@@ -244,8 +230,8 @@ async def test_files_left_of_cleaned_offers_go_with_their_rows_never_on_replay(
     sweep removes the files of the offers it cleans; replays leave the disk alone."""
     a, b, clock = pair
     peers = {str(a.id): a, str(b.id): b}
-    files_a = sharing(a, peers, clock)
-    files_b = sharing(b, peers, clock, write=full_disk_after_the_first_chunk)
+    files_a = file_sharing(a, peers, clock)
+    files_b = file_sharing(b, peers, clock, write=full_disk_after_the_first_chunk)
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(CHUNK_SIZE + 10))
     old = (await files_a.share(str(b.id), source, expires_in=3600)).offer_id
