@@ -423,6 +423,17 @@ def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any] | None, r
         loop.call_soon_threadsafe(_settle, future, result, exc)
 
 
+def _settle_all(settled: list[tuple[asyncio.Future[Any], object]]) -> None:
+    """Give each caller of a committed group its rows or its own error (in the loop)."""
+    for future, outcome in settled:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
 def _settle(future: asyncio.Future[Any] | None, result: object,
             exc: BaseException | None) -> None:
     if future is None or future.done():
@@ -924,7 +935,8 @@ class SQLiteEventStore:
             # hand-off. If it cannot sign there right now (the jail unreachable from the
             # thread), the chained group comes back unsigned and is signed the async way.
             prepared, stored = await self._run(
-                self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here
+                self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here,
+                asyncio.get_running_loop(),
             )
         else:
             prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
@@ -944,8 +956,17 @@ class SQLiteEventStore:
     def _prepare_sign_commit_sync(
         self, group: list[_Request], frontier: _Frontier, recorded_at: str,
         sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
+        loop: asyncio.AbstractEventLoop,
     ) -> tuple[_Prepared, list[StoredEvent] | None]:
-        """Chain, sign and commit in the write thread; rows None: sign it the async way."""
+        """Chain, sign and commit in the write thread; rows None: sign it the async way.
+
+        Once the group is committed, its callers' futures are settled from here, through one
+        ``call_soon_threadsafe``: a caller resumes one loop iteration after the commit instead
+        of three (this job's future, the writer task, then the caller), which on a busy loop
+        was most of an append's wait after its fsync. Only a committed group is settled
+        early; every error still travels the usual way (:meth:`_write_group`), which skips
+        the futures already settled.
+        """
         prepared = self._prepare_sync(group, frontier, recorded_at)
         if not prepared.entries:
             return prepared, []
@@ -955,7 +976,14 @@ class SQLiteEventStore:
             logger.debug("signing %d entries in the write thread failed (%s); signing them "
                          "through the event loop", len(prepared.entries), exc)
             return prepared, None
-        return prepared, self._commit_sync(prepared, signatures, frontier)
+        stored = self._commit_sync(prepared, signatures, frontier)
+        settled: list[tuple[asyncio.Future[Any], object]] = [
+            (r.future, o if isinstance(o, BaseException) else stored[o[0]:o[1]])
+            for r, o in zip(group, prepared.outcomes, strict=True)
+        ]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_all, settled)
+        return prepared, stored
 
     def _begin_sync(self) -> None:
         """Take the write lock and catch up with what other processes wrote (write thread)."""

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from quart import Quart
 
 __all__ = [
+    "ACCESS_LOGGER",
     "JsonFormatter",
     "Reachability",
+    "access_logger",
     "bind_node_id",
     "configure_logging",
     "install_request_ids",
@@ -120,6 +122,59 @@ class ConsoleFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+ACCESS_LOGGER = "openred.access"
+
+
+class _AccessFields(logging.Filter):
+    """Turns Hypercorn's access record (``args`` = its atoms) into structured fields.
+
+    ``event`` is ``access``; ``request_id`` is the id the answer's ``X-Request-Id`` carried
+    (the one the request's own log records name); ``client``, ``method``, ``path`` (with the
+    query), ``status``, ``bytes`` and ``duration_ms`` are the line's parts as fields. Only
+    these are copied: the atoms also hold every request header and environment variable.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if not isinstance(atoms, Mapping):
+            return True
+        record.event = "access"
+        rid = str(atoms["{x-request-id}o"])
+        record.request_id = None if rid == "-" else rid
+        status, size, micros = str(atoms["s"]), str(atoms["b"]), atoms["D"]
+        record.client = atoms["h"]
+        record.method = atoms["m"]
+        record.path = atoms["Uq"]
+        record.status = int(status) if status.isdigit() else None
+        record.bytes = int(size) if size.isdigit() else None
+        record.duration_ms = round(micros / 1000, 3) if isinstance(micros, int) else None
+        return True
+
+
+def access_logger(
+    *, environ: Mapping[str, str] | None = None, stream: TextIO | None = None,
+) -> logging.Logger | None:
+    """The logger Hypercorn's access lines go to when ``OPENRED_LOG_FORMAT=json``, else None.
+
+    With JSON logs, each access line is one JSON object on stdout like every other record
+    (:class:`JsonFormatter`: ``event`` ``access``, the request's ``request_id``, and the
+    line's parts as fields, with the classic line as ``message``); with console logs, None
+    leaves Hypercorn's own plain line on stdout.
+    """
+    env = os.environ if environ is None else environ
+    if (env.get("OPENRED_LOG_FORMAT") or "console").strip().lower() != "json":
+        return None
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(_AccessFields())
+    handler.addFilter(_ContextFilter(None))
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 def configure_logging(

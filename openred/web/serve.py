@@ -21,6 +21,7 @@ from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
 from openred.errors import ConfigurationError
+from openred.web.logging import access_logger
 
 __all__ = ["ACCESS_LOG_FORMAT", "freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
 
@@ -44,7 +45,8 @@ def hypercorn_config(
         if flag not in ("0", "1", "", "false", "true"):
             raise ConfigurationError("OPENRED_ACCESS_LOG is 1 or 0")
         access_log = flag in ("1", "true")
-    config.accesslog = "-" if access_log else None
+    # JSON logs: access lines are JSON objects too (openred.web.logging.access_logger).
+    config.accesslog = (access_logger() or "-") if access_log else None
     config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = "-"
     config.graceful_timeout = graceful_timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,15 @@ async def open_store(path: Path, signer: object) -> SQLiteEventStore:
     )
 
 
+def thread_signer() -> InProcessSigner:
+    """A signer the write thread signs with itself: its callers are settled from that thread."""
+    return InProcessSigner.from_seed(b"\x32" * 32)
+
+
+SIGNERS = pytest.mark.parametrize("make_signer", [CountingSigner, thread_signer],
+                                  ids=["async-signer", "thread-signer"])
+
+
 async def test_concurrent_appends_are_one_signing_call_and_one_commit(tmp_path: Path) -> None:
     signer = CountingSigner()
     store = await open_store(tmp_path, signer)
@@ -65,8 +74,11 @@ async def test_concurrent_appends_are_one_signing_call_and_one_commit(tmp_path: 
     assert verify(tmp_path).ok
 
 
-async def test_a_conflict_fails_only_its_own_append(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, CountingSigner())
+@SIGNERS
+async def test_a_conflict_fails_only_its_own_append(
+    tmp_path: Path, make_signer: Callable[[], object]
+) -> None:
+    store = await open_store(tmp_path, make_signer())
     try:
         first = await store.append_one(peer_event(0))
         stale = NewEvent(first.stream, ev.PEER_DISCOVERED, peer_payload(0), expected_version=0)
@@ -81,8 +93,11 @@ async def test_a_conflict_fails_only_its_own_append(tmp_path: Path) -> None:
     assert verify(tmp_path).ok
 
 
-async def test_bad_events_fail_alone_in_a_group(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, CountingSigner())
+@SIGNERS
+async def test_bad_events_fail_alone_in_a_group(
+    tmp_path: Path, make_signer: Callable[[], object]
+) -> None:
+    store = await open_store(tmp_path, make_signer())
     try:
         unknown = NewEvent("x:1", "NobodyRegisteredThis", {"a": 1})
         unencodable = NewEvent(ev.node_stream(fake_id(9)), ev.PEER_DISCOVERED,
@@ -104,8 +119,11 @@ async def test_bad_events_fail_alone_in_a_group(tmp_path: Path) -> None:
     assert verify(tmp_path).ok
 
 
-async def test_a_batch_in_a_group_is_still_all_or_nothing(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, CountingSigner())
+@SIGNERS
+async def test_a_batch_in_a_group_is_still_all_or_nothing(
+    tmp_path: Path, make_signer: Callable[[], object]
+) -> None:
+    store = await open_store(tmp_path, make_signer())
     try:
         first = await store.append_one(peer_event(0))
         stale = NewEvent(first.stream, ev.PEER_DISCOVERED, peer_payload(0), expected_version=0)
@@ -136,3 +154,54 @@ async def test_a_cancelled_caller_that_was_not_yet_written_writes_nothing(
         assert store.head.size == 2
     finally:
         await store.close()
+
+
+async def test_callers_get_exactly_the_committed_rows_from_the_write_thread(
+    tmp_path: Path,
+) -> None:
+    """Callers of a thread-signed group get the rows the database holds, and the log verifies."""
+    store = await open_store(tmp_path, thread_signer())
+    try:
+        for _ in range(3):
+            first = store.head.size
+            results = await asyncio.gather(
+                *(store.append_one(peer_event(i)) for i in range(first, first + 50)))
+            stored = {e.seq: e for e in await store.read(first + 1)}
+            assert [stored[r.seq] for r in results] == results
+            assert store.head.size == results[-1].seq == first + 50
+    finally:
+        await store.close()
+    assert verify(tmp_path).ok
+
+
+async def test_callers_resume_without_waiting_for_the_writer_task(tmp_path: Path) -> None:
+    """A committed group's callers are settled by the write thread, not by the writer task.
+
+    Every result of the write thread reaches the writer task only once ``release`` is set:
+    the callers still get their rows before that, because the thread settled them once the
+    commit was done.
+    """
+    store = await open_store(tmp_path, thread_signer())
+    release = asyncio.Event()
+    run = store._executor.run
+
+    def held_run(fn: Callable[[], object]) -> asyncio.Future[object]:
+        done = run(fn)
+
+        async def later() -> object:
+            result = await done
+            await release.wait()
+            return result
+
+        return asyncio.ensure_future(later())
+
+    store._executor.run = held_run  # type: ignore[method-assign]
+    try:
+        rows = await asyncio.wait_for(
+            asyncio.gather(*(store.append_one(peer_event(i)) for i in range(10))), 10)
+        assert not release.is_set()
+        assert [r.seq for r in rows] == list(range(2, 12))
+    finally:
+        release.set()
+        await store.close()
+    assert verify(tmp_path).ok

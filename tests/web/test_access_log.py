@@ -12,6 +12,9 @@ the node's ASGI fast path.
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -20,6 +23,7 @@ import pytest
 from hypercorn.logging import AccessLogAtoms
 
 from openred.errors import ConfigurationError
+from openred.web.logging import ACCESS_LOGGER, access_logger
 from openred.web.serve import ACCESS_LOG_FORMAT, hypercorn_config
 from tests.cli.network import network
 from tests.crypto_jail.test_server import short_dir
@@ -102,3 +106,60 @@ def test_served_directory_and_node_log_each_request_with_its_id() -> None:
         assert (node_status, "node-req-1") in access_lines(node_out, "GET", "/api/v3/health")
         assert access_lines(node_out, "POST", "/api/v3/p2p/messaging/send") == [
             (400, "p2p-req-1")]
+
+
+def test_with_json_logs_an_access_line_is_a_json_object_with_the_request_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENRED_LOG_FORMAT", "json")
+    monkeypatch.setenv("OPENRED_SECRET_FOR_TEST", "never-in-a-log")
+    config = hypercorn_config("127.0.0.1", 1, access_log=True)
+    assert isinstance(config.accesslog, logging.Logger)
+    assert config.accesslog.name == ACCESS_LOGGER
+    out = io.StringIO()
+    logger = access_logger(stream=out)
+    assert logger is not None
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/api/v3/x",
+             "query_string": b"a=1", "scheme": "http", "client": ("127.0.0.1", 5),
+             "headers": [(b"authorization", b"Bearer secret-token")]}
+    answer = {"status": 413, "headers": [(b"X-Request-Id", b"req-7"),
+                                         (b"Content-Length", b"120")]}
+    logger.info(ACCESS_LOG_FORMAT, AccessLogAtoms(scope, answer, 0.0125))  # type: ignore[arg-type]
+    logger.info(ACCESS_LOG_FORMAT, AccessLogAtoms(scope, None, 0.5))  # type: ignore[arg-type]
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "access" and first["logger"] == ACCESS_LOGGER
+    assert first["request_id"] == "req-7"
+    assert (first["method"], first["path"], first["status"], first["bytes"]) == (
+        "POST", "/api/v3/x?a=1", 413, 120)
+    assert first["client"] == "127.0.0.1:5" and first["duration_ms"] == 12.5
+    assert first["message"].endswith('"POST /api/v3/x 1.1" 413 120 "-" "-" request_id=req-7')
+    assert second["request_id"] is None and second["status"] is None
+    assert "never-in-a-log" not in out.getvalue() and "secret-token" not in out.getvalue()
+
+
+def test_with_console_logs_the_access_line_stays_hypercorns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENRED_LOG_FORMAT", "console")
+    assert access_logger() is None
+    assert hypercorn_config("127.0.0.1", 1, access_log=True).accesslog == "-"
+
+
+def test_a_served_directory_writes_json_access_lines_with_json_logs() -> None:
+    root = short_dir()
+    with network(root, OPENRED_ACCESS_LOG="1", OPENRED_LOG_FORMAT="json") as net:
+        net.init_directory()
+        directory = net.start_directory()
+        status, echoed = call(directory.url + "/api/v3/health",
+                              headers={"X-Request-Id": "json-req-1"})
+        assert echoed == "json-req-1"
+        missing, _ = call(directory.url + "/api/v3/nodes/discover?node_id=x")
+        net.stop_all()
+        records = [json.loads(line) for line in directory.output().splitlines()
+                   if line.startswith("{")]
+    access = [r for r in records if r.get("event") == "access"]
+    mine = [r for r in access if r["request_id"] == "json-req-1"]
+    assert [(r["method"], r["path"], r["status"]) for r in mine] == [
+        ("GET", "/api/v3/health", status)]
+    assert any(r["path"] == "/api/v3/nodes/discover?node_id=x" and r["status"] == missing
+               for r in access)
