@@ -125,21 +125,27 @@ class _NodeCache:
         self._conn.execute("PRAGMA query_only=1")
         self.known_size = 0
         self.inflight = 0
-        self._ours: set[int] = set()
+        self._ours: set[int] = set()  # seqs above known_size accounted for (ours or read)
         self.views: dict[str, d.NodeView | None] = {}
         self._version: int | None = None
         self._settled = False
 
     def check(self) -> None:
-        """Empty the cache if the log grew beyond what this process appended.
+        """Drop every cached view a committed entry this process has not accounted for touches.
 
         ``PRAGMA data_version`` changes whenever another connection (this process's writer
         or another process) commits. When it has not changed since a check that found every
         committed entry accounted for (``size <= known_size``, which stays true as
         ``known_size`` only grows), nothing can have changed: the log's size is the same, so
-        that check's conclusion holds and ``max(seq)`` need not be read again. A check that
-        leaned on appends in flight is not settled: the next one reads ``max(seq)`` again,
-        since those appends may return without accounting for a foreign entry.
+        that check's conclusion holds and ``max(seq)`` need not be read again.
+
+        More new entries than this process has in flight: some are another writer's, the
+        whole cache goes. Otherwise they may all be this process's appends that committed but
+        have not returned yet — or some may be another writer's (``openred directory revoke``
+        while an append is in flight): their streams are read and the view of every node they
+        touch is dropped, so no foreign entry is ever hidden by an append in flight (an own
+        entry's view is dropped again when its append returns). Either way every committed
+        entry is accounted for after the check.
         """
         conn = self._conn
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
@@ -148,11 +154,23 @@ class _NodeCache:
         self._version = version
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
-        # Entries of this process's appends still in flight may already be committed.
         if size > self.known_size + self.inflight:
             self.views.clear()
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
+        elif size > self.known_size:
+            ours, views = self._ours, self.views
+            for seq, stream in conn.execute(
+                    "SELECT seq, stream FROM events WHERE seq > ? AND seq <= ?",
+                    (self.known_size, size)):
+                if seq in ours:
+                    continue  # returned already: appended() dropped its view
+                if stream.startswith("node:"):
+                    views.pop(stream.removeprefix("node:"), None)
+                ours.add(seq)  # accounted for (its view, if any, is gone)
+            while self.known_size + 1 in ours:
+                self.known_size += 1
+                ours.discard(self.known_size)
         self._settled = size <= self.known_size
 
     def exists(self, node_id: str) -> bool:
