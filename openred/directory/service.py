@@ -127,6 +127,9 @@ class _NodeCache:
         self.inflight = 0
         self._ours: set[int] = set()  # seqs above known_size accounted for (ours or read)
         self.views: dict[str, d.NodeView | None] = {}
+        # Bumped whenever a view may have been dropped: a read that spans a bump may hold
+        # what the dropped view held (see DirectoryService.node), so it is not cached.
+        self.generation = 0
         self._version: int | None = None
         self._settled = False
 
@@ -156,6 +159,7 @@ class _NodeCache:
         size = int(row[0] or 0)
         if size > self.known_size + self.inflight:
             self.views.clear()
+            self.generation += 1
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
         elif size > self.known_size:
@@ -167,6 +171,7 @@ class _NodeCache:
                     continue  # returned already: appended() dropped its view
                 if stream.startswith("node:"):
                     views.pop(stream.removeprefix("node:"), None)
+                    self.generation += 1
                 ours.add(seq)  # accounted for (its view, if any, is gone)
             while self.known_size + 1 in ours:
                 self.known_size += 1
@@ -183,6 +188,7 @@ class _NodeCache:
         for entry in stored:
             if entry.stream.startswith("node:"):
                 self.views.pop(entry.stream.removeprefix("node:"), None)
+                self.generation += 1
             if entry.seq > self.known_size:
                 self._ours.add(entry.seq)
         while self.known_size + 1 in self._ours:
@@ -321,7 +327,7 @@ class DirectoryService:
         cache.check()
         if node_id in cache.views:
             return cache.views[node_id]
-        known = cache.known_size
+        known, generation = cache.known_size, cache.generation
         # An unknown node (every first registration) is answered by the cache's own read-only
         # connection without a round trip through the session and its aiosqlite thread; a row
         # that exists is read through SQLModel.
@@ -331,8 +337,11 @@ class DirectoryService:
             async with self.reads.session() as session:
                 row = await session.get(DirectoryNode, node_id)
             view = None if row is None else _view(row)
-        # Only cache what was read with no write in between (an append may have landed).
-        if cache.known_size == known and node_id not in cache.views:
+        # Only cache what was read with no write in between (an append may have landed), nor
+        # any view dropped meanwhile: this process's appends may return out of seq order, so
+        # the drop of this very node's view can come and go without moving known_size.
+        if (cache.known_size == known and cache.generation == generation
+                and node_id not in cache.views):
             cache.put(node_id, view)
         return view
 

@@ -8,13 +8,16 @@ loaded directory nearly always has one) left the revoked node's cached ``active`
 place, and the directory went on granting it connections. These tests hold one of the serving
 directory's appends in flight, revoke through a second :class:`DirectoryService` on the same
 data directory (what the CLI opens: its own SQLite connections), and ask the served directory,
-over real HTTP, for a grant to the revoked node.
+over real HTTP, for a grant to the revoked node. The last one revokes from this process while
+a read of the node is under way and another append of this process returns late: the read's
+stale view was cached after the revocation's own invalidation had already run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from openred.directory import events as ev
@@ -112,3 +115,74 @@ async def test_a_foreign_entry_among_in_flight_ones_drops_only_the_views_it_touc
     cache.check()
     view = await service.node(bob.node_id)
     assert view is not None and view.status == "revoked"
+
+
+async def test_a_view_read_while_an_own_write_lands_out_of_order_is_not_cached_stale(
+    directory: Directory, make_node: Callable[..., Any],
+) -> None:
+    """This process's appends may return out of seq order (a group commit's callers resume in
+    any order): a read of bob that began before bob's revocation was appended, and ends after
+    that append returned while an earlier append was still on its way back, must not be
+    cached — the revocation's own invalidation already ran before the read ended."""
+    service = directory.service
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    cache = service._cache
+    cache.views.clear()
+    # 1. A read of bob starts (bob active in its snapshot) and is slow to come back.
+    reads = service.reads
+    real_session = reads.session
+    read, resume = asyncio.Event(), asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slow_session() -> AsyncIterator[Any]:
+        reads.session = real_session  # type: ignore[method-assign]
+        async with real_session() as session:
+            real_get = session.get
+
+            async def get(*args: Any, **kwargs: Any) -> Any:
+                row = await real_get(*args, **kwargs)
+                read.set()
+                await resume.wait()
+                return row
+
+            session.get = get  # type: ignore[method-assign]
+            yield session
+
+    reads.session = slow_session  # type: ignore[method-assign]
+    reading = asyncio.create_task(service.node(bob.node_id))
+    await read.wait()
+    # 2. Bob is revoked by this process; after its check and before its append commits,
+    #    another append of ours commits first (seq N+1) and its caller resumes only later.
+    store = service.store
+    real_append = store.append
+    committed, back = asyncio.Event(), asyncio.Event()
+    tasks: list[asyncio.Task[list[StoredEvent]]] = []
+
+    async def late(events: Sequence[NewEvent], *args: Any, **kwargs: Any) -> list[StoredEvent]:
+        stored = await real_append(events, *args, **kwargs)
+        committed.set()
+        await back.wait()
+        return stored
+
+    async def ordered(events: Sequence[NewEvent], *args: Any,
+                      **kwargs: Any) -> list[StoredEvent]:
+        store.append = late  # type: ignore[method-assign]
+        tasks.append(asyncio.create_task(service.append(
+            [ev.revoked_event("c" * 32, "unrelated", service.now())])))
+        await committed.wait()
+        store.append = real_append  # type: ignore[method-assign]
+        return await real_append(events, *args, **kwargs)  # seq N+2, returned at once
+
+    store.append = ordered  # type: ignore[method-assign]
+    await service.revoke(bob.node_id, "revoked by the operator")
+    resume.set()
+    stale = await reading
+    assert stale is not None and stale.status == "active"  # what that read saw
+    back.set()
+    await tasks[0]
+    view = await service.node(bob.node_id)
+    assert view is not None and view.status == "revoked"
+    refused = await alice.call("POST", CONNECT, {"target": bob.node_id})
+    assert refused.status == 403, refused.body
