@@ -79,16 +79,15 @@ def _fast_path_ok(value: Any) -> bool:
     to the library: the walk keeps the ids of the containers it took, so it always ends.
     """
     stack = [value]
-    taken: set[int] = set()
+    taken: set[int] = set()  # ids of the containers taken (all alive: no id is reused)
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind is dict or kind is list:
-            ident = id(item)  # alive while value is: no id is reused during the walk
-            if ident in taken:
-                return False
-            taken.add(ident)
         if kind is dict:
+            count = len(taken)
+            taken.add(id(item))
+            if len(taken) == count:
+                return False
             for key, sub in item.items():
                 # RFC 8785 sorts keys by UTF-16 code units; for keys of characters below U+D800
                 # (one code unit each, equal to the code point) that is the code-point order
@@ -104,6 +103,10 @@ def _fast_path_ok(value: Any) -> bool:
                     return False
                 stack.append(sub)
         elif kind is list:
+            count = len(taken)
+            taken.add(id(item))
+            if len(taken) == count:
+                return False
             stack.extend(item)
         elif kind is str or item is None or kind is bool:
             continue
