@@ -846,6 +846,11 @@ def _sign_many_results(result: dict[str, Any], count: int) -> list[Signature | J
     return out
 
 
+ALONE_ABOVE = MAX_BODY // (2 * MAX_SIGN_MANY)
+"""Largest ``data`` a :class:`SignCoalescer` batches (32 KiB, above any structure the jail signs):
+a full batch of items this large, base64url-encoded, still fits one frame."""
+
+
 class SignCoalescer:
     """:meth:`JailClient.sign` for concurrent callers, sent together in ``sign_many`` calls.
 
@@ -858,6 +863,11 @@ class SignCoalescer:
     :meth:`JailClient.sign` raises for that item); a failure of the whole call (the jail
     unreachable, a malformed answer) is raised to every caller of that batch. A caller
     cancelled while waiting leaves the batch to the others.
+
+    An item no batch may carry for the others — ``data`` that is not ``bytes``, a ``kind``
+    that is not a string, or ``data`` above :data:`ALONE_ABOVE` bytes (the jail signs
+    nothing that large; a full batch of such items would not fit one frame) — is sent alone
+    through :meth:`JailClient.sign`, so whatever that refusal is, it is its caller's only.
     """
 
     def __init__(self, client: JailClient, *, max_batch: int = MAX_SIGN_MANY) -> None:
@@ -869,6 +879,8 @@ class SignCoalescer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def sign(self, kind: str, data: bytes) -> Signature:
+        if type(data) is not bytes or type(kind) is not str or len(data) > ALONE_ABOVE:
+            return await self._client.sign(kind, data)
         future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
         batch = self._open
         if batch is None or len(batch) >= self._max:

@@ -125,21 +125,30 @@ class _NodeCache:
         self._conn.execute("PRAGMA query_only=1")
         self.known_size = 0
         self.inflight = 0
-        self._ours: set[int] = set()
+        self._ours: set[int] = set()  # seqs above known_size accounted for (ours or read)
         self.views: dict[str, d.NodeView | None] = {}
+        # Bumped whenever a view may have been dropped: a read that spans a bump may hold
+        # what the dropped view held (see DirectoryService.node), so it is not cached.
+        self.generation = 0
         self._version: int | None = None
         self._settled = False
 
     def check(self) -> None:
-        """Empty the cache if the log grew beyond what this process appended.
+        """Drop every cached view a committed entry this process has not accounted for touches.
 
         ``PRAGMA data_version`` changes whenever another connection (this process's writer
         or another process) commits. When it has not changed since a check that found every
         committed entry accounted for (``size <= known_size``, which stays true as
         ``known_size`` only grows), nothing can have changed: the log's size is the same, so
-        that check's conclusion holds and ``max(seq)`` need not be read again. A check that
-        leaned on appends in flight is not settled: the next one reads ``max(seq)`` again,
-        since those appends may return without accounting for a foreign entry.
+        that check's conclusion holds and ``max(seq)`` need not be read again.
+
+        More new entries than this process has in flight: some are another writer's, the
+        whole cache goes. Otherwise they may all be this process's appends that committed but
+        have not returned yet — or some may be another writer's (``openred directory revoke``
+        while an append is in flight): their streams are read and the view of every node they
+        touch is dropped, so no foreign entry is ever hidden by an append in flight (an own
+        entry's view is dropped again when its append returns). Either way every committed
+        entry is accounted for after the check.
         """
         conn = self._conn
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
@@ -148,11 +157,25 @@ class _NodeCache:
         self._version = version
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
-        # Entries of this process's appends still in flight may already be committed.
         if size > self.known_size + self.inflight:
             self.views.clear()
+            self.generation += 1
             self.known_size = size
             self._ours = {seq for seq in self._ours if seq > size}
+        elif size > self.known_size:
+            ours, views = self._ours, self.views
+            for seq, stream in conn.execute(
+                    "SELECT seq, stream FROM events WHERE seq > ? AND seq <= ?",
+                    (self.known_size, size)):
+                if seq in ours:
+                    continue  # returned already: appended() dropped its view
+                if stream.startswith("node:"):
+                    views.pop(stream.removeprefix("node:"), None)
+                    self.generation += 1
+                ours.add(seq)  # accounted for (its view, if any, is gone)
+            while self.known_size + 1 in ours:
+                self.known_size += 1
+                ours.discard(self.known_size)
         self._settled = size <= self.known_size
 
     def exists(self, node_id: str) -> bool:
@@ -165,6 +188,7 @@ class _NodeCache:
         for entry in stored:
             if entry.stream.startswith("node:"):
                 self.views.pop(entry.stream.removeprefix("node:"), None)
+                self.generation += 1
             if entry.seq > self.known_size:
                 self._ours.add(entry.seq)
         while self.known_size + 1 in self._ours:
@@ -303,7 +327,7 @@ class DirectoryService:
         cache.check()
         if node_id in cache.views:
             return cache.views[node_id]
-        known = cache.known_size
+        known, generation = cache.known_size, cache.generation
         # An unknown node (every first registration) is answered by the cache's own read-only
         # connection without a round trip through the session and its aiosqlite thread; a row
         # that exists is read through SQLModel.
@@ -313,8 +337,11 @@ class DirectoryService:
             async with self.reads.session() as session:
                 row = await session.get(DirectoryNode, node_id)
             view = None if row is None else _view(row)
-        # Only cache what was read with no write in between (an append may have landed).
-        if cache.known_size == known and node_id not in cache.views:
+        # Only cache what was read with no write in between (an append may have landed), nor
+        # any view dropped meanwhile: this process's appends may return out of seq order, so
+        # the drop of this very node's view can come and go without moving known_size.
+        if (cache.known_size == known and cache.generation == generation
+                and node_id not in cache.views):
             cache.put(node_id, view)
         return view
 

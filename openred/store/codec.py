@@ -73,12 +73,21 @@ _encode_fast = _c_encoder() or _encode_json
 
 
 def _fast_path_ok(value: Any) -> bool:
-    """True when the standard library's sorted JSON equals RFC 8785 for ``value``."""
+    """True when the standard library's sorted JSON equals RFC 8785 for ``value``.
+
+    A container met twice (a value that contains itself, or one shared by two places) is left
+    to the library: the walk keeps the ids of the containers it took, so it always ends.
+    """
     stack = [value]
+    taken: set[int] = set()  # ids of the containers taken (all alive: no id is reused)
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind is dict:
+            count = len(taken)
+            taken.add(id(item))
+            if len(taken) == count:
+                return False
             for key, sub in item.items():
                 # RFC 8785 sorts keys by UTF-16 code units; for keys of characters below U+D800
                 # (one code unit each, equal to the code point) that is the code-point order
@@ -94,6 +103,10 @@ def _fast_path_ok(value: Any) -> bool:
                     return False
                 stack.append(sub)
         elif kind is list:
+            count = len(taken)
+            taken.add(id(item))
+            if len(taken) == count:
+                return False
             stack.extend(item)
         elif kind is str or item is None or kind is bool:
             continue
@@ -106,14 +119,21 @@ def _fast_path_ok(value: Any) -> bool:
 
 
 def canonical_json(value: Mapping[str, Any] | list[Any]) -> bytes:
-    """RFC 8785 canonical JSON bytes of ``value``."""
-    if _fast_path_ok(value):
-        try:
-            return _encode_fast(value).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate in a string: the library's refusal
-            pass
+    """RFC 8785 canonical JSON bytes of ``value``.
+
+    ``ValueError`` for anything RFC 8785 cannot encode, including a value that contains itself
+    or is nested deeper than the interpreter's recursion limit.
+    """
     try:
+        if _fast_path_ok(value):
+            try:
+                return _encode_fast(value).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate in a string: the library's refusal
+                pass
         return rfc8785.dumps(value)
+    except RecursionError as exc:
+        raise ValueError("payload cannot be canonicalized: it contains itself or is nested "
+                         "too deep") from exc
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ValueError(f"payload cannot be canonicalized: {exc}") from exc
 

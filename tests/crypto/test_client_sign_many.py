@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from crypto_jail.protocol import MAX_SIGN_MANY
-from openred.crypto.client import JailClient, SignCoalescer
+from openred.crypto.client import ALONE_ABOVE, JailClient, SignCoalescer
 from openred.crypto.httpsig import HttpRequest, RequestVerifier, new_nonce, sign_request
 from openred.errors import JailProtocolError, JailRefused, JailUnavailable
 from tests.crypto.test_client import _fake_jail, _frame
@@ -209,3 +209,105 @@ async def test_a_full_batch_starts_the_next_one(client: JailClient) -> None:
         SignCoalescer(client, max_batch=0)
     with pytest.raises(ValueError):
         SignCoalescer(client, max_batch=MAX_SIGN_MANY + 1)
+
+
+async def test_an_item_no_batch_may_carry_is_refused_to_its_caller_only(
+    client: JailClient,
+) -> None:
+    """An item too large for a batch frame used to fail the whole batch — every other caller
+    of that turn got "request too large for one frame" for its own, good item. Such items, and
+    items of the wrong type, are sent alone now: each caller gets what ``sign`` gives it."""
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client)
+    counting = _Counting(client)
+    goods = [await _base() for _ in range(3)]
+    odd: list[tuple[Any, Any]] = [
+        ("http_signature_base", b"x" * (4 * 1024 * 1024)),  # no frame carries it
+        ("http_signature_base", b"x" * (ALONE_ABOVE + 1)),
+        ("http_signature_base", b"x" * 9000),  # batched: the jail refuses it on its own
+        ("http_signature_base", "text, not bytes"),
+        (5, bytes(32)),
+    ]
+    results = await asyncio.gather(
+        coalescer.sign("http_signature_base", goods[0]),
+        *(coalescer.sign(kind, data) for kind, data in odd[:2]),
+        coalescer.sign("http_signature_base", goods[1]),
+        *(coalescer.sign(kind, data) for kind, data in odd[2:]),
+        coalescer.sign("http_signature_base", goods[2]),
+        return_exceptions=True)
+    signed = [results[0], results[3], results[7]]
+    for base, signature in zip(goods, signed, strict=True):
+        assert isinstance(signature, bytes), signature
+        keys.sign_key.verify(signature, base)  # type: ignore[arg-type]
+    for (kind, data), got in zip(odd, results[1:3] + results[4:7], strict=True):
+        assert isinstance(got, Exception)
+        try:
+            await client.sign(kind, data)
+        except Exception as alone:  # what sign raises for it alone, and nothing else
+            assert (type(got), str(got)) == (type(alone), str(alone))
+        else:
+            raise AssertionError(f"sign took {kind!r}")
+    batched = [n for op, n in counting.ops if op == "sign_many"]
+    assert batched == [4]  # the three good items and the 9000-byte one
+
+
+async def test_a_jail_that_dies_mid_batch_gives_each_caller_its_own_signature_or_an_error(
+    tmp_path: Path,
+) -> None:
+    """The jail is stopped with a batch sent to it, then killed: the client resends the batch
+    to the restarted jail and each caller gets the signature over its own data; with no jail
+    coming back, every caller of the batch gets JailUnavailable and the coalescer still works
+    once a jail answers again."""
+    import shutil
+    import signal
+
+    from tests.crypto_jail.test_server import dev_keystore, short_dir, spawn_jail
+
+    work = short_dir()
+    try:
+        (work / "a").mkdir(mode=0o700)
+        keystore, _ = dev_keystore(work / "a")
+        sock = work / "a" / "s" / "j.sock"
+        jail = spawn_jail(keystore, sock)
+        try:
+            async with JailClient(sock, timeout=5, reconnect_timeout=20) as c:
+                keys = await c.public_keys()
+                coalescer = SignCoalescer(c)
+                sent = asyncio.Event()
+                call = c.call
+
+                async def watched(op: str, args: dict[str, Any], **kwargs: Any) -> Any:
+                    if op == "sign_many":
+                        sent.set()
+                    return await call(op, args, **kwargs)
+
+                c.call = watched  # type: ignore[method-assign]
+                bases = [await _base() for _ in range(5)]
+                os.kill(jail.pid, signal.SIGSTOP)
+                waiting = asyncio.gather(*(coalescer.sign("http_signature_base", b)
+                                           for b in bases))
+                await sent.wait()
+                for _ in range(5):  # let the frame go out to the stopped jail
+                    await asyncio.sleep(0)
+                os.kill(jail.pid, signal.SIGKILL)
+                jail.stop()  # reaped: it was killed
+                jail = spawn_jail(keystore, sock)
+                signatures = await waiting
+                for base, signature in zip(bases, signatures, strict=True):
+                    keys.sign_key.verify(bytes(signature), base)
+                # A jail that does not come back: the whole batch fails, for its callers only.
+                c.reconnect_timeout = 0.5
+                jail.popen.kill()
+                jail.stop()
+                failed = await asyncio.gather(
+                    *(coalescer.sign("http_signature_base", b) for b in bases[:2]),
+                    return_exceptions=True)
+                assert all(isinstance(f, JailUnavailable) for f in failed), failed
+                jail = spawn_jail(keystore, sock)
+                c.reconnect_timeout = 20
+                again = await coalescer.sign("http_signature_base", bases[0])
+                keys.sign_key.verify(bytes(again), bases[0])
+        finally:
+            jail.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

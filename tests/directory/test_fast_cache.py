@@ -4,8 +4,9 @@
 ``PRAGMA data_version`` says no connection committed since a check that had every committed
 entry accounted for. These tests write as another process would (a second store connection
 the cache is not told about) around this process's own appends in flight, and check that every
-foreign write empties the cache at the next check that can decide it — including a foreign
-entry that landed while this process's append was in flight and nothing was committed after.
+foreign write empties the cache (or drops the views it touches, while this process's appends
+are in flight and the count alone cannot tell the two apart) at the next check — including a
+foreign entry that landed while this process's append was in flight.
 """
 
 from __future__ import annotations
@@ -47,13 +48,19 @@ async def test_a_foreign_write_during_an_own_append_is_seen_after_it_returns(
         cache.inflight += 2
         await store.append([ev.revoked_event("x" * 32, "r", NOW)])  # foreign (not told)
         ours = await store.append([ev.revoked_event("y" * 32, "r", NOW)])
-        cache.check()  # size = known + 2 <= known + inflight: could be ours, not decided yet
-        assert a.node_id in cache.views
+        cache.check()  # size = known + 2 <= known + inflight: the entries' streams are read
+        assert a.node_id in cache.views  # neither touches a
         cache.inflight -= 2
         cache.appended(ours)
-        # No commit since the last check, but that check leaned on the append in flight.
+        cache.check()  # every entry was accounted for: settled
+        assert a.node_id in cache.views
+        # A foreign entry touching a, committed while one of ours is in flight, drops a's view
+        # at once (the count alone cannot tell it from ours).
+        cache.inflight += 1
+        await store.append([ev.revoked_event(a.node_id, "r", NOW)])  # foreign (not told)
         cache.check()
         assert cache.views == {}
+        cache.inflight -= 1  # that append of ours failed
         # Once settled, a check with nothing committed keeps what is cached ...
         cache.put(a.node_id, a)
         cache.check()

@@ -156,3 +156,34 @@ def test_the_prebuilt_encoder_writes_what_json_encoder_writes() -> None:
     ]
     for value in values:
         assert _encode_fast(value) == _encode_json(value)
+
+
+def test_a_payload_that_contains_itself_is_refused_not_walked_forever() -> None:
+    """A dict or list inside itself used to keep the fast-path check looping (and growing its
+    stack) forever; it is a clear ValueError now, wherever the cycle is."""
+    looped: dict[str, Any] = {"a": 1}
+    looped["self"] = looped
+    items: list[Any] = [1]
+    items.append(items)
+    deep: dict[str, Any] = {"x": {"y": [{"z": None}]}}
+    deep["x"]["y"][0]["z"] = deep["x"]
+    for value in (looped, {"items": items}, [items], deep):
+        assert not _fast_path_ok(value)
+        with pytest.raises(ValueError, match="contains itself"):
+            canonical_json(value)
+
+
+def test_a_shared_but_acyclic_value_is_still_encoded() -> None:
+    shared = [1, {"k": "v"}]
+    value = {"a": shared, "b": shared, "c": [shared, shared]}
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+def test_nesting_deeper_than_the_recursion_limit_is_a_value_error() -> None:
+    """The fast path's walk is iterative but the encoders recurse: a RecursionError from
+    either is the same clear ValueError as any other value that cannot be encoded."""
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deep"):
+        canonical_json({"deep": deep})

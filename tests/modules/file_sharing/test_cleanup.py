@@ -256,3 +256,57 @@ async def test_files_left_of_cleaned_offers_go_with_their_rows_never_on_replay(
     for node in (a, b):
         await node.store.rebuild_projections()
     assert set(offer_files(files_a.root)) == {recent}
+
+
+async def test_a_really_running_fetch_keeps_its_files_and_out_is_never_touched(
+    pair: tuple[Node, Node, Clock], tmp_path: Path,
+) -> None:
+    """Not a stand-in in ``_fetching``: a real fetch is held inside a chunk write (a worker
+    thread) while its offer is revoked and the cleanup runs; its files stay, the fetch then
+    ends refused, and the next run removes them. A file placed with ``out`` — even one named
+    like a working file, in a directory holding links named so — stays through every run."""
+    import asyncio
+    import threading
+
+    a, b, clock = pair
+    peers = {str(a.id): a, str(b.id): b}
+    entered, release = threading.Event(), threading.Event()
+
+    def held_write(fd: int, data: memoryview, offset: int) -> int:
+        if offset >= CHUNK_SIZE:
+            entered.set()
+            release.wait(30)
+        return os.pwrite(fd, data, offset)
+
+    files_a = file_sharing(a, peers, clock)
+    files_b = file_sharing(b, peers, clock, write=held_write)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(3 * CHUNK_SIZE + 7))
+    out = tmp_path / "out"
+    out.mkdir()
+    small = tmp_path / f"{ID1}.part"  # a sender's name that looks like a working file
+    small.write_bytes(b"placed in out\n")
+    placed_offer = (await files_a.share(str(b.id), small, expires_in=3600)).offer_id
+    placed = await files_b.fetch(placed_offer, out=out)
+    assert placed.parent == out and placed.read_bytes() == b"placed in out\n"
+    (out / f"{placed_offer}.marks").symlink_to(placed)  # links named like working files
+    running = (await files_a.share(str(b.id), source, expires_in=3600)).offer_id
+    fetching = asyncio.create_task(files_b.fetch(running, in_flight=1))
+    try:
+        await asyncio.to_thread(entered.wait, 30)
+        assert running in files_b._fetching
+        await files_a.revoke(running)  # B is told and logs it
+        await files_a.revoke(placed_offer)
+        assert await remove_ended_files(files_b, clock.now) == 0
+        assert {f"partial/{running}.part", f"partial/{running}.marks"} <= set(
+            offer_files(files_b.root)[running])
+    finally:
+        release.set()
+    with pytest.raises(NodeRefused) as caught:
+        await fetching
+    assert caught.value.reason == "offer-revoked", caught.value
+    assert running not in files_b._fetching
+    assert await remove_ended_files(files_b, clock.now) == 2
+    assert offer_files(files_b.root) == {}
+    assert placed.read_bytes() == b"placed in out\n"
+    assert (out / f"{placed_offer}.marks").is_symlink()
