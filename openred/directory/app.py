@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 
 from quart import Quart
 from quart_schema import QuartSchema
@@ -20,31 +19,7 @@ from openred.modules.monitoring.service import monitor_directory
 from openred.settings import DirectorySettings
 from openred.web.problems import install
 
-__all__ = ["GC_YOUNG_THRESHOLD", "create_app"]
-
-GC_YOUNG_THRESHOLD = 20_000
-"""Allocations between young-generation collections while the directory serves (CPython's
-default is 700). Every request allocates a few thousand short-lived containers (tasks,
-futures, dicts, pydantic and SQLAlchemy objects), so the default ran a young collection every
-few requests; most of those objects are freed by reference counting anyway. Measured with an
-in-process driver, chunks alternating 700 and 20 000: 4-9 % less CPU per registration and per
-grant (docs/decisions.md, "Directory speed, round 4")."""
-
-_gc_users: list[tuple[int, ...]] = []
-"""The collector's thresholds before the first directory of this process started serving,
-once per directory serving (several serve in one test process)."""
-
-
-def _serving_gc(change: int) -> None:
-    """Raise the young-generation threshold while any directory of this process serves."""
-    if change > 0:
-        saved = _gc_users[0] if _gc_users else gc.get_threshold()
-        _gc_users.append(saved)
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *saved[1:])
-    elif _gc_users:
-        saved = _gc_users.pop()
-        if not _gc_users:
-            gc.set_threshold(*saved)
+__all__ = ["create_app"]
 
 
 def create_app(settings: DirectorySettings) -> Quart:
@@ -78,8 +53,6 @@ def create_app(settings: DirectorySettings) -> Quart:
         app.extensions[EXTENSION] = service
         monitor_directory(app, service)
         state["status_task"] = asyncio.create_task(service.run_status_task())
-        _serving_gc(+1)
-        state["gc"] = True
 
     @app.after_serving
     async def close_service() -> None:
@@ -97,7 +70,5 @@ def create_app(settings: DirectorySettings) -> Quart:
         supervisor = state.pop("supervisor", None)
         if isinstance(supervisor, JailSupervisor):
             await supervisor.stop()
-        if state.pop("gc", None):
-            _serving_gc(-1)
 
     return app
