@@ -128,15 +128,35 @@ def _is_localhost_name(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
+_PASSED_MAX = 4096
+_passed: set[tuple[bool, str]] = set()
+"""URLs whose host is an address or a localhost name that passed :func:`check_url` (bounded).
+
+For those the check is a pure function of the URL and ``allow_private`` (no DNS), so a URL
+that passed once passes again; a refused URL is never remembered, and a DNS name is never
+remembered (it is resolved and judged at every call)."""
+
+
+def _remember(key: tuple[bool, str]) -> None:
+    if len(_passed) >= _PASSED_MAX:
+        _passed.clear()
+    _passed.add(key)
+
+
 async def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
     """Raise UnsafeUrl unless a service may call ``url`` (its host resolved when a name)."""
+    key = (allow_private, url)
+    if key in _passed:
+        return
     _, host, port = check_url_syntax(url)
     address = _host_address(host)
     if address is not None:
         check_address(address, allow_private=allow_private)
+        _remember(key)
         return
     if _is_localhost_name(host):
         check_address(ipaddress.ip_address("127.0.0.1"), allow_private=allow_private)
+        _remember(key)
         return
     if not resolve:
         return

@@ -106,3 +106,66 @@ async def test_the_connection_resolver_refuses_a_name_that_rebinds_to_metadata(
     ok = await resolver.resolve("127.0.0.1", 80)
     assert ok[0]["host"] == "127.0.0.1"
     await resolver.close()
+
+
+URL_SAMPLES = [
+    "http://127.0.0.1:8080", "https://10.1.2.3", "http://[::1]:9", "http://1.1.1.1:80",
+    "http://localhost:8080", "http://api.localhost", "http://169.254.169.254/x",
+    "http://[fe80::1]:80", "http://0.0.0.0:1", "http://[::ffff:169.254.169.254]",
+    "http://[::ffff:10.0.0.1]", "http://100.64.0.1", "https://8.8.8.8:443", "ftp://1.1.1.1",
+    "http://u@1.1.1.1", "http://1.1.1.1/?q", "http://255.255.255.255",
+]
+
+
+async def _outcome(url: str, allow_private: bool) -> str:
+    try:
+        await check_url(url, allow_private=allow_private)
+    except UnsafeUrl as exc:
+        return f"refused: {exc}"
+    return "ok"
+
+
+async def test_remembered_urls_answer_as_the_first_check_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("openred.web.urls._passed", set())
+    for allow_private in (False, True, False):
+        for url in URL_SAMPLES:
+            first = await _outcome(url, allow_private)
+            # The same answer again (from memory for a URL that passed), and the same as a
+            # check that remembers nothing.
+            assert await _outcome(url, allow_private) == first
+            monkeypatch.setattr("openred.web.urls._passed", set())
+            assert await _outcome(url, allow_private) == first
+    # A URL that passed with private addresses allowed is still refused without.
+    await check_url("http://127.0.0.1:8080", allow_private=True)
+    assert (await _outcome("http://127.0.0.1:8080", False)).startswith("refused")
+
+
+async def test_names_are_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("openred.web.urls._passed", set())
+    answers = {"node.example": ["1.1.1.1"]}
+
+    async def fake_resolve(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        return [ipaddress.IPv4Address(a) for a in answers.get(host, [])]
+
+    monkeypatch.setattr("openred.web.urls._resolve", fake_resolve)
+    await check_url("http://node.example", allow_private=False)
+    answers["node.example"] = ["169.254.169.254"]  # the name now points at metadata
+    with pytest.raises(UnsafeUrl, match="metadata"):
+        await check_url("http://node.example", allow_private=False)
+
+
+async def test_refused_urls_are_never_remembered_and_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from openred.web import urls
+
+    monkeypatch.setattr("openred.web.urls._passed", set())
+    for url in URL_SAMPLES:
+        await _outcome(url, True)
+    assert urls._passed <= {(True, u) for u in URL_SAMPLES}
+    assert (True, "http://169.254.169.254/x") not in urls._passed
+    for port in range(1, urls._PASSED_MAX + 10):
+        await check_url(f"http://127.0.0.1:{port}", allow_private=True)
+    assert len(urls._passed) <= urls._PASSED_MAX
