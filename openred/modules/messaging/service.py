@@ -155,9 +155,16 @@ class IdFilter:
         count[0] += 1
 
     def may_hold(self, message_id: str) -> bool:
+        raw = message_id.encode("utf-8")
         for key, bits, mask, _ in self._parts:
-            if all(bits[position >> 3] >> (position & 7) & 1
-                   for position in self._positions(key, mask, message_id)):
+            digest = hashlib.blake2b(raw, digest_size=16, key=key).digest()
+            h1 = int.from_bytes(digest[:8], "little")
+            h2 = int.from_bytes(digest[8:], "little") | 1
+            for i in range(self.HASHES):  # the positions of _positions, stopping at a 0 bit
+                position = (h1 + i * h2) & mask
+                if not bits[position >> 3] >> (position & 7) & 1:
+                    break
+            else:
                 return True
         return False
 
