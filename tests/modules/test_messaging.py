@@ -194,3 +194,6 @@ async def test_with_the_inbox_filter_built_a_resent_id_is_stored_once_and_not_ta
                 from_c, "from c", message_id=taken, now=NOW, transport=p2p_to(b, NOW))
     assert sorted(m.text for m in await inbox_b.inbox()) == ["first", "once"]
     assert (await b.types()).count(mev.MESSAGE_RECEIVED) == 2
+    # A catch-up reads the real log's entries (as another process's would be read).
+    inbox_b.index._catch_up_at = 0.0
+    assert inbox_b.index.ready and inbox_b.index._position == b.store.head.size
