@@ -11,6 +11,7 @@ same receipt and is stored once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -254,7 +255,7 @@ class InboxIndex:
         self._loading = None
         try:
             ids, self._position = loading.result()
-        except sqlite3.Error:
+        except Exception:  # whatever failed, the table answers (never the receive path's error)
             logger.warning("building the inbox index failed; the table answers meanwhile",
                            exc_info=True)
             self._retry_at = self._clock() + self.CATCH_UP_EVERY
@@ -314,6 +315,9 @@ class InboxIndex:
             # taking the ids this process holds, and the position stays where it was).
             logger.warning("catching up the inbox index failed", exc_info=True)
             self._current = False
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
         else:
             self._position = size
             self._current = True

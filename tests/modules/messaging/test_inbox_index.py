@@ -165,3 +165,21 @@ def test_while_catching_up_fails_the_table_answers(tmp_path: Path) -> None:
     assert index.peer_of(foreign) == "peer-f"
     assert len(seen) == 2  # every lookup went to the table
     index.close()
+
+
+def test_while_the_filter_cannot_be_built_the_table_answers(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "node.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE inbox (message_id TEXT PRIMARY KEY, peer TEXT)")  # no log
+    conn.execute("INSERT INTO inbox VALUES ('held', 'peer-a')")
+    clock = Clock()
+    index = InboxIndex(tmp_path / "node.db", clock=clock)
+    for _ in range(2000):
+        assert index.peer_of("held") == "peer-a"
+        assert index.peer_of(new_id()) is None
+        if index._loading is None and index._retry_at > clock.now:
+            break  # the build failed, and it is retried only later
+        time.sleep(0.005)
+    assert index._filter is None and not index.ready
+    assert index.peer_of("held") == "peer-a"
+    index.close()
