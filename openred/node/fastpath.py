@@ -36,9 +36,10 @@ import re
 from typing import Any, Final
 
 from quart import Quart
+from quart.json.provider import DefaultJSONProvider
 
 from openred.errors import NodeRefused
-from openred.node.envelope import Route
+from openred.node.envelope import Envelope, Route
 from openred.web.fastpath import (
     Answer,
     FastPath,
@@ -48,8 +49,10 @@ from openred.web.fastpath import (
     Serve,
     answer_with,
     body_is_plain,
+    compact_default_response,
     hooked,
     json_answer,
+    json_content,
     parse_json,
     read_body,
 )
@@ -84,7 +87,7 @@ class FastP2P(FastPath):
         body = await read_body(self.app, receive)
         route = Route(module, action)
         envelope = await services.handle(route, self._json(body))
-        return await json_answer(self.app, envelope.to_json())
+        return await envelope_answer(self.app, envelope)
 
     def _json(self, body: bytes) -> object:
         """``JsonRequest.get_json(force=True, silent=True)`` and the route's None check."""
@@ -95,6 +98,24 @@ class FastP2P(FastPath):
         if parsed is None:
             raise NodeRefused(400, "malformed", "the request body is not JSON")
         return parsed
+
+
+async def envelope_answer(app: Quart, envelope: Envelope) -> Answer:
+    """``json_answer(app, envelope.to_json())``: the same status, headers and bytes.
+
+    With the default JSON provider's own ``dumps`` and compact answers (sorted keys or not),
+    an envelope of the wire format is written directly (:meth:`Envelope.to_json_bytes`, pure
+    ASCII, so ``ensure_ascii`` changes nothing) instead of a dict through ``json.dumps`` with
+    a new encoder for every answer; anything else goes through :func:`json_answer` (tested
+    byte for byte in ``tests/node/test_fastpath.py``).
+    """
+    provider = app.json
+    if (envelope.plain and isinstance(provider, DefaultJSONProvider)
+            and compact_default_response(app)
+            and type(provider).dumps is DefaultJSONProvider.dumps
+            and type(provider.sort_keys) is bool):
+        return json_content(envelope.to_json_bytes(sort_keys=provider.sort_keys) + b"\n")
+    return await json_answer(app, envelope.to_json())
 
 
 def install_fast_p2p(app: Quart, services_key: str) -> FastP2P:

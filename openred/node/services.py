@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
@@ -74,32 +74,66 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     return NodeRefused(status, slug, detail)
 
 
+PEER_URL_TTL: Final = 1.0
+"""How long the send path may use a peer URL it read without reading it again (seconds)."""
+
+
 class PeerUrls:
-    """A peer's ``api_url`` for the send path, read straight from the ``peers`` table.
+    """A peer's ``api_url`` for the send path: the ``peers`` table, remembered per peer.
 
     Sending asked the SQLModel async session for the whole peer row per message (a pooled
-    aiosqlite connection, a thread hop, an identity map); one read-only sqlite3 connection
-    answers a primary-key lookup inline in microseconds (WAL: readers never wait for the
-    writer), always current, so a peer's new URL is used from its next message on.
+    aiosqlite connection, a thread hop, an identity map); then one read-only sqlite3
+    connection read it inline, but every commit resets that connection's page cache, so each
+    message still re-read the table's pages. Now a URL read is remembered for at most
+    ``ttl`` seconds (:data:`PEER_URL_TTL`), and forgotten at once when this process changes
+    the peer's record: the token receiver calls :meth:`changing` before and after it appends
+    a ``PeerDiscovered`` (the only event that sets a peer's URL), so from the moment that
+    append returns every send reads the new URL. A record another process appends (a second
+    process serving the same data directory) is read at most ``ttl`` later, as one appended
+    by a caller that was cancelled (it may commit after the caller stopped waiting).
     """
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, *, ttl: float = PEER_URL_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.database = database
+        self.ttl = ttl
+        self._clock = clock
         self._conn: sqlite3.Connection | None = None
+        self._urls: dict[str, tuple[str, float]] = {}
 
     def api_url(self, node_id: str) -> str | None:
+        now = self._clock()
+        known = self._urls.get(node_id)
+        if known is not None and now < known[1]:
+            return known[0]
         if self._conn is None:
             self._conn = sqlite3.connect(
                 f"file:{self.database}?mode=ro", uri=True, check_same_thread=False,
                 timeout=5.0)
         row = self._conn.execute(
             "SELECT api_url FROM peers WHERE node_id = ?", (node_id,)).fetchone()
-        return None if row is None else str(row[0])
+        if row is None:
+            self._urls.pop(node_id, None)
+            return None
+        url = str(row[0])
+        if len(self._urls) >= _PEER_URLS_MAX:
+            self._urls.clear()
+        if self.ttl > 0:
+            self._urls[node_id] = (url, now + self.ttl)
+        return url
+
+    def changing(self, node_id: str) -> None:
+        """``node_id``'s record is being replaced: read its URL from the table again."""
+        self._urls.pop(node_id, None)
 
     def close(self) -> None:
+        self._urls.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+_PEER_URLS_MAX: Final = 4096
 
 
 @dataclass
@@ -161,6 +195,7 @@ class NodeServices:
                 raise TransportError("the directory's checkpoint answer is malformed")
             return note.encode("utf-8"), [from_b64url(h) for h in proof]
 
+        peer_urls = PeerUrls(store.path)
         services = cls(
             settings=settings, jail=jail, keys=keys, store=store, reads=reads, book=book,
             keeper=keeper,
@@ -168,9 +203,10 @@ class NodeServices:
                                   lifetime=settings.session_lifetime),
             tokens=TokenReceiver(me=keys.node_id, directory_key=directory_key, store=store,
                                  jail=jail, book=book,
-                                 checks=TransparencyChecks(directory_key, fetch)),
+                                 checks=TransparencyChecks(directory_key, fetch),
+                                 peer_changing=peer_urls.changing),
             messaging=Messaging(store, jail, reads), actions=P2PActions(), http=http,
-            modules=report, methods=methods, clock=clock,
+            modules=report, methods=methods, clock=clock, peer_urls=peer_urls,
         )
         return services
 
@@ -235,8 +271,8 @@ class NodeServices:
     async def send_message(self, session_id: str, text: str) -> Receipt:
         """Send ``text`` on an established session; the peer's delivery receipt."""
         channel = await self.keeper.channel(session_id, self.now())
-        if self.peer_urls is None:
-            self.peer_urls = PeerUrls(self.store.path)
+        if self.peer_urls is None:  # not opened by open(): nobody would say when URLs change
+            self.peer_urls = PeerUrls(self.store.path, ttl=0.0)
         api_url = self.peer_urls.api_url(channel.peer)
         if api_url is None:
             raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")

@@ -19,7 +19,7 @@ implements :class:`DeliveryChecks`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from openred.errors import (
     NodeRefused,
     VerificationError,
 )
+from openred.node import events as ev
 from openred.node.book import NodeBook
 from openred.node.tokens import (
     HeldCheckpoint,
@@ -43,6 +44,7 @@ from openred.node.tokens import (
     decide_receive,
     fork_evidence,
 )
+from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
 __all__ = ["DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
@@ -99,6 +101,7 @@ class TokenReceiver:
     def __init__(
         self, *, me: NodeId, directory_key: SignKey, store: SQLiteEventStore,
         jail: JailClient, book: NodeBook, checks: DeliveryChecks,
+        peer_changing: Callable[[str], None] | None = None,
     ) -> None:
         self.me = me
         self.directory_key = directory_key
@@ -106,6 +109,8 @@ class TokenReceiver:
         self.jail = jail
         self.book = book
         self.checks = checks
+        self.peer_changing = peer_changing
+        """Told a peer's id before and after its ``PeerDiscovered`` is appended (caches)."""
 
     async def receive(self, body: object, now: int) -> dict[str, str]:
         """Accept a delivery; ``{grant_id, status}`` with status received or duplicate."""
@@ -168,11 +173,25 @@ class TokenReceiver:
             if not decision:
                 return {"grant_id": grant.grant_id, "status": "duplicate"}
             try:
-                await self.store.append(decision)
+                await self._append(decision)
             except ConcurrencyConflict:
                 continue
             return {"grant_id": grant.grant_id, "status": "received"}
         raise _bad(409, "grant-conflict", "concurrent deliveries of this grant disagree")
+
+    async def _append(self, events: list[NewEvent]) -> None:
+        """Append; a peer whose record changes is announced before and after, however it ends."""
+        changing = [e.payload["node_id"] for e in events if e.type == ev.PEER_DISCOVERED]
+        if self.peer_changing is None or not changing:
+            await self.store.append(events)
+            return
+        for node_id in changing:
+            self.peer_changing(node_id)
+        try:
+            await self.store.append(events)
+        finally:
+            for node_id in changing:
+                self.peer_changing(node_id)
 
     async def expire(self, now: int) -> int:
         """Log ``TokenExpired`` for every unused token past its grant's expiry; how many."""

@@ -60,9 +60,11 @@ __all__ = [
     "Disconnected",
     "FastPath",
     "body_is_plain",
+    "compact_default_response",
     "dump_response",
     "hooked",
     "json_answer",
+    "json_content",
     "load_body",
     "load_query",
     "parse_json",
@@ -247,6 +249,25 @@ def dump_response(app: Quart, value: Any, model_class: type[Any]) -> Any:
                       pydantic_kwargs=config["QUART_SCHEMA_PYDANTIC_DUMP_OPTIONS"])
 
 
+def compact_default_response(app: Quart) -> bool:
+    """Whether ``app.json.response(obj)`` is the default provider's compact answer.
+
+    Then its bytes are ``f"{app.json.dumps(obj, separators=(',', ':'))}\\n"`` in UTF-8 with
+    ``Content-Type: application/json`` (and the length), which :func:`json_answer` builds
+    without a Response object.
+    """
+    provider = app.json
+    return (isinstance(provider, DefaultJSONProvider)
+            and type(provider).response is DefaultJSONProvider.response
+            and provider.mimetype == "application/json" and provider.compact is not False
+            and not (provider.compact is None and app.debug))
+
+
+def json_content(content: bytes, status: int = 200) -> Answer:
+    """A JSON answer of ``content`` as :func:`json_answer` sends it (status, headers, body)."""
+    return status, [(b"content-type", JSON), (b"content-length", b"%d" % len(content))], content
+
+
 async def json_answer(app: Quart, obj: Any, status: int = 200) -> Answer:
     """``app.json.response(obj)`` answered with ``status``, as ASGI status, headers and body.
 
@@ -256,16 +277,12 @@ async def json_answer(app: Quart, obj: Any, status: int = 200) -> Answer:
     goes through its ``response`` itself.
     """
     provider = app.json
-    if (not isinstance(provider, DefaultJSONProvider)
-            or type(provider).response is not DefaultJSONProvider.response
-            or provider.mimetype != "application/json" or provider.compact is False
-            or (provider.compact is None and app.debug)):
+    if not compact_default_response(app):
         response: Any = provider.response(obj)
         response.status_code = status
         return (response.status_code, encode_headers(response.headers),
                 await response.get_data())
-    content = f"{provider.dumps(obj, separators=(',', ':'))}\n".encode()
-    return status, [(b"content-type", JSON), (b"content-length", b"%d" % len(content))], content
+    return json_content(f"{provider.dumps(obj, separators=(',', ':'))}\n".encode(), status)
 
 
 async def problem_answer(app: Quart, exc: Exception, blueprints: list[str]) -> Answer:

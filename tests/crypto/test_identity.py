@@ -7,7 +7,7 @@ import hashlib
 
 import nacl.signing
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
@@ -131,3 +131,50 @@ def test_sign_key_verify_accepts_valid_and_rejects_tampered() -> None:
     other = SignKey(bytes(nacl.signing.SigningKey.generate().verify_key))
     with pytest.raises(InvalidSignature):
         other.verify(sig, b"hello")
+
+
+def _from_b64url_by_regex(text: str) -> bytes:
+    """``from_b64url`` as it was written first (a regular expression, then urlsafe_b64decode)."""
+    import base64
+    import binascii
+    import re
+
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*={0,2}", text):
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def _same_outcome(text: object) -> None:
+    try:
+        expected: bytes | None = _from_b64url_by_regex(text)  # type: ignore[arg-type]
+    except ValueError:
+        expected = None
+    try:
+        got: bytes | None = from_b64url(text)  # type: ignore[arg-type]
+    except ValueError:
+        got = None
+    assert got == expected, text
+
+
+_NEAR_ALPHABET = "ABCxyz0189-_+/=. \n\t\x00é\u0660"
+
+
+@settings(max_examples=600)
+@given(st.one_of(st.text(), st.text(alphabet=_NEAR_ALPHABET),
+                 st.binary().map(lambda raw: b64url(raw)),
+                 st.binary().map(lambda raw: b64url(raw) + "=" * (-len(b64url(raw)) % 4))))
+def test_from_b64url_accepts_and_decodes_what_the_regular_expression_did(text: str) -> None:
+    _same_outcome(text)
+
+
+@pytest.mark.parametrize("text", [
+    "", "=", "==", "===", "A", "AA", "AA=", "AA==", "AA===", "AAA=", "AAAA", "AAAA==",
+    "A=A=", "=AAA", "AB+/", "AB-_", "AB-_\n", " AB", "AB==\n", "ABC=\x00", "٠١٢٣", "Zm9v",
+    "Zm9vYg", "Zm9vYg=", "Zm9vYh", "Zm9vYmE", "Zm9vYmF", b64url(bytes(range(256))), None, 5,
+    b"AAAA",
+])
+def test_from_b64url_edge_cases_match_the_regular_expression(text: object) -> None:
+    _same_outcome(text)

@@ -166,3 +166,34 @@ async def test_a_forged_receipt_is_refused(
     assert mev.MESSAGE_DELIVERED not in await a.types()
     [out] = await sender.outbox()
     assert out.delivered_at is None
+
+
+async def test_with_the_inbox_filter_built_a_resent_id_is_stored_once_and_not_taken_over(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    import asyncio
+
+    a, b, c = nodes
+    inbox_b = serve_messaging(b)
+    from_a = await connected(directory, a, b)
+    from_c = await connected(directory, c, b)
+    sender = Messaging(a.store, a.jail, a.reads)
+    first = os.urandom(16)
+    await sender.send(from_a, "first", message_id=first, now=NOW, transport=p2p_to(b, NOW))
+    for _ in range(2000):  # built in a thread on the first lookup
+        if inbox_b.index.ready:
+            break
+        await asyncio.sleep(0.005)
+    assert inbox_b.index.ready
+    mid = os.urandom(16)
+    for _ in range(2):  # held before its append: found at once, no catch-up needed
+        await sender.send(from_a, "once", message_id=mid, now=NOW, transport=p2p_to(b, NOW))
+    for taken in (first, mid):
+        with pytest.raises(NodeRefused, match="message-id-taken"):
+            await Messaging(c.store, c.jail, c.reads).send(
+                from_c, "from c", message_id=taken, now=NOW, transport=p2p_to(b, NOW))
+    assert sorted(m.text for m in await inbox_b.inbox()) == ["first", "once"]
+    assert (await b.types()).count(mev.MESSAGE_RECEIVED) == 2
+    # A catch-up reads the real log's entries (as another process's would be read).
+    inbox_b.index._catch_up_at = 0.0
+    assert inbox_b.index.ready and inbox_b.index._position == b.store.head.size

@@ -14,12 +14,16 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
+from quart import Quart
 from quart.json.provider import DefaultJSONProvider
+from quart_schema import QuartSchema
 
 from openred.crypto.identity import b64url
 from openred.modules.messaging.service import SEND
 from openred.node.envelope import Envelope, Route
-from openred.node.fastpath import FAST_P2P, FastP2P
+from openred.node.fastpath import FAST_P2P, FastP2P, envelope_answer
+from openred.web.fastpath import json_answer
 from tests.node import test_app
 from tests.node.test_app import ODD_BODIES, World, granted, now
 
@@ -94,6 +98,38 @@ async def test_answers_are_the_same_bytes_as_quarts(world: World) -> None:
     finally:
         provider.compact = None
     assert fast_answer == slow_answer and b'\n  "ciphertext"' in fast_answer[2]
+
+
+class _OwnDumps(DefaultJSONProvider):
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(obj, **kwargs).replace(",", ", ")
+
+
+@pytest.mark.parametrize("envelope", [
+    Envelope("A" * 22, 7, b"\x01" * 40), Envelope("Zz09-_" * 3 + "abcd", 2**64 - 2, b""),
+    Envelope("A" * 22, 0, bytes(range(256)) * 5), Envelope("short", 1, b"\xff"),
+    Envelope('quote"\u00e9\u2028' * 2, 3, b"x"), Envelope("A" * 22, True, b"x"),  # type: ignore[arg-type]
+])
+@pytest.mark.parametrize("mode", ["default", "unsorted", "ascii-off", "pretty", "debug",
+                                  "own-dumps", "schema"])
+async def test_envelope_answers_are_json_answers_bytes(envelope: Envelope, mode: str) -> None:
+    """``envelope_answer`` is ``json_answer(app, envelope.to_json())``, in every provider mode."""
+    app = Quart("t")
+    if mode == "schema":
+        QuartSchema(app)
+    if mode == "own-dumps":
+        app.json = _OwnDumps(app)
+    provider = app.json
+    if mode == "unsorted":
+        provider.sort_keys = False  # type: ignore[attr-defined]
+    if mode == "ascii-off":
+        provider.ensure_ascii = False  # type: ignore[attr-defined]
+    if mode == "pretty":
+        provider.compact = False  # type: ignore[attr-defined]
+    if mode == "debug":
+        app.debug = True
+    async with app.app_context():
+        assert await envelope_answer(app, envelope) == await json_answer(app, envelope.to_json())
 
 
 async def test_real_messages_and_every_refusal_match_quart(world: World) -> None:

@@ -145,6 +145,13 @@ def test_envelope_bytes_are_the_encoders(session_id: str, counter: int, cipherte
     assert envelope.to_json_bytes() == json.dumps(
         envelope.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert Envelope.from_json(json.loads(envelope.to_json_bytes())) == envelope
+    for ensure_ascii in (True, False):  # pure ASCII: the same either way
+        assert envelope.to_json_bytes(sort_keys=True) == json.dumps(
+            envelope.to_json(), separators=(",", ":"), ensure_ascii=ensure_ascii,
+            sort_keys=True).encode("utf-8")
+        assert envelope.to_json_bytes() == json.dumps(
+            envelope.to_json(), separators=(",", ":"), ensure_ascii=ensure_ascii).encode()
+    assert envelope.plain
 
 
 @pytest.mark.parametrize("session_id,counter", [
@@ -154,6 +161,10 @@ def test_other_envelopes_go_through_the_encoder(session_id: str, counter: int) -
     envelope = Envelope(session_id, counter, b"\x00\xff")
     assert envelope.to_json_bytes() == json.dumps(
         envelope.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert envelope.to_json_bytes(sort_keys=True) == json.dumps(
+        envelope.to_json(), separators=(",", ":"), ensure_ascii=False,
+        sort_keys=True).encode("utf-8")
+    assert not envelope.plain
 
 
 def test_a_refusal_reply_is_what_the_client_returns() -> None:
