@@ -82,6 +82,7 @@ __all__ = [
     "REVOKE",
     "FileSharing",
     "Progress",
+    "new_offer_id",
 ]
 
 logger = logging.getLogger("openred.file_sharing")
@@ -99,6 +100,20 @@ _MARK = struct.Struct(">I32s")
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 TransportFor = Callable[[str], Awaitable[Transport]]
 """The transport to a peer (by node id): the HTTP call to its ``/api/v3/p2p/...``."""
+
+
+def new_offer_id() -> str:
+    """16 random bytes in base64url, never starting with ``-``.
+
+    An id is an argument of ``openred fetch | decline | unshare``; one starting with ``-``
+    (1 in 64 of them) was read by the command line as an option (``No such option: -L``).
+    Redrawing those leaves 127.98 bits of randomness. Ids a peer makes are taken as they come
+    (the wire format allows ``-`` first); on the command line such an id follows ``--``.
+    """
+    while True:
+        offer_id = b64url(secrets.token_bytes(16))
+        if not offer_id.startswith("-"):
+            return offer_id
 
 
 @dataclass
@@ -363,7 +378,7 @@ class FileSharing:
         ):
             raise NodeRefused(409, "file-changed", f"{source} changed while it was hashed")
         tree = HashTree(leaves)
-        offer_id = b64url(secrets.token_bytes(16))
+        offer_id = new_offer_id()
         terms = OfferTerms(offer_id, offered_name, size, b64url(digest), b64url(tree.root),
                            CHUNK_SIZE, self.clock() + expires_in)
         tree_path = self._tree_path(offer_id)

@@ -158,3 +158,36 @@ async def test_ctrl_c_stops_a_fetch_and_running_it_again_resumes(
     started = [json.loads(e.payload)["resumed_from"] for e in await pair.b.services.store.read()
                if e.type == "FileTransferStarted"]
     assert started[0] == 0 and started[1] >= 3 * CHUNK_SIZE
+
+
+def test_offer_ids_this_node_makes_never_start_with_a_dash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An id starting with ``-`` read as an option on the command line; such draws are redone."""
+    from openred.modules.file_sharing import service
+
+    draws = iter([b"\xf8" + bytes(15), b"\xfb" + bytes(15), bytes(16)])  # "-A…", "-w…", "AAA…"
+    monkeypatch.setattr(service.secrets, "token_bytes", lambda n: next(draws))
+    assert service.new_offer_id() == "A" * 22
+    monkeypatch.undo()
+    assert not any(service.new_offer_id().startswith("-") for _ in range(2000))
+
+
+async def test_an_offer_id_starting_with_a_dash_is_taken_after_double_dash(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer may make an id starting with ``-``: ``decline -- ID`` declines it."""
+    from openred.modules.file_sharing import service
+
+    dashed = "-" + "A" * 21
+    monkeypatch.setattr(service, "new_offer_id", lambda: dashed)
+    (tmp_path / "f").write_bytes(b"abc")
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=3600)
+    assert offer.offer_id == dashed
+    base = [OPENRED, "decline", "--data-dir", str(pair.b.data)]
+    for args, expected in (([dashed], 2), (["--", dashed], 0)):
+        proc = await asyncio.create_subprocess_exec(
+            *base, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == expected, err.decode()
+    assert (await files(pair.a).offer(dashed)).state == "declined"  # type: ignore[union-attr]
