@@ -148,3 +148,29 @@ async def serve_in_loop(app: Quart, port: int | None = None) -> AsyncIterator[st
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def split_answers(raw: bytes) -> list[tuple[str, list[tuple[str, str]], bytes]]:
+    """The HTTP/1.1 answers read off one connection: status line, headers, body each.
+
+    Headers are lower-cased and sorted, ``Date`` dropped (it differs between two servers
+    answering the same request); each body is what its ``Content-Length`` covers of the rest.
+    """
+    out = []
+    rest = raw
+    while rest:
+        top, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, raw
+        status, *lines = top.decode("latin-1").split("\r\n")
+        headers = []
+        length = 0
+        for line in lines:
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "content-length":
+                length = int(value)
+            if name != "date":
+                headers.append((name, value))
+        body, rest = rest[:length], rest[length:]
+        out.append((status, sorted(headers), body))
+    return out

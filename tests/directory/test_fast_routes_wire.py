@@ -36,7 +36,7 @@ from tests.directory.test_fast_routes import (
     receiver,
     signed,
 )
-from tests.servers import HOST, free_port, serve_in_loop
+from tests.servers import HOST, free_port, serve_in_loop, split_answers
 
 Raw = Callable[[Served], Awaitable[bytes]]
 """Builds the raw bytes of one or more requests for one directory."""
@@ -92,24 +92,7 @@ async def exchange(served: Served, data: bytes, *, half_close: bool = False,
 
 def answers_of(raw: bytes) -> list[tuple[str, list[tuple[str, str]], bytes]]:
     """The answers in ``raw``: status line, headers (sorted, ``Date`` dropped), body."""
-    out = []
-    rest = raw
-    while rest:
-        top, sep, rest = rest.partition(b"\r\n\r\n")
-        assert sep, raw
-        status, *lines = top.decode("latin-1").split("\r\n")
-        headers = []
-        length = 0
-        for line in lines:
-            name, _, value = line.partition(":")
-            name, value = name.strip().lower(), value.strip()
-            if name == "content-length":
-                length = int(value)
-            if name != "date":
-                headers.append((name, value))
-        body, rest = rest[:length], rest[length:]
-        out.append((status, sorted(headers), _masked(body)))
-    return out
+    return [(status, headers, _masked(body)) for status, headers, body in split_answers(raw)]
 
 
 def _masked(body: bytes) -> bytes:

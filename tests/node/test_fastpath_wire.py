@@ -25,6 +25,7 @@ from openred.node.fastpath import FAST_P2P, FastP2P
 from openred.store.sqlite import DATABASE_NAME
 from tests.node import test_app
 from tests.node.test_app import World, granted, now
+from tests.servers import split_answers
 
 world = test_app.world  # the two served nodes of the app tests (a pytest fixture)
 PATH = "/api/v3/p2p/messaging/send"
@@ -60,23 +61,10 @@ async def exchange(url: str, data: bytes, *, read: bool = True) -> list[Answer]:
     finally:
         writer.close()
         await writer.wait_closed()
-    answers: list[Answer] = []
-    while raw:
-        top, sep, raw = raw.partition(b"\r\n\r\n")
-        assert sep
-        status, *lines = top.decode("latin-1").split("\r\n")
-        headers, length = [], 0
-        for line in lines:
-            name, _, value = line.partition(":")
-            name, value = name.strip().lower(), value.strip()
-            if name == "content-length":
-                length = int(value)
-            if name != "date":
-                headers.append((name, value))
-        body, raw = raw[:length], raw[length:]
-        assert len(body) == length
-        answers.append((status, sorted(headers), length))
-    return answers
+    answers = split_answers(raw)
+    for _, headers, body in answers:
+        assert len(body) == int(dict(headers).get("content-length", "0"))
+    return [(status, headers, len(body)) for status, headers, body in answers]
 
 
 async def test_odd_wire_forms_of_real_calls_answer_as_quart_does(world: World) -> None:
