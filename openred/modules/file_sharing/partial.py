@@ -55,12 +55,14 @@ class PartialFile:
     def __init__(self, path: Path, *, size: int, chunk_size: int, direct: bool = True) -> None:
         self.size = size
         self.chunk_size = chunk_size
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link planted at the path (ELOOP): the file is the node's own.
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         self.direct_fd: int | None = None
         if direct and O_DIRECT and chunk_size % ALIGN == 0 and size >= ALIGN:
             try:
-                self.direct_fd = os.open(path, os.O_RDWR | O_DIRECT)
-            except OSError as exc:  # EINVAL: this file system has no direct I/O
+                # The same open file again, not whatever the path names by now.
+                self.direct_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | O_DIRECT)
+            except OSError as exc:  # EINVAL: no direct I/O here; ENOENT: no /proc
                 logger.debug("no direct I/O for %s: %s", path, exc)
         self.use_direct = self.direct_fd is not None
         self._lock = threading.Lock()

@@ -757,7 +757,7 @@ class FileSharing:
                            direct=self.direct_io)
         try:
             marks_fd = os.open(self._marks(row.offer_id),
-                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         except BaseException:
             part.close()
             raise

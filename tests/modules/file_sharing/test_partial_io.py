@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from audit_tools.verify import verify
+from openred.errors import NodeRefused
 from openred.modules.file_sharing import partial as partial_mod
 from openred.modules.file_sharing import service as service_mod
 from openred.modules.file_sharing.domain import CHUNK_SIZE
@@ -279,3 +280,47 @@ async def test_worker_threads_failing_mid_fetch_leave_a_sound_partial_file(
     seen: list[int] = []
     path = await b.fetch(offer.offer_id, progress=lambda p: seen.append(p.verified))
     assert seen[0] > 0 and path.read_bytes() == data
+
+
+def test_a_link_planted_at_the_partial_path_is_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "p").symlink_to(victim)
+    with pytest.raises(OSError) as refused:
+        PartialFile(tmp_path / "p", size=4 * CHUNK, chunk_size=CHUNK)
+    assert refused.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_the_direct_descriptor_is_the_same_open_file(tmp_path: Path) -> None:
+    part = PartialFile(tmp_path / "p", size=4 * CHUNK, chunk_size=CHUNK)
+    try:
+        if not part.use_direct:
+            pytest.skip("this file system refuses O_DIRECT")
+        assert part.direct_fd is not None
+        a, b = os.fstat(part.fd), os.fstat(part.direct_fd)
+        assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        assert fcntl.fcntl(part.direct_fd, fcntl.F_GETFL) & O_DIRECT
+    finally:
+        part.close()
+
+
+async def test_a_fetch_refuses_links_planted_at_its_working_files(
+    pair: Pair, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * CHUNK_SIZE)
+    (tmp_path / "f").write_bytes(data)
+    b = files(pair.b)
+    for planted in ("part", "marks"):
+        offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=3600)
+        victim = tmp_path / f"victim-{planted}"
+        victim.write_bytes(b"keep me")
+        path = b._part(offer.offer_id) if planted == "part" else b._marks(offer.offer_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(victim)
+        with pytest.raises(NodeRefused) as refused:
+            await b.fetch(offer.offer_id)
+        assert refused.value.reason == "write-failed"
+        assert "Too many levels of symbolic links" in refused.value.detail
+        assert victim.read_bytes() == b"keep me"
+    assert verify(pair.b.data).ok
