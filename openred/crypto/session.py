@@ -496,14 +496,7 @@ class SessionCipher:
     def decrypt(self, counter: int, ciphertext: bytes, *, ad: bytes = b"") -> bytes:
         """Open a message sent with ``counter``; each counter is accepted at most once."""
         window = self._window
-        top = window._top
-        if counter > top:  # in order: a new top is always fresh, so check() is skipped
-            if counter >= MAX_COUNTER:
-                raise DecryptionFailed("counter out of range")
-        elif counter < 0:
-            raise DecryptionFailed("counter out of range")
-        else:
-            window.check(counter)
+        top = self._admit(counter)
         if counter >> EPOCH_SHIFT == self._recv_epoch:
             try:
                 plaintext = self._recv_aead.decrypt(self._nonce(counter), ciphertext, ad)
@@ -532,21 +525,27 @@ class SessionCipher:
         plaintext is a new bytes object as from :meth:`decrypt`. After a refusal ``into``
         holds garbage.
         """
+        self._admit(counter)
+        if counter >> EPOCH_SHIFT != self._recv_epoch:
+            return self.decrypt(counter, ciphertext, ad=ad)
+        plaintext = _open_into(self._recv_aead, self._nonce(counter), ciphertext, ad, into)
+        if counter > self._recv_mark:  # authenticated: record it durably before accepting
+            self._raise_recv_mark(counter)
+        self._window.mark(counter)
+        return plaintext
+
+    def _admit(self, counter: int) -> int:
+        """Refuse a counter out of range or seen before; the window's top before this one."""
         window = self._window
-        if counter > window._top:
+        top = window._top
+        if counter > top:  # in order: a new top is always fresh, so check() is skipped
             if counter >= MAX_COUNTER:
                 raise DecryptionFailed("counter out of range")
         elif counter < 0:
             raise DecryptionFailed("counter out of range")
         else:
             window.check(counter)
-        if counter >> EPOCH_SHIFT != self._recv_epoch:
-            return self.decrypt(counter, ciphertext, ad=ad)
-        plaintext = _open_into(self._recv_aead, self._nonce(counter), ciphertext, ad, into)
-        if counter > self._recv_mark:  # authenticated: record it durably before accepting
-            self._raise_recv_mark(counter)
-        window.mark(counter)
-        return plaintext
+        return top
 
     def _decrypt_other_epoch(self, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
         epoch = counter >> EPOCH_SHIFT
