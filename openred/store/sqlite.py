@@ -285,6 +285,10 @@ class _Prepared:
     versions: dict[str, int]
     assumed: dict[str, int]
 
+    def results(self, stored: list[StoredEvent]) -> list[list[StoredEvent] | BaseException]:
+        """Each request's rows out of the group's ``stored`` rows, or its own error."""
+        return [o if isinstance(o, BaseException) else stored[o[0]:o[1]] for o in self.outcomes]
+
 
 def _merge_plan(plan: ProjectionPlan, more: ProjectionPlan) -> None:
     """Append ``more`` to ``plan``, joining neighbours that run the same statement."""
@@ -942,7 +946,7 @@ class SQLiteEventStore:
             prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
         if stored is None:
             if not prepared.entries:
-                return [o if isinstance(o, BaseException) else [] for o in prepared.outcomes]
+                return prepared.results([])
             if sign is None:
                 signatures: list[bytes] = list(await self._signer.sign_entry_hashes(
                     [u.entry_hash for u in prepared.entries]
@@ -950,8 +954,7 @@ class SQLiteEventStore:
             else:
                 signatures = await sign(prepared.entries)
             stored = await self._run(self._commit_sync, prepared, signatures, frontier)
-        return [o if isinstance(o, BaseException) else stored[o[0]:o[1]]
-                for o in prepared.outcomes]
+        return prepared.results(stored)
 
     def _prepare_sign_commit_sync(
         self, group: list[_Request], frontier: _Frontier, recorded_at: str,
@@ -978,8 +981,7 @@ class SQLiteEventStore:
             return prepared, None
         stored = self._commit_sync(prepared, signatures, frontier)
         settled: list[tuple[asyncio.Future[Any], object]] = [
-            (r.future, o if isinstance(o, BaseException) else stored[o[0]:o[1]])
-            for r, o in zip(group, prepared.outcomes, strict=True)
+            (r.future, result) for r, result in zip(group, prepared.results(stored), strict=True)
         ]
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle_all, settled)
