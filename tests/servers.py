@@ -118,6 +118,21 @@ def python_argv(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+async def wait_listening(port: int, task: asyncio.Task[object] | None = None) -> None:
+    """Wait (up to ~4 s) until loopback ``port`` takes connections; ``task``'s error if it ends."""
+    for _ in range(200):
+        if task is not None and task.done():
+            task.result()
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 @contextlib.asynccontextmanager
 async def serve_in_loop(app: Quart, port: int | None = None) -> AsyncIterator[str]:
     """Serve ``app`` with Hypercorn on loopback inside the running loop; yields its URL."""
@@ -128,17 +143,7 @@ async def serve_in_loop(app: Quart, port: int | None = None) -> AsyncIterator[st
     )
     url = f"http://{HOST}:{port}"
     try:
-        for _ in range(200):
-            if task.done():
-                task.result()
-            try:
-                _, writer = await asyncio.open_connection(HOST, port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
+        await wait_listening(port, task)
         yield url
     finally:
         stop.set()

@@ -18,7 +18,7 @@ from hypercorn.asyncio import serve
 
 from bench.bench_directory import receivers_app, receivers_app_quart
 from openred.web.serve import hypercorn_config
-from tests.servers import free_port
+from tests.servers import free_port, wait_listening
 
 HOST = "127.0.0.1"
 
@@ -31,15 +31,7 @@ async def _served(factory: Callable[[], Any]) -> AsyncIterator[int]:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(factory(), config, shutdown_trigger=stop.wait))
     try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection(HOST, port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
+        await wait_listening(port, task)
         yield port
     finally:
         stop.set()
