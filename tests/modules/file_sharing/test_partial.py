@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 
-from audit_tools.verify import verify
 from openred.errors import NodeRefused
 from openred.modules.file_sharing import events as fev
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.service import CHUNK
-from tests.modules.file_sharing.world import Pair, files, served_pair
+from tests.modules.file_sharing.world import Pair, files, verified_pair
 from tests.node.world import Directory, JailPair
 
 HOUR = 3600
@@ -31,12 +30,8 @@ HOUR = 3600
 
 @pytest.fixture
 async def pair(jails: JailPair, directory: Directory, tmp_path: Path) -> AsyncIterator[Pair]:
-    async with served_pair(jails, directory, tmp_path) as served:
-        keys = {"a": served.a.services.keys.sign_key, "b": served.b.services.keys.sign_key}
+    async with verified_pair(jails, directory, tmp_path) as served:
         yield served
-    for name, key in keys.items():
-        report = verify(tmp_path / name, key=key)
-        assert report.ok, report.reason
 
 
 def payload(path: Path, size: int) -> bytes:

@@ -23,7 +23,7 @@ from openred.modules.file_sharing import partial as partial_mod
 from openred.modules.file_sharing import service as service_mod
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.partial import ALIGN, O_DIRECT, PartialFile
-from tests.modules.file_sharing.world import Pair, files, served_pair
+from tests.modules.file_sharing.world import Pair, files, verified_pair
 from tests.node.world import Directory, JailPair
 
 CHUNK = 64 * 1024
@@ -234,12 +234,8 @@ def test_close_drops_the_descriptors_and_buffers(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def pair(jails: JailPair, directory: Directory, tmp_path: Path) -> AsyncIterator[Pair]:
-    async with served_pair(jails, directory, tmp_path) as served:
-        keys = {"a": served.a.services.keys.sign_key, "b": served.b.services.keys.sign_key}
+    async with verified_pair(jails, directory, tmp_path) as served:
         yield served
-    for name, key in keys.items():
-        report = verify(tmp_path / name, key=key)
-        assert report.ok, report.reason
 
 
 async def test_a_fetch_writes_whole_chunks_directly(pair: Pair, tmp_path: Path) -> None:

@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 
-from audit_tools.verify import verify
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url
 from openred.errors import NodeRefused, PeerUnreachable
 from openred.modules.file_sharing import events as fev
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.service import CHUNK
-from tests.modules.file_sharing.world import MODULES, Pair, files, served_pair
+from tests.modules.file_sharing.world import MODULES, Pair, files, verified_pair
 from tests.node.test_app import Served, push, serve_node
 from tests.node.world import Directory, JailPair
 
@@ -36,14 +35,8 @@ HOUR = 3600
 
 @pytest.fixture
 async def pair(jails: JailPair, directory: Directory, tmp_path: Path) -> AsyncIterator[Pair]:
-    async with served_pair(jails, directory, tmp_path) as served:
-        keys = {"a": served.a.services.keys.sign_key, "b": served.b.services.keys.sign_key}
+    async with verified_pair(jails, directory, tmp_path) as served:
         yield served
-    # Every entry, signature, checkpoint and projection (file_sharing's too) verifies.
-    for name, key in keys.items():
-        report = verify(tmp_path / name, key=key)
-        assert report.ok, report.reason
-        assert any(s.number == 7 and s.status == "ok" for s in report.steps)
 
 
 def payload(path: Path, size: int) -> bytes:

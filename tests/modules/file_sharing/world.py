@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from audit_tools.verify import verify
 from openred.crypto.client import JailClient
 from openred.modules.file_sharing import FILE_SHARING_SERVICE
 from openred.modules.file_sharing.service import FileSharing
@@ -86,3 +87,19 @@ async def served_pair(jails: JailPair, directory: Directory, tmp: Path) -> Async
     await pusher.close()
     for client in clients:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def verified_pair(jails: JailPair, directory: Directory, tmp: Path,
+                        ) -> AsyncIterator[Pair]:
+    """:func:`served_pair`, then both logs verified in full once the nodes stopped.
+
+    Every entry, signature, checkpoint and projection (file_sharing's too) must verify.
+    """
+    async with served_pair(jails, directory, tmp) as served:
+        keys = {"a": served.a.services.keys.sign_key, "b": served.b.services.keys.sign_key}
+        yield served
+    for name, key in keys.items():
+        report = verify(tmp / name, key=key)
+        assert report.ok, report.reason
+        assert any(s.number == 7 and s.status == "ok" for s in report.steps)
