@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import signal
 import struct
 import sys
@@ -36,16 +35,9 @@ from openred.errors import (
 )
 from openred.store.signer import Signer
 from tests.crypto_jail.test_ops import checkpoint_for, mint
-from tests.crypto_jail.test_server import JailProc, dev_keystore, jail_env, short_dir, spawn_jail
+from tests.crypto_jail.test_server import JailProc, dev_keystore, jail_env, spawn_jail
 
 PASSPHRASE = b"client test passphrase"
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    directory = short_dir()
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
