@@ -128,7 +128,12 @@ class _NodeCache:
         self._ours: set[int] = set()  # seqs above known_size accounted for (ours or read)
         self.views: dict[str, d.NodeView | None] = {}
         # Bumped whenever a view may have been dropped: a read that spans a bump may hold
-        # what the dropped view held (see DirectoryService.node), so it is not cached.
+        # what the dropped view held (see DirectoryService.node), so it is not cached. Every
+        # entry that can change a view (one on a ``node:`` stream, or any entry of another
+        # writer not yet read) is accounted for by a drop and a bump — by appended() once its
+        # append returned, or by check() once committed — always after it committed, so a
+        # read that starts after a bump sees that entry, and one that spans no bump may be
+        # cached: any entry it missed drops its view later.
         self.generation = 0
         self._version: int | None = None
         self._settled = False
@@ -327,7 +332,7 @@ class DirectoryService:
         cache.check()
         if node_id in cache.views:
             return cache.views[node_id]
-        known, generation = cache.known_size, cache.generation
+        generation = cache.generation
         # An unknown node (every first registration) is answered by the cache's own read-only
         # connection without a round trip through the session and its aiosqlite thread; a row
         # that exists is read through SQLModel.
@@ -337,11 +342,13 @@ class DirectoryService:
             async with self.reads.session() as session:
                 row = await session.get(DirectoryNode, node_id)
             view = None if row is None else _view(row)
-        # Only cache what was read with no write in between (an append may have landed), nor
-        # any view dropped meanwhile: this process's appends may return out of seq order, so
-        # the drop of this very node's view can come and go without moving known_size.
-        if (cache.known_size == known and cache.generation == generation
-                and node_id not in cache.views):
+        # Only cache what was read while no view was dropped (see _NodeCache.generation): an
+        # entry on a node's stream that landed during the read may be missing from what it
+        # returned, and its drop has run already. Entries on other streams (grants) change no
+        # view and drop none, so a read they land during is cached: a loaded directory always
+        # has grants landing, and it used to read the same nodes through SQLModel again and
+        # again until one read happened to see no append at all.
+        if cache.generation == generation and node_id not in cache.views:
             cache.put(node_id, view)
         return view
 

@@ -186,3 +186,91 @@ async def test_a_view_read_while_an_own_write_lands_out_of_order_is_not_cached_s
     assert view is not None and view.status == "revoked"
     refused = await alice.call("POST", CONNECT, {"target": bob.node_id})
     assert refused.status == 403, refused.body
+
+
+class SlowRead:
+    """The next node read through SQLModel stops after its row came back, until released."""
+
+    def __init__(self, service: DirectoryService) -> None:
+        reads = service.reads
+        real_session = reads.session
+        self.read, self.resume = asyncio.Event(), asyncio.Event()
+        self.sessions = 0
+        outer = self
+
+        @contextlib.asynccontextmanager
+        async def slow_session() -> AsyncIterator[Any]:
+            reads.session = real_session  # type: ignore[method-assign]
+            outer.sessions += 1
+            async with real_session() as session:
+                real_get = session.get
+
+                async def get(*args: Any, **kwargs: Any) -> Any:
+                    row = await real_get(*args, **kwargs)
+                    outer.read.set()
+                    await outer.resume.wait()
+                    return row
+
+                session.get = get  # type: ignore[method-assign]
+                yield session
+
+        reads.session = slow_session  # type: ignore[method-assign]
+
+
+async def test_a_read_during_which_only_grants_landed_is_cached(
+    directory: Directory, make_node: Callable[..., Any],
+) -> None:
+    """An entry of this process on another stream than a node's (a grant) changes no view:
+    a read it lands during is cached, so a loaded directory does not read its nodes through
+    SQLModel again for every request while grants keep landing. A read during which an entry
+    of that node's stream lands is still not cached (the next test, and the one above)."""
+    service = directory.service
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    cache = service._cache
+    cache.views.clear()
+    slow = SlowRead(service)
+    reading = asyncio.create_task(service.node(bob.node_id))
+    await slow.read.wait()
+    # Grants of this process land while the read is out (their appends return, and the
+    # cache accounts for them).
+    for grant_id in ("g" * 22, "h" * 22):
+        await service.append([ev.grant_failed_event(grant_id, ["initiator"], "test",
+                                                    service.now())])
+    cache.check()
+    slow.resume.set()
+    view = await reading
+    assert view is not None and view.status == "active"
+    assert cache.views.get(bob.node_id) == view  # cached: nothing it shows was touched
+    reads = SlowRead(service)
+    reads.resume.set()  # counts reads, holds none
+    assert await service.node(bob.node_id) == view
+    assert reads.sessions == 0  # answered from the cache
+    granted = await alice.call("POST", CONNECT, {"target": bob.node_id})
+    assert granted.status == 201, granted.body
+
+
+async def test_a_read_during_which_its_node_changed_is_not_cached(
+    directory: Directory, make_node: Callable[..., Any],
+) -> None:
+    """Bob's read starts before his revocation commits and ends after it returned: what it
+    read (active) is answered to its caller but never cached; the next lookup reads again."""
+    service = directory.service
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    cache = service._cache
+    cache.views.clear()
+    slow = SlowRead(service)
+    reading = asyncio.create_task(service.node(bob.node_id))
+    await slow.read.wait()
+    await service.revoke(bob.node_id, "revoked by the operator")
+    slow.resume.set()
+    stale = await reading
+    assert stale is not None and stale.status == "active"  # what that read saw
+    assert bob.node_id not in cache.views
+    view = await service.node(bob.node_id)
+    assert view is not None and view.status == "revoked"
+    refused = await alice.call("POST", CONNECT, {"target": bob.node_id})
+    assert refused.status == 403, refused.body
