@@ -7,7 +7,8 @@ A batch carries calls that were waiting for the same peer at the same moment, an
 about a call changes: each one is the envelope its own route would carry, sealed with its
 own counter and associated data (which binds its session, direction and ``<module>/<action>``),
 opened, checked against its session's replay window, handled and committed on its own, and
-answered with exactly the status and JSON body its own route would answer. A batch is
+answered with exactly the status and JSON body its own route would answer (only actions a
+module registered as batchable may be batched: others get 400 ``not-batchable``). A batch is
 transport, not authority: it carries no key, and a peer gains nothing by batching that it
 could not do with as many separate requests (the receiver bounds it: at most
 :data:`MAX_CALLS` calls, and the node's usual ``MAX_CONTENT_LENGTH`` for the body).
@@ -115,11 +116,13 @@ def parse_batch(body: object) -> list[tuple[Route | NodeRefused, dict[str, Any]]
     return parsed
 
 
-async def handle_batch(body: object, handle: Handle, render: Render) -> list[dict[str, Any]]:
+async def handle_batch(body: object, handle: Handle, render: Render,
+                       check: Callable[[Route], None]) -> list[dict[str, Any]]:
     """Handle every call of a batch concurrently; each one's ``{"status", "body"}``, in order.
 
-    Each call goes through ``handle`` exactly as its own route's request would (so it is
-    committed, or refused with nothing committed, on its own); a refusal is the body the
+    ``check`` refuses a route that may not be batched (:meth:`P2PActions.check_batchable`);
+    every other call goes through ``handle`` exactly as its own route's request would (so it
+    is committed, or refused with nothing committed, on its own); a refusal is the body the
     node's problem handler answers (``render``), parsed back into JSON.
     """
     calls = parse_batch(body)
@@ -128,6 +131,7 @@ async def handle_batch(body: object, handle: Handle, render: Render) -> list[dic
         try:
             if isinstance(route, NodeRefused):
                 raise route
+            check(route)
             envelope = await handle(route, fields)
         except Exception as exc:  # every refusal, as the single route's problem handler
             status, content = await render(exc)

@@ -241,7 +241,7 @@ class NodeServices:
 
     async def handle_batch(self, body: object, render: Render) -> list[dict[str, Any]]:
         """Each call of a ``POST /api/v3/p2p/batch`` through :meth:`handle` (:mod:`.batch`)."""
-        return await handle_batch(body, self.handle, render)
+        return await handle_batch(body, self.handle, render, self.actions.check_batchable)
 
     # -- node-to-node calls --
 

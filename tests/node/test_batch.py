@@ -168,6 +168,8 @@ async def test_the_fast_path_and_quart_answer_a_batch_the_same(world: World) -> 
         return answer
 
     world.b.services.handle = fixed  # type: ignore[method-assign]
+    for module, action in (("messaging", "refuse"), ("m", "crash")):
+        world.b.services.actions.add(module, action, fixed, batchable=True)  # type: ignore[arg-type]
     url = world.b.url + BATCH_PATH
     body = batch(call(SEND, PLAIN), call("messaging/refuse", PLAIN), call("m/crash", PLAIN))
     fast_answer, slow_answer = await both(world, url, body)
@@ -183,6 +185,26 @@ async def test_the_fast_path_and_quart_answer_a_batch_the_same(world: World) -> 
         assert 400 <= a[0] < 500 and a[1] == b[1]
     a, b = await both(world, url, batch(*[call(SEND, PLAIN)] * (MAX_CALLS + 1)))
     assert a == b and a[0] == 400
+
+
+async def test_only_actions_registered_as_batchable_are_handled_in_a_batch(
+    world: World,
+) -> None:
+    handled: list[Route] = []
+
+    async def recording(route: Route, body: object) -> Envelope:
+        handled.append(route)
+        return PLAIN
+
+    world.b.services.handle = recording  # type: ignore[method-assign]
+    chunk = Route("file_sharing", "chunk")
+    status, _, content = await post(world.b.url + BATCH_PATH, batch(
+        call(chunk, PLAIN), call(SEND, PLAIN), call("nobody/here", PLAIN)))
+    answers = json.loads(content)["answers"]
+    assert status == 200 and [a["status"] for a in answers] == [400, 200, 404]
+    assert answers[0]["body"]["type"] == "urn:openred:problem:not-batchable"
+    assert answers[2]["body"]["type"] == "urn:openred:problem:unknown-route"
+    assert handled == [SEND]  # the file chunk was never served
 
 
 async def test_a_batch_over_the_body_limit_is_refused_whole(world: World) -> None:
