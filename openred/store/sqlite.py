@@ -131,8 +131,17 @@ _SCHEMA_CODES = frozenset({
 
 
 def utc_timestamp(now: datetime) -> str:
-    """RFC 3339 UTC with microseconds, the ``recorded_at`` format."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, the ``recorded_at`` format.
+
+    ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")``'s string, formatted directly: the C library's
+    ``strftime`` stats ``/etc/localtime`` on every call when ``TZ`` is not set (one system
+    call per group commit). Years before 1000, which ``%Y`` does not pad, go through it.
+    """
+    t = now.astimezone(UTC)
+    if t.year < 1000:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond)
 
 
 def system_clock() -> datetime:
