@@ -362,7 +362,7 @@ class CallBatcher:
             _settle(batch, [PeerUnreachable("the node is closing")] * len(batch))
             raise
         except Exception as exc:  # the whole request failed: every call gets its failure
-            outcomes = [exc] * len(batch)
+            outcomes = [_own_copy(exc) for _ in batch]
         finally:
             self._release()
         _settle(batch, outcomes)
@@ -401,6 +401,18 @@ class CallBatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """A copy of ``exc`` for one caller: one exception object raised in several tasks would
+    collect all their tracebacks."""
+    try:  # as copy.copy would, without calling an __init__ of another signature
+        twin = type(exc).__new__(type(exc), *exc.args)
+        twin.__dict__.update(vars(exc))
+    except Exception:  # an exception that cannot be copied: the same one, then
+        return exc
+    twin.__cause__, twin.__context__ = exc.__cause__, exc.__context__
+    return twin
 
 
 def _settle(batch: Sequence[_Call], outcomes: Sequence[Outcome]) -> None:

@@ -461,10 +461,25 @@ async def test_a_failed_batch_fails_each_of_its_calls() -> None:
     peer.gate.set()
     results = await _settled(tasks)
     assert results[0] == Envelope("A" * 22, 1001, b"")
-    assert all(isinstance(r, PeerUnreachable) for r in results[1:])
+    assert all(isinstance(r, PeerUnreachable) and str(r) == "gone" for r in results[1:])
+    assert len({id(r) for r in results[1:]}) == 3  # each caller raises its own
 
 
 @pytest.mark.parametrize("status", [404, 405, 413])
+async def test_a_batch_refused_whole_gives_each_caller_its_own_refusal() -> None:
+    peer = _Peer()
+    peer.fail = NodeRefused(503, "busy", "try later")
+    batcher = CallBatcher(peer.single, peer.many, in_flight=1)
+    tasks = [asyncio.create_task(batcher.call(SEND, env(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    peer.gate.set()
+    refusals = (await _settled(tasks))[1:]
+    assert len({id(r) for r in refusals}) == 2
+    for refusal in refusals:
+        assert isinstance(refusal, NodeRefused)
+        assert (refusal.status, refusal.reason, refusal.detail) == (503, "busy", "try later")
+
+
 async def test_a_peer_refusing_batches_gets_single_calls(status: int) -> None:
     clock = [0.0]
     peer = _Peer()
