@@ -465,7 +465,6 @@ async def test_a_failed_batch_fails_each_of_its_calls() -> None:
     assert len({id(r) for r in results[1:]}) == 3  # each caller raises its own
 
 
-@pytest.mark.parametrize("status", [404, 405, 413])
 async def test_a_batch_refused_whole_gives_each_caller_its_own_refusal() -> None:
     peer = _Peer()
     peer.fail = NodeRefused(503, "busy", "try later")
@@ -480,6 +479,7 @@ async def test_a_batch_refused_whole_gives_each_caller_its_own_refusal() -> None
         assert (refusal.status, refusal.reason, refusal.detail) == (503, "busy", "try later")
 
 
+@pytest.mark.parametrize("status", [404, 405, 413])
 async def test_a_peer_refusing_batches_gets_single_calls(status: int) -> None:
     clock = [0.0]
     peer = _Peer()
