@@ -44,11 +44,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
-
 from openred.errors import NodeRefused, PeerUnreachable, TransportError
 from openred.node.envelope import Envelope, Route
-from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
+from openred.node.transport import post_json
+from openred.web.client import HttpClient, Reply
 
 __all__ = [
     "BATCH_PATH",
@@ -73,8 +72,6 @@ larger than this on its own is sent alone."""
 RETRY_BATCHING_AFTER: Final = 600.0
 """Seconds before batches are tried again with a peer that did not know the route."""
 
-_JSON_HEADERS: Final = {"Accept": "application/json, application/problem+json",
-                        "Content-Type": "application/json"}
 
 Render = Callable[[Exception], Awaitable[tuple[int, bytes]]]
 """The status and body the node's problem handler answers for an exception."""
@@ -173,27 +170,12 @@ async def post_batch(
     whole batch (every call gets it), PeerUnreachable when the peer cannot be reached and
     TransportError for an answer that is not a batch answer for these calls.
     """
-    body = batch_body(calls)
-    if "request" in vars(http) or type(http).request is not HttpClient.request:
-        reply = await http.request("POST", url, body=body, attempts=1)  # seen by wrappers
-        status, content = reply.status, reply.body
-    else:
-        try:
-            async with http.session_for(url).post(url, data=body, headers=_JSON_HEADERS,
-                                                  allow_redirects=False) as resp:
-                status = resp.status
-                content = await _read_bounded(resp, url)
-                headers = dict(resp.headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnreachable(
-                f"POST {url} failed after 1 attempts: {type(exc).__name__}: {exc}") from exc
-        reply = Reply(status, headers, content)
-    if status in (404, 405, 413):
-        raise BatchUnsupported(status)
-    if not 200 <= status < 300:
-        error = refuse(calls[0][0], reply)
-        raise error
-    answers = _answers(content, len(calls))
+    reply = await post_json(http, url, batch_body(calls))
+    if reply.status in (404, 405, 413):
+        raise BatchUnsupported(reply.status)
+    if not reply.ok:
+        raise refuse(calls[0][0], reply)
+    answers = _answers(reply.body, len(calls))
     outcomes: list[Outcome] = []
     for (route, _), (item_status, item_body) in zip(calls, answers, strict=True):
         if item_status == 200:
@@ -224,18 +206,6 @@ def _answers(content: bytes, count: int) -> list[tuple[int, object]]:
             raise TransportError("the peer's batch answer holds a malformed answer")
         out.append((status, item["body"]))
     return out
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, url: str) -> bytes:
-    size = resp.content_length
-    if size is not None and size <= MAX_REPLY_BYTES:
-        return await resp.read()
-    data = bytearray()
-    async for chunk in resp.content.iter_chunked(65536):
-        data += chunk
-        if len(data) > MAX_REPLY_BYTES:
-            raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
-    return bytes(data)
 
 
 Single = Callable[[Route, Envelope], Awaitable[Envelope]]
