@@ -157,6 +157,21 @@ async def test_each_call_gets_what_its_own_route_answers(world: World) -> None:
     assert report.ok, report
 
 
+async def test_a_replayed_batch_is_refused_call_by_call_and_stores_nothing(
+    world: World,
+) -> None:
+    sid = (await world.a.services.connect(await granted(world))).session_id
+    body = batch(*[call(SEND, await sealed(world, sid, message(f"r{i}"))) for i in range(3)])
+    first = json.loads((await post(world.b.url + BATCH_PATH, body))[2])["answers"]
+    assert [a["status"] for a in first] == [200, 200, 200]
+    entries = await world.b.services.store.read()
+    again = json.loads((await post(world.b.url + BATCH_PATH, body))[2])["answers"]
+    assert [a["status"] for a in again] == [409, 409, 409]
+    assert {a["body"]["type"] for a in again} == {"urn:openred:problem:replayed-message"}
+    assert await world.b.services.store.read() == entries
+    assert sorted(m.text for m in await world.b.services.messaging.inbox()) == ["r0", "r1", "r2"]
+
+
 async def test_the_fast_path_and_quart_answer_a_batch_the_same(world: World) -> None:
     answer = Envelope("A" * 22, 7, b"\x01" * 40)
 
