@@ -39,6 +39,7 @@ from quart import Quart
 from quart.json.provider import DefaultJSONProvider
 
 from openred.errors import NodeRefused
+from openred.node.batch import BATCH_PATH, Render
 from openred.node.envelope import Envelope, Route
 from openred.web.fastpath import (
     Answer,
@@ -54,10 +55,11 @@ from openred.web.fastpath import (
     json_answer,
     json_content,
     parse_json,
+    problem_answer,
     read_body,
 )
 
-__all__ = ["FastP2P", "install_fast_p2p"]
+__all__ = ["FastP2P", "install_fast_p2p", "problem_renderer"]
 
 BLUEPRINT: Final = "node"
 _PATH: Final = re.compile(r"/api/v3/p2p/([a-z][a-z0-9_]{0,31})/([a-z][a-z0-9_]{0,31})")
@@ -70,10 +72,16 @@ class FastP2P(FastPath):
     def route(self, scope: Scope) -> Serve | None:
         if scope["method"] != "POST" or scope.get("query_string"):
             return None
-        match = _PATH.fullmatch(scope["path"])
-        if match is None or not body_is_plain(
+        path = scope["path"]
+        match = _PATH.fullmatch(path)
+        if (match is None and path != BATCH_PATH) or not body_is_plain(
                 scope["headers"], self.app.config["MAX_CONTENT_LENGTH"], json=True):
             return None
+        if match is None:
+            async def serve_batch(services: Any, receive: Receive, send: Send) -> None:
+                await answer_with(self.app, send, [BLUEPRINT], self._batch(services, receive))
+
+            return serve_batch
         module, action = match[1], match[2]
 
         async def serve(services: Any, receive: Receive, send: Send) -> None:
@@ -88,6 +96,12 @@ class FastP2P(FastPath):
         route = Route(module, action)
         envelope = await services.handle(route, self._json(body))
         return await envelope_answer(self.app, envelope)
+
+    async def _batch(self, services: Any, receive: Receive) -> Answer:
+        """``POST /api/v3/p2p/batch`` (:mod:`openred.node.batch`), as the Quart route."""
+        body = self._json(await read_body(self.app, receive))
+        answers = await services.handle_batch(body, problem_renderer(self.app))
+        return await json_answer(self.app, {"answers": answers})
 
     def _json(self, body: bytes) -> object:
         """``JsonRequest.get_json(force=True, silent=True)`` and the route's None check."""
@@ -116,6 +130,16 @@ async def envelope_answer(app: Quart, envelope: Envelope) -> Answer:
             and type(provider.sort_keys) is bool):
         return json_content(envelope.to_json_bytes(sort_keys=provider.sort_keys) + b"\n")
     return await json_answer(app, envelope.to_json())
+
+
+def problem_renderer(app: Quart) -> Render:
+    """A batch call's refusal as its own route answers it: the app's problem handler."""
+
+    async def render(exc: Exception) -> tuple[int, bytes]:
+        status, _, content = await problem_answer(app, exc, [BLUEPRINT])
+        return status, content
+
+    return render
 
 
 def install_fast_p2p(app: Quart, services_key: str) -> FastP2P:

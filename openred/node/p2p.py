@@ -53,12 +53,27 @@ class P2PActions:
 
     def __init__(self) -> None:
         self._handlers: dict[Route, Handler] = {}
+        self._batchable: set[Route] = set()
 
-    def add(self, module: str, action: str, handler: Handler) -> None:
+    def add(self, module: str, action: str, handler: Handler, *,
+            batchable: bool = False) -> None:
+        """Offer ``<module>/<action>``; ``batchable`` lets it travel in ``POST p2p/batch``.
+
+        Only small, quick calls should be batchable: a batch is answered when its slowest
+        call is, in one body (file chunks, for one, are not).
+        """
         route = Route(module, action)
         if route in self._handlers:
             raise ValueError(f"P2P action {route} is registered twice")
         self._handlers[route] = handler
+        if batchable:
+            self._batchable.add(route)
+
+    def check_batchable(self, route: Route) -> None:
+        """Refuse a batched call to an unknown action (404) or one not offered in batches (400)."""
+        self.get(route)
+        if route not in self._batchable:
+            raise NodeRefused(400, "not-batchable", f"P2P action {route} is not sent in batches")
 
     def get(self, route: Route) -> Handler:
         handler = self._handlers.get(route)

@@ -25,6 +25,7 @@ from openred.errors import NodeRefused, RequestRefused
 from openred.modules.monitoring.health import refusal, run_checks
 from openred.node.envelope import Route
 from openred.node.envelope_binary import accept_binary
+from openred.node.fastpath import problem_renderer
 from openred.node.handshake import parse_handshake
 from openred.node.services import NodeServices
 from openred.web.problems import Problem
@@ -54,6 +55,15 @@ class EnvelopeModel(BaseModel):
     session_id: str
     counter: int
     ciphertext: str
+
+
+class BatchAnswer(BaseModel):
+    status: int
+    body: dict[str, Any]
+
+
+class BatchReply(BaseModel):
+    answers: list[BatchAnswer]
 
 
 class Health(BaseModel):
@@ -132,6 +142,20 @@ async def handshake() -> dict[str, str]:
         limiter.hit(address, moment)
         raise
     return {"session_id": answer.session_id, "message": b64url(answer.message)}
+
+
+@blueprint.post("/p2p/batch")
+@validate_response(BatchReply, 200)
+@_documented(400, 413, 503)
+async def p2p_batch() -> dict[str, Any]:
+    """Several encrypted calls in one request; each one's own status and body, in order.
+
+    Each call is ``{"route": "<module>/<action>", "session_id", "counter", "ciphertext"}`` and
+    is handled exactly as ``POST /api/v3/p2p/<module>/<action>`` would handle its envelope
+    (at most 64 calls; :mod:`openred.node.batch`).
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return {"answers": await services().handle_batch(await _json(), problem_renderer(app))}
 
 
 @blueprint.post("/p2p/<module>/<action>")

@@ -12,8 +12,8 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ from openred.modules.monitoring.health import (
     jail_answering,
     url_answers,
 )
+from openred.node.batch import BATCH_PATH, CallBatcher, Render, handle_batch, post_batch
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import node_registry
@@ -54,6 +55,10 @@ CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
 HEALTH_PATH = "/api/v3/health"
 REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
 SESSION_LEDGER = "session-ledger.json"
+BATCH_IN_FLIGHT: Final = 2
+"""Requests under way to one peer before messages wait to leave together as a batch."""
+MAX_BATCHERS: Final = 1024
+"""Peer URLs with a batcher before idle batchers are dropped."""
 """The durable session ledger (send epochs) in the data directory."""
 
 
@@ -154,6 +159,8 @@ class NodeServices:
     methods: MethodRegistry
     clock: Callable[[], float] = time.time
     peer_urls: PeerUrls | None = None
+    batchers: dict[str, CallBatcher] = field(default_factory=dict)
+    """The message path's :class:`CallBatcher` of each peer API URL."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -213,6 +220,8 @@ class NodeServices:
     async def close(self) -> None:
         if self.peer_urls is not None:
             self.peer_urls.close()
+        for batcher in list(self.batchers.values()):
+            await batcher.close()
         self.messaging.close()
         await self.http.close()
         await self.reads.close()
@@ -229,6 +238,10 @@ class NodeServices:
     async def handle(self, route: Route, body: object) -> Envelope:
         return await dispatch(route, body, actions=self.actions, keeper=self.keeper,
                               store=self.store, now=self.now())
+
+    async def handle_batch(self, body: object, render: Render) -> list[dict[str, Any]]:
+        """Each call of a ``POST /api/v3/p2p/batch`` through :meth:`handle` (:mod:`.batch`)."""
+        return await handle_batch(body, self.handle, render, self.actions.check_batchable)
 
     # -- node-to-node calls --
 
@@ -268,6 +281,29 @@ class NodeServices:
 
         return send
 
+    def _batched_transport(self, api_url: str) -> Callable[[Route, Envelope], Any]:
+        """The peer's :class:`CallBatcher` (one per API URL, kept while the node runs)."""
+        base = api_url.rstrip("/")
+        batcher = self.batchers.get(base)
+        if batcher is None:
+            if len(self.batchers) >= MAX_BATCHERS:
+                self._drop_idle_batchers()
+            url = base + BATCH_PATH
+
+            async def many(calls: Sequence[tuple[Route, Envelope]]) -> list[Envelope | Exception]:
+                return await post_batch(
+                    self.http, url, calls,
+                    refuse=lambda route, reply: _refusal_from(reply, f"the peer's {route}"))
+
+            batcher = self.batchers[base] = CallBatcher(
+                self._p2p_transport(api_url), many, in_flight=BATCH_IN_FLIGHT)
+        return batcher.call
+
+    def _drop_idle_batchers(self) -> None:
+        for base, batcher in list(self.batchers.items()):
+            if batcher.idle:
+                del self.batchers[base]
+
     async def send_message(self, session_id: str, text: str) -> Receipt:
         """Send ``text`` on an established session; the peer's delivery receipt."""
         channel = await self.keeper.channel(session_id, self.now())
@@ -278,7 +314,7 @@ class NodeServices:
             raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")
         return await self.messaging.send(
             channel, text, message_id=secrets.token_bytes(16), now=self.now(),
-            transport=self._p2p_transport(api_url), rotate=self.keeper.rotate,
+            transport=self._batched_transport(api_url), rotate=self.keeper.rotate,
         )
 
     async def request_grant(self, peer: str) -> str:

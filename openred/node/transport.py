@@ -14,7 +14,6 @@ used through that wrapper instead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Final
 
@@ -24,7 +23,7 @@ from openred.errors import PeerUnreachable, TransportError
 from openred.node.envelope import Envelope
 from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
 
-__all__ = ["HEADERS", "post_envelope"]
+__all__ = ["HEADERS", "post_envelope", "post_json", "read_answer"]
 
 HEADERS: Final = {"Accept": "application/json, application/problem+json",
                   "Content-Type": "application/json"}
@@ -38,39 +37,36 @@ async def post_envelope(
 
     An answer larger than 1 MiB or a 2xx answer that is not JSON is a TransportError, as from
     :meth:`HttpClient.request` and :meth:`Reply.json`; a 2xx envelope is parsed strictly.
+    """
+    reply = await post_json(http, url, envelope.to_json_bytes())
+    if not reply.ok:
+        raise refuse(reply)
+    return Envelope.from_json(reply.json())
+
+
+async def post_json(http: HttpClient, url: str, body: bytes) -> Reply:
+    """POST the JSON ``body`` to ``url`` once; the answer (PeerUnreachable if none came).
 
     When ``http.request`` is not :class:`HttpClient`'s own method — a module wrapped it, as
     monitoring does to follow each peer's reachability — the call goes through it (with the
     same body bytes), so whoever watches outbound requests still sees every P2P call.
     """
     if "request" in vars(http) or type(http).request is not HttpClient.request:
-        reply = await http.request("POST", url, body=envelope.to_json_bytes(), attempts=1)
-        if not reply.ok:
-            raise refuse(reply)
-        return Envelope.from_json(reply.json())
-    session = http.session_for(url)
+        return await http.request("POST", url, body=body, attempts=1)
     try:
-        async with session.post(url, data=envelope.to_json_bytes(), headers=HEADERS,
-                                allow_redirects=False) as resp:
-            size = resp.content_length
-            if size is not None and size <= MAX_REPLY_BYTES:
-                body = await resp.read()
-            else:
-                body = await _read_bounded(resp, url)
-            status = resp.status
-            if not 200 <= status < 300:
-                raise refuse(Reply(status, dict(resp.headers), body))
+        async with http.session_for(url).post(url, data=body, headers=HEADERS,
+                                              allow_redirects=False) as resp:
+            return Reply(resp.status, resp.headers, await read_answer(resp, url))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise PeerUnreachable(
             f"POST {url} failed after 1 attempts: {type(exc).__name__}: {exc}") from exc
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TransportError(f"answer with status {status} is not JSON") from exc
-    return Envelope.from_json(obj)
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, url: str) -> bytes:
+async def read_answer(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    """The answer's body, at most 1 MiB (TransportError beyond, as :class:`HttpClient`)."""
+    size = resp.content_length
+    if size is not None and size <= MAX_REPLY_BYTES:
+        return await resp.read()
     data = bytearray()
     async for chunk in resp.content.iter_chunked(65536):
         data += chunk

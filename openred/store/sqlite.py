@@ -131,8 +131,17 @@ _SCHEMA_CODES = frozenset({
 
 
 def utc_timestamp(now: datetime) -> str:
-    """RFC 3339 UTC with microseconds, the ``recorded_at`` format."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, the ``recorded_at`` format.
+
+    ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")``'s string, formatted directly: the C library's
+    ``strftime`` stats ``/etc/localtime`` on every call when ``TZ`` is not set (one system
+    call per group commit). Years before 1000, which ``%Y`` does not pad, go through it.
+    """
+    t = now.astimezone(UTC)
+    if t.year < 1000:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+            f"{t.second:02d}.{t.microsecond:06d}Z")
 
 
 def system_clock() -> datetime:
@@ -417,8 +426,22 @@ class _WriteThread:
                     _post(loop, future, None, exc)
             else:
                 if loop is not None:
-                    _post(loop, future, result, None)
+                    if type(result) is _AndSettle:  # the job's result and its callers' at once
+                        settled = list(result.settled)
+                        if future is not None:
+                            settled.append((future, result.value))
+                        with contextlib.suppress(RuntimeError):  # the loop is closed
+                            loop.call_soon_threadsafe(_settle_all, settled)
+                    else:
+                        _post(loop, future, result, None)
             del job, fn, loop, future  # nothing of a finished job stays referenced
+
+
+class _AndSettle(NamedTuple):
+    """A write-thread job's result ``value`` and other futures to settle in the same turn."""
+
+    value: Any
+    settled: list[tuple[asyncio.Future[Any], object]]
 
 
 def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any] | None, result: object,
@@ -940,7 +963,6 @@ class SQLiteEventStore:
             # thread), the chained group comes back unsigned and is signed the async way.
             prepared, stored = await self._run(
                 self._prepare_sign_commit_sync, group, frontier, recorded_at, sign_here,
-                asyncio.get_running_loop(),
             )
         else:
             prepared = await self._run(self._prepare_sync, group, frontier, recorded_at)
@@ -959,11 +981,11 @@ class SQLiteEventStore:
     def _prepare_sign_commit_sync(
         self, group: list[_Request], frontier: _Frontier, recorded_at: str,
         sign: Callable[[Sequence[EntryHash]], Sequence[bytes]],
-        loop: asyncio.AbstractEventLoop,
     ) -> tuple[_Prepared, list[StoredEvent] | None]:
         """Chain, sign and commit in the write thread; rows None: sign it the async way.
 
-        Once the group is committed, its callers' futures are settled from here, through one
+        Once the group is committed, its callers' futures are settled from the write thread
+        together with this job's own (:class:`_AndSettle`), through one
         ``call_soon_threadsafe``: a caller resumes one loop iteration after the commit instead
         of three (this job's future, the writer task, then the caller), which on a busy loop
         was most of an append's wait after its fsync. Only a committed group is settled
@@ -983,9 +1005,9 @@ class SQLiteEventStore:
         settled: list[tuple[asyncio.Future[Any], object]] = [
             (r.future, result) for r, result in zip(group, prepared.results(stored), strict=True)
         ]
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle_all, settled)
-        return prepared, stored
+        # One wake-up of the loop for the callers and this job's own future (callers first);
+        # the write thread hands this job's caller ``value`` (_WriteThread._main).
+        return _AndSettle((prepared, stored), settled)  # type: ignore[return-value]
 
     def _begin_sync(self) -> None:
         """Take the write lock and catch up with what other processes wrote (write thread)."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from openred.directory.events import NODE_STATUS_CHANGED, node_stream
+from openred.store.codec import decode_payload
 from tests.directory.conftest import DirectoryFactory, Node
 
 
@@ -53,15 +57,35 @@ async def test_never_expire(directory_factory: DirectoryFactory) -> None:
 async def test_heartbeats_keep_a_node_active_though_its_row_ages(
     directory_factory: DirectoryFactory,
 ) -> None:
-    # Heartbeats refresh last_seen in memory only: the sweep must not judge by the row alone.
-    async with directory_factory(stale_after=1, expire_after=None,
-                                 status_check_interval=0.3) as directory:
-        quiet, chatty = Node(directory), Node(directory)
-        for n in (quiet, chatty):
-            assert (await n.register()).status == 201
-        deadline = asyncio.get_running_loop().time() + 2.5
-        while asyncio.get_running_loop().time() < deadline:
-            beat = await chatty.call("POST", "/api/v3/nodes/heartbeat", {})
-            assert beat.status == 200 and beat.json()["status"] == "active"
-            await asyncio.sleep(0.25)
-        assert await statuses(quiet) == {"active": 1, "stale": 1, "expired": 0, "revoked": 0}
+    """Heartbeats refresh last_seen in memory only: the sweep must not judge by the row alone.
+
+    The directory shares this test's event loop, so on a busy host a heartbeat can come late;
+    a run in which one came later than half of ``stale_after`` proves nothing and is run again
+    (at most three times) rather than judged.
+    """
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        async with directory_factory(stale_after=2, expire_after=None,
+                                     status_check_interval=0.3) as directory:
+            quiet, chatty = Node(directory), Node(directory)
+            for n in (quiet, chatty):
+                assert (await n.register()).status == 201
+            last = loop.time()
+            deadline, latest = last + 5.0, 0.0
+            while loop.time() < deadline:
+                beat = await chatty.call("POST", "/api/v3/nodes/heartbeat", {})
+                assert beat.status == 200 and beat.json()["status"] == "active"
+                latest, last = max(latest, loop.time() - last), loop.time()
+                await asyncio.sleep(0.2)
+            # Every status change of either node is in the log: the quiet one went stale
+            # (the sweep ran), the chatty one never did although its row is 5 s old.
+            changes = [(e.stream, decode_payload(e.payload)["status"])
+                       for e in await directory.service.store.read()
+                       if e.type == NODE_STATUS_CHANGED]
+            if latest >= 1.0:
+                continue  # a heartbeat came too late to tell anything
+            assert changes == [(node_stream(quiet.node_id), "stale")]
+            assert await statuses(quiet) == {"active": 1, "stale": 1, "expired": 0,
+                                             "revoked": 0}
+            return
+    pytest.skip("the host was too busy for heartbeats to arrive in time in three runs")

@@ -353,7 +353,7 @@ ODD_BODIES: list[bytes] = [
 
 async def test_no_body_a_client_can_send_gets_a_500(world: World) -> None:
     paths = ["/api/v3/p2p/handshake", "/api/v3/p2p/messaging/send", "/api/v3/tokens/receive",
-             "/api/v3/p2p/x/y", "/api/v3/health"]
+             "/api/v3/p2p/x/y", "/api/v3/p2p/batch", "/api/v3/health"]
     for path in paths:
         for body in ODD_BODIES:
             for content_type in ("application/json", "text/plain"):
@@ -390,8 +390,10 @@ async def test_the_openapi_document_lists_every_route_and_its_problems(world: Wo
         doc = await resp.json()
     paths = doc["paths"]
     assert set(paths) >= {"/api/v3/tokens/receive", "/api/v3/p2p/handshake",
-                          "/api/v3/p2p/{module}/{action}", "/api/v3/health"}
+                          "/api/v3/p2p/{module}/{action}", "/api/v3/p2p/batch",
+                          "/api/v3/health"}
     handshake = paths["/api/v3/p2p/handshake"]["post"]["responses"]
     assert {"200", "401", "404", "409", "410", "429"} <= set(handshake)
     envelope = paths["/api/v3/p2p/{module}/{action}"]["post"]["responses"]
     assert {"200", "400", "401", "404", "409", "410", "413"} <= set(envelope)
+    assert {"200", "400", "413"} <= set(paths["/api/v3/p2p/batch"]["post"]["responses"])

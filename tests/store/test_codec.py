@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from openred.store.codec import (
     canonical_json,
     entry_hash,
 )
+from openred.store.sqlite import utc_timestamp
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=20),
@@ -187,3 +189,9 @@ def test_nesting_deeper_than_the_recursion_limit_is_a_value_error() -> None:
         deep = [deep]
     with pytest.raises(ValueError, match="nested too deep"):
         canonical_json({"deep": deep})
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_recorded_at_is_strftimes_string(moment: datetime) -> None:
+    """``utc_timestamp`` formats what ``strftime`` would, for any zone and year."""
+    assert utc_timestamp(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

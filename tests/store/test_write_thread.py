@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from openred.store.sqlite import _WriteThread
+from openred.store.sqlite import _AndSettle, _settle_all, _WriteThread
 
 
 async def test_jobs_run_in_order_in_one_thread_and_settle_their_futures() -> None:
@@ -65,3 +65,35 @@ async def test_shutdown_runs_what_is_queued_then_refuses() -> None:
     with pytest.raises(RuntimeError, match="shutdown"):
         worker.run(lambda: None)
     worker.shutdown()  # twice is harmless
+
+
+async def test_a_job_settling_others_wakes_the_loop_once_for_all() -> None:
+    """``_AndSettle``: the callers' futures and the job's own, in one loop turn, callers first."""
+    loop = asyncio.get_running_loop()
+    posted: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback: object, *args: object) -> object:
+        posted.append(callback)
+        return real(callback, *args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    worker = _WriteThread("test-store")
+    try:
+        order: list[str] = []
+        callers = [loop.create_future() for _ in range(3)]
+        for i, caller in enumerate(callers):
+            caller.add_done_callback(lambda _f, i=i: order.append(f"caller {i}"))
+        error = ValueError("its own")
+        job = worker.run(lambda: _AndSettle("done", [(callers[0], [1]), (callers[1], error),
+                                                     (callers[2], [3])]))
+        job.add_done_callback(lambda _f: order.append("job"))
+        assert await job == "done"
+        await asyncio.sleep(0)
+        assert posted == [_settle_all]
+        assert callers[0].result() == [1] and callers[2].result() == [3]
+        assert callers[1].exception() is error
+        assert order == ["caller 0", "caller 1", "caller 2", "job"]
+    finally:
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+        worker.shutdown()

@@ -29,7 +29,8 @@ class MessagingModule(OpenRedModule):
         from openred.node.p2p import P2P_ACTIONS
 
         service = app.extensions[MESSAGING_SERVICE]
-        app.extensions[P2P_ACTIONS].add(SEND.module, SEND.action, service.receive)
+        app.extensions[P2P_ACTIONS].add(SEND.module, SEND.action, service.receive,
+                                        batchable=True)
 
     def register_crypto_methods(self, registry: MethodRegistry) -> None:
         """Messaging uses the node's session ciphers; it adds no method."""
