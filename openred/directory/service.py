@@ -214,6 +214,14 @@ def _view(row: DirectoryNode) -> d.NodeView:
                       row.record, row.signature, row.sign_key)
 
 
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task``, or take its outcome if it has one (so none is reported unretrieved)."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
 class DirectoryService:
     """The directory's state and commands, over its store, read models, jail and HTTP client."""
 
@@ -569,24 +577,33 @@ class DirectoryService:
             suite=DEFAULT_REGISTRY.suite(method), initiator_record=a_record.hash,
             responder_record=b_record.hash,
         )
-        signature = bytes(await self._signs.sign("grant", grant.canonical_bytes()))
-        # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
-        token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
-        sealed_a = seal_token(token_a, a_record.record.box_key)
-        sealed_b = seal_token(token_b, b_record.record.box_key)
-        del token_a, token_b
-        # 3. ConnectionGranted in the log (no secret), a checkpoint covering it, its proof.
-        (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
-                                               ev.CONNECTION_GRANTED,
-                                               connection_granted_payload(grant))])
+        # The jail signs it while the grant's entry is appended (3.): the entry holds the
+        # grant's fields, not its signature, and nothing leaves before both are done.
+        signing = asyncio.ensure_future(self._signs.sign("grant", grant.canonical_bytes()))
+        try:
+            # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
+            token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
+            sealed_a = seal_token(token_a, a_record.record.box_key)
+            sealed_b = seal_token(token_b, b_record.record.box_key)
+            del token_a, token_b
+            # 3. ConnectionGranted in the log (no secret), a checkpoint covering it, its proof.
+            (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
+                                                   ev.CONNECTION_GRANTED,
+                                                   connection_granted_payload(grant))])
+        except BaseException:
+            _discard(signing)  # not logged: its signature must not outlive it
+            raise
+        # Logged but not deliverable (the jail did not sign it, or no checkpoint): say so in
+        # the log too, then answer the refusal.
+        try:
+            signature = bytes(await signing)
+        except OpenRedError as exc:
+            await self._undeliverable(grant.grant_id, f"not signed: {exc}")
+            raise
         try:
             note, proof = await self._proof_for(entry)
         except OpenRedError as exc:
-            # Logged but not deliverable: say so in the log too, then answer 503.
-            with contextlib.suppress(OpenRedError):
-                await self.append([ev.grant_failed_event(
-                    grant.grant_id, ["initiator", "responder"], f"no checkpoint: {exc}",
-                    self.now())])
+            await self._undeliverable(grant.grant_id, f"no checkpoint: {exc}")
             raise
         common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
@@ -607,6 +624,12 @@ class DirectoryService:
                 502, "push-failed", f"the grant could not be delivered to {undelivered}: "
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
+
+    async def _undeliverable(self, grant_id: str, reason: str) -> None:
+        """Log that a logged grant was delivered to neither node (``ConnectionGrantFailed``)."""
+        with contextlib.suppress(OpenRedError):
+            await self.append([ev.grant_failed_event(
+                grant_id, ["initiator", "responder"], reason, self.now())])
 
     async def _note_covering(self, seq: int) -> _Note:
         """A signed checkpoint whose tree contains entry ``seq`` (shared by concurrent grants)."""

@@ -217,6 +217,20 @@ class SlowRead:
         reads.session = slow_session  # type: ignore[method-assign]
 
 
+async def bob_read_held(directory: Directory, make_node: Callable[..., Any],
+                        ) -> tuple[Any, Any, SlowRead, asyncio.Task[Any]]:
+    """Alice and Bob registered, the cache empty, and a read of Bob held after its row came."""
+    service = directory.service
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    service._cache.views.clear()
+    slow = SlowRead(service)
+    reading = asyncio.create_task(service.node(bob.node_id))
+    await slow.read.wait()
+    return alice, bob, slow, reading
+
+
 async def test_a_read_during_which_only_grants_landed_is_cached(
     directory: Directory, make_node: Callable[..., Any],
 ) -> None:
@@ -224,15 +238,8 @@ async def test_a_read_during_which_only_grants_landed_is_cached(
     a read it lands during is cached, so a loaded directory does not read its nodes through
     SQLModel again for every request while grants keep landing. A read during which an entry
     of that node's stream lands is still not cached (the next test, and the one above)."""
-    service = directory.service
-    alice, bob = await make_node(), await make_node()
-    for node in (alice, bob):
-        assert (await node.register()).status == 201
-    cache = service._cache
-    cache.views.clear()
-    slow = SlowRead(service)
-    reading = asyncio.create_task(service.node(bob.node_id))
-    await slow.read.wait()
+    service, cache = directory.service, directory.service._cache
+    alice, bob, slow, reading = await bob_read_held(directory, make_node)
     # Grants of this process land while the read is out (their appends return, and the
     # cache accounts for them).
     for grant_id in ("g" * 22, "h" * 22):
@@ -256,15 +263,8 @@ async def test_a_read_during_which_its_node_changed_is_not_cached(
 ) -> None:
     """Bob's read starts before his revocation commits and ends after it returned: what it
     read (active) is answered to its caller but never cached; the next lookup reads again."""
-    service = directory.service
-    alice, bob = await make_node(), await make_node()
-    for node in (alice, bob):
-        assert (await node.register()).status == 201
-    cache = service._cache
-    cache.views.clear()
-    slow = SlowRead(service)
-    reading = asyncio.create_task(service.node(bob.node_id))
-    await slow.read.wait()
+    service, cache = directory.service, directory.service._cache
+    alice, bob, slow, reading = await bob_read_held(directory, make_node)
     await service.revoke(bob.node_id, "revoked by the operator")
     slow.resume.set()
     stale = await reading

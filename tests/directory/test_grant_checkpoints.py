@@ -30,6 +30,7 @@ from openred.crypto.transparency import (
 )
 from openred.directory.keys import create_keystore, start_jail
 from openred.directory.service import DirectoryService
+from openred.errors import JailRefused, StoreUnavailable
 from openred.settings import DirectorySettings
 from tests.directory.conftest import TEST_JAIL_ENV, Directory, Node
 from tests.servers import HOST, free_port, serve_in_loop
@@ -211,3 +212,60 @@ async def test_a_directory_killed_after_its_pushes_serves_a_checkpoint_covering_
     finally:
         await jail.close()
         await supervisor.stop()
+
+
+async def test_a_grant_the_jail_will_not_sign_is_logged_as_failed_and_never_pushed(
+    directory: Directory, make_node: Any,
+) -> None:
+    """The grant is signed while its entry is appended: a refusal comes after the entry."""
+    alice, bob = await make_node(), await make_node()
+    assert (await alice.register()).status == 201
+    assert (await bob.register()).status == 201
+    signs = directory.service._signs
+    real = signs.sign
+
+    async def refusing(kind: str, data: bytes) -> Any:
+        if kind == "grant":
+            await asyncio.sleep(0.05)  # refused after the entry was appended
+            raise JailRefused("refused", "not today")
+        return await real(kind, data)
+
+    signs.sign = refusing  # type: ignore[method-assign]
+    reply = await alice.call("POST", PATH, {"target": bob.node_id})
+    assert reply.status == 503
+    assert reply.json()["type"] == "urn:openred:problem:signer-unavailable"
+    assert alice.received == [] and bob.received == []
+    with sqlite3.connect(directory.settings.data_dir / "openred.db") as conn:
+        rows = conn.execute("SELECT type, payload FROM events ORDER BY seq").fetchall()
+    assert [r[0] for r in rows[-2:]] == ["ConnectionGranted", "ConnectionGrantFailed"]
+    failed = json.loads(rows[-1][1])
+    assert failed["reason"].startswith("not signed: refused: not today")
+    assert failed["grant_id"] == json.loads(rows[-2][1])["grant_id"]
+    # The jail signing again, the next grant goes through.
+    signs.sign = real  # type: ignore[method-assign]
+    assert (await alice.call("POST", PATH, {"target": bob.node_id})).status == 201
+    assert len(alice.received) == len(bob.received) == 1
+
+
+async def test_a_grant_whose_entry_cannot_be_appended_is_not_signed_for_anyone(
+    directory: Directory, make_node: Any,
+) -> None:
+    """The signing that ran beside a failed append is dropped: nothing pushed, nothing logged."""
+    alice, bob = await make_node(), await make_node()
+    assert (await alice.register()).status == 201
+    assert (await bob.register()).status == 201
+    service = directory.service
+    real_append = service.append
+
+    async def failing(events: Any) -> Any:
+        if events[0].type == "ConnectionGranted":
+            raise StoreUnavailable("disk full")
+        return await real_append(events)
+
+    service.append = failing  # type: ignore[method-assign]
+    before = await service.store.read()
+    reply = await alice.call("POST", PATH, {"target": bob.node_id})
+    assert reply.status == 503
+    assert alice.received == [] and bob.received == []
+    await asyncio.sleep(0.1)  # the signing it started has ended
+    assert await service.store.read() == before
