@@ -218,6 +218,7 @@ class _Call:
     envelope: Envelope
     future: asyncio.Future[Envelope]
     size: int
+    after: asyncio.Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -272,10 +273,22 @@ class CallBatcher:
         """Whether the peer is sent batches (not while it is known not to take them)."""
         return self._clock() >= self._no_batches_until
 
-    async def call(self, route: Route, envelope: Envelope) -> Envelope:
+    async def call(self, route: Route, envelope: Envelope, *,
+                   after: asyncio.Future[Any] | None = None) -> Envelope:
+        """Send the call; its answer envelope, or what its own request would have raised.
+
+        With ``after``, the call does not leave before ``after`` has succeeded (the message
+        path's ``MessageSent`` append): it waits for that in the queue, alongside the calls
+        waiting for a request to end, instead of before joining them; if ``after`` fails the
+        call is never sent and raises what ``after`` raised.
+        """
         if self._closed:
             raise PeerUnreachable("the node is closing")
         size = _size(envelope)
+        if after is not None and (not self.batching or size > self._max_bytes or (
+                self._busy < self._limit and not self._queue)):
+            await after  # it would leave at once: nothing to wait beside
+            after = None
         if not self.batching or size > self._max_bytes:
             self.stats.singles += 1
             return await self._single(route, envelope)
@@ -287,9 +300,15 @@ class CallBatcher:
             finally:
                 self._release()
         future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(route, envelope, future, size))
+        self._queue.append(_Call(route, envelope, future, size, after))
+        if after is not None and not after.done():
+            after.add_done_callback(self._ready)
         self._pump()
         return await future
+
+    def _ready(self, _: object) -> None:
+        if not self._closed:
+            self._pump()
 
     def _release(self) -> None:
         self._busy -= 1
@@ -299,26 +318,44 @@ class CallBatcher:
         while self._queue and self._busy < self._limit:
             batch = self._take()
             if not batch:
-                continue
+                return  # what waits is not ready yet (its ``after`` will pump again)
             self._busy += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[_Call]:
-        """The waiting calls (not cancelled) that fit one batch, oldest first."""
+        """The waiting calls that may leave and fit one batch, oldest first.
+
+        A call whose caller went away is dropped; one whose ``after`` has not finished stays
+        in the queue, in its place; one whose ``after`` failed gets that failure.
+        """
         taken: list[_Call] = []
+        kept: list[_Call] = []
         size = 0
         while self._queue and len(taken) < self._max_calls:
-            call = self._queue[0]
+            call = self._queue.pop(0)
             if call.future.done():
-                self._queue.pop(0)
                 continue
+            after = call.after
+            if after is not None:
+                if not after.done():
+                    kept.append(call)
+                    continue
+                if after.cancelled():
+                    call.future.set_exception(TransportError(
+                        "what this call waited for was cancelled; it was not sent"))
+                    continue
+                failure = after.exception()
+                if failure is not None:
+                    call.future.set_exception(failure)
+                    continue
             if taken and size + call.size > self._max_bytes:
+                kept.append(call)
                 break
-            self._queue.pop(0)
             taken.append(call)
             size += call.size
+        self._queue[:0] = kept
         return taken
 
     async def _send(self, batch: list[_Call]) -> None:

@@ -281,7 +281,7 @@ class NodeServices:
 
         return send
 
-    def _batched_transport(self, api_url: str) -> Callable[[Route, Envelope], Any]:
+    def _batcher(self, api_url: str) -> CallBatcher:
         """The peer's :class:`CallBatcher` (one per API URL, kept while the node runs)."""
         base = api_url.rstrip("/")
         batcher = self.batchers.get(base)
@@ -297,7 +297,7 @@ class NodeServices:
 
             batcher = self.batchers[base] = CallBatcher(
                 self._p2p_transport(api_url), many, in_flight=BATCH_IN_FLIGHT)
-        return batcher.call
+        return batcher
 
     def _drop_idle_batchers(self) -> None:
         for base, batcher in list(self.batchers.items()):
@@ -312,9 +312,12 @@ class NodeServices:
         api_url = self.peer_urls.api_url(channel.peer)
         if api_url is None:
             raise NodeRefused(404, "unknown-peer", "no verified record of the session's peer")
+        batcher = self._batcher(api_url)
         return await self.messaging.send(
             channel, text, message_id=secrets.token_bytes(16), now=self.now(),
-            transport=self._batched_transport(api_url), rotate=self.keeper.rotate,
+            transport=batcher.call, rotate=self.keeper.rotate,
+            transport_after=lambda route, envelope, after: batcher.call(
+                route, envelope, after=after),
         )
 
     async def request_grant(self, peer: str) -> str:

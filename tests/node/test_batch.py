@@ -18,8 +18,14 @@ import pytest
 
 from audit_tools.verify import verify
 from openred.crypto.identity import b64url
-from openred.errors import CryptoError, NodeRefused, PeerUnreachable, TransportError
-from openred.modules.messaging.service import SEND
+from openred.errors import (
+    CryptoError,
+    NodeRefused,
+    PeerUnreachable,
+    StoreUnavailable,
+    TransportError,
+)
+from openred.modules.messaging.service import SEND, Receipt
 from openred.node import batch as batch_module
 from openred.node.batch import (
     BATCH_PATH,
@@ -525,6 +531,58 @@ async def test_closing_fails_the_waiting_calls_and_refuses_new_ones() -> None:
         await batcher.call(SEND, env(9))
 
 
+async def test_a_call_leaves_only_after_what_it_waits_for() -> None:
+    peer = _Peer()
+    batcher = CallBatcher(peer.single, peer.many, in_flight=1)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(batcher.call(SEND, env(1)))  # under way, held at the gate
+    await asyncio.sleep(0)
+    slow, failing, cancelled = loop.create_future(), loop.create_future(), loop.create_future()
+    waiting = {
+        2: asyncio.create_task(batcher.call(SEND, env(2), after=slow)),
+        3: asyncio.create_task(batcher.call(SEND, env(3))),
+        4: asyncio.create_task(batcher.call(SEND, env(4), after=failing)),
+        5: asyncio.create_task(batcher.call(SEND, env(5), after=cancelled)),
+        6: asyncio.create_task(batcher.call(SEND, env(6))),
+    }
+    await asyncio.sleep(0)
+    failing.set_exception(StoreUnavailable("disk full"))
+    cancelled.cancel()
+    peer.gate.set()
+    await first
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # The ready ones left together; 2 still waits for its append, 4 and 5 never leave.
+    assert peer.batches == [[3, 6]] and peer.singles == [1]
+    assert not waiting[2].done()
+    with pytest.raises(StoreUnavailable):
+        await waiting[4]
+    with pytest.raises(TransportError):
+        await waiting[5]
+    slow.set_result(None)
+    assert (await waiting[2]).counter == 1002
+    assert peer.singles == [1, 2]
+    assert 4 not in peer.batched() + peer.singles and 5 not in peer.batched() + peer.singles
+
+
+async def test_a_lone_call_waits_for_its_prerequisite_then_leaves() -> None:
+    peer = _Peer()
+    peer.gate.set()
+    batcher = CallBatcher(peer.single, peer.many, in_flight=2)
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    task = asyncio.create_task(batcher.call(SEND, env(1), after=ready))
+    await asyncio.sleep(0)
+    assert peer.singles == []
+    ready.set_result(None)
+    assert (await task).counter == 1001 and peer.singles == [1]
+    failed = loop.create_future()
+    failed.set_exception(StoreUnavailable("disk full"))
+    with pytest.raises(StoreUnavailable):
+        await batcher.call(SEND, env(2), after=failed)
+    assert peer.singles == [1]
+
+
 def test_the_batcher_refuses_nonsense_limits() -> None:
     peer = _Peer()
     for in_flight, max_calls in ((0, 1), (1, 0), (1, MAX_CALLS + 1)):
@@ -546,3 +604,48 @@ async def test_a_served_batch_through_aiohttp_directly(world: World) -> None:
     ) as resp:
         assert resp.status == 200
         assert (await resp.json())["answers"][0]["status"] == 409  # a replay now
+
+
+async def test_a_message_leaves_only_once_its_sent_entry_is_committed(world: World) -> None:
+    """The batcher takes a message while its ``MessageSent`` is being appended, but the
+    request carrying it leaves only after that append committed; a failed one sends nothing."""
+    sid = (await world.a.services.connect(await granted(world))).session_id
+    a_store = world.a.services.store
+    real_append, gate = a_store.append, asyncio.Event()
+    appends: list[str] = []
+
+    async def held(events: Any) -> Any:
+        if events[0].type == "MessageSent":
+            appends.append(events[0].payload["message_id"])
+            number = len(appends) - 1
+            await gate.wait()
+            if number in (2, 5):
+                raise StoreUnavailable("disk full")
+        return await real_append(events)
+
+    a_store.append = held  # type: ignore[method-assign]
+    actions = world.b.services.actions
+    receive = actions._handlers[SEND]
+    arrived: list[bool] = []
+
+    async def checking(ctx: Any, plaintext: bytes) -> Any:
+        message_id = json.loads(plaintext)["message_id"]
+        logged = {json.loads(e.payload)["message_id"] for e in await a_store.read()
+                  if e.type == "MessageSent"}
+        arrived.append(message_id in logged)
+        return await receive(ctx, plaintext)
+
+    actions._handlers[SEND] = checking
+    sends = [asyncio.create_task(world.a.services.send_message(sid, f"m{i}")) for i in range(8)]
+    while len(appends) < 8:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert arrived == []  # nothing left A while its MessageSent was not committed
+    gate.set()
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    failed = [i for i, o in enumerate(outcomes) if isinstance(o, StoreUnavailable)]
+    assert len(failed) == 2 and all(isinstance(o, Receipt) for i, o in enumerate(outcomes)
+                                    if i not in failed)
+    assert arrived == [True] * 6
+    assert sorted(m.text for m in await world.b.services.messaging.inbox()) == [
+        f"m{i}" for i in range(8) if i not in failed]

@@ -11,6 +11,7 @@ same receipt and is stored once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -53,6 +54,9 @@ _SAFE_INT: Final = 2**53 - 1
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 """Send a sealed request to the peer; its sealed answer (the HTTP call in the app)."""
+TransportAfter = Callable[[Route, Envelope, "asyncio.Future[Any]"], Awaitable[Envelope]]
+"""A transport that sends the request only once the given future has succeeded
+(:meth:`CallBatcher.call` with ``after``), so the wait for it can overlap other waits."""
 Rotate = Callable[[SessionChannel], Awaitable[int]]
 """Move a channel's sending to a fresh epoch and save it (``SessionKeeper.rotate``)."""
 
@@ -85,6 +89,12 @@ def _object(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise _refuse("the message is a JSON object")
     return obj
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a finished task's failure as seen (it reached, or could not reach, its caller)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def check_text(text: str) -> bytes:
@@ -380,8 +390,14 @@ class Messaging:
     async def send(
         self, channel: SessionChannel, text: str, *, message_id: bytes, now: int,
         transport: Transport, rotate: Rotate | None = None,
+        transport_after: TransportAfter | None = None,
     ) -> Receipt:
         """Send ``text`` on ``channel``; log it, deliver it, log the receipt; the receipt.
+
+        The request leaves only once its ``MessageSent`` is durable, so the log never misses
+        a message that left. With ``transport_after`` (the node's per-peer batcher), the
+        request is handed over while that append is under way and waits for it there, beside
+        the requests waiting for their batch; otherwise the append is awaited first.
 
         A peer restarted since our last message refuses counters up to its session ledger's
         receive mark as replays (409 ``replayed-message``) although it never saw them; with
@@ -396,14 +412,21 @@ class Messaging:
         request = request_bytes(mid, text, now)
         wrapped = await self.bodies.seal(mid, body)
         stream = session_stream(channel.session_id)
-        await self.store.append_one(NewEvent(stream, ev.MESSAGE_SENT, {
+        sent = asyncio.ensure_future(self.store.append_one(NewEvent(stream, ev.MESSAGE_SENT, {
             "message_id": mid, "session_id": channel.session_id, "peer": channel.peer,
             "size": len(body), "body": b64url(wrapped),
-        }))
+        })))
+        sent.add_done_callback(_retrieved)  # its failure is raised below, or by the transport
+        if transport_after is None:
+            await sent
         for attempt in (1, 2):
             envelope = channel.seal_request(SEND, request)
             try:
-                answer = await transport(SEND, envelope)
+                if transport_after is not None and not sent.done():
+                    answer = await transport_after(SEND, envelope, sent)
+                else:
+                    await sent  # done: its result, or its failure (nothing was sent)
+                    answer = await transport(SEND, envelope)
                 plaintext = channel.open_answer(SEND, envelope.counter, answer)
             except NodeRefused as exc:
                 if attempt == 1 and rotate is not None and exc.reason == "replayed-message":
