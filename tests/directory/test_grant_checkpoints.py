@@ -48,6 +48,14 @@ def delivered_checkpoint(push: dict[str, Any], directory_key: Any) -> tuple[byte
     return note, checkpoint
 
 
+async def registered_pair(make_node: Any) -> tuple[Node, Node]:
+    """Two nodes registered with the directory (Alice and Bob)."""
+    alice, bob = await make_node(), await make_node()
+    assert (await alice.register()).status == 201
+    assert (await bob.register()).status == 201
+    return alice, bob
+
+
 async def test_concurrent_grants_carry_checkpoints_consistent_with_the_stores_log(
     directory: Directory, make_node: Any,
 ) -> None:
@@ -88,9 +96,7 @@ async def test_concurrent_grants_carry_checkpoints_consistent_with_the_stores_lo
 async def test_the_checkpoint_answer_includes_the_newest_pushed_checkpoint(
     directory: Directory, make_node: Any,
 ) -> None:
-    alice, bob = await make_node(), await make_node()
-    assert (await alice.register()).status == 201
-    assert (await bob.register()).status == 201
+    alice, bob = await registered_pair(make_node)
     assert (await alice.call("POST", PATH, {"target": bob.node_id})).status == 201
     note, pushed = delivered_checkpoint(alice.received[0], directory.key)
     with sqlite3.connect(directory.settings.data_dir / "openred.db") as conn:
@@ -105,9 +111,7 @@ async def test_the_checkpoint_answer_includes_the_newest_pushed_checkpoint(
 async def test_a_proof_tree_that_disagrees_with_the_log_never_gets_a_checkpoint_signed(
     directory: Directory, make_node: Any,
 ) -> None:
-    alice, bob = await make_node(), await make_node()
-    assert (await alice.register()).status == 201
-    assert (await bob.register()).status == 201
+    alice, bob = await registered_pair(make_node)
     service = directory.service
     # A wrong leaf where the next entry will go: the tree's size will match the log's, its
     # root will not.
@@ -218,9 +222,7 @@ async def test_a_grant_the_jail_will_not_sign_is_logged_as_failed_and_never_push
     directory: Directory, make_node: Any,
 ) -> None:
     """The grant is signed while its entry is appended: a refusal comes after the entry."""
-    alice, bob = await make_node(), await make_node()
-    assert (await alice.register()).status == 201
-    assert (await bob.register()).status == 201
+    alice, bob = await registered_pair(make_node)
     signs = directory.service._signs
     real = signs.sign
 
@@ -251,9 +253,7 @@ async def test_a_grant_whose_entry_cannot_be_appended_is_not_signed_for_anyone(
     directory: Directory, make_node: Any,
 ) -> None:
     """The signing that ran beside a failed append is dropped: nothing pushed, nothing logged."""
-    alice, bob = await make_node(), await make_node()
-    assert (await alice.register()).status == 201
-    assert (await bob.register()).status == 201
+    alice, bob = await registered_pair(make_node)
     service = directory.service
     real_append = service.append
 
