@@ -33,6 +33,7 @@ from tests.directory.test_fast_routes import (
     Served,
     _metrics_agree,
     make_pair,  # noqa: F401 - fixture
+    masked_body,
     receiver,
     signed,
 )
@@ -92,17 +93,7 @@ async def exchange(served: Served, data: bytes, *, half_close: bool = False,
 
 def answers_of(raw: bytes) -> list[tuple[str, list[tuple[str, str]], bytes]]:
     """The answers in ``raw``: status line, headers (sorted, ``Date`` dropped), body."""
-    return [(status, headers, _masked(body)) for status, headers, body in split_answers(raw)]
-
-
-def _masked(body: bytes) -> bytes:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(parsed, dict) and isinstance(parsed.get("grant_id"), str):
-        body = body.replace(parsed["grant_id"].encode(), b"G" * len(parsed["grant_id"]))
-    return body
+    return [(status, headers, masked_body(body)) for status, headers, body in split_answers(raw)]
 
 
 async def same_wire(pair: Pair, make: Raw, *, served: int | None = None,

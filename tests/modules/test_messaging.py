@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from typing import Any
@@ -171,8 +172,6 @@ async def test_a_forged_receipt_is_refused(
 async def test_with_the_inbox_filter_built_a_resent_id_is_stored_once_and_not_taken_over(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:
-    import asyncio
-
     a, b, c = nodes
     inbox_b = serve_messaging(b)
     from_a = await connected(directory, a, b)
