@@ -55,12 +55,12 @@ CHECKPOINT_PATH = "/api/v3/directory/checkpoint"
 HEALTH_PATH = "/api/v3/health"
 REQUEST_CONNECTION_PATH = "/api/v3/tokens/request-connection"
 SESSION_LEDGER = "session-ledger.json"
+"""The durable session ledger (send epochs) in the data directory."""
 BATCH_IN_FLIGHT: Final = 1
 """Requests under way to one peer before messages wait to leave together as a batch (one:
 measured best once messages wait for their ``MessageSent`` in the queue, docs/decisions.md)."""
 MAX_BATCHERS: Final = 1024
 """Peer URLs with a batcher before idle batchers are dropped."""
-"""The durable session ledger (send epochs) in the data directory."""
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
