@@ -627,6 +627,7 @@ class SQLiteEventStore:
     def _open_sync(self) -> None:
         # Alembic is imported only here: readers of a log (audit_tools workers) never need it.
         from openred.store.migrate import check_kind, upgrade
+        from openred.store.schema import schema_differences
 
         check_kind(self.kind)
         try:
@@ -636,6 +637,20 @@ class SQLiteEventStore:
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
+        # The file's schema must be exactly the migrations' (about a millisecond: one read of
+        # sqlite_master; the expected schema is built once per process and kind). A trigger,
+        # view or index planted in the file would otherwise act on every write the node makes.
+        try:
+            differences = schema_differences(conn, self.kind)
+        except sqlite3.DatabaseError as exc:
+            raise SchemaError(f"cannot read the schema of {self.path}: {exc}") from exc
+        if differences:
+            more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+            raise SchemaError(
+                f"{self.path}: {differences[0]}{more}; the store does not open a log whose "
+                "schema is not the one its migrations build (audit_tools verify names every "
+                "difference)"
+            )
         hashes = entry_hashes(conn)
         # Whole at once (aligned blocks, the fast path): opening is not serving yet.
         tree = merkle.CompactRange.from_entry_hashes(hashes)
@@ -662,10 +677,20 @@ class SQLiteEventStore:
         self._catch_up_projections(conn)
 
     def _check_log_kind(self) -> None:
-        """Refuse an existing log of another kind before any migration touches it."""
+        """Refuse an existing log of another kind, or one carrying triggers or views of its
+        own, before any migration touches it."""
+        from openred.store.schema import foreign_code
+
         if not self.path.exists():
             return
         with contextlib.closing(sqlite3.connect(self.path)) as probe:
+            # Before any migration writes to the file: none of its triggers may be foreign.
+            foreign = foreign_code(probe, self.kind)
+            if foreign:
+                raise SchemaError(
+                    f"{self.path}: {foreign[0]}; the store does not run SQL a log's file "
+                    "brings with it"
+                )
             try:
                 row = probe.execute(
                     "SELECT type, payload FROM events WHERE seq = 1"
