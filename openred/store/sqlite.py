@@ -1354,10 +1354,7 @@ class SQLiteEventStore:
             size = frontier.size
             root = frontier.tree.root()
             body = Checkpoint(origin=self._origin, size=size, root_hash=root)
-            note = await sign_checkpoint(body, self._origin, await self._checkpoint_signer(
-                frontier, size))
-            if isinstance(self._signer, WitnessedSigner):
-                self._witnessed = (size, root)
+            note = await self._sign_checkpoint(body, frontier)
             signed_at = utc_timestamp(self._clock())
             await self._run(self._store_checkpoint_sync, size, root, note, signed_at)
             existing = note
@@ -1365,17 +1362,41 @@ class SQLiteEventStore:
         self._last_checkpoint_time = time.monotonic()
         return existing
 
-    async def _checkpoint_signer(self, frontier: _Frontier, size: int) -> Signer:
-        """The signer, or for a witnessed signer one that adds the consistency proof from the
-        checkpoint it witnessed (about a millisecond: cached block roots, a few hashes)."""
+    async def _sign_checkpoint(self, checkpoint: Checkpoint, frontier: _Frontier) -> bytes:
+        """The signed note of ``checkpoint`` (the frontier's head).
+
+        A witnessed signer is sent a consistency proof from the checkpoint it witnessed (about
+        a millisecond: cached block roots, a few hashes; one checkpoint per 100 entries or
+        60 s). When another writer process had a newer one signed meanwhile, the proof is
+        refused: the store asks the signer which one it holds and tries once more.
+        """
         signer = self._signer
         if not isinstance(signer, WitnessedSigner):
-            return signer
+            return await sign_checkpoint(checkpoint, self._origin, signer)
+        try:
+            return await self._sign_extending(signer, checkpoint, frontier)
+        except Exception:
+            used = self._witnessed
+            await self._ask_witnessed(signer)
+            if self._witnessed == used:
+                raise
+        try:
+            return await self._sign_extending(signer, checkpoint, frontier)
+        except Exception:
+            self._witnessed = None  # asked again next time
+            raise
+
+    async def _ask_witnessed(self, signer: WitnessedSigner) -> None:
+        body = await signer.witnessed_checkpoint(self._origin)
+        held = None if body is None else parse_checkpoint_body(body)
+        self._witnessed = None if held is None else (held.size, held.root_hash)
+
+    async def _sign_extending(
+        self, signer: WitnessedSigner, checkpoint: Checkpoint, frontier: _Frontier
+    ) -> bytes:
+        size = checkpoint.size
         if self._witnessed is None or self._witnessed[0] > size:
-            # Another writer process may have had a newer one signed: ask again.
-            body = await signer.witnessed_checkpoint(self._origin)
-            held = None if body is None else parse_checkpoint_body(body)
-            self._witnessed = None if held is None else (held.size, held.root_hash)
+            await self._ask_witnessed(signer)
         old = self._witnessed[0] if self._witnessed is not None else 0
         proof: list[bytes] = []
         if 0 < old < size:
@@ -1384,7 +1405,9 @@ class SQLiteEventStore:
                 lambda conn: blocks.consistency_proof(old, partial(_entry_hash_range, conn)),
                 "proving the new checkpoint extends the witnessed one",
             )
-        return _Extending(signer, proof)
+        note = await sign_checkpoint(checkpoint, self._origin, _Extending(signer, proof))
+        self._witnessed = (size, checkpoint.root_hash)
+        return note
 
     def _checkpoint_note_sync(self, size: int) -> bytes | None:
         row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()

@@ -190,3 +190,25 @@ async def test_an_honest_log_grows_and_reopens_under_the_witness(
     report = verify(tmp_path, key=signer.sign_key)
     assert report.ok, report.reason
     assert report.checkpoints_checked >= 3
+
+
+async def test_two_writers_of_one_log_keep_getting_checkpoints(
+    client: JailClient, tmp_path: Path,
+) -> None:
+    # Each writer (a process of its own in production) proves from the checkpoint it last saw;
+    # when the other writer had a newer one signed, the jail refuses that proof, and the writer
+    # asks the jail which checkpoint it holds and proves from that one.
+    signer = await JailSigner.create(client)
+    first = await open_store(tmp_path, signer)
+    second = await open_store(tmp_path, signer)
+    try:
+        for i in range(3):
+            await first.append(session_events(2 * i))
+            await first.checkpoint()
+            await second.append(session_events(2 * i + 1))
+            await second.checkpoint()
+    finally:
+        await first.close()
+        await second.close()
+    report = verify(tmp_path, key=signer.sign_key)
+    assert report.ok, report.reason
