@@ -47,6 +47,7 @@ from crypto_jail.keystore import (
 )
 from crypto_jail.ops import JailState, TimePolicy
 from crypto_jail.server import JailServer, log, prepare_socket, unlink_socket
+from crypto_jail.witness import Witness
 
 PASSPHRASE_ENV = "OPENRED_JAIL_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 KDF_ENV = "OPENRED_JAIL_KDF"
@@ -199,9 +200,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif not seccomp_available():
         raise JailFailure("libseccomp is not available here; install libseccomp2 "
                           "(or run with --no-seccomp on platforms without it)")
+    # Opened before hardening (its writes then need no path Landlock allows).
+    witness = Witness(Path(args.witness_file)) if args.witness_file else None
     split = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jail-split")
     state = JailState(keystore, split_executor=split, time_policy=policy,
-                      extra_origins=frozenset(args.checkpoint_origin))
+                      extra_origins=frozenset(args.checkpoint_origin), witness=witness)
     allowed = frozenset({os.getuid(), *args.allow_uid, *map(_uid_of, args.allow_user)})
     server = JailServer(state, allowed_uids=allowed, frame_timeout=args.frame_timeout,
                         idle_timeout=args.idle_timeout)
@@ -290,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--checkpoint-origin", action="append", default=[], metavar="ORIGIN",
                        help="another log origin whose checkpoints this jail signs (repeatable; "
                             "e.g. the first key's origin of a log after a key rotation)")
+    serve.add_argument("--witness-file", metavar="PATH",
+                       help="remember the newest checkpoint signed per origin in PATH and sign "
+                            "only checkpoints that provably extend it (created if missing)")
     serve.add_argument("--http-window", type=int, default=60,
                        help="seconds an HTTP signature's created may be off this clock (60)")
     serve.add_argument("--grant-skew", type=int, default=300,

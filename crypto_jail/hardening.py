@@ -112,6 +112,8 @@ _ALLOWED = (
     "fstat", "newfstatat", "stat", "lstat", "statx", "getdents64", "readlink", "readlinkat",
     "access", "faccessat", "faccessat2", "fcntl", "dup", "dup3", "pipe2", "unlink",
     "unlinkat",
+    # the checkpoint witness file (crypto_jail/witness.py), opened before hardening: made durable
+    "fsync", "fdatasync",
     # randomness for the crypto libraries (libsodium, OpenSSL, os.urandom)
     "getrandom",
     # serving clients on the listening socket bound before hardening

@@ -6,7 +6,7 @@ a token or any other secret except the session keys a finished handshake produce
 node needs for its transport and stores only wrapped by this jail).
 
 Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_many`` (``sign`` for
-several items in one call), ``sign_checkpoint``,
+several items in one call), ``sign_checkpoint``, ``witnessed``,
 ``open_sealed``, ``noise_initiate``, ``noise_respond``, ``noise_finish``, ``wrap``, ``unwrap``.
 Tokens stay sealed outside the jail: ``open_sealed`` only says whether a sealed token opens,
 and the Noise operations take the sealed token and open it internally (stateless).
@@ -18,7 +18,9 @@ a grant only if its ``issued_at`` is within :attr:`TimePolicy.grant_skew` of it 
 only for its own log's origin ``openred/<node id>`` (plus origins the operator names with
 ``--checkpoint-origin``: a log keeps its first key's origin after a key rotation). A
 compromised node therefore cannot have the jail pre-sign requests or grants for later use,
-nor sign another log's checkpoints.
+nor sign another log's checkpoints. With a witness file (``--witness-file``), every
+checkpoint it signs must extend the last one it signed for that origin (a consistency proof),
+so a forked, rewritten or rolled-back log never gets a checkpoint again (crypto_jail/witness.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from crypto_jail.errors import (
 from crypto_jail.keystore import Keystore
 from crypto_jail.noise import SUITES, HandshakeState, NoiseError, X25519KeyPair
 from crypto_jail.protocol import MAX_BATCH, MAX_SIGN_MANY, b64d, b64e
+from crypto_jail.witness import MAX_PROOF, Witness
 
 __all__ = ["OPS", "JailState", "TimePolicy", "dispatch"]
 
@@ -145,8 +148,10 @@ class JailState:
         max_handshakes: int = 10_000,
         max_peers: int = 4096,
         split_executor: Executor | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self.keystore = keystore
+        self.witness = witness
         self.public = keystore.public_info()
         self.static = X25519KeyPair.from_private_bytes(bytes(keystore.box_private))
         _, self._sign_sk = nacl.bindings.crypto_sign_seed_keypair(bytes(keystore.signing_key))
@@ -280,6 +285,8 @@ def _sign_checked(state: JailState, kind: str, data: bytes) -> bytes:
     if not check(data):
         raise OpRefused(REFUSED, f"not a signable structure of kind {kind}")
     _check_in_time(state, kind, data)
+    if kind == "checkpoint" and state.witness is not None:
+        return state.witness.sign(data, None, state.sign_bytes)
     return state.sign_bytes(data)
 
 
@@ -364,13 +371,47 @@ def op_sign_batch(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def op_sign_checkpoint(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """{body} → {signature} over a C2SP checkpoint body (same check as kind "checkpoint")."""
-    _check_keys(args, ("body",))
+    """{body, consistency_proof?} → {signature} over a C2SP checkpoint body (same check as
+    kind "checkpoint").
+
+    With a witness (``--witness-file``), the body must extend the checkpoint this jail signed
+    last for its origin: ``consistency_proof`` (a list of base64url 32-byte hashes) proves
+    that tree a prefix of the new one (crypto_jail/witness.py).
+    """
+    names = ("body", "consistency_proof") if "consistency_proof" in args else ("body",)
+    _check_keys(args, names)
     body = _bytes(args, "body")
     if not structures.is_checkpoint_body(body):
         raise OpRefused(REFUSED, "not a signable structure of kind checkpoint")
     _check_origin(state, body)
-    return {"signature": b64e(state.sign_bytes(body))}
+    if state.witness is None:
+        return {"signature": b64e(state.sign_bytes(body))}
+    proof: list[bytes] | None = None
+    if "consistency_proof" in args:
+        raw = args["consistency_proof"]
+        if not isinstance(raw, list) or len(raw) > MAX_PROOF:
+            raise OpRefused(BAD_REQUEST, f"consistency_proof must be a list of at most "
+                                         f"{MAX_PROOF} hashes")
+        proof = [_hash(h) for h in raw]
+    return {"signature": b64e(state.witness.sign(body, proof, state.sign_bytes))}
+
+
+def _hash(value: object) -> bytes:
+    raw = b64d(value, name="consistency_proof")
+    if len(raw) != 32:
+        raise OpRefused(BAD_REQUEST, "consistency_proof hashes must be 32 bytes")
+    return raw
+
+
+def op_witnessed(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """{origin} → {body, signature} of the newest checkpoint this jail signed for ``origin``
+    (public data), or {body: null} when it witnessed none (or keeps no witness)."""
+    _check_keys(args, ("origin",))
+    origin = _str(args, "origin")
+    body = state.witness.witnessed(origin) if state.witness is not None else None
+    if body is None:
+        return {"body": None, "witness": state.witness is not None}
+    return {"body": b64e(body), "signature": b64e(state.sign_bytes(body)), "witness": True}
 
 
 def _open_sealed(state: JailState, sealed: bytes) -> bytes:
@@ -539,6 +580,7 @@ OPS: dict[str, Op] = {
     "sign_batch": op_sign_batch,
     "sign_many": op_sign_many,
     "sign_checkpoint": op_sign_checkpoint,
+    "witnessed": op_witnessed,
     "open_sealed": op_open_sealed,
     "noise_initiate": op_noise_initiate,
     "noise_respond": op_noise_respond,

@@ -175,6 +175,11 @@ class ServiceSettings:
         return self.jail_socket or self.data_dir / "jail" / "jail.sock"
 
     @property
+    def jail_witness_path(self) -> Path | None:
+        """Where a jail this service starts keeps its checkpoint witness (None: it keeps none)."""
+        return None
+
+    @property
     def passphrase_path(self) -> Path:
         return self.jail_passphrase_file or self.data_dir / "jail-passphrase"
 

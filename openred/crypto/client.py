@@ -772,9 +772,35 @@ class JailClient:
             out.extend(_sign_many_results(result, len(chunk)))
         return out
 
-    async def sign_checkpoint(self, body: bytes) -> Signature:
-        result = await self.call("sign_checkpoint", {"body": b64e(body)})
+    async def sign_checkpoint(
+        self, body: bytes, consistency_proof: Sequence[bytes] | None = None
+    ) -> Signature:
+        """Sign a checkpoint body; a jail with a witness wants ``consistency_proof`` from the
+        checkpoint it signed last (:meth:`witnessed`) unless it signed none or the same."""
+        args: dict[str, Any] = {"body": b64e(body)}
+        if consistency_proof is not None:
+            args["consistency_proof"] = [b64e(h) for h in consistency_proof]
+        result = await self.call("sign_checkpoint", args)
         return Signature(_need(result, "signature", SIGNATURE_LEN))
+
+    async def witnessed(self, origin: str) -> tuple[bool, bytes | None]:
+        """(whether the jail keeps a witness, the newest checkpoint body it signed for
+        ``origin`` or None). A jail from before witnesses keeps none."""
+        try:
+            result = await self.call("witnessed", {"origin": origin})
+        except JailRefused as exc:
+            if exc.code == "unknown_op":
+                return False, None
+            raise
+        body = result.get("body")
+        if body is None:
+            return bool(result.get("witness")), None
+        if not isinstance(body, str):
+            raise JailProtocolError("witnessed: body is not a string")
+        try:
+            return True, b64d(body, name="body")
+        except OpRefused as exc:
+            raise JailProtocolError(f"witnessed: {exc.detail}") from None
 
     async def open_sealed(self, sealed: bytes) -> int:
         """Check that a sealed token opens with the node's key; its length (it stays inside)."""
@@ -978,3 +1004,13 @@ class JailSigner:
 
     async def sign_checkpoint(self, note_body: bytes) -> Signature:
         return await self._client.sign_checkpoint(note_body)
+
+    async def witnessed_checkpoint(self, origin: str) -> bytes | None:
+        """The newest checkpoint body the jail signed for ``origin`` (None: none, or the jail
+        keeps no witness)."""
+        return (await self._client.witnessed(origin))[1]
+
+    async def sign_checkpoint_extending(
+        self, note_body: bytes, consistency_proof: Sequence[bytes]
+    ) -> Signature:
+        return await self._client.sign_checkpoint(note_body, list(consistency_proof))

@@ -88,9 +88,12 @@ async def start_jail(settings: ServiceSettings) -> tuple[JailSupervisor, JailCli
         raise ConfigurationError(
             f"no keystore at {settings.keystore_path}: run `openred directory init` first")
     socket = _socket_dir(settings)
+    witness = settings.jail_witness_path
     supervisor = JailSupervisor(settings.keystore_path, socket,
                                 passphrase=read_passphrase(settings),
-                                no_seccomp=settings.jail_no_seccomp)
+                                no_seccomp=settings.jail_no_seccomp,
+                                extra_args=() if witness is None
+                                else ("--witness-file", str(witness)))
     await supervisor.start()
     record_owner(socket, supervisor.pid)  # so a successor can tell our orphan (jail_owner)
     # One jail connection per request a loaded directory serves at once (the jail answers

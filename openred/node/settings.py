@@ -58,6 +58,12 @@ class NodeSettings(ServiceSettings):
     projection_retention: int | None = DEFAULT_RETENTION
     """Seconds ended rows stay in the projections (None: never cleaned)."""
 
+    @property
+    def jail_witness_path(self) -> Path | None:
+        """The node's jail signs only checkpoints that extend the last one it signed, and the
+        store checks the log against that one at every open (crypto_jail/witness.py)."""
+        return self.data_dir / "keystore.witness"
+
     DEFAULT_PORT = 8710
 
     @property

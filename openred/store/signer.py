@@ -47,6 +47,22 @@ class Signer(Protocol):
         ...
 
 
+@runtime_checkable
+class WitnessedSigner(Signer, Protocol):
+    """A signer that remembers the newest checkpoint it signed per origin (the crypto jail with
+    ``--witness-file``) and signs a new one only with a consistency proof from it."""
+
+    async def witnessed_checkpoint(self, origin: str) -> bytes | None:
+        """The newest checkpoint body signed for ``origin``; None when none (or no witness)."""
+        ...
+
+    async def sign_checkpoint_extending(
+        self, note_body: bytes, consistency_proof: Sequence[bytes]
+    ) -> Signature:
+        """Sign ``note_body``, proven an extension of the witnessed checkpoint."""
+        ...
+
+
 # Below this many hashes a batch is signed in the calling thread: handing work to another thread
 # costs more than it saves. Above it the batch is split over up to _MAX_THREADS threads, which
 # run at once because libsodium's signing releases the GIL (PyNaCl calls it through cffi).

@@ -47,15 +47,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from openred.crypto.identity import EntryHash, SignKey, from_b64url
+from openred.crypto.identity import EntryHash, Signature, SignKey, from_b64url
 from openred.errors import (
+    CheckpointError,
     ConcurrencyConflict,
     ConfigurationError,
     OpenRedError,
+    ProofError,
     SchemaError,
     StoreClosed,
     StoreError,
     StoreUnavailable,
+    TamperedLog,
 )
 from openred.store import merkle
 from openred.store.chain import (
@@ -67,7 +70,7 @@ from openred.store.chain import (
     origin_for,
     rotation_event,
 )
-from openred.store.checkpoint import Checkpoint, sign_checkpoint
+from openred.store.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import (
     KEY_ROTATED,
@@ -84,7 +87,7 @@ from openred.store.projection_sql import (
     project_events,
 )
 from openred.store.projections import ProjectionRegistry
-from openred.store.signer import Signer, SignInThreadUnavailable
+from openred.store.signer import Signer, SignInThreadUnavailable, WitnessedSigner
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -553,6 +556,8 @@ class SQLiteEventStore:
                                    merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
         self._key_in_force: SignKey | None = None
         self._origin = ""
+        # (size, root) of the newest checkpoint the signer witnessed (a WitnessedSigner).
+        self._witnessed: tuple[int, bytes] | None = None
         self._last_checkpoint_size = 0
         self._last_checkpoint_time = time.monotonic()
         self._checkpoint_idle = asyncio.Event()
@@ -612,6 +617,7 @@ class SQLiteEventStore:
         store._current_versions = registry.current_versions()
         try:
             await store._run(store._open_sync)
+            await store._check_witness()
             if store._frontier.size == 0:
                 await store._write_alone([genesis_event(signer.sign_key, kind)])
             await store._checkpoint_if_due()
@@ -627,6 +633,7 @@ class SQLiteEventStore:
     def _open_sync(self) -> None:
         # Alembic is imported only here: readers of a log (audit_tools workers) never need it.
         from openred.store.migrate import check_kind, upgrade
+        from openred.store.schema import schema_differences
 
         check_kind(self.kind)
         try:
@@ -636,6 +643,20 @@ class SQLiteEventStore:
         except sqlite3.DatabaseError as exc:
             raise SchemaError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
+        # The file's schema must be exactly the migrations' (about a millisecond: one read of
+        # sqlite_master; the expected schema is built once per process and kind). A trigger,
+        # view or index planted in the file would otherwise act on every write the node makes.
+        try:
+            differences = schema_differences(conn, self.kind)
+        except sqlite3.DatabaseError as exc:
+            raise SchemaError(f"cannot read the schema of {self.path}: {exc}") from exc
+        if differences:
+            more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+            raise SchemaError(
+                f"{self.path}: {differences[0]}{more}; the store does not open a log whose "
+                "schema is not the one its migrations build (audit_tools verify names every "
+                "difference)"
+            )
         hashes = entry_hashes(conn)
         # Whole at once (aligned blocks, the fast path): opening is not serving yet.
         tree = merkle.CompactRange.from_entry_hashes(hashes)
@@ -661,11 +682,62 @@ class SQLiteEventStore:
         self._last_checkpoint_size = int(row[0] or 0)
         self._catch_up_projections(conn)
 
+    async def _check_witness(self) -> None:
+        """Refuse a log that no longer holds the newest checkpoint its signer signed.
+
+        A jail with a witness remembers, outside this file, the newest checkpoint it signed for
+        this log (crypto_jail/witness.py). A log rolled back to a backup, truncated, replaced
+        or rewritten while the node was stopped shows here: it is shorter than that checkpoint,
+        or its first entries are no longer the tree the checkpoint signed. Costs one jail call
+        and one consistency proof (a few cached block roots) per open.
+        """
+        signer = self._signer
+        if not isinstance(signer, WitnessedSigner):
+            return
+        body = await signer.witnessed_checkpoint(self._origin)
+        if body is None:
+            return
+        try:
+            witnessed = parse_checkpoint_body(body)
+        except (CheckpointError, UnicodeDecodeError) as exc:
+            raise StoreError(f"the signer's witnessed checkpoint is malformed: {exc}") from None
+        if witnessed.origin != self._origin:
+            raise StoreError(f"the signer's witnessed checkpoint is of {witnessed.origin}, "
+                             f"not {self._origin}")
+        size, root = self._frontier.size, self._frontier.tree.root()
+        if witnessed.size > size:
+            raise TamperedLog(size + 1, (
+                f"{self.path} holds {size} entries, but its signer signed a checkpoint of "
+                f"{witnessed.size}: the log was truncated, rolled back or replaced"))
+        blocks = self._frontier.blocks
+        proof = await self._read(
+            lambda conn: blocks.consistency_proof(witnessed.size,
+                                                  partial(_entry_hash_range, conn)),
+            "proving the witnessed checkpoint",
+        )
+        try:
+            merkle.verify_consistency(witnessed.size, size, witnessed.root_hash, root, proof)
+        except ProofError:
+            raise TamperedLog(witnessed.size, (
+                f"the first {witnessed.size} entries of {self.path} are not the ones its "
+                "signer signed a checkpoint of: the log was rewritten")) from None
+        self._witnessed = (witnessed.size, witnessed.root_hash)
+
     def _check_log_kind(self) -> None:
-        """Refuse an existing log of another kind before any migration touches it."""
+        """Refuse an existing log of another kind, or one carrying triggers or views of its
+        own, before any migration touches it."""
+        from openred.store.schema import foreign_code
+
         if not self.path.exists():
             return
         with contextlib.closing(sqlite3.connect(self.path)) as probe:
+            # Before any migration writes to the file: none of its triggers may be foreign.
+            foreign = foreign_code(probe, self.kind)
+            if foreign:
+                raise SchemaError(
+                    f"{self.path}: {foreign[0]}; the store does not run SQL a log's file "
+                    "brings with it"
+                )
             try:
                 row = probe.execute(
                     "SELECT type, payload FROM events WHERE seq = 1"
@@ -1282,13 +1354,60 @@ class SQLiteEventStore:
             size = frontier.size
             root = frontier.tree.root()
             body = Checkpoint(origin=self._origin, size=size, root_hash=root)
-            note = await sign_checkpoint(body, self._origin, self._signer)
+            note = await self._sign_checkpoint(body, frontier)
             signed_at = utc_timestamp(self._clock())
             await self._run(self._store_checkpoint_sync, size, root, note, signed_at)
             existing = note
         self._last_checkpoint_size = max(self._last_checkpoint_size, size)
         self._last_checkpoint_time = time.monotonic()
         return existing
+
+    async def _sign_checkpoint(self, checkpoint: Checkpoint, frontier: _Frontier) -> bytes:
+        """The signed note of ``checkpoint`` (the frontier's head).
+
+        A witnessed signer is sent a consistency proof from the checkpoint it witnessed (about
+        a millisecond: cached block roots, a few hashes; one checkpoint per 100 entries or
+        60 s). When another writer process had a newer one signed meanwhile, the proof is
+        refused: the store asks the signer which one it holds and tries once more.
+        """
+        signer = self._signer
+        if not isinstance(signer, WitnessedSigner):
+            return await sign_checkpoint(checkpoint, self._origin, signer)
+        try:
+            return await self._sign_extending(signer, checkpoint, frontier)
+        except Exception:
+            used = self._witnessed
+            await self._ask_witnessed(signer)
+            if self._witnessed == used:
+                raise
+        try:
+            return await self._sign_extending(signer, checkpoint, frontier)
+        except Exception:
+            self._witnessed = None  # asked again next time
+            raise
+
+    async def _ask_witnessed(self, signer: WitnessedSigner) -> None:
+        body = await signer.witnessed_checkpoint(self._origin)
+        held = None if body is None else parse_checkpoint_body(body)
+        self._witnessed = None if held is None else (held.size, held.root_hash)
+
+    async def _sign_extending(
+        self, signer: WitnessedSigner, checkpoint: Checkpoint, frontier: _Frontier
+    ) -> bytes:
+        size = checkpoint.size
+        if self._witnessed is None or self._witnessed[0] > size:
+            await self._ask_witnessed(signer)
+        old = self._witnessed[0] if self._witnessed is not None else 0
+        proof: list[bytes] = []
+        if 0 < old < size:
+            blocks = frontier.blocks
+            proof = await self._read(
+                lambda conn: blocks.consistency_proof(old, partial(_entry_hash_range, conn)),
+                "proving the new checkpoint extends the witnessed one",
+            )
+        note = await sign_checkpoint(checkpoint, self._origin, _Extending(signer, proof))
+        self._witnessed = (size, checkpoint.root_hash)
+        return note
 
     def _checkpoint_note_sync(self, size: int) -> bytes | None:
         row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
@@ -1453,6 +1572,24 @@ class SQLiteEventStore:
             self._rollback()
             raise
         return count
+
+
+class _Extending:
+    """A witnessed signer whose checkpoint signatures carry one consistency proof."""
+
+    def __init__(self, signer: WitnessedSigner, proof: list[bytes]) -> None:
+        self._signer = signer
+        self._proof = proof
+
+    @property
+    def sign_key(self) -> SignKey:
+        return self._signer.sign_key
+
+    async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
+        return await self._signer.sign_entry_hashes(hashes)
+
+    async def sign_checkpoint(self, note_body: bytes) -> Signature:
+        return await self._signer.sign_checkpoint_extending(note_body, self._proof)
 
 
 def _fail(requests: Iterable[_Request], exc: BaseException) -> None:

@@ -172,8 +172,8 @@ def test_unknown_op_and_bad_arguments(alice: JailState) -> None:
 
 def test_the_whitelist_is_exactly_the_designed_operations() -> None:
     assert set(OPS) == {
-        "public_keys", "sign", "sign_batch", "sign_many", "sign_checkpoint", "open_sealed",
-        "noise_initiate", "noise_respond", "noise_finish", "wrap", "unwrap",
+        "public_keys", "sign", "sign_batch", "sign_many", "sign_checkpoint", "witnessed",
+        "open_sealed", "noise_initiate", "noise_respond", "noise_finish", "wrap", "unwrap",
     }
 
 
@@ -622,6 +622,7 @@ def test_no_operation_ever_answers_with_a_private_key_or_the_wrap_key(
             {"kind": "entry_hash", "data": b64e(bytes(32))}, {"kind": "raw", "data": ""}]}),
         "sign_checkpoint": dispatch(alice, "sign_checkpoint", {
             "body": b64e(checkpoint_for(alice.public["node_id"]))}),
+        "witnessed": dispatch(alice, "witnessed", {"origin": alice.origin}),
         "open_sealed": dispatch(alice, "open_sealed", {"sealed": b64e(m.sealed_a)}),
         "noise_initiate": first, "noise_respond": second, "noise_finish": done,
         "wrap": wrapped,

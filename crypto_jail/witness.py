@@ -1,0 +1,196 @@
+"""The jail as a witness of its own log: every checkpoint it signs extends the last one.
+
+Without it, a process that can talk to the jail (a compromised node: docs/threat-model.md) can
+rewrite the node's whole history — re-sign every entry hash *and* every checkpoint of a forged
+log — and ``audit_tools verify`` finds nothing, because nothing outside the database remembers
+what the log was. The jail does: it keeps, per origin, the newest checkpoint body it signed
+(tree size and root), in memory and in a small file beside the keystore, and signs a new
+checkpoint only when
+
+* its size is larger and a consistency proof (RFC 9162 §2.1.4) from the witnessed tree to the
+  new one verifies, or
+* its size and root are the witnessed ones (signing the same checkpoint again).
+
+A smaller tree, another root at the same size, or a larger tree without a valid proof is
+refused: a forked or rolled-back log never gets a checkpoint again. ``witnessed`` hands the
+witnessed body out (public data) so the node can check, each time it opens its log, that the
+file still holds what the jail signed (a log rolled back or rewritten while the node was
+stopped is refused).
+
+The file has two fixed-size slots written alternately (``write`` + ``fsync``; no rename, which
+the jail's seccomp filter does not allow), each with a counter and a SHA-256 of its contents:
+a torn write leaves the other slot, one checkpoint older. A file that cannot be read at all is
+an error at start (the jail does not silently forget what it witnessed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from crypto_jail.errors import BAD_REQUEST, REFUSED, JailFailure, OpRefused
+
+__all__ = ["SLOT_SIZE", "Witness", "WitnessError", "verify_consistency"]
+
+SLOT_SIZE = 4096
+_MAGIC = b"openred-jail-witness/1\n"
+_NODE = b"\x01"
+MAX_PROOF = 64  # hashes: a consistency proof of trees below 2**63 entries is shorter
+
+
+class WitnessError(JailFailure):
+    """The witness file cannot be read or written (the message is printable)."""
+
+
+def _checkpoint(body: bytes) -> tuple[str, int, bytes]:
+    """(origin, size, root) of a body already checked by ``structures.is_checkpoint_body``."""
+    origin, size, root = body.decode("utf-8").split("\n")[:3]
+    return origin, int(size), base64.b64decode(root)
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE + left + right).digest()
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: Sequence[bytes]) -> bool:
+    """RFC 9162 §2.1.4.2 for 0 < old_size < new_size: whether the old tree is a prefix."""
+    if not 0 < old_size < new_size or not proof:
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = _node(c, fr)
+            sr = _node(c, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = _node(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+class Witness:
+    """The newest checkpoint body signed per origin, kept durably in ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._bodies: dict[str, bytes] = {}
+        self._counter = 0
+        self._load()
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise WitnessError(f"cannot read the witness file {self.path}: {exc.strerror}") \
+                from None
+        best: tuple[int, dict[str, bytes]] | None = None
+        for start in (0, SLOT_SIZE):
+            slot = data[start:start + SLOT_SIZE]
+            parsed = self._parse_slot(slot)
+            if parsed is not None and (best is None or parsed[0] > best[0]):
+                best = parsed
+        if best is None:
+            if data.strip(b"\x00"):
+                raise WitnessError(f"the witness file {self.path} is damaged: no slot is intact "
+                                   "(move it away only if the log itself verifies)")
+            return
+        self._counter, self._bodies = best
+
+    @staticmethod
+    def _parse_slot(slot: bytes) -> tuple[int, dict[str, bytes]] | None:
+        if not slot.startswith(_MAGIC) or len(slot) < len(_MAGIC) + 32:
+            return None
+        digest, rest = slot[len(_MAGIC):len(_MAGIC) + 32], slot[len(_MAGIC) + 32:]
+        length = int.from_bytes(rest[:4], "big")
+        content = rest[4:4 + length]
+        if len(content) != length or hashlib.sha256(content).digest() != digest:
+            return None
+        try:
+            record = json.loads(content)
+            bodies = {str(o): base64.b64decode(b, validate=True)
+                      for o, b in record["checkpoints"].items()}
+            return int(record["counter"]), bodies
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _store(self, bodies: dict[str, bytes]) -> None:
+        counter = self._counter + 1
+        content = json.dumps({
+            "counter": counter,
+            "checkpoints": {o: base64.b64encode(b).decode() for o, b in sorted(bodies.items())},
+        }, separators=(",", ":")).encode()
+        slot = _MAGIC + hashlib.sha256(content).digest() + len(content).to_bytes(4, "big") + content
+        if len(slot) > SLOT_SIZE:
+            raise OpRefused(REFUSED, "the witness holds too many origins")
+        try:
+            os.lseek(self._fd, (counter % 2) * SLOT_SIZE, os.SEEK_SET)
+            data = slot.ljust(SLOT_SIZE, b"\x00")
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OpRefused(REFUSED, f"the witness file cannot be written: {exc.strerror}") \
+                from None
+        self._counter = counter
+
+    def witnessed(self, origin: str) -> bytes | None:
+        """The newest checkpoint body signed for ``origin``, or None."""
+        with self._lock:
+            return self._bodies.get(origin)
+
+    def sign(self, body: bytes, proof: Sequence[bytes] | None,
+             sign: Callable[[bytes], bytes]) -> bytes:
+        """Check ``body`` extends the witnessed checkpoint, sign it, remember it; the signature.
+
+        The body must already have passed the jail's origin and structure checks.
+        """
+        origin, size, root = _checkpoint(body)
+        if proof is not None and len(proof) > MAX_PROOF:
+            raise OpRefused(BAD_REQUEST, f"at most {MAX_PROOF} consistency proof hashes")
+        with self._lock:
+            held = self._bodies.get(origin)
+            if held is not None:
+                _, held_size, held_root = _checkpoint(held)
+                if size < held_size:
+                    raise OpRefused(REFUSED, f"this jail signed a checkpoint of size {held_size} "
+                                             "already: a log never shrinks")
+                if size == held_size:
+                    if root != held_root:
+                        raise OpRefused(REFUSED, f"this jail signed another root at size {size}")
+                elif not verify_consistency(held_size, size, held_root, root, proof or ()):
+                    raise OpRefused(REFUSED, f"no valid consistency proof from the checkpoint "
+                                             f"this jail signed last (size {held_size})")
+            signature = sign(body)
+            if held != body:
+                self._store({**self._bodies, origin: body})
+                self._bodies[origin] = body
+            return signature
+
+    def close(self) -> None:
+        os.close(self._fd)
