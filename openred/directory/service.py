@@ -77,6 +77,8 @@ __all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
+NONCES_FILE = "nonces.json"
+"""The live request nonces a cleanly stopped directory leaves for the next start."""
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
@@ -286,6 +288,9 @@ class DirectoryService:
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
         service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
                       signs=signs)
+        # Nonces seen before a clean stop are known again; after a crash, signatures made
+        # before this start are refused (a replay across the restart; docs/decisions.md).
+        service.verifier.restore(settings.data_dir / NONCES_FILE)
         await service._sync_tree(store.head.size)
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
@@ -295,6 +300,10 @@ class DirectoryService:
         return service
 
     async def close(self) -> None:
+        try:
+            self.verifier.save(self.settings.data_dir / NONCES_FILE)
+        except OSError as exc:
+            logger.warning("could not save the nonce cache: %s", exc)
         self._cache.close()
         await self.http.close()
         await self.reads.close()
