@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from quart import Quart
 
 from openred.directory.app import create_app
+from openred.directory.fastroutes import FAST_ROUTES, DirectoryFastPath
 from openred.directory.keys import create_keystore
 from openred.directory.routing import EXTENSION
 from openred.directory.service import NONCES_FILE, DirectoryService
@@ -25,6 +28,11 @@ from tests.servers import HOST, free_port, serve_in_loop
 @pytest.fixture
 def restartable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DirectorySettings:
     """Settings of one directory (data directory, port) that a test may serve several times."""
+    return settings_for(tmp_path, monkeypatch)
+
+
+def settings_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 **overrides: Any) -> DirectorySettings:
     for name, value in TEST_JAIL_ENV.items():
         monkeypatch.setenv(name, value)
     port = free_port()
@@ -32,17 +40,24 @@ def restartable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DirectorySet
     data_dir.mkdir()
     env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_RATE_PER_CLIENT": "100000"}
     settings = DirectorySettings.load(data_dir, environ=env, host=HOST, port=port,
-                                      jail_socket=Path(f"/tmp/openred-test-{port}/j.sock"))
+                                      jail_socket=Path(f"/tmp/openred-test-{port}/j.sock"),
+                                      **overrides)
     create_keystore(settings)
     return settings
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: DirectorySettings) -> AsyncIterator[Directory]:
+async def serving_app(settings: DirectorySettings) -> AsyncIterator[tuple[Directory, Quart]]:
     app = create_app(settings)
     async with serve_in_loop(app, settings.port) as url:
         service: DirectoryService = app.extensions[EXTENSION]
-        yield Directory(url, settings, service.key, service)
+        yield Directory(url, settings, service.key, service), app
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: DirectorySettings) -> AsyncIterator[Directory]:
+    async with serving_app(settings) as (directory, _):
+        yield directory
 
 
 async def send(method: str, url: str, headers: dict[str, str], body: bytes) -> Any:
@@ -85,3 +100,69 @@ async def test_a_request_captured_before_a_restart_is_not_replayed_after_it(
         assert found.status == 200 and found.json()["items"][0]["status"] == "active"
         # A request signed now still goes through.
         assert (await alice.call("POST", "/api/v3/nodes/heartbeat", {})).status == 200
+
+
+async def asgi_post(directory: Directory, app: Any, path: str, headers: dict[str, str],
+                    body: bytes, client: str) -> tuple[int, dict[str, Any]]:
+    """One HTTP/1.1 request into the served app's ASGI callable, from address ``client``.
+
+    (Loopback offers one IPv6 address; the app sees the peer only as the scope's ``client``.)
+    """
+    sent = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    sent.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "headers": sent,
+             "client": (client, 40000), "server": (HOST, directory.settings.port),
+             "extensions": {}}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # no disconnect before the answer
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    await app(scope, receive, send)
+    return answer["status"], json.loads(answer["body"])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_one_ipv6_network_is_one_client_for_the_registration_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    """Registrations are limited per client address because new keys cost nothing; an IPv6
+    client owns a whole /64 (2^64 addresses) and took a fresh one for every registration. The
+    /64 is the client now; IPv4 addresses (also in their IPv4-mapped IPv6 spelling) are one
+    each. Fast path and Quart alike."""
+    settings = settings_for(tmp_path, monkeypatch, rate_per_client=3)
+    async with serving_app(settings) as (directory, app):
+        fast_routes: DirectoryFastPath = app.extensions[FAST_ROUTES]
+        fast_routes.enabled = fast
+        served = fast_routes.served
+        url = directory.url + "/api/v3/nodes/register"
+
+        async def register(client: str) -> int:
+            node = Node(directory, api_url=directory.url)
+            body = json.dumps(node.record().to_wire()).encode()
+            headers = await signed_headers(node, url, body)
+            status, _ = await asgi_post(directory, app, "/api/v3/nodes/register", headers,
+                                        body, client)
+            return status
+
+        statuses = [await register(f"2001:db8:1:2::{i + 1:x}") for i in range(4)]
+        assert statuses == [201, 201, 201, 429]
+        # Another /64 of the same /48 is another client.
+        assert await register("2001:db8:1:3::1") == 201
+        # 198.51.100.7 and ::ffff:198.51.100.7 are one client; 198.51.100.8 another.
+        assert [await register(a) for a in ("198.51.100.7", "::ffff:198.51.100.7",
+                                            "198.51.100.7", "::ffff:198.51.100.7")] == [
+            201, 201, 201, 429]
+        assert await register("198.51.100.8") == 201
+        assert fast_routes.served == served + (10 if fast else 0)
