@@ -1,4 +1,4 @@
-"""Hostile clients against a real served directory: replays across a restart, address limits."""
+"""Hostile clients against a real served directory: replays, address limits, metric labels."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from openred.directory.keys import create_keystore
 from openred.directory.routing import EXTENSION
 from openred.directory.service import NONCES_FILE, DirectoryService
 from openred.settings import DirectorySettings
+from openred.web.middleware import MIDDLEWARE_EXTENSION
 from tests.directory.conftest import TEST_JAIL_ENV, Directory, Node
 from tests.directory.test_bad_input import signed_headers
 from tests.servers import HOST, free_port, serve_in_loop
@@ -166,3 +167,43 @@ async def test_one_ipv6_network_is_one_client_for_the_registration_limit(
             201, 201, 201, 429]
         assert await register("198.51.100.8") == 201
         assert fast_routes.served == served + (10 if fast else 0)
+
+
+async def test_request_methods_a_client_invents_do_not_grow_the_metrics(
+        restartable: DirectorySettings) -> None:
+    """Every HTTP method token a client sent became a label of the request metrics: a series
+    kept forever by the registry and shown by every scrape (unauthenticated memory growth,
+    one long token at a time). Methods outside HTTP's own are counted as ``OTHER``."""
+    async with serving_app(restartable) as (directory, app):
+        metrics = app.extensions[MIDDLEWARE_EXTENSION].metrics
+        assert metrics is not None
+        async with aiohttp.ClientSession() as session:
+            for i in range(20):
+                method = f"X{i:03d}" + "M" * 200
+                async with session.request(method, directory.url + "/api/v3/health") as r:
+                    assert r.status == 405, await r.text()
+            async with session.get(directory.url + "/api/v3/health") as r:
+                assert r.status == 200
+        text = (await metrics.exposition()).decode()
+        assert "MMMM" not in text
+        assert 'method="OTHER",route="<unmatched>",status="405"} 20.0' in text
+        assert 'method="GET",route="/api/v3/health",status="200"} 1.0' in text
+
+
+async def test_failed_grants_are_counted_by_kind_not_by_their_node_ids(
+        restartable: DirectorySettings) -> None:
+    """A failed delivery's reason names the node ids and the error text: as a metric label it
+    made a new series for every pair of nodes an attacker's grants failed between (nodes that
+    answer nothing cost nothing). The label is the kind of failure."""
+    async with serving_app(restartable) as (directory, app):
+        metrics = app.extensions[MIDDLEWARE_EXTENSION].metrics
+        alice = Node(directory, api_url=f"http://{HOST}:{free_port()}")
+        bob = Node(directory, api_url=f"http://{HOST}:{free_port()}")
+        for node in (alice, bob):
+            assert (await node.register()).status == 201
+        reply = await alice.call("POST", "/api/v3/tokens/request-connection",
+                                 {"target": bob.node_id})
+        assert reply.status == 502, reply.body
+        text = (await metrics.exposition()).decode()
+        assert alice.node_id not in text and bob.node_id not in text
+        assert 'openred_grants_failed_total{reason="push"} 1.0' in text
