@@ -19,6 +19,7 @@ from openred.directory.fastroutes import FAST_ROUTES, DirectoryFastPath
 from openred.directory.keys import create_keystore
 from openred.directory.routing import EXTENSION
 from openred.directory.service import NONCES_FILE, DirectoryService
+from openred.modules.monitoring.service import REACHABILITY_EXTENSION
 from openred.settings import DirectorySettings
 from openred.web.middleware import MIDDLEWARE_EXTENSION
 from tests.directory.conftest import TEST_JAIL_ENV, Directory, Node
@@ -207,3 +208,27 @@ async def test_failed_grants_are_counted_by_kind_not_by_their_node_ids(
         text = (await metrics.exposition()).decode()
         assert alice.node_id not in text and bob.node_id not in text
         assert 'openred_grants_failed_total{reason="push"} 1.0' in text
+
+
+async def test_the_directory_remembers_a_bounded_number_of_node_targets(
+        restartable: DirectorySettings) -> None:
+    """Each node a grant was pushed to became a reachability target ("node host:port", a URL
+    the node chose) and an ``openred_dependency_up`` series, kept forever. The directory keeps
+    the most recent ``max_targets`` (1024; 2 here) and drops the series of the others."""
+    async with serving_app(restartable) as (directory, app):
+        metrics = app.extensions[MIDDLEWARE_EXTENSION].metrics
+        reachability = app.extensions[REACHABILITY_EXTENSION]
+        reachability.max_targets = 2
+        nodes = [Node(directory, api_url=f"http://{HOST}:{free_port()}") for _ in range(3)]
+        for node in nodes:
+            assert (await node.register()).status == 201
+        for target in nodes[1:]:
+            reply = await nodes[0].call("POST", "/api/v3/tokens/request-connection",
+                                        {"target": target.node_id})
+            assert reply.status == 502, reply.body
+        text = (await metrics.exposition()).decode()
+        series = [line for line in text.splitlines()
+                  if line.startswith("openred_dependency_up{")]
+        assert len(series) == 2, series
+        assert len(reachability) == 2
+        assert nodes[0].api_url.removeprefix("http://") in "".join(series)
