@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from openred.directory.routing import EXTENSION
 from openred.directory.service import NONCES_FILE, DirectoryService
 from openred.modules.monitoring.service import REACHABILITY_EXTENSION
 from openred.settings import DirectorySettings
+from openred.web import urls
 from openred.web.middleware import MIDDLEWARE_EXTENSION
 from tests.directory.conftest import TEST_JAIL_ENV, Directory, Node
 from tests.directory.test_bad_input import signed_headers
@@ -232,3 +235,46 @@ async def test_the_directory_remembers_a_bounded_number_of_node_targets(
         assert len(series) == 2, series
         assert len(reachability) == 2
         assert nodes[0].api_url.removeprefix("http://") in "".join(series)
+
+
+async def test_a_name_whose_dns_never_answers_does_not_hold_registrations_or_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node registers an api_url under a DNS zone it controls and makes that zone silent.
+    The directory resolved it with no time limit, in the event loop's default executor (a
+    handful of threads here): the registration hung for as long as the resolver tried, and
+    a few of them held every thread other work needs (``/health``'s database probe). Now a
+    lookup has its own small pool and a time limit: 422 when the name does not resolve in
+    time, 503 when too many lookups wait already, and the rest of the directory answers."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".silent.example"):
+            release.wait(20)  # a resolver that never hears back (until the test ends)
+            raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT", 0.5)
+    settings = settings_for(tmp_path, monkeypatch)
+    try:
+        async with serving(settings) as directory:
+            async def register(host: str) -> tuple[int, str]:
+                node = Node(directory, api_url=f"http://{host}:8080")
+                reply = await asyncio.wait_for(node.register(), 10)
+                return reply.status, reply.json()["type"]
+
+            first = await register("n0.silent.example")
+            assert first == (422, "urn:openred:problem:unsafe-url")
+            # More silent names than lookups may wait: the others are refused at once, busy.
+            answers = await asyncio.gather(*(register(f"n{i}.silent.example")
+                                             for i in range(1, 24)))
+            assert set(answers) <= {first, (503, "urn:openred:problem:busy")}
+            assert (503, "urn:openred:problem:busy") in answers
+            # What needs the default executor still answers.
+            async with aiohttp.ClientSession() as session, session.get(
+                    directory.url + "/api/v3/health",
+                    timeout=aiohttp.ClientTimeout(total=5)) as r:
+                assert r.status == 200, await r.text()
+    finally:
+        release.set()
