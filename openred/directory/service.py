@@ -288,9 +288,6 @@ class DirectoryService:
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
         service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
                       signs=signs)
-        # Nonces seen before a clean stop are known again; after a crash, signatures made
-        # before this start are refused (a replay across the restart; docs/decisions.md).
-        service.verifier.restore(settings.data_dir / NONCES_FILE)
         await service._sync_tree(store.head.size)
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
@@ -299,11 +296,23 @@ class DirectoryService:
         await store.checkpoint()
         return service
 
-    async def close(self) -> None:
+    def restore_nonces(self) -> None:
+        """Know again the nonces a cleanly stopped server saved, or refuse older signatures.
+
+        For the serving process only (the app's start): a replay across a restart is refused
+        either way (:meth:`~openred.web.signatures.InboundVerifier.restore`). A command that
+        opens the service beside the server (``openred directory revoke``) leaves the file.
+        """
+        self.verifier.restore(self.settings.data_dir / NONCES_FILE)
+
+    def save_nonces(self) -> None:
+        """Save the live nonces for the next start (the serving process, when it stops)."""
         try:
             self.verifier.save(self.settings.data_dir / NONCES_FILE)
         except OSError as exc:
             logger.warning("could not save the nonce cache: %s", exc)
+
+    async def close(self) -> None:
         self._cache.close()
         await self.http.close()
         await self.reads.close()
