@@ -359,9 +359,13 @@ class RequestVerifier:
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         nonce_cache: NonceCache | None = None,
         not_before: int | None = None,
+        admit: Callable[[str], None] | None = None,
     ) -> None:
         self._resolve_key = resolve_key
         self.window_seconds = window_seconds
+        # Called with the keyid once its signature verified, before its nonce is remembered:
+        # a request it refuses (a rate limit) takes no room in the nonce cache.
+        self._admit = admit
         # Signatures created before this instant are refused: the nonce cache cannot know
         # whether it saw them (it started empty after them; see InboundVerifier).
         self.not_before = not_before
@@ -392,8 +396,8 @@ class RequestVerifier:
         profile form leaves one possible signature base (RFC 9421 §2.5), built here from the
         exact header text (``fast_signature_base``, tested byte for byte against the
         library's). Returns None, never raises, on any doubt or failure (the general path
-        then decides and says why), except NonceCacheFull and a replayed nonce, which are
-        decided last exactly as there.
+        then decides and says why), except what ``admit`` raises, NonceCacheFull and a
+        replayed nonce, which are decided last exactly as there.
         """
         parts = _fast_parts(req)
         if parts is None:
@@ -413,6 +417,8 @@ class RequestVerifier:
             key.verify(signature, base)
         except InvalidSignature:
             return None
+        if self._admit is not None:
+            self._admit(keyid)
         self.nonce_cache.remember(keyid, nonce, created=created, now=now)
         return keyid
 
@@ -458,7 +464,10 @@ class RequestVerifier:
             verifier.verify_body(message, results, req.body)
         except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
             raise RequestSignatureError("content-digest does not match the body") from exc
-        # 7. The nonce was not seen inside the window (only now, so forgeries cannot fill it).
+        # 7. The caller admits the signer (its rate limit), then the nonce was not seen inside
+        #    the window (only now, so forgeries and refused requests cannot fill the cache).
+        if self._admit is not None:
+            self._admit(params.keyid)
         self.nonce_cache.remember(params.keyid, params.nonce, created=params.created, now=now)
         return params.keyid
 

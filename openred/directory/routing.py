@@ -59,8 +59,10 @@ async def verify_signed(svc: DirectoryService, req: HttpRequest) -> str:
     Shared by the Quart routes (:func:`signed`) and the fast routes
     (:mod:`openred.directory.fastroutes`).
     """
-    keyid = await svc.verifier.verify_http(req, svc.resolve_key)
-    svc.limit_client(keyid)
+    # The limit is checked before the nonce is remembered (a refused request takes no room
+    # in the cache, and the answer is 429) and counted after it (a replay costs nothing).
+    keyid = await svc.verifier.verify_http(req, svc.resolve_key, admit=svc.check_client)
+    svc.hit_client(keyid)
     return keyid
 
 

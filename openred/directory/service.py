@@ -465,13 +465,20 @@ class DirectoryService:
         return stored
 
     def limit_client(self, key: str) -> None:
-        """Per-client limit on signed requests (429 with Retry-After)."""
-        now = self.clock()
-        wait = self.client_limit.retry_after(key, now)
+        """Per-client limit on signed requests (429 with Retry-After): check, then count."""
+        self.check_client(key)
+        self.hit_client(key)
+
+    def check_client(self, key: str) -> None:
+        """RequestRefused 429 (with Retry-After) if ``key`` is at its limit now."""
+        wait = self.client_limit.retry_after(key, self.clock())
         if wait is not None:
             raise RequestRefused(429, "rate-limited", "too many requests from this client",
                                  retry_after=int(wait) + 1)
-        self.client_limit.hit(key, now)
+
+    def hit_client(self, key: str) -> None:
+        """Count one request of ``key`` against its limit."""
+        self.client_limit.hit(key, self.clock())
 
     async def register(
         self, signed: SignedNodeRecord, *, signer: str

@@ -165,8 +165,13 @@ class InboundVerifier:
         req = await to_http_request(self.public_url, request)
         return await self.verify_http(req, resolve), req
 
-    async def verify_http(self, req: HttpRequest, resolve: KeyResolver) -> str:
-        """Verify a framework-neutral request; the keyid that signed it."""
+    async def verify_http(self, req: HttpRequest, resolve: KeyResolver,
+                          admit: Callable[[str], None] | None = None) -> str:
+        """Verify a framework-neutral request; the keyid that signed it.
+
+        ``admit(keyid)`` runs once the signature verified and before the nonce is remembered
+        (a rate limit that refuses: the refused request takes no room in the nonce cache).
+        """
         keyid = peek_keyid(req)
         key = await resolve(keyid)
 
@@ -174,7 +179,8 @@ class InboundVerifier:
             return key if wanted == keyid else None
 
         verifier = RequestVerifier(one, window_seconds=self.window_seconds,
-                                   nonce_cache=self.nonce_cache, not_before=self.not_before)
+                                   nonce_cache=self.nonce_cache, not_before=self.not_before,
+                                   admit=admit)
         return verifier.verify(req, int(self.clock()))
 
     def save(self, path: Path) -> None:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from quart import Quart
 
+from openred.crypto.httpsig import NonceCache
 from openred.directory.app import create_app
 from openred.directory.fastroutes import FAST_ROUTES, DirectoryFastPath
 from openred.directory.keys import create_keystore
@@ -278,3 +279,33 @@ async def test_a_name_whose_dns_never_answers_does_not_hold_registrations_or_oth
                 assert r.status == 200, await r.text()
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_node_over_its_limit_gets_429_not_a_full_nonce_quota(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    """Requests refused by the per-client limit still had their nonces remembered, so a node
+    that kept sending filled its own nonce quota and then got 503 ``busy`` (retry soon)
+    instead of 429 with Retry-After, and its refused requests took room in the shared cache.
+    The limit is now checked before the nonce is remembered (and a hit counted after it, so a
+    replayed request still costs its signer nothing)."""
+    settings = settings_for(tmp_path, monkeypatch, rate_per_client=2)
+    async with serving_app(settings) as (directory, app):
+        app.extensions[FAST_ROUTES].enabled = fast
+        cache = NonceCache(window_seconds=60, max_entries=100, max_per_signer=3)
+        directory.service.verifier.nonce_cache = cache
+        alice = Node(directory, api_url=directory.url)
+        url = directory.url + "/api/v3/nodes/heartbeat"
+        body = b"{}"
+        assert (await alice.register()).status == 201  # a nonce (its limit is the address's)
+        first = await signed_headers(alice, url, body)
+        assert (await send("POST", url, first, body))[0] == 200  # a nonce, a hit
+        # A replay of it is refused as a replay and costs nothing.
+        assert (await send("POST", url, first, body))[0] == 401
+        assert (await send("POST", url, await signed_headers(alice, url, body), body))[0] == 200
+        assert cache.count(alice.node_id) == 3
+        for _ in range(3):
+            status, problem = await send("POST", url, await signed_headers(alice, url, body),
+                                         body)
+            assert (status, problem["type"]) == (429, "urn:openred:problem:rate-limited")
+        assert cache.count(alice.node_id) == 3
