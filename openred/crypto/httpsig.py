@@ -304,6 +304,28 @@ class NonceCache:
         """How many live nonces of ``keyid`` are remembered."""
         return self._per_signer.get(keyid, 0)
 
+    def live(self, now: int) -> list[tuple[str, str, int]]:
+        """Every entry still live at ``now``: ``(keyid, nonce, expiry)`` (to save at a stop)."""
+        self.purge(now)
+        return [(keyid, nonce, expiry) for (keyid, nonce), expiry in self._expiry.items()]
+
+    def restore(self, entries: Iterable[tuple[str, str, int]], now: int) -> int:
+        """Remember saved :meth:`live` entries again (those still live); how many were taken.
+
+        Entries already known are kept as they are; quotas are not applied (the entries were
+        within them when they were remembered), the total bound is.
+        """
+        taken = 0
+        for keyid, nonce, expiry in entries:
+            key = (keyid, nonce)
+            if expiry < now or key in self._expiry or len(self._expiry) >= self.max_entries:
+                continue
+            self._expiry[key] = expiry
+            self._per_signer[keyid] = self._per_signer.get(keyid, 0) + 1
+            heapq.heappush(self._heap, (expiry, keyid, nonce))
+            taken += 1
+        return taken
+
     def remember(self, keyid: str, nonce: str, *, created: int, now: int) -> None:
         """Record a nonce; RequestSignatureError if it was seen, NonceCacheFull if no room."""
         self.purge(now)
@@ -336,9 +358,17 @@ class RequestVerifier:
         *,
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         nonce_cache: NonceCache | None = None,
+        not_before: int | None = None,
+        admit: Callable[[str], None] | None = None,
     ) -> None:
         self._resolve_key = resolve_key
         self.window_seconds = window_seconds
+        # Called with the keyid once its signature verified, before its nonce is remembered:
+        # a request it refuses (a rate limit) takes no room in the nonce cache.
+        self._admit = admit
+        # Signatures created before this instant are refused: the nonce cache cannot know
+        # whether it saw them (it started empty after them; see InboundVerifier).
+        self.not_before = not_before
         # Not `or`: an empty NonceCache is falsy (it has __len__), and a shared one must be used.
         if nonce_cache is None:
             nonce_cache = NonceCache(window_seconds=window_seconds)
@@ -366,14 +396,16 @@ class RequestVerifier:
         profile form leaves one possible signature base (RFC 9421 §2.5), built here from the
         exact header text (``fast_signature_base``, tested byte for byte against the
         library's). Returns None, never raises, on any doubt or failure (the general path
-        then decides and says why), except NonceCacheFull and a replayed nonce, which are
-        decided last exactly as there.
+        then decides and says why), except what ``admit`` raises, NonceCacheFull and a
+        replayed nonce, which are decided last exactly as there.
         """
         parts = _fast_parts(req)
         if parts is None:
             return None
         base, created, keyid, nonce, signature, digest = parts
         if not now - self.window_seconds <= created <= now + self.window_seconds:
+            return None
+        if self.not_before is not None and created < self.not_before:
             return None
         key = self._resolve_key(keyid)
         if key is None:
@@ -385,6 +417,8 @@ class RequestVerifier:
             key.verify(signature, base)
         except InvalidSignature:
             return None
+        if self._admit is not None:
+            self._admit(keyid)
         self.nonce_cache.remember(keyid, nonce, created=created, now=now)
         return keyid
 
@@ -406,6 +440,10 @@ class RequestVerifier:
             raise RequestSignatureError("created is in the future beyond the window")
         if params.created < now - self.window_seconds:
             raise RequestSignatureError("created is older than the window")
+        if self.not_before is not None and params.created < self.not_before:
+            raise RequestSignatureError(
+                "created before this service started, so its nonce cannot be checked: "
+                "sign the request again")
         # 4. The keyid names a key we know.
         key = self._resolve_key(params.keyid)
         if key is None:
@@ -426,7 +464,10 @@ class RequestVerifier:
             verifier.verify_body(message, results, req.body)
         except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
             raise RequestSignatureError("content-digest does not match the body") from exc
-        # 7. The nonce was not seen inside the window (only now, so forgeries cannot fill it).
+        # 7. The caller admits the signer (its rate limit), then the nonce was not seen inside
+        #    the window (only now, so forgeries and refused requests cannot fill the cache).
+        if self._admit is not None:
+            self._admit(params.keyid)
         self.nonce_cache.remember(params.keyid, params.nonce, created=params.created, now=now)
         return params.keyid
 

@@ -50,6 +50,7 @@ def create_app(settings: DirectorySettings) -> Quart:
             await jail.close()
             await supervisor.stop()
             raise
+        service.restore_nonces()
         app.extensions[EXTENSION] = service
         monitor_directory(app, service)
         state["status_task"] = asyncio.create_task(service.run_status_task())
@@ -63,6 +64,7 @@ def create_app(settings: DirectorySettings) -> Quart:
                 await task
         service = app.extensions.pop(EXTENSION, None)
         if isinstance(service, DirectoryService):
+            service.save_nonces()
             await service.close()
         jail = state.pop("jail", None)
         if isinstance(jail, JailClient):

@@ -8,9 +8,45 @@ are dropped as the table is swept.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "client_key"]
+
+IPV6_CLIENT_PREFIX = 64
+"""An IPv6 client is its /64: one subscriber line or host is given a whole /64 (RFC 6177), so
+a limit per address would give it 2^64 fresh budgets."""
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 65536
+
+
+def client_key(address: str | None) -> str:
+    """The rate-limit key of a client address: ``address:`` + the IPv4 address, or the IPv6 /64.
+
+    An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 client) is its IPv4
+    address; a zone id is dropped; anything that is not an address (a Unix socket's
+    ``<local>``) is kept as it is. Memoized (bounded): a dict lookup per registration.
+    """
+    text = str(address)
+    key = _KEYS.get(text)
+    if key is None:
+        key = "address:" + _network(text)
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[text] = key
+    return key
+
+
+def _network(text: str) -> str:
+    try:
+        found = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return text
+    if isinstance(found, ipaddress.IPv6Address):
+        if found.ipv4_mapped is not None:
+            return str(found.ipv4_mapped)
+        return str(ipaddress.IPv6Network((found, IPV6_CLIENT_PREFIX), strict=False))
+    return str(found)
 
 
 class RateLimiter:

@@ -11,6 +11,7 @@ from quart_schema import document_response
 
 from openred.crypto.httpsig import HttpRequest
 from openred.crypto.identity import NodeId, SignKey
+from openred.directory.ratelimit import client_key
 from openred.directory.schemas import SignedRecordBody
 from openred.directory.service import DirectoryService
 from openred.errors import InvalidKey
@@ -58,20 +59,23 @@ async def verify_signed(svc: DirectoryService, req: HttpRequest) -> str:
     Shared by the Quart routes (:func:`signed`) and the fast routes
     (:mod:`openred.directory.fastroutes`).
     """
-    keyid = await svc.verifier.verify_http(req, svc.resolve_key)
-    svc.limit_client(keyid)
+    # The limit is checked before the nonce is remembered (a refused request takes no room
+    # in the cache, and the answer is 429) and counted after it (a replay costs nothing).
+    keyid = await svc.verifier.verify_http(req, svc.resolve_key, admit=svc.check_client)
+    svc.hit_client(keyid)
     return keyid
 
 
 async def verify_registration(svc: DirectoryService, req: HttpRequest, data: SignedRecordBody,
                               remote_addr: str | None) -> str:
-    """The limit per client address, then the verified ``keyid`` of a registration.
+    """The limit per client (an IPv4 address or an IPv6 /64: :func:`client_key`), then the
+    verified ``keyid`` of a registration.
 
     Registration is self-certifying: a ``keyid`` equal to the record's ``node_id`` is checked
     against the record's ``sign_key`` (whose id it must be); any other ``keyid`` against the
     key the directory already holds for it (so the decision can answer 403, not 401).
     """
-    svc.limit_client(f"address:{remote_addr}")
+    svc.limit_client(client_key(remote_addr))
 
     async def resolve(keyid: str) -> SignKey | None:
         if keyid == data.record.node_id:

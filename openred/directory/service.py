@@ -77,6 +77,8 @@ __all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
+NONCES_FILE = "nonces.json"
+"""The live request nonces a cleanly stopped directory leaves for the next start."""
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
@@ -294,6 +296,22 @@ class DirectoryService:
         await store.checkpoint()
         return service
 
+    def restore_nonces(self) -> None:
+        """Know again the nonces a cleanly stopped server saved, or refuse older signatures.
+
+        For the serving process only (the app's start): a replay across a restart is refused
+        either way (:meth:`~openred.web.signatures.InboundVerifier.restore`). A command that
+        opens the service beside the server (``openred directory revoke``) leaves the file.
+        """
+        self.verifier.restore(self.settings.data_dir / NONCES_FILE)
+
+    def save_nonces(self) -> None:
+        """Save the live nonces for the next start (the serving process, when it stops)."""
+        try:
+            self.verifier.save(self.settings.data_dir / NONCES_FILE)
+        except OSError as exc:
+            logger.warning("could not save the nonce cache: %s", exc)
+
     async def close(self) -> None:
         self._cache.close()
         await self.http.close()
@@ -447,13 +465,20 @@ class DirectoryService:
         return stored
 
     def limit_client(self, key: str) -> None:
-        """Per-client limit on signed requests (429 with Retry-After)."""
-        now = self.clock()
-        wait = self.client_limit.retry_after(key, now)
+        """Per-client limit on signed requests (429 with Retry-After): check, then count."""
+        self.check_client(key)
+        self.hit_client(key)
+
+    def check_client(self, key: str) -> None:
+        """RequestRefused 429 (with Retry-After) if ``key`` is at its limit now."""
+        wait = self.client_limit.retry_after(key, self.clock())
         if wait is not None:
             raise RequestRefused(429, "rate-limited", "too many requests from this client",
                                  retry_after=int(wait) + 1)
-        self.client_limit.hit(key, now)
+
+    def hit_client(self, key: str) -> None:
+        """Count one request of ``key`` against its limit."""
+        self.client_limit.hit(key, self.clock())
 
     async def register(
         self, signed: SignedNodeRecord, *, signer: str

@@ -216,21 +216,52 @@ def install_request_ids(app: Quart) -> None:
 
 
 class Reachability:
-    """Log a dependency going down (ERROR, once) and coming back (INFO, once)."""
+    """Log a dependency going down (ERROR, once) and coming back (INFO, once).
+
+    At most ``max_targets`` targets are remembered (the directory's targets are nodes, named
+    by URLs they chose: without a bound every new one was kept forever, with its gauge
+    series); beyond that the one heard of least recently is forgotten, and ``on_forget``
+    tells the metrics to drop its series.
+    """
+
+    MAX_TARGETS = 1024
 
     def __init__(self, logger: logging.Logger | None = None,
-                 on_change: Any | None = None) -> None:
+                 on_change: Any | None = None, *, on_forget: Any | None = None,
+                 max_targets: int = MAX_TARGETS) -> None:
         self.logger = logger or logging.getLogger("openred.reachability")
         self._down: dict[str, str] = {}
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # in order of last report, oldest first
         self._on_change = on_change
+        self._on_forget = on_forget
+        self.max_targets = max_targets
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def is_down(self, target: str) -> bool:
         return target in self._down
 
+    def _touch(self, target: str) -> bool:
+        """Mark ``target`` most recently reported; whether it was new."""
+        seen = self._seen
+        if target in seen:
+            if next(reversed(seen)) != target:
+                del seen[target]
+                seen[target] = None
+            return False
+        while len(seen) >= self.max_targets:
+            oldest = next(iter(seen))
+            del seen[oldest]
+            self._down.pop(oldest, None)
+            if self._on_forget is not None:
+                self._on_forget(oldest)
+        seen[target] = None
+        return True
+
     def failed(self, target: str, detail: str) -> None:
         """``target`` did not answer; an ERROR line if it was answering until now."""
-        self._seen.add(target)
+        self._touch(target)
         if target not in self._down:
             self._down[target] = detail
             self.logger.error("%s is unreachable: %s", target, detail,
@@ -240,10 +271,9 @@ class Reachability:
 
     def answered(self, target: str) -> None:
         """``target`` answered; an INFO line if it was down."""
-        if target not in self._seen:
-            self._seen.add(target)
-            if self._on_change is not None and target not in self._down:
-                self._on_change(target, True)  # first answer: up, nothing to log
+        new = self._touch(target)
+        if new and self._on_change is not None and target not in self._down:
+            self._on_change(target, True)  # first answer: up, nothing to log
         detail = self._down.pop(target, None)
         if detail is not None:
             self.logger.info("%s is reachable again", target,

@@ -56,6 +56,24 @@ METRICS_EXTENSION = "openred.metrics"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _UNMATCHED = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                      "PATCH"})
+"""The methods counted under their own name (RFC 9110 §9, RFC 5789): a client may send any
+token as a method, and each label value is a series the registry keeps forever."""
+_OTHER_METHOD = "OTHER"
+
+
+def grant_failure_kind(reason: object) -> str:
+    """The label of a ``ConnectionGrantFailed``: ``not-signed``, ``no-checkpoint`` or ``push``.
+
+    The reason itself names node ids, URLs and error texts (one series per pair of nodes that
+    answer nothing, kept forever): the log keeps it, the metric counts its kind.
+    """
+    text = str(reason)
+    for prefix, kind in (("not signed:", "not-signed"), ("no checkpoint:", "no-checkpoint")):
+        if text.startswith(prefix):
+            return kind
+    return "push"
 _MAX_CHILDREN = 4096
 
 Sampler = Callable[["Metrics"], Awaitable[None]]
@@ -130,7 +148,7 @@ class Metrics:
             "TokenExpired": lambda p: self.tokens_expired.inc(),
             "ConnectionGranted": lambda p: self.grants_issued.inc(),
             "ConnectionGrantFailed": lambda p: self.grants_failed.labels(
-                str(p.get("reason", "unknown"))).inc(),
+                grant_failure_kind(p.get("reason"))).inc(),
             "PeerAuthenticated": lambda p: self.peer_authentications.labels(
                 "challenger", "ok").inc(),
             "PeerAuthenticationFailed": lambda p: self.peer_authentications.labels(
@@ -156,6 +174,8 @@ class Metrics:
     def observe_request(self, method: str, route: str | None, status: int,
                         seconds: float) -> None:
         template = route or _UNMATCHED
+        if method not in _METHODS:
+            method = _OTHER_METHOD
         self._child(self.requests, method, template, str(status)).inc()
         self._child(self.request_seconds, method, template).observe(seconds)
 

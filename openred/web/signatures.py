@@ -9,9 +9,14 @@ The key is resolved asynchronously (a database lookup) after the ``keyid`` is re
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import http_sf
@@ -28,6 +33,8 @@ from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
 
 __all__ = ["InboundVerifier", "KeyResolver", "scope_http_request", "to_http_request"]
+
+logger = logging.getLogger("openred.web")
 
 KeyResolver = Callable[[str], Awaitable[SignKey | None]]
 """Looks up the public key a ``keyid`` names (None when unknown)."""
@@ -141,10 +148,13 @@ class InboundVerifier:
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
         nonce_cache: NonceCache | None = None,
+        not_before: int | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.window_seconds = window_seconds
         self.clock = clock
+        # Signatures created before this instant are refused (see :meth:`restore`).
+        self.not_before = not_before
         # Not `or`: an empty NonceCache is falsy (it has __len__), and a given one must be used.
         if nonce_cache is None:
             nonce_cache = NonceCache(window_seconds=window_seconds)
@@ -155,8 +165,13 @@ class InboundVerifier:
         req = await to_http_request(self.public_url, request)
         return await self.verify_http(req, resolve), req
 
-    async def verify_http(self, req: HttpRequest, resolve: KeyResolver) -> str:
-        """Verify a framework-neutral request; the keyid that signed it."""
+    async def verify_http(self, req: HttpRequest, resolve: KeyResolver,
+                          admit: Callable[[str], None] | None = None) -> str:
+        """Verify a framework-neutral request; the keyid that signed it.
+
+        ``admit(keyid)`` runs once the signature verified and before the nonce is remembered
+        (a rate limit that refuses: the refused request takes no room in the nonce cache).
+        """
         keyid = peek_keyid(req)
         key = await resolve(keyid)
 
@@ -164,5 +179,50 @@ class InboundVerifier:
             return key if wanted == keyid else None
 
         verifier = RequestVerifier(one, window_seconds=self.window_seconds,
-                                   nonce_cache=self.nonce_cache)
+                                   nonce_cache=self.nonce_cache, not_before=self.not_before,
+                                   admit=admit)
         return verifier.verify(req, int(self.clock()))
+
+    def save(self, path: Path) -> None:
+        """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""
+        entries = self.nonce_cache.live(int(self.clock()))
+        text = json.dumps({"v": 1, "entries": entries}, separators=(",", ":"))
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+
+    def restore(self, path: Path) -> bool:
+        """Start from the nonces a stopped process saved at ``path``, or refuse older signatures.
+
+        The nonce cache of a new process is empty, so a request signed and answered just before
+        a restart would verify again after it (a replay inside the window). With the file a
+        clean stop saved (:meth:`save`) those nonces are known again; the file is consumed.
+        Without it (a crash, a first start) nothing signed before this process started can be
+        known fresh: ``not_before`` becomes the second it started in, and older signatures get
+        401 (an honest client signs again). What remains open after a crash: a signature made
+        in that very second, or dated ahead of the crashed process's clock (by up to the
+        window), that it had accepted. True when the file was restored.
+        """
+        now = self.clock()
+        restored = False
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entries = [(str(k), str(n), int(e)) for k, n, e in data["entries"]]
+            if data.get("v") != 1:
+                raise ValueError("unknown version")
+            self.nonce_cache.restore(entries, int(now))
+            restored = True
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("saved nonces in %s unreadable (%s): refusing older signatures",
+                           path, exc)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if not restored:
+            self.not_before = int(now)
+        return restored

@@ -15,23 +15,33 @@ checked as an address:
 
 A name can later resolve elsewhere (DNS rebinding), so the outbound client checks the addresses
 again at connection time with :class:`SafeResolver`: a check at registration alone would not do.
+
+The names are chosen by nodes, and so are their DNS servers: a zone that never answers held a
+``getaddrinfo`` thread for as long as the system resolver tries. Lookups therefore run on
+small pools of their own (one for registrations, one for connections, :class:`Lookups`), never
+the event loop's default executor, with a time limit (:data:`RESOLVE_TIMEOUT`); a pool whose
+threads are all taken refuses at once (:class:`~openred.errors.ServiceBusy`, 503).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ipaddress
 import socket
-from collections.abc import Iterable
+import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
-from openred.errors import UnsafeUrl
+from openred.errors import ServiceBusy, UnsafeUrl
 
-__all__ = ["MAX_URL_LEN", "SafeResolver", "check_address", "check_url_syntax", "normalize_url"]
+__all__ = ["MAX_URL_LEN", "Lookups", "SafeResolver", "check_address", "check_url_syntax",
+           "normalize_url"]
 
 MAX_URL_LEN = 512
+_AI_ADDRCONFIG = getattr(socket, "AI_ADDRCONFIG", 0)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _METADATA = {
@@ -167,22 +177,82 @@ async def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> N
         check_address(found, allow_private=allow_private)
 
 
+RESOLVE_TIMEOUT = 5.0
+"""Seconds a name may take to resolve (a node's name: its DNS servers are the node's choice)."""
+
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+
+
+class Lookups:
+    """``getaddrinfo`` on a pool of ``threads`` threads of its own, ``pending`` lookups at most.
+
+    A lookup the system resolver does not finish within :data:`RESOLVE_TIMEOUT` (counting any
+    wait for a thread) is abandoned by its caller: its thread stays busy until the resolver
+    gives up, a lookup still waiting for a thread is dropped. When ``pending`` lookups are
+    running or waiting, a new one is refused at once with
+    :class:`~openred.errors.ServiceBusy` rather than queued behind them. Thread-safe; usable
+    from any event loop.
+    """
+
+    def __init__(self, name: str, threads: int, pending: int) -> None:
+        self.name = name
+        self.threads = threads
+        self.pending = max(pending, threads)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        """Lookups running or waiting now (abandoned ones included until they end)."""
+        return self._busy
+
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self._busy -= 1
+
+    async def getaddrinfo(self, host: str, port: int, family: int = socket.AF_UNSPEC,
+                          flags: int = 0) -> list[AddrInfo]:
+        """The resolver's answer; OSError as it raises, UnsafeUrl on timeout, ServiceBusy."""
+        with self._lock:
+            if self._busy >= self.pending:
+                raise ServiceBusy(f"too many {self.name} DNS lookups in progress; retry later")
+            self._busy += 1
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.threads, thread_name_prefix=f"openred-dns-{self.name}")
+            pool = self._pool
+        try:
+            future = pool.submit(_getaddrinfo, host, port, family, flags)
+        except BaseException:
+            self._done(None)
+            raise
+        # Exactly once: when the lookup ends, or when it is dropped before it started.
+        future.add_done_callback(self._done)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), RESOLVE_TIMEOUT)
+        except TimeoutError as exc:
+            raise UnsafeUrl(
+                f"host {host} did not resolve within {RESOLVE_TIMEOUT:g} s") from exc
+
+
+def _getaddrinfo(host: str, port: int, family: int, flags: int) -> list[AddrInfo]:
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, flags)
+    return [(int(f), int(t), proto, name, tuple(a)) for f, t, proto, name, a in infos]
+
+
+REGISTRATION_LOOKUPS = Lookups("registration", 4, pending=16)
+"""Lookups of names being registered (:func:`check_url`)."""
+CONNECTION_LOOKUPS = Lookups("connection", 8, pending=64)
+"""Lookups of names being connected to (:class:`SafeResolver`)."""
+
+
 async def _resolve(host: str, port: int) -> list[IPAddress]:
-    resolver = DefaultResolver()
     try:
-        results = await resolver.resolve(host, port, socket.AF_UNSPEC)
+        infos = await REGISTRATION_LOOKUPS.getaddrinfo(host, port)
     except OSError as exc:
         raise UnsafeUrl(f"host {host} does not resolve") from exc
-    finally:
-        await resolver.close()
-    return list(_addresses(results))
-
-
-def _addresses(results: Iterable[ResolveResult]) -> Iterable[IPAddress]:
-    for item in results:
-        found = _host_address(str(item["host"]))
-        if found is not None:
-            yield found
+    return [found for info in infos if (found := _host_address(str(info[4][0]))) is not None]
 
 
 class SafeResolver(AbstractResolver):
@@ -192,8 +262,8 @@ class SafeResolver(AbstractResolver):
     a private or metadata address (DNS rebinding) is still not reached.
     """
 
-    def __init__(self, *, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, *, allow_private: bool, lookups: Lookups | None = None) -> None:
+        self._lookups = CONNECTION_LOOKUPS if lookups is None else lookups
         self._allow_private = allow_private
 
     async def resolve(
@@ -205,20 +275,24 @@ class SafeResolver(AbstractResolver):
             return [_result(host, str(address), port, address)]
         if _is_localhost_name(host):
             check_address(ipaddress.ip_address("127.0.0.1"), allow_private=self._allow_private)
-        results = await self._inner.resolve(host, port, family)
+        # aiohttp's ThreadedResolver, on a pool of its own with a time limit (see Lookups).
+        infos = await self._lookups.getaddrinfo(host, port, family, _AI_ADDRCONFIG)
         kept = []
-        for item in results:
-            found = _host_address(str(item["host"]))
+        for info_family, _, proto, _, sockaddr in infos:
+            found = _host_address(str(sockaddr[0]))
             if found is None:
                 continue
-            check_address(found, allow_private=self._allow_private)
-            kept.append(item)
+            check_address(found, allow_private=self._allow_private)  # refuses zone ids too
+            kept.append(ResolveResult(
+                hostname=host, host=str(found), port=int(sockaddr[1]),
+                family=socket.AddressFamily(info_family), proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
         if not kept:
             raise UnsafeUrl(f"host {host} has no address a service may call")
         return kept
 
     async def close(self) -> None:
-        await self._inner.close()
+        return None
 
 
 def _result(hostname: str, host: str, port: int, address: IPAddress) -> ResolveResult:

@@ -578,3 +578,26 @@ async def test_a_full_cache_is_busy_not_a_bad_signature(signer: Signer) -> None:
         assert isinstance(exc, ServiceBusy) and not isinstance(exc, RequestSignatureError)
     else:
         raise AssertionError("a full cache must refuse")
+
+
+def test_saved_nonces_are_known_again_after_a_restart() -> None:
+    """What a stopped verifier saves (``live``) a new one restores: replays stay refused."""
+    old = NonceCache(window_seconds=60, max_entries=10, max_per_signer=10)
+    old.remember("k", "n1", created=100, now=100)
+    old.remember("k", "n2", created=30, now=80)  # expires at 90
+    saved = old.live(95)
+    assert saved == [("k", "n1", 160)]
+    new = NonceCache(window_seconds=60, max_entries=10, max_per_signer=10)
+    assert new.restore([*saved, ("j", "gone", 94)], now=95) == 1
+    with pytest.raises(RequestSignatureError, match="replayed"):
+        new.remember("k", "n1", created=100, now=120)
+    assert new.count("k") == 1 and ("j", "gone") not in new
+    new.purge(161)
+    assert len(new) == 0 and new.count("k") == 0
+
+
+async def test_signatures_made_before_not_before_are_refused(signer: Signer) -> None:
+    """A verifier whose cache cannot know older nonces refuses older signatures, both paths."""
+    verifier = RequestVerifier({signer.node_id: signer.public}.get, not_before=NOW)
+    reject(verifier, await signed(signer, now=NOW - 1), "before this service started")
+    assert verifier.verify(await signed(signer, now=NOW), NOW) == signer.node_id

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from openred.directory.service import NONCES_FILE
 from openred.settings import DirectorySettings
 from tests.directory.conftest import Directory, Node
 from tests.servers import free_port, running_process
@@ -44,6 +45,9 @@ async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
         # The operator revokes bob while the server runs (the CLI uses the server's jail).
         revoked = cli("revoke", "--data-dir", str(data), bob.node_id, env=env)
         assert revoked.returncode == 0, revoked.stderr
+        # Only the serving process saves its nonces (at its stop), never a command beside it:
+        # the next start would take a command's empty cache for the server's.
+        assert not (data / NONCES_FILE).exists()
         reply = await alice.call("POST", "/api/v3/tokens/request-connection",
                                  {"target": bob.node_id})
         assert reply.status == 403, reply.body
@@ -59,6 +63,8 @@ async def test_the_cli_runs_a_directory(tmp_path: Path) -> None:
         code = server.stop()
     assert code == 0, server.output()
     assert "Traceback" not in server.output()
+    saved = json.loads((data / NONCES_FILE).read_text())
+    assert len(saved["entries"]) >= 3 and (data / NONCES_FILE).stat().st_mode & 0o777 == 0o600
 
 
 def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:

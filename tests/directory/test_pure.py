@@ -219,3 +219,16 @@ async def test_node_cache_sees_foreign_writes_but_not_its_own_in_flight(tmp_path
     finally:
         cache.close()
         await store.close()
+
+
+def test_client_keys_group_an_ipv6_network_and_unmap_ipv4() -> None:
+    from openred.directory.ratelimit import client_key
+
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == (
+        "address:2001:db8:1:2::/64")
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:198.51.100.7") == client_key("198.51.100.7") == (
+        "address:198.51.100.7")
+    assert client_key("fe80::1%eth0") == "address:fe80::/64"
+    assert client_key("<local>") == "address:<local>"
+    assert client_key(None) == "address:None"

@@ -93,14 +93,21 @@ async def test_the_connection_resolver_refuses_a_name_that_rebinds_to_metadata(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     resolver = SafeResolver(allow_private=True)
+    real = socket.getaddrinfo
 
-    async def rebound(host: str, port: int = 0, family: int = 0) -> list[dict[str, object]]:
-        return [{"hostname": host, "host": "169.254.169.254", "port": port,
-                 "family": socket.AF_INET, "proto": 0, "flags": 0}]
+    def rebound(host: str, port: int, *args: object) -> list[tuple[object, ...]]:
+        if host == "node.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))]
+        if host == "fine.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port))]
+        return real(host, port, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(resolver._inner, "resolve", rebound)
+    monkeypatch.setattr(socket, "getaddrinfo", rebound)
     with pytest.raises(UnsafeUrl):
         await resolver.resolve("node.example", 80)
+    (fine,) = await resolver.resolve("fine.example", 81)
+    assert (fine["hostname"], fine["host"], fine["port"], fine["family"]) == (
+        "fine.example", "127.0.0.2", 81, socket.AF_INET)
     with pytest.raises(UnsafeUrl):
         await resolver.resolve("169.254.169.254", 80)
     ok = await resolver.resolve("127.0.0.1", 80)
@@ -169,3 +176,40 @@ async def test_refused_urls_are_never_remembered_and_memory_is_bounded(
     for port in range(1, urls._PASSED_MAX + 10):
         await check_url(f"http://127.0.0.1:{port}", allow_private=True)
     assert len(urls._passed) <= urls._PASSED_MAX
+
+
+async def test_lookups_are_bounded_timed_and_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A silent DNS zone holds one lookup thread; waiting lookups are dropped on timeout and
+    a full pool refuses at once (503), and every slot comes back."""
+    import asyncio
+    import threading
+
+    from openred.errors import ServiceBusy
+    from openred.web import urls
+
+    release = threading.Event()
+
+    def silent(host: str, port: int, *args: object) -> list[tuple[object, ...]]:
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT", 0.2)
+    lookups = urls.Lookups("test", 1, pending=2)
+    try:
+        first = asyncio.ensure_future(lookups.getaddrinfo("a.silent", 80))
+        second = asyncio.ensure_future(lookups.getaddrinfo("b.silent", 80))
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceBusy):
+            await lookups.getaddrinfo("c.silent", 80)
+        for task in (first, second):
+            with pytest.raises(UnsafeUrl, match="did not resolve within"):
+                await task
+        assert lookups.busy == 1  # the waiting one was dropped; the running one still runs
+    finally:
+        release.set()
+    for _ in range(100):
+        if lookups.busy == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert lookups.busy == 0

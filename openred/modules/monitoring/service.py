@@ -44,6 +44,17 @@ NODE_EXTENSION = "openred.node"
 REACHABILITY_EXTENSION = "openred.reachability"
 
 
+def _reachability(metrics: Metrics) -> Reachability:
+    """Reachability whose changes set ``openred_dependency_up`` (and forget its series)."""
+
+    def forget(target: str) -> None:
+        with contextlib.suppress(KeyError):
+            metrics.dependency_up.remove(target)
+
+    return Reachability(on_change=lambda target, up: metrics.dependency_up.labels(
+        target).set(1 if up else 0), on_forget=forget)
+
+
 def watch_reachability(http: Any, reachability: Reachability, name_of: Any) -> None:
     """Report each outbound request's target as answering or not (wraps ``http.request``).
 
@@ -99,8 +110,7 @@ def monitor_node(app: Any, *, environ: Mapping[str, str] | None = None) -> Metri
     services = app.extensions[NODE_EXTENSION]
     bind_node_id(str(services.keys.node_id))
     metrics = Metrics("node")
-    reachability = Reachability(on_change=lambda target, up: metrics.dependency_up.labels(
-        target).set(1 if up else 0))
+    reachability = _reachability(metrics)
     _install(app, metrics, reachability)
     metrics.watch_store(services.store)
     metrics.watch_jail(services.jail)
@@ -136,8 +146,7 @@ def monitor_directory(app: Any, service: Any, *,
     """Instrument the directory app and its open service; its Metrics."""
     bind_node_id(str(service.key.node_id))
     metrics = Metrics("directory")
-    reachability = Reachability(on_change=lambda target, up: metrics.dependency_up.labels(
-        target).set(1 if up else 0))
+    reachability = _reachability(metrics)
     _install(app, metrics, reachability)
     metrics.watch_store(service.store)
     metrics.watch_jail(service.jail)

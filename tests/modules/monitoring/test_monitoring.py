@@ -210,3 +210,16 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     assert first[("openred_tokens_expired_total", ())] == 1
     assert first[("openred_file_transfer_bytes_total", (("direction", "sent"),))] == 1024
     assert second[("openred_tokens_expired_total", ())] == 0
+
+
+def test_reachability_forgets_the_target_heard_of_least_recently() -> None:
+    forgotten: list[str] = []
+    tracker = Reachability(logger=logging.getLogger("test.reachability"),
+                           on_forget=forgotten.append, max_targets=2)
+    tracker.failed("a", "down")
+    tracker.answered("b")
+    tracker.answered("a")  # a is now the most recent
+    tracker.answered("c")
+    assert forgotten == ["b"] and len(tracker) == 2 and not tracker.is_down("a")
+    tracker.failed("d", "down")
+    assert forgotten == ["b", "a"] and tracker.is_down("d")
