@@ -10,7 +10,8 @@
    fork is logged as evidence (``DirectoryForkDetected``) and refused (409);
 5. has the jail check that the sealed token opens with this node's key (422);
 6. decides (:func:`openred.node.tokens.decide_receive`) and appends ``TokenReceived`` (and
-   ``PeerDiscovered`` when the record is new), idempotent by grant id.
+   ``PeerDiscovered`` when the record is new and not older than the one held), idempotent by
+   grant id.
 
 The port exists because the transparency checks live in ``openred.crypto.transparency`` and
 the node record checks in ``openred.crypto.records`` (the directory's part); their adapter
@@ -20,7 +21,7 @@ implements :class:`DeliveryChecks`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from openred.crypto.client import JailClient
@@ -164,9 +165,10 @@ class TokenReceiver:
         # 6. decide and append (once more if a concurrent delivery of the same grant won)
         command = ReceiveToken(grant, signature, sealed, verdict.peer, verdict.checkpoint)
         for _attempt in (1, 2):
+            known, peer_version = await self._known_peer(verdict.peer)
             decision = decide_receive(
                 await self.book.token_state(grant.grant_id), command, me=self.me,
-                known_peer=await self.book.peer(str(peer_id)), held=held, now=now,
+                known_peer=known, held=held, now=now, peer_stream_version=peer_version,
             )
             if isinstance(decision, Refusal):
                 raise decision.error()
@@ -178,6 +180,26 @@ class TokenReceiver:
                 continue
             return {"grant_id": grant.grant_id, "status": "received"}
         raise _bad(409, "grant-conflict", "concurrent deliveries of this grant disagree")
+
+    async def _known_peer(self, peer: PeerInfo) -> tuple[PeerInfo | None, int | None]:
+        """The record held for ``peer``'s node, with its version when ``peer`` differs from it.
+
+        Nearly every delivery names the record held (nothing to read beyond the peers row);
+        only a different one reads the peer's stream: the version of the newest record logged
+        and the stream version, which its ``PeerDiscovered`` is then appended at.
+        """
+        known = await self.book.peer(str(peer.node_id))
+        if known is not None and known.same_record(peer):
+            return known, None
+        state = await self.store.load_stream(ev.node_stream(str(peer.node_id)))
+        version = 0
+        for event in state.events:
+            if event.type == ev.PEER_DISCOVERED:
+                logged = event.payload.get("version")
+                version = logged if type(logged) is int else 0
+        if known is not None:
+            known = replace(known, version=version)
+        return known, state.version
 
     async def _append(self, events: list[NewEvent]) -> None:
         """Append; a peer whose record changes is announced before and after, however it ends."""

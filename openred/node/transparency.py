@@ -90,7 +90,8 @@ class TransparencyChecks:
         named = grant.initiator_record if peer == grant.initiator else grant.responder_record
         if b64url(record.hash) != named:
             raise CryptoError("the peer record is not the one the grant was minted for")
-        return PeerInfo(record.node_id, record.api_url, record.sign_key, record.box_key)
+        return PeerInfo(record.node_id, record.api_url, record.sign_key, record.box_key,
+                        record.version)
 
     async def _consistent(self, held: HeldCheckpoint, received: HeldCheckpoint) -> None:
         held_note, new_note = held.note.encode("utf-8"), received.note.encode("utf-8")
