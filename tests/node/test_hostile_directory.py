@@ -9,9 +9,14 @@ hold two checkpoints of forked histories without noticing.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
-from tests.node.test_app import World, now, push
+from tests.node.test_app import World, now, problem, push
 from tests.node.test_fastpath import world
 
 __all__ = ["world"]
@@ -58,3 +63,42 @@ async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
     assert (await push(world, world.b, newer)).status == 200
     peer = await world.b.services.book.peer(str(world.a.id))
     assert peer is not None and peer.api_url == old_url + "/back"
+
+
+async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_held(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each delivery is checked against the checkpoint held when it arrived: two pushed at
+    once, from two histories the directory's key signed, were each consistent with that one
+    (none yet, here) and were both accepted; the node then held whichever was logged last."""
+    book = world.b.services.book
+    read = book.directory_checkpoint
+    both_read = asyncio.Event()
+    readers = 0
+
+    async def held_when_both_arrived() -> Any:
+        nonlocal readers
+        held = await read()
+        readers += 1
+        if readers == 2:
+            both_read.set()
+        await asyncio.wait_for(both_read.wait(), 5)
+        return held
+
+    monkeypatch.setattr(book, "directory_checkpoint", held_when_both_arrived)
+    directory = world.directory
+    _, _, honest = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    _, _, forked = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now(), log=directory.fork)
+    replies = await asyncio.gather(push(world, world.b, honest), push(world, world.b, forked))
+    monkeypatch.setattr(book, "directory_checkpoint", read)
+    assert sorted(r.status for r in replies) == [200, 409], [r.body for r in replies]
+    refused = next(r for r in replies if r.status == 409)
+    problem(refused, 409, "directory-fork")
+    [evidence] = await world.b.services.store.read_stream("directory")
+    assert evidence.type == ev.DIRECTORY_FORK_DETECTED
+    held = await read()
+    assert held is not None and evidence.payload["held_checkpoint"] == held.note
+    assert {evidence.payload["received_checkpoint"], held.note} == {
+        honest["checkpoint"], forked["checkpoint"]}
