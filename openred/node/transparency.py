@@ -44,7 +44,10 @@ FetchCheckpoint = Callable[[int], Awaitable[tuple[bytes, list[bytes]]]]
 def _note(value: object) -> bytes:
     if not isinstance(value, str):
         raise TransparencyError("checkpoint is the signed note's text")
-    return value.encode("utf-8")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON text may carry
+        raise TransparencyError("checkpoint is the signed note's text") from None
 
 
 class TransparencyChecks:

@@ -10,14 +10,17 @@ hold two checkpoints of forked histories without noticing.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
+from quart import Quart, Response
 
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
 from tests.node.test_app import World, now, problem, push
 from tests.node.test_fastpath import world
+from tests.servers import serve_in_loop
 
 __all__ = ["world"]
 
@@ -102,3 +105,94 @@ async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_h
     assert held is not None and evidence.payload["held_checkpoint"] == held.note
     assert {evidence.payload["received_checkpoint"], held.note} == {
         honest["checkpoint"], forked["checkpoint"]}
+
+
+@pytest.mark.parametrize("answer", [
+    [], "checkpoint", {"checkpoint": None}, {"consistency_proof": []},
+    {"checkpoint": "NOTE", "consistency_proof": [1]},
+    {"checkpoint": "NOTE", "consistency_proof": ["!!not base64url"]},
+    {"checkpoint": "NOTE", "consistency_proof": {"0": "AAAA"}},
+    {"checkpoint": "NOTE", "consistency_proof": [None, []]},
+    {"checkpoint": "NOTE\udc80", "consistency_proof": []},
+])
+async def test_a_malformed_checkpoint_answer_of_the_directory_is_a_problem_not_a_500(
+    world: World, answer: Any,
+) -> None:
+    """When a delivery's checkpoint is of another size than the one held, the node asks the
+    directory for a consistency proof: whatever it answers, the push gets a problem (502,
+    the directory's answer is unusable) and nothing is logged."""
+    directory = world.directory
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    _, _, second = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    note = second["checkpoint"]
+    hostile = Quart("hostile-directory")
+
+    @hostile.get("/api/v3/directory/checkpoint")
+    async def checkpoint() -> Any:
+        body = json.dumps(answer).replace("NOTE", json.dumps(note)[1:-1])
+        return Response(body, content_type="application/json")
+
+    settings = world.b.services.settings
+    honest_url = settings.directory_url
+    size = world.b.services.store.head.size
+    async with serve_in_loop(hostile) as url:
+        object.__setattr__(settings, "directory_url", url)  # the node's settings are frozen
+        try:
+            reply = await push(world, world.b, second)
+        finally:
+            object.__setattr__(settings, "directory_url", honest_url)
+    problem(reply, 502, "peer-unreachable")
+    assert world.b.services.store.head.size == size
+
+
+def leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every leaf (and of every object and list) in a JSON value."""
+    found = [path] if path else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += leaves(item, (*path, index))
+    return found
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    copy = json.loads(json.dumps(value))
+    holder = copy
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = new
+    return copy
+
+
+async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
+    world: World,
+) -> None:
+    """Each field of a genuine delivery replaced by text with a lone surrogate (which JSON
+    may carry but UTF-8 cannot), a number, null, a list or an object."""
+    _, _, first = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    _, _, delivery = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                                issued_at=now())
+    size = world.b.services.store.head.size
+    failures: list[tuple[Any, ...]] = []
+    for path in leaves(delivery):
+        old = replaced(delivery, path, None)
+        for new in ("\ud800", f"{json.dumps(delivery)[:8]}\udfff", -1, 2**64, None, [], {}):
+            body = replaced(delivery, path, new)
+            if body == delivery or body == old and new is not None:
+                continue
+            reply = await world.pusher.request(  # JSON escapes what UTF-8 cannot carry
+                "POST", f"{world.b.url}/api/v3/tokens/receive",
+                body=json.dumps(body).encode(), signed=True)
+            if not 400 <= reply.status < 500 or not reply.headers["Content-Type"].startswith(
+                    "application/problem+json"):
+                failures.append((path, new, reply.status))
+    assert failures == [], "\n".join(map(repr, failures))
+    assert world.b.services.store.head.size == size
+    assert (await push(world, world.b, delivery)).status == 200
