@@ -182,10 +182,9 @@ async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
     size = world.b.services.store.head.size
     failures: list[tuple[Any, ...]] = []
     for path in leaves(delivery):
-        old = replaced(delivery, path, None)
         for new in ("\ud800", f"{json.dumps(delivery)[:8]}\udfff", -1, 2**64, None, [], {}):
             body = replaced(delivery, path, new)
-            if body == delivery or body == old and new is not None:
+            if body == delivery:
                 continue
             reply = await world.pusher.request(  # JSON escapes what UTF-8 cannot carry
                 "POST", f"{world.b.url}/api/v3/tokens/receive",
