@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from sqlmodel import col, select
 
@@ -84,11 +84,17 @@ def _refuse(detail: str) -> NodeRefused:
 def _object(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise _refuse("the message is not JSON") from None
     if not isinstance(obj, dict):
         raise _refuse("the message is a JSON object")
     return obj
+
+
+def _instant(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is Unix seconds the log can hold (an integer within I-JSON's range:
+    the log's canonical JSON refuses larger ones, which would fail the append)."""
+    return type(value) is int and 0 <= value <= _SAFE_INT
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
@@ -100,7 +106,10 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 def check_text(text: str) -> bytes:
     if not isinstance(text, str):
         raise _refuse("text is a string")
-    raw = text.encode("utf-8")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON text may carry one, UTF-8 cannot
+        raise _refuse("text is Unicode text (no lone surrogates)") from None
     if not raw or len(raw) > MAX_TEXT:
         raise NodeRefused(413, "message-too-large", f"text is 1..{MAX_TEXT} bytes of UTF-8")
     return raw
@@ -364,7 +373,7 @@ class Messaging:
         message_id, text, sent_at = obj["message_id"], obj["text"], obj["sent_at"]
         if not isinstance(message_id, str) or not _MESSAGE_ID.fullmatch(message_id):
             raise _refuse("message_id is 16 bytes base64url")
-        if isinstance(sent_at, bool) or not isinstance(sent_at, int) or sent_at < 0:
+        if not _instant(sent_at):
             raise _refuse("sent_at is Unix seconds")
         body = check_text(text)
         seen = self.index.peer_of(message_id)
@@ -438,9 +447,7 @@ class Messaging:
             break
         receipt = _object(plaintext)
         received_at = receipt.get("received_at")
-        if receipt.get("message_id") != mid or isinstance(received_at, bool) or not isinstance(
-            received_at, int
-        ):
+        if receipt.get("message_id") != mid or not _instant(received_at):
             raise NodeRefused(502, "bad-receipt", "the peer's receipt names another message")
         await self.store.append_one(NewEvent(stream, ev.MESSAGE_DELIVERED, {
             "message_id": mid, "session_id": channel.session_id, "received_at": received_at,

@@ -1,0 +1,85 @@
+"""A hostile peer on an established session against a served node: what it seals is checked.
+
+The peer holds the session's keys, so everything it seals authenticates: the receiving node's
+checks of the plaintext are all that stand between it and the log. Every call goes over HTTP
+to the node, alone and in a batch; each bad one gets its RFC 9457 problem, never a 500, and
+leaves nothing in the log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from openred.crypto.identity import b64url
+from openred.errors import NodeRefused
+from openred.modules.messaging import events as ev
+from openred.modules.messaging.service import SEND
+from openred.node.p2p import Outcome, RequestContext
+from tests.node.test_app import World, granted, now, raw_post
+from tests.node.test_batch import batch, call
+from tests.node.test_fastpath import sealed, world
+
+__all__ = ["world"]
+
+MESSAGE_ID = b64url(b"hostile-peer-id!")
+
+
+def message(**changes: Any) -> bytes:
+    """A message's plaintext as the peer seals it (JSON escapes what UTF-8 cannot carry)."""
+    fields: dict[str, Any] = {"message_id": MESSAGE_ID, "text": "hello", "sent_at": now()}
+    return json.dumps({**fields, **changes}).encode()
+
+
+ODD_MESSAGES = [
+    message(text="\ud800"), message(text="hi \udfff there"),
+    message(sent_at=2**53), message(sent_at=2**64), message(sent_at=10**400),
+    message(sent_at=1.5), message(sent_at="1"), message(sent_at=-1),
+    message(message_id="\ud800" * 22), b'{"message_id": "' + MESSAGE_ID.encode() + b'"}',
+    b"[" * 100_000, b"\xff\xfe", b"",
+]
+
+
+@pytest.mark.parametrize("plaintext", ODD_MESSAGES)
+async def test_an_odd_message_gets_a_problem_alone_and_in_a_batch(
+    world: World, plaintext: bytes,
+) -> None:
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    size = world.b.services.store.head.size
+    url = f"{world.b.url}/api/v3/p2p/{SEND}"
+    alone = await sealed(world, session_id, plaintext)
+    status, kind, body = await raw_post(url, json.dumps(alone.to_json()))
+    assert 400 <= status < 500 and kind.startswith("application/problem+json"), (status, body)
+    in_batch = await sealed(world, session_id, plaintext)
+    status, _, body = await raw_post(f"{world.b.url}/api/v3/p2p/batch",
+                                     batch(call(SEND, in_batch)))
+    assert status == 200, body
+    [answer] = json.loads(body)["answers"]
+    assert 400 <= answer["status"] < 500, answer
+    assert world.b.services.store.head.size == size
+
+
+@pytest.mark.parametrize("receipt", [
+    {"received_at": 2**53}, {"received_at": 2**64}, {"received_at": -1},
+    {"received_at": "1"}, {"received_at": True}, {"message_id": "x"},
+])
+async def test_an_odd_receipt_is_refused_by_the_sender_and_not_logged(
+    world: World, receipt: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peer's answer authenticates, so only the sender's check of the receipt keeps a
+    receipt out of its log that the log cannot hold (it was a 503 of the sender's store)."""
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    handlers = world.b.services.actions._handlers
+
+    async def hostile(ctx: RequestContext, plaintext: bytes) -> Outcome:
+        sent = json.loads(plaintext)
+        answer = {"message_id": sent["message_id"], "received_at": now(), **receipt}
+        return Outcome(json.dumps(answer).encode())
+
+    monkeypatch.setitem(handlers, SEND, hostile)
+    with pytest.raises(NodeRefused) as refused:
+        await world.a.services.send_message(session_id, "hello")
+    assert (refused.value.status, refused.value.reason) == (502, "bad-receipt")
+    assert ev.MESSAGE_DELIVERED not in {e.type for e in await world.a.services.store.read()}
