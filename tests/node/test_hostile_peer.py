@@ -8,6 +8,7 @@ leaves nothing in the log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -83,3 +84,36 @@ async def test_an_odd_receipt_is_refused_by_the_sender_and_not_logged(
         await world.a.services.send_message(session_id, "hello")
     assert (refused.value.status, refused.value.reason) == (502, "bad-receipt")
     assert ev.MESSAGE_DELIVERED not in {e.type for e in await world.a.services.store.read()}
+
+
+async def test_one_call_twice_in_a_batch_and_alone_at_once_is_handled_once(
+    world: World,
+) -> None:
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    envelope = await sealed(world, session_id, message())
+    url = f"{world.b.url}/api/v3/p2p/"
+    body = batch(call(SEND, envelope), call(SEND, envelope))
+    (status, _, raw), alone = await asyncio.gather(
+        raw_post(url + "batch", body), raw_post(url + str(SEND), json.dumps(envelope.to_json())))
+    assert status == 200
+    statuses = [a["status"] for a in json.loads(raw)["answers"]] + [alone[0]]
+    assert sorted(statuses) == [200, 409, 409]
+    received = [e for e in await world.b.services.store.read_stream(f"session:{session_id}")
+                if e.type == ev.MESSAGE_RECEIVED]
+    assert len(received) == 1
+
+
+async def test_one_message_id_under_two_counters_at_once_is_stored_once(world: World) -> None:
+    """The receiver keeps a message id once (a sender's retry gets the same receipt): two
+    calls carrying the same message, handled at once in one batch, were both stored."""
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    plaintext = message()
+    body = batch(*[call(SEND, await sealed(world, session_id, plaintext)) for _ in range(4)])
+    status, _, raw = await raw_post(f"{world.b.url}/api/v3/p2p/batch", body)
+    assert status == 200
+    answers = json.loads(raw)["answers"]
+    assert [a["status"] for a in answers] == [200] * 4, answers
+    received = [e for e in await world.b.services.store.read_stream(f"session:{session_id}")
+                if e.type == ev.MESSAGE_RECEIVED]
+    assert len(received) == 1
+    assert len(await world.b.services.messaging.inbox()) == 1

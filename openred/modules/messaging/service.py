@@ -360,6 +360,9 @@ class Messaging:
         self.reads = reads
         self.bodies = body_key or BodyKey(jail, store.path.parent / BODY_KEY_FILE)
         self.index = InboxIndex(store.path)
+        self._receiving: dict[str, tuple[str, asyncio.Event]] = {}
+        """Message ids being stored by a request under way, and by which peer (until the
+        append of their ``MessageReceived`` is over)."""
 
     def close(self) -> None:
         self.index.close()
@@ -376,19 +379,41 @@ class Messaging:
         if not _instant(sent_at):
             raise _refuse("sent_at is Unix seconds")
         body = check_text(text)
-        seen = self.index.peer_of(message_id)
-        if seen is not None:
-            if seen != ctx.peer:
+        while True:
+            seen = self.index.peer_of(message_id)
+            if seen is not None:
+                if seen != ctx.peer:
+                    raise NodeRefused(409, "message-id-taken",
+                                      "another peer used this message id")
+                return Outcome(self._receipt(message_id, ctx.now))
+            # Not stored yet, but maybe being stored by a request under way (the same message
+            # in two calls at once): wait for that one, then look again.
+            receiving = self._receiving.get(message_id)
+            if receiving is None:
+                break
+            if receiving[0] != ctx.peer:
                 raise NodeRefused(409, "message-id-taken", "another peer used this message id")
-            return Outcome(self._receipt(message_id, ctx.now))
-        self.index.holding(message_id)
-        wrapped = await self.bodies.seal(message_id, body)
+            await receiving[1].wait()
+        mine = (ctx.peer, asyncio.Event())
+        self._receiving[message_id] = mine
+
+        def settled() -> None:
+            if self._receiving.get(message_id) is mine:
+                del self._receiving[message_id]
+            mine[1].set()
+
+        try:
+            self.index.holding(message_id)
+            wrapped = await self.bodies.seal(message_id, body)
+        except BaseException:
+            settled()
+            raise
         event = NewEvent(session_stream(ctx.session_id), ev.MESSAGE_RECEIVED, {
             "message_id": message_id, "session_id": ctx.session_id, "peer": ctx.peer,
             "size": len(body), "body": b64url(wrapped), "counter": ctx.counter,
             "sent_at": sent_at,
         })
-        return Outcome(self._receipt(message_id, ctx.now), [event])
+        return Outcome(self._receipt(message_id, ctx.now), [event], settled)
 
     @staticmethod
     def _receipt(message_id: str, now: int) -> bytes:
