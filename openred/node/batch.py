@@ -193,7 +193,7 @@ async def post_batch(
 def _answers(content: bytes, count: int) -> list[tuple[int, object]]:
     try:
         obj = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise TransportError("the peer's batch answer is not JSON") from exc
     answers = obj.get("answers") if isinstance(obj, dict) else None
     if not isinstance(answers, list) or len(answers) != count:

@@ -13,15 +13,17 @@ import json
 from typing import Any
 
 import pytest
+from quart import Quart, Response
 
 from openred.crypto.identity import b64url
-from openred.errors import NodeRefused
+from openred.errors import NodeRefused, TransportError
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.service import SEND
 from openred.node.p2p import Outcome, RequestContext
 from tests.node.test_app import World, granted, now, raw_post
 from tests.node.test_batch import batch, call
 from tests.node.test_fastpath import sealed, world
+from tests.servers import serve_in_loop
 
 __all__ = ["world"]
 
@@ -117,3 +119,26 @@ async def test_one_message_id_under_two_counters_at_once_is_stored_once(world: W
                 if e.type == ev.MESSAGE_RECEIVED]
     assert len(received) == 1
     assert len(await world.b.services.messaging.inbox()) == 1
+
+
+async def test_a_peer_answering_deeply_nested_json_fails_the_send_as_a_transport_error(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer JSON cannot parse without recursing past Python's limit, alone and to a
+    batch: each send fails as a transport failure of the peer (502), not a RecursionError."""
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    hostile = Quart("hostile-peer")
+    paths: list[str] = []
+
+    @hostile.post("/api/v3/p2p/<path:rest>")
+    async def answer(rest: str) -> Response:
+        paths.append(rest)
+        return Response(b"[" * 100_000, content_type="application/json")
+
+    async with serve_in_loop(hostile) as url:
+        assert world.a.services.peer_urls is not None
+        monkeypatch.setattr(world.a.services.peer_urls, "api_url", lambda node_id: url)
+        sends = [world.a.services.send_message(session_id, f"m{i}") for i in range(4)]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert all(isinstance(o, TransportError) for o in outcomes), outcomes
+    assert set(paths) == {"batch", str(SEND)}, paths
