@@ -133,6 +133,10 @@ async def test_a_peer_answering_deeply_nested_json_fails_the_send_as_a_transport
     @hostile.post("/api/v3/p2p/<path:rest>")
     async def answer(rest: str) -> Response:
         paths.append(rest)
+        if len(paths) == 1:  # the lone first call: answered once the others wait behind it
+            async with asyncio.timeout(5):
+                while len(world.a.services.batchers[url]._queue) < 3:
+                    await asyncio.sleep(0.005)
         return Response(b"[" * 100_000, content_type="application/json")
 
     async with serve_in_loop(hostile) as url:
@@ -142,3 +146,36 @@ async def test_a_peer_answering_deeply_nested_json_fails_the_send_as_a_transport
         outcomes = await asyncio.gather(*sends, return_exceptions=True)
     assert all(isinstance(o, TransportError) for o in outcomes), outcomes
     assert set(paths) == {"batch", str(SEND)}, paths
+
+
+async def test_a_peer_calling_every_message_a_replay_moves_the_sender_one_epoch_not_one_each(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender whose message is refused as a replay moves to a fresh epoch and sends it
+    again. Refusing a whole batch (anyone on the path can answer an unauthenticated problem)
+    moved it one epoch per message in it, each a ledger reservation, a jail wrap and a log
+    entry; past 1024 epochs ahead the honest peer refuses everything on the session until it
+    is renewed. Messages sealed in an epoch the sender has left need no further rotation."""
+    channel = await world.a.services.connect(await granted(world))
+    hostile = Quart("replays-everything")
+
+    @hostile.post("/api/v3/p2p/<path:rest>")
+    async def answer(rest: str) -> Response:
+        return Response(json.dumps({"type": "urn:openred:problem:replayed-message",
+                                    "title": "Conflict", "status": 409, "detail": "seen"}),
+                        status=409, content_type="application/problem+json")
+
+    epoch = channel.cipher.send_epoch
+    saves = len([e for e in await world.a.services.store.read_stream(
+        f"session:{channel.session_id}") if e.type == "SessionStateSaved"])
+    async with serve_in_loop(hostile) as url:
+        assert world.a.services.peer_urls is not None
+        monkeypatch.setattr(world.a.services.peer_urls, "api_url", lambda node_id: url)
+        sends = [world.a.services.send_message(channel.session_id, f"m{i}") for i in range(40)]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert all(isinstance(o, NodeRefused) and o.reason == "replayed-message"
+               for o in outcomes), outcomes
+    assert channel.cipher.send_epoch == epoch + 1
+    after = len([e for e in await world.a.services.store.read_stream(
+        f"session:{channel.session_id}") if e.type == "SessionStateSaved"])
+    assert after == saves + 1

@@ -31,6 +31,7 @@ from sqlmodel import col, select
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
+from openred.crypto.session import EPOCH_SHIFT
 from openred.errors import NodeRefused
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.bodykey import BODY_KEY_FILE, BodyKey
@@ -464,7 +465,12 @@ class Messaging:
                 plaintext = channel.open_answer(SEND, envelope.counter, answer)
             except NodeRefused as exc:
                 if attempt == 1 and rotate is not None and exc.reason == "replayed-message":
-                    await rotate(channel)
+                    # Once per epoch: the messages of a refused batch were sealed in the same
+                    # one, and a refusal is not authenticated (anyone on the path can answer
+                    # it), so each moving the sender on would push it past the epochs its
+                    # peer accepts ahead (MAX_EPOCH_SKIP) at one ledger write and save each.
+                    if envelope.counter >> EPOCH_SHIFT == channel.cipher.send_epoch:
+                        await rotate(channel)
                     continue
                 raise
             finally:
