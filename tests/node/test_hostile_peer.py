@@ -16,7 +16,7 @@ import pytest
 from quart import Quart, Response
 
 from openred.crypto.identity import b64url
-from openred.errors import NodeRefused, TransportError
+from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.service import SEND
 from openred.node.p2p import Outcome, RequestContext
@@ -179,3 +179,68 @@ async def test_a_peer_calling_every_message_a_replay_moves_the_sender_one_epoch_
     after = len([e for e in await world.a.services.store.read_stream(
         f"session:{channel.session_id}") if e.type == "SessionStateSaved"])
     assert after == saves + 1
+
+
+ODD_VALUES: list[Any] = ["\ud800", "messaging/send\udfff", "", "A" * 22 + "\ud800", -1, 2**64,
+                         1.5, True, None, [], {}, [[[]]], {"a": {"b": []}}]
+
+
+async def test_every_field_of_a_handshake_and_a_batch_made_odd_gets_a_problem(
+    world: World,
+) -> None:
+    from tests.node.test_hostile_directory import leaves, replaced
+
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    envelope = await sealed(world, session_id, message())
+    grant_id = await granted(world)
+    bodies = {
+        "p2p/handshake": {"grant_id": grant_id, "message": b64url(bytes(96)),
+                          "renews": envelope.to_json()},
+        "p2p/batch": {"calls": [call(SEND, envelope)]},
+        f"p2p/{SEND}": envelope.to_json(),
+    }
+    failures = []
+    for path, genuine in bodies.items():
+        for where in leaves(genuine):
+            for odd in ODD_VALUES:
+                status, kind, raw = await raw_post(f"{world.b.url}/api/v3/{path}",
+                                                   json.dumps(replaced(genuine, where, odd)))
+                answers = json.loads(raw).get("answers", []) if status == 200 else []
+                if not (400 <= status < 500 and kind.startswith("application/problem+json")
+                        or status == 200 and all(400 <= a["status"] < 500 for a in answers)):
+                    failures.append((path, where, odd, status, raw[:100]))
+    assert failures == [], "\n".join(map(repr, failures))
+
+
+@pytest.mark.parametrize("answer", [
+    b"[" * 100_000, b"[]", b'{"session_id": 1, "message": "AAAA"}',
+    b'{"session_id": "x", "message": "!!"}', b'{"session_id": "x", "message": "\\ud800"}',
+    json.dumps({"session_id": "A" * 22, "message": b64url(bytes(700_000))}).encode(),
+    json.dumps({"session_id": "A" * 22, "message": b64url(bytes(48))}).encode(),
+])
+async def test_a_hostile_responder_fails_the_handshake_with_a_problem(
+    world: World, answer: bytes, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    hostile = Quart("hostile-responder")
+
+    @hostile.post("/api/v3/p2p/handshake")
+    async def handshake() -> Response:
+        return Response(answer, content_type="application/json")
+
+    grant_id = await granted(world)
+    book = world.a.services.handshakes.book
+    known = await book.peer(str(world.b.id))
+    assert known is not None
+    async with serve_in_loop(hostile) as url:
+        async def peer(node_id: str) -> Any:
+            return replace(known, api_url=url)
+
+        monkeypatch.setattr(book, "peer", peer)
+        with pytest.raises(OpenRedError) as failed:
+            await world.a.services.connect(grant_id)
+    assert isinstance(failed.value, (NodeRefused, TransportError)), failed.value
+    # The grant is still unused: the real responder can still be reached with it.
+    monkeypatch.undo()
+    await world.a.services.connect(grant_id)
