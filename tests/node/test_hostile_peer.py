@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from quart import Quart, Response
 
+from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.service import SEND
+from openred.node import events as node_events
 from openred.node.p2p import Outcome, RequestContext
-from tests.node.test_app import World, granted, now, raw_post
+from openred.node.routes import source
+from tests.node.test_app import World, granted, now, raw_post, serve_node
 from tests.node.test_batch import batch, call
 from tests.node.test_fastpath import sealed, world
+from tests.node.world import Directory, JailPair
 from tests.servers import serve_in_loop
 
 __all__ = ["world"]
@@ -206,8 +212,9 @@ async def test_every_field_of_a_handshake_and_a_batch_made_odd_gets_a_problem(
                 status, kind, raw = await raw_post(f"{world.b.url}/api/v3/{path}",
                                                    json.dumps(replaced(genuine, where, odd)))
                 answers = json.loads(raw).get("answers", []) if status == 200 else []
-                if not (400 <= status < 500 and kind.startswith("application/problem+json")
-                        or status == 200 and all(400 <= a["status"] < 500 for a in answers)):
+                problem = 400 <= status < 500 and kind.startswith("application/problem+json")
+                refused = status == 200 and all(400 <= a["status"] < 500 for a in answers)
+                if not (problem or refused):
                     failures.append((path, where, odd, status, raw[:100]))
     assert failures == [], "\n".join(map(repr, failures))
 
@@ -244,3 +251,37 @@ async def test_a_hostile_responder_fails_the_handshake_with_a_problem(
     # The grant is still unused: the real responder can still be reached with it.
     monkeypatch.undo()
     await world.a.services.connect(grant_id)
+
+
+async def test_refused_handshakes_from_many_addresses_do_not_fill_the_log(
+    jails: JailPair, directory: Directory, tmp_path: Path,
+) -> None:
+    """Each address may cause ``handshake_refusals`` logged refusals a minute; anyone with many
+    addresses (127.0.0.0/8 here, a /64 of IPv6 anywhere) multiplied that without bound. All
+    addresses together now cause at most ten times that many log entries a minute; refusals
+    past it are answered the same, and not logged."""
+    async with JailClient(jails.procs[2].socket_path) as jail, serve_node(
+        "c", jail, tmp_path / "c", directory.key, "http://127.0.0.1:9", handshake_refusals=1,
+    ) as c:
+        url = f"{c.url}/api/v3/p2p/handshake"
+        body = json.dumps({"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))})
+        statuses = []
+        for host in range(2, 32):
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{host}", 0))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                for _ in range(2):
+                    async with session.post(
+                            url, data=body, headers={"Content-Type": "application/json"},
+                    ) as resp:
+                        assert resp.content_type == "application/problem+json"
+                        statuses.append(resp.status)
+        assert statuses == [404, 429] * 30
+        logged = [e.type for e in await c.services.store.read()]
+        assert logged.count(node_events.HANDSHAKE_REJECTED) == 10
+
+
+def test_the_handshake_limit_counts_an_ipv6_64_as_one_address() -> None:
+    assert source("2001:db8:1:2:aaaa::1") == source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source("2001:db8:1:3::1") != source("2001:db8:1:2::1")
+    assert source("::ffff:192.0.2.7") == source("192.0.2.7") == "192.0.2.7"
+    assert source(None) == "unknown" and source("unix-socket") == "unix-socket"
