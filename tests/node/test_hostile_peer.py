@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from quart import Quart, Response
+from quart import Quart, Response, request
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url
@@ -285,3 +285,37 @@ def test_the_handshake_limit_counts_an_ipv6_64_as_one_address() -> None:
     assert source("2001:db8:1:3::1") != source("2001:db8:1:2::1")
     assert source("::ffff:192.0.2.7") == source("192.0.2.7") == "192.0.2.7"
     assert source(None) == "unknown" and source("unix-socket") == "unix-socket"
+
+
+@pytest.mark.parametrize("envelope", [
+    {"a": 1}, {"session_id": "x", "counter": 1, "ciphertext": ""}, [],
+    {"session_id": "A" * 22, "counter": 1, "ciphertext": "A" * 400_000},
+])
+async def test_a_peer_answering_what_is_not_an_envelope_is_the_peers_fault(
+    world: World, envelope: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 200 whose body is not an envelope, alone or as a batch's answer: the sender's caller
+    gets 502 (the peer failed), not the 400 or 413 its own request would get if it were bad."""
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    hostile = Quart("not-an-envelope")
+    paths: list[str] = []
+
+    @hostile.post("/api/v3/p2p/<path:rest>")
+    async def answer(rest: str) -> Response:
+        paths.append(rest)
+        if rest == "batch":
+            count = len((await request.get_json())["calls"])
+            return Response(json.dumps({"answers": [{"status": 200, "body": envelope}] * count}),
+                            content_type="application/json")
+        async with asyncio.timeout(5):
+            while len(paths) == 1 and len(world.a.services.batchers[url]._queue) < 2:
+                await asyncio.sleep(0.005)
+        return Response(json.dumps(envelope), content_type="application/json")
+
+    async with serve_in_loop(hostile) as url:
+        assert world.a.services.peer_urls is not None
+        monkeypatch.setattr(world.a.services.peer_urls, "api_url", lambda node_id: url)
+        sends = [world.a.services.send_message(session_id, f"m{i}") for i in range(3)]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert set(paths) == {"batch", str(SEND)}, paths
+    assert all(isinstance(o, NodeRefused) and o.status == 502 for o in outcomes), outcomes
