@@ -146,6 +146,7 @@ def entry_from_wire(obj: Mapping[str, Any]) -> StoredEvent:
         for name in ("stream", "type", "recorded_at"):
             if not isinstance(obj[name], str):
                 raise ValueError(f"{name} is not a string")
+            obj[name].encode("utf-8")  # a lone surrogate: JSON text may carry it, UTF-8 not
         binary = {n: from_b64url(obj[n])
                   for n in ("payload", "prev_hash", "entry_hash", "signature")}
     except (ValueError, TypeError) as exc:

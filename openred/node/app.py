@@ -22,7 +22,14 @@ from openred.directory.ratelimit import RateLimiter
 from openred.errors import OpenRedError
 from openred.modules import install_app_hooks
 from openred.node.fastpath import install_fast_p2p
-from openred.node.routes import EXTENSION, HANDSHAKE_LIMITER, VERIFIER, blueprint
+from openred.node.routes import (
+    EXTENSION,
+    HANDSHAKE_LIMITER,
+    HANDSHAKE_LOG_BUDGET,
+    LOGGED_REFUSALS_FACTOR,
+    VERIFIER,
+    blueprint,
+)
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.web.problems import install
@@ -70,6 +77,8 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
         app.extensions[VERIFIER] = InboundVerifier(
             settings.base_url, window_seconds=settings.signature_window)
         app.extensions[HANDSHAKE_LIMITER] = RateLimiter(settings.handshake_refusals, 60.0)
+        app.extensions[HANDSHAKE_LOG_BUDGET] = RateLimiter(
+            settings.handshake_refusals * LOGGED_REFUSALS_FACTOR, 60.0)
         app.extensions.update(services.extensions())
         install_app_hooks(app, services.modules)
         state["lifecycle"] = asyncio.create_task(

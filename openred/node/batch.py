@@ -46,7 +46,7 @@ from typing import Any, Final
 
 from openred.errors import NodeRefused, PeerUnreachable, TransportError
 from openred.node.envelope import Envelope, Route
-from openred.node.transport import post_json
+from openred.node.transport import answer_envelope, post_json
 from openred.web.client import HttpClient, Reply
 
 __all__ = [
@@ -180,7 +180,7 @@ async def post_batch(
     for (route, _), (item_status, item_body) in zip(calls, answers, strict=True):
         if item_status == 200:
             try:
-                outcomes.append(Envelope.from_json(item_body))
+                outcomes.append(answer_envelope(item_body))
             except NodeRefused as exc:
                 outcomes.append(exc)
         else:
@@ -193,7 +193,7 @@ async def post_batch(
 def _answers(content: bytes, count: int) -> list[tuple[int, object]]:
     try:
         obj = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise TransportError("the peer's batch answer is not JSON") from exc
     answers = obj.get("answers") if isinstance(obj, dict) else None
     if not isinstance(answers, list) or len(answers) != count:

@@ -77,8 +77,9 @@ class Handshakes:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
-    async def _refuse(self, grant_id: str, refusal: Refusal) -> NodeRefused:
-        await self.store.append_one(rejected(grant_id, refusal))
+    async def _refuse(self, grant_id: str, refusal: Refusal, log: bool = True) -> NodeRefused:
+        if log:
+            await self.store.append_one(rejected(grant_id, refusal))
         return refusal.error()
 
     async def _peer_box_key(self, token: HeldToken) -> bytes:
@@ -121,14 +122,16 @@ class Handshakes:
         return claim == renewal_claim(grant_id, message)
 
     async def respond(
-        self, grant_id: str, message: bytes, now: int, renews: Envelope | None = None
+        self, grant_id: str, message: bytes, now: int, renews: Envelope | None = None, *,
+        log_refusal: bool = True,
     ) -> HandshakeAnswer:
         """Answer a peer's Noise message 1 for ``grant_id`` (the responder's side).
 
         ``renews`` is the proof naming the session the initiator renews with this one: it must
         be sealed on an active session with the same peer whose renewal is due and name this
         grant and message 1; that session is closed (``SessionRenewed``) with the new one
-        established.
+        established. A refusal is logged (``HandshakeRejected``) unless ``log_refusal`` is
+        false (the route's budget of logged refusals is spent).
         """
         lock = self._locks.get(grant_id)
         if lock is None:
@@ -137,14 +140,14 @@ class Handshakes:
             state = await self.book.token_state(grant_id)
             decision = decide_handshake(state, role="responder", now=now)
             if isinstance(decision, Refusal):
-                raise await self._refuse(grant_id, decision)
+                raise await self._refuse(grant_id, decision, log_refusal)
             token = decision
             renewed = None if renews is None else renews.session_id
             if renews is not None and not (
                 await self._renewable(renews.session_id, token, now)
                 and await self._proves_renewal(grant_id, message, renews, now)
             ):
-                raise await self._refuse(grant_id, INVALID_RENEWAL)
+                raise await self._refuse(grant_id, INVALID_RENEWAL, log_refusal)
             try:
                 responded = await self.jail.noise_respond(
                     suite=token.grant.suite, grant=token.grant.canonical_bytes(),
@@ -152,7 +155,7 @@ class Handshakes:
                     remote_static=await self._peer_box_key(token), message=message,
                 )
             except HandshakeFailed:
-                raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH) from None
+                raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH, log_refusal) from None
             keys = responded.keys
             session_id = session_id_for(keys.handshake_hash)
             cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
@@ -161,7 +164,8 @@ class Handshakes:
                 await self._establish(token, state.version, cipher, session_id, now, renewed)
             except ConcurrencyConflict:
                 raise await self._refuse(
-                    grant_id, Refusal(409, "grant-used", "the grant was used meanwhile")
+                    grant_id, Refusal(409, "grant-used", "the grant was used meanwhile"),
+                    log_refusal,
                 ) from None
         return HandshakeAnswer(session_id, responded.message)
 

@@ -360,7 +360,7 @@ class Housekeeper:
 def _detail(body: bytes) -> str:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:200].decode("utf-8", "replace")
     if isinstance(obj, dict) and isinstance(obj.get("detail"), str):
         return str(obj["detail"])

@@ -39,10 +39,15 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A handler's result: the answer's plaintext and the events to append first."""
+    """A handler's result: the answer's plaintext and the events to append first.
+
+    ``settled``, if given, is called once the append is over, whether it succeeded or not (a
+    handler that holds something for the request until its events are durable lets it go).
+    """
 
     answer: bytes
     events: list[NewEvent] = field(default_factory=list)
+    settled: Callable[[], None] | None = None
 
 
 Handler = Callable[[RequestContext, bytes], Awaitable[Outcome]]
@@ -96,12 +101,17 @@ async def dispatch(
         raise refusal_for_crypto(exc) from exc
     context = RequestContext(envelope.session_id, channel.peer, envelope.counter, route, now)
     outcome = await handler(context, plaintext)
-    stream = ev.session_stream(envelope.session_id)
-    for event in outcome.events:
-        if event.stream == stream and event.payload.get("counter") != envelope.counter:
-            raise AssertionError(f"{event.type} in the session stream lacks the request counter")
-    if outcome.events:
-        await store.append(outcome.events)
+    try:
+        stream = ev.session_stream(envelope.session_id)
+        for event in outcome.events:
+            if event.stream == stream and event.payload.get("counter") != envelope.counter:
+                raise AssertionError(
+                    f"{event.type} in the session stream lacks the request counter")
+        if outcome.events:
+            await store.append(outcome.events)
+    finally:
+        if outcome.settled is not None:
+            outcome.settled()
     answer = channel.seal_answer(route, envelope.counter, outcome.answer)
     await keeper.after_use(channel)
     return answer

@@ -9,6 +9,7 @@ node's own slug rather than a schema error.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -31,11 +32,17 @@ from openred.node.services import NodeServices
 from openred.web.problems import Problem
 from openred.web.signatures import InboundVerifier
 
-__all__ = ["EXTENSION", "HANDSHAKE_LIMITER", "VERIFIER", "blueprint"]
+__all__ = [
+    "EXTENSION", "HANDSHAKE_LIMITER", "HANDSHAKE_LOG_BUDGET", "VERIFIER", "blueprint", "source",
+]
 
 EXTENSION = "openred.node"
 VERIFIER = "openred.node.verifier"
 HANDSHAKE_LIMITER = "openred.node.handshake_limiter"
+HANDSHAKE_LOG_BUDGET = "openred.node.handshake_log_budget"
+LOGGED_REFUSALS_FACTOR = 10
+"""Refused handshakes all addresses together may log a minute, in per-address limits."""
+EVERYONE = "*"
 DIRECTORY_KEYID = "directory"
 
 blueprint = Blueprint("node", __name__, url_prefix="/api/v3")
@@ -74,6 +81,20 @@ class Health(BaseModel):
     tokens: dict[str, int]
     log: dict[str, int]
     modules: dict[str, list[str]]
+
+
+def source(remote_addr: str | None) -> str:
+    """The rate limit's key for a client address: the address, or its /64 for IPv6 (one
+    subscriber's allocation: an address each per request costs nothing)."""
+    try:
+        address = ipaddress.ip_address(remote_addr or "")
+    except ValueError:
+        return remote_addr or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def services() -> NodeServices:
@@ -124,22 +145,29 @@ async def receive_token() -> tuple[dict[str, str], int]:
 async def handshake() -> dict[str, str]:
     """Noise KKpsk0 message 1 for a grant this node holds as responder; message 2.
 
-    Every refusal is logged (``HandshakeRejected``); an address that caused more than
-    ``OPENRED_HANDSHAKE_REFUSALS`` of them in a minute gets 429 without any log entry, so
-    nobody can fill the log with refusals.
+    Every refusal is logged (``HandshakeRejected``); an address (an IPv6 /64) that caused
+    more than ``OPENRED_HANDSHAKE_REFUSALS`` of them in a minute gets 429 without any log
+    entry, and all addresses together cause at most :data:`LOGGED_REFUSALS_FACTOR` times that
+    many entries a minute (refusals past it are answered the same and not logged), so nobody,
+    however many addresses they hold, can fill the log with refusals.
     """
     svc = services()
     limiter: RateLimiter = current_app.extensions[HANDSHAKE_LIMITER]
-    address, moment = request.remote_addr or "unknown", time.monotonic()
+    budget: RateLimiter = current_app.extensions[HANDSHAKE_LOG_BUDGET]
+    address, moment = source(request.remote_addr), time.monotonic()
     wait = limiter.retry_after(address, moment)
     if wait is not None:
         raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
                              "address", retry_after=math.ceil(wait))
     grant_id, message, renews = parse_handshake(await _json())
+    logged = budget.retry_after(EVERYONE, moment) is None
     try:
-        answer = await svc.handshakes.respond(grant_id, message, svc.now(), renews)
+        answer = await svc.handshakes.respond(grant_id, message, svc.now(), renews,
+                                              log_refusal=logged)
     except NodeRefused:
         limiter.hit(address, moment)
+        if logged:
+            budget.hit(EVERYONE, moment)
         raise
     return {"session_id": answer.session_id, "message": b64url(answer.message)}
 

@@ -80,6 +80,23 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     return NodeRefused(status, slug, detail)
 
 
+def _checkpoint_answer(body: object) -> tuple[bytes, list[bytes]]:
+    """The directory's ``{checkpoint, consistency_proof}``: the note's bytes and the hashes.
+
+    Anything else is a TransportError (the push being checked gets 502), never a 500.
+    """
+    malformed = TransportError("the directory's checkpoint answer is malformed")
+    if not isinstance(body, dict):
+        raise malformed
+    note, proof = body.get("checkpoint"), body.get("consistency_proof") or []
+    if not isinstance(note, str) or not isinstance(proof, list):
+        raise malformed
+    try:
+        return note.encode("utf-8"), [from_b64url(h) for h in proof]
+    except ValueError:  # a hash that is not base64url text, a note that is not UTF-8
+        raise malformed from None
+
+
 PEER_URL_TTL: Final = 1.0
 """How long the send path may use a peer URL it read without reading it again (seconds)."""
 
@@ -197,11 +214,7 @@ class NodeServices:
             reply = await http.request("GET", url)
             if not reply.ok:
                 raise _refusal_from(reply, "the directory")
-            body = reply.json()
-            note, proof = body.get("checkpoint"), body.get("consistency_proof") or []
-            if not isinstance(note, str) or not isinstance(proof, list):
-                raise TransportError("the directory's checkpoint answer is malformed")
-            return note.encode("utf-8"), [from_b64url(h) for h in proof]
+            return _checkpoint_answer(reply.json())
 
         peer_urls = PeerUrls(store.path)
         services = cls(

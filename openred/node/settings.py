@@ -7,8 +7,9 @@
 ``OPENRED_SESSION_LIFETIME``        seconds a session lives (86400); renewal is due at 80 %
 ``OPENRED_LIFECYCLE_INTERVAL``      seconds between lifecycle runs (renewal, expiry) (30)
 ``OPENRED_EPOCH_INTERVAL``          seconds a session's send key lives before it rotates (3600)
-``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address may cause per minute (30);
-                                    past that it gets 429 and nothing is logged
+``OPENRED_HANDSHAKE_REFUSALS``      refused handshakes one address (IPv6: one /64) may cause
+                                    per minute (30); past that it gets 429 and nothing is
+                                    logged; all addresses together log ten times that at most
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
 ``OPENRED_PROJECTION_RETENTION``    seconds ended rows (expired/closed sessions, grant outcomes,
                                     ended file offers) stay in the projections before the

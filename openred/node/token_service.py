@@ -7,10 +7,15 @@
 3. checks this node is a party (403) before any costlier work;
 4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
    grant is in the directory's log, consistent with the checkpoint this node holds (422); a
-   fork is logged as evidence (``DirectoryForkDetected``) and refused (409);
+   fork is logged as evidence (``DirectoryForkDetected``) and refused (409). A checkpoint
+   that would become the one held is checked again, under a lock, against the newest one a
+   delivery of this process decided to hold when that moved meanwhile: two deliveries pushed
+   at once are each consistent with the older checkpoint, not necessarily with each other
+   (a directory showing two histories). Deliveries that do not overlap pay nothing more;
 5. has the jail check that the sealed token opens with this node's key (422);
 6. decides (:func:`openred.node.tokens.decide_receive`) and appends ``TokenReceived`` (and
-   ``PeerDiscovered`` when the record is new), idempotent by grant id.
+   ``PeerDiscovered`` when the record is new and not older than the one held), idempotent by
+   grant id.
 
 The port exists because the transparency checks live in ``openred.crypto.transparency`` and
 the node record checks in ``openred.crypto.records`` (the directory's part); their adapter
@@ -19,8 +24,9 @@ implements :class:`DeliveryChecks`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from openred.crypto.client import JailClient
@@ -95,6 +101,11 @@ def _b64_field(body: Mapping[str, Any], name: str) -> bytes:
         raise _bad(400, "malformed-delivery", f"{name} must be base64url") from None
 
 
+def _advances(checkpoint: HeldCheckpoint, held: HeldCheckpoint | None) -> bool:
+    """Whether ``checkpoint`` would replace ``held`` as the one held (a larger tree)."""
+    return held is None or checkpoint.size > held.size
+
+
 class TokenReceiver:
     """The token manager's service: receive deliveries, expire unused tokens."""
 
@@ -111,6 +122,10 @@ class TokenReceiver:
         self.checks = checks
         self.peer_changing = peer_changing
         """Told a peer's id before and after its ``PeerDiscovered`` is appended (caches)."""
+        self._held: HeldCheckpoint | None = None
+        """The newest checkpoint a delivery of this process decided to hold (it may not be
+        logged yet: deliveries checked meanwhile must be consistent with it too)."""
+        self._advancing = asyncio.Lock()
 
     async def receive(self, body: object, now: int) -> dict[str, str]:
         """Accept a delivery; ``{grant_id, status}`` with status received or duplicate."""
@@ -142,18 +157,8 @@ class TokenReceiver:
             raise _bad(403, "not-a-party", "this node is neither initiator nor responder")
         peer_id = grant.responder if grant.initiator == self.me else grant.initiator
         # 4. peer record and directory log
-        held = await self.book.directory_checkpoint()
-        try:
-            verdict = await self.checks.verify(body, grant, peer_id, held)
-        except (VerificationError, CryptoError) as exc:
-            raise _bad(422, "unverifiable-delivery", str(exc)) from None
-        if isinstance(verdict, Forked):
-            assert held is not None, "a fork needs a checkpoint held before"
-            await self.store.append_one(
-                fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
-            )
-            raise _bad(409, "directory-fork",
-                       "the directory's checkpoint is inconsistent with the one this node holds")
+        held = await self._held_checkpoint()
+        verdict = await self._verify(body, grant, peer_id, held)
         # 5. the token is sealed to this node
         try:
             await self.jail.open_sealed(sealed)
@@ -161,12 +166,25 @@ class TokenReceiver:
             raise _bad(
                 422, "invalid-sealed-token", "the token is not sealed to this node"
             ) from None
+        # 4'. a checkpoint that would become the one held is checked against the newest held
+        if _advances(verdict.checkpoint, held):
+            async with self._advancing:
+                newest = self._held
+                if newest is not None and newest != held and (
+                        held is None or newest.size >= held.size):
+                    # Another delivery moved it while this one was checked: two checkpoints
+                    # consistent with an older one need not be consistent with each other.
+                    held = newest
+                    verdict = await self._verify(body, grant, peer_id, held)
+                if _advances(verdict.checkpoint, held):
+                    self._held = verdict.checkpoint
         # 6. decide and append (once more if a concurrent delivery of the same grant won)
         command = ReceiveToken(grant, signature, sealed, verdict.peer, verdict.checkpoint)
         for _attempt in (1, 2):
+            known, peer_version = await self._known_peer(verdict.peer)
             decision = decide_receive(
                 await self.book.token_state(grant.grant_id), command, me=self.me,
-                known_peer=await self.book.peer(str(peer_id)), held=held, now=now,
+                known_peer=known, held=held, now=now, peer_stream_version=peer_version,
             )
             if isinstance(decision, Refusal):
                 raise decision.error()
@@ -178,6 +196,50 @@ class TokenReceiver:
                 continue
             return {"grant_id": grant.grant_id, "status": "received"}
         raise _bad(409, "grant-conflict", "concurrent deliveries of this grant disagree")
+
+    async def _held_checkpoint(self) -> HeldCheckpoint | None:
+        """The newest checkpoint held: logged, or decided on by a delivery still under way."""
+        logged, decided = await self.book.directory_checkpoint(), self._held
+        if decided is None or (logged is not None and logged.size > decided.size):
+            return logged
+        return decided
+
+    async def _verify(self, body: Mapping[str, Any], grant: Grant, peer_id: NodeId,
+                      held: HeldCheckpoint | None) -> Verified:
+        """Step 4: the delivery's record and proofs, consistent with ``held``; a fork is
+        logged as evidence and refused (409)."""
+        try:
+            verdict = await self.checks.verify(body, grant, peer_id, held)
+        except (VerificationError, CryptoError) as exc:
+            raise _bad(422, "unverifiable-delivery", str(exc)) from None
+        if isinstance(verdict, Forked):
+            assert held is not None, "a fork needs a checkpoint held before"
+            await self.store.append_one(
+                fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
+            )
+            raise _bad(409, "directory-fork",
+                       "the directory's checkpoint is inconsistent with the one this node holds")
+        return verdict
+
+    async def _known_peer(self, peer: PeerInfo) -> tuple[PeerInfo | None, int | None]:
+        """The record held for ``peer``'s node, with its version when ``peer`` differs from it.
+
+        Nearly every delivery names the record held (nothing to read beyond the peers row);
+        only a different one reads the peer's stream: the version of the newest record logged
+        and the stream version, which its ``PeerDiscovered`` is then appended at.
+        """
+        known = await self.book.peer(str(peer.node_id))
+        if known is not None and known.same_record(peer):
+            return known, None
+        state = await self.store.load_stream(ev.node_stream(str(peer.node_id)))
+        version = 0
+        for event in state.events:
+            if event.type == ev.PEER_DISCOVERED:
+                logged = event.payload.get("version")
+                version = logged if type(logged) is int else 0
+        if known is not None:
+            known = replace(known, version=version)
+        return known, state.version
 
     async def _append(self, events: list[NewEvent]) -> None:
         """Append; a peer whose record changes is announced before and after, however it ends."""

@@ -91,18 +91,29 @@ UNKNOWN = TokenState(TokenStatus.UNKNOWN)
 
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
-    """The other party as its verified signed node record describes it."""
+    """The other party as its verified signed node record describes it.
+
+    ``version`` is the record's own version (0 when unknown: a ``PeerDiscovered`` logged before
+    versions were kept); a record is never replaced by one of the same or a lower version.
+    """
 
     node_id: NodeId
     api_url: str
     sign_key: SignKey
     box_key: BoxKey
+    version: int = 0
 
     def payload(self) -> dict[str, Any]:
         return {
             "node_id": str(self.node_id), "api_url": self.api_url,
             "sign_key": self.sign_key.b64url(), "box_key": self.box_key.b64url(),
+            "version": self.version,
         }
+
+    def same_record(self, other: PeerInfo) -> bool:
+        """Whether ``other`` says the same of the peer as this (its version aside)."""
+        return (self.node_id, self.api_url, self.sign_key, self.box_key) == (
+            other.node_id, other.api_url, other.sign_key, other.box_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +144,17 @@ def decide_receive(
     known_peer: PeerInfo | None,
     held: HeldCheckpoint | None,
     now: int,
+    peer_stream_version: int | None = None,
 ) -> list[NewEvent] | Refusal:
-    """Events for a verified delivery, or why it is refused (see module doc)."""
+    """Events for a verified delivery, or why it is refused (see module doc).
+
+    The peer's record is logged (``PeerDiscovered``) when none is known, or when it differs
+    from the known one and is of a higher version: a grant naming an older record of the peer
+    (a directory may name any record the peer ever signed) is accepted, but its record does
+    not replace the newer one, so the node never goes back to a peer's old URL or keys.
+    ``peer_stream_version`` is the peer's stream version the known record was read at (the
+    append then fails if another record was logged meanwhile).
+    """
     grant = command.grant
     if not grant.involves(me):
         return Refusal(403, "not-a-party", "this node is neither initiator nor responder")
@@ -170,9 +190,10 @@ def decide_receive(
         }
     events = [NewEvent(ev.grant_stream(grant.grant_id), ev.TOKEN_RECEIVED, payload,
                        expected_version=0)]
-    if known_peer != command.peer:
+    if known_peer is None or (not known_peer.same_record(command.peer)
+                              and command.peer.version > known_peer.version):
         events.append(NewEvent(ev.node_stream(str(peer_id)), ev.PEER_DISCOVERED,
-                               command.peer.payload()))
+                               command.peer.payload(), expected_version=peer_stream_version))
     return events
 
 

@@ -44,7 +44,10 @@ FetchCheckpoint = Callable[[int], Awaitable[tuple[bytes, list[bytes]]]]
 def _note(value: object) -> bytes:
     if not isinstance(value, str):
         raise TransparencyError("checkpoint is the signed note's text")
-    return value.encode("utf-8")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON text may carry
+        raise TransparencyError("checkpoint is the signed note's text") from None
 
 
 class TransparencyChecks:
@@ -90,7 +93,8 @@ class TransparencyChecks:
         named = grant.initiator_record if peer == grant.initiator else grant.responder_record
         if b64url(record.hash) != named:
             raise CryptoError("the peer record is not the one the grant was minted for")
-        return PeerInfo(record.node_id, record.api_url, record.sign_key, record.box_key)
+        return PeerInfo(record.node_id, record.api_url, record.sign_key, record.box_key,
+                        record.version)
 
     async def _consistent(self, held: HeldCheckpoint, received: HeldCheckpoint) -> None:
         held_note, new_note = held.note.encode("utf-8"), received.note.encode("utf-8")

@@ -19,11 +19,11 @@ from typing import Final
 
 import aiohttp
 
-from openred.errors import PeerUnreachable, TransportError
+from openred.errors import NodeRefused, PeerUnreachable, TransportError
 from openred.node.envelope import Envelope
 from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
 
-__all__ = ["HEADERS", "post_envelope", "post_json", "read_answer"]
+__all__ = ["HEADERS", "answer_envelope", "post_envelope", "post_json", "read_answer"]
 
 HEADERS: Final = {"Accept": "application/json, application/problem+json",
                   "Content-Type": "application/json"}
@@ -41,7 +41,18 @@ async def post_envelope(
     reply = await post_json(http, url, envelope.to_json_bytes())
     if not reply.ok:
         raise refuse(reply)
-    return Envelope.from_json(reply.json())
+    return answer_envelope(reply.json())
+
+
+def answer_envelope(obj: object) -> Envelope:
+    """The peer's answer envelope, parsed as strictly as a request's; one it got wrong is the
+    peer's failure (502 ``malformed-envelope``, as for a binary answer), not the 400 or 413
+    the same envelope would be as our caller's request."""
+    try:
+        return Envelope.from_json(obj)
+    except NodeRefused as exc:
+        raise NodeRefused(502, "malformed-envelope",
+                          f"the peer's answer is not an envelope: {exc.detail}") from None
 
 
 async def post_json(http: HttpClient, url: str, body: bytes) -> Reply:

@@ -55,7 +55,7 @@ class Reply:
         """The body parsed as JSON; TransportError if it is not."""
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # nesting deeper than the parser goes
             raise TransportError(f"answer with status {self.status} is not JSON") from exc
 
     @property

@@ -15,6 +15,7 @@ from openred.node import events as ev
 from openred.node.tokens import (
     UNKNOWN,
     HeldCheckpoint,
+    PeerInfo,
     ReceiveToken,
     Refusal,
     TokenState,
@@ -309,3 +310,25 @@ async def test_a_token_consumed_while_expiry_runs_stays_consumed(
         await b.store.append_one(late)
     assert await b.tokens.expire(grant.expires_at) == 0
     assert (await b.book.token_state(grant.grant_id)).status is TokenStatus.CONSUMED
+
+
+async def test_decide_receive_never_replaces_a_record_by_an_older_one(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    from dataclasses import replace
+
+    a, b, _ = nodes
+    cmd = command(directory, a, b)
+    held = replace(a.info(), api_url="https://a.example/now", version=5)
+
+    def decided(record: PeerInfo) -> list[str]:
+        events = decide_receive(UNKNOWN, replace(cmd, peer=record), me=b.id, known_peer=held,
+                                held=None, now=NOW, peer_stream_version=3)
+        assert isinstance(events, list)
+        assert all(e.expected_version == 3 for e in events if e.type == ev.PEER_DISCOVERED)
+        return [e.type for e in events]
+
+    assert decided(replace(a.info(), version=4)) == [ev.TOKEN_RECEIVED]  # older: kept out
+    assert decided(replace(a.info(), version=5)) == [ev.TOKEN_RECEIVED]  # same version
+    assert decided(replace(held, version=9)) == [ev.TOKEN_RECEIVED]  # says the same
+    assert decided(replace(a.info(), version=6)) == [ev.TOKEN_RECEIVED, ev.PEER_DISCOVERED]

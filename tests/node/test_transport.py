@@ -23,7 +23,7 @@ from openred.crypto.identity import b64url
 from openred.errors import NodeRefused, OpenRedError, PeerUnreachable, TransportError
 from openred.node.envelope import MAX_COUNTER, Envelope
 from openred.node.services import _refusal_from
-from openred.node.transport import post_envelope
+from openred.node.transport import answer_envelope, post_envelope
 from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
 from tests.servers import free_port, serve_in_loop
 
@@ -81,7 +81,7 @@ async def old_way(http: HttpClient, url: str, envelope: Envelope) -> Envelope:
     reply = await http.request("POST", url, json_body=envelope.to_json(), attempts=1)
     if not reply.ok:
         raise _refusal_from(reply, "the peer's call")
-    return Envelope.from_json(reply.json())
+    return answer_envelope(reply.json())  # a malformed answer is the peer's failure (502)
 
 
 async def new_way(http: HttpClient, url: str, envelope: Envelope) -> Envelope:
@@ -118,6 +118,8 @@ async def test_both_ways_send_the_same_request_and_end_the_same_way(
     assert new[0] == expected[action]
     if action == "send":
         assert new[1] == ANSWER
+    if action == "malformed":  # the peer's fault, not that of our caller's request
+        assert new[1][:2] == (502, "malformed-envelope")
 
 
 async def test_an_unreachable_peer_is_peer_unreachable() -> None:

@@ -25,12 +25,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from sqlmodel import col, select
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
+from openred.crypto.session import EPOCH_SHIFT
 from openred.errors import NodeRefused
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.bodykey import BODY_KEY_FILE, BodyKey
@@ -84,11 +85,17 @@ def _refuse(detail: str) -> NodeRefused:
 def _object(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise _refuse("the message is not JSON") from None
     if not isinstance(obj, dict):
         raise _refuse("the message is a JSON object")
     return obj
+
+
+def _instant(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is Unix seconds the log can hold (an integer within I-JSON's range:
+    the log's canonical JSON refuses larger ones, which would fail the append)."""
+    return type(value) is int and 0 <= value <= _SAFE_INT
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
@@ -100,7 +107,10 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 def check_text(text: str) -> bytes:
     if not isinstance(text, str):
         raise _refuse("text is a string")
-    raw = text.encode("utf-8")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON text may carry one, UTF-8 cannot
+        raise _refuse("text is Unicode text (no lone surrogates)") from None
     if not raw or len(raw) > MAX_TEXT:
         raise NodeRefused(413, "message-too-large", f"text is 1..{MAX_TEXT} bytes of UTF-8")
     return raw
@@ -351,6 +361,9 @@ class Messaging:
         self.reads = reads
         self.bodies = body_key or BodyKey(jail, store.path.parent / BODY_KEY_FILE)
         self.index = InboxIndex(store.path)
+        self._receiving: dict[str, tuple[str, asyncio.Event]] = {}
+        """Message ids being stored by a request under way, and by which peer (until the
+        append of their ``MessageReceived`` is over)."""
 
     def close(self) -> None:
         self.index.close()
@@ -364,22 +377,44 @@ class Messaging:
         message_id, text, sent_at = obj["message_id"], obj["text"], obj["sent_at"]
         if not isinstance(message_id, str) or not _MESSAGE_ID.fullmatch(message_id):
             raise _refuse("message_id is 16 bytes base64url")
-        if isinstance(sent_at, bool) or not isinstance(sent_at, int) or sent_at < 0:
+        if not _instant(sent_at):
             raise _refuse("sent_at is Unix seconds")
         body = check_text(text)
-        seen = self.index.peer_of(message_id)
-        if seen is not None:
-            if seen != ctx.peer:
+        while True:
+            seen = self.index.peer_of(message_id)
+            if seen is not None:
+                if seen != ctx.peer:
+                    raise NodeRefused(409, "message-id-taken",
+                                      "another peer used this message id")
+                return Outcome(self._receipt(message_id, ctx.now))
+            # Not stored yet, but maybe being stored by a request under way (the same message
+            # in two calls at once): wait for that one, then look again.
+            receiving = self._receiving.get(message_id)
+            if receiving is None:
+                break
+            if receiving[0] != ctx.peer:
                 raise NodeRefused(409, "message-id-taken", "another peer used this message id")
-            return Outcome(self._receipt(message_id, ctx.now))
-        self.index.holding(message_id)
-        wrapped = await self.bodies.seal(message_id, body)
+            await receiving[1].wait()
+        mine = (ctx.peer, asyncio.Event())
+        self._receiving[message_id] = mine
+
+        def settled() -> None:
+            if self._receiving.get(message_id) is mine:
+                del self._receiving[message_id]
+            mine[1].set()
+
+        try:
+            self.index.holding(message_id)
+            wrapped = await self.bodies.seal(message_id, body)
+        except BaseException:
+            settled()
+            raise
         event = NewEvent(session_stream(ctx.session_id), ev.MESSAGE_RECEIVED, {
             "message_id": message_id, "session_id": ctx.session_id, "peer": ctx.peer,
             "size": len(body), "body": b64url(wrapped), "counter": ctx.counter,
             "sent_at": sent_at,
         })
-        return Outcome(self._receipt(message_id, ctx.now), [event])
+        return Outcome(self._receipt(message_id, ctx.now), [event], settled)
 
     @staticmethod
     def _receipt(message_id: str, now: int) -> bytes:
@@ -430,7 +465,12 @@ class Messaging:
                 plaintext = channel.open_answer(SEND, envelope.counter, answer)
             except NodeRefused as exc:
                 if attempt == 1 and rotate is not None and exc.reason == "replayed-message":
-                    await rotate(channel)
+                    # Once per epoch: the messages of a refused batch were sealed in the same
+                    # one, and a refusal is not authenticated (anyone on the path can answer
+                    # it), so each moving the sender on would push it past the epochs its
+                    # peer accepts ahead (MAX_EPOCH_SKIP) at one ledger write and save each.
+                    if envelope.counter >> EPOCH_SHIFT == channel.cipher.send_epoch:
+                        await rotate(channel)
                     continue
                 raise
             finally:
@@ -438,9 +478,7 @@ class Messaging:
             break
         receipt = _object(plaintext)
         received_at = receipt.get("received_at")
-        if receipt.get("message_id") != mid or isinstance(received_at, bool) or not isinstance(
-            received_at, int
-        ):
+        if receipt.get("message_id") != mid or not _instant(received_at):
             raise NodeRefused(502, "bad-receipt", "the peer's receipt names another message")
         await self.store.append_one(NewEvent(stream, ev.MESSAGE_DELIVERED, {
             "message_id": mid, "session_id": channel.session_id, "received_at": received_at,

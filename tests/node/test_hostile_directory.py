@@ -1,0 +1,197 @@
+"""A compromised directory against served nodes: what it signs and pushes must not undo what a
+node already verified.
+
+The directory's key signs grants and checkpoints, so a compromised directory can mint a grant
+naming any record a node ever signed and push it with a checkpoint of any history it signed.
+A node must still never go back to an older record of a peer (its old URL, its old keys), nor
+hold two checkpoints of forked histories without noticing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from quart import Quart, Response
+
+from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.node import events as ev
+from tests.node.test_app import World, now, problem, push
+from tests.node.test_fastpath import world
+from tests.servers import serve_in_loop
+
+__all__ = ["world"]
+
+
+async def a_record(world: World, api_url: str, version: int) -> SignedNodeRecord:
+    """A record node A really signed (in its jail), with this URL and version."""
+    keys = world.a.services.keys
+    return await sign_record(NodeRecord.build(
+        sign_key=keys.sign_key, box_key=keys.box_key, api_url=api_url, modules=("messaging",),
+        issued_at=now(), version=version), world.jails[0].sign)
+
+
+async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
+    world: World,
+) -> None:
+    old_url = "http://127.0.0.1:9/moved-away"  # where A was once (version 1)
+    old = await a_record(world, old_url, 1)
+    world.a.record = await a_record(world, world.a.url, 2)  # where A is now
+    _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, for_b)).status == 200
+    peer = await world.b.services.book.peer(str(world.a.id))
+    assert peer is not None and peer.api_url == world.a.url
+    # The directory mints a grant for A's version 1 record and pushes it to B.
+    world.a.record = old
+    _, _, stale = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                                 issued_at=now())
+    reply = await push(world, world.b, stale)
+    # The grant itself is genuine and logged; only the record it names is behind.
+    assert reply.status == 200, reply.body
+    peer = await world.b.services.book.peer(str(world.a.id))
+    assert peer is not None and peer.api_url == world.a.url
+    assert world.b.services.peer_urls is not None
+    world.b.services.peer_urls.changing(str(world.a.id))
+    assert world.b.services.peer_urls.api_url(str(world.a.id)) == world.a.url
+    discovered = await world.b.services.store.read_stream(ev.node_stream(str(world.a.id)))
+    assert [(e.type, e.payload["api_url"], e.payload["version"]) for e in discovered] == [
+        (ev.PEER_DISCOVERED, world.a.url, 2)]
+    # A newer record than the one held still replaces it.
+    world.a.record = await a_record(world, old_url + "/back", 3)
+    _, _, newer = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, newer)).status == 200
+    peer = await world.b.services.book.peer(str(world.a.id))
+    assert peer is not None and peer.api_url == old_url + "/back"
+
+
+async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_held(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each delivery is checked against the checkpoint held when it arrived: two pushed at
+    once, from two histories the directory's key signed, were each consistent with that one
+    (none yet, here) and were both accepted; the node then held whichever was logged last."""
+    book = world.b.services.book
+    read = book.directory_checkpoint
+    both_read = asyncio.Event()
+    readers = 0
+
+    async def held_when_both_arrived() -> Any:
+        nonlocal readers
+        held = await read()
+        readers += 1
+        if readers == 2:
+            both_read.set()
+        await asyncio.wait_for(both_read.wait(), 5)
+        return held
+
+    monkeypatch.setattr(book, "directory_checkpoint", held_when_both_arrived)
+    directory = world.directory
+    _, _, honest = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    _, _, forked = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now(), log=directory.fork)
+    replies = await asyncio.gather(push(world, world.b, honest), push(world, world.b, forked))
+    monkeypatch.setattr(book, "directory_checkpoint", read)
+    assert sorted(r.status for r in replies) == [200, 409], [r.body for r in replies]
+    refused = next(r for r in replies if r.status == 409)
+    problem(refused, 409, "directory-fork")
+    [evidence] = await world.b.services.store.read_stream("directory")
+    assert evidence.type == ev.DIRECTORY_FORK_DETECTED
+    held = await read()
+    assert held is not None and evidence.payload["held_checkpoint"] == held.note
+    assert {evidence.payload["received_checkpoint"], held.note} == {
+        honest["checkpoint"], forked["checkpoint"]}
+
+
+@pytest.mark.parametrize("answer", [
+    [], "checkpoint", {"checkpoint": None}, {"consistency_proof": []},
+    {"checkpoint": "NOTE", "consistency_proof": [1]},
+    {"checkpoint": "NOTE", "consistency_proof": ["!!not base64url"]},
+    {"checkpoint": "NOTE", "consistency_proof": {"0": "AAAA"}},
+    {"checkpoint": "NOTE", "consistency_proof": [None, []]},
+    {"checkpoint": "NOTE\udc80", "consistency_proof": []},
+])
+async def test_a_malformed_checkpoint_answer_of_the_directory_is_a_problem_not_a_500(
+    world: World, answer: Any,
+) -> None:
+    """When a delivery's checkpoint is of another size than the one held, the node asks the
+    directory for a consistency proof: whatever it answers, the push gets a problem (502,
+    the directory's answer is unusable) and nothing is logged."""
+    directory = world.directory
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    _, _, second = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    note = second["checkpoint"]
+    hostile = Quart("hostile-directory")
+
+    @hostile.get("/api/v3/directory/checkpoint")
+    async def checkpoint() -> Any:
+        body = json.dumps(answer).replace("NOTE", json.dumps(note)[1:-1])
+        return Response(body, content_type="application/json")
+
+    settings = world.b.services.settings
+    honest_url = settings.directory_url
+    size = world.b.services.store.head.size
+    async with serve_in_loop(hostile) as url:
+        object.__setattr__(settings, "directory_url", url)  # the node's settings are frozen
+        try:
+            reply = await push(world, world.b, second)
+        finally:
+            object.__setattr__(settings, "directory_url", honest_url)
+    problem(reply, 502, "peer-unreachable")
+    assert world.b.services.store.head.size == size
+
+
+def leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every leaf (and of every object and list) in a JSON value."""
+    found = [path] if path else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += leaves(item, (*path, index))
+    return found
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    copy = json.loads(json.dumps(value))
+    holder = copy
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = new
+    return copy
+
+
+async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
+    world: World,
+) -> None:
+    """Each field of a genuine delivery replaced by text with a lone surrogate (which JSON
+    may carry but UTF-8 cannot), a number, null, a list or an object."""
+    _, _, first = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    _, _, delivery = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                                issued_at=now())
+    size = world.b.services.store.head.size
+    failures: list[tuple[Any, ...]] = []
+    for path in leaves(delivery):
+        for new in ("\ud800", f"{json.dumps(delivery)[:8]}\udfff", -1, 2**64, None, [], {}):
+            body = replaced(delivery, path, new)
+            if body == delivery:
+                continue
+            reply = await world.pusher.request(  # JSON escapes what UTF-8 cannot carry
+                "POST", f"{world.b.url}/api/v3/tokens/receive",
+                body=json.dumps(body).encode(), signed=True)
+            if not 400 <= reply.status < 500 or not reply.headers["Content-Type"].startswith(
+                    "application/problem+json"):
+                failures.append((path, new, reply.status))
+    assert failures == [], "\n".join(map(repr, failures))
+    assert world.b.services.store.head.size == size
+    assert (await push(world, world.b, delivery)).status == 200
