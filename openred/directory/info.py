@@ -51,5 +51,8 @@ async def key() -> dict[str, str]:
 @validate_response(CheckpointReply, 200)
 @problems(400, 422, 503)
 async def checkpoint(query_args: CheckpointQuery) -> dict[str, Any]:
-    """The newest signed checkpoint; ``?from=SIZE`` adds a consistency proof from that size."""
-    return await service().checkpoint(query_args.from_size)
+    """The newest signed checkpoint; ``?from=SIZE`` adds a consistency proof from that size.
+
+    ``&to=SIZE`` ends the proof at that size instead of the checkpoint's (at most it).
+    """
+    return await service().checkpoint(query_args.from_size, query_args.to_size)

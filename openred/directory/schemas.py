@@ -123,6 +123,7 @@ class CheckpointQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     from_size: Annotated[int | None, Field(alias="from", ge=0, le=2**63 - 1)] = None
+    to_size: Annotated[int | None, Field(alias="to", ge=0, le=2**63 - 1)] = None
 
 
 class CheckpointReply(_Strict):

@@ -744,11 +744,15 @@ class DirectoryService:
 
     # -- log facts ---------------------------------------------------------------------------
 
-    async def checkpoint(self, from_size: int | None) -> dict[str, Any]:
+    async def checkpoint(self, from_size: int | None,
+                         to_size: int | None = None) -> dict[str, Any]:
         """The newest signed checkpoint, with a consistency proof from ``from_size``.
 
         The newest of the store's stored checkpoints and the one last pushed with a grant
         (those are kept in memory only): never older than a checkpoint a node was sent.
+        The proof ends at the newest checkpoint's size, or at ``to_size`` when given (at most
+        that size): a node holding signed checkpoints of both sizes checks them against each
+        other in one request, however far the directory has moved on meanwhile.
         """
         note = await self.store.latest_checkpoint()
         if note is None:
@@ -759,13 +763,21 @@ class DirectoryService:
             note = mine.text
             checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
         proof: list[str] | None = None
+        if to_size is not None and from_size is None:
+            raise RequestRefused(422, "invalid-field", "to= needs from=")
         if from_size is not None:
-            if from_size > checkpoint.size:
+            end = checkpoint.size if to_size is None else to_size
+            if end > checkpoint.size:
                 raise RequestRefused(
                     422, "invalid-field",
-                    f"from={from_size} is beyond the checkpoint's size {checkpoint.size}")
+                    f"to={end} is beyond the checkpoint's size {checkpoint.size}")
+            if from_size > end:
+                raise RequestRefused(
+                    422, "invalid-field",
+                    f"from={from_size} is beyond the {'checkpoint' if to_size is None else 'to'}"
+                    f" size {end}")
             await self._sync_tree(checkpoint.size)
-            proof = [b64url(h) for h in self.tree.consistency_proof(from_size, checkpoint.size)]
+            proof = [b64url(h) for h in self.tree.consistency_proof(from_size, end)]
         return {"checkpoint": note.decode("utf-8"), "consistency_proof": proof}
 
     async def health(self) -> dict[str, Any]:

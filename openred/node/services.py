@@ -209,8 +209,8 @@ class NodeServices:
         http = HttpClient(signer=Signer(str(keys.node_id), sign_base),
                           allow_private=settings.allow_private_urls, clock=clock)
 
-        async def fetch(from_size: int) -> tuple[bytes, list[bytes]]:
-            url = f"{settings.directory_url}{CHECKPOINT_PATH}?from={from_size}"
+        async def fetch(from_size: int, to_size: int) -> tuple[bytes, list[bytes]]:
+            url = f"{settings.directory_url}{CHECKPOINT_PATH}?from={from_size}&to={to_size}"
             reply = await http.request("GET", url)
             if not reply.ok:
                 raise _refusal_from(reply, "the directory")

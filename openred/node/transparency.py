@@ -8,9 +8,11 @@ For a delivery (DESIGN §5, CONTRACTS "Signed node records and grants"):
 2. the grant's ``ConnectionGranted`` entry, the directory's signed checkpoint and the
    inclusion proof verify (:func:`openred.crypto.transparency.verify_grant_delivery`);
 3. the checkpoint is consistent with the one this node holds: when their sizes differ, a
-   consistency proof from the smaller size is fetched from the directory
-   (``GET /api/v3/directory/checkpoint?from=SIZE``, the :data:`FetchCheckpoint` port). If the
-   directory's newest checkpoint is larger than both, each is proven consistent with it.
+   consistency proof between the two sizes is fetched from the directory
+   (``GET /api/v3/directory/checkpoint?from=SMALL&to=LARGE``, the :data:`FetchCheckpoint`
+   port) and checked against the two signed checkpoints the node holds. One request, and
+   the directory moving on meanwhile (every grant it mints moves its newest checkpoint)
+   changes nothing: the proof is between the node's own two notes.
 
 A fork (:class:`~openred.errors.ForkDetected`) becomes :class:`Forked`; every other failure
 raises (the receiver answers 422).
@@ -37,8 +39,9 @@ from openred.node.tokens import HeldCheckpoint, PeerInfo
 
 __all__ = ["FetchCheckpoint", "TransparencyChecks"]
 
-FetchCheckpoint = Callable[[int], Awaitable[tuple[bytes, list[bytes]]]]
-"""``from_size`` → the directory's newest checkpoint note and a consistency proof from it."""
+FetchCheckpoint = Callable[[int, int], Awaitable[tuple[bytes, list[bytes]]]]
+"""``(from_size, to_size)`` → the directory's newest checkpoint note and a consistency proof
+from ``from_size`` to ``to_size``."""
 
 
 def _note(value: object) -> bytes:
@@ -107,18 +110,7 @@ class TransparencyChecks:
             verify_consistent(held_note, held_cp, new_note, new_cp, None)
             return
         small, large = (held, received) if held.size < received.size else (received, held)
-        small_note, large_note = small.note.encode("utf-8"), large.note.encode("utf-8")
         small_cp, large_cp = (held_cp, new_cp) if small is held else (new_cp, held_cp)
-        latest_note, proof = await self.fetch(small.size)
-        latest = verify_directory_checkpoint(latest_note, self.directory_key)
-        if latest.size < large.size:
-            raise TransparencyError("the directory's newest checkpoint is older than one it sent")
-        if latest.size == large.size:
-            verify_consistent(small_note, small_cp, large_note, large_cp, proof)
-            return
-        # The directory moved on: prove both against the same newest checkpoint.
-        verify_consistent(small_note, small_cp, latest_note, latest, proof)
-        again_note, again_proof = await self.fetch(large.size)
-        if again_note != latest_note:
-            raise TransparencyError("the directory's checkpoint moved during the check; retry")
-        verify_consistent(large_note, large_cp, latest_note, latest, again_proof)
+        _, proof = await self.fetch(small.size, large.size)
+        verify_consistent(small.note.encode("utf-8"), small_cp, large.note.encode("utf-8"),
+                          large_cp, proof)

@@ -150,6 +150,9 @@ async def test_wrong_types_and_unknown_fields(directory: Directory, make_node: A
                                     signed=False), 422)
     assert_problem(await alice.call("GET", "/api/v3/directory/checkpoint?from=99999",
                                     signed=False), 422)
+    for query in ("to=1", "from=2&to=1", "from=0&to=99999", "from=0&to=-1", "from=0&to=x"):
+        assert_problem(await alice.call("GET", f"/api/v3/directory/checkpoint?{query}",
+                                        signed=False), 422)
 
 
 @pytest.mark.parametrize("api_url", [

@@ -91,6 +91,15 @@ async def test_concurrent_grants_carry_checkpoints_consistent_with_the_stores_lo
     proof = [from_b64url(h) for h in reply.json()["consistency_proof"]]
     verify_consistent(largest_note, largest, served_note, served,
                       None if served.size == largest.size else proof)
+    # ?from=&to= proves any two pushed checkpoints against each other, whatever the newest.
+    smallest_note, smallest = min(pushed, key=lambda p: p[1].size)
+    if smallest.size < largest.size:
+        reply = await nodes[0].call(
+            "GET", f"/api/v3/directory/checkpoint?from={smallest.size}&to={largest.size}",
+            signed=False)
+        assert reply.status == 200
+        proof = [from_b64url(h) for h in reply.json()["consistency_proof"]]
+        verify_consistent(smallest_note, smallest, largest_note, largest, proof)
 
 
 async def test_the_checkpoint_answer_includes_the_newest_pushed_checkpoint(

@@ -46,7 +46,9 @@ def directory_app(directory: Directory) -> Quart:
     async def checkpoint() -> dict[str, Any]:
         from quart import request
 
-        note, proof = await directory.fetch(int(request.args.get("from", "0")))
+        to = request.args.get("to")
+        note, proof = await directory.fetch(int(request.args.get("from", "0")),
+                                            None if to is None else int(to))
         return {"checkpoint": note.decode(), "consistency_proof": [b64url(h) for h in proof]}
 
     return app

@@ -203,6 +203,29 @@ async def test_a_checkpoint_consistent_with_the_one_held_is_accepted_and_kept(
     assert held is not None and held.note == third["checkpoint"]
 
 
+async def test_a_directory_moving_on_during_the_check_does_not_fail_the_delivery(
+    nodes: tuple[Node, Node, Node], directory: Directory
+) -> None:
+    """Every grant a directory mints moves its newest checkpoint; a node's check of a delivery
+    against the checkpoint it holds must not need it to stand still (a busy directory)."""
+    a, b, c = nodes
+    _, _, first = await directory.pair(a, b)
+    await b.tokens.receive(first, NOW)
+    _, _, second = await directory.pair(a, b)
+    await directory.pair(a, c)  # the newest checkpoint is beyond the delivery's
+    fetch = b.checks.fetch
+
+    async def moving(*args: int) -> tuple[bytes, list[bytes]]:
+        await directory.pair(a, c)  # another grant, minted while b checks
+        return await fetch(*args)
+
+    b.checks.fetch = moving
+    await b.tokens.receive(second, NOW)
+    held = await b.book.directory_checkpoint()
+    assert held is not None and held.note == second["checkpoint"]
+    assert (await b.book.token_state(second["grant"]["grant_id"])).status is TokenStatus.RECEIVED
+
+
 async def test_a_fork_is_refused_and_kept_as_evidence(
     nodes: tuple[Node, Node, Node], directory: Directory
 ) -> None:

@@ -25,6 +25,7 @@ from openred.crypto.transparency import (
     connection_granted_payload,
     entry_to_wire,
 )
+from openred.directory.tree import ProofTree
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route
 from openred.node.events import node_registry
@@ -97,11 +98,18 @@ class Directory:
         await self.store.close()
         await self.fork.close()
 
-    async def fetch(self, from_size: int) -> tuple[bytes, list[bytes]]:
-        """GET /api/v3/directory/checkpoint?from=SIZE: newest checkpoint and consistency proof."""
+    async def fetch(self, from_size: int, to_size: int | None = None,
+                    ) -> tuple[bytes, list[bytes]]:
+        """GET /api/v3/directory/checkpoint?from=SIZE[&to=SIZE]: the newest checkpoint, and a
+        consistency proof from ``from_size`` to ``to_size`` (default: the newest's size)."""
         note = await self.serving.checkpoint()
-        _, proof = await self.serving.consistency_proof(from_size)
-        return note, proof
+        size, proof = await self.serving.consistency_proof(from_size)
+        if to_size is None or to_size == size:
+            return note, proof
+        tree = ProofTree()
+        for entry in await self.serving.read(1, to_size):
+            tree.append(entry.entry_hash)
+        return note, tree.consistency_proof(from_size, to_size)
 
     def grant(self, a: Node, b: Node, *, issued_at: int = NOW, ttl: int = 300) -> Grant:
         return new_grant(a.id, b.id, grant_id=os.urandom(16), issued_at=issued_at, ttl=ttl,
