@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from openred.errors import ConfigurationError
+from openred.files import write_private
 
 __all__ = [
     "DirectorySettings",
@@ -81,11 +82,7 @@ def write_env_file(path: Path, values: Mapping[str, str], *, header: str = "") -
             raise ConfigurationError(f"cannot write {key!r} to a .env file")
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{key}={value}" for key, value in values.items()]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_private(path, "\n".join(lines) + "\n")
 
 
 class _Values:

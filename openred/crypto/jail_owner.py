@@ -26,6 +26,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from openred.files import write_private
+
 __all__ = ["JailOwner", "orphaned_jail", "owner_path", "record_owner", "stop_orphan"]
 
 logger = logging.getLogger("openred.crypto.jail")
@@ -66,13 +68,10 @@ def record_owner(socket_path: Path, jail_pid: int | None) -> None:
     if jail_start is None or own_start is None:
         return  # no /proc here: nothing can be checked later either
     path = owner_path(socket_path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"jail_pid": jail_pid, "jail_start": jail_start,
-                       "supervisor_pid": os.getpid(), "supervisor_start": own_start}, out)
-        tmp.replace(path)
+        write_private(path, json.dumps({"jail_pid": jail_pid, "jail_start": jail_start,
+                                        "supervisor_pid": os.getpid(),
+                                        "supervisor_start": own_start}))
     except OSError as exc:
         logger.warning("cannot record the jail's owner in %s: %s", path, exc)
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import col, select
@@ -38,6 +36,7 @@ from sqlmodel import col, select
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.crypto.session import FileSessionLedger
 from openred.errors import OpenRedError, PeerUnreachable
+from openred.files import write_private
 from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
 from openred.node.readmodels import GrantOutcomeRow, SessionRow
@@ -67,16 +66,6 @@ class RegistrationState:
     directory_reachable: bool | None = None
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
-
-
 class Registrar:
     """Keeps the node's signed record current and registered with its directory."""
 
@@ -100,7 +89,7 @@ class Registrar:
             return None, 0
 
     def _save(self, signed: SignedNodeRecord, logged_version: int) -> None:
-        _write_private(self.path, json.dumps(
+        write_private(self.path, json.dumps(
             {"signed": signed.to_wire(), "logged_version": logged_version}, indent=2) + "\n")
 
     async def current_record(self) -> SignedNodeRecord:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,6 +30,7 @@ from openred.crypto.httpsig import (
 )
 from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
+from openred.files import write_private
 
 __all__ = ["InboundVerifier", "KeyResolver", "scope_http_request", "to_http_request"]
 
@@ -186,14 +186,7 @@ class InboundVerifier:
     def save(self, path: Path) -> None:
         """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""
         entries = self.nonce_cache.live(int(self.clock()))
-        text = json.dumps({"v": 1, "entries": entries}, separators=(",", ":"))
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
+        write_private(path, json.dumps({"v": 1, "entries": entries}, separators=(",", ":")))
 
     def restore(self, path: Path) -> bool:
         """Start from the nonces a stopped process saved at ``path``, or refuse older signatures.

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.directory.ratelimit import RateLimiter
 from openred.errors import ConfigurationError, RequestRefused
+from openred.files import write_private
 from openred.modules.authentication.files import TOTP_STATE_FILE
 from openred.modules.authentication.totp import SECRET_BYTES, match_step, provisioning_uri
 
@@ -39,14 +39,7 @@ RATE_KEY = "operator"
 
 def _write_private(path: Path, obj: dict[str, Any]) -> None:
     """Replace ``path`` atomically with ``obj`` as JSON, mode 0600 from the start."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(obj, out)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
+    write_private(path, json.dumps(obj))
 
 
 class OperatorAuth:
