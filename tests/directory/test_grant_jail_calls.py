@@ -45,7 +45,14 @@ async def test_concurrent_grants_sign_everything_in_coalesced_calls(
     assert kinds.count("http_signature_base") == 2 * len(pairs)
     assert kinds.count("checkpoint") >= len(checkpoints)
     assert all(len(items) <= SIGN_BATCH for _, items in ops)
-    assert len([op for op, _ in ops if op == "sign_many"]) < 3 * len(pairs)
+    # At most one call per signature a grant needs (its own, a checkpoint, its two pushes
+    # together): the two push signatures of a grant are asked in the same turn and always
+    # travel in one call. How many grants share a call depends on how the requests arrive
+    # (the benchmark measures that), so it is not asserted here.
+    assert len([op for op, _ in ops if op == "sign_many"]) <= 3 * len(pairs)
+    with_pushes = [items for _, items in ops if "http_signature_base" in items]
+    assert len(with_pushes) <= len(pairs)
+    assert all(items.count("http_signature_base") % 2 == 0 for items in with_pushes)
 
 
 async def test_only_the_jails_own_signer_is_coalesced(directory: Directory) -> None:
