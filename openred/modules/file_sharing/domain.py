@@ -32,6 +32,7 @@ from openred.errors import NodeRefused
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
     "MAX_NAME_BYTES",
     "HashTree",
@@ -51,6 +52,9 @@ CHUNK_SIZE: Final = 4 * 1024 * 1024
 MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024
 MIN_CHUNK_SIZE: Final = 4 * 1024
 MAX_NAME_BYTES: Final = 200
+MAX_CHUNKS: Final = 1 << 20
+"""Most chunks an offer may have (4 TiB in chunks of 4 MiB, 4 GiB in chunks of 4 KiB): both
+sides keep a few small objects per chunk (the sender's tree, the receiver's fetch state)."""
 MAX_SIZE: Final = 1 << 50
 """Largest file an offer may describe (1 PiB): keeps chunk counts and offsets sane."""
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
@@ -209,6 +213,8 @@ class OfferTerms:
                                       ("expires_at", obj["expires_at"], 0, 1 << 40)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise bad(f"{key} is an integer in {low}..{high}")
+        if chunk_count(size, chunk) > MAX_CHUNKS:
+            raise bad(f"an offer has at most {MAX_CHUNKS} chunks")
         return cls(offer_id, check_name(obj["name"]), size, obj["digest"], obj["root"], chunk,
                    obj["expires_at"])
 

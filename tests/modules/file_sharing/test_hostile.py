@@ -1,0 +1,151 @@
+"""File sharing against a hostile peer's offers and a local attacker at the destination.
+
+Real nodes served on loopback (:mod:`.world`), real files; the hostile peer is node A sending
+offers it crafted itself over its real session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from openred.crypto.identity import b64url
+from openred.errors import NodeRefused
+from openred.modules.file_sharing.domain import (
+    CHUNK_SIZE,
+    MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    OfferTerms,
+)
+from openred.modules.file_sharing.service import CHUNK, OFFER, _json, new_offer_id
+from tests.modules.file_sharing.world import Pair, files, verified_pair
+from tests.node.world import Directory, JailPair
+
+HOUR = 3600
+
+
+@pytest.fixture
+async def pair(jails: JailPair, directory: Directory, tmp_path: Path) -> AsyncIterator[Pair]:
+    async with verified_pair(jails, directory, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def other_fs(tmp_path: Path) -> Iterator[Path]:
+    """A directory on another file system than ``tmp_path`` (so a fetch placing there copies)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system to place the file on")
+    path = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def crafted(size: int, chunk_size: int) -> OfferTerms:
+    return OfferTerms(new_offer_id(), "big.bin", size, b64url(b"\x01" * 32),
+                      b64url(b"\x02" * 32), chunk_size, 2**39)
+
+
+async def test_an_offer_of_more_chunks_than_a_node_can_track_is_refused(pair: Pair) -> None:
+    # 1 TiB in chunks of 4 KiB is 2**28 chunks: the receiver's fetch would list every index
+    # (gigabytes of memory) before asking for the first one. The offer is refused on arrival.
+    for size, chunk in ((1 << 40, MIN_CHUNK_SIZE), ((MAX_CHUNKS + 1) * CHUNK_SIZE, CHUNK_SIZE)):
+        terms = crafted(size, chunk)
+        with pytest.raises(NodeRefused) as caught:
+            await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))
+        assert (caught.value.status, caught.value.reason) == (422, "invalid-offer")
+        assert await files(pair.b).offer(terms.offer_id) is None
+    # The largest one still fits.
+    terms = crafted(MAX_CHUNKS * MIN_CHUNK_SIZE, MIN_CHUNK_SIZE)
+    await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))
+    assert await files(pair.b).offer(terms.offer_id) is not None
+
+
+async def test_an_offer_larger_than_the_free_space_is_refused_before_anything_is_written(
+    pair: Pair,
+) -> None:
+    # A fetch of it would fill the disk the node's own log lives on before failing.
+    b = files(pair.b)
+    size = MAX_CHUNKS * CHUNK_SIZE
+    b.root.mkdir(parents=True, exist_ok=True)
+    free = os.statvfs(b.root)
+    if free.f_bavail * free.f_frsize >= size:
+        pytest.skip("this disk has room for the largest offer")
+    terms = crafted(size, CHUNK_SIZE)
+    await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))
+    with pytest.raises(NodeRefused) as caught:
+        await b.fetch(terms.offer_id)
+    assert (caught.value.status, caught.value.reason) == (507, "disk-full")
+    assert not b._part(terms.offer_id).exists()
+    assert not b._marks(terms.offer_id).exists()
+
+
+@pytest.mark.parametrize("planted", ["tmp", "probe"])
+async def test_a_link_planted_where_a_cross_device_fetch_copies_is_never_followed(
+    pair: Pair, tmp_path: Path, other_fs: Path, planted: str,
+) -> None:
+    # The offer id is on the command line of `openred fetch` (visible to every local user):
+    # a link planted at the copy's old fixed name made the node write the file through it
+    # (and left the link as the result); one at the probe's fixed name failed every fetch.
+    data = os.urandom(CHUNK_SIZE + 100)
+    (tmp_path / "f").write_bytes(data)
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (other_fs / f".openred-{offer.offer_id}.{planted}").symlink_to(victim)
+    path = await files(pair.b).fetch(offer.offer_id, out=other_fs)
+    assert victim.read_bytes() == b"keep me"
+    assert path.parent == other_fs and not path.is_symlink()
+    assert path.read_bytes() == data
+
+
+async def test_a_file_planted_where_a_cross_device_fetch_copies_never_becomes_the_result(
+    pair: Pair, tmp_path: Path, other_fs: Path,
+) -> None:
+    # A planted regular file was truncated, filled and linked into place: the attacker, who
+    # keeps it open, could rewrite the verified file afterwards.
+    data = os.urandom(CHUNK_SIZE + 100)
+    (tmp_path / "f").write_bytes(data)
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    planted = other_fs / f".openred-{offer.offer_id}.tmp"
+    planted.write_bytes(b"mine")
+    planted.chmod(0o666)
+    held = os.open(planted, os.O_RDWR)
+    try:
+        path = await files(pair.b).fetch(offer.offer_id, out=other_fs)
+        assert os.stat(path).st_ino != os.fstat(held).st_ino
+        os.pwrite(held, b"EVIL", 0)
+        assert path.read_bytes() == data
+        assert os.stat(path).st_mode & 0o077 == 0
+    finally:
+        os.close(held)
+
+
+async def test_a_fifo_put_in_place_of_a_shared_file_is_refused_not_waited_on(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    # Whoever can write the shared file's directory swaps the file for a FIFO: opening it
+    # for reading waited for a writer forever, in one of the sender's worker threads per
+    # chunk request (a few requests and the node's thread pool is gone).
+    source = tmp_path / "f"
+    source.write_bytes(os.urandom(1000))
+    offer = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
+    source.unlink()
+    os.mkfifo(source)
+    request = _json({"offer_id": offer.offer_id, "offset": 0, "length": 1000})
+    try:
+        with pytest.raises(NodeRefused) as caught:
+            await files(pair.b)._call(pair.a.id, CHUNK, request)
+        assert (caught.value.status, caught.value.reason) == (409, "file-changed")
+    finally:
+        # Wake any reader still waiting in open() (the unfixed code), so the test can end.
+        with contextlib.suppress(OSError):
+            os.close(os.open(source, os.O_WRONLY | os.O_NONBLOCK))
