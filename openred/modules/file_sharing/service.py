@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import rfc8785
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import NodeRefused, OpenRedError, TransportError
@@ -95,6 +95,8 @@ DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
 IN_FLIGHT: Final = 3
 DIGEST_RUN: Final = 8
+MAX_STANDING_OFFERS: Final = 256
+"""Offers from one peer a node holds at once (neither expired nor ended): past that, 429."""
 DISK_RESERVE: Final = 64 * 1024 * 1024
 """Free space a fetch leaves on the partial file's file system (for the node's own log)."""
 """Chunks the digest reads back in one go (at most)."""
@@ -534,6 +536,18 @@ class FileSharing:
             return Outcome(answer)
         if terms.expires_at <= ctx.now:
             raise NodeRefused(410, "offer-expired", "the offer has already expired")
+        # A peer's standing offers (not fetched, ended or expired) are bounded: each is a row
+        # every listing reads and, once expired, logs. One COUNT per offer received.
+        standing = select(func.count()).select_from(FileOfferRow).where(
+            col(FileOfferRow.peer) == ctx.peer, col(FileOfferRow.direction) == "received",
+            col(FileOfferRow.state) == "offered", col(FileOfferRow.expires_at) > ctx.now,
+            col(FileOfferRow.offer_id).not_in(select(FileTransferRow.offer_id).where(
+                col(FileTransferRow.state) == "completed")))
+        async with self.reads.session() as s:
+            held = (await s.exec(standing)).one()
+        if held >= MAX_STANDING_OFFERS:
+            raise NodeRefused(429, "too-many-offers", f"this peer already holds {held} offers "
+                              "of yours: wait until some are fetched, declined or expired")
         return Outcome(answer, [NewEvent(ev.offer_stream(terms.offer_id), ev.FILE_OFFER_RECEIVED, {
             **terms.to_json(), "peer": ctx.peer, "session_id": ctx.session_id,
         })])

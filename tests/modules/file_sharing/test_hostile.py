@@ -17,6 +17,7 @@ import pytest
 
 from openred.crypto.identity import b64url
 from openred.errors import NodeRefused
+from openred.modules.file_sharing import service
 from openred.modules.file_sharing.domain import (
     CHUNK_SIZE,
     MAX_CHUNKS,
@@ -149,3 +150,35 @@ async def test_a_fifo_put_in_place_of_a_shared_file_is_refused_not_waited_on(
         # Wake any reader still waiting in open() (the unfixed code), so the test can end.
         with contextlib.suppress(OSError):
             os.close(os.open(source, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_a_peer_cannot_pile_up_standing_offers(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every offer is a row each `openred offers` reads (and logs once it expired): a peer
+    # sending thousands of them flooded the listing. Past the limit: 429, nothing logged.
+    monkeypatch.setattr(service, "MAX_STANDING_OFFERS", 3)
+    b = files(pair.b)
+    (tmp_path / "f").write_bytes(b"real")
+    real = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    sent = [crafted(1000, MIN_CHUNK_SIZE) for _ in range(2)]
+    for terms in sent:
+        await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))
+    before = len(await pair.b.services.store.read())
+    extra = crafted(1000, MIN_CHUNK_SIZE)
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.a)._call(pair.b.id, OFFER, _json(extra.to_json()))
+    assert (caught.value.status, caught.value.reason) == (429, "too-many-offers")
+    assert len(await pair.b.services.store.read()) == before
+    # The same offer sent again is still answered (idempotent); a fetched or declined offer
+    # frees room.
+    await files(pair.a)._call(pair.b.id, OFFER, _json(sent[0].to_json()))
+    assert (await b.fetch(real.offer_id)).read_bytes() == b"real"
+    await files(pair.a)._call(pair.b.id, OFFER, _json(extra.to_json()))
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.a)._call(pair.b.id, OFFER, _json(crafted(1000, 4096).to_json()))
+    assert caught.value.status == 429
+    await b.decline(sent[0].offer_id)
+    last = crafted(1000, MIN_CHUNK_SIZE)
+    await files(pair.a)._call(pair.b.id, OFFER, _json(last.to_json()))
+    assert await b.offer(last.offer_id) is not None
