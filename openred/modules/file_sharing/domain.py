@@ -35,6 +35,7 @@ __all__ = [
     "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
     "MAX_NAME_BYTES",
+    "OFFER_ID",
     "HashTree",
     "OfferTerms",
     "check_name",
@@ -59,7 +60,7 @@ MAX_SIZE: Final = 1 << 50
 """Largest file an offer may describe (1 PiB): keeps chunk counts and offsets sane."""
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 _FORBIDDEN = set('/\\<>:"|?*')
-_OFFER_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+OFFER_ID: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 _DIGEST = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
@@ -203,7 +204,7 @@ class OfferTerms:
             raise bad("an offer has exactly offer_id, name, size, digest, root, chunk_size, "
                       "expires_at")
         offer_id, size, chunk = obj["offer_id"], obj["size"], obj["chunk_size"]
-        if not isinstance(offer_id, str) or not _OFFER_ID.fullmatch(offer_id):
+        if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
             raise bad("offer_id is 16 bytes base64url")
         for key in ("digest", "root"):
             if not isinstance(obj[key], str) or not _DIGEST.fullmatch(obj[key]):

@@ -57,6 +57,7 @@ from openred.modules.file_sharing import events as ev
 from openred.modules.file_sharing.domain import (
     CHUNK_SIZE,
     MAX_CHUNKS,
+    OFFER_ID,
     HashTree,
     OfferTerms,
     check_name,
@@ -153,7 +154,9 @@ def _offer_id(obj: dict[str, Any], keys: set[str]) -> str:
     if set(obj) != keys:
         raise NodeRefused(400, "malformed", f"the request has exactly {sorted(keys)}")
     offer_id = obj["offer_id"]
-    if not isinstance(offer_id, str) or len(offer_id) != 22:
+    # The id's alphabet, not only its length: a lone surrogate ("\ud800", valid JSON) reached
+    # SQLite and failed there (a 500). One 22-character regex match per request.
+    if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
         raise NodeRefused(404, "unknown-offer", "no such offer for this peer")
     return offer_id
 

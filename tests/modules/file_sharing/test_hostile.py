@@ -6,7 +6,9 @@ offers it crafted itself over its real session.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -182,3 +184,48 @@ async def test_a_peer_cannot_pile_up_standing_offers(
     last = crafted(1000, MIN_CHUNK_SIZE)
     await files(pair.a)._call(pair.b.id, OFFER, _json(last.to_json()))
     assert await b.offer(last.offer_id) is not None
+
+
+@pytest.mark.parametrize("route,body", [
+    ("share", {"peer": "PEER", "path": "/tmp/\ud800"}),
+    ("share", {"peer": "PEER", "path": "/tmp/f", "name": "a\ud800"}),
+    ("fetch", {"offer_id": "OFFER", "out": "/tmp/\ud800"}),
+    ("fetch", {"offer_id": "\ud800" * 22}),
+    ("decline", {"offer_id": "\ud800" * 22}),
+    ("unshare", {"offer_id": "\ud800" * 22}),
+])
+async def test_lone_surrogates_in_admin_requests_are_refused_not_a_500(
+    pair: Pair, tmp_path: Path, route: str, body: dict[str, str],
+) -> None:
+    # JSON may carry "\ud800"; Python cannot encode it for a path or SQLite: a 500 with a
+    # traceback before. Now a 422 problem.
+    from openred.cli_client import AdminClient
+    from openred.errors import RequestRefused
+    from tests.modules.file_sharing.test_cli import admin_for
+
+    (tmp_path / "f").write_bytes(b"x")
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    node = pair.a if route in ("share", "unshare") else pair.b
+    body = {k: v.replace("PEER", pair.b.id).replace("OFFER", offer.offer_id)
+            for k, v in body.items()}
+    async with admin_for(node):
+        client = AdminClient.from_data_dir(node.data)
+        with pytest.raises(RequestRefused) as caught:
+            await asyncio.to_thread(client.request, "POST", f"file_sharing/{route}", body)
+    assert caught.value.status in (404, 422), caught.value
+
+
+@pytest.mark.parametrize("route", ["chunk", "revoke", "decline"])
+async def test_a_peer_naming_an_offer_with_lone_surrogates_gets_a_404(
+    pair: Pair, route: str,
+) -> None:
+    from openred.modules.file_sharing.service import DECLINE, REVOKE
+
+    bad = "\ud800" * 22
+    request = {"offer_id": bad, "offset": 0, "length": 1} if route == "chunk" else {
+        "offer_id": bad}
+    raw = json.dumps(request).encode()  # "\\ud800": valid JSON text, a lone surrogate in Python
+    target = {"chunk": CHUNK, "revoke": REVOKE, "decline": DECLINE}[route]
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b)._call(pair.a.id, target, raw)
+    assert (caught.value.status, caught.value.reason) == (404, "unknown-offer")
