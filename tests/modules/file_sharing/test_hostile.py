@@ -229,3 +229,36 @@ async def test_a_peer_naming_an_offer_with_lone_surrogates_gets_a_404(
     with pytest.raises(NodeRefused) as caught:
         await files(pair.b)._call(pair.a.id, target, raw)
     assert (caught.value.status, caught.value.reason) == (404, "unknown-offer")
+
+
+async def test_a_file_of_more_chunks_than_an_offer_may_have_is_refused_before_hashing(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    source = tmp_path / "huge"
+    source.touch()
+    try:
+        os.truncate(source, MAX_CHUNKS * CHUNK_SIZE + 1)  # sparse: no disk used
+    except OSError:
+        pytest.skip("this file system cannot hold so large a sparse file")
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
+    assert (caught.value.status, caught.value.reason) == (413, "file-too-large")
+
+
+async def test_a_shared_file_turned_into_a_link_to_another_file_serves_nothing(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    # The other file has the very size and mtime of the one offered: the sender still never
+    # reads through the link (O_NOFOLLOW), so none of its bytes leave.
+    source, secret = tmp_path / "f", tmp_path / "secret"
+    source.write_bytes(os.urandom(1000))
+    offer = await files(pair.a).share(pair.b.id, source, expires_in=HOUR)
+    secret.write_bytes(source.read_bytes())
+    st = os.stat(source)
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    source.unlink()
+    source.symlink_to(secret)
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b).fetch(offer.offer_id)
+    assert (caught.value.status, caught.value.reason) == (409, "file-changed")
+    assert not list((pair.b.data / "files" / "received").glob("*"))
