@@ -161,6 +161,19 @@ def _offer_id(obj: dict[str, Any], keys: set[str]) -> str:
     return offer_id
 
 
+def _loggable(path: Path) -> None:
+    """A 422 unless ``path`` is UTF-8 text: the log records it (canonical JSON holds no other).
+
+    A name of bytes that are not UTF-8 (``"\udc80"`` after ``os.fsdecode``) failed only when
+    its event was appended — after the file was hashed, or placed.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise NodeRefused(422, "invalid-path", f"{path!r} is not UTF-8 text (the node's log "
+                          "records it): rename it or its directory") from None
+
+
 def _json(obj: dict[str, Any]) -> bytes:
     return bytes(rfc8785.dumps(obj))
 
@@ -360,6 +373,7 @@ class FileSharing:
         if expires_in < 1:
             raise NodeRefused(422, "invalid-expiry", "an offer lives at least one second")
         source = Path(path).absolute()
+        _loggable(source)
         offered_name = check_name(source.name if name is None else name)
         channel = await self._session_with(peer)
         try:
@@ -719,6 +733,7 @@ class FileSharing:
             raise NodeRefused(409, "fetch-running", "this offer is being fetched already")
         name = check_name(row.name)
         target_dir = Path(out).absolute() if out is not None else self.received_dir
+        _loggable(target_dir)
         if not target_dir.is_dir():
             if out is not None:
                 raise NodeRefused(422, "no-such-directory", f"{target_dir} is not a directory")

@@ -191,6 +191,7 @@ async def test_a_peer_cannot_pile_up_standing_offers(
     ("share", {"peer": "PEER", "path": "/tmp/f", "name": "a\ud800"}),
     ("fetch", {"offer_id": "OFFER", "out": "/tmp/\ud800"}),
     ("fetch", {"offer_id": "\ud800" * 22}),
+    ("fetch", {"offer_id": "\udc80" * 22}),
     ("decline", {"offer_id": "\ud800" * 22}),
     ("unshare", {"offer_id": "\ud800" * 22}),
 ])
@@ -262,3 +263,26 @@ async def test_a_shared_file_turned_into_a_link_to_another_file_serves_nothing(
         await files(pair.b).fetch(offer.offer_id)
     assert (caught.value.status, caught.value.reason) == (409, "file-changed")
     assert not list((pair.b.data / "files" / "received").glob("*"))
+
+
+async def test_a_path_that_is_not_utf8_is_refused_before_anything_is_done(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    # Linux names are bytes; "\udc80" stands for the byte 0x80 (os.fsdecode). The log, which
+    # records the path, cannot hold it: that failed only once the file was hashed (sharing)
+    # or already placed (fetching). Now refused up front.
+    from openred.errors import RequestRefused
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\x80"))
+    odd.mkdir()
+    (odd / "f").write_bytes(b"x")
+    with pytest.raises(RequestRefused) as caught:
+        await files(pair.a).share(pair.b.id, odd / "f", expires_in=HOUR)
+    assert (caught.value.status, caught.value.reason) == (422, "invalid-path")
+    (tmp_path / "f").write_bytes(b"x")
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    with pytest.raises(RequestRefused) as caught:
+        await files(pair.b).fetch(offer.offer_id, out=odd)
+    assert (caught.value.status, caught.value.reason) == (422, "invalid-path")
+    assert list(odd.iterdir()) == [odd / "f"]
+    await files(pair.b).fetch(offer.offer_id)
