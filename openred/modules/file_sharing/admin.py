@@ -57,6 +57,11 @@ def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | No
         return None
     if not isinstance(value, str) or not value or "\x00" in value:
         raise RequestRefused(422, "invalid-field", f"{name} must be a non-empty string")
+    try:
+        # JSON can carry lone surrogates ("\ud800"), which no path or SQLite text can hold.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRefused(422, "invalid-field", f"{name} must be valid Unicode text") from None
     return value
 
 

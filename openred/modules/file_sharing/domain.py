@@ -32,8 +32,10 @@ from openred.errors import NodeRefused
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_CHUNKS",
     "MAX_CHUNK_SIZE",
     "MAX_NAME_BYTES",
+    "OFFER_ID",
     "HashTree",
     "OfferTerms",
     "check_name",
@@ -51,11 +53,14 @@ CHUNK_SIZE: Final = 4 * 1024 * 1024
 MAX_CHUNK_SIZE: Final = 4 * 1024 * 1024
 MIN_CHUNK_SIZE: Final = 4 * 1024
 MAX_NAME_BYTES: Final = 200
+MAX_CHUNKS: Final = 1 << 20
+"""Most chunks an offer may have (4 TiB in chunks of 4 MiB, 4 GiB in chunks of 4 KiB): both
+sides keep a few small objects per chunk (the sender's tree, the receiver's fetch state)."""
 MAX_SIZE: Final = 1 << 50
 """Largest file an offer may describe (1 PiB): keeps chunk counts and offsets sane."""
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 _FORBIDDEN = set('/\\<>:"|?*')
-_OFFER_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+OFFER_ID: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 _DIGEST = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
@@ -199,7 +204,7 @@ class OfferTerms:
             raise bad("an offer has exactly offer_id, name, size, digest, root, chunk_size, "
                       "expires_at")
         offer_id, size, chunk = obj["offer_id"], obj["size"], obj["chunk_size"]
-        if not isinstance(offer_id, str) or not _OFFER_ID.fullmatch(offer_id):
+        if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
             raise bad("offer_id is 16 bytes base64url")
         for key in ("digest", "root"):
             if not isinstance(obj[key], str) or not _DIGEST.fullmatch(obj[key]):
@@ -209,6 +214,8 @@ class OfferTerms:
                                       ("expires_at", obj["expires_at"], 0, 1 << 40)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise bad(f"{key} is an integer in {low}..{high}")
+        if chunk_count(size, chunk) > MAX_CHUNKS:
+            raise bad(f"an offer has at most {MAX_CHUNKS} chunks")
         return cls(offer_id, check_name(obj["name"]), size, obj["digest"], obj["root"], chunk,
                    obj["expires_at"])
 

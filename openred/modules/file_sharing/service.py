@@ -49,13 +49,15 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import rfc8785
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from openred.crypto.identity import b64url, from_b64url
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules.file_sharing import events as ev
 from openred.modules.file_sharing.domain import (
     CHUNK_SIZE,
+    MAX_CHUNKS,
+    OFFER_ID,
     HashTree,
     OfferTerms,
     check_name,
@@ -94,6 +96,10 @@ DECLINE: Final = Route("file_sharing", "decline")
 CHUNK_ATTEMPTS: Final = 3
 IN_FLIGHT: Final = 3
 DIGEST_RUN: Final = 8
+MAX_STANDING_OFFERS: Final = 256
+"""Offers from one peer a node holds at once (neither expired nor ended): past that, 429."""
+DISK_RESERVE: Final = 64 * 1024 * 1024
+"""Free space a fetch leaves on the partial file's file system (for the node's own log)."""
 """Chunks the digest reads back in one go (at most)."""
 _MARK = struct.Struct(">I32s")
 
@@ -148,9 +154,24 @@ def _offer_id(obj: dict[str, Any], keys: set[str]) -> str:
     if set(obj) != keys:
         raise NodeRefused(400, "malformed", f"the request has exactly {sorted(keys)}")
     offer_id = obj["offer_id"]
-    if not isinstance(offer_id, str) or len(offer_id) != 22:
+    # The id's alphabet, not only its length: a lone surrogate ("\ud800", valid JSON) reached
+    # SQLite and failed there (a 500). One 22-character regex match per request.
+    if not isinstance(offer_id, str) or not OFFER_ID.fullmatch(offer_id):
         raise NodeRefused(404, "unknown-offer", "no such offer for this peer")
     return offer_id
+
+
+def _loggable(path: Path) -> None:
+    """A 422 unless ``path`` is UTF-8 text: the log records it (canonical JSON holds no other).
+
+    A name of bytes that are not UTF-8 (``"\udc80"`` after ``os.fsdecode``) failed only when
+    its event was appended — after the file was hashed, or placed.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise NodeRefused(422, "invalid-path", f"{path!r} is not UTF-8 text (the node's log "
+                          "records it): rename it or its directory") from None
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -352,6 +373,7 @@ class FileSharing:
         if expires_in < 1:
             raise NodeRefused(422, "invalid-expiry", "an offer lives at least one second")
         source = Path(path).absolute()
+        _loggable(source)
         offered_name = check_name(source.name if name is None else name)
         channel = await self._session_with(peer)
         try:
@@ -363,12 +385,18 @@ class FileSharing:
                               "the file it points to")
         if not stat.S_ISREG(info.st_mode):
             raise NodeRefused(422, "not-a-file", f"{source} is not a regular file")
+        if chunk_count(info.st_size, CHUNK_SIZE) > MAX_CHUNKS:
+            raise NodeRefused(413, "file-too-large", f"{source} is larger than an offer may be "
+                              f"({MAX_CHUNKS * CHUNK_SIZE} bytes)")
         try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO swapped in since the lstat is not waited on (refused below).
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise NodeRefused(422, "unreadable-file", f"{source}: {exc.strerror}") from None
         try:
             before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise NodeRefused(422, "not-a-file", f"{source} is not a regular file")
             leaves, digest, size = await asyncio.to_thread(_hash_file, fd)
             after = os.fstat(fd)
         finally:
@@ -475,7 +503,9 @@ class FileSharing:
                               "disk since it was offered")
         assert row.source is not None
         try:
-            fd = os.open(row.source, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO put in the file's place is opened at once (and refused below),
+            # not waited on for a writer; it changes nothing for a regular file.
+            fd = os.open(row.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             raise changed from None
         buffers = buffers or _Buffers(0)
@@ -484,7 +514,9 @@ class FileSharing:
             with memoryview(buffer) as view, view[:length] as data:
                 try:
                     info = os.fstat(fd)
-                    if info.st_size != row.size or str(info.st_mtime_ns) != row.mtime_ns:
+                    if not stat.S_ISREG(info.st_mode) or info.st_size != row.size or (
+                        str(info.st_mtime_ns) != row.mtime_ns
+                    ):
                         raise changed
                     got = os.preadv(fd, [data], offset)
                 finally:
@@ -521,6 +553,18 @@ class FileSharing:
             return Outcome(answer)
         if terms.expires_at <= ctx.now:
             raise NodeRefused(410, "offer-expired", "the offer has already expired")
+        # A peer's standing offers (not fetched, ended or expired) are bounded: each is a row
+        # every listing reads and, once expired, logs. One COUNT per offer received.
+        standing = select(func.count()).select_from(FileOfferRow).where(
+            col(FileOfferRow.peer) == ctx.peer, col(FileOfferRow.direction) == "received",
+            col(FileOfferRow.state) == "offered", col(FileOfferRow.expires_at) > ctx.now,
+            col(FileOfferRow.offer_id).not_in(select(FileTransferRow.offer_id).where(
+                col(FileTransferRow.state) == "completed")))
+        async with self.reads.session() as s:
+            held = (await s.exec(standing)).one()
+        if held >= MAX_STANDING_OFFERS:
+            raise NodeRefused(429, "too-many-offers", f"this peer already holds {held} offers "
+                              "of yours: wait until some are fetched, declined or expired")
         return Outcome(answer, [NewEvent(ev.offer_stream(terms.offer_id), ev.FILE_OFFER_RECEIVED, {
             **terms.to_json(), "peer": ctx.peer, "session_id": ctx.session_id,
         })])
@@ -689,6 +733,7 @@ class FileSharing:
             raise NodeRefused(409, "fetch-running", "this offer is being fetched already")
         name = check_name(row.name)
         target_dir = Path(out).absolute() if out is not None else self.received_dir
+        _loggable(target_dir)
         if not target_dir.is_dir():
             if out is not None:
                 raise NodeRefused(422, "no-such-directory", f"{target_dir} is not a directory")
@@ -752,6 +797,7 @@ class FileSharing:
         once more; a second mismatch discards the partial file (the offer's digest and tree
         disagree).
         """
+        self._refuse_unless_room(row, held)
         threads = _Threads()
         part = PartialFile(self._part(row.offer_id), size=row.size, chunk_size=row.chunk_size,
                            direct=self.direct_io)
@@ -788,6 +834,19 @@ class FileSharing:
         self._discard_partial(row.offer_id)
         raise NodeRefused(502, "digest-mismatch", "the whole file does not match the offer's "
                           "digest; the partial file was discarded")
+
+    def _refuse_unless_room(self, row: FileOfferRow, held: dict[int, bytes]) -> None:
+        """A 507 before anything is written if the chunks still to come cannot fit.
+
+        A peer's offer may declare terabytes: fetching it would fill the disk the node's own
+        log lives on before failing. One ``statvfs`` per fetch; :data:`DISK_RESERVE` is left.
+        """
+        needed = row.size - self._bytes_of(row, held)
+        free = os.statvfs(self._part(row.offer_id).parent)
+        if free.f_bavail * free.f_frsize < needed + DISK_RESERVE:
+            raise NodeRefused(507, "disk-full", f"the offer needs {needed} more bytes and "
+                              f"{free.f_bavail * free.f_frsize} are free (keeping "
+                              f"{DISK_RESERVE} for the node): free space and fetch again")
 
     async def _receive_round(
         self, row: FileOfferRow, held: dict[int, bytes], state: Progress,
@@ -903,23 +962,35 @@ class FileSharing:
         return True
 
     def _place(self, part: Path, name: str, target_dir: Path, offer_id: str, size: int) -> Path:
+        """Link the verified partial file into ``target_dir`` under a free name; its path.
+
+        Across file systems the file is copied first into a fresh file of a random name beside
+        the target (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600): a name fixed by the offer id
+        (which is on ``openred fetch``'s command line, visible to every local user) let a
+        planted link receive the copy, or a planted file become the result its owner could
+        rewrite after the check.
+        """
         with part.open("rb+") as f:
             if os.fstat(f.fileno()).st_size != size:
                 raise NodeRefused(502, "digest-mismatch", "the partial file changed size after "
                                   "it was verified; fetch again")
             os.fsync(f.fileno())
-        source = part
         try:
-            probe = target_dir / f".openred-{offer_id}.probe"
-            os.link(part, probe)
-            probe.unlink()
+            placed = self._link_free(part, name, target_dir)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            source = target_dir / f".openred-{offer_id}.tmp"
-            shutil.copyfile(part, source)
-            with source.open("rb+") as f:
-                os.fsync(f.fileno())
+            copy = self._copy_beside(part, target_dir)
+            try:
+                placed = self._link_free(copy, name, target_dir)
+            finally:
+                copy.unlink()
+        self._discard_partial(offer_id)
+        return placed
+
+    @staticmethod
+    def _link_free(source: Path, name: str, target_dir: Path) -> Path:
+        """Hard-link ``source`` as ``name`` in ``target_dir``, or ``name (n)``: never replacing."""
         stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
         for n in range(10_000):
             candidate = target_dir / (name if n == 0 else f"{stem} ({n}){dot}{ext}")
@@ -927,10 +998,26 @@ class FileSharing:
                 os.link(source, candidate)
             except FileExistsError:
                 continue
+            return candidate
+        raise NodeRefused(409, "name-taken", f"too many files named like {name}")
+
+    @staticmethod
+    def _copy_beside(part: Path, target_dir: Path) -> Path:
+        """A new private copy of ``part`` in ``target_dir`` (fsynced), under a random name."""
+        while True:
+            copy = target_dir / f".openred-{secrets.token_hex(16)}.tmp"
+            try:
+                out = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue
             break
-        else:
-            raise NodeRefused(409, "name-taken", f"too many files named like {name}")
-        if source != part:
-            source.unlink()
-        self._discard_partial(offer_id)
-        return candidate
+        try:
+            with part.open("rb") as f, os.fdopen(out, "wb", closefd=False) as w:
+                shutil.copyfileobj(f, w, CHUNK_SIZE)
+            os.fsync(out)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(out)
+        return copy
