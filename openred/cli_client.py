@@ -10,6 +10,7 @@ detail — so a command prints one clear line either way.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -21,9 +22,24 @@ from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
 from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, read_admin_token
 from openred.node.admin_keys import read_admin_key
 
-__all__ = ["ADMIN_URL_FILE", "AdminClient"]
+__all__ = ["ADMIN_URL_FILE", "MAX_ANSWER", "AdminClient", "printable"]
 
 ADMIN_URL_FILE = "admin-url"
+MAX_ANSWER = 64 * 1024 * 1024
+"""The largest answer read (bytes): whatever listens at the admin URL cannot fill the CLI's
+memory or keep it reading forever."""
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (ESC, BEL, CR, C1 …, and the
+    bidirectional overrides) shown as ``\\xNN`` / ``\\uNNNN`` instead of acted upon; newline and
+    tab kept. Every string the CLI prints from an answer goes through here (a node relays text
+    from peers, and anything may be squatting a stopped node's port)."""
+    return _UNPRINTABLE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+        else f"\\u{ord(m.group()):04x}", text)
 
 
 class AdminClient:
@@ -70,19 +86,44 @@ class AdminClient:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                return json.loads(resp.read() or b"null")
+                raw = _read_capped(resp, self.timeout)
         except urllib.error.HTTPError as exc:
             raise _refusal(exc) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeNotRunning(f"the node's admin API at {self.base_url} does not answer "
                                  f"({reason}): is `openred node serve` running?") from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            raise RequestRefused(502, "malformed-answer",
+                                 f"the answer at {self.base_url} is not JSON: is it the "
+                                 "node's admin API?") from None
+
+
+def _read_capped(resp: Any, timeout: float) -> bytes:
+    """The body, at most MAX_ANSWER bytes and within ``timeout`` seconds in all (a per-read
+    timeout alone lets a byte every few seconds keep the CLI reading forever)."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(1 << 16):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise RequestRefused(502, "answer-too-large",
+                                 f"the admin API's answer is too large (over {MAX_ANSWER} "
+                                 "bytes)")
+        if time.monotonic() > deadline:
+            raise RequestRefused(504, "answer-too-slow",
+                                 f"the admin API's answer took over {timeout:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
     slug, detail = "admin-error", f"the node answered {exc.code}"
     try:
-        obj = json.loads(exc.read())
+        obj = json.loads(exc.read(MAX_ANSWER))
     except (ValueError, OSError):
         obj = None
     if isinstance(obj, dict):
@@ -90,4 +131,4 @@ def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
             slug = obj["type"].rsplit(":", 1)[-1]
         if isinstance(obj.get("detail"), str):
             detail = obj["detail"]
-    return RequestRefused(exc.code, slug, detail)
+    return RequestRefused(exc.code, printable(slug), printable(detail))
