@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from click.testing import CliRunner
 from openred.cli import main
 from openred.cli_client import ADMIN_URL_FILE, MAX_ANSWER
 from openred.node.admin_keys import ensure_admin_key
+from tests.servers import free_port
 
 HOSTILE = "hi\x1b[2J\x1b]0;owned\x07\x9b31m\u202e[link=https://evil.example]click[/link]"
 UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -101,3 +104,45 @@ def test_an_endless_answer_is_cut_off(squatted: Path) -> None:
     code, out, exc = _run("sessions", "--data-dir", str(squatted))
     assert code == 1 and isinstance(exc, SystemExit), (out, exc)
     assert "too large" in out
+
+
+SQUATTER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        print("GOT", self.headers.get("Authorization"), flush=True)
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"{}")
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # one that another user may run
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+                    reason="needs root (and a system python) to listen as another user")
+def test_the_admin_key_is_not_sent_to_another_users_listener(tmp_path: Path) -> None:
+    """A killed node leaves admin-url behind; another user listening on its (predictable) port
+    must not receive the bearer key of the next command."""
+    data = tmp_path / "node"
+    data.mkdir(mode=0o700)
+    key = ensure_admin_key(data)
+    port = free_port()
+    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{port}\n")
+    squatter = subprocess.Popen(
+        [str(SYSTEM_PYTHON), "-I", "-c", SQUATTER, str(port)], user=65534, group=65534,
+        stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "ready"
+        code, out, exc = _run("status", "--data-dir", str(data))
+    finally:
+        squatter.terminate()
+        rest, _ = squatter.communicate(timeout=10)
+    assert key not in rest, "the squatter received the admin key"
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "another user" in out
