@@ -247,8 +247,18 @@ NODE_DATA_DIR = click.option(
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def _safe(value: object) -> str:
+    """``value`` as text to print with Rich: control characters and markup made inert (what a
+    node answers may come from a hostile peer, or from whatever squats a stopped node's port)."""
+    from rich.markup import escape
+
+    from openred.cli_client import printable
+
+    return escape(printable(str(value)))
+
+
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[red]error:[/] {_safe(message)}", soft_wrap=True)
     sys.exit(1)
 
 
@@ -394,7 +404,7 @@ def _table(title: str, items: list[dict[str, Any]], columns: list[str]) -> None:
     for name in columns:
         table.add_column(name, overflow="fold")
     for item in items:
-        table.add_row(*("" if item.get(n) is None else str(item.get(n)) for n in columns))
+        table.add_row(*("" if item.get(n) is None else _safe(item.get(n)) for n in columns))
     console.print(table)
 
 
@@ -432,7 +442,7 @@ def status(data_dir: Path, as_json: bool) -> None:
     table.add_column("", style="bold")
     table.add_column("", overflow="fold")
     for name, value in rows:
-        table.add_row(name, str(value))
+        table.add_row(name, _safe(value))
     console.print(table)
 
 
@@ -473,7 +483,7 @@ def connect(data_dir: Path, as_json: bool, peer: str) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    console.print(f"session {info['session_id']} with {info['peer']}")
+    console.print(f"session {_safe(info['session_id'])} with {_safe(info['peer'])}")
 
 
 @main.command()
@@ -487,8 +497,8 @@ def send(data_dir: Path, as_json: bool, peer: str, text: str) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    console.print(f"delivered: message {info['message_id']} (received at "
-                  f"{info['received_at']})")
+    console.print(f"delivered: message {_safe(info['message_id'])} (received at "
+                  f"{_safe(info['received_at'])})")
 
 
 @main.command()

@@ -9,7 +9,10 @@ detail — so a command prints one clear line either way.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -19,11 +22,89 @@ from typing import Any
 
 from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
 from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, read_admin_token
-from openred.node.admin_keys import read_admin_key
+from openred.node.admin_keys import ADMIN_KEY_FILE, read_admin_key
 
-__all__ = ["ADMIN_URL_FILE", "AdminClient"]
+__all__ = ["ADMIN_URL_FILE", "MAX_ANSWER", "AdminClient", "check_listener", "listeners",
+           "printable"]
 
 ADMIN_URL_FILE = "admin-url"
+MAX_ANSWER = 64 * 1024 * 1024
+"""The largest answer read (bytes): whatever listens at the admin URL cannot fill the CLI's
+memory or keep it reading forever."""
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (ESC, BEL, CR, C1 …, and the
+    bidirectional overrides) shown as ``\\xNN`` / ``\\uNNNN`` instead of acted upon; newline and
+    tab kept. Every string the CLI prints from an answer goes through here (a node relays text
+    from peers, and anything may be squatting a stopped node's port)."""
+    return _UNPRINTABLE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+        else f"\\u{ord(m.group()):04x}", text)
+
+
+_PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+_LISTEN = "0A"
+
+
+def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6} (hex, each 32-bit word in host byte order)."""
+    raw = bytes.fromhex(text)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words)
+
+
+def _reaches_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback or addr.is_unspecified
+
+
+def listeners(port: int) -> list[int] | None:
+    """The uids of the sockets listening on loopback (or any address) at ``port``; None where
+    the system does not say (no ``/proc/net/tcp``: not Linux)."""
+    if not _PROC_NET[0].exists():
+        return None
+    uids = []
+    for table in _PROC_NET:
+        try:
+            lines = table.read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != _LISTEN:
+                continue
+            host, _, hexport = fields[1].partition(":")
+            if int(hexport, 16) == port and _reaches_loopback(_proc_address(host)):
+                uids.append(int(fields[7]))
+    return uids
+
+
+def check_listener(url: str, allowed: set[int]) -> None:
+    """Refuse to send the admin key to ``url`` unless what listens there runs as one of the
+    ``allowed`` users (ours, or the owner of the data directory's key).
+
+    ``admin-url`` outlives a node that was killed, and its port is predictable: another user of
+    the machine could listen there and collect the bearer key (and admin token) of the next
+    command. Another user cannot listen under our uid.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.port is None:
+        raise ConfigurationError(f"the admin URL {url!r} has no port")
+    uids = listeners(parts.port)
+    if uids is None:
+        return
+    if not uids:
+        raise NodeNotRunning(f"nothing listens at {url}: is `openred node serve` running?")
+    foreign = sorted(set(uids) - allowed)
+    if foreign:
+        raise RequestRefused(
+            403, "admin-port-foreign",
+            f"the admin port {parts.port} is held by another user (uid "
+            f"{', '.join(map(str, foreign))}), not by the node: the admin key is not sent")
 
 
 class AdminClient:
@@ -48,6 +129,7 @@ class AdminClient:
         except FileNotFoundError:
             raise NodeNotRunning(f"the node in {data_dir} is not running "
                                  "(start it with `openred node serve`)") from None
+        check_listener(url, {os.geteuid(), (data_dir / ADMIN_KEY_FILE).stat().st_uid})
         return cls(url, key, timeout=timeout,
                    admin_token=read_admin_token(data_dir, time.time()))
 
@@ -70,19 +152,44 @@ class AdminClient:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                return json.loads(resp.read() or b"null")
+                raw = _read_capped(resp, self.timeout)
         except urllib.error.HTTPError as exc:
             raise _refusal(exc) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeNotRunning(f"the node's admin API at {self.base_url} does not answer "
                                  f"({reason}): is `openred node serve` running?") from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            raise RequestRefused(502, "malformed-answer",
+                                 f"the answer at {self.base_url} is not JSON: is it the "
+                                 "node's admin API?") from None
+
+
+def _read_capped(resp: Any, timeout: float) -> bytes:
+    """The body, at most MAX_ANSWER bytes and within ``timeout`` seconds in all (a per-read
+    timeout alone lets a byte every few seconds keep the CLI reading forever)."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(1 << 16):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise RequestRefused(502, "answer-too-large",
+                                 f"the admin API's answer is too large (over {MAX_ANSWER} "
+                                 "bytes)")
+        if time.monotonic() > deadline:
+            raise RequestRefused(504, "answer-too-slow",
+                                 f"the admin API's answer took over {timeout:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
     slug, detail = "admin-error", f"the node answered {exc.code}"
     try:
-        obj = json.loads(exc.read())
+        obj = json.loads(exc.read(MAX_ANSWER))
     except (ValueError, OSError):
         obj = None
     if isinstance(obj, dict):
@@ -90,4 +197,4 @@ def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
             slug = obj["type"].rsplit(":", 1)[-1]
         if isinstance(obj.get("detail"), str):
             detail = obj["detail"]
-    return RequestRefused(exc.code, slug, detail)
+    return RequestRefused(exc.code, printable(slug), printable(detail))

@@ -80,6 +80,14 @@ class RateLimiter:
             hits = self._hits[key] = deque()
         hits.append(now)
 
+    def release(self, key: str) -> None:
+        """Take back ``key``'s newest hit: one recorded up front, before awaiting what decides
+        whether it counts (so that attempts made at once cannot all pass :meth:`retry_after`
+        before the first is recorded), and that turned out not to count."""
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
+
     def _sweep(self, now: float) -> None:
         for key in [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window]:
             del self._hits[key]

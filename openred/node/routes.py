@@ -160,15 +160,29 @@ async def handshake() -> dict[str, str]:
         raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
                              "address", retry_after=math.ceil(wait))
     grant_id, message, renews = parse_handshake(await _json())
+    # Checked again and recorded now, before the awaits that decide whether it is refused:
+    # counted only after them, a burst sent at once all passed the check (and the log budget)
+    # and each put a refusal in the log. Released again when the handshake is not refused.
+    wait = limiter.retry_after(address, moment)
+    if wait is not None:
+        raise RequestRefused(429, "rate-limited", "too many refused handshakes from this "
+                             "address", retry_after=math.ceil(wait))
+    limiter.hit(address, moment)
     logged = budget.retry_after(EVERYONE, moment) is None
+    if logged:
+        budget.hit(EVERYONE, moment)
+    refused = False
     try:
         answer = await svc.handshakes.respond(grant_id, message, svc.now(), renews,
                                               log_refusal=logged)
     except NodeRefused:
-        limiter.hit(address, moment)
-        if logged:
-            budget.hit(EVERYONE, moment)
+        refused = True
         raise
+    finally:
+        if not refused:
+            limiter.release(address)
+            if logged:
+                budget.release(EVERYONE)
     return {"session_id": answer.session_id, "message": b64url(answer.message)}
 
 

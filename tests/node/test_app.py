@@ -8,6 +8,7 @@ nothing half-written in the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -382,6 +383,22 @@ async def test_refused_handshakes_are_rate_limited_per_address_before_they_reach
             assert resp.status == 429
             assert int(resp.headers["Retry-After"]) >= 1
             assert (await resp.json())["type"] == "urn:openred:problem:rate-limited"
+        assert (await types(c)).count(ev.HANDSHAKE_REJECTED) == 3
+
+
+async def test_a_burst_of_refused_handshakes_cannot_outrun_the_limit(
+    jails: JailPair, directory: Directory, tmp_path: Path,
+) -> None:
+    """Handshakes sent at once all passed the per-address check before the first refusal was
+    counted (the refusal comes after awaits): a burst put one log entry each in the log."""
+    async with JailClient(jails.procs[2].socket_path) as jail, serve_node(
+        "c", jail, tmp_path / "c", directory.key, "http://127.0.0.1:9", handshake_refusals=3,
+    ) as c:
+        url = f"{c.url}/api/v3/p2p/handshake"
+        body = json.dumps({"grant_id": b64url(bytes(16)), "message": b64url(bytes(48))})
+        answers = await asyncio.gather(*(raw_post(url, body) for _ in range(20)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [404] * 3 + [429] * 17, statuses
         assert (await types(c)).count(ev.HANDSHAKE_REJECTED) == 3
 
 

@@ -30,7 +30,9 @@ CODE = click.option("--code", prompt="code from your authenticator app", hide_in
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    from openred.cli_client import printable
+
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(1)
 
 
@@ -124,8 +126,10 @@ def challenge(data_dir: Path, purpose: str, peer: str) -> None:
     """Ask PEER to prove, now, that it holds its identity key."""
     proof = _call(data_dir, "POST", "authentication/challenge",
                   {"peer": peer, "purpose": purpose})
-    click.echo(f"peer {proof['peer']} proved its key for {proof['purpose']} on session "
-               f"{proof['session_id']}")
+    from openred.cli_client import printable
+
+    click.echo(printable(f"peer {proof['peer']} proved its key for {proof['purpose']} on "
+                         f"session {proof['session_id']}"))
 
 
 def register(group: Any) -> None:

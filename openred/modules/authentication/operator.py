@@ -133,14 +133,17 @@ class OperatorAuth:
 
     async def verify(self, code: str, *, confirming: bool = False) -> None:
         """Accept ``code`` once, or raise 401 (wrong or reused) / 429 (too many failures)."""
-        now = self.now()
-        wait = self.failures.retry_after(RATE_KEY, now)
-        if wait is not None:
-            logger.warning("second factor attempt refused: too many failures",
-                           extra={"event": "OperatorSecondFactorRateLimited"})
-            raise RequestRefused(429, "rate-limited", "too many wrong codes: wait",
-                                 retry_after=max(1, int(wait + 0.999)))
         async with self._lock:
+            # The failure check runs under the lock, after the attempts before this one were
+            # counted: checked outside it, a burst of codes sent at once all saw "no failure
+            # yet" and were all tried (N guesses per window instead of max_failures).
+            now = self.now()
+            wait = self.failures.retry_after(RATE_KEY, now)
+            if wait is not None:
+                logger.warning("second factor attempt refused: too many failures",
+                               extra={"event": "OperatorSecondFactorRateLimited"})
+                raise RequestRefused(429, "rate-limited", "too many wrong codes: wait",
+                                     retry_after=max(1, int(wait + 0.999)))
             state = self._state()
             # Confirming needs an enrolment waiting for its first code; otherwise a finished one.
             if state is None or bool(state.get("confirmed")) is confirming:

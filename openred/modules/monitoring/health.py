@@ -9,6 +9,7 @@ that names the failing part (``failing: ["jail"]``), never a 500.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,6 +20,8 @@ from typing import Any
 from openred.errors import RequestRefused
 
 __all__ = ["Check", "database_writable", "jail_answering", "refusal", "run_checks", "url_answers"]
+
+logger = logging.getLogger("openred.health")
 
 Probe = Callable[[], Awaitable[None]]
 
@@ -92,12 +95,20 @@ async def run_checks(probes: Mapping[str, Probe], *, timeout: float = 2.0) -> li
 
 
 def refusal(checks: list[Check]) -> RequestRefused | None:
-    """The 503 problem naming the failing parts, or None when all are ok."""
+    """The 503 problem naming the failing parts, or None when all are ok.
+
+    The problem answers a public route, so it names the parts only: their error texts (paths
+    of the data directory, the directory's address, exception messages) are logged for the
+    operator (WARNING), and shown by the admin API's status, never sent to whoever asked.
+    """
     failing = [c for c in checks if not c.ok]
     if not failing:
         return None
-    detail = "; ".join(f"{c.name}: {c.detail}" for c in failing)
-    return RequestRefused(503, "unhealthy", f"failing: {detail}", retry_after=5, extra={
-        "failing": [c.name for c in failing],
-        "checks": {c.name: c.detail for c in checks},
-    })
+    logger.warning("health check failing: %s",
+                   "; ".join(f"{c.name}: {c.detail}" for c in failing),
+                   extra={"event": "HealthCheckFailing", "failing": [c.name for c in failing]})
+    names = [c.name for c in failing]
+    return RequestRefused(503, "unhealthy", f"failing: {', '.join(names)}", retry_after=5,
+                          extra={"failing": names,
+                                 "checks": {c.name: "ok" if c.ok else "failing"
+                                            for c in checks}})

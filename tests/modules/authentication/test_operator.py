@@ -236,3 +236,21 @@ async def test_openred_status_shows_the_health_checks(admin: Admin) -> None:
             CliRunner().invoke, main, ["status", "--data-dir", str(data)])
     assert result.exit_code == 0, result.output
     assert "health" in result.output and "ok (database, directory, jail)" in result.output
+
+
+async def test_concurrent_wrong_codes_cannot_outrun_the_rate_limit(admin: Admin) -> None:
+    """Codes sent at once must not all pass the failure check before the first is counted.
+
+    The check used to run before the guard's lock: every request of a burst saw no failure
+    yet, then waited for the lock and was tried — a burst of N guesses per window, not 5.
+    """
+    await admin.enrolled()
+    guesses = [f"{n:06d}" for n in range(20)]
+    valid = {admin.code(o) for o in (-30, 0, 30)}
+    guesses = [g for g in guesses if g not in valid]
+    replies = await asyncio.gather(*(
+        admin.client().post("/admin/v1/authentication/token", json={"code": g},
+                            headers=admin.headers()) for g in guesses))
+    statuses = [r.status_code for r in replies]
+    assert statuses.count(401) == 5, statuses
+    assert statuses.count(429) == len(guesses) - 5, statuses

@@ -223,3 +223,29 @@ def test_reachability_forgets_the_target_heard_of_least_recently() -> None:
     assert forgotten == ["b"] and len(tracker) == 2 and not tracker.is_down("a")
     tracker.failed("d", "down")
     assert forgotten == ["b", "a"] and tracker.is_down("d")
+
+
+async def test_public_health_names_the_failing_part_but_not_its_error_text(
+    jails: JailPair, directory: Directory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """GET /api/v3/health is on the public port: anyone may ask. A failing check's error text
+    (the data directory's path, the directory's address, the exception) is for the operator's
+    log and admin status, not for the world."""
+    caplog.set_level(logging.WARNING, "openred")
+    dir_port = free_port()
+    async with JailClient(jails.procs[1].socket_path) as jail, serve_node(
+        "n", jail, tmp_path / "n", directory.key, f"http://127.0.0.1:{dir_port}",
+    ) as node:
+        database = node.data / "openred.db"
+        moved = node.data / "moved.db"
+        os.rename(database, moved)
+        try:
+            status, _, text = await get(f"{node.url}/api/v3/health")
+        finally:
+            os.rename(moved, database)
+    body = json.loads(text)
+    assert status == 503 and sorted(body["failing"]) == ["database", "directory"]
+    for secret in (str(tmp_path), "openred.db", str(dir_port), "Error"):
+        assert secret not in text, (secret, text)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "openred.db" in logged and str(dir_port) in logged  # the operator still learns why

@@ -1,0 +1,148 @@
+"""The CLI against something hostile answering at the node's admin URL (a process squatting the
+port of a stopped node, or a node relaying a hostile peer's text).
+
+What it answers is printed on the operator's terminal: escape sequences (ANSI/OSC: clear the
+screen, retitle the window, fake a hyperlink) and Rich markup must come out inert; malformed or
+endless answers must give one error line and exit 1, never a traceback or a hang.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from openred.cli import main
+from openred.cli_client import ADMIN_URL_FILE, MAX_ANSWER
+from openred.node.admin_keys import ensure_admin_key
+from tests.servers import free_port
+
+HOSTILE = "hi\x1b[2J\x1b]0;owned\x07\x9b31m\u202e[link=https://evil.example]click[/link]"
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+class Hostile(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == "/admin/v1/inbox":
+            self._send(200, json.dumps({"items": [
+                {"received_at": 1, "peer": HOSTILE, "text": HOSTILE}]}).encode())
+        elif path == "/admin/v1/peers":
+            self._send(200, b"<html>not json")
+        elif path == "/admin/v1/sessions":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            chunk = b" " * (1 << 20)
+            try:  # endless (bounded here only so that a failing test ends)
+                for _ in range(MAX_ANSWER // len(chunk) + 64):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+        else:
+            self._send(403, json.dumps({"type": f"urn:x:{HOSTILE}", "title": "no",
+                                        "status": 403, "detail": HOSTILE}).encode(),
+                       "application/problem+json")
+
+
+@pytest.fixture
+def squatted(tmp_path: Path) -> Iterator[Path]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    data = tmp_path / "node"
+    data.mkdir(mode=0o700)
+    ensure_admin_key(data)
+    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{server.server_address[1]}\n")
+    try:
+        yield data
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _run(*args: str) -> tuple[int, str, BaseException | None]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output, result.exception  # output has stderr too
+
+
+@pytest.mark.parametrize("command", ["inbox", "status"])
+def test_hostile_text_reaches_the_terminal_inert(squatted: Path, command: str) -> None:
+    code, out, _ = _run(command, "--data-dir", str(squatted))
+    assert code == (0 if command == "inbox" else 1), out
+    assert "hi" in out
+    assert not UNSAFE.search(out), repr(out)
+    assert "\x1b]8;" not in out  # no hyperlink from markup
+
+
+def test_a_malformed_answer_is_one_error_line(squatted: Path) -> None:
+    code, out, exc = _run("peers", "--data-dir", str(squatted))
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "error:" in out and "Traceback" not in out
+
+
+def test_an_endless_answer_is_cut_off(squatted: Path) -> None:
+    code, out, exc = _run("sessions", "--data-dir", str(squatted))
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "too large" in out
+
+
+SQUATTER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        print("GOT", self.headers.get("Authorization"), flush=True)
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"{}")
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # one that another user may run
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+                    reason="needs root (and a system python) to listen as another user")
+def test_the_admin_key_is_not_sent_to_another_users_listener(tmp_path: Path) -> None:
+    """A killed node leaves admin-url behind; another user listening on its (predictable) port
+    must not receive the bearer key of the next command."""
+    data = tmp_path / "node"
+    data.mkdir(mode=0o700)
+    key = ensure_admin_key(data)
+    port = free_port()
+    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{port}\n")
+    squatter = subprocess.Popen(
+        [str(SYSTEM_PYTHON), "-I", "-c", SQUATTER, str(port)], user=65534, group=65534,
+        stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "ready"
+        code, out, exc = _run("status", "--data-dir", str(data))
+    finally:
+        squatter.terminate()
+        rest, _ = squatter.communicate(timeout=10)
+    assert key not in rest, "the squatter received the admin key"
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "another user" in out
