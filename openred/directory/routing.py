@@ -59,11 +59,24 @@ async def verify_signed(svc: DirectoryService, req: HttpRequest) -> str:
     Shared by the Quart routes (:func:`signed`) and the fast routes
     (:mod:`openred.directory.fastroutes`).
     """
-    # The limit is checked before the nonce is remembered (a refused request takes no room
-    # in the cache, and the answer is 429) and counted after it (a replay costs nothing).
-    keyid = await svc.verifier.verify_http(req, svc.resolve_key, admit=svc.check_client)
-    svc.hit_client(keyid)
-    return keyid
+    # The limit is checked and the request counted at once, after the signature verified and
+    # before the nonce is remembered, with no await in between: requests sent at once cannot
+    # all pass the check before the first is counted, and a refused one takes no room in the
+    # nonce cache (429). A request refused after it was counted (a replayed nonce, a full
+    # cache: the next step, still with no await) is taken back, so a replay costs its signer
+    # nothing.
+    admitted: list[str] = []
+
+    def admit(keyid: str) -> None:
+        svc.limit_client(keyid)
+        admitted.append(keyid)
+
+    try:
+        return await svc.verifier.verify_http(req, svc.resolve_key, admit=admit)
+    except BaseException:
+        if admitted:
+            svc.client_limit.release(admitted[0])
+        raise
 
 
 async def verify_registration(svc: DirectoryService, req: HttpRequest, data: SignedRecordBody,

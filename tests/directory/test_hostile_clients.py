@@ -309,3 +309,26 @@ async def test_a_node_over_its_limit_gets_429_not_a_full_nonce_quota(
                                          body)
             assert (status, problem["type"]) == (429, "urn:openred:problem:rate-limited")
         assert cache.count(alice.node_id) == 3
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_a_burst_of_signed_requests_cannot_outrun_the_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    """Requests sent at once are each checked against the limit and counted with no await in
+    between: the limit holds for a burst, and a replay inside it still costs nothing."""
+    settings = settings_for(tmp_path, monkeypatch, rate_per_client=3)
+    async with serving_app(settings) as (directory, app):
+        app.extensions[FAST_ROUTES].enabled = fast
+        alice = Node(directory, api_url=directory.url)
+        assert (await alice.register()).status == 201  # counted for the address, not alice
+        url = directory.url + "/api/v3/nodes/heartbeat"
+        body = b"{}"
+        first = await signed_headers(alice, url, body)
+        assert (await send("POST", url, first, body))[0] == 200
+        # Replays (at once) are refused as replays and cost nothing.
+        replays = await asyncio.gather(*(send("POST", url, first, body) for _ in range(5)))
+        assert [status for status, _ in replays] == [401] * 5
+        burst = [await signed_headers(alice, url, body) for _ in range(20)]
+        statuses = sorted(s for s, _ in await asyncio.gather(
+            *(send("POST", url, headers, body) for headers in burst)))
+        assert statuses == [200] * 2 + [429] * 18  # the limit's 3, one spent before
