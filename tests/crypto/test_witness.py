@@ -10,7 +10,7 @@ forgery was intact; a log copied back from an old backup opened without a word.
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,12 +42,6 @@ def jail(workdir: Path) -> Iterator[JailProc]:
                       str(workdir / "keystore.witness"))
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-async def client(jail: JailProc) -> AsyncIterator[JailClient]:
-    async with JailClient(jail.socket_path, timeout=5) as c:
-        yield c
 
 
 async def open_store(path: Path, signer: JailSigner) -> SQLiteEventStore:
