@@ -332,7 +332,8 @@ def run_all(quick: bool) -> None:
     env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
            "OPENRED_SIGNATURE_WINDOW": "300",
            "OPENRED_RATE_PER_CLIENT": "100000000", "OPENRED_RATE_PER_INITIATOR": "100000000",
-           "OPENRED_RATE_PER_TARGET": "100000000", "OPENRED_PUSH_ATTEMPTS": "1"}
+           "OPENRED_RATE_PER_TARGET": "100000000", "OPENRED_PUSH_ATTEMPTS": "1",
+           "OPENRED_PUSHES_PER_NETWORK": "100000"}
     try:
         base_port = free_port()
         procs.append(subprocess.Popen(

@@ -126,6 +126,7 @@ class Bench:
         self.env.update({"OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
                          "OPENRED_RATE_PER_INITIATOR": "100000",
                          "OPENRED_RATE_PER_TARGET": "100000",
+                         "OPENRED_PUSHES_PER_NETWORK": "100000",
                          "OPENRED_RATE_PER_CLIENT": "1000000"})
         self.ports = {name: free_port() for name in ("directory", "a", "b", "baseline")}
         self.baseline_cpu: dict[str, float] = {}

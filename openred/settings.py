@@ -228,10 +228,16 @@ class DirectorySettings(ServiceSettings):
     ``OPENRED_SUITE_SEED``              network seed for ``seeded`` (hex, ≥ 16 bytes)
     ``OPENRED_RATE_WINDOW``             rate-limit window in seconds (60)
     ``OPENRED_RATE_PER_INITIATOR``      grants one node may request per window (30)
-    ``OPENRED_RATE_PER_TARGET``         grants naming one target per window (60)
+    ``OPENRED_RATE_PER_TARGET``         grants naming one target per window (60), shared
+                                        fairly by the client networks asking (at most
+                                        twice that in all)
     ``OPENRED_RATE_PER_CLIENT``         signed requests one node may make per window (600)
     ``OPENRED_PUSH_ATTEMPTS``           tries per token push (3)
     ``OPENRED_PUSH_TIMEOUT``            seconds per push attempt (5)
+    ``OPENRED_PUSHES_PER_NETWORK``      pushes in flight for grants one client network
+                                        (IPv4 address, IPv6 /64) asked for (8: 4 grants)
+    ``OPENRED_PUSHES_IN_FLIGHT``        pushes in flight in all, and the push client's
+                                        connection pool (256)
     ==================================  =======================================================
     """
 
@@ -248,6 +254,8 @@ class DirectorySettings(ServiceSettings):
     rate_per_client: int = 600
     push_attempts: int = 3
     push_timeout: float = 5.0
+    pushes_per_network: int = 8
+    pushes_in_flight: int = 256
 
     @classmethod
     def _from_values(cls, data_dir: Path, v: _Values) -> Self:
@@ -283,4 +291,6 @@ class DirectorySettings(ServiceSettings):
             rate_per_client=v.integer("RATE_PER_CLIENT", 600, minimum=1),
             push_attempts=v.integer("PUSH_ATTEMPTS", 3, minimum=1),
             push_timeout=float(v.integer("PUSH_TIMEOUT", 5, minimum=1)),
+            pushes_per_network=v.integer("PUSHES_PER_NETWORK", 8, minimum=2),
+            pushes_in_flight=v.integer("PUSHES_IN_FLIGHT", 256, minimum=2),
         )

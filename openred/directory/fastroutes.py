@@ -148,7 +148,9 @@ class DirectoryFastPath(FastPath):
         body = await read_body(app, receive)
         data = load_body(app, request_json(app, body), ConnectionRequest)
         signer = await verify_signed(svc, self._request(svc, scope, body))
-        reply = dump_response(app, await connection_reply(svc, data, signer), ConnectionReply)
+        client = scope.get("client") or ["<local>"]
+        reply = dump_response(app, await connection_reply(svc, data, signer, str(client[0])),
+                              ConnectionReply)
         return await json_answer(app, reply, 201)
 
 

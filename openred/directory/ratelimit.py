@@ -1,9 +1,10 @@
-"""A keyed sliding-window rate limiter (issue 7 §5: per initiator and per target).
+"""Keyed limits of the directory (issue 7 §5: per initiator and per target).
 
-Pure and in memory: ``now`` is passed in. Each key keeps the instants of its recent hits; a hit
-beyond ``limit`` inside ``window`` seconds is refused with the seconds until the oldest hit
-leaves the window (the Retry-After). The table is bounded: keys whose hits all left the window
-are dropped as the table is swept.
+Pure and in memory: ``now`` is passed in. :class:`RateLimiter` keeps each key's recent hits; a
+hit beyond ``limit`` inside ``window`` seconds is refused with the seconds until the oldest hit
+leaves the window (the Retry-After). :class:`FairShare` is a per-key budget shared fairly by the
+parties (client networks) that use it. :class:`InFlight` bounds work under way per key and in
+all. The tables are bounded: keys whose hits all left the window are dropped as they are swept.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 
-__all__ = ["RateLimiter", "client_key"]
+__all__ = ["FairShare", "Held", "InFlight", "RateLimiter", "client_key"]
 
 IPV6_CLIENT_PREFIX = 64
 """An IPv6 client is its /64: one subscriber line or host is given a whole /64 (RFC 6177), so
@@ -95,3 +96,136 @@ class RateLimiter:
             # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
             stalest = min(self._hits, key=lambda k: self._hits[k][-1])
             del self._hits[stalest]
+
+
+class _Shares:
+    """One key's hits in the window, oldest first, and how many of them each party holds."""
+
+    __slots__ = ("counts", "hits")
+
+    def __init__(self) -> None:
+        self.hits: deque[tuple[float, str]] = deque()
+        self.counts: dict[str, int] = {}
+
+    def expire(self, horizon: float) -> None:
+        hits, counts = self.hits, self.counts
+        while hits and hits[0][0] <= horizon:
+            party = hits.popleft()[1]
+            left = counts[party] - 1
+            if left:
+                counts[party] = left
+            else:
+                del counts[party]
+
+
+class FairShare:
+    """A budget of ``limit`` hits per key in any ``window`` seconds, shared by its parties.
+
+    A party (a client network) may add a hit to a key (a target) while it holds fewer than
+    ``limit // k`` of the key's hits in the window (at least one), ``k`` being the parties that
+    hold hits on the key, itself counted; the key takes at most ``2 × limit`` in all. A party
+    alone gets the whole ``limit``; a party that has not used the key yet gets in even when
+    others spent ``limit`` (until ``k`` exceeds ``limit`` or the key holds ``2 × limit``), and
+    parties that keep asking settle at ``limit // k`` each. Each hit costs a dict lookup and an
+    append; a refusal scans the key's hits (at most ``2 × limit``) for its Retry-After.
+    """
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit and window must be positive")
+        self.limit = limit
+        self.ceiling = 2 * limit
+        self.window = window
+        self.max_keys = max_keys
+        self._keys: dict[str, _Shares] = {}
+
+    def retry_after(self, key: str, party: str, now: float) -> float | None:
+        """Seconds ``party`` should wait if it may not add a hit to ``key`` now, else None."""
+        shares = self._keys.get(key)
+        if shares is None:
+            return None
+        shares.expire(now - self.window)
+        used = shares.counts.get(party, 0)
+        parties = len(shares.counts) + (used == 0)
+        if used < max(1, self.limit // parties) and len(shares.hits) < self.ceiling:
+            return None
+        # Until the party's oldest hit leaves the window (the key's oldest, if it holds none).
+        oldest = next((t for t, p in shares.hits if p == party), shares.hits[0][0])
+        return max(oldest + self.window - now, 0.001)
+
+    def hit(self, key: str, party: str, now: float) -> None:
+        """Record one hit of ``party`` on ``key``."""
+        shares = self._keys.get(key)
+        if shares is None:
+            if len(self._keys) >= self.max_keys:
+                self._sweep(now)
+            shares = self._keys[key] = _Shares()
+        shares.hits.append((now, party))
+        shares.counts[party] = shares.counts.get(party, 0) + 1
+
+    def _sweep(self, now: float) -> None:
+        horizon = now - self.window
+        keys = self._keys
+        for key in [k for k, s in keys.items() if not s.hits or s.hits[-1][0] <= horizon]:
+            del keys[key]
+        if len(keys) >= self.max_keys:
+            del keys[min(keys, key=lambda k: keys[k].hits[-1][0])]
+
+
+class InFlight:
+    """At most ``per_key`` units under way per key and ``total`` in all (pushes in flight)."""
+
+    def __init__(self, per_key: int, total: int) -> None:
+        if per_key < 1 or total < 1:
+            raise ValueError("per_key and total must be positive")
+        self.per_key = per_key
+        self.total = total
+        self.used = 0
+        self._held: dict[str, int] = {}
+
+    def blocked(self, key: str, n: int) -> str | None:
+        """Why ``n`` more units for ``key`` may not start now (``"key"`` or ``"total"``), or
+        None."""
+        if self._held.get(key, 0) + n > self.per_key:
+            return "key"
+        if self.used + n > self.total:
+            return "total"
+        return None
+
+    def enter(self, key: str, n: int) -> Held:
+        """Take ``n`` units for ``key`` (checked with :meth:`blocked` first, no await between)."""
+        self._held[key] = self._held.get(key, 0) + n
+        self.used += n
+        return Held(self, key, n)
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def _leave(self, key: str, n: int) -> None:
+        left = self._held[key] - n
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+        self.used -= n
+
+
+class Held:
+    """Units taken from an :class:`InFlight`; each is given back once (idempotent at the end)."""
+
+    __slots__ = ("_gate", "count", "key")
+
+    def __init__(self, gate: InFlight, key: str, count: int) -> None:
+        self._gate = gate
+        self.key = key
+        self.count = count
+
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` units (fewer if fewer are held)."""
+        n = min(n, self.count)
+        if n > 0:
+            self.count -= n
+            self._gate._leave(self.key, n)
+
+    def release_all(self) -> None:
+        self.release(self.count)

@@ -53,7 +53,7 @@ from openred.directory import events as ev
 from openred.directory.events import directory_registry
 from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
-from openred.directory.ratelimit import RateLimiter
+from openred.directory.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.directory.tree import ProofTree
 from openred.errors import OpenRedError, RequestRefused, StoreError
 from openred.settings import DirectorySettings
@@ -82,6 +82,7 @@ NONCES_FILE = "nonces.json"
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
+PUSHES_PER_GRANT = 2
 SIGN_BATCH = 8
 """Most signatures one jail call carries for the grants in flight: the jail signs a batch on
 one thread, one item after the other, so a larger batch would save little more per item and
@@ -260,8 +261,12 @@ class DirectoryService:
         self._signing: asyncio.Task[None] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
-        self.target_limit = RateLimiter(settings.rate_per_target, window)
+        # A target's budget is shared by the client networks naming it (a sybil's node ids
+        # are free, its networks are not), and pushes in flight are charged to the network
+        # that asked for the grant: docs/decisions.md, "Fair grants under sybil nodes".
+        self.target_limit = FairShare(settings.rate_per_target, window)
         self.client_limit = RateLimiter(settings.rate_per_client, window)
+        self.pushes = InFlight(settings.pushes_per_network, settings.pushes_in_flight)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -280,8 +285,9 @@ class DirectoryService:
         http = HttpClient(
             signer=Signer("directory", _jail_base_signer(signs)),
             allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
-            total_timeout=settings.push_timeout, connect_timeout=min(3.0, settings.push_timeout),
-            clock=clock,
+            # No push waits for room in the pool (pushes in flight are bounded by its size).
+            limit=settings.pushes_in_flight, total_timeout=settings.push_timeout,
+            connect_timeout=min(3.0, settings.push_timeout), clock=clock,
         )
         # As many pooled connections as requests a loaded directory serves at once: a smaller
         # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
@@ -572,23 +578,51 @@ class DirectoryService:
 
     # -- grants ------------------------------------------------------------------------------
 
-    def _check_rates(self, initiator: str, target: str) -> None:
-        now = self.clock()
-        for limiter, key, who in ((self.initiator_limit, initiator, "this initiator"),
-                                  (self.target_limit, target, "this target")):
-            wait = limiter.retry_after(key, now)
-            if wait is not None:
-                raise RequestRefused(429, "rate-limited", f"too many grants for {who}",
-                                     retry_after=int(wait) + 1)
-        self.initiator_limit.hit(initiator, now)
-        self.target_limit.hit(target, now)
+    def _admit(self, initiator: str, target: str, network: str) -> Held:
+        """Check the grant's limits, then count it and hold its pushes (no await in between).
 
-    async def request_connection(self, *, signer: str, target: str) -> GrantOutcome:
-        """Mint a grant from ``signer`` to ``target``, log it, push both halves (DESIGN §5)."""
+        429 (with Retry-After) for an initiator over its limit or a client network over its
+        share of the target's budget; 503 ``busy`` when the network asking (or everyone) has as
+        many pushes in flight as it may, at once and before anything is minted, instead of
+        queueing behind pushes to slow receivers. Nothing is counted for a refused grant.
+        """
+        now = self.clock()
+        wait = self.initiator_limit.retry_after(initiator, now)
+        who = "this initiator"
+        if wait is None:
+            wait = self.target_limit.retry_after(target, network, now)
+            who = "this target from this client network"
+        if wait is not None:
+            raise RequestRefused(429, "rate-limited", f"too many grants for {who}",
+                                 retry_after=int(wait) + 1)
+        blocked = self.pushes.blocked(network, PUSHES_PER_GRANT)
+        if blocked is not None:
+            whose = " asked from this client network" if blocked == "key" else ""
+            raise RequestRefused(
+                503, "busy", f"too many grants{whose} are being delivered; try again when "
+                "one is", retry_after=int(self.settings.push_timeout))
+        self.initiator_limit.hit(initiator, now)
+        self.target_limit.hit(target, network, now)
+        return self.pushes.enter(network, PUSHES_PER_GRANT)
+
+    async def request_connection(self, *, signer: str, target: str,
+                                 client: str | None = None) -> GrantOutcome:
+        """Mint a grant from ``signer`` to ``target``, log it, push both halves (DESIGN §5).
+
+        ``client``: the address the request came from (its network is charged for the grant's
+        share of the target's budget and for its pushes in flight).
+        """
         initiator_view, target_view = await self.node(signer), await self.node(target)
         d.decide_grant(initiator_view, target_view, signer=signer, target_id=target)
         assert initiator_view is not None and target_view is not None
-        self._check_rates(signer, target)
+        held = self._admit(signer, target, client_key(client))
+        try:
+            return await self._grant(initiator_view, target_view, held)
+        finally:
+            held.release_all()
+
+    async def _grant(self, initiator_view: d.NodeView, target_view: d.NodeView,
+                     held: Held) -> GrantOutcome:
         a_record = self._signed_record(initiator_view)
         b_record = self._signed_record(target_view)
         now = self.now()
@@ -638,7 +672,7 @@ class DirectoryService:
             {"sealed_token": b64url(sealed_b), "peer_record": a_record.to_wire()})
         # 4. Push both halves at once over the pooled client.
         delivered_a, delivered_b = await asyncio.gather(
-            self._push(a_record, body_a), self._push(b_record, body_b))
+            self._push(a_record, body_a, held), self._push(b_record, body_b, held))
         delivered = {"initiator": delivered_a[0], "responder": delivered_b[0]}
         if not all(delivered.values()):
             undelivered = [role for role, ok in delivered.items() if not ok]
@@ -732,12 +766,15 @@ class DirectoryService:
         hashes = self.tree.inclusion_proof(entry.seq - 1, note.size)
         return note.text, InclusionProof(entry.seq - 1, note.size, tuple(hashes))
 
-    async def _push(self, to: SignedNodeRecord, body: bytes) -> tuple[bool, str]:
+    async def _push(self, to: SignedNodeRecord, body: bytes, held: Held) -> tuple[bool, str]:
+        """POST one half to its node; its unit of ``held`` is given back when it ends."""
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
             reply = await self.http.request("POST", url, body=body, signed=True)
         except Exception as exc:  # any failure to deliver is reported, never a 500
             return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
+        finally:
+            held.release()
         if reply.ok:
             return True, ""
         return False, f"{to.record.node_id} answered {reply.status}"

@@ -119,6 +119,7 @@ async def directory_factory(
         port = free_port()
         env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_RATE_PER_CLIENT": "100000",
                "OPENRED_RATE_PER_INITIATOR": "1000", "OPENRED_RATE_PER_TARGET": "1000",
+               "OPENRED_PUSHES_PER_NETWORK": "1000",
                "OPENRED_PUSH_ATTEMPTS": "2", "OPENRED_PUSH_TIMEOUT": "2"}
         settings = DirectorySettings.load(data_dir, environ=env, host=HOST, port=port,
                                           jail_socket=Path(f"/tmp/openred-test-{port}/j.sock"),

@@ -119,6 +119,7 @@ async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     async def start(**env_overrides: str) -> AsyncIterator[Pair]:
         env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_RATE_PER_CLIENT": "100000",
                "OPENRED_RATE_PER_INITIATOR": "1000", "OPENRED_RATE_PER_TARGET": "1000",
+               "OPENRED_PUSHES_PER_NETWORK": "1000",
                "OPENRED_PUSH_ATTEMPTS": "1", "OPENRED_PUSH_TIMEOUT": "2", **env_overrides}
         async with served(tmp_path, env, fast=True) as a, served(tmp_path, env, fast=False) as b:
             yield Pair(a, b)

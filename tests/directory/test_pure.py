@@ -15,7 +15,7 @@ from openred.crypto.records import NodeRecord, SignedNodeRecord
 from openred.directory import decisions as d
 from openred.directory import events as ev
 from openred.directory.projections import directory_projections
-from openred.directory.ratelimit import RateLimiter
+from openred.directory.ratelimit import FairShare, InFlight, RateLimiter
 from openred.directory.tree import ProofTree
 from openred.errors import RequestRefused
 from openred.store import merkle
@@ -167,6 +167,44 @@ def test_rate_limiter_window_and_retry_after() -> None:
     for key in "bcdef":
         limiter.hit(key, 20.0)
     assert len(limiter._hits) <= 3
+
+
+def test_fair_share_gives_a_newcomer_its_share_and_bounds_the_key() -> None:
+    budget = FairShare(4, 10.0, max_keys=3)
+    for t in range(4):  # one party alone: the whole budget
+        assert budget.retry_after("b", "n1", t) is None
+        budget.hit("b", "n1", t)
+    assert budget.retry_after("b", "n1", 4.0) == pytest.approx(6.0)
+    assert budget.retry_after("b", "n2", 4.0) is None  # its share is 4 // 2
+    budget.hit("b", "n2", 4.0)
+    budget.hit("b", "n2", 4.5)
+    assert budget.retry_after("b", "n2", 5.0) == pytest.approx(9.0)
+    assert budget.retry_after("b", "n3", 5.0) is None  # 4 // 3: one
+    budget.hit("b", "n3", 5.0)
+    assert budget.retry_after("b", "n3", 5.5) is not None
+    budget.hit("b", "n4", 5.5)  # 4 // 4: one
+    assert budget.retry_after("b", "n5", 6.0) == pytest.approx(4.0)  # 2 × 4 in the key
+    # n1's first hit left; it holds 3 and four parties share the key: wait for the next.
+    assert budget.retry_after("b", "n1", 10.5) == pytest.approx(0.5)
+    assert budget.retry_after("b", "n5", 10.5) is None  # 7 in the key: a fifth party gets in
+    for key in "cdef":
+        budget.hit(key, "n1", 30.0)
+    assert len(budget._keys) <= 3
+
+
+def test_in_flight_bounds_each_key_and_the_total_and_gives_back_once() -> None:
+    gate = InFlight(4, 6)
+    first = gate.enter("n1", 2)
+    second = gate.enter("n1", 2)
+    assert gate.blocked("n1", 2) == "key" and gate.blocked("n2", 2) is None
+    gate.enter("n2", 2)
+    assert gate.blocked("n3", 2) == "total"
+    first.release()
+    first.release_all()
+    first.release_all()
+    assert gate.held("n1") == 2 and gate.used == 4
+    second.release_all()
+    assert gate.held("n1") == 0 and gate.blocked("n1", 4) is None
 
 
 def test_projections_keep_the_record_verbatim_and_follow_status() -> None:

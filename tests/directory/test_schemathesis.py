@@ -96,6 +96,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(tmp_path:
     env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
            "OPENRED_RATE_PER_CLIENT": "10000000",
            "OPENRED_RATE_PER_INITIATOR": "10000000", "OPENRED_RATE_PER_TARGET": "10000000",
+           "OPENRED_PUSHES_PER_NETWORK": "1000",
            "OPENRED_PUSH_ATTEMPTS": "1", "OPENRED_PUSH_TIMEOUT": "1",
            "OPENRED_JAIL_SOCKET": f"/tmp/openred-st-{port}/j.sock"}
     subprocess.run([sys.executable, "-m", "openred.cli", "directory", "init", "--data-dir",
