@@ -7,6 +7,8 @@
 ``POST /authentication/totp/confirm``       ``{code}``: the first code finishes enrolment
 ``POST /authentication/totp/disable``       ``{code}``: remove the second factor
 ``POST /authentication/token``              ``{code}``: a short-lived admin token for the CLI
+``POST /authentication/token/revoke``       the token in ``X-OpenRed-Admin-Token`` stops
+                                            working now: ``{revoked}`` (whether it was valid)
 ==========================================  ===================================================
 
 (all under ``/admin/v1``, all behind the bearer key). The admin token's lifetime is
@@ -22,6 +24,7 @@ from quart import Quart, current_app, request
 
 from openred.errors import ConfigurationError, RequestRefused
 from openred.modules.authentication import AUTHENTICATION_SERVICE
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER
 from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.authentication.service import PeerAuthentication
 from openred.node.admin import ADMIN_PREFIX, NODE_APP, node_services, resolve_peer
@@ -109,3 +112,12 @@ def register(admin_app: Quart) -> None:
     async def token() -> dict[str, Any]:
         value, expires_at = await operator.issue_token(await _code())
         return {"token": value, "expires_at": expires_at}
+
+    @admin_app.post(f"{PREFIX}/token/revoke")
+    async def token_revoke() -> dict[str, bool]:
+        # Holding the token is what lets one end it; no second factor is asked for.
+        value = request.headers.get(ADMIN_TOKEN_HEADER, "")
+        if not value:
+            raise RequestRefused(422, "invalid-field",
+                                 f"send the token to revoke in {ADMIN_TOKEN_HEADER}")
+        return {"revoked": operator.revoke_token(value)}

@@ -176,6 +176,22 @@ class OperatorAuth:
                                                  "expires_at": expires_at})
         return token, expires_at
 
+    def revoke_token(self, token: str) -> bool:
+        """Forget ``token`` at once (``openred auth logout``); whether it was still valid.
+
+        Tokens live only in this process's memory, like their issue (a log line, not a log
+        entry): the revocation is a log line too (``AdminTokenRevoked``).
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self.now()
+        found = [h for h, exp in self._tokens.items()
+                 if hmac.compare_digest(digest, h) and exp > now]
+        for h in found:
+            del self._tokens[h]
+        if found:
+            logger.info("admin token revoked", extra={"event": "AdminTokenRevoked"})
+        return bool(found)
+
     def token_valid(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).digest()
         now = self.now()

@@ -254,3 +254,29 @@ async def test_concurrent_wrong_codes_cannot_outrun_the_rate_limit(admin: Admin)
     statuses = [r.status_code for r in replies]
     assert statuses.count(401) == 5, statuses
     assert statuses.count(429) == len(guesses) - 5, statuses
+
+
+async def test_logout_revokes_the_token_on_the_node(admin: Admin) -> None:
+    """``openred auth logout`` only removed the CLI's file: a copy of the token taken before
+    (a backup, another user's read of a badly kept file, a shell history) kept opening
+    sensitive actions until it expired, 15 minutes later. Now the node forgets it."""
+    data = admin.node.data
+    await admin.enrolled()
+    async with serve_in_loop(admin.app) as url:
+        (data / ADMIN_URL_FILE).write_text(url + "\n")
+
+        def cli(*args: str) -> Any:
+            return CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+
+        login = await asyncio.to_thread(cli, "auth", "login", "--code", admin.code())
+        assert login.exit_code == 0, login.output
+        stolen = AdminClient.from_data_dir(data).admin_token
+        assert stolen and await admin.inbox(**{"X-OpenRed-Admin-Token": stolen}) == 200
+        logout = await asyncio.to_thread(cli, "auth", "logout")
+        assert logout.exit_code == 0, logout.output
+        assert not (data / ADMIN_TOKEN_FILE).exists()
+        assert await admin.inbox(**{"X-OpenRed-Admin-Token": stolen}) == 401
+        assert "revoked" in logout.output
+        # Logging out again (no token left) says so and changes nothing.
+        again = await asyncio.to_thread(cli, "auth", "logout")
+        assert again.exit_code == 0 and "no admin token" in again.output
