@@ -51,6 +51,11 @@ async def _code() -> str:
     return code
 
 
+def connection() -> tuple[Any, Any]:
+    """The request's (client, server) endpoints, as the server saw them (ASGI scope)."""
+    return request.scope.get("client"), request.scope.get("server")
+
+
 def _token_ttl() -> int:
     text = os.environ.get(TOKEN_TTL_ENV, "900")
     if not text.isdigit():
@@ -100,17 +105,17 @@ def register(admin_app: Quart) -> None:
 
     @admin_app.post(f"{PREFIX}/totp/confirm")
     async def totp_confirm() -> dict[str, bool]:
-        await operator.confirm(await _code())
+        await operator.confirm(await _code(), connection=connection())
         return operator.status()
 
     @admin_app.post(f"{PREFIX}/totp/disable")
     async def totp_disable() -> dict[str, bool]:
-        await operator.disable(await _code())
+        await operator.disable(await _code(), connection=connection())
         return operator.status()
 
     @admin_app.post(f"{PREFIX}/token")
     async def token() -> dict[str, Any]:
-        value, expires_at = await operator.issue_token(await _code())
+        value, expires_at = await operator.issue_token(await _code(), connection=connection())
         return {"token": value, "expires_at": expires_at}
 
     @admin_app.post(f"{PREFIX}/token/revoke")

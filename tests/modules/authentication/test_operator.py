@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 from quart import Quart
@@ -280,3 +281,33 @@ async def test_logout_revokes_the_token_on_the_node(admin: Admin) -> None:
         # Logging out again (no token left) says so and changes nothing.
         again = await asyncio.to_thread(cli, "auth", "logout")
         assert again.exit_code == 0 and "no admin token" in again.output
+
+
+async def test_wrong_codes_from_elsewhere_do_not_lock_out_the_operator_at_the_node(
+    admin: Admin, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever holds a stolen bearer key could send five wrong codes every five minutes: one
+    limit for everyone, so the operator's own logins were refused (429) for as long as the
+    attacker kept at it. Failures are now counted apart for connections the node's user, the
+    admin key's owner or root opened on this machine (the kernel's socket table says whose a
+    connection is): the attacker's connections, which the node cannot attribute to one of
+    them (here the in-process test client; another user's or another host's alike), lock
+    out only each other."""
+    caplog.set_level(logging.INFO, "openred")
+    await admin.enrolled()
+    for _ in range(5):
+        assert await admin.inbox(**{"X-OpenRed-TOTP": "123456"}) == 401
+    assert await admin.inbox(**{"X-OpenRed-TOTP": admin.code()}) == 429
+    async with serve_in_loop(admin.app) as url, aiohttp.ClientSession() as session:
+        async def inbox(code: str) -> int:
+            async with session.get(f"{url}{INBOX}", headers=admin.headers(
+                    **{"X-OpenRed-TOTP": code})) as reply:
+                return reply.status
+
+        assert await inbox(admin.code()) == 200  # the operator, at the node
+        for _ in range(5):
+            assert await inbox("123456") == 401  # its own failures still count, for it
+        assert await inbox(admin.code(30)) == 429
+    failed = [r for r in caplog.records if getattr(r, "event", "") ==
+              "OperatorSecondFactorFailed"]
+    assert [getattr(r, "caller", None) for r in failed] == ["elsewhere"] * 5 + ["local"] * 5
