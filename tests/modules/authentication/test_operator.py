@@ -278,6 +278,7 @@ async def test_logout_revokes_the_token_on_the_node(admin: Admin) -> None:
         assert not (data / ADMIN_TOKEN_FILE).exists()
         assert await admin.inbox(**{"X-OpenRed-Admin-Token": stolen}) == 401
         assert "revoked" in logout.output
+        assert (await admin.post("token/revoke", {})).status_code == 422  # which token?
         # Logging out again (no token left) says so and changes nothing.
         again = await asyncio.to_thread(cli, "auth", "logout")
         assert again.exit_code == 0 and "no admin token" in again.output

@@ -306,8 +306,9 @@ async def test_a_peer_cannot_grow_the_log_with_offers_it_revokes_at_once(pair: P
         await files(pair.a)._call(pair.b.id, OFFER, _json(extra.to_json()))
     assert (caught.value.status, caught.value.reason) == (429, "too-many-offers")
     assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= HOUR
-    assert len(await pair.b.services.store.read()) == before
     assert await b.offer(extra.offer_id) is None
+    await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))  # known: answered
+    assert len(await pair.b.services.store.read()) == before
     # The sender's own offers are not limited by what it receives.
     (pair.a.data / "f").write_bytes(b"mine")
     back = await b.share(pair.a.id, pair.a.data / "f", expires_in=HOUR)
@@ -342,6 +343,14 @@ async def test_the_senders_cache_of_hash_trees_is_bounded_by_bytes(
     cached = sum(tree_bytes(tree.size) for tree in a._trees.values())
     assert 0 < cached <= a.tree_cache_bytes
     assert offers[-1].offer_id in a._trees  # the tree just used stays
+    # A leaves file cut in the middle of a hash is a damaged tree (409), not a 500.
+    leaves = a._tree_path(offers[0].offer_id)
+    leaves.write_bytes(leaves.read_bytes()[:-1])
+    a._trees.pop(offers[0].offer_id, None)
+    request = _json({"offer_id": offers[0].offer_id, "offset": 0, "length": CHUNK_SIZE})
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b)._call(pair.a.id, CHUNK, request)
+    assert (caught.value.status, caught.value.reason) == (409, "file-changed")
 
 
 async def test_names_planted_in_the_download_directory_do_not_block_a_fetch(
