@@ -9,7 +9,6 @@ detail — so a command prints one clear line either way.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any
 from openred.errors import ConfigurationError, NodeNotRunning, RequestRefused
 from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, read_admin_token
 from openred.node.admin_keys import ADMIN_KEY_FILE, read_admin_key
+from openred.procnet import listeners
 
 __all__ = ["ADMIN_URL_FILE", "MAX_ANSWER", "AdminClient", "check_listener", "listeners",
            "printable"]
@@ -43,44 +43,6 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(
         lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
         else f"\\u{ord(m.group()):04x}", text)
-
-
-_PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
-_LISTEN = "0A"
-
-
-def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address of /proc/net/tcp{,6} (hex, each 32-bit word in host byte order)."""
-    raw = bytes.fromhex(text)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return ipaddress.ip_address(words)
-
-
-def _reaches_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback or addr.is_unspecified
-
-
-def listeners(port: int) -> list[int] | None:
-    """The uids of the sockets listening on loopback (or any address) at ``port``; None where
-    the system does not say (no ``/proc/net/tcp``: not Linux)."""
-    if not _PROC_NET[0].exists():
-        return None
-    uids = []
-    for table in _PROC_NET:
-        try:
-            lines = table.read_text(encoding="ascii").splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 8 or fields[3] != _LISTEN:
-                continue
-            host, _, hexport = fields[1].partition(":")
-            if int(hexport, 16) == port and _reaches_loopback(_proc_address(host)):
-                uids.append(int(fields[7]))
-    return uids
 
 
 def check_listener(url: str, allowed: set[int]) -> None:

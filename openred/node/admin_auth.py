@@ -79,7 +79,8 @@ async def require_second_factor() -> None:
                                  "is not loaded: enable it (OPENRED_MODULES)", retry_after=60)
         return
     await guard.require(token=request.headers.get(ADMIN_TOKEN_HEADER) or None,
-                        code=request.headers.get(TOTP_HEADER) or None)
+                        code=request.headers.get(TOTP_HEADER) or None,
+                        connection=(request.scope.get("client"), request.scope.get("server")))
 
 
 def sensitive(func: F) -> F:

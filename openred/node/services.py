@@ -77,7 +77,11 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         if isinstance(text, str):
             detail = f"{what}: {text}"
     status = reply.status if 400 <= reply.status < 500 else 502
-    return NodeRefused(status, slug, detail)
+    refusal = NodeRefused(status, slug, detail)
+    wait = reply.headers.get("Retry-After", "") if status == 429 else ""
+    if wait.isdigit() and len(wait) <= 6:
+        refusal.retry_after = int(wait)  # passed on to whoever asked us (the admin API's 429)
+    return refusal
 
 
 def _checkpoint_answer(body: object) -> tuple[bytes, list[bytes]]:

@@ -235,7 +235,9 @@ async def test_the_directory_remembers_a_bounded_number_of_node_targets(
                   if line.startswith("openred_dependency_up{")]
         assert len(series) == 2, series
         assert len(reachability) == 2
-        assert nodes[0].api_url.removeprefix("http://") in "".join(series)
+        # Named by a key only this process can map back to the node's address.
+        assert nodes[0].api_url.removeprefix("http://") not in "".join(series)
+        assert all(line.startswith('openred_dependency_up{dependency="node ') for line in series)
 
 
 async def test_a_name_whose_dns_never_answers_does_not_hold_registrations_or_others(

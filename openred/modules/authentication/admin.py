@@ -7,6 +7,8 @@
 ``POST /authentication/totp/confirm``       ``{code}``: the first code finishes enrolment
 ``POST /authentication/totp/disable``       ``{code}``: remove the second factor
 ``POST /authentication/token``              ``{code}``: a short-lived admin token for the CLI
+``POST /authentication/token/revoke``       the token in ``X-OpenRed-Admin-Token`` stops
+                                            working now: ``{revoked}`` (whether it was valid)
 ==========================================  ===================================================
 
 (all under ``/admin/v1``, all behind the bearer key). The admin token's lifetime is
@@ -22,6 +24,7 @@ from quart import Quart, current_app, request
 
 from openred.errors import ConfigurationError, RequestRefused
 from openred.modules.authentication import AUTHENTICATION_SERVICE
+from openred.modules.authentication.files import ADMIN_TOKEN_HEADER
 from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.authentication.service import PeerAuthentication
 from openred.node.admin import ADMIN_PREFIX, NODE_APP, node_services, resolve_peer
@@ -46,6 +49,11 @@ async def _code() -> str:
     if not isinstance(code, str):
         raise RequestRefused(422, "invalid-field", "code must be a string of 6 digits")
     return code
+
+
+def connection() -> tuple[Any, Any]:
+    """The request's (client, server) endpoints, as the server saw them (ASGI scope)."""
+    return request.scope.get("client"), request.scope.get("server")
 
 
 def _token_ttl() -> int:
@@ -97,15 +105,24 @@ def register(admin_app: Quart) -> None:
 
     @admin_app.post(f"{PREFIX}/totp/confirm")
     async def totp_confirm() -> dict[str, bool]:
-        await operator.confirm(await _code())
+        await operator.confirm(await _code(), connection=connection())
         return operator.status()
 
     @admin_app.post(f"{PREFIX}/totp/disable")
     async def totp_disable() -> dict[str, bool]:
-        await operator.disable(await _code())
+        await operator.disable(await _code(), connection=connection())
         return operator.status()
 
     @admin_app.post(f"{PREFIX}/token")
     async def token() -> dict[str, Any]:
-        value, expires_at = await operator.issue_token(await _code())
+        value, expires_at = await operator.issue_token(await _code(), connection=connection())
         return {"token": value, "expires_at": expires_at}
+
+    @admin_app.post(f"{PREFIX}/token/revoke")
+    async def token_revoke() -> dict[str, bool]:
+        # Holding the token is what lets one end it; no second factor is asked for.
+        value = request.headers.get(ADMIN_TOKEN_HEADER, "")
+        if not value:
+            raise RequestRefused(422, "invalid-field",
+                                 f"send the token to revoke in {ADMIN_TOKEN_HEADER}")
+        return {"revoked": operator.revoke_token(value)}

@@ -3,8 +3,8 @@
 ``enroll`` prints the otpauth URI and a QR code in the terminal, then asks for the first code
 (which finishes enrolment); ``login`` trades a code for a short-lived admin token kept in
 ``DATA_DIR/admin-token`` (0600), which the other commands send with sensitive actions;
-``logout`` forgets it; ``disable`` needs a valid code; ``challenge PEER`` asks a peer to prove
-its key now.
+``logout`` revokes it on the node and forgets it; ``disable`` needs a valid code;
+``challenge PEER`` asks a peer to prove its key now.
 """
 
 from __future__ import annotations
@@ -90,11 +90,36 @@ def login(data_dir: Path, code: str) -> None:
 @auth_group.command()
 @DATA_DIR
 def logout(data_dir: Path) -> None:
-    """Forget the CLI's admin token."""
-    from openred.modules.authentication.files import ADMIN_TOKEN_FILE
+    """Revoke the CLI's admin token on the node, then forget it."""
+    import contextlib
+    import stat
+    import time
 
-    (data_dir / ADMIN_TOKEN_FILE).unlink(missing_ok=True)
-    click.echo("admin token removed")
+    from openred.cli_client import AdminClient, printable
+    from openred.errors import NodeNotRunning
+    from openred.modules.authentication.files import ADMIN_TOKEN_FILE, read_admin_token
+
+    path = data_dir / ADMIN_TOKEN_FILE
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(path.lstat().st_mode):
+            path.chmod(0o600)  # a token others could read is the one to revoke above all
+    if read_admin_token(data_dir, time.time()) is None:
+        path.unlink(missing_ok=True)
+        click.echo("no admin token to revoke (none, or expired)")
+        return
+    try:
+        AdminClient.from_data_dir(data_dir).post("authentication/token/revoke", {})
+    except NodeNotRunning:
+        # Tokens live in the node's memory only: a node that stopped forgot them all.
+        path.unlink(missing_ok=True)
+        click.echo("the node is not running: its admin tokens ended with it; token removed")
+        return
+    except OpenRedError as exc:
+        path.unlink(missing_ok=True)
+        _fail(f"the token was removed here but not revoked on the node ({exc}): it stays "
+              "valid until it expires")
+    path.unlink(missing_ok=True)
+    click.echo(printable(f"admin token revoked on the node and removed from {path}"))
 
 
 @auth_group.command()

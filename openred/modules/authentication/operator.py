@@ -6,20 +6,29 @@ State lives in ``DATA_DIR/operator-totp.json`` (0600): the TOTP secret *wrapped 
 with a first code, and the last time step accepted (a code — even within its window — is
 accepted once, across restarts too). Admin tokens are random, kept only as SHA-256 hashes in
 memory (a restart signs every CLI out) and expire after ``token_ttl`` seconds.
+
+Wrong codes are limited (``max_failures`` per ``failure_window``) in two separate counts: for
+connections opened on this machine by the node's user, the admin key's owner or root (the
+operator at the node: ``local``), and for every other (``elsewhere``). The admin API listens
+on loopback only, so a client's address says nothing; the kernel's socket table says whose a
+connection is (:func:`openred.procnet.connection_owner`). Someone holding a stolen bearer key
+as another user can keep ``elsewhere`` locked, never the operator at the node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
@@ -28,13 +37,21 @@ from openred.errors import ConfigurationError, RequestRefused
 from openred.files import write_private
 from openred.modules.authentication.files import TOTP_STATE_FILE
 from openred.modules.authentication.totp import SECRET_BYTES, match_step, provisioning_uri
+from openred.node.admin_keys import ADMIN_KEY_FILE
+from openred.procnet import connection_owner
 
 __all__ = ["WRAP_LABEL", "OperatorAuth"]
 
 logger = logging.getLogger("openred.authentication.operator")
 
 WRAP_LABEL = "operator-totp"
-RATE_KEY = "operator"
+LOCAL: Final = "local"
+"""Failures of connections the node's user, the admin key's owner or root opened here."""
+ELSEWHERE: Final = "elsewhere"
+"""Failures of every other connection (another user, another host, one the tables miss)."""
+
+Endpoints = tuple[Any, Any]
+"""A connection as the admin server saw it: (client, server), each ``(host, port)``."""
 
 
 def _write_private(path: Path, obj: dict[str, Any]) -> None:
@@ -50,6 +67,7 @@ class OperatorAuth:
         max_failures: int = 5, failure_window: float = 300.0,
         clock: Callable[[], float] = time.time,
         random: Callable[[int], bytes] = secrets.token_bytes,
+        owner_of: Callable[[Any, Any], int | None] = connection_owner,
     ) -> None:
         if not 30 <= token_ttl <= 86400:
             raise ConfigurationError("the admin token lifetime is 30..86400 seconds")
@@ -60,6 +78,7 @@ class OperatorAuth:
         self.clock = clock
         self.random = random
         self.failures = RateLimiter(max_failures, failure_window)
+        self.owner_of = owner_of
         self._tokens: dict[bytes, int] = {}
         self._lock = asyncio.Lock()
 
@@ -110,20 +129,20 @@ class OperatorAuth:
                     extra={"event": "OperatorSecondFactorEnrolling"})
         return provisioning_uri(secret, self.account)
 
-    async def confirm(self, code: str) -> None:
+    async def confirm(self, code: str, *, connection: Endpoints | None = None) -> None:
         """Finish enrolment with a first valid code; from now on sensitive actions need it."""
         state = self._state()
         if state is None or state.get("confirmed"):
             raise RequestRefused(409, "not-enrolling", "no enrolment is waiting for a code")
-        await self.verify(code, confirming=True)
+        await self.verify(code, confirming=True, connection=connection)
         logger.info("operator second factor enrolled",
                     extra={"event": "OperatorSecondFactorEnrolled"})
 
-    async def disable(self, code: str) -> None:
+    async def disable(self, code: str, *, connection: Endpoints | None = None) -> None:
         """Remove the second factor; needs a valid code (not a token)."""
         if not self.enrolled:
             raise RequestRefused(409, "not-enrolled", "no second factor is enrolled")
-        await self.verify(code)
+        await self.verify(code, connection=connection)
         self.path.unlink(missing_ok=True)
         self._tokens.clear()
         logger.warning("operator second factor disabled",
@@ -131,17 +150,37 @@ class OperatorAuth:
 
     # -- codes and tokens --
 
-    async def verify(self, code: str, *, confirming: bool = False) -> None:
-        """Accept ``code`` once, or raise 401 (wrong or reused) / 429 (too many failures)."""
+    def _caller(self, connection: Endpoints | None) -> tuple[str, int | None]:
+        """Whose failures an attempt on ``connection`` counts with; the uid if known."""
+        if connection is None:
+            return ELSEWHERE, None
+        uid = self.owner_of(*connection)
+        if uid is None:
+            return ELSEWHERE, None
+        local = {os.geteuid(), 0}
+        with contextlib.suppress(OSError):
+            local.add((self.path.parent / ADMIN_KEY_FILE).stat().st_uid)
+        return (LOCAL if uid in local else ELSEWHERE), uid
+
+    async def verify(self, code: str, *, confirming: bool = False,
+                     connection: Endpoints | None = None) -> None:
+        """Accept ``code`` once, or raise 401 (wrong or reused) / 429 (too many failures).
+
+        ``connection`` is the request's (client, server): failures are counted for the
+        operator at the node apart from everyone else (see the module's docstring).
+        """
+        # One read of /proc/net/tcp{,6} per code tried (never for a token or the bearer key).
+        caller, uid = await asyncio.to_thread(self._caller, connection)
+        who = {"caller": caller, "uid": uid}
         async with self._lock:
             # The failure check runs under the lock, after the attempts before this one were
             # counted: checked outside it, a burst of codes sent at once all saw "no failure
             # yet" and were all tried (N guesses per window instead of max_failures).
             now = self.now()
-            wait = self.failures.retry_after(RATE_KEY, now)
+            wait = self.failures.retry_after(caller, now)
             if wait is not None:
                 logger.warning("second factor attempt refused: too many failures",
-                               extra={"event": "OperatorSecondFactorRateLimited"})
+                               extra={"event": "OperatorSecondFactorRateLimited", **who})
                 raise RequestRefused(429, "rate-limited", "too many wrong codes: wait",
                                      retry_after=max(1, int(wait + 0.999)))
             state = self._state()
@@ -153,20 +192,22 @@ class OperatorAuth:
             last = state.get("last_step")
             reused = step is not None and isinstance(last, int) and step <= last
             if step is None or reused:
-                self.failures.hit(RATE_KEY, now)
+                self.failures.hit(caller, now)
                 reason = "reused-code" if reused else "wrong-code"
-                logger.warning("second factor code refused (%s)", reason,
-                               extra={"event": "OperatorSecondFactorFailed", "reason": reason})
+                logger.warning("second factor code refused (%s, %s)", reason, caller,
+                               extra={"event": "OperatorSecondFactorFailed", "reason": reason,
+                                      **who})
                 raise RequestRefused(401, "second-factor-failed",
                                      "the code is wrong, expired or already used")
             _write_private(self.path, {**state, "last_step": step,
                                        "confirmed": state.get("confirmed") or confirming})
 
-    async def issue_token(self, code: str) -> tuple[str, int]:
+    async def issue_token(self, code: str, *,
+                          connection: Endpoints | None = None) -> tuple[str, int]:
         """A short-lived admin token for a valid code; (token, expires_at)."""
         if not self.enrolled:
             raise RequestRefused(409, "not-enrolled", "no second factor is enrolled")
-        await self.verify(code)
+        await self.verify(code, connection=connection)
         now = self.now()
         self._tokens = {h: exp for h, exp in self._tokens.items() if exp > now}
         token = secrets.token_urlsafe(32)
@@ -176,20 +217,37 @@ class OperatorAuth:
                                                  "expires_at": expires_at})
         return token, expires_at
 
+    def revoke_token(self, token: str) -> bool:
+        """Forget ``token`` at once (``openred auth logout``); whether it was still valid.
+
+        Tokens live only in this process's memory, like their issue (a log line, not a log
+        entry): the revocation is a log line too (``AdminTokenRevoked``).
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self.now()
+        found = [h for h, exp in self._tokens.items()
+                 if hmac.compare_digest(digest, h) and exp > now]
+        for h in found:
+            del self._tokens[h]
+        if found:
+            logger.info("admin token revoked", extra={"event": "AdminTokenRevoked"})
+        return bool(found)
+
     def token_valid(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).digest()
         now = self.now()
         return any(hmac.compare_digest(digest, h) and exp > now
                    for h, exp in self._tokens.items())
 
-    async def require(self, *, token: str | None, code: str | None) -> None:
+    async def require(self, *, token: str | None, code: str | None,
+                      connection: Endpoints | None = None) -> None:
         """Let a sensitive action through: not enrolled, a valid token, or a valid code."""
         if not self.enrolled:
             return
         if token and self.token_valid(token):
             return
         if code:
-            await self.verify(code)
+            await self.verify(code, connection=connection)
             return
         raise RequestRefused(401, "second-factor-required",
                              "this action needs the second factor: run `openred auth login` "

@@ -59,6 +59,7 @@ sides keep a few small objects per chunk (the sender's tree, the receiver's fetc
 MAX_SIZE: Final = 1 << 50
 """Largest file an offer may describe (1 PiB): keeps chunk counts and offsets sane."""
 EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
+HASH_BYTES: Final = 32
 _FORBIDDEN = set('/\\<>:"|?*')
 OFFER_ID: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 _DIGEST = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -109,27 +110,58 @@ def _node(left: bytes, right: bytes) -> bytes:
 
 
 class HashTree:
-    """The whole tree over a file's leaves (2 × 32 bytes per chunk), for the sender's proofs."""
+    """The whole tree over a file's leaves, for the sender's proofs.
+
+    Each level is one ``bytes`` of 32-byte hashes side by side: ``2 × 32`` bytes per chunk in
+    all (:attr:`nbytes`), what the sender's cache of trees is bounded by. A list of one
+    ``bytes`` object per hash took about 73 bytes per hash (object header and pointer).
+    """
 
     def __init__(self, leaves: Sequence[bytes]) -> None:
-        self.levels: list[list[bytes]] = [list(leaves)]
-        while len(self.levels[-1]) > 1:
-            level = self.levels[-1]
-            up = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            if len(level) % 2:
-                up.append(level[-1])
-            self.levels.append(up)
+        level = b"".join(leaves)
+        if len(level) != HASH_BYTES * len(leaves):
+            raise ValueError("every leaf is a 32-byte hash")
+        self.levels: list[bytes] = self._build(level)
+
+    @classmethod
+    def from_leaves(cls, raw: bytes) -> HashTree:
+        """The tree over ``raw``, leaves side by side (a ``trees/<offer>.leaves`` file)."""
+        if len(raw) % HASH_BYTES:
+            raise ValueError("the leaves are not a whole number of 32-byte hashes")
+        tree = cls.__new__(cls)
+        tree.levels = cls._build(raw)
+        return tree
+
+    @staticmethod
+    def _build(level: bytes) -> list[bytes]:
+        levels = [level]
+        while len(level) > HASH_BYTES:
+            # A pair of neighbours is one 64-byte slice of the level below.
+            up = [hashlib.sha256(b"\x01" + level[i:i + 2 * HASH_BYTES]).digest()
+                  for i in range(0, len(level) - HASH_BYTES, 2 * HASH_BYTES)]
+            if len(level) // HASH_BYTES % 2:
+                up.append(level[-HASH_BYTES:])
+            level = b"".join(up)
+            levels.append(level)
+        return levels
 
     @property
     def size(self) -> int:
-        return len(self.levels[0])
+        return len(self.levels[0]) // HASH_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of hashes this tree holds (what it costs the sender's cache)."""
+        return sum(len(level) for level in self.levels)
 
     @property
     def root(self) -> bytes:
-        return self.levels[-1][0] if self.size else EMPTY_ROOT
+        return self.levels[-1] if self.size else EMPTY_ROOT
 
     def leaf(self, index: int) -> bytes:
-        return self.levels[0][index]
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.levels[0][index * HASH_BYTES:(index + 1) * HASH_BYTES]
 
     def proof(self, index: int) -> list[bytes]:
         if not 0 <= index < self.size:
@@ -137,8 +169,8 @@ class HashTree:
         path: list[bytes] = []
         for level in self.levels[:-1]:
             sibling = index ^ 1
-            if sibling < len(level):
-                path.append(level[sibling])
+            if sibling < len(level) // HASH_BYTES:
+                path.append(level[sibling * HASH_BYTES:(sibling + 1) * HASH_BYTES])
             index //= 2
         return path
 

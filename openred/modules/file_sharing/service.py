@@ -36,6 +36,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -52,6 +53,7 @@ import rfc8785
 from sqlmodel import col, func, select
 
 from openred.crypto.identity import b64url, from_b64url
+from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules.file_sharing import events as ev
 from openred.modules.file_sharing.domain import (
@@ -98,6 +100,16 @@ IN_FLIGHT: Final = 3
 DIGEST_RUN: Final = 8
 MAX_STANDING_OFFERS: Final = 256
 """Offers from one peer a node holds at once (neither expired nor ended): past that, 429."""
+OFFERS_LOGGED_PER_HOUR: Final = 256
+"""New offers from one peer a node logs in any hour: past that, 429 with Retry-After. An
+offer revoked (or expiring) at once never counts against :data:`MAX_STANDING_OFFERS`, yet is
+two entries in the log; this bounds what one peer adds to it (512 entries an hour)."""
+TREE_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""Hashes the sender keeps in memory for the trees of its offers being fetched: the tree of
+the largest offer (:data:`~.domain.MAX_CHUNKS` chunks) fits, 64 MiB less 32 bytes."""
+PREDICTABLE_NAMES: Final = 10
+"""Names tried in the download directory (``name``, ``name (1)`` … ``name (9)``) before one
+nobody can guess (``name (<16 random hex digits>)``)."""
 DISK_RESERVE: Final = 64 * 1024 * 1024
 """Free space a fetch leaves on the partial file's file system (for the node's own log)."""
 """Chunks the digest reads back in one go (at most)."""
@@ -268,6 +280,10 @@ class FileSharing:
         self.direct_io = direct_io
         """Write and read back partial files with O_DIRECT where possible (:mod:`.partial`)."""
         self._trees: OrderedDict[str, HashTree] = OrderedDict()
+        self.tree_cache_bytes = TREE_CACHE_BYTES
+        """What the cached trees may hold in all (the one in use is always kept)."""
+        self.offers_logged = RateLimiter(OFFERS_LOGGED_PER_HOUR, 3600.0)
+        """New offers logged per peer (node id) in the last hour."""
         self._read_buffers = _Buffers(IN_FLIGHT)
         """Chunk read buffers of the sender, reused across requests (a few MiB at most)."""
         self._fetching: set[str] = set()
@@ -412,7 +428,7 @@ class FileSharing:
         tree_path = self._tree_path(offer_id)
         tree_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tree_path.with_suffix(".tmp")
-        tmp.write_bytes(b"".join(leaves))
+        tmp.write_bytes(tree.levels[0])
         tmp.replace(tree_path)
         await self._log(offer_id, ev.FILE_OFFERED, {
             **terms.to_json(), "peer": peer, "session_id": channel.session_id,
@@ -439,15 +455,24 @@ class FileSharing:
             await self._call(row.peer, REVOKE, _json({"offer_id": offer_id}))
 
     async def _tree(self, row: FileOfferRow) -> HashTree:
+        """The offer's hash tree, from the cache or its leaves file (then cached).
+
+        The cache is bounded by the bytes of its trees, least recently used dropped first; the
+        tree asked for is always kept, so a fetch never rebuilds it chunk after chunk.
+        """
         tree = self._trees.get(row.offer_id)
         if tree is None:
             raw = await asyncio.to_thread(self._tree_path(row.offer_id).read_bytes)
-            tree = HashTree([raw[i:i + 32] for i in range(0, len(raw), 32)])
-            if b64url(tree.root) != row.root:
+            try:
+                tree = HashTree.from_leaves(raw)
+            except ValueError:
+                tree = None
+            if tree is None or b64url(tree.root) != row.root:
                 raise NodeRefused(409, "file-changed", "the offer's hash tree is damaged")
             self._trees[row.offer_id] = tree
-            while len(self._trees) > 8:
-                self._trees.popitem(last=False)
+            held = sum(t.nbytes for t in self._trees.values())
+            while held > self.tree_cache_bytes and len(self._trees) > 1:
+                held -= self._trees.popitem(last=False)[1].nbytes
         self._trees.move_to_end(row.offer_id)
         return tree
 
@@ -565,6 +590,16 @@ class FileSharing:
         if held >= MAX_STANDING_OFFERS:
             raise NodeRefused(429, "too-many-offers", f"this peer already holds {held} offers "
                               "of yours: wait until some are fetched, declined or expired")
+        # Checked and counted with no await in between: offers arriving at once cannot all
+        # pass before the first is counted.
+        wait = self.offers_logged.retry_after(ctx.peer, ctx.now)
+        if wait is not None:
+            refused = NodeRefused(429, "too-many-offers", "this peer received "
+                                  f"{self.offers_logged.limit} offers of yours in the last "
+                                  "hour: wait")
+            refused.retry_after = max(1, math.ceil(wait))
+            raise refused
+        self.offers_logged.hit(ctx.peer, ctx.now)
         return Outcome(answer, [NewEvent(ev.offer_stream(terms.offer_id), ev.FILE_OFFER_RECEIVED, {
             **terms.to_json(), "peer": ctx.peer, "session_id": ctx.session_id,
         })])
@@ -990,10 +1025,17 @@ class FileSharing:
 
     @staticmethod
     def _link_free(source: Path, name: str, target_dir: Path) -> Path:
-        """Hard-link ``source`` as ``name`` in ``target_dir``, or ``name (n)``: never replacing."""
+        """Hard-link ``source`` as ``name`` in ``target_dir``, or ``name (n)``: never replacing.
+
+        After :data:`PREDICTABLE_NAMES` names taken, ``name (<random>)``: whoever can write
+        the directory could take every ``name (n)`` in advance and make each fetch into it
+        fail. ``link`` never replaces a name, so each try is an exclusive create.
+        """
         stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
-        for n in range(10_000):
-            candidate = target_dir / (name if n == 0 else f"{stem} ({n}){dot}{ext}")
+        for n in range(PREDICTABLE_NAMES + 8):
+            suffix = "" if n == 0 else f" ({n})" if n < PREDICTABLE_NAMES else (
+                f" ({secrets.token_hex(8)})")
+            candidate = target_dir / (name if n == 0 else f"{stem}{suffix}{dot}{ext}")
             try:
                 os.link(source, candidate)
             except FileExistsError:

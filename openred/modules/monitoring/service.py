@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -34,8 +37,8 @@ from openred.web.metrics import (
 if TYPE_CHECKING:
     from quart import Quart
 
-__all__ = ["METRICS_ADDRESS", "monitor_directory", "monitor_node", "register_admin_metrics",
-           "watch_reachability"]
+__all__ = ["METRICS_ADDRESS", "SeriesNames", "monitor_directory", "monitor_node",
+           "register_admin_metrics", "watch_reachability"]
 
 logger = logging.getLogger("openred.monitoring")
 
@@ -44,15 +47,55 @@ NODE_EXTENSION = "openred.node"
 REACHABILITY_EXTENSION = "openred.reachability"
 
 
+class SeriesNames:
+    """The ``openred_dependency_up`` label of a reachability target, never its address.
+
+    ``directory`` stays itself; ``peer host:port`` (a node's) and ``node host:port`` (the
+    directory's targets) become ``peer <16 hex digits>`` and ``node <…>``: an HMAC of the
+    target under a key this process draws at start. Whoever reads the metrics (a listener on
+    0.0.0.0 for a Prometheus elsewhere) sees how many peers answer, not where they are; the
+    first time a target gets a series, one INFO line of the service's own log names both
+    (``DependencySeries``). The names change when the process restarts.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else secrets.token_bytes(32)
+        self._named: set[str] = set()
+
+    def name(self, target: str) -> str:
+        kind, space, _ = target.partition(" ")
+        if not space:
+            return target
+        digest = hmac.new(self._key, target.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"{kind} {digest[:16]}"
+
+    def __call__(self, target: str) -> str:
+        """:meth:`name`, logging the pair the first time."""
+        name = self.name(target)
+        if name != target and target not in self._named:
+            self._named.add(target)
+            logger.info("%s is %s in the metrics", target, name,
+                        extra={"event": "DependencySeries", "target": target, "series": name})
+        return name
+
+    def forget(self, target: str) -> None:
+        self._named.discard(target)
+
+
 def _reachability(metrics: Metrics) -> Reachability:
-    """Reachability whose changes set ``openred_dependency_up`` (and forget its series)."""
+    """Reachability whose changes set ``openred_dependency_up`` (and forget its series).
+
+    At most ``Reachability.MAX_TARGETS`` series, each named by :class:`SeriesNames`.
+    """
+    names = SeriesNames()
 
     def forget(target: str) -> None:
         with contextlib.suppress(KeyError):
-            metrics.dependency_up.remove(target)
+            metrics.dependency_up.remove(names.name(target))
+        names.forget(target)
 
     return Reachability(on_change=lambda target, up: metrics.dependency_up.labels(
-        target).set(1 if up else 0), on_forget=forget)
+        names(target)).set(1 if up else 0), on_forget=forget)
 
 
 def watch_reachability(http: Any, reachability: Reachability, name_of: Any) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 from quart import Quart
@@ -254,3 +255,60 @@ async def test_concurrent_wrong_codes_cannot_outrun_the_rate_limit(admin: Admin)
     statuses = [r.status_code for r in replies]
     assert statuses.count(401) == 5, statuses
     assert statuses.count(429) == len(guesses) - 5, statuses
+
+
+async def test_logout_revokes_the_token_on_the_node(admin: Admin) -> None:
+    """``openred auth logout`` only removed the CLI's file: a copy of the token taken before
+    (a backup, another user's read of a badly kept file, a shell history) kept opening
+    sensitive actions until it expired, 15 minutes later. Now the node forgets it."""
+    data = admin.node.data
+    await admin.enrolled()
+    async with serve_in_loop(admin.app) as url:
+        (data / ADMIN_URL_FILE).write_text(url + "\n")
+
+        def cli(*args: str) -> Any:
+            return CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+
+        login = await asyncio.to_thread(cli, "auth", "login", "--code", admin.code())
+        assert login.exit_code == 0, login.output
+        stolen = AdminClient.from_data_dir(data).admin_token
+        assert stolen and await admin.inbox(**{"X-OpenRed-Admin-Token": stolen}) == 200
+        logout = await asyncio.to_thread(cli, "auth", "logout")
+        assert logout.exit_code == 0, logout.output
+        assert not (data / ADMIN_TOKEN_FILE).exists()
+        assert await admin.inbox(**{"X-OpenRed-Admin-Token": stolen}) == 401
+        assert "revoked" in logout.output
+        assert (await admin.post("token/revoke", {})).status_code == 422  # which token?
+        # Logging out again (no token left) says so and changes nothing.
+        again = await asyncio.to_thread(cli, "auth", "logout")
+        assert again.exit_code == 0 and "no admin token" in again.output
+
+
+async def test_wrong_codes_from_elsewhere_do_not_lock_out_the_operator_at_the_node(
+    admin: Admin, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever holds a stolen bearer key could send five wrong codes every five minutes: one
+    limit for everyone, so the operator's own logins were refused (429) for as long as the
+    attacker kept at it. Failures are now counted apart for connections the node's user, the
+    admin key's owner or root opened on this machine (the kernel's socket table says whose a
+    connection is): the attacker's connections, which the node cannot attribute to one of
+    them (here the in-process test client; another user's or another host's alike), lock
+    out only each other."""
+    caplog.set_level(logging.INFO, "openred")
+    await admin.enrolled()
+    for _ in range(5):
+        assert await admin.inbox(**{"X-OpenRed-TOTP": "123456"}) == 401
+    assert await admin.inbox(**{"X-OpenRed-TOTP": admin.code()}) == 429
+    async with serve_in_loop(admin.app) as url, aiohttp.ClientSession() as session:
+        async def inbox(code: str) -> int:
+            async with session.get(f"{url}{INBOX}", headers=admin.headers(
+                    **{"X-OpenRed-TOTP": code})) as reply:
+                return reply.status
+
+        assert await inbox(admin.code()) == 200  # the operator, at the node
+        for _ in range(5):
+            assert await inbox("123456") == 401  # its own failures still count, for it
+        assert await inbox(admin.code(30)) == 429
+    failed = [r for r in caplog.records if getattr(r, "event", "") ==
+              "OperatorSecondFactorFailed"]
+    assert [getattr(r, "caller", None) for r in failed] == ["elsewhere"] * 5 + ["local"] * 5

@@ -67,6 +67,12 @@ def test_the_tree_is_the_documented_one() -> None:
     assert HashTree([]).root == EMPTY_ROOT == hashlib.sha256(b"").digest()
     # A leaf can never pass for an inner node: the prefixes differ.
     assert HashTree([la, lb]).root != h(b"\0", la + lb)
+    # Levels are stored side by side: 3 + 2 + 1 hashes of 32 bytes.
+    assert HashTree([la, lb, lc]).nbytes == 6 * 32
+    assert HashTree.from_leaves(la + lb + lc).proof(2) == HashTree([la, lb, lc]).proof(2)
+    for bad in (lambda: HashTree([la, b"short"]), lambda: HashTree.from_leaves(la + b"x")):
+        with pytest.raises(ValueError):
+            bad()
 
 
 def terms(**change: object) -> dict[str, object]:

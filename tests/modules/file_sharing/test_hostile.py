@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from openred.crypto.identity import b64url
+from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused
 from openred.modules.file_sharing import service
 from openred.modules.file_sharing.domain import (
@@ -26,7 +28,7 @@ from openred.modules.file_sharing.domain import (
     MIN_CHUNK_SIZE,
     OfferTerms,
 )
-from openred.modules.file_sharing.service import CHUNK, OFFER, _json, new_offer_id
+from openred.modules.file_sharing.service import CHUNK, OFFER, REVOKE, _json, new_offer_id
 from tests.modules.file_sharing.world import Pair, files, verified_pair
 from tests.node.world import Directory, JailPair
 
@@ -286,3 +288,86 @@ async def test_a_path_that_is_not_utf8_is_refused_before_anything_is_done(
     assert (caught.value.status, caught.value.reason) == (422, "invalid-path")
     assert list(odd.iterdir()) == [odd / "f"]
     await files(pair.b).fetch(offer.offer_id)
+
+
+async def test_a_peer_cannot_grow_the_log_with_offers_it_revokes_at_once(pair: Pair) -> None:
+    # Offered then revoked (or short-lived, then expired), an offer never counts against the
+    # standing cap, yet each one is two entries in the receiver's log, for ever. Past the
+    # per-peer budget of offers logged: 429 with Retry-After, and nothing logged.
+    b = files(pair.b)
+    b.offers_logged = RateLimiter(3, HOUR)
+    for _ in range(3):
+        terms = crafted(1000, MIN_CHUNK_SIZE)
+        await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))
+        await files(pair.a)._call(pair.b.id, REVOKE, _json({"offer_id": terms.offer_id}))
+    before = len(await pair.b.services.store.read())
+    extra = crafted(1000, MIN_CHUNK_SIZE)
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.a)._call(pair.b.id, OFFER, _json(extra.to_json()))
+    assert (caught.value.status, caught.value.reason) == (429, "too-many-offers")
+    assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= HOUR
+    assert await b.offer(extra.offer_id) is None
+    await files(pair.a)._call(pair.b.id, OFFER, _json(terms.to_json()))  # known: answered
+    assert len(await pair.b.services.store.read()) == before
+    # The sender's own offers are not limited by what it receives.
+    (pair.a.data / "f").write_bytes(b"mine")
+    back = await b.share(pair.a.id, pair.a.data / "f", expires_in=HOUR)
+    assert await files(pair.a).offer(back.offer_id) is not None
+
+
+def tree_bytes(chunks: int) -> int:
+    """The hashes of the tree over ``chunks`` leaves (every level), 32 bytes each."""
+    total = 0
+    while True:
+        total += chunks
+        if chunks <= 1:
+            return 32 * total
+        chunks = (chunks + 1) // 2
+
+
+async def test_the_senders_cache_of_hash_trees_is_bounded_by_bytes(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    # The sender kept the trees of its last 8 offers asked for, whatever their size: at 2^20
+    # chunks a tree held ~150 MB of small objects, 8 of them over a gigabyte.
+    a = files(pair.a)
+    a.tree_cache_bytes = tree_bytes(3) + tree_bytes(2)
+    offers = []
+    for n, chunks in enumerate((3, 2, 3)):
+        source = tmp_path / f"f{n}"
+        source.write_bytes(os.urandom(CHUNK_SIZE * (chunks - 1) + 10))
+        offers.append(await a.share(pair.b.id, source, expires_in=HOUR))
+    for offer in offers:
+        request = _json({"offer_id": offer.offer_id, "offset": 0, "length": CHUNK_SIZE})
+        await files(pair.b)._call(pair.a.id, CHUNK, request)
+    cached = sum(tree_bytes(tree.size) for tree in a._trees.values())
+    assert 0 < cached <= a.tree_cache_bytes
+    assert offers[-1].offer_id in a._trees  # the tree just used stays
+    # A leaves file cut in the middle of a hash is a damaged tree (409), not a 500.
+    leaves = a._tree_path(offers[0].offer_id)
+    leaves.write_bytes(leaves.read_bytes()[:-1])
+    a._trees.pop(offers[0].offer_id, None)
+    request = _json({"offer_id": offers[0].offer_id, "offset": 0, "length": CHUNK_SIZE})
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b)._call(pair.a.id, CHUNK, request)
+    assert (caught.value.status, caught.value.reason) == (409, "file-changed")
+
+
+async def test_names_planted_in_the_download_directory_do_not_block_a_fetch(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    # A local user who can write the download directory creates `name` and `name (1)` ...
+    # `name (9999)`: every fetch into that directory failed with 409 `name-taken`. After a
+    # few taken names the file gets one nobody can guess (and the link is still exclusive).
+    data = os.urandom(100)
+    (tmp_path / "report.bin").write_bytes(data)
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "report.bin", expires_in=HOUR)
+    out = tmp_path / "downloads"
+    out.mkdir()
+    planted = {"report.bin", *(f"report ({n}).bin" for n in range(1, 10_000))}
+    for name in planted:
+        (out / name).touch()
+    path = await files(pair.b).fetch(offer.offer_id, out=out)
+    assert path.parent == out and path.name not in planted
+    assert re.fullmatch(r"report \([0-9a-f]{16}\)\.bin", path.name), path.name
+    assert path.read_bytes() == data

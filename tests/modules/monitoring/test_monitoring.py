@@ -87,6 +87,30 @@ async def test_metrics_are_served_apart_from_the_p2p_port_and_parse(
     assert ("openred_handshakes_rejected_total", ()) not in found  # labelled: no empty sample
 
 
+async def test_reachability_series_do_not_name_peers_addresses(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``openred_dependency_up`` was labelled ``peer host:port``: with the metrics listener on
+    0.0.0.0 (as a Prometheus elsewhere needs), whoever reached that port read the address of
+    every peer the node talked to. The label is now a key nobody outside the node can map
+    back to an address; the node's own log names both."""
+    caplog.set_level(logging.INFO, "openred")
+    async with JailClient(jails.procs[0].socket_path) as jail, monitored(
+        jail, directory, tmp_path / "m", monkeypatch) as (node, metrics_url):
+        peer = node.url.removeprefix("http://")  # any URL that answers will do as a peer's
+        reply = await node.services.http.request("GET", f"{node.url}/api/v3/health")
+        assert reply.status == 200
+        text = (await get(metrics_url))[2]
+    up = {dict(k[1])["dependency"]: v for k, v in samples(text).items()
+          if k[0] == "openred_dependency_up"}
+    peers = [label for label in up if label.startswith("peer ")]
+    assert len(peers) == 1 and up[peers[0]] == 1, up
+    assert peer not in text and peer.split(":")[1] not in peers[0]
+    assert any(getattr(r, "series", None) == peers[0] and getattr(r, "target", "") ==
+               f"peer {peer}" for r in caplog.records)
+
+
 async def test_scraping_under_load_counts_every_request(
     jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
