@@ -240,6 +240,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         unlink_socket(socket_path, sock)
         split.shutdown(wait=False, cancel_futures=True)
+        if witness is not None:
+            witness.close()  # syncs what the directory's grant checkpoints left unsynced
     return 0
 
 

@@ -21,6 +21,9 @@ compromised node therefore cannot have the jail pre-sign requests or grants for 
 nor sign another log's checkpoints. With a witness file (``--witness-file``), every
 checkpoint it signs must extend the last one it signed for that origin (a consistency proof),
 so a forked, rewritten or rolled-back log never gets a checkpoint again (crypto_jail/witness.py).
+A checkpoint signed by ``sign_checkpoint`` is synced to the witness file before its signature
+is returned; one signed as an item of ``sign``/``sign_many`` (the directory's per-grant
+checkpoints, many a second) is written to it but synced later (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -277,8 +280,13 @@ def op_sign(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     return {"signature": b64e(_sign_checked(state, kind, data))}
 
 
-def _sign_checked(state: JailState, kind: str, data: bytes) -> bytes:
-    """The signature over ``data`` if it is a signable structure of ``kind`` in time."""
+def _sign_checked(state: JailState, kind: str, data: bytes,
+                  proof: list[bytes] | None = None) -> bytes:
+    """The signature over ``data`` if it is a signable structure of ``kind`` in time.
+
+    A checkpoint meets the witness (if any) with ``proof``, written to its file but not synced
+    (see the module docstring).
+    """
     check = _SIGNABLE.get(kind)
     if check is None:
         raise OpRefused(BAD_REQUEST, f"unknown kind; use one of {sorted(_SIGNABLE)}")
@@ -286,19 +294,24 @@ def _sign_checked(state: JailState, kind: str, data: bytes) -> bytes:
         raise OpRefused(REFUSED, f"not a signable structure of kind {kind}")
     _check_in_time(state, kind, data)
     if kind == "checkpoint" and state.witness is not None:
-        return state.witness.sign(data, None, state.sign_bytes)
+        return state.witness.sign(data, proof, state.sign_bytes, durable=False)
     return state.sign_bytes(data)
 
 
 def op_sign_many(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """{items: [{kind, data}, ...]} → {results: [{signature} | {error, detail}, ...]}, in order.
+    """{items: [{kind, data[, consistency_proof]}, ...]} → {results: [{signature} |
+    {error, detail}, ...]}, in order.
 
     Exactly ``sign`` for each item — same kinds, same recognizers, same time and origin
     checks — in one round trip (a directory's grant needs three signatures; concurrent grants
-    share calls). One to :data:`MAX_SIGN_MANY` items. A malformed request (items not a list,
-    an item not exactly ``{kind, data}``, a kind that is not a string, data that is not
-    base64url) refuses the whole call; an item that ``sign`` would refuse gets its own error
-    (code and detail as ``sign`` answers) and the others are still signed.
+    share calls). One to :data:`MAX_SIGN_MANY` items. An item of kind ``checkpoint`` may
+    carry the ``consistency_proof`` ``sign_checkpoint`` takes, which a jail with a witness
+    needs to sign a larger tree than the last one it signed (the directory's per-grant
+    checkpoints travel this way). A malformed request (items not a list, an item not exactly
+    ``{kind, data}`` — or with a proof, of another kind or malformed —, a kind that is not a
+    string, data that is not base64url) refuses the whole call; an item that ``sign`` would
+    refuse gets its own error (code and detail as ``sign`` answers) and the others are still
+    signed.
     """
     _check_keys(args, ("items",))
     items = args["items"]
@@ -306,16 +319,20 @@ def op_sign_many(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
         raise OpRefused(BAD_REQUEST, "items must be a non-empty list")
     if len(items) > MAX_SIGN_MANY:
         raise OpRefused(BAD_REQUEST, f"at most {MAX_SIGN_MANY} items per sign_many")
-    parsed: list[tuple[str, bytes]] = []
+    parsed: list[tuple[str, bytes, list[bytes] | None]] = []
     for item in items:
         if not isinstance(item, dict):
             raise OpRefused(BAD_REQUEST, "each item is an object {kind, data}")
-        _check_keys(item, ("kind", "data"))
-        parsed.append((_str(item, "kind"), _bytes(item, "data")))
+        proven = "consistency_proof" in item
+        _check_keys(item, ("kind", "data", "consistency_proof") if proven else ("kind", "data"))
+        kind = _str(item, "kind")
+        if proven and kind != "checkpoint":
+            raise OpRefused(BAD_REQUEST, "only a checkpoint carries a consistency_proof")
+        parsed.append((kind, _bytes(item, "data"), _proof(item) if proven else None))
     results: list[dict[str, str]] = []
-    for kind, data in parsed:
+    for kind, data, proof in parsed:
         try:
-            results.append({"signature": b64e(_sign_checked(state, kind, data))})
+            results.append({"signature": b64e(_sign_checked(state, kind, data, proof))})
         except OpRefused as exc:
             results.append({"error": exc.code, "detail": exc.detail})
     return {"results": results}
@@ -386,14 +403,16 @@ def op_sign_checkpoint(state: JailState, args: Mapping[str, Any]) -> dict[str, A
     _check_origin(state, body)
     if state.witness is None:
         return {"signature": b64e(state.sign_bytes(body))}
-    proof: list[bytes] | None = None
-    if "consistency_proof" in args:
-        raw = args["consistency_proof"]
-        if not isinstance(raw, list) or len(raw) > MAX_PROOF:
-            raise OpRefused(BAD_REQUEST, f"consistency_proof must be a list of at most "
-                                         f"{MAX_PROOF} hashes")
-        proof = [_hash(h) for h in raw]
-    return {"signature": b64e(state.witness.sign(body, proof, state.sign_bytes))}
+    proof = _proof(args) if "consistency_proof" in args else None
+    return {"signature": b64e(state.witness.sign(body, proof, state.sign_bytes, durable=True))}
+
+
+def _proof(args: Mapping[str, Any]) -> list[bytes]:
+    raw = args["consistency_proof"]
+    if not isinstance(raw, list) or len(raw) > MAX_PROOF:
+        raise OpRefused(BAD_REQUEST, f"consistency_proof must be a list of at most "
+                                     f"{MAX_PROOF} hashes")
+    return [_hash(h) for h in raw]
 
 
 def _hash(value: object) -> bytes:

@@ -17,10 +17,19 @@ witnessed body out (public data) so the node can check, each time it opens its l
 file still holds what the jail signed (a log rolled back or rewritten while the node was
 stopped is refused).
 
-The file has two fixed-size slots written alternately (``write`` + ``fsync``; no rename, which
-the jail's seccomp filter does not allow), each with a counter and a SHA-256 of its contents:
-a torn write leaves the other slot, one checkpoint older. A file that cannot be read at all is
-an error at start (the jail does not silently forget what it witnessed).
+The file has two fixed-size slots (no rename, which the jail's seccomp filter does not allow),
+each with a counter and a SHA-256 of its contents; the newest intact slot wins. A write goes to
+the slot that does *not* hold the newest content made durable (``fsync``), so a torn write —
+or a power loss before an ``fsync`` — leaves that one: the witness can come back older than
+what was signed, never damaged and never ahead. A file that cannot be read at all is an error
+at start (the jail does not silently forget what it witnessed).
+
+How durable a new checkpoint must be before its signature leaves is the caller's ``durable``
+(docs/decisions.md, "The directory's jail witnesses its log"): always written to the file
+first (so it survives the death of any process), and ``fsync``-ed too unless ``durable`` is
+False. Lagging is safe because a checkpoint is only ever signed over entries its log has
+already committed: after a power loss the witness is at most as new as the log, never newer
+(which would stop an intact log from opening).
 """
 
 from __future__ import annotations
@@ -94,33 +103,52 @@ class Witness:
         self._lock = threading.Lock()
         self._bodies: dict[str, bytes] = {}
         self._counter = 0
-        self._load()
+        # The slot holding the newest content known durable, and whether a newer one was
+        # written (not synced) since: the next write goes to the other slot.
+        self._durable_slot = 0
+        self._dirty = False
+        found = self._load()
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
             self._fd = os.open(path, flags, 0o600)
+            if found:
+                # What was read may be a write a previous jail never synced (it died, the
+                # machine did not): make it the durable slot before writing the other one.
+                os.fsync(self._fd)
         except OSError as exc:
             raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
+        if not found:
+            # An intact slot from the start, so that no torn write can leave none.
+            try:
+                self._write_slot(0, self._slot(0, {}))
+                self._sync(0)
+            except OpRefused as exc:
+                os.close(self._fd)
+                raise WitnessError(f"{path}: {exc.detail}") from None
 
-    def _load(self) -> None:
+    def _load(self) -> bool:
+        """Read the newest intact slot; whether the file held one."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise WitnessError(f"cannot read the witness file {self.path}: {exc.strerror}") \
                 from None
         best: tuple[int, dict[str, bytes]] | None = None
-        for start in (0, SLOT_SIZE):
-            slot = data[start:start + SLOT_SIZE]
+        for index in (0, 1):
+            slot = data[index * SLOT_SIZE:(index + 1) * SLOT_SIZE]
             parsed = self._parse_slot(slot)
             if parsed is not None and (best is None or parsed[0] > best[0]):
                 best = parsed
+                self._durable_slot = index
         if best is None:
             if data.strip(b"\x00"):
                 raise WitnessError(f"the witness file {self.path} is damaged: no slot is intact "
                                    "(move it away only if the log itself verifies)")
-            return
+            return False
         self._counter, self._bodies = best
+        return True
 
     @staticmethod
     def _parse_slot(slot: bytes) -> tuple[int, dict[str, bytes]] | None:
@@ -139,8 +167,8 @@ class Witness:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def _store(self, bodies: dict[str, bytes]) -> None:
-        counter = self._counter + 1
+    @staticmethod
+    def _slot(counter: int, bodies: dict[str, bytes]) -> bytes:
         content = json.dumps({
             "counter": counter,
             "checkpoints": {o: base64.b64encode(b).decode() for o, b in sorted(bodies.items())},
@@ -148,16 +176,36 @@ class Witness:
         slot = _MAGIC + hashlib.sha256(content).digest() + len(content).to_bytes(4, "big") + content
         if len(slot) > SLOT_SIZE:
             raise OpRefused(REFUSED, "the witness holds too many origins")
+        return slot
+
+    def _write_slot(self, index: int, slot: bytes) -> None:
         try:
-            os.lseek(self._fd, (counter % 2) * SLOT_SIZE, os.SEEK_SET)
+            os.lseek(self._fd, index * SLOT_SIZE, os.SEEK_SET)
             data = slot.ljust(SLOT_SIZE, b"\x00")
             while data:
                 data = data[os.write(self._fd, data):]
-            os.fsync(self._fd)
         except OSError as exc:
             raise OpRefused(REFUSED, f"the witness file cannot be written: {exc.strerror}") \
                 from None
+
+    def _sync(self, written: int) -> None:
+        """``fsync``; slot ``written`` (the last one written) is then the durable one."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OpRefused(REFUSED, f"the witness file cannot be synced: {exc.strerror}") \
+                from None
+        self._durable_slot = written
+        self._dirty = False
+
+    def _store(self, bodies: dict[str, bytes], *, durable: bool) -> None:
+        counter = self._counter + 1
+        target = 1 - self._durable_slot
+        self._write_slot(target, self._slot(counter, bodies))
         self._counter = counter
+        self._dirty = True
+        if durable:
+            self._sync(target)
 
     def witnessed(self, origin: str) -> bytes | None:
         """The newest checkpoint body signed for ``origin``, or None."""
@@ -165,10 +213,12 @@ class Witness:
             return self._bodies.get(origin)
 
     def sign(self, body: bytes, proof: Sequence[bytes] | None,
-             sign: Callable[[bytes], bytes]) -> bytes:
+             sign: Callable[[bytes], bytes], *, durable: bool = True) -> bytes:
         """Check ``body`` extends the witnessed checkpoint, sign it, remember it; the signature.
 
-        The body must already have passed the jail's origin and structure checks.
+        The body must already have passed the jail's origin and structure checks. It is in the
+        file before the signature is returned, and synced to disk too when ``durable`` (a
+        ``durable`` call also syncs a body written before without, signing it again).
         """
         origin, size, root = _checkpoint(body)
         if proof is not None and len(proof) > MAX_PROOF:
@@ -188,9 +238,19 @@ class Witness:
                                              f"this jail signed last (size {held_size})")
             signature = sign(body)
             if held != body:
-                self._store({**self._bodies, origin: body})
+                self._store({**self._bodies, origin: body}, durable=durable)
                 self._bodies[origin] = body
+            elif durable and self._dirty:
+                self._sync(1 - self._durable_slot)
             return signature
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Sync what was written without (a jail that stops cleanly leaves it durable)."""
+        with self._lock:
+            try:
+                if self._dirty:
+                    self._sync(1 - self._durable_slot)
+            except OpRefused:
+                pass  # it stays what the page cache holds: at worst older after a power loss
+            finally:
+                os.close(self._fd)

@@ -173,8 +173,13 @@ class ServiceSettings:
 
     @property
     def jail_witness_path(self) -> Path | None:
-        """Where a jail this service starts keeps its checkpoint witness (None: it keeps none)."""
-        return None
+        """Where a jail this service starts keeps its checkpoint witness (None: it keeps none).
+
+        Beside the keystore: the jail signs only checkpoints that extend the last one it signed,
+        and the store refuses at open a log that does not hold that one (crypto_jail/witness.py;
+        a backup restored on purpose means moving this file aside first).
+        """
+        return self.data_dir / "keystore.witness"
 
     @property
     def passphrase_path(self) -> Path:

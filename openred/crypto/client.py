@@ -48,6 +48,7 @@ from crypto_jail.protocol import (
     encode_request,
     parse_response,
 )
+from crypto_jail.witness import MAX_PROOF
 from openred.crypto.identity import BoxKey, EntryHash, NodeId, Signature, SignKey
 from openred.errors import (
     JailDecryptionFailed,
@@ -757,9 +758,11 @@ class JailClient:
                                    len(chunk)))
         return out
 
-    async def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[Signature | JailRefused]:
+    async def sign_many(self, items: Sequence[SignItem]) -> list[Signature | JailRefused]:
         """:meth:`sign` for each ``(kind, data)`` in one round trip per :data:`MAX_SIGN_MANY`.
 
+        An item ``("checkpoint", body, proof)`` carries a consistency proof, as
+        :meth:`sign_checkpoint` does (a jail with a witness wants one for a larger tree).
         In order: a signature, or the :class:`~openred.errors.JailRefused` the jail answered
         for that item (the exception :meth:`sign` would raise; the caller raises it). A refusal
         of the whole call (a malformed request) and a jail that cannot be reached raise.
@@ -767,8 +770,7 @@ class JailClient:
         out: list[Signature | JailRefused] = []
         for start in range(0, len(items), MAX_SIGN_MANY):
             chunk = items[start : start + MAX_SIGN_MANY]
-            result = await self.call("sign_many", {
-                "items": [{"kind": kind, "data": b64e(data)} for kind, data in chunk]})
+            result = await self.call("sign_many", {"items": [_sign_item(i) for i in chunk]})
             out.extend(_sign_many_results(result, len(chunk)))
         return out
 
@@ -854,6 +856,17 @@ class JailClient:
         return _need(result, "plaintext")
 
 
+SignItem = tuple[str, bytes] | tuple[str, bytes, Sequence[bytes]]
+"""An item of :meth:`JailClient.sign_many`: (kind, data), or a checkpoint with its proof."""
+
+
+def _sign_item(item: SignItem) -> dict[str, Any]:
+    wire: dict[str, Any] = {"kind": item[0], "data": b64e(item[1])}
+    if len(item) == 3:
+        wire["consistency_proof"] = [b64e(h) for h in item[2]]
+    return wire
+
+
 def _sign_many_results(result: dict[str, Any], count: int) -> list[Signature | JailRefused]:
     results = result.get("results")
     if not isinstance(results, list) or len(results) != count:
@@ -894,6 +907,9 @@ class SignCoalescer:
     that is not a string, or ``data`` above :data:`ALONE_ABOVE` bytes (the jail signs
     nothing that large; a full batch of such items would not fit one frame) — is sent alone
     through :meth:`JailClient.sign`, so whatever that refusal is, it is its caller's only.
+    :meth:`sign_checkpoint` does the same for a checkpoint whose proof the jail would refuse
+    as malformed (more than ``MAX_PROOF`` hashes, one not 32 bytes) or that is too large with
+    it; it goes alone through :meth:`JailClient.sign_checkpoint`.
     """
 
     def __init__(self, client: JailClient, *, max_batch: int = MAX_SIGN_MANY) -> None:
@@ -901,12 +917,25 @@ class SignCoalescer:
             raise ValueError(f"max_batch must be 1-{MAX_SIGN_MANY}")
         self._client = client
         self._max = max_batch
-        self._open: list[tuple[str, bytes, asyncio.Future[Signature]]] | None = None
+        self._open: list[tuple[SignItem, asyncio.Future[Signature]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def sign(self, kind: str, data: bytes) -> Signature:
         if type(data) is not bytes or type(kind) is not str or len(data) > ALONE_ABOVE:
             return await self._client.sign(kind, data)
+        return await self._join((kind, data))
+
+    async def sign_checkpoint(self, body: bytes, consistency_proof: Sequence[bytes]) -> Signature:
+        """:meth:`JailClient.sign_checkpoint` with a proof, in the batch (item kind
+        ``checkpoint`` with its ``consistency_proof``); alone when no batch may carry it."""
+        proof = list(consistency_proof)
+        if (type(body) is not bytes or len(proof) > MAX_PROOF
+                or len(body) + 32 * len(proof) > ALONE_ABOVE
+                or any(type(h) is not bytes or len(h) != 32 for h in proof)):
+            return await self._client.sign_checkpoint(body, proof)
+        return await self._join(("checkpoint", body, proof))
+
+    async def _join(self, item: SignItem) -> Signature:
         future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
         batch = self._open
         if batch is None or len(batch) >= self._max:
@@ -914,24 +943,24 @@ class SignCoalescer:
             task = asyncio.ensure_future(self._send(batch))  # its first step runs next turn
             self._tasks.add(task)  # keep a reference until it is done
             task.add_done_callback(self._tasks.discard)
-        batch.append((kind, data, future))
+        batch.append((item, future))
         return await future
 
-    async def _send(self, batch: list[tuple[str, bytes, asyncio.Future[Signature]]]) -> None:
+    async def _send(self, batch: list[tuple[SignItem, asyncio.Future[Signature]]]) -> None:
         if self._open is batch:
             self._open = None  # what is asked from now on goes to the next batch
         try:
-            results = await self._client.sign_many([(kind, data) for kind, data, _ in batch])
+            results = await self._client.sign_many([item for item, _ in batch])
         except asyncio.CancelledError:
-            for _, _, future in batch:
+            for _, future in batch:
                 future.cancel()
             raise
         except Exception as exc:
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller was cancelled
                 continue
             if isinstance(result, JailRefused):

@@ -55,13 +55,12 @@ from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
 from openred.directory.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.directory.tree import ProofTree
-from openred.errors import OpenRedError, RequestRefused, StoreError
+from openred.errors import OpenRedError, RequestRefused, StoreError, TamperedLog
 from openred.settings import DirectorySettings
 from openred.store.checkpoint import (
     Checkpoint,
     parse_checkpoint_body,
     parse_signed_note,
-    sign_checkpoint,
     vkey,
 )
 from openred.store.events import NewEvent, StoredEvent
@@ -278,10 +277,13 @@ class DirectoryService:
         """Open the directory's log (kind ``directory``) and everything that reads it."""
         signer = await JailSigner.create(jail)
         signs = SignCoalescer(jail, max_batch=SIGN_BATCH)
-        store = await SQLiteEventStore.open(
-            settings.data_dir, signer, kind="directory", registry=directory_registry(),
-            projections=directory_projections(),
-        )
+        try:
+            store = await SQLiteEventStore.open(
+                settings.data_dir, signer, kind="directory", registry=directory_registry(),
+                projections=directory_projections(),
+            )
+        except TamperedLog as exc:
+            raise TamperedLog(exc.seq, _witness_advice(exc.reason, settings)) from None
         http = HttpClient(
             signer=Signer("directory", _jail_base_signer(signs)),
             allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
@@ -721,6 +723,13 @@ class DirectoryService:
         the store sign. The note is signed by the store's signer (the jail), and
         ``sign_checkpoint`` verifies it under the log's key before it is used.
 
+        The jail witnesses the directory's log (``--witness-file``): the checkpoint goes
+        through the store's :meth:`~openred.store.sqlite.SQLiteEventStore.sign_checkpoint_of`,
+        one at a time with the store's own, with a consistency proof from the one the jail
+        signed last, taken from this tree (a few cached block roots). When the store or another
+        process had a larger one signed meanwhile, that one is signed again and returned
+        instead (it covers the entries waiting for it).
+
         It is not written to the ``checkpoints`` table: it needs no write lock, no transaction
         and no fsync of its own, and a grant waits for neither. The entries it covers are
         durable already (each append returned after its commit), so nothing it attests can be
@@ -737,13 +746,22 @@ class DirectoryService:
         size = len(self.tree)
         if size == 0 or size != store.head.size:
             return None
-        root = self.tree.root(size)
+        tree = self.tree
+        root = tree.root(size)
         if await store.root() != root or store.head.size != size:
             return None
-        origin = store.origin
-        text = await sign_checkpoint(Checkpoint(origin=origin, size=size, root_hash=root),
-                                     origin, self._checkpoint_signer(signer))
-        return _Note(size, root, text, checked=True)
+
+        async def prove(old: int) -> list[bytes]:
+            return tree.consistency_proof(old, size)
+
+        async def newer(at: int) -> bytes | None:
+            await self._sync_tree(at)
+            return tree.root(at) if len(tree) >= at else None
+
+        signed, text = await store.sign_checkpoint_of(
+            Checkpoint(origin=store.origin, size=size, root_hash=root),
+            self._checkpoint_signer(signer), prove, newer=newer)
+        return _Note(signed.size, signed.root_hash, text, checked=True)
 
     def _checkpoint_signer(self, signer: LogSigner) -> LogSigner:
         """``signer``, or the same jail through the coalescer when ``signer`` is that jail's.
@@ -829,7 +847,8 @@ class DirectoryService:
 
 
 class _CoalescedCheckpoints:
-    """A :class:`JailSigner` whose checkpoint signatures join the grants' coalesced jail calls."""
+    """A :class:`JailSigner` whose checkpoint signatures join the grants' coalesced jail calls
+    (a :class:`~openred.store.signer.WitnessedSigner`: its proofs travel in the same calls)."""
 
     def __init__(self, signer: JailSigner, signs: SignCoalescer) -> None:
         self._signer = signer
@@ -844,6 +863,25 @@ class _CoalescedCheckpoints:
 
     async def sign_checkpoint(self, note_body: bytes) -> Signature:
         return await self._signs.sign("checkpoint", note_body)
+
+    async def witnessed_checkpoint(self, origin: str) -> bytes | None:
+        return await self._signer.witnessed_checkpoint(origin)
+
+    async def sign_checkpoint_extending(
+        self, note_body: bytes, consistency_proof: Sequence[bytes]
+    ) -> Signature:
+        return await self._signs.sign_checkpoint(note_body, consistency_proof)
+
+
+def _witness_advice(reason: str, settings: DirectorySettings) -> str:
+    """``reason`` for a log that is not what the jail witnessed, with what the operator does."""
+    witness = settings.jail_witness_path
+    if witness is None:
+        return reason
+    return (f"{reason}. The directory does not start on it. If you restored this log from a "
+            f"backup on purpose, move the jail's witness {witness} aside (as the jail's user) "
+            "and start again: the jail then witnesses the restored log. Otherwise keep the "
+            "files as they are and check the log (audit_tools verify)")
 
 
 def _compact_json(value: Any) -> str:

@@ -47,9 +47,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from openred.crypto.identity import EntryHash, Signature, SignKey, from_b64url
+from openred.crypto.identity import EntryHash, SignKey, from_b64url
 from openred.errors import (
-    CheckpointError,
     ConcurrencyConflict,
     ConfigurationError,
     OpenRedError,
@@ -70,7 +69,7 @@ from openred.store.chain import (
     origin_for,
     rotation_event,
 )
-from openred.store.checkpoint import Checkpoint, parse_checkpoint_body, sign_checkpoint
+from openred.store.checkpoint import Checkpoint
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import (
     KEY_ROTATED,
@@ -88,6 +87,7 @@ from openred.store.projection_sql import (
 )
 from openred.store.projections import ProjectionRegistry
 from openred.store.signer import Signer, SignInThreadUnavailable, WitnessedSigner
+from openred.store.witnessing import CheckpointWitness, Prover, RootAt, WitnessAhead
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -556,8 +556,9 @@ class SQLiteEventStore:
                                    merkle.BlockIndex(_PROOF_BLOCK_LEVEL))
         self._key_in_force: SignKey | None = None
         self._origin = ""
-        # (size, root) of the newest checkpoint the signer witnessed (a WitnessedSigner).
-        self._witnessed: tuple[int, bytes] | None = None
+        # The checkpoint the signer witnessed (a WitnessedSigner), and the one way this
+        # process signs checkpoints of this log (the directory's per-grant ones too).
+        self._witness = CheckpointWitness()
         self._last_checkpoint_size = 0
         self._last_checkpoint_time = time.monotonic()
         self._checkpoint_idle = asyncio.Event()
@@ -694,34 +695,26 @@ class SQLiteEventStore:
         signer = self._signer
         if not isinstance(signer, WitnessedSigner):
             return
-        body = await signer.witnessed_checkpoint(self._origin)
-        if body is None:
+        witnessed = await self._witness.ask(signer, self._origin)
+        if witnessed is None:
             return
-        try:
-            witnessed = parse_checkpoint_body(body)
-        except (CheckpointError, UnicodeDecodeError) as exc:
-            raise StoreError(f"the signer's witnessed checkpoint is malformed: {exc}") from None
-        if witnessed.origin != self._origin:
-            raise StoreError(f"the signer's witnessed checkpoint is of {witnessed.origin}, "
-                             f"not {self._origin}")
+        held, held_root = witnessed
         size, root = self._frontier.size, self._frontier.tree.root()
-        if witnessed.size > size:
+        if held > size:
             raise TamperedLog(size + 1, (
                 f"{self.path} holds {size} entries, but its signer signed a checkpoint of "
-                f"{witnessed.size}: the log was truncated, rolled back or replaced"))
+                f"{held}: the log was truncated, rolled back or replaced"))
         blocks = self._frontier.blocks
         proof = await self._read(
-            lambda conn: blocks.consistency_proof(witnessed.size,
-                                                  partial(_entry_hash_range, conn)),
+            lambda conn: blocks.consistency_proof(held, partial(_entry_hash_range, conn)),
             "proving the witnessed checkpoint",
         )
         try:
-            merkle.verify_consistency(witnessed.size, size, witnessed.root_hash, root, proof)
+            merkle.verify_consistency(held, size, held_root, root, proof)
         except ProofError:
-            raise TamperedLog(witnessed.size, (
-                f"the first {witnessed.size} entries of {self.path} are not the ones its "
-                "signer signed a checkpoint of: the log was rewritten")) from None
-        self._witnessed = (witnessed.size, witnessed.root_hash)
+            raise TamperedLog(held, (
+                f"the first {held} entries of {self.path} are not the ones its signer "
+                "signed a checkpoint of: the log was rewritten")) from None
 
     def _check_log_kind(self) -> None:
         """Refuse an existing log of another kind, or one carrying triggers or views of its
@@ -803,7 +796,10 @@ class SQLiteEventStore:
                 self._ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._ticker
-            if self._conn is not None and self._frontier.size > self._last_checkpoint_size:
+            # Not after a failed open (no writer yet): a log its witness refused gets no
+            # checkpoint, and one that did not open has nothing new to sign.
+            if (self._writer is not None and self._conn is not None
+                    and self._frontier.size > self._last_checkpoint_size):
                 try:
                     await self.checkpoint()
                 except Exception as exc:
@@ -1345,69 +1341,78 @@ class SQLiteEventStore:
             return await self._checkpoint_locked()
 
     async def _checkpoint_locked(self) -> bytes:
-        frontier = self._frontier
-        size = frontier.size
-        existing = await self._run(self._checkpoint_note_sync, size)
-        if existing is None:
+        for attempt in (1, 2):
+            size = self._frontier.size
+            existing = await self._run(self._checkpoint_note_sync, size)
+            # A stored checkpoint the signer's witness is behind (it was moved aside to
+            # restore a backup on purpose, or the log predates it) is signed again: the
+            # witness then holds the log as it is now, not only from the next checkpoint on.
+            if existing is not None and not self._witness_behind(size):
+                break
             await self._ensure_key_in_force()
             frontier = self._frontier
-            size = frontier.size
+            if frontier.size != size:
+                size = frontier.size
+                existing = await self._run(self._checkpoint_note_sync, size)
             root = frontier.tree.root()
             body = Checkpoint(origin=self._origin, size=size, root_hash=root)
-            note = await self._sign_checkpoint(body, frontier)
-            signed_at = utc_timestamp(self._clock())
-            await self._run(self._store_checkpoint_sync, size, root, note, signed_at)
-            existing = note
+            try:
+                note = await self._sign_checkpoint(body, frontier)
+            except WitnessAhead:
+                if attempt == 2:
+                    raise
+                # Another writer process had a checkpoint beyond this process's head signed:
+                # read its entries, then sign the head that includes them.
+                await self._run(self._reload_sync)
+                continue
+            if existing is None:
+                signed_at = utc_timestamp(self._clock())
+                await self._run(self._store_checkpoint_sync, size, root, note, signed_at)
+                existing = note
+            break
+        assert existing is not None
         self._last_checkpoint_size = max(self._last_checkpoint_size, size)
         self._last_checkpoint_time = time.monotonic()
         return existing
+
+    def _witness_behind(self, size: int) -> bool:
+        held = self._witness.held
+        return isinstance(self._signer, WitnessedSigner) and (held is None or held[0] < size)
 
     async def _sign_checkpoint(self, checkpoint: Checkpoint, frontier: _Frontier) -> bytes:
         """The signed note of ``checkpoint`` (the frontier's head).
 
         A witnessed signer is sent a consistency proof from the checkpoint it witnessed (about
         a millisecond: cached block roots, a few hashes; one checkpoint per 100 entries or
-        60 s). When another writer process had a newer one signed meanwhile, the proof is
-        refused: the store asks the signer which one it holds and tries once more.
+        60 s), through :class:`~openred.store.witnessing.CheckpointWitness`.
         """
-        signer = self._signer
-        if not isinstance(signer, WitnessedSigner):
-            return await sign_checkpoint(checkpoint, self._origin, signer)
-        try:
-            return await self._sign_extending(signer, checkpoint, frontier)
-        except Exception:
-            used = self._witnessed
-            await self._ask_witnessed(signer)
-            if self._witnessed == used:
-                raise
-        try:
-            return await self._sign_extending(signer, checkpoint, frontier)
-        except Exception:
-            self._witnessed = None  # asked again next time
-            raise
+        blocks = frontier.blocks
 
-    async def _ask_witnessed(self, signer: WitnessedSigner) -> None:
-        body = await signer.witnessed_checkpoint(self._origin)
-        held = None if body is None else parse_checkpoint_body(body)
-        self._witnessed = None if held is None else (held.size, held.root_hash)
-
-    async def _sign_extending(
-        self, signer: WitnessedSigner, checkpoint: Checkpoint, frontier: _Frontier
-    ) -> bytes:
-        size = checkpoint.size
-        if self._witnessed is None or self._witnessed[0] > size:
-            await self._ask_witnessed(signer)
-        old = self._witnessed[0] if self._witnessed is not None else 0
-        proof: list[bytes] = []
-        if 0 < old < size:
-            blocks = frontier.blocks
-            proof = await self._read(
+        async def prove(old: int) -> list[bytes]:
+            return await self._read(
                 lambda conn: blocks.consistency_proof(old, partial(_entry_hash_range, conn)),
                 "proving the new checkpoint extends the witnessed one",
             )
-        note = await sign_checkpoint(checkpoint, self._origin, _Extending(signer, proof))
-        self._witnessed = (size, checkpoint.root_hash)
+
+        _, note = await self._witness.sign(checkpoint, self._signer, prove)
         return note
+
+    async def sign_checkpoint_of(
+        self, checkpoint: Checkpoint, signer: Signer, prove: Prover, *,
+        newer: RootAt | None = None,
+    ) -> tuple[Checkpoint, bytes]:
+        """Sign a checkpoint of this log that the caller computed and can prove (the
+        directory's proof tree), with ``signer`` (this log's key), one at a time with the
+        store's own; (the checkpoint signed, its note). Not stored.
+
+        ``prove(old)`` is the consistency proof from the tree of size ``old`` to
+        ``checkpoint``; when the signer witnessed a larger checkpoint meanwhile, ``newer``
+        gives the caller's root at that size and that one is signed instead
+        (:meth:`CheckpointWitness.sign <openred.store.witnessing.CheckpointWitness.sign>`).
+        """
+        if checkpoint.origin != self._origin:
+            raise StoreError(f"a checkpoint of {checkpoint.origin} is not one of this log")
+        return await self._witness.sign(checkpoint, signer, prove, newer=newer)
 
     def _checkpoint_note_sync(self, size: int) -> bytes | None:
         row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
@@ -1572,24 +1577,6 @@ class SQLiteEventStore:
             self._rollback()
             raise
         return count
-
-
-class _Extending:
-    """A witnessed signer whose checkpoint signatures carry one consistency proof."""
-
-    def __init__(self, signer: WitnessedSigner, proof: list[bytes]) -> None:
-        self._signer = signer
-        self._proof = proof
-
-    @property
-    def sign_key(self) -> SignKey:
-        return self._signer.sign_key
-
-    async def sign_entry_hashes(self, hashes: Sequence[EntryHash]) -> list[Signature]:
-        return await self._signer.sign_entry_hashes(hashes)
-
-    async def sign_checkpoint(self, note_body: bytes) -> Signature:
-        return await self._signer.sign_checkpoint_extending(note_body, self._proof)
 
 
 def _fail(requests: Iterable[_Request], exc: BaseException) -> None:
