@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from quart import Quart, Response
 
+from openred.crypto.client import JailClient
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
 from tests.node.test_app import World, now, problem, push
@@ -195,3 +198,22 @@ async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
     assert failures == [], "\n".join(map(repr, failures))
     assert world.b.services.store.head.size == size
     assert (await push(world, world.b, delivery)).status == 200
+
+
+async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A jail or store failure was answered with its own text (a socket path, a database
+    name, an exception's words); the operator reads it in the log, the client gets a generic
+    detail."""
+    _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    gone = JailClient(tmp_path / "jail-gone.sock", timeout=2, reconnect_timeout=0.2)  # down
+    monkeypatch.setattr(world.b.services.tokens, "jail", gone)
+    with caplog.at_level(logging.WARNING, logger="openred.web"):
+        reply = await push(world, world.b, for_b)
+    await gone.close()
+    problem(reply, 503, "signer-unavailable")
+    assert "jail-gone" not in reply.body.decode() and str(tmp_path) not in reply.body.decode()
+    assert "jail-gone.sock" in caplog.text

@@ -129,6 +129,7 @@ async def test_failures_are_problem_details(
     assert (code, ctype) == (status, PROBLEM_JSON)
     assert body["type"] == f"urn:openred:problem:{slug}" and body["status"] == status
     assert isinstance(body["detail"], str) and "Traceback" not in body["detail"]
+    assert "disk gone" not in body["detail"]  # a store's own words stay in the log
     if status == 429:
         assert headers["Retry-After"] == "7"
 
