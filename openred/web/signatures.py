@@ -32,12 +32,18 @@ from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
 from openred.files import write_private
 
-__all__ = ["InboundVerifier", "KeyResolver", "scope_http_request", "to_http_request"]
+__all__ = [
+    "NONCES_FILE", "InboundVerifier", "KeyResolver", "restore_nonces", "save_nonces",
+    "scope_http_request", "to_http_request",
+]
 
 logger = logging.getLogger("openred.web")
 
 KeyResolver = Callable[[str], Awaitable[SignKey | None]]
 """Looks up the public key a ``keyid`` names (None when unknown)."""
+
+NONCES_FILE = "nonces.json"
+"""The live request nonces a cleanly stopped service leaves in its data directory."""
 
 
 def _target_uri(public_url: str, request: Request) -> str:
@@ -219,3 +225,26 @@ class InboundVerifier:
         if not restored:
             self.not_before = int(now)
         return restored
+
+
+def restore_nonces(verifier: InboundVerifier, data_dir: Path) -> bool:
+    """Know again the nonces a cleanly stopped server saved, or refuse older signatures.
+
+    For the serving process only, when it starts: a replay across a restart is refused either
+    way (:meth:`InboundVerifier.restore`). A command that opens a service beside its server
+    (``openred directory revoke``, ``openred node init``) must neither restore nor save: it
+    would consume the server's file, or leave an empty one that a crashed server's next start
+    would trust. True when the file was restored.
+    """
+    return verifier.restore(data_dir / NONCES_FILE)
+
+
+def save_nonces(verifier: InboundVerifier, data_dir: Path) -> None:
+    """Save the live nonces for the next start (the serving process, when it stops).
+
+    A failure is logged: the next start then finds no file and refuses older signatures.
+    """
+    try:
+        verifier.save(data_dir / NONCES_FILE)
+    except OSError as exc:
+        logger.warning("could not save the nonce cache: %s", exc)

@@ -34,6 +34,7 @@ from openred.errors import OpenRedError
 from openred.web.client import HttpClient, Signer
 from tests.crypto_jail.test_server import short_dir
 from tests.node.test_app import Served, directory_app, serve_node
+from tests.node.test_hostile_directory import captured_push, send_again
 from tests.node.world import Directory, JailPair, record_envelopes
 from tests.servers import ServerProcess, free_port, serve_in_loop, start_process
 
@@ -95,7 +96,6 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         jail_a = await stack.enter_async_context(JailClient(jails.procs[0].socket_path))
         a: Served = await stack.enter_async_context(
             serve_node("a", jail_a, tmp_path / "a", directory.key, dir_url))
-        push = await stack.enter_async_context(pusher(directory))
         for attempt in range(3):  # another test may take the free port before B binds it
             port = free_port()
             try:
@@ -116,9 +116,9 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
             record_obj, keystore.signing_key.sign(record_obj.canonical_bytes()).signature))
         grant, for_a, for_b = await directory.pair(a, b, issued_at=int(time.time()))  # type: ignore[arg-type]
         await a.services.tokens.receive(for_a, int(time.time()))
-        reply = await push.request("POST", f"{b_url}/api/v3/tokens/receive", json_body=for_b,
-                                   signed=True)
-        assert reply.status == 200, reply.body
+        captured = await captured_push(directory, b_url, for_b)
+        status, answer = await send_again(captured)
+        assert status == 200, answer
         channel = await a.services.connect(grant.grant_id)
 
         # Record every envelope A sends and every receipt it gets.
@@ -147,6 +147,11 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         stack.callback(lambda: server.stop())
         receipt = await a.services.send_message(channel.session_id, "after the kill")
         acknowledged.append(receipt.message_id)
+        # The push signed before the kill, sent again: B cannot know it saw that nonce (its
+        # cache died with it), and refuses every signature made before it started.
+        status, answer = await send_again(captured)
+        assert status == 401, answer
+        assert "before this service started" in answer["detail"]
         # A request B had accepted before the kill is refused after it.
         async with aiohttp.ClientSession() as session, session.post(
             f"{b_url}/api/v3/p2p/messaging/send", data=json.dumps(envelopes[0]),

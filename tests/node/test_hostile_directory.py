@@ -15,14 +15,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from quart import Quart, Response
 
 from openred.crypto.client import JailClient
+from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
-from tests.node.test_app import World, now, problem, push
+from tests.node.test_app import World, now, problem, push, serve_node
 from tests.node.test_fastpath import world
+from tests.node.world import Directory
 from tests.servers import serve_in_loop
 
 __all__ = ["world"]
@@ -198,6 +201,52 @@ async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
     assert failures == [], "\n".join(map(repr, failures))
     assert world.b.services.store.head.size == size
     assert (await push(world, world.b, delivery)).status == 200
+
+
+Captured = tuple[str, bytes, dict[str, str]]
+
+
+async def captured_push(directory: Directory, node_url: str, body: Any) -> Captured:
+    """A push as the directory signs it (URL, body, headers), kept to be sent again."""
+    url, data = f"{node_url}/api/v3/tokens/receive", json.dumps(body).encode()
+
+    async def sign(base: bytes) -> bytes:
+        return bytes(directory.signing.sign(base).signature)
+
+    signed = await sign_request(HttpRequest("POST", url, {"Content-Type": "application/json"},
+                                            data),
+                                keyid="directory", sign_base=sign, now=now(), nonce=new_nonce())
+    return url, data, dict(signed.headers)
+
+
+async def send_again(captured: Captured) -> tuple[int, dict[str, Any]]:
+    url, data, headers = captured
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=data, headers=headers) as reply:
+        return reply.status, await reply.json(content_type=None)
+
+
+async def test_a_push_captured_before_a_restart_is_refused_after_it(world: World) -> None:
+    """The node's nonce cache started empty, so a push signed and answered just before a
+    restart verified again after it, inside the signature window. A clean stop saves the live
+    nonces and the next start knows them again (a crash: see tests/node/test_crash.py)."""
+    _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    captured = await captured_push(world.directory, world.b.url, for_b)
+    assert (await send_again(captured))[0] == 200
+    status, answer = await send_again(captured)
+    assert status == 401 and "replayed" in answer["detail"], answer
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+    async with serve_node("b", world.jails[1], world.b.data, world.directory.key,
+                          world.directory_url, port=port) as b2:
+        status, answer = await send_again(captured)
+        assert status == 401, answer
+        assert answer["type"] == "urn:openred:problem:bad-signature"
+        assert "replayed" in answer["detail"]
+        # The same delivery signed again is the directory's own retry: a duplicate.
+        reply = await push(world, b2, for_b)
+        assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
 
 
 async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
