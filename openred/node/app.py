@@ -83,6 +83,12 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
             supervisor, client = await connect_jail(settings)
         state["supervisor"], state["jail"] = supervisor, client
         services = await NodeServices.open(settings, client)
+        try:
+            # Before serving: a delivery is accepted only for a grant naming this record.
+            await services.current_record()
+        except BaseException:
+            await services.close()
+            raise
         app.extensions[EXTENSION] = services
         app.extensions[VERIFIER] = verifier
         app.extensions[HANDSHAKE_LIMITER] = RateLimiter(settings.handshake_refusals, 60.0)

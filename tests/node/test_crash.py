@@ -29,8 +29,9 @@ from audit_tools.verify import verify
 from crypto_jail.keystore import create_keystore
 from openred.crypto.client import JailClient, PublicKeys
 from openred.crypto.identity import BoxKey, NodeId, SignKey
-from openred.crypto.records import NodeRecord, SignedNodeRecord
+from openred.crypto.records import SignedNodeRecord
 from openred.errors import OpenRedError
+from openred.node.own_record import RECORD_FILE
 from openred.web.client import HttpClient, Signer
 from tests.crypto_jail.test_server import short_dir
 from tests.node.test_app import Served, directory_app, serve_node
@@ -67,6 +68,12 @@ class RemoteB:
         self.id = self.keys.node_id
         self.url = url
         self.record = record
+
+
+def own_record(data: Path) -> SignedNodeRecord:
+    """The record a served node signed for itself when it started (what grants must name)."""
+    saved = json.loads((data / RECORD_FILE).read_text(encoding="utf-8"))
+    return SignedNodeRecord.from_wire(saved["signed"])
 
 
 @contextlib.asynccontextmanager
@@ -108,12 +115,7 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
             break
         stack.callback(lambda: server.stop())
         b_url = f"http://127.0.0.1:{port}"
-        record_obj = NodeRecord.build(
-            sign_key=SignKey.from_b64url(public["sign_key"]),
-            box_key=BoxKey.from_b64url(public["box_key"]), api_url=b_url,
-            modules=("messaging",), issued_at=int(time.time()), version=1)
-        b = RemoteB(public, b_url, SignedNodeRecord(
-            record_obj, keystore.signing_key.sign(record_obj.canonical_bytes()).signature))
+        b = RemoteB(public, b_url, own_record(b_dir))
         grant, for_a, for_b = await directory.pair(a, b, issued_at=int(time.time()))  # type: ignore[arg-type]
         await a.services.tokens.receive(for_a, int(time.time()))
         captured = await captured_push(directory, b_url, for_b)

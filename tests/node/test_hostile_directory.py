@@ -249,6 +249,38 @@ async def test_a_push_captured_before_a_restart_is_refused_after_it(world: World
         assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
 
 
+async def b_record(world: World, api_url: str, version: int) -> SignedNodeRecord:
+    """A record node B really signed (in its jail), with this URL and version."""
+    keys = world.b.services.keys
+    return await sign_record(NodeRecord.build(
+        sign_key=keys.sign_key, box_key=keys.box_key, api_url=api_url, modules=("messaging",),
+        issued_at=now(), version=version), world.jails[1].sign)
+
+
+async def test_a_grant_naming_another_record_of_this_node_is_refused(
+    world: World, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A compromised directory can name any record a node ever signed (an old URL someone else
+    now answers at, a box key rotated away after a leak) in the grant it pushes to both
+    parties; the peer, if it holds no newer record, takes it. The node itself refuses its half
+    unless the grant names its current record, so no session is opened on that grant."""
+    current = world.b.record
+    world.b.record = await b_record(world, "http://127.0.0.1:9/moved-away",
+                                    current.record.version)
+    _, _, stale = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    size = world.b.services.store.head.size
+    with caplog.at_level(logging.WARNING, logger="openred.node"):
+        reply = await push(world, world.b, stale)
+    problem(reply, 409, "outdated-record")
+    assert world.b.services.store.head.size == size
+    assert stale["grant"]["grant_id"] in caplog.text
+    world.b.record = current
+    _, _, fresh = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, fresh)).status == 200
+
+
 async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
