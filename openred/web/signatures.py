@@ -192,7 +192,8 @@ class InboundVerifier:
     def save(self, path: Path) -> None:
         """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""
         entries = self.nonce_cache.live(int(self.clock()))
-        write_private(path, json.dumps({"v": 1, "entries": entries}, separators=(",", ":")))
+        write_private(path, json.dumps({"v": 1, "window": self.window_seconds,
+                                        "entries": entries}, separators=(",", ":")))
 
     def restore(self, path: Path) -> bool:
         """Start from the nonces a stopped process saved at ``path``, or refuse older signatures.
@@ -204,7 +205,9 @@ class InboundVerifier:
         known fresh: ``not_before`` becomes the second it started in, and older signatures get
         401 (an honest client signs again). What remains open after a crash: a signature made
         in that very second, or dated ahead of the crashed process's clock (by up to the
-        window), that it had accepted. True when the file was restored.
+        window), that it had accepted. A file saved under a shorter window (or not saying
+        which) counts as none: its nonces would be forgotten while their signatures still pass
+        this window. True when the file was restored.
         """
         now = self.clock()
         restored = False
@@ -213,6 +216,10 @@ class InboundVerifier:
             entries = [(str(k), str(n), int(e)) for k, n, e in data["entries"]]
             if data.get("v") != 1:
                 raise ValueError("unknown version")
+            window = data.get("window")
+            if type(window) is not int or window < self.window_seconds:
+                raise ValueError(f"saved under a signature window of {window!r} s, not "
+                                 f"{self.window_seconds} s")
             self.nonce_cache.restore(entries, int(now))
             restored = True
         except FileNotFoundError:
