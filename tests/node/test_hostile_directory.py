@@ -281,6 +281,29 @@ async def test_a_grant_naming_another_record_of_this_node_is_refused(
     assert (await push(world, world.b, fresh)).status == 200
 
 
+async def test_a_node_restarted_with_a_new_record_refuses_grants_for_the_one_before(
+    world: World,
+) -> None:
+    """The honest race (docs/decisions.md): B restarts with other settings, so it signs a new
+    record before it serves; a grant the directory minted for B's previous record (before
+    B registered the new one) is refused like a hostile one, and the initiator asks again."""
+    before = world.b.record
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+    async with serve_node("b", world.jails[1], world.b.data, world.directory.key,
+                          world.directory_url, port=port, modules=("messaging",)) as b2:
+        assert b2.record.record.version == before.record.version + 1
+        world.b = b2
+        b2.record = before  # what the directory still holds
+        _, _, late = await world.directory.pair(world.a, b2,  # type: ignore[arg-type]
+                                                issued_at=now())
+        problem(await push(world, b2, late), 409, "outdated-record")
+        b2.record = b2.services.own_record.signed
+        _, _, again = await world.directory.pair(world.a, b2,  # type: ignore[arg-type]
+                                                 issued_at=now())
+        assert (await push(world, b2, again)).status == 200
+
+
 async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
