@@ -31,20 +31,21 @@ from tests.servers import serve_in_loop
 __all__ = ["world"]
 
 
-async def a_record(world: World, api_url: str, version: int) -> SignedNodeRecord:
-    """A record node A really signed (in its jail), with this URL and version."""
-    keys = world.a.services.keys
+async def signed_by(world: World, node: str, api_url: str, version: int) -> SignedNodeRecord:
+    """A record node ``node`` ("a" or "b") really signed (in its jail): this URL and version."""
+    served, jail = (world.a, world.jails[0]) if node == "a" else (world.b, world.jails[1])
+    keys = served.services.keys
     return await sign_record(NodeRecord.build(
         sign_key=keys.sign_key, box_key=keys.box_key, api_url=api_url, modules=("messaging",),
-        issued_at=now(), version=version), world.jails[0].sign)
+        issued_at=now(), version=version), jail.sign)
 
 
 async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
     world: World,
 ) -> None:
     old_url = "http://127.0.0.1:9/moved-away"  # where A was once (version 1)
-    old = await a_record(world, old_url, 1)
-    world.a.record = await a_record(world, world.a.url, 2)  # where A is now
+    old = await signed_by(world, "a", old_url, 1)
+    world.a.record = await signed_by(world, "a", world.a.url, 2)  # where A is now
     _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                              issued_at=now())
     assert (await push(world, world.b, for_b)).status == 200
@@ -66,7 +67,7 @@ async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
     assert [(e.type, e.payload["api_url"], e.payload["version"]) for e in discovered] == [
         (ev.PEER_DISCOVERED, world.a.url, 2)]
     # A newer record than the one held still replaces it.
-    world.a.record = await a_record(world, old_url + "/back", 3)
+    world.a.record = await signed_by(world, "a", old_url + "/back", 3)
     _, _, newer = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                              issued_at=now())
     assert (await push(world, world.b, newer)).status == 200
@@ -249,14 +250,6 @@ async def test_a_push_captured_before_a_restart_is_refused_after_it(world: World
         assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
 
 
-async def b_record(world: World, api_url: str, version: int) -> SignedNodeRecord:
-    """A record node B really signed (in its jail), with this URL and version."""
-    keys = world.b.services.keys
-    return await sign_record(NodeRecord.build(
-        sign_key=keys.sign_key, box_key=keys.box_key, api_url=api_url, modules=("messaging",),
-        issued_at=now(), version=version), world.jails[1].sign)
-
-
 async def test_a_grant_naming_another_record_of_this_node_is_refused(
     world: World, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -265,8 +258,8 @@ async def test_a_grant_naming_another_record_of_this_node_is_refused(
     parties; the peer, if it holds no newer record, takes it. The node itself refuses its half
     unless the grant names its current record, so no session is opened on that grant."""
     current = world.b.record
-    world.b.record = await b_record(world, "http://127.0.0.1:9/moved-away",
-                                    current.record.version)
+    world.b.record = await signed_by(world, "b", "http://127.0.0.1:9/moved-away",
+                                     current.record.version)
     _, _, stale = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                              issued_at=now())
     size = world.b.services.store.head.size
