@@ -68,7 +68,7 @@ from openred.store.readmodels import ReadModels
 from openred.store.signer import Signer as LogSigner
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
 from openred.web.client import HttpClient, Signer
-from openred.web.signatures import InboundVerifier
+from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 from openred.web.urls import check_url
 
 __all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
@@ -76,8 +76,6 @@ __all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
-NONCES_FILE = "nonces.json"
-"""The live request nonces a cleanly stopped directory leaves for the next start."""
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
@@ -305,20 +303,13 @@ class DirectoryService:
         return service
 
     def restore_nonces(self) -> None:
-        """Know again the nonces a cleanly stopped server saved, or refuse older signatures.
-
-        For the serving process only (the app's start): a replay across a restart is refused
-        either way (:meth:`~openred.web.signatures.InboundVerifier.restore`). A command that
-        opens the service beside the server (``openred directory revoke``) leaves the file.
-        """
-        self.verifier.restore(self.settings.data_dir / NONCES_FILE)
+        """Know again the nonces a cleanly stopped server saved (the serving process's start;
+        :func:`~openred.web.signatures.restore_nonces`)."""
+        restore_nonces(self.verifier, self.settings.data_dir)
 
     def save_nonces(self) -> None:
         """Save the live nonces for the next start (the serving process, when it stops)."""
-        try:
-            self.verifier.save(self.settings.data_dir / NONCES_FILE)
-        except OSError as exc:
-            logger.warning("could not save the nonce cache: %s", exc)
+        save_nonces(self.verifier, self.settings.data_dir)
 
     async def close(self) -> None:
         self._cache.close()

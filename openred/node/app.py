@@ -4,6 +4,12 @@ When serving starts it connects to (or starts) the node's jail, opens :class:`~o
 services.NodeServices`, loads the enabled modules (a module that fails is reported in health and
 the log, and the node runs without it) and starts the lifecycle task; when serving stops it
 closes all of it in reverse order, so the log gets its last checkpoint.
+
+The RFC 9421 nonces the node has seen (token deliveries signed by the directory) outlive a
+clean restart: the app saves them when serving stops and restores them when it starts
+(``DATA_DIR/nonces.json``; after a crash, signatures made before the start are refused), as
+the directory does. Only the serving app touches that file, never a command opening the
+services beside it (``openred node init``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from openred.node.routes import (
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.web.problems import install
-from openred.web.signatures import InboundVerifier
+from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 
 __all__ = ["create_app"]
 
@@ -67,15 +73,24 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
 
     @app.before_serving
     async def open_services() -> None:
+        # First of all: the earlier the floor on ``created`` after a crash, the fewer honest
+        # signatures made while the node was starting it refuses.
+        verifier = InboundVerifier(settings.base_url, window_seconds=settings.signature_window)
+        restore_nonces(verifier, settings.data_dir)
         supervisor: JailSupervisor | None = None
         client = jail
         if client is None:
             supervisor, client = await connect_jail(settings)
         state["supervisor"], state["jail"] = supervisor, client
         services = await NodeServices.open(settings, client)
+        try:
+            # Before serving: a delivery is accepted only for a grant naming this record.
+            await services.current_record()
+        except BaseException:
+            await services.close()
+            raise
         app.extensions[EXTENSION] = services
-        app.extensions[VERIFIER] = InboundVerifier(
-            settings.base_url, window_seconds=settings.signature_window)
+        app.extensions[VERIFIER] = verifier
         app.extensions[HANDSHAKE_LIMITER] = RateLimiter(settings.handshake_refusals, 60.0)
         app.extensions[HANDSHAKE_LOG_BUDGET] = RateLimiter(
             settings.handshake_refusals * LOGGED_REFUSALS_FACTOR, 60.0)
@@ -91,6 +106,9 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        verifier = app.extensions.pop(VERIFIER, None)
+        if isinstance(verifier, InboundVerifier):
+            save_nonces(verifier, settings.data_dir)
         services = app.extensions.pop(EXTENSION, None)
         if isinstance(services, NodeServices):
             await services.close()

@@ -1,12 +1,13 @@
 """A served node's lifecycle duties (DESIGN §10): its record, registration, heartbeat, housekeeping.
 
-The node's signed record is kept in ``DATA_DIR/node-record.json``. When the node starts,
-:meth:`Registrar.current_record` compares what the record says (URL, keys, modules) with what
-the node is now; on any change it signs a new record with the next ``version`` (so the
-directory accepts it as newer). :meth:`Registrar.run` registers that record — retrying while the
-directory is unreachable, logging each failure clearly, while the node keeps serving its peers —
-then heartbeats at the interval the directory asks for, registering again when the directory
-answers a heartbeat with 404 (it forgot the node or expired it). A registration whose record
+The node's signed record is kept in ``DATA_DIR/node-record.json``
+(:class:`~openred.node.own_record.OwnRecord`). When the node starts, its current record is
+what the record says (URL, keys, modules) if the node is still that, else a new record with the
+next ``version`` (so the directory accepts it as newer). :meth:`Registrar.run` registers that
+record — retrying while the directory is unreachable, logging each failure clearly, while the
+node keeps serving its peers — then heartbeats at the interval the directory asks for,
+registering again when the directory answers a heartbeat with 404 (it forgot the node or
+expired it). A registration whose record
 version is new is logged as ``NodeRegistered``.
 
 :class:`Housekeeper` runs beside it: every lifecycle interval the periodic tasks modules add to
@@ -33,12 +34,12 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.crypto.records import SignedNodeRecord
 from openred.crypto.session import FileSessionLedger
 from openred.errors import OpenRedError, PeerUnreachable
-from openred.files import write_private
 from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
+from openred.node.own_record import RECORD_FILE
 from openred.node.readmodels import GrantOutcomeRow, SessionRow
 from openred.node.services import SESSION_LEDGER, NodeServices
 from openred.store.events import NewEvent
@@ -50,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger("openred.node.lifecycle")
 
-RECORD_FILE = "node-record.json"
 REGISTER_PATH = "/api/v3/nodes/register"
 HEARTBEAT_PATH = "/api/v3/nodes/heartbeat"
 
@@ -74,46 +74,16 @@ class Registrar:
         self.services = services
         self.retry_interval = retry_interval
         self.heartbeat_interval = heartbeat_interval
-        self.path = services.settings.data_dir / RECORD_FILE
         self.state = RegistrationState()
-        self.record: SignedNodeRecord | None = None
 
-    def _stored(self) -> tuple[SignedNodeRecord | None, int]:
-        try:
-            obj = json.loads(self.path.read_text(encoding="utf-8"))
-            return SignedNodeRecord.from_wire(obj["signed"]), int(obj.get("logged_version", 0))
-        except FileNotFoundError:
-            return None, 0
-        except (ValueError, KeyError, TypeError, OpenRedError) as exc:
-            logger.warning("%s is unreadable (%s): signing a new record", self.path, exc)
-            return None, 0
-
-    def _save(self, signed: SignedNodeRecord, logged_version: int) -> None:
-        write_private(self.path, json.dumps(
-            {"signed": signed.to_wire(), "logged_version": logged_version}, indent=2) + "\n")
+    @property
+    def record(self) -> SignedNodeRecord | None:
+        """The node's current record (None until :meth:`current_record` ran)."""
+        return self.services.own_record.signed
 
     async def current_record(self) -> SignedNodeRecord:
         """The node's signed record, re-signed with the next version when anything changed."""
-        svc = self.services
-        keys = svc.keys
-        modules = tuple(sorted(svc.modules.loaded))
-        stored, logged = self._stored()
-        if stored is not None:
-            r = stored.record
-            if (r.api_url == svc.settings.base_url and r.sign_key == keys.sign_key
-                    and r.box_key == keys.box_key and r.modules == modules):
-                self.record = stored
-                return stored
-        version = 1 if stored is None else stored.record.version + 1
-        record = NodeRecord.build(sign_key=keys.sign_key, box_key=keys.box_key,
-                                  api_url=svc.settings.base_url, modules=modules,
-                                  issued_at=svc.now(), version=version)
-        signed = await sign_record(record, svc.jail.sign)
-        self._save(signed, logged)
-        if stored is not None:
-            logger.info("node record changed: version %d signed", version)
-        self.record = signed
-        return signed
+        return await self.services.current_record()
 
     async def register(self) -> bool:
         """Register the current record; whether the directory accepted it (failures logged)."""
@@ -134,14 +104,14 @@ class Registrar:
         self.state.version = signed.record.version
         self.state.directory_reachable = True
         self.state.last_error = None
-        _, logged = self._stored()
+        _, logged = svc.own_record.stored()
         if logged != signed.record.version:
             await svc.store.append_one(NewEvent(ev.node_stream(str(svc.keys.node_id)),
                                                 ev.NODE_REGISTERED, {
                 "directory": url, "node_id": str(svc.keys.node_id),
                 "api_url": signed.record.api_url,
             }))
-            self._save(signed, signed.record.version)
+            svc.own_record.save(signed, signed.record.version)
         logger.info("registered with the directory at %s (record version %d)", url,
                     signed.record.version)
         return True

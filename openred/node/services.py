@@ -20,6 +20,7 @@ from typing import Any, Final
 from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.methods import MethodRegistry
+from openred.crypto.records import SignedNodeRecord
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
@@ -35,6 +36,7 @@ from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import node_registry
 from openred.node.handshake_service import HandshakeAnswer, Handshakes
+from openred.node.own_record import RECORD_FILE, OwnRecord
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
 from openred.node.readmodels import ReadModels
@@ -179,6 +181,7 @@ class NodeServices:
     http: HttpClient
     modules: LoadReport
     methods: MethodRegistry
+    own_record: OwnRecord
     clock: Callable[[], float] = time.time
     peer_urls: PeerUrls | None = None
     batchers: dict[str, CallBatcher] = field(default_factory=dict)
@@ -221,6 +224,7 @@ class NodeServices:
             return _checkpoint_answer(reply.json())
 
         peer_urls = PeerUrls(store.path)
+        own_record = OwnRecord(settings.data_dir / RECORD_FILE)
         services = cls(
             settings=settings, jail=jail, keys=keys, store=store, reads=reads, book=book,
             keeper=keeper,
@@ -229,11 +233,20 @@ class NodeServices:
             tokens=TokenReceiver(me=keys.node_id, directory_key=directory_key, store=store,
                                  jail=jail, book=book,
                                  checks=TransparencyChecks(directory_key, fetch),
-                                 peer_changing=peer_urls.changing),
+                                 own_record=own_record.hash, peer_changing=peer_urls.changing),
             messaging=Messaging(store, jail, reads), actions=P2PActions(), http=http,
-            modules=report, methods=methods, clock=clock, peer_urls=peer_urls,
+            modules=report, methods=methods, own_record=own_record, clock=clock,
+            peer_urls=peer_urls,
         )
         return services
+
+    async def current_record(self) -> SignedNodeRecord:
+        """This node's signed record as it is now: the stored one, or a new version when the
+        node's URL, keys or modules changed (:class:`~openred.node.own_record.OwnRecord`).
+        From then on a delivery is accepted only for a grant naming it."""
+        return await self.own_record.current(
+            keys=self.keys, api_url=self.settings.base_url,
+            modules=tuple(sorted(self.modules.loaded)), now=self.now(), sign=self.jail.sign)
 
     async def close(self) -> None:
         if self.peer_urls is not None:

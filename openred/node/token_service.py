@@ -4,7 +4,8 @@
 
 1. parses the grant, its signature and the sealed token strictly (400/422);
 2. checks the grant's signature under the pinned directory key (401);
-3. checks this node is a party (403) before any costlier work;
+3. checks this node is a party (403), named by its current signed record (409
+   ``outdated-record``, logged), before any costlier work;
 4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
    grant is in the directory's log, consistent with the checkpoint this node holds (422); a
    fork is logged as evidence (``DirectoryForkDetected``) and refused (409). A checkpoint
@@ -25,6 +26,7 @@ implements :class:`DeliveryChecks`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -54,6 +56,8 @@ from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
 __all__ = ["DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
+
+logger = logging.getLogger("openred.node")
 
 DELIVERY_KEYS = frozenset({
     "grant", "grant_signature", "sealed_token", "peer_record", "entry", "checkpoint",
@@ -112,9 +116,12 @@ class TokenReceiver:
     def __init__(
         self, *, me: NodeId, directory_key: SignKey, store: SQLiteEventStore,
         jail: JailClient, book: NodeBook, checks: DeliveryChecks,
+        own_record: Callable[[], bytes | None],
         peer_changing: Callable[[str], None] | None = None,
     ) -> None:
         self.me = me
+        self.own_record = own_record
+        """The ``record_hash`` of this node's current signed record (None: it has none yet)."""
         self.directory_key = directory_key
         self.store = store
         self.jail = jail
@@ -155,6 +162,9 @@ class TokenReceiver:
         # 3. this node is a party
         if not grant.involves(self.me):
             raise _bad(403, "not-a-party", "this node is neither initiator nor responder")
+        own = self.own_record()
+        if own is None or grant.record_hash_of(self.me) != own:
+            raise self._outdated(grant, own)
         peer_id = grant.responder if grant.initiator == self.me else grant.initiator
         # 4. peer record and directory log
         held = await self._held_checkpoint()
@@ -196,6 +206,23 @@ class TokenReceiver:
                 continue
             return {"grant_id": grant.grant_id, "status": "received"}
         raise _bad(409, "grant-conflict", "concurrent deliveries of this grant disagree")
+
+    def _outdated(self, grant: Grant, own: bytes | None) -> NodeRefused:
+        """Step 3's refusal of a grant minted for another record of this node.
+
+        Every record this node ever signed is valid under its key, so a directory can name an
+        old one (an old URL, a box key rotated away after a leak) in the grant it pushes to
+        both parties; a peer holding no newer record of ours takes it. Refusing our half keeps
+        any session from being opened on such a grant. An honest directory that minted it
+        before our update reached it gets the same answer: the initiator asks again.
+        """
+        named = grant.record_hash_of(self.me)
+        logger.warning(
+            "refused grant %s: it names record %s of this node, not the current one (%s)",
+            grant.grant_id, named.hex()[:16], own.hex()[:16] if own else "none signed yet",
+            extra={"event": "GrantForOutdatedRecord", "grant_id": grant.grant_id})
+        return _bad(409, "outdated-record",
+                    "the grant names a record of this node that is not its current one")
 
     async def _held_checkpoint(self) -> HeldCheckpoint | None:
         """The newest checkpoint held: logged, or decided on by a delivery still under way."""

@@ -11,9 +11,11 @@
   parse — not UTF-8, not JSON, nested too deep — is a 400 through :class:`JsonRequest`),
 
 and anything else into a 500 whose body says nothing about the cause (the traceback goes to the
-log only). Every answer is ``application/problem+json`` with a stable ``type``:
-``urn:openred:problem:<slug>``. :class:`Problem` is the pydantic model routes declare with
-``document_response`` so the OpenAPI document lists every status a route can answer.
+log only). A failure of the service's own parts (its store, its signer) is a 503 whose detail
+is generic too (:data:`INTERNAL_DETAILS`): the error's text goes to the log. Every answer is
+``application/problem+json`` with a stable ``type``: ``urn:openred:problem:<slug>``.
+:class:`Problem` is the pydantic model routes declare with ``document_response`` so the
+OpenAPI document lists every status a route can answer.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.OpenRedError], int, str], ...] = (
     (errors.JailError, 503, "signer-unavailable"),
     (errors.StoreError, 503, "store-unavailable"),
 )
+
+
+INTERNAL_DETAILS: dict[str, str] = {
+    "signer-unavailable": "the service's signer is unavailable; try again later",
+    "store-unavailable": "the service's storage is unavailable; try again later",
+}
+"""The detail clients get for failures inside the service: their own text (a socket path, a
+database file, an exception's words) goes to the operator's log only."""
 
 
 class Problem(BaseModel):
@@ -143,7 +153,7 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
             if isinstance(exc, cls):
                 # Busy (e.g. one signer's nonce quota is full) clears within seconds.
                 headers = {"Retry-After": str(BUSY_RETRY_AFTER)} if status == 503 else {}
-                return status, slug, str(exc), headers
+                return status, slug, INTERNAL_DETAILS.get(slug, str(exc)), headers
     return 500, "internal", "the server failed to handle this request", {}
 
 
@@ -259,7 +269,7 @@ def install(app: Quart) -> None:
         if status >= 500:
             if slug == "internal":
                 logger.exception("unhandled error", exc_info=exc)
-            else:
-                logger.warning("%s: %s", slug, detail)
+            else:  # an internal failure's own text, which its answer does not carry
+                logger.warning("%s: %s", slug, exc if slug in INTERNAL_DETAILS else detail)
         extra = exc.extra if isinstance(exc, errors.RequestRefused) else None
         return problem_response(status, slug, detail, headers=headers, extra=extra)

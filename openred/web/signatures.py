@@ -32,12 +32,18 @@ from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
 from openred.files import write_private
 
-__all__ = ["InboundVerifier", "KeyResolver", "scope_http_request", "to_http_request"]
+__all__ = [
+    "NONCES_FILE", "InboundVerifier", "KeyResolver", "restore_nonces", "save_nonces",
+    "scope_http_request", "to_http_request",
+]
 
 logger = logging.getLogger("openred.web")
 
 KeyResolver = Callable[[str], Awaitable[SignKey | None]]
 """Looks up the public key a ``keyid`` names (None when unknown)."""
+
+NONCES_FILE = "nonces.json"
+"""The live request nonces a cleanly stopped service leaves in its data directory."""
 
 
 def _target_uri(public_url: str, request: Request) -> str:
@@ -186,7 +192,8 @@ class InboundVerifier:
     def save(self, path: Path) -> None:
         """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""
         entries = self.nonce_cache.live(int(self.clock()))
-        write_private(path, json.dumps({"v": 1, "entries": entries}, separators=(",", ":")))
+        write_private(path, json.dumps({"v": 1, "window": self.window_seconds,
+                                        "entries": entries}, separators=(",", ":")))
 
     def restore(self, path: Path) -> bool:
         """Start from the nonces a stopped process saved at ``path``, or refuse older signatures.
@@ -198,7 +205,9 @@ class InboundVerifier:
         known fresh: ``not_before`` becomes the second it started in, and older signatures get
         401 (an honest client signs again). What remains open after a crash: a signature made
         in that very second, or dated ahead of the crashed process's clock (by up to the
-        window), that it had accepted. True when the file was restored.
+        window), that it had accepted. A file saved under a shorter window (or not saying
+        which) counts as none: its nonces would be forgotten while their signatures still pass
+        this window. True when the file was restored.
         """
         now = self.clock()
         restored = False
@@ -207,6 +216,10 @@ class InboundVerifier:
             entries = [(str(k), str(n), int(e)) for k, n, e in data["entries"]]
             if data.get("v") != 1:
                 raise ValueError("unknown version")
+            window = data.get("window")
+            if type(window) is not int or window < self.window_seconds:
+                raise ValueError(f"saved under a signature window of {window!r} s, not "
+                                 f"{self.window_seconds} s")
             self.nonce_cache.restore(entries, int(now))
             restored = True
         except FileNotFoundError:
@@ -219,3 +232,26 @@ class InboundVerifier:
         if not restored:
             self.not_before = int(now)
         return restored
+
+
+def restore_nonces(verifier: InboundVerifier, data_dir: Path) -> bool:
+    """Know again the nonces a cleanly stopped server saved, or refuse older signatures.
+
+    For the serving process only, when it starts: a replay across a restart is refused either
+    way (:meth:`InboundVerifier.restore`). A command that opens a service beside its server
+    (``openred directory revoke``, ``openred node init``) must neither restore nor save: it
+    would consume the server's file, or leave an empty one that a crashed server's next start
+    would trust. True when the file was restored.
+    """
+    return verifier.restore(data_dir / NONCES_FILE)
+
+
+def save_nonces(verifier: InboundVerifier, data_dir: Path) -> None:
+    """Save the live nonces for the next start (the serving process, when it stops).
+
+    A failure is logged: the next start then finds no file and refuses older signatures.
+    """
+    try:
+        verifier.save(data_dir / NONCES_FILE)
+    except OSError as exc:
+        logger.warning("could not save the nonce cache: %s", exc)

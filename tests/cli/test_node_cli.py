@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from openred.web.signatures import NONCES_FILE
 from tests.cli.network import Network, alive, children, network, openred
 from tests.crypto_jail.test_server import short_dir
 from tests.servers import free_port
@@ -36,6 +37,9 @@ def test_commands_say_in_one_line_that_no_node_is_running() -> None:
         data = root / "a"
         for name in ("admin-key", ".env", "keystore.json"):
             assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+        # Only the serving node saves its nonces: an empty file left by a command would be
+        # trusted by the next start of a server that crashed.
+        assert not (data / NONCES_FILE).exists()
         for command in (("status",), ("send", "x" * 32, "hello")):
             result = net.cli("a", *command, check=False)
             assert result.returncode == 1, command
@@ -117,6 +121,8 @@ def test_a_network_run_with_the_cli_survives_the_directory_and_stops_cleanly() -
         assert a.proc.wait(30) == 0, a.output()
         assert not any(alive(pid) for pid in jails)
         assert not (root / "a" / "admin-url").exists()
+        saved = json.loads((root / "a" / NONCES_FILE).read_text())
+        assert saved["v"] == 1 and stat.S_IMODE((root / "a" / NONCES_FILE).stat().st_mode) == 0o600
 
         # A moves to another port: it signs version 2 of its record and registers it.
         net.start_directory()

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from openred.directory.service import NONCES_FILE
 from openred.settings import DirectorySettings
+from openred.web.signatures import NONCES_FILE
 from tests.directory.conftest import Directory, Node
 from tests.servers import free_port, running_process
 

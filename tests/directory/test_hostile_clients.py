@@ -21,11 +21,12 @@ from openred.directory.app import create_app
 from openred.directory.fastroutes import FAST_ROUTES, DirectoryFastPath
 from openred.directory.keys import create_keystore
 from openred.directory.routing import EXTENSION
-from openred.directory.service import NONCES_FILE, DirectoryService
+from openred.directory.service import DirectoryService
 from openred.modules.monitoring.service import REACHABILITY_EXTENSION
 from openred.settings import DirectorySettings
 from openred.web import urls
 from openred.web.middleware import MIDDLEWARE_EXTENSION
+from openred.web.signatures import NONCES_FILE
 from tests.directory.conftest import TEST_JAIL_ENV, Directory, Node
 from tests.directory.test_bad_input import signed_headers
 from tests.servers import HOST, free_port, serve_in_loop

@@ -23,7 +23,6 @@ from quart import Quart
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import SignKey, b64url
-from openred.crypto.records import NodeRecord, sign_record
 from openred.node import events as ev
 from openred.node.app import create_app
 from openred.node.routes import EXTENSION
@@ -90,13 +89,11 @@ async def serve_node(name: str, jail: JailClient, data: Path, directory_key: Sig
         lifecycle_interval=3600, session_lifetime=session_lifetime, **extra,
     )
     data.mkdir(parents=True, exist_ok=True)
-    keys = await jail.public_keys()
-    record = await sign_record(NodeRecord.build(
-        sign_key=keys.sign_key, box_key=keys.box_key, api_url=url, modules=("messaging",),
-        issued_at=now(), version=1), jail.sign)
     app = create_app(settings, jail=jail)
     async with serve_in_loop(app, port):
-        yield Served(name, url, app, record, data)
+        services: NodeServices = app.extensions[EXTENSION]
+        # The node's own record (signed when it started): what the directory's grants name.
+        yield Served(name, url, app, services.own_record.signed, data)
 
 
 @dataclass

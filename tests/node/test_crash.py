@@ -29,11 +29,13 @@ from audit_tools.verify import verify
 from crypto_jail.keystore import create_keystore
 from openred.crypto.client import JailClient, PublicKeys
 from openred.crypto.identity import BoxKey, NodeId, SignKey
-from openred.crypto.records import NodeRecord, SignedNodeRecord
+from openred.crypto.records import SignedNodeRecord
 from openred.errors import OpenRedError
+from openred.node.own_record import RECORD_FILE
 from openred.web.client import HttpClient, Signer
 from tests.crypto_jail.test_server import short_dir
 from tests.node.test_app import Served, directory_app, serve_node
+from tests.node.test_hostile_directory import captured_push, send_again
 from tests.node.world import Directory, JailPair, record_envelopes
 from tests.servers import ServerProcess, free_port, serve_in_loop, start_process
 
@@ -68,6 +70,12 @@ class RemoteB:
         self.record = record
 
 
+def own_record(data: Path) -> SignedNodeRecord:
+    """The record a served node signed for itself when it started (what grants must name)."""
+    saved = json.loads((data / RECORD_FILE).read_text(encoding="utf-8"))
+    return SignedNodeRecord.from_wire(saved["signed"])
+
+
 @contextlib.asynccontextmanager
 async def pusher(directory: Directory) -> AsyncIterator[HttpClient]:
     async def sign_base(base: bytes) -> bytes:
@@ -95,7 +103,6 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         jail_a = await stack.enter_async_context(JailClient(jails.procs[0].socket_path))
         a: Served = await stack.enter_async_context(
             serve_node("a", jail_a, tmp_path / "a", directory.key, dir_url))
-        push = await stack.enter_async_context(pusher(directory))
         for attempt in range(3):  # another test may take the free port before B binds it
             port = free_port()
             try:
@@ -108,17 +115,12 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
             break
         stack.callback(lambda: server.stop())
         b_url = f"http://127.0.0.1:{port}"
-        record_obj = NodeRecord.build(
-            sign_key=SignKey.from_b64url(public["sign_key"]),
-            box_key=BoxKey.from_b64url(public["box_key"]), api_url=b_url,
-            modules=("messaging",), issued_at=int(time.time()), version=1)
-        b = RemoteB(public, b_url, SignedNodeRecord(
-            record_obj, keystore.signing_key.sign(record_obj.canonical_bytes()).signature))
+        b = RemoteB(public, b_url, own_record(b_dir))
         grant, for_a, for_b = await directory.pair(a, b, issued_at=int(time.time()))  # type: ignore[arg-type]
         await a.services.tokens.receive(for_a, int(time.time()))
-        reply = await push.request("POST", f"{b_url}/api/v3/tokens/receive", json_body=for_b,
-                                   signed=True)
-        assert reply.status == 200, reply.body
+        captured = await captured_push(directory, b_url, for_b)
+        status, answer = await send_again(captured)
+        assert status == 200, answer
         channel = await a.services.connect(grant.grant_id)
 
         # Record every envelope A sends and every receipt it gets.
@@ -147,6 +149,11 @@ async def test_sigkill_while_receiving_loses_no_acknowledged_message(
         stack.callback(lambda: server.stop())
         receipt = await a.services.send_message(channel.session_id, "after the kill")
         acknowledged.append(receipt.message_id)
+        # The push signed before the kill, sent again: B cannot know it saw that nonce (its
+        # cache died with it), and refuses every signature made before it started.
+        status, answer = await send_again(captured)
+        assert status == 401, answer
+        assert "before this service started" in answer["detail"]
         # A request B had accepted before the kill is refused after it.
         async with aiohttp.ClientSession() as session, session.post(
             f"{b_url}/api/v3/p2p/messaging/send", data=json.dumps(envelopes[0]),

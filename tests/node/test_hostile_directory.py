@@ -11,34 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from quart import Quart, Response
 
+from openred.crypto.client import JailClient
+from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
-from tests.node.test_app import World, now, problem, push
+from tests.node.test_app import World, now, problem, push, serve_node
 from tests.node.test_fastpath import world
+from tests.node.world import Directory
 from tests.servers import serve_in_loop
 
 __all__ = ["world"]
 
 
-async def a_record(world: World, api_url: str, version: int) -> SignedNodeRecord:
-    """A record node A really signed (in its jail), with this URL and version."""
-    keys = world.a.services.keys
+async def signed_by(world: World, node: str, api_url: str, version: int) -> SignedNodeRecord:
+    """A record node ``node`` ("a" or "b") really signed (in its jail): this URL and version."""
+    served, jail = (world.a, world.jails[0]) if node == "a" else (world.b, world.jails[1])
+    keys = served.services.keys
     return await sign_record(NodeRecord.build(
         sign_key=keys.sign_key, box_key=keys.box_key, api_url=api_url, modules=("messaging",),
-        issued_at=now(), version=version), world.jails[0].sign)
+        issued_at=now(), version=version), jail.sign)
 
 
 async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
     world: World,
 ) -> None:
     old_url = "http://127.0.0.1:9/moved-away"  # where A was once (version 1)
-    old = await a_record(world, old_url, 1)
-    world.a.record = await a_record(world, world.a.url, 2)  # where A is now
+    old = await signed_by(world, "a", old_url, 1)
+    world.a.record = await signed_by(world, "a", world.a.url, 2)  # where A is now
     _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                              issued_at=now())
     assert (await push(world, world.b, for_b)).status == 200
@@ -60,7 +67,7 @@ async def test_a_grant_naming_an_older_record_of_the_peer_does_not_roll_it_back(
     assert [(e.type, e.payload["api_url"], e.payload["version"]) for e in discovered] == [
         (ev.PEER_DISCOVERED, world.a.url, 2)]
     # A newer record than the one held still replaces it.
-    world.a.record = await a_record(world, old_url + "/back", 3)
+    world.a.record = await signed_by(world, "a", old_url + "/back", 3)
     _, _, newer = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                              issued_at=now())
     assert (await push(world, world.b, newer)).status == 200
@@ -195,3 +202,115 @@ async def test_every_field_of_a_delivery_made_odd_gets_a_problem_not_a_500(
     assert failures == [], "\n".join(map(repr, failures))
     assert world.b.services.store.head.size == size
     assert (await push(world, world.b, delivery)).status == 200
+
+
+Captured = tuple[str, bytes, dict[str, str]]
+
+
+async def captured_push(directory: Directory, node_url: str, body: Any) -> Captured:
+    """A push as the directory signs it (URL, body, headers), kept to be sent again."""
+    url, data = f"{node_url}/api/v3/tokens/receive", json.dumps(body).encode()
+
+    async def sign(base: bytes) -> bytes:
+        return bytes(directory.signing.sign(base).signature)
+
+    signed = await sign_request(HttpRequest("POST", url, {"Content-Type": "application/json"},
+                                            data),
+                                keyid="directory", sign_base=sign, now=now(), nonce=new_nonce())
+    return url, data, dict(signed.headers)
+
+
+async def send_again(captured: Captured) -> tuple[int, dict[str, Any]]:
+    url, data, headers = captured
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=data, headers=headers) as reply:
+        return reply.status, await reply.json(content_type=None)
+
+
+async def test_a_push_captured_before_a_restart_is_refused_after_it(world: World) -> None:
+    """The node's nonce cache started empty, so a push signed and answered just before a
+    restart verified again after it, inside the signature window. A clean stop saves the live
+    nonces and the next start knows them again (a crash: see tests/node/test_crash.py)."""
+    _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    captured = await captured_push(world.directory, world.b.url, for_b)
+    assert (await send_again(captured))[0] == 200
+    status, answer = await send_again(captured)
+    assert status == 401 and "replayed" in answer["detail"], answer
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+    async with serve_node("b", world.jails[1], world.b.data, world.directory.key,
+                          world.directory_url, port=port) as b2:
+        status, answer = await send_again(captured)
+        assert status == 401, answer
+        assert answer["type"] == "urn:openred:problem:bad-signature"
+        assert "replayed" in answer["detail"]
+        # The same delivery signed again is the directory's own retry: a duplicate.
+        reply = await push(world, b2, for_b)
+        assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
+
+
+async def test_a_grant_naming_another_record_of_this_node_is_refused(
+    world: World, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A compromised directory can name any record a node ever signed (an old URL someone else
+    now answers at, a box key rotated away after a leak) in the grant it pushes to both
+    parties; the peer, if it holds no newer record, takes it. The node itself refuses its half
+    unless the grant names its current record, so no session is opened on that grant."""
+    current = world.b.record
+    world.b.record = await signed_by(world, "b", "http://127.0.0.1:9/moved-away",
+                                     current.record.version)
+    _, _, stale = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    size = world.b.services.store.head.size
+    with caplog.at_level(logging.WARNING, logger="openred.node"):
+        reply = await push(world, world.b, stale)
+    problem(reply, 409, "outdated-record")
+    assert world.b.services.store.head.size == size
+    assert stale["grant"]["grant_id"] in caplog.text
+    world.b.record = current
+    _, _, fresh = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    assert (await push(world, world.b, fresh)).status == 200
+
+
+async def test_a_node_restarted_with_a_new_record_refuses_grants_for_the_one_before(
+    world: World,
+) -> None:
+    """The honest race (docs/decisions.md): B restarts with other settings, so it signs a new
+    record before it serves; a grant the directory minted for B's previous record (before
+    B registered the new one) is refused like a hostile one, and the initiator asks again."""
+    before = world.b.record
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+    async with serve_node("b", world.jails[1], world.b.data, world.directory.key,
+                          world.directory_url, port=port, modules=("messaging",)) as b2:
+        assert b2.record.record.version == before.record.version + 1
+        world.b = b2
+        b2.record = before  # what the directory still holds
+        _, _, late = await world.directory.pair(world.a, b2,  # type: ignore[arg-type]
+                                                issued_at=now())
+        problem(await push(world, b2, late), 409, "outdated-record")
+        b2.record = b2.services.own_record.signed
+        _, _, again = await world.directory.pair(world.a, b2,  # type: ignore[arg-type]
+                                                 issued_at=now())
+        assert (await push(world, b2, again)).status == 200
+
+
+async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A jail or store failure was answered with its own text (a socket path, a database
+    name, an exception's words); the operator reads it in the log, the client gets a generic
+    detail."""
+    _, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                             issued_at=now())
+    gone = JailClient(tmp_path / "jail-gone.sock", timeout=2, reconnect_timeout=0.2)  # down
+    monkeypatch.setattr(world.b.services.tokens, "jail", gone)
+    with caplog.at_level(logging.WARNING, logger="openred.web"):
+        reply = await push(world, world.b, for_b)
+    await gone.close()
+    problem(reply, 503, "signer-unavailable")
+    assert "jail-gone" not in reply.body.decode() and str(tmp_path) not in reply.body.decode()
+    assert "jail-gone.sock" in caplog.text

@@ -160,7 +160,8 @@ class Node:
         self.handshakes = Handshakes(store=store, jail=jail, book=self.book, keeper=self.keeper)
         self.checks = TransparencyChecks(directory.key, directory.fetch)
         self.tokens = TokenReceiver(me=keys.node_id, directory_key=directory.key, store=store,
-                                    jail=jail, book=self.book, checks=self.checks)
+                                    jail=jail, book=self.book, checks=self.checks,
+                                    own_record=lambda: self.record.hash)
         self.actions = P2PActions()
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import nacl.signing
@@ -129,6 +130,7 @@ async def test_failures_are_problem_details(
     assert (code, ctype) == (status, PROBLEM_JSON)
     assert body["type"] == f"urn:openred:problem:{slug}" and body["status"] == status
     assert isinstance(body["detail"], str) and "Traceback" not in body["detail"]
+    assert "disk gone" not in body["detail"]  # a store's own words stay in the log
     if status == 429:
         assert headers["Retry-After"] == "7"
 
@@ -212,3 +214,27 @@ async def test_a_full_nonce_quota_is_a_503_with_retry_after(site: Site) -> None:
     assert first.status == 200
     assert second.status == 503 and second.headers["Retry-After"] == "5"
     assert second.json()["type"] == "urn:openred:problem:busy"
+
+
+def test_nonces_saved_under_a_shorter_window_are_not_trusted_under_a_longer_one(
+    tmp_path: Path,
+) -> None:
+    """A saved nonce is kept until its signature leaves the window it was seen under. Restored
+    by a process with a longer window (``OPENRED_SIGNATURE_WINDOW`` raised across a restart),
+    it was forgotten while its signature still passed the new window: a replay. Such a file
+    counts as none (older signatures are refused)."""
+    now = [1000.0]
+    old = InboundVerifier("http://x", window_seconds=60, clock=lambda: now[0])
+    old.nonce_cache.remember("k", "n", created=1000, now=1000)
+    old.save(tmp_path / "nonces.json")
+    now[0] = 1001.0
+    longer = InboundVerifier("http://x", window_seconds=120, clock=lambda: now[0])
+    assert not longer.restore(tmp_path / "nonces.json")
+    assert longer.not_before == 1001
+    same = InboundVerifier("http://x", window_seconds=60, clock=lambda: now[0])
+    same.nonce_cache.remember("k", "m", created=1000, now=1000)
+    same.save(tmp_path / "nonces.json")
+    again = InboundVerifier("http://x", window_seconds=60, clock=lambda: now[0])
+    assert again.restore(tmp_path / "nonces.json") and again.not_before is None
+    assert ("k", "m") in again.nonce_cache
+

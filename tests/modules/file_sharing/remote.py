@@ -14,10 +14,9 @@ from typing import Any
 
 from crypto_jail.keystore import create_keystore
 from openred.cli_client import AdminClient
-from openred.crypto.identity import BoxKey, SignKey
-from openred.crypto.records import NodeRecord, SignedNodeRecord
+from openred.crypto.identity import SignKey
 from tests.node.test_app import Served
-from tests.node.test_crash import ROOT, RemoteB, pusher
+from tests.node.test_crash import ROOT, RemoteB, own_record, pusher
 from tests.node.world import Directory
 from tests.servers import HOST, ServerProcess, answers, free_port, start_process
 
@@ -96,12 +95,7 @@ async def remote_pair(a: Served, directory: Directory, directory_url: str,
         break
     assert remote is not None
     try:
-        record = NodeRecord.build(
-            sign_key=SignKey.from_b64url(public["sign_key"]),
-            box_key=BoxKey.from_b64url(public["box_key"]), api_url=remote.url,
-            modules=("file_sharing", "messaging"), issued_at=int(time.time()), version=1)
-        b = RemoteB(public, remote.url, SignedNodeRecord(
-            record, keystore.signing_key.sign(record.canonical_bytes()).signature))
+        b = RemoteB(public, remote.url, own_record(data))
         grant, for_a, for_b = await directory.pair(a, b, issued_at=int(time.time()))  # type: ignore[arg-type]
         await a.services.tokens.receive(for_a, int(time.time()))
         async with pusher(directory) as push:
