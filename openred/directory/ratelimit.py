@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 
-__all__ = ["FairShare", "Held", "InFlight", "RateLimiter", "client_key"]
+__all__ = ["Allowance", "FairShare", "Held", "InFlight", "RateLimiter", "client_key"]
 
 IPV6_CLIENT_PREFIX = 64
 """An IPv6 client is its /64: one subscriber line or host is given a whole /64 (RFC 6177), so
@@ -96,6 +96,54 @@ class RateLimiter:
             # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
             stalest = min(self._hits, key=lambda k: self._hits[k][-1])
             del self._hits[stalest]
+
+
+class Allowance:
+    """At most ``limit`` units per key in a burst, refilled at ``limit`` per ``window`` seconds.
+
+    A token bucket per key: two floats, whatever the limit (:class:`RateLimiter` keeps every
+    hit, too much for budgets of 100,000 messages an hour). A key unused for ``window`` seconds
+    is full again, and only then dropped from the table. :meth:`retry_after` then :meth:`take`
+    with no await in between: charges made at once cannot all pass before the first is taken.
+    """
+
+    def __init__(self, limit: int, window: float, *, max_keys: int = 100_000) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit and window must be positive")
+        self.limit = limit
+        self.window = window
+        self.rate = limit / window
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """key → (units left, when counted)."""
+
+    def _left(self, key: str, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return float(self.limit)
+        left, at = bucket
+        return min(float(self.limit), left + max(0.0, now - at) * self.rate)
+
+    def retry_after(self, key: str, now: float, units: int = 1) -> float | None:
+        """Seconds until ``units`` fit ``key``'s budget (None: they fit now; nothing recorded).
+
+        More units than ``limit`` are counted as ``limit`` (they fit a full budget)."""
+        missing = min(units, self.limit) - self._left(key, now)
+        return None if missing <= 0 else max(missing / self.rate, 0.001)
+
+    def take(self, key: str, now: float, units: int = 1) -> None:
+        """Take ``units`` from ``key``'s budget (checked with :meth:`retry_after` first)."""
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            self._sweep(now)
+        self._buckets[key] = (self._left(key, now) - min(units, self.limit), now)
+
+    def _sweep(self, now: float) -> None:
+        buckets = self._buckets
+        for key in [k for k, (_, at) in buckets.items() if at <= now - self.window]:
+            del buckets[key]
+        if len(buckets) >= self.max_keys:
+            # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
+            del buckets[min(buckets, key=lambda k: buckets[k][1])]
 
 
 class _Shares:

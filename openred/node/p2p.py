@@ -6,6 +6,10 @@ session's channel (cache first), runs the handler on the plaintext, appends the 
 handler returns and seals the answer bound to the request's counter. Any event a request
 causes in its session's stream must carry that request's ``counter``: restoring a session
 re-marks those counters in the replay window (:mod:`openred.node.sessions`).
+
+Everything a call appends is caused by the peer, so ``room`` (the node's
+:class:`~openred.node.diskreserve.DiskReserve` check) is asked before each such append: below
+the reserve the call is refused (507 ``disk-full``) and nothing is logged.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class P2PActions:
 
 async def dispatch(
     route: Route, body: object, *, actions: P2PActions, keeper: SessionKeeper,
-    store: SQLiteEventStore, now: int,
+    store: SQLiteEventStore, now: int, room: Callable[[], None] | None = None,
 ) -> Envelope:
     """Handle one encrypted request; the encrypted answer, or NodeRefused (nothing committed)."""
     envelope = body if isinstance(body, Envelope) else Envelope.from_json(body)  # binary: parsed
@@ -108,6 +112,8 @@ async def dispatch(
                 raise AssertionError(
                     f"{event.type} in the session stream lacks the request counter")
         if outcome.events:
+            if room is not None:
+                room()
             await store.append(outcome.events)
     finally:
         if outcome.settled is not None:

@@ -203,7 +203,7 @@ async def p2p_batch() -> dict[str, Any]:
 @blueprint.post("/p2p/<module>/<action>")
 @accept_binary(lambda route, envelope: services().handle(route, envelope))  # octet-stream body
 @validate_response(EnvelopeModel, 200)
-@_documented(400, 401, 404, 409, 410, 413, 422, 503)
+@_documented(400, 401, 404, 409, 410, 413, 422, 429, 503, 507)
 async def p2p(module: str, action: str) -> dict[str, Any]:
     """An encrypted call on an established session; the encrypted answer."""
     route = Route(module, action)

@@ -24,7 +24,7 @@ from openred.crypto.records import SignedNodeRecord
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
-from openred.modules.messaging.service import Messaging, Receipt
+from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
 from openred.modules.monitoring.health import (
     Probe,
     database_writable,
@@ -33,6 +33,7 @@ from openred.modules.monitoring.health import (
 )
 from openred.node.batch import BATCH_PATH, CallBatcher, Render, handle_batch, post_batch
 from openred.node.book import NodeBook
+from openred.node.diskreserve import DiskReserve, free_bytes
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import node_registry
 from openred.node.handshake_service import HandshakeAnswer, Handshakes
@@ -81,6 +82,11 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     status = reply.status if 400 <= reply.status < 500 else 502
     refusal = NodeRefused(status, slug, detail)
     wait = reply.headers.get("Retry-After", "") if status == 429 else ""
+    if not wait and status == 429 and isinstance(body, dict):
+        # A call answered inside a batch has no headers of its own: its problem carries the
+        # wait as a member (openred.modules.messaging.service.PeerBudget).
+        member = body.get("retry_after")
+        wait = str(member) if type(member) is int else ""
     if wait.isdigit() and len(wait) <= 6:
         refusal.retry_after = int(wait)  # passed on to whoever asked us (the admin API's 429)
     return refusal
@@ -186,6 +192,8 @@ class NodeServices:
     peer_urls: PeerUrls | None = None
     batchers: dict[str, CallBatcher] = field(default_factory=dict)
     """The message path's :class:`CallBatcher` of each peer API URL."""
+    reserve: DiskReserve | None = None
+    """Free space kept on the log's file system: peers' calls log nothing below it."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -234,9 +242,13 @@ class NodeServices:
                                  jail=jail, book=book,
                                  checks=TransparencyChecks(directory_key, fetch),
                                  own_record=own_record.hash, peer_changing=peer_urls.changing),
-            messaging=Messaging(store, jail, reads), actions=P2PActions(), http=http,
+            messaging=Messaging(store, jail, reads, budget=PeerBudget(
+                messages=settings.peer_messages_per_hour,
+                text_bytes=settings.peer_message_bytes_per_hour, window=3600.0)),
+            actions=P2PActions(), http=http,
             modules=report, methods=methods, own_record=own_record, clock=clock,
             peer_urls=peer_urls,
+            reserve=DiskReserve(free_bytes(settings.data_dir), settings.disk_reserve),
         )
         return services
 
@@ -267,8 +279,10 @@ class NodeServices:
     # -- inbound --
 
     async def handle(self, route: Route, body: object) -> Envelope:
+        reserve = self.reserve
         return await dispatch(route, body, actions=self.actions, keeper=self.keeper,
-                              store=self.store, now=self.now())
+                              store=self.store, now=self.now(),
+                              room=None if reserve is None else reserve.check)
 
     async def handle_batch(self, body: object, render: Render) -> list[dict[str, Any]]:
         """Each call of a ``POST /api/v3/p2p/batch`` through :meth:`handle` (:mod:`.batch`)."""

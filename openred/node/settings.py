@@ -11,6 +11,13 @@
                                     per minute (30); past that it gets 429 and nothing is
                                     logged; all addresses together log ten times that at most
 ``OPENRED_MAX_BODY_BYTES``          largest request body (393216: a 256 KiB envelope fits)
+``OPENRED_DISK_RESERVE``            bytes kept free on the log's file system: below that,
+                                    nothing a peer's call causes is logged (507 ``disk-full``)
+                                    (67108864: 64 MiB; 0 turns the guard off)
+``OPENRED_PEER_MESSAGES_PER_HOUR``  messages one peer may have logged per hour, in bursts up
+                                    to that (100000); past it 429 with Retry-After
+``OPENRED_PEER_MESSAGE_BYTES_PER_HOUR``  bytes of message text one peer may have logged per
+                                    hour, likewise (1073741824: 1 GiB; at least 65536)
 ``OPENRED_PROJECTION_RETENTION``    seconds ended rows (expired/closed sessions, grant outcomes,
                                     ended file offers) stay in the projections before the
                                     lifecycle cleans them, at least 3600 (2592000: 30 days), or
@@ -31,6 +38,7 @@ from typing import Self
 from openred.crypto.identity import SignKey
 from openred.errors import ConfigurationError, InvalidKey
 from openred.modules import parse_enabled
+from openred.node.diskreserve import DISK_RESERVE
 from openred.settings import ServiceSettings, _Values
 
 __all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MODULES", "DEFAULT_RETENTION", "NodeSettings"]
@@ -41,6 +49,13 @@ DEFAULT_MODULES = "messaging,file_sharing"
 established peer's request)."""
 DEFAULT_RETENTION = 30 * 86400
 MIN_RETENTION = 3600
+PEER_MESSAGES_PER_HOUR = 100_000
+"""Messages from one peer a node logs per hour (a token bucket: bursts up to this). Far above
+a person's use, and ~50 times what a benchmark run sends one peer (~2,000 messages)."""
+PEER_MESSAGE_BYTES_PER_HOUR = 1 << 30
+"""Bytes of message text from one peer a node logs per hour (~2.7 GiB of log and inbox)."""
+MIN_PEER_MESSAGE_BYTES = 64 * 1024
+"""The largest message's text (messaging's ``MAX_TEXT``): a smaller budget would refuse it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +73,10 @@ class NodeSettings(ServiceSettings):
     handshake_refusals: int = 30
     projection_retention: int | None = DEFAULT_RETENTION
     """Seconds ended rows stay in the projections (None: never cleaned)."""
+    disk_reserve: int = DISK_RESERVE
+    """Bytes kept free on the log's file system for the node's own events."""
+    peer_messages_per_hour: int = PEER_MESSAGES_PER_HOUR
+    peer_message_bytes_per_hour: int = PEER_MESSAGE_BYTES_PER_HOUR
 
     @property
     def jail_witness_path(self) -> Path | None:
@@ -96,4 +115,10 @@ class NodeSettings(ServiceSettings):
             epoch_interval=v.integer("EPOCH_INTERVAL", 3600, minimum=60),
             handshake_refusals=v.integer("HANDSHAKE_REFUSALS", 30, minimum=1),
             projection_retention=retention,
+            disk_reserve=v.integer("DISK_RESERVE", DISK_RESERVE),
+            peer_messages_per_hour=v.integer("PEER_MESSAGES_PER_HOUR", PEER_MESSAGES_PER_HOUR,
+                                             minimum=1),
+            peer_message_bytes_per_hour=v.integer(
+                "PEER_MESSAGE_BYTES_PER_HOUR", PEER_MESSAGE_BYTES_PER_HOUR,
+                minimum=MIN_PEER_MESSAGE_BYTES),
         )

@@ -59,6 +59,7 @@ TITLES = {
     405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 413: "Content Too Large",
     415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 # (error class, status, slug), most specific first: the first match wins.

@@ -411,5 +411,5 @@ async def test_the_openapi_document_lists_every_route_and_its_problems(world: Wo
     handshake = paths["/api/v3/p2p/handshake"]["post"]["responses"]
     assert {"200", "401", "404", "409", "410", "429"} <= set(handshake)
     envelope = paths["/api/v3/p2p/{module}/{action}"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "409", "410", "413"} <= set(envelope)
+    assert {"200", "400", "401", "404", "409", "410", "413", "429", "507"} <= set(envelope)
     assert {"200", "400", "413"} <= set(paths["/api/v3/p2p/batch"]["post"]["responses"])

@@ -24,12 +24,24 @@ def test_defaults_and_the_env_file(tmp_path: Path) -> None:
     assert settings.modules == ("messaging", "notes")
     assert settings.session_lifetime == 86400
     assert settings.base_url == "http://127.0.0.1:8710"
+    assert settings.disk_reserve == 64 << 20
+    assert (settings.peer_messages_per_hour, settings.peer_message_bytes_per_hour) == (
+        100_000, 1 << 30)
+    tight = NodeSettings.load(tmp_path, environ={
+        "OPENRED_DISK_RESERVE": "0", "OPENRED_PEER_MESSAGES_PER_HOUR": "10",
+        "OPENRED_PEER_MESSAGE_BYTES_PER_HOUR": "65536"})
+    assert (tight.disk_reserve, tight.peer_messages_per_hour,
+            tight.peer_message_bytes_per_hour) == (0, 10, 65536)
 
 
 @pytest.mark.parametrize(("environ", "match"), [
     ({"OPENRED_MODULES": "messaging, ../x"}, "module"),
     ({"OPENRED_SESSION_LIFETIME": "10"}, "SESSION_LIFETIME"),
     ({"OPENRED_LIFECYCLE_INTERVAL": "soon"}, "LIFECYCLE_INTERVAL"),
+    ({"OPENRED_DISK_RESERVE": "-1"}, "DISK_RESERVE"),
+    ({"OPENRED_PEER_MESSAGES_PER_HOUR": "0"}, "PEER_MESSAGES_PER_HOUR"),
+    # Below the largest message's text, that message could never be logged.
+    ({"OPENRED_PEER_MESSAGE_BYTES_PER_HOUR": "65535"}, "PEER_MESSAGE_BYTES_PER_HOUR"),
 ])
 def test_malformed_values_are_refused(tmp_path: Path, environ: dict[str, str],
                                       match: str) -> None:

@@ -72,6 +72,7 @@ from openred.modules.file_sharing.domain import (
 from openred.modules.file_sharing.partial import PartialFile, Write
 from openred.modules.file_sharing.readmodels import FileOfferRow, FileTransferRow
 from openred.node.book import NodeBook
+from openred.node.diskreserve import DISK_RESERVE
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.p2p import Outcome, RequestContext
 from openred.node.readmodels import ReadModels
@@ -110,8 +111,6 @@ the largest offer (:data:`~.domain.MAX_CHUNKS` chunks) fits, 64 MiB less 32 byte
 PREDICTABLE_NAMES: Final = 10
 """Names tried in the download directory (``name``, ``name (1)`` … ``name (9)``) before one
 nobody can guess (``name (<16 random hex digits>)``)."""
-DISK_RESERVE: Final = 64 * 1024 * 1024
-"""Free space a fetch leaves on the partial file's file system (for the node's own log)."""
 """Chunks the digest reads back in one go (at most)."""
 _MARK = struct.Struct(">I32s")
 

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -32,6 +33,7 @@ from sqlmodel import col, select
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.session import EPOCH_SHIFT
+from openred.directory.ratelimit import Allowance
 from openred.errors import NodeRefused
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.bodykey import BODY_KEY_FILE, BodyKey
@@ -43,7 +45,8 @@ from openred.store.codec import canonical_json
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["MAX_TEXT", "SEND", "IdFilter", "InboxIndex", "Message", "Messaging", "Receipt"]
+__all__ = ["MAX_TEXT", "SEND", "IdFilter", "InboxIndex", "Message", "Messaging", "PeerBudget",
+           "Receipt"]
 
 logger = logging.getLogger("openred.messaging")
 
@@ -349,18 +352,53 @@ class InboxIndex:
             self._conn = None
 
 
+class PeerBudget:
+    """What one peer may have logged as messages: ``messages`` and ``text_bytes`` per ``window``.
+
+    Each peer (node id) has a budget of both, refilled evenly over the window (an
+    :class:`~openred.directory.ratelimit.Allowance` each: two floats per peer and dimension);
+    a message that does not fit is refused 429 ``too-many-messages`` with Retry-After, before
+    anything is sealed or logged. A message already held is answered again without charge.
+    The node's defaults (``OPENRED_PEER_MESSAGES_PER_HOUR``, ``..._BYTES_PER_HOUR``) are far
+    above a person's use and what a benchmark run sends; they bound what one peer adds to the
+    log and the inbox per hour. Costs two dict lookups and a little float arithmetic per message.
+    """
+
+    def __init__(self, *, messages: int, text_bytes: int, window: float) -> None:
+        self.messages = Allowance(messages, window)
+        self.text_bytes = Allowance(text_bytes, window)
+
+    def charge(self, peer: str, size: int, now: float) -> None:
+        """Count one message of ``size`` bytes of text for ``peer``, or refuse it (429)."""
+        wait = self.messages.retry_after(peer, now)
+        wait_bytes = self.text_bytes.retry_after(peer, now, size)
+        if wait is not None or wait_bytes is not None:
+            seconds = max(1, math.ceil(max(wait or 0.0, wait_bytes or 0.0)))
+            refused = NodeRefused(429, "too-many-messages", (
+                f"this node logs at most {self.messages.limit} messages and "
+                f"{self.text_bytes.limit} bytes of text from one peer per "
+                f"{self.messages.window:.0f} s: retry in {seconds} s"))
+            refused.retry_after = seconds
+            refused.extra = {"retry_after": seconds}  # a batched call's answer has no headers
+            raise refused
+        self.messages.take(peer, now)
+        self.text_bytes.take(peer, now, size)
+
+
 class Messaging:
     """The messaging module's services over the node's store, jail and read models."""
 
     def __init__(
         self, store: SQLiteEventStore, jail: JailClient, reads: ReadModels, *,
-        body_key: BodyKey | None = None,
+        body_key: BodyKey | None = None, budget: PeerBudget | None = None,
     ) -> None:
         self.store = store
         self.jail = jail
         self.reads = reads
         self.bodies = body_key or BodyKey(jail, store.path.parent / BODY_KEY_FILE)
         self.index = InboxIndex(store.path)
+        self.budget = budget
+        """What each peer may have logged (None: unbounded)."""
         self._receiving: dict[str, tuple[str, asyncio.Event]] = {}
         """Message ids being stored by a request under way, and by which peer (until the
         append of their ``MessageReceived`` is over)."""
@@ -395,6 +433,8 @@ class Messaging:
             if receiving[0] != ctx.peer:
                 raise NodeRefused(409, "message-id-taken", "another peer used this message id")
             await receiving[1].wait()
+        if self.budget is not None:  # no await between its check and its charge
+            self.budget.charge(ctx.peer, len(body), ctx.now)
         mine = (ctx.peer, asyncio.Event())
         self._receiving[message_id] = mine
 

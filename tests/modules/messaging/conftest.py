@@ -1,0 +1,3 @@
+from tests.node.conftest import directory, jails
+
+__all__ = ["directory", "jails"]
