@@ -15,8 +15,9 @@ What counts as the log's *logical content*, compared before and after each flip:
 * and that each of these tables is still there (a table gone from the schema is a change).
 
 Rows are read from the tables themselves (``NOT INDEXED``), text as raw bytes. ``make test``
-flips every bit of the first 100 bytes (the header) and a stride sample of the rest;
-``OPENRED_TEST_LONG=1`` flips every bit of the image.
+flips every bit of the first 100 bytes (the header), one bit of each byte of every page's
+b-tree header and one bit of every seventh byte (about 4,300 flips); ``OPENRED_TEST_LONG=1``
+flips every bit of the image (about 172,000).
 """
 
 from __future__ import annotations
@@ -149,10 +150,20 @@ def check_flips(image: Image, bits: Iterable[int], target: Path) -> Outcome:
     return outcome
 
 
+PAGE_HEADER_BYTES = 12
+"""A b-tree page's header (8 bytes, 12 on interior pages): type, free blocks, cell count..."""
+STRIDE = 7
+
+
 def sample_bits(size: int) -> list[int]:
-    """Every bit of the header, then one bit of every third byte (a different bit each time)."""
+    """Every bit of the header; one bit of each byte of every page's b-tree header; then one bit
+    of every seventh byte (a different bit each time: 7 and 8 are coprime, so every bit
+    position of every page's bytes is reached)."""
     bits = list(range(HEADER_BYTES * 8))
-    bits += [byte * 8 + byte % 8 for byte in range(HEADER_BYTES, size, 3)]
+    page_headers = {start + i for start in [HEADER_BYTES, *range(PAGE_SIZE, size, PAGE_SIZE)]
+                    for i in range(PAGE_HEADER_BYTES)}
+    rest = set(range(HEADER_BYTES, size, STRIDE))
+    bits += [byte * 8 + byte % 8 for byte in sorted(page_headers | rest)]
     return bits
 
 

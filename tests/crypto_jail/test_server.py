@@ -38,8 +38,12 @@ FAST_KDF_ENV = {"OPENRED_JAIL_KDF": "min"}
 
 
 def short_dir() -> Path:
-    """A private temp dir with a short path (Unix socket paths are limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="oj", dir="/tmp"))
+    """A private temp dir with a short path (Unix socket paths are limited to 107 bytes).
+
+    In the suite's temporary folder (tests/conftest.py) when its path is short, else in /tmp.
+    """
+    base = tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix="oj", dir=base if len(base) <= 40 else "/tmp"))
 
 
 def jail_env(**extra: str) -> dict[str, str]:

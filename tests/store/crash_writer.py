@@ -1,13 +1,18 @@
 """Child process of the crash-safety test: append random batches to a log until killed.
 
-Usage: ``python -m tests.store.crash_writer DB SEED FIRST_ID``
+Usage: ``python -m tests.store.crash_writer DB SEED FIRST_ID`` (one writer, to replay a cycle
+by hand), or ``python -m tests.store.crash_writer --fork-server FD`` (what the test runs): a
+process that imports everything once, then forks one writer per request received on the Unix
+socket ``FD`` (see :func:`serve`). Starting a Python process and importing the store is most
+of a cycle's time; a forked writer opens the log itself, after the fork, so it is the same
+writer with its own connections and threads, killed the same way.
 
-Prints ``ready <head size>`` once the store is open, then after every acknowledged append (the
-``await store.append`` returned, so the transaction committed) one line::
+A writer prints ``ready <head size>`` once the store is open, then after every acknowledged
+append (the ``await store.append`` returned, so the transaction committed) one line::
 
     ack <first seq> <last seq> <last stream> <last stream version> <sha256 of the entry hashes>
 
-The parent kills this process with SIGKILL at a random moment and checks that every
+The parent has it killed with SIGKILL at a random moment and checks that every
 acknowledged batch is in the database, byte for byte.
 """
 
@@ -17,7 +22,10 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
+import socket
 import sys
+import traceback
 from pathlib import Path
 
 from openred.node.events import node_registry
@@ -69,7 +77,55 @@ async def run(path: Path, seed: int, first_id: int) -> None:
         await asyncio.sleep(rng.uniform(0, 0.004))
 
 
+def serve(sock: socket.socket) -> None:
+    """Fork one writer per request on ``sock``; kill it when told; say how it ended.
+
+    A request is one message ``DB SEED FIRST_ID`` carrying two descriptors, the write ends of
+    the writer's stdout and stderr; the answer is ``started PID``. The next message, ``kill``,
+    has the server SIGKILL that writer (its own child, not reaped until then: the pid cannot
+    name another process) and answer ``exited PID STATUS`` (the raw wait status). One writer
+    at a time; the server leaves when the socket closes.
+    """
+    while True:
+        message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
+        if not message:
+            return
+        path, seed, first_id = message.decode().split()
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            for fd in fds:
+                os.close(fd)
+            try:
+                asyncio.run(run(Path(path), int(seed), int(first_id)))
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(f"started {pid}".encode())
+        order = sock.recv(16)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if order != b"kill":
+            return
+        sock.sendall(f"exited {pid} {status}".encode())
+
+
 def main() -> None:
+    if sys.argv[1] == "--fork-server":
+        # What every writer would redo is done once, before the first fork: the imports
+        # (Alembic too) and the expected schema opening checks against.
+        from openred.store.migrate import head_revision
+        from openred.store.schema import expected_schema
+
+        head_revision("node")
+        expected_schema("node")
+        serve(socket.socket(fileno=int(sys.argv[2])))
+        return
     path, seed, first_id = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     asyncio.run(run(path, seed, first_id))
 
