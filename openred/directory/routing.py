@@ -11,10 +11,10 @@ from quart_schema import document_response
 
 from openred.crypto.httpsig import HttpRequest
 from openred.crypto.identity import NodeId, SignKey
-from openred.directory.ratelimit import client_key
 from openred.directory.schemas import SignedRecordBody
 from openred.directory.service import DirectoryService
 from openred.errors import InvalidKey
+from openred.ratelimit import client_key
 from openred.web.problems import Problem
 from openred.web.signatures import to_http_request
 

@@ -53,9 +53,9 @@ from openred.directory import events as ev
 from openred.directory.events import directory_registry
 from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
-from openred.directory.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.directory.tree import ProofTree
 from openred.errors import OpenRedError, RequestRefused, StoreError, TamperedLog
+from openred.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.settings import DirectorySettings
 from openred.store.checkpoint import (
     Checkpoint,

@@ -24,7 +24,6 @@ from quart_schema import QuartSchema
 from openred import __version__
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.directory.keys import connect_jail
-from openred.directory.ratelimit import RateLimiter
 from openred.errors import OpenRedError
 from openred.modules import install_app_hooks
 from openred.node.fastpath import install_fast_p2p
@@ -38,6 +37,7 @@ from openred.node.routes import (
 )
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
+from openred.ratelimit import RateLimiter
 from openred.web.problems import install
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 

@@ -21,7 +21,6 @@ from quart_schema import document_response, validate_response
 
 from openred import __version__
 from openred.crypto.identity import SignKey, b64url
-from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused, RequestRefused
 from openred.modules.monitoring.health import refusal, run_checks
 from openred.node.envelope import Route
@@ -29,6 +28,7 @@ from openred.node.envelope_binary import accept_binary
 from openred.node.fastpath import problem_renderer
 from openred.node.handshake import parse_handshake
 from openred.node.services import NodeServices
+from openred.ratelimit import RateLimiter
 from openred.web.problems import Problem
 from openred.web.signatures import InboundVerifier
 

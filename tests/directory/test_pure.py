@@ -15,9 +15,9 @@ from openred.crypto.records import NodeRecord, SignedNodeRecord
 from openred.directory import decisions as d
 from openred.directory import events as ev
 from openred.directory.projections import directory_projections
-from openred.directory.ratelimit import FairShare, InFlight, RateLimiter
 from openred.directory.tree import ProofTree
 from openred.errors import RequestRefused
+from openred.ratelimit import FairShare, InFlight, RateLimiter
 from openred.store import merkle
 from openred.store.events import RecordedEvent
 
@@ -260,7 +260,7 @@ async def test_node_cache_sees_foreign_writes_but_not_its_own_in_flight(tmp_path
 
 
 def test_client_keys_group_an_ipv6_network_and_unmap_ipv4() -> None:
-    from openred.directory.ratelimit import client_key
+    from openred.ratelimit import client_key
 
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == (
         "address:2001:db8:1:2::/64")

@@ -32,13 +32,13 @@ from typing import Any, Final
 
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
-from openred.directory.ratelimit import RateLimiter
 from openred.errors import ConfigurationError, RequestRefused
 from openred.files import write_private
 from openred.modules.authentication.files import TOTP_STATE_FILE
 from openred.modules.authentication.totp import SECRET_BYTES, match_step, provisioning_uri
 from openred.node.admin_keys import ADMIN_KEY_FILE
 from openred.procnet import connection_owner
+from openred.ratelimit import RateLimiter
 
 __all__ = ["WRAP_LABEL", "OperatorAuth"]
 

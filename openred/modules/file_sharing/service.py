@@ -53,7 +53,6 @@ import rfc8785
 from sqlmodel import col, func, select
 
 from openred.crypto.identity import b64url, from_b64url
-from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused, OpenRedError, TransportError
 from openred.modules.file_sharing import events as ev
 from openred.modules.file_sharing.domain import (
@@ -77,6 +76,7 @@ from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.p2p import Outcome, RequestContext
 from openred.node.readmodels import ReadModels
 from openred.node.sessions import SessionKeeper
+from openred.ratelimit import RateLimiter
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 

@@ -33,7 +33,6 @@ from sqlmodel import col, select
 from openred.crypto.client import JailClient
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.session import EPOCH_SHIFT
-from openred.directory.ratelimit import Allowance
 from openred.errors import NodeRefused
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.bodykey import BODY_KEY_FILE, BodyKey
@@ -41,6 +40,7 @@ from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import session_stream
 from openred.node.p2p import Outcome, RequestContext
 from openred.node.readmodels import InboxRow, OutboxRow, ReadModels
+from openred.ratelimit import Allowance
 from openred.store.codec import canonical_json
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
@@ -356,7 +356,7 @@ class PeerBudget:
     """What one peer may have logged as messages: ``messages`` and ``text_bytes`` per ``window``.
 
     Each peer (node id) has a budget of both, refilled evenly over the window (an
-    :class:`~openred.directory.ratelimit.Allowance` each: two floats per peer and dimension);
+    :class:`~openred.ratelimit.Allowance` each: two floats per peer and dimension);
     a message that does not fit is refused 429 ``too-many-messages`` with Retry-After, before
     anything is sealed or logged. A message already held is answered again without charge.
     The node's defaults (``OPENRED_PEER_MESSAGES_PER_HOUR``, ``..._BYTES_PER_HOUR``) are far

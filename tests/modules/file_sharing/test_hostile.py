@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from openred.crypto.identity import b64url
-from openred.directory.ratelimit import RateLimiter
 from openred.errors import NodeRefused
 from openred.modules.file_sharing import service
 from openred.modules.file_sharing.domain import (
@@ -29,6 +28,7 @@ from openred.modules.file_sharing.domain import (
     OfferTerms,
 )
 from openred.modules.file_sharing.service import CHUNK, OFFER, REVOKE, _json, new_offer_id
+from openred.ratelimit import RateLimiter
 from tests.modules.file_sharing.world import Pair, files, verified_pair
 from tests.node.world import Directory, JailPair
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from openred.directory.ratelimit import Allowance
 from openred.errors import NodeRefused
 from openred.modules.file_sharing.domain import MIN_CHUNK_SIZE
 from openred.modules.file_sharing.service import OFFER
 from openred.modules.messaging import events as ev
 from openred.modules.messaging.service import PeerBudget
 from openred.node.diskreserve import DiskReserve, free_bytes
+from openred.ratelimit import Allowance
 from tests.modules.file_sharing.test_hostile import _json, crafted
 from tests.modules.file_sharing.world import Pair, files, served_pair
 from tests.node.world import Directory, JailPair

@@ -1,4 +1,5 @@
-"""Keyed limits of the directory (issue 7 §5: per initiator and per target).
+"""Keyed limits, pure and shared: the directory's (issue 7 §5: per initiator and per target),
+the node's (handshake refusals, offers, operator logins) and messaging's per-peer budgets.
 
 Pure and in memory: ``now`` is passed in. :class:`RateLimiter` keeps each key's recent hits; a
 hit beyond ``limit`` inside ``window`` seconds is refused with the seconds until the oldest hit
