@@ -11,9 +11,14 @@ all. The tables are bounded: keys whose hits all left the window are dropped as 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["Allowance", "FairShare", "Held", "InFlight", "RateLimiter", "client_key"]
+
+T = TypeVar("T")
 
 IPV6_CLIENT_PREFIX = 64
 """An IPv6 client is its /64: one subscriber line or host is given a whole /64 (RFC 6177), so
@@ -51,6 +56,20 @@ def _network(text: str) -> str:
     return str(found)
 
 
+def _sweep(table: dict[str, T], last: Callable[[T], float], horizon: float,
+           max_keys: int) -> None:
+    """Drop the keys of ``table`` last used at ``horizon`` or before; if it still holds
+    ``max_keys``, forget the stalest live one (a bounded table beats a memory bomb)."""
+    for key in [k for k, v in table.items() if last(v) <= horizon]:
+        del table[key]
+    if len(table) >= max_keys:
+        del table[min(table, key=lambda k: last(table[k]))]
+
+
+def _last_hit(hits: deque[float]) -> float:
+    return hits[-1] if hits else -math.inf
+
+
 class RateLimiter:
     """At most ``limit`` hits per key in any ``window`` seconds."""
 
@@ -78,7 +97,7 @@ class RateLimiter:
         hits = self._hits.get(key)
         if hits is None:
             if len(self._hits) >= self.max_keys:
-                self._sweep(now)
+                _sweep(self._hits, _last_hit, now - self.window, self.max_keys)
             hits = self._hits[key] = deque()
         hits.append(now)
 
@@ -90,13 +109,6 @@ class RateLimiter:
         if hits:
             hits.pop()
 
-    def _sweep(self, now: float) -> None:
-        for key in [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window]:
-            del self._hits[key]
-        if len(self._hits) >= self.max_keys:
-            # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
-            stalest = min(self._hits, key=lambda k: self._hits[k][-1])
-            del self._hits[stalest]
 
 
 class Allowance:
@@ -135,16 +147,12 @@ class Allowance:
     def take(self, key: str, now: float, units: int = 1) -> None:
         """Take ``units`` from ``key``'s budget (checked with :meth:`retry_after` first)."""
         if key not in self._buckets and len(self._buckets) >= self.max_keys:
-            self._sweep(now)
+            _sweep(self._buckets, _counted_at, now - self.window, self.max_keys)
         self._buckets[key] = (self._left(key, now) - min(units, self.limit), now)
 
-    def _sweep(self, now: float) -> None:
-        buckets = self._buckets
-        for key in [k for k, (_, at) in buckets.items() if at <= now - self.window]:
-            del buckets[key]
-        if len(buckets) >= self.max_keys:
-            # Still full of live keys: forget the stalest (a bounded table beats a memory bomb).
-            del buckets[min(buckets, key=lambda k: buckets[k][1])]
+
+def _counted_at(bucket: tuple[float, float]) -> float:
+    return bucket[1]
 
 
 class _Shares:
@@ -155,6 +163,10 @@ class _Shares:
     def __init__(self) -> None:
         self.hits: deque[tuple[float, str]] = deque()
         self.counts: dict[str, int] = {}
+
+    def last(self) -> float:
+        """When the newest hit was made (-inf: none)."""
+        return self.hits[-1][0] if self.hits else -math.inf
 
     def expire(self, horizon: float) -> None:
         hits, counts = self.hits, self.counts
@@ -207,18 +219,11 @@ class FairShare:
         shares = self._keys.get(key)
         if shares is None:
             if len(self._keys) >= self.max_keys:
-                self._sweep(now)
+                _sweep(self._keys, _Shares.last, now - self.window, self.max_keys)
             shares = self._keys[key] = _Shares()
         shares.hits.append((now, party))
         shares.counts[party] = shares.counts.get(party, 0) + 1
 
-    def _sweep(self, now: float) -> None:
-        horizon = now - self.window
-        keys = self._keys
-        for key in [k for k, s in keys.items() if not s.hits or s.hits[-1][0] <= horizon]:
-            del keys[key]
-        if len(keys) >= self.max_keys:
-            del keys[min(keys, key=lambda k: keys[k].hits[-1][0])]
 
 
 class InFlight:
