@@ -27,6 +27,16 @@ request, from send to full answer.
   inclusion, push both halves and wait for both acknowledgements;
 * ``directory_discover``: ``GET /nodes/discover?node_id=`` for one record.
 
+Each scenario runs at two concurrencies, each against the baseline at the same one: 16
+requests in flight (the names without a suffix, as since the first bench) and 64 (the names
+ending in ``_c64``, against ``http_json_baseline_c64``). The baseline is saturated at 16 already
+(its rate is the same at 64), while a registration or a grant waits for its group's fsync
+before it is answered, so 16 requests in flight leave the directory idle part of the time:
+by Little's law, requests in flight = rate × time each spends in the server, and a fsync
+plus the group it waits behind is 10–13 ms of every registration's stay at 16. The ``_c64``
+figures are the directory's capacity, what the issue's targets compare
+(docs/decisions.md, "The directory's capacity: requests in flight, not the GIL alone").
+
 ``python -m bench.bench_directory`` (or ``make bench``); ``--quick`` runs fewer requests.
 """
 
@@ -52,6 +62,9 @@ import nacl.signing
 from bench.common import percentiles, report
 
 CONCURRENCY = 16
+"""Requests in flight: the figures under the names without a suffix (since the first bench)."""
+SATURATED = 64
+"""Requests in flight for the ``_c64`` figures: enough to keep the directory busy (below)."""
 ROUNDS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,12 +251,13 @@ class Run:
     statuses: dict[str, int]
 
 
-def _load_raw(requests: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
+def _load_raw(requests: list[dict[str, Any]], tmp: Path,
+              concurrency: int = CONCURRENCY) -> dict[str, Any]:
     path = tmp / f"requests-{random.random()}.json"
     path.write_text(json.dumps(requests))
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_directory", "--client", str(path),
-         str(CONCURRENCY)], cwd=ROOT, capture_output=True, text=True, check=True,
+         str(concurrency)], cwd=ROOT, capture_output=True, text=True, check=True,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -261,7 +275,7 @@ def _run(results: list[dict[str, Any]]) -> Run:
 
 
 def interleaved(requests: list[dict[str, Any]], baseline: list[dict[str, Any]], tmp: Path,
-                rounds: int = ROUNDS) -> tuple[Run, Run]:
+                rounds: int = ROUNDS, concurrency: int = CONCURRENCY) -> tuple[Run, Run]:
     """(scenario, baseline), each measured in ``rounds`` chunks that alternate with the other.
 
     The machine is shared and its load drifts within seconds: alternating short chunks puts
@@ -270,8 +284,8 @@ def interleaved(requests: list[dict[str, Any]], baseline: list[dict[str, Any]], 
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     for i in range(rounds):
-        theirs.append(_load_raw(baseline[i::rounds], tmp))
-        ours.append(_load_raw(requests[i::rounds], tmp))
+        theirs.append(_load_raw(baseline[i::rounds], tmp, concurrency))
+        ours.append(_load_raw(requests[i::rounds], tmp, concurrency))
     return _run(ours), _run(theirs)
 
 
@@ -329,6 +343,7 @@ def run_all(quick: bool) -> None:
     n_base, n_reg, n_grant, n_disc = (600, 300, 150, 600) if quick else (6000, 3000, 1500, 6000)
     tmp = Path(tempfile.mkdtemp(prefix="openred-bench-dir-"))
     procs: list[subprocess.Popen[bytes]] = []
+    results: list[tuple[str, tuple[Run, Run], tuple[Run, Run], tuple[Run, Run]]] = []
     env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
            "OPENRED_SIGNATURE_WINDOW": "300",
            "OPENRED_RATE_PER_CLIENT": "100000000", "OPENRED_RATE_PER_INITIATOR": "100000000",
@@ -360,54 +375,65 @@ def run_all(quick: bool) -> None:
         def baseline() -> list[dict[str, Any]]:
             return [plain("GET", base + "/ping") for _ in range(n_base)]
 
-        # Each scenario is interleaved with its baseline (see interleaved()).
-        reg_requests = asyncio.run(prepare_register(directory, n_reg, receivers[0]))
-        reg, reg_base = interleaved(reg_requests, baseline(), tmp)
-
-        async def prepare_grants() -> list[dict[str, Any]]:
-            nodes = [BenchNode(receivers[i % 2]) for i in range(20)]
-            for node in nodes:
-                r = await node.signed("POST", directory + "/api/v3/nodes/register",
-                                      node.record_wire())
-                load_one(r)
-            out = []
-            for i in range(n_grant):
-                a, b = nodes[i % 10], nodes[10 + (i * 7) % 10]
-                out.append(await a.signed("POST", directory + "/api/v3/tokens/request-connection",
-                                          {"target": b.node_id}))
-            return out
-
-        grant_requests = asyncio.run(prepare_grants())
-        grants, grant_base = interleaved(grant_requests, baseline(), tmp)
-
-        async def prepare_discover() -> list[dict[str, Any]]:
-            # One asker per connection: a signer's nonce quota (1000 per window) is not the
-            # thing measured here.
-            askers = [BenchNode(receivers[0]) for _ in range(CONCURRENCY)]
-            target = BenchNode(receivers[1])
-            for node in (*askers, target):
-                load_one(await node.signed("POST", directory + "/api/v3/nodes/register",
-                                           node.record_wire()))
-            url = f"{directory}/api/v3/nodes/discover?node_id={target.node_id}"
-            return [await askers[i % CONCURRENCY].signed("GET", url) for i in range(n_disc)]
-
-        disc_requests = asyncio.run(prepare_discover())
-        disc, disc_base = interleaved(disc_requests, baseline(), tmp)
+        grant_nodes = asyncio.run(_register_grant_nodes(directory, receivers))
+        for concurrency, suffix in ((CONCURRENCY, ""), (SATURATED, f"_c{SATURATED}")):
+            # Each scenario is interleaved with its baseline (see interleaved()).
+            reg_requests = asyncio.run(prepare_register(directory, n_reg, receivers[0]))
+            reg = interleaved(reg_requests, baseline(), tmp, concurrency=concurrency)
+            grant_requests = asyncio.run(_prepare_grants(directory, grant_nodes, n_grant))
+            grants = interleaved(grant_requests, baseline(), tmp, concurrency=concurrency)
+            disc_requests = asyncio.run(
+                _prepare_discover(directory, receivers, n_disc, concurrency))
+            disc = interleaved(disc_requests, baseline(), tmp, concurrency=concurrency)
+            results.append((suffix, reg, grants, disc))
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    for name, run, base_run, expected in (
-        ("directory_register", reg, reg_base, "201"),
-        ("directory_request_connection", grants, grant_base, "201"),
-        ("directory_discover", disc, disc_base, "200"),
-    ):
-        if set(run.statuses) != {expected}:
-            print(f"bench {name}: unexpected statuses {run.statuses}", flush=True)
-        report(name, run.rate, "req/s", "http_json_baseline", base_run.rate)
-        report(f"{name}_p50", run.p50_ms, "ms", "http_json_baseline_p50", base_run.p50_ms)
-        report(f"{name}_p99", run.p99_ms, "ms", "http_json_baseline_p99", base_run.p99_ms)
+    for suffix, *runs in results:
+        for name, (run, base_run), expected in zip(
+                ("directory_register", "directory_request_connection", "directory_discover"),
+                runs, ("201", "201", "200"), strict=True):
+            name += suffix
+            if set(run.statuses) != {expected}:
+                print(f"bench {name}: unexpected statuses {run.statuses}", flush=True)
+            baseline_name = "http_json_baseline" + suffix
+            report(name, run.rate, "req/s", baseline_name, base_run.rate)
+            report(f"{name}_p50", run.p50_ms, "ms", f"{baseline_name}_p50", base_run.p50_ms)
+            report(f"{name}_p99", run.p99_ms, "ms", f"{baseline_name}_p99", base_run.p99_ms)
+
+
+async def _register_grant_nodes(directory: str, receivers: list[str]) -> list[BenchNode]:
+    """Twenty registered nodes whose URLs are the two receivers (ten initiators, ten targets)."""
+    nodes = [BenchNode(receivers[i % 2]) for i in range(20)]
+    for node in nodes:
+        load_one(await node.signed("POST", directory + "/api/v3/nodes/register",
+                                   node.record_wire()))
+    return nodes
+
+
+async def _prepare_grants(directory: str, nodes: list[BenchNode],
+                          n: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        a, b = nodes[i % 10], nodes[10 + (i * 7) % 10]
+        out.append(await a.signed("POST", directory + "/api/v3/tokens/request-connection",
+                                  {"target": b.node_id}))
+    return out
+
+
+async def _prepare_discover(directory: str, receivers: list[str], n: int,
+                            concurrency: int) -> list[dict[str, Any]]:
+    # One asker per connection: a signer's nonce quota (1000 per window) is not the thing
+    # measured here.
+    askers = [BenchNode(receivers[0]) for _ in range(concurrency)]
+    target = BenchNode(receivers[1])
+    for node in (*askers, target):
+        load_one(await node.signed("POST", directory + "/api/v3/nodes/register",
+                                   node.record_wire()))
+    url = f"{directory}/api/v3/nodes/discover?node_id={target.node_id}"
+    return [await askers[i % concurrency].signed("GET", url) for i in range(n)]
 
 
 def load_one(request: dict[str, Any]) -> None:
