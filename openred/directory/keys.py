@@ -149,7 +149,8 @@ async def open_external_jail(
     service runs, the client waits for the socket again whenever the jail is restarted.
     """
     socket = settings.socket_path
-    probe = JailClient(socket, timeout=min(5.0, max(wait, 0.1)), reconnect_timeout=wait)
+    # One try per round (no reconnect wait inside the client): the loop below waits and says so.
+    probe = JailClient(socket, timeout=min(5.0, max(wait, 0.1)), reconnect_timeout=0.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     announced = False
@@ -161,8 +162,10 @@ async def open_external_jail(
                 break
             except (JailError, TimeoutError) as exc:
                 if loop.time() >= deadline:
+                    # Unreachable or silent says nothing more; a refusal or bad answer does.
+                    why = "" if isinstance(exc, JailUnavailable | TimeoutError) else f" ({exc})"
                     raise JailUnavailable(
-                        f"no jail answers on {socket} ({exc or 'no answer'}). "
+                        f"no jail answers on {socket}{why}. "
                         f"{settings.keystore_path} does not exist, so this service uses the "
                         "jail its service manager runs on that socket as the jail's own user "
                         "(deploy/systemd/openred-directory-jail.service for a directory): "
@@ -176,7 +179,11 @@ async def open_external_jail(
     finally:
         await probe.close()
     client = JailClient(socket, max_connections=max_connections)
-    keeps, _ = await client.witnessed(origin_for(keys.node_id))
+    try:
+        keeps, _ = await client.witnessed(origin_for(keys.node_id))
+    except BaseException:
+        await client.close()
+        raise
     if not keeps:
         logger.warning("the jail on %s keeps no witness (--witness-file): a log rolled back "
                        "or truncated while this service is stopped would not be noticed", socket)
