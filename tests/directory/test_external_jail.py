@@ -82,12 +82,12 @@ def jail() -> Iterator[ExternalJail]:
         shutil.rmtree(rig.root, ignore_errors=True)
 
 
-def directory_env(jail: ExternalJail, port: int) -> dict[str, str]:
-    """The directory's environment: the socket, and neither a passphrase nor a test KDF flag
-    (it starts no jail)."""
+def directory_env(jail: ExternalJail | None, port: int) -> dict[str, str]:
+    """The directory's environment: the socket (None: from ``.env``), and neither a passphrase
+    nor a test KDF flag (it starts no jail)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")}
-    return {**env, "OPENRED_JAIL_SOCKET": str(jail.socket), "OPENRED_PORT": str(port),
-            "OPENRED_ALLOW_PRIVATE_URLS": "1"}
+    env |= {"OPENRED_PORT": str(port), "OPENRED_ALLOW_PRIVATE_URLS": "1"}
+    return env if jail is None else {**env, "OPENRED_JAIL_SOCKET": str(jail.socket)}
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -105,7 +105,7 @@ async def directory(tmp_path: Path, jail: ExternalJail) -> AsyncIterator[ServedD
     """``openred directory init --jail-socket`` and ``serve`` against the running jail."""
     jail.start()
     data, port = tmp_path / "d", free_port()
-    env = directory_env(jail, port)
+    env = directory_env(None, port)  # init writes the socket to .env; the rest read it there
     init = cli("init", "--data-dir", str(data), "--port", str(port), "--allow-private-urls",
                "--jail-socket", str(jail.socket), env=env)
     assert init.returncode == 0, init.stderr
@@ -137,7 +137,7 @@ async def test_a_directory_serves_and_signs_with_a_jail_it_did_not_start(
     for push in (alice.received[0], bob.received[0]):
         delivered_checkpoint(push, directory.key)
     # The operator's commands beside the running server use the same jail.
-    env = directory_env(jail, directory.settings.port)
+    env = directory_env(None, directory.settings.port)
     data = str(directory.settings.data_dir)
     revoked = cli("revoke", "--data-dir", data, bob.node_id, env=env)
     assert revoked.returncode == 0, revoked.stderr
