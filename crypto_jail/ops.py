@@ -424,13 +424,19 @@ def _hash(value: object) -> bytes:
 
 def op_witnessed(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     """{origin} → {body, signature} of the newest checkpoint this jail signed for ``origin``
-    (public data), or {body: null} when it witnessed none (or keeps no witness)."""
+    (public data), or {body: null} when it witnessed none (or keeps no witness). A jail with a
+    witness also names its file (``file``, as given to ``--witness-file``), so a service whose
+    log it refuses can tell the operator which file a restore on purpose moves aside."""
     _check_keys(args, ("origin",))
     origin = _str(args, "origin")
-    body = state.witness.witnessed(origin) if state.witness is not None else None
-    if body is None:
-        return {"body": None, "witness": state.witness is not None}
-    return {"body": b64e(body), "signature": b64e(state.sign_bytes(body)), "witness": True}
+    witness = state.witness
+    if witness is None:
+        return {"body": None, "witness": False}
+    body = witness.witnessed(origin)
+    answer: dict[str, Any] = {"body": None, "witness": True, "file": str(witness.path)}
+    if body is not None:
+        answer.update(body=b64e(body), signature=b64e(state.sign_bytes(body)))
+    return answer
 
 
 def _open_sealed(state: JailState, sealed: bytes) -> bytes:

@@ -75,36 +75,52 @@ def directory() -> None:
 @click.option("--public-url", default="", help="The URL nodes use (default http://HOST:PORT).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Accept loopback/private node URLs (a private network or a demo).")
+@click.option("--jail-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Use the jail a service manager runs on this socket, as its own user, with "
+                   "the keystore `crypto_jail init` made for it (deploy/systemd/"
+                   "openred-directory-jail.service): no keystore is created here.")
 def init(data_dir: Path, host: str, port: int, public_url: str,
-         allow_private_urls: bool) -> None:
+         allow_private_urls: bool, jail_socket: Path | None) -> None:
     """Create the directory's keys (in its jail), database and .env."""
-    from openred.directory.keys import create_keystore, start_jail
+    from openred.directory.keys import create_keystore, open_jail
     from openred.directory.service import DirectoryService
+    from openred.store.sqlite import DATABASE_NAME
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {"OPENRED_HOST": host, "OPENRED_PORT": str(port),
               "OPENRED_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0"}
     if public_url:
         values["OPENRED_PUBLIC_URL"] = public_url
-    settings = _settings(data_dir)
-    try:
-        create_keystore(settings)
-    except ConfigurationError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+    if jail_socket is not None:
+        # The directory's jail is the service manager's: the directory's user never holds the
+        # keystore or its passphrase, and the jail's witness is out of its reach.
+        values["OPENRED_JAIL_SOCKET"] = str(jail_socket.absolute())
+        settings = _settings(data_dir, jail_socket=jail_socket.absolute())
+        if settings.keystore_path.exists() or (data_dir / DATABASE_NAME).exists():
+            err.print(f"[red]error:[/] {data_dir} holds a directory already: this directory "
+                      "is initialized")
+            sys.exit(1)
+    else:
+        settings = _settings(data_dir)
+        try:
+            create_keystore(settings)
+        except ConfigurationError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            sys.exit(1)
     write_env_file(data_dir / ".env", values, header="OpenRed directory settings "
                    "(OPENRED_* variables in the environment override these)")
     settings = _settings(data_dir)
 
     async def create() -> str:
-        supervisor, jail = await start_jail(settings)
+        supervisor, jail = await open_jail(settings)
         try:
             service = await DirectoryService.open(settings, jail)
             key = service.key.b64url()
             await service.close()
         finally:
             await jail.close()
-            await supervisor.stop()
+            if supervisor is not None:
+                await supervisor.stop()
         return key
 
     key = _run(create())
@@ -128,12 +144,17 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if port is not None:
         overrides["port"] = port
     settings = _settings(data_dir, **overrides)
-    if not settings.keystore_path.is_file():
+    from openred.directory.keys import PASSPHRASE_ENV, jail_is_external, passphrase_available
+    from openred.store.sqlite import DATABASE_NAME
+
+    # Without a keystore here, the jail is the service manager's (OPENRED_JAIL_SOCKET): the
+    # directory holds neither the keystore nor its passphrase, and waits for the socket.
+    external = jail_is_external(settings)
+    initialized = (data_dir / DATABASE_NAME if external else settings.keystore_path).is_file()
+    if not initialized:
         err.print(f"[red]error:[/] {data_dir} is not initialized: run `openred directory init`")
         sys.exit(1)
-    from openred.directory.keys import PASSPHRASE_ENV, passphrase_available
-
-    if not passphrase_available(settings):
+    if not external and not passphrase_available(settings):
         err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
                   f"{settings.passphrase_path}")
         sys.exit(1)

@@ -17,7 +17,10 @@ Shared variables:
 ``OPENRED_ALLOW_PRIVATE_URLS``      1 to accept loopback and private addresses as API URLs
 ``OPENRED_SIGNATURE_WINDOW``        seconds a signed request's ``created`` may be off (60)
 ``OPENRED_MAX_BODY_BYTES``          largest request body (65536); larger gets 413
-``OPENRED_JAIL_SOCKET``             the jail's Unix socket (default ``DATA_DIR/jail/jail.sock``)
+``OPENRED_JAIL_SOCKET``             the jail's Unix socket (default ``DATA_DIR/jail/jail.sock``);
+                                    set, with no keystore in ``DATA_DIR``: the jail a service
+                                    manager runs there, only connected to
+                                    (``openred.directory.keys.jail_is_external``)
 ``OPENRED_JAIL_PASSPHRASE_FILE``    file holding the keystore passphrase (default
                                     ``DATA_DIR/jail-passphrase`` when it exists)
 ``OPENRED_JAIL_NO_SECCOMP``         1 to start the jail without seccomp (platforms without it)

@@ -804,6 +804,18 @@ class JailClient:
         except OpRefused as exc:
             raise JailProtocolError(f"witnessed: {exc.detail}") from None
 
+    async def witness_file(self, origin: str) -> str | None:
+        """The file the jail keeps its witness in (its ``--witness-file``, as it names it), or
+        None when it keeps none or does not say (a jail from before it did)."""
+        try:
+            result = await self.call("witnessed", {"origin": origin})
+        except JailRefused as exc:
+            if exc.code == "unknown_op":
+                return None
+            raise
+        name = result.get("file") if result.get("witness") else None
+        return name if isinstance(name, str) and name.isprintable() else None
+
     async def open_sealed(self, sealed: bytes) -> int:
         """Check that a sealed token opens with the node's key; its length (it stays inside)."""
         result = await self.call("open_sealed", {"sealed": b64e(sealed)})

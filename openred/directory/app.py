@@ -13,7 +13,7 @@ from openred import __version__
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.directory import grants, info, registry
 from openred.directory.fastroutes import install_fast_routes
-from openred.directory.keys import start_jail
+from openred.directory.keys import open_jail
 from openred.directory.routing import EXTENSION
 from openred.directory.service import DirectoryService
 from openred.errors import OpenRedError
@@ -45,13 +45,16 @@ def create_app(settings: DirectorySettings) -> Quart:
 
     @app.before_serving
     async def open_service() -> None:
-        supervisor, jail = await start_jail(settings)
+        # A jail the service manager runs (keys.jail_is_external) comes without a supervisor:
+        # the directory only connects to it, and never stops it.
+        supervisor, jail = await open_jail(settings)
         state["supervisor"], state["jail"] = supervisor, jail
         try:
             service = await DirectoryService.open(settings, jail)
         except BaseException:
             await jail.close()
-            await supervisor.stop()
+            if supervisor is not None:
+                await supervisor.stop()
             raise
         service.restore_nonces()
         app.extensions[EXTENSION] = service

@@ -8,11 +8,19 @@ read) or from the passphrase file (``OPENRED_JAIL_PASSPHRASE_FILE``, default
 ``DATA_DIR/jail-passphrase``, mode 0600) that ``openred directory init`` writes when no
 passphrase is given — convenient for development; in production a service manager passes it as a
 credential instead.
+
+A service whose data directory holds no keystore but whose ``OPENRED_JAIL_SOCKET`` is set uses
+the jail a service manager runs there under a user of its own
+(``deploy/systemd/openred-directory-jail.service``, ``openred-jail@.service``): it never starts,
+stops or adopts that jail, it only connects to the socket, and at start it waits up to
+:data:`EXTERNAL_JAIL_WAIT` seconds for the jail to answer (:func:`jail_is_external`,
+:func:`open_external_jail`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import subprocess
@@ -21,13 +29,32 @@ from pathlib import Path
 
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.crypto.jail_owner import orphaned_jail, record_owner, stop_orphan
-from openred.errors import ConfigurationError, JailError
+from openred.errors import ConfigurationError, JailError, JailUnavailable
 from openred.settings import ServiceSettings
+from openred.store.chain import origin_for
 
-__all__ = ["connect_jail", "create_keystore", "read_passphrase", "start_jail"]
+__all__ = [
+    "EXTERNAL_JAIL_WAIT",
+    "connect_jail",
+    "create_keystore",
+    "jail_is_external",
+    "open_external_jail",
+    "open_jail",
+    "read_passphrase",
+    "start_jail",
+]
+
+logger = logging.getLogger("openred.crypto.jail")
 
 PASSPHRASE_ENV = "OPENRED_JAIL_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 KDF_ENV = "OPENRED_JAIL_KDF"
+EXTERNAL_JAIL_WAIT = 30.0
+"""Seconds a service waits at start for a jail it does not run (the service manager may still
+be starting it: a passphrase jail derives its key with Argon2id before it binds the socket)."""
+SERVICE_JAIL_CONNECTIONS = 16
+"""One jail connection per request a loaded directory serves at once (the jail answers each
+connection on its own thread): with the default 4, concurrent grants queued for a slot behind
+each other's grant, push and entry signatures."""
 
 
 def read_passphrase(settings: ServiceSettings) -> bytes:
@@ -96,10 +123,79 @@ async def start_jail(settings: ServiceSettings) -> tuple[JailSupervisor, JailCli
                                 else ("--witness-file", str(witness)))
     await supervisor.start()
     record_owner(socket, supervisor.pid)  # so a successor can tell our orphan (jail_owner)
-    # One jail connection per request a loaded directory serves at once (the jail answers
-    # each connection on its own thread): with the default 4, concurrent grants queued for
-    # a slot behind each other's grant, push and entry signatures.
-    return supervisor, JailClient(socket, supervisor=supervisor, max_connections=16)
+    return supervisor, JailClient(socket, supervisor=supervisor,
+                                  max_connections=SERVICE_JAIL_CONNECTIONS)
+
+
+def jail_is_external(settings: ServiceSettings) -> bool:
+    """Whether the service's jail is run by someone else (a service manager, as its own user).
+
+    So it is when ``OPENRED_JAIL_SOCKET`` names the socket and the data directory holds no
+    keystore: the keystore belongs to the jail's user (``crypto_jail init`` made it there, or
+    it was handed over after ``init``), and without it this process could not start a jail.
+    """
+    return settings.jail_socket is not None and not settings.keystore_path.exists()
+
+
+async def open_external_jail(
+    settings: ServiceSettings, *, wait: float = EXTERNAL_JAIL_WAIT,
+    max_connections: int = SERVICE_JAIL_CONNECTIONS,
+) -> JailClient:
+    """A client of the jail a service manager runs on ``settings.socket_path``, once it answers.
+
+    Never starts, stops or adopts that jail (no :mod:`openred.crypto.jail_owner` record is
+    read or written). Waits up to ``wait`` seconds for it to answer, then raises
+    :class:`~openred.errors.JailUnavailable` saying which socket and what to do. While the
+    service runs, the client waits for the socket again whenever the jail is restarted.
+    """
+    socket = settings.socket_path
+    # One try per round (no reconnect wait inside the client): the loop below waits and says so.
+    probe = JailClient(socket, timeout=min(5.0, max(wait, 0.1)), reconnect_timeout=0.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    announced = False
+    try:
+        while True:
+            try:
+                keys = await asyncio.wait_for(probe.public_keys(),
+                                              max(deadline - loop.time(), 0.1))
+                break
+            except (JailError, TimeoutError) as exc:
+                if loop.time() >= deadline:
+                    # Unreachable or silent says nothing more; a refusal or bad answer does.
+                    why = "" if isinstance(exc, JailUnavailable | TimeoutError) else f" ({exc})"
+                    raise JailUnavailable(
+                        f"no jail answers on {socket}{why}. "
+                        f"{settings.keystore_path} does not exist, so this service uses the "
+                        "jail its service manager runs on that socket as the jail's own user "
+                        "(deploy/systemd/openred-directory-jail.service for a directory): "
+                        "start it, and check that this user may reach the socket "
+                        "(--socket-group, --allow-user)") from None
+                if not announced:
+                    logger.warning("waiting up to %.0f s for the jail on %s (run by the "
+                                   "service manager)", wait, socket)
+                    announced = True
+                await asyncio.sleep(0.1)
+    finally:
+        await probe.close()
+    client = JailClient(socket, max_connections=max_connections)
+    try:
+        keeps, _ = await client.witnessed(origin_for(keys.node_id))
+    except BaseException:
+        await client.close()
+        raise
+    if not keeps:
+        logger.warning("the jail on %s keeps no witness (--witness-file): a log rolled back "
+                       "or truncated while this service is stopped would not be noticed", socket)
+    return client
+
+
+async def open_jail(settings: ServiceSettings) -> tuple[JailSupervisor | None, JailClient]:
+    """The service's jail: the one a service manager runs (:func:`jail_is_external`; no
+    supervisor, never stopped by this process), else a jail started and supervised here."""
+    if jail_is_external(settings):
+        return None, await open_external_jail(settings)
+    return await start_jail(settings)
 
 
 async def connect_jail(
@@ -108,8 +204,11 @@ async def connect_jail(
     """A client of the jail a running service already supervises, or a new jail of our own.
 
     A jail left by a supervisor that died (see :mod:`openred.crypto.jail_owner`) is stopped
-    first: this service then starts and supervises its own.
+    first: this service then starts and supervises its own. A jail the service manager runs
+    (:func:`jail_is_external`) is only connected to, never stopped.
     """
+    if jail_is_external(settings):
+        return None, await open_external_jail(settings, max_connections=4)
     socket = settings.socket_path
     orphan = orphaned_jail(socket)
     if orphan is not None:

@@ -51,10 +51,17 @@ from openred.crypto.transparency import (
 from openred.directory import decisions as d
 from openred.directory import events as ev
 from openred.directory.events import directory_registry
+from openred.directory.keys import jail_is_external
 from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
 from openred.directory.tree import ProofTree
-from openred.errors import OpenRedError, RequestRefused, StoreError, TamperedLog
+from openred.errors import (
+    JailError,
+    OpenRedError,
+    RequestRefused,
+    StoreError,
+    TamperedLog,
+)
 from openred.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.settings import DirectorySettings
 from openred.store.checkpoint import (
@@ -281,7 +288,9 @@ class DirectoryService:
                 projections=directory_projections(),
             )
         except TamperedLog as exc:
-            raise TamperedLog(exc.seq, _witness_advice(exc.reason, settings)) from None
+            advice = await _witness_advice(exc.reason, settings, jail,
+                                           directory_origin(signer.sign_key))
+            raise TamperedLog(exc.seq, advice) from None
         http = HttpClient(
             signer=Signer("directory", _jail_base_signer(signs)),
             allow_private=settings.allow_private_urls, attempts=settings.push_attempts,
@@ -864,15 +873,33 @@ class _CoalescedCheckpoints:
         return await self._signs.sign_checkpoint(note_body, consistency_proof)
 
 
-def _witness_advice(reason: str, settings: DirectorySettings) -> str:
-    """``reason`` for a log that is not what the jail witnessed, with what the operator does."""
-    witness = settings.jail_witness_path
-    if witness is None:
-        return reason
+async def _witness_advice(
+    reason: str, settings: DirectorySettings, jail: JailClient, origin: str,
+) -> str:
+    """``reason`` for a log that is not what the jail witnessed, with what the operator does.
+
+    The witness file is the one the jail names (its ``--witness-file``): for a jail the service
+    manager runs as its own user (:func:`~openred.directory.keys.jail_is_external`) that is a
+    file of the jail's user, which the jail holds open, so it is stopped before the file is
+    moved aside; a jail the directory starts stops and starts with it.
+    """
+    external = jail_is_external(settings)
+    try:
+        named: str | Path | None = await jail.witness_file(origin)
+    except JailError:
+        named = None
+    witness = named or (None if external else settings.jail_witness_path)
+    where = (f"the jail's witness {witness}" if witness is not None
+             else "the jail's witness file (its --witness-file)")
+    if external:
+        how = (f"stop the jail serving {settings.socket_path} (run by the service manager, "
+               f"e.g. openred-directory-jail.service), move {where} aside as the jail's "
+               "user, start the jail, then the directory")
+    else:
+        how = f"move {where} aside (as the jail's user) and start again"
     return (f"{reason}. The directory does not start on it. If you restored this log from a "
-            f"backup on purpose, move the jail's witness {witness} aside (as the jail's user) "
-            "and start again: the jail then witnesses the restored log. Otherwise keep the "
-            "files as they are and check the log (audit_tools verify)")
+            f"backup on purpose, {how}: the jail then witnesses the restored log. Otherwise "
+            "keep the files as they are and check the log (audit_tools verify)")
 
 
 def _compact_json(value: Any) -> str:
