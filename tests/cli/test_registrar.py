@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from quart import Quart, request
+from quart import Quart, Response, request
 
 from openred.crypto.client import JailClient
 from openred.crypto.records import SignedNodeRecord, verify_signed_record
-from openred.node.lifecycle import RECORD_FILE, Registrar
+from openred.node.lifecycle import MAX_HEARTBEAT_INTERVAL, RECORD_FILE, Registrar
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from tests.node.world import JailPair
@@ -35,6 +35,8 @@ class ScriptedDirectory:
     def __init__(self) -> None:
         self.records: list[SignedNodeRecord] = []
         self.heartbeats: list[int] = []  # statuses to answer, then 200
+        self.bodies: list[bytes] = []  # 200 bodies to answer, then the honest one
+        self.beats = 0
         self.app = Quart("scripted-directory")
 
         @self.app.post("/api/v3/nodes/register")
@@ -46,7 +48,10 @@ class ScriptedDirectory:
             return {"status": "active"}, 201
 
         @self.app.post("/api/v3/nodes/heartbeat")
-        async def heartbeat() -> tuple[dict[str, Any], int]:
+        async def heartbeat() -> Any:
+            self.beats += 1
+            if self.bodies:
+                return Response(self.bodies.pop(0), 200, content_type="application/json")
             status = self.heartbeats.pop(0) if self.heartbeats else 200
             return {"node_id": "x", "status": "active", "last_seen": 1,
                     "heartbeat_interval": 1}, status
@@ -124,3 +129,36 @@ async def test_a_forgotten_node_registers_again_and_an_absent_directory_is_repor
         assert registrar.state.directory_reachable is False
         assert "directory unreachable" in caplog.text and "still serving peers" in caplog.text
         assert await svc.store.read() is not None and await registered_events(svc) == 0
+
+
+async def test_a_hostile_heartbeat_answer_neither_stops_nor_stalls_the_registrar(
+    jails: JailPair, tmp_path: Path,
+) -> None:
+    """A directory (compromised, or anyone on its path) answering a heartbeat with a body
+    that is not JSON, or an interval of 10^400 s (no float holds it) or 10^9 s, stopped the
+    node's heartbeats until it was restarted: the registrar task died on the exception, or
+    slept for years, and stayed so once the directory was honest again."""
+    directory = ScriptedDirectory()
+    async with serve_in_loop(directory.app) as url, node(jails, tmp_path / "n", url) as svc:
+        registrar = Registrar(svc)
+        for interval in (10**400, 10**9, 0, -5, "60", True, None):
+            directory.bodies = [json.dumps({"heartbeat_interval": interval}).encode()]
+            assert await registrar.heartbeat() is True
+            assert 1.0 <= registrar.heartbeat_interval <= MAX_HEARTBEAT_INTERVAL
+        directory.bodies = [b"[1, 2]"]
+        assert await registrar.heartbeat() is True
+        registrar = Registrar(svc, retry_interval=0.05)
+        directory.bodies, directory.beats = [b"<html>not json</html>"], 0
+        task = asyncio.create_task(registrar.run())
+        try:
+            for _ in range(200):  # the first beat is answered badly, the next ones honestly
+                if directory.beats >= 3 or task.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert not task.done(), task.exception()
+            assert directory.beats >= 3 and registrar.heartbeat_interval == 1.0
+            assert registrar.state.last_error is None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
