@@ -162,3 +162,32 @@ async def test_a_hostile_heartbeat_answer_neither_stops_nor_stalls_the_registrar
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_the_node_lifecycle_survives_an_unexpected_failure() -> None:
+    """The same mistake in the node app's lifecycle loop (renewals, key rotation, expiry):
+    only an OpenRedError was caught, so anything else (a read model's database error, say)
+    ended the task and no session was renewed or expired again until a restart."""
+    from openred.node.app import _lifecycle
+
+    runs: list[int] = []
+
+    class Services:
+        async def lifecycle(self) -> dict[str, int]:
+            runs.append(1)
+            if len(runs) == 1:
+                raise RuntimeError("database is locked")
+            return {}
+
+    task = asyncio.create_task(_lifecycle(Services(), 0.01))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            if len(runs) >= 3 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception()
+        assert len(runs) >= 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
