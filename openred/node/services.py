@@ -87,7 +87,9 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         # wait as a member (openred.modules.messaging.service.PeerBudget).
         member = body.get("retry_after")
         wait = str(member) if type(member) is int else ""
-    if wait.isdigit() and len(wait) <= 6:
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses (a peer
+    # or directory sending one made every caller of this raise ValueError: a 500).
+    if wait.isascii() and wait.isdigit() and len(wait) <= 6:
         refusal.retry_after = int(wait)  # passed on to whoever asked us (the admin API's 429)
     return refusal
 

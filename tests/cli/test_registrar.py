@@ -15,6 +15,7 @@ from quart import Quart, Response, request
 
 from openred.crypto.client import JailClient
 from openred.crypto.records import SignedNodeRecord, verify_signed_record
+from openred.errors import NodeRefused
 from openred.node.lifecycle import MAX_HEARTBEAT_INTERVAL, RECORD_FILE, Registrar
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
@@ -37,6 +38,7 @@ class ScriptedDirectory:
         self.heartbeats: list[int] = []  # statuses to answer, then 200
         self.bodies: list[bytes] = []  # 200 bodies to answer, then the honest one
         self.beats = 0
+        self.retry_after = "7"
         self.app = Quart("scripted-directory")
 
         @self.app.post("/api/v3/nodes/register")
@@ -46,6 +48,14 @@ class ScriptedDirectory:
             verify_signed_record(signed)
             self.records.append(signed)
             return {"status": "active"}, 201
+
+        @self.app.post("/api/v3/tokens/request-connection")
+        async def request_connection() -> Response:
+            # 429 with a Retry-After of the test's choice (Quart sends it as UTF-8).
+            return Response(json.dumps({"type": "urn:openred:problem:rate-limited",
+                                        "title": "Too Many Requests", "status": 429}),
+                            429, {"Retry-After": self.retry_after},
+                            content_type="application/problem+json")
 
         @self.app.post("/api/v3/nodes/heartbeat")
         async def heartbeat() -> Any:
@@ -191,3 +201,20 @@ async def test_the_node_lifecycle_survives_an_unexpected_failure() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_retry_after_that_only_looks_like_a_number_is_no_500(
+    jails: JailPair, tmp_path: Path,
+) -> None:
+    """A 429 whose Retry-After is "²" (or another character ``str.isdigit`` accepts and
+    ``int`` refuses) raised ValueError where the node reads a refusal from its directory or a
+    peer (``_refusal_from``): a 500 from the admin API's connect or send, and, in a renewal,
+    the end of the node's lifecycle task (it caught only OpenRedError)."""
+    directory = ScriptedDirectory()
+    async with serve_in_loop(directory.app) as url, node(jails, tmp_path / "n", url) as svc:
+        for header, expected in (("\u00b2", None), ("\u0663", None), ("7", 7)):
+            directory.retry_after = header
+            with pytest.raises(NodeRefused) as refused:
+                await svc.request_grant("A" * 32)
+            assert (refused.value.status, refused.value.reason) == (429, "rate-limited")
+            assert refused.value.retry_after == expected
