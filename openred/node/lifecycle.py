@@ -176,9 +176,10 @@ class Registrar:
                     current = True
                 await self._round()
             except Exception as exc:  # never CancelledError (a BaseException): cancel stops it
-                logger.exception("registration or heartbeat failed")
-                self._failed(f"registration or heartbeat failed: {type(exc).__name__}",
-                             reachable=self.state.directory_reachable is True)
+                message = f"registration or heartbeat failed: {type(exc).__name__}"
+                if self.state.last_error != message:  # once, with its traceback, per failure
+                    logger.exception("%s; still serving peers, retrying", message)
+                self.state.last_error = message
                 await asyncio.sleep(self.retry_interval)
 
     async def _round(self) -> None:
