@@ -154,12 +154,18 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
             raise RequestRefused(422, "self-connection", "a node does not connect to itself")
         grant_id = await svc.request_grant(peer)
         deadline = time.monotonic() + TOKEN_WAIT
-        while (await svc.book.token_state(grant_id)).status is TokenStatus.UNKNOWN:
+        while (state := await svc.book.token_state(grant_id)).status is TokenStatus.UNKNOWN:
             if time.monotonic() > deadline:
                 raise NodeRefused(504, "token-not-delivered",
                                   "the directory granted the connection but this node's token "
                                   f"did not arrive within {TOKEN_WAIT:.0f} s")
             await asyncio.sleep(0.05)
+        # The grant id is the directory's word: it must be a grant from this node to the peer
+        # asked for (a compromised directory could name one this node holds with someone else).
+        token = state.token
+        if token is not None and (token.role != "initiator" or str(token.peer) != peer):
+            raise NodeRefused(502, "wrong-grant", "the directory answered with a grant for "
+                              "another connection than the one asked for")
         channel = await svc.connect(grant_id)
         return {"session_id": channel.session_id, "peer": channel.peer,
                 "grant_id": grant_id}, 201

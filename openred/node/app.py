@@ -53,6 +53,8 @@ async def _lifecycle(services: NodeServices, interval: float) -> None:
             await services.lifecycle()
         except OpenRedError as exc:  # the next run tries again
             logger.warning("lifecycle run failed: %s", exc)
+        except Exception:  # anything else too: ended here, no session was renewed or expired
+            logger.exception("lifecycle run failed")  # again until the node was restarted
 
 
 def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Quart:

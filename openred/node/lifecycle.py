@@ -36,7 +36,7 @@ from sqlmodel import col, select
 
 from openred.crypto.records import SignedNodeRecord
 from openred.crypto.session import FileSessionLedger
-from openred.errors import OpenRedError, PeerUnreachable
+from openred.errors import OpenRedError, PeerUnreachable, TransportError
 from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
 from openred.node.own_record import RECORD_FILE
@@ -53,6 +53,11 @@ logger = logging.getLogger("openred.node.lifecycle")
 
 REGISTER_PATH = "/api/v3/nodes/register"
 HEARTBEAT_PATH = "/api/v3/nodes/heartbeat"
+MAX_HEARTBEAT_INTERVAL = 3600.0
+"""Longest heartbeat interval the node takes from its directory (seconds). The directory's
+answer is not signed: a larger one (a compromised directory, or anyone on its path) would
+keep the node silent for as long, after the directory is honest again; clamped to this, the
+node beats at least every half hour and a restored directory sees it again by then."""
 
 
 @dataclass
@@ -135,10 +140,15 @@ class Registrar:
             self._failed(f"directory at {url} refused the heartbeat: {reply.status} "
                          f"{_detail(reply.body)}", reachable=True)
             return False
-        body: Any = reply.json()
+        try:
+            body: Any = reply.json()
+        except TransportError:
+            self._failed(f"directory at {url} answered the heartbeat with something that is "
+                         "not JSON", reachable=True)
+            return False
         interval = body.get("heartbeat_interval") if isinstance(body, dict) else None
-        if isinstance(interval, int) and interval > 0:
-            self.heartbeat_interval = float(interval)
+        if type(interval) is int and interval > 0:  # no bool; an int too large for a float
+            self.heartbeat_interval = float(min(interval, MAX_HEARTBEAT_INTERVAL))
         self.state.last_heartbeat = svc.now()
         self.state.directory_reachable = True
         self.state.last_error = None
@@ -151,19 +161,38 @@ class Registrar:
         self.state.directory_reachable = reachable
 
     async def run(self) -> None:
-        """Register (until it works), then heartbeat forever; cancel to stop."""
-        await self.current_record()
+        """Register (until it works), then heartbeat forever; cancel to stop.
+
+        Nothing that goes wrong in one round ends the loop (a jail or store error, an answer
+        no check foresaw): it is logged and the round is tried again after
+        ``retry_interval``. The task ended on the first such exception, and the node then
+        never heartbeated again until it was restarted.
+        """
+        current = False
         while True:
-            if not self.state.registered and not await self.register():
+            try:
+                if not current:
+                    await self.current_record()
+                    current = True
+                await self._round()
+            except Exception as exc:  # never CancelledError (a BaseException): cancel stops it
+                message = f"registration or heartbeat failed: {type(exc).__name__}"
+                if self.state.last_error != message:  # once, with its traceback, per failure
+                    logger.exception("%s; still serving peers, retrying", message)
+                self.state.last_error = message
                 await asyncio.sleep(self.retry_interval)
-                continue
-            # The first heartbeat right after registering tells the directory's interval; then
-            # one every half interval, so a single lost heartbeat never makes the node stale.
-            beat = await self.heartbeat()
-            if beat is None:
-                continue
-            await asyncio.sleep(self.retry_interval if beat is False
-                                else self.heartbeat_interval / 2)
+
+    async def _round(self) -> None:
+        if not self.state.registered and not await self.register():
+            await asyncio.sleep(self.retry_interval)
+            return
+        # The first heartbeat right after registering tells the directory's interval; then
+        # one every half interval, so a single lost heartbeat never makes the node stale.
+        beat = await self.heartbeat()
+        if beat is None:
+            return
+        await asyncio.sleep(self.retry_interval if beat is False
+                            else self.heartbeat_interval / 2)
 
 
 LIFECYCLE_TASKS = "openred.lifecycle_tasks"

@@ -77,9 +77,6 @@ class Health(BaseModel):
     status: str
     version: str
     node_id: str
-    sessions: dict[str, int]
-    tokens: dict[str, int]
-    log: dict[str, int]
     modules: dict[str, list[str]]
 
 
@@ -214,13 +211,15 @@ async def p2p(module: str, action: str) -> dict[str, Any]:
 @validate_response(Health, 200)
 @_documented(503)
 async def health() -> dict[str, Any]:
-    """The node's id, sessions, unused tokens, log size and modules; 503 naming a failing part.
+    """The node's id and modules; 503 naming a failing part.
 
     Checks first that the database is writable, the jail answers and the directory answers
-    (:mod:`openred.modules.monitoring.health`).
+    (:mod:`openred.modules.monitoring.health`). Anyone may ask, so it says nothing of the
+    node's traffic: active sessions, unused tokens and the log's size are the admin API's
+    (``GET /admin/v1/status``), like the metrics.
     """
     svc = services()
     failure = refusal(await run_checks(svc.health_probes()))
     if failure is not None:
         raise failure
-    return {**await svc.health(), "version": __version__}
+    return {**svc.public_health(), "version": __version__}

@@ -87,7 +87,9 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         # wait as a member (openred.modules.messaging.service.PeerBudget).
         member = body.get("retry_after")
         wait = str(member) if type(member) is int else ""
-    if wait.isdigit() and len(wait) <= 6:
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses (a peer
+    # or directory sending one made every caller of this raise ValueError: a 500).
+    if wait.isascii() and wait.isdigit() and len(wait) <= 6:
         refusal.retry_after = int(wait)  # passed on to whoever asked us (the admin API's 429)
     return refusal
 
@@ -421,13 +423,23 @@ class NodeServices:
                 self.http, f"{self.settings.directory_url}{HEALTH_PATH}")
         return probes
 
-    async def health(self) -> dict[str, Any]:
+    def public_health(self) -> dict[str, Any]:
+        """What ``GET /api/v3/health`` tells anyone: the node's id and modules, nothing of its
+        traffic (sessions, tokens and the log's size change with every grant, handshake and
+        message: watched from outside they show when and with whom the node talks)."""
         return {
             "status": "ok",
             "node_id": str(self.keys.node_id),
+            "modules": {"loaded": sorted(self.modules.loaded),
+                        "failed": sorted(self.modules.failed)},
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """:meth:`public_health` with the active sessions, unused tokens and the log's size
+        (the admin API's status)."""
+        return {
+            **self.public_health(),
             "sessions": {"active": len(await self.book.sessions(state="active"))},
             "tokens": {"unused": await self.book.count_tokens()},
             "log": {"size": self.store.head.size},
-            "modules": {"loaded": sorted(self.modules.loaded),
-                        "failed": sorted(self.modules.failed)},
         }

@@ -263,7 +263,7 @@ def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) from ``OPENRED_METRICS_ADDRESS``."""
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigurationError(
             f"OPENRED_METRICS_ADDRESS must be HOST:PORT (for example 127.0.0.1:9464), "
             f"not {text!r}")

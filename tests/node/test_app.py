@@ -172,6 +172,29 @@ async def test_health_names_the_node_and_its_modules(world: World) -> None:
     assert body["modules"] == {"loaded": ["file_sharing", "messaging"], "failed": []}  # defaults
 
 
+async def test_health_tells_a_stranger_nothing_of_the_nodes_traffic(world: World) -> None:
+    """``GET /api/v3/health`` answers anyone on the public port. It said how many sessions
+    were active, how many tokens waited and how long the log was, so whoever polled two nodes
+    saw each grant, handshake and message as it happened (the log grows by one entry per
+    message received, two per message sent) and could pair the nodes that talk: the metadata
+    the encryption and the admin-only metrics keep to the operator."""
+
+    async def health() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"{world.b.url}/api/v3/health"
+        ) as resp:
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    before = await health()
+    grant_id = await granted(world)
+    channel = await world.a.services.connect(grant_id)
+    await world.a.services.send_message(channel.session_id, "does anyone see this?")
+    assert await health() == before
+    assert set(before) == {"status", "version", "node_id", "modules"}
+
+
 async def test_token_delivery_needs_the_directory_signature(world: World) -> None:
     grant, _, for_b = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                                  issued_at=now())

@@ -23,7 +23,7 @@ from openred.crypto.client import JailClient
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.node import events as ev
-from tests.node.test_app import World, now, problem, push, serve_node
+from tests.node.test_app import World, granted, now, problem, push, serve_node
 from tests.node.test_fastpath import world
 from tests.node.world import Directory
 from tests.servers import serve_in_loop
@@ -314,3 +314,40 @@ async def test_a_503_tells_the_client_nothing_of_the_node_s_insides(
     problem(reply, 503, "signer-unavailable")
     assert "jail-gone" not in reply.body.decode() and str(tmp_path) not in reply.body.decode()
     assert "jail-gone.sock" in caplog.text
+
+
+async def test_a_grant_for_another_peer_does_not_connect_the_operator_elsewhere(
+    world: World,
+) -> None:
+    """``openred connect C``: the node asks the directory for a grant to C and shakes hands on
+    the grant id the directory answers. A compromised directory answered the id of a grant
+    this node holds with another node (B, pushed to both), and the node opened a session with
+    B for the operator who asked for C (201, ``peer`` B). The grant is now checked to be this
+    node's, as initiator, with the peer asked for (502 otherwise, the grant left unused)."""
+    from openred.node.admin import create_admin_app
+
+    grant_id = await granted(world)  # A → B, both halves delivered
+    asked = "C" * 32
+    hostile = Quart("hostile-directory")
+
+    @hostile.post("/api/v3/tokens/request-connection")
+    async def request_connection() -> Any:
+        return Response(json.dumps({"grant_id": grant_id, "status": "delivered"}), 201,
+                        content_type="application/json")
+
+    settings = world.a.services.settings
+    honest_url = settings.directory_url
+    admin = create_admin_app(world.a.app, "k" * 43)
+    async with serve_in_loop(hostile) as url:
+        object.__setattr__(settings, "directory_url", url)  # the node's settings are frozen
+        try:
+            reply = await admin.test_client().post(
+                "/admin/v1/connect", json={"peer": asked},
+                headers={"Authorization": "Bearer " + "k" * 43})
+        finally:
+            object.__setattr__(settings, "directory_url", honest_url)
+    body = await reply.get_json()
+    assert reply.status_code == 502, body
+    assert body["type"].endswith(":wrong-grant")
+    assert await world.a.services.book.sessions() == []
+    assert (await world.a.services.book.token_state(grant_id)).status.value == "received"

@@ -58,7 +58,7 @@ def connection() -> tuple[Any, Any]:
 
 def _token_ttl() -> int:
     text = os.environ.get(TOKEN_TTL_ENV, "900")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ConfigurationError(f"{TOKEN_TTL_ENV} is a number of seconds")
     return int(text)
 

@@ -48,6 +48,6 @@ def read_admin_token(data_dir: Path, now: float) -> str | None:
         token, _, expires = path.read_text(encoding="utf-8").strip().partition(" ")
     except FileNotFoundError:
         return None
-    if not token or not expires.isdigit() or int(expires) <= now:
+    if not token or not (expires.isascii() and expires.isdigit()) or int(expires) <= now:
         return None
     return token
