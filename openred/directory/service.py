@@ -654,6 +654,19 @@ class DirectoryService:
         except BaseException:
             _discard(signing)  # not logged: its signature must not outlive it
             raise
+        # 3b. The decision read both nodes before the grant was logged, without their locks
+        #     (a grant holds no node lock across the append: grants to one busy target would
+        #     queue behind each other). Anything logged on their streams before the grant —
+        #     the target deregistered or revoked, a node gone stale, a record moved — makes
+        #     the grant one the decision would have refused: it is marked undeliverable and
+        #     refused for that reason, never pushed. (An entry logged after the grant is a
+        #     later fact: the grant was minted while both could have it.)
+        try:
+            await self._still_grantable(initiator_view, target_view)
+        except RequestRefused as exc:
+            _discard(signing)
+            await self._undeliverable(grant.grant_id, f"no longer grantable: {exc.detail}")
+            raise
         # Logged but not deliverable (the jail did not sign it, or no checkpoint): say so in
         # the log too, then answer the refusal.
         try:
@@ -685,6 +698,25 @@ class DirectoryService:
                 502, "push-failed", f"the grant could not be delivered to {undelivered}: "
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
+
+    async def _still_grantable(self, initiator_view: d.NodeView,
+                               target_view: d.NodeView) -> None:
+        """RequestRefused unless both nodes are as the grant's decision read them.
+
+        Read after the grant's entry was appended, so through the node cache every entry
+        logged before it is seen (:meth:`_NodeCache.check`); heartbeats log nothing, so an
+        honest busy node is unchanged. Cost: two cached view lookups per grant.
+        """
+        initiator = await self.node(initiator_view.node_id)
+        target = await self.node(target_view.node_id)
+        d.decide_grant(initiator, target, signer=initiator_view.node_id,
+                       target_id=target_view.node_id)
+        assert initiator is not None and target is not None
+        for before, now in ((initiator_view, initiator), (target_view, target)):
+            if now.record_hash != before.record_hash:
+                raise RequestRefused(409, "record-changed",
+                                     f"node {before.node_id} registered a new record while the "
+                                     "grant was minted; ask again")
 
     async def _undeliverable(self, grant_id: str, reason: str) -> None:
         """Log that a logged grant was delivered to neither node (``ConnectionGrantFailed``)."""
