@@ -261,7 +261,7 @@ class DirectoryService:
         # grants in flight (one sign_many per turn of the loop; see SignCoalescer).
         self._signs = signs if signs is not None else SignCoalescer(jail, max_batch=SIGN_BATCH)
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
-        self._keys: dict[str, SignKey] = {}
+        self._keys: dict[str, tuple[SignKey, str]] = {}
         self._signing: asyncio.Task[None] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
@@ -395,8 +395,13 @@ class DirectoryService:
         node = await self.node(keyid)
         if node is None or node.status == d.DEREGISTERED:
             return None
-        # The projection copied sign_key from the record the node signed (and whose id it is).
-        return self._sign_key(node.sign_key)
+        # The projection copied sign_key from the record the node signed (and whose id it
+        # is) — but the projection is a table, not the signed log: a key written into it by
+        # anyone who can write the database file would sign for the node. A node id is its
+        # key's hash, so only the key whose id it is resolves (one string comparison: the id
+        # is computed once per key, with its decoding).
+        key, key_id = self._sign_key(node.sign_key)
+        return key if key_id == keyid else None
 
     def _signed_record(self, node: d.NodeView) -> SignedNodeRecord:
         """``node.signed_record()``, parsed once per record (immutable, bounded memo)."""
@@ -409,15 +414,16 @@ class DirectoryService:
             signed = memo[key] = node.signed_record()
         return signed
 
-    def _sign_key(self, b64: str) -> SignKey:
-        """``SignKey.from_b64url``, decoded and checked once per key (bounded memo)."""
+    def _sign_key(self, b64: str) -> tuple[SignKey, str]:
+        """``SignKey.from_b64url`` and the key's node id, computed once per key (bounded memo)."""
         memo = self._keys
-        key = memo.get(b64)
-        if key is None:
+        found = memo.get(b64)
+        if found is None:
             if len(memo) >= _NodeCache.MAX:
                 memo.clear()
-            key = memo[b64] = SignKey.from_b64url(b64)
-        return key
+            key = SignKey.from_b64url(b64)
+            found = memo[b64] = (key, str(NodeId.for_key(key)))
+        return found
 
     def last_seen(self, node: d.NodeView) -> int:
         return max(self._last_seen.get(node.node_id, 0), node.last_seen)
