@@ -41,7 +41,7 @@ from openred.crypto.client import JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import mint_tokens, new_grant, seal_token
 from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
-from openred.crypto.records import SignedNodeRecord
+from openred.crypto.records import SignedNodeRecord, verify_signed_record
 from openred.crypto.transparency import (
     InclusionProof,
     connection_granted_payload,
@@ -56,6 +56,8 @@ from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
 from openred.directory.tree import ProofTree
 from openred.errors import (
+    CryptoError,
+    InvalidSignature,
     JailError,
     OpenRedError,
     RequestRefused,
@@ -404,15 +406,37 @@ class DirectoryService:
         return key if key_id == keyid else None
 
     def _signed_record(self, node: d.NodeView) -> SignedNodeRecord:
-        """``node.signed_record()``, parsed once per record (immutable, bounded memo)."""
+        """``node.signed_record()``, parsed and verified once per record (bounded memo).
+
+        The nodes table is a projection, not the signed log: a record written into it (a URL
+        and box key of someone else's, under the node's old signature) would have the grant
+        sealed to that box key and pushed to that URL. So a record is used only once it
+        verifies as its node's own (``verify_signed_record``, and its id is the row's): one
+        Ed25519 verification per record not seen before — none for a record registered
+        through this process, which :meth:`_remember_record` puts here verified already.
+        Otherwise ``StoreError`` (503; ``audit_tools verify`` names the row).
+        """
         memo = self._records
         key = (node.record_json, node.signature)
         signed = memo.get(key)
         if signed is None:
-            if len(memo) >= _NodeCache.MAX:
-                memo.clear()
-            signed = memo[key] = node.signed_record()
+            try:
+                signed = node.signed_record()
+                verify_signed_record(signed)
+            except (CryptoError, InvalidSignature, ValueError) as exc:
+                raise StoreError(f"the nodes table's record of {node.node_id} is not one it "
+                                 f"signed: {exc}") from exc
+            if signed.record.node_id != node.node_id:
+                raise StoreError(f"the nodes table's row of {node.node_id} holds the record "
+                                 f"of {signed.record.node_id}")
+            self._remember_record(key, signed)
         return signed
+
+    def _remember_record(self, key: tuple[str, str], signed: SignedNodeRecord) -> None:
+        memo = self._records
+        if len(memo) >= _NodeCache.MAX:
+            memo.clear()
+        memo[key] = signed
 
     def _sign_key(self, b64: str) -> tuple[SignKey, str]:
         """``SignKey.from_b64url`` and the key's node id, computed once per key (bounded memo)."""
@@ -510,6 +534,9 @@ class DirectoryService:
             self._last_seen[record.node_id] = now
         # Whatever the decision, the node is now active with this record.
         wire = signed.to_wire()
+        # Verified by the decision: its grants need not verify it again (_signed_record).
+        self._remember_record((record.canonical_bytes().decode("utf-8"), wire["signature"]),
+                              signed)
         return status, {"record": wire["record"], "signature": wire["signature"],
                         "status": d.ACTIVE, "last_seen": now}
 

@@ -50,3 +50,31 @@ async def test_a_sign_key_planted_in_the_nodes_table_does_not_sign_for_the_node(
                      (victim.sign_key.b64url(), victim.node_id))
     directory.service._cache.views.clear()
     assert (await victim.call("POST", "/api/v3/nodes/heartbeat", {})).status == 200
+
+
+async def test_a_record_planted_in_the_nodes_table_gets_no_grant(
+    directory: Directory, make_node: Any,
+) -> None:
+    """The same writer replaced a node's record in ``directory_nodes`` (its URL and box key
+    now Mallory's; the node's signature left as it was). Before: a grant to the node was
+    sealed to Mallory's box key and pushed to Mallory's URL (201), the directory's own
+    signature over a grant naming the forged record's hash."""
+    alice, bob, mallory = await make_node(), await make_node(), await make_node()
+    for node in (alice, bob, mallory):
+        assert (await node.register()).status == 201
+    # A record registered through this process is not verified again for its grants.
+    view = await directory.service.node(alice.node_id)
+    assert view is not None
+    assert (view.record_json, view.signature) in directory.service._records
+    forged = bob.record(api_url=mallory.api_url, box_key=mallory.record().record.box_key)
+    with sqlite3.connect(directory.settings.data_dir / "openred.db") as conn:
+        conn.execute("UPDATE directory_nodes SET record = ?, api_url = ?, box_key = ? "
+                     "WHERE node_id = ?",
+                     (forged.record.canonical_bytes().decode(), mallory.api_url,
+                      forged.record.box_key.b64url(), bob.node_id))
+    directory.service._cache.views.clear()
+    reply = await alice.call("POST", "/api/v3/tokens/request-connection",
+                             {"target": bob.node_id})
+    assert reply.status == 503, reply.body
+    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
+    assert mallory.received == [] and alice.received == [] and bob.received == []
