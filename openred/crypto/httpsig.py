@@ -312,14 +312,29 @@ class NonceCache:
     def restore(self, entries: Iterable[tuple[str, str, int]], now: int) -> int:
         """Remember saved :meth:`live` entries again (those still live); how many were taken.
 
-        Entries already known are kept as they are; quotas are not applied (the entries were
-        within them when they were remembered), the total bound is.
+        Entries already known are kept as they are. The entries come from a file, which
+        another process of the same user may have written: each lives at most until
+        ``now + 2 × window`` (no signature this cache can still be asked about was created
+        later than ``now + window``), and more live entries of one signer than its quota is
+        ``ValueError`` with nothing restored (a file :meth:`remember` could not have filled:
+        the caller then refuses older signatures) — otherwise a planted file held a signer's
+        quota full for good (its requests 503, the entries saved again at every stop), and
+        dropping the extra entries instead would reopen their nonces to replay.
         """
+        entries = list(entries)
+        per_signer: dict[str, int] = {}
+        for keyid, _, expiry in entries:
+            if expiry >= now:
+                per_signer[keyid] = count = per_signer.get(keyid, 0) + 1
+                if count > self.max_per_signer:
+                    raise ValueError(f"more live nonces of {keyid!r} than its quota")
         taken = 0
+        latest = now + 2 * self.window_seconds
         for keyid, nonce, expiry in entries:
             key = (keyid, nonce)
             if expiry < now or key in self._expiry or len(self._expiry) >= self.max_entries:
                 continue
+            expiry = min(expiry, latest)
             self._expiry[key] = expiry
             self._per_signer[keyid] = self._per_signer.get(keyid, 0) + 1
             heapq.heappush(self._heap, (expiry, keyid, nonce))

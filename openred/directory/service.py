@@ -41,7 +41,7 @@ from openred.crypto.client import JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import mint_tokens, new_grant, seal_token
 from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
-from openred.crypto.records import SignedNodeRecord
+from openred.crypto.records import SignedNodeRecord, verify_signed_record
 from openred.crypto.transparency import (
     InclusionProof,
     connection_granted_payload,
@@ -56,6 +56,8 @@ from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections
 from openred.directory.tree import ProofTree
 from openred.errors import (
+    CryptoError,
+    InvalidSignature,
     JailError,
     OpenRedError,
     RequestRefused,
@@ -261,7 +263,7 @@ class DirectoryService:
         # grants in flight (one sign_many per turn of the loop; see SignCoalescer).
         self._signs = signs if signs is not None else SignCoalescer(jail, max_batch=SIGN_BATCH)
         self._records: dict[tuple[str, str], SignedNodeRecord] = {}
-        self._keys: dict[str, SignKey] = {}
+        self._keys: dict[str, tuple[SignKey, str]] = {}
         self._signing: asyncio.Task[None] | None = None
         window = settings.rate_window
         self.initiator_limit = RateLimiter(settings.rate_per_initiator, window)
@@ -395,29 +397,57 @@ class DirectoryService:
         node = await self.node(keyid)
         if node is None or node.status == d.DEREGISTERED:
             return None
-        # The projection copied sign_key from the record the node signed (and whose id it is).
-        return self._sign_key(node.sign_key)
+        # The projection copied sign_key from the record the node signed (and whose id it
+        # is) — but the projection is a table, not the signed log: a key written into it by
+        # anyone who can write the database file would sign for the node. A node id is its
+        # key's hash, so only the key whose id it is resolves (one string comparison: the id
+        # is computed once per key, with its decoding).
+        key, key_id = self._sign_key(node.sign_key)
+        return key if key_id == keyid else None
 
     def _signed_record(self, node: d.NodeView) -> SignedNodeRecord:
-        """``node.signed_record()``, parsed once per record (immutable, bounded memo)."""
+        """``node.signed_record()``, parsed and verified once per record (bounded memo).
+
+        The nodes table is a projection, not the signed log: a record written into it (a URL
+        and box key of someone else's, under the node's old signature) would have the grant
+        sealed to that box key and pushed to that URL. So a record is used only once it
+        verifies as its node's own (``verify_signed_record``, and its id is the row's): one
+        Ed25519 verification per record not seen before — none for a record registered
+        through this process, which :meth:`_remember_record` puts here verified already.
+        Otherwise ``StoreError`` (503; ``audit_tools verify`` names the row).
+        """
         memo = self._records
         key = (node.record_json, node.signature)
         signed = memo.get(key)
         if signed is None:
-            if len(memo) >= _NodeCache.MAX:
-                memo.clear()
-            signed = memo[key] = node.signed_record()
+            try:
+                signed = node.signed_record()
+                verify_signed_record(signed)
+            except (CryptoError, InvalidSignature, ValueError) as exc:
+                raise StoreError(f"the nodes table's record of {node.node_id} is not one it "
+                                 f"signed: {exc}") from exc
+            if signed.record.node_id != node.node_id:
+                raise StoreError(f"the nodes table's row of {node.node_id} holds the record "
+                                 f"of {signed.record.node_id}")
+            self._remember_record(key, signed)
         return signed
 
-    def _sign_key(self, b64: str) -> SignKey:
-        """``SignKey.from_b64url``, decoded and checked once per key (bounded memo)."""
+    def _remember_record(self, key: tuple[str, str], signed: SignedNodeRecord) -> None:
+        memo = self._records
+        if len(memo) >= _NodeCache.MAX:
+            memo.clear()
+        memo[key] = signed
+
+    def _sign_key(self, b64: str) -> tuple[SignKey, str]:
+        """``SignKey.from_b64url`` and the key's node id, computed once per key (bounded memo)."""
         memo = self._keys
-        key = memo.get(b64)
-        if key is None:
+        found = memo.get(b64)
+        if found is None:
             if len(memo) >= _NodeCache.MAX:
                 memo.clear()
-            key = memo[b64] = SignKey.from_b64url(b64)
-        return key
+            key = SignKey.from_b64url(b64)
+            found = memo[b64] = (key, str(NodeId.for_key(key)))
+        return found
 
     def last_seen(self, node: d.NodeView) -> int:
         return max(self._last_seen.get(node.node_id, 0), node.last_seen)
@@ -504,6 +534,9 @@ class DirectoryService:
             self._last_seen[record.node_id] = now
         # Whatever the decision, the node is now active with this record.
         wire = signed.to_wire()
+        # Verified by the decision: its grants need not verify it again (_signed_record).
+        self._remember_record((record.canonical_bytes().decode("utf-8"), wire["signature"]),
+                              signed)
         return status, {"record": wire["record"], "signature": wire["signature"],
                         "status": d.ACTIVE, "last_seen": now}
 
@@ -654,6 +687,19 @@ class DirectoryService:
         except BaseException:
             _discard(signing)  # not logged: its signature must not outlive it
             raise
+        # 3b. The decision read both nodes before the grant was logged, without their locks
+        #     (a grant holds no node lock across the append: grants to one busy target would
+        #     queue behind each other). Anything logged on their streams before the grant —
+        #     the target deregistered or revoked, a node gone stale, a record moved — makes
+        #     the grant one the decision would have refused: it is marked undeliverable and
+        #     refused for that reason, never pushed. (An entry logged after the grant is a
+        #     later fact: the grant was minted while both could have it.)
+        try:
+            await self._still_grantable(initiator_view, target_view)
+        except RequestRefused as exc:
+            _discard(signing)
+            await self._undeliverable(grant.grant_id, f"no longer grantable: {exc.detail}")
+            raise
         # Logged but not deliverable (the jail did not sign it, or no checkpoint): say so in
         # the log too, then answer the refusal.
         try:
@@ -685,6 +731,25 @@ class DirectoryService:
                 502, "push-failed", f"the grant could not be delivered to {undelivered}: "
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
+
+    async def _still_grantable(self, initiator_view: d.NodeView,
+                               target_view: d.NodeView) -> None:
+        """RequestRefused unless both nodes are as the grant's decision read them.
+
+        Read after the grant's entry was appended, so through the node cache every entry
+        logged before it is seen (:meth:`_NodeCache.check`); heartbeats log nothing, so an
+        honest busy node is unchanged. Cost: two cached view lookups per grant.
+        """
+        initiator = await self.node(initiator_view.node_id)
+        target = await self.node(target_view.node_id)
+        d.decide_grant(initiator, target, signer=initiator_view.node_id,
+                       target_id=target_view.node_id)
+        assert initiator is not None and target is not None
+        for before, now in ((initiator_view, initiator), (target_view, target)):
+            if now.record_hash != before.record_hash:
+                raise RequestRefused(409, "record-changed",
+                                     f"node {before.node_id} registered a new record while the "
+                                     "grant was minted; ask again")
 
     async def _undeliverable(self, grant_id: str, reason: str) -> None:
         """Log that a logged grant was delivered to neither node (``ConnectionGrantFailed``)."""

@@ -216,6 +216,34 @@ async def test_a_full_nonce_quota_is_a_503_with_retry_after(site: Site) -> None:
     assert second.json()["type"] == "urn:openred:problem:busy"
 
 
+def test_a_planted_nonces_file_cannot_lock_a_signer_out_for_good(tmp_path: Path) -> None:
+    """``nonces.json`` is a file of the service's user, read back at start. Written by another
+    process of that user with entries of one node that live "forever", it filled that node's
+    nonce quota: every request it signed was 503 ``busy``, and a clean stop saved the entries
+    again. A restored entry now lives at most as long as a signature seen before the start
+    can still pass (two windows), and a file with more entries of a signer than its quota is
+    not trusted (signatures older than the start are refused, as without a file)."""
+    import json
+
+    victim, far = "v" * 32, 10**12
+    entries = [[victim, f"nonce-{i:012d}", far] for i in range(5000)]
+    (tmp_path / "nonces.json").write_text(json.dumps({"v": 1, "window": 60,
+                                                      "entries": entries}))
+    now = [1000.0]
+    verifier = InboundVerifier("http://x", window_seconds=60, clock=lambda: now[0])
+    assert not verifier.restore(tmp_path / "nonces.json")
+    assert verifier.nonce_cache.count(victim) == 0 and verifier.not_before == 1000
+    (tmp_path / "nonces.json").write_text(json.dumps({"v": 1, "window": 60,
+                                                      "entries": entries[:10]}))
+    again = InboundVerifier("http://x", window_seconds=60, clock=lambda: now[0])
+    assert again.restore(tmp_path / "nonces.json")
+    cache = again.nonce_cache
+    assert cache.count(victim) == 10
+    now[0] = 1000.0 + 2 * 60 + 1
+    cache.remember(victim, "a-fresh-nonce-0001", created=int(now[0]), now=int(now[0]))
+    assert cache.count(victim) == 1
+
+
 def test_nonces_saved_under_a_shorter_window_are_not_trusted_under_a_longer_one(
     tmp_path: Path,
 ) -> None:
