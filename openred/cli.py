@@ -183,7 +183,9 @@ def _database(data_dir: Path) -> sqlite3.Connection:
         err.print(f"[red]error:[/] no directory database in {data_dir}: run "
                   "`openred directory init`")
         sys.exit(1)
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    from openred.store.sqlite import readonly_uri
+
+    return sqlite3.connect(readonly_uri(path), uri=True)
 
 
 @directory.command()
@@ -195,6 +197,9 @@ def key(data_dir: Path) -> None:
     conn = _database(data_dir)
     try:
         history = key_history(conn)
+    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+        err.print(f"[red]error:[/] cannot read the directory's key from its database: {exc}")
+        sys.exit(1)
     finally:
         conn.close()
     if not history:
