@@ -91,6 +91,12 @@ class AdminClient:
         except FileNotFoundError:
             raise NodeNotRunning(f"the node in {data_dir} is not running "
                                  "(start it with `openred node serve`)") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
+                                     f"{exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
+                                     "not UTF-8 text") from None
         check_listener(url, {os.geteuid(), (data_dir / ADMIN_KEY_FILE).stat().st_uid})
         return cls(url, key, timeout=timeout,
                    admin_token=read_admin_token(data_dir, time.time()))

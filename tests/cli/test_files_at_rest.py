@@ -15,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from openred.cli import main
+from openred.errors import ConfigurationError
+from openred.modules.authentication.files import read_admin_token
 from openred.modules.monitoring.health import database_writable
 from openred.store.sqlite import key_history, readonly_uri
 from tests.vectors import make_fixtures as mf
@@ -69,3 +71,44 @@ def test_a_directory_database_that_is_not_one_is_a_one_line_error(tmp_path: Path
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "error: cannot read the directory's key" in result.output
+
+
+def _admin_files(data: Path, key: bytes | None, url: bytes | None) -> None:
+    if key is not None:
+        (data / "admin-key").write_bytes(key)
+        (data / "admin-key").chmod(0o600)
+    if url is not None:
+        (data / "admin-url").write_bytes(url)
+
+
+@pytest.mark.parametrize(("key", "url", "words"), [
+    (b"\xff\xfe not utf-8", None, "admin-key"),
+    (b"k" * 43, b"\xff not utf-8", "admin-url"),
+    (b"k" * 43, None, "admin-url"),  # a directory at that name
+])
+def test_a_damaged_admin_key_or_url_file_is_a_one_line_error(
+    tmp_path: Path, key: bytes, url: bytes | None, words: str,
+) -> None:
+    _admin_files(tmp_path, key, url)
+    if url is None and words == "admin-url":
+        (tmp_path / "admin-url").mkdir()
+    result = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "error: cannot read" in result.output and words in result.output, result.output
+
+
+@pytest.mark.parametrize("content", [b"token " + b"9" * 5000, b"\xff\xfe", None])
+def test_a_damaged_admin_token_file_is_a_configuration_error_or_no_token(
+    tmp_path: Path, content: bytes | None,
+) -> None:
+    path = tmp_path / "admin-token"
+    if content is None:
+        path.mkdir(mode=0o700)
+    else:
+        path.write_bytes(content)
+        path.chmod(0o600)
+    try:
+        assert read_admin_token(tmp_path, 0.0) is None
+    except ConfigurationError as exc:
+        assert "admin-token" in str(exc)
