@@ -129,7 +129,7 @@ class AdminClient:
                                  f"({reason}): is `openred node serve` running?") from None
         try:
             return json.loads(raw or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             raise RequestRefused(502, "malformed-answer",
                                  f"the answer at {self.base_url} is not JSON: is it the "
                                  "node's admin API?") from None
@@ -158,7 +158,7 @@ def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
     slug, detail = "admin-error", f"the node answered {exc.code}"
     try:
         obj = json.loads(exc.read(MAX_ANSWER))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         obj = None
     if isinstance(obj, dict):
         if isinstance(obj.get("type"), str):

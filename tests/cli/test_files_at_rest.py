@@ -15,10 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from openred.cli import main
-from openred.errors import ConfigurationError
+from openred.errors import ConfigurationError, RequestRefused
 from openred.modules.authentication.files import read_admin_token
+from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.monitoring.health import database_writable
+from openred.node.own_record import OwnRecord
 from openred.store.sqlite import key_history, readonly_uri
+from openred.web.signatures import InboundVerifier
 from tests.vectors import make_fixtures as mf
 
 
@@ -112,3 +115,33 @@ def test_a_damaged_admin_token_file_is_a_configuration_error_or_no_token(
         assert read_admin_token(tmp_path, 0.0) is None
     except ConfigurationError as exc:
         assert "admin-token" in str(exc)
+
+
+DEEP = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # past the JSON parser's depth
+
+
+def test_files_a_node_reads_at_start_nested_too_deeply_count_as_unreadable(
+    tmp_path: Path,
+) -> None:
+    # Before, RecursionError escaped both and the node did not start (a traceback).
+    nonces = tmp_path / "nonces.json"
+    nonces.write_bytes(DEEP)
+    verifier = InboundVerifier("http://127.0.0.1:1")
+    assert verifier.restore(nonces) is False  # refuses older signatures instead
+    record = tmp_path / "own-record.json"
+    record.write_bytes(DEEP)
+    assert OwnRecord(record).stored() == (None, 0)  # signs a new record
+
+
+@pytest.mark.parametrize("content", [DEEP, b"\xff\xfe", None])
+def test_a_damaged_second_factor_state_is_refused_not_a_crash(
+    tmp_path: Path, content: bytes | None,
+) -> None:
+    auth = OperatorAuth(tmp_path, None, account="node")  # type: ignore[arg-type]
+    if content is None:
+        auth.path.mkdir()
+    else:
+        auth.path.write_bytes(content)
+    with pytest.raises(RequestRefused) as refused:
+        auth.status()
+    assert refused.value.status == 503

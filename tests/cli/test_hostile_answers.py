@@ -26,6 +26,7 @@ from openred.node.admin_keys import ensure_admin_key
 from tests.servers import free_port
 
 HOSTILE = "hi\x1b[2J\x1b]0;owned\x07\x9b31m\u202e[link=https://evil.example]click[/link]"
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past Python's recursion limit
 UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -47,6 +48,8 @@ class Hostile(http.server.BaseHTTPRequestHandler):
                 {"received_at": 1, "peer": HOSTILE, "text": HOSTILE}]}).encode())
         elif path == "/admin/v1/peers":
             self._send(200, b"<html>not json")
+        elif path == "/admin/v1/file_sharing/offers":
+            self._send(200, DEEP)
         elif path == "/admin/v1/sessions":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -61,6 +64,9 @@ class Hostile(http.server.BaseHTTPRequestHandler):
             self._send(403, json.dumps({"type": f"urn:x:{HOSTILE}", "title": "no",
                                         "status": 403, "detail": HOSTILE}).encode(),
                        "application/problem+json")
+
+    def do_POST(self) -> None:
+        self._send(400, DEEP, "application/problem+json")
 
 
 @pytest.fixture
@@ -96,6 +102,14 @@ def test_hostile_text_reaches_the_terminal_inert(squatted: Path, command: str) -
 
 def test_a_malformed_answer_is_one_error_line(squatted: Path) -> None:
     code, out, exc = _run("peers", "--data-dir", str(squatted))
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "error:" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", [("files",), ("decline", "offer-1")])
+def test_an_answer_nested_too_deeply_is_one_error_line(squatted: Path,
+                                                       command: tuple[str, ...]) -> None:
+    code, out, exc = _run(*command, "--data-dir", str(squatted))
     assert code == 1 and isinstance(exc, SystemExit), (out, exc)
     assert "error:" in out and "Traceback" not in out
 
