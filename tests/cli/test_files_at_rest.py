@@ -8,7 +8,9 @@ read-write and creating it (``?mode=ro`` went into the fragment) — not ``node#
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from openred.modules.authentication.files import read_admin_token
 from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.monitoring.health import database_writable
 from openred.node.own_record import OwnRecord
+from openred.settings import read_env_file
 from openred.store.sqlite import key_history, readonly_uri
 from openred.web.signatures import InboundVerifier
 from tests.vectors import make_fixtures as mf
@@ -145,3 +148,40 @@ def test_a_damaged_second_factor_state_is_refused_not_a_crash(
     with pytest.raises(RequestRefused) as refused:
         auth.status()
     assert refused.value.status == 503
+
+
+def _read_env_in_thread(path: Path) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_env_file(path))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(5)
+    return thread, outcome
+
+
+def test_a_dotenv_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # Every command reads DATA_DIR/.env first: a FIFO there made each one hang forever.
+    env = tmp_path / ".env"
+    os.mkfifo(env)
+    thread, outcome = _read_env_in_thread(env)
+    if thread.is_alive():  # unblock the reader before failing
+        os.close(os.open(env, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    assert outcome and isinstance(outcome[0], ConfigurationError), outcome
+    assert "not a regular file" in str(outcome[0])
+
+
+def test_an_oversized_dotenv_is_refused(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_bytes(b"# " + b"x" * (2 << 20) + b"\nOPENRED_PORT=1\n")
+    with pytest.raises(ConfigurationError, match="too large"):
+        read_env_file(env)
+    (tmp_path / "link").symlink_to(env)  # a link to a sound file still reads as that file
+    env.write_text("OPENRED_PORT=1\n")
+    assert read_env_file(tmp_path / "link") == {"OPENRED_PORT": "1"}
