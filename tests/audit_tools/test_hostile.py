@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -263,3 +264,26 @@ def test_replay_out_is_private_and_never_created_through_a_dangling_link(
     out = tmp_path / "state2.db"
     clean(cli("replay", log, "--out", out), 0)
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+# -- what a crafted log puts on the auditor's terminal ------------------------------------------
+
+ESCAPES = "\x1b[1A\x1b[2K\rVALID: all good\x1b]0;owned\x07\x9b2J\u202e"
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_escape_sequences_in_a_crafted_log_reach_the_terminal_inert(
+    log: Path, tmp_path: Path,
+) -> None:
+    # Names and values verify reports come from the file under test: an object named with
+    # cursor movements could overwrite the TAMPERED line with "VALID" on the auditor's screen.
+    db = tmp_path / "x.db"
+    shutil.copyfile(log, db)
+    conn = sqlite3.connect(db)
+    conn.execute(f'CREATE TABLE "{ESCAPES}" (a)')
+    conn.close()
+    result = cli("verify", db)
+    clean(result, 1, "TAMPERED", "VALID: all good")
+    assert not UNSAFE.search(result.output), repr(result.output)
+    replay = cli("replay", db, "--rows", "1")
+    assert not UNSAFE.search(replay.output), repr(replay.output)
