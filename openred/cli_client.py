@@ -32,6 +32,10 @@ MAX_ANSWER = 64 * 1024 * 1024
 """The largest answer read (bytes): whatever listens at the admin URL cannot fill the CLI's
 memory or keep it reading forever."""
 
+answers_read = 0
+"""How many admin API answers this process parsed: a command that fails on the shape of what it
+got after one (``openred.cli.AnswerGuard``) blames the answer, in one line."""
+
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -128,11 +132,14 @@ class AdminClient:
             raise NodeNotRunning(f"the node's admin API at {self.base_url} does not answer "
                                  f"({reason}): is `openred node serve` running?") from None
         try:
-            return json.loads(raw or b"null")
+            answer = json.loads(raw or b"null")
         except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             raise RequestRefused(502, "malformed-answer",
                                  f"the answer at {self.base_url} is not JSON: is it the "
                                  "node's admin API?") from None
+        global answers_read
+        answers_read += 1
+        return answer
 
 
 def _read_capped(resp: Any, timeout: float) -> bytes:

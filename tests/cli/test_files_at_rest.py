@@ -25,6 +25,7 @@ from openred.node.own_record import OwnRecord
 from openred.settings import read_env_file
 from openred.store.sqlite import key_history, readonly_uri
 from openred.web.signatures import InboundVerifier
+from tests.cli.test_hostile_answers import UNSAFE
 from tests.vectors import make_fixtures as mf
 
 
@@ -185,3 +186,22 @@ def test_an_oversized_dotenv_is_refused(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(env)  # a link to a sound file still reads as that file
     env.write_text("OPENRED_PORT=1\n")
     assert read_env_file(tmp_path / "link") == {"OPENRED_PORT": "1"}
+
+
+def test_what_nodes_registered_reaches_the_directory_operators_terminal_inert(
+    tmp_path: Path,
+) -> None:
+    # A node's URL and version are what the node sent when it registered.
+    hostile = "v1\x1b[2J\x1b]0;owned\x07\x9b31m\u202e[link=https://evil.example]x[/link]\r"
+    conn = sqlite3.connect(tmp_path / "openred.db")
+    conn.execute("CREATE TABLE directory_nodes (node_id, status, api_url, version, last_seen, "
+                 "registered_at)")
+    conn.execute("INSERT INTO directory_nodes VALUES (?, 'active', ?, ?, 1, 1)",
+                 (hostile, hostile, hostile))
+    conn.commit()
+    conn.close()
+    result = CliRunner().invoke(main, ["directory", "nodes", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "v1" in result.output
+    assert not UNSAFE.search(result.output), repr(result.output)
+    assert "\x1b]8;" not in result.output

@@ -160,3 +160,55 @@ def test_the_admin_key_is_not_sent_to_another_users_listener(tmp_path: Path) -> 
     assert key not in rest, "the squatter received the admin key"
     assert code == 1 and isinstance(exc, SystemExit), (out, exc)
     assert "another user" in out
+
+
+class Misshapen(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with JSON of another shape than the command expects."""
+
+    body = b"[]"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _answer
+
+
+@pytest.mark.parametrize(("body", "command"), [
+    (b"[]", ("status",)),
+    (b'{"items": [5]}', ("peers",)),
+    (b"null", ("files",)),
+    (b"{}", ("send", "peer", "hi")),
+    (b'{"token": 1, "expires_at": "soon"}', ("auth", "login", "--code", "123456")),
+    (json.dumps({"uri": HOSTILE}).encode(), ("auth", "enroll")),
+])
+def test_an_answer_of_another_shape_is_one_error_line(
+    tmp_path: Path, body: bytes, command: tuple[str, ...],
+) -> None:
+    handler = type("H", (Misshapen,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    data = tmp_path / "node"
+    data.mkdir(mode=0o700)
+    ensure_admin_key(data)
+    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{server.server_address[1]}\n")
+    try:
+        result = CliRunner().invoke(main, [*command, "--data-dir", str(data)], input="123456\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not UNSAFE.search(result.output), repr(result.output)
+    if command == ("auth", "enroll"):  # a well-shaped answer with hostile text: shown inert
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
+        result.output, result.exception)
+    assert "error: the node's answer is not what this command expects" in result.output
