@@ -126,7 +126,10 @@ class AdminClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 raw = _read_capped(resp, self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _refusal(exc) from None
+            try:
+                raise _refusal(exc) from None
+            finally:
+                exc.close()  # its socket, not left to the garbage collector
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeNotRunning(f"the node's admin API at {self.base_url} does not answer "
