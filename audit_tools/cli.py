@@ -31,6 +31,7 @@ from audit_tools.verify import (
     parse_given_checkpoint,
     verify,
 )
+from openred.cli_client import printable
 from openred.crypto.identity import NodeId, SignKey, from_b64url
 from openred.errors import CheckpointError, InvalidKey, OpenRedError, ProofError, TamperedLog
 from openred.store import merkle
@@ -38,6 +39,13 @@ from openred.store.checkpoint import verify_checkpoint
 from openred.store.events import StoredEvent
 
 VALID, TAMPERED, USAGE = 0, 1, 2
+
+
+def _echo(message: str, *, err: bool = False, nl: bool = True) -> None:
+    """Print human text. What verify reports names things from the file under test (schema
+    objects, types, rows a replay shows): control characters are shown escaped, never acted on,
+    so a crafted log cannot move the cursor and overwrite "TAMPERED" with "VALID"."""
+    click.echo(printable(message), err=err, nl=nl)
 
 
 def _emit_json(data: dict[str, Any]) -> None:
@@ -48,7 +56,7 @@ def _fail(code: int, message: str, as_json: bool, **extra: Any) -> NoReturn:
     if as_json:
         _emit_json({"error": message, "exit_code": code, **extra})
     else:
-        click.echo(f"error: {message}", err=True)
+        _echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
@@ -115,7 +123,7 @@ def _parse_key(key: str | None, node_id: str | None) -> tuple[SignKey | None, No
 def _print_step(step: Step) -> None:
     mark = {"ok": "ok", "warning": "WARNING", "failed": "FAILED", "skipped": "skipped"}[
         step.status]
-    click.echo(f"  {step.number}. {step.title:<40} {mark:<8} {step.detail}")
+    _echo(f"  {step.number}. {step.title:<40} {mark:<8} {step.detail}")
 
 
 @main.command("verify")
@@ -139,7 +147,7 @@ def verify_command(
         note = _read_checkpoint_file(checkpoint_file, as_json)
     with _guard(as_json):
         if not as_json:
-            click.echo(f"Verifying {path}")
+            _echo(f"Verifying {path}")
         with _progress(not as_json, "verifying") as progress:
             report = verify(
                 path, key=expected_key, node_id=expected_id, checkpoint=note, jobs=jobs,
@@ -173,19 +181,19 @@ def _finish(report: Report, as_json: bool) -> NoReturn:
     if as_json:
         _emit_json(report.to_json())
     elif report.ok:
-        click.echo(f"VALID: {report.entries} entries checked; head {report.head}; "
+        _echo(f"VALID: {report.entries} entries checked; head {report.head}; "
                    f"root {report.root}")
         if report.uncovered:
             label = "WARNING" if report.uncovered == report.entries else "note"
-            click.echo(f"{label}: {report.uncovered} of {report.entries} entries are covered "
+            _echo(f"{label}: {report.uncovered} of {report.entries} entries are covered "
                        "by no stored checkpoint")
         if report.pseudonymized:
-            click.echo(f"(pseudonymized bundle: order, links, signatures, the key history and "
+            _echo(f"(pseudonymized bundle: order, links, signatures, the key history and "
                        f"checkpoints hold; {report.rewritten} entries' payloads were rewritten, "
                        "so their contents are not proven)")
     else:
         where = f" at seq {report.failed_seq}" if report.failed_seq else ""
-        click.echo(f"TAMPERED{where}: {report.reason}")
+        _echo(f"TAMPERED{where}: {report.reason}")
     sys.exit(VALID if report.ok else TAMPERED)
 
 
@@ -213,9 +221,9 @@ def checkpoint_command(path: Path, as_json: bool) -> None:
                         "note": note.decode(), "log_entries": n,
                         "entries_after": max(0, n - cp.size)})
         else:
-            click.echo(note.decode(), nl=False)
+            _echo(note.decode(), nl=False)
             if n > cp.size:
-                click.echo(f"note: {n - cp.size} entries were appended after this checkpoint",
+                _echo(f"note: {n - cp.size} entries were appended after this checkpoint",
                            err=True)
 
 
@@ -256,7 +264,7 @@ def export_command(
         if as_json:
             _emit_json({"out": str(out), "entries": written, "pseudonymized": pseudonymize})
         else:
-            click.echo(f"Exported {written} entries to {out}"
+            _echo(f"Exported {written} entries to {out}"
                        + (" (pseudonymized)" if pseudonymize else ""))
 
 
@@ -296,15 +304,15 @@ def replay_command(
                 },
             })
             return
-        click.echo(f"State of this {state.kind} log as of seq {state.position}"
+        _echo(f"State of this {state.kind} log as of seq {state.position}"
                    + (f" (saved to {out})" if out else ""))
         for table, (cols, data) in state.tables.items():
-            click.echo(f"\n{table}: {len(data)} row(s)")
+            _echo(f"\n{table}: {len(data)} row(s)")
             for row in data[:rows]:
-                click.echo("  " + "  ".join(f"{c}={_short(v)}" for c, v in zip(cols, row,
+                _echo("  " + "  ".join(f"{c}={_short(v)}" for c, v in zip(cols, row,
                                                                             strict=True)))
             if len(data) > rows:
-                click.echo(f"  … {len(data) - rows} more")
+                _echo(f"  … {len(data) - rows} more")
 
 
 def _jsonable(value: object) -> object:
@@ -355,19 +363,19 @@ def prove_command(path: Path, seq: int, as_json: bool) -> None:
         if as_json:
             _emit_json(data)
             return
-        click.echo(f"Inclusion proof for entry {seq} of {origin}")
-        click.echo(f"  leaf index  {seq - 1} (leaf hash = SHA-256(0x00 ‖ entry_hash))")
-        click.echo(f"  entry_hash  {data['entry_hash']}")
-        click.echo(f"  tree size   {size}")
-        click.echo(f"  root        {data['root']}")
+        _echo(f"Inclusion proof for entry {seq} of {origin}")
+        _echo(f"  leaf index  {seq - 1} (leaf hash = SHA-256(0x00 ‖ entry_hash))")
+        _echo(f"  entry_hash  {data['entry_hash']}")
+        _echo(f"  tree size   {size}")
+        _echo(f"  root        {data['root']}")
         for i, h in enumerate(path_hashes):
-            click.echo(f"  path[{i}]     {h.hex()}")
+            _echo(f"  path[{i}]     {h.hex()}")
         if note is None:
-            click.echo("  anchored to: the current tree (no signed checkpoint covers this entry)")
+            _echo("  anchored to: the current tree (no signed checkpoint covers this entry)")
         else:
-            click.echo("  anchored to the signed checkpoint:")
+            _echo("  anchored to the signed checkpoint:")
             for line in note.decode().splitlines():
-                click.echo(f"    {line}")
+                _echo(f"    {line}")
 
 
 def run() -> None:
@@ -375,7 +383,7 @@ def run() -> None:
     try:
         main(standalone_mode=True)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        _echo("interrupted", err=True)
         os._exit(USAGE)
 
 

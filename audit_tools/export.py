@@ -219,9 +219,14 @@ def export_bundle(
         ],
         "pseudonymized": pseudo is not None,
     }
+    # The bundle holds the whole log: written for this user only, through a temporary name
+    # created exclusively (whatever was planted there, a link included, is removed first and
+    # never followed), then renamed, as openred.files.write_private does.
     tmp = out.with_name(out.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     written = 0
-    with tmp.open("wb") as f:
+    with os.fdopen(fd, "wb") as f:
         f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
         for entry in source.rows(1, n):
             if isinstance(entry, MalformedRow):

@@ -146,6 +146,25 @@ class SQLiteSource(LogSource):
             lines = [line for p in problems for line in p.splitlines() if not line.startswith("*")]
             raise CorruptLog(f"{self.path} is damaged: {(lines or problems)[0]}")
 
+    def check_indexes(self) -> None:
+        """Raise CorruptLog unless every index holds exactly its table's rows.
+
+        ``quick_check`` does not compare an index with its table. The rows verify reads are the
+        table's own (``NOT INDEXED``), but the store reads a stream, a session or a peer through
+        an index: one whose entries point at other rows (a b-tree swapped in through
+        ``writable_schema``, or written while a row briefly said something else) hands the
+        node another entry than the one verify proved. ``integrity_check`` walks every index
+        against its table.
+        """
+        try:
+            problems = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check(20)")]
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise CorruptLog(f"{self.path} is damaged: {exc}") from exc
+        if problems != ["ok"]:
+            lines = [line for p in problems for line in p.splitlines() if not line.startswith("*")]
+            raise CorruptLog(f"{self.path} is damaged: an index disagrees with its table: "
+                             f"{(lines or problems)[0]}")
+
     def size(self) -> tuple[int, int]:
         """(rows, largest seq): only to plan the work; the chain pass counts what it reads."""
         try:

@@ -4,7 +4,9 @@
    structure (``PRAGMA quick_check``: a damaged page can alias, hide or duplicate rows the later
    steps would read as intact), read every row once (zero entries is never "valid"), and find
    the database's schema to be exactly the one the migrations of the log's kind build: any
-   trigger, index, view or table definition that is not the store's own fails, named.
+   trigger, index, view or table definition that is not the store's own fails, named; then
+   every index must hold exactly its table's rows (``PRAGMA integrity_check``: the store reads
+   streams and projections through them).
 2. Genesis and signer key history: the first entry is ``LogOpened`` naming the expected key
    and the log's kind; every ``KeyRotated`` hands over from the key in force.
 3. Sequence, entry hashes and links: seq runs 1..n without a gap; each entry_hash matches the
@@ -432,7 +434,9 @@ def verify(
             current = 1
             if isinstance(source, SQLiteSource):
                 _check_schema(source, kind)
-                done(1, f"{n} entries; file structure sound; the schema is a {kind} log's own")
+                source.check_indexes()
+                done(1, f"{n} entries; file structure sound, every index matches its table; "
+                        f"the schema is a {kind} log's own")
             else:
                 done(1, f"{n} entries" + (" (pseudonymized bundle)" if source.pseudonymized
                                           else ""))

@@ -57,7 +57,27 @@ def _settings(data_dir: Path, **overrides: Any) -> DirectorySettings:
         sys.exit(1)
 
 
-@click.group()
+class AnswerGuard(click.Group):
+    """Commands read fields of what the admin API answered: an answer of another shape (a list
+    where an object belongs, a missing or mistyped field — whatever squats a stopped node's
+    port, or a node of another version) is one error line and exit 1, never a traceback. Only
+    errors met after an answer was read are blamed on it; any other error still surfaces."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from openred import cli_client
+
+        before = cli_client.answers_read
+        try:
+            return super().invoke(ctx)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            if cli_client.answers_read == before:
+                raise
+            err.print(f"[red]error:[/] the node's answer is not what this command expects "
+                      f"({_safe(type(exc).__name__)}: {_safe(exc)})")
+            sys.exit(1)
+
+
+@click.group(cls=AnswerGuard)
 @click.version_option(package_name="openred")
 def main() -> None:
     """OpenRed: autonomous nodes introduced by a minimal directory."""
@@ -183,7 +203,9 @@ def _database(data_dir: Path) -> sqlite3.Connection:
         err.print(f"[red]error:[/] no directory database in {data_dir}: run "
                   "`openred directory init`")
         sys.exit(1)
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    from openred.store.sqlite import readonly_uri
+
+    return sqlite3.connect(readonly_uri(path), uri=True)
 
 
 @directory.command()
@@ -195,6 +217,9 @@ def key(data_dir: Path) -> None:
     conn = _database(data_dir)
     try:
         history = key_history(conn)
+    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+        err.print(f"[red]error:[/] cannot read the directory's key from its database: {exc}")
+        sys.exit(1)
     finally:
         conn.close()
     if not history:
@@ -255,7 +280,7 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     for name in names:
         table.add_column(name)
     for item in items:
-        table.add_row(*(str(item[n]) for n in names))
+        table.add_row(*(_safe(item[n]) for n in names))
     console.print(table)
 
 

@@ -32,6 +32,10 @@ MAX_ANSWER = 64 * 1024 * 1024
 """The largest answer read (bytes): whatever listens at the admin URL cannot fill the CLI's
 memory or keep it reading forever."""
 
+answers_read = 0
+"""How many admin API answers this process parsed: a command that fails on the shape of what it
+got after one (``openred.cli.AnswerGuard``) blames the answer, in one line."""
+
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -91,6 +95,12 @@ class AdminClient:
         except FileNotFoundError:
             raise NodeNotRunning(f"the node in {data_dir} is not running "
                                  "(start it with `openred node serve`)") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
+                                     f"{exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
+                                     "not UTF-8 text") from None
         check_listener(url, {os.geteuid(), (data_dir / ADMIN_KEY_FILE).stat().st_uid})
         return cls(url, key, timeout=timeout,
                    admin_token=read_admin_token(data_dir, time.time()))
@@ -116,17 +126,23 @@ class AdminClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 raw = _read_capped(resp, self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _refusal(exc) from None
+            try:
+                raise _refusal(exc) from None
+            finally:
+                exc.close()  # its socket, not left to the garbage collector
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeNotRunning(f"the node's admin API at {self.base_url} does not answer "
                                  f"({reason}): is `openred node serve` running?") from None
         try:
-            return json.loads(raw or b"null")
-        except ValueError:
+            answer = json.loads(raw or b"null")
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             raise RequestRefused(502, "malformed-answer",
                                  f"the answer at {self.base_url} is not JSON: is it the "
                                  "node's admin API?") from None
+        global answers_read
+        answers_read += 1
+        return answer
 
 
 def _read_capped(resp: Any, timeout: float) -> bytes:
@@ -152,7 +168,7 @@ def _refusal(exc: urllib.error.HTTPError) -> RequestRefused:
     slug, detail = "admin-error", f"the node answered {exc.code}"
     try:
         obj = json.loads(exc.read(MAX_ANSWER))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         obj = None
     if isinstance(obj, dict):
         if isinstance(obj.get("type"), str):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,13 +56,34 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+MAX_ENV_BYTES = 1 << 20
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes); {} if absent."""
+    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes); {} if absent.
+
+    Only a regular file (a symbolic link to one is fine) of at most ``MAX_ENV_BYTES`` is read:
+    a FIFO at that name made every command wait forever, a link to ``/dev/zero`` read until
+    memory ran out. Opened non-blocking, so a FIFO is refused instead of waited on.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigurationError(f"cannot read {path}: not a regular file")
+            data = f.read(MAX_ENV_BYTES + 1)
+        if len(data) > MAX_ENV_BYTES:
+            raise ConfigurationError(f"cannot read {path}: too large (over {MAX_ENV_BYTES} "
+                                     "bytes)")
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
     values: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):

@@ -75,7 +75,7 @@ from openred.store.checkpoint import (
 from openred.store.events import NewEvent, StoredEvent
 from openred.store.readmodels import ReadModels
 from openred.store.signer import Signer as LogSigner
-from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
+from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
 from openred.web.client import HttpClient, Signer
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 from openred.web.urls import check_url
@@ -130,7 +130,7 @@ class _NodeCache:
     MAX = 100_000
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn = sqlite3.connect(readonly_uri(path), uri=True, check_same_thread=False)
         self._conn.execute("PRAGMA query_only=1")
         self.known_size = 0
         self.inflight = 0

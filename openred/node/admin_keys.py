@@ -41,6 +41,8 @@ def read_admin_key(data_dir: Path) -> str:
         raise ConfigurationError(f"no admin key at {path}: run `openred node init`") from None
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"cannot read {path}: not UTF-8 text") from None
     if mode & 0o077:
         raise ConfigurationError(f"{path} is readable by others: chmod 600 it")
     if not key:

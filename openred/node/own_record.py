@@ -48,7 +48,7 @@ class OwnRecord:
             return SignedNodeRecord.from_wire(obj["signed"]), int(obj.get("logged_version", 0))
         except FileNotFoundError:
             return None, 0
-        except (ValueError, KeyError, TypeError, OpenRedError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, OpenRedError) as exc:
             logger.warning("%s is unreadable (%s): signing a new record", self.path, exc)
             return None, 0
 

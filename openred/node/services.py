@@ -46,7 +46,7 @@ from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
 from openred.node.transparency import TransparencyChecks
 from openred.node.transport import post_envelope
-from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
+from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
 from openred.web.client import HttpClient, Reply, Signer
 
 __all__ = ["NodeServices"]
@@ -145,7 +145,7 @@ class PeerUrls:
             return known[0]
         if self._conn is None:
             self._conn = sqlite3.connect(
-                f"file:{self.database}?mode=ro", uri=True, check_same_thread=False,
+                readonly_uri(self.database), uri=True, check_same_thread=False,
                 timeout=5.0)
         row = self._conn.execute(
             "SELECT api_url FROM peers WHERE node_id = ?", (node_id,)).fetchone()

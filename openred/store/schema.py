@@ -21,6 +21,7 @@ the migrations touch it, ``schema_differences`` after).
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import tempfile
@@ -124,8 +125,13 @@ def _built(kind: str) -> bytes:
 
 
 def fresh_database(path: Path, kind: str) -> None:
-    """Write at ``path`` a new, empty database with the schema of a ``kind`` log."""
-    with path.open("xb") as f:
+    """Write at ``path`` a new, empty database with the schema of a ``kind`` log.
+
+    Created exclusively (an existing file or link there, even a dangling one, is an error) and
+    readable by this user only: a replayed state holds what the log holds.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(_template(kind))
 
 

@@ -151,6 +151,21 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def database_uri(path: Path | str, mode: str = "ro") -> str:
+    """A ``file:`` URI naming exactly ``path`` (absolute, percent-escaped) with ``mode``.
+
+    SQLite reads an unescaped ``#`` as the start of a fragment and ``?`` as the query: a
+    data directory named ``node#2`` would open ``node`` instead, read-write and created,
+    since ``?mode=ro`` went into the fragment. Every URI the code opens is built here.
+    """
+    return f"{Path(path).absolute().as_uri()}?mode={mode}"
+
+
+def readonly_uri(path: Path | str) -> str:
+    """:func:`database_uri` read-only: never writes, never creates the file."""
+    return database_uri(path, "ro")
+
+
 def connect(
     path: Path, *, readonly: bool = False, busy_timeout: float = 10.0
 ) -> sqlite3.Connection:
@@ -160,8 +175,8 @@ def connect(
     ``?`` or ``%`` in it are plain characters) and never creates one.
     """
     if readonly:
-        uri = f"{Path(path).absolute().as_uri()}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None,
+                               check_same_thread=False)
         conn.execute("PRAGMA query_only=1")
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

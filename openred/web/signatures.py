@@ -224,7 +224,7 @@ class InboundVerifier:
             restored = True
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
             logger.warning("saved nonces in %s unreadable (%s): refusing older signatures",
                            path, exc)
         with contextlib.suppress(FileNotFoundError):

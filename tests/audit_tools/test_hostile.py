@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -232,3 +233,57 @@ def test_the_real_command_shows_no_traceback_for_a_hostile_checkpoint(log: Path,
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "is not a valid checkpoint" in result.stderr
+
+
+# -- files the tools write ---------------------------------------------------------------------
+
+
+def test_export_writes_its_bundle_privately_and_never_through_a_planted_link(
+    log: Path, tmp_path: Path,
+) -> None:
+    # A link planted at the bundle's temporary name (in a shared directory) turned the export
+    # onto the link's target, and the whole log was written readable by every user.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "bundle.jsonl"
+    (tmp_path / "bundle.jsonl.partial").symlink_to(victim)
+    clean(cli("export", log, "--out", out), 0, "Exported")
+    assert victim.read_bytes() == b"precious"
+    assert not out.is_symlink() and out.stat().st_mode & 0o777 == 0o600
+    clean(cli("verify", out), 0)
+
+
+def test_replay_out_is_private_and_never_created_through_a_dangling_link(
+    log: Path, tmp_path: Path,
+) -> None:
+    target = tmp_path / "elsewhere.db"
+    link = tmp_path / "state.db"
+    link.symlink_to(target)
+    clean(cli("replay", log, "--out", link), 2, "exists")
+    assert not target.exists()
+    out = tmp_path / "state2.db"
+    clean(cli("replay", log, "--out", out), 0)
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+# -- what a crafted log puts on the auditor's terminal ------------------------------------------
+
+ESCAPES = "\x1b[1A\x1b[2K\rVALID: all good\x1b]0;owned\x07\x9b2J\u202e"
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_escape_sequences_in_a_crafted_log_reach_the_terminal_inert(
+    log: Path, tmp_path: Path,
+) -> None:
+    # Names and values verify reports come from the file under test: an object named with
+    # cursor movements could overwrite the TAMPERED line with "VALID" on the auditor's screen.
+    db = tmp_path / "x.db"
+    shutil.copyfile(log, db)
+    conn = sqlite3.connect(db)
+    conn.execute(f'CREATE TABLE "{ESCAPES}" (a)')
+    conn.close()
+    result = cli("verify", db)
+    clean(result, 1, "TAMPERED", "VALID: all good")
+    assert not UNSAFE.search(result.output), repr(result.output)
+    replay = cli("replay", db, "--rows", "1")
+    assert not UNSAFE.search(replay.output), repr(replay.output)

@@ -564,6 +564,40 @@ def test_pages_aliased_by_the_schema_are_caught_before_any_row_is_trusted(
     assert_cli_tampered(db)
 
 
+def test_an_index_that_disagrees_with_its_table_is_caught(logs: Logs, tmp_path: Path) -> None:
+    # The store reads a stream through the (stream, stream_version) index: give that index a
+    # b-tree whose entries point two streams' first entries at each other's rows. Every row of
+    # the table is still the signed one (verify reads NOT INDEXED), but what the node reads
+    # back as a stream is another stream's entry.
+    db = tmp_path / "x.db"
+    shutil.copyfile(logs.main, db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    rows = conn.execute("SELECT seq, stream, stream_version FROM events ORDER BY seq").fetchall()
+    a, b = next((r, s) for r in rows for s in rows if r[1] != s[1] and r[2] == s[2] == 1
+                and r[1] != "log" and s[1] != "log")
+    lie = {a[0]: (b[1], b[2]), b[0]: (a[1], a[2])}
+    conn.execute("CREATE TABLE fake (stream TEXT, stream_version INTEGER, "
+                 "UNIQUE (stream, stream_version))")
+    conn.executemany("INSERT INTO fake (rowid, stream, stream_version) VALUES (?, ?, ?)",
+                     [(seq, *lie.get(seq, (stream, version))) for seq, stream, version in rows])
+    roots = dict(conn.execute("SELECT name, rootpage FROM sqlite_master WHERE name IN "
+                              "('sqlite_autoindex_events_1', 'sqlite_autoindex_fake_1')"))
+    conn.execute("PRAGMA writable_schema = ON")
+    for name, other in (("sqlite_autoindex_events_1", "sqlite_autoindex_fake_1"),
+                        ("sqlite_autoindex_fake_1", "sqlite_autoindex_events_1")):
+        conn.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = ?", (roots[other], name))
+    conn.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TABLE fake")
+    lied = conn.execute("SELECT seq FROM events WHERE stream = ? AND stream_version = 1",
+                        (a[1],)).fetchone()
+    conn.close()
+    assert lied == (b[0],)  # the index hands out another stream's entry
+    report = verify(db, jobs=1)
+    assert_tampered(report, step=1, seq=None, reason="is damaged: .*index")
+    assert_cli_tampered(db)
+
+
 @pytest.mark.parametrize("attack", ["body edited", "signature edited", "not a note"])
 def test_a_tampered_given_checkpoint_is_rejected(logs: Logs, tmp_path: Path,
                                                  attack: str) -> None:

@@ -26,6 +26,7 @@ from openred.node.admin_keys import ensure_admin_key
 from tests.servers import free_port
 
 HOSTILE = "hi\x1b[2J\x1b]0;owned\x07\x9b31m\u202e[link=https://evil.example]click[/link]"
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past Python's recursion limit
 UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -47,6 +48,8 @@ class Hostile(http.server.BaseHTTPRequestHandler):
                 {"received_at": 1, "peer": HOSTILE, "text": HOSTILE}]}).encode())
         elif path == "/admin/v1/peers":
             self._send(200, b"<html>not json")
+        elif path == "/admin/v1/file_sharing/offers":
+            self._send(200, DEEP)
         elif path == "/admin/v1/sessions":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -61,6 +64,9 @@ class Hostile(http.server.BaseHTTPRequestHandler):
             self._send(403, json.dumps({"type": f"urn:x:{HOSTILE}", "title": "no",
                                         "status": 403, "detail": HOSTILE}).encode(),
                        "application/problem+json")
+
+    def do_POST(self) -> None:
+        self._send(400, DEEP, "application/problem+json")
 
 
 @pytest.fixture
@@ -96,6 +102,14 @@ def test_hostile_text_reaches_the_terminal_inert(squatted: Path, command: str) -
 
 def test_a_malformed_answer_is_one_error_line(squatted: Path) -> None:
     code, out, exc = _run("peers", "--data-dir", str(squatted))
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "error:" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", [("files",), ("decline", "offer-1")])
+def test_an_answer_nested_too_deeply_is_one_error_line(squatted: Path,
+                                                       command: tuple[str, ...]) -> None:
+    code, out, exc = _run(*command, "--data-dir", str(squatted))
     assert code == 1 and isinstance(exc, SystemExit), (out, exc)
     assert "error:" in out and "Traceback" not in out
 
@@ -146,3 +160,55 @@ def test_the_admin_key_is_not_sent_to_another_users_listener(tmp_path: Path) -> 
     assert key not in rest, "the squatter received the admin key"
     assert code == 1 and isinstance(exc, SystemExit), (out, exc)
     assert "another user" in out
+
+
+class Misshapen(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with JSON of another shape than the command expects."""
+
+    body = b"[]"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _answer
+
+
+@pytest.mark.parametrize(("body", "command"), [
+    (b"[]", ("status",)),
+    (b'{"items": [5]}', ("peers",)),
+    (b"null", ("files",)),
+    (b"{}", ("send", "peer", "hi")),
+    (b'{"token": 1, "expires_at": "soon"}', ("auth", "login", "--code", "123456")),
+    (json.dumps({"uri": HOSTILE}).encode(), ("auth", "enroll")),
+])
+def test_an_answer_of_another_shape_is_one_error_line(
+    tmp_path: Path, body: bytes, command: tuple[str, ...],
+) -> None:
+    handler = type("H", (Misshapen,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    data = tmp_path / "node"
+    data.mkdir(mode=0o700)
+    ensure_admin_key(data)
+    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{server.server_address[1]}\n")
+    try:
+        result = CliRunner().invoke(main, [*command, "--data-dir", str(data)], input="123456\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not UNSAFE.search(result.output), repr(result.output)
+    if command == ("auth", "enroll"):  # a well-shaped answer with hostile text: shown inert
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
+        result.output, result.exception)
+    assert "error: the node's answer is not what this command expects" in result.output

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
+from openred.cli_client import printable
 from openred.errors import OpenRedError
 
 __all__ = ["auth_group", "qr_text"]
@@ -30,8 +31,6 @@ CODE = click.option("--code", prompt="code from your authenticator app", hide_in
 
 
 def _fail(message: str) -> NoReturn:
-    from openred.cli_client import printable
-
     click.echo(f"error: {printable(message)}", err=True)
     sys.exit(1)
 
@@ -69,7 +68,7 @@ def enroll(data_dir: Path) -> None:
     uri = _call(data_dir, "POST", "authentication/totp/enroll", {})["uri"]
     click.echo("Add this to your authenticator app (scan the QR code or copy the URI):")
     click.echo(qr_text(uri))
-    click.echo(uri)
+    click.echo(printable(str(uri)))
     code = click.prompt("first code from the app")
     _call(data_dir, "POST", "authentication/totp/confirm", {"code": code})
     click.echo("second factor enrolled: sensitive actions now need `openred auth login`")
@@ -84,7 +83,8 @@ def login(data_dir: Path, code: str) -> None:
 
     answer = _call(data_dir, "POST", "authentication/token", {"code": code})
     path = write_admin_token(data_dir, answer["token"], int(answer["expires_at"]))
-    click.echo(f"admin token saved in {path}, valid until {answer['expires_at']} (Unix time)")
+    click.echo(printable(f"admin token saved in {path}, valid until {answer['expires_at']} "
+                         "(Unix time)"))
 
 
 @auth_group.command()
@@ -151,8 +151,6 @@ def challenge(data_dir: Path, purpose: str, peer: str) -> None:
     """Ask PEER to prove, now, that it holds its identity key."""
     proof = _call(data_dir, "POST", "authentication/challenge",
                   {"peer": peer, "purpose": purpose})
-    from openred.cli_client import printable
-
     click.echo(printable(f"peer {proof['peer']} proved its key for {proof['purpose']} on "
                          f"session {proof['session_id']}"))
 

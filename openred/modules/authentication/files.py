@@ -48,6 +48,14 @@ def read_admin_token(data_dir: Path, now: float) -> str | None:
         token, _, expires = path.read_text(encoding="utf-8").strip().partition(" ")
     except FileNotFoundError:
         return None
-    if not token or not (expires.isascii() and expires.isdigit()) or int(expires) <= now:
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}; remove it and log in "
+                                 "again") from exc
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"cannot read {path}: not UTF-8 text; remove it and log in "
+                                 "again") from None
+    # An expiry is a Unix time in seconds: 20 digits is past 2^64; more cannot be parsed.
+    if (not token or not (expires.isascii() and expires.isdigit()) or len(expires) > 20
+            or int(expires) <= now):
         return None
     return token

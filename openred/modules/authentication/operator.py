@@ -92,9 +92,11 @@ class OperatorAuth:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError):
+            raw = ""  # damaged: refused below, like any other damage
         try:
             state = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             state = None
         if not isinstance(state, dict) or not isinstance(state.get("wrapped_secret"), str):
             # Never treat a damaged file as "not enrolled": that would drop the second factor.

@@ -43,7 +43,7 @@ from openred.node.readmodels import InboxRow, OutboxRow, ReadModels
 from openred.ratelimit import Allowance
 from openred.store.codec import canonical_json
 from openred.store.events import NewEvent
-from openred.store.sqlite import SQLiteEventStore
+from openred.store.sqlite import SQLiteEventStore, readonly_uri
 
 __all__ = ["MAX_TEXT", "SEND", "IdFilter", "InboxIndex", "Message", "Messaging", "PeerBudget",
            "Receipt"]
@@ -235,7 +235,7 @@ class InboxIndex:
         self._catch_up_at = 0.0
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.database}?mode=ro", uri=True,
+        return sqlite3.connect(readonly_uri(self.database), uri=True,
                                check_same_thread=False, timeout=5.0, isolation_level=None)
 
     def peer_of(self, message_id: str) -> str | None:

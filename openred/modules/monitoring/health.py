@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openred.errors import RequestRefused
+from openred.store.sqlite import database_uri
 
 __all__ = ["Check", "database_writable", "jail_answering", "refusal", "run_checks", "url_answers"]
 
@@ -46,7 +47,7 @@ def database_writable(path: Path) -> Probe:
         for target in (path, path.parent):
             if not os.access(target, os.W_OK):
                 raise PermissionError(f"{target} is not writable")
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1.0)
+        conn = sqlite3.connect(database_uri(path, "rw"), uri=True, timeout=1.0)
         try:
             conn.execute("PRAGMA schema_version").fetchone()
         finally:
