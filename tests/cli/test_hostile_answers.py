@@ -8,6 +8,7 @@ endless answers must give one error line and exit 1, never a traceback or a hang
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -69,9 +70,11 @@ class Hostile(http.server.BaseHTTPRequestHandler):
         self._send(400, DEEP, "application/problem+json")
 
 
-@pytest.fixture
-def squatted(tmp_path: Path) -> Iterator[Path]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+@contextlib.contextmanager
+def answered_by(handler: type[http.server.BaseHTTPRequestHandler],
+                tmp_path: Path) -> Iterator[Path]:
+    """A node data directory whose admin URL is a server answering with ``handler``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     data = tmp_path / "node"
@@ -84,6 +87,12 @@ def squatted(tmp_path: Path) -> Iterator[Path]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def squatted(tmp_path: Path) -> Iterator[Path]:
+    with answered_by(Hostile, tmp_path) as data:
+        yield data
 
 
 def _run(*args: str) -> tuple[int, str, BaseException | None]:
@@ -192,19 +201,8 @@ def test_an_answer_of_another_shape_is_one_error_line(
     tmp_path: Path, body: bytes, command: tuple[str, ...],
 ) -> None:
     handler = type("H", (Misshapen,), {"body": body})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    data = tmp_path / "node"
-    data.mkdir(mode=0o700)
-    ensure_admin_key(data)
-    (data / ADMIN_URL_FILE).write_text(f"http://127.0.0.1:{server.server_address[1]}\n")
-    try:
+    with answered_by(handler, tmp_path) as data:
         result = CliRunner().invoke(main, [*command, "--data-dir", str(data)], input="123456\n")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert not UNSAFE.search(result.output), repr(result.output)
     if command == ("auth", "enroll"):  # a well-shaped answer with hostile text: shown inert
         assert result.exit_code == 0, result.output
