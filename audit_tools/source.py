@@ -138,13 +138,7 @@ class SQLiteSource(LogSource):
 
     def check_structure(self) -> None:
         """Raise CorruptLog unless SQLite finds every page and b-tree of the file sound."""
-        try:
-            problems = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check")]
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-            raise CorruptLog(f"{self.path} is damaged: {exc}") from exc
-        if problems != ["ok"]:
-            lines = [line for p in problems for line in p.splitlines() if not line.startswith("*")]
-            raise CorruptLog(f"{self.path} is damaged: {(lines or problems)[0]}")
+        self._pragma_check("quick_check", "")
 
     def check_indexes(self) -> None:
         """Raise CorruptLog unless every index holds exactly its table's rows.
@@ -156,14 +150,17 @@ class SQLiteSource(LogSource):
         node another entry than the one verify proved. ``integrity_check`` walks every index
         against its table.
         """
+        self._pragma_check("integrity_check(20)", "an index disagrees with its table: ")
+
+    def _pragma_check(self, pragma: str, what: str) -> None:
+        """Run SQLite's ``PRAGMA`` check; CorruptLog naming its first problem after ``what``."""
         try:
-            problems = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check(20)")]
+            problems = [str(r[0]) for r in self.conn.execute(f"PRAGMA {pragma}")]
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptLog(f"{self.path} is damaged: {exc}") from exc
         if problems != ["ok"]:
             lines = [line for p in problems for line in p.splitlines() if not line.startswith("*")]
-            raise CorruptLog(f"{self.path} is damaged: an index disagrees with its table: "
-                             f"{(lines or problems)[0]}")
+            raise CorruptLog(f"{self.path} is damaged: {what}{(lines or problems)[0]}")
 
     def size(self) -> tuple[int, int]:
         """(rows, largest seq): only to plan the work; the chain pass counts what it reads."""
