@@ -647,17 +647,19 @@ class DirectoryService:
         ``client``: the address the request came from (its network is charged for the grant's
         share of the target's budget and for its pushes in flight).
         """
+        self._cache.check()
+        generation = self._cache.generation  # before the decision's reads: see _still_grantable
         initiator_view, target_view = await self.node(signer), await self.node(target)
         d.decide_grant(initiator_view, target_view, signer=signer, target_id=target)
         assert initiator_view is not None and target_view is not None
         held = self._admit(signer, target, client_key(client))
         try:
-            return await self._grant(initiator_view, target_view, held)
+            return await self._grant(initiator_view, target_view, held, generation)
         finally:
             held.release_all()
 
     async def _grant(self, initiator_view: d.NodeView, target_view: d.NodeView,
-                     held: Held) -> GrantOutcome:
+                     held: Held, generation: int) -> GrantOutcome:
         a_record = self._signed_record(initiator_view)
         b_record = self._signed_record(target_view)
         now = self.now()
@@ -695,7 +697,7 @@ class DirectoryService:
         #     refused for that reason, never pushed. (An entry logged after the grant is a
         #     later fact: the grant was minted while both could have it.)
         try:
-            await self._still_grantable(initiator_view, target_view)
+            await self._still_grantable(initiator_view, target_view, generation)
         except RequestRefused as exc:
             _discard(signing)
             await self._undeliverable(grant.grant_id, f"no longer grantable: {exc.detail}")
@@ -732,14 +734,24 @@ class DirectoryService:
                 f"{reason}", extra={"grant_id": grant.grant_id, "delivered": delivered})
         return GrantOutcome(grant.grant_id, grant.expires_at, grant.suite, delivered)
 
-    async def _still_grantable(self, initiator_view: d.NodeView,
-                               target_view: d.NodeView) -> None:
+    async def _still_grantable(self, initiator_view: d.NodeView, target_view: d.NodeView,
+                               generation: int) -> None:
         """RequestRefused unless both nodes are as the grant's decision read them.
 
-        Read after the grant's entry was appended, so through the node cache every entry
-        logged before it is seen (:meth:`_NodeCache.check`); heartbeats log nothing, so an
-        honest busy node is unchanged. Cost: two cached view lookups per grant.
+        Called after the grant's entry was appended, so the node cache's check accounts for
+        every entry logged before it (:meth:`_NodeCache.check`). ``generation`` is the cache's
+        generation taken, after a check, before the decision read both views. Every entry that
+        can change a view bumps the generation once it is accounted for, always after it
+        committed: if none was bumped since, every such entry logged before the grant had been
+        accounted for before the decision's reads began, so those reads saw it, and the views
+        the decision used are those of now — nothing to read again (the common case under a
+        grant load: grants change no view). Otherwise both views are read again and decided
+        again. Heartbeats log nothing, so an honest busy node is unchanged.
         """
+        cache = self._cache
+        cache.check()
+        if cache.generation == generation:
+            return
         initiator = await self.node(initiator_view.node_id)
         target = await self.node(target_view.node_id)
         d.decide_grant(initiator, target, signer=initiator_view.node_id,
