@@ -33,12 +33,26 @@ from openred.settings import DirectorySettings, write_env_file
 T = TypeVar("T")
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, however long
 
 DATA_DIR = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OPENRED_DATA_DIR",
     default=Path("openred-data"), show_default=True, help="The directory's data directory.",
 )
+
+
+_serve_locks: list[int] = []
+
+
+def _lock_data_dir(data_dir: Path) -> None:
+    """One server per data directory (:func:`openred.files.hold_serve_lock`), held until exit."""
+    from openred.files import hold_serve_lock
+
+    try:
+        _serve_locks.append(hold_serve_lock(data_dir))
+    except OpenRedError as exc:
+        err.print(f"[red]error:[/] {_safe(str(exc))}")
+        sys.exit(1)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -178,6 +192,7 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
         err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
                   f"{settings.passphrase_path}")
         sys.exit(1)
+    _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
@@ -188,7 +203,6 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)
@@ -410,6 +424,7 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if not settings.socket_path.exists() and not passphrase_available(settings):
         _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
               f"{settings.passphrase_path}")
+    _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
@@ -417,7 +432,6 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     except OpenRedError as exc:
         _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"node serving on {settings.base_url} (listening on "
                   f"{settings.host}:{settings.port})")
     try:

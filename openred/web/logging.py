@@ -177,6 +177,20 @@ def access_logger(
     return logger
 
 
+def error_logger() -> logging.Logger | str:
+    """Where Hypercorn's own lines ("Running on …", its errors) go: ``"-"`` (its plain line on
+    stderr) unless :func:`configure_logging` set this process's handler, then the
+    ``hypercorn.error`` logger with no handler of its own, so each line is printed once, in the
+    process's format (with ``"-"`` Hypercorn added its plain handler and the root printed the
+    line again: two lines, one of them not JSON under ``OPENRED_LOG_FORMAT=json``)."""
+    if not any(h.get_name() == "openred" for h in logging.getLogger().handlers):
+        return "-"
+    logger = logging.getLogger("hypercorn.error")
+    logger.handlers = []
+    logger.propagate = True
+    return logger
+
+
 def configure_logging(
     *, fmt: str | None = None, level: str | int | None = None, node_id: str | None = None,
     stream: TextIO | None = None, environ: Mapping[str, str] | None = None,

@@ -1,0 +1,108 @@
+"""What a new operator meets walking the README by hand, against real processes on loopback.
+
+A directory and a node are started with the real commands (logs as JSON, as the README's
+``OPENRED_LOG_FORMAT=json`` promises: one JSON object a line); then what an operator gets wrong
+on the way must be one clear line: serving a data directory a second time (which ran beside the
+first, shared its log and jail, and removed its ``admin-url`` on exit, so the first node's
+commands said it was not running), a long error (wrapped over several lines at 80 columns), a
+service that fails to start (Hypercorn's "Lifespan failure in startup. '…'"), and a module's
+command on a node that does not enable the module (Werkzeug's "The requested URL was not found
+on the server. If you entered the URL manually …").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cli.network import ROOT, Network, network, openred
+from tests.crypto_jail.test_server import short_dir
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Network]:
+    with network(short_dir(), OPENRED_LOG_FORMAT="json") as net:
+        net.init_directory()
+        net.start_directory()
+        net.init_node("a")
+        net.start_node("a")
+        net.wait_registered("a")
+        yield net
+
+
+def _serve_again(net: Network, *args: str) -> subprocess.CompletedProcess[str]:
+    """``openred ARGS`` that must give up at once (a serve that ran would be killed at 30 s)."""
+    return subprocess.run([sys.executable, "-m", "openred.cli", *args], capture_output=True,
+                          text=True, env=net.env, cwd=ROOT, timeout=30, check=False)
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_second_serve_of_a_served_data_dir_is_refused_and_the_first_keeps_serving(
+    net: Network,
+) -> None:
+    node = net.servers["a"]
+    line = _one_line(_serve_again(net, "node", "serve", "--data-dir", str(net.root / "a"),
+                                  "--port", str(free_port())))
+    assert "already served" in line and str(node.pid) in line, line
+    # the first node's admin URL is still there: its commands still reach it
+    assert (net.root / "a" / "admin-url").exists()
+    assert net.cli_json("a", "status")["node_id"] == net.ids["a"]
+
+    directory = net.servers["directory"]
+    line = _serve_again(net, "directory", "serve", "--data-dir", str(net.root / "directory"),
+                        "--port", str(free_port()))
+    text = _one_line(line)
+    assert "already served" in text and str(directory.pid) in text, text
+    assert directory.proc.poll() is None and node.proc.poll() is None
+
+
+def test_json_logs_are_one_json_object_a_line(net: Network) -> None:
+    for name in ("directory", "a"):
+        output = net.servers[name].output()
+        serving = f"{name if name == 'directory' else 'node'} serving on"
+        for line in output.splitlines():
+            if line.startswith(serving):  # the command's own line on stdout
+                continue
+            assert isinstance(json.loads(line), dict), (name, line)
+        # Hypercorn's "Running on" once per listener, not once more in its own format
+        assert output.count("Running on") == (1 if name == "directory" else 2), output
+
+
+def test_a_module_command_on_a_node_without_the_module_says_to_enable_it(net: Network) -> None:
+    result = net.cli("a", "auth", "status", check=False)
+    line = _one_line(result)
+    assert "authentication module is not enabled" in line and "OPENRED_MODULES" in line, line
+
+
+def test_a_long_error_is_one_line() -> None:
+    root = short_dir()
+    deep = root / ("a-long-folder-name-" * 6) / "directory"
+    result = openred("directory", "serve", "--data-dir", str(deep), check=False)
+    assert "is not initialized" in _one_line(result)
+
+
+def test_a_service_that_cannot_start_says_why_in_one_line() -> None:
+    root = short_dir()
+    with network(root) as net:
+        net.init_directory()
+        (root / "directory" / "jail-passphrase").write_text("not the passphrase at all\n")
+        result = _serve_again(net, "directory", "serve", "--data-dir", str(root / "directory"))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        # the service's log lines come first; then the command's one error line
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+        assert "Lifespan" not in errors[0] and "wrong passphrase" in errors[0], errors[0]
