@@ -317,6 +317,20 @@ def _safe(value: object) -> str:
     return escape(printable(str(value)))
 
 
+def _when(value: object) -> object:
+    """A Unix time as a UTC date (``2026-12-02T11:39:55Z``), as the answers' other times are
+    written; anything else as it is. The admin API answers some times (a receipt's
+    ``received_at``, ``expires_at``) in Unix seconds, which an operator cannot read."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return value
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/] {_safe(message)}", soft_wrap=True)
     sys.exit(1)
@@ -464,7 +478,9 @@ def _table(title: str, items: list[dict[str, Any]], columns: list[str]) -> None:
     for name in columns:
         table.add_column(name, overflow="fold")
     for item in items:
-        table.add_row(*("" if item.get(n) is None else _safe(item.get(n)) for n in columns))
+        table.add_row(*("" if item.get(n) is None else
+                        _safe(_when(item[n]) if n.endswith("_at") else item[n])
+                        for n in columns))
     console.print(table)
 
 
@@ -558,7 +574,7 @@ def send(data_dir: Path, as_json: bool, peer: str, text: str) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     console.print(f"delivered: message {_safe(info['message_id'])} (received at "
-                  f"{_safe(info['received_at'])})")
+                  f"{_safe(_when(info['received_at']))})")
 
 
 @main.command()
