@@ -290,12 +290,7 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    table = Table(title=f"{len(items)} nodes")
-    for name in names:
-        table.add_column(name)
-    for item in items:
-        table.add_row(*(_safe(item[n]) for n in names))
-    console.print(table)
+    _table(f"{len(items)} nodes", items, list(names))
 
 
 # -- nodes --------------------------------------------------------------------------------
@@ -479,7 +474,8 @@ def _table(title: str, items: list[dict[str, Any]], columns: list[str]) -> None:
         table.add_column(name, overflow="fold")
     for item in items:
         table.add_row(*("" if item.get(n) is None else
-                        _safe(_when(item[n]) if n.endswith("_at") else item[n])
+                        _safe(_when(item[n]) if n.endswith("_at") or n == "last_seen"
+                              else item[n])
                         for n in columns))
     console.print(table)
 
