@@ -424,12 +424,15 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
         overrides["port"] = port
     try:
         settings = NodeSettings.load(data_dir, **overrides)
-        settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
     except OpenRedError as exc:
         _fail(str(exc))
     # A keystore moved to a jail run by the service manager (deploy/systemd) is not here.
     if not settings.keystore_path.is_file() and not settings.socket_path.exists():
         _fail(f"{data_dir} is not initialized: run `openred node init`")
+    try:
+        settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
+    except OpenRedError as exc:
+        _fail(str(exc))
     if not settings.socket_path.exists() and not passphrase_available(settings):
         _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
               f"{settings.passphrase_path}")

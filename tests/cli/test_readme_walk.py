@@ -106,3 +106,32 @@ def test_a_service_that_cannot_start_says_why_in_one_line() -> None:
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
         assert "Lifespan" not in errors[0] and "wrong passphrase" in errors[0], errors[0]
+
+
+def test_a_failed_node_init_can_be_run_again_and_a_given_passphrase_file_is_used() -> None:
+    """`node init` with OPENRED_JAIL_KDF=min but without OPENRED_JAIL_INSECURE_TEST_KDF failed
+    (rightly) but left DATA_DIR/jail-passphrase behind: the next `node init` died with a
+    FileExistsError traceback, and `node serve` said "OPENRED_DIRECTORY_KEY is not set". A
+    passphrase file the operator put there first (the documented default
+    OPENRED_JAIL_PASSPHRASE_FILE) got the same traceback."""
+    root = short_dir()
+    with network(root) as net:
+        net.directory_key = "PKQ1yLMr6W6wCGTapSUzkElojDYEehRbKcEiinBJLTM"
+        net.directory_port = free_port()
+        data = root / "a"
+        init = ("node", "init", "--data-dir", str(data), "--directory", net.directory_url,
+                "--directory-key", net.directory_key, "--api-url",
+                f"http://127.0.0.1:{free_port()}")
+        weak = {**net.env}
+        del weak["OPENRED_JAIL_INSECURE_TEST_KDF"]
+        first = openred(*init, env=weak, check=False)
+        assert "insecure-test-kdf" in _one_line(first)
+        assert not (data / "jail-passphrase").exists()
+        served = openred("node", "serve", "--data-dir", str(data), env=net.env, check=False)
+        assert "is not initialized" in _one_line(served)
+
+        (data / "jail-passphrase").write_text("the operator's own passphrase\n")
+        again = openred(*init, env=net.env, check=False)
+        assert again.returncode == 0, again.stderr
+        assert (data / "jail-passphrase").read_text() == "the operator's own passphrase\n"
+        assert (data / "keystore.json").is_file()
