@@ -35,6 +35,8 @@ T = TypeVar("T")
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, however long
 
+PORT = click.IntRange(0, 65535)
+
 DATA_DIR = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OPENRED_DATA_DIR",
     default=Path("openred-data"), show_default=True, help="The directory's data directory.",
@@ -105,7 +107,7 @@ def directory() -> None:
 @directory.command()
 @DATA_DIR
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8700, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8700, show_default=True, type=PORT, help="Port to listen on.")
 @click.option("--public-url", default="", help="The URL nodes use (default http://HOST:PORT).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Accept loopback/private node URLs (a private network or a demo).")
@@ -166,7 +168,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
 @directory.command()
 @DATA_DIR
 @click.option("--host", default=None, help="Address to listen on (default from settings).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default from settings).")
+@click.option("--port", default=None, type=PORT, help="Port to listen on (default from settings).")
 def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the directory under Hypercorn until SIGTERM or SIGINT."""
     from openred.directory.app import create_app
@@ -344,7 +346,7 @@ def node() -> None:
 @click.option("--api-url", required=True, help="The URL peers reach this node at.")
 @click.option("--modules", default="messaging,file_sharing", show_default=True,
               help="Enabled modules, comma-separated.")
-@click.option("--admin-port", type=int, default=None,
+@click.option("--admin-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the local admin API (default: the node's port + 100).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Accept loopback/private URLs (a private network or a demo).")
@@ -365,6 +367,13 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         _fail(f"--api-url {api_url!r} has a bad port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         _fail(f"--api-url {api_url!r} is not an http(s) URL with a host")
+    where = urlsplit(directory_url)
+    try:
+        where.port  # noqa: B018 - a bad port raises
+    except ValueError:
+        _fail(f"--directory {directory_url!r} has a bad port")
+    if where.scheme not in ("http", "https") or not where.hostname:
+        _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {
         "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
@@ -407,7 +416,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
 @node.command("serve")
 @NODE_DATA_DIR
 @click.option("--host", default=None, help="Address to listen on (default from the api_url).")
-@click.option("--port", default=None, type=int,
+@click.option("--port", default=None, type=PORT,
               help="Port to listen on (default from the api_url).")
 def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the node (P2P API, admin API, registration, lifecycle) until SIGTERM or SIGINT."""

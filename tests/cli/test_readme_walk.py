@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cli.network import ROOT, Network, network, openred
+from tests.cli.network import ROOT, Network, cli_env as openred_env, network, openred
 from tests.crypto_jail.test_server import short_dir
 from tests.servers import free_port
 
@@ -135,3 +135,27 @@ def test_a_failed_node_init_can_be_run_again_and_a_given_passphrase_file_is_used
         assert again.returncode == 0, again.stderr
         assert (data / "jail-passphrase").read_text() == "the operator's own passphrase\n"
         assert (data / "keystore.json").is_file()
+
+
+def test_ports_out_of_range_and_a_directory_url_that_is_not_one_are_refused_up_front() -> None:
+    """`serve --port 99999` (or OPENRED_PORT=70000) got as far as Hypercorn's bind: an
+    OverflowError traceback. `node init --directory foo` made a node that could never reach
+    its directory."""
+    root = short_dir()
+    (root / "x").mkdir()
+    for args in (("node", "serve", "--port", "99999"), ("directory", "serve", "--port", "99999"),
+                 ("directory", "init", "--port", "70000")):
+        result = openred(*args, "--data-dir", str(root / "x"), check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "99999" in result.stderr or "70000" in result.stderr
+    env = {**openred_env(), "OPENRED_PORT": "70000"}
+    for service in ("node", "directory"):
+        result = openred(service, "serve", "--data-dir", str(root / "x"), env=env, check=False)
+        assert "OPENRED_PORT" in _one_line(result) and "65535" in result.stderr, result.stderr
+    key = "PKQ1yLMr6W6wCGTapSUzkElojDYEehRbKcEiinBJLTM"
+    for url in ("foo", "ftp://dir.example.org", "http://"):
+        result = openred("node", "init", "--data-dir", str(root / "n"), "--directory", url,
+                         "--directory-key", key, "--api-url", "http://127.0.0.1:8701",
+                         check=False)
+        assert "--directory" in _one_line(result), result.stderr
+        assert not (root / "n").exists()
