@@ -104,9 +104,10 @@ def _guard(as_json: bool) -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Check an OpenRed node's signed, hash-chained event log — offline, read-only.
+    """Check an OpenRed signed, hash-chained event log (a node's or the directory's) —
+    offline, read-only.
 
-    PATH is a node's data directory, its openred.db file, or a bundle written by `export`.
+    PATH is a data directory, its openred.db file, or a bundle written by `export`.
     """
 
 
@@ -299,7 +300,8 @@ def export_command(
 def replay_command(
     path: Path, until: int | None, out: Path | None, rows: int, as_json: bool
 ) -> None:
-    """Rebuild the node's state (peers, tokens, sessions, inbox) as of seq UNTIL."""
+    """Rebuild the log's state (a node's peers, tokens, sessions, inbox …; a directory's nodes
+    and grants) as of seq UNTIL."""
     if out is not None and out.exists():
         _fail(USAGE, f"{out} exists; replay will not overwrite it", as_json)
     with _guard(as_json):

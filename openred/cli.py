@@ -247,7 +247,8 @@ def key(data_dir: Path) -> None:
 @directory.command()
 @DATA_DIR
 @click.argument("node_id")
-@click.option("--reason", default="revoked by the operator", show_default=True)
+@click.option("--reason", default="revoked by the operator", show_default=True,
+              help="Why, as logged in the directory's log.")
 def revoke(data_dir: Path, node_id: str, reason: str) -> None:
     """Revoke NODE_ID: it gets no more grants and cannot register again."""
     from openred.directory.keys import connect_jail
@@ -562,7 +563,8 @@ def sessions(data_dir: Path, as_json: bool, state: str | None) -> None:
 @JSON
 @click.argument("peer")
 def connect(data_dir: Path, as_json: bool, peer: str) -> None:
-    """Open a session with PEER (its node id): a grant from the directory, then a handshake."""
+    """Open a session with PEER (a node id, or a known peer's unique prefix): a grant from the
+    directory, then a handshake."""
     info = _call(data_dir, "POST", "connect", {"peer": peer})
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -588,7 +590,8 @@ def send(data_dir: Path, as_json: bool, peer: str, text: str) -> None:
 @main.command()
 @NODE_DATA_DIR
 @JSON
-@click.option("--limit", default=100, show_default=True, type=int)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many messages (1..1000).")
 def inbox(data_dir: Path, as_json: bool, limit: int) -> None:
     """Received messages, newest first."""
     items = _call(data_dir, "GET", "inbox", limit=limit)["items"]

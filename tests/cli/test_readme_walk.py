@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cli.network import ROOT, Network, cli_env as openred_env, network, openred
+from tests.cli.network import ROOT, Network, cli_env, network, openred
 from tests.crypto_jail.test_server import short_dir
 from tests.servers import free_port
 
@@ -148,7 +148,7 @@ def test_ports_out_of_range_and_a_directory_url_that_is_not_one_are_refused_up_f
         result = openred(*args, "--data-dir", str(root / "x"), check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "99999" in result.stderr or "70000" in result.stderr
-    env = {**openred_env(), "OPENRED_PORT": "70000"}
+    env = {**cli_env(), "OPENRED_PORT": "70000"}
     for service in ("node", "directory"):
         result = openred(service, "serve", "--data-dir", str(root / "x"), env=env, check=False)
         assert "OPENRED_PORT" in _one_line(result) and "65535" in result.stderr, result.stderr

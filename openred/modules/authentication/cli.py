@@ -146,7 +146,8 @@ def status(data_dir: Path) -> None:
 
 @auth_group.command()
 @DATA_DIR
-@click.option("--purpose", default="operator", show_default=True)
+@click.option("--purpose", default="operator", show_default=True,
+              help="What the proof is for (bound into the signed challenge).")
 @click.argument("peer")
 def challenge(data_dir: Path, purpose: str, peer: str) -> None:
     """Ask PEER to prove, now, that it holds its identity key."""
