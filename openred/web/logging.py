@@ -177,6 +177,10 @@ def access_logger(
     return logger
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""What ``OPENRED_LOG_LEVEL`` may say (any case)."""
+
+
 def error_logger() -> logging.Logger | str:
     """Where Hypercorn's own lines ("Running on …", its errors) go: ``"-"`` (its plain line on
     stderr) unless :func:`configure_logging` set this process's handler, then the
@@ -215,7 +219,13 @@ def configure_logging(
     for old in [h for h in root.handlers if h.get_name() == "openred"]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level or env.get("OPENRED_LOG_LEVEL", "INFO").upper())
+    chosen_level = level or (env.get("OPENRED_LOG_LEVEL") or "INFO").strip().upper()
+    if isinstance(chosen_level, str) and chosen_level not in LEVELS:
+        from openred.errors import ConfigurationError
+
+        raise ConfigurationError(f"OPENRED_LOG_LEVEL={chosen_level!r} is not a level (one of "
+                                 f"{', '.join(LEVELS)})")
+    root.setLevel(chosen_level)
     return handler
 
 

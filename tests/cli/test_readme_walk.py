@@ -159,3 +159,26 @@ def test_ports_out_of_range_and_a_directory_url_that_is_not_one_are_refused_up_f
                          check=False)
         assert "--directory" in _one_line(result), result.stderr
         assert not (root / "n").exists()
+
+
+def test_a_node_that_cannot_start_logs_why_in_one_line_and_a_bad_log_level_is_one_line() -> None:
+    """A node whose jail does not start (here: a test-only keystore served without
+    OPENRED_JAIL_INSECURE_TEST_KDF, which the jail's message did not name — `openred` has no
+    --insecure-test-kdf) logged a 30-line traceback before its error line, where the directory
+    logs one line; OPENRED_LOG_LEVEL=bogus was a ValueError traceback."""
+    root = short_dir()
+    with network(root) as net:
+        net.directory_key = "PKQ1yLMr6W6wCGTapSUzkElojDYEehRbKcEiinBJLTM"
+        net.directory_port = free_port()
+        net.init_node("a")
+        plain = {**net.env}
+        del plain["OPENRED_JAIL_INSECURE_TEST_KDF"]
+        result = _serve_again(net.__class__(net.root, plain), "node", "serve", "--data-dir",
+                              str(root / "a"))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "OPENRED_JAIL_INSECURE_TEST_KDF" in result.stderr, result.stderr
+        assert "the node cannot start: the jail did not become ready" in result.stderr
+        bad = {**net.env, "OPENRED_LOG_LEVEL": "bogus"}
+        result = _serve_again(net.__class__(net.root, bad), "node", "serve", "--data-dir",
+                              str(root / "a"))
+        assert "OPENRED_LOG_LEVEL" in _one_line(result)
