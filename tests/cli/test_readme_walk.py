@@ -182,3 +182,28 @@ def test_a_node_that_cannot_start_logs_why_in_one_line_and_a_bad_log_level_is_on
         result = _serve_again(net.__class__(net.root, bad), "node", "serve", "--data-dir",
                               str(root / "a"))
         assert "OPENRED_LOG_LEVEL" in _one_line(result)
+
+
+async def test_the_admin_api_names_a_failed_module_and_an_unknown_route() -> None:
+    from quart import Quart
+
+    from openred.modules import LoadReport
+    from openred.node.admin import create_admin_app, explain_missing_routes
+
+    app = create_admin_app(Quart("node"), "key")
+    explain_missing_routes(app, LoadReport(failed={"authentication": "ImportError: qrcode"},
+                                           not_enabled=["monitoring"]))
+    client = app.test_client()
+    headers = {"Authorization": "Bearer key"}
+    for path, slug, words in (
+        ("/admin/v1/authentication/status", "module-failed", "ImportError: qrcode"),
+        ("/admin/v1/metrics", "module-not-enabled", "monitoring module is not enabled"),
+        ("/admin/v1/nothing", "not-found", "no route GET /admin/v1/nothing"),
+    ):
+        answer = await client.get(path, headers=headers)
+        problem = await answer.get_json()
+        assert answer.status_code == 404, problem
+        assert answer.content_type == "application/problem+json"
+        assert problem["type"] == f"urn:openred:problem:{slug}" and words in problem["detail"]
+    # the bearer key is still checked first
+    assert (await client.get("/admin/v1/metrics")).status_code == 401
