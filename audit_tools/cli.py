@@ -104,9 +104,10 @@ def _guard(as_json: bool) -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Check an OpenRed node's signed, hash-chained event log — offline, read-only.
+    """Check an OpenRed signed, hash-chained event log (a node's or the directory's) —
+    offline, read-only.
 
-    PATH is a node's data directory, its openred.db file, or a bundle written by `export`.
+    PATH is a data directory, its openred.db file, or a bundle written by `export`.
     """
 
 
@@ -227,6 +228,26 @@ def checkpoint_command(path: Path, as_json: bool) -> None:
                            err=True)
 
 
+PSEUDONYM_KEY_BYTES = (16, 1024)
+"""Bounds of a ``--pseudonym-key-file`` (its bytes are the key)."""
+
+
+def _pseudonym_key(path: Path, as_json: bool) -> bytes:
+    """The key in ``path``: an empty or short file made pseudonyms anyone could recompute from
+    the (public) node ids, and a missing one said only "No such file or directory"."""
+    low, high = PSEUDONYM_KEY_BYTES
+    make = f"make one with `head -c 32 /dev/urandom > {path}` and keep it"
+    try:
+        with path.open("rb") as f:
+            key = f.read(high + 1)
+    except OSError as exc:
+        _fail(USAGE, f"cannot read the pseudonym key {path}: {exc.strerror}; {make}", as_json)
+    if not low <= len(key) <= high:
+        _fail(USAGE, f"the pseudonym key {path} holds {len(key)}{'+' if len(key) > high else ''}"
+                     f" bytes, not {low} to {high}; {make}", as_json)
+    return key
+
+
 @main.command("export")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
@@ -234,7 +255,8 @@ def checkpoint_command(path: Path, as_json: bool) -> None:
 @click.option("--pseudonymize", is_flag=True, help="Replace peers' node ids and keys by keyed "
               "hashes.")
 @click.option("--pseudonym-key-file", type=click.Path(path_type=Path),
-              help="Key for --pseudonymize (random if absent), for stable pseudonyms.")
+              help="File whose bytes (16 to 1024) key --pseudonymize, for pseudonyms that stay "
+                   "the same from one export to the next (without it: a random key).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def export_command(
     path: Path, out: Path, pseudonymize: bool, pseudonym_key_file: Path | None, as_json: bool,
@@ -244,10 +266,8 @@ def export_command(
         _fail(USAGE, f"{out} exists; export will not overwrite it", as_json)
     key = None
     if pseudonymize:
-        try:
-            key = pseudonym_key_file.read_bytes() if pseudonym_key_file else secrets.token_bytes(32)
-        except OSError as exc:
-            _fail(USAGE, f"cannot read {pseudonym_key_file}: {exc.strerror}", as_json)
+        key = (_pseudonym_key(pseudonym_key_file, as_json) if pseudonym_key_file
+               else secrets.token_bytes(32))
     with _guard(as_json):
         report = verify(path, projections=False)
         if not report.ok:
@@ -280,7 +300,8 @@ def export_command(
 def replay_command(
     path: Path, until: int | None, out: Path | None, rows: int, as_json: bool
 ) -> None:
-    """Rebuild the node's state (peers, tokens, sessions, inbox) as of seq UNTIL."""
+    """Rebuild the log's state (a node's peers, tokens, sessions, inbox …; a directory's nodes
+    and grants) as of seq UNTIL."""
     if out is not None and out.exists():
         _fail(USAGE, f"{out} exists; replay will not overwrite it", as_json)
     with _guard(as_json):

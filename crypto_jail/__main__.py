@@ -151,7 +151,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     level = args.kdf or os.environ.get(KDF_ENV) or DEFAULT_KDF_LEVEL
     if passphrase is not None and level in TEST_KDF_LEVELS and not args.insecure_test_kdf:
         raise KeystoreError(f"KDF level {level!r} is for test keystores only; add "
-                            "--insecure-test-kdf to make one")
+                            "--insecure-test-kdf (or OPENRED_JAIL_INSECURE_TEST_KDF=1) to make one")
     keystore = create_keystore(path, passphrase, kdf_level=level,
                                test_only=args.insecure_test_kdf and passphrase is not None)
     info = keystore.public_info()

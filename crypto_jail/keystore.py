@@ -238,7 +238,7 @@ def decode_keystore(
         weak = opslimit < _MIN_REAL_OPSLIMIT or memlimit < _MIN_REAL_MEMLIMIT
         if (weak or doc.get("test_only") is not None) and not allow_test_only:
             raise KeystoreError("this is a test-only keystore (weak KDF); refusing to serve it "
-                                "without --insecure-test-kdf")
+                                "without --insecure-test-kdf (or OPENRED_JAIL_INSECURE_TEST_KDF=1)")
         salt = _b64d(kdf.get("salt"), argon2id.SALTBYTES)
         ciphertext = _b64d(_field(doc, "ciphertext", str), None)
         try:

@@ -33,12 +33,28 @@ from openred.settings import DirectorySettings, write_env_file
 T = TypeVar("T")
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line, however long
+
+PORT = click.IntRange(0, 65535)
 
 DATA_DIR = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="OPENRED_DATA_DIR",
     default=Path("openred-data"), show_default=True, help="The directory's data directory.",
 )
+
+
+_serve_locks: list[int] = []
+
+
+def _lock_data_dir(data_dir: Path) -> None:
+    """One server per data directory (:func:`openred.files.hold_serve_lock`), held until exit."""
+    from openred.files import hold_serve_lock
+
+    try:
+        _serve_locks.append(hold_serve_lock(data_dir))
+    except OpenRedError as exc:
+        err.print(f"[red]error:[/] {_safe(str(exc))}")
+        sys.exit(1)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -91,7 +107,7 @@ def directory() -> None:
 @directory.command()
 @DATA_DIR
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8700, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8700, show_default=True, type=PORT, help="Port to listen on.")
 @click.option("--public-url", default="", help="The URL nodes use (default http://HOST:PORT).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Accept loopback/private node URLs (a private network or a demo).")
@@ -152,7 +168,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
 @directory.command()
 @DATA_DIR
 @click.option("--host", default=None, help="Address to listen on (default from settings).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default from settings).")
+@click.option("--port", default=None, type=PORT, help="Port to listen on (default from settings).")
 def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the directory under Hypercorn until SIGTERM or SIGINT."""
     from openred.directory.app import create_app
@@ -178,6 +194,7 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
         err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
                   f"{settings.passphrase_path}")
         sys.exit(1)
+    _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
@@ -188,7 +205,6 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"directory serving on {settings.base_url}")
     try:
         run(create_app(settings), settings.host, settings.port)
@@ -231,7 +247,8 @@ def key(data_dir: Path) -> None:
 @directory.command()
 @DATA_DIR
 @click.argument("node_id")
-@click.option("--reason", default="revoked by the operator", show_default=True)
+@click.option("--reason", default="revoked by the operator", show_default=True,
+              help="Why, as logged in the directory's log.")
 def revoke(data_dir: Path, node_id: str, reason: str) -> None:
     """Revoke NODE_ID: it gets no more grants and cannot register again."""
     from openred.directory.keys import connect_jail
@@ -276,12 +293,7 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    table = Table(title=f"{len(items)} nodes")
-    for name in names:
-        table.add_column(name)
-    for item in items:
-        table.add_row(*(_safe(item[n]) for n in names))
-    console.print(table)
+    _table(f"{len(items)} nodes", items, list(names))
 
 
 # -- nodes --------------------------------------------------------------------------------
@@ -303,6 +315,20 @@ def _safe(value: object) -> str:
     return escape(printable(str(value)))
 
 
+def _when(value: object) -> object:
+    """A Unix time as a UTC date (``2026-12-02T11:39:55Z``), as the answers' other times are
+    written; anything else as it is. The admin API answers some times (a receipt's
+    ``received_at``, ``expires_at``) in Unix seconds, which an operator cannot read."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return value
+
+
 def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/] {_safe(message)}", soft_wrap=True)
     sys.exit(1)
@@ -321,7 +347,7 @@ def node() -> None:
 @click.option("--api-url", required=True, help="The URL peers reach this node at.")
 @click.option("--modules", default="messaging,file_sharing", show_default=True,
               help="Enabled modules, comma-separated.")
-@click.option("--admin-port", type=int, default=None,
+@click.option("--admin-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the local admin API (default: the node's port + 100).")
 @click.option("--allow-private-urls", is_flag=True,
               help="Accept loopback/private URLs (a private network or a demo).")
@@ -342,6 +368,13 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         _fail(f"--api-url {api_url!r} has a bad port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         _fail(f"--api-url {api_url!r} is not an http(s) URL with a host")
+    where = urlsplit(directory_url)
+    try:
+        where.port  # noqa: B018 - a bad port raises
+    except ValueError:
+        _fail(f"--directory {directory_url!r} has a bad port")
+    if where.scheme not in ("http", "https") or not where.hostname:
+        _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {
         "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
@@ -384,7 +417,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
 @node.command("serve")
 @NODE_DATA_DIR
 @click.option("--host", default=None, help="Address to listen on (default from the api_url).")
-@click.option("--port", default=None, type=int,
+@click.option("--port", default=None, type=PORT,
               help="Port to listen on (default from the api_url).")
 def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the node (P2P API, admin API, registration, lifecycle) until SIGTERM or SIGINT."""
@@ -401,15 +434,19 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
         overrides["port"] = port
     try:
         settings = NodeSettings.load(data_dir, **overrides)
-        settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
     except OpenRedError as exc:
         _fail(str(exc))
     # A keystore moved to a jail run by the service manager (deploy/systemd) is not here.
     if not settings.keystore_path.is_file() and not settings.socket_path.exists():
         _fail(f"{data_dir} is not initialized: run `openred node init`")
+    try:
+        settings.directory_sign_key  # noqa: B018 - refuse a missing or bad key up front
+    except OpenRedError as exc:
+        _fail(str(exc))
     if not settings.socket_path.exists() and not passphrase_available(settings):
         _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create "
               f"{settings.passphrase_path}")
+    _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
@@ -417,7 +454,6 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     except OpenRedError as exc:
         _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn.error").propagate = False  # Hypercorn prints its own lines
     console.print(f"node serving on {settings.base_url} (listening on "
                   f"{settings.host}:{settings.port})")
     try:
@@ -450,7 +486,10 @@ def _table(title: str, items: list[dict[str, Any]], columns: list[str]) -> None:
     for name in columns:
         table.add_column(name, overflow="fold")
     for item in items:
-        table.add_row(*("" if item.get(n) is None else _safe(item.get(n)) for n in columns))
+        table.add_row(*("" if item.get(n) is None else
+                        _safe(_when(item[n]) if n.endswith("_at") or n == "last_seen"
+                              else item[n])
+                        for n in columns))
     console.print(table)
 
 
@@ -524,7 +563,8 @@ def sessions(data_dir: Path, as_json: bool, state: str | None) -> None:
 @JSON
 @click.argument("peer")
 def connect(data_dir: Path, as_json: bool, peer: str) -> None:
-    """Open a session with PEER (its node id): a grant from the directory, then a handshake."""
+    """Open a session with PEER (a node id, or a known peer's unique prefix): a grant from the
+    directory, then a handshake."""
     info = _call(data_dir, "POST", "connect", {"peer": peer})
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -544,13 +584,14 @@ def send(data_dir: Path, as_json: bool, peer: str, text: str) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     console.print(f"delivered: message {_safe(info['message_id'])} (received at "
-                  f"{_safe(info['received_at'])})")
+                  f"{_safe(_when(info['received_at']))})")
 
 
 @main.command()
 @NODE_DATA_DIR
 @JSON
-@click.option("--limit", default=100, show_default=True, type=int)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many messages (1..1000).")
 def inbox(data_dir: Path, as_json: bool, limit: int) -> None:
     """Received messages, newest first."""
     items = _call(data_dir, "GET", "inbox", limit=limit)["items"]

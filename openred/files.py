@@ -7,10 +7,15 @@ are written.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["write_private"]
+from openred.errors import ConfigurationError
+
+__all__ = ["SERVE_LOCK", "hold_serve_lock", "write_private"]
+
+SERVE_LOCK = "serve.lock"
 
 
 def write_private(path: Path, text: str) -> None:
@@ -32,3 +37,33 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def hold_serve_lock(data_dir: Path) -> int:
+    """Lock ``data_dir`` for the one process that serves it, for that process's life; the fd.
+
+    A second ``serve`` of the same data directory used to run beside the first: both appended
+    to one log through one jail, and the second removed the first's ``admin-url`` when it
+    stopped, so the first node's commands said it was not running. The lock
+    (``DATA_DIR/serve.lock``, an exclusive ``flock`` that holds the server's pid) goes with
+    the process, however it ends; a second server is refused naming the first one's pid.
+    """
+    path = data_dir / SERVE_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise ConfigurationError(f"{data_dir} is already served by {who}: stop it first "
+                                 "(one server per data directory)") from None
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigurationError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd

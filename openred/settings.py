@@ -131,7 +131,8 @@ class _Values:
         value = self.raw(name)
         return None if value is None or value == "" else value
 
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = 0,
+                maximum: int | None = None) -> int:
         value = self.raw(name)
         if value is None or value == "":
             return default
@@ -141,6 +142,8 @@ class _Values:
             raise ConfigurationError(f"{PREFIX}{name}={value!r} is not an integer") from None
         if number < minimum:
             raise ConfigurationError(f"{PREFIX}{name} must be at least {minimum}")
+        if maximum is not None and number > maximum:
+            raise ConfigurationError(f"{PREFIX}{name} must be at most {maximum}")
         return number
 
     def seconds_or_never(self, name: str, default: int | None) -> int | None:
@@ -229,7 +232,7 @@ class ServiceSettings:
         return {
             "data_dir": data_dir,
             "host": v.text("HOST", "127.0.0.1"),
-            "port": v.integer("PORT", cls.DEFAULT_PORT, minimum=0),
+            "port": v.integer("PORT", cls.DEFAULT_PORT, minimum=0, maximum=65535),
             "public_url": v.text("PUBLIC_URL", ""),
             "allow_private_urls": v.flag("ALLOW_PRIVATE_URLS"),
             "signature_window": v.integer("SIGNATURE_WINDOW", 60, minimum=1),

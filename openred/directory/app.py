@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
 
-from quart import Quart, has_request_context
+from quart import Quart
 from quart_schema import QuartSchema
 
 from openred import __version__
@@ -16,10 +15,9 @@ from openred.directory.fastroutes import install_fast_routes
 from openred.directory.keys import open_jail
 from openred.directory.routing import EXTENSION
 from openred.directory.service import DirectoryService
-from openred.errors import OpenRedError
 from openred.modules.monitoring.service import monitor_directory
 from openred.settings import DirectorySettings
-from openred.web.problems import install
+from openred.web.problems import install, log_start_failures_in_one_line
 
 __all__ = ["create_app"]
 
@@ -40,7 +38,7 @@ def create_app(settings: DirectorySettings) -> Quart:
         app.register_blueprint(blueprint)
     # The hot routes below Quart, with Quart's answers (request ids and metrics wrap it).
     install_fast_routes(app)
-    _log_start_failures_in_one_line(app)
+    log_start_failures_in_one_line(app, "the directory")
     state: dict[str, object] = {}
 
     @app.before_serving
@@ -82,16 +80,3 @@ def create_app(settings: DirectorySettings) -> Quart:
     return app
 
 
-def _log_start_failures_in_one_line(app: Quart) -> None:
-    """An operator's error at start (a log the jail's witness refuses, a jail that does not
-    start) is logged as its message, not a traceback; the failed start still raises it."""
-    log_exception = app.log_exception
-
-    def log(info: tuple[type, BaseException, TracebackType] | tuple[None, None, None]) -> None:
-        error = info[1]
-        if isinstance(error, OpenRedError) and not has_request_context():
-            app.logger.error("the directory cannot start: %s", error)
-        else:
-            log_exception(info)
-
-    app.log_exception = log  # type: ignore[method-assign, assignment]

@@ -80,15 +80,28 @@ def passphrase_available(settings: ServiceSettings) -> bool:
 
 
 def create_keystore(settings: ServiceSettings, *, kdf: str | None = None) -> None:
-    """Create the keystore (and, without a passphrase in the environment, the passphrase file)."""
+    """Create the keystore (and, without a passphrase in the environment or in the passphrase
+    file, a passphrase file with a random passphrase).
+
+    A passphrase file already there (``OPENRED_JAIL_PASSPHRASE_FILE``, default
+    ``DATA_DIR/jail-passphrase``: the operator's own, or one a failed ``init`` left) is used, not
+    a reason to crash; one this call wrote is removed again if the keystore is not created, so
+    ``init`` can simply be run again.
+    """
     keystore = settings.keystore_path
     if keystore.exists():
         raise ConfigurationError(f"{keystore} exists already: this directory is initialized")
     passphrase = os.environ.get(PASSPHRASE_ENV)
-    if not passphrase:
+    written: Path | None = None
+    if not passphrase and settings.passphrase_path.exists():
+        passphrase = read_passphrase(settings).decode("utf-8", "replace")
+    elif not passphrase:
         passphrase = secrets.token_urlsafe(32)
-        path = settings.passphrase_path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        written = settings.passphrase_path
+        try:
+            fd = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create {written}: {exc.strerror}") from None
         with os.fdopen(fd, "w") as out:
             out.write(passphrase + "\n")
     env = {**os.environ, PASSPHRASE_ENV: passphrase}
@@ -100,6 +113,8 @@ def create_keystore(settings: ServiceSettings, *, kdf: str | None = None) -> Non
         argv, env=env, capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
+        if written is not None:
+            written.unlink(missing_ok=True)
         raise ConfigurationError(f"creating the keystore failed: {result.stderr.strip()}")
 
 

@@ -27,26 +27,62 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from quart import Quart, current_app, request
+from quart import Quart, Response, current_app, request
 from sqlmodel import select
+from werkzeug.exceptions import NotFound
 
 from openred import __version__
 from openred.errors import NodeRefused, RequestRefused
+from openred.modules import LoadReport
 from openred.modules.monitoring.health import run_checks
 from openred.node.admin_auth import ADMIN_KEY, require_bearer, sensitive
 from openred.node.readmodels import PeerRow
 from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
 from openred.node.tokens import TokenStatus
-from openred.web.problems import install
+from openred.web.problems import install, problem_response
 
-__all__ = ["ADMIN_PREFIX", "NODE_APP", "REGISTRAR", "create_admin_app", "node_services"]
+__all__ = ["ADMIN_PREFIX", "NODE_APP", "REGISTRAR", "create_admin_app", "explain_missing_routes",
+           "node_services"]
 
 ADMIN_PREFIX = "/admin/v1"
 NODE_APP = "openred.admin.node_app"
 REGISTRAR = "openred.node.registrar"
 """Key of the :class:`~openred.node.lifecycle.Registrar` in the node app's extensions."""
 TOKEN_WAIT = 10.0
+
+
+OWNERS = {"metrics": "monitoring"}
+"""Admin routes a module serves outside ``/admin/v1/<module name>/``."""
+
+
+def explain_missing_routes(app: Quart, report: LoadReport) -> None:
+    """Answer a request for an admin route that does not exist with a problem that says why.
+
+    The CLI offers every installed module's commands (it cannot know what a node enables): a
+    module's command on a node that does not enable the module, or on which it failed to load,
+    got Werkzeug's "The requested URL was not found on the server. If you entered the URL
+    manually please check your spelling and try again." Now it is 404 ``module-not-enabled``
+    (or ``module-failed``) naming the module and what to do; any other unknown route is named.
+    """
+
+    @app.errorhandler(NotFound)
+    async def _not_found(exc: NotFound) -> Response:
+        rest = request.path.removeprefix(ADMIN_PREFIX + "/")
+        first = rest.split("/", 1)[0]
+        module = OWNERS.get(first, first)
+        if rest != request.path and module in report.not_enabled:
+            return problem_response(
+                404, "module-not-enabled",
+                f"the {module} module is not enabled on this node: add it to OPENRED_MODULES "
+                "(the data directory's .env) and restart the node")
+        if rest != request.path and module in report.failed:
+            return problem_response(
+                404, "module-failed",
+                f"the {module} module failed to load on this node: "
+                f"{report.failed[module]}")
+        return problem_response(404, "not-found",
+                                f"the admin API has no route {request.method} {request.path}")
 
 
 def node_services() -> NodeServices:

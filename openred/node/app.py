@@ -38,7 +38,7 @@ from openred.node.routes import (
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.ratelimit import RateLimiter
-from openred.web.problems import install
+from openred.web.problems import install, log_start_failures_in_one_line
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 
 __all__ = ["create_app"]
@@ -69,6 +69,7 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
                        "handshake and encrypted P2P calls (DESIGN §6).",
     })
     install(app)
+    log_start_failures_in_one_line(app, "the node")
     app.register_blueprint(blueprint)
     install_fast_p2p(app, EXTENSION)
     state: dict[str, object] = {}

@@ -25,7 +25,7 @@ from quart import Quart
 
 from openred.errors import ConfigurationError
 from openred.modules import install_admin_hooks
-from openred.node.admin import REGISTRAR, create_admin_app
+from openred.node.admin import REGISTRAR, create_admin_app, explain_missing_routes
 from openred.node.admin_keys import ensure_admin_key
 from openred.node.app import create_app
 from openred.node.lifecycle import LIFECYCLE_TASKS, Housekeeper, LifecycleTasks, Registrar
@@ -33,7 +33,12 @@ from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.settings import read_env_file
-from openred.web.serve import freeze_startup_objects, hypercorn_config, serve_app
+from openred.web.serve import (
+    freeze_startup_objects,
+    hypercorn_config,
+    serve_app,
+    startup_failure,
+)
 
 __all__ = ["ADMIN_URL_FILE", "admin_port", "run_node", "serve_node"]
 
@@ -105,6 +110,7 @@ async def serve_node(
         services = waiting.result()
         admin = create_admin_app(app, admin_key)
         install_admin_hooks(admin, services.modules)
+        explain_missing_routes(admin, services.modules)
         tasks.append(asyncio.create_task(serve_app(
             admin, hypercorn_config(ADMIN_HOST, port), shutdown=shutdown,
             install_signals=False)))
@@ -145,6 +151,6 @@ def run_node(settings: NodeSettings) -> None:
     try:
         asyncio.run(serve_node(settings))
     except LifespanFailureError as exc:
-        raise ConfigurationError(f"the node failed to start: {exc}") from exc
+        raise ConfigurationError(f"the node failed to start: {startup_failure(exc)}") from exc
     except OSError as exc:
         raise ConfigurationError(f"cannot serve the node: {exc.strerror or exc}") from exc

@@ -177,6 +177,24 @@ def access_logger(
     return logger
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""What ``OPENRED_LOG_LEVEL`` may say (any case)."""
+
+
+def error_logger() -> logging.Logger | str:
+    """Where Hypercorn's own lines ("Running on …", its errors) go: ``"-"`` (its plain line on
+    stderr) unless :func:`configure_logging` set this process's handler, then the
+    ``hypercorn.error`` logger with no handler of its own, so each line is printed once, in the
+    process's format (with ``"-"`` Hypercorn added its plain handler and the root printed the
+    line again: two lines, one of them not JSON under ``OPENRED_LOG_FORMAT=json``)."""
+    if not any(h.get_name() == "openred" for h in logging.getLogger().handlers):
+        return "-"
+    logger = logging.getLogger("hypercorn.error")
+    logger.handlers = []
+    logger.propagate = True
+    return logger
+
+
 def configure_logging(
     *, fmt: str | None = None, level: str | int | None = None, node_id: str | None = None,
     stream: TextIO | None = None, environ: Mapping[str, str] | None = None,
@@ -201,7 +219,13 @@ def configure_logging(
     for old in [h for h in root.handlers if h.get_name() == "openred"]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level or env.get("OPENRED_LOG_LEVEL", "INFO").upper())
+    chosen_level = level or (env.get("OPENRED_LOG_LEVEL") or "INFO").strip().upper()
+    if isinstance(chosen_level, str) and chosen_level not in LEVELS:
+        from openred.errors import ConfigurationError
+
+        raise ConfigurationError(f"OPENRED_LOG_LEVEL={chosen_level!r} is not a level (one of "
+                                 f"{', '.join(LEVELS)})")
+    root.setLevel(chosen_level)
     return handler
 
 

@@ -21,10 +21,11 @@ OpenAPI document lists every status a route can answer.
 from __future__ import annotations
 
 import logging
+from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from quart import Quart, Request, Response
+from quart import Quart, Request, Response, has_request_context
 from quart.routing import QuartRule
 from quart.wrappers.request import Body
 from quart_schema import RequestSchemaValidationError
@@ -43,6 +44,7 @@ __all__ = [
     "JsonRequest",
     "Problem",
     "install",
+    "log_start_failures_in_one_line",
     "problem_response",
     "problem_type",
 ]
@@ -274,3 +276,20 @@ def install(app: Quart) -> None:
                 logger.warning("%s: %s", slug, exc if slug in INTERNAL_DETAILS else detail)
         extra = exc.extra if isinstance(exc, errors.RequestRefused) else None
         return problem_response(status, slug, detail, headers=headers, extra=extra)
+
+
+def log_start_failures_in_one_line(app: Quart, what: str) -> None:
+    """An operator's error at start (a log the jail's witness refuses, a jail that does not
+    start) is logged as one line, "<what> cannot start: <message>", not a traceback; the failed
+    start still raises it. Shared by the directory and the node (whose failed start logged a
+    30-line traceback before the command's one error line)."""
+    log_exception = app.log_exception
+
+    def log(info: tuple[type, BaseException, TracebackType] | tuple[None, None, None]) -> None:
+        error = info[1]
+        if isinstance(error, errors.OpenRedError) and not has_request_context():
+            app.logger.error("%s cannot start: %s", what, error)
+        else:
+            log_exception(info)
+
+    app.log_exception = log  # type: ignore[method-assign, assignment]

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -21,9 +22,10 @@ from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
 from openred.errors import ConfigurationError
-from openred.web.logging import access_logger
+from openred.web.logging import access_logger, error_logger
 
-__all__ = ["ACCESS_LOG_FORMAT", "freeze_startup_objects", "hypercorn_config", "run", "serve_app"]
+__all__ = ["ACCESS_LOG_FORMAT", "freeze_startup_objects", "hypercorn_config", "run", "serve_app",
+           "startup_failure"]
 
 
 ACCESS_LOG_FORMAT = Config.access_log_format + " request_id=%({x-request-id}o)s"
@@ -48,12 +50,19 @@ def hypercorn_config(
     # JSON logs: access lines are JSON objects too (openred.web.logging.access_logger).
     config.accesslog = (access_logger() or "-") if access_log else None
     config.access_log_format = ACCESS_LOG_FORMAT
-    config.errorlog = "-"
+    config.errorlog = error_logger()
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 30
     config.h11_max_incomplete_size = 16 * 1024
     config.include_server_header = False
     return config
+
+
+def startup_failure(exc: LifespanFailureError) -> str:
+    """Why the app failed to start, without Hypercorn's "Lifespan failure in startup. '…'"."""
+    text = str(exc)
+    match = re.fullmatch(r"Lifespan failure in \w+\. '(.*)'", text, re.DOTALL)
+    return match.group(1) if match else text
 
 
 async def serve_app(
@@ -100,6 +109,6 @@ def run(app: Quart, host: str, port: int, *, access_log: bool | None = None) -> 
     try:
         asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
     except LifespanFailureError as exc:
-        raise ConfigurationError(f"the service failed to start: {exc}") from exc
+        raise ConfigurationError(f"the service failed to start: {startup_failure(exc)}") from exc
     except OSError as exc:
         raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc

@@ -290,3 +290,27 @@ def test_a_pseudonymized_bundle_with_a_forged_rewritten_entry_is_caught_by_its_l
     report = verify(bad, jobs=1)
     assert not report.ok
     assert (report.failed_seq, report.reason) == (3, "signature does not verify")
+
+
+def test_a_pseudonym_key_file_too_short_or_missing_is_refused_saying_how_to_make_one(
+    log: tuple[Path, Secrets], tmp_path: Path,
+) -> None:
+    """An empty key file was taken as the key b"": pseudonyms anyone could recompute from the
+    (public) node ids. A missing one said only "No such file or directory", though the help
+    said "random if absent"."""
+    path, _ = log
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abc")
+    for key_file in (short, tmp_path / "absent.key"):
+        out = tmp_path / f"{key_file.stem}.jsonl"
+        result = cli("export", path, "--out", out, "--pseudonymize",
+                     "--pseudonym-key-file", key_file)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "head -c 32 /dev/urandom" in lines[0], result.output
+        assert not out.exists()
+    good = tmp_path / "good.key"
+    good.write_bytes(bytes(range(32)))
+    result = cli("export", path, "--out", tmp_path / "good.jsonl", "--pseudonymize",
+                 "--pseudonym-key-file", good)
+    assert result.exit_code == 0, result.output

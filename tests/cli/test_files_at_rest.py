@@ -205,3 +205,20 @@ def test_what_nodes_registered_reaches_the_directory_operators_terminal_inert(
     assert "v1" in result.output
     assert not UNSAFE.search(result.output), repr(result.output)
     assert "\x1b]8;" not in result.output
+
+
+def test_directory_nodes_shows_whole_node_ids_and_dates(tmp_path: Path) -> None:
+    """`openred directory nodes` cut node ids and URLs to fit 80 columns ("hlwapzsrihhl…"): the
+    operator could not copy one to `openred directory revoke`; and it showed Unix seconds."""
+    node_id = "hlwapzsrihhls3c5q4zk4mg3nrklpiqd"
+    conn = sqlite3.connect(tmp_path / "openred.db")
+    conn.execute("CREATE TABLE directory_nodes (node_id, status, api_url, version, last_seen, "
+                 "registered_at)")
+    conn.execute("INSERT INTO directory_nodes VALUES (?, 'active', ?, 1, ?, ?)",
+                 (node_id, "http://127.0.0.1:18701", 1796212198, 1796211587))
+    conn.commit()
+    conn.close()
+    result = CliRunner().invoke(main, ["directory", "nodes", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    assert "1796212198" not in result.output and "2026-12-02" in result.output, result.output

@@ -210,3 +210,59 @@ def test_an_answer_of_another_shape_is_one_error_line(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
         result.output, result.exception)
     assert "error: the node's answer is not what this command expects" in result.output
+
+
+WHEN = 1796211595  # 2026-12-02T11:39:55Z
+
+
+class Times(http.server.BaseHTTPRequestHandler):
+    """A node answering times as it does: Unix times in some fields, ISO text in others."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, answer: object) -> None:
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == "/admin/v1/sessions":
+            self._send({"items": [{"session_id": "s", "peer": "p", "role": "initiator",
+                                   "state": "active", "established_at": "2026-12-01T10:00:00Z",
+                                   "expires_at": WHEN}]})
+        else:
+            self._send({"items": [{"offer_id": "o", "direction": "sent", "peer": "p",
+                                   "name": "n", "size": 1, "state": "offered",
+                                   "expires_at": WHEN}]})
+
+    def do_POST(self) -> None:
+        if self.path.endswith("/send"):
+            self._send({"message_id": "m", "received_at": WHEN})
+        else:
+            self._send({"offer_id": "o", "name": "[red]n", "size": 1, "peer": "p",
+                        "expires_at": WHEN})
+
+
+def test_times_are_printed_as_utc_dates_not_unix_seconds(tmp_path: Path) -> None:
+    """`send` said "received at 1796211595", `share` "expires at 1796211595" and the sessions
+    and files tables showed Unix seconds beside ISO dates: an operator cannot read those."""
+    shared = tmp_path / "f"
+    shared.write_text("x")
+    with answered_by(Times, tmp_path) as data:
+        outputs = [
+            _run("send", "--data-dir", str(data), "p", "hi"),
+            _run("sessions", "--data-dir", str(data)),
+            _run("share", "--data-dir", str(data), "p", str(shared)),
+            _run("files", "--data-dir", str(data)),
+        ]
+    for code, output, _ in outputs:
+        assert code == 0, output
+        flat = output.replace("\n", "").replace("│", "").replace(" ", "")
+        assert str(WHEN) not in flat, output
+        assert "2026-12-02" in output and "11:39" in output, output
+    assert "[red]n" in outputs[2][1]  # the offer's name printed as it is, not as markup

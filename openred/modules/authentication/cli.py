@@ -79,12 +79,13 @@ def enroll(data_dir: Path) -> None:
 @CODE
 def login(data_dir: Path, code: str) -> None:
     """Trade a code for a short-lived admin token (kept 0600 in the data directory)."""
+    from openred.cli import _when
     from openred.modules.authentication.files import write_admin_token
 
     answer = _call(data_dir, "POST", "authentication/token", {"code": code})
     path = write_admin_token(data_dir, answer["token"], int(answer["expires_at"]))
-    click.echo(printable(f"admin token saved in {path}, valid until {answer['expires_at']} "
-                         "(Unix time)"))
+    click.echo(printable(f"admin token saved in {path}, valid until "
+                         f"{_when(answer['expires_at'])}"))
 
 
 @auth_group.command()
@@ -145,7 +146,8 @@ def status(data_dir: Path) -> None:
 
 @auth_group.command()
 @DATA_DIR
-@click.option("--purpose", default="operator", show_default=True)
+@click.option("--purpose", default="operator", show_default=True,
+              help="What the proof is for (bound into the signed challenge).")
 @click.argument("peer")
 def challenge(data_dir: Path, purpose: str, peer: str) -> None:
     """Ask PEER to prove, now, that it holds its identity key."""

@@ -68,8 +68,10 @@ def register(group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(info, indent=2))
             return
-        base.console.print(f"offered {info['name']} ({_size(info['size'])}) to {info['peer']}: "
-                           f"offer {info['offer_id']}, expires at {info['expires_at']}")
+        safe = base._safe
+        base.console.print(f"offered {safe(info['name'])} ({_size(info['size'])}) to "
+                           f"{safe(info['peer'])}: offer {safe(info['offer_id'])}, expires at "
+                           f"{safe(base._when(info['expires_at']))}")
 
     @group.command()
     @base.NODE_DATA_DIR
