@@ -1,0 +1,91 @@
+"""The client holds on to the jail it started with: another key on its socket is refused.
+
+A jail restarted with another keystore (an operator's mistake, a keystore file replaced while
+the node ran) or an impostor that binds the socket once the jail has died would otherwise be
+signed through, wrapped to and handshaken with as if it were the node's jail: log entries
+signed by a key the log does not name, session keys handed to a process holding no key of the
+node's. Every connection the client opens after it learned the jail's keys asks them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from openred.crypto.client import JailClient, JailSupervisor
+from openred.crypto.identity import EntryHash
+from openred.errors import JailIdentityChanged
+from tests.crypto_jail.test_server import dev_keystore, spawn_jail
+
+
+def _entry() -> EntryHash:
+    return EntryHash(hashlib.sha256(os.urandom(8)).digest())
+
+
+async def test_a_jail_restarted_with_another_key_is_refused_until_the_right_one_is_back(
+    workdir: Path,
+) -> None:
+    directory = workdir / "other"
+    directory.mkdir(mode=0o700)
+    (directory / "a").mkdir(mode=0o700)
+    (directory / "b").mkdir(mode=0o700)
+    keystore_a, public_a = dev_keystore(directory / "a")
+    keystore_b, _ = dev_keystore(directory / "b")
+    socket_path = directory / "s" / "j.sock"
+    proc = spawn_jail(keystore_a, socket_path)
+    client = JailClient(socket_path, timeout=5, reconnect_timeout=10)
+    try:
+        assert (await client.public_keys()).node_id == public_a["node_id"]
+        proc.stop()
+        proc = spawn_jail(keystore_b, socket_path)  # same socket, another node's keys
+        entry = _entry()
+        with pytest.raises(JailIdentityChanged, match="another"):
+            await client.sign("entry_hash", entry)
+        with pytest.raises(JailIdentityChanged):
+            await client.wrap("session", b"k" * 32)  # nothing secret reaches that jail
+        with pytest.raises(JailIdentityChanged):
+            await asyncio.to_thread(client.sign_batch_blocking, [entry])
+        with pytest.raises(JailIdentityChanged):
+            await client.public_keys()
+        proc.stop()
+        proc = spawn_jail(keystore_a, socket_path)  # the right jail is back: served again
+        signature = await client.sign("entry_hash", entry)
+        verify = nacl.signing.VerifyKey(base64.urlsafe_b64decode(public_a["sign_key"] + "="))
+        verify.verify(entry, bytes(signature))
+        assert len(await asyncio.to_thread(client.sign_batch_blocking, [entry])) == 1
+    finally:
+        await client.close()
+        proc.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_supervised_jail_restarted_on_a_replaced_keystore_is_refused(
+    workdir: Path,
+) -> None:
+    directory = workdir / "replaced"
+    directory.mkdir(mode=0o700)
+    (directory / "b").mkdir(mode=0o700)
+    keystore, public = dev_keystore(directory)
+    other, _ = dev_keystore(directory / "b")
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    client = JailClient(supervisor.socket_path, supervisor=supervisor, timeout=5)
+    try:
+        assert (await client.public_keys()).node_id == public["node_id"]
+        os.replace(other, keystore)  # the file the supervisor restarts the jail on
+        pid = supervisor.pid
+        assert pid is not None
+        os.kill(pid, 9)
+        with pytest.raises(JailIdentityChanged):
+            await client.sign("entry_hash", _entry())
+    finally:
+        await client.close()
+        await supervisor.stop()
+        shutil.rmtree(directory, ignore_errors=True)
