@@ -32,6 +32,7 @@ __all__ = [
     "MAX_BODY",
     "MAX_ID",
     "MAX_SIGN_MANY",
+    "MAX_VALUES",
     "Request",
     "Response",
     "b64d",
@@ -55,6 +56,13 @@ MAX_SIGN_MANY = 64
 """Most items one ``sign_many`` takes (each a structure ``sign`` accepts, at most 8 KiB)."""
 MAX_ID = 2**53 - 1
 """Request ids are non-negative integers that survive any JSON implementation exactly."""
+MAX_VALUES = 16384
+"""Most JSON values a body larger than :data:`_SMALL_BODY` may hold, counted as its commas,
+``{`` and ``[`` (the largest request, a full ``sign_many`` with proofs, has about 4,400). Tiny
+values cost Python ~30 times their JSON size: a 4 MiB ``[{},{},...]`` was ~100 MB in the jail,
+and its 128 clients could ask that at once."""
+_SMALL_BODY = 64 * 1024
+"""Bodies up to this size are parsed without counting (at most ~2 MB of objects)."""
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _REQUEST_KEYS = frozenset({"id", "op", "args"})
@@ -92,7 +100,12 @@ def _no_constants(name: str) -> Any:
 
 
 def decode_json(body: bytes) -> Any:
-    """Parse a frame body as strict JSON (UTF-8, no duplicate keys, no NaN); else FrameError."""
+    """Parse a frame body as strict JSON (UTF-8, no duplicate keys, no NaN, at most
+    :data:`MAX_VALUES` values in a large body); else FrameError."""
+    if len(body) > _SMALL_BODY and (
+        body.count(b",") + body.count(b"{") + body.count(b"[") > MAX_VALUES
+    ):
+        raise FrameError(MALFORMED_FRAME, "body holds too many JSON values", fatal=False)
     try:
         return json.loads(
             body.decode("utf-8"),

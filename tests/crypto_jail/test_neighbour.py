@@ -1,0 +1,91 @@
+"""The jail against a compromised process next to it: hostile frames, planted files (jattack).
+
+A process of an allowed uid may send any frame; a process of the jail's own uid (the
+development setup) may also replace the jail's files before it starts. Neither may make the
+jail eat the machine's memory, hang before it serves, or fail without a one-line reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crypto_jail.protocol import (
+    MAX_BATCH,
+    MAX_SIGN_MANY,
+    MAX_VALUES,
+    b64e,
+    decode_json,
+    encode_request,
+)
+from crypto_jail.witness import MAX_PROOF
+from tests.crypto_jail.test_server import (
+    JailProc,
+    RawClient,
+    dev_keystore,
+    short_dir,
+    spawn_jail,
+)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    directory = short_dir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", [b"{},", b"[],", b'"ab",', b"1.5,"])
+def test_a_frame_of_many_tiny_json_values_is_refused_before_it_is_parsed(
+    workdir: Path, unit: bytes,
+) -> None:
+    """4 MiB of ``{},`` parse into ~100 MB of Python objects: 128 such clients at once were
+    ~13 GB. The jail refuses a large body holding more values than any request has."""
+    keystore, public = dev_keystore(workdir)
+    proc: JailProc = spawn_jail(keystore, workdir / "s" / "j.sock")
+    client = RawClient(proc.socket_path)
+    try:
+        assert client.result("public_keys") == public
+        before = peak_memory(proc.pid)
+        count = (4 * 1024 * 1024 - 100) // len(unit)
+        items = (unit * count)[:-1]
+        client.send_body(b'{"id":7,"op":"sign","args":{"kind":"entry_hash","data":[' + items
+                         + b"]}}")
+        answer = client.recv()
+        assert answer is not None and not answer["ok"]
+        assert answer["error"]["code"] == "malformed_frame"
+        assert "too many JSON values" in answer["error"]["detail"]
+        grown = peak_memory(proc.pid) - before
+        assert grown < 32 * 1024 * 1024, f"the jail grew by {grown // 2**20} MiB"
+        assert client.result("public_keys") == public  # the connection stays
+    finally:
+        client.close()
+        proc.stop()
+
+
+def test_the_largest_honest_requests_hold_far_fewer_values() -> None:
+    """A full ``sign_many`` of checkpoints with the longest proofs, and a full ``sign_batch``,
+    still parse: the bound on values only ever refuses bodies no client sends."""
+    proof = [b64e(bytes([i]) * 32) for i in range(MAX_PROOF)]
+    item = {"kind": "checkpoint", "data": b64e(b"x" * 8192), "consistency_proof": proof}
+    many = encode_request(1, "sign_many", {"items": [item] * MAX_SIGN_MANY})
+    batch = encode_request(2, "sign_batch", {"kind": "entry_hash",
+                                             "data": b64e(b"\x00" * 32 * MAX_BATCH)})
+    for frame in (many, batch):
+        assert len(frame) > 64 * 1024
+        assert decode_json(frame[4:])["id"] in (1, 2)
+    assert many.count(b",") + many.count(b"[") + many.count(b"{") < MAX_VALUES // 3
