@@ -22,7 +22,9 @@ each with a counter and a SHA-256 of its contents; the newest intact slot wins. 
 the slot that does *not* hold the newest content made durable (``fsync``), so a torn write —
 or a power loss before an ``fsync`` — leaves that one: the witness can come back older than
 what was signed, never damaged and never ahead. A file that cannot be read at all is an error
-at start (the jail does not silently forget what it witnessed).
+at start (the jail does not silently forget what it witnessed), and so is a path that is not
+a regular file of the jail's user (a FIFO, a symbolic link), one larger than two slots, or one
+that group or others may write (whoever may write it may roll the witness back).
 
 How durable a new checkpoint must be before its signature leaves is the caller's ``durable``
 (docs/decisions.md, "The directory's jail witnesses its log"): always written to the file
@@ -38,6 +40,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -107,34 +110,62 @@ class Witness:
         # written (not synced) since: the next write goes to the other slot.
         self._durable_slot = 0
         self._dirty = False
-        found = self._load()
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = self._open(path)
         try:
-            self._fd = os.open(path, flags, 0o600)
+            found = self._load(os.pread(self._fd, 2 * SLOT_SIZE, 0))
             if found:
                 # What was read may be a write a previous jail never synced (it died, the
                 # machine did not): make it the durable slot before writing the other one.
                 os.fsync(self._fd)
-        except OSError as exc:
-            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
-        if not found:
-            # An intact slot from the start, so that no torn write can leave none.
-            try:
+            else:
+                # An intact slot from the start, so that no torn write can leave none.
                 self._write_slot(0, self._slot(0, {}))
                 self._sync(0)
-            except OpRefused as exc:
-                os.close(self._fd)
-                raise WitnessError(f"{path}: {exc.detail}") from None
-
-    def _load(self) -> bool:
-        """Read the newest intact slot; whether the file held one."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return False
         except OSError as exc:
-            raise WitnessError(f"cannot read the witness file {self.path}: {exc.strerror}") \
-                from None
+            os.close(self._fd)
+            raise WitnessError(f"cannot read the witness file {path}: {exc.strerror}") from None
+        except OpRefused as exc:
+            os.close(self._fd)
+            raise WitnessError(f"{path}: {exc.detail}") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """Open (create) the file, which must be a regular file of this user that no one else
+        may write and no larger than a witness: else WitnessError, before a byte is read.
+
+        Not through a symbolic link, and without blocking on a FIFO planted at the path.
+        """
+        flags = (os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise WitnessError(f"the witness file {path} is not a regular file")
+            if info.st_size > 2 * SLOT_SIZE:
+                raise WitnessError(f"{path} is not a witness file ({info.st_size} bytes; a "
+                                   f"witness has at most {2 * SLOT_SIZE})")
+            if info.st_uid != os.geteuid():
+                raise WitnessError(f"the witness file {path} belongs to uid {info.st_uid}, "
+                                   "not to this jail's user")
+            if info.st_mode & 0o022:
+                raise WitnessError(f"the witness file {path} has mode "
+                                   f"{stat.S_IMODE(info.st_mode):04o}: others could roll it "
+                                   "back (chmod 600)")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _load(self, data: bytes) -> bool:
+        """Read the newest intact slot of the file's ``data``; whether the file held one."""
         best: tuple[int, dict[str, bytes]] | None = None
         for index in (0, 1):
             slot = data[index * SLOT_SIZE:(index + 1) * SLOT_SIZE]

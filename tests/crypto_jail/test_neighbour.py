@@ -7,7 +7,10 @@ jail eat the machine's memory, hang before it serves, or fail without a one-line
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from tests.crypto_jail.test_server import (
     JailProc,
     RawClient,
     dev_keystore,
+    run_jail_cli,
     short_dir,
     spawn_jail,
 )
@@ -89,3 +93,70 @@ def test_the_largest_honest_requests_hold_far_fewer_values() -> None:
         assert len(frame) > 64 * 1024
         assert decode_json(frame[4:])["id"] in (1, 2)
     assert many.count(b",") + many.count(b"[") + many.count(b"{") < MAX_VALUES // 3
+
+
+# --- files planted before the jail starts ----------------------------------------------------
+
+
+def serve_once(keystore: Path, socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``serve`` that must end by itself (refused): a jail that hangs or serves fails the test."""
+    try:
+        return run_jail_cli("serve", "--keystore", str(keystore), "--socket", str(socket_path),
+                            *args, timeout=15)
+    except subprocess.TimeoutExpired:  # run() killed it
+        pytest.fail("the jail hung (or served) instead of refusing the file")
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, last
+
+
+def test_a_keystore_that_is_a_fifo_is_refused_not_waited_on(workdir: Path) -> None:
+    fifo = workdir / "keystore.json"
+    os.mkfifo(fifo, 0o600)
+    result = serve_once(fifo, workdir / "s" / "j.sock")
+    assert_one_line_refusal(result, str(fifo), "not a regular file")
+
+
+@pytest.mark.parametrize("how", ["fifo", "link to a fifo"])
+def test_a_witness_file_that_is_a_fifo_is_refused_not_waited_on(workdir: Path, how: str) -> None:
+    keystore, _ = dev_keystore(workdir)
+    witness = workdir / "w"
+    if how == "fifo":
+        os.mkfifo(witness, 0o600)
+    else:
+        os.mkfifo(workdir / "elsewhere", 0o600)
+        witness.symlink_to(workdir / "elsewhere")
+    result = serve_once(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    assert_one_line_refusal(result, str(witness))
+    assert "regular file" in result.stderr or "symbolic link" in result.stderr
+
+
+def test_a_witness_file_larger_than_a_witness_is_refused_unread(workdir: Path) -> None:
+    keystore, _ = dev_keystore(workdir)
+    witness = workdir / "w"
+    with witness.open("wb") as handle:  # sparse: a big file that costs the disk nothing
+        handle.truncate(64 * 1024 * 1024)
+    witness.chmod(0o600)
+    result = serve_once(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    assert_one_line_refusal(result, str(witness), "not a witness file")
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_witness_file_others_may_write_is_refused(workdir: Path, mode: int) -> None:
+    """Whoever may write the file may roll the witness back: the log's protection is gone."""
+    keystore, _ = dev_keystore(workdir)
+    witness = workdir / "w"
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    proc.stop()
+    assert stat.S_IMODE(witness.stat().st_mode) == 0o600  # what the jail makes
+    witness.chmod(mode)
+    result = serve_once(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    assert_one_line_refusal(result, str(witness), "chmod 600")
+    witness.chmod(0o600)
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    proc.stop()
