@@ -8,8 +8,9 @@ the connection stays; a bad length prefix, EOF inside a frame, or a frame that d
 slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
 client silent for ``idle_timeout`` between frames, or that does not read its answer within
 ``frame_timeout``, is cut off, and when all ``max_connections`` slots are taken a newcomer
-takes the slot of the client idle longest (at least :data:`EVICT_AFTER_IDLE` seconds), so
-idle or stalled clients cannot lock others out; an exception inside an operation becomes an
+takes the slot of the client that has waited on its peer longest — idle between frames, or
+stalled inside a frame — (at least :data:`EVICT_AFTER_IDLE` seconds), so idle clients and
+clients dribbling frames cannot lock others out; an exception inside an operation becomes an
 ``internal`` error answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are
 closed before a byte is read.
 """
@@ -52,7 +53,8 @@ from crypto_jail.protocol import (
 __all__ = ["JailServer", "SocketError", "log", "peer_uid", "prepare_socket", "unlink_socket"]
 
 EVICT_AFTER_IDLE = 1.0
-"""A client idle between frames this long may lose its slot to a newcomer when all are taken."""
+"""A client idle between frames, or inside a frame that has not arrived whole, this long may
+lose its slot to a newcomer when all are taken (a whole frame arrives in milliseconds)."""
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (socket(7))
 
@@ -172,8 +174,8 @@ class JailServer:
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
-        # Each client → since when it waits between frames (monotonic), or None while a frame
-        # is arriving or being answered.
+        # Each client → since when it waits on its peer (monotonic): between frames, or for
+        # the rest of a frame; None while its request is being answered.
         self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -209,7 +211,7 @@ class JailServer:
                 conn.close()
 
     def set_idle(self, conn: socket.socket, since: float | None) -> None:
-        """Record that ``conn`` waits between frames since ``since`` (None: it is busy)."""
+        """Record that ``conn`` waits on its peer since ``since`` (None: it is being answered)."""
         with self._lock:
             if conn in self._clients:  # an evicted client stays out
                 self._clients[conn] = since
@@ -232,7 +234,8 @@ class JailServer:
         return True
 
     def _evict_idlest(self) -> bool:
-        """Hang up on the client idle longest, if any has idled EVICT_AFTER_IDLE (lock held)."""
+        """Hang up on the client that has waited on its peer longest (idle, or stalled inside
+        a frame), if any has for EVICT_AFTER_IDLE (lock held)."""
         idle = [(since, c) for c, since in self._clients.items() if since is not None]
         if not idle:
             return False
@@ -242,7 +245,8 @@ class JailServer:
         del self._clients[victim]
         with contextlib.suppress(OSError):
             victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF between frames and ends
-        log("all client slots taken: hung up on the client idle longest")
+        log("all client slots taken: hung up on the client idle longest "
+            "(between frames or inside one)")
         return True
 
     # -- the listening loop --
@@ -364,8 +368,14 @@ class _Connection:
                     return None
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: idle, cut off
                 return None
+        if (body := self._frame_in_buffer()) is not None:  # the usual case: whole at once
             self.server.set_idle(self.conn, None)
-        deadline = time.monotonic() + self.server.frame_timeout
+            return body
+        started = time.monotonic()
+        deadline = started + self.server.frame_timeout
+        # Waiting on the peer for the rest: as evictable as an idle client (a dribbled frame
+        # would otherwise hold its slot for frame_timeout at no cost to the sender).
+        self.server.set_idle(self.conn, started)
         while (body := self._frame_in_buffer()) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -378,6 +388,7 @@ class _Connection:
                                  fatal=True) from exc
             if not received:
                 raise FrameError(MALFORMED_FRAME, "connection closed inside a frame", fatal=True)
+        self.server.set_idle(self.conn, None)
         return body
 
     def _recv(self) -> bool:

@@ -8,9 +8,11 @@ jail eat the machine's memory, hang before it serves, or fail without a one-line
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +162,28 @@ def test_a_witness_file_others_may_write_is_refused(workdir: Path, mode: int) ->
     witness.chmod(0o600)
     proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
     proc.stop()
+
+
+def test_clients_dribbling_frames_cannot_lock_a_newcomer_out(workdir: Path) -> None:
+    """128 clients that each sent two bytes of a frame hold every slot for the whole frame
+    timeout (10 s) at no cost, and reconnect: a newcomer (the node's own next connection) must
+    take the slot of the one that has stalled inside its frame the longest, as it takes an
+    idle one's."""
+    keystore, public = dev_keystore(workdir)
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock")  # the default 10 s frame timeout
+    hogs: list[RawClient] = []
+    try:
+        for _ in range(128):
+            hog = RawClient(proc.socket_path)
+            hog.send_raw(b"\x00\x00")  # half a length prefix, and nothing more
+            hogs.append(hog)
+        time.sleep(1.5)  # every hog has stalled inside its frame longer than the threshold
+        newcomer = RawClient(proc.socket_path)
+        assert newcomer.result("public_keys") == public  # admitted at once, not after 10 s
+        readable, _, _ = select.select([h.sock for h in hogs], [], [], 3)
+        assert len(readable) == 1  # one stalled hog lost its slot
+        newcomer.close()
+    finally:
+        for hog in hogs:
+            hog.close()
+        proc.stop()
