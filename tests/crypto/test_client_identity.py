@@ -21,7 +21,9 @@ import pytest
 
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.crypto.identity import EntryHash
-from openred.errors import JailIdentityChanged
+from openred.directory.keys import connect_jail
+from openred.errors import ConfigurationError, JailIdentityChanged
+from openred.settings import DirectorySettings
 from tests.crypto_jail.test_server import dev_keystore, spawn_jail
 
 
@@ -88,4 +90,37 @@ async def test_a_supervised_jail_restarted_on_a_replaced_keystore_is_refused(
     finally:
         await client.close()
         await supervisor.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_service_does_not_adopt_another_nodes_jail_found_on_its_socket(
+    workdir: Path,
+) -> None:
+    """A service whose socket already answers adopts that jail (its own, left running). Another
+    node's jail there — two data directories given one OPENRED_JAIL_SOCKET, or a process that
+    bound the path first — would sign this node's new log as that node: refused, naming both."""
+    directory = workdir / "adopt"
+    (directory / "data").mkdir(mode=0o700, parents=True)
+    (directory / "b").mkdir(mode=0o700)
+    _, mine = dev_keystore(directory / "data")  # data/keystore.json: the service's own
+    other, theirs = dev_keystore(directory / "b")
+    settings = DirectorySettings.load(directory / "data", environ={})
+    proc = spawn_jail(other, settings.socket_path)
+    try:
+        with pytest.raises(ConfigurationError) as refused:
+            supervisor, client = await connect_jail(settings)
+            await client.close()
+        assert theirs["node_id"] in str(refused.value)
+        assert mine["node_id"] in str(refused.value)
+        assert str(settings.socket_path) in str(refused.value)
+        proc.stop()
+        proc = spawn_jail(settings.keystore_path, settings.socket_path)  # its own: adopted
+        supervisor, client = await connect_jail(settings)
+        try:
+            assert supervisor is None
+            assert (await client.public_keys()).node_id == mine["node_id"]
+        finally:
+            await client.close()
+    finally:
+        proc.stop()
         shutil.rmtree(directory, ignore_errors=True)
