@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crypto_jail.errors import BAD_REQUEST, REFUSED, JailFailure, OpRefused
+from crypto_jail.structures import is_checkpoint_body
 
 __all__ = ["SLOT_SIZE", "Witness", "WitnessError", "verify_consistency"]
 
@@ -178,6 +179,12 @@ class Witness:
                 raise WitnessError(f"the witness file {self.path} is damaged: no slot is intact "
                                    "(move it away only if the log itself verifies)")
             return False
+        # An intact slot is no proof of origin (its SHA-256 is no MAC): ``witnessed`` signs what
+        # the file holds, so it must hold checkpoint bodies of their origins and nothing else.
+        for origin, body in best[1].items():
+            if not is_checkpoint_body(body, origin=origin):
+                raise WitnessError(f"the witness file {self.path} holds something that is not a "
+                                   f"checkpoint of {origin!r}: it was not written by a jail")
         self._counter, self._bodies = best
         return True
 

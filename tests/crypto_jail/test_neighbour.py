@@ -26,7 +26,8 @@ from crypto_jail.protocol import (
     decode_json,
     encode_request,
 )
-from crypto_jail.witness import MAX_PROOF
+from crypto_jail.witness import MAX_PROOF, SLOT_SIZE, Witness
+from tests.crypto_jail.test_ops import HTTP_BASE, checkpoint_for
 from tests.crypto_jail.test_server import (
     JailProc,
     RawClient,
@@ -186,4 +187,60 @@ def test_clients_dribbling_frames_cannot_lock_a_newcomer_out(workdir: Path) -> N
     finally:
         for hog in hogs:
             hog.close()
+        proc.stop()
+
+
+def plant_witness(path: Path, bodies: dict[str, bytes]) -> None:
+    """A witness file whose slot is intact (its SHA-256 is no MAC: anyone may compute it)."""
+    path.write_bytes(Witness._slot(7, bodies).ljust(2 * SLOT_SIZE, b"\x00"))
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize("planted", ["signature base", "another origin's checkpoint"])
+def test_a_planted_witness_is_refused_at_start_not_signed(workdir: Path, planted: str) -> None:
+    """``witnessed`` signs the body the witness holds: a body planted in the file (by a process
+    of the jail's uid, while the jail is stopped) was signed as it stood — an HTTP request
+    created years ahead, past every time check of ``sign``."""
+    keystore, public = dev_keystore(workdir)
+    origin = f"openred/{public['node_id']}"
+    later = HTTP_BASE.replace(b"created=1700000000", b"created=%d" % (int(time.time()) + 10**8))
+    body = later if planted == "signature base" else checkpoint_for("c" * 32)
+    witness = workdir / "w"
+    plant_witness(witness, {origin: body})
+    try:
+        proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness),
+                          timeout=15)
+    except RuntimeError as refused:
+        assert "Traceback" not in str(refused)
+        assert "not a checkpoint" in str(refused) and str(witness) in str(refused)
+        return
+    client = RawClient(proc.socket_path)
+    try:
+        assert not client.call("sign", {"kind": "http_signature_base",
+                                        "data": b64e(later)})["ok"]
+        answer = client.call("witnessed", {"origin": origin})
+        signature = answer.get("result", {}).get("signature")
+        pytest.fail(f"the jail served a planted witness (and signed it: {signature is not None})")
+    finally:
+        client.close()
+        proc.stop()
+
+
+def test_witnessed_signs_only_checkpoints_of_the_jails_own_logs(workdir: Path) -> None:
+    """``sign_checkpoint`` signs only this jail's origins; a checkpoint of another log held in
+    the witness file (planted under its own origin) is handed out, never signed."""
+    keystore, public = dev_keystore(workdir)
+    foreign = "openred/" + "c" * 32
+    witness = workdir / "w"
+    plant_witness(witness, {foreign: checkpoint_for("c" * 32)})
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    client = RawClient(proc.socket_path)
+    try:
+        assert not client.call("sign_checkpoint", {"body": b64e(checkpoint_for("c" * 32))})["ok"]
+        answer = client.call("witnessed", {"origin": foreign})
+        assert "signature" not in answer.get("result", {}), answer
+        own = f"openred/{public['node_id']}"
+        assert client.result("witnessed", {"origin": own})["body"] is None
+    finally:
+        client.close()
         proc.stop()
