@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from crypto_jail.errors import OpRefused
+from crypto_jail.keystore import Keystore
+from crypto_jail.ops import OPS, JailState, dispatch
 from crypto_jail.protocol import (
     MAX_BATCH,
     MAX_SIGN_MANY,
@@ -244,3 +247,49 @@ def test_witnessed_signs_only_checkpoints_of_the_jails_own_logs(workdir: Path) -
     finally:
         client.close()
         proc.stop()
+
+
+# --- every argument of every operation, in every JSON type -----------------------------------
+
+_NESTED: list[object] = []
+for _ in range(50):
+    _NESTED = [_NESTED]
+ODD_VALUES: list[object] = [
+    None, True, 0, -1, 2**64, 1.5, "", "x", "\x00", "é" * 10, "A" * 100_000, [], {}, ["a"],
+    {"a": 1}, _NESTED, [None], ["A" * 43], [{"kind": None, "data": None}],
+    [{"kind": "checkpoint", "data": "", "consistency_proof": None}],
+]
+
+
+def test_any_value_in_any_argument_of_any_operation_is_a_refusal(tmp_path: Path) -> None:
+    """Each operation, each of its arguments (and one it does not take) replaced by values of
+    every JSON type: the answer is a result or a refusal with a code, never ``internal``."""
+    keystore = Keystore.generate(insecure=True)
+    state = JailState(keystore, witness=Witness(tmp_path / "w"))
+    zero = b64e(bytes(32))
+    good: dict[str, dict[str, object]] = {
+        "public_keys": {},
+        "sign": {"kind": "entry_hash", "data": zero},
+        "sign_batch": {"kind": "entry_hash", "data": zero},
+        "sign_many": {"items": [{"kind": "entry_hash", "data": zero}]},
+        "sign_checkpoint": {"body": b64e(checkpoint_for(keystore.node_id)),
+                            "consistency_proof": []},
+        "witnessed": {"origin": f"openred/{keystore.node_id}"},
+        "open_sealed": {"sealed": b64e(bytes(80))},
+        "noise_initiate": {"suite": "x", "grant": b64e(b"{}"), "grant_signature": b64e(bytes(64)),
+                           "sealed_token": b64e(bytes(80)), "remote_static": zero},
+        "noise_respond": {"suite": "x", "grant": b64e(b"{}"), "grant_signature": b64e(bytes(64)),
+                          "sealed_token": b64e(bytes(80)), "remote_static": zero,
+                          "message": ""},
+        "noise_finish": {"handle": "abc", "message": ""},
+        "wrap": {"label": "l", "plaintext": "eA"},
+        "unwrap": {"label": "l", "wrapped": b64e(bytes(60))},
+    }
+    assert set(good) == set(OPS)
+    for op, args in good.items():
+        for name in [*args, "unexpected"]:
+            for value in ODD_VALUES:
+                try:
+                    dispatch(state, op, {**args, name: value})
+                except OpRefused as refused:
+                    assert refused.code != "internal"
