@@ -8,9 +8,10 @@ the connection stays; a bad length prefix, EOF inside a frame, or a frame that d
 slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
 client silent for ``idle_timeout`` between frames, or that does not read its answer within
 ``frame_timeout``, is cut off, and when all ``max_connections`` slots are taken a newcomer
-takes the slot of the client that has waited on its peer longest — idle between frames, or
-stalled inside a frame — (at least :data:`EVICT_AFTER_IDLE` seconds), so idle clients and
-clients dribbling frames cannot lock others out; an exception inside an operation becomes an
+takes the slot of the client that has waited on its peer longest — idle between frames,
+stalled inside a frame, or not reading its answer — (at least :data:`EVICT_AFTER_IDLE`
+seconds), so idle clients, clients dribbling frames and clients that do not read cannot lock
+others out; an exception inside an operation becomes an
 ``internal`` error answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are
 closed before a byte is read.
 """
@@ -53,8 +54,9 @@ from crypto_jail.protocol import (
 __all__ = ["JailServer", "SocketError", "log", "peer_uid", "prepare_socket", "unlink_socket"]
 
 EVICT_AFTER_IDLE = 1.0
-"""A client idle between frames, or inside a frame that has not arrived whole, this long may
-lose its slot to a newcomer when all are taken (a whole frame arrives in milliseconds)."""
+"""A client idle between frames, inside a frame that has not arrived whole, or not reading its
+answer, this long may lose its slot to a newcomer when all are taken (a whole frame arrives,
+and an answer is read, in milliseconds)."""
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (socket(7))
 
@@ -174,8 +176,8 @@ class JailServer:
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
-        # Each client → since when it waits on its peer (monotonic): between frames, or for
-        # the rest of a frame; None while its request is being answered.
+        # Each client → since when it waits on its peer (monotonic): between frames, for the
+        # rest of a frame, or to read its answer; None while its request is being answered.
         self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -340,7 +342,11 @@ class _Connection:
                 return
             if body is None:
                 return  # clean EOF between frames
-            self.conn.sendall(self.server.answer(body))
+            answer = self.server.answer(body)
+            # Waiting on the peer to read: as evictable as an idle client (an answer larger
+            # than the socket's buffer, never read, would hold the slot for frame_timeout).
+            self.server.set_idle(self.conn, time.monotonic())
+            self.conn.sendall(answer)
 
     def _frame_in_buffer(self) -> bytes | None:
         if len(self.buffer) < HEADER.size:
@@ -358,7 +364,8 @@ class _Connection:
 
     def _next_frame(self) -> bytes | None:
         body = self._frame_in_buffer()
-        if body is not None:
+        if body is not None:  # sent right behind the last one: being answered, not waiting
+            self.server.set_idle(self.conn, None)
             return body
         if not self.buffer:  # between frames: wait at most idle_timeout
             self._set_read_deadline(self.server.idle_timeout)

@@ -7,6 +7,7 @@ jail eat the machine's memory, hang before it serves, or fail without a one-line
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -186,6 +187,29 @@ def test_clients_dribbling_frames_cannot_lock_a_newcomer_out(workdir: Path) -> N
         assert newcomer.result("public_keys") == public  # admitted at once, not after 10 s
         readable, _, _ = select.select([h.sock for h in hogs], [], [], 3)
         assert len(readable) == 1  # one stalled hog lost its slot
+        newcomer.close()
+    finally:
+        for hog in hogs:
+            hog.close()
+        proc.stop()
+
+
+def test_clients_that_do_not_read_their_answers_cannot_lock_a_newcomer_out(workdir: Path) -> None:
+    """An answer larger than the socket's buffer (a ``wrap`` of 256 KiB) that its client never
+    reads held the slot for the frame timeout too, at the cost of one cheap request: such a
+    client is waiting on its peer, as evictable as an idle one."""
+    keystore, public = dev_keystore(workdir)
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock")
+    hogs: list[RawClient] = []
+    try:
+        for index in range(128):
+            hog = RawClient(proc.socket_path)
+            hog.send_body(json.dumps({"id": index, "op": "wrap", "args": {
+                "label": "l", "plaintext": b64e(bytes(256 * 1024))}}).encode())
+            hogs.append(hog)
+        time.sleep(1.5)  # every answer is stuck in its socket longer than the threshold
+        newcomer = RawClient(proc.socket_path)
+        assert newcomer.result("public_keys") == public  # admitted at once, not after 10 s
         newcomer.close()
     finally:
         for hog in hogs:
