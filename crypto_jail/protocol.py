@@ -30,6 +30,7 @@ __all__ = [
     "HEADER",
     "MAX_BATCH",
     "MAX_BODY",
+    "MAX_DETAIL",
     "MAX_ID",
     "MAX_SIGN_MANY",
     "MAX_VALUES",
@@ -61,6 +62,8 @@ MAX_VALUES = 16384
 ``{`` and ``[`` (the largest request, a full ``sign_many`` with proofs, has about 4,400). Tiny
 values cost Python ~30 times their JSON size: a 4 MiB ``[{},{},...]`` was ~100 MB in the jail,
 and its 128 clients could ask that at once."""
+MAX_DETAIL = 1024
+"""Longest error detail an answer carries (characters)."""
 _SMALL_BODY = 64 * 1024
 """Bodies up to this size are parsed without counting (at most ~2 MB of objects)."""
 
@@ -135,7 +138,14 @@ def encode_ok(request_id: int, result: dict[str, Any]) -> bytes:
 
 
 def encode_error(request_id: int | None, code: str, detail: str) -> bytes:
-    """An error answer frame (``request_id`` is None when the request could not be read)."""
+    """An error answer frame (``request_id`` is None when the request could not be read).
+
+    ``detail`` is cut to :data:`MAX_DETAIL` characters: a refusal may name what the request
+    held (an unexpected field), and a name of a megabyte must not make an answer too large
+    for a frame.
+    """
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 1] + "…"
     return encode_frame({"id": request_id, "ok": False, "error": {"code": code, "detail": detail}})
 
 

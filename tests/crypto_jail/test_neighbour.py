@@ -88,6 +88,35 @@ def test_a_frame_of_many_tiny_json_values_is_refused_before_it_is_parsed(
         proc.stop()
 
 
+@pytest.mark.parametrize("where", ["args", "request"])
+def test_an_error_that_would_echo_a_huge_name_still_gets_its_answer(
+    workdir: Path, where: str,
+) -> None:
+    """Refusals name the unexpected fields: a 1 MiB field name of ``é`` (2 bytes each in the
+    request, 6 as ``\\u00e9`` in the answer) made an answer larger than a frame; the jail's
+    thread died with a traceback and the client got no answer."""
+    keystore, public = dev_keystore(workdir)
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock")
+    client = RawClient(proc.socket_path)
+    try:
+        name = "é" * (1024 * 1024)
+        request: dict[str, object] = {"id": 3, "op": "public_keys", "args": {}}
+        if where == "args":
+            request["args"] = {name: 1}
+        else:
+            request[name] = 1
+        client.send_body(json.dumps(request, ensure_ascii=False).encode())
+        answer = client.recv()
+        assert answer is not None, "no answer"
+        assert answer["id"] == 3 and answer["error"]["code"] == "bad_request"
+        assert len(answer["error"]["detail"]) <= 1024
+        assert client.result("public_keys") == public  # the connection stays
+    finally:
+        client.close()
+        proc.stop()
+    assert "Traceback" not in proc.stderr()
+
+
 def test_the_largest_honest_requests_hold_far_fewer_values() -> None:
     """A full ``sign_many`` of checkpoints with the longest proofs, and a full ``sign_batch``,
     still parse: the bound on values only ever refuses bodies no client sends."""
