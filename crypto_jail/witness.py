@@ -3,8 +3,9 @@
 Without it, a process that can talk to the jail (a compromised node: docs/threat-model.md) can
 rewrite the node's whole history — re-sign every entry hash *and* every checkpoint of a forged
 log — and ``audit_tools verify`` finds nothing, because nothing outside the database remembers
-what the log was. The jail does: it keeps, per origin, the newest checkpoint body it signed
-(tree size and root), in memory and in a small file beside the keystore, and signs a new
+what the log was. The jail does: it keeps, per origin, the tree head of the newest checkpoint
+it signed (its origin, size and root lines: the body without extension lines), in memory and
+in a small file beside the keystore, and signs a new
 checkpoint only when
 
 * its size is larger and a consistency proof (RFC 9162 §2.1.4) from the witnessed tree to the
@@ -64,6 +65,11 @@ def _checkpoint(body: bytes) -> tuple[str, int, bytes]:
     """(origin, size, root) of a body already checked by ``structures.is_checkpoint_body``."""
     origin, size, root = body.decode("utf-8").split("\n")[:3]
     return origin, int(size), base64.b64decode(root)
+
+
+def _head(body: bytes) -> bytes:
+    """The tree head of a checkpoint body: its origin, size and root lines (no extensions)."""
+    return b"".join(line + b"\n" for line in body.split(b"\n")[:3])
 
 
 def _node(left: bytes, right: bytes) -> bytes:
@@ -246,7 +252,8 @@ class Witness:
             self._sync(target)
 
     def witnessed(self, origin: str) -> bytes | None:
-        """The newest checkpoint body signed for ``origin``, or None."""
+        """The tree head (origin, size and root lines) of the newest checkpoint signed for
+        ``origin``, or None. A file written before heads were kept may give a whole body."""
         with self._lock:
             return self._bodies.get(origin)
 
@@ -275,9 +282,12 @@ class Witness:
                     raise OpRefused(REFUSED, f"no valid consistency proof from the checkpoint "
                                              f"this jail signed last (size {held_size})")
             signature = sign(body)
-            if held != body:
-                self._store({**self._bodies, origin: body}, durable=durable)
-                self._bodies[origin] = body
+            # Only the tree head is kept: it is all the next check needs, and a body's
+            # extension lines (up to 8 KiB) would crowd the other origins out of the slot.
+            head = _head(body)
+            if held != head:
+                self._store({**self._bodies, origin: head}, durable=durable)
+                self._bodies[origin] = head
             elif durable and self._dirty:
                 self._sync(1 - self._durable_slot)
             return signature

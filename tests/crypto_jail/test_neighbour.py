@@ -346,3 +346,42 @@ def test_any_value_in_any_argument_of_any_operation_is_a_refusal(tmp_path: Path)
                     dispatch(state, op, {**args, name: value})
                 except OpRefused as refused:
                     assert refused.code != "internal"
+
+
+def test_a_long_checkpoint_of_one_origin_does_not_crowd_the_others_out_of_the_witness(
+    workdir: Path,
+) -> None:
+    """A jail naming a second origin (``--checkpoint-origin``, a log whose key was rotated)
+    witnessed whole bodies in one 4 KiB slot: a checkpoint with ~2.8 KB of extension lines for
+    one origin — a compromised node may have any signed — left no room for the other, whose
+    checkpoints were refused ("too many origins") until the operator moved the file aside.
+    The witness keeps tree heads (origin, size, root): all it checks."""
+    keystore, public = dev_keystore(workdir)
+    rotated = "openred/" + "d" * 32
+    witness = workdir / "w"
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness),
+                      "--checkpoint-origin", rotated)
+    client = RawClient(proc.socket_path)
+    try:
+        long_body = checkpoint_for(public["node_id"]) + b"".join(
+            b"x%03d %s\n" % (i, b"e" * 60) for i in range(42))
+        assert 2700 < len(long_body) < 2900
+        client.result("sign_checkpoint", {"body": b64e(long_body)})
+        client.result("sign_checkpoint", {"body": b64e(checkpoint_for("d" * 32))})
+        assert client.result("witnessed", {"origin": rotated})["body"] == b64e(
+            checkpoint_for("d" * 32))
+    finally:
+        client.close()
+        proc.stop()
+    proc = spawn_jail(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness),
+                      "--checkpoint-origin", rotated)
+    client = RawClient(proc.socket_path)
+    try:  # what it remembers of the long one is its tree head, and it still holds it
+        own = f"openred/{public['node_id']}"
+        assert client.result("witnessed", {"origin": own})["body"] == b64e(
+            checkpoint_for(public["node_id"]))
+        assert not client.call("sign_checkpoint", {"body": b64e(
+            checkpoint_for(public["node_id"], size=41))})["ok"]
+    finally:
+        client.close()
+        proc.stop()
