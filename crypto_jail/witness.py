@@ -208,7 +208,7 @@ class Witness:
             bodies = {str(o): base64.b64decode(b, validate=True)
                       for o, b in record["checkpoints"].items()}
             return int(record["counter"]), bodies
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
 
     @staticmethod

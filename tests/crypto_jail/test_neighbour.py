@@ -7,6 +7,7 @@ jail eat the machine's memory, hang before it serves, or fail without a one-line
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -385,3 +386,17 @@ def test_a_long_checkpoint_of_one_origin_does_not_crowd_the_others_out_of_the_wi
     finally:
         client.close()
         proc.stop()
+
+
+def test_a_witness_slot_nested_too_deep_is_a_damaged_witness_not_a_traceback(
+    workdir: Path,
+) -> None:
+    keystore, _ = dev_keystore(workdir)
+    witness = workdir / "w"
+    content = b"[" * 2000 + b"]" * 2000  # an intact slot: the hash is anyone's to compute
+    slot = b"openred-jail-witness/1\n" + hashlib.sha256(content).digest() + len(content).to_bytes(
+        4, "big") + content
+    witness.write_bytes(slot.ljust(2 * SLOT_SIZE, b"\x00"))
+    witness.chmod(0o600)
+    result = serve_once(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
+    assert_one_line_refusal(result, str(witness), "damaged")
