@@ -21,6 +21,7 @@ import pytest
 
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.crypto.identity import EntryHash
+from openred.crypto.jail_owner import orphaned_jail, owner_path
 from openred.directory.keys import connect_jail
 from openred.errors import ConfigurationError, JailIdentityChanged
 from openred.settings import DirectorySettings
@@ -123,4 +124,28 @@ async def test_a_service_does_not_adopt_another_nodes_jail_found_on_its_socket(
             await client.close()
     finally:
         proc.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("planted", ["deep json", "fifo"])
+async def test_a_planted_owner_record_is_no_record(workdir: Path, planted: str) -> None:
+    """``<socket>.owner`` says which jail a dead service left running (to stop it). A record
+    nested too deep raised RecursionError at the service's start; a FIFO there held the start
+    forever. Either is no record: whatever serves the socket is connected to (and checked)."""
+    directory = workdir / f"owner-{planted.replace(' ', '-')}"
+    directory.mkdir(mode=0o700)
+    socket_path = directory / "j.sock"
+    record = owner_path(socket_path)
+    if planted == "fifo":
+        os.mkfifo(record, 0o600)
+    else:
+        record.write_text("[" * 100_000 + "]" * 100_000)
+    reading = asyncio.create_task(asyncio.to_thread(orphaned_jail, socket_path))
+    try:
+        assert await asyncio.wait_for(asyncio.shield(reading), 5) is None
+    finally:
+        if planted == "fifo" and not reading.done():  # let a reader stuck in open() go
+            fd = os.open(record, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            await reading
         shutil.rmtree(directory, ignore_errors=True)
