@@ -111,11 +111,15 @@ def _remove_stale(path: Path) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise SocketError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)  # a listener that never accepts (its backlog full) must not hold us
     try:
         probe.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
         path.unlink()  # nobody listens: a stale socket from a jail that died
         return
+    except (BlockingIOError, TimeoutError):
+        raise SocketError(f"{path} is in use by a process that does not accept connections "
+                          "(not a jail that answers): stop it") from None
     finally:
         probe.close()
     raise SocketError(f"{path} is in use by a running jail")

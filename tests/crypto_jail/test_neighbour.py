@@ -12,6 +12,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -400,3 +401,31 @@ def test_a_witness_slot_nested_too_deep_is_a_damaged_witness_not_a_traceback(
     witness.chmod(0o600)
     result = serve_once(keystore, workdir / "s" / "j.sock", "--witness-file", str(witness))
     assert_one_line_refusal(result, str(witness), "damaged")
+
+
+def test_a_squatted_socket_that_never_accepts_is_reported_not_waited_on(workdir: Path) -> None:
+    """Before binding, the jail probes a socket file it finds (a stale one is replaced, a live
+    one refused). A process listening there that never accepts, its backlog full, held that
+    probe's ``connect`` — and the jail's start — forever."""
+    keystore, _ = dev_keystore(workdir)
+    (workdir / "s").mkdir(mode=0o700)
+    path = workdir / "s" / "j.sock"
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        squatter.bind(str(path))
+        squatter.listen(0)
+        for _ in range(8):  # fill the backlog: the next connect blocks
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+        result = serve_once(keystore, path)
+        assert_one_line_refusal(result, str(path), "in use")
+    finally:
+        for filler in fillers:
+            filler.close()
+        squatter.close()
