@@ -240,8 +240,8 @@ class JailServer:
         return True
 
     def _evict_idlest(self) -> bool:
-        """Hang up on the client that has waited on its peer longest (idle, or stalled inside
-        a frame), if any has for EVICT_AFTER_IDLE (lock held)."""
+        """Hang up on the client that has waited on its peer longest (idle, stalled inside a
+        frame, or not reading its answer), if any has for EVICT_AFTER_IDLE (lock held)."""
         idle = [(since, c) for c, since in self._clients.items() if since is not None]
         if not idle:
             return False
