@@ -325,13 +325,17 @@ def load_keystore(
 ) -> Keystore:
     """Read and open the keystore at ``path``; KeystoreError with a printable reason otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted at the path must not hold the jail before it serves.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise KeystoreError(f"no keystore at {path}") from exc
     except OSError as exc:
         raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as handle:
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)  # the file read, not the name
+        info = os.fstat(handle.fileno())  # the file read, not the name
+        if not stat.S_ISREG(info.st_mode):
+            raise KeystoreError(f"the keystore {path} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
         try:
             data = handle.read(_MAX_FILE + 1)
         except OSError as exc:

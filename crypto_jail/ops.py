@@ -426,7 +426,10 @@ def op_witnessed(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     """{origin} → {body, signature} of the newest checkpoint this jail signed for ``origin``
     (public data), or {body: null} when it witnessed none (or keeps no witness). A jail with a
     witness also names its file (``file``, as given to ``--witness-file``), so a service whose
-    log it refuses can tell the operator which file a restore on purpose moves aside."""
+    log it refuses can tell the operator which file a restore on purpose moves aside.
+
+    The signature comes only for an origin this jail signs checkpoints of (as
+    ``sign_checkpoint``): what the file holds for another is handed out unsigned."""
     _check_keys(args, ("origin",))
     origin = _str(args, "origin")
     witness = state.witness
@@ -435,7 +438,9 @@ def op_witnessed(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     body = witness.witnessed(origin)
     answer: dict[str, Any] = {"body": None, "witness": True, "file": str(witness.path)}
     if body is not None:
-        answer.update(body=b64e(body), signature=b64e(state.sign_bytes(body)))
+        answer["body"] = b64e(body)
+        if origin in state.origins and structures.is_checkpoint_body(body, origin=origin):
+            answer["signature"] = b64e(state.sign_bytes(body))
     return answer
 
 

@@ -30,8 +30,10 @@ __all__ = [
     "HEADER",
     "MAX_BATCH",
     "MAX_BODY",
+    "MAX_DETAIL",
     "MAX_ID",
     "MAX_SIGN_MANY",
+    "MAX_VALUES",
     "Request",
     "Response",
     "b64d",
@@ -55,6 +57,15 @@ MAX_SIGN_MANY = 64
 """Most items one ``sign_many`` takes (each a structure ``sign`` accepts, at most 8 KiB)."""
 MAX_ID = 2**53 - 1
 """Request ids are non-negative integers that survive any JSON implementation exactly."""
+MAX_VALUES = 16384
+"""Most JSON values a body larger than :data:`_SMALL_BODY` may hold, counted as its commas,
+``{`` and ``[`` (the largest request, a full ``sign_many`` with proofs, has about 4,400). Tiny
+values cost Python ~30 times their JSON size: a 4 MiB ``[{},{},...]`` was ~100 MB in the jail,
+and its 128 clients could ask that at once."""
+MAX_DETAIL = 1024
+"""Longest error detail an answer carries (characters)."""
+_SMALL_BODY = 64 * 1024
+"""Bodies up to this size are parsed without counting (at most ~2 MB of objects)."""
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _REQUEST_KEYS = frozenset({"id", "op", "args"})
@@ -92,7 +103,12 @@ def _no_constants(name: str) -> Any:
 
 
 def decode_json(body: bytes) -> Any:
-    """Parse a frame body as strict JSON (UTF-8, no duplicate keys, no NaN); else FrameError."""
+    """Parse a frame body as strict JSON (UTF-8, no duplicate keys, no NaN, at most
+    :data:`MAX_VALUES` values in a large body); else FrameError."""
+    if len(body) > _SMALL_BODY and (
+        body.count(b",") + body.count(b"{") + body.count(b"[") > MAX_VALUES
+    ):
+        raise FrameError(MALFORMED_FRAME, "body holds too many JSON values", fatal=False)
     try:
         return json.loads(
             body.decode("utf-8"),
@@ -122,7 +138,14 @@ def encode_ok(request_id: int, result: dict[str, Any]) -> bytes:
 
 
 def encode_error(request_id: int | None, code: str, detail: str) -> bytes:
-    """An error answer frame (``request_id`` is None when the request could not be read)."""
+    """An error answer frame (``request_id`` is None when the request could not be read).
+
+    ``detail`` is cut to :data:`MAX_DETAIL` characters: a refusal may name what the request
+    held (an unexpected field), and a name of a megabyte must not make an answer too large
+    for a frame.
+    """
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 1] + "…"
     return encode_frame({"id": request_id, "ok": False, "error": {"code": code, "detail": detail}})
 
 

@@ -8,8 +8,10 @@ the connection stays; a bad length prefix, EOF inside a frame, or a frame that d
 slower than ``frame_timeout`` gets an error (when possible) and that connection is closed; a
 client silent for ``idle_timeout`` between frames, or that does not read its answer within
 ``frame_timeout``, is cut off, and when all ``max_connections`` slots are taken a newcomer
-takes the slot of the client idle longest (at least :data:`EVICT_AFTER_IDLE` seconds), so
-idle or stalled clients cannot lock others out; an exception inside an operation becomes an
+takes the slot of the client that has waited on its peer longest — idle between frames,
+stalled inside a frame, or not reading its answer — (at least :data:`EVICT_AFTER_IDLE`
+seconds), so idle clients, clients dribbling frames and clients that do not read cannot lock
+others out; an exception inside an operation becomes an
 ``internal`` error answer, never a crash. Peers whose uid (SO_PEERCRED) is not allowed are
 closed before a byte is read.
 """
@@ -52,7 +54,9 @@ from crypto_jail.protocol import (
 __all__ = ["JailServer", "SocketError", "log", "peer_uid", "prepare_socket", "unlink_socket"]
 
 EVICT_AFTER_IDLE = 1.0
-"""A client idle between frames this long may lose its slot to a newcomer when all are taken."""
+"""A client idle between frames, inside a frame that has not arrived whole, or not reading its
+answer, this long may lose its slot to a newcomer when all are taken (a whole frame arrives,
+and an answer is read, in milliseconds)."""
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (socket(7))
 
@@ -107,11 +111,15 @@ def _remove_stale(path: Path) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise SocketError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)  # a listener that never accepts (its backlog full) must not hold us
     try:
         probe.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
         path.unlink()  # nobody listens: a stale socket from a jail that died
         return
+    except (BlockingIOError, TimeoutError):
+        raise SocketError(f"{path} is in use by a process that does not accept connections "
+                          "(not a jail that answers): stop it") from None
     finally:
         probe.close()
     raise SocketError(f"{path} is in use by a running jail")
@@ -172,8 +180,8 @@ class JailServer:
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
-        # Each client → since when it waits between frames (monotonic), or None while a frame
-        # is arriving or being answered.
+        # Each client → since when it waits on its peer (monotonic): between frames, for the
+        # rest of a frame, or to read its answer; None while its request is being answered.
         self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -209,7 +217,7 @@ class JailServer:
                 conn.close()
 
     def set_idle(self, conn: socket.socket, since: float | None) -> None:
-        """Record that ``conn`` waits between frames since ``since`` (None: it is busy)."""
+        """Record that ``conn`` waits on its peer since ``since`` (None: it is being answered)."""
         with self._lock:
             if conn in self._clients:  # an evicted client stays out
                 self._clients[conn] = since
@@ -232,7 +240,8 @@ class JailServer:
         return True
 
     def _evict_idlest(self) -> bool:
-        """Hang up on the client idle longest, if any has idled EVICT_AFTER_IDLE (lock held)."""
+        """Hang up on the client that has waited on its peer longest (idle, stalled inside a
+        frame, or not reading its answer), if any has for EVICT_AFTER_IDLE (lock held)."""
         idle = [(since, c) for c, since in self._clients.items() if since is not None]
         if not idle:
             return False
@@ -242,7 +251,8 @@ class JailServer:
         del self._clients[victim]
         with contextlib.suppress(OSError):
             victim.shutdown(socket.SHUT_RDWR)  # its thread sees EOF between frames and ends
-        log("all client slots taken: hung up on the client idle longest")
+        log("all client slots taken: hung up on the client idle longest "
+            "(between frames or inside one)")
         return True
 
     # -- the listening loop --
@@ -336,7 +346,11 @@ class _Connection:
                 return
             if body is None:
                 return  # clean EOF between frames
-            self.conn.sendall(self.server.answer(body))
+            answer = self.server.answer(body)
+            # Waiting on the peer to read: as evictable as an idle client (an answer larger
+            # than the socket's buffer, never read, would hold the slot for frame_timeout).
+            self.server.set_idle(self.conn, time.monotonic())
+            self.conn.sendall(answer)
 
     def _frame_in_buffer(self) -> bytes | None:
         if len(self.buffer) < HEADER.size:
@@ -354,7 +368,8 @@ class _Connection:
 
     def _next_frame(self) -> bytes | None:
         body = self._frame_in_buffer()
-        if body is not None:
+        if body is not None:  # sent right behind the last one: being answered, not waiting
+            self.server.set_idle(self.conn, None)
             return body
         if not self.buffer:  # between frames: wait at most idle_timeout
             self._set_read_deadline(self.server.idle_timeout)
@@ -364,8 +379,14 @@ class _Connection:
                     return None
             except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: idle, cut off
                 return None
+        if (body := self._frame_in_buffer()) is not None:  # the usual case: whole at once
             self.server.set_idle(self.conn, None)
-        deadline = time.monotonic() + self.server.frame_timeout
+            return body
+        started = time.monotonic()
+        deadline = started + self.server.frame_timeout
+        # Waiting on the peer for the rest: as evictable as an idle client (a dribbled frame
+        # would otherwise hold its slot for frame_timeout at no cost to the sender).
+        self.server.set_idle(self.conn, started)
         while (body := self._frame_in_buffer()) is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -378,6 +399,7 @@ class _Connection:
                                  fatal=True) from exc
             if not received:
                 raise FrameError(MALFORMED_FRAME, "connection closed inside a frame", fatal=True)
+        self.server.set_idle(self.conn, None)
         return body
 
     def _recv(self) -> bool:

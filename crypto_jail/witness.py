@@ -3,8 +3,9 @@
 Without it, a process that can talk to the jail (a compromised node: docs/threat-model.md) can
 rewrite the node's whole history — re-sign every entry hash *and* every checkpoint of a forged
 log — and ``audit_tools verify`` finds nothing, because nothing outside the database remembers
-what the log was. The jail does: it keeps, per origin, the newest checkpoint body it signed
-(tree size and root), in memory and in a small file beside the keystore, and signs a new
+what the log was. The jail does: it keeps, per origin, the tree head of the newest checkpoint
+it signed (its origin, size and root lines: the body without extension lines), in memory and
+in a small file beside the keystore, and signs a new
 checkpoint only when
 
 * its size is larger and a consistency proof (RFC 9162 §2.1.4) from the witnessed tree to the
@@ -22,7 +23,9 @@ each with a counter and a SHA-256 of its contents; the newest intact slot wins. 
 the slot that does *not* hold the newest content made durable (``fsync``), so a torn write —
 or a power loss before an ``fsync`` — leaves that one: the witness can come back older than
 what was signed, never damaged and never ahead. A file that cannot be read at all is an error
-at start (the jail does not silently forget what it witnessed).
+at start (the jail does not silently forget what it witnessed), and so is a path that is not
+a regular file of the jail's user (a FIFO, a symbolic link), one larger than two slots, or one
+that group or others may write (whoever may write it may roll the witness back).
 
 How durable a new checkpoint must be before its signature leaves is the caller's ``durable``
 (docs/decisions.md, "The directory's jail witnesses its log"): always written to the file
@@ -38,11 +41,13 @@ import base64
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crypto_jail.errors import BAD_REQUEST, REFUSED, JailFailure, OpRefused
+from crypto_jail.structures import is_checkpoint_body
 
 __all__ = ["SLOT_SIZE", "Witness", "WitnessError", "verify_consistency"]
 
@@ -60,6 +65,11 @@ def _checkpoint(body: bytes) -> tuple[str, int, bytes]:
     """(origin, size, root) of a body already checked by ``structures.is_checkpoint_body``."""
     origin, size, root = body.decode("utf-8").split("\n")[:3]
     return origin, int(size), base64.b64decode(root)
+
+
+def _head(body: bytes) -> bytes:
+    """The tree head of a checkpoint body: its origin, size and root lines (no extensions)."""
+    return b"".join(line + b"\n" for line in body.split(b"\n")[:3])
 
 
 def _node(left: bytes, right: bytes) -> bytes:
@@ -107,34 +117,62 @@ class Witness:
         # written (not synced) since: the next write goes to the other slot.
         self._durable_slot = 0
         self._dirty = False
-        found = self._load()
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = self._open(path)
         try:
-            self._fd = os.open(path, flags, 0o600)
+            found = self._load(os.pread(self._fd, 2 * SLOT_SIZE, 0))
             if found:
                 # What was read may be a write a previous jail never synced (it died, the
                 # machine did not): make it the durable slot before writing the other one.
                 os.fsync(self._fd)
-        except OSError as exc:
-            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
-        if not found:
-            # An intact slot from the start, so that no torn write can leave none.
-            try:
+            else:
+                # An intact slot from the start, so that no torn write can leave none.
                 self._write_slot(0, self._slot(0, {}))
                 self._sync(0)
-            except OpRefused as exc:
-                os.close(self._fd)
-                raise WitnessError(f"{path}: {exc.detail}") from None
-
-    def _load(self) -> bool:
-        """Read the newest intact slot; whether the file held one."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return False
         except OSError as exc:
-            raise WitnessError(f"cannot read the witness file {self.path}: {exc.strerror}") \
-                from None
+            os.close(self._fd)
+            raise WitnessError(f"cannot read the witness file {path}: {exc.strerror}") from None
+        except OpRefused as exc:
+            os.close(self._fd)
+            raise WitnessError(f"{path}: {exc.detail}") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """Open (create) the file, which must be a regular file of this user that no one else
+        may write and no larger than a witness: else WitnessError, before a byte is read.
+
+        Not through a symbolic link, and without blocking on a FIFO planted at the path.
+        """
+        flags = (os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise WitnessError(f"the witness file {path} is not a regular file")
+            if info.st_size > 2 * SLOT_SIZE:
+                raise WitnessError(f"{path} is not a witness file ({info.st_size} bytes; a "
+                                   f"witness has at most {2 * SLOT_SIZE})")
+            if info.st_uid != os.geteuid():
+                raise WitnessError(f"the witness file {path} belongs to uid {info.st_uid}, "
+                                   "not to this jail's user")
+            if info.st_mode & 0o022:
+                raise WitnessError(f"the witness file {path} has mode "
+                                   f"{stat.S_IMODE(info.st_mode):04o}: others could roll it "
+                                   "back (chmod 600)")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _load(self, data: bytes) -> bool:
+        """Read the newest intact slot of the file's ``data``; whether the file held one."""
         best: tuple[int, dict[str, bytes]] | None = None
         for index in (0, 1):
             slot = data[index * SLOT_SIZE:(index + 1) * SLOT_SIZE]
@@ -147,6 +185,12 @@ class Witness:
                 raise WitnessError(f"the witness file {self.path} is damaged: no slot is intact "
                                    "(move it away only if the log itself verifies)")
             return False
+        # An intact slot is no proof of origin (its SHA-256 is no MAC): ``witnessed`` signs what
+        # the file holds, so it must hold checkpoint bodies of their origins and nothing else.
+        for origin, body in best[1].items():
+            if not is_checkpoint_body(body, origin=origin):
+                raise WitnessError(f"the witness file {self.path} holds something that is not a "
+                                   f"checkpoint of {origin!r}: it was not written by a jail")
         self._counter, self._bodies = best
         return True
 
@@ -164,7 +208,7 @@ class Witness:
             bodies = {str(o): base64.b64decode(b, validate=True)
                       for o, b in record["checkpoints"].items()}
             return int(record["counter"]), bodies
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
 
     @staticmethod
@@ -208,7 +252,8 @@ class Witness:
             self._sync(target)
 
     def witnessed(self, origin: str) -> bytes | None:
-        """The newest checkpoint body signed for ``origin``, or None."""
+        """The tree head (origin, size and root lines) of the newest checkpoint signed for
+        ``origin``, or None. A file written before heads were kept may give a whole body."""
         with self._lock:
             return self._bodies.get(origin)
 
@@ -237,9 +282,12 @@ class Witness:
                     raise OpRefused(REFUSED, f"no valid consistency proof from the checkpoint "
                                              f"this jail signed last (size {held_size})")
             signature = sign(body)
-            if held != body:
-                self._store({**self._bodies, origin: body}, durable=durable)
-                self._bodies[origin] = body
+            # Only the tree head is kept: it is all the next check needs, and a body's
+            # extension lines (up to 8 KiB) would crowd the other origins out of the slot.
+            head = _head(body)
+            if held != head:
+                self._store({**self._bodies, origin: head}, durable=durable)
+                self._bodies[origin] = head
             elif durable and self._dirty:
                 self._sync(1 - self._durable_slot)
             return signature

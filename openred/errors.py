@@ -32,6 +32,7 @@ them, with ``raise New(...) from exc``::
     └── JailError                   talking to the crypto jail failed
         ├── JailUnavailable         the jail is not running and could not be (re)started
         ├── JailProtocolError       a frame was malformed or too large
+        │   └── JailIdentityChanged     the socket answers with keys other than the jail's
         └── JailRefused             the jail answered with an error for this request
             ├── JailHandshakeFailed     … a handshake message (also a HandshakeFailed)
             └── JailDecryptionFailed    … a sealed or wrapped value (also a DecryptionFailed)
@@ -156,6 +157,11 @@ class JailUnavailable(JailError):
 
 class JailProtocolError(JailError):
     """A jail frame was malformed or too large."""
+
+
+class JailIdentityChanged(JailProtocolError):
+    """The jail's socket answers with public keys other than the ones the client started with
+    (a jail restarted on another keystore, or another process on its socket)."""
 
 
 class JailRefused(JailError):

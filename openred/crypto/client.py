@@ -9,7 +9,11 @@
   reached :class:`~openred.errors.JailUnavailable`. A broken connection is reopened (after the
   supervisor restarts a dead jail, or once the service manager has restarted it: the client
   waits up to ``reconnect_timeout`` for the socket to answer again) and an idempotent request
-  is retried once.
+  is retried once. Once the client has learned the jail's public keys (:meth:`JailClient.
+  public_keys`, which every service asks first), every connection it opens asks them again
+  and is refused with :class:`~openred.errors.JailIdentityChanged` when they differ: a jail
+  restarted on another keystore, or another process bound to the socket after the jail died,
+  gets nothing to sign, wrap or open (docs/threat-model.md, jattack).
 * :class:`JailSupervisor` runs ``python -I -m crypto_jail serve`` (``OPENRED_JAIL_PYTHON`` or
   this interpreter) and waits for its ``READY`` line. It restarts a jail that died only for a
   development keystore without passphrase. A passphrase is handed over once, through an
@@ -53,6 +57,7 @@ from openred.crypto.identity import BoxKey, EntryHash, NodeId, Signature, SignKe
 from openred.errors import (
     JailDecryptionFailed,
     JailHandshakeFailed,
+    JailIdentityChanged,
     JailProtocolError,
     JailRefused,
     JailUnavailable,
@@ -64,6 +69,7 @@ __all__ = [
     "JailClient",
     "JailDecryptionFailed",
     "JailHandshakeFailed",
+    "JailIdentityChanged",
     "JailSigner",
     "JailSupervisor",
     "PublicKeys",
@@ -75,6 +81,7 @@ __all__ = [
 logger = logging.getLogger("openred.crypto_jail")
 
 JAIL_PYTHON_ENV = "OPENRED_JAIL_PYTHON"
+_IDENTITY = ("sign_key", "box_key", "node_id")
 SIGNATURE_LEN = 64
 _BROKEN = (ConnectionError, EOFError)
 _UNREACHABLE = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, OSError)
@@ -570,6 +577,9 @@ class JailClient:
         # Blocking connections for calls from worker threads (call_blocking), and their lock.
         self._blocking: list[_BlockingConnection] = []
         self._blocking_lock = threading.Lock()
+        # The jail's public keys as first answered (public_keys): every connection opened
+        # afterwards must answer the same before it carries a request.
+        self._identity: dict[str, Any] | None = None
 
     async def __aenter__(self) -> JailClient:
         return self
@@ -595,7 +605,30 @@ class JailClient:
             conn.close()
 
     async def _open(self) -> _Connection:
-        return await asyncio.wait_for(_Connection.open(self.socket_path), self.timeout)
+        conn = await asyncio.wait_for(_Connection.open(self.socket_path), self.timeout)
+        if self._identity is None:
+            return conn
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._hold_identity(await conn.request("public_keys", {}))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _hold_identity(self, result: dict[str, Any]) -> None:
+        """Remember the jail's keys from its first answer; refuse any other answer after."""
+        seen = {name: result.get(name) for name in _IDENTITY}
+        if self._identity is None:
+            self._identity = seen
+            return
+        if seen != self._identity:
+            raise JailIdentityChanged(
+                f"the jail on {self.socket_path} answers as node {seen['node_id']!r}, not as "
+                f"node {self._identity['node_id']!r} this service started with: another "
+                "keystore or another process is on the socket; nothing is sent to it "
+                "(restart the right jail, or this service if the change is meant)"
+            )
 
     async def _connect(self) -> _Connection:
         now = time.monotonic()
@@ -712,9 +745,20 @@ class JailClient:
                 return conn, True
             conn.close()  # cut off by the jail, or about to be, for idling
         try:
-            return _BlockingConnection.open(self.socket_path, self.timeout), False
+            conn = _BlockingConnection.open(self.socket_path, self.timeout)
         except OSError as exc:  # TimeoutError included
             raise JailUnavailable(f"cannot reach the jail at {self.socket_path}") from exc
+        if self._identity is None:
+            return conn, False
+        try:
+            self._hold_identity(conn.request("public_keys", {}, self.timeout))
+        except OSError as exc:  # it hung up or did not answer: as if unreachable
+            conn.close()
+            raise JailUnavailable(f"cannot reach the jail at {self.socket_path}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn, False
 
     def _give_back(self, conn: _BlockingConnection) -> None:
         conn.idle_since = time.monotonic()
@@ -727,6 +771,8 @@ class JailClient:
     # -- typed operations --
 
     async def public_keys(self) -> PublicKeys:
+        """The jail's public keys; the first answer is the identity this client holds on to
+        (every later connection must answer the same: :class:`JailIdentityChanged`)."""
         result = await self.call("public_keys", {})
         try:
             sign_key = SignKey(_need(result, "sign_key", 32))
@@ -736,6 +782,7 @@ class JailClient:
             raise JailProtocolError("jail answered malformed public keys") from exc
         if sign_key.node_id != node_id:
             raise JailProtocolError("jail node id does not match its signing key")
+        self._hold_identity(result)
         return PublicKeys(sign_key, box_key, node_id)
 
     async def sign(self, kind: str, data: bytes) -> Signature:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,20 @@ def record_owner(socket_path: Path, jail_pid: int | None) -> None:
 
 
 def _read(socket_path: Path) -> JailOwner | None:
+    """The record, or None when there is none or it is not one (damaged, nested too deep, or
+    not a regular file: a FIFO planted there must not hold the service's start)."""
     try:
-        raw = json.loads(owner_path(socket_path).read_text(encoding="utf-8"))
+        fd = os.open(owner_path(socket_path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            raw = json.loads(handle.read(4096))
         return JailOwner(int(raw["jail_pid"]), int(raw["jail_start"]),
                          int(raw["supervisor_pid"]), int(raw["supervisor_start"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -20,9 +20,11 @@ stops or adopts that jail, it only connects to the socket, and at start it waits
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +222,9 @@ async def connect_jail(
 
     A jail left by a supervisor that died (see :mod:`openred.crypto.jail_owner`) is stopped
     first: this service then starts and supervises its own. A jail the service manager runs
-    (:func:`jail_is_external`) is only connected to, never stopped.
+    (:func:`jail_is_external`) is only connected to, never stopped. A jail found answering on
+    the socket is adopted only if it serves the node of this data directory's keystore
+    (ConfigurationError otherwise: another node's jail, or another process, is there).
     """
     if jail_is_external(settings):
         return None, await open_external_jail(settings, max_connections=4)
@@ -231,9 +235,46 @@ async def connect_jail(
     if socket.exists():
         client = JailClient(socket, timeout=5.0)
         try:
-            await asyncio.wait_for(client.public_keys(), 5.0)
+            keys = await asyncio.wait_for(client.public_keys(), 5.0)
         except (JailError, TimeoutError):
             await client.close()
         else:
+            try:
+                _check_found_jail(settings, str(keys.node_id))
+            except BaseException:
+                await client.close()
+                raise
             return None, client
     return await start_jail(settings)
+
+
+def keystore_node_id(path: Path) -> str | None:
+    """The node id in the clear ``public`` block of the keystore at ``path``, or None when the
+    file cannot be read as a keystore (then starting a jail on it reports why)."""
+    try:
+        # O_NONBLOCK: a FIFO at the path is refused by the jail, never waited on here.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            doc = json.loads(handle.read(64 * 1024))
+        except (OSError, ValueError, RecursionError):
+            return None
+    public = doc.get("public") if isinstance(doc, dict) else None
+    node_id = public.get("node_id") if isinstance(public, dict) else None
+    return node_id if isinstance(node_id, str) else None
+
+
+def _check_found_jail(settings: ServiceSettings, node_id: str) -> None:
+    """Refuse a jail found answering on the socket that serves another keystore than ours."""
+    own = keystore_node_id(settings.keystore_path)
+    if own is not None and own != node_id:
+        raise ConfigurationError(
+            f"the jail answering on {settings.socket_path} serves node {node_id}, but "
+            f"{settings.keystore_path} holds node {own}: another node's jail, or another "
+            "process, is on this service's socket (give each data directory its own "
+            "OPENRED_JAIL_SOCKET, and stop what runs there)"
+        )
