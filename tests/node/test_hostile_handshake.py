@@ -1,0 +1,150 @@
+"""A hostile peer, alone or with a compromised directory, against a served node's grant receipt,
+handshake and session renewal (hattack, 2026-12-02).
+
+Everything goes over HTTP to nodes served by Hypercorn on loopback, each with its real jail and
+SQLite log; the directory's pushes are RFC 9421-signed with its key. The directory's key is
+what a compromised directory holds, so whatever it signs verifies: the node's own checks of
+what it signs are all that stand between it and the log. Every refusal is an RFC 9457 problem
+and leaves nothing in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openred.crypto.grants import MAX_TTL, Grant, mint_tokens, seal_token
+from openred.crypto.identity import BoxKey, b64url
+from openred.errors import ConfigurationError
+from openred.node import events as ev
+from openred.settings import DirectorySettings
+from tests.node.test_app import Served, World, now, problem, push, types
+from tests.node.test_fastpath import world
+from tests.node.world import SUITE
+
+__all__ = ["world"]
+
+YEAR = 365 * 86400
+
+
+async def delivered(world: World, initiator: Served, responder: Served, *, issued_at: int,
+                    expires_at: int, suite: str = SUITE) -> tuple[Grant, dict[str, Any],
+                                                                  dict[str, Any]]:
+    """A grant the directory's key signs and its log holds, with any times and suite it likes:
+    what a compromised directory can push (the honest one mints ``issued_at = now`` and its
+    configured lifetime, with the suite its rule picks)."""
+    grant = Grant(grant_id=b64url(os.urandom(16)), initiator=initiator.id,
+                  responder=responder.id, issued_at=issued_at, expires_at=expires_at,
+                  suite=suite, initiator_record=b64url(initiator.record.hash),
+                  responder_record=b64url(responder.record.hash))
+    directory = world.directory
+    proofs = await directory.logged(grant)
+    token_a, token_b = mint_tokens(grant, os.urandom(32))
+    for_a = directory.delivery(grant, seal_token(token_a, BoxKey(initiator.keys.box_key.raw)),
+                               responder, proofs)  # type: ignore[arg-type]
+    for_b = directory.delivery(grant, seal_token(token_b, BoxKey(responder.keys.box_key.raw)),
+                               initiator, proofs)  # type: ignore[arg-type]
+    return grant, for_a, for_b
+
+
+async def test_a_grant_for_a_suite_no_jail_implements_is_refused_on_receipt(
+    world: World,
+) -> None:
+    """DESIGN §6: both nodes check the grant's suite against the set they allow. The node took
+    any name: the token was held, and every handshake on it was answered 503 ("the signer is
+    unavailable, try again later") with nothing logged and the refusal limit not counting it
+    — the jail refused the suite, which the route took for an outage."""
+    t = now()
+    _, for_a, for_b = await delivered(world, world.a, world.b, issued_at=t, expires_at=t + 300,
+                                      suite="25519_Rot13_SHA256")
+    for node, body in ((world.b, for_b), (world.a, for_a)):
+        before = await types(node)
+        problem(await push(world, node, body), 422, "invalid-grant")
+        assert await types(node) == before
+    assert await world.b.services.book.count_tokens() == 0
+
+
+@pytest.mark.parametrize(("issued", "lifetime"), [
+    (10 * YEAR, 300),       # issued ten years from now
+    (0, 10 * YEAR),         # usable for ten years
+    (3600, 300),            # issued an hour ahead: further than any clock is off
+    (0, 86400 + 1),         # a second longer than the longest lifetime a node takes
+])
+async def test_a_grant_from_the_future_or_living_for_years_is_refused_on_receipt(
+    world: World, issued: int, lifetime: int,
+) -> None:
+    """A grant lives five minutes (DESIGN §5); the node took any times the directory's key
+    signed. A compromised directory could hand its peer a token usable for years — long after
+    the compromise was found and the directory's key replaced — and it could date the grant
+    in the future, so the public log showed it minted at a time nobody looks at yet."""
+    t = now()
+    _, _, for_b = await delivered(world, world.a, world.b, issued_at=t + issued,
+                                  expires_at=t + issued + lifetime)
+    before = await types(world.b)
+    problem(await push(world, world.b, for_b), 422, "invalid-grant")
+    assert await types(world.b) == before
+    assert await world.b.services.book.count_tokens() == 0
+
+
+@pytest.mark.parametrize(("issued", "lifetime"), [(0, 300), (60, 300), (-200, 300), (0, 86400)])
+async def test_an_honest_grant_with_some_clock_skew_is_still_received(
+    world: World, issued: int, lifetime: int,
+) -> None:
+    t = now()
+    grant, _, for_b = await delivered(world, world.a, world.b, issued_at=t + issued,
+                                      expires_at=t + issued + lifetime)
+    reply = await push(world, world.b, for_b)
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"grant_id": grant.grant_id, "status": "received"}
+
+
+async def test_two_renewals_of_one_session_at_once_close_it_once(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer holding two grants renews one session with both at once. Handshakes were
+    serialized per grant only, so both saw the old session active and due, and each closed it:
+    two sessions replaced one, and the old one's ``renewed_by`` named whichever came last.
+    Now renewals of one session are serialized too: the second finds it closed (422)."""
+    a, b = world.a, world.b
+    t = now()
+    grant, for_a, for_b = await delivered(world, a, b, issued_at=t, expires_at=t + 300)
+    for node, body in ((a, for_a), (b, for_b)):
+        assert (await push(world, node, body)).status == 200
+    old = await a.services.connect(grant.grant_id)
+    later = t + 70_000  # past 80 % of the default day-long life: renewal is due
+    for node in (a, b):
+        monkeypatch.setattr(node.services, "clock", lambda: float(later))
+    grants = []
+    for _ in range(2):
+        grant, for_a, for_b = await delivered(world, a, b, issued_at=later,
+                                              expires_at=later + 300)
+        for node, body in ((a, for_a), (b, for_b)):
+            assert (await push(world, node, body)).status == 200
+        grants.append(grant.grant_id)
+    outcomes = await asyncio.gather(*[
+        a.services.handshakes.connect(grant_id, a.services._handshake_over_http, later,
+                                      renews=old.session_id)
+        for grant_id in grants], return_exceptions=True)
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert getattr(lost[0], "status", None) == 422, lost
+    rows = {r.session_id: r for r in await b.services.book.sessions()}
+    assert rows[old.session_id].state == "closed"
+    assert rows[old.session_id].renewed_by == won[0].session_id
+    assert [r.session_id for r in rows.values() if r.state == "active"] == [won[0].session_id]
+    renewed = [e for e in await b.services.store.read() if e.type == ev.SESSION_RENEWED]
+    assert len(renewed) == 1
+
+
+def test_a_directory_is_not_configured_to_mint_grants_nodes_refuse(tmp_path: Path) -> None:
+    """Nodes take grants living a day at most; a directory configured for longer ones would
+    mint only grants every node refuses, so it does not start."""
+    assert DirectorySettings.load(tmp_path, environ={"OPENRED_GRANT_TTL": str(MAX_TTL)}
+                                  ).grant_ttl == MAX_TTL
+    with pytest.raises(ConfigurationError, match="OPENRED_GRANT_TTL must be at most 86400"):
+        DirectorySettings.load(tmp_path, environ={"OPENRED_GRANT_TTL": str(MAX_TTL + 1)})
