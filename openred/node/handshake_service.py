@@ -5,7 +5,9 @@ answer Noise message 1, wrap the new session's state, append ``TokenConsumed`` +
 ``SessionEstablished``. Every refusal appends exactly one ``HandshakeRejected{reason}`` and
 raises :class:`~openred.errors.NodeRefused` with its status. Handshakes on one grant are
 serialized in this process, and ``TokenConsumed`` is appended at the grant stream's version, so
-of two racing handshakes (or a replayed message 1) only one can ever win.
+of two racing handshakes (or a replayed message 1) only one can ever win. Renewals of one
+session are serialized too (after the grant's lock): of two grants renewing it at once, the
+second finds it closed and is refused 422.
 
 Initiator (:meth:`Handshakes.connect`): the same decisions for the initiator's half, Noise
 message 1 from the jail, the peer's answer through a :data:`HandshakeTransport` (the HTTP call
@@ -20,6 +22,7 @@ path for another session (even one due between the same two nodes) is refused 42
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -73,9 +76,16 @@ class Handshakes:
         self.book = book
         self.keeper = keeper
         self.lifetime = lifetime
-        # One lock per grant while someone holds or awaits it (weak: no unbounded growth).
+        # One lock per grant, and per session being renewed, while someone holds or awaits it
+        # (weak: no unbounded growth).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     async def _refuse(self, grant_id: str, refusal: Refusal, log: bool = True) -> NodeRefused:
         if log:
@@ -133,10 +143,10 @@ class Handshakes:
         established. A refusal is logged (``HandshakeRejected``) unless ``log_refusal`` is
         false (the route's budget of logged refusals is spent).
         """
-        lock = self._locks.get(grant_id)
-        if lock is None:
-            lock = self._locks[grant_id] = asyncio.Lock()
-        async with lock:
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(self._lock(f"grant:{grant_id}"))
+            if renews is not None:  # then the session it renews: a session is renewed once
+                await held.enter_async_context(self._lock(f"renews:{renews.session_id}"))
             state = await self.book.token_state(grant_id)
             decision = decide_handshake(state, role="responder", now=now)
             if isinstance(decision, Refusal):
