@@ -19,10 +19,10 @@ import pytest
 
 from openred.crypto.grants import MAX_TTL, Grant, mint_tokens, seal_token
 from openred.crypto.identity import BoxKey, b64url
-from openred.errors import ConfigurationError
+from openred.errors import ConfigurationError, PeerUnreachable
 from openred.node import events as ev
 from openred.settings import DirectorySettings
-from tests.node.test_app import Served, World, now, problem, push, types
+from tests.node.test_app import Served, World, granted, now, problem, push, types
 from tests.node.test_fastpath import world
 from tests.node.world import SUITE
 
@@ -148,3 +148,52 @@ def test_a_directory_is_not_configured_to_mint_grants_nodes_refuse(tmp_path: Pat
                                   ).grant_ttl == MAX_TTL
     with pytest.raises(ConfigurationError, match="OPENRED_GRANT_TTL must be at most 86400"):
         DirectorySettings.load(tmp_path, environ={"OPENRED_GRANT_TTL": str(MAX_TTL + 1)})
+
+
+async def test_a_renewal_whose_answer_is_lost_is_made_good_on_the_next_run(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The responder closes the old session when it answers a renewal; if that answer never
+    reaches the initiator (a timeout, a reset, anyone on the path dropping one response), the
+    initiator still holds the old session, which the responder now refuses (410), and every
+    later renewal of it was refused too (422: it is closed, not due): the two nodes stayed
+    apart until the old session expired, and nothing reconnected them then. The initiator now
+    replaces a session its peer no longer renews with a new session on the same grant."""
+    a, b = world.a, world.b
+    old = await a.services.connect(await granted(world))
+    later = now() + 70_000  # past 80 % of the default day-long life: renewal is due
+    for node in (a, b):
+        monkeypatch.setattr(node.services, "clock", lambda: float(later))
+
+    async def request_grant(peer: str) -> str:
+        assert peer == b.id
+        grant, for_a, for_b = await delivered(world, a, b, issued_at=later,
+                                              expires_at=later + 300)
+        for node, body in ((a, for_a), (b, for_b)):
+            assert (await push(world, node, body)).status == 200
+        return grant.grant_id
+
+    monkeypatch.setattr(a.services, "request_grant", request_grant)
+    original = a.services.http.request
+    dropped: list[str] = []
+
+    async def drop_first_answer(method: str, url: str, **kw: Any) -> Any:
+        reply = await original(method, url, **kw)
+        if url.endswith("/p2p/handshake") and not dropped:
+            dropped.append(url)
+            raise PeerUnreachable("the answer was lost on the way")
+        return reply
+
+    monkeypatch.setattr(a.services.http, "request", drop_first_answer)
+    assert await a.services.renew() == []
+    rows = {r.session_id: r for r in await b.services.book.sessions()}
+    assert rows[old.session_id].state == "closed"  # B renewed it; A never heard
+    [(renewed, new)] = await a.services.renew()
+    assert renewed == old.session_id
+    for node in (a, b):
+        rows = {r.session_id: r for r in await node.services.book.sessions()}
+        assert rows[new].state == "active"
+    assert {r.session_id: r.state for r in await a.services.book.sessions()}[
+        old.session_id] == "closed"
+    await a.services.send_message(new, "still talking")
+    assert [m.text for m in await b.services.messaging.inbox()] == ["still talking"]
