@@ -46,7 +46,7 @@ from openred.node.sessions import SessionKeeper, SessionView, renewal_due, wrap_
 from openred.node.tokens import HeldToken, Refusal
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["HandshakeAnswer", "HandshakeTransport", "Handshakes"]
+__all__ = ["INVALID_RENEWAL", "HandshakeAnswer", "HandshakeTransport", "Handshakes"]
 
 RENEWAL_SKEW = 60
 """Seconds the responder's clock may be behind the initiator's when a renewal arrives."""
@@ -181,12 +181,14 @@ class Handshakes:
 
     async def connect(
         self, grant_id: str, transport: HandshakeTransport, now: int, *,
-        renews: str | None = None,
+        renews: str | None = None, prove: bool = True,
     ) -> SessionChannel:
         """Open a session with the grant's responder (the initiator's side).
 
         With ``renews`` (a session of ours with the same peer) the request carries the proof
-        that names it and this handshake; the old session is closed with the new one.
+        that names it and this handshake; the old session is closed with the new one. With
+        ``prove`` false no proof is sent: the peer opens a plain new session, and only this
+        node closes ``renews`` (the peer refused to renew it: it no longer holds it open).
         """
         state = await self.book.token_state(grant_id)
         decision = decide_handshake(state, role="initiator", now=now)
@@ -201,14 +203,15 @@ class Handshakes:
             row = await self.book.session(renews)
             if row is None or row.peer != str(token.peer) or row.state != "active":
                 raise INVALID_RENEWAL.error()
-            old = await self.keeper.channel(renews, now)
+            if prove:
+                old = await self.keeper.channel(renews, now)
         initiated = await self.jail.noise_initiate(
             suite=token.grant.suite, grant=token.grant.canonical_bytes(),
             grant_signature=token.grant_signature, sealed_token=token.sealed_token,
             remote_static=peer.box_key.raw,
         )
         proof = None
-        if old is not None:
+        if old is not None and prove:
             proof = old.seal_request(RENEW_ROUTE, renewal_claim(grant_id, initiated.message))
             old.forget(proof.counter)  # no answer comes on the old session
         answer = await transport(peer.api_url, grant_id, initiated.message, proof)
