@@ -11,6 +11,7 @@ and leaves nothing in the log.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from openred.crypto.identity import BoxKey, b64url
 from openred.errors import ConfigurationError, PeerUnreachable
 from openred.node import events as ev
 from openred.settings import DirectorySettings
-from tests.node.test_app import Served, World, granted, now, problem, push, types
+from tests.node.test_app import Served, World, granted, now, problem, push, raw_post, types
 from tests.node.test_fastpath import world
 from tests.node.world import SUITE
 
@@ -197,3 +198,29 @@ async def test_a_renewal_whose_answer_is_lost_is_made_good_on_the_next_run(
         old.session_id] == "closed"
     await a.services.send_message(new, "still talking")
     assert [m.text for m in await b.services.messaging.inbox()] == ["still talking"]
+
+
+async def test_a_held_grant_the_jail_cannot_use_is_a_logged_refusal_not_an_outage(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token held before its grant's terms were checked on receipt (an odd suite, taken by
+    an older node): every handshake on it was answered 503 ``signer-unavailable`` — "try
+    again later", for ever — with nothing logged, and not counted by the refusal limit, so
+    its holder could make the jail work without limit. The jail's refusal of a grant is now
+    the grant's refusal: 422, logged once per handshake, counted like every other refusal."""
+    t = now()
+    with monkeypatch.context() as old_node:
+        old_node.setattr(Grant, "terms_problem", lambda self, at: None)
+        grant, _, for_b = await delivered(world, world.a, world.b, issued_at=t,
+                                          expires_at=t + 300, suite="25519_Rot13_SHA256")
+        assert (await push(world, world.b, for_b)).status == 200
+    url = f"{world.b.url}/api/v3/p2p/handshake"
+    body = json.dumps({"grant_id": grant.grant_id, "message": b64url(bytes(48))})
+    before = await types(world.b)
+    status, kind, raw = await raw_post(url, body)
+    assert (status, json.loads(raw)["type"]) == (422, "urn:openred:problem:unusable-grant"), raw
+    assert kind.startswith("application/problem+json")
+    assert await types(world.b) == [*before, ev.HANDSHAKE_REJECTED]
+    limit = world.b.services.settings.handshake_refusals
+    statuses = [(await raw_post(url, body))[0] for _ in range(limit)]
+    assert statuses == [422] * (limit - 1) + [429]
