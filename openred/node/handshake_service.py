@@ -29,7 +29,13 @@ from dataclasses import dataclass
 
 from openred.crypto.client import JailClient
 from openred.crypto.session import SessionCipher
-from openred.errors import ConcurrencyConflict, CryptoError, HandshakeFailed, NodeRefused
+from openred.errors import (
+    ConcurrencyConflict,
+    CryptoError,
+    HandshakeFailed,
+    JailRefused,
+    NodeRefused,
+)
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, SessionChannel
 from openred.node.handshake import (
@@ -60,6 +66,11 @@ class HandshakeAnswer:
 
 HandshakeTransport = Callable[[str, str, bytes, Envelope | None], Awaitable[HandshakeAnswer]]
 """(peer api_url, grant_id, Noise message 1, renewal proof) → the peer's answer."""
+
+UNUSABLE_GRANT = Refusal(
+    422, "unusable-grant", "this node's jail cannot shake hands on this grant")
+"""The jail refused the grant itself (held from before its terms were checked on receipt):
+answered and logged like every refusal, not as an outage (JailUnavailable stays a 503)."""
 
 INVALID_RENEWAL = Refusal(
     422, "invalid-renewal", "renews names no session with this peer due for renewal, or its "
@@ -166,6 +177,8 @@ class Handshakes:
                 )
             except HandshakeFailed:
                 raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH, log_refusal) from None
+            except JailRefused:  # the grant, not the jail: a suite it lacks, a token it can't open
+                raise await self._refuse(grant_id, UNUSABLE_GRANT, log_refusal) from None
             keys = responded.keys
             session_id = session_id_for(keys.handshake_hash)
             cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
