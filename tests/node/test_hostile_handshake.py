@@ -224,3 +224,54 @@ async def test_a_held_grant_the_jail_cannot_use_is_a_logged_refusal_not_an_outag
     limit = world.b.services.settings.handshake_refusals
     statuses = [(await raw_post(url, body))[0] for _ in range(limit)]
     assert statuses == [422] * (limit - 1) + [429]
+
+
+async def test_a_request_in_flight_when_the_cache_lapses_is_not_accepted_again(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session cache forgot a channel 300 s after restoring it, and the next request
+    restored it again from the log: the saved state plus every counter logged since. A
+    request the old channel had accepted whose events were not committed yet (its append
+    under way) was in neither, so once any request naming the session — one that does not
+    even authenticate — had the session restored meanwhile, the same envelope sent again by
+    anyone who saw it on the wire was accepted a second time, then or any time later.
+    (Messaging's message ids keep the inbox from storing it twice; a handler without such ids
+    would act twice, and the envelope layer promises never to accept a message twice.) A
+    lapsed channel is now checked against its session's row and kept, never restored over."""
+    from openred.modules.messaging.service import SEND
+    from tests.node.test_fastpath import sealed
+    from tests.node.test_hostile_peer import message
+
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    url = f"{world.b.url}/api/v3/p2p/{SEND}"
+    first = json.dumps((await sealed(world, session_id, message())).to_json())
+    assert (await raw_post(url, first))[0] == 200  # the channel is cached on B
+    services = world.b.services
+    store, append = services.store, services.store.append
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_append(events: Any) -> Any:
+        if any(e.type == "MessageReceived" for e in events) and not release.is_set():
+            entered.set()
+            await release.wait()
+        return await append(events)
+
+    monkeypatch.setattr(store, "append", slow_append)
+    envelope = json.dumps((await sealed(world, session_id,
+                                        message(message_id=b64url(b"in-flight-msg-01"))
+                                        )).to_json())
+    in_flight = asyncio.create_task(raw_post(url, envelope))
+    await asyncio.wait_for(entered.wait(), 10)
+    cache = services.keeper.cache
+    lapsed = cache._clock() + cache.ttl + 1
+    monkeypatch.setattr(cache, "_clock", lambda: lapsed)  # the cache's 300 s run out now
+    # Any request naming the session now made B restore it, even one that does not
+    # authenticate: someone on the path needs no key for that.
+    forged = json.dumps({"session_id": session_id, "counter": 2**40,
+                         "ciphertext": b64url(bytes(64))})
+    status, _, raw = await raw_post(url, forged)
+    assert status == 401, raw
+    release.set()
+    assert (await in_flight)[0] == 200
+    status, _, raw = await raw_post(url, envelope)  # the request seen on the wire, again
+    assert status == 409 and b"replayed-message" in raw, (status, raw)
