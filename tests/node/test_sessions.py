@@ -69,6 +69,11 @@ def test_the_cache_is_lru_and_forgets_after_its_ttl_or_the_sessions_expiry() -> 
     assert cache.get(channels[0].session_id, NOW + 100) is None  # the session expired
     clock[0] = 10.0
     assert cache.get(channels[2].session_id, NOW) is None  # past the TTL
+    # Kept for its keeper to take back once it checked the session again (never a copy).
+    assert cache.revalidate(channels[2].session_id, NOW) is channels[2]
+    assert cache.get(channels[2].session_id, NOW) is channels[2]  # for another TTL
+    assert cache.revalidate(channels[2].session_id, NOW + 100) is None  # the session expired
+    assert cache.get(channels[2].session_id, NOW + 100) is None
     assert len(cache) == 0
     with pytest.raises(ValueError):
         SessionCache(max_size=0)
