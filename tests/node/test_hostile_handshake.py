@@ -275,3 +275,43 @@ async def test_a_request_in_flight_when_the_cache_lapses_is_not_accepted_again(
     assert (await in_flight)[0] == 200
     status, _, raw = await raw_post(url, envelope)  # the request seen on the wire, again
     assert status == 409 and b"replayed-message" in raw, (status, raw)
+
+
+async def test_a_request_in_flight_when_its_session_is_evicted_is_not_accepted_again(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same race through the cache's LRU: a channel evicted (more sessions in use than the
+    cache holds) while a request it accepted was still being appended was restored in its
+    place by the next request naming the session, and that copy accepted the request again.
+    A channel still held by a request under way is taken back instead of restored over."""
+    from openred.modules.messaging.service import SEND
+    from tests.node.test_fastpath import sealed
+    from tests.node.test_hostile_peer import message
+
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    url = f"{world.b.url}/api/v3/p2p/{SEND}"
+    services = world.b.services
+    services.keeper.cache.max_size = 1
+    store, append = services.store, services.store.append
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_append(events: Any) -> Any:
+        if any(e.type == "MessageReceived" for e in events) and not release.is_set():
+            entered.set()
+            await release.wait()
+        return await append(events)
+
+    monkeypatch.setattr(store, "append", slow_append)
+    envelope = json.dumps((await sealed(world, session_id, message())).to_json())
+    in_flight = asyncio.create_task(raw_post(url, envelope))
+    await asyncio.wait_for(entered.wait(), 10)
+    await world.a.services.connect(await granted(world))  # B caches it: the first is evicted
+    assert services.keeper.cache.get(session_id, now()) is None
+    forged = json.dumps({"session_id": session_id, "counter": 2**40,
+                         "ciphertext": b64url(bytes(64))})
+    status, _, raw = await raw_post(url, forged)
+    assert status == 401, raw
+    release.set()
+    assert (await in_flight)[0] == 200
+    status, _, raw = await raw_post(url, envelope)
+    assert status == 409 and b"replayed-message" in raw, (status, raw)
