@@ -171,7 +171,8 @@ class SessionChannel:
     which direction this end sends in.
     """
 
-    __slots__ = ("_ads", "_pending", "cipher", "peer", "role", "session_id", "session_id_raw")
+    __slots__ = ("__weakref__", "_ads", "_pending", "cipher", "peer", "role", "session_id",
+                 "session_id_raw")
 
     def __init__(self, session_id: str, role: str, peer: str, cipher: SessionCipher) -> None:
         if role not in ("initiator", "responder"):
