@@ -315,3 +315,38 @@ async def test_a_request_in_flight_when_its_session_is_evicted_is_not_accepted_a
     assert (await in_flight)[0] == 200
     status, _, raw = await raw_post(url, envelope)
     assert status == 409 and b"replayed-message" in raw, (status, raw)
+
+
+@pytest.mark.parametrize("answer", ["another session", "a forged ciphertext"])
+async def test_a_peer_answer_that_does_not_open_is_the_peers_fault(
+    world: World, answer: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's answer envelope that names another session, or whose ciphertext does not
+    authenticate, reached the operator's call as the channel raised it: 404
+    ``unknown-session`` (the operator's session exists) or 422 ``invalid-crypto`` (the
+    operator's request was fine). It is the peer's failure: 502 ``bad-answer``, and nothing
+    of it is logged."""
+    from quart import Quart, Response
+
+    from openred.errors import DecryptionFailed, NodeRefused
+    from openred.modules.messaging import events as messaging_events
+    from tests.servers import serve_in_loop
+
+    session_id = (await world.a.services.connect(await granted(world))).session_id
+    hostile = Quart("answers-that-do-not-open")
+
+    @hostile.post("/api/v3/p2p/<path:rest>")
+    async def handle(rest: str) -> Response:
+        named = b64url(os.urandom(16)) if answer == "another session" else session_id
+        return Response(json.dumps({"session_id": named, "counter": 5,
+                                    "ciphertext": b64url(os.urandom(40))}),
+                        content_type="application/json")
+
+    async with serve_in_loop(hostile) as url:
+        assert world.a.services.peer_urls is not None
+        monkeypatch.setattr(world.a.services.peer_urls, "api_url", lambda node_id: url)
+        with pytest.raises(NodeRefused) as refused:
+            await world.a.services.send_message(session_id, "hello")
+    assert (refused.value.status, refused.value.reason) == (502, "bad-answer"), refused.value
+    assert isinstance(refused.value, DecryptionFailed)  # what callers checking the AEAD expect
+    assert messaging_events.MESSAGE_DELIVERED not in await types(world.a)
