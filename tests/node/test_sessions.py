@@ -129,9 +129,10 @@ async def test_requests_on_the_wire_are_checked_before_any_handler_runs(
     await refused(call(), 422, "invalid-message")
     # ...and that counter was used: the same envelope again is a replay.
     await refused(call(), 409, "replayed-message")
-    # Nothing of this reached the log; the one entry is the session's state, saved when the
-    # expiry check evicted it from the cache and the next call restored it.
-    assert [e.type for e in await b.store.read(size + 1)] == [ev.SESSION_STATE_SAVED]
+    # Nothing of this reached the log. The expiry check evicted the channel from the cache;
+    # the next call takes it back while anything still holds it (a traceback, here) or else
+    # restores it, and a restore saves the session's state: at most that one entry.
+    assert [e.type for e in await b.store.read(size + 1)] in ([], [ev.SESSION_STATE_SAVED])
 
 
 async def test_a_restarted_responder_resumes_and_accepts_nothing_twice(
