@@ -350,3 +350,24 @@ async def test_a_peer_answer_that_does_not_open_is_the_peers_fault(
     assert (refused.value.status, refused.value.reason) == (502, "bad-answer"), refused.value
     assert isinstance(refused.value, DecryptionFailed)  # what callers checking the AEAD expect
     assert messaging_events.MESSAGE_DELIVERED not in await types(world.a)
+
+
+async def test_a_held_grant_the_jail_cannot_use_is_refused_to_the_initiator_too(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The initiator's side of the same grant: ``connect`` (``openred connect``, the admin
+    API) answered 503 "the signer is unavailable, try again later" for a grant its own jail
+    refuses. It is the grant's 422 ``unusable-grant``, and nothing is sent to the peer."""
+    from openred.errors import NodeRefused
+
+    t = now()
+    with monkeypatch.context() as old_node:
+        old_node.setattr(Grant, "terms_problem", lambda self, at: None)
+        grant, for_a, _ = await delivered(world, world.a, world.b, issued_at=t,
+                                          expires_at=t + 300, suite="25519_Rot13_SHA256")
+        assert (await push(world, world.a, for_a)).status == 200
+    before = await types(world.b)
+    with pytest.raises(NodeRefused) as refused:
+        await world.a.services.connect(grant.grant_id)
+    assert (refused.value.status, refused.value.reason) == (422, "unusable-grant")
+    assert await types(world.b) == before
