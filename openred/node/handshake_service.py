@@ -218,11 +218,14 @@ class Handshakes:
                 raise INVALID_RENEWAL.error()
             if prove:
                 old = await self.keeper.channel(renews, now)
-        initiated = await self.jail.noise_initiate(
-            suite=token.grant.suite, grant=token.grant.canonical_bytes(),
-            grant_signature=token.grant_signature, sealed_token=token.sealed_token,
-            remote_static=peer.box_key.raw,
-        )
+        try:
+            initiated = await self.jail.noise_initiate(
+                suite=token.grant.suite, grant=token.grant.canonical_bytes(),
+                grant_signature=token.grant_signature, sealed_token=token.sealed_token,
+                remote_static=peer.box_key.raw,
+            )
+        except JailRefused:  # the grant, not the jail (as on the responder's side)
+            raise UNUSABLE_GRANT.error() from None
         proof = None
         if old is not None and prove:
             proof = old.seal_request(RENEW_ROUTE, renewal_claim(grant_id, initiated.message))
