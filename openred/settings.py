@@ -256,7 +256,7 @@ class DirectorySettings(ServiceSettings):
     ``OPENRED_STALE_AFTER``             silence before active → stale (2 × interval)
     ``OPENRED_EXPIRE_AFTER``            silence before stale → expired (86400, or ``never``)
     ``OPENRED_STATUS_CHECK_INTERVAL``   how often the status task runs (10)
-    ``OPENRED_GRANT_TTL``               seconds a grant stays usable (300)
+    ``OPENRED_GRANT_TTL``               seconds a grant stays usable (300, at most 86400)
     ``OPENRED_SUITE_MODE``              hourly | weekday | seeded (hourly)
     ``OPENRED_SUITE_SEED``              network seed for ``seeded`` (hex, ≥ 16 bytes)
     ``OPENRED_RATE_WINDOW``             rate-limit window in seconds (60)
@@ -315,7 +315,8 @@ class DirectorySettings(ServiceSettings):
             stale_after=stale,
             expire_after=expire,
             status_check_interval=float(v.integer("STATUS_CHECK_INTERVAL", 10, minimum=1)),
-            grant_ttl=v.integer("GRANT_TTL", 300, minimum=1),
+            # Nodes refuse grants living longer (openred.crypto.grants.MAX_TTL).
+            grant_ttl=v.integer("GRANT_TTL", 300, minimum=1, maximum=86400),
             suite_mode=mode,
             suite_seed=seed,
             rate_window=v.integer("RATE_WINDOW", 60, minimum=1),

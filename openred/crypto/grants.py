@@ -21,13 +21,16 @@ import nacl.bindings
 import nacl.exceptions
 
 from crypto_jail import tokens as _jail_tokens
+from crypto_jail.noise import SUITES as _SUITES
 from openred.crypto.identity import BoxKey, NodeId, SignKey, b64url, from_b64url
 from openred.errors import CryptoError
 from openred.store.codec import canonical_json
 
 __all__ = [
     "DEFAULT_TTL",
+    "GRANT_CLOCK_SKEW",
     "GRANT_VERSION",
+    "MAX_TTL",
     "SEALED_TOKEN_LEN",
     "Grant",
     "SealedToken",
@@ -42,6 +45,12 @@ __all__ = [
 GRANT_VERSION = _jail_tokens.GRANT_VERSION
 DEFAULT_TTL = 300
 """Seconds a grant stays usable (DESIGN §5: issued_at + 300 s by default)."""
+MAX_TTL = 86400
+"""The longest life a node accepts in a grant (``expires_at - issued_at``), and the longest
+``OPENRED_GRANT_TTL`` a directory may be configured with: a token the directory's key minted
+is usable for at most a day, whatever that key signs later (see :meth:`Grant.terms_problem`)."""
+GRANT_CLOCK_SKEW = 300
+"""Seconds a grant's ``issued_at`` may lie ahead of the receiving node's clock."""
 
 SealedToken = NewType("SealedToken", bytes)
 """A 32-byte token sealed to one node's X25519 key (crypto_box_seal: 32 + 32 + 16 bytes)."""
@@ -149,6 +158,23 @@ class Grant:
     def expired(self, now: int) -> bool:
         """Whether the grant can no longer be used at ``now`` (unix seconds, UTC)."""
         return now >= self.expires_at
+
+    def terms_problem(self, now: int) -> str | None:
+        """Why a node does not take this grant's terms at ``now``, or None if it does.
+
+        The suite must be one the jail implements (DESIGN §6: both nodes check it against the
+        set they allow), the grant not issued more than :data:`GRANT_CLOCK_SKEW` seconds ahead
+        of ``now`` and not living longer than :data:`MAX_TTL`: whatever the directory's key
+        signs, a token it minted is usable for a bounded time near when the public log shows
+        it minted.
+        """
+        if self.suite not in _SUITES:
+            return f"suite {self.suite} is not one this node implements"
+        if self.issued_at > now + GRANT_CLOCK_SKEW:
+            return "the grant is issued in the future"
+        if self.expires_at - self.issued_at > MAX_TTL:
+            return f"the grant lives longer than {MAX_TTL} seconds"
+        return None
 
     def record_hash_of(self, node: NodeId) -> bytes:
         """The 32-byte record hash the grant names for ``node`` (initiator or responder)."""

@@ -28,10 +28,11 @@ from typing import Any, Final
 
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.session import MAX_COUNTER, SessionCipher
-from openred.errors import NodeRefused
+from openred.errors import CryptoError, DecryptionFailed, NodeRefused
 
 __all__ = [
     "MAX_CIPHERTEXT",
+    "AnswerRejected",
     "Direction",
     "Envelope",
     "Route",
@@ -95,6 +96,15 @@ def _answer_prefix(session_id: bytes, direction: Direction, route: Route) -> byt
 
 def _malformed(detail: str) -> NodeRefused:
     return NodeRefused(400, "malformed-envelope", detail)
+
+
+class AnswerRejected(NodeRefused, DecryptionFailed):
+    """The peer's answer does not open (another session's, or refused by the AEAD or the
+    replay window): the peer's failure, 502 ``bad-answer`` to whoever asked us. Still a
+    :class:`~openred.errors.DecryptionFailed` for callers that check the AEAD's verdict."""
+
+    def __init__(self, detail: str) -> None:
+        NodeRefused.__init__(self, 502, "bad-answer", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +181,8 @@ class SessionChannel:
     which direction this end sends in.
     """
 
-    __slots__ = ("_ads", "_pending", "cipher", "peer", "role", "session_id", "session_id_raw")
+    __slots__ = ("__weakref__", "_ads", "_pending", "cipher", "peer", "role", "session_id",
+                 "session_id_raw")
 
     def __init__(self, session_id: str, role: str, peer: str, cipher: SessionCipher) -> None:
         if role not in ("initiator", "responder"):
@@ -234,14 +245,23 @@ class SessionChannel:
             plaintext, ad=self._ad(route)[2] + _COUNTER.pack(request_counter))
         return Envelope(self.session_id, counter, ciphertext)
 
+    def _own_answer(self, envelope: Envelope) -> None:
+        if envelope.session_id != self.session_id:
+            raise AnswerRejected("the peer's answer names another session")
+
     def open_answer(self, route: Route, request_counter: int, envelope: Envelope) -> bytes:
-        """Decrypt the answer to our request ``request_counter`` (accepted once, then forgotten)."""
-        self._own(envelope)
+        """Decrypt the answer to our request ``request_counter`` (accepted once, then forgotten).
+
+        An answer that does not open is :class:`AnswerRejected` (502, the peer's failure)."""
+        self._own_answer(envelope)
         if self._pending.get(request_counter) != route:
             raise NodeRefused(409, "unexpected-answer", "no request of ours awaits this answer")
-        plaintext = self.cipher.decrypt(
-            envelope.counter, envelope.ciphertext,
-            ad=self._ad(route)[3] + _COUNTER.pack(request_counter))
+        try:
+            plaintext = self.cipher.decrypt(
+                envelope.counter, envelope.ciphertext,
+                ad=self._ad(route)[3] + _COUNTER.pack(request_counter))
+        except CryptoError as exc:
+            raise AnswerRejected(f"the peer's answer does not open: {exc}") from exc
         del self._pending[request_counter]
         return plaintext
 
@@ -252,12 +272,15 @@ class SessionChannel:
         Same checks, refusals and marks; the plaintext is a memoryview of ``into``, valid until
         ``into`` is used again (a new bytes object in the cases ``decrypt_into`` lists).
         """
-        self._own(envelope)
+        self._own_answer(envelope)
         if self._pending.get(request_counter) != route:
             raise NodeRefused(409, "unexpected-answer", "no request of ours awaits this answer")
-        plaintext = self.cipher.decrypt_into(
-            envelope.counter, envelope.ciphertext, into,
-            ad=self._ad(route)[3] + _COUNTER.pack(request_counter))
+        try:
+            plaintext = self.cipher.decrypt_into(
+                envelope.counter, envelope.ciphertext, into,
+                ad=self._ad(route)[3] + _COUNTER.pack(request_counter))
+        except CryptoError as exc:
+            raise AnswerRejected(f"the peer's answer does not open: {exc}") from exc
         del self._pending[request_counter]
         return plaintext
 

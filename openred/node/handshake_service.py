@@ -5,7 +5,9 @@ answer Noise message 1, wrap the new session's state, append ``TokenConsumed`` +
 ``SessionEstablished``. Every refusal appends exactly one ``HandshakeRejected{reason}`` and
 raises :class:`~openred.errors.NodeRefused` with its status. Handshakes on one grant are
 serialized in this process, and ``TokenConsumed`` is appended at the grant stream's version, so
-of two racing handshakes (or a replayed message 1) only one can ever win.
+of two racing handshakes (or a replayed message 1) only one can ever win. Renewals of one
+session are serialized too (after the grant's lock): of two grants renewing it at once, the
+second finds it closed and is refused 422.
 
 Initiator (:meth:`Handshakes.connect`): the same decisions for the initiator's half, Noise
 message 1 from the jail, the peer's answer through a :data:`HandshakeTransport` (the HTTP call
@@ -20,13 +22,20 @@ path for another session (even one due between the same two nodes) is refused 42
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from openred.crypto.client import JailClient
 from openred.crypto.session import SessionCipher
-from openred.errors import ConcurrencyConflict, CryptoError, HandshakeFailed, NodeRefused
+from openred.errors import (
+    ConcurrencyConflict,
+    CryptoError,
+    HandshakeFailed,
+    JailRefused,
+    NodeRefused,
+)
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, SessionChannel
 from openred.node.handshake import (
@@ -43,7 +52,7 @@ from openred.node.sessions import SessionKeeper, SessionView, renewal_due, wrap_
 from openred.node.tokens import HeldToken, Refusal
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["HandshakeAnswer", "HandshakeTransport", "Handshakes"]
+__all__ = ["INVALID_RENEWAL", "HandshakeAnswer", "HandshakeTransport", "Handshakes"]
 
 RENEWAL_SKEW = 60
 """Seconds the responder's clock may be behind the initiator's when a renewal arrives."""
@@ -57,6 +66,11 @@ class HandshakeAnswer:
 
 HandshakeTransport = Callable[[str, str, bytes, Envelope | None], Awaitable[HandshakeAnswer]]
 """(peer api_url, grant_id, Noise message 1, renewal proof) → the peer's answer."""
+
+UNUSABLE_GRANT = Refusal(
+    422, "unusable-grant", "this node's jail cannot shake hands on this grant")
+"""The jail refused the grant itself (held from before its terms were checked on receipt):
+answered and logged like every refusal, not as an outage (JailUnavailable stays a 503)."""
 
 INVALID_RENEWAL = Refusal(
     422, "invalid-renewal", "renews names no session with this peer due for renewal, or its "
@@ -73,9 +87,16 @@ class Handshakes:
         self.book = book
         self.keeper = keeper
         self.lifetime = lifetime
-        # One lock per grant while someone holds or awaits it (weak: no unbounded growth).
+        # One lock per grant, and per session being renewed, while someone holds or awaits it
+        # (weak: no unbounded growth).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     async def _refuse(self, grant_id: str, refusal: Refusal, log: bool = True) -> NodeRefused:
         if log:
@@ -133,10 +154,10 @@ class Handshakes:
         established. A refusal is logged (``HandshakeRejected``) unless ``log_refusal`` is
         false (the route's budget of logged refusals is spent).
         """
-        lock = self._locks.get(grant_id)
-        if lock is None:
-            lock = self._locks[grant_id] = asyncio.Lock()
-        async with lock:
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(self._lock(f"grant:{grant_id}"))
+            if renews is not None:  # then the session it renews: a session is renewed once
+                await held.enter_async_context(self._lock(f"renews:{renews.session_id}"))
             state = await self.book.token_state(grant_id)
             decision = decide_handshake(state, role="responder", now=now)
             if isinstance(decision, Refusal):
@@ -156,6 +177,8 @@ class Handshakes:
                 )
             except HandshakeFailed:
                 raise await self._refuse(grant_id, TOKENS_DO_NOT_MATCH, log_refusal) from None
+            except JailRefused:  # the grant, not the jail: a suite it lacks, a token it can't open
+                raise await self._refuse(grant_id, UNUSABLE_GRANT, log_refusal) from None
             keys = responded.keys
             session_id = session_id_for(keys.handshake_hash)
             cipher = self.keeper.new_cipher(token.grant.suite, keys.send_key, keys.recv_key,
@@ -171,12 +194,14 @@ class Handshakes:
 
     async def connect(
         self, grant_id: str, transport: HandshakeTransport, now: int, *,
-        renews: str | None = None,
+        renews: str | None = None, prove: bool = True,
     ) -> SessionChannel:
         """Open a session with the grant's responder (the initiator's side).
 
         With ``renews`` (a session of ours with the same peer) the request carries the proof
-        that names it and this handshake; the old session is closed with the new one.
+        that names it and this handshake; the old session is closed with the new one. With
+        ``prove`` false no proof is sent: the peer opens a plain new session, and only this
+        node closes ``renews`` (the peer refused to renew it: it no longer holds it open).
         """
         state = await self.book.token_state(grant_id)
         decision = decide_handshake(state, role="initiator", now=now)
@@ -191,14 +216,18 @@ class Handshakes:
             row = await self.book.session(renews)
             if row is None or row.peer != str(token.peer) or row.state != "active":
                 raise INVALID_RENEWAL.error()
-            old = await self.keeper.channel(renews, now)
-        initiated = await self.jail.noise_initiate(
-            suite=token.grant.suite, grant=token.grant.canonical_bytes(),
-            grant_signature=token.grant_signature, sealed_token=token.sealed_token,
-            remote_static=peer.box_key.raw,
-        )
+            if prove:
+                old = await self.keeper.channel(renews, now)
+        try:
+            initiated = await self.jail.noise_initiate(
+                suite=token.grant.suite, grant=token.grant.canonical_bytes(),
+                grant_signature=token.grant_signature, sealed_token=token.sealed_token,
+                remote_static=peer.box_key.raw,
+            )
+        except JailRefused:  # the grant, not the jail (as on the responder's side)
+            raise UNUSABLE_GRANT.error() from None
         proof = None
-        if old is not None:
+        if old is not None and prove:
             proof = old.seal_request(RENEW_ROUTE, renewal_claim(grant_id, initiated.message))
             old.forget(proof.counter)  # no answer comes on the old session
         answer = await transport(peer.api_url, grant_id, initiated.message, proof)

@@ -36,7 +36,7 @@ from openred.node.book import NodeBook
 from openred.node.diskreserve import DiskReserve, free_bytes
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.events import node_registry
-from openred.node.handshake_service import HandshakeAnswer, Handshakes
+from openred.node.handshake_service import INVALID_RENEWAL, HandshakeAnswer, Handshakes
 from openred.node.own_record import RECORD_FILE, OwnRecord
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
@@ -388,14 +388,28 @@ class NodeServices:
 
         A new grant from the directory, a new handshake, and ``SessionRenewed`` for the old
         session; the pairs (old, new). A renewal that fails is logged and tried on the next run.
+        A peer refusing to renew the session (``invalid-renewal``: it closed it on a renewal
+        whose answer was lost) gets a plain new session on the same grant instead, and this
+        node closes the old one.
         """
         renewed: list[tuple[str, str]] = []
         rows = [r for r in await self.book.sessions(state="active") if r.role == "initiator"]
         for row in self.keeper.due_for_renewal(rows, self.now()):
             try:
                 grant_id = await self.request_grant(row.peer)
-                channel = await self.handshakes.connect(
-                    grant_id, self._handshake_over_http, self.now(), renews=row.session_id)
+                try:
+                    channel = await self.handshakes.connect(
+                        grant_id, self._handshake_over_http, self.now(), renews=row.session_id)
+                except NodeRefused as exc:
+                    if exc.reason != INVALID_RENEWAL.reason:
+                        raise
+                    # The peer no longer holds the session open: it answered an earlier
+                    # renewal whose answer never reached us (lost, or dropped on the path),
+                    # or its clock differs. The grant is unused on both sides (refused before
+                    # any cryptography): a plain new session on it replaces ours.
+                    channel = await self.handshakes.connect(
+                        grant_id, self._handshake_over_http, self.now(), renews=row.session_id,
+                        prove=False)
             except OpenRedError as exc:
                 logger.warning("renewing session %s failed: %s", row.session_id, exc)
                 continue

@@ -23,7 +23,12 @@ wrapped by the jail (label ``session:<id>``), first in ``SessionEstablished`` an
 
 The state is saved again after every epoch rotation (and every ``save_every`` accepted
 requests, which only shortens step 2). The :class:`SessionCache` (LRU + TTL) keeps restored
-channels in memory so the message path touches neither the database nor the jail.
+channels in memory so the message path touches neither the database nor the jail. Past its
+TTL a channel is checked against its session's row again and kept, and one the LRU evicted is
+taken back while anything in the process still holds it (never restored over: a request it
+accepted whose events are still being appended is in no saved state nor logged counter, and
+a fresh restore would accept it again); only a channel nothing holds any more is restored,
+like one after a restart.
 """
 
 from __future__ import annotations
@@ -151,16 +156,32 @@ class SessionCache:
         self._entries: OrderedDict[str, tuple[SessionChannel, float, int]] = OrderedDict()
 
     def get(self, session_id: str, now: int) -> SessionChannel | None:
-        """The cached channel, unless absent, past its TTL, or past the session's expiry."""
+        """The cached channel, unless absent, past its TTL, or past the session's expiry.
+
+        A channel past its TTL stays (for :meth:`revalidate`); past the session's expiry it
+        goes.
+        """
         entry = self._entries.get(session_id)
         if entry is None:
             return None
         channel, deadline, expires_at = entry
-        if self._clock() >= deadline or now >= expires_at:
+        if now >= expires_at:
             del self._entries[session_id]
+            return None
+        if self._clock() >= deadline:
             return None
         self._entries.move_to_end(session_id)
         return channel
+
+    def revalidate(self, session_id: str, now: int) -> SessionChannel | None:
+        """The channel kept past its TTL, cached for another TTL (the caller checked its
+        session again), or None. Never a copy: requests still under way on it mark their
+        counters in this very window."""
+        entry = self._entries.get(session_id)
+        if entry is None or now >= entry[2]:
+            return None
+        self.put(entry[0], entry[2])
+        return entry[0]
 
     def put(self, channel: SessionChannel, expires_at: int) -> None:
         self._entries[channel.session_id] = (channel, self._clock() + self.ttl, expires_at)
@@ -220,6 +241,9 @@ class SessionKeeper:
             weakref.WeakValueDictionary())
         self._save_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+        self._live: weakref.WeakValueDictionary[str, SessionChannel] = (
+            weakref.WeakValueDictionary())
+        """Every channel something in this process still holds, cached or not (see channel)."""
         self._uses: dict[str, int] = {}
         self._saved_epoch: dict[str, int] = {}
         self._epoch_since: dict[str, int] = {}
@@ -234,6 +258,7 @@ class SessionKeeper:
         """Cache a channel just established (its state was saved in SessionEstablished)."""
         self._saved_epoch[channel.session_id] = channel.cipher.send_epoch
         self._epoch_since[channel.session_id] = now
+        self._live[channel.session_id] = channel
         self.cache.put(channel, expires_at)
 
     async def channel(self, session_id: str, now: int) -> SessionChannel:
@@ -253,7 +278,16 @@ class SessionKeeper:
             if refusal is not None:
                 raise refusal.error()
             assert row is not None
+            # A channel past the cache's TTL, or evicted while something still holds it (a
+            # request under way), is taken back, not restored over: a request it accepted
+            # whose events are not committed yet is in no saved state and no logged counter,
+            # so a channel restored now would accept it again (then or later).
+            kept = self.cache.revalidate(session_id, now) or self._live.get(session_id)
+            if kept is not None:  # past the TTL, or evicted while a request still holds it
+                self.cache.put(kept, row.expires_at)
+                return kept
             channel = await self._restore(row)
+            self._live[session_id] = channel
             await self.save(channel)
             self._epoch_since[session_id] = now
             self.cache.put(channel, row.expires_at)
@@ -350,6 +384,7 @@ class SessionKeeper:
 
     def forget(self, session_id: str) -> None:
         self.cache.drop(session_id)
+        self._live.pop(session_id, None)
         self._uses.pop(session_id, None)
         self._saved_epoch.pop(session_id, None)
         self._epoch_since.pop(session_id, None)

@@ -3,7 +3,9 @@
 :meth:`TokenReceiver.receive` takes the delivery body as plain JSON values and, in order:
 
 1. parses the grant, its signature and the sealed token strictly (400/422);
-2. checks the grant's signature under the pinned directory key (401);
+2. checks the grant's signature under the pinned directory key (401), and that its terms are
+   ones a node takes (422): a suite the jail implements, not issued ahead of this node's
+   clock by more than a few minutes, living at most a day (:meth:`Grant.terms_problem`);
 3. checks this node is a party (403), named by its current signed record (409
    ``outdated-record``, logged), before any costlier work;
 4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
@@ -159,6 +161,10 @@ class TokenReceiver:
             raise _bad(
                 401, "bad-grant-signature", "the grant is not signed by the directory"
             ) from None
+        # 2'. the terms it signed are ones a node takes (suite, not from the future, short-lived)
+        problem = grant.terms_problem(now)
+        if problem is not None:
+            raise _bad(422, "invalid-grant", problem)
         # 3. this node is a party
         if not grant.involves(self.me):
             raise _bad(403, "not-a-party", "this node is neither initiator nor responder")
