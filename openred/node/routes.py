@@ -141,7 +141,7 @@ async def receive_token() -> tuple[dict[str, str], int]:
 @blueprint.post("/p2p/handshake")
 @document_request(HandshakeBody)
 @validate_response(HandshakeReply, 200)
-@_documented(400, 401, 403, 404, 409, 410, 413, 429, 503)
+@_documented(400, 401, 403, 404, 409, 410, 413, 422, 429, 503)
 async def handshake() -> dict[str, str]:
     """Noise KKpsk0 message 1 for a grant this node holds as responder; message 2.
 
