@@ -205,7 +205,7 @@ async def p2p_batch() -> dict[str, Any]:
 @accept_binary(lambda route, envelope: services().handle(route, envelope))  # octet-stream body
 @document_request(EnvelopeBody)
 @validate_response(EnvelopeModel, 200)
-@_documented(400, 401, 404, 409, 410, 413, 422, 429, 503, 507)
+@_documented(400, 401, 404, 409, 410, 413, 416, 422, 429, 503, 507)
 async def p2p(module: str, action: str) -> dict[str, Any]:
     """An encrypted call on an established session; the encrypted answer."""
     route = Route(module, action)
