@@ -4,7 +4,8 @@ Routes only parse, call a service and serialize; every refusal is a
 :class:`~openred.errors.NodeRefused` the problem handler renders (RFC 9457). The P2P routes
 parse their bodies strictly themselves (:func:`~openred.node.handshake.parse_handshake`,
 :meth:`~openred.node.envelope.Envelope.from_json`), so malformed input is a 400 with the
-node's own slug rather than a schema error.
+node's own slug rather than a schema error; the OpenAPI document describes those bodies
+(:mod:`openred.node.schemas`, documentation only) and lists every status a route answers.
 """
 
 from __future__ import annotations
