@@ -33,7 +33,9 @@ and the node's strict parsers refuse it first):
   Bodies encrypted under the session key cannot be made here (the key is in ``a``'s and
   ``b``'s state only), so no example reaches a module's handler; those are the modules' own
   tests (they found no undocumented status but 416 ``bad-range``, see test_transfer.py).
-  Binary (``application/octet-stream``) envelopes are not in the document and not sent.
+  Binary (``application/octet-stream``) envelopes are not in the document: a Hypothesis loop
+  beside schemathesis sends random bytes and headers naming the real session (any counter and
+  ciphertext) and holds their answers to the route's documented statuses.
 * ``GET /api/v3/health`` needs nothing.
 
 The local admin API (``/admin/v1``, loopback only, bearer key) publishes no OpenAPI document
@@ -52,6 +54,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
@@ -59,9 +62,10 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from openred.crypto.grants import Grant
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
-from openred.crypto.identity import SignKey, b64url
+from openred.crypto.identity import SignKey, b64url, from_b64url
 from openred.crypto.records import SignedNodeRecord, record_hash
 from openred.errors import CryptoError
+from openred.node.envelope_binary import MAGIC, MEDIA_TYPE
 from tests.cli.network import Network, network, openred
 from tests.conftest import LONG
 from tests.crypto_jail.test_server import short_dir
@@ -192,6 +196,30 @@ def exercise(operation: Any, mode: GenerationMode, base_url: str, session: reque
     return seen
 
 
+def binary_envelopes(base_url: str, reach: Reach, schema: Any) -> None:
+    """The encrypted call's binary body (``application/octet-stream``, not in the document):
+    random bytes, and headers naming the real session with any counter and ciphertext, each
+    answered with a documented status and a problem, never a 500."""
+    path = "/api/v3/p2p/{module}/{action}"
+    documented = {int(code) for code in schema.raw_schema["paths"][path]["post"]["responses"]}
+    session_raw = from_b64url(reach.session_id)
+    seen: list[str] = []
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(raw=st.binary(max_size=64), counter=st.integers(0, 2**64 - 1), framed=st.booleans())
+    def run(raw: bytes, counter: int, framed: bool) -> None:
+        body = MAGIC + session_raw + counter.to_bytes(8, "big") + raw if framed else raw
+        reply = requests.post(f"{base_url}/api/v3/p2p/{reach.route()}", data=body, timeout=30,
+                              headers={"Content-Type": MEDIA_TYPE})
+        assert reply.status_code in documented and reply.status_code != 200, reply.text
+        assert reply.headers["Content-Type"].startswith("application/problem+json")
+        seen.append(reply.json()["type"].rsplit(":", 1)[-1])
+
+    run()
+    assert "message-rejected" in seen, seen  # framed bodies reach AEAD
+
+
 def node_with_own_directory_key(net: Network, name: str, key: nacl.signing.SigningKey) -> str:
     """``openred node init`` pinning ``key`` as the directory's (this test signs as it)."""
     port = free_port()
@@ -285,5 +313,6 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status() -> None
         assert "unverifiable-delivery" in positive["POST " + DELIVERY], positive
         assert "tokens-do-not-match" in positive["POST /api/v3/p2p/handshake"], positive
         assert "message-rejected" in positive["POST /api/v3/p2p/{module}/{action}"], positive
+        binary_envelopes(b.url, reach, schema)
         for name, server in net.servers.items():
             assert "Traceback" not in server.output(), (name, server.output())
