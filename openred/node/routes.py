@@ -4,7 +4,8 @@ Routes only parse, call a service and serialize; every refusal is a
 :class:`~openred.errors.NodeRefused` the problem handler renders (RFC 9457). The P2P routes
 parse their bodies strictly themselves (:func:`~openred.node.handshake.parse_handshake`,
 :meth:`~openred.node.envelope.Envelope.from_json`), so malformed input is a 400 with the
-node's own slug rather than a schema error.
+node's own slug rather than a schema error; the OpenAPI document describes those bodies
+(:mod:`openred.node.schemas`, documentation only) and lists every status a route answers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from quart import Blueprint, current_app, request
-from quart_schema import document_response, validate_response
+from quart_schema import document_request, document_response, validate_response
 
 from openred import __version__
 from openred.crypto.identity import SignKey, b64url
@@ -27,6 +28,7 @@ from openred.node.envelope import Route
 from openred.node.envelope_binary import accept_binary
 from openred.node.fastpath import problem_renderer
 from openred.node.handshake import parse_handshake
+from openred.node.schemas import BatchBody, DeliveryBody, EnvelopeBody, HandshakeBody
 from openred.node.services import NodeServices
 from openred.ratelimit import RateLimiter
 from openred.web.problems import Problem
@@ -121,6 +123,7 @@ async def _json() -> object:
 
 
 @blueprint.post("/tokens/receive")
+@document_request(DeliveryBody)
 @validate_response(Received, 200)
 @_documented(400, 401, 403, 409, 410, 413, 422, 502, 503)
 async def receive_token() -> tuple[dict[str, str], int]:
@@ -137,6 +140,7 @@ async def receive_token() -> tuple[dict[str, str], int]:
 
 
 @blueprint.post("/p2p/handshake")
+@document_request(HandshakeBody)
 @validate_response(HandshakeReply, 200)
 @_documented(400, 401, 403, 404, 409, 410, 413, 422, 429, 503)
 async def handshake() -> dict[str, str]:
@@ -184,6 +188,7 @@ async def handshake() -> dict[str, str]:
 
 
 @blueprint.post("/p2p/batch")
+@document_request(BatchBody)
 @validate_response(BatchReply, 200)
 @_documented(400, 413, 503)
 async def p2p_batch() -> dict[str, Any]:
@@ -199,8 +204,9 @@ async def p2p_batch() -> dict[str, Any]:
 
 @blueprint.post("/p2p/<module>/<action>")
 @accept_binary(lambda route, envelope: services().handle(route, envelope))  # octet-stream body
+@document_request(EnvelopeBody)
 @validate_response(EnvelopeModel, 200)
-@_documented(400, 401, 404, 409, 410, 413, 422, 429, 503, 507)
+@_documented(400, 401, 404, 409, 410, 413, 416, 422, 429, 503, 507)
 async def p2p(module: str, action: str) -> dict[str, Any]:
     """An encrypted call on an established session; the encrypted answer."""
     route = Route(module, action)

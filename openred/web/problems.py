@@ -59,7 +59,8 @@ BUSY_RETRY_AFTER = 5
 TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 413: "Content Too Large",
-    415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable", 422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
     507: "Insufficient Storage",
 }

@@ -436,3 +436,23 @@ async def test_the_openapi_document_lists_every_route_and_its_problems(world: Wo
     envelope = paths["/api/v3/p2p/{module}/{action}"]["post"]["responses"]
     assert {"200", "400", "401", "404", "409", "410", "413", "429", "507"} <= set(envelope)
     assert {"200", "400", "413"} <= set(paths["/api/v3/p2p/batch"]["post"]["responses"])
+
+
+async def documented_statuses(node: Served, path: str) -> set[int]:
+    """The statuses ``/openapi.json`` lists for ``POST path``."""
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}/openapi.json") as resp:
+        doc = await resp.json()
+    return {int(code) for code in doc["paths"][path]["post"]["responses"]}
+
+
+async def test_a_refused_renewal_proof_is_a_documented_422(world: World) -> None:
+    """Found by tests/node/test_schemathesis.py: the handshake answered 422 ``invalid-renewal``
+    (a ``renews`` proof naming no session due for renewal) but did not document 422."""
+    grant_id = await granted(world)
+    proof = {"session_id": b64url(bytes(16)), "counter": 0, "ciphertext": b64url(bytes(32))}
+    status, kind, body = await raw_post(
+        f"{world.b.url}/api/v3/p2p/handshake",
+        json.dumps({"grant_id": grant_id, "message": b64url(bytes(48)), "renews": proof}))
+    assert (status, json.loads(body)["type"]) == (422, "urn:openred:problem:invalid-renewal")
+    assert kind.startswith(PROBLEM_JSON)
+    assert status in await documented_statuses(world.b, "/api/v3/p2p/handshake")

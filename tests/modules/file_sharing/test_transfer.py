@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from openred.crypto.client import JailClient
@@ -26,6 +27,7 @@ from openred.errors import NodeRefused, PeerUnreachable
 from openred.modules.file_sharing import events as fev
 from openred.modules.file_sharing.domain import CHUNK_SIZE
 from openred.modules.file_sharing.service import CHUNK
+from openred.web.problems import problem_response
 from tests.modules.file_sharing.world import MODULES, Pair, files, verified_pair
 from tests.node.test_app import Served, push, serve_node
 from tests.node.world import Directory, JailPair
@@ -465,3 +467,21 @@ async def test_a_background_fetch_reports_how_it_ended(pair: Pair, tmp_path: Pat
     while state.state == "running":
         await asyncio.sleep(0.02)
     assert (state.state, state.reason) == ("failed", "internal-error")
+
+
+async def test_a_chunk_out_of_range_is_a_documented_416(pair: Pair, tmp_path: Path) -> None:
+    """``POST /api/v3/p2p/file_sharing/chunk`` answers 416 ``bad-range`` over HTTP: the P2P
+    route's OpenAPI document must list it (it listed every other status but this one), and the
+    problem carries 416's own title."""
+    payload(tmp_path / "f", 1000)
+    offer = await files(pair.a).share(pair.b.id, tmp_path / "f", expires_in=HOUR)
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b)._call(pair.a.id, CHUNK, json.dumps(
+            {"offer_id": offer.offer_id, "offset": 1, "length": 10}).encode())
+    assert (caught.value.status, caught.value.reason) == (416, "bad-range")
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{pair.a.url}/openapi.json") as resp:
+        doc = await resp.json()
+    assert "416" in doc["paths"]["/api/v3/p2p/{module}/{action}"]["post"]["responses"]
+    body = json.loads(await problem_response(416, "bad-range", "x").get_data())
+    assert body["title"] == "Range Not Satisfiable"
