@@ -18,7 +18,8 @@ and the node's strict parsers refuse it first):
   sent, so examples pass the request signature check. The grant is made to name ``c`` (its id
   and its current record's hash) and a well-formed signed record of a peer, and is signed by
   that key, so examples pass the grant signature, party, record and peer record checks and
-  reach the log entry, checkpoint and inclusion proof checks (422 ``unverifiable-delivery``).
+  reach the log entry, checkpoint and inclusion proof checks (422 ``unverifiable-delivery``);
+  its terms are made ones a node takes (a suite it implements, issued now, the default life).
   Past those a delivery is a real one (the test holds the key and could mint it, but then
   nothing is generated): ``tests/node/test_app.py`` covers that path.
 * ``POST /api/v3/p2p/handshake`` goes to node ``b`` with the id of a grant ``b`` really holds,
@@ -60,7 +61,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from openred.crypto.grants import Grant
+from crypto_jail.noise import SUITES
+from openred.crypto.grants import DEFAULT_TTL, Grant
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.identity import SignKey, b64url, from_b64url
 from openred.crypto.records import SignedNodeRecord, record_hash
@@ -155,8 +157,11 @@ class Reach:
         grant["initiator"] = str(self.peer.record.node_id)
         grant["initiator_record"] = b64url(record_hash(self.peer))
         body["peer_record"] = self.peer.to_wire()
-        if isinstance(grant.get("issued_at"), int):
-            grant["expires_at"] = max(grant.get("expires_at", 0), grant["issued_at"] + 1)
+        # Terms a node takes (Grant.terms_problem): a suite it implements, issued now, living
+        # the default time; what is generated for them would be refused before the log checks.
+        grant["suite"] = sorted(SUITES)[self.cases % len(SUITES)]
+        grant["issued_at"] = int(time.time())
+        grant["expires_at"] = grant["issued_at"] + DEFAULT_TTL
         try:
             parsed = Grant.from_dict(grant)
         except CryptoError:
