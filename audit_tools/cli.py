@@ -8,6 +8,7 @@ it never shows a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -82,6 +83,16 @@ def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] 
         yield update
 
 
+def _reader_gone() -> NoReturn:
+    """The reader of our output closed it (``verify LOG | head -1``): stop quietly, as tools a
+    pipe's reader leaves do, with the I/O code (no verdict was delivered: never 0 or 1).
+    What is still buffered for stdout goes nowhere rather than failing again at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(USAGE)
+
+
 @contextmanager
 def _guard(as_json: bool) -> Iterator[None]:
     """Map every failure to an exit code and a message; fail closed on the unexpected."""
@@ -93,6 +104,8 @@ def _guard(as_json: bool) -> Iterator[None]:
         _fail(TAMPERED, f"tampered at seq {exc.seq}: {exc.reason}", as_json, failed_seq=exc.seq)
     except (CorruptLog, StepFailed, CheckpointError, ProofError) as exc:
         _fail(TAMPERED, str(exc), as_json)
+    except BrokenPipeError:
+        _reader_gone()
     except OSError as exc:
         _fail(USAGE, f"I/O error: {exc}", as_json)
     except RecursionError:

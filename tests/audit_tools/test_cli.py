@@ -420,3 +420,20 @@ def test_sign_key_type_is_what_the_cli_prints(log: Log) -> None:
     keys = [SignKey.from_b64url(k["sign_key"]) for k in report["keys"]]
     assert keys == [OWNER.sign_key, ROTATED.sign_key]
     assert [k["from_seq"] for k in report["keys"]] == [1, mf.ROTATION_SEQ + 1]
+
+
+def test_a_reader_that_goes_away_is_no_error_message_and_no_verdict(log: Log) -> None:
+    """``audit_tools verify LOG | head -1``: the reader closes the pipe after the first line.
+    Before: the next line's write failed and verify printed "error: I/O error: [Errno 32]
+    Broken pipe". Now it stops quietly with 2 (an I/O outcome: no verdict was delivered,
+    so never 0 or 1), like other tools a pipe's reader leaves."""
+    proc = subprocess.Popen([sys.executable, "-m", "audit_tools", "verify", str(log.db)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    assert first.startswith(b"Verifying ")
+    proc.stdout.close()  # what head does after its line
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(120) == 2
+    assert stderr == "", stderr
