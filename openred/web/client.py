@@ -1,7 +1,8 @@
 """The one pooled outbound HTTP client of a process (DESIGN §10, issue 7 §5).
 
 One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
-per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the
+per host), connect and total timeouts, no cookies, no content coding (answers are never
+inflated: :data:`IDENTITY_ONLY`), no redirects followed, and a resolver that refuses addresses the
 service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority
 are signed with RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh
 ``created`` and nonce on every attempt. Transport failures and 502/503/504 answers are retried
@@ -31,6 +32,12 @@ __all__ = ["HttpClient", "Reply", "Signer"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 1 << 20
+IDENTITY_ONLY: Mapping[str, str] = {"Accept-Encoding": "identity"}
+"""Sent with every request, and answers are never decompressed: an answer's bound (its
+Content-Length, or the bytes read) is then the bound of what it occupies. aiohttp offered gzip,
+deflate (and br, zstd) and inflated what came; a caller that read an answer of known length
+whole got 1 GiB from a 1 MiB answer of gzip. No OpenRed server compresses; a compressed answer
+now reads as bytes that are not JSON (a transport failure)."""
 _CHECKED_URLS_MAX = 4096
 """Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
 
@@ -109,9 +116,11 @@ class HttpClient:
             # No cookie jar: no OpenRed protocol uses cookies, and one peer's Set-Cookie has no
             # business in the requests this process sends (it also spares every request the
             # jar's filtering and updating).
+            # No content coding: every answer is read as sent (IDENTITY_ONLY).
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
-                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False, headers=IDENTITY_ONLY,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
