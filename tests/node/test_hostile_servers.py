@@ -218,3 +218,58 @@ async def test_a_compressed_refusal_of_a_chunk_is_not_inflated() -> None:
 
 def test_the_answer_limit_is_what_these_tests_exceed() -> None:
     assert INFLATED > 8 * MAX_REPLY_BYTES and PEAK < INFLATED
+
+
+@dataclass
+class GrantDesk:
+    """A directory's request-connection that answers ``status`` after ``hold`` seconds."""
+
+    status: int
+    hold: float = 0.0
+    asked: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(reader)
+            self.asked += 1
+            await asyncio.sleep(self.hold)
+            problem = (b'{"type":"urn:openred:problem:push-failed","status":%d,'
+                       b'"detail":"minted, not delivered"}' % self.status)
+            writer.write(answer(self.status, "application/problem+json", problem,
+                                b"Connection: close"))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("status, hold", [(502, 0.0), (504, 0.0), (200, 12.0), (503, 0.0)])
+async def test_a_grant_request_that_may_have_minted_a_grant_is_not_sent_again(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    status: int, hold: float,
+) -> None:
+    """``request-connection`` mints a grant and pushes it before it answers. Its answer was
+    retried like an idempotent GET's: a 502 ``push-failed`` (the grant minted, one half not
+    delivered), a 504, or no answer within the client's 10 s (an honest directory waiting up
+    to 3 × 5 s on a silent target's pushes) each sent it again, three grants and six pushes
+    for one ``openred connect``, against the initiator's grant budget. It is sent again only
+    when the directory refused it before minting anything (503 ``busy``) or was never
+    reached; and it may take as long as the directory's pushes do."""
+    from openred.node import services as node_services
+
+    monkeypatch.setattr(node_services, "GRANT_TIMEOUT", 2.0, raising=False)
+    desk = GrantDesk(status, hold)
+    jail = JailClient(jails.procs[0].socket_path, timeout=10)
+    try:
+        async with raw_server(desk.handle) as desk_url, serve_node(
+            "a", jail, tmp_path / "a", directory.key, desk_url,
+        ) as node:
+            with pytest.raises(OpenRedError) as caught:
+                await asyncio.wait_for(node.services.request_grant("b" * 43), 40)
+    finally:
+        await jail.close()
+    assert desk.asked == (3 if status == 503 else 1), f"sent {desk.asked} times"
+    if status != 200:
+        assert isinstance(caught.value, NodeRefused) and caught.value.status == 502
+        assert "minted, not delivered" in caught.value.detail
