@@ -31,6 +31,8 @@ from openred.web.urls import SafeResolver, check_address, check_url_syntax
 __all__ = ["HttpClient", "Reply", "Signer"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+_UNDONE_STATUSES = frozenset({503})
+"""What a request that must not be acted on twice is retried on (``replayable=False``)."""
 MAX_REPLY_BYTES = 1 << 20
 IDENTITY_ONLY: Mapping[str, str] = {"Accept-Encoding": "identity"}
 """Sent with every request, and answers are never decompressed: an answer's bound (its
@@ -169,11 +171,18 @@ class HttpClient:
         signed: bool = False,
         attempts: int | None = None,
         headers: Mapping[str, str] | None = None,
+        replayable: bool = True,
+        timeout: float | None = None,
     ) -> Reply:
         """Send one request (retried on transport failures and 502/503/504); its Reply.
 
         ``json_body`` is sent as compact JSON; ``body`` is JSON text already encoded the same
         way (UTF-8; a caller that builds one body for many requests), never both.
+
+        ``replayable=False`` is for a request whose effect must not happen twice (a grant
+        minted): it is sent again only when it cannot have been acted on — no connection was
+        made, or a 503 (a refusal before anything was done) —, never after a timeout, a broken
+        answer, a 502 or a 504. ``timeout`` replaces the client's total time per attempt.
         """
         self._check(url)
         if body is not None:
@@ -190,7 +199,11 @@ class HttpClient:
             base_headers["Content-Type"] = "application/json"
         base_headers.update(headers or {})
         tries = self.attempts if attempts is None else max(1, attempts)
+        retry_statuses = RETRY_STATUSES if replayable else _UNDONE_STATUSES
+        per_attempt = None if timeout is None else aiohttp.ClientTimeout(
+            total=timeout, connect=self._timeout.connect)
         last: Exception | None = None
+        attempt = 0
         for attempt in range(tries):
             if attempt:
                 await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (1 + random.random()))
@@ -198,14 +211,16 @@ class HttpClient:
             if signed:
                 send_headers = await self._sign(method, url, send_headers, body)
             try:
-                reply = await self._send(method, url, send_headers, body)
+                reply = await self._send(method, url, send_headers, body, per_attempt)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = exc
-                continue
-            if reply.status in RETRY_STATUSES and attempt + 1 < tries:
+                if replayable or isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                break  # it may have been received and acted on
+            if reply.status in retry_statuses and attempt + 1 < tries:
                 continue
             return reply
-        raise PeerUnreachable(f"{method} {url} failed after {tries} attempts: "
+        raise PeerUnreachable(f"{method} {url} failed after {attempt + 1} attempts: "
                               f"{type(last).__name__}: {last}") from last
 
     async def _sign(
@@ -220,12 +235,14 @@ class HttpClient:
         return dict(signed.headers)
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes
+        self, method: str, url: str, headers: dict[str, str], body: bytes,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> Reply:
         session = self._ensure()
         # SafeResolver raises UnsafeUrl through aiohttp unwrapped (it is not an OSError).
         async with session.request(method, url, data=body or None, headers=headers,
-                                   allow_redirects=False) as resp:
+                                   allow_redirects=False,
+                                   timeout=timeout or self._timeout) as resp:
             data = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 data += chunk
