@@ -28,7 +28,7 @@ from openred.crypto.httpsig import HttpRequest, SignBase, new_nonce, sign_reques
 from openred.errors import OpenRedError, PeerUnreachable, TransportError
 from openred.web.urls import SafeResolver, check_address, check_url_syntax
 
-__all__ = ["HttpClient", "Reply", "Signer"]
+__all__ = ["HttpClient", "Reply", "Signer", "describe"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 _UNDONE_STATUSES = frozenset({503})
@@ -221,7 +221,7 @@ class HttpClient:
                 continue
             return reply
         raise PeerUnreachable(f"{method} {url} failed after {attempt + 1} attempts: "
-                              f"{type(last).__name__}: {last}") from last
+                              f"{describe(last)}") from last
 
     async def _sign(
         self, method: str, url: str, headers: dict[str, str], body: bytes
@@ -249,6 +249,23 @@ class HttpClient:
                 if len(data) > MAX_REPLY_BYTES:
                     raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
             return Reply(resp.status, dict(resp.headers), bytes(data))
+
+
+MAX_FAILURE_TEXT = 200
+"""Characters of a transport failure's own text kept in its message (:func:`describe`)."""
+
+
+def describe(exc: BaseException | None) -> str:
+    """``Type: text`` of a transport failure, its text cut to :data:`MAX_FAILURE_TEXT`.
+
+    aiohttp quotes what it could not parse — a status line, a header, a chunk size: up to
+    8 KiB of the server's bytes, 16 KiB for a header — and these messages end up in the
+    directory's signed, append-only log (``ConnectionGrantFailed``), in problems and in logs.
+    """
+    text = str(exc)
+    if len(text) > MAX_FAILURE_TEXT:
+        text = text[:MAX_FAILURE_TEXT] + f"... ({len(text)} characters)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def check_url_syntax_for_request(url: str) -> tuple[str, str, int]:

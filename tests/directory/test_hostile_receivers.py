@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from openred.store.codec import decode_payload
 from tests.directory.conftest import Directory, DirectoryFactory, Node
 from tests.directory.test_bad_input import assert_problem
 from tests.servers import HOST
@@ -84,5 +85,5 @@ async def test_a_receivers_broken_answer_leaves_a_bounded_reason_in_the_log(
     assert len(reply.body) < 2048, len(reply.body)
     [failed] = [e for e in await directory.service.store.read()
                 if e.type == "ConnectionGrantFailed"]
-    reason = failed.payload["reason"] if isinstance(failed.payload, dict) else str(failed)
+    reason = decode_payload(failed.payload)["reason"]
     assert mallory.node_id in reason and len(reason) < 1024, len(reason)
