@@ -9,6 +9,7 @@ a receiver's broken answer leaves in the directory's log.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -87,3 +88,44 @@ async def test_a_receivers_broken_answer_leaves_a_bounded_reason_in_the_log(
                 if e.type == "ConnectionGrantFailed"]
     reason = decode_payload(failed.payload)["reason"]
     assert mallory.node_id in reason and len(reason) < 1024, len(reason)
+
+
+async def test_a_receiver_flooding_informational_answers_is_dropped_at_once(
+    directory: Directory, make_node: Any,
+) -> None:
+    """aiohttp reads any number of 1xx answers before the real one. A receiver that sent
+    ``100 Continue`` without end kept the directory's event loop parsing them at full CPU for
+    the whole push (each attempt until its timeout): eight pushes in flight from one client
+    network were enough to starve the directory. A push now fails at the ninth."""
+    sent = 0
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            while True:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 100)
+                sent += 100
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(receiver, HOST, 0)
+    try:
+        alice = await make_node()
+        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
+        assert (await alice.register()).status == 201
+        assert (await mallory.register()).status == 201
+        started = time.monotonic()
+        reply = await mallory.call("POST", "/api/v3/tokens/request-connection",
+                                   {"target": alice.node_id})
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert_problem(reply, 502, "push-failed")
+    assert "informational" in reply.json()["detail"], reply.json()["detail"]
+    # The fixture's pushes: 2 attempts of 2 s each; a flood lasted all of them.
+    assert elapsed < 2.0, f"the push read 1xx answers for {elapsed:.1f} s ({sent} sent)"
