@@ -44,6 +44,42 @@ _CHECKED_URLS_MAX = 4096
 """Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
 
 
+MAX_INFORMATIONAL = 8
+"""1xx answers taken before the real one (a server sends one or two: 100, 103)."""
+
+
+class _Response(aiohttp.ClientResponse):
+    """aiohttp's response, reading at most :data:`MAX_INFORMATIONAL` 1xx answers.
+
+    aiohttp reads any number of them before the final answer: a server sending ``100
+    Continue`` without end kept the event loop parsing them at full CPU until the request's
+    timeout (the directory's pushes, the node's calls). Past the bound the answer is a
+    ``ClientResponseError`` like any answer aiohttp cannot parse, and the connection is closed.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        read = protocol.read
+        seen = 0
+
+        async def bounded() -> Any:
+            nonlocal seen
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                seen += 1
+                if seen > MAX_INFORMATIONAL:
+                    raise aiohttp.ClientResponseError(
+                        self.request_info, (), status=message.code,
+                        message=f"more than {MAX_INFORMATIONAL} informational (1xx) answers")
+            return message, payload
+
+        protocol.read = bounded
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read
+
+
 @dataclass(frozen=True, slots=True)
 class Signer:
     """Who signs outbound requests: the ``keyid`` and the jail's signature-base signer."""
@@ -121,7 +157,7 @@ class HttpClient:
             # No content coding: every answer is read as sent (IDENTITY_ONLY).
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
-                auto_decompress=False, headers=IDENTITY_ONLY,
+                auto_decompress=False, headers=IDENTITY_ONLY, response_class=_Response,
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
