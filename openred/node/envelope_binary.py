@@ -36,7 +36,7 @@ from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.session import MAX_COUNTER
 from openred.errors import NodeRefused, PeerUnreachable
 from openred.node.envelope import MAX_CIPHERTEXT, SESSION_ID_LEN, Envelope, Route
-from openred.web.client import HttpClient, Reply
+from openred.web.client import HttpClient, Reply, describe
 
 __all__ = [
     "HEADER_LEN",
@@ -170,7 +170,7 @@ async def post(
                 return Envelope(session_id, counter, ciphertext)
             reply = Reply(resp.status, dict(resp.headers), await _read(resp, MAX_PROBLEM))
     except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
-        raise PeerUnreachable(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
+        raise PeerUnreachable(f"POST {url} failed: {describe(exc)}") from exc
     if reply.status == 200:
         raise NodeRefused(502, "malformed-envelope", "the peer's answer is not a binary envelope")
     raise refuse(reply)

@@ -64,6 +64,12 @@ BATCH_IN_FLIGHT: Final = 1
 measured best once messages wait for their ``MessageSent`` in the queue, docs/decisions.md)."""
 MAX_BATCHERS: Final = 1024
 """Peer URLs with a batcher before idle batchers are dropped."""
+GRANT_TIMEOUT = 17.0
+"""Seconds a ``request-connection`` may take (one attempt: it mints a grant, so it is sent
+again only after a 503 or when no connection was made). The directory pushes both halves
+before it answers, up to ``OPENRED_PUSH_ATTEMPTS × OPENRED_PUSH_TIMEOUT`` plus backoff (3 × 5 s
+and at most 0.6 s by default): the client's 10 s gave up first and sent it again, minting
+another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``connect``."""
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -371,7 +377,7 @@ class NodeServices:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
         reply = await self.http.request(
             "POST", f"{self.settings.directory_url}{REQUEST_CONNECTION_PATH}",
-            json_body={"target": peer}, signed=True,
+            json_body={"target": peer}, signed=True, replayable=False, timeout=GRANT_TIMEOUT,
         )
         if reply.status != 201:
             raise _refusal_from(reply, "the directory")

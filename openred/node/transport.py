@@ -21,7 +21,7 @@ import aiohttp
 
 from openred.errors import NodeRefused, PeerUnreachable, TransportError
 from openred.node.envelope import Envelope
-from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply
+from openred.web.client import MAX_REPLY_BYTES, HttpClient, Reply, describe
 
 __all__ = ["HEADERS", "answer_envelope", "post_envelope", "post_json", "read_answer"]
 
@@ -69,8 +69,7 @@ async def post_json(http: HttpClient, url: str, body: bytes) -> Reply:
                                               allow_redirects=False) as resp:
             return Reply(resp.status, resp.headers, await read_answer(resp, url))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise PeerUnreachable(
-            f"POST {url} failed after 1 attempts: {type(exc).__name__}: {exc}") from exc
+        raise PeerUnreachable(f"POST {url} failed after 1 attempts: {describe(exc)}") from exc
 
 
 async def read_answer(resp: aiohttp.ClientResponse, url: str) -> bytes:

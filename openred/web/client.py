@@ -1,7 +1,8 @@
 """The one pooled outbound HTTP client of a process (DESIGN §10, issue 7 §5).
 
 One aiohttp ``ClientSession`` per process: keep-alive connections, a bounded pool (in total and
-per host), connect and total timeouts, no cookies, and a resolver that refuses addresses the
+per host), connect and total timeouts, no cookies, no content coding (answers are never
+inflated: :data:`IDENTITY_ONLY`), no redirects followed, and a resolver that refuses addresses the
 service must not call (:class:`~openred.web.urls.SafeResolver`). Requests that carry authority
 are signed with RFC 9421 through the caller's ``sign_base`` (the crypto jail), with a fresh
 ``created`` and nonce on every attempt. Transport failures and 502/503/504 answers are retried
@@ -27,12 +28,56 @@ from openred.crypto.httpsig import HttpRequest, SignBase, new_nonce, sign_reques
 from openred.errors import OpenRedError, PeerUnreachable, TransportError
 from openred.web.urls import SafeResolver, check_address, check_url_syntax
 
-__all__ = ["HttpClient", "Reply", "Signer"]
+__all__ = ["HttpClient", "Reply", "Signer", "describe"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+_UNDONE_STATUSES = frozenset({503})
+"""What a request that must not be acted on twice is retried on (``replayable=False``)."""
 MAX_REPLY_BYTES = 1 << 20
+IDENTITY_ONLY: Mapping[str, str] = {"Accept-Encoding": "identity"}
+"""Sent with every request, and answers are never decompressed: an answer's bound (its
+Content-Length, or the bytes read) is then the bound of what it occupies. aiohttp offered gzip,
+deflate (and br, zstd) and inflated what came; a caller that read an answer of known length
+whole got 1 GiB from a 1 MiB answer of gzip. No OpenRed server compresses; a compressed answer
+now reads as bytes that are not JSON (a transport failure)."""
 _CHECKED_URLS_MAX = 4096
 """Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
+
+
+MAX_INFORMATIONAL = 8
+"""1xx answers taken before the real one (a server sends one or two: 100, 103)."""
+
+
+class _Response(aiohttp.ClientResponse):
+    """aiohttp's response, reading at most :data:`MAX_INFORMATIONAL` 1xx answers.
+
+    aiohttp reads any number of them before the final answer: a server sending ``100
+    Continue`` without end kept the event loop parsing them at full CPU until the request's
+    timeout (the directory's pushes, the node's calls). Past the bound the answer is a
+    ``ClientResponseError`` like any answer aiohttp cannot parse, and the connection is closed.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        read = protocol.read
+        seen = 0
+
+        async def bounded() -> Any:
+            nonlocal seen
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                seen += 1
+                if seen > MAX_INFORMATIONAL:
+                    raise aiohttp.ClientResponseError(
+                        self.request_info, (), status=message.code,
+                        message=f"more than {MAX_INFORMATIONAL} informational (1xx) answers")
+            return message, payload
+
+        protocol.read = bounded
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +154,11 @@ class HttpClient:
             # No cookie jar: no OpenRed protocol uses cookies, and one peer's Set-Cookie has no
             # business in the requests this process sends (it also spares every request the
             # jar's filtering and updating).
+            # No content coding: every answer is read as sent (IDENTITY_ONLY).
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
-                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False, headers=IDENTITY_ONLY, response_class=_Response,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -160,11 +207,18 @@ class HttpClient:
         signed: bool = False,
         attempts: int | None = None,
         headers: Mapping[str, str] | None = None,
+        replayable: bool = True,
+        timeout: float | None = None,
     ) -> Reply:
         """Send one request (retried on transport failures and 502/503/504); its Reply.
 
         ``json_body`` is sent as compact JSON; ``body`` is JSON text already encoded the same
         way (UTF-8; a caller that builds one body for many requests), never both.
+
+        ``replayable=False`` is for a request whose effect must not happen twice (a grant
+        minted): it is sent again only when it cannot have been acted on — no connection was
+        made, or a 503 (a refusal before anything was done) —, never after a timeout, a broken
+        answer, a 502 or a 504. ``timeout`` replaces the client's total time per attempt.
         """
         self._check(url)
         if body is not None:
@@ -181,7 +235,11 @@ class HttpClient:
             base_headers["Content-Type"] = "application/json"
         base_headers.update(headers or {})
         tries = self.attempts if attempts is None else max(1, attempts)
+        retry_statuses = RETRY_STATUSES if replayable else _UNDONE_STATUSES
+        per_attempt = None if timeout is None else aiohttp.ClientTimeout(
+            total=timeout, connect=self._timeout.connect)
         last: Exception | None = None
+        attempt = 0
         for attempt in range(tries):
             if attempt:
                 await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (1 + random.random()))
@@ -189,15 +247,17 @@ class HttpClient:
             if signed:
                 send_headers = await self._sign(method, url, send_headers, body)
             try:
-                reply = await self._send(method, url, send_headers, body)
+                reply = await self._send(method, url, send_headers, body, per_attempt)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = exc
-                continue
-            if reply.status in RETRY_STATUSES and attempt + 1 < tries:
+                if replayable or isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                break  # it may have been received and acted on
+            if reply.status in retry_statuses and attempt + 1 < tries:
                 continue
             return reply
-        raise PeerUnreachable(f"{method} {url} failed after {tries} attempts: "
-                              f"{type(last).__name__}: {last}") from last
+        raise PeerUnreachable(f"{method} {url} failed after {attempt + 1} attempts: "
+                              f"{describe(last)}") from last
 
     async def _sign(
         self, method: str, url: str, headers: dict[str, str], body: bytes
@@ -211,18 +271,37 @@ class HttpClient:
         return dict(signed.headers)
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes
+        self, method: str, url: str, headers: dict[str, str], body: bytes,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> Reply:
         session = self._ensure()
         # SafeResolver raises UnsafeUrl through aiohttp unwrapped (it is not an OSError).
         async with session.request(method, url, data=body or None, headers=headers,
-                                   allow_redirects=False) as resp:
+                                   allow_redirects=False,
+                                   timeout=timeout or self._timeout) as resp:
             data = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 data += chunk
                 if len(data) > MAX_REPLY_BYTES:
                     raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
             return Reply(resp.status, dict(resp.headers), bytes(data))
+
+
+MAX_FAILURE_TEXT = 200
+"""Characters of a transport failure's own text kept in its message (:func:`describe`)."""
+
+
+def describe(exc: BaseException | None) -> str:
+    """``Type: text`` of a transport failure, its text cut to :data:`MAX_FAILURE_TEXT`.
+
+    aiohttp quotes what it could not parse — a status line, a header, a chunk size: up to
+    8 KiB of the server's bytes, 16 KiB for a header — and these messages end up in the
+    directory's signed, append-only log (``ConnectionGrantFailed``), in problems and in logs.
+    """
+    text = str(exc)
+    if len(text) > MAX_FAILURE_TEXT:
+        text = text[:MAX_FAILURE_TEXT] + f"... ({len(text)} characters)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def check_url_syntax_for_request(url: str) -> tuple[str, str, int]:

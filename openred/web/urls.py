@@ -4,12 +4,13 @@ An ``api_url`` must be ``http`` or ``https`` with a host, no user info, no fragm
 checked as an address:
 
 * always refused: link-local (169.254.0.0/16, fe80::/10, including the cloud metadata address
-  169.254.169.254), the unspecified address, multicast, reserved and broadcast ranges, and the
-  IPv6 forms that embed an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64) when the embedded
-  address is refused;
+  169.254.169.254), the other cloud metadata and host-agent addresses (``_METADATA``), the
+  unspecified address, multicast, reserved and broadcast ranges, and the IPv6 forms that
+  embed an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64) when the embedded address is
+  refused;
 * refused unless ``allow_private`` (``OPENRED_ALLOW_PRIVATE_URLS=1``): loopback, RFC 1918,
-  carrier-grade NAT (100.64.0.0/10), unique-local IPv6 (fc00::/7) and the other
-  special-purpose ranges Python calls private;
+  carrier-grade NAT (100.64.0.0/10), unique-local IPv6 (fc00::/7), site-local IPv6
+  (fec0::/10) and the other special-purpose ranges Python calls private;
 * a DNS name is checked by resolving it: every address it resolves to must pass (one bad
   address refuses the name). ``localhost`` and names under ``.localhost`` count as loopback.
 
@@ -48,7 +49,11 @@ _METADATA = {
     ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
     ipaddress.ip_address("fd00:ec2::254"),  # AWS IPv6 metadata
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud metadata
+    ipaddress.ip_address("168.63.129.16"),  # Azure WireServer (host agent; a public address)
+    ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud legacy metadata
 }
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+"""Deprecated (RFC 3879) but still routed inside some networks; Python calls it global."""
 
 
 def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -85,7 +90,8 @@ def check_address(address: IPAddress, *, allow_private: bool) -> None:
         "255.255.255.255"
     ):
         raise UnsafeUrl("the broadcast address cannot be a node's address")
-    local = address.is_loopback or address.is_private or not address.is_global
+    local = address.is_loopback or address.is_private or not address.is_global or (
+        isinstance(address, ipaddress.IPv6Address) and address in _SITE_LOCAL)
     if local and not allow_private:
         raise UnsafeUrl(
             f"address {address} is private or loopback (set OPENRED_ALLOW_PRIVATE_URLS=1 "
