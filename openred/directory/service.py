@@ -85,6 +85,10 @@ __all__ = ["DirectoryService", "GrantOutcome", "push_bodies"]
 logger = logging.getLogger("openred.directory")
 
 RECEIVE_PATH = "/api/v3/tokens/receive"
+PUSH_REPLY_BYTES = 16 * 1024
+"""The most of a push's answer the directory reads: only its status counts, and a node's
+acknowledgement or problem is a few hundred bytes; a receiver answering more fails its push
+(with 256 pushes in flight, the client's 1 MiB limit would let receivers hold 256 MiB)."""
 _STRIPES = 256
 READ_POOL = 16
 MAX_PAGE = 100
@@ -865,7 +869,8 @@ class DirectoryService:
         """POST one half to its node; its unit of ``held`` is given back when it ends."""
         url = to.record.api_url.rstrip("/") + RECEIVE_PATH
         try:
-            reply = await self.http.request("POST", url, body=body, signed=True)
+            reply = await self.http.request("POST", url, body=body, signed=True,
+                                            max_reply=PUSH_REPLY_BYTES)
         except Exception as exc:  # any failure to deliver is reported, never a 500
             return False, f"{to.record.node_id}: {type(exc).__name__}: {exc}"
         finally:

@@ -209,6 +209,7 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         replayable: bool = True,
         timeout: float | None = None,
+        max_reply: int = MAX_REPLY_BYTES,
     ) -> Reply:
         """Send one request (retried on transport failures and 502/503/504); its Reply.
 
@@ -219,6 +220,8 @@ class HttpClient:
         minted): it is sent again only when it cannot have been acted on — no connection was
         made, or a 503 (a refusal before anything was done) —, never after a timeout, a broken
         answer, a 502 or a 504. ``timeout`` replaces the client's total time per attempt.
+        ``max_reply``: the most bytes of an answer's body read (at most
+        :data:`MAX_REPLY_BYTES`); a longer answer is a transport failure.
         """
         self._check(url)
         if body is not None:
@@ -247,7 +250,8 @@ class HttpClient:
             if signed:
                 send_headers = await self._sign(method, url, send_headers, body)
             try:
-                reply = await self._send(method, url, send_headers, body, per_attempt)
+                reply = await self._send(method, url, send_headers, body, per_attempt,
+                                         min(max_reply, MAX_REPLY_BYTES))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = exc
                 if replayable or isinstance(exc, aiohttp.ClientConnectorError):
@@ -272,7 +276,7 @@ class HttpClient:
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], body: bytes,
-        timeout: aiohttp.ClientTimeout | None = None,
+        timeout: aiohttp.ClientTimeout | None = None, max_reply: int = MAX_REPLY_BYTES,
     ) -> Reply:
         session = self._ensure()
         # SafeResolver raises UnsafeUrl through aiohttp unwrapped (it is not an OSError).
@@ -282,8 +286,8 @@ class HttpClient:
             data = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 data += chunk
-                if len(data) > MAX_REPLY_BYTES:
-                    raise TransportError(f"answer from {url} larger than {MAX_REPLY_BYTES} bytes")
+                if len(data) > max_reply:
+                    raise TransportError(f"answer from {url} larger than {max_reply} bytes")
             return Reply(resp.status, dict(resp.headers), bytes(data))
 
 

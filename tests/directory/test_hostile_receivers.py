@@ -129,3 +129,42 @@ async def test_a_receiver_flooding_informational_answers_is_dropped_at_once(
     assert "informational" in reply.json()["detail"], reply.json()["detail"]
     # The fixture's pushes: 2 attempts of 2 s each; a flood lasted all of them.
     assert elapsed < 2.0, f"the push read 1xx answers for {elapsed:.1f} s ({sent} sent)"
+
+
+async def test_a_receiver_answering_more_than_an_acknowledgement_fails_its_push(
+    directory: Directory, make_node: Any,
+) -> None:
+    """Only a push answer's status counts, yet the directory read answers of up to 1 MiB
+    (the client's general limit): with 256 pushes in flight, receivers could make it hold
+    256 MiB. It now reads at most 16 KiB of a push's answer; a receiver sending more fails
+    its own half (the grant is 502 push-failed, logged as failed)."""
+    answer = b'{"status":"ok","pad":"' + b"x" * (512 * 1024) + b'"}'
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            await reader.readexactly(length[0] if length else 0)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(receiver, HOST, 0)
+    try:
+        alice = await make_node()
+        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
+        assert (await alice.register()).status == 201
+        assert (await mallory.register()).status == 201
+        reply = await mallory.call("POST", "/api/v3/tokens/request-connection",
+                                   {"target": alice.node_id})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert_problem(reply, 502, "push-failed")
+    assert reply.json()["delivered"] == {"initiator": False, "responder": True}
+    assert "larger than 16384 bytes" in reply.json()["detail"], reply.json()["detail"]
