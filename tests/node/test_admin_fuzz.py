@@ -310,3 +310,127 @@ def test_lone_surrogates_in_admin_bodies_are_refused(
     assert reply.status_code == 422, reply.text
     assert reply.json()["type"] == "urn:openred:problem:invalid-text", reply.text
     no_traceback(net)
+
+
+# Who may use the admin API: the bearer key, from a local process that is not a browser page.
+
+
+def every_route(world: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(method, world["url"] + template.replace("{offer_id}", "A" * 22))
+            for method, template, _, _ in ROUTES]
+
+
+def test_without_the_exact_bearer_key_every_route_is_a_401_problem(
+        served: tuple[Network, dict[str, Any]]) -> None:
+    """No key, a wrong, truncated, extended or differently cased key, another scheme, the key in
+    another header, the query string or a cookie: 401 on every route (unknown ones too), the
+    answer the same problem each time, naming nothing that was sent; nothing is done."""
+    net, world = served
+    key = world["key"]
+    attempts: list[dict[str, Any]] = [
+        {}, {"headers": {"Authorization": ""}}, {"headers": {"Authorization": "Bearer"}},
+        {"headers": {"Authorization": "Bearer "}},
+        {"headers": {"Authorization": f"Bearer {key[:-1]}"}},
+        {"headers": {"Authorization": f"Bearer {key[:8]}"}},
+        {"headers": {"Authorization": f"Bearer {key}x"}},
+        {"headers": {"Authorization": f"Bearer {key.swapcase()}"}},
+        {"headers": {"Authorization": f"Basic {key}"}},
+        {"headers": {"Authorization": key}},
+        {"headers": {"Authorization": f"Bearer{key}"}},
+        {"headers": {"Authorization": f"Bearer {key} {key}"}},
+        {"headers": {"X-Api-Key": key, "X-OpenRed-Admin-Token": key}},
+        {"headers": {"Proxy-Authorization": f"Bearer {key}"}},
+        {"headers": {"Cookie": f"admin-key={key}; token={key}"}},
+        {"params": {"key": key, "access_token": key, "token": key}},
+    ]
+    sent_before = len(net.cli_json("b", "inbox"))
+    answers = set()
+    routes = [*every_route(world), ("GET", world["url"] + "/nowhere"),
+              ("DELETE", world["url"] + "/status")]
+    for method, url in routes:
+        for attempt in attempts:
+            reply = requests.request(method, url, timeout=30,
+                                     json={"peer": world["b"], "text": "not sent"}, **attempt)
+            assert reply.status_code == 401, (method, url, attempt, reply.text)
+            check_answer(reply, url)
+            assert key[:8] not in reply.text and "not sent" not in reply.text
+            answers.add(reply.text)
+    assert len(answers) == 1, answers
+    assert len(net.cli_json("b", "inbox")) == sent_before  # no message was sent
+    no_traceback(net)
+
+
+def test_a_browser_page_is_refused_even_with_the_key(
+        served: tuple[Network, dict[str, Any]]) -> None:
+    """DNS rebinding and cross-origin requests: a page on ``evil.example`` that resolves to
+    127.0.0.1 sends ``Host: evil.example``; any page's script sends ``Origin``; browsers mark
+    every request with ``Sec-Fetch-Site``. None of these is the CLI, which sends none of them and
+    ``Host: 127.0.0.1:<port>``. Each is refused (403) before the key is looked at, so the answer
+    is the same with or without it, and a CORS preflight is refused with no
+    ``Access-Control-Allow-*`` header."""
+    net, world = served
+    port = urllib.parse.urlsplit(world["url"]).port
+    good = {"Authorization": f"Bearer {world['key']}"}
+    browser_headers: list[dict[str, str]] = [
+        {"Host": "evil.example"}, {"Host": f"evil.example:{port}"},
+        {"Host": f"127.0.0.1.evil.example:{port}"}, {"Host": f"localhost.evil.example:{port}"},
+        {"Host": f"evil.example:{port}@127.0.0.1"}, {"Host": "10.0.0.1"},
+        {"Origin": "http://evil.example"}, {"Origin": "null"},
+        {"Origin": f"http://127.0.0.1:{port}"},
+        {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},
+    ]
+    for method, url in every_route(world):
+        for extra in browser_headers:
+            for key in (good, {}):
+                reply = requests.request(method, url, headers={**key, **extra}, timeout=30,
+                                         json={"peer": world["b"], "text": "not sent"})
+                assert reply.status_code == 403, (method, url, extra, reply.text)
+                check_answer(reply, url)
+                assert reply.json()["type"] == "urn:openred:problem:admin-browser", reply.text
+                assert not any(h.lower().startswith("access-control-") for h in reply.headers)
+    for method, url in every_route(world):
+        preflight = requests.options(url, timeout=30, headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 403, preflight.text
+        assert not any(h.lower().startswith("access-control-") for h in preflight.headers)
+    # What the CLI sends still works, and so do the other names of loopback.
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1",
+                 f"LOCALHOST:{port}"):
+        reply = requests.get(world["url"] + "/status", headers={**good, "Host": host},
+                             timeout=30)
+        assert reply.status_code == 200, (host, reply.text)
+    assert net.cli_json("a", "status")["node_id"] == world["a"]
+    no_traceback(net)
+
+
+def test_no_answer_carries_the_admin_key_or_a_session_secret(
+        served: tuple[Network, dict[str, Any]]) -> None:
+    """Every route's answers and refusals, with the key: none holds the admin key, and none a
+    field that looks like a secret (a session key, a token, a grant's sealed half); the admin
+    token is only in the answer of ``authentication/token`` (not enrolled here: 409)."""
+    net, world = served
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    for method, url in every_route(world):
+        for body in (None, b"{}", json.dumps({"peer": world["b"][:6], "offer_id": "A" * 22,
+                                              "code": "000000"}).encode()):
+            reply = requests.request(method, url, data=body, headers=headers, timeout=30)
+            assert world["key"] not in reply.text, (url, reply.text)
+            if reply.headers.get("Content-Type", "").startswith("application/json"):
+                names = string_fields(reply.json())
+                assert not {n for n in names if any(
+                    s in n.lower() for s in ("secret", "key", "token", "psk", "seal"))}, (
+                    url, names)
+    no_traceback(net)
+
+
+def string_fields(value: Any) -> set[str]:
+    """The names of the fields holding a string, at any depth (counts such as
+    ``tokens.unused`` are not secrets)."""
+    if isinstance(value, dict):
+        return {k for k, v in value.items() if isinstance(v, str)} | {
+            k for v in value.values() for k in string_fields(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in string_fields(v)}
+    return set()
