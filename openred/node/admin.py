@@ -36,7 +36,7 @@ from openred import __version__
 from openred.errors import NodeRefused, RequestRefused
 from openred.modules import LoadReport
 from openred.modules.monitoring.health import run_checks
-from openred.node.admin_auth import ADMIN_KEY, require_bearer, sensitive
+from openred.node.admin_auth import ADMIN_KEY, require_bearer, require_local_caller, sensitive
 from openred.node.readmodels import PeerRow
 from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
@@ -150,6 +150,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
     async def authenticate() -> None:
         if request.remote_addr not in (None, "127.0.0.1", "::1", "<local>"):
             raise RequestRefused(403, "admin-local-only", "the admin API is local only")
+        require_local_caller()
         require_bearer()
 
     @app.get(f"{ADMIN_PREFIX}/status")
