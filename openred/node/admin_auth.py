@@ -58,8 +58,9 @@ SECOND_FACTOR = "openred.admin.second_factor"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
-"""Host names (``Host`` without its port, lower case) the admin API answers to."""
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", ""})
+"""Host names (``Host`` without its port, lower case) the admin API answers to; empty is an
+HTTP/1.0 client that sent none (a browser always sends one)."""
 
 
 def _host_name(host: str) -> str:

@@ -39,6 +39,7 @@ secrets in answers) follow.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -402,6 +403,11 @@ def test_a_browser_page_is_refused_even_with_the_key(
                              timeout=30)
         assert reply.status_code == 200, (host, reply.text)
     assert net.cli_json("a", "status")["node_id"] == world["a"]
+    # An HTTP/1.0 client may send no Host at all (a browser always sends one).
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(f"GET /admin/v1/status HTTP/1.0\r\nAuthorization: Bearer {world['key']}"
+                     "\r\n\r\n".encode())
+        assert conn.recv(64).startswith(b"HTTP/1.1 200"), "HTTP/1.0 without Host"
     no_traceback(net)
 
 

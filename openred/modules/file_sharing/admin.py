@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, current_app, request
+from quart import Quart, current_app
 
 from openred.errors import RequestRefused
 from openred.modules.file_sharing import FILE_SHARING_SERVICE
