@@ -73,6 +73,20 @@ def check_listener(url: str, allowed: set[int]) -> None:
             f"{', '.join(map(str, foreign))}), not by the node: the admin key is not sent")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed (urllib's default handler re-sends every header, the bearer
+    key included, to wherever ``Location`` points): the 3xx becomes an HTTPError."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+"""Direct to the admin URL, never through a proxy from the environment (``http_proxy``: it
+would receive the bearer key) and never after a redirect (the admin API never redirects)."""
+
+
 class AdminClient:
     """Synchronous calls to ``/admin/v1/...`` with the data directory's bearer key."""
 
@@ -123,10 +137,16 @@ class AdminClient:
                      **({ADMIN_TOKEN_HEADER: self.admin_token} if self.admin_token else {})},
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with _OPENER.open(req, timeout=self.timeout) as resp:
                 raw = _read_capped(resp, self.timeout)
         except urllib.error.HTTPError as exc:
             try:
+                if 300 <= exc.code < 400:
+                    raise RequestRefused(
+                        502, "admin-redirect",
+                        f"the answer at {self.base_url} is a redirect ({exc.code}): the node's "
+                        "admin API never redirects, so it is not the node; nothing more was "
+                        "sent") from None
                 raise _refusal(exc) from None
             finally:
                 exc.close()  # its socket, not left to the garbage collector

@@ -23,6 +23,7 @@ Modules add their own admin routes through ``register_admin_routes(admin_app)``
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import asdict
 from typing import Any
@@ -35,15 +36,15 @@ from openred import __version__
 from openred.errors import NodeRefused, RequestRefused
 from openred.modules import LoadReport
 from openred.modules.monitoring.health import run_checks
-from openred.node.admin_auth import ADMIN_KEY, require_bearer, sensitive
+from openred.node.admin_auth import ADMIN_KEY, require_bearer, require_local_caller, sensitive
 from openred.node.readmodels import PeerRow
 from openred.node.routes import EXTENSION
 from openred.node.services import NodeServices
 from openred.node.tokens import TokenStatus
 from openred.web.problems import install, problem_response
 
-__all__ = ["ADMIN_PREFIX", "NODE_APP", "REGISTRAR", "create_admin_app", "explain_missing_routes",
-           "node_services"]
+__all__ = ["ADMIN_PREFIX", "NODE_APP", "REGISTRAR", "admin_body", "create_admin_app",
+           "explain_missing_routes", "node_services"]
 
 ADMIN_PREFIX = "/admin/v1"
 NODE_APP = "openred.admin.node_app"
@@ -95,10 +96,23 @@ def node_services() -> NodeServices:
     return services
 
 
-async def _body() -> dict[str, Any]:
+async def admin_body() -> dict[str, Any]:
+    """The request's body, a JSON object: 400 when it is not one, 422 when a string in it (a
+    value or a key, at any depth) is not Unicode text.
+
+    JSON's ``\\uXXXX`` escapes can carry lone surrogates (``"\\ud800"``), which Python's parser
+    accepts and which no UTF-8 encoder takes: a node id, a session id, a message or a purpose
+    holding one failed in SQLite, in the HTTP client or in the problem naming it (500). Every
+    admin route that reads a body reads it here (the modules' routes too).
+    """
     body = await request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise RequestRefused(400, "malformed", "the request body is not a JSON object")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRefused(422, "invalid-text", "the request body holds a string that is not "
+                             "Unicode text (a lone surrogate)") from None
     return body
 
 
@@ -136,6 +150,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
     async def authenticate() -> None:
         if request.remote_addr not in (None, "127.0.0.1", "::1", "<local>"):
             raise RequestRefused(403, "admin-local-only", "the admin API is local only")
+        require_local_caller()
         require_bearer()
 
     @app.get(f"{ADMIN_PREFIX}/status")
@@ -185,7 +200,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
     @sensitive
     async def connect() -> tuple[dict[str, Any], int]:
         svc = node_services()
-        peer = await resolve_peer(svc, _text_field(await _body(), "peer"))
+        peer = await resolve_peer(svc, _text_field(await admin_body(), "peer"))
         if peer == str(svc.keys.node_id):
             raise RequestRefused(422, "self-connection", "a node does not connect to itself")
         grant_id = await svc.request_grant(peer)
@@ -210,7 +225,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
     @sensitive
     async def send() -> dict[str, Any]:
         svc = node_services()
-        body = await _body()
+        body = await admin_body()
         text = _text_field(body, "text")
         if isinstance(body.get("session_id"), str):
             session_id = body["session_id"]

@@ -11,6 +11,13 @@ a valid admin token (``X-OpenRed-Admin-Token``, from ``openred auth login``) or 
 (``X-OpenRed-TOTP``). If a second factor is enrolled but the authentication module is not
 loaded, sensitive actions are refused (503): disabling the module never drops the factor.
 
+Before the key is looked at, :func:`require_local_caller` refuses (403 ``admin-browser``) what
+a browser page sends and the CLI never does: a ``Host`` that is not a loopback name (a page on
+``evil.example`` made to resolve to 127.0.0.1, DNS rebinding), an ``Origin`` header, or a
+``Sec-Fetch-Site`` other than ``none``. The bearer key is not a credential a browser attaches
+by itself, so this is depth, not the only wall: it keeps pages off the API even if the key is
+ever typed into one, and a CORS preflight gets no ``Access-Control-Allow-*`` header.
+
 The CLI keeps its admin token in ``DATA_DIR/admin-token`` (0600,
 :mod:`openred.modules.authentication.files`).
 """
@@ -37,6 +44,7 @@ __all__ = [
     "is_sensitive",
     "read_admin_key",
     "require_bearer",
+    "require_local_caller",
     "require_second_factor",
     "sensitive",
 ]
@@ -48,6 +56,30 @@ SECOND_FACTOR = "openred.admin.second_factor"
 """Key of the authentication module's ``OperatorAuth`` in the admin app's ``extensions``."""
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", ""})
+"""Host names (``Host`` without its port, lower case) the admin API answers to; empty is an
+HTTP/1.0 client that sent none (a browser always sends one)."""
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def require_local_caller() -> None:
+    """Refuse the current request (403) if a browser page could have sent it (module doc)."""
+    host = request.headers.get("Host")
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if (host is not None and _host_name(host) not in LOOPBACK_NAMES) or (
+        request.headers.get("Origin") is not None
+    ) or (fetch_site is not None and fetch_site != "none"):
+        raise RequestRefused(403, "admin-browser",
+                             "the admin API answers local programs such as the openred CLI, "
+                             "not web pages (Host, Origin or Sec-Fetch-Site say this is one)")
 
 
 def require_bearer() -> None:
@@ -88,6 +120,7 @@ def sensitive(func: F) -> F:
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        require_local_caller()
         require_bearer()
         await require_second_factor()
         return await func(*args, **kwargs)

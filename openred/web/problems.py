@@ -128,7 +128,14 @@ def problem_response(
 def _dumps(body: dict[str, Any]) -> str:
     import json
 
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A detail naming what the client sent can hold a lone surrogate (JSON's "\ud800"),
+        # which UTF-8 cannot carry: the answer became a 500. Escaped, it is valid JSON.
+        return json.dumps(body, separators=(",", ":"))
+    return text
 
 
 def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:

@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -266,3 +267,89 @@ def test_times_are_printed_as_utc_dates_not_unix_seconds(tmp_path: Path) -> None
         assert str(WHEN) not in flat, output
         assert "2026-12-02" in output and "11:39" in output, output
     assert "[red]n" in outputs[2][1]  # the offer's name printed as it is, not as markup
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Where a redirect points: records the Authorization headers it receives."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        Recorder.seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_the_admin_key_does_not_follow_a_redirect(tmp_path: Path, status: int) -> None:
+    """What answers at the admin URL may be another program of the operator's own (the port of
+    a stopped node, taken by a development server that redirects elsewhere): urllib followed
+    redirects with every header, the bearer key and the admin token included, to any host. The
+    admin API never redirects: the CLI refuses, in one line, and sends nothing further."""
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=elsewhere.serve_forever, daemon=True)
+    thread.start()
+    target = f"http://localhost:{elsewhere.server_address[1]}/collect"
+    Recorder.seen = []
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    try:
+        with answered_by(Redirecting, tmp_path) as data:
+            code, out, exc = _run("status", "--data-dir", str(data))
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+        thread.join()
+    assert Recorder.seen == [], Recorder.seen
+    assert code == 1 and isinstance(exc, SystemExit), (out, exc)
+    assert "error:" in out and "redirect" in out and "Traceback" not in out, out
+
+
+def test_the_admin_key_does_not_go_through_a_proxy(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``http_proxy`` in the operator's environment (a corporate proxy, or one a program set)
+    without a ``no_proxy`` for 127.0.0.1: urllib sent the admin request, bearer key and all,
+    to the proxy. The admin API is on loopback: the CLI talks to it directly, always."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    Recorder.seen = []
+
+    class Node(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b'{"items":[]}')
+
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+    try:
+        with answered_by(Node, tmp_path) as data:
+            code, out, _ = _run("peers", "--data-dir", str(data))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+    assert Recorder.seen == [], Recorder.seen
+    assert code == 0, out

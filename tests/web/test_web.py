@@ -66,6 +66,12 @@ def build_app(public_url: str, key: SignKey, calls: list[str]) -> Quart:
     async def refuse() -> None:
         raise RequestRefused(429, "rate-limited", "slow down", retry_after=7)
 
+    @app.post("/named")
+    async def named() -> None:
+        # A refusal naming what the client sent, which may hold a lone surrogate ("\ud800").
+        body = await request.get_json(force=True)
+        raise RequestRefused(404, "unknown-name", f"no thing named {body['name']}")
+
     @app.get("/store")
     async def store() -> None:
         raise StoreError("disk gone")
@@ -120,6 +126,7 @@ async def raw(method: str, url: str, **kw: object) -> Answer:
     ("GET", "/nowhere", {}, 404, "not-found"),
     ("GET", "/echo", {}, 405, "method-not-allowed"),
     ("GET", "/refuse", {}, 429, "rate-limited"),
+    ("POST", "/named", {"data": b'{"name": "\\ud800"}'}, 404, "unknown-name"),
     ("GET", "/store", {}, 503, "store-unavailable"),
     ("POST", "/signed", {"data": b"{}"}, 401, "bad-signature"),
 ])

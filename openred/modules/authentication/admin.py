@@ -27,7 +27,13 @@ from openred.modules.authentication import AUTHENTICATION_SERVICE
 from openred.modules.authentication.files import ADMIN_TOKEN_HEADER
 from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.authentication.service import PeerAuthentication
-from openred.node.admin import ADMIN_PREFIX, NODE_APP, node_services, resolve_peer
+from openred.node.admin import (
+    ADMIN_PREFIX,
+    NODE_APP,
+    admin_body,
+    node_services,
+    resolve_peer,
+)
 from openred.node.admin_auth import SECOND_FACTOR
 from openred.node.routes import EXTENSION
 
@@ -37,15 +43,8 @@ TOKEN_TTL_ENV = "OPENRED_ADMIN_TOKEN_TTL"  # noqa: S105 - a variable name
 PREFIX = f"{ADMIN_PREFIX}/authentication"
 
 
-async def _body() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise RequestRefused(400, "malformed", "the request body is not a JSON object")
-    return body
-
-
 async def _code() -> str:
-    code = (await _body()).get("code")
+    code = (await admin_body()).get("code")
     if not isinstance(code, str):
         raise RequestRefused(422, "invalid-field", "code must be a string of 6 digits")
     return code
@@ -75,7 +74,7 @@ def register(admin_app: Quart) -> None:
         svc = node_services()
         auth: PeerAuthentication = current_app.extensions[NODE_APP].extensions[
             AUTHENTICATION_SERVICE]
-        body = await _body()
+        body = await admin_body()
         if not isinstance(body.get("peer"), str):
             raise RequestRefused(422, "invalid-field", "peer must be a node id (or a prefix)")
         purpose = body.get("purpose", "operator")

@@ -20,13 +20,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, current_app, request
+from quart import Quart, current_app
 
 from openred.errors import RequestRefused
 from openred.modules.file_sharing import FILE_SHARING_SERVICE
 from openred.modules.file_sharing.readmodels import FileOfferRow
 from openred.modules.file_sharing.service import FileSharing
-from openred.node.admin import ADMIN_PREFIX, NODE_APP, node_services, resolve_peer
+from openred.node.admin import (
+    ADMIN_PREFIX,
+    NODE_APP,
+    admin_body,
+    node_services,
+    resolve_peer,
+)
 from openred.node.admin_auth import sensitive
 
 __all__ = ["register"]
@@ -42,13 +48,6 @@ def _service() -> FileSharing:
     if not isinstance(service, FileSharing):
         raise RequestRefused(404, "module-not-loaded", "the file_sharing module is not loaded")
     return service
-
-
-async def _body() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise RequestRefused(400, "malformed", "the request body is not a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -80,7 +79,7 @@ def register(app: Quart) -> None:
     @app.post(f"{PREFIX}/share")
     @sensitive
     async def share() -> tuple[dict[str, Any], int]:
-        body = await _body()
+        body = await admin_body()
         service = _service()
         peer = await resolve_peer(node_services(), _text(body, "peer") or "")
         path = _text(body, "path") or ""
@@ -107,7 +106,7 @@ def register(app: Quart) -> None:
     @app.post(f"{PREFIX}/fetch")
     @sensitive
     async def fetch() -> tuple[dict[str, Any], int]:
-        body = await _body()
+        body = await admin_body()
         offer_id = _text(body, "offer_id") or ""
         out = _text(body, "out", required=False)
         if out is not None and not Path(out).is_absolute():
@@ -127,13 +126,13 @@ def register(app: Quart) -> None:
     @app.post(f"{PREFIX}/unshare")
     @sensitive
     async def unshare() -> dict[str, Any]:
-        offer_id = _text(await _body(), "offer_id") or ""
+        offer_id = _text(await admin_body(), "offer_id") or ""
         await _service().revoke(offer_id)
         return {"offer_id": offer_id, "state": "revoked"}
 
     @app.post(f"{PREFIX}/decline")
     @sensitive
     async def decline() -> dict[str, Any]:
-        offer_id = _text(await _body(), "offer_id") or ""
+        offer_id = _text(await admin_body(), "offer_id") or ""
         await _service().decline(offer_id)
         return {"offer_id": offer_id, "state": "declined"}
