@@ -20,6 +20,37 @@ from tests.directory.test_bad_input import assert_problem
 from tests.servers import HOST
 
 
+async def grant_to_raw_receiver(directory: Directory, make_node: Any,
+                                answer: bytes) -> tuple[Any, Node]:
+    """Mallory, whose receiver reads each push whole and answers ``answer`` (raw bytes), asks
+    for a grant to Alice: the directory's reply, and Mallory."""
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            await reader.readexactly(length[0] if length else 0)
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(receiver, HOST, 0)
+    try:
+        alice = await make_node()
+        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
+        assert (await alice.register()).status == 201
+        assert (await mallory.register()).status == 201
+        return await mallory.call("POST", "/api/v3/tokens/request-connection",
+                                  {"target": alice.node_id}), mallory
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("allow_private, api_url", [
     # Site-local IPv6 (fec0::/10, deprecated by RFC 3879 but still routed inside some
     # networks): Python calls it neither private nor reserved, so it passed as public.
@@ -57,30 +88,7 @@ async def test_a_receivers_broken_answer_leaves_a_bounded_reason_in_the_log(
     the 502 problem: a node whose receiver answers garbage grew the directory's log by
     kilobytes of its own bytes per grant it asked for."""
 
-    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")]
-            await reader.readexactly(length[0] if length else 0)
-            writer.write(garbage)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(receiver, HOST, 0)
-    try:
-        alice = await make_node()
-        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
-        assert (await alice.register()).status == 201
-        assert (await mallory.register()).status == 201
-        reply = await mallory.call("POST", "/api/v3/tokens/request-connection",
-                                   {"target": alice.node_id})
-    finally:
-        server.close()
-        await server.wait_closed()
+    reply, mallory = await grant_to_raw_receiver(directory, make_node, garbage)
     assert_problem(reply, 502, "push-failed")
     assert reply.json()["delivered"] == {"initiator": False, "responder": True}
     assert len(reply.body) < 2048, len(reply.body)
@@ -139,32 +147,9 @@ async def test_a_receiver_answering_more_than_an_acknowledgement_fails_its_push(
     256 MiB. It now reads at most 16 KiB of a push's answer; a receiver sending more fails
     its own half (the grant is 502 push-failed, logged as failed)."""
     answer = b'{"status":"ok","pad":"' + b"x" * (512 * 1024) + b'"}'
-
-    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")]
-            await reader.readexactly(length[0] if length else 0)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(receiver, HOST, 0)
-    try:
-        alice = await make_node()
-        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
-        assert (await alice.register()).status == 201
-        assert (await mallory.register()).status == 201
-        reply = await mallory.call("POST", "/api/v3/tokens/request-connection",
-                                   {"target": alice.node_id})
-    finally:
-        server.close()
-        await server.wait_closed()
+    reply, _ = await grant_to_raw_receiver(
+        directory, make_node, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
     assert_problem(reply, 502, "push-failed")
     assert reply.json()["delivered"] == {"initiator": False, "responder": True}
     assert "larger than 16384 bytes" in reply.json()["detail"], reply.json()["detail"]
