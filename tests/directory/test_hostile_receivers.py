@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,13 +20,16 @@ from tests.directory.conftest import Directory, DirectoryFactory, Node
 from tests.directory.test_bad_input import assert_problem
 from tests.servers import HOST
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
 
 async def grant_to_raw_receiver(directory: Directory, make_node: Any,
-                                answer: bytes) -> tuple[Any, Node]:
-    """Mallory, whose receiver reads each push whole and answers ``answer`` (raw bytes), asks
-    for a grant to Alice: the directory's reply, and Mallory."""
+                                answer: bytes | Handler) -> tuple[Any, Node]:
+    """Mallory, whose receiver reads each push whole and answers ``answer`` (raw bytes; or
+    any connection handler), asks for a grant to Alice: the directory's reply, and Mallory."""
 
-    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert isinstance(answer, bytes)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -38,7 +42,8 @@ async def grant_to_raw_receiver(directory: Directory, make_node: Any,
         finally:
             writer.close()
 
-    server = await asyncio.start_server(receiver, HOST, 0)
+    server = await asyncio.start_server(answering if isinstance(answer, bytes) else answer,
+                                        HOST, 0)
     try:
         alice = await make_node()
         mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
@@ -120,19 +125,9 @@ async def test_a_receiver_flooding_informational_answers_is_dropped_at_once(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(receiver, HOST, 0)
-    try:
-        alice = await make_node()
-        mallory = Node(directory, api_url=f"http://{HOST}:{server.sockets[0].getsockname()[1]}")
-        assert (await alice.register()).status == 201
-        assert (await mallory.register()).status == 201
-        started = time.monotonic()
-        reply = await mallory.call("POST", "/api/v3/tokens/request-connection",
-                                   {"target": alice.node_id})
-        elapsed = time.monotonic() - started
-    finally:
-        server.close()
-        await server.wait_closed()
+    started = time.monotonic()
+    reply, _ = await grant_to_raw_receiver(directory, make_node, receiver)
+    elapsed = time.monotonic() - started
     assert_problem(reply, 502, "push-failed")
     assert "informational" in reply.json()["detail"], reply.json()["detail"]
     # The fixture's pushes: 2 attempts of 2 s each; a flood lasted all of them.
