@@ -87,7 +87,9 @@ async def run(db: Path, work: Path, args: list[str]) -> None:
             for i in range(before):
                 say(f"ack {(await store.append_one(peer_event(first_id + i))).seq}")
             rotated = await store.rotate_key(InProcessSigner.from_seed(ROTATED_SEED))
-            (work / "key").write_text("rotated")
+            # Atomically (a reader must never see the file empty between truncate and write).
+            (work / "key.tmp").write_text("rotated")
+            os.replace(work / "key.tmp", work / "key")
             say(f"rotated {rotated.seq}")
             for i in range(after):
                 say(f"ack {(await store.append_one(peer_event(first_id + before + i))).seq}")
