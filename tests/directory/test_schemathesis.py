@@ -42,8 +42,9 @@ class SignAuth(requests.auth.AuthBase):
     Taking turns keeps each node under its nonce quota (1000 per window) in long runs.
     """
 
-    def __init__(self, *keys: nacl.signing.SigningKey) -> None:
+    def __init__(self, *keys: nacl.signing.SigningKey, keyid: str | None = None) -> None:
         self.keys = keys
+        self.keyid = keyid  # None: each key's node id
         self.turn = 0
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -54,7 +55,7 @@ class SignAuth(requests.auth.AuthBase):
         async def sign(base: bytes) -> bytes:
             return bytes(sk.sign(base).signature)
 
-        keyid = str(SignKey(bytes(sk.verify_key)).node_id)
+        keyid = self.keyid or str(SignKey(bytes(sk.verify_key)).node_id)
         signed = asyncio.run(sign_request(
             HttpRequest(str(r.method), str(r.url), {}, body), keyid=keyid, sign_base=sign,
             now=int(time.time()), nonce=new_nonce()))

@@ -45,7 +45,6 @@ and is not covered here (docs/decisions.md, "Schemathesis over the node's APIs")
 
 from __future__ import annotations
 
-import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -63,7 +62,6 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from crypto_jail.noise import SUITES
 from openred.crypto.grants import DEFAULT_TTL, Grant
-from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.identity import SignKey, b64url, from_b64url
 from openred.crypto.records import SignedNodeRecord, record_hash
 from openred.errors import CryptoError
@@ -81,26 +79,9 @@ P2P_ROUTES = ("messaging/send", "file_sharing/offer", "file_sharing/chunk",
 DELIVERY = "/api/v3/tokens/receive"
 
 
-class DirectorySign(requests.auth.AuthBase):
+def directory_sign(key: nacl.signing.SigningKey) -> SignAuth:
     """Signs every prepared request as the directory (keyid ``directory``), over the bytes sent."""
-
-    def __init__(self, key: nacl.signing.SigningKey) -> None:
-        self.key = key
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        body = r.body if isinstance(r.body, bytes) else (r.body or "").encode("utf-8")
-
-        async def sign(base: bytes) -> bytes:
-            return bytes(self.key.sign(base).signature)
-
-        signed = asyncio.run(sign_request(
-            HttpRequest(str(r.method), str(r.url), {}, body), keyid="directory", sign_base=sign,
-            now=int(time.time()), nonce=new_nonce()))
-        for name in ("Content-Digest", "Signature-Input", "Signature"):
-            value = signed.header(name)
-            assert value is not None
-            r.headers[name] = value
-        return r
+    return SignAuth(key, keyid="directory")
 
 
 class Reach:
@@ -296,7 +277,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status() -> None
                       directory=directory_key)
         b, c = net.servers["b"], net.servers["c"]
         signed = requests.Session()
-        signed.auth = DirectorySign(directory_key)
+        signed.auth = directory_sign(directory_key)
         plain = requests.Session()
         schema = schemathesis.openapi.from_url(b.url + "/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
