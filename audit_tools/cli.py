@@ -254,7 +254,8 @@ def _pseudonym_key(path: Path, as_json: bool) -> bytes:
         with path.open("rb") as f:
             key = f.read(high + 1)
     except OSError as exc:
-        _fail(USAGE, f"cannot read the pseudonym key {path}: {exc.strerror}; {make}", as_json)
+        _fail(USAGE, f"cannot read the pseudonym key {path}: {exc.strerror or exc}; {make}",
+              as_json)
     if not low <= len(key) <= high:
         _fail(USAGE, f"the pseudonym key {path} holds {len(key)}{'+' if len(key) > high else ''}"
                      f" bytes, not {low} to {high}; {make}", as_json)

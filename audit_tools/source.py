@@ -116,7 +116,7 @@ class SQLiteSource(LogSource):
             with db.open("rb"):
                 pass
         except OSError as exc:
-            raise SourceError(f"cannot read {db}: {exc.strerror}") from exc
+            raise SourceError(f"cannot read {db}: {exc.strerror or exc}") from exc
         self.path = db
         try:
             self.conn = open_readonly(db)
@@ -246,7 +246,7 @@ class BundleSource(LogSource):
         try:
             lines = path.read_bytes().splitlines()
         except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if not lines:
             raise CorruptLog(f"{path} is empty")
         try:
@@ -311,7 +311,7 @@ def open_source(path: Path) -> LogSource:
             with path.open("rb") as f:
                 head = f.read(32)
         except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if head.startswith(b"{"):
             return BundleSource(path)
     return SQLiteSource(path)

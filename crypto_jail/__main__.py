@@ -92,7 +92,7 @@ def _read_file(path: Path) -> bytes:
         with path.open("rb") as handle:
             raw = handle.read(_MAX_PASSPHRASE + 3)
     except OSError as exc:
-        raise KeystoreError(f"cannot read passphrase file: {exc.strerror}") from exc
+        raise KeystoreError(f"cannot read passphrase file: {exc.strerror or exc}") from exc
     raw = _strip_newline(raw)
     if len(raw) > _MAX_PASSPHRASE:
         raise KeystoreError("passphrase too long")

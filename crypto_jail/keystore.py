@@ -330,7 +330,7 @@ def load_keystore(
     except FileNotFoundError as exc:
         raise KeystoreError(f"no keystore at {path}") from exc
     except OSError as exc:
-        raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
+        raise KeystoreError(f"cannot read keystore {path}: {exc.strerror or exc}") from exc
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())  # the file read, not the name
         if not stat.S_ISREG(info.st_mode):
@@ -339,7 +339,7 @@ def load_keystore(
         try:
             data = handle.read(_MAX_FILE + 1)
         except OSError as exc:
-            raise KeystoreError(f"cannot read keystore {path}: {exc.strerror}") from exc
+            raise KeystoreError(f"cannot read keystore {path}: {exc.strerror or exc}") from exc
     if len(data) > _MAX_FILE:
         raise KeystoreError("damaged keystore: file too large")
     keystore = decode_keystore(data, passphrase, allow_test_only=allow_test_only)

@@ -144,7 +144,7 @@ def prepare_socket(path: Path, *, group: str | None = None) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise SocketError(f"cannot bind {path}: {exc.strerror}") from exc
+        raise SocketError(f"cannot bind {path}: {exc.strerror or exc}") from exc
     finally:
         os.umask(old_umask)
     if gid is not None:

@@ -130,7 +130,8 @@ class Witness:
                 self._sync(0)
         except OSError as exc:
             os.close(self._fd)
-            raise WitnessError(f"cannot read the witness file {path}: {exc.strerror}") from None
+            raise WitnessError(
+                f"cannot read the witness file {path}: {exc.strerror or exc}") from None
         except OpRefused as exc:
             os.close(self._fd)
             raise WitnessError(f"{path}: {exc.detail}") from None
@@ -150,7 +151,8 @@ class Witness:
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            raise WitnessError(f"cannot open the witness file {path}: {exc.strerror}") from None
+            raise WitnessError(
+                f"cannot open the witness file {path}: {exc.strerror or exc}") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -229,7 +231,7 @@ class Witness:
             while data:
                 data = data[os.write(self._fd, data):]
         except OSError as exc:
-            raise OpRefused(REFUSED, f"the witness file cannot be written: {exc.strerror}") \
+            raise OpRefused(REFUSED, f"the witness file cannot be written: {exc.strerror or exc}") \
                 from None
 
     def _sync(self, written: int) -> None:
@@ -237,7 +239,7 @@ class Witness:
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            raise OpRefused(REFUSED, f"the witness file cannot be synced: {exc.strerror}") \
+            raise OpRefused(REFUSED, f"the witness file cannot be synced: {exc.strerror or exc}") \
                 from None
         self._durable_slot = written
         self._dirty = False

@@ -111,7 +111,7 @@ class AdminClient:
                                  "(start it with `openred node serve`)") from None
         except OSError as exc:
             raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
-                                     f"{exc.strerror}") from exc
+                                     f"{exc.strerror or exc}") from exc
         except UnicodeDecodeError:
             raise ConfigurationError(f"cannot read {data_dir / ADMIN_URL_FILE}: "
                                      "not UTF-8 text") from None

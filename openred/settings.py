@@ -71,7 +71,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
@@ -82,7 +82,7 @@ def read_env_file(path: Path) -> dict[str, str]:
                                      "bytes)")
         text = data.decode("utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
     values: dict[str, str] = {}

@@ -78,6 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = str(folder)
     tempfile.tempdir = str(folder)
     config.stash[_TMP_KEY] = folder
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        # tmp_path directly under the folder ("t"), not under "pytest-of-USER/pytest-N": a
+        # Unix socket's path holds at most 107 bytes, and the pytest-xdist workers' folders
+        # ("popen-gwN") make every tmp_path longer. The workers get "t/popen-gwN".
+        config.option.basetemp = str(folder / "t")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

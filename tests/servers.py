@@ -31,10 +31,23 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on loopback right now.
+
+    Under pytest-xdist (``make test`` runs two workers) the workers take disjoint ports (half
+    the port, by the number of workers, is the worker's index: Linux hands out ports of one
+    parity to ``bind(0)``), so two workers never pick the same port between one's probe and
+    its server's bind.
+    """
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    for _ in range(10_000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if (port >> 1) % count == index % count:
+            return port
+    raise RuntimeError(f"no free loopback port for worker {worker} of {count}")
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:

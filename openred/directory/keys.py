@@ -72,7 +72,7 @@ def read_passphrase(settings: ServiceSettings) -> bytes:
             f"no keystore passphrase: set {PASSPHRASE_ENV} or create {path}"
         ) from None
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return raw.rstrip(b"\r\n")
 
 
@@ -103,7 +103,7 @@ def create_keystore(settings: ServiceSettings, *, kdf: str | None = None) -> Non
         try:
             fd = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise ConfigurationError(f"cannot create {written}: {exc.strerror}") from None
+            raise ConfigurationError(f"cannot create {written}: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w") as out:
             out.write(passphrase + "\n")
     env = {**os.environ, PASSPHRASE_ENV: passphrase}

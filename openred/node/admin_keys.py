@@ -40,7 +40,7 @@ def read_admin_key(data_dir: Path) -> str:
     except FileNotFoundError:
         raise ConfigurationError(f"no admin key at {path}: run `openred node init`") from None
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError:
         raise ConfigurationError(f"cannot read {path}: not UTF-8 text") from None
     if mode & 0o077:

@@ -87,3 +87,20 @@ def test_operator_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     (data / "jail-passphrase").unlink()
     result = cli("serve", "--data-dir", str(data), env=env)
     assert result.returncode == 1 and "passphrase" in result.stderr
+
+
+def test_a_jail_socket_path_too_long_for_unix_sockets_is_named_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A Unix socket's path holds at most 107 bytes; a longer one is an OSError without errno
+    (no strerror): init said "cannot bind …/jail.sock: None" (seen when pytest-xdist lengthened
+    the suite's temporary paths)."""
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1"}
+    env.pop("OPENRED_JAIL_PASSPHRASE", None)
+    env.pop("OPENRED_JAIL_SOCKET", None)
+    data = tmp_path / ("d" * 110)
+    result = cli("init", "--data-dir", str(data), "--port", str(free_port()), env=env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "AF_UNIX path too long" in lines[0] and ": None" not in lines[0], lines[0]

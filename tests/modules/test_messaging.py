@@ -117,7 +117,8 @@ def request(**kw: Any) -> bytes:
     (request(text=5), 422),
     (request(text=""), 413),
     (request(text="x" * (MAX_TEXT + 1)), 413),
-])
+], ids=["not-json", "array", "extra-field", "short-id", "sent_at-string", "sent_at-bool",
+        "text-number", "empty-text", "long-text"])  # stable: the requests hold random ids
 async def test_malformed_and_oversized_messages_are_refused_and_not_stored(
     nodes: tuple[Node, Node, Node], directory: Directory, plaintext: bytes, status: int
 ) -> None:

@@ -51,7 +51,13 @@ ODD_MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("plaintext", ODD_MESSAGES)
+ODD_IDS = ["lone-high-surrogate", "lone-low-surrogate", "sent_at-2^53", "sent_at-2^64",
+           "sent_at-10^400", "sent_at-float", "sent_at-string", "sent_at-negative",
+           "surrogate-id", "id-only", "deep-nesting", "not-utf8", "empty"]
+"""Stable test ids (the messages hold the time: pytest-xdist's workers must collect the same)."""
+
+
+@pytest.mark.parametrize("plaintext", ODD_MESSAGES, ids=ODD_IDS)
 async def test_an_odd_message_gets_a_problem_alone_and_in_a_batch(
     world: World, plaintext: bytes,
 ) -> None:

@@ -49,7 +49,7 @@ def read_admin_token(data_dir: Path, now: float) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror}; remove it and log in "
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}; remove it and log in "
                                  "again") from exc
     except UnicodeDecodeError:
         raise ConfigurationError(f"cannot read {path}: not UTF-8 text; remove it and log in "

@@ -407,7 +407,7 @@ class FileSharing:
             # O_NONBLOCK: a FIFO swapped in since the lstat is not waited on (refused below).
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
-            raise NodeRefused(422, "unreadable-file", f"{source}: {exc.strerror}") from None
+            raise NodeRefused(422, "unreadable-file", f"{source}: {exc.strerror or exc}") from None
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
