@@ -1,0 +1,60 @@
+"""The challenger against a hostile paired peer, on two real nodes served over HTTP.
+
+B is modified to answer ``authentication/prove`` with problems of its own choosing: a new
+``type`` slug every time, or one of 200 000 characters. Its refusal reaches A through the
+P2P transport's problem parsing; A logs it (``PeerAuthenticationFailed``) and counts it
+(``openred_peer_authentications_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from openred.errors import NodeRefused
+from openred.modules.authentication import events as ev
+from openred.modules.authentication.service import PROVE
+from openred.node.p2p import P2P_ACTIONS, Outcome, RequestContext
+from tests.modules.authentication.test_authentication import Pair, pair, scrape
+
+__all__ = ["pair"]
+
+
+def hostile_answers(pair: Pair, slugs: list[str]) -> None:
+    """B answers each challenge with a 403 problem whose slug is the next of ``slugs``."""
+    queue = iter(slugs)
+
+    async def refuse(ctx: RequestContext, plaintext: bytes) -> Outcome:
+        raise NodeRefused(403, next(queue), "x" * 100_000)
+
+    pair.b.app.extensions[P2P_ACTIONS]._handlers[PROVE] = refuse
+
+
+async def test_a_peer_cannot_name_metric_series_or_write_its_text_into_the_log(
+    pair: Pair, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "openred.authentication")
+    slugs = [f"chosen-by-the-peer-{i}" for i in range(30)] + ["a" * 200_000, "Not A Slug\n!"]
+    hostile_answers(pair, slugs)
+    for _ in slugs:
+        try:
+            await pair.prove()
+        except NodeRefused as refused:
+            assert refused.status == 403
+        else:
+            raise AssertionError("a refusal was taken as a proof")
+    results = {dict(labels)["result"] for (name, labels) in await scrape(pair.a)
+               if name == "openred_peer_authentications_total"}
+    # One series for whatever the peer refused with, not one per slug it chose.
+    assert len(results) <= 2, sorted(r[:40] for r in results)
+    logged = [payload for kind, payload in await pair.logged(pair.a)
+              if kind == ev.PEER_AUTHENTICATION_FAILED]
+    assert len(logged) == len(slugs)  # every refusal is still logged
+    reasons = [str(p["reason"]) for p in logged]
+    assert reasons[:30] == slugs[:30]  # a slug of a slug's shape is kept as the peer sent it
+    assert all(len(r) <= 64 for r in reasons), [len(r) for r in reasons]
+    assert reasons[30:] == ["peer-refused", "peer-refused"]
+    # The service's log lines say what the peer answered, cut short.
+    lines = [r.getMessage() for r in caplog.records if r.name == "openred.authentication"]
+    assert len(lines) == len(slugs) and max(map(len, lines)) < 1000
