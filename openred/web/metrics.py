@@ -75,6 +75,20 @@ def grant_failure_kind(reason: object) -> str:
             return kind
     return "push"
 _MAX_CHILDREN = 4096
+_PEER_AUTH_RESULTS = frozenset({"unknown-challenge", "challenge-expired", "session-expired",
+                                "unknown-peer", "peer-authentication-failed"})
+"""The refusals a challenger decides itself (``challenge.decide_answer``)."""
+
+
+def peer_authentication_result(reason: object) -> str:
+    """The label of a ``PeerAuthenticationFailed``: the challenger's own refusal, or
+    ``peer-refused`` for whatever the peer answered instead of a signature.
+
+    The peer chooses its refusal's slug: one series per slug it made up was kept forever.
+    The log keeps the slug; the metric counts its kind.
+    """
+    text = str(reason)
+    return text if text in _PEER_AUTH_RESULTS else "peer-refused"
 
 Sampler = Callable[["Metrics"], Awaitable[None]]
 
@@ -152,7 +166,7 @@ class Metrics:
             "PeerAuthenticated": lambda p: self.peer_authentications.labels(
                 "challenger", "ok").inc(),
             "PeerAuthenticationFailed": lambda p: self.peer_authentications.labels(
-                "challenger", str(p.get("reason", "unknown"))).inc(),
+                "challenger", peer_authentication_result(p.get("reason"))).inc(),
         }
 
     # -- collection --------------------------------------------------------------------------
