@@ -1,0 +1,67 @@
+"""Health and metrics against a hostile scraper, on a real node served over HTTP.
+
+``GET /api/v3/health`` is on the node's public port: anyone may ask, as often and as many at
+once as they like. Each answer checks the database, the jail and the directory; what one
+request costs the node must not be paid again for every request asked at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from quart import Quart
+
+from openred.crypto.client import JailClient
+from tests.node.test_app import directory_app, serve_node
+from tests.node.world import Directory, JailPair
+from tests.servers import serve_in_loop
+
+SCRAPES = 40
+
+
+def slow_directory(directory: Directory, hits: list[float], delay: float) -> Quart:
+    """The test directory, whose health answers after ``delay`` seconds and is counted."""
+    app = directory_app(directory)
+
+    @app.get("/api/v3/health")
+    async def health() -> dict[str, str]:
+        hits.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(delay)
+        return {"status": "ok"}
+
+    return app
+
+
+async def test_health_asked_at_once_asks_the_directory_and_the_jail_once(
+    jails: JailPair, directory: Directory, tmp_path: Path,
+) -> None:
+    hits: list[float] = []
+    async with JailClient(jails.procs[0].socket_path) as jail, serve_in_loop(
+        slow_directory(directory, hits, 0.5)) as dir_url, serve_node(
+        "h", jail, tmp_path / "h", directory.key, dir_url) as node:
+        jail_calls: list[str] = []
+        call = jail.call
+
+        async def counted(op: str, args: dict[str, object], **kwargs: object) -> object:
+            jail_calls.append(op)
+            return await call(op, args, **kwargs)
+
+        jail.call = counted  # type: ignore[method-assign]
+        hits.clear()
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=SCRAPES)) as session:
+
+            async def ask() -> int:
+                async with session.get(f"{node.url}/api/v3/health") as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = await asyncio.gather(*(ask() for _ in range(SCRAPES)))
+    assert statuses == [200] * SCRAPES
+    # Before: one GET to the directory (and one jail call, one database probe in a thread)
+    # per request: 40 scrapers held 16 of the node's connections to its directory (its
+    # pool's limit per host) and queued its own registration and grant requests behind them.
+    assert len(hits) <= 2, len(hits)
+    assert jail_calls.count("public_keys") <= 2, jail_calls
