@@ -26,7 +26,9 @@ from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
 from openred.modules.monitoring.health import (
+    Check,
     Probe,
+    SharedChecks,
     database_writable,
     jail_answering,
     url_answers,
@@ -202,6 +204,8 @@ class NodeServices:
     """The message path's :class:`CallBatcher` of each peer API URL."""
     reserve: DiskReserve | None = None
     """Free space kept on the log's file system: peers' calls log nothing below it."""
+    health_checks: SharedChecks = field(default_factory=SharedChecks)
+    """The public health route's checks: one run at a time, shared (a scraper's burst)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -442,6 +446,10 @@ class NodeServices:
             probes["directory"] = url_answers(
                 self.http, f"{self.settings.directory_url}{HEALTH_PATH}")
         return probes
+
+    async def check_health(self) -> list[Check]:
+        """The checks of ``GET /api/v3/health``, run once for all who ask at the same time."""
+        return await self.health_checks.run(self.health_probes)
 
     def public_health(self) -> dict[str, Any]:
         """What ``GET /api/v3/health`` tells anyone: the node's id and modules, nothing of its
