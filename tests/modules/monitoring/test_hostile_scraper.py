@@ -3,6 +3,7 @@
 ``GET /api/v3/health`` is on the node's public port: anyone may ask, as often and as many at
 once as they like. Each answer checks the database, the jail and the directory; what one
 request costs the node must not be paid again for every request asked at the same moment.
+The metrics listener (``OPENRED_METRICS_ADDRESS``) has no key either: the same for its scrapes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 from quart import Quart
 
 from openred.crypto.client import JailClient
+from openred.web.metrics import METRICS_EXTENSION, Metrics
+from tests.modules.monitoring.test_monitoring import monitored
 from tests.node.test_app import directory_app, serve_node
 from tests.node.world import Directory, JailPair
 from tests.servers import serve_in_loop
@@ -65,3 +69,30 @@ async def test_health_asked_at_once_asks_the_directory_and_the_jail_once(
     # pool's limit per host) and queued its own registration and grant requests behind them.
     assert len(hits) <= 2, len(hits)
     assert jail_calls.count("public_keys") <= 2, jail_calls
+
+
+async def test_metrics_scraped_at_once_are_sampled_once(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The metrics listener has no key (a Prometheus elsewhere may scrape it): every scrape
+    read the node's sessions and peers from the database, once per request asked at once."""
+    async with JailClient(jails.procs[1].socket_path) as jail, monitored(
+        jail, directory, tmp_path / "m", monkeypatch) as (node, metrics_url):
+        sampled: list[float] = []
+
+        async def slow_sampler(metrics: Metrics) -> None:
+            sampled.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.3)
+
+        node.app.extensions[METRICS_EXTENSION].add_sampler(slow_sampler)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=SCRAPES)) as session:
+
+            async def scrape() -> tuple[int, bytes]:
+                async with session.get(metrics_url) as resp:
+                    return resp.status, await resp.read()
+
+            answers = await asyncio.gather(*(scrape() for _ in range(SCRAPES)))
+    assert {status for status, _ in answers} == {200}
+    assert all(b"openred_sessions" in body for _, body in answers)
+    assert len(sampled) <= 2, len(sampled)
