@@ -26,6 +26,7 @@ The exposition is served on the node's admin interface or on a separate loopback
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,7 @@ class Metrics:
             "openred_dependency_up", "Whether a dependency answered its last check (1) or not.",
             ["dependency"], registry=r)
         self._samplers: list[Sampler] = []
+        self._exposing: asyncio.Future[bytes] | None = None
         # Label children by (metric, labels): prometheus_client checks and locks on every
         # labels() call; a request only needs the child. Bounded like the label sets themselves
         # (route templates, not raw paths), and cleared if it ever grows past _MAX_CHILDREN.
@@ -180,7 +182,20 @@ class Metrics:
         self._event_counters[event_type] = handler
 
     async def exposition(self) -> bytes:
-        """The text exposition (format 0.0.4), gauges sampled first."""
+        """The text exposition (format 0.0.4), gauges sampled first.
+
+        One at a time, shared by every scrape that asks meanwhile: the metrics listener has
+        no key, and each sampling reads the database (sessions, peers, the directory's nodes),
+        so 40 scrapes at once read it 40 times. A scrape that arrives after a run started
+        waits for it; one that arrives after it ended starts a new one. Shielded: a scraper
+        that hangs up does not cancel the run for the others.
+        """
+        running = self._exposing
+        if running is None or running.done():
+            running = self._exposing = asyncio.ensure_future(self._expose())
+        return await asyncio.shield(running)
+
+    async def _expose(self) -> bytes:
         for sampler in self._samplers:
             await sampler(self)
         return generate_latest(self.registry)
