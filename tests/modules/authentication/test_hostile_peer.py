@@ -58,3 +58,27 @@ async def test_a_peer_cannot_name_metric_series_or_write_its_text_into_the_log(
     # The service's log lines say what the peer answered, cut short.
     lines = [r.getMessage() for r in caplog.records if r.name == "openred.authentication"]
     assert len(lines) == len(slugs) and max(map(len, lines)) < 1000
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[]", b'"a string"', b"\xff\xfe"])
+async def test_an_answer_that_is_no_json_object_is_a_logged_failure(
+    pair: Pair, answer: bytes,
+) -> None:
+    """B answers the challenge, encrypted and on time, with something that is not an answer.
+
+    It was refused as 422 ``invalid-challenge`` (as if the operator had asked wrongly) and
+    nothing was logged: the log kept no trace of a peer that failed to prove its key.
+    """
+    async def garbage(ctx: RequestContext, plaintext: bytes) -> Outcome:
+        return Outcome(answer)
+
+    pair.b.app.extensions[P2P_ACTIONS]._handlers[PROVE] = garbage
+    with pytest.raises(NodeRefused) as refused:
+        await pair.prove()
+    assert (refused.value.status, refused.value.reason) == (502, "bad-answer")
+    [(kind, payload)] = await pair.logged(pair.a)
+    assert kind == ev.PEER_AUTHENTICATION_FAILED and payload["reason"] == "bad-answer"
+    assert not pair.auth(pair.a)._pending  # and the challenge is no longer waiting
+    results = {dict(labels)["result"] for (name, labels) in await scrape(pair.a)
+               if name == "openred_peer_authentications_total"}
+    assert results == {"bad-answer"}
