@@ -77,8 +77,8 @@ def grant_failure_kind(reason: object) -> str:
     return "push"
 _MAX_CHILDREN = 4096
 _PEER_AUTH_RESULTS = frozenset({"unknown-challenge", "challenge-expired", "session-expired",
-                                "unknown-peer", "peer-authentication-failed"})
-"""The refusals a challenger decides itself (``challenge.decide_answer``)."""
+                                "unknown-peer", "peer-authentication-failed", "bad-answer"})
+"""The refusals a challenger decides itself (``challenge.decide_answer``, ``bad-answer``)."""
 
 
 def peer_authentication_result(reason: object) -> str:

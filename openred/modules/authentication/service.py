@@ -53,6 +53,8 @@ PROVE: Final = Route("authentication", "prove")
 CHALLENGE_LIFETIME: Final = 30
 """Seconds a challenge waits for its answer."""
 MAX_PENDING: Final = 1024
+BAD_ANSWER: Final = "bad-answer"
+"""The reason logged when the peer's (decrypted) answer is not a JSON object."""
 PEER_REFUSED: Final = "peer-refused"
 """The reason logged for a peer's refusal whose slug is not of a slug's shape."""
 _SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -174,7 +176,15 @@ class PeerAuthentication:
             reason = exc.reason if _SLUG.fullmatch(exc.reason) else PEER_REFUSED
             await self._failed(challenge, Failure(exc.status, reason, exc.detail))
             raise
-        answer = _object(plaintext, "answer")
+        try:
+            answer = _object(plaintext, "answer")
+        except NodeRefused:
+            # The peer's fault, not the operator's (it was a 422 invalid-challenge, unlogged).
+            self._pending.pop(challenge.nonce, None)
+            failure = Failure(502, BAD_ANSWER, "the peer's answer to the challenge is not a "
+                                               "JSON object")
+            await self._failed(challenge, failure)
+            raise NodeRefused(failure.status, failure.reason, failure.detail) from None
         signature = answer.get("signature") if set(answer) == {"signature"} else None
         try:
             raw = from_b64url(signature) if isinstance(signature, str) else b""
