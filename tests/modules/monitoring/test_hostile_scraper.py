@@ -96,3 +96,32 @@ async def test_metrics_scraped_at_once_are_sampled_once(
     assert {status for status, _ in answers} == {200}
     assert all(b"openred_sessions" in body for _, body in answers)
     assert len(sampled) <= 2, len(sampled)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "evil.example:9464"},  # a page whose name was made to resolve to 127.0.0.1
+    {"Sec-Fetch-Site": "same-origin"},  # what a browser adds to the rebound page's fetch
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Origin": "http://evil.example"},
+])
+async def test_a_browser_page_cannot_read_the_loopback_metrics(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    headers: dict[str, str],
+) -> None:
+    """The metrics listener on loopback has no key: every local program may read it, and so
+    could any web page the operator opened, by DNS rebinding (the counts of messages received
+    and sent, as they change, tell when the node talks). The admin API refuses browser pages
+    already; the listener now does too, and Prometheus (which sends none of these) is served.
+    """
+    async with JailClient(jails.procs[0].socket_path) as jail, monitored(
+        jail, directory, tmp_path / "m", monkeypatch) as (_, metrics_url):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(metrics_url, headers=headers) as resp:
+                refused = (resp.status, resp.content_type, await resp.read())
+            async with session.get(metrics_url,
+                                   headers={"User-Agent": "Prometheus/2.53"}) as resp:
+                served = (resp.status, await resp.read())
+    status, content_type, body = refused
+    assert (status, content_type) == (403, "application/problem+json"), body[:200]
+    assert b"openred_" not in body
+    assert served[0] == 200 and b"openred_sessions" in served[1]
