@@ -275,14 +275,27 @@ def install_request_metrics(app: Quart, metrics: Metrics) -> None:
     request_middleware(app).metrics = metrics
 
 
-def metrics_app(metrics: Metrics) -> Any:
-    """A Quart app that serves only ``GET /metrics`` (the separate loopback listener)."""
-    from quart import Quart, Response
+def metrics_app(metrics: Metrics, *, loopback: bool = True) -> Any:
+    """A Quart app that serves only ``GET /metrics`` (the separate listener).
+
+    It has no key (a Prometheus elsewhere may scrape it), so it refuses what only a browser
+    page sends (403 ``metrics-browser``, :func:`openred.web.browsers.from_browser`): on a
+    ``loopback`` listener, any page the operator opens could otherwise read it by DNS
+    rebinding, and the counts of messages as they change tell when the node talks.
+    """
+    from quart import Quart, Response, request
+
+    from openred.web.browsers import from_browser
+    from openred.web.problems import problem_response
 
     app = Quart("openred.metrics")
 
     @app.get("/metrics")
     async def scrape() -> Response:
+        if from_browser(request.headers, loopback=loopback):
+            return problem_response(403, "metrics-browser",
+                                    "the metrics answer programs such as Prometheus, not web "
+                                    "pages (Host, Origin or Sec-Fetch-Site say this is one)")
         return Response(await metrics.exposition(), content_type=CONTENT_TYPE)
 
     return app

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from sqlmodel import select
 
 from openred.errors import TransportError
+from openred.web.browsers import is_loopback_host
 from openred.web.logging import Reachability, bind_node_id, install_request_ids
 from openred.web.metrics import (
     CONTENT_TYPE,
@@ -129,7 +130,8 @@ def _start_listener(app: Quart, metrics: Metrics, environ: Mapping[str, str]) ->
 
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve_app(
-        metrics_app(metrics), hypercorn_config(host, port), shutdown=stop,
+        metrics_app(metrics, loopback=is_loopback_host(host)), hypercorn_config(host, port),
+        shutdown=stop,
         install_signals=False))
     logger.info("metrics on http://%s:%d/metrics", host, port, extra={"event": "MetricsServing"})
 
