@@ -9,6 +9,8 @@ The metrics listener (``OPENRED_METRICS_ADDRESS``) has no key either: the same f
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -114,14 +116,45 @@ async def test_a_browser_page_cannot_read_the_loopback_metrics(
     already; the listener now does too, and Prometheus (which sends none of these) is served.
     """
     async with JailClient(jails.procs[0].socket_path) as jail, monitored(
-        jail, directory, tmp_path / "m", monkeypatch) as (_, metrics_url):
-        async with aiohttp.ClientSession() as session:
-            async with session.get(metrics_url, headers=headers) as resp:
-                refused = (resp.status, resp.content_type, await resp.read())
-            async with session.get(metrics_url,
-                                   headers={"User-Agent": "Prometheus/2.53"}) as resp:
-                served = (resp.status, await resp.read())
+        jail, directory, tmp_path / "m", monkeypatch) as (_, metrics_url), \
+            aiohttp.ClientSession() as session:
+        async with session.get(metrics_url, headers=headers) as resp:
+            refused = (resp.status, resp.content_type, await resp.read())
+        async with session.get(metrics_url,
+                               headers={"User-Agent": "Prometheus/2.53"}) as resp:
+            served = (resp.status, await resp.read())
     status, content_type, body = refused
     assert (status, content_type) == (403, "application/problem+json"), body[:200]
     assert b"openred_" not in body
     assert served[0] == 200 and b"openred_sessions" in served[1]
+
+
+async def test_a_metrics_address_another_process_holds_is_an_error_not_a_silence(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another local user listens on the metrics address first (after a reboot, before the
+    node starts): Prometheus then scrapes whatever that process answers — all dependencies
+    up, no failures. The node logged ``metrics on http://…`` at INFO and went on without its
+    listener, its own failure to bind never said. Now the monitoring module fails with the
+    reason (an ERROR line; the health's ``modules.failed`` names it) and the node serves on."""
+    caplog.set_level(logging.INFO, "openred")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    monkeypatch.setenv("OPENRED_METRICS_ADDRESS", f"127.0.0.1:{port}")
+    try:
+        async with JailClient(jails.procs[0].socket_path) as jail, serve_in_loop(
+            directory_app(directory)) as dir_url, serve_node(
+            "q", jail, tmp_path / "q", directory.key, dir_url,
+            modules=("messaging", "monitoring")) as node, aiohttp.ClientSession() as session, \
+                session.get(f"{node.url}/api/v3/health") as resp:
+            assert resp.status == 200
+            health = await resp.json()
+    finally:
+        squatter.close()
+    assert health["modules"]["failed"] == ["monitoring"], health
+    assert not any(r.getMessage().startswith("metrics on ") for r in caplog.records)
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "monitoring" in error and f"OPENRED_METRICS_ADDRESS 127.0.0.1:{port}" in error, error
