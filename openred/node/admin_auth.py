@@ -61,7 +61,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 def require_local_caller() -> None:
     """Refuse the current request (403) if a browser page could have sent it (module doc)."""
-    if from_browser(request.headers, loopback=True):
+    if from_browser(request.headers.get("Host"), request.headers.get("Origin"),
+                    request.headers.get("Sec-Fetch-Site"), loopback=True):
         raise RequestRefused(403, "admin-browser",
                              "the admin API answers local programs such as the openred CLI, "
                              "not web pages (Host, Origin or Sec-Fetch-Site say this is one)")

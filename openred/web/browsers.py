@@ -10,8 +10,6 @@ and the metrics listener.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 __all__ = ["LOOPBACK_NAMES", "from_browser", "host_name", "is_loopback_host"]
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", ""})
@@ -40,14 +38,14 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def from_browser(headers: Mapping[str, str], *, loopback: bool) -> bool:
-    """Whether a request with ``headers`` is one a browser page could have sent.
+def from_browser(host: str | None, origin: str | None, fetch_site: str | None, *,
+                 loopback: bool) -> bool:
+    """Whether a request with these ``Host``, ``Origin`` and ``Sec-Fetch-Site`` headers (None:
+    absent) is one a browser page could have sent.
 
     ``loopback``: the service listens on loopback only, so any ``Host`` but a loopback name is
     a page's (a service on another address is named by whatever name its clients use).
     """
-    host = headers.get("Host")
-    fetch_site = headers.get("Sec-Fetch-Site")
     return (loopback and host is not None and host_name(host) not in LOOPBACK_NAMES) or (
-        headers.get("Origin") is not None
+        origin is not None
     ) or (fetch_site is not None and fetch_site != "none")

@@ -292,7 +292,9 @@ def metrics_app(metrics: Metrics, *, loopback: bool = True) -> Any:
 
     @app.get("/metrics")
     async def scrape() -> Response:
-        if from_browser(request.headers, loopback=loopback):
+        headers = request.headers
+        if from_browser(headers.get("Host"), headers.get("Origin"),
+                        headers.get("Sec-Fetch-Site"), loopback=loopback):
             return problem_response(403, "metrics-browser",
                                     "the metrics answer programs such as Prometheus, not web "
                                     "pages (Host, Origin or Sec-Fetch-Site say this is one)")
