@@ -9,12 +9,15 @@ P2P transport's problem parsing; A logs it (``PeerAuthenticationFailed``) and co
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
 from openred.errors import NodeRefused
+from openred.modules import install_admin_hooks
 from openred.modules.authentication import events as ev
 from openred.modules.authentication.service import PROVE
+from openred.node.admin import create_admin_app
 from openred.node.p2p import P2P_ACTIONS, Outcome, RequestContext
 from tests.modules.authentication.test_authentication import Pair, pair, scrape
 
@@ -82,3 +85,23 @@ async def test_an_answer_that_is_no_json_object_is_a_logged_failure(
     results = {dict(labels)["result"] for (name, labels) in await scrape(pair.a)
                if name == "openred_peer_authentications_total"}
     assert results == {"bad-answer"}
+
+
+async def test_the_operator_gets_a_problem_of_our_own_shape_whatever_the_peer_answered(
+    pair: Pair,
+) -> None:
+    """The admin API passed a peer's refusal on as it came: its ``type`` was
+    ``urn:openred:problem:`` followed by whatever the peer wrote (spaces, a line break: no
+    URI, RFC 9457 §3.1.1), its detail the peer's 100 000 characters, which the CLI printed."""
+    hostile_answers(pair, ["Not A Slug\n!"])
+    admin = create_admin_app(pair.a.app, "k" * 43)
+    install_admin_hooks(admin, pair.a.services.modules)
+    reply = await admin.test_client().post(
+        "/admin/v1/authentication/challenge", headers={"Authorization": "Bearer " + "k" * 43},
+        json={"peer": str(pair.b.id), "purpose": "operator"})
+    problem = await reply.get_json()
+    assert reply.status_code == 403 and reply.content_type == "application/problem+json"
+    assert re.fullmatch(r"urn:openred:problem:[a-z0-9][a-z0-9-]*", problem["type"]), problem
+    assert problem["type"].endswith(":peer-refused")
+    assert problem["detail"].startswith("the peer's authentication/prove: xxx")
+    assert len(problem["detail"]) < 1000
