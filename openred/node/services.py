@@ -9,6 +9,7 @@ HTTP) and :meth:`NodeServices.send_message`, plus the lifecycle run (:meth:`life
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sqlite3
 import time
@@ -74,8 +75,19 @@ and at most 0.6 s by default): the client's 10 s gave up first and sent it again
 another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``connect``."""
 
 
+_SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_REFUSAL_DETAIL: Final = 500
+"""Characters of a peer's (or the directory's) problem detail kept in our refusal."""
+
+
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
-    """The peer's problem answer as our refusal (statuses kept, 5xx become 502)."""
+    """The peer's problem answer as our refusal (statuses kept, 5xx become 502).
+
+    The other side chose the slug and the detail: a slug not of a slug's shape is
+    ``peer-refused`` (it became our own problem's ``type``, a URI, and log and metric
+    reasons), and the detail is cut at 500 characters (it reached the operator's terminal and
+    logged events whole, up to the 1 MiB answer cap).
+    """
     slug, detail = "peer-refused", f"{what} answered {reply.status}"
     try:
         body = reply.json()
@@ -83,9 +95,11 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         body = None
     if isinstance(body, dict):
         kind, text = body.get("type"), body.get("detail")
-        if isinstance(kind, str):
+        if isinstance(kind, str) and _SLUG.fullmatch(kind.rsplit(":", 1)[-1]):
             slug = kind.rsplit(":", 1)[-1]
         if isinstance(text, str):
+            if len(text) > _REFUSAL_DETAIL:
+                text = text[:_REFUSAL_DETAIL] + "…"
             detail = f"{what}: {text}"
     status = reply.status if 400 <= reply.status < 500 else 502
     refusal = NodeRefused(status, slug, detail)
