@@ -55,8 +55,15 @@ def create_app(settings: DirectorySettings) -> Quart:
                 await supervisor.stop()
             raise
         service.restore_nonces()
+        try:
+            monitor_directory(app, service)  # a metrics address it cannot bind: no start
+        except BaseException:
+            await service.close()
+            await jail.close()
+            if supervisor is not None:
+                await supervisor.stop()
+            raise
         app.extensions[EXTENSION] = service
-        monitor_directory(app, service)
         state["status_task"] = asyncio.create_task(service.run_status_task())
 
     @app.after_serving

@@ -13,7 +13,6 @@ from openred.modules.monitoring.health import (
     database_writable,
     jail_answering,
     refusal,
-    run_checks,
 )
 from openred.store.sqlite import DATABASE_NAME
 
@@ -30,7 +29,7 @@ async def health() -> dict[str, Any]:
     monitoring.health`) before reading the counts.
     """
     svc = service()
-    failure = refusal(await run_checks({
+    failure = refusal(await svc.health_checks.run(lambda: {
         "database": database_writable(svc.settings.data_dir / DATABASE_NAME),
         "jail": jail_answering(svc.jail),
     }))

@@ -64,6 +64,7 @@ from openred.errors import (
     StoreError,
     TamperedLog,
 )
+from openred.modules.monitoring.health import SharedChecks
 from openred.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.settings import DirectorySettings
 from openred.store.checkpoint import (
@@ -260,6 +261,8 @@ class DirectoryService:
         self._started = int(clock())
         self._cache = _NodeCache(settings.data_dir / DATABASE_NAME)
         self._note: _Note | None = None
+        self.health_checks = SharedChecks()
+        """The public health route's checks: one run at a time, shared (a burst of requests)."""
         # Signs checkpoints of the proof tree (the store's own signer, the jail): None → every
         # checkpoint is the store's.
         self._signer = signer

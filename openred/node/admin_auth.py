@@ -35,6 +35,7 @@ from quart import current_app, request
 from openred.errors import RequestRefused
 from openred.modules.authentication.files import ADMIN_TOKEN_HEADER, TOTP_HEADER, TOTP_STATE_FILE
 from openred.node.admin_keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
+from openred.web.browsers import from_browser
 
 __all__ = [
     "ADMIN_KEY",
@@ -58,25 +59,10 @@ SECOND_FACTOR = "openred.admin.second_factor"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", ""})
-"""Host names (``Host`` without its port, lower case) the admin API answers to; empty is an
-HTTP/1.0 client that sent none (a browser always sends one)."""
-
-
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0] if ":" in host else host
-
-
 def require_local_caller() -> None:
     """Refuse the current request (403) if a browser page could have sent it (module doc)."""
-    host = request.headers.get("Host")
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if (host is not None and _host_name(host) not in LOOPBACK_NAMES) or (
-        request.headers.get("Origin") is not None
-    ) or (fetch_site is not None and fetch_site != "none"):
+    if from_browser(request.headers.get("Host"), request.headers.get("Origin"),
+                    request.headers.get("Sec-Fetch-Site"), loopback=True):
         raise RequestRefused(403, "admin-browser",
                              "the admin API answers local programs such as the openred CLI, "
                              "not web pages (Host, Origin or Sec-Fetch-Site say this is one)")

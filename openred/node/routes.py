@@ -23,7 +23,7 @@ from quart_schema import document_request, document_response, validate_response
 from openred import __version__
 from openred.crypto.identity import SignKey, b64url
 from openred.errors import NodeRefused, RequestRefused
-from openred.modules.monitoring.health import refusal, run_checks
+from openred.modules.monitoring.health import refusal
 from openred.node.envelope import Route
 from openred.node.envelope_binary import accept_binary
 from openred.node.fastpath import problem_renderer
@@ -225,7 +225,7 @@ async def health() -> dict[str, Any]:
     (``GET /admin/v1/status``), like the metrics.
     """
     svc = services()
-    failure = refusal(await run_checks(svc.health_probes()))
+    failure = refusal(await svc.check_health())
     if failure is not None:
         raise failure
     return {**svc.public_health(), "version": __version__}

@@ -9,6 +9,7 @@ HTTP) and :meth:`NodeServices.send_message`, plus the lifecycle run (:meth:`life
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sqlite3
 import time
@@ -26,7 +27,9 @@ from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
 from openred.modules.monitoring.health import (
+    Check,
     Probe,
+    SharedChecks,
     database_writable,
     jail_answering,
     url_answers,
@@ -72,8 +75,19 @@ and at most 0.6 s by default): the client's 10 s gave up first and sent it again
 another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``connect``."""
 
 
+_SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_REFUSAL_DETAIL: Final = 500
+"""Characters of a peer's (or the directory's) problem detail kept in our refusal."""
+
+
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
-    """The peer's problem answer as our refusal (statuses kept, 5xx become 502)."""
+    """The peer's problem answer as our refusal (statuses kept, 5xx become 502).
+
+    The other side chose the slug and the detail: a slug not of a slug's shape is
+    ``peer-refused`` (it became our own problem's ``type``, a URI, and log and metric
+    reasons), and the detail is cut at 500 characters (it reached the operator's terminal and
+    logged events whole, up to the 1 MiB answer cap).
+    """
     slug, detail = "peer-refused", f"{what} answered {reply.status}"
     try:
         body = reply.json()
@@ -81,9 +95,11 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         body = None
     if isinstance(body, dict):
         kind, text = body.get("type"), body.get("detail")
-        if isinstance(kind, str):
+        if isinstance(kind, str) and _SLUG.fullmatch(kind.rsplit(":", 1)[-1]):
             slug = kind.rsplit(":", 1)[-1]
         if isinstance(text, str):
+            if len(text) > _REFUSAL_DETAIL:
+                text = text[:_REFUSAL_DETAIL] + "…"
             detail = f"{what}: {text}"
     status = reply.status if 400 <= reply.status < 500 else 502
     refusal = NodeRefused(status, slug, detail)
@@ -202,6 +218,8 @@ class NodeServices:
     """The message path's :class:`CallBatcher` of each peer API URL."""
     reserve: DiskReserve | None = None
     """Free space kept on the log's file system: peers' calls log nothing below it."""
+    health_checks: SharedChecks = field(default_factory=SharedChecks)
+    """The public health route's checks: one run at a time, shared (a scraper's burst)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -442,6 +460,10 @@ class NodeServices:
             probes["directory"] = url_answers(
                 self.http, f"{self.settings.directory_url}{HEALTH_PATH}")
         return probes
+
+    async def check_health(self) -> list[Check]:
+        """The checks of ``GET /api/v3/health``, run once for all who ask at the same time."""
+        return await self.health_checks.run(self.health_probes)
 
     def public_health(self) -> dict[str, Any]:
         """What ``GET /api/v3/health`` tells anyone: the node's id and modules, nothing of its

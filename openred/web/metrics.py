@@ -26,6 +26,7 @@ The exposition is served on the node's admin interface or on a separate loopback
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,20 @@ def grant_failure_kind(reason: object) -> str:
             return kind
     return "push"
 _MAX_CHILDREN = 4096
+_PEER_AUTH_RESULTS = frozenset({"unknown-challenge", "challenge-expired", "session-expired",
+                                "unknown-peer", "peer-authentication-failed", "bad-answer"})
+"""The refusals a challenger decides itself (``challenge.decide_answer``, ``bad-answer``)."""
+
+
+def peer_authentication_result(reason: object) -> str:
+    """The label of a ``PeerAuthenticationFailed``: the challenger's own refusal, or
+    ``peer-refused`` for whatever the peer answered instead of a signature.
+
+    The peer chooses its refusal's slug: one series per slug it made up was kept forever.
+    The log keeps the slug; the metric counts its kind.
+    """
+    text = str(reason)
+    return text if text in _PEER_AUTH_RESULTS else "peer-refused"
 
 Sampler = Callable[["Metrics"], Awaitable[None]]
 
@@ -138,6 +153,7 @@ class Metrics:
             "openred_dependency_up", "Whether a dependency answered its last check (1) or not.",
             ["dependency"], registry=r)
         self._samplers: list[Sampler] = []
+        self._exposing: asyncio.Future[bytes] | None = None
         # Label children by (metric, labels): prometheus_client checks and locks on every
         # labels() call; a request only needs the child. Bounded like the label sets themselves
         # (route templates, not raw paths), and cleared if it ever grows past _MAX_CHILDREN.
@@ -152,7 +168,7 @@ class Metrics:
             "PeerAuthenticated": lambda p: self.peer_authentications.labels(
                 "challenger", "ok").inc(),
             "PeerAuthenticationFailed": lambda p: self.peer_authentications.labels(
-                "challenger", str(p.get("reason", "unknown"))).inc(),
+                "challenger", peer_authentication_result(p.get("reason"))).inc(),
         }
 
     # -- collection --------------------------------------------------------------------------
@@ -166,7 +182,20 @@ class Metrics:
         self._event_counters[event_type] = handler
 
     async def exposition(self) -> bytes:
-        """The text exposition (format 0.0.4), gauges sampled first."""
+        """The text exposition (format 0.0.4), gauges sampled first.
+
+        One at a time, shared by every scrape that asks meanwhile: the metrics listener has
+        no key, and each sampling reads the database (sessions, peers, the directory's nodes),
+        so 40 scrapes at once read it 40 times. A scrape that arrives after a run started
+        waits for it; one that arrives after it ended starts a new one. Shielded: a scraper
+        that hangs up does not cancel the run for the others.
+        """
+        running = self._exposing
+        if running is None or running.done():
+            running = self._exposing = asyncio.ensure_future(self._expose())
+        return await asyncio.shield(running)
+
+    async def _expose(self) -> bytes:
         for sampler in self._samplers:
             await sampler(self)
         return generate_latest(self.registry)
@@ -246,14 +275,29 @@ def install_request_metrics(app: Quart, metrics: Metrics) -> None:
     request_middleware(app).metrics = metrics
 
 
-def metrics_app(metrics: Metrics) -> Any:
-    """A Quart app that serves only ``GET /metrics`` (the separate loopback listener)."""
-    from quart import Quart, Response
+def metrics_app(metrics: Metrics, *, loopback: bool = True) -> Any:
+    """A Quart app that serves only ``GET /metrics`` (the separate listener).
+
+    It has no key (a Prometheus elsewhere may scrape it), so it refuses what only a browser
+    page sends (403 ``metrics-browser``, :func:`openred.web.browsers.from_browser`): on a
+    ``loopback`` listener, any page the operator opens could otherwise read it by DNS
+    rebinding, and the counts of messages as they change tell when the node talks.
+    """
+    from quart import Quart, Response, request
+
+    from openred.web.browsers import from_browser
+    from openred.web.problems import problem_response
 
     app = Quart("openred.metrics")
 
     @app.get("/metrics")
     async def scrape() -> Response:
+        headers = request.headers
+        if from_browser(headers.get("Host"), headers.get("Origin"),
+                        headers.get("Sec-Fetch-Site"), loopback=loopback):
+            return problem_response(403, "metrics-browser",
+                                    "the metrics answer programs such as Prometheus, not web "
+                                    "pages (Host, Origin or Sec-Fetch-Site say this is one)")
         return Response(await metrics.exposition(), content_type=CONTENT_TYPE)
 
     return app

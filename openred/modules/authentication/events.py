@@ -5,7 +5,8 @@
   challenge bytes from the payload and check it under the peer's key).
 * ``PeerAuthenticationFailed {peer, session_id, purpose, reason}`` — an answer was refused
   (``unknown-challenge``, ``challenge-expired``, ``session-expired``, ``unknown-peer``,
-  ``peer-authentication-failed``, or the peer's own refusal slug).
+  ``peer-authentication-failed``, ``bad-answer`` — the answer is no JSON object —, or the
+  peer's own refusal slug when it has a slug's shape, ``peer-refused`` when not).
 """
 
 from __future__ import annotations

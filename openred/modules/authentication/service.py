@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -52,6 +53,13 @@ PROVE: Final = Route("authentication", "prove")
 CHALLENGE_LIFETIME: Final = 30
 """Seconds a challenge waits for its answer."""
 MAX_PENDING: Final = 1024
+BAD_ANSWER: Final = "bad-answer"
+"""The reason logged when the peer's (decrypted) answer is not a JSON object."""
+PEER_REFUSED: Final = "peer-refused"
+"""The reason logged for a peer's refusal whose slug is not of a slug's shape."""
+_SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_DETAIL_LOGGED: Final = 300
+"""Characters of a refusal's detail in the service's log line (a peer chose them)."""
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
 Rotate = Callable[[SessionChannel], Awaitable[int]]
@@ -135,13 +143,16 @@ class PeerAuthentication:
         return proof
 
     async def _failed(self, challenge: PeerChallenge, failure: Failure) -> None:
+        detail = failure.detail
+        if len(detail) > _DETAIL_LOGGED:
+            detail = detail[:_DETAIL_LOGGED] + "…"
         await self.store.append_one(NewEvent(ev.auth_stream(challenge.responder),
                                              ev.PEER_AUTHENTICATION_FAILED, {
             "peer": challenge.responder, "session_id": challenge.session_id,
             "purpose": challenge.purpose, "reason": failure.reason,
         }))
         logger.warning("peer %s failed authentication for %s: %s", challenge.responder,
-                       challenge.purpose, failure.detail,
+                       challenge.purpose, detail,
                        extra={"event": ev.PEER_AUTHENTICATION_FAILED, "peer":
                               challenge.responder, "reason": failure.reason})
 
@@ -159,9 +170,21 @@ class PeerAuthentication:
             plaintext = await self._ask(channel, request, transport, rotate)
         except NodeRefused as exc:
             self._pending.pop(challenge.nonce, None)
-            await self._failed(challenge, Failure(exc.status, exc.reason, exc.detail))
+            # The peer chose the slug (its problem's type) and the detail: the log keeps a
+            # slug of a slug's shape, anything else as peer-refused (it once kept 200 000
+            # characters, and the metrics made a series of each new one).
+            reason = exc.reason if _SLUG.fullmatch(exc.reason) else PEER_REFUSED
+            await self._failed(challenge, Failure(exc.status, reason, exc.detail))
             raise
-        answer = _object(plaintext, "answer")
+        try:
+            answer = _object(plaintext, "answer")
+        except NodeRefused:
+            # The peer's fault, not the operator's (it was a 422 invalid-challenge, unlogged).
+            self._pending.pop(challenge.nonce, None)
+            failure = Failure(502, BAD_ANSWER, "the peer's answer to the challenge is not a "
+                                               "JSON object")
+            await self._failed(challenge, failure)
+            raise NodeRefused(failure.status, failure.reason, failure.detail) from None
         signature = answer.get("signature") if set(answer) == {"signature"} else None
         try:
             raw = from_b64url(signature) if isinstance(signature, str) else b""

@@ -20,7 +20,8 @@ from typing import Any
 from openred.errors import RequestRefused
 from openred.store.sqlite import database_uri
 
-__all__ = ["Check", "database_writable", "jail_answering", "refusal", "run_checks", "url_answers"]
+__all__ = ["Check", "SharedChecks", "database_writable", "jail_answering", "refusal",
+           "run_checks", "url_answers"]
 
 logger = logging.getLogger("openred.health")
 
@@ -93,6 +94,30 @@ async def _run(name: str, probe: Probe, timeout: float) -> Check:
 async def run_checks(probes: Mapping[str, Probe], *, timeout: float = 2.0) -> list[Check]:
     """Run every probe concurrently, each within ``timeout`` seconds; one Check each."""
     return list(await asyncio.gather(*(_run(n, p, timeout) for n, p in probes.items())))
+
+
+class SharedChecks:
+    """One run of the checks at a time, shared by every request that asks meanwhile.
+
+    ``GET /api/v3/health`` is public: before, each request ran every check itself, so a
+    scraper asking 40 times at once made the node ask its directory 40 times (holding the
+    outbound pool's connections to it, which the node's own registration and grant requests
+    then waited for), call its jail 40 times and take 40 worker threads. Now a request that
+    arrives while a run is under way waits for that run's result (at most ``timeout`` old);
+    one that arrives after it starts a new one, so a failure is still seen by the next request.
+    The run is shielded: a client that hangs up does not cancel it for the others.
+    """
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[list[Check]] | None = None
+
+    async def run(self, probes: Callable[[], Mapping[str, Probe]], *,
+                  timeout: float = 2.0) -> list[Check]:
+        running = self._running
+        if running is None or running.done():
+            running = self._running = asyncio.ensure_future(
+                run_checks(probes(), timeout=timeout))
+        return await asyncio.shield(running)
 
 
 def refusal(checks: list[Check]) -> RequestRefused | None:

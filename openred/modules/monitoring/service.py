@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ from urllib.parse import urlsplit
 
 from sqlmodel import select
 
-from openred.errors import TransportError
+from openred.errors import ConfigurationError, TransportError
+from openred.web.browsers import is_loopback_host
 from openred.web.logging import Reachability, bind_node_id, install_request_ids
 from openred.web.metrics import (
     CONTENT_TYPE,
@@ -120,16 +122,42 @@ def watch_reachability(http: Any, reachability: Reachability, name_of: Any) -> N
     http.request = watched
 
 
-def _start_listener(app: Quart, metrics: Metrics, environ: Mapping[str, str]) -> None:
+def _listen(environ: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """Bind ``OPENRED_METRICS_ADDRESS`` now, before anything is installed: (host, port, fd).
+
+    The listener's socket is bound here and handed to Hypercorn as ``fd://``. Hypercorn
+    binding it itself, in a task of its own, failed in that task with nothing said: with
+    another local process listening there first, Prometheus scraped whatever that process
+    answered while the node had logged ``metrics on …``. A ConfigurationError now (the node
+    reports the monitoring module failed with it; the directory does not start).
+    """
     text = environ.get(METRICS_ADDRESS, "").strip()
     if not text:
-        return
+        return None
     host, port = parse_address(text)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {METRICS_ADDRESS} {text}: {exc.strerror or exc}") from None
+    return host, port, sock.detach()
+
+
+def _start_listener(app: Quart, metrics: Metrics, bound: tuple[str, int, int] | None) -> None:
+    if bound is None:
+        return
+    host, port, fd = bound
     from openred.web.serve import hypercorn_config, serve_app
 
+    config = hypercorn_config(host, port)
+    config.bind = [f"fd://{fd}"]
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve_app(
-        metrics_app(metrics), hypercorn_config(host, port), shutdown=stop,
+        metrics_app(metrics, loopback=is_loopback_host(host)), config, shutdown=stop,
         install_signals=False))
     logger.info("metrics on http://%s:%d/metrics", host, port, extra={"event": "MetricsServing"})
 
@@ -150,6 +178,7 @@ def monitor_node(app: Any, *, environ: Mapping[str, str] | None = None) -> Metri
     """Instrument a node app whose services are open; its Metrics."""
     from openred.node.readmodels import PeerRow
 
+    bound = _listen(os.environ if environ is None else environ)
     services = app.extensions[NODE_EXTENSION]
     bind_node_id(str(services.keys.node_id))
     metrics = Metrics("node")
@@ -180,13 +209,14 @@ def monitor_node(app: Any, *, environ: Mapping[str, str] | None = None) -> Metri
         m.peers.labels("known").set(len(peers - connected))
 
     metrics.add_sampler(sample)
-    _start_listener(app, metrics, os.environ if environ is None else environ)
+    _start_listener(app, metrics, bound)
     return metrics
 
 
 def monitor_directory(app: Any, service: Any, *,
                       environ: Mapping[str, str] | None = None) -> Metrics:
     """Instrument the directory app and its open service; its Metrics."""
+    bound = _listen(os.environ if environ is None else environ)
     bind_node_id(str(service.key.node_id))
     metrics = Metrics("directory")
     reachability = _reachability(metrics)
@@ -201,7 +231,7 @@ def monitor_directory(app: Any, service: Any, *,
             m.nodes.labels(status).set(count)
 
     metrics.add_sampler(sample)
-    _start_listener(app, metrics, os.environ if environ is None else environ)
+    _start_listener(app, metrics, bound)
     return metrics
 
 

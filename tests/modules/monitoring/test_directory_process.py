@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port, running_process
+from tests.servers import free_port, running_process, start_process
 
 
 def test_the_directory_serves_metrics_apart_and_logs_json(tmp_path: Path) -> None:
@@ -48,3 +50,31 @@ def test_the_directory_serves_metrics_apart_and_logs_json(tmp_path: Path) -> Non
     assert any(x["event"] == "MetricsServing" for x in lines), output
     assert all({"ts", "level", "logger", "event", "message", "node_id"} <= set(x)
                for x in lines)
+
+
+def test_a_metrics_address_another_process_holds_stops_the_directory_with_one_line(
+        tmp_path: Path) -> None:
+    """Another local process listens on the directory's metrics address first. The directory
+    served on without its listener (Prometheus scraping the other process) and said so
+    nowhere; now it does not start, and says why in one line."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    data, port, metrics_port = tmp_path / "d", free_port(), squatter.getsockname()[1]
+    env = {**os.environ, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1",
+           "OPENRED_JAIL_SOCKET": f"/tmp/openred-mon-{port}/j.sock",
+           "OPENRED_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}"}
+    try:
+        init = subprocess.run([sys.executable, "-m", "openred.cli", "directory", "init",
+                               "--data-dir", str(data), "--port", str(port)], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert init.returncode == 0, init.stderr
+        argv = [sys.executable, "-m", "openred.cli", "directory", "serve", "--data-dir",
+                str(data)]
+        with pytest.raises(RuntimeError) as exited:
+            start_process(argv, port=port, env=env).stop()  # before: it served on
+    finally:
+        squatter.close()
+    output = str(exited.value)
+    assert f"OPENRED_METRICS_ADDRESS 127.0.0.1:{metrics_port}" in output, output
+    assert "Traceback" not in output, output
