@@ -21,7 +21,7 @@ from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.methods import MethodRegistry
 from openred.crypto.records import SignedNodeRecord
-from openred.errors import NodeRefused, OpenRedError, TransportError
+from openred.errors import NodeRefused, OpenRedError, PeerUnreachable, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
@@ -70,6 +70,17 @@ again only after a 503 or when no connection was made). The directory pushes bot
 before it answers, up to ``OPENRED_PUSH_ATTEMPTS × OPENRED_PUSH_TIMEOUT`` plus backoff (3 × 5 s
 and at most 0.6 s by default): the client's 10 s gave up first and sent it again, minting
 another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``connect``."""
+
+
+DIRECTORY_UNREACHABLE = "directory-unreachable"
+
+
+def directory_unreachable(url: str, exc: PeerUnreachable) -> NodeRefused:
+    """The refusal of something that needs the directory (a grant) while it is unreachable."""
+    cause = str(exc).partition(" attempts: ")[2] or str(exc)
+    return NodeRefused(502, DIRECTORY_UNREACHABLE,
+                       f"the directory at {url} is unreachable ({cause}): no new connection "
+                       "until it is back; sessions already established keep working")
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -375,10 +386,18 @@ class NodeServices:
 
     async def request_grant(self, peer: str) -> str:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
-        reply = await self.http.request(
-            "POST", f"{self.settings.directory_url}{REQUEST_CONNECTION_PATH}",
-            json_body={"target": peer}, signed=True, replayable=False, timeout=GRANT_TIMEOUT,
-        )
+        url = self.settings.directory_url
+        try:
+            reply = await self.http.request(
+                "POST", f"{url}{REQUEST_CONNECTION_PATH}",
+                json_body={"target": peer}, signed=True, replayable=False,
+                timeout=GRANT_TIMEOUT,
+            )
+        except PeerUnreachable as exc:
+            # The operator's ``connect`` (and a renewal) said only "POST <url> failed after 3
+            # attempts: ClientConnectorError ...": not that it was the directory, nor that the
+            # sessions already made do not need it.
+            raise directory_unreachable(url, exc) from None
         if reply.status != 201:
             raise _refusal_from(reply, "the directory")
         body = reply.json()
