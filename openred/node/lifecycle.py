@@ -198,6 +198,15 @@ class Registrar:
         self._down_since = self._failure_kind = None
         return down
 
+    @property
+    def retry_pause(self) -> float:
+        """Seconds before the next try after a failure: ``retry_interval``, or half the
+        heartbeat interval the directory asked for when that is shorter. The directory counts
+        a node's silence from its own restart: a node retrying slower than the directory's
+        ``OPENRED_STALE_AFTER`` (twice the interval by default) was marked stale, and expired,
+        for the directory's own downtime."""
+        return min(self.retry_interval, self.heartbeat_interval / 2)
+
     async def run(self) -> None:
         """Register (until it works), then heartbeat forever; cancel to stop.
 
@@ -222,14 +231,14 @@ class Registrar:
 
     async def _round(self) -> None:
         if not self.state.registered and not await self.register():
-            await asyncio.sleep(self.retry_interval)
+            await asyncio.sleep(self.retry_pause)
             return
         # The first heartbeat right after registering tells the directory's interval; then
         # one every half interval, so a single lost heartbeat never makes the node stale.
         beat = await self.heartbeat()
         if beat is None:
             return
-        await asyncio.sleep(self.retry_interval if beat is False
+        await asyncio.sleep(self.retry_pause if beat is False
                             else self.heartbeat_interval / 2)
 
 
