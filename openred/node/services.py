@@ -40,7 +40,7 @@ from openred.node.handshake_service import INVALID_RENEWAL, HandshakeAnswer, Han
 from openred.node.own_record import RECORD_FILE, OwnRecord
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
-from openred.node.readmodels import ReadModels
+from openred.node.readmodels import ReadModels, SessionRow
 from openred.node.sessions import NodeSessionLedger, SessionKeeper
 from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
@@ -73,6 +73,19 @@ another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``con
 
 
 DIRECTORY_UNREACHABLE = "directory-unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalFailure:
+    """Why a session's renewal failed last (its peer, a slug, the whole message)."""
+
+    peer: str
+    kind: str
+    detail: str
+
+
+def _utc(unix: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def directory_unreachable(url: str, exc: PeerUnreachable) -> NodeRefused:
@@ -213,6 +226,8 @@ class NodeServices:
     """The message path's :class:`CallBatcher` of each peer API URL."""
     reserve: DiskReserve | None = None
     """Free space kept on the log's file system: peers' calls log nothing below it."""
+    renewal_failures: dict[str, RenewalFailure] = field(default_factory=dict)
+    """The last failure of each active session's renewal (logged once, said at its expiry)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -419,6 +434,9 @@ class NodeServices:
         """
         renewed: list[tuple[str, str]] = []
         rows = [r for r in await self.book.sessions(state="active") if r.role == "initiator"]
+        active = {r.session_id for r in rows}
+        for gone in [s for s in self.renewal_failures if s not in active]:
+            del self.renewal_failures[gone]  # closed another way
         for row in self.keeper.due_for_renewal(rows, self.now()):
             try:
                 grant_id = await self.request_grant(row.peer)
@@ -436,10 +454,28 @@ class NodeServices:
                         grant_id, self._handshake_over_http, self.now(), renews=row.session_id,
                         prove=False)
             except OpenRedError as exc:
-                logger.warning("renewing session %s failed: %s", row.session_id, exc)
+                self._renewal_failed(row, exc)
                 continue
+            if self.renewal_failures.pop(row.session_id, None) is not None:
+                logger.info("renewed session %s with %s as %s after failed tries",
+                            row.session_id, row.peer, channel.session_id)
             renewed.append((row.session_id, channel.session_id))
         return renewed
+
+    def _renewal_failed(self, row: SessionRow, exc: OpenRedError) -> None:
+        """Log a failed renewal once per session and kind of failure (not every run).
+
+        Every lifecycle run (30 s) tried again and logged again: with the directory down,
+        hundreds of lines per session over the last fifth of its life, then nothing when it
+        expired. The failure is kept to say why at the expiry (:meth:`lifecycle`).
+        """
+        kind = exc.reason if isinstance(exc, NodeRefused) else type(exc).__name__
+        before = self.renewal_failures.get(row.session_id)
+        if before is None or before.kind != kind:
+            logger.warning("renewing session %s with %s failed: %s; it keeps working until it "
+                           "expires at %s, retrying at every lifecycle run", row.session_id,
+                           row.peer, exc, _utc(row.expires_at))
+        self.renewal_failures[row.session_id] = RenewalFailure(row.peer, kind, str(exc))
 
     async def lifecycle(self) -> dict[str, int]:
         """Renew sessions due, rotate send keys due, expire unused tokens and sessions; counts."""
@@ -448,6 +484,12 @@ class NodeServices:
         rotated = await self.keeper.rotate_due(now, self.settings.epoch_interval)
         tokens = await self.tokens.expire(now)
         sessions = await self.keeper.expire(now)
+        for session_id in sessions:
+            failure = self.renewal_failures.pop(session_id, None)
+            if failure is not None:
+                logger.warning("session %s with %s expired, not renewed: %s; `openred connect` "
+                               "makes a new one once that is fixed", session_id, failure.peer,
+                               failure.detail)
         return {"renewed": len(renewed), "rotated": len(rotated), "tokens": tokens,
                 "sessions": len(sessions)}
 
