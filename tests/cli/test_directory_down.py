@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import threading
@@ -205,3 +206,38 @@ def test_nodes_are_not_marked_stale_or_expired_for_the_directory_s_own_downtime(
         assert status == "active"
         assert "does not know this node" not in net.servers["a"].output()
 
+
+
+@pytest.mark.slow
+def test_a_directory_restored_from_an_older_copy_is_refused_and_the_node_says_so() -> None:
+    root = short_dir()
+    with network(root, OPENRED_HEARTBEAT_INTERVAL="1") as net:
+        a_id, b_id = start_pair(net)
+        assert net.servers.pop("directory").stop() == 0
+        shutil.copytree(root / "directory", root / "copy")  # its key, log and jail witness
+        net.start_directory()
+        for _ in range(2):  # the restarted directory's grants extend what the nodes hold
+            admin(net, "a").post("connect", {"peer": b_id})
+        assert net.servers.pop("directory").stop() == 0
+        # The operator restores the older copy: same key, a log that forgets two grants.
+        shutil.rmtree(root / "directory")
+        shutil.copytree(root / "copy", root / "directory")
+        net.start_directory()
+        outcomes = [net.cli("a", "connect", b_id, check=False) for _ in range(2)]
+        for refused in outcomes:
+            assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+        # The node says it in its own words (not the directory's relay of a 409), once the
+        # directory's history contradicts the checkpoint it holds; the evidence is in its log.
+        last = outcomes[-1].stderr
+        assert "checkpoint" in last and "evidence" in last, last
+        a_log = net.servers["a"].output()
+        forks = [line for line in a_log.splitlines()
+                 if " ERROR " in line and "DirectoryForkDetected" in line]
+        assert len(forks) == 1, a_log
+        with sqlite3.connect(root / "a" / "openred.db") as conn:
+            kept = conn.execute("SELECT count(*) FROM events WHERE type = "
+                                "'DirectoryForkDetected'").fetchone()[0]
+        assert kept == 1
+        # The pair keeps talking on the sessions it has.
+        admin(net, "b").post("send", {"peer": a_id, "text": "the directory forked"})
+        admin(net, "a").post("send", {"peer": b_id, "text": "we still talk"})
