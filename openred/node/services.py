@@ -35,7 +35,7 @@ from openred.node.batch import BATCH_PATH, CallBatcher, Render, handle_batch, po
 from openred.node.book import NodeBook
 from openred.node.diskreserve import DiskReserve, free_bytes
 from openred.node.envelope import Envelope, Route, SessionChannel
-from openred.node.events import node_registry
+from openred.node.events import DIRECTORY_FORK_DETECTED, node_registry
 from openred.node.handshake_service import INVALID_RENEWAL, HandshakeAnswer, Handshakes
 from openred.node.own_record import RECORD_FILE, OwnRecord
 from openred.node.p2p import P2PActions, dispatch
@@ -73,6 +73,11 @@ another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``con
 
 
 DIRECTORY_UNREACHABLE = "directory-unreachable"
+DIRECTORY_FORK = "directory-fork"
+DIRECTORY_FORK_DETAIL = (
+    "the directory's checkpoint is inconsistent with the one this node holds (its log was "
+    "forked or rolled back): grant refused, evidence kept in this node's log as "
+    "DirectoryForkDetected; sessions already established keep working")
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +407,7 @@ class NodeServices:
     async def request_grant(self, peer: str) -> str:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
         url = self.settings.directory_url
+        since = self.store.head.size
         try:
             reply = await self.http.request(
                 "POST", f"{url}{REQUEST_CONNECTION_PATH}",
@@ -414,12 +420,20 @@ class NodeServices:
             # sessions already made do not need it.
             raise directory_unreachable(url, exc) from None
         if reply.status != 201:
-            raise _refusal_from(reply, "the directory")
+            refusal = _refusal_from(reply, "the directory")
+            if await self._fork_logged_since(since):
+                raise NodeRefused(502, DIRECTORY_FORK, DIRECTORY_FORK_DETAIL) from None
+            raise refusal
         body = reply.json()
         grant_id = body.get("grant_id") if isinstance(body, dict) else None
         if not isinstance(grant_id, str):
             raise NodeRefused(502, "directory-malformed", "the directory's answer has no grant")
         return grant_id
+
+    async def _fork_logged_since(self, size: int) -> bool:
+        """Whether this node logged ``DirectoryForkDetected`` after log entry ``size``."""
+        return any(e.type == DIRECTORY_FORK_DETECTED
+                   for e in await self.store.read(size + 1))
 
     # -- lifecycle --
 

@@ -247,9 +247,15 @@ class TokenReceiver:
             raise _bad(422, "unverifiable-delivery", str(exc)) from None
         if isinstance(verdict, Forked):
             assert held is not None, "a fork needs a checkpoint held before"
-            await self.store.append_one(
+            stored = await self.store.append_one(
                 fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
             )
+            # The operator hears it from the node itself (the push's 409 reaches only the
+            # directory, whose log is the one in question, and it relays what it likes).
+            logger.error("the directory's checkpoint for grant %s is inconsistent with the one "
+                         "this node holds (size %d): its log was forked or rolled back; grant "
+                         "refused, both checkpoints kept as DirectoryForkDetected (seq %d)",
+                         grant.grant_id, held.size, stored.seq)
             raise _bad(409, "directory-fork",
                        "the directory's checkpoint is inconsistent with the one this node holds")
         return verdict
