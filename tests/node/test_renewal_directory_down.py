@@ -2,7 +2,8 @@
 
 Renewal at 80 % of a session's life needs a new grant from the directory. While the directory
 is unreachable the pair keeps talking on the old session; the node says so once (not at every
-lifecycle run until the session ends), and when the session expires unrenewed it says why.
+lifecycle run until the session ends), and when the session expires unrenewed it says why, in
+its log and to the operator's ``send``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from dataclasses import replace
 
 import pytest
 
+from openred.node.admin import create_admin_app
 from tests.node import test_app
 from tests.node.test_app import World, granted
 from tests.servers import free_port
 
 LIFETIME = 86400  # serve_node's session lifetime
+KEY = "k" * 43
 world = test_app.world  # the fixture: two served nodes and a directory log
 
 
@@ -54,3 +57,13 @@ async def test_a_renewal_the_directory_cannot_grant_warns_once_and_the_expiry_sa
     assert said[0].levelname == "WARNING"
     assert "expired" in message and "not renewed" in message and "unreachable" in message
     assert str(world.b.id) in message
+
+    # The operator sends to the peer: the node says the session expired and why.
+    admin = create_admin_app(world.a.app, KEY)
+    reply = await admin.test_client().post(
+        "/admin/v1/send", headers={"Authorization": f"Bearer {KEY}"},
+        json={"peer": str(world.b.id), "text": "anyone?"})
+    assert reply.status_code == 404
+    detail = (await reply.get_json())["detail"]
+    assert "expired" in detail and "not renewed" in detail and "unreachable" in detail, detail
+    assert "connect" in detail
