@@ -233,6 +233,9 @@ class NodeServices:
     """Free space kept on the log's file system: peers' calls log nothing below it."""
     renewal_failures: dict[str, RenewalFailure] = field(default_factory=dict)
     """The last failure of each active session's renewal (logged once, said at its expiry)."""
+    unrenewed: dict[str, tuple[str, RenewalFailure]] = field(default_factory=dict)
+    """Per peer, the last session that expired unrenewed and why (what ``send`` tells the
+    operator when no session with the peer is active; since this process started)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -476,6 +479,22 @@ class NodeServices:
             renewed.append((row.session_id, channel.session_id))
         return renewed
 
+    async def no_session(self, peer: str) -> NodeRefused:
+        """The refusal of a send to ``peer`` with no active session: what became of the last."""
+        rows = [r for r in await self.book.sessions() if r.peer == peer]
+        if not rows:
+            return NodeRefused(404, "no-session", f"no active session with {peer}: connect first")
+        last = max(rows, key=lambda r: r.established_at)
+        said = f"no active session with {peer}: the last one ({last.session_id}) "
+        if last.state == "expired":
+            said += f"expired at {_utc(last.expires_at)}"
+            known = self.unrenewed.get(peer)
+            if known is not None and known[0] == last.session_id:
+                said += f", not renewed: {known[1].detail}"
+        else:
+            said += f"is {last.state}"
+        return NodeRefused(404, "no-session", said + "; connect first")
+
     def _renewal_failed(self, row: SessionRow, exc: OpenRedError) -> None:
         """Log a failed renewal once per session and kind of failure (not every run).
 
@@ -501,6 +520,7 @@ class NodeServices:
         for session_id in sessions:
             failure = self.renewal_failures.pop(session_id, None)
             if failure is not None:
+                self.unrenewed[failure.peer] = (session_id, failure)
                 logger.warning("session %s with %s expired, not renewed: %s; `openred connect` "
                                "makes a new one once that is fixed", session_id, failure.peer,
                                failure.detail)
