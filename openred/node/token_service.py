@@ -244,6 +244,13 @@ class TokenReceiver:
         try:
             verdict = await self.checks.verify(body, grant, peer_id, held)
         except (VerificationError, CryptoError) as exc:
+            # Only a directory reaches this (the grant's signature verified under its pinned
+            # key): a delivery of its own that does not verify against its log — one restored
+            # from an older copy fails the consistency proof with the checkpoint held — is
+            # the operator's business, not only the directory's.
+            logger.warning("refused grant %s signed by the directory: its delivery does not "
+                           "verify: %s", grant.grant_id, exc,
+                           extra={"event": "UnverifiableDelivery", "grant_id": grant.grant_id})
             raise _bad(422, "unverifiable-delivery", str(exc)) from None
         if isinstance(verdict, Forked):
             assert held is not None, "a fork needs a checkpoint held before"
