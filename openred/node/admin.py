@@ -233,8 +233,7 @@ def create_admin_app(node_app: Quart, admin_key: str) -> Quart:
             peer = await resolve_peer(svc, _text_field(body, "peer"))
             rows = [r for r in await svc.book.sessions(state="active") if r.peer == peer]
             if not rows:
-                raise RequestRefused(404, "no-session",
-                                     f"no active session with {peer}: connect first")
+                raise await svc.no_session(peer)
             session_id = max(rows, key=lambda r: r.established_at).session_id
         receipt = await svc.send_message(session_id, text)
         return {"message_id": receipt.message_id, "session_id": session_id,

@@ -4,7 +4,8 @@ The node's signed record is kept in ``DATA_DIR/node-record.json``
 (:class:`~openred.node.own_record.OwnRecord`). When the node starts, its current record is
 what the record says (URL, keys, modules) if the node is still that, else a new record with the
 next ``version`` (so the directory accepts it as newer). :meth:`Registrar.run` registers that
-record — retrying while the directory is unreachable, logging each failure clearly, while the
+record — retrying while the directory is unreachable (one ERROR when an outage starts, a
+WARNING if the kind of failure changes, one INFO when the directory answers again), while the
 node keeps serving its peers — then heartbeats at the interval the directory asks for,
 registering again when the directory answers a heartbeat with 404 (it forgot the node or
 expired it). A registration whose record
@@ -80,6 +81,9 @@ class Registrar:
         self.retry_interval = retry_interval
         self.heartbeat_interval = heartbeat_interval
         self.state = RegistrationState()
+        self._down_since: float | None = None
+        """Loop time of the first failure of the current outage (None: the directory answers)."""
+        self._failure_kind: str | None = None
 
     @property
     def record(self) -> SignedNodeRecord | None:
@@ -99,11 +103,13 @@ class Registrar:
             reply = await svc.http.request("POST", url + REGISTER_PATH,
                                            json_body=signed.to_wire(), signed=True, attempts=1)
         except (PeerUnreachable, OpenRedError) as exc:
-            self._failed(f"directory unreachable at {url}: {exc}", reachable=False)
+            self._failed(f"directory unreachable at {url}: {exc}", reachable=False,
+                         kind="unreachable")
             return False
         if reply.status not in (200, 201):
             self._failed(f"directory at {url} refused the registration: "
-                         f"{reply.status} {_detail(reply.body)}", reachable=True)
+                         f"{reply.status} {_detail(reply.body)}", reachable=True,
+                         kind=f"registration {reply.status}")
             return False
         self.state.registered = True
         self.state.version = signed.record.version
@@ -117,8 +123,13 @@ class Registrar:
                 "api_url": signed.record.api_url,
             }))
             svc.own_record.save(signed, signed.record.version)
-        logger.info("registered with the directory at %s (record version %d)", url,
-                    signed.record.version)
+        down = self._recovered()
+        if down is None:
+            logger.info("registered with the directory at %s (record version %d)", url,
+                        signed.record.version)
+        else:
+            logger.info("the directory at %s is reachable again after %.0f s: registered "
+                        "(record version %d)", url, down, signed.record.version)
         return True
 
     async def heartbeat(self) -> bool | None:
@@ -129,7 +140,8 @@ class Registrar:
             reply = await svc.http.request("POST", url + HEARTBEAT_PATH, json_body={},
                                            signed=True, attempts=1)
         except (PeerUnreachable, OpenRedError) as exc:
-            self._failed(f"directory unreachable at {url}: {exc}", reachable=False)
+            self._failed(f"directory unreachable at {url}: {exc}", reachable=False,
+                         kind="unreachable")
             return False
         if reply.status == 404:
             self.state.registered = False
@@ -138,13 +150,14 @@ class Registrar:
             return None
         if reply.status != 200:
             self._failed(f"directory at {url} refused the heartbeat: {reply.status} "
-                         f"{_detail(reply.body)}", reachable=True)
+                         f"{_detail(reply.body)}", reachable=True,
+                         kind=f"heartbeat {reply.status}")
             return False
         try:
             body: Any = reply.json()
         except TransportError:
             self._failed(f"directory at {url} answered the heartbeat with something that is "
-                         "not JSON", reachable=True)
+                         "not JSON", reachable=True, kind="heartbeat not JSON")
             return False
         interval = body.get("heartbeat_interval") if isinstance(body, dict) else None
         if type(interval) is int and interval > 0:  # no bool; an int too large for a float
@@ -152,13 +165,47 @@ class Registrar:
         self.state.last_heartbeat = svc.now()
         self.state.directory_reachable = True
         self.state.last_error = None
+        down = self._recovered()
+        if down is not None:
+            logger.info("the directory at %s is reachable again after %.0f s: heartbeat "
+                        "accepted", url, down)
         return True
 
-    def _failed(self, message: str, *, reachable: bool) -> None:
-        if self.state.last_error != message:
+    def _failed(self, message: str, *, reachable: bool, kind: str) -> None:
+        """Note a failed round; log it once per outage (ERROR), and when its kind changes.
+
+        An outage was a WARNING (an operator alerting on ERROR did not see it) and the
+        directory's return was not logged at all; and the whole message was compared, so
+        every change of the exception's text within one outage (a refused connection, a
+        timeout, a reset as the directory restarts) was logged again. Now: ERROR on the
+        first failure, WARNING only when the kind of failure changes (unreachable, or which
+        status it answered), INFO once when a round succeeds again (:meth:`_recovered`).
+        """
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+            logger.error("%s; still serving peers, retrying", message)
+        elif kind != self._failure_kind:
             logger.warning("%s; still serving peers, retrying", message)
+        self._failure_kind = kind
         self.state.last_error = message
         self.state.directory_reachable = reachable
+
+    def _recovered(self) -> float | None:
+        """After a successful round: seconds the directory was failing (None: it was not)."""
+        if self._down_since is None:
+            return None
+        down = asyncio.get_running_loop().time() - self._down_since
+        self._down_since = self._failure_kind = None
+        return down
+
+    @property
+    def retry_pause(self) -> float:
+        """Seconds before the next try after a failure: ``retry_interval``, or half the
+        heartbeat interval the directory asked for when that is shorter. The directory counts
+        a node's silence from its own restart: a node retrying slower than the directory's
+        ``OPENRED_STALE_AFTER`` (twice the interval by default) was marked stale, and expired,
+        for the directory's own downtime."""
+        return min(self.retry_interval, self.heartbeat_interval / 2)
 
     async def run(self) -> None:
         """Register (until it works), then heartbeat forever; cancel to stop.
@@ -184,14 +231,14 @@ class Registrar:
 
     async def _round(self) -> None:
         if not self.state.registered and not await self.register():
-            await asyncio.sleep(self.retry_interval)
+            await asyncio.sleep(self.retry_pause)
             return
         # The first heartbeat right after registering tells the directory's interval; then
         # one every half interval, so a single lost heartbeat never makes the node stale.
         beat = await self.heartbeat()
         if beat is None:
             return
-        await asyncio.sleep(self.retry_interval if beat is False
+        await asyncio.sleep(self.retry_pause if beat is False
                             else self.heartbeat_interval / 2)
 
 

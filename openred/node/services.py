@@ -22,7 +22,7 @@ from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.methods import MethodRegistry
 from openred.crypto.records import SignedNodeRecord
-from openred.errors import NodeRefused, OpenRedError, TransportError
+from openred.errors import NodeRefused, OpenRedError, PeerUnreachable, TransportError
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
@@ -38,12 +38,12 @@ from openred.node.batch import BATCH_PATH, CallBatcher, Render, handle_batch, po
 from openred.node.book import NodeBook
 from openred.node.diskreserve import DiskReserve, free_bytes
 from openred.node.envelope import Envelope, Route, SessionChannel
-from openred.node.events import node_registry
+from openred.node.events import DIRECTORY_FORK_DETECTED, node_registry
 from openred.node.handshake_service import INVALID_RENEWAL, HandshakeAnswer, Handshakes
 from openred.node.own_record import RECORD_FILE, OwnRecord
 from openred.node.p2p import P2PActions, dispatch
 from openred.node.projections import node_projections
-from openred.node.readmodels import ReadModels
+from openred.node.readmodels import ReadModels, SessionRow
 from openred.node.sessions import NodeSessionLedger, SessionKeeper
 from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
@@ -78,6 +78,35 @@ another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``con
 _SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _REFUSAL_DETAIL: Final = 500
 """Characters of a peer's (or the directory's) problem detail kept in our refusal."""
+
+
+DIRECTORY_UNREACHABLE = "directory-unreachable"
+DIRECTORY_FORK = "directory-fork"
+DIRECTORY_FORK_DETAIL = (
+    "the directory's checkpoint is inconsistent with the one this node holds (its log was "
+    "forked or rolled back): grant refused, evidence kept in this node's log as "
+    "DirectoryForkDetected; sessions already established keep working")
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalFailure:
+    """Why a session's renewal failed last (its peer, a slug, the whole message)."""
+
+    peer: str
+    kind: str
+    detail: str
+
+
+def _utc(unix: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def directory_unreachable(url: str, exc: PeerUnreachable) -> NodeRefused:
+    """The refusal of something that needs the directory (a grant) while it is unreachable."""
+    cause = str(exc).partition(" attempts: ")[2] or str(exc)
+    return NodeRefused(502, DIRECTORY_UNREACHABLE,
+                       f"the directory at {url} is unreachable ({cause}): no new connection "
+                       "until it is back; sessions already established keep working")
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -220,6 +249,11 @@ class NodeServices:
     """Free space kept on the log's file system: peers' calls log nothing below it."""
     health_checks: SharedChecks = field(default_factory=SharedChecks)
     """The public health route's checks: one run at a time, shared (a scraper's burst)."""
+    renewal_failures: dict[str, RenewalFailure] = field(default_factory=dict)
+    """The last failure of each active session's renewal (logged once, said at its expiry)."""
+    unrenewed: dict[str, tuple[str, RenewalFailure]] = field(default_factory=dict)
+    """Per peer, the last session that expired unrenewed and why (what ``send`` tells the
+    operator when no session with the peer is active; since this process started)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -393,17 +427,34 @@ class NodeServices:
 
     async def request_grant(self, peer: str) -> str:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
-        reply = await self.http.request(
-            "POST", f"{self.settings.directory_url}{REQUEST_CONNECTION_PATH}",
-            json_body={"target": peer}, signed=True, replayable=False, timeout=GRANT_TIMEOUT,
-        )
+        url = self.settings.directory_url
+        since = self.store.head.size
+        try:
+            reply = await self.http.request(
+                "POST", f"{url}{REQUEST_CONNECTION_PATH}",
+                json_body={"target": peer}, signed=True, replayable=False,
+                timeout=GRANT_TIMEOUT,
+            )
+        except PeerUnreachable as exc:
+            # The operator's ``connect`` (and a renewal) said only "POST <url> failed after 3
+            # attempts: ClientConnectorError ...": not that it was the directory, nor that the
+            # sessions already made do not need it.
+            raise directory_unreachable(url, exc) from None
         if reply.status != 201:
-            raise _refusal_from(reply, "the directory")
+            refusal = _refusal_from(reply, "the directory")
+            if await self._fork_logged_since(since):
+                raise NodeRefused(502, DIRECTORY_FORK, DIRECTORY_FORK_DETAIL) from None
+            raise refusal
         body = reply.json()
         grant_id = body.get("grant_id") if isinstance(body, dict) else None
         if not isinstance(grant_id, str):
             raise NodeRefused(502, "directory-malformed", "the directory's answer has no grant")
         return grant_id
+
+    async def _fork_logged_since(self, size: int) -> bool:
+        """Whether this node logged ``DirectoryForkDetected`` after log entry ``size``."""
+        return any(e.type == DIRECTORY_FORK_DETECTED
+                   for e in await self.store.read(size + 1))
 
     # -- lifecycle --
 
@@ -418,6 +469,9 @@ class NodeServices:
         """
         renewed: list[tuple[str, str]] = []
         rows = [r for r in await self.book.sessions(state="active") if r.role == "initiator"]
+        active = {r.session_id for r in rows}
+        for gone in [s for s in self.renewal_failures if s not in active]:
+            del self.renewal_failures[gone]  # closed another way
         for row in self.keeper.due_for_renewal(rows, self.now()):
             try:
                 grant_id = await self.request_grant(row.peer)
@@ -435,10 +489,44 @@ class NodeServices:
                         grant_id, self._handshake_over_http, self.now(), renews=row.session_id,
                         prove=False)
             except OpenRedError as exc:
-                logger.warning("renewing session %s failed: %s", row.session_id, exc)
+                self._renewal_failed(row, exc)
                 continue
+            if self.renewal_failures.pop(row.session_id, None) is not None:
+                logger.info("renewed session %s with %s as %s after failed tries",
+                            row.session_id, row.peer, channel.session_id)
             renewed.append((row.session_id, channel.session_id))
         return renewed
+
+    async def no_session(self, peer: str) -> NodeRefused:
+        """The refusal of a send to ``peer`` with no active session: what became of the last."""
+        rows = [r for r in await self.book.sessions() if r.peer == peer]
+        if not rows:
+            return NodeRefused(404, "no-session", f"no active session with {peer}: connect first")
+        last = max(rows, key=lambda r: r.established_at)
+        said = f"no active session with {peer}: the last one ({last.session_id}) "
+        if last.state == "expired":
+            said += f"expired at {_utc(last.expires_at)}"
+            known = self.unrenewed.get(peer)
+            if known is not None and known[0] == last.session_id:
+                said += f", not renewed: {known[1].detail}"
+        else:
+            said += f"is {last.state}"
+        return NodeRefused(404, "no-session", said + "; connect first")
+
+    def _renewal_failed(self, row: SessionRow, exc: OpenRedError) -> None:
+        """Log a failed renewal once per session and kind of failure (not every run).
+
+        Every lifecycle run (30 s) tried again and logged again: with the directory down,
+        hundreds of lines per session over the last fifth of its life, then nothing when it
+        expired. The failure is kept to say why at the expiry (:meth:`lifecycle`).
+        """
+        kind = exc.reason if isinstance(exc, NodeRefused) else type(exc).__name__
+        before = self.renewal_failures.get(row.session_id)
+        if before is None or before.kind != kind:
+            logger.warning("renewing session %s with %s failed: %s; it keeps working until it "
+                           "expires at %s, retrying at every lifecycle run", row.session_id,
+                           row.peer, exc, _utc(row.expires_at))
+        self.renewal_failures[row.session_id] = RenewalFailure(row.peer, kind, str(exc))
 
     async def lifecycle(self) -> dict[str, int]:
         """Renew sessions due, rotate send keys due, expire unused tokens and sessions; counts."""
@@ -447,6 +535,13 @@ class NodeServices:
         rotated = await self.keeper.rotate_due(now, self.settings.epoch_interval)
         tokens = await self.tokens.expire(now)
         sessions = await self.keeper.expire(now)
+        for session_id in sessions:
+            failure = self.renewal_failures.pop(session_id, None)
+            if failure is not None:
+                self.unrenewed[failure.peer] = (session_id, failure)
+                logger.warning("session %s with %s expired, not renewed: %s; `openred connect` "
+                               "makes a new one once that is fixed", session_id, failure.peer,
+                               failure.detail)
         return {"renewed": len(renewed), "rotated": len(rotated), "tokens": tokens,
                 "sessions": len(sessions)}
 

@@ -244,12 +244,25 @@ class TokenReceiver:
         try:
             verdict = await self.checks.verify(body, grant, peer_id, held)
         except (VerificationError, CryptoError) as exc:
+            # Only a directory reaches this (the grant's signature verified under its pinned
+            # key): a delivery of its own that does not verify against its log — one restored
+            # from an older copy fails the consistency proof with the checkpoint held — is
+            # the operator's business, not only the directory's.
+            logger.warning("refused grant %s signed by the directory: its delivery does not "
+                           "verify: %s", grant.grant_id, exc,
+                           extra={"event": "UnverifiableDelivery", "grant_id": grant.grant_id})
             raise _bad(422, "unverifiable-delivery", str(exc)) from None
         if isinstance(verdict, Forked):
             assert held is not None, "a fork needs a checkpoint held before"
-            await self.store.append_one(
+            stored = await self.store.append_one(
                 fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
             )
+            # The operator hears it from the node itself (the push's 409 reaches only the
+            # directory, whose log is the one in question, and it relays what it likes).
+            logger.error("the directory's checkpoint for grant %s is inconsistent with the one "
+                         "this node holds (size %d): its log was forked or rolled back; grant "
+                         "refused, both checkpoints kept as DirectoryForkDetected (seq %d)",
+                         grant.grant_id, held.size, stored.seq)
             raise _bad(409, "directory-fork",
                        "the directory's checkpoint is inconsistent with the one this node holds")
         return verdict

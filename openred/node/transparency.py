@@ -33,7 +33,7 @@ from openred.crypto.transparency import (
     verify_directory_checkpoint,
     verify_grant_delivery,
 )
-from openred.errors import CryptoError, ForkDetected, TransparencyError
+from openred.errors import CryptoError, ForkDetected, RequestRefused, TransparencyError
 from openred.node.token_service import Forked, Verified
 from openred.node.tokens import HeldCheckpoint, PeerInfo
 
@@ -111,6 +111,14 @@ class TransparencyChecks:
             return
         small, large = (held, received) if held.size < received.size else (received, held)
         small_cp, large_cp = (held_cp, new_cp) if small is held else (new_cp, held_cp)
-        _, proof = await self.fetch(small.size, large.size)
+        try:
+            _, proof = await self.fetch(small.size, large.size)
+        except RequestRefused as exc:
+            # The directory's own refusal to prove it (a log restored from an older copy has
+            # no entry at the size held): the delivery does not verify, rather than the
+            # directory's status passed on as if it were this node's answer.
+            raise TransparencyError(
+                f"the directory cannot prove its checkpoint (size {received.size}) consistent "
+                f"with the one this node holds (size {held.size}): {exc}") from None
         verify_consistent(small.note.encode("utf-8"), small_cp, large.note.encode("utf-8"),
                           large_cp, proof)
