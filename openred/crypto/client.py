@@ -690,6 +690,12 @@ class JailClient:
                     if attempt == 1 and retry:
                         continue
                     raise JailUnavailable(f"the connection to the jail broke during {op}") from exc
+                except BaseException:
+                    # Cancelled (a caller's timeout) with the answer still owed on this
+                    # connection: it cannot carry another request, so it is closed here, not
+                    # left to the garbage collector.
+                    conn.close()
+                    raise
                 self._release(conn)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover

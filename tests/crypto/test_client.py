@@ -459,3 +459,30 @@ async def test_the_jail_does_not_outlive_its_supervisor(workdir: Path) -> None:
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
+
+
+async def test_a_call_cancelled_while_it_waits_for_its_answer_closes_its_connection() -> None:
+    """A caller's timeout (the health check's ``wait_for``) cancels a call mid-request: its
+    connection, with an answer still owed on it, cannot go back to the pool — and it was
+    neither pooled nor closed, left for the garbage collector ("unclosed transport")."""
+    from tests.crypto_jail.test_server import short_dir
+
+    path = short_dir() / "j.sock"
+    closed = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # the request arrives; no answer is ever sent
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_unix_server(never_answer, str(path))
+    async with server:
+        client = JailClient(path, timeout=30.0)
+        call = asyncio.create_task(client.call("public_keys", {}))
+        await asyncio.sleep(0.2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(closed.wait(), 5.0)  # the client hung up
+        await client.close()
