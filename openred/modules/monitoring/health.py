@@ -110,14 +110,34 @@ class SharedChecks:
 
     def __init__(self) -> None:
         self._running: asyncio.Future[list[Check]] | None = None
+        self._failing: tuple[str, ...] = ()
 
     async def run(self, probes: Callable[[], Mapping[str, Probe]], *,
                   timeout: float = 2.0) -> list[Check]:
         running = self._running
         if running is None or running.done():
-            running = self._running = asyncio.ensure_future(
-                run_checks(probes(), timeout=timeout))
+            running = self._running = asyncio.ensure_future(self._run(probes(), timeout))
         return await asyncio.shield(running)
+
+    async def _run(self, probes: Mapping[str, Probe], timeout: float) -> list[Check]:
+        checks = await run_checks(probes, timeout=timeout)
+        self._log_change(checks)
+        return checks
+
+    def _log_change(self, checks: list[Check]) -> None:
+        """Log when the failing parts change, not at every run: an outside probe asking every
+        few seconds through a directory outage wrote a WARNING per request."""
+        failing = [c for c in checks if not c.ok]
+        names = tuple(c.name for c in failing)
+        if names == self._failing:
+            return
+        self._failing = names
+        if failing:
+            logger.warning("health check failing: %s",
+                           "; ".join(f"{c.name}: {c.detail}" for c in failing),
+                           extra={"event": "HealthCheckFailing", "failing": list(names)})
+        else:
+            logger.info("health checks pass again", extra={"event": "HealthCheckPassing"})
 
 
 def refusal(checks: list[Check]) -> RequestRefused | None:
@@ -125,14 +145,12 @@ def refusal(checks: list[Check]) -> RequestRefused | None:
 
     The problem answers a public route, so it names the parts only: their error texts (paths
     of the data directory, the directory's address, exception messages) are logged for the
-    operator (WARNING), and shown by the admin API's status, never sent to whoever asked.
+    operator (WARNING, by :class:`SharedChecks` when the failing parts change), and shown by
+    the admin API's status, never sent to whoever asked.
     """
     failing = [c for c in checks if not c.ok]
     if not failing:
         return None
-    logger.warning("health check failing: %s",
-                   "; ".join(f"{c.name}: {c.detail}" for c in failing),
-                   extra={"event": "HealthCheckFailing", "failing": [c.name for c in failing]})
     names = [c.name for c in failing]
     return RequestRefused(503, "unhealthy", f"failing: {', '.join(names)}", retry_after=5,
                           extra={"failing": names,

@@ -273,3 +273,44 @@ async def test_public_health_names_the_failing_part_but_not_its_error_text(
         assert secret not in text, (secret, text)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "openred.db" in logged and str(dir_port) in logged  # the operator still learns why
+
+
+async def test_a_failing_health_check_is_logged_when_it_starts_and_ends_not_per_request(
+    jails: JailPair, directory: Directory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside probe asking through a directory outage wrote a WARNING per request."""
+    caplog.set_level(logging.INFO, "openred.health")
+    async with JailClient(jails.procs[1].socket_path) as jail, serve_node(
+        "n", jail, tmp_path / "n", directory.key, f"http://127.0.0.1:{free_port()}",
+    ) as node:
+        for _ in range(3):
+            status, _, _ = await get(f"{node.url}/api/v3/health")
+            assert status == 503
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "openred.health"]
+    assert events == ["HealthCheckFailing"]
+
+
+async def test_shared_checks_log_each_change_of_the_failing_parts_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from openred.modules.monitoring.health import Probe, SharedChecks
+
+    caplog.set_level(logging.INFO, "openred.health")
+    down = {"directory": True}
+
+    async def directory_probe() -> None:
+        if down["directory"]:
+            raise ConnectionError("refused")
+
+    async def fine() -> None:
+        return None
+
+    def probes() -> dict[str, Probe]:
+        return {"jail": fine, "directory": directory_probe}
+
+    shared = SharedChecks()
+    for state in (True, True, False, False, True):
+        down["directory"] = state
+        await shared.run(probes)
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "openred.health"]
+    assert events == ["HealthCheckFailing", "HealthCheckPassing", "HealthCheckFailing"]
