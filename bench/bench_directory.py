@@ -154,7 +154,7 @@ def serve_many(kind: str, ports: list[int]) -> None:
     """
     from hypercorn.asyncio import serve
 
-    from openred.web.serve import hypercorn_config
+    from openred.web.serve import hypercorn_config, tune_gc
 
     apps = {"baseline": baseline_app, "receivers": receivers_app,
             "receivers-quart": receivers_app_quart}
@@ -162,6 +162,7 @@ def serve_many(kind: str, ports: list[int]) -> None:
     config = hypercorn_config("127.0.0.1", ports[0])
     config.bind = [f"127.0.0.1:{p}" for p in ports]
     config.errorlog = None
+    tune_gc()  # as the served directory and nodes do once started
     asyncio.run(serve(app, config))  # type: ignore[arg-type]
 
 

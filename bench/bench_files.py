@@ -47,7 +47,7 @@ def plain_server(path: str, port: int) -> None:
     from hypercorn.asyncio import serve
     from quart import Quart, Response
 
-    from openred.web.serve import hypercorn_config
+    from openred.web.serve import hypercorn_config, tune_gc
 
     app = Quart("plain")
 
@@ -62,6 +62,7 @@ def plain_server(path: str, port: int) -> None:
 
     config = hypercorn_config("127.0.0.1", port)
     config.errorlog = None
+    tune_gc()  # as the served node does once started
     asyncio.run(serve(app, config))  # type: ignore[arg-type]
 
 

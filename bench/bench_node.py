@@ -54,7 +54,7 @@ def serve_baseline(port: int) -> None:
     from hypercorn.asyncio import serve
     from quart import Quart, request
 
-    from openred.web.serve import hypercorn_config
+    from openred.web.serve import hypercorn_config, tune_gc
 
     app = Quart("baseline")
 
@@ -65,6 +65,7 @@ def serve_baseline(port: int) -> None:
 
     config = hypercorn_config("127.0.0.1", port)
     config.errorlog = None
+    tune_gc()  # as the served node does once started
     asyncio.run(serve(app, config))  # type: ignore[arg-type]
 
 
