@@ -39,6 +39,7 @@ from openred.web.middleware import ROUTE_SCOPE_KEY
 from openred.web.schema import cache_type_adapters
 
 __all__ = [
+    "LOGGED_BY_PRODUCER",
     "PROBLEM_JSON",
     "STATUS_BY_ERROR",
     "JsonRequest",
@@ -268,6 +269,12 @@ class JsonRequest(Request):
             raise BadRequest("the request body is not valid JSON") from exc
 
 
+LOGGED_BY_PRODUCER = frozenset({"unhealthy"})
+"""5xx slugs whose producer logs them itself, on change: the health checks log their failing
+parts when those change (:class:`~openred.modules.monitoring.health.SharedChecks`), not at
+every request a probe sends through an outage."""
+
+
 def install(app: Quart) -> None:
     """Register the one error handler that turns every failure into a problem response."""
     app.request_class = JsonRequest
@@ -280,7 +287,7 @@ def install(app: Quart) -> None:
         if status >= 500:
             if slug == "internal":
                 logger.exception("unhandled error", exc_info=exc)
-            else:  # an internal failure's own text, which its answer does not carry
+            elif slug not in LOGGED_BY_PRODUCER:  # an internal failure's own text
                 logger.warning("%s: %s", slug, exc if slug in INTERNAL_DETAILS else detail)
         extra = exc.extra if isinstance(exc, errors.RequestRefused) else None
         return problem_response(status, slug, detail, headers=headers, extra=extra)

@@ -279,15 +279,20 @@ async def test_a_failing_health_check_is_logged_when_it_starts_and_ends_not_per_
     jails: JailPair, directory: Directory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An outside probe asking through a directory outage wrote a WARNING per request."""
-    caplog.set_level(logging.INFO, "openred.health")
+    caplog.set_level(logging.INFO, "openred")
     async with JailClient(jails.procs[1].socket_path) as jail, serve_node(
         "n", jail, tmp_path / "n", directory.key, f"http://127.0.0.1:{free_port()}",
     ) as node:
+        caplog.clear()
         for _ in range(3):
             status, _, _ = await get(f"{node.url}/api/v3/health")
             assert status == 503
     events = [getattr(r, "event", None) for r in caplog.records if r.name == "openred.health"]
     assert events == ["HealthCheckFailing"]
+    # nor does the 503 problem itself log a WARNING per request
+    unhealthy = [r for r in caplog.records if r.levelno >= logging.WARNING
+                 and "unhealthy" in r.getMessage()]
+    assert unhealthy == []
 
 
 async def test_shared_checks_log_each_change_of_the_failing_parts_once(
