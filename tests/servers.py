@@ -61,6 +61,21 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class ServerProcess:
     """A server process this test started; stopped by its pid only."""
@@ -75,6 +90,17 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill_with_children(self, timeout: float = 10.0) -> list[int]:
+        """SIGKILL the server and its direct children (its jail): what a crash or an OOM kill
+        leaves; the children's pids. A jail may already have left with its supervisor."""
+        jails = children(self.pid)
+        os.kill(self.pid, signal.SIGKILL)
+        for pid in jails:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        return jails
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait, SIGKILL if needed; the exit code."""

@@ -11,10 +11,8 @@ directory does not mark the nodes stale or expired for its own downtime.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
-import signal
 import sqlite3
 import threading
 import time
@@ -25,20 +23,14 @@ from typing import Any
 import pytest
 
 from openred.cli_client import AdminClient
-from tests.cli.network import Network, children, network
+from tests.cli.network import Network, network
 from tests.crypto_jail.test_server import short_dir
 from tests.servers import HOST
 
 
 def kill_directory(net: Network) -> None:
     """SIGKILL the directory and its jail (what a crash or an OOM kill leaves)."""
-    server = net.servers.pop("directory")
-    jails = children(server.pid)
-    os.kill(server.pid, signal.SIGKILL)
-    for pid in jails:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    server.proc.wait(10)
+    net.servers.pop("directory").kill_with_children()
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 20) -> None:

@@ -8,9 +8,6 @@ exactly once, and the session resumes in both directions.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
 
@@ -19,7 +16,7 @@ import pytest
 from audit_tools.verify import verify
 from openred.cli_client import AdminClient
 from openred.errors import OpenRedError
-from tests.cli.network import alive, children, network
+from tests.cli.network import alive, network
 from tests.crypto_jail.test_server import short_dir
 
 
@@ -58,13 +55,7 @@ def test_a_node_killed_while_receiving_keeps_every_acknowledged_message() -> Non
         while len(acknowledged) < 10:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        jails = children(b.pid)
-        os.kill(b.pid, signal.SIGKILL)
-        for pid in jails:
-            # The jail may already have left with its node (it watches its supervisor).
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        b.proc.wait(10)
+        jails = b.kill_with_children()
         time.sleep(0.5)  # A's senders meet a dead peer meanwhile
         stop.set()
         for thread in threads:

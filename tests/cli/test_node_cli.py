@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from openred.web.signatures import NONCES_FILE
-from tests.cli.network import Network, alive, children, network, openred
+from tests.cli.network import Network, alive, network, openred
 from tests.crypto_jail.test_server import short_dir
-from tests.servers import free_port
+from tests.servers import children, free_port
 
 
 def test_commands_say_in_one_line_that_no_node_is_running() -> None:

@@ -10,11 +10,8 @@ signed discovery by one of them) and takes new registrations.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
-import os
-import signal
 import sqlite3
 import threading
 import time
@@ -29,7 +26,7 @@ from audit_tools.verify import verify
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.identity import BoxKey, SignKey
 from openred.crypto.records import NodeRecord, SignedNodeRecord
-from tests.cli.network import alive, children, network
+from tests.cli.network import alive, network
 from tests.crypto_jail.test_server import short_dir
 
 REGISTER = "/api/v3/nodes/register"
@@ -115,12 +112,7 @@ def test_a_directory_killed_while_nodes_register_keeps_every_acknowledged_regist
         while len(acknowledged) < 40:
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.005)
-        jails = children(server.pid)
-        os.kill(server.pid, signal.SIGKILL)
-        for pid in jails:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        server.proc.wait(10)
+        jails = server.kill_with_children()
         with lock:
             requests.clear()  # the rest is never sent
         for thread in threads:

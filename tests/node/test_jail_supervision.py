@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from openred.crypto.jail_owner import orphaned_jail, owner_path
-from tests.cli.network import alive, children, network
+from tests.cli.network import alive, network
 from tests.crypto_jail.test_server import dev_keystore, short_dir
+from tests.servers import children
 
 ROOT = Path(__file__).resolve().parents[2]
 
