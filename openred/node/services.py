@@ -86,7 +86,7 @@ service's"): another side's refusal never takes them (``peer-refused``)."""
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def _inert(text: str) -> str:
+def inert(text: str) -> str:
     """``text`` with its control characters (line breaks, ESC, C1, bidirectional overrides)
     shown as ``\\xNN`` / ``\\uNNNN``: a peer's words in our log lines and answers cannot
     start a line of their own or act on a terminal."""
@@ -130,7 +130,7 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     own failures' (:data:`_OWN_SLUGS`), is ``peer-refused`` (it became our own problem's
     ``type``, a URI, and log and metric reasons), and the detail is cut at 500 characters (it
     reached the operator's terminal and logged events whole, up to the 1 MiB answer cap), its
-    control characters made inert (:func:`_inert`).
+    control characters made inert (:func:`inert`).
     """
     slug, detail = "peer-refused", f"{what} answered {reply.status}"
     try:
@@ -143,7 +143,7 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         if _SLUG.fullmatch(named) and named not in _OWN_SLUGS:
             slug = named
         if isinstance(text, str):
-            text = _inert(text)
+            text = inert(text)
             if len(text) > _REFUSAL_DETAIL:
                 text = text[:_REFUSAL_DETAIL] + "…"
             detail = f"{what}: {text}"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
