@@ -18,7 +18,7 @@ from quart import Quart, Response
 from openred.errors import NodeRefused
 from openred.modules import install_admin_hooks
 from openred.modules.authentication import events as ev
-from openred.modules.authentication.service import PROVE
+from openred.modules.authentication.service import PROVE, PeerAuthentication
 from openred.node.admin import create_admin_app
 from openred.node.p2p import P2P_ACTIONS, Outcome, RequestContext
 from tests.modules.authentication.test_authentication import Pair, pair, scrape
@@ -66,7 +66,9 @@ async def test_a_peer_cannot_name_metric_series_or_write_its_text_into_the_log(
     assert len(lines) == len(slugs) and max(map(len, lines)) < 1000
 
 
-@pytest.mark.parametrize("answer", [b"not json", b"[]", b'"a string"', b"\xff\xfe"])
+@pytest.mark.parametrize("answer", [b"not json", b"[]", b'"a string"', b"\xff\xfe",
+                                    b"[" * 100_000], ids=["text", "array", "string", "not-utf8",
+                                                          "deep-nesting"])
 async def test_an_answer_that_is_no_json_object_is_a_logged_failure(
     pair: Pair, answer: bytes,
 ) -> None:
@@ -150,3 +152,21 @@ async def test_a_peer_cannot_pass_its_5xx_off_as_one_of_our_own_failures(
     assert not [r for r in caplog.records if r.exc_info], "a traceback for a peer's refusal"
     relayed = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
     assert relayed and all("\n" not in line and "\x1b" not in line for line in relayed), relayed
+
+
+async def test_a_challenge_nested_too_deep_is_refused_not_a_500(
+    pair: Pair, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sends B a "challenge" of 100 000 ``[``: B's JSON parser recursed (RecursionError,
+    not the ValueError ``_object`` caught), so B answered 500 and logged a traceback, as often
+    as any paired peer liked; the challenger's side had the same gap (the answer above)."""
+    caplog.set_level(logging.INFO)
+    svc = pair.a.services
+    peer = await svc.book.peer(str(pair.b.id))
+    assert peer is not None
+    channel = await svc.keeper.channel(pair.session_id, svc.now())
+    with pytest.raises(NodeRefused) as refused:
+        await PeerAuthentication._ask(channel, b"[" * 100_000,
+                                      svc._p2p_transport(peer.api_url), None)
+    assert (refused.value.status, refused.value.reason) == (422, "invalid-challenge")
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a peer's challenge"
