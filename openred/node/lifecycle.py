@@ -5,7 +5,7 @@ The node's signed record is kept in ``DATA_DIR/node-record.json``
 what the record says (URL, keys, modules) if the node is still that, else a new record with the
 next ``version`` (so the directory accepts it as newer). :meth:`Registrar.run` registers that
 record — retrying while the directory is unreachable (one ERROR when an outage starts, a
-WARNING if the kind of failure changes, one INFO when the directory answers again), while the
+WARNING for each new kind of failure in it, one INFO when the directory answers again), while the
 node keeps serving its peers — then heartbeats at the interval the directory asks for,
 registering again when the directory answers a heartbeat with 404 (it forgot the node or
 expired it). A registration whose record
@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlmodel import col, select
 
@@ -42,7 +42,7 @@ from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
 from openred.node.own_record import RECORD_FILE
 from openred.node.readmodels import GrantOutcomeRow, SessionRow
-from openred.node.services import SESSION_LEDGER, NodeServices
+from openred.node.services import SESSION_LEDGER, NodeServices, inert
 from openred.store.events import NewEvent
 from openred.store.sqlite import utc_timestamp
 
@@ -83,7 +83,8 @@ class Registrar:
         self.state = RegistrationState()
         self._down_since: float | None = None
         """Loop time of the first failure of the current outage (None: the directory answers)."""
-        self._failure_kind: str | None = None
+        self._failure_kinds: set[str] = set()
+        """The kinds of failure logged in the current outage (a handful: see :meth:`_failed`)."""
 
     @property
     def record(self) -> SignedNodeRecord | None:
@@ -109,7 +110,7 @@ class Registrar:
         if reply.status not in (200, 201):
             self._failed(f"directory at {url} refused the registration: "
                          f"{reply.status} {_detail(reply.body)}", reachable=True,
-                         kind=f"registration {reply.status}")
+                         kind=f"registration {reply.status // 100}xx")
             return False
         self.state.registered = True
         self.state.version = signed.record.version
@@ -151,7 +152,7 @@ class Registrar:
         if reply.status != 200:
             self._failed(f"directory at {url} refused the heartbeat: {reply.status} "
                          f"{_detail(reply.body)}", reachable=True,
-                         kind=f"heartbeat {reply.status}")
+                         kind=f"heartbeat {reply.status // 100}xx")
             return False
         try:
             body: Any = reply.json()
@@ -180,13 +181,18 @@ class Registrar:
         timeout, a reset as the directory restarts) was logged again. Now: ERROR on the
         first failure, WARNING only when the kind of failure changes (unreachable, or which
         status it answered), INFO once when a round succeeds again (:meth:`_recovered`).
+
+        A kind is logged once per outage, and a status counts by its class (``5xx``): a
+        directory answering 500, 503, 502 in turn (compromised, or a flapping proxy in front
+        of a restarting one), or refusing connections and answering 503 in turn, was a new
+        kind at every round, so a WARNING per round again.
         """
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             logger.error("%s; still serving peers, retrying", message)
-        elif kind != self._failure_kind:
+        elif kind not in self._failure_kinds:
             logger.warning("%s; still serving peers, retrying", message)
-        self._failure_kind = kind
+        self._failure_kinds.add(kind)
         self.state.last_error = message
         self.state.directory_reachable = reachable
 
@@ -195,7 +201,8 @@ class Registrar:
         if self._down_since is None:
             return None
         down = asyncio.get_running_loop().time() - self._down_since
-        self._down_since = self._failure_kind = None
+        self._down_since = None
+        self._failure_kinds.clear()
         return down
 
     @property
@@ -392,11 +399,21 @@ class Housekeeper:
             await self.run_once()
 
 
+_DETAIL: Final = 300
+"""Characters of the directory's answer kept in the log line and the status."""
+
+
 def _detail(body: bytes) -> str:
+    """What the directory's answer says, for the log and ``openred status``: its problem's
+    detail, else its first bytes; control characters made inert and cut at 300 characters
+    (a detail of 100 000 characters with a line break went into every line as it came)."""
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):
-        return body[:200].decode("utf-8", "replace")
+        obj = None
     if isinstance(obj, dict) and isinstance(obj.get("detail"), str):
-        return str(obj["detail"])
-    return body[:200].decode("utf-8", "replace")
+        text = str(obj["detail"])
+    else:
+        text = body[:_DETAIL].decode("utf-8", "replace")
+    text = inert(text)
+    return text[:_DETAIL] + "…" if len(text) > _DETAIL else text

@@ -51,6 +51,7 @@ from openred.node.transparency import TransparencyChecks
 from openred.node.transport import post_envelope
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
 from openred.web.client import HttpClient, Reply, Signer
+from openred.web.problems import INTERNAL_DETAILS, LOGGED_BY_PRODUCER
 
 __all__ = ["NodeServices"]
 
@@ -78,6 +79,19 @@ another grant. With the handshake's 10 s it stays below the CLI's 30 s for ``con
 _SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _REFUSAL_DETAIL: Final = 500
 """Characters of a peer's (or the directory's) problem detail kept in our refusal."""
+_OWN_SLUGS: Final = frozenset({"internal", *LOGGED_BY_PRODUCER, *INTERNAL_DETAILS})
+"""Slugs of this node's own failures, which its problem handler treats apart (``internal``:
+logged with a traceback; ``unhealthy``: not logged; ``signer-unavailable`` …: "this
+service's"): another side's refusal never takes them (``peer-refused``)."""
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def inert(text: str) -> str:
+    """``text`` with its control characters (line breaks, ESC, C1, bidirectional overrides)
+    shown as ``\\xNN`` / ``\\uNNNN``: a peer's words in our log lines and answers cannot
+    start a line of their own or act on a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
 
 
 DIRECTORY_UNREACHABLE = "directory-unreachable"
@@ -112,10 +126,11 @@ def directory_unreachable(url: str, exc: PeerUnreachable) -> NodeRefused:
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
     """The peer's problem answer as our refusal (statuses kept, 5xx become 502).
 
-    The other side chose the slug and the detail: a slug not of a slug's shape is
-    ``peer-refused`` (it became our own problem's ``type``, a URI, and log and metric
-    reasons), and the detail is cut at 500 characters (it reached the operator's terminal and
-    logged events whole, up to the 1 MiB answer cap).
+    The other side chose the slug and the detail: a slug not of a slug's shape, or one of our
+    own failures' (:data:`_OWN_SLUGS`), is ``peer-refused`` (it became our own problem's
+    ``type``, a URI, and log and metric reasons), and the detail is cut at 500 characters (it
+    reached the operator's terminal and logged events whole, up to the 1 MiB answer cap), its
+    control characters made inert (:func:`inert`).
     """
     slug, detail = "peer-refused", f"{what} answered {reply.status}"
     try:
@@ -124,9 +139,11 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         body = None
     if isinstance(body, dict):
         kind, text = body.get("type"), body.get("detail")
-        if isinstance(kind, str) and _SLUG.fullmatch(kind.rsplit(":", 1)[-1]):
-            slug = kind.rsplit(":", 1)[-1]
+        named = kind.rsplit(":", 1)[-1] if isinstance(kind, str) else ""
+        if _SLUG.fullmatch(named) and named not in _OWN_SLUGS:
+            slug = named
         if isinstance(text, str):
+            text = inert(text)
             if len(text) > _REFUSAL_DETAIL:
                 text = text[:_REFUSAL_DETAIL] + "…"
             detail = f"{what}: {text}"

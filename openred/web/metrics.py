@@ -286,9 +286,10 @@ def metrics_app(metrics: Metrics, *, loopback: bool = True) -> Any:
     from quart import Quart, Response, request
 
     from openred.web.browsers import from_browser
-    from openred.web.problems import problem_response
+    from openred.web.problems import install, problem_response
 
     app = Quart("openred.metrics")
+    install(app)  # another path or method, or a failing sampler: a problem, as everywhere
 
     @app.get("/metrics")
     async def scrape() -> Response:

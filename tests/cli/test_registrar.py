@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -218,3 +219,39 @@ async def test_a_retry_after_that_only_looks_like_a_number_is_no_500(
                 await svc.request_grant("A" * 32)
             assert (refused.value.status, refused.value.reason) == (429, "rate-limited")
             assert refused.value.retry_after == expected
+
+
+async def test_a_hostile_directory_writes_neither_its_text_nor_a_line_per_round_into_the_log(
+    jails: JailPair, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A directory answering every heartbeat with a 5xx problem, its status alternating
+    (500, 503, 502, …: a compromised one, or a flapping proxy in front of a restarting one)
+    and its detail 100 000 characters with a line break: each round was a WARNING (the kind
+    compared was the exact status, so every change was a new kind), each written whole into
+    the node's log and its status (``last_error``), the line break starting a forged line."""
+    statuses = [500, 503, 502, 504] * 5
+    hostile = Quart("hostile-directory")
+
+    @hostile.post("/api/v3/nodes/register")
+    async def register() -> tuple[dict[str, Any], int]:
+        return {"status": "active"}, 201
+
+    @hostile.post("/api/v3/nodes/heartbeat")
+    async def heartbeat() -> Response:
+        detail = "x" * 100_000 + "\n12:00:00 ERROR   openred.node forged"
+        return Response(json.dumps({"type": "urn:openred:problem:x", "detail": detail}),
+                        statuses.pop(0), content_type="application/problem+json")
+
+    caplog.set_level(logging.INFO, "openred.node.lifecycle")
+    async with serve_in_loop(hostile) as url, node(jails, tmp_path / "n", url,
+                                                    port=free_port()) as svc:
+        registrar = Registrar(svc)
+        assert await registrar.register()
+        for _ in range(len(statuses)):
+            assert await registrar.heartbeat() is False
+        assert registrar.state.last_error is not None
+        assert len(registrar.state.last_error) < 1000 and "\n" not in registrar.state.last_error
+    lines = [r.getMessage() for r in caplog.records if r.name == "openred.node.lifecycle"
+             and r.levelno >= logging.WARNING]
+    assert 1 <= len(lines) <= 2, [line[:80] for line in lines]  # the outage, not each round
+    assert all(len(line) < 1000 and "\n" not in line for line in lines)

@@ -72,7 +72,7 @@ def _refuse(detail: str) -> NodeRefused:
 def _object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[…
         raise _refuse(f"the {what} is not JSON") from None
     if not isinstance(obj, dict):
         raise _refuse(f"the {what} is a JSON object")

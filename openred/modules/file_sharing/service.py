@@ -154,7 +154,7 @@ class Progress:
 def _object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[…
         raise NodeRefused(400, "malformed", f"the {what} is not JSON") from None
     if not isinstance(obj, dict):
         raise NodeRefused(400, "malformed", f"the {what} is a JSON object")

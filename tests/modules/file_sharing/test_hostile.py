@@ -374,3 +374,16 @@ async def test_names_planted_in_the_download_directory_do_not_block_a_fetch(
     assert path.parent == out and path.name not in planted
     assert re.fullmatch(r"report \([0-9a-f]{16}\)\.bin", path.name), path.name
     assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("route", ["chunk", "revoke", "decline", "offer"])
+async def test_a_peer_call_nested_too_deep_is_refused_not_a_500(pair: Pair, route: str) -> None:
+    """A peer's call of 100 000 ``[``: the JSON parser recursed (RecursionError, not the
+    ValueError the module caught), so the node answered 500 and logged a traceback, as often
+    as any paired peer liked."""
+    from openred.modules.file_sharing.service import DECLINE
+
+    target = {"chunk": CHUNK, "revoke": REVOKE, "decline": DECLINE, "offer": OFFER}[route]
+    with pytest.raises(NodeRefused) as caught:
+        await files(pair.b)._call(pair.a.id, target, b"[" * 100_000)
+    assert (caught.value.status, caught.value.reason) == (400, "malformed")

@@ -158,3 +158,21 @@ async def test_a_metrics_address_another_process_holds_is_an_error_not_a_silence
     assert not any(r.getMessage().startswith("metrics on ") for r in caplog.records)
     [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "monitoring" in error and f"OPENRED_METRICS_ADDRESS 127.0.0.1:{port}" in error, error
+
+
+async def test_the_metrics_listener_answers_what_it_does_not_serve_with_a_problem(
+    jails: JailPair, directory: Directory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scraper asking the keyless listener for another path or with another method got
+    Quart's own HTML page (no problem document, unlike every other answer of the node)."""
+    async with JailClient(jails.procs[0].socket_path) as jail, monitored(
+        jail, directory, tmp_path / "m", monkeypatch) as (_, metrics_url), \
+            aiohttp.ClientSession() as session:
+        answers = []
+        for method, url in (("GET", metrics_url.replace("/metrics", "/nope")),
+                            ("POST", metrics_url), ("GET", metrics_url + "/%ff")):
+            async with session.request(method, url) as resp:
+                answers.append((resp.status, resp.content_type, await resp.read()))
+    assert [(s, t) for s, t, _ in answers] == [
+        (404, "application/problem+json"), (405, "application/problem+json"),
+        (404, "application/problem+json")], [a[2][:80] for a in answers]
