@@ -25,6 +25,7 @@ from pathlib import Path
 
 from quart import Quart
 
+from openred.demo import children
 from openred.web.serve import hypercorn_config, serve_app
 
 HOST = "127.0.0.1"
@@ -59,21 +60,6 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return True
     except (urllib.error.URLError, OSError):
         return False
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass
