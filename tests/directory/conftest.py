@@ -77,14 +77,17 @@ class Node:
         return SignedNodeRecord(record, self.sk.sign(record.canonical_bytes()).signature)
 
     async def call(self, method: str, path: str, body: Any = None, *,
-                   signed: bool = True) -> Reply:
+                   signed: bool = True, timeout: float | None = None) -> Reply:
         async with HttpClient(signer=self.signer(), allow_private=True, attempts=1) as client:
             return await client.request(method, self.directory.url + path, json_body=body,
-                                        signed=signed)
+                                        signed=signed, timeout=timeout)
 
-    async def register(self, signed: SignedNodeRecord | None = None) -> Reply:
+    async def register(self, signed: SignedNodeRecord | None = None, *,
+                       timeout: float | None = None) -> Reply:
+        """``timeout``: the request's whole time (the client's 10 s by default); a test that
+        holds the append itself gives its held registration longer."""
         return await self.call("POST", "/api/v3/nodes/register",
-                               (signed or self.record()).to_wire())
+                               (signed or self.record()).to_wire(), timeout=timeout)
 
 
 def receiver_app(node: Node, directory_key: SignKey, public_url: str) -> Quart:

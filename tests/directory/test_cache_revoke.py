@@ -69,7 +69,9 @@ async def test_a_revocation_committed_while_an_append_is_in_flight_stops_grants(
     granted = await alice.call("POST", CONNECT, {"target": bob.node_id})
     assert granted.status == 201, granted.body  # bob's active view is cached now
     held = HeldAppend(service)
-    registering = asyncio.create_task(carol.register())
+    # Held until the revocation and two requests are done (a second service opens the log
+    # meanwhile: seconds on a loaded machine, past the client's 10 s once under xdist).
+    registering = asyncio.create_task(carol.register(timeout=120))
     await held.entered.wait()  # carol's NodeRegistered is in flight, not committed
     try:
         await revoke_elsewhere(directory, bob.node_id)
