@@ -204,3 +204,16 @@ def split_answers(raw: bytes) -> list[tuple[str, list[tuple[str, str]], bytes]]:
         body, rest = rest[:length], rest[length:]
         out.append((status, sorted(headers), body))
     return out
+
+
+async def gets_at_once(url: str, count: int) -> list[tuple[int, bytes]]:
+    """Status and body of ``count`` GETs of ``url`` sent at once (a burst of scrapers)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=count)) as session:
+
+        async def ask() -> tuple[int, bytes]:
+            async with session.get(url) as resp:
+                return resp.status, await resp.read()
+
+        return list(await asyncio.gather(*(ask() for _ in range(count))))

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-
 from tests.directory.conftest import Directory
+from tests.servers import gets_at_once
 
 BURST = 40
 
@@ -28,16 +27,8 @@ async def test_health_asked_at_once_calls_the_jail_once(directory: Directory) ->
 
     jail.call = counted  # type: ignore[method-assign]
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=BURST)) as session:
-
-            async def ask() -> int:
-                async with session.get(f"{directory.url}/api/v3/health") as resp:
-                    await resp.read()
-                    return resp.status
-
-            statuses = await asyncio.gather(*(ask() for _ in range(BURST)))
+        answers = await gets_at_once(f"{directory.url}/api/v3/health", BURST)
     finally:
         jail.call = call  # type: ignore[method-assign]
-    assert statuses == [200] * BURST
+    assert [status for status, _ in answers] == [200] * BURST
     assert calls.count("public_keys") <= 2, calls.count("public_keys")

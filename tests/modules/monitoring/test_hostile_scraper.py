@@ -22,7 +22,7 @@ from openred.web.metrics import METRICS_EXTENSION, Metrics
 from tests.modules.monitoring.test_monitoring import monitored
 from tests.node.test_app import directory_app, serve_node
 from tests.node.world import Directory, JailPair
-from tests.servers import serve_in_loop
+from tests.servers import gets_at_once, serve_in_loop
 
 SCRAPES = 40
 
@@ -56,16 +56,8 @@ async def test_health_asked_at_once_asks_the_directory_and_the_jail_once(
 
         jail.call = counted  # type: ignore[method-assign]
         hits.clear()
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=SCRAPES)) as session:
-
-            async def ask() -> int:
-                async with session.get(f"{node.url}/api/v3/health") as resp:
-                    await resp.read()
-                    return resp.status
-
-            statuses = await asyncio.gather(*(ask() for _ in range(SCRAPES)))
-    assert statuses == [200] * SCRAPES
+        answers = await gets_at_once(f"{node.url}/api/v3/health", SCRAPES)
+    assert [status for status, _ in answers] == [200] * SCRAPES
     # Before: one GET to the directory (and one jail call, one database probe in a thread)
     # per request: 40 scrapers held 16 of the node's connections to its directory (its
     # pool's limit per host) and queued its own registration and grant requests behind them.
@@ -87,14 +79,7 @@ async def test_metrics_scraped_at_once_are_sampled_once(
             await asyncio.sleep(0.3)
 
         node.app.extensions[METRICS_EXTENSION].add_sampler(slow_sampler)
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=SCRAPES)) as session:
-
-            async def scrape() -> tuple[int, bytes]:
-                async with session.get(metrics_url) as resp:
-                    return resp.status, await resp.read()
-
-            answers = await asyncio.gather(*(scrape() for _ in range(SCRAPES)))
+        answers = await gets_at_once(metrics_url, SCRAPES)
     assert {status for status, _ in answers} == {200}
     assert all(b"openred_sessions" in body for _, body in answers)
     assert len(sampled) <= 2, len(sampled)
