@@ -28,8 +28,8 @@ from openred.crypto.client import (
     SealedGrant,
     SignCoalescer,
 )
-from openred.crypto.identity import BoxKey
 from openred.crypto.httpsig import HttpRequest, RequestVerifier, new_nonce, sign_request
+from openred.crypto.identity import BoxKey
 from openred.errors import JailProtocolError, JailRefused, JailUnavailable
 from tests.crypto.test_client import _fake_jail, _frame
 
