@@ -154,9 +154,9 @@ def receivers_app() -> Any:
 class _AckProtocol(asyncio.Protocol):
     """One connection of :func:`serve_lean`: HTTP/1.1 requests in, acknowledgements out.
 
-    Keep-alive, bodies framed by Content-Length (what the directory's aiohttp client sends),
-    each read whole before it is answered; anything it cannot frame gets 400 and the
-    connection closed.
+    Keep-alive (until ``Connection: close``), bodies framed by Content-Length (what the
+    directory's aiohttp client sends), each read whole before it is answered; anything it
+    cannot frame (a chunked body included) gets 400 and the connection closed.
     """
 
     def __init__(self) -> None:
@@ -174,6 +174,7 @@ class _AckProtocol(asyncio.Protocol):
             if head_end < 0:
                 return
             lines = bytes(self.buffer[:head_end]).split(b"\r\n")
+            closing = False
             try:
                 method, path, _ = lines[0].split(b" ", 2)
                 length = 0
@@ -184,30 +185,34 @@ class _AckProtocol(asyncio.Protocol):
                         length = int(value.strip())
                     elif name == b"transfer-encoding":  # aiohttp sends bytes with a length
                         raise ValueError("no chunked bodies")
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        closing = True
                 if length < 0:
                     raise ValueError("negative length")
             except ValueError:
-                self._answer(400, b"")
+                self._answer(400, b"", True)
                 return
             end = head_end + 4 + length
             if len(self.buffer) < end:
                 return
             del self.buffer[:end]
             if path.decode("latin-1") != RECEIVE_PATH:
-                self._answer(404, b"")
+                self._answer(404, b"", closing)
             elif method != b"POST":
-                self._answer(405, b"")
+                self._answer(405, b"", closing)
             else:
-                self._answer(200, ACK)
+                self._answer(200, ACK, closing)
+            if closing:
+                return
 
-    def _answer(self, status: int, body: bytes) -> None:
+    def _answer(self, status: int, body: bytes, close: bool) -> None:
         assert self.transport is not None
         reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found",
                   405: b"Method Not Allowed"}[status]
         kind = b"content-type: application/json\r\n" if body else b""
-        close = b"connection: close\r\n" if status == 400 else b""
+        ending = b"connection: close\r\n" if close else b""
         self.transport.write(b"HTTP/1.1 %d %s\r\n%s%scontent-length: %d\r\n\r\n%s"
-                             % (status, reason, kind, close, len(body), body))
+                             % (status, reason, kind, ending, len(body), body))
         if close:
             self.buffer.clear()
             self.transport.close()
