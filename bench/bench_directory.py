@@ -6,12 +6,16 @@ the same concurrency. Every server here is its own process (``openred directory 
 the directory, with its jail; a bare Quart app for the baseline; one process answering the
 token pushes of two local receivers), and the load comes from a separate client process.
 
-The two receivers are a harness, not what is measured: they share the machine's cores with the
-directory, so they are a plain ASGI callable under the same Hypercorn configuration that reads
-each push's whole body and answers the acknowledgement the bare Quart receiver answered (same
-status, headers and bytes; ``--serve receivers-quart`` still runs that one). The directory's
-own work per grant is unchanged by it; compare its CPU per grant (``cpu_dir.py grant``) beside
-the ratio.
+The two receivers are a harness, not what is measured. In a network they are nodes on other
+machines; here they share the machine's two cores with the directory, its jail and the load
+client, so every cycle they spend is taken from what is measured. They are one process that
+reads each push's whole body and answers the acknowledgement the bare Quart receiver answered
+(same status, headers and bytes) from a bare asyncio protocol (``--serve receivers-lean``,
+:func:`serve_lean`): ~0.23 ms of CPU per grant, against ~1.4 ms as a plain ASGI callable under
+Hypercorn (``--serve receivers``, what the runs before 2026-12-02's fifth session used;
+``--serve receivers-quart`` runs the Quart app). The directory's own work per grant is the
+same with either. ``directory_request_connection_c64_asgi_receivers`` is the c64 grant
+figure with the ASGI receivers, so runs before and after compare.
 
 Each scenario is compared with a baseline measured in the same minutes: both are split in
 three chunks run alternately (baseline, scenario, baseline, ...), because the machine is shared
@@ -147,6 +151,88 @@ def receivers_app() -> Any:
     return app
 
 
+class _AckProtocol(asyncio.Protocol):
+    """One connection of :func:`serve_lean`: HTTP/1.1 requests in, acknowledgements out.
+
+    Keep-alive (until ``Connection: close``), bodies framed by Content-Length (what the
+    directory's aiohttp client sends), each read whole before it is answered; anything it
+    cannot frame (a chunked body included) gets 400 and the connection closed.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            lines = bytes(self.buffer[:head_end]).split(b"\r\n")
+            closing = False
+            try:
+                method, path, _ = lines[0].split(b" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value.strip())
+                    elif name == b"transfer-encoding":  # aiohttp sends bytes with a length
+                        raise ValueError("no chunked bodies")
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        closing = True
+                if length < 0:
+                    raise ValueError("negative length")
+            except ValueError:
+                self._answer(400, b"", True)
+                return
+            end = head_end + 4 + length
+            if len(self.buffer) < end:
+                return
+            del self.buffer[:end]
+            if path.decode("latin-1") != RECEIVE_PATH:
+                self._answer(404, b"", closing)
+            elif method != b"POST":
+                self._answer(405, b"", closing)
+            else:
+                self._answer(200, ACK, closing)
+            if closing:
+                return
+
+    def _answer(self, status: int, body: bytes, close: bool) -> None:
+        assert self.transport is not None
+        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found",
+                  405: b"Method Not Allowed"}[status]
+        kind = b"content-type: application/json\r\n" if body else b""
+        ending = b"connection: close\r\n" if close else b""
+        self.transport.write(b"HTTP/1.1 %d %s\r\n%s%scontent-length: %d\r\n\r\n%s"
+                             % (status, reason, kind, ending, len(body), body))
+        if close:
+            self.buffer.clear()
+            self.transport.close()
+
+
+def serve_lean(ports: list[int]) -> None:
+    """The two receivers as a bare asyncio protocol, no ASGI server: the acknowledgement
+    :func:`receivers_app` answers (200, ``application/json``, ``{"status":"ok"}`` and a
+    newline; 404 for another path, 405 for another method), at a sixth of its CPU per push."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(_AckProtocol, "127.0.0.1", p) for p in ports]
+        await asyncio.gather(*(s.serve_forever() for s in servers))
+
+    from openred.web.serve import tune_gc
+
+    tune_gc()
+    asyncio.run(main())
+
+
 def serve_many(kind: str, ports: list[int]) -> None:
     """Run ``baseline``, ``receivers`` (or ``receivers-quart``) on the given ports.
 
@@ -156,6 +242,9 @@ def serve_many(kind: str, ports: list[int]) -> None:
 
     from openred.web.serve import hypercorn_config, tune_gc
 
+    if kind == "receivers-lean":
+        serve_lean(ports)
+        return
     apps = {"baseline": baseline_app, "receivers": receivers_app,
             "receivers-quart": receivers_app_quart}
     app = apps[kind]()
@@ -357,8 +446,12 @@ def run_all(quick: bool) -> None:
              str(base_port)], cwd=ROOT, env=env))
         receiver_ports = [free_port(), free_port()]
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_directory", "--serve", "receivers",
+            [sys.executable, "-m", "bench.bench_directory", "--serve", "receivers-lean",
              *map(str, receiver_ports)], cwd=ROOT, env=env))
+        asgi_ports = [free_port(), free_port()]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_directory", "--serve", "receivers",
+             *map(str, asgi_ports)], cwd=ROOT, env=env))
         data, dir_port = tmp / "directory", free_port()
         env["OPENRED_JAIL_SOCKET"] = str(tmp / "jail" / "j.sock")
         subprocess.run([sys.executable, "-m", "openred.cli", "directory", "init", "--data-dir",
@@ -370,8 +463,9 @@ def run_all(quick: bool) -> None:
         base = f"http://127.0.0.1:{base_port}"
         directory = f"http://127.0.0.1:{dir_port}"
         wait_for(base + "/ping", procs[0])
-        wait_for(directory + "/api/v3/health", procs[2])
+        wait_for(directory + "/api/v3/health", procs[3])
         receivers = [f"http://127.0.0.1:{p}" for p in receiver_ports]
+        asgi_receivers = [f"http://127.0.0.1:{p}" for p in asgi_ports]
 
         def baseline() -> list[dict[str, Any]]:
             return [plain("GET", base + "/ping") for _ in range(n_base)]
@@ -387,6 +481,12 @@ def run_all(quick: bool) -> None:
                 _prepare_discover(directory, receivers, n_disc, concurrency))
             disc = interleaved(disc_requests, baseline(), tmp, concurrency=concurrency)
             results.append((suffix, reg, grants, disc))
+        # The same grants with the receivers of the earlier runs (an ASGI app under Hypercorn,
+        # ~6x the lean receivers' CPU per push, taken from the directory's two cores): a figure
+        # of its own, so runs before and after the receivers changed stay comparable.
+        asgi_nodes = asyncio.run(_register_grant_nodes(directory, asgi_receivers))
+        asgi = interleaved(asyncio.run(_prepare_grants(directory, asgi_nodes, n_grant)),
+                           baseline(), tmp, concurrency=SATURATED)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -403,6 +503,11 @@ def run_all(quick: bool) -> None:
             report(name, run.rate, "req/s", baseline_name, base_run.rate)
             report(f"{name}_p50", run.p50_ms, "ms", f"{baseline_name}_p50", base_run.p50_ms)
             report(f"{name}_p99", run.p99_ms, "ms", f"{baseline_name}_p99", base_run.p99_ms)
+    run, base_run = asgi
+    name = f"directory_request_connection_c{SATURATED}_asgi_receivers"
+    if set(run.statuses) != {"201"}:
+        print(f"bench {name}: unexpected statuses {run.statuses}", flush=True)
+    report(name, run.rate, "req/s", f"http_json_baseline_c{SATURATED}", base_run.rate)
 
 
 async def _register_grant_nodes(directory: str, receivers: list[str]) -> list[BenchNode]:

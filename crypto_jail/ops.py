@@ -9,7 +9,9 @@ Operations (DESIGN §7): ``public_keys``, ``sign``, ``sign_batch``, ``sign_many`
 several items in one call), ``sign_checkpoint``, ``witnessed``,
 ``open_sealed``, ``noise_initiate``, ``noise_respond``, ``noise_finish``, ``wrap``, ``unwrap``.
 Tokens stay sealed outside the jail: ``open_sealed`` only says whether a sealed token opens,
-and the Noise operations take the sealed token and open it internally (stateless).
+and the Noise operations take the sealed token and open it internally (stateless). A grant
+signed through ``sign_many`` with ``seal_to`` (the directory's) also gets its two tokens minted
+here from a fresh secret and answered only sealed, each to its node's X25519 key.
 
 The jail keeps time itself (its own wall clock, never one a caller sends): it signs an HTTP
 signature base only if its ``created`` is within :attr:`TimePolicy.http_window` of that clock,
@@ -65,6 +67,7 @@ WRAP_VERSION = b"\x01"
 _NONCE_LEN = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 _TAG_LEN = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
 SIGNATURE_LEN = 64
+_BOX_KEY_LEN = nacl.bindings.crypto_box_PUBLICKEYBYTES
 MAX_LABEL = 256
 SPLIT_THRESHOLD = 64
 """A sign_batch this large is split over two threads (libsodium runs without the GIL)."""
@@ -307,7 +310,12 @@ def op_sign_many(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
     share calls). One to :data:`MAX_SIGN_MANY` items. An item of kind ``checkpoint`` may
     carry the ``consistency_proof`` ``sign_checkpoint`` takes, which a jail with a witness
     needs to sign a larger tree than the last one it signed (the directory's per-grant
-    checkpoints travel this way). A malformed request (items not a list, an item not exactly
+    checkpoints travel this way). An item of kind ``grant`` may carry ``seal_to``, the
+    initiator's and the responder's X25519 keys: once signed, the jail draws the grant's
+    secret, derives token_a and token_b (DESIGN §5) and answers ``{signature, sealed_tokens:
+    [token_a sealed to the initiator, token_b sealed to the responder]}`` — the secret and the
+    clear tokens never leave the jail. A key nothing can be sealed to (a small-order point)
+    is that item's refusal. A malformed request (items not a list, an item not exactly
     ``{kind, data}`` — or with a proof, of another kind or malformed —, a kind that is not a
     string, data that is not base64url) refuses the whole call; an item that ``sign`` would
     refuse gets its own error (code and detail as ``sign`` answers) and the others are still
@@ -319,23 +327,63 @@ def op_sign_many(state: JailState, args: Mapping[str, Any]) -> dict[str, Any]:
         raise OpRefused(BAD_REQUEST, "items must be a non-empty list")
     if len(items) > MAX_SIGN_MANY:
         raise OpRefused(BAD_REQUEST, f"at most {MAX_SIGN_MANY} items per sign_many")
-    parsed: list[tuple[str, bytes, list[bytes] | None]] = []
+    parsed: list[tuple[str, bytes, list[bytes] | None, tuple[bytes, bytes] | None]] = []
     for item in items:
         if not isinstance(item, dict):
             raise OpRefused(BAD_REQUEST, "each item is an object {kind, data}")
-        proven = "consistency_proof" in item
-        _check_keys(item, ("kind", "data", "consistency_proof") if proven else ("kind", "data"))
+        proven, sealing = "consistency_proof" in item, "seal_to" in item
+        extra = ("consistency_proof",) if proven else ("seal_to",) if sealing else ()
+        _check_keys(item, ("kind", "data", *extra))
         kind = _str(item, "kind")
         if proven and kind != "checkpoint":
             raise OpRefused(BAD_REQUEST, "only a checkpoint carries a consistency_proof")
-        parsed.append((kind, _bytes(item, "data"), _proof(item) if proven else None))
-    results: list[dict[str, str]] = []
-    for kind, data, proof in parsed:
+        if sealing and kind != "grant":
+            raise OpRefused(BAD_REQUEST, "only a grant carries seal_to")
+        parsed.append((kind, _bytes(item, "data"), _proof(item) if proven else None,
+                       _seal_to(item) if sealing else None))
+    results: list[dict[str, Any]] = []
+    for kind, data, proof, seal_to in parsed:
         try:
-            results.append({"signature": b64e(_sign_checked(state, kind, data, proof))})
+            signature = _sign_checked(state, kind, data, proof)
+            result: dict[str, Any] = {"signature": b64e(signature)}
+            if seal_to is not None:
+                result["sealed_tokens"] = [b64e(t) for t in _mint_sealed(data, seal_to)]
+            results.append(result)
         except OpRefused as exc:
             results.append({"error": exc.code, "detail": exc.detail})
     return {"results": results}
+
+
+def _seal_to(item: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    raw = item["seal_to"]
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise OpRefused(BAD_REQUEST, "seal_to must be [initiator box key, responder box key]")
+    keys = [b64d(key, name="seal_to") for key in raw]
+    if any(len(key) != _BOX_KEY_LEN for key in keys):
+        raise OpRefused(BAD_REQUEST, f"seal_to keys must be {_BOX_KEY_LEN} bytes")
+    return keys[0], keys[1]
+
+
+def _mint_sealed(canonical_grant: bytes, seal_to: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The grant's two tokens (DESIGN §5) from a fresh secret, each sealed to its node's key.
+
+    ``canonical_grant`` was just signed (so it is a grant this jail vouches for). The secret
+    and both tokens exist only here, for this call: what leaves is ``token_a`` sealed to the
+    initiator's X25519 key and ``token_b`` sealed to the responder's, so the process that
+    pushes them (the directory's web service) never holds a token it could read.
+    """
+    fields = tokens.check_canonical_grant(canonical_grant)
+    grant_id = tokens.decode_grant_id(str(fields["grant_id"]))
+    grant_hash = tokens.grant_hash(canonical_grant)
+    token_b = tokens.derive_token_b(secrets.token_bytes(tokens.SECRET_LEN), grant_id, grant_hash)
+    token_a = tokens.derive_token_a(token_b, grant_id, grant_hash)
+    sealed = []
+    for token, key in ((token_a, seal_to[0]), (token_b, seal_to[1])):
+        try:
+            sealed.append(nacl.bindings.crypto_box_seal(token, key))
+        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError) as exc:
+            raise OpRefused(REFUSED, "cannot seal a token to that key") from exc
+    return sealed[0], sealed[1]
 
 
 def _check_in_time(state: JailState, kind: str, data: bytes) -> None:

@@ -53,6 +53,7 @@ from crypto_jail.protocol import (
     parse_response,
 )
 from crypto_jail.witness import MAX_PROOF
+from openred.crypto.grants import SEALED_TOKEN_LEN
 from openred.crypto.identity import BoxKey, EntryHash, NodeId, Signature, SignKey
 from openred.errors import (
     JailDecryptionFailed,
@@ -65,6 +66,7 @@ from openred.errors import (
 from openred.store.signer import SignInThreadUnavailable
 
 __all__ = [
+    "GrantToSeal",
     "Initiated",
     "JailClient",
     "JailDecryptionFailed",
@@ -74,6 +76,7 @@ __all__ = [
     "JailSupervisor",
     "PublicKeys",
     "Responded",
+    "SealedGrant",
     "SessionKeys",
     "SignCoalescer",
 ]
@@ -811,21 +814,34 @@ class JailClient:
                                    len(chunk)))
         return out
 
-    async def sign_many(self, items: Sequence[SignItem]) -> list[Signature | JailRefused]:
+    async def sign_many(
+        self, items: Sequence[SignItem]
+    ) -> list[Signature | SealedGrant | JailRefused]:
         """:meth:`sign` for each ``(kind, data)`` in one round trip per :data:`MAX_SIGN_MANY`.
 
         An item ``("checkpoint", body, proof)`` carries a consistency proof, as
-        :meth:`sign_checkpoint` does (a jail with a witness wants one for a larger tree).
+        :meth:`sign_checkpoint` does (a jail with a witness wants one for a larger tree); a
+        :class:`GrantToSeal` is a grant the jail signs and mints the two sealed tokens of
+        (answered as a :class:`SealedGrant`).
         In order: a signature, or the :class:`~openred.errors.JailRefused` the jail answered
         for that item (the exception :meth:`sign` would raise; the caller raises it). A refusal
         of the whole call (a malformed request) and a jail that cannot be reached raise.
         """
-        out: list[Signature | JailRefused] = []
+        out: list[Signature | SealedGrant | JailRefused] = []
         for start in range(0, len(items), MAX_SIGN_MANY):
             chunk = items[start : start + MAX_SIGN_MANY]
             result = await self.call("sign_many", {"items": [_sign_item(i) for i in chunk]})
-            out.extend(_sign_many_results(result, len(chunk)))
+            out.extend(_sign_many_results(result, chunk))
         return out
+
+    async def sign_grant(self, grant: GrantToSeal) -> SealedGrant:
+        """The grant's signature and its two tokens, minted in the jail and sealed there to
+        the two nodes' X25519 keys (DESIGN §5): the caller never holds a token it can read."""
+        (result,) = await self.sign_many([grant])
+        if isinstance(result, JailRefused):
+            raise result
+        assert isinstance(result, SealedGrant)
+        return result
 
     async def sign_checkpoint(
         self, body: bytes, consistency_proof: Sequence[bytes] | None = None
@@ -921,33 +937,81 @@ class JailClient:
         return _need(result, "plaintext")
 
 
-SignItem = tuple[str, bytes] | tuple[str, bytes, Sequence[bytes]]
-"""An item of :meth:`JailClient.sign_many`: (kind, data), or a checkpoint with its proof."""
+@dataclass(frozen=True, slots=True)
+class GrantToSeal:
+    """A grant for the jail to sign and to mint the tokens of (an item of ``sign_many``).
+
+    ``canonical`` is the grant's RFC 8785 bytes; the jail draws the grant's secret, derives
+    ``token_a`` and ``token_b`` from it (DESIGN §5) and seals ``token_a`` to
+    ``initiator_box`` and ``token_b`` to ``responder_box`` (the nodes' X25519 keys).
+    """
+
+    canonical: bytes
+    initiator_box: BoxKey
+    responder_box: BoxKey
+
+
+@dataclass(frozen=True, slots=True)
+class SealedGrant:
+    """The jail's answer to a :class:`GrantToSeal`: the grant's signature and its two tokens,
+    each sealed to its node (``crypto_box_seal``; only that node's jail opens it)."""
+
+    signature: Signature
+    sealed_initiator: bytes
+    sealed_responder: bytes
+
+
+SignItem = tuple[str, bytes] | tuple[str, bytes, Sequence[bytes]] | GrantToSeal
+"""An item of :meth:`JailClient.sign_many`: (kind, data), a checkpoint with its proof, or a
+grant whose tokens the jail mints and seals."""
 
 
 def _sign_item(item: SignItem) -> dict[str, Any]:
+    if isinstance(item, GrantToSeal):
+        return {"kind": "grant", "data": b64e(item.canonical),
+                "seal_to": [b64e(item.initiator_box.raw), b64e(item.responder_box.raw)]}
     wire: dict[str, Any] = {"kind": item[0], "data": b64e(item[1])}
     if len(item) == 3:
         wire["consistency_proof"] = [b64e(h) for h in item[2]]
     return wire
 
 
-def _sign_many_results(result: dict[str, Any], count: int) -> list[Signature | JailRefused]:
+def _sign_many_results(
+    result: dict[str, Any], items: Sequence[SignItem]
+) -> list[Signature | SealedGrant | JailRefused]:
     results = result.get("results")
-    if not isinstance(results, list) or len(results) != count:
+    if not isinstance(results, list) or len(results) != len(items):
         raise JailProtocolError("jail answered sign_many with the wrong number of results")
-    out: list[Signature | JailRefused] = []
-    for item in results:
-        if not isinstance(item, dict):
+    out: list[Signature | SealedGrant | JailRefused] = []
+    for item, answer in zip(items, results, strict=True):
+        if not isinstance(answer, dict):
             raise JailProtocolError("jail answered sign_many with a malformed result")
-        if set(item) == {"signature"}:
-            out.append(Signature(_need(item, "signature", SIGNATURE_LEN)))
-        elif (set(item) == {"error", "detail"} and isinstance(item["error"], str)
-              and isinstance(item["detail"], str)):
-            out.append(refusal(item["error"], item["detail"]))
+        sealing = isinstance(item, GrantToSeal)
+        if set(answer) == ({"signature", "sealed_tokens"} if sealing else {"signature"}):
+            signature = Signature(_need(answer, "signature", SIGNATURE_LEN))
+            out.append(_sealed_grant(signature, answer["sealed_tokens"]) if sealing
+                       else signature)
+        elif (set(answer) == {"error", "detail"} and isinstance(answer["error"], str)
+              and isinstance(answer["detail"], str)):
+            out.append(refusal(answer["error"], answer["detail"]))
         else:
             raise JailProtocolError("jail answered sign_many with a malformed result")
     return out
+
+
+def _sealed_grant(signature: Signature, sealed: object) -> SealedGrant:
+    if not isinstance(sealed, list) or len(sealed) != 2:
+        raise JailProtocolError("jail answered a grant without its two sealed tokens")
+    tokens: list[bytes] = []
+    for text in sealed:
+        try:
+            token = b64d(text, name="sealed_tokens")
+        except OpRefused as exc:
+            raise JailProtocolError(f"sign_many: {exc.detail}") from None
+        if len(token) != SEALED_TOKEN_LEN:
+            raise JailProtocolError(f"a sealed token is {SEALED_TOKEN_LEN} bytes")
+        tokens.append(token)
+    return SealedGrant(signature, tokens[0], tokens[1])
 
 
 ALONE_ABOVE = MAX_BODY // (2 * MAX_SIGN_MANY)
@@ -982,13 +1046,22 @@ class SignCoalescer:
             raise ValueError(f"max_batch must be 1-{MAX_SIGN_MANY}")
         self._client = client
         self._max = max_batch
-        self._open: list[tuple[SignItem, asyncio.Future[Signature]]] | None = None
+        self._open: list[tuple[SignItem, asyncio.Future[Signature | SealedGrant]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def sign(self, kind: str, data: bytes) -> Signature:
         if type(data) is not bytes or type(kind) is not str or len(data) > ALONE_ABOVE:
             return await self._client.sign(kind, data)
-        return await self._join((kind, data))
+        return _signature(await self._join((kind, data)))
+
+    async def sign_grant(self, grant: GrantToSeal) -> SealedGrant:
+        """:meth:`JailClient.sign_grant` in the batch; alone when no batch may carry it."""
+        if type(grant.canonical) is not bytes or len(grant.canonical) > ALONE_ABOVE:
+            return await self._client.sign_grant(grant)
+        result = await self._join(grant)
+        if not isinstance(result, SealedGrant):
+            raise JailProtocolError("jail answered a grant without its sealed tokens")
+        return result
 
     async def sign_checkpoint(self, body: bytes, consistency_proof: Sequence[bytes]) -> Signature:
         """:meth:`JailClient.sign_checkpoint` with a proof, in the batch (item kind
@@ -998,10 +1071,11 @@ class SignCoalescer:
                 or len(body) + 32 * len(proof) > ALONE_ABOVE
                 or any(type(h) is not bytes or len(h) != 32 for h in proof)):
             return await self._client.sign_checkpoint(body, proof)
-        return await self._join(("checkpoint", body, proof))
+        return _signature(await self._join(("checkpoint", body, proof)))
 
-    async def _join(self, item: SignItem) -> Signature:
-        future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
+    async def _join(self, item: SignItem) -> Signature | SealedGrant:
+        future: asyncio.Future[Signature | SealedGrant] = (
+            asyncio.get_running_loop().create_future())
         batch = self._open
         if batch is None or len(batch) >= self._max:
             batch = self._open = []
@@ -1011,7 +1085,9 @@ class SignCoalescer:
         batch.append((item, future))
         return await future
 
-    async def _send(self, batch: list[tuple[SignItem, asyncio.Future[Signature]]]) -> None:
+    async def _send(
+        self, batch: list[tuple[SignItem, asyncio.Future[Signature | SealedGrant]]]
+    ) -> None:
         if self._open is batch:
             self._open = None  # what is asked from now on goes to the next batch
         try:
@@ -1032,6 +1108,12 @@ class SignCoalescer:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _signature(result: Signature | SealedGrant) -> Signature:
+    if isinstance(result, SealedGrant):  # pragma: no cover - only a GrantToSeal gets one
+        raise JailProtocolError("jail answered a signature with sealed tokens")
+    return result
 
 
 def _batches(hashes: Sequence[bytes]) -> list[Sequence[bytes]]:

@@ -4,10 +4,12 @@ A :class:`Grant` is what the directory signs: ``{v, grant_id, initiator, respond
 expires_at, suite, initiator_record, responder_record}`` in RFC 8785 canonical bytes, where the
 ``*_record`` fields are base64url of the ``record_hash`` of the two signed node records the grant
 was minted for (so a node checks its peer's key and URL against the peer's own signature).
-The directory mints the two token halves with
-:func:`mint_tokens` from a fresh secret it then forgets, seals each half to its node's X25519 key
-(:func:`seal_token`, libsodium ``crypto_box_seal``) and delivers ``{grant, grant_signature,
-sealed_token}``. Opening a sealed token happens only in the recipient's crypto jail.
+The two token halves come from a fresh secret (:func:`mint_tokens`), each sealed to its node's
+X25519 key (:func:`seal_token`, libsodium ``crypto_box_seal``); the directory delivers
+``{grant, grant_signature, sealed_token}``. The directory has its own jail do both, with the
+same derivation (``crypto_jail.tokens``), when it signs the grant (``JailClient.sign_grant``),
+so its web process never holds a token it can read; these two functions are the reference that
+tests mint grants with. Opening a sealed token happens only in the recipient's crypto jail.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from openred import __version__
-from openred.crypto.client import JailClient, JailSigner, SignCoalescer
-from openred.crypto.grants import mint_tokens, new_grant, seal_token
+from openred.crypto.client import GrantToSeal, JailClient, JailSigner, SignCoalescer
+from openred.crypto.grants import new_grant
 from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
 from openred.crypto.records import SignedNodeRecord, verify_signed_record
@@ -673,22 +673,20 @@ class DirectoryService:
         when = datetime.fromtimestamp(now, UTC)
         method = select_crypto_method(when, self.settings.suite_mode,
                                       seed=self.settings.suite_seed)
-        # 1. The grant, signed in the directory's jail.
+        # 1. The grant (DESIGN §5).
         grant = new_grant(
             a_record.record.node_id, b_record.record.node_id,
             grant_id=secrets.token_bytes(16), issued_at=now, ttl=self.settings.grant_ttl,
             suite=DEFAULT_REGISTRY.suite(method), initiator_record=a_record.hash,
             responder_record=b_record.hash,
         )
-        # The jail signs it while the grant's entry is appended (3.): the entry holds the
-        # grant's fields, not its signature, and nothing leaves before both are done.
-        signing = asyncio.ensure_future(self._signs.sign("grant", grant.canonical_bytes()))
+        # 2. The jail signs it, draws its fresh secret, derives the two tokens and seals each
+        #    to its node's X25519 key: this process never holds a token it could read. It
+        #    does so while the grant's entry is appended (3.): the entry holds the grant's
+        #    fields, neither its signature nor a token, and nothing leaves before both are done.
+        signing = asyncio.ensure_future(self._signs.sign_grant(GrantToSeal(
+            grant.canonical_bytes(), a_record.record.box_key, b_record.record.box_key)))
         try:
-            # 2. Fresh secret → the two tokens → each sealed to its node; then forgotten.
-            token_a, token_b = mint_tokens(grant, secrets.token_bytes(32))
-            sealed_a = seal_token(token_a, a_record.record.box_key)
-            sealed_b = seal_token(token_b, b_record.record.box_key)
-            del token_a, token_b
             # 3. ConnectionGranted in the log (no secret), a checkpoint covering it, its proof.
             (entry,) = await self.append([NewEvent(ev.grant_stream(grant.grant_id),
                                                    ev.CONNECTION_GRANTED,
@@ -712,7 +710,7 @@ class DirectoryService:
         # Logged but not deliverable (the jail did not sign it, or no checkpoint): say so in
         # the log too, then answer the refusal.
         try:
-            signature = bytes(await signing)
+            sealed = await signing
         except OpenRedError as exc:
             await self._undeliverable(grant.grant_id, f"not signed: {exc}")
             raise
@@ -721,12 +719,13 @@ class DirectoryService:
         except OpenRedError as exc:
             await self._undeliverable(grant.grant_id, f"no checkpoint: {exc}")
             raise
-        common = {"grant": grant.to_dict(), "grant_signature": b64url(signature),
+        common = {"grant": grant.to_dict(), "grant_signature": b64url(sealed.signature),
                   "entry": entry_to_wire(entry), "checkpoint": note.decode("utf-8"),
                   "inclusion_proof": proof.to_wire()}
         body_a, body_b = push_bodies(
-            common, {"sealed_token": b64url(sealed_a), "peer_record": b_record.to_wire()},
-            {"sealed_token": b64url(sealed_b), "peer_record": a_record.to_wire()})
+            common,
+            {"sealed_token": b64url(sealed.sealed_initiator), "peer_record": b_record.to_wire()},
+            {"sealed_token": b64url(sealed.sealed_responder), "peer_record": a_record.to_wire()})
         # 4. Push both halves at once over the pooled client.
         delivered_a, delivered_b = await asyncio.gather(
             self._push(a_record, body_a, held), self._push(b_record, body_b, held))

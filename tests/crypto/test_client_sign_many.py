@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import nacl.exceptions
+import nacl.public
 import pytest
 
-from crypto_jail.protocol import MAX_SIGN_MANY
-from openred.crypto.client import ALONE_ABOVE, JailClient, SignCoalescer
+from crypto_jail import tokens
+from crypto_jail.protocol import MAX_SIGN_MANY, b64d, b64e
+from openred.crypto.client import (
+    ALONE_ABOVE,
+    GrantToSeal,
+    JailClient,
+    SealedGrant,
+    SignCoalescer,
+)
 from openred.crypto.httpsig import HttpRequest, RequestVerifier, new_nonce, sign_request
+from openred.crypto.identity import BoxKey
 from openred.errors import JailProtocolError, JailRefused, JailUnavailable
 from tests.crypto.test_client import _fake_jail, _frame
 
@@ -311,3 +322,113 @@ async def test_a_jail_that_dies_mid_batch_gives_each_caller_its_own_signature_or
             jail.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- grants the jail mints the tokens of ---------------------------------------------------------
+
+def _grant(initiator: str, responder: str, *, issued_at: int | None = None) -> bytes:
+    when = int(time.time()) if issued_at is None else issued_at
+    return json.dumps({
+        "v": 3, "grant_id": b64e(os.urandom(16)), "initiator": initiator,
+        "responder": responder, "issued_at": when, "expires_at": when + 300,
+        "suite": "25519_ChaChaPoly_SHA256", "initiator_record": b64e(os.urandom(32)),
+        "responder_record": b64e(os.urandom(32)),
+    }, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _box() -> tuple[nacl.public.PrivateKey, BoxKey]:
+    private = nacl.public.PrivateKey.generate()
+    return private, BoxKey(bytes(private.public_key))
+
+
+async def test_a_grant_is_signed_and_its_tokens_sealed_in_the_same_batch(
+    client: JailClient,
+) -> None:
+    """One ``sign_many`` for a grant with its tokens and the signatures proceeding with it;
+    each half opens with its own node's key only, and they are the halves of that grant."""
+    keys = await client.public_keys()
+    coalescer = SignCoalescer(client)
+    counting = _Counting(client)
+    (a_private, a_box), (b_private, b_box) = _box(), _box()
+    grant = _grant("a" * 32, "b" * 32)
+    base = await _base()
+    sealed, signature = await asyncio.gather(
+        coalescer.sign_grant(GrantToSeal(grant, a_box, b_box)),
+        coalescer.sign("http_signature_base", base))
+    assert counting.ops == [("sign_many", 2)]
+    assert isinstance(sealed, SealedGrant)
+    keys.sign_key.verify(bytes(sealed.signature), grant)  # type: ignore[arg-type]
+    keys.sign_key.verify(bytes(signature), base)  # type: ignore[arg-type]
+    token_a = nacl.public.SealedBox(a_private).decrypt(sealed.sealed_initiator)
+    token_b = nacl.public.SealedBox(b_private).decrypt(sealed.sealed_responder)
+    with pytest.raises(nacl.exceptions.CryptoError):
+        nacl.public.SealedBox(b_private).decrypt(sealed.sealed_initiator)
+    grant_id = b64d(json.loads(grant)["grant_id"])
+    assert tokens.tokens_match(token_a, token_b, grant_id, tokens.grant_hash(grant))
+
+
+async def test_a_grant_the_jail_refuses_raises_for_its_caller_only(client: JailClient) -> None:
+    coalescer = SignCoalescer(client)
+    (_, box) = _box()
+    stale = _grant("a" * 32, "b" * 32, issued_at=int(time.time()) - 3600)
+    refused, signature = await asyncio.gather(
+        coalescer.sign_grant(GrantToSeal(stale, box, box)),
+        coalescer.sign("entry_hash", bytes(32)), return_exceptions=True)
+    assert isinstance(refused, JailRefused) and refused.code == "refused"
+    assert isinstance(signature, bytes)
+    with pytest.raises(JailRefused):
+        await client.sign_grant(GrantToSeal(stale, box, box))
+
+
+_SIG = b'"' + b"A" * 86 + b'"'
+_SEALED = b'"' + b"A" * 107 + b'"'
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        b'{"signature": ' + _SIG + b"}",  # no tokens
+        b'{"signature": ' + _SIG + b', "sealed_tokens": [' + _SEALED + b"]}",
+        b'{"signature": ' + _SIG + b', "sealed_tokens": [' + _SEALED + b", " + _SEALED + b", "
+        + _SEALED + b"]}",
+        b'{"signature": ' + _SIG + b', "sealed_tokens": [' + _SEALED + b', "AAAA"]}',
+        b'{"signature": ' + _SIG + b', "sealed_tokens": [' + _SEALED + b", 7]}",
+        b'{"signature": ' + _SIG + b', "sealed_tokens": "' + b"A" * 20 + b'"}',
+        b'{"signature": ' + _SIG + b', "sealed_tokens": [' + _SEALED + b", " + _SEALED
+        + b'], "token": "x"}',
+    ],
+    ids=["no-tokens", "one-token", "three-tokens", "short-token", "number", "string", "extra"],
+)
+async def test_malformed_sealed_grant_answers_are_protocol_errors(
+    workdir: Path, result: bytes
+) -> None:
+    path = workdir / f"fake{os.getpid()}.sock"
+    server = await _fake_jail(path, _frame(
+        b'{"id": 1, "ok": true, "result": {"results": [' + result + b"]}}"))
+    (_, box) = _box()
+    try:
+        async with JailClient(path, timeout=2) as broken:
+            with pytest.raises(JailProtocolError):
+                await broken.sign_grant(GrantToSeal(_grant("a" * 32, "b" * 32), box, box))
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)
+
+
+async def test_a_signature_without_tokens_for_a_plain_item_stays_a_signature(
+    workdir: Path,
+) -> None:
+    """The reverse: tokens answered for an item that asked for none are a protocol error."""
+    path = workdir / f"fake{os.getpid()}.sock"
+    server = await _fake_jail(path, _frame(
+        b'{"id": 1, "ok": true, "result": {"results": [{"signature": ' + _SIG
+        + b', "sealed_tokens": [' + _SEALED + b", " + _SEALED + b"]}]}}"))
+    try:
+        async with JailClient(path, timeout=2) as broken:
+            with pytest.raises(JailProtocolError):
+                await broken.sign_many([("entry_hash", bytes(32))])
+    finally:
+        server.close()
+        await server.wait_closed()
+        path.unlink(missing_ok=True)

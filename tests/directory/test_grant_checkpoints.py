@@ -19,6 +19,7 @@ from typing import Any
 
 from quart import Quart, request
 
+from openred.crypto.client import GrantToSeal
 from openred.crypto.grants import Grant
 from openred.crypto.identity import from_b64url
 from openred.crypto.transparency import (
@@ -233,15 +234,13 @@ async def test_a_grant_the_jail_will_not_sign_is_logged_as_failed_and_never_push
     """The grant is signed while its entry is appended: a refusal comes after the entry."""
     alice, bob = await registered_pair(make_node)
     signs = directory.service._signs
-    real = signs.sign
+    real = signs.sign_grant
 
-    async def refusing(kind: str, data: bytes) -> Any:
-        if kind == "grant":
-            await asyncio.sleep(0.05)  # refused after the entry was appended
-            raise JailRefused("refused", "not today")
-        return await real(kind, data)
+    async def refusing(grant: GrantToSeal) -> Any:
+        await asyncio.sleep(0.05)  # refused after the entry was appended
+        raise JailRefused("refused", "not today")
 
-    signs.sign = refusing  # type: ignore[method-assign]
+    signs.sign_grant = refusing  # type: ignore[method-assign]
     reply = await alice.call("POST", PATH, {"target": bob.node_id})
     assert reply.status == 503
     assert reply.json()["type"] == "urn:openred:problem:signer-unavailable"
@@ -253,7 +252,7 @@ async def test_a_grant_the_jail_will_not_sign_is_logged_as_failed_and_never_push
     assert failed["reason"].startswith("not signed: refused: not today")
     assert failed["grant_id"] == json.loads(rows[-2][1])["grant_id"]
     # The jail signing again, the next grant goes through.
-    signs.sign = real  # type: ignore[method-assign]
+    signs.sign_grant = real  # type: ignore[method-assign]
     assert (await alice.call("POST", PATH, {"target": bob.node_id})).status == 201
     assert len(alice.received) == len(bob.received) == 1
 
