@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,17 +189,27 @@ async def test_a_failed_call_fails_its_batch_only(workdir: Path) -> None:
         b'{"id": 1, "ok": true, "result": {"results": {}}}',
         b'{"id": 1, "ok": true, "result": {"results": [{"signature": "' + b"A" * 86
         + b'", "error": "x", "detail": "y"}]}}',
+        # sealed tokens answered for an item that asked for none
+        b'{"id": 1, "ok": true, "result": {"results": [{"signature": "' + b"A" * 86
+        + b'", "sealed_tokens": ["' + b"A" * 107 + b'", "' + b"A" * 107 + b'"]}]}}',
     ],
 )
 async def test_malformed_sign_many_answers_are_protocol_errors(
     workdir: Path, answer: bytes
 ) -> None:
+    await _protocol_error(workdir, answer, lambda jail: jail.sign_many([("entry_hash",
+                                                                           bytes(32))]))
+
+
+async def _protocol_error(workdir: Path, answer: bytes,
+                          call: Callable[[JailClient], Awaitable[Any]]) -> None:
+    """``call`` on a client whose jail answers ``answer`` raises JailProtocolError."""
     path = workdir / f"fake{os.getpid()}.sock"
     server = await _fake_jail(path, _frame(answer))
     try:
         async with JailClient(path, timeout=2) as broken:
             with pytest.raises(JailProtocolError):
-                await broken.sign_many([("entry_hash", bytes(32))])
+                await call(broken)
     finally:
         server.close()
         await server.wait_closed()
@@ -402,33 +413,9 @@ _SEALED = b'"' + b"A" * 107 + b'"'
 async def test_malformed_sealed_grant_answers_are_protocol_errors(
     workdir: Path, result: bytes
 ) -> None:
-    path = workdir / f"fake{os.getpid()}.sock"
-    server = await _fake_jail(path, _frame(
-        b'{"id": 1, "ok": true, "result": {"results": [' + result + b"]}}"))
     (_, box) = _box()
-    try:
-        async with JailClient(path, timeout=2) as broken:
-            with pytest.raises(JailProtocolError):
-                await broken.sign_grant(GrantToSeal(_grant("a" * 32, "b" * 32), box, box))
-    finally:
-        server.close()
-        await server.wait_closed()
-        path.unlink(missing_ok=True)
+    grant = GrantToSeal(_grant("a" * 32, "b" * 32), box, box)
+    await _protocol_error(
+        workdir, b'{"id": 1, "ok": true, "result": {"results": [' + result + b"]}}",
+        lambda jail: jail.sign_grant(grant))
 
-
-async def test_a_signature_without_tokens_for_a_plain_item_stays_a_signature(
-    workdir: Path,
-) -> None:
-    """The reverse: tokens answered for an item that asked for none are a protocol error."""
-    path = workdir / f"fake{os.getpid()}.sock"
-    server = await _fake_jail(path, _frame(
-        b'{"id": 1, "ok": true, "result": {"results": [{"signature": ' + _SIG
-        + b', "sealed_tokens": [' + _SEALED + b", " + _SEALED + b"]}]}}"))
-    try:
-        async with JailClient(path, timeout=2) as broken:
-            with pytest.raises(JailProtocolError):
-                await broken.sign_many([("entry_hash", bytes(32))])
-    finally:
-        server.close()
-        await server.wait_closed()
-        path.unlink(missing_ok=True)
