@@ -184,8 +184,10 @@ def _stop_when_stdin_closes() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Harden early, open the keystore, bind the socket, harden fully, print READY, serve."""
     harden_early()  # no core dumps, no same-uid tracing: before any secret is read
-    if args.exit_on_stdin_eof:
-        exit_with_parent()  # SIGTERM when the supervisor dies, whoever holds stdin open
+    if args.exit_on_stdin_eof and not exit_with_parent(args.supervisor_pid):
+        # SIGTERM when the supervisor dies, whoever holds stdin open; but one that died
+        # before this line sends none: stop now rather than serve on as an orphan.
+        raise JailFailure(f"the supervisor (pid {args.supervisor_pid}) is gone: not starting")
     try:
         policy = TimePolicy(http_window=args.http_window, grant_skew=args.grant_skew,
                             grant_max_lifetime=args.grant_max_lifetime)
@@ -307,13 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--exit-on-stdin-eof", action="store_true",
                        help="stop when stdin reaches EOF (a supervisor holds the other end, so "
                             "the jail never outlives it)")
+    serve.add_argument("--supervisor-pid", type=int, metavar="PID",
+                       help="with --exit-on-stdin-eof: the supervisor's pid; the jail stops at "
+                            "once if that process is no longer its parent (it died while the "
+                            "jail started, before the parent-death signal was set)")
     serve.add_argument("--no-seccomp", action="store_true",
                        help="skip the seccomp filter (platforms without libseccomp only)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "supervisor_pid", None) is not None and not args.exit_on_stdin_eof:
+        parser.error("--supervisor-pid needs --exit-on-stdin-eof")
     if os.environ.get(TEST_KDF_ENV) == "1":
         args.insecure_test_kdf = True
     try:
