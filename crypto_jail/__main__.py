@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,8 @@ KDF_ENV = "OPENRED_JAIL_KDF"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 TEST_KDF_ENV = "OPENRED_JAIL_INSECURE_TEST_KDF"
 _MAX_PASSPHRASE = 4096
+STOP_GRACE = 5.0
+"""Seconds a served jail may take to stop once asked (SIGTERM, SIGINT, stdin at EOF)."""
 
 _BANNER = "*" * 78
 
@@ -181,6 +184,21 @@ def _stop_when_stdin_closes() -> None:
     log("stdin closed: the supervisor is gone, stopping")
 
 
+def _exit_after(seconds: float) -> None:
+    """Exit the process ``seconds`` from now, whatever its threads are doing by then.
+
+    Armed when the jail is asked to stop: a clean stop takes milliseconds, and a jail stuck
+    past this (its serving loop or clean-up blocked, e.g. on a log line nobody reads) must
+    not outlive its supervisor, nor ignore the SIGTERM that asked it to go. Nothing is
+    logged: the log may be what blocks."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        os._exit(1)
+
+    threading.Thread(target=deadline, daemon=True, name="jail-deadline").start()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Harden early, open the keystore, bind the socket, harden fully, print READY, serve."""
     harden_early()  # no core dumps, no same-uid tracing: before any secret is read
@@ -238,7 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The stop handler stays installed through the clean-up below: a second SIGTERM (the
         # parent-death signal and the stdin watcher both send one) must not kill the jail
         # before it has removed its socket.
-        server.run(sock, on_ready=ready, restore_signals=False)
+        server.run(sock, on_ready=ready, restore_signals=False,
+                   on_stop=lambda: _exit_after(STOP_GRACE))
     finally:
         unlink_socket(socket_path, sock)
         split.shutdown(wait=False, cancel_futures=True)
