@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,8 @@ KDF_ENV = "OPENRED_JAIL_KDF"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 TEST_KDF_ENV = "OPENRED_JAIL_INSECURE_TEST_KDF"
 _MAX_PASSPHRASE = 4096
+STOP_GRACE = 5.0
+"""Seconds a served jail may take to stop once asked (SIGTERM, SIGINT, stdin at EOF)."""
 
 _BANNER = "*" * 78
 
@@ -181,11 +184,28 @@ def _stop_when_stdin_closes() -> None:
     log("stdin closed: the supervisor is gone, stopping")
 
 
+def _exit_after(seconds: float) -> None:
+    """Exit the process ``seconds`` from now, whatever its threads are doing by then.
+
+    Armed when the jail is asked to stop: a clean stop takes milliseconds, and a jail stuck
+    past this (its serving loop or clean-up blocked, e.g. on a log line nobody reads) must
+    not outlive its supervisor, nor ignore the SIGTERM that asked it to go. Nothing is
+    logged: the log may be what blocks."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        os._exit(1)
+
+    threading.Thread(target=deadline, daemon=True, name="jail-deadline").start()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Harden early, open the keystore, bind the socket, harden fully, print READY, serve."""
     harden_early()  # no core dumps, no same-uid tracing: before any secret is read
-    if args.exit_on_stdin_eof:
-        exit_with_parent()  # SIGTERM when the supervisor dies, whoever holds stdin open
+    if args.exit_on_stdin_eof and not exit_with_parent(args.supervisor_pid):
+        # SIGTERM when the supervisor dies, whoever holds stdin open; but one that died
+        # before this line sends none: stop now rather than serve on as an orphan.
+        raise JailFailure(f"the supervisor (pid {args.supervisor_pid}) is gone: not starting")
     try:
         policy = TimePolicy(http_window=args.http_window, grant_skew=args.grant_skew,
                             grant_max_lifetime=args.grant_max_lifetime)
@@ -236,7 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The stop handler stays installed through the clean-up below: a second SIGTERM (the
         # parent-death signal and the stdin watcher both send one) must not kill the jail
         # before it has removed its socket.
-        server.run(sock, on_ready=ready, restore_signals=False)
+        server.run(sock, on_ready=ready, restore_signals=False,
+                   on_stop=lambda: _exit_after(STOP_GRACE))
     finally:
         unlink_socket(socket_path, sock)
         split.shutdown(wait=False, cancel_futures=True)
@@ -307,13 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--exit-on-stdin-eof", action="store_true",
                        help="stop when stdin reaches EOF (a supervisor holds the other end, so "
                             "the jail never outlives it)")
+    serve.add_argument("--supervisor-pid", type=int, metavar="PID",
+                       help="with --exit-on-stdin-eof: the supervisor's pid; the jail stops at "
+                            "once if that process is no longer its parent (it died while the "
+                            "jail started, before the parent-death signal was set)")
     serve.add_argument("--no-seccomp", action="store_true",
                        help="skip the seccomp filter (platforms without libseccomp only)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "supervisor_pid", None) is not None and not args.exit_on_stdin_eof:
+        parser.error("--supervisor-pid needs --exit-on-stdin-eof")
     if os.environ.get(TEST_KDF_ENV) == "1":
         args.insecure_test_kdf = True
     try:

@@ -308,14 +308,20 @@ def confine_writes(writable: Sequence[Path]) -> int | None:
 PR_SET_PDEATHSIG = 1
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(supervisor: int | None = None) -> bool:
     """Get SIGTERM when the process (thread) that started this one ends, even by SIGKILL.
 
     For a supervised jail (``--exit-on-stdin-eof``), beside the stdin watcher: stdin reaches
     EOF only when every copy of the pipe's write end is closed, which a process forked from
     the supervisor could keep open. Set before seccomp, which allows no such ``prctl``.
+
+    The signal comes only for a parent that dies after it is asked for: one that died while
+    this process started (Python's start and imports come first) sends none. So when the
+    supervisor's pid is known, False says this process's parent is no longer that process
+    (the caller then stops), checked after the ``prctl`` so no death falls between the two.
     """
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return supervisor is None or os.getppid() == supervisor
 
 
 def harden_early() -> None:

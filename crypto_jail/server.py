@@ -185,6 +185,10 @@ class JailServer:
         self._clients: dict[socket.socket, float | None] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._stop = threading.Event()
+        self._stop_once = threading.Lock()
+        self._stop_write: int | None = None
+        self._on_stop: Callable[[], None] | None = None
 
     def answer(self, body: bytes) -> bytes:
         """The answer frame for one request body (never raises for any input)."""
@@ -258,30 +262,43 @@ class JailServer:
     # -- the listening loop --
 
     def run(self, sock: socket.socket, *, on_ready: Callable[[], None],
-            restore_signals: bool = True) -> None:
+            restore_signals: bool = True, on_stop: Callable[[], None] | None = None) -> None:
         """Accept and serve clients until SIGTERM or SIGINT; call ``on_ready`` once listening.
+
+        A signal is noticed twice: by its Python handler, which runs only on the main thread
+        (this loop), and by a thread of its own reading the pipe the C-level handler writes to
+        (``signal.set_wakeup_fd``), which hears it even while the loop is stuck in a blocking
+        call (a log line written to a full stderr pipe nobody reads). Either asks the loop to
+        stop (:meth:`stop`); ``on_stop`` runs once, on the first request, on whichever thread
+        made it: ``crypto_jail serve`` bounds there how long the process may still take.
 
         With ``restore_signals=False`` the handler that only asks the loop to stop stays
         installed when this returns: a process that still has to clean up (remove its socket)
         must not be killed by a second SIGTERM — a supervised jail gets one from
         ``PR_SET_PDEATHSIG`` and one from its stdin watcher when its supervisor dies.
         """
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_write, False)
-        stop = threading.Event()
+        signal_read, signal_write = os.pipe()
+        stop_read, stop_write = os.pipe()
+        os.set_blocking(signal_write, False)
+        os.set_blocking(stop_write, False)
+        self._on_stop = on_stop
+        self._stop_write = stop_write
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
+            self.stop()
 
         previous = [signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)]
-        old_wakeup = signal.set_wakeup_fd(wake_write)  # a signal in any thread wakes select()
+        old_wakeup = signal.set_wakeup_fd(signal_write)  # a signal in any thread writes there
+        watcher = threading.Thread(target=self._watch_signals, args=(signal_read,), daemon=True,
+                                   name="jail-signals")
+        watcher.start()
         sock.setblocking(False)
         try:
             on_ready()
-            while not stop.is_set():
-                readable, _, _ = select.select([sock.fileno(), wake_read], [], [])
-                if wake_read in readable:
-                    os.read(wake_read, 512)
+            while not self._stop.is_set():
+                readable, _, _ = select.select([sock.fileno(), stop_read], [], [])
+                if stop_read in readable:
+                    os.read(stop_read, 512)
                     continue
                 try:
                     conn, _ = sock.accept()
@@ -299,9 +316,36 @@ class JailServer:
                 for signum, handler in zip((signal.SIGTERM, signal.SIGINT), previous,
                                            strict=True):
                     signal.signal(signum, handler)
-            os.close(wake_read)
-            os.close(wake_write)
+            os.close(signal_write)  # the watcher reads EOF and ends
+            watcher.join()
+            self._stop_write = None  # a later stop() (a handler on this thread) writes nowhere
+            for fd in (signal_read, stop_read, stop_write):
+                os.close(fd)
             self.close_clients()
+
+    def stop(self) -> None:
+        """Ask the serving loop to stop (any thread, or a signal handler); the first request
+        runs ``on_stop``. Takes no lock: a handler may run while its own thread holds one."""
+        self._stop.set()
+        fd = self._stop_write
+        if fd is not None:
+            with contextlib.suppress(OSError):  # full: the loop is woken already
+                os.write(fd, b"\0")
+        if self._on_stop is not None and self._stop_once.acquire(blocking=False):
+            self._on_stop()
+
+    def _watch_signals(self, fd: int) -> None:
+        """Read the signal numbers the C-level handler writes; stop on SIGTERM or SIGINT."""
+        stopping = {signal.SIGTERM.value, signal.SIGINT.value}
+        while True:
+            try:
+                numbers = os.read(fd, 512)
+            except OSError:
+                return
+            if not numbers:
+                return
+            if stopping.intersection(numbers):
+                self.stop()
 
     def close_clients(self) -> None:
         """Stop accepting and hang up on every client (their threads then end)."""

@@ -13,8 +13,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -38,6 +40,52 @@ def survivors(marker: str) -> list[str]:
         if marker in cmdline and state != "Z":
             found.append(cmdline)
     return found
+
+
+class Output:
+    """Every line a process prints, read on a thread: a test waits for one line and can still
+    show all of it, also when the process exits before that line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, marker: str, timeout: float) -> None:
+        """Until a line holds ``marker``; else AssertionError with the output and exit code."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: self.ended or any(marker in line for line in self.lines), timeout)
+            if found and any(marker in line for line in self.lines):
+                return
+        why = "ended its output" if self.ended else f"printed no such line within {timeout} s"
+        raise AssertionError(f"the demo {why} before {marker!r} (exit code "
+                             f"{self.proc.poll()}); its output:\n{self.text()}")
+
+    def all(self, timeout: float) -> str:
+        """The whole output, once the process has exited (its stdout is closed then)."""
+        self.proc.wait(timeout)
+        self._thread.join(timeout)
+        if self.proc.stdout is not None and not self._thread.is_alive():
+            self.proc.stdout.close()
+        return self.text()
 
 
 def start_demo(out: Path) -> subprocess.Popen[str]:
@@ -81,17 +129,22 @@ def test_ctrl_c_in_the_middle_stops_every_process_the_demo_started(
 ) -> None:
     out = tmp_path / "demo-data"
     proc = start_demo(out)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:  # interrupt while nodes are created, or once they talk
-        if moment in line:
-            break
-        assert time.monotonic() < deadline
-    if moment == "openred node init":
-        time.sleep(0.5)
-    assert survivors(str(out)), "the demo should be running processes now"
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, rest
-    assert "interrupted" in rest
+    output = Output(proc)
+    try:
+        output.wait_for(moment, 120)  # interrupt while nodes are created, or once they talk
+        if moment == "openred node init":
+            time.sleep(0.5)
+        if not survivors(str(out)):
+            exited = proc.poll() is not None  # just after that line: show all it said
+            raise AssertionError(
+                f"the demo should be running processes now (exit code {proc.poll()}); its "
+                f"output:\n{output.all(10) if exited else output.text()}")
+        proc.send_signal(signal.SIGINT)
+        everything = output.all(60)
+    finally:
+        if proc.poll() is None:  # the test failed while the demo ran: it stops it, as Ctrl-C
+            proc.send_signal(signal.SIGINT)
+        output.all(60)
+    assert proc.returncode == 130, everything
+    assert "interrupted" in everything
     assert not survivors(str(out)), survivors(str(out))

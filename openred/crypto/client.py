@@ -414,7 +414,9 @@ class JailSupervisor:
         return self._python or os.environ.get(JAIL_PYTHON_ENV) or sys.executable
 
     def _argv(self) -> list[str]:
+        # --supervisor-pid: a jail whose supervisor died while it started stops at once.
         argv = [self.python, "-I", "-m", "crypto_jail", "serve", "--exit-on-stdin-eof",
+                "--supervisor-pid", str(os.getpid()),
                 "--keystore", str(self.keystore), "--socket", str(self.socket_path)]
         if self._no_seccomp:
             argv.append("--no-seccomp")

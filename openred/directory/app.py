@@ -18,6 +18,7 @@ from openred.directory.service import DirectoryService
 from openred.modules.monitoring.service import monitor_directory
 from openred.settings import DirectorySettings
 from openred.web.problems import install, log_start_failures_in_one_line
+from openred.web.serve import add_serve_cleanup
 
 __all__ = ["create_app"]
 
@@ -47,6 +48,8 @@ def create_app(settings: DirectorySettings) -> Quart:
         # the directory only connects to it, and never stops it.
         supervisor, jail = await open_jail(settings)
         state["supervisor"], state["jail"] = supervisor, jail
+        if supervisor is not None:  # stopped even if the shutdown below never runs
+            add_serve_cleanup(app, supervisor.stop)
         try:
             service = await DirectoryService.open(settings, jail)
         except BaseException:

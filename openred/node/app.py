@@ -39,6 +39,7 @@ from openred.node.services import NodeServices
 from openred.node.settings import NodeSettings
 from openred.ratelimit import RateLimiter
 from openred.web.problems import install, log_start_failures_in_one_line
+from openred.web.serve import add_serve_cleanup
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 
 __all__ = ["create_app"]
@@ -84,6 +85,8 @@ def create_app(settings: NodeSettings, *, jail: JailClient | None = None) -> Qua
         client = jail
         if client is None:
             supervisor, client = await connect_jail(settings)
+            if supervisor is not None:  # stopped even if the shutdown below never runs
+                add_serve_cleanup(app, supervisor.stop)
         state["supervisor"], state["jail"] = supervisor, client
         services = await NodeServices.open(settings, client)
         try:

@@ -18,6 +18,9 @@
                                     to that (100000); past it 429 with Retry-After
 ``OPENRED_PEER_MESSAGE_BYTES_PER_HOUR``  bytes of message text one peer may have logged per
                                     hour, likewise (1073741824: 1 GiB; at least 65536)
+``OPENRED_PEER_PROOFS_PER_MINUTE``  challenges (``authentication/prove``) one peer may have
+                                    this node answer per minute, in bursts up to that (60);
+                                    past it 429 with Retry-After
 ``OPENRED_PROJECTION_RETENTION``    seconds ended rows (expired/closed sessions, grant outcomes,
                                     ended file offers) stay in the projections before the
                                     lifecycle cleans them, at least 3600 (2592000: 30 days), or
@@ -54,6 +57,10 @@ PEER_MESSAGES_PER_HOUR = 100_000
 a person's use, and ~50 times what a benchmark run sends one peer (~2,000 messages)."""
 PEER_MESSAGE_BYTES_PER_HOUR = 1 << 30
 """Bytes of message text from one peer a node logs per hour (~2.7 GiB of log and inbox)."""
+PEER_PROOFS_PER_MINUTE = 60
+"""Challenges (``authentication/prove``) one peer may have the node answer per minute, in
+bursts up to that: each costs a signature in the jail. A challenger asks again only when it
+needs a fresh proof (an operator's command, a module's action)."""
 MIN_PEER_MESSAGE_BYTES = 64 * 1024
 """The largest message's text (messaging's ``MAX_TEXT``): a smaller budget would refuse it."""
 
@@ -77,6 +84,7 @@ class NodeSettings(ServiceSettings):
     """Bytes kept free on the log's file system for the node's own events."""
     peer_messages_per_hour: int = PEER_MESSAGES_PER_HOUR
     peer_message_bytes_per_hour: int = PEER_MESSAGE_BYTES_PER_HOUR
+    peer_proofs_per_minute: int = PEER_PROOFS_PER_MINUTE
 
     @property
     def jail_witness_path(self) -> Path | None:
@@ -121,4 +129,6 @@ class NodeSettings(ServiceSettings):
             peer_message_bytes_per_hour=v.integer(
                 "PEER_MESSAGE_BYTES_PER_HOUR", PEER_MESSAGE_BYTES_PER_HOUR,
                 minimum=MIN_PEER_MESSAGE_BYTES),
+            peer_proofs_per_minute=v.integer("PEER_PROOFS_PER_MINUTE", PEER_PROOFS_PER_MINUTE,
+                                             minimum=1),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import re
 import signal
@@ -25,8 +26,31 @@ from quart import Quart
 from openred.errors import ConfigurationError
 from openred.web.logging import access_logger, error_logger
 
-__all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "freeze_startup_objects", "hypercorn_config",
-           "run", "serve_app", "startup_failure", "tune_gc"]
+__all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVE_CLEANUPS", "add_serve_cleanup",
+           "freeze_startup_objects", "hypercorn_config", "run", "serve_app", "startup_failure",
+           "tune_gc"]
+
+logger = logging.getLogger("openred.web")
+
+SERVE_CLEANUPS: Final = "openred.serve_cleanups"
+"""``app.extensions`` key: what :func:`serve_app` awaits when serving ends, however it ends."""
+
+
+def add_serve_cleanup(app: Quart, cleanup: Callable[[], Awaitable[None]]) -> None:
+    """Have :func:`serve_app` await ``cleanup`` when serving ends, even if the app's shutdown
+    never runs: Hypercorn runs none when it fails after the app's start-up (a port in use),
+    nor Quart after a start-up function failed. For what a start-up started that must not
+    outlive the service (its jail); ``cleanup`` must be harmless once the shutdown ran it."""
+    app.extensions.setdefault(SERVE_CLEANUPS, []).append(cleanup)
+
+
+async def _run_cleanups(app: Quart) -> None:
+    cleanups: list[Callable[[], Awaitable[None]]] = app.extensions.pop(SERVE_CLEANUPS, [])
+    for cleanup in cleanups:
+        try:
+            await cleanup()
+        except Exception:  # the others still run; the service is stopping anyway
+            logger.exception("a clean-up after serving failed")
 
 
 ACCESS_LOG_FORMAT = Config.access_log_format + " request_id=%({x-request-id}o)s"
@@ -83,8 +107,11 @@ async def serve_app(
     try:
         await serve(app, config, shutdown_trigger=trigger)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        try:
+            await _run_cleanups(app)  # e.g. the jail of an app whose port was in use
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
 
 
 GC_THRESHOLDS: Final = (20_000, 20, 50)

@@ -431,7 +431,10 @@ def test_a_reader_that_goes_away_is_no_error_message_and_no_verdict(log: Log) ->
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
-    assert first.startswith(b"Verifying ")
+    if not first.startswith(b"Verifying "):  # it ended or said something else: show why
+        out, err = proc.communicate(timeout=120)
+        raise AssertionError(f"verify's first line was {first!r} (exit code {proc.returncode}); "
+                             f"then:\n{(out + err).decode(errors='replace')}")
     proc.stdout.close()  # what head does after its line
     stderr = proc.stderr.read().decode()
     proc.stderr.close()

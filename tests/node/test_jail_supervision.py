@@ -148,3 +148,51 @@ def test_the_jail_leaves_with_its_supervisor_even_when_its_stdin_stays_open() ->
         if holder.stdout is not None:
             holder.stdout.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+EARLY_DEATH = """
+import asyncio, os, sys, time
+from pathlib import Path
+from openred.crypto.client import JailSupervisor
+
+async def main() -> None:
+    supervisor = JailSupervisor(Path(sys.argv[1]), Path(sys.argv[2]))
+    starting = asyncio.create_task(supervisor.start())
+    while supervisor.pid is None:  # set once the jail's program runs (after its exec)
+        await asyncio.sleep(0)
+    child = os.fork()
+    if child == 0:  # a child holding every inherited fd, the jail's stdin pipe too
+        time.sleep(120)
+        os._exit(0)
+    print(supervisor.pid, child, flush=True)
+    os._exit(0)  # gone while the jail still starts, before it can ask for a parent-death signal
+
+asyncio.run(main())
+"""
+
+
+def test_a_jail_whose_supervisor_died_while_it_started_leaves_too() -> None:
+    """PR_SET_PDEATHSIG only acts on a parent that dies after it is set: a supervisor that died
+    during the jail's start-up (Python's start and imports, before ``prctl``) sent no signal,
+    and with its stdin held open by a process forked from the supervisor, the jail served on,
+    an orphan nobody supervised."""
+    root = short_dir()
+    keystore, _ = dev_keystore(root)
+    (root / "s").mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", EARLY_DEATH, str(keystore), str(root / "s" / "j.sock")],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    forked: list[int] = []
+    jail = 0
+    try:
+        assert holder.stdout is not None
+        jail, fork = map(int, holder.stdout.readline().split())
+        forked = [fork]
+        holder.wait(10)
+        assert wait_gone(jail, 10), "the jail outlived a supervisor that died while it started"
+    finally:
+        kill_if_alive(*forked, *([jail] if jail else []))
+        if holder.stdout is not None:
+            holder.stdout.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -27,11 +27,12 @@ def test_defaults_and_the_env_file(tmp_path: Path) -> None:
     assert settings.disk_reserve == 64 << 20
     assert (settings.peer_messages_per_hour, settings.peer_message_bytes_per_hour) == (
         100_000, 1 << 30)
+    assert settings.peer_proofs_per_minute == 60
     tight = NodeSettings.load(tmp_path, environ={
         "OPENRED_DISK_RESERVE": "0", "OPENRED_PEER_MESSAGES_PER_HOUR": "10",
-        "OPENRED_PEER_MESSAGE_BYTES_PER_HOUR": "65536"})
+        "OPENRED_PEER_MESSAGE_BYTES_PER_HOUR": "65536", "OPENRED_PEER_PROOFS_PER_MINUTE": "5"})
     assert (tight.disk_reserve, tight.peer_messages_per_hour,
-            tight.peer_message_bytes_per_hour) == (0, 10, 65536)
+            tight.peer_message_bytes_per_hour, tight.peer_proofs_per_minute) == (0, 10, 65536, 5)
 
 
 @pytest.mark.parametrize(("environ", "match"), [
@@ -40,6 +41,7 @@ def test_defaults_and_the_env_file(tmp_path: Path) -> None:
     ({"OPENRED_LIFECYCLE_INTERVAL": "soon"}, "LIFECYCLE_INTERVAL"),
     ({"OPENRED_DISK_RESERVE": "-1"}, "DISK_RESERVE"),
     ({"OPENRED_PEER_MESSAGES_PER_HOUR": "0"}, "PEER_MESSAGES_PER_HOUR"),
+    ({"OPENRED_PEER_PROOFS_PER_MINUTE": "0"}, "PEER_PROOFS_PER_MINUTE"),
     # Below the largest message's text, that message could never be logged.
     ({"OPENRED_PEER_MESSAGE_BYTES_PER_HOUR": "65535"}, "PEER_MESSAGE_BYTES_PER_HOUR"),
 ])

@@ -36,12 +36,13 @@ class AuthenticationModule:
 
     def register_routes(self, app: Any) -> None:
         """Offer ``authentication/prove`` as an encrypted P2P action."""
-        from openred.modules.authentication.service import PROVE, PeerAuthentication
+        from openred.modules.authentication.service import PROVE, PeerAuthentication, ProofBudget
         from openred.node.p2p import P2P_ACTIONS
 
         services = app.extensions["openred.node"]
         auth = PeerAuthentication(str(services.keys.node_id), services.store, services.jail,
-                                  services.book, services.keeper)
+                                  services.book, services.keeper,
+                                  budget=ProofBudget(services.settings.peer_proofs_per_minute))
         app.extensions[AUTHENTICATION_SERVICE] = auth
         app.extensions[P2P_ACTIONS].add(PROVE.module, PROVE.action, auth.answer)
 

@@ -11,13 +11,17 @@ Responder side: :meth:`PeerAuthentication.answer` (the P2P handler) rebuilds the
 what the session itself says — the challenger is the session's peer, the responder is this
 node, the session is the one the request came on — so a peer cannot make this node sign a
 question about another session or another node; the jail signs it as kind ``peer_challenge``.
-Nothing is logged on the responder: answering changes no state.
+Nothing is logged on the responder: answering changes no state. Each answer costs a signature
+in the jail, so each peer has a budget of them (:class:`ProofBudget`, the node's
+``OPENRED_PEER_PROOFS_PER_MINUTE``): past it, 429 ``too-many-proofs`` with Retry-After, before
+the jail is asked, as messaging refuses a peer's messages past its budget.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -42,10 +46,13 @@ from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.p2p import Outcome, RequestContext
 from openred.node.sessions import SessionKeeper, SessionView, decide_use
+from openred.node.settings import PEER_PROOFS_PER_MINUTE
+from openred.ratelimit import Allowance
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["CHALLENGE_LIFETIME", "PROVE", "PeerAuthentication"]
+__all__ = ["CHALLENGE_LIFETIME", "PEER_PROOFS_PER_MINUTE", "PROVE", "PeerAuthentication",
+           "ProofBudget"]
 
 logger = logging.getLogger("openred.authentication")
 
@@ -62,6 +69,27 @@ _DETAIL_LOGGED: Final = 300
 """Characters of a refusal's detail in the service's log line (a peer chose them)."""
 
 Transport = Callable[[Route, Envelope], Awaitable[Envelope]]
+
+
+class ProofBudget:
+    """How many challenges each peer may have this node answer: ``limit`` per ``window``
+    seconds, refilled evenly (an :class:`~openred.ratelimit.Allowance`: two floats a peer)."""
+
+    def __init__(self, limit: int = PEER_PROOFS_PER_MINUTE, window: float = 60.0) -> None:
+        self.allowance = Allowance(limit, window)
+
+    def charge(self, peer: str, now: float) -> None:
+        """Count one answer for ``peer``, or refuse it (429 with Retry-After)."""
+        wait = self.allowance.retry_after(peer, now)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            refused = NodeRefused(429, "too-many-proofs", (
+                f"this node answers at most {self.allowance.limit} challenges from one peer "
+                f"per {self.allowance.window:.0f} s: retry in {seconds} s"))
+            refused.retry_after = seconds
+            refused.extra = {"retry_after": seconds}  # as messaging's budget
+            raise refused
+        self.allowance.take(peer, now)
 Rotate = Callable[[SessionChannel], Awaitable[int]]
 
 
@@ -86,6 +114,7 @@ class PeerAuthentication:
         self, me: str, store: SQLiteEventStore, jail: JailClient, book: NodeBook,
         keeper: SessionKeeper, *, lifetime: int = CHALLENGE_LIFETIME,
         random: Callable[[int], bytes] = secrets.token_bytes,
+        budget: ProofBudget | None = None,
     ) -> None:
         self.me = me
         self.store = store
@@ -94,6 +123,8 @@ class PeerAuthentication:
         self.keeper = keeper
         self.lifetime = lifetime
         self.random = random
+        self.budget = budget or ProofBudget()
+        """What each peer may have this node answer (its jail's signatures)."""
         self._pending: dict[str, Pending] = {}
         self._proofs: dict[tuple[str, str], Proof] = {}
 
@@ -244,5 +275,6 @@ class PeerAuthentication:
         if len(raw) != NONCE_BYTES:
             raise _refuse(f"the nonce is {NONCE_BYTES} bytes base64url")
         challenge = PeerChallenge.fresh(purpose, ctx.peer, self.me, ctx.session_id, raw)
+        self.budget.charge(ctx.peer, ctx.now)  # a well-formed challenge costs; no await before
         signature = await self.jail.sign("peer_challenge", challenge.signable())
         return Outcome(bytes(rfc8785.dumps({"signature": b64url(bytes(signature))})))

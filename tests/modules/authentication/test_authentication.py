@@ -6,6 +6,7 @@ A asks B to prove its key on their session; every refusal is logged on A as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -267,3 +268,66 @@ async def test_the_operator_asks_for_a_proof_and_reads_metrics_through_the_admin
     text = (await metrics.get_data()).decode()
     assert 'openred_peer_authentications_total{result="ok",role="challenger"} 1.0' in text
     assert (await client.get("/admin/v1/metrics")).status_code == 401
+
+
+async def test_a_peer_has_a_budget_of_proofs_and_another_peer_is_not_charged(
+    pair: Pair, tmp_path: Path,
+) -> None:
+    """Each ``authentication/prove`` costs the responder a signature in its jail and logs
+    nothing: past a peer's budget (``OPENRED_PEER_PROOFS_PER_MINUTE``, 60 by default) the
+    next is refused 429 ``too-many-proofs`` with Retry-After before the jail is asked, as
+    messaging refuses messages past a peer's budget; another peer keeps its own budget, and
+    the budget refills."""
+    world = pair.world
+    c = await world.b_server.enter_async_context(serve_node(
+        "c", pair.jails[2], tmp_path / "c", world.directory.key, world.directory_url,
+        modules=MODULES))
+    c_to_b = World(c, pair.b, world.directory, world.pusher, pair.jails, world.directory_url,
+                   world.b_server)
+    c_session = (await c.services.connect(await granted(c_to_b))).session_id
+    signed: list[bytes] = []
+    b_jail = pair.auth(pair.b).jail
+    original_sign = b_jail.sign
+
+    async def counting_sign(kind: str, data: bytes) -> bytes:
+        if kind == "peer_challenge":
+            signed.append(data)
+        return bytes(await original_sign(kind, data))
+
+    b_jail.sign = counting_sign  # type: ignore[method-assign]
+    try:
+        # 60 at once, and one more per second since the first (the budget refills evenly).
+        started = time.monotonic()
+        refused: NodeRefused | None = None
+        while refused is None and len(signed) < 200:
+            before = len(signed)
+            try:
+                await pair.prove()
+            except NodeRefused as exc:
+                refused = exc
+                assert len(signed) == before  # the refused one never reached B's jail
+        elapsed = time.monotonic() - started
+        assert refused is not None, "no prove was ever refused"
+        assert (refused.status, refused.reason) == (429, "too-many-proofs")
+        assert 60 <= len(signed) <= 60 + elapsed + 1, (len(signed), elapsed)
+        wait = refused.retry_after
+        assert wait is not None and 1 <= wait <= 2, wait
+        assert len(await pair.logged(pair.b)) == 0  # B logged nothing, for none of them
+        count = len(signed)
+        # C is another peer of B's: its budget is its own.
+        svc = c.services
+        peer = await svc.book.peer(str(pair.b.id))
+        assert peer is not None
+        proof = await pair.auth(c).authenticate(
+            c_session, "operator", transport=svc._p2p_transport(peer.api_url), now=svc.now)
+        assert proof.peer == pair.b.id
+        # The budget refills: one proof's worth after Retry-After.
+        await asyncio.sleep(wait + 0.1)
+        await pair.prove()
+        assert len(signed) == count + 2  # C's, then A's again
+        b = await scrape(pair.b)
+        assert b[("openred_http_requests_total", (("method", "POST"),
+                  ("route", "/api/v3/p2p/<module>/<action>"), ("status", "429")))] == 1
+    finally:
+        del b_jail.sign
+        await world.b_server.aclose()

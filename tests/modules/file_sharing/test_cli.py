@@ -140,9 +140,15 @@ async def test_ctrl_c_stops_a_fetch_and_running_it_again_resumes(
     receiver = files(pair.b)
     for _ in range(200):
         progress = await receiver.fetch_progress(offer.offer_id)
-        if progress.verified >= 3 * CHUNK_SIZE:
+        if progress.verified >= 3 * CHUNK_SIZE or proc.returncode is not None:
             break
         await asyncio.sleep(0.05)
+    if proc.returncode is not None or progress.verified < 3 * CHUNK_SIZE:
+        if proc.returncode is None:
+            proc.kill()
+        out, err = await proc.communicate()  # why the fetch ended (or stalled) before Ctrl-C
+        raise AssertionError(f"the fetch should be running now, 3 chunks in: {progress}, exit "
+                             f"code {proc.returncode}; its output:\n{out.decode()}{err.decode()}")
     proc.send_signal(signal.SIGINT)
     _, err = await proc.communicate()
     assert proc.returncode == 130, err
