@@ -184,19 +184,37 @@ def _stop_when_stdin_closes() -> None:
     log("stdin closed: the supervisor is gone, stopping")
 
 
+_deadline_asked = threading.Event()
+_deadline_after: list[float] = []
+
+
+def prepare_stop_deadline() -> None:
+    """Start the thread that ends the process once :func:`_exit_after` asks it to.
+
+    Started before serving, not when asked: the stop request may come from a signal handler,
+    which runs on the main thread between any two bytecodes — inside ``Thread.start``'s hold
+    of threading's non-reentrant limbo lock too (the serving loop starts a thread per client).
+    Starting a thread there waited for that lock forever. Asking only sets an event."""
+
+    def deadline() -> None:
+        _deadline_asked.wait()
+        time.sleep(_deadline_after[0])
+        os._exit(1)
+
+    threading.Thread(target=deadline, daemon=True, name="jail-deadline").start()
+
+
 def _exit_after(seconds: float) -> None:
     """Exit the process ``seconds`` from now, whatever its threads are doing by then.
 
     Armed when the jail is asked to stop: a clean stop takes milliseconds, and a jail stuck
     past this (its serving loop or clean-up blocked, e.g. on a log line nobody reads) must
     not outlive its supervisor, nor ignore the SIGTERM that asked it to go. Nothing is
-    logged: the log may be what blocks."""
-
-    def deadline() -> None:
-        time.sleep(seconds)
-        os._exit(1)
-
-    threading.Thread(target=deadline, daemon=True, name="jail-deadline").start()
+    logged: the log may be what blocks. Safe in a signal handler once
+    :func:`prepare_stop_deadline` ran (the first request's ``seconds`` count)."""
+    if not _deadline_after:
+        _deadline_after.append(seconds)
+    _deadline_asked.set()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -245,6 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 log("no seccomp, but network access is cut off by a new network namespace")
         else:
             log("WARNING: network access is NOT restricted (no seccomp, no network namespace)")
+        prepare_stop_deadline()  # a thread created after hardening, as the ones below
         if args.exit_on_stdin_eof:
             threading.Thread(target=_stop_when_stdin_closes, daemon=True,
                              name="jail-stdin").start()

@@ -317,11 +317,30 @@ def exit_with_parent(supervisor: int | None = None) -> bool:
 
     The signal comes only for a parent that dies after it is asked for: one that died while
     this process started (Python's start and imports come first) sends none. So when the
-    supervisor's pid is known, False says this process's parent is no longer that process
-    (the caller then stops), checked after the ``prctl`` so no death falls between the two.
+    supervisor's pid is known, False says that process is no longer among this one's
+    ancestors (the caller then stops), checked after the ``prctl`` so no death falls between
+    the two. An ancestor, not only the parent: ``OPENRED_JAIL_PYTHON`` may be a wrapper that
+    runs Python as its child, and a dead supervisor's children are reparented at once (even
+    while it is a zombie nobody reaped), so it is never found above a jail it left behind.
     """
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    return supervisor is None or os.getppid() == supervisor
+    return supervisor is None or supervisor in _ancestors()
+
+
+_MAX_ANCESTORS = 32
+
+
+def _ancestors() -> list[int]:
+    """This process's parent, its parent's parent, ... (``/proc``; only the parent without)."""
+    found = [os.getppid()]
+    while found[-1] > 1 and len(found) < _MAX_ANCESTORS:
+        try:
+            stat = Path(f"/proc/{found[-1]}/stat").read_bytes()
+            parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            break  # gone meanwhile, or no /proc: what was found is what is known
+        found.append(parent)
+    return found
 
 
 def harden_early() -> None:

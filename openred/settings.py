@@ -43,6 +43,7 @@ from openred.errors import ConfigurationError
 from openred.files import write_private
 
 __all__ = [
+    "MAX_INTEGER",
     "DirectorySettings",
     "ServiceSettings",
     "read_env_file",
@@ -51,6 +52,9 @@ __all__ = [
 
 ENV_FILE = ".env"
 PREFIX = "OPENRED_"
+MAX_INTEGER = 2**53 - 1
+"""The largest integer any setting takes: a float holds it exactly (budgets, intervals and
+sizes are divided or converted to floats; 400 digits would raise OverflowError there)."""
 _LINE = re.compile(r"(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=\s*(.*)")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -142,7 +146,8 @@ class _Values:
             raise ConfigurationError(f"{PREFIX}{name}={value!r} is not an integer") from None
         if number < minimum:
             raise ConfigurationError(f"{PREFIX}{name} must be at least {minimum}")
-        if maximum is not None and number > maximum:
+        maximum = MAX_INTEGER if maximum is None else min(maximum, MAX_INTEGER)
+        if number > maximum:
             raise ConfigurationError(f"{PREFIX}{name} must be at most {maximum}")
         return number
 

@@ -12,7 +12,7 @@ from openred import __version__
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.directory import grants, info, registry
 from openred.directory.fastroutes import install_fast_routes
-from openred.directory.keys import open_jail
+from openred.directory.keys import check_jail_seals_grants, open_jail
 from openred.directory.routing import EXTENSION
 from openred.directory.service import DirectoryService
 from openred.modules.monitoring.service import monitor_directory
@@ -51,6 +51,7 @@ def create_app(settings: DirectorySettings) -> Quart:
         if supervisor is not None:  # stopped even if the shutdown below never runs
             add_serve_cleanup(app, supervisor.stop)
         try:
+            await check_jail_seals_grants(jail, settings.socket_path)
             service = await DirectoryService.open(settings, jail)
         except BaseException:
             await jail.close()

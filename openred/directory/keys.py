@@ -31,12 +31,13 @@ from pathlib import Path
 
 from openred.crypto.client import JailClient, JailSupervisor
 from openred.crypto.jail_owner import orphaned_jail, record_owner, stop_orphan
-from openred.errors import ConfigurationError, JailError, JailUnavailable
+from openred.errors import ConfigurationError, JailError, JailRefused, JailUnavailable
 from openred.settings import ServiceSettings
 from openred.store.chain import origin_for
 
 __all__ = [
     "EXTERNAL_JAIL_WAIT",
+    "check_jail_seals_grants",
     "connect_jail",
     "create_keystore",
     "jail_is_external",
@@ -205,6 +206,34 @@ async def open_external_jail(
         logger.warning("the jail on %s keeps no witness (--witness-file): a log rolled back "
                        "or truncated while this service is stopped would not be noticed", socket)
     return client
+
+
+_UNSIGNABLE_SEALED_GRANT = {"kind": "grant", "data": "e30",  # b"{}": no grant, never signed
+                            "seal_to": ["A" * 42 + "A", "A" * 42 + "A"]}
+
+
+async def check_jail_seals_grants(jail: JailClient, socket: Path) -> None:
+    """ConfigurationError unless the jail mints and seals grant tokens (``seal_to``).
+
+    A jail from before that refuses ``seal_to`` as an unexpected argument, which refuses the
+    whole coalesced ``sign_many`` call: every grant and every push signature and checkpoint
+    batched with one would fail until the jail is restarted. Asked with an item no jail signs
+    (``{}`` is no grant): a jail that knows ``seal_to`` refuses that item only; an older one
+    refuses the call. Nothing is signed either way."""
+    try:
+        answer = await jail.call("sign_many", {"items": [_UNSIGNABLE_SEALED_GRANT]})
+    except JailRefused as exc:
+        if "seal_to" not in exc.detail:
+            raise
+        raise ConfigurationError(
+            f"the jail on {socket} is older than this directory: it cannot seal grant tokens "
+            "(sign_many seal_to); restart it with this version (systemctl restart "
+            "openred-directory-jail)") from None
+    results = answer.get("results")
+    if not (isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict)
+            and "error" in results[0]):
+        raise ConfigurationError(f"the jail on {socket} signed what is no grant: "
+                                 "it is not a jail this directory can use")
 
 
 async def open_jail(settings: ServiceSettings) -> tuple[JailSupervisor | None, JailClient]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -33,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
+import nacl.exceptions
 from sqlalchemy import func
 from sqlmodel import col, select
 
@@ -234,6 +237,20 @@ def _discard(task: asyncio.Future[Any]) -> None:
         task.cancel()
     elif not task.cancelled():
         task.exception()
+
+
+@functools.lru_cache(maxsize=4096)
+def _sealable(box_key: bytes) -> bool:
+    """Whether a token can be sealed to ``box_key``: libsodium's ``crypto_box_seal`` (in the
+    jail) refuses a low-order point, whose X25519 product with any scalar is all zeros."""
+    try:
+        nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, box_key)
+    except nacl.exceptions.CryptoError:
+        return False
+    return True
+
+
+_PROBE_SCALAR = bytes([1]) * 32
 
 
 class DirectoryService:
@@ -669,6 +686,13 @@ class DirectoryService:
                      held: Held, generation: int) -> GrantOutcome:
         a_record = self._signed_record(initiator_view)
         b_record = self._signed_record(target_view)
+        for role, record in (("initiator", a_record), ("target", b_record)):
+            # The jail refuses to seal a token to such a key, which would answer 503
+            # signer-unavailable for what the node chose: refused here, nothing logged.
+            if not _sealable(record.record.box_key.raw):
+                raise RequestRefused(422, "invalid-key", (
+                    f"the {role}'s box key is a low-order X25519 point: no token can be "
+                    f"sealed to it (node {record.record.node_id} must register another)"))
         now = self.now()
         when = datetime.fromtimestamp(now, UTC)
         method = select_crypto_method(when, self.settings.suite_mode,

@@ -111,3 +111,42 @@ def test_a_jail_blocked_on_a_log_nobody_reads_still_stops(workdir: Path, how: st
                 with contextlib.suppress(OSError):
                     stream.close()
         os.close(read_err)
+
+
+HANDLER_INSIDE_THREAD_START = """
+import os, sys, threading, time
+import crypto_jail.__main__ as jail
+
+prepare = getattr(jail, "prepare_stop_deadline", None)
+if prepare is not None:
+    prepare()  # what `serve` does before serving
+# The serving loop starts a thread per client: Thread.start holds threading's (non-reentrant)
+# limbo lock for a moment. A SIGTERM handled right then runs the stop handler inside it, on
+# the same thread; the stop handler asks for the deadline.
+with threading._active_limbo_lock:
+    jail._exit_after(0.2)
+    print("asked", flush=True)
+    time.sleep(10)
+os._exit(0)
+"""
+
+
+def test_the_stop_deadline_can_be_asked_from_a_handler_that_interrupted_thread_start() -> None:
+    """The stop handler runs on the main thread, between any two bytecodes, including inside
+    ``Thread.start``'s hold of the limbo lock (the serving loop starts a thread per client).
+    Asking for the deadline then started a thread, whose ``start`` waited for that same lock,
+    held by the thread waiting: the jail hung for good, its deadline never set (the other stop
+    request, the signal watcher's, finds it asked already). The deadline thread now exists
+    before serving, and asking only wakes it."""
+    popen = subprocess.Popen([PYTHON, "-I", "-c", HANDLER_INSIDE_THREAD_START],
+                             stdout=subprocess.PIPE, env=jail_env())
+    try:
+        assert gone_within(popen, 5), "asking for the deadline hung the stopping jail"
+        assert popen.returncode == 1  # the deadline's exit, 0.2 s after it was asked
+        assert popen.stdout is not None and popen.stdout.read() == b"asked\n"
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(5)
+        if popen.stdout is not None:
+            popen.stdout.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from openred.crypto.client import JailClient, JailSupervisor
 from openred.crypto.jail_owner import orphaned_jail, owner_path
 from tests.cli.network import alive, network
 from tests.crypto_jail.test_server import dev_keystore, short_dir
@@ -195,4 +196,30 @@ def test_a_jail_whose_supervisor_died_while_it_started_leaves_too() -> None:
         kill_if_alive(*forked, *([jail] if jail else []))
         if holder.stdout is not None:
             holder.stdout.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_jail_started_through_a_wrapper_that_does_not_exec_still_starts() -> None:
+    """``OPENRED_JAIL_PYTHON`` may name a wrapper script that runs Python as its child (no
+    ``exec``): the jail's parent is then the wrapper, not the supervisor. ``--supervisor-pid``
+    compared the parent's pid with the supervisor's and refused to start with "the supervisor
+    is gone" while it was alive and waiting for READY."""
+    root = short_dir()
+    try:
+        keystore, _ = dev_keystore(root)
+        wrapper = root / "python-wrapper"
+        wrapper.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\n')  # no exec: a child
+        wrapper.chmod(0o700)
+        supervisor = JailSupervisor(keystore, root / "s" / "j.sock", python=str(wrapper),
+                                    start_timeout=20)
+        try:
+            await supervisor.start()
+            client = JailClient(supervisor.socket_path, timeout=5)
+            try:
+                assert (await client.public_keys()).node_id
+            finally:
+                await client.close()
+        finally:
+            await supervisor.stop()
+    finally:
         shutil.rmtree(root, ignore_errors=True)

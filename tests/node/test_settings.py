@@ -8,8 +8,10 @@ import pytest
 
 from openred.crypto.identity import SignKey
 from openred.errors import ConfigurationError
+from openred.modules.authentication.service import ProofBudget
 from openred.node.settings import DEFAULT_MAX_BODY, NodeSettings
-from openred.settings import write_env_file
+from openred.ratelimit import Allowance
+from openred.settings import MAX_INTEGER, write_env_file
 
 KEY = SignKey(bytes(range(32))).b64url()
 
@@ -56,3 +58,18 @@ def test_the_pinned_directory_key_must_be_a_key(tmp_path: Path, key: str) -> Non
     settings = NodeSettings.load(tmp_path, environ={"OPENRED_DIRECTORY_KEY": key})
     with pytest.raises(ConfigurationError, match="OPENRED_DIRECTORY_KEY"):
         _ = settings.directory_sign_key
+
+
+@pytest.mark.parametrize("name", ["PEER_PROOFS_PER_MINUTE", "PEER_MESSAGES_PER_HOUR",
+                                  "PEER_MESSAGE_BYTES_PER_HOUR"])
+def test_a_budget_no_float_can_hold_is_refused_at_load(tmp_path: Path, name: str) -> None:
+    """A budget of 400 digits parsed as an integer, then the per-peer budget built from it
+    (``limit / window``) raised OverflowError: a traceback when the node built its modules, not
+    the one-line error every other bad setting gets. The largest accepted budget works."""
+    with pytest.raises(ConfigurationError, match=name):
+        NodeSettings.load(tmp_path, environ={f"OPENRED_{name}": "9" * 400})
+    largest = NodeSettings.load(tmp_path, environ={f"OPENRED_{name}": str(MAX_INTEGER)})
+    budget = ProofBudget(largest.peer_proofs_per_minute)
+    budget.charge("a" * 32, 1.0)
+    Allowance(largest.peer_messages_per_hour, 3600.0).take("a" * 32, 1.0)
+    Allowance(largest.peer_message_bytes_per_hour, 3600.0).take("a" * 32, 1.0)
