@@ -156,23 +156,14 @@ def test_a_directory_that_cannot_bind_its_port_stops_its_jail_before_it_exits(
             assert_no_jail_left(serve)
 
 
-def test_a_node_that_cannot_bind_its_port_stops_its_jail_before_it_exits(net: Network) -> None:
-    data = net.root / "a"
-    with socket.socket() as busy:
-        busy.bind((HOST, env_port(data, "OPENRED_PORT")))
-        busy.listen()
-        with serving("node", data, net.env) as serve:
-            code = serve.exit_code()
-            assert code == 1 and "Traceback" not in serve.output(), serve.output()
-            assert_no_jail_left(serve)
-
-
-def test_a_node_that_cannot_bind_its_admin_port_stops_its_jail_before_it_exits(
-    net: Network,
+@pytest.mark.parametrize("setting", ["OPENRED_PORT", "OPENRED_ADMIN_PORT"])
+def test_a_node_that_cannot_bind_a_port_stops_its_jail_before_it_exits(
+    net: Network, setting: str,
 ) -> None:
+    """Its API port or its admin port held by another socket."""
     data = net.root / "a"
     with socket.socket() as busy:
-        busy.bind((HOST, env_port(data, "OPENRED_ADMIN_PORT")))
+        busy.bind((HOST, env_port(data, setting)))
         busy.listen()
         with serving("node", data, net.env) as serve:
             code = serve.exit_code()

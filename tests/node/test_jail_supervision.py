@@ -126,13 +126,7 @@ asyncio.run(main())
 
 @pytest.mark.slow
 def test_the_jail_leaves_with_its_supervisor_even_when_its_stdin_stays_open() -> None:
-    root = short_dir()
-    keystore, _ = dev_keystore(root)
-    (root / "s").mkdir(mode=0o700)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(keystore), str(root / "s" / "j.sock")],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    root, holder = _supervising(HOLDER)
     forked: list[int] = []
     jail = 0
     try:
@@ -149,6 +143,18 @@ def test_the_jail_leaves_with_its_supervisor_even_when_its_stdin_stays_open() ->
         if holder.stdout is not None:
             holder.stdout.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _supervising(script: str) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A keystore in a fresh short directory, and ``script`` run on it (a supervisor)."""
+    root = short_dir()
+    keystore, _ = dev_keystore(root)
+    (root / "s").mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(keystore), str(root / "s" / "j.sock")],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    return root, holder
 
 
 EARLY_DEATH = """
@@ -177,13 +183,7 @@ def test_a_jail_whose_supervisor_died_while_it_started_leaves_too() -> None:
     during the jail's start-up (Python's start and imports, before ``prctl``) sent no signal,
     and with its stdin held open by a process forked from the supervisor, the jail served on,
     an orphan nobody supervised."""
-    root = short_dir()
-    keystore, _ = dev_keystore(root)
-    (root / "s").mkdir(mode=0o700)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", EARLY_DEATH, str(keystore), str(root / "s" / "j.sock")],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    root, holder = _supervising(EARLY_DEATH)
     forked: list[int] = []
     jail = 0
     try:
