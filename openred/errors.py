@@ -46,6 +46,8 @@ them, with ``raise New(...) from exc``::
 
 from __future__ import annotations
 
+import math
+
 
 class OpenRedError(Exception):
     """Root of every error OpenRed raises on purpose."""
@@ -242,6 +244,17 @@ class NodeRefused(RequestRefused):
     def __init__(self, status: int, reason: str, detail: str) -> None:
         super().__init__(status, reason, detail)
         self.reason = reason
+
+    @classmethod
+    def over_budget(cls, reason: str, limits: str, wait: float) -> NodeRefused:
+        """429 ``reason`` for a peer past one of its budgets (``limits`` says which): retry in
+        ``wait`` seconds, rounded up, at least 1, as Retry-After and as a ``retry_after``
+        member (a batched call's answer has no headers)."""
+        seconds = max(1, math.ceil(wait))
+        refused = cls(429, reason, f"{limits}: retry in {seconds} s")
+        refused.retry_after = seconds
+        refused.extra = {"retry_after": seconds}
+        return refused
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"

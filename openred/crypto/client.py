@@ -136,8 +136,13 @@ class Responded:
 
 
 def _need(result: dict[str, Any], name: str, length: int | None = None) -> bytes:
+    return _decode(result.get(name), name, length)
+
+
+def _decode(value: object, name: str, length: int | None = None) -> bytes:
+    """The bytes of a base64url field ``name`` of a jail answer; JailProtocolError otherwise."""
     try:
-        raw = b64d(result.get(name), name=name)
+        raw = b64d(value, name=name)
     except OpRefused as exc:
         raise JailProtocolError(f"jail answer field {name!r} is not base64url") from exc
     if length is not None and len(raw) != length:
@@ -1004,16 +1009,8 @@ def _sign_many_results(
 def _sealed_grant(signature: Signature, sealed: object) -> SealedGrant:
     if not isinstance(sealed, list) or len(sealed) != 2:
         raise JailProtocolError("jail answered a grant without its two sealed tokens")
-    tokens: list[bytes] = []
-    for text in sealed:
-        try:
-            token = b64d(text, name="sealed_tokens")
-        except OpRefused as exc:
-            raise JailProtocolError(f"sign_many: {exc.detail}") from None
-        if len(token) != SEALED_TOKEN_LEN:
-            raise JailProtocolError(f"a sealed token is {SEALED_TOKEN_LEN} bytes")
-        tokens.append(token)
-    return SealedGrant(signature, tokens[0], tokens[1])
+    initiator, responder = (_decode(text, "sealed_tokens", SEALED_TOKEN_LEN) for text in sealed)
+    return SealedGrant(signature, initiator, responder)
 
 
 ALONE_ABOVE = MAX_BODY // (2 * MAX_SIGN_MANY)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -82,13 +81,9 @@ class ProofBudget:
         """Count one answer for ``peer``, or refuse it (429 with Retry-After)."""
         wait = self.allowance.retry_after(peer, now)
         if wait is not None:
-            seconds = max(1, math.ceil(wait))
-            refused = NodeRefused(429, "too-many-proofs", (
+            raise NodeRefused.over_budget("too-many-proofs", (
                 f"this node answers at most {self.allowance.limit} challenges from one peer "
-                f"per {self.allowance.window:.0f} s: retry in {seconds} s"))
-            refused.retry_after = seconds
-            refused.extra = {"retry_after": seconds}  # as messaging's budget
-            raise refused
+                f"per {self.allowance.window:.0f} s"), wait)
         self.allowance.take(peer, now)
 Rotate = Callable[[SessionChannel], Awaitable[int]]
 

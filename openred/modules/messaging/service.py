@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import re
 import secrets
 import sqlite3
@@ -373,14 +372,10 @@ class PeerBudget:
         wait = self.messages.retry_after(peer, now)
         wait_bytes = self.text_bytes.retry_after(peer, now, size)
         if wait is not None or wait_bytes is not None:
-            seconds = max(1, math.ceil(max(wait or 0.0, wait_bytes or 0.0)))
-            refused = NodeRefused(429, "too-many-messages", (
+            raise NodeRefused.over_budget("too-many-messages", (
                 f"this node logs at most {self.messages.limit} messages and "
                 f"{self.text_bytes.limit} bytes of text from one peer per "
-                f"{self.messages.window:.0f} s: retry in {seconds} s"))
-            refused.retry_after = seconds
-            refused.extra = {"retry_after": seconds}  # a batched call's answer has no headers
-            raise refused
+                f"{self.messages.window:.0f} s"), max(wait or 0.0, wait_bytes or 0.0))
         self.messages.take(peer, now)
         self.text_bytes.take(peer, now, size)
 
