@@ -42,7 +42,7 @@ from openred.node import events as ev
 from openred.node.cleaning import CLEANABLE, cleaned_events
 from openred.node.own_record import RECORD_FILE
 from openred.node.readmodels import GrantOutcomeRow, SessionRow
-from openred.node.services import SESSION_LEDGER, NodeServices, inert
+from openred.node.services import SESSION_LEDGER, NodeServices, clipped, inert
 from openred.store.events import NewEvent
 from openred.store.sqlite import utc_timestamp
 
@@ -415,5 +415,4 @@ def _detail(body: bytes) -> str:
         text = str(obj["detail"])
     else:
         text = body[:_DETAIL].decode("utf-8", "replace")
-    text = inert(text)
-    return text[:_DETAIL] + "…" if len(text) > _DETAIL else text
+    return clipped(inert(text), _DETAIL)

@@ -94,6 +94,12 @@ def inert(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` characters, an ellipsis saying it was (another side's words
+    kept in our answers, log lines and log entries)."""
+    return text[:limit] + "…" if len(text) > limit else text
+
+
 DIRECTORY_UNREACHABLE = "directory-unreachable"
 DIRECTORY_FORK = "directory-fork"
 DIRECTORY_FORK_DETAIL = (
@@ -143,10 +149,7 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
         if _SLUG.fullmatch(named) and named not in _OWN_SLUGS:
             slug = named
         if isinstance(text, str):
-            text = inert(text)
-            if len(text) > _REFUSAL_DETAIL:
-                text = text[:_REFUSAL_DETAIL] + "…"
-            detail = f"{what}: {text}"
+            detail = f"{what}: {clipped(inert(text), _REFUSAL_DETAIL)}"
     status = reply.status if 400 <= reply.status < 500 else 502
     refusal = NodeRefused(status, slug, detail)
     wait = reply.headers.get("Retry-After", "") if status == 429 else ""

@@ -44,6 +44,7 @@ from openred.modules.authentication.challenge import (
 from openred.node.book import NodeBook
 from openred.node.envelope import Envelope, Route, SessionChannel
 from openred.node.p2p import Outcome, RequestContext
+from openred.node.services import clipped
 from openred.node.sessions import SessionKeeper, SessionView, decide_use
 from openred.node.settings import PEER_PROOFS_PER_MINUTE
 from openred.ratelimit import Allowance
@@ -169,9 +170,7 @@ class PeerAuthentication:
         return proof
 
     async def _failed(self, challenge: PeerChallenge, failure: Failure) -> None:
-        detail = failure.detail
-        if len(detail) > _DETAIL_LOGGED:
-            detail = detail[:_DETAIL_LOGGED] + "…"
+        detail = clipped(failure.detail, _DETAIL_LOGGED)
         await self.store.append_one(NewEvent(ev.auth_stream(challenge.responder),
                                              ev.PEER_AUTHENTICATION_FAILED, {
             "peer": challenge.responder, "session_id": challenge.session_id,
