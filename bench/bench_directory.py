@@ -41,6 +41,15 @@ plus the group it waits behind is 10–13 ms of every registration's stay at 16.
 figures are the directory's capacity, what the issue's targets compare
 (docs/decisions.md, "The directory's capacity: requests in flight, not the GIL alone").
 
+Each figure also has a ``_cpu`` line: the CPU time (user + system, from ``/proc``) the server
+process spent per request during the same chunks — the directory's own process (not its jail,
+not the receivers), against the baseline server's. Its ratio is a cost, lower is better: a
+server bound by its one Python thread (the GIL) answers at 1 / its CPU per request, so when
+both are CPU-bound a throughput ratio of 0.5 needs a ``_cpu`` ratio of at most 2 (0.25: 4;
+0.6: 1.67). Those lines separate what the directory's work costs from how much of the time it
+is kept busy (the throughput ratio at 16 in flight); on a host without ``/proc`` they are left
+out.
+
 ``python -m bench.bench_directory`` (or ``make bench``); ``--quick`` runs fewer requests.
 """
 
@@ -339,17 +348,36 @@ class Run:
     p50_ms: float
     p99_ms: float
     statuses: dict[str, int]
+    cpu_ms: float | None
+    """The server process's CPU time per request (user + system), None without ``/proc``."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used so far, or None (no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _load_raw(requests: list[dict[str, Any]], tmp: Path,
-              concurrency: int = CONCURRENCY) -> dict[str, Any]:
+              concurrency: int = CONCURRENCY, server: int | None = None) -> dict[str, Any]:
+    """The load client's result; with ``server`` (a pid), also that process's CPU seconds
+    during the run under ``cpu`` (None when it cannot be read)."""
     path = tmp / f"requests-{random.random()}.json"
     path.write_text(json.dumps(requests))
+    before = None if server is None else cpu_seconds(server)
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_directory", "--client", str(path),
          str(concurrency)], cwd=ROOT, capture_output=True, text=True, check=True,
     )
+    after = None if server is None else cpu_seconds(server)
     result: dict[str, Any] = json.loads(out.stdout)
+    # What the warm-up requests cost is counted too, over every request sent.
+    result["cpu"] = None if before is None or after is None else after - before
+    result["sent"] = len(requests)
     return result
 
 
@@ -361,21 +389,29 @@ def _run(results: list[dict[str, Any]]) -> Run:
             statuses[code] = statuses.get(code, 0) + n
     p50, p99 = percentiles(latencies)
     rate = sum(r["count"] for r in results) / sum(r["elapsed"] for r in results)
-    return Run(rate, p50 * 1000, p99 * 1000, statuses)
+    cpus = [r["cpu"] for r in results if isinstance(r.get("cpu"), float)]
+    cpu_ms = None
+    if len(cpus) == len(results):
+        cpu_ms = sum(cpus) / sum(r["sent"] for r in results) * 1000
+    return Run(rate, p50 * 1000, p99 * 1000, statuses, cpu_ms)
 
 
 def interleaved(requests: list[dict[str, Any]], baseline: list[dict[str, Any]], tmp: Path,
-                rounds: int = ROUNDS, concurrency: int = CONCURRENCY) -> tuple[Run, Run]:
+                rounds: int = ROUNDS, concurrency: int = CONCURRENCY,
+                servers: tuple[int, int] | None = None) -> tuple[Run, Run]:
     """(scenario, baseline), each measured in ``rounds`` chunks that alternate with the other.
 
     The machine is shared and its load drifts within seconds: alternating short chunks puts
     both under the same load, where one baseline run followed by one scenario run did not.
+    ``servers``: the pids of the scenario's server and the baseline's, whose CPU time per
+    request each :class:`Run` reports.
     """
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
+    mine, base = servers if servers is not None else (None, None)
     for i in range(rounds):
-        theirs.append(_load_raw(baseline[i::rounds], tmp, concurrency))
-        ours.append(_load_raw(requests[i::rounds], tmp, concurrency))
+        theirs.append(_load_raw(baseline[i::rounds], tmp, concurrency, base))
+        ours.append(_load_raw(requests[i::rounds], tmp, concurrency, mine))
     return _run(ours), _run(theirs)
 
 
@@ -471,15 +507,19 @@ def run_all(quick: bool) -> None:
             return [plain("GET", base + "/ping") for _ in range(n_base)]
 
         grant_nodes = asyncio.run(_register_grant_nodes(directory, receivers))
+        servers = (procs[3].pid, procs[0].pid)
         for concurrency, suffix in ((CONCURRENCY, ""), (SATURATED, f"_c{SATURATED}")):
             # Each scenario is interleaved with its baseline (see interleaved()).
             reg_requests = asyncio.run(prepare_register(directory, n_reg, receivers[0]))
-            reg = interleaved(reg_requests, baseline(), tmp, concurrency=concurrency)
+            reg = interleaved(reg_requests, baseline(), tmp, concurrency=concurrency,
+                              servers=servers)
             grant_requests = asyncio.run(_prepare_grants(directory, grant_nodes, n_grant))
-            grants = interleaved(grant_requests, baseline(), tmp, concurrency=concurrency)
+            grants = interleaved(grant_requests, baseline(), tmp, concurrency=concurrency,
+                                 servers=servers)
             disc_requests = asyncio.run(
                 _prepare_discover(directory, receivers, n_disc, concurrency))
-            disc = interleaved(disc_requests, baseline(), tmp, concurrency=concurrency)
+            disc = interleaved(disc_requests, baseline(), tmp, concurrency=concurrency,
+                               servers=servers)
             results.append((suffix, reg, grants, disc))
         # The same grants with the receivers of the earlier runs (an ASGI app under Hypercorn,
         # ~6x the lean receivers' CPU per push, taken from the directory's two cores): a figure
@@ -503,6 +543,9 @@ def run_all(quick: bool) -> None:
             report(name, run.rate, "req/s", baseline_name, base_run.rate)
             report(f"{name}_p50", run.p50_ms, "ms", f"{baseline_name}_p50", base_run.p50_ms)
             report(f"{name}_p99", run.p99_ms, "ms", f"{baseline_name}_p99", base_run.p99_ms)
+            if run.cpu_ms is not None and base_run.cpu_ms is not None:
+                report(f"{name}_cpu", run.cpu_ms, "ms/req", f"{baseline_name}_cpu",
+                       base_run.cpu_ms)
     run, base_run = asgi
     name = f"directory_request_connection_c{SATURATED}_asgi_receivers"
     if set(run.statuses) != {"201"}:
