@@ -106,3 +106,89 @@ async def test_a_signature_for_another_url_never_verifies_through_an_odd_request
             found = await status(side, signed_bytes(side, alice, "POST", PUBLIC + HEARTBEAT, body,
                                                     url=PUBLIC + HEARTBEAT))
             assert found[0] == 200, found
+
+
+async def test_content_digests_a_hostile_client_signs(
+    make_pair: PairFactory,  # noqa: F811
+) -> None:
+    """RFC 9530 digests in odd forms, each signed as it stands: every digest the field holds
+    is checked against the body (one wrong of two is 401), SHA-512 alone is as good as
+    SHA-256, an unknown algorithm alone or a digest of another body is 401 — on both paths,
+    with the same answer, never 500."""
+    alice = Peer(f"http://{HOST}:{free_port()}")
+    body = b"{}"
+    wrong = sha256(b"{ }")
+    cases = [
+        (sha512(body), 200),
+        (f"{sha256(body)}, {sha512(body)}", 200),
+        (f"{sha512(body)}, {wrong}", 401),
+        (f"{wrong.replace('sha-256', 'sha-512')}, {sha256(body)}", 401),
+        (f"{sha256(body)}, {sha256(body)}", 401),  # one algorithm twice
+        (wrong, 401),
+        ("md5=:" + base64.b64encode(hashlib.md5(body).digest()).decode() + ":", 401),
+        (f"{sha256(body)}, md5=:AAAA:", 401),
+        ("sha-256=:AAAA:", 401),
+        ("sha-256=:" + "A" * 44 + ":;x=1", 401),
+        ("sha-256=?1", 401),
+    ]
+    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
+        answers: dict[str, list[tuple[int, bytes]]] = {}
+        for side in (pair.fast, pair.slow):
+            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
+                                                    alice.body(1)))
+            assert found[0] == 201, found
+            answers[side.url] = []
+            for digest, wanted in cases:
+                code, answer = await status(side, signed_bytes(side, alice, "POST", HEARTBEAT,
+                                                               body, digest=digest))
+                assert code == wanted, (digest, code, answer)
+                answers[side.url].append((code, answer))
+        assert answers[pair.fast.url] == answers[pair.slow.url]
+
+
+async def test_one_directory_counts_and_remembers_across_its_two_paths(
+    make_pair: PairFactory,  # noqa: F811
+) -> None:
+    """The fast path and Quart's share one nonce cache and one rate limit: a request served
+    below Quart, replayed in HTTP/1.0 (which only Quart takes), is 401, and requests that
+    alternate between the paths reach the limit together. A body that never arrives is 408
+    on both paths (the fast path serving it itself)."""
+    alice = Peer(f"http://{HOST}:{free_port()}")
+    body = b"{}"
+    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC, OPENRED_RATE_PER_CLIENT="4") as pair:
+        side = pair.fast
+        found = await status(side, signed_bytes(side, alice, "POST", REGISTER, alice.body(1)))
+        assert found[0] == 201, found
+        data = signed_bytes(side, alice, "POST", HEARTBEAT, body)
+        served = side.fast.served
+        assert (await status(side, data))[0] == 200
+        assert side.fast.served == served + 1
+        old = data.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+        code, answer = await status(side, old)
+        assert (code, json.loads(answer)["detail"]) == (401, "nonce replayed inside the window")
+        assert side.fast.served == served + 1
+        # The other way round: Quart first, then the fast path.
+        data = signed_bytes(side, alice, "POST", HEARTBEAT, body)
+        assert (await status(side, data.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)))[0] == 200
+        assert (await status(side, data))[0] == 401
+        assert side.fast.served == served + 2
+        # 4 per window: 2 counted above (the replays are taken back), 2 more, then 429
+        # whichever path serves it.
+        codes = []
+        for version in (b"1.1", b"1.0", b"1.1", b"1.0"):
+            data = signed_bytes(side, alice, "POST", HEARTBEAT, body)
+            codes.append((await status(side, data.replace(
+                b" HTTP/1.1\r\n", b" HTTP/" + version + b"\r\n", 1)))[0])
+        assert codes == [200, 200, 429, 429]
+        # A body that never comes: 408 from both paths, the same problem.
+        timed_out = []
+        for path in (pair.fast, pair.slow):
+            path.app.config["BODY_TIMEOUT"] = 1
+            served = path.fast.served
+            data = signed_bytes(path, alice, "POST", HEARTBEAT, body)
+            timed_out.append([(line, [h for h in headers if h[0] != "x-request-id"], content)
+                              for line, headers, content
+                              in answers_of(await exchange(path, data[:-1]))])
+            assert path.fast.served == served + (path is pair.fast)
+        assert timed_out[0] == timed_out[1]
+        assert [int(status.split()[1]) for status, _, _ in timed_out[0]] == [408]
