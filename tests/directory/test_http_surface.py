@@ -192,3 +192,34 @@ async def test_one_directory_counts_and_remembers_across_its_two_paths(
             assert path.fast.served == served + (path is pair.fast)
         assert timed_out[0] == timed_out[1]
         assert [int(status.split()[1]) for status, _, _ in timed_out[0]] == [408]
+
+
+async def test_odd_covered_components_are_refused_with_a_reason_not_a_python_message(
+    make_pair: PairFactory,  # noqa: F811
+) -> None:
+    """A ``Signature-Input`` that covers components the profile does not need, some of them
+    malformed: always 401 with a reason, the same on both paths — not the library's Python
+    ``TypeError`` text (``@query-param`` without a name) nor an empty reason
+    (``@signature-params`` covered)."""
+    alice = Peer(f"http://{HOST}:{free_port()}")
+    odd = ['"@query-param"', '"@signature-params"', '"@status"', '"@foo"', '"x-missing"',
+           '"content-type";key="x"', '"@query-param";name="a"', '"@authority"', '""']
+    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
+        answers: dict[str, list[tuple[int, bytes]]] = {}
+        for side in (pair.fast, pair.slow):
+            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
+                                                    alice.body(1)))
+            assert found[0] == 201, found
+            answers[side.url] = []
+            for component in odd:
+                data = signed_bytes(side, alice, "POST", HEARTBEAT + "?a=1", b"{}")
+                data = data.replace(b'"content-digest");',
+                                    b'"content-digest" ' + component.encode() + b");", 1)
+                code, answer = await status(side, data)
+                detail = json.loads(answer)["detail"]
+                assert code == 401, (component, answer)
+                assert detail.startswith("bad signature"), (component, detail)
+                assert not detail.endswith(": "), (component, detail)
+                assert "argument" not in detail and "()" not in detail, (component, detail)
+                answers[side.url].append((code, answer))
+        assert answers[pair.fast.url] == answers[pair.slow.url]
