@@ -15,6 +15,7 @@ import json
 
 from openred.crypto.httpsig import new_nonce
 from tests.directory.test_fast_routes import (
+    CONNECT,
     HEARTBEAT,
     REGISTER,
     PairFactory,
@@ -223,3 +224,28 @@ async def test_odd_covered_components_are_refused_with_a_reason_not_a_python_mes
                 assert "argument" not in detail and "()" not in detail, (component, detail)
                 answers[side.url].append((code, answer))
         assert answers[pair.fast.url] == answers[pair.slow.url]
+
+
+async def test_a_schema_refusal_does_not_echo_a_huge_field_name(
+    make_pair: PairFactory,  # noqa: F811
+) -> None:
+    """An unknown field whose name is most of the body was echoed whole in the 422's detail
+    (a 50 kB answer): each field path in a detail is now cut short, with an ellipsis, on both
+    paths alike."""
+    alice = Peer(f"http://{HOST}:{free_port()}")
+    name = "x" * 50_000
+    body = json.dumps({"target": "a" * 32, name: 1, "y" * 100: 2}).encode()
+    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
+        answers = []
+        for side in (pair.fast, pair.slow):
+            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
+                                                    alice.body(1)))
+            assert found[0] == 201, found
+            code, answer = await status(side, signed_bytes(side, alice, "POST", CONNECT, body))
+            assert code == 422, answer[:200]
+            assert len(answer) < 1000, len(answer)
+            detail = json.loads(answer)["detail"]
+            assert detail.count("Extra inputs are not permitted") == 2, detail
+            assert "x" * 64 + "…" in detail and "y" * 100 not in detail, detail
+            answers.append(answer)
+        assert answers[0] == answers[1]
