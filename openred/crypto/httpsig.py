@@ -471,8 +471,12 @@ class RequestVerifier:
                 message, max_age=None, require_components=COVERED_COMPONENTS
             )
         except (HTTPMessageSignaturesException, ValueError, TypeError) as exc:
-            if isinstance(exc.__cause__, InvalidSignature):
+            if isinstance(exc.__cause__, InvalidSignature) or not str(exc):
                 raise RequestSignatureError("bad signature") from exc
+            if isinstance(exc, TypeError) or isinstance(exc.__cause__, TypeError):
+                # Python's words about the library's code, not about the request
+                raise RequestSignatureError("bad signature: a covered component is malformed"
+                                            ) from exc
             raise RequestSignatureError(f"bad signature: {exc}") from exc
         # 6. The signed Content-Digest matches the body (RFC 9530 §2).
         try:

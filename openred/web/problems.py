@@ -169,6 +169,10 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     return 500, "internal", "the server failed to handle this request", {}
 
 
+_MAX_LOC = 64
+"""How much of a field's path a schema refusal quotes (an unknown field's name is the client's)."""
+
+
 def _validation_detail(error: Exception) -> str:
     errors_fn = getattr(error, "errors", None)
     if callable(errors_fn):
@@ -179,6 +183,8 @@ def _validation_detail(error: Exception) -> str:
         parts = []
         for item in items[:5]:
             loc = ".".join(str(p) for p in item.get("loc", ()))
+            if len(loc) > _MAX_LOC:  # a client's field name, as long as its body allows
+                loc = loc[:_MAX_LOC] + "…"
             parts.append(f"{loc or 'body'}: {item.get('msg', 'invalid')}")
         if parts:
             return "; ".join(parts)

@@ -51,11 +51,27 @@ def _target_uri(public_url: str, request: Request) -> str:
 
 
 def scope_target_uri(public_url: str, scope: Any, path: str) -> str:
-    """``@target-uri``: the public URL, then the raw path (``path`` if none) and query."""
+    """``@target-uri``: the public URL, then the raw path (``path`` if none) and query.
+
+    Only for a request target in origin-form (a path, RFC 9112 §3.2.1), or in absolute-form
+    naming this service's public URL (RFC 9112 §3.2.2: then that URI is the target URI).
+    Anything else is RequestSignatureError: Quart still routes ``api/v3/...``, ``x:/api/...``
+    or ``http://elsewhere/api/...`` by the path it parses out of them, and glued to the public
+    URL such a target made the URI of another host (``http://dir.example`` + ``api/v3/x`` is
+    ``http://dir.exampleapi/v3/x``), so a signature made for that host verified here.
+    """
     raw_path = scope.get("raw_path") or path.encode("utf-8")
     text = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(raw_path)
     query = scope.get("query_string", b"")
-    uri = public_url.rstrip("/") + text
+    base = public_url.rstrip("/")
+    if text.startswith("/"):
+        uri = base + text
+    elif text.startswith(base + "/"):
+        uri = text
+    else:
+        raise RequestSignatureError(
+            "the request target is neither a path nor this service's public URL, "
+            "so it cannot be signed")
     if query:
         uri += "?" + (query.decode("latin-1") if isinstance(query, bytes) else str(query))
     return uri

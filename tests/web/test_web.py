@@ -273,3 +273,53 @@ def test_nonces_saved_under_a_shorter_window_are_not_trusted_under_a_longer_one(
     assert again.restore(tmp_path / "nonces.json") and again.not_before is None
     assert ("k", "m") in again.nonce_cache
 
+
+
+async def test_a_target_that_is_not_a_path_cannot_carry_another_hosts_signature() -> None:
+    """Any service's inbound verifier (a node's too): ``POST api/echo`` reaches Quart's
+    ``/api/echo`` route, and glued to the public URL ``http://svc.test`` the target made
+    ``http://svc.testapi/echo`` — a URL on another host, whose signature verified here. A
+    signed request's target must be a path, or the public URL itself in absolute-form."""
+    import time
+
+    from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
+    from tests.servers import HOST, split_answers
+
+    sk = nacl.signing.SigningKey.generate()
+    key = SignKey(bytes(sk.verify_key))
+    verifier = InboundVerifier("http://svc.test")
+    app = Quart("svc")
+    install(app)
+
+    async def resolve(keyid: str) -> SignKey | None:
+        return key if keyid == str(key.node_id) else None
+
+    @app.post("/api/echo")
+    async def echo() -> dict[str, str]:
+        keyid, _ = await verifier.verify(request, resolve)
+        return {"keyid": keyid}
+
+    async def sign(base: bytes) -> bytes:
+        return bytes(sk.sign(base).signature)
+
+    async def send(port: int, target: str, url: str) -> int:
+        req = await sign_request(HttpRequest("POST", url, {}, b"{}"), keyid=str(key.node_id),
+                                 sign_base=sign, now=int(time.time()), nonce=new_nonce())
+        lines = [f"POST {target} HTTP/1.1", f"Host: {HOST}:{port}", "Connection: close",
+                 "Content-Type: application/json", "Content-Length: 2",
+                 *(f"{k}: {v}" for k, v in req.headers.items())]
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + b"{}")
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+        ((status, _, _),) = split_answers(data)
+        return int(status.split()[1])
+
+    port = free_port()
+    async with serve_in_loop(app, port):
+        assert await send(port, "api/echo", "http://svc.testapi/echo") == 401
+        assert await send(port, "http://other.test/api/echo",
+                          "http://other.test/api/echo") == 401
+        assert await send(port, "/api/echo", "http://svc.test/api/echo") == 200
+        assert await send(port, "http://svc.test/api/echo", "http://svc.test/api/echo") == 200
