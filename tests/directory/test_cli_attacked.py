@@ -1,0 +1,125 @@
+"""``openred directory …`` against an operator's mistakes and a hostile local environment.
+
+Every case runs the real command as a subprocess on real files under ``tmp_path``: what the
+operator sees is one line on stderr and exit code 1, never a traceback, and nothing started.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openred.cli", "directory", *args],
+        env={**base_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        check=False)
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRED_")}
+    return {**env, "OPENRED_JAIL_KDF": "min", "OPENRED_JAIL_INSECURE_TEST_KDF": "1"}
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("serve",), ("nodes",), ("key",), ("revoke", "a" * 32)])
+def test_a_data_dir_name_with_rich_markup_is_printed_as_it_is(
+    tmp_path: Path, command: tuple[str, ...],
+) -> None:
+    """Errors were printed through Rich's markup: a data directory named ``[/]`` (or anything
+    else the operator typed or a variable held) raised MarkupError, a traceback."""
+    data = tmp_path / "[/]x[bold]"
+    line = one_error_line(cli(*command, "--data-dir", str(data)))
+    assert "[/]x[bold]" in line, line
+
+
+def test_a_setting_with_markup_or_control_characters_is_one_inert_line(tmp_path: Path) -> None:
+    line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
+                              env={"OPENRED_SUITE_MODE": "[/x]"}))
+    assert "OPENRED_SUITE_MODE" in line and "[/x]" in line, line
+    line = one_error_line(cli("revoke", "--data-dir", str(tmp_path / "d"), "\x1b[31mred"))
+    assert "\x1b" not in line, repr(line)
+
+
+def test_a_dotenv_saved_with_a_byte_order_mark_and_crlf_is_read(tmp_path: Path) -> None:
+    """An editor on Windows saves ``.env`` as UTF-8 with a BOM and CRLF line ends: its first
+    line was "not a KEY=VALUE line", though it looks like one."""
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / ".env").write_bytes(b"\xef\xbb\xbfOPENRED_PORT=eighty\r\nOPENRED_HOST=::1\r\n")
+    line = one_error_line(cli("serve", "--data-dir", str(data)))
+    assert "OPENRED_PORT='eighty' is not an integer" in line, line
+
+
+@pytest.mark.parametrize("url", [
+    "not a url", "ftp://d.example", "https://", "https://d.example:99999",
+    "https://d.example/?x=1", "https://d.example/#f", "https://user@d.example",
+    "https://d.example/\x1b[2J",
+])
+def test_a_public_url_nodes_cannot_sign_for_is_refused_before_serving(
+    tmp_path: Path, url: str,
+) -> None:
+    """``OPENRED_PUBLIC_URL`` is what every signed request's ``@target-uri`` is rebuilt from:
+    ``not a url`` served, and refused every signed request as a bad signature."""
+    line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
+                              env={"OPENRED_PUBLIC_URL": url}))
+    assert "OPENRED_PUBLIC_URL" in line and "not initialized" not in line, line
+    assert "\x1b" not in line, repr(line)
+
+
+def test_init_refuses_a_public_url_before_creating_anything(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    line = one_error_line(cli("init", "--data-dir", str(data), "--public-url", "d.example"))
+    assert "--public-url" in line or "OPENRED_PUBLIC_URL" in line, line
+    assert not data.exists() or not any(data.iterdir()), list(data.iterdir())
+
+
+def test_a_sound_public_url_with_a_path_is_accepted(tmp_path: Path) -> None:
+    line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
+                              env={"OPENRED_PUBLIC_URL": "https://d.example:8443/openred/"}))
+    assert "not initialized" in line, line
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o703, 0o1777])
+def test_a_world_writable_data_dir_is_refused(tmp_path: Path, mode: int) -> None:
+    """Anyone may replace the ``.env``, keystore or database of a world-writable data directory
+    (a sticky bit still lets them create the files that are not there yet)."""
+    data = tmp_path / "d"
+    data.mkdir()
+    data.chmod(mode)
+    for command in (("init", "--port", str(free_port())), ("serve",), ("revoke", "a" * 32)):
+        line = one_error_line(cli(*command, "--data-dir", str(data)))
+        assert "writable" in line and str(data) in line, line
+    assert list(data.iterdir()) == []
+
+
+def test_the_nodes_table_keeps_each_record_on_its_own_line(tmp_path: Path) -> None:
+    """The table printed a record's newline as a line break: an ``api_url`` could draw lines
+    that read as more nodes."""
+    conn = sqlite3.connect(tmp_path / "openred.db")
+    conn.execute("CREATE TABLE directory_nodes (node_id, status, api_url, version, last_seen, "
+                 "registered_at)")
+    forged = "http://a.example\nzzzzforgedzzzz active http://evil.example"
+    conn.execute("INSERT INTO directory_nodes VALUES ('n1', 'active', ?, 1, 1, 1)", (forged,))
+    conn.commit()
+    conn.close()
+    result = cli("nodes", "--data-dir", str(tmp_path), env={"COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "zzzzforgedzzzz" in line]
+    assert lines and all("a.example" in line for line in lines), result.stdout
