@@ -61,16 +61,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 def _settings(data_dir: Path, **overrides: Any) -> DirectorySettings:
     try:
         return DirectorySettings.load(data_dir, **overrides)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 class AnswerGuard(click.Group):
@@ -133,16 +131,13 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
         values["OPENRED_JAIL_SOCKET"] = str(jail_socket.absolute())
         settings = _settings(data_dir, jail_socket=jail_socket.absolute())
         if settings.keystore_path.exists() or (data_dir / DATABASE_NAME).exists():
-            err.print(f"[red]error:[/] {data_dir} holds a directory already: this directory "
-                      "is initialized")
-            sys.exit(1)
+            _fail(f"{data_dir} holds a directory already: this directory is initialized")
     else:
         settings = _settings(data_dir)
         try:
             create_keystore(settings)
         except ConfigurationError as exc:
-            err.print(f"[red]error:[/] {exc}")
-            sys.exit(1)
+            _fail(str(exc))
     write_env_file(data_dir / ".env", values, header="OpenRed directory settings "
                    "(OPENRED_* variables in the environment override these)")
     settings = _settings(data_dir)
@@ -160,7 +155,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
         return key
 
     key = _run(create())
-    console.print(f"directory initialized in {data_dir}")
+    console.print(f"directory initialized in {_safe(data_dir)}")
     console.print("directory key (nodes pin it as OPENRED_DIRECTORY_KEY):")
     click.echo(key)
 
@@ -188,37 +183,30 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     external = jail_is_external(settings)
     initialized = (data_dir / DATABASE_NAME if external else settings.keystore_path).is_file()
     if not initialized:
-        err.print(f"[red]error:[/] {data_dir} is not initialized: run `openred directory init`")
-        sys.exit(1)
+        _fail(f"{data_dir} is not initialized: run `openred directory init`")
     if not external and not passphrase_available(settings):
-        err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
-                  f"{settings.passphrase_path}")
-        sys.exit(1)
+        _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create {settings.passphrase_path}")
     _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
         configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"directory serving on {settings.base_url}")
+    console.print(f"directory serving on {_safe(settings.base_url)}")
     try:
         run(create_app(settings), settings.host, settings.port)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 def _database(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / "openred.db"
     if not path.is_file():
-        err.print(f"[red]error:[/] no directory database in {data_dir}: run "
-                  "`openred directory init`")
-        sys.exit(1)
+        _fail(f"no directory database in {data_dir}: run `openred directory init`")
     from openred.store.sqlite import readonly_uri
 
     return sqlite3.connect(readonly_uri(path), uri=True)
@@ -234,13 +222,11 @@ def key(data_dir: Path) -> None:
     try:
         history = key_history(conn)
     except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
-        err.print(f"[red]error:[/] cannot read the directory's key from its database: {exc}")
-        sys.exit(1)
+        _fail(f"cannot read the directory's key from its database: {exc}")
     finally:
         conn.close()
     if not history:
-        err.print("[red]error:[/] the directory's log has no key")
-        sys.exit(1)
+        _fail("the directory's log has no key")
     click.echo(history[-1][1].b64url())
 
 
@@ -270,7 +256,7 @@ def revoke(data_dir: Path, node_id: str, reason: str) -> None:
                 await supervisor.stop()
 
     _run(do())
-    console.print(f"node {node_id} revoked")
+    console.print(f"node {_safe(node_id)} revoked")
 
 
 @directory.command()
@@ -284,8 +270,7 @@ def nodes(data_dir: Path, as_json: bool) -> None:
             "SELECT node_id, status, api_url, version, last_seen, registered_at "
             "FROM directory_nodes ORDER BY node_id").fetchall()
     except sqlite3.DatabaseError as exc:
-        err.print(f"[red]error:[/] cannot read the directory database: {exc}")
-        sys.exit(1)
+        _fail(f"cannot read the directory database: {exc}")
     finally:
         conn.close()
     names = ("node_id", "status", "api_url", "version", "last_seen", "registered_at")
@@ -330,7 +315,10 @@ def _when(value: object) -> object:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {_safe(message)}", soft_wrap=True)
+    """``error: MESSAGE`` as one line on stderr (markup and control characters inert, a newline
+    shown as ``\\n``: a path, a variable's value or a jail's stderr may hold any), exit 1."""
+    line = _safe(message).replace("\n", "\\n")
+    err.print(f"[red]error:[/] {line}", soft_wrap=True)
     sys.exit(1)
 
 
@@ -409,7 +397,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         return node_id
 
     node_id = _run(create())
-    console.print(f"node initialized in {data_dir}")
+    console.print(f"node initialized in {_safe(data_dir)}")
     console.print("node id:")
     click.echo(node_id)
 
@@ -454,8 +442,8 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     except OpenRedError as exc:
         _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"node serving on {settings.base_url} (listening on "
-                  f"{settings.host}:{settings.port})")
+    console.print(f"node serving on {_safe(settings.base_url)} (listening on "
+                  f"{_safe(settings.host)}:{settings.port})")
     try:
         run_node(settings)
     except OpenRedError as exc:
