@@ -120,11 +120,15 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
     from openred.directory.service import DirectoryService
     from openred.store.sqlite import DATABASE_NAME
 
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {"OPENRED_HOST": host, "OPENRED_PORT": str(port),
               "OPENRED_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0"}
     if public_url:
         values["OPENRED_PUBLIC_URL"] = public_url
+    try:  # what will be written to .env is refused before anything is created
+        DirectorySettings.load(data_dir, environ={**os.environ, **values})
+    except OpenRedError as exc:
+        _fail(str(exc))
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if jail_socket is not None:
         # The directory's jail is the service manager's: the directory's user never holds the
         # keystore or its passphrase, and the jail's witness is out of its reach.

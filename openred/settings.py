@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from openred.errors import ConfigurationError
 from openred.files import write_private
@@ -64,7 +65,9 @@ MAX_ENV_BYTES = 1 << 20
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes); {} if absent.
+    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes, an optional
+    ``export`` prefix, a UTF-8 byte order mark and CRLF line ends allowed; the last of a
+    repeated key wins); {} if absent.
 
     Only a regular file (a symbolic link to one is fine) of at most ``MAX_ENV_BYTES`` is read:
     a FIFO at that name made every command wait forever, a link to ``/dev/zero`` read until
@@ -84,7 +87,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         if len(data) > MAX_ENV_BYTES:
             raise ConfigurationError(f"cannot read {path}: too large (over {MAX_ENV_BYTES} "
                                      "bytes)")
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # an editor's byte order mark is no part of line 1
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -112,6 +115,32 @@ def write_env_file(path: Path, values: Mapping[str, str], *, header: str = "") -
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{key}={value}" for key, value in values.items()]
     write_private(path, "\n".join(lines) + "\n")
+
+
+def _public_url(value: str) -> str:
+    """``OPENRED_PUBLIC_URL`` checked: every signed request's ``@target-uri`` is rebuilt from
+    it, so a value no client can sign for (``not a url``, a query, a user) made a service that
+    ran and refused every signed request as a bad signature."""
+    if not value:
+        return value
+    problem = ""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        problem = "holds spaces or control characters"
+    else:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - a bad port raises
+        except ValueError:
+            problem = "has a bad port"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = "is not an http(s) URL with a host"
+            elif "@" in parts.netloc or "?" in value or "#" in value:
+                problem = "has a user, a query or a fragment"
+    if problem:
+        raise ConfigurationError(f"{PREFIX}PUBLIC_URL={value!r} {problem} (use "
+                                 "https://HOST[:PORT][/PATH], the URL clients reach)")
+    return value
 
 
 class _Values:
@@ -238,7 +267,7 @@ class ServiceSettings:
             "data_dir": data_dir,
             "host": v.text("HOST", "127.0.0.1"),
             "port": v.integer("PORT", cls.DEFAULT_PORT, minimum=0, maximum=65535),
-            "public_url": v.text("PUBLIC_URL", ""),
+            "public_url": _public_url(v.text("PUBLIC_URL", "")),
             "allow_private_urls": v.flag("ALLOW_PRIVATE_URLS"),
             "signature_window": v.integer("SIGNATURE_WINDOW", 60, minimum=1),
             "max_body_bytes": v.integer("MAX_BODY_BYTES", 65536, minimum=1024),
