@@ -65,7 +65,10 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _settings(data_dir: Path, **overrides: Any) -> DirectorySettings:
+    from openred.files import check_data_dir
+
     try:
+        check_data_dir(data_dir)
         return DirectorySettings.load(data_dir, **overrides)
     except OpenRedError as exc:
         _fail(str(exc))
@@ -124,7 +127,10 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
               "OPENRED_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0"}
     if public_url:
         values["OPENRED_PUBLIC_URL"] = public_url
-    try:  # what will be written to .env is refused before anything is created
+    from openred.files import check_data_dir
+
+    try:  # a world-writable data dir, and what .env would say, refused before any file is made
+        check_data_dir(data_dir)
         DirectorySettings.load(data_dir, environ={**os.environ, **values})
     except OpenRedError as exc:
         _fail(str(exc))
