@@ -288,7 +288,11 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    _table(f"{len(items)} nodes", items, list(names))
+    # What a node registered stays on its row: a newline in a record drew lines that read as
+    # more nodes (printable keeps newlines, for the messages `inbox` shows).
+    _table(f"{len(items)} nodes", [
+        {name: value.replace("\n", "\\x0a") if isinstance(value, str) else value
+         for name, value in item.items()} for item in items], list(names))
 
 
 # -- nodes --------------------------------------------------------------------------------
