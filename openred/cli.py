@@ -57,6 +57,18 @@ def _lock_data_dir(data_dir: Path) -> None:
         sys.exit(1)
 
 
+def _make_data_dir(data_dir: Path) -> None:
+    """Create the data directory (0700) unless it is there: one error line if it cannot be (a
+    link to a missing directory raised FileExistsError, a traceback)."""
+    if data_dir.is_symlink() and not data_dir.exists():
+        _fail(f"cannot create {data_dir}: it is a symbolic link to {data_dir.readlink()}, "
+              "which does not exist")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create {data_dir}: {exc.strerror or exc}")
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
@@ -134,7 +146,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
         DirectorySettings.load(data_dir, environ={**os.environ, **values})
     except OpenRedError as exc:
         _fail(str(exc))
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_data_dir(data_dir)
     if jail_socket is not None:
         # The directory's jail is the service manager's: the directory's user never holds the
         # keystore or its passphrase, and the jail's witness is out of its reach.
@@ -377,7 +389,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         _fail(f"--directory {directory_url!r} has a bad port")
     if where.scheme not in ("http", "https") or not where.hostname:
         _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_data_dir(data_dir)
     values = {
         "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
         "OPENRED_DIRECTORY_KEY": directory_key,

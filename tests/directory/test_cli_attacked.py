@@ -123,3 +123,21 @@ def test_the_nodes_table_keeps_each_record_on_its_own_line(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "zzzzforgedzzzz" in line]
     assert lines and all("a.example" in line for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("group", ["directory", "node"])
+def test_init_on_a_dangling_symlink_is_one_line(tmp_path: Path, group: str) -> None:
+    """``mkdir(exist_ok=True)`` raises FileExistsError for a link to a missing directory: init
+    ended in a traceback ("File exists"), as it did for any directory it could not create."""
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    args = ["init", "--data-dir", str(link)]
+    if group == "node":
+        args += ["--directory", "http://127.0.0.1:1", "--directory-key", "A" * 43,
+                 "--api-url", "http://127.0.0.1:2", "--allow-private-urls"]
+    result = subprocess.run([sys.executable, "-m", "openred.cli", group, *args],
+                            env=base_env(), capture_output=True, text=True, timeout=60,
+                            check=False)
+    line = one_error_line(result)
+    assert str(link) in line and "gone" in line, line
+    assert not (tmp_path / "gone").exists()
