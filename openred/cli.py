@@ -57,6 +57,14 @@ def _lock_data_dir(data_dir: Path) -> None:
         sys.exit(1)
 
 
+def _check_port(settings: DirectorySettings) -> None:
+    """Port 0 is a random port: the directory would announce ``http://HOST:0``, the
+    ``@target-uri`` base every signed request is checked against, which no node signs for."""
+    if settings.port == 0 and not settings.public_url:
+        _fail("port 0 listens on a random port nodes cannot know: give a port "
+              "(--port, OPENRED_PORT) or the URL nodes reach (OPENRED_PUBLIC_URL)")
+
+
 def _make_data_dir(data_dir: Path) -> None:
     """Create the data directory (0700) unless it is there: one error line if it cannot be (a
     link to a missing directory raised FileExistsError, a traceback)."""
@@ -143,7 +151,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
 
     try:  # a world-writable data dir, and what .env would say, refused before any file is made
         check_data_dir(data_dir)
-        DirectorySettings.load(data_dir, environ={**os.environ, **values})
+        _check_port(DirectorySettings.load(data_dir, environ={**os.environ, **values}))
     except OpenRedError as exc:
         _fail(str(exc))
     _make_data_dir(data_dir)
@@ -197,6 +205,7 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if port is not None:
         overrides["port"] = port
     settings = _settings(data_dir, **overrides)
+    _check_port(settings)
     from openred.directory.keys import PASSPHRASE_ENV, jail_is_external, passphrase_available
     from openred.store.sqlite import DATABASE_NAME
 

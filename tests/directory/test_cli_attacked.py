@@ -141,3 +141,17 @@ def test_init_on_a_dangling_symlink_is_one_line(tmp_path: Path, group: str) -> N
     line = one_error_line(result)
     assert str(link) in line and "gone" in line, line
     assert not (tmp_path / "gone").exists()
+
+
+def test_port_0_without_a_public_url_is_refused(tmp_path: Path) -> None:
+    """Port 0 served on a random port and announced ``http://127.0.0.1:0``: the @target-uri
+    every signed request is checked against, which no node could sign for."""
+    data = tmp_path / "d"
+    for args, env in ((("serve", "--port", "0"), {}), (("serve",), {"OPENRED_PORT": "0"}),
+                      (("init", "--port", "0"), {})):
+        line = one_error_line(cli(*args, "--data-dir", str(data), env=env))
+        assert "port 0" in line and "OPENRED_PUBLIC_URL" in line, line
+    assert not data.exists() or not any(data.iterdir())
+    line = one_error_line(cli("serve", "--port", "0", "--data-dir", str(data),
+                              env={"OPENRED_PUBLIC_URL": "https://d.example"}))
+    assert "not initialized" in line, line
