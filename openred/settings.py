@@ -1,11 +1,13 @@
 """Configuration: ``OPENRED_*`` environment variables over the data directory's ``.env`` file.
 
 Precedence, highest first: the process environment, then ``DATA_DIR/.env`` (written by
-``openred directory init``), then the defaults below. Every service shares
-:class:`ServiceSettings` (where it listens, its public URL, request limits, its jail); each
-service adds its own fields in a subclass — :class:`DirectorySettings` here, a ``NodeSettings``
-beside it — and its own ``_from_values``. Values are parsed strictly: a malformed value is a
-:class:`~openred.errors.ConfigurationError` naming the variable, never a silent default.
+``openred directory init``), then the defaults below. An empty value, in the environment or
+the file, is "not given": an empty variable in the environment does not mask the file's.
+Every service shares :class:`ServiceSettings` (where it listens, its public URL, request
+limits, its jail); each service adds its own fields in a subclass — :class:`DirectorySettings`
+here, a ``NodeSettings`` beside it — and its own ``_from_values``. Values are parsed
+strictly: a malformed value is a :class:`~openred.errors.ConfigurationError` naming the
+variable, never a silent default.
 
 Shared variables:
 
@@ -151,10 +153,13 @@ class _Values:
         self._file = file_values
 
     def raw(self, name: str) -> str | None:
+        """The environment's value, else the file's. An empty variable in the environment
+        is "not given" (as an empty value is everywhere): it used to mask the file's value,
+        so ``OPENRED_PUBLIC_URL=`` from a compose file or unit dropped the .env's URL."""
         key = PREFIX + name
-        if key in self._env:
+        if self._env.get(key):
             return self._env[key]
-        return self._file.get(key)
+        return self._file.get(key, self._env.get(key))
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)

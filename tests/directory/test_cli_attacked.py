@@ -155,3 +155,20 @@ def test_port_0_without_a_public_url_is_refused(tmp_path: Path) -> None:
     line = one_error_line(cli("serve", "--port", "0", "--data-dir", str(data),
                               env={"OPENRED_PUBLIC_URL": "https://d.example"}))
     assert "not initialized" in line, line
+
+
+def test_an_empty_environment_variable_does_not_mask_the_dotenv(tmp_path: Path) -> None:
+    """``OPENRED_PUBLIC_URL=`` in the environment (a compose file's ``${PUBLIC_URL}`` with
+    nothing behind it, a unit's ``Environment=OPENRED_PUBLIC_URL=``) replaced the ``.env``'s
+    public URL with the default ``http://HOST:PORT``: a directory every node's signatures
+    failed on. Empty means "not given", in the environment as in the file."""
+    from openred.settings import DirectorySettings
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / ".env").write_text("OPENRED_PUBLIC_URL=https://d.example\nOPENRED_PORT=0\n")
+    env = {"OPENRED_PUBLIC_URL": ""}
+    line = one_error_line(cli("serve", "--data-dir", str(data), env=env))
+    assert "not initialized" in line, line  # not "port 0 …": the public URL still counts
+    settings = DirectorySettings.load(data, environ=env)
+    assert (settings.base_url, settings.port) == ("https://d.example", 0)
