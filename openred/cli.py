@@ -65,6 +65,39 @@ def _check_port(settings: DirectorySettings) -> None:
               "(--port, OPENRED_PORT) or the URL nodes reach (OPENRED_PUBLIC_URL)")
 
 
+def _log_started(data_dir: Path) -> bool:
+    """Whether ``data_dir``'s database holds the directory's log (its first entry names the
+    key). No database, or one with no log in it yet, is what an init stopped between its
+    keystore and its log leaves; a damaged one counts as started (init never writes over it).
+    A keystore whose log was lost after it began is not taken for that: its witness holds
+    the checkpoint the jail signed of it (crypto_jail/witness.py)."""
+    from crypto_jail.witness import SLOT_SIZE, holds_checkpoints
+    from openred.store.sqlite import DATABASE_NAME, key_history, readonly_uri
+
+    witness = data_dir / "keystore.witness"
+    if witness.exists():
+        if not witness.is_file():
+            return True
+        with witness.open("rb") as handle:
+            if holds_checkpoints(handle.read(2 * SLOT_SIZE)):
+                return True
+    path = data_dir / DATABASE_NAME
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True)
+    except sqlite3.Error:
+        return True
+    try:
+        return bool(key_history(conn))
+    except sqlite3.OperationalError as exc:
+        return "no such table" not in str(exc)
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return True
+    finally:
+        conn.close()
+
+
 def _make_data_dir(data_dir: Path) -> None:
     """Create the data directory (0700) unless it is there: one error line if it cannot be (a
     link to a missing directory raised FileExistsError, a traceback)."""
@@ -164,10 +197,14 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
             _fail(f"{data_dir} holds a directory already: this directory is initialized")
     else:
         settings = _settings(data_dir)
-        try:
-            create_keystore(settings)
-        except ConfigurationError as exc:
-            _fail(str(exc))
+        if settings.keystore_path.is_file() and not _log_started(data_dir):
+            console.print(f"finishing the init interrupted in {_safe(data_dir)}: its keystore "
+                          "is kept")
+        else:
+            try:
+                create_keystore(settings)
+            except ConfigurationError as exc:
+                _fail(str(exc))
     write_env_file(data_dir / ".env", values, header="OpenRed directory settings "
                    "(OPENRED_* variables in the environment override these)")
     settings = _settings(data_dir)

@@ -172,3 +172,33 @@ def test_an_empty_environment_variable_does_not_mask_the_dotenv(tmp_path: Path) 
     assert "not initialized" in line, line  # not "port 0 …": the public URL still counts
     settings = DirectorySettings.load(data, environ=env)
     assert (settings.base_url, settings.port) == ("https://d.example", 0)
+
+
+def test_an_init_that_failed_after_creating_the_keystore_can_be_run_again(
+    tmp_path: Path,
+) -> None:
+    """An init stopped between its keystore and its log (a jail socket it could not bind,
+    Ctrl-C while the jail derives its key) left a keystore and no database: the next init said
+    "exists already: this directory is initialized", while `key` and `nodes` said "run
+    `openred directory init`". Init now finishes such a directory with the keystore it holds;
+    one whose log has a key is still refused."""
+    data = tmp_path / "d"
+    port = str(free_port())
+    bad = {"OPENRED_JAIL_SOCKET": str(tmp_path / ("s" * 120))}
+    first = one_error_line(cli("init", "--data-dir", str(data), "--port", port, env=bad))
+    assert "too long" in first, first
+    assert (data / "keystore.json").is_file() and not (data / "openred.db").exists()
+    again = cli("init", "--data-dir", str(data), "--port", port, "--allow-private-urls")
+    assert again.returncode == 0, again.stderr
+    key = again.stdout.strip().splitlines()[-1]
+    assert cli("key", "--data-dir", str(data)).stdout.strip() == key
+    assert "OPENRED_ALLOW_PRIVATE_URLS=1" in (data / ".env").read_text()
+    third = one_error_line(cli("init", "--data-dir", str(data), "--port", port))
+    assert "initialized" in third, third
+    # A log lost after it began is no interrupted init: its witness names a checkpoint.
+    env_file = (data / ".env").read_text()
+    for lost in data.glob("openred.db*"):
+        lost.unlink()
+    fourth = one_error_line(cli("init", "--data-dir", str(data), "--port", "1"))
+    assert "initialized" in fourth, fourth
+    assert (data / ".env").read_text() == env_file
