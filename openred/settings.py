@@ -59,6 +59,7 @@ MAX_INTEGER = 2**53 - 1
 """The largest integer any setting takes: a float holds it exactly (budgets, intervals and
 sizes are divided or converted to floats; 400 digits would raise OverflowError there)."""
 _LINE = re.compile(r"(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=\s*(.*)")
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -119,6 +120,11 @@ def write_env_file(path: Path, values: Mapping[str, str], *, header: str = "") -
     write_private(path, "\n".join(lines) + "\n")
 
 
+def _shown(value: str) -> str:
+    """A setting's value quoted in an error: repr (control characters escaped), clipped."""
+    return repr(value if len(value) <= 64 else value[:64] + "…")
+
+
 def _public_url(value: str) -> str:
     """``OPENRED_PUBLIC_URL`` checked: every signed request's ``@target-uri`` is rebuilt from
     it, so a value no client can sign for (``not a url``, a query, a user) made a service that
@@ -140,7 +146,7 @@ def _public_url(value: str) -> str:
             elif "@" in parts.netloc or "?" in value or "#" in value:
                 problem = "has a user, a query or a fragment"
     if problem:
-        raise ConfigurationError(f"{PREFIX}PUBLIC_URL={value!r} {problem} (use "
+        raise ConfigurationError(f"{PREFIX}PUBLIC_URL={_shown(value)} {problem} (use "
                                  "https://HOST[:PORT][/PATH], the URL clients reach)")
     return value
 
@@ -174,10 +180,13 @@ class _Values:
         value = self.raw(name)
         if value is None or value == "":
             return default
+        # ASCII digits only: int() also reads 8_700 and full-width or other scripts' digits.
         try:
-            number = int(value, 10)
+            if not _INTEGER.fullmatch(value.strip()):
+                raise ValueError(value)
+            number = int(value.strip(), 10)  # ValueError past 4300 digits too
         except ValueError:
-            raise ConfigurationError(f"{PREFIX}{name}={value!r} is not an integer") from None
+            raise ConfigurationError(f"{PREFIX}{name}={_shown(value)} is not an integer") from None
         if number < minimum:
             raise ConfigurationError(f"{PREFIX}{name} must be at least {minimum}")
         maximum = MAX_INTEGER if maximum is None else min(maximum, MAX_INTEGER)
@@ -202,7 +211,7 @@ class _Values:
             return True
         if lowered in _FALSE:
             return False
-        raise ConfigurationError(f"{PREFIX}{name}={value!r} is not a boolean (use 1 or 0)")
+        raise ConfigurationError(f"{PREFIX}{name}={_shown(value)} is not a boolean (use 1 or 0)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,7 +348,8 @@ class DirectorySettings(ServiceSettings):
             raise ConfigurationError("OPENRED_SUITE_SEED is not hexadecimal") from None
         mode = v.text("SUITE_MODE", "hourly")
         if mode not in ("hourly", "weekday", "seeded"):
-            raise ConfigurationError(f"OPENRED_SUITE_MODE={mode!r}: use hourly, weekday or seeded")
+            raise ConfigurationError(f"OPENRED_SUITE_MODE={_shown(mode)}: use hourly, weekday or "
+                                     "seeded")
         if mode == "seeded" and (seed is None or len(seed) < 16):
             raise ConfigurationError("OPENRED_SUITE_MODE=seeded needs OPENRED_SUITE_SEED "
                                      "(at least 16 bytes, hex)")

@@ -202,3 +202,20 @@ def test_an_init_that_failed_after_creating_the_keystore_can_be_run_again(
     fourth = one_error_line(cli("init", "--data-dir", str(data), "--port", "1"))
     assert "initialized" in fourth, fourth
     assert (data / ".env").read_text() == env_file
+
+
+@pytest.mark.parametrize("value", ["8_700", "\uff18\uff17\uff10\uff10", "0x10", "1e3", "+-1",
+                                   "9" * 5000])
+def test_an_integer_setting_is_ascii_digits_only(tmp_path: Path, value: str) -> None:
+    """``int()`` reads ``8_700`` and full-width digits: a typo or a pasted value became a
+    number the operator never wrote."""
+    line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
+                              env={"OPENRED_PORT": value}))
+    assert "OPENRED_PORT" in line and "not an integer" in line, line
+    assert len(line) < 300, len(line)  # the value is clipped, not echoed whole
+
+
+def test_padded_integers_and_never_are_read(tmp_path: Path) -> None:
+    line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
+                              env={"OPENRED_PORT": " 8701 ", "OPENRED_EXPIRE_AFTER": " Never "}))
+    assert "not initialized" in line, line
