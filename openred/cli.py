@@ -275,9 +275,24 @@ def _database(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / "openred.db"
     if not path.is_file():
         _fail(f"no directory database in {data_dir}: run `openred directory init`")
+    from openred.store.chain import log_kind
+    from openred.store.codec import decode_payload
+    from openred.store.events import LOG_OPENED
     from openred.store.sqlite import readonly_uri
 
-    return sqlite3.connect(readonly_uri(path), uri=True)
+    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    # A node's data directory holds a log too: `key` printed the node's key as a directory's.
+    try:
+        row = conn.execute("SELECT type, payload FROM events WHERE seq = 1").fetchone()
+        kind = (log_kind(decode_payload(bytes(row[1])))
+                if row is not None and row[0] == LOG_OPENED else "directory")
+    except (sqlite3.Error, ValueError, KeyError, TypeError, AttributeError):
+        kind = "directory"  # no log yet, or one the command's own read reports on
+    if kind != "directory":
+        conn.close()
+        _fail(f"{path} is a {kind} log, not a directory's: is {data_dir} the directory's "
+              "data directory?")
+    return conn
 
 
 @directory.command()

@@ -219,3 +219,17 @@ def test_padded_integers_and_never_are_read(tmp_path: Path) -> None:
     line = one_error_line(cli("serve", "--data-dir", str(tmp_path / "d"),
                               env={"OPENRED_PORT": " 8701 ", "OPENRED_EXPIRE_AFTER": " Never "}))
     assert "not initialized" in line, line
+
+
+def test_key_and_nodes_refuse_a_nodes_data_dir(tmp_path: Path) -> None:
+    """`openred directory key --data-dir NODE_DIR` printed the node's key as if it were a
+    directory's: an operator who mixed up two data directories handed nodes the wrong key to
+    pin. `nodes` said "no such table: directory_nodes"."""
+    import asyncio
+
+    from tests.vectors import make_fixtures as mf
+
+    asyncio.run(mf.build_closed_log(tmp_path / "openred.db"))
+    for command in ("key", "nodes"):
+        line = one_error_line(cli(command, "--data-dir", str(tmp_path)))
+        assert "node log" in line and "directory" in line, line
