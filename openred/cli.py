@@ -450,6 +450,12 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         _fail(f"--directory {directory_url!r} has a bad port")
     if where.scheme not in ("http", "https") or not where.hostname:
         _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
+    from openred.files import check_data_dir
+
+    try:
+        check_data_dir(data_dir)
+    except OpenRedError as exc:
+        _fail(str(exc))
     _make_data_dir(data_dir)
     values = {
         "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
@@ -507,7 +513,10 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    from openred.files import check_data_dir
+
     try:
+        check_data_dir(data_dir)
         settings = NodeSettings.load(data_dir, **overrides)
     except OpenRedError as exc:
         _fail(str(exc))

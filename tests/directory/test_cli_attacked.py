@@ -233,3 +233,17 @@ def test_key_and_nodes_refuse_a_nodes_data_dir(tmp_path: Path) -> None:
     for command in ("key", "nodes"):
         line = one_error_line(cli(command, "--data-dir", str(tmp_path)))
         assert "node log" in line and "directory" in line, line
+
+
+def test_a_world_writable_node_data_dir_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "n"
+    data.mkdir()
+    data.chmod(0o777)
+    for args in (["init", "--directory", "http://127.0.0.1:1", "--directory-key", "A" * 43,
+                  "--api-url", "http://127.0.0.1:2", "--allow-private-urls"], ["serve"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "openred.cli", "node", *args, "--data-dir", str(data)],
+            env=base_env(), capture_output=True, text=True, timeout=60, check=False)
+        line = one_error_line(result)
+        assert "writable" in line and str(data) in line, line
+    assert list(data.iterdir()) == []
