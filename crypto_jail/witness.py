@@ -49,7 +49,7 @@ from pathlib import Path
 from crypto_jail.errors import BAD_REQUEST, REFUSED, JailFailure, OpRefused
 from crypto_jail.structures import is_checkpoint_body
 
-__all__ = ["SLOT_SIZE", "Witness", "WitnessError", "verify_consistency"]
+__all__ = ["SLOT_SIZE", "Witness", "WitnessError", "holds_checkpoints", "verify_consistency"]
 
 SLOT_SIZE = 4096
 _MAGIC = b"openred-jail-witness/1\n"
@@ -103,6 +103,15 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+def holds_checkpoints(data: bytes) -> bool:
+    """Whether a witness file's ``data`` holds a slot naming any checkpoint: read only, for
+    ``openred directory init``, which finishes an init stopped before its log began (an empty
+    witness) but never one whose log the jail has signed a checkpoint of."""
+    return any(parsed is not None and parsed[1]
+               for parsed in (Witness._parse_slot(data[i * SLOT_SIZE:(i + 1) * SLOT_SIZE])
+                              for i in (0, 1)))
 
 
 class Witness:

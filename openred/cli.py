@@ -57,20 +57,74 @@ def _lock_data_dir(data_dir: Path) -> None:
         sys.exit(1)
 
 
+def _check_port(settings: DirectorySettings) -> None:
+    """Port 0 is a random port: the directory would announce ``http://HOST:0``, the
+    ``@target-uri`` base every signed request is checked against, which no node signs for."""
+    if settings.port == 0 and not settings.public_url:
+        _fail("port 0 listens on a random port nodes cannot know: give a port "
+              "(--port, OPENRED_PORT) or the URL nodes reach (OPENRED_PUBLIC_URL)")
+
+
+def _log_started(data_dir: Path) -> bool:
+    """Whether ``data_dir``'s database holds the directory's log (its first entry names the
+    key). No database, or one with no log in it yet, is what an init stopped between its
+    keystore and its log leaves; a damaged one counts as started (init never writes over it).
+    A keystore whose log was lost after it began is not taken for that: its witness holds
+    the checkpoint the jail signed of it (crypto_jail/witness.py)."""
+    from crypto_jail.witness import SLOT_SIZE, holds_checkpoints
+    from openred.store.sqlite import DATABASE_NAME, key_history, readonly_uri
+
+    witness = data_dir / "keystore.witness"
+    if witness.exists():
+        if not witness.is_file():
+            return True
+        with witness.open("rb") as handle:
+            if holds_checkpoints(handle.read(2 * SLOT_SIZE)):
+                return True
+    path = data_dir / DATABASE_NAME
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(readonly_uri(path), uri=True)
+    except sqlite3.Error:
+        return True
+    try:
+        return bool(key_history(conn))
+    except sqlite3.OperationalError as exc:
+        return "no such table" not in str(exc)
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return True
+    finally:
+        conn.close()
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    """Create the data directory (0700) unless it is there: one error line if it cannot be (a
+    link to a missing directory raised FileExistsError, a traceback)."""
+    if data_dir.is_symlink() and not data_dir.exists():
+        _fail(f"cannot create {data_dir}: it is a symbolic link to {data_dir.readlink()}, "
+              "which does not exist")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create {data_dir}: {exc.strerror or exc}")
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 def _settings(data_dir: Path, **overrides: Any) -> DirectorySettings:
+    from openred.files import check_data_dir
+
     try:
+        check_data_dir(data_dir)
         return DirectorySettings.load(data_dir, **overrides)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 class AnswerGuard(click.Group):
@@ -122,27 +176,35 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
     from openred.directory.service import DirectoryService
     from openred.store.sqlite import DATABASE_NAME
 
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {"OPENRED_HOST": host, "OPENRED_PORT": str(port),
               "OPENRED_ALLOW_PRIVATE_URLS": "1" if allow_private_urls else "0"}
     if public_url:
         values["OPENRED_PUBLIC_URL"] = public_url
+    from openred.files import check_data_dir
+
+    try:  # a world-writable data dir, and what .env would say, refused before any file is made
+        check_data_dir(data_dir)
+        _check_port(DirectorySettings.load(data_dir, environ={**os.environ, **values}))
+    except OpenRedError as exc:
+        _fail(str(exc))
+    _make_data_dir(data_dir)
     if jail_socket is not None:
         # The directory's jail is the service manager's: the directory's user never holds the
         # keystore or its passphrase, and the jail's witness is out of its reach.
         values["OPENRED_JAIL_SOCKET"] = str(jail_socket.absolute())
         settings = _settings(data_dir, jail_socket=jail_socket.absolute())
         if settings.keystore_path.exists() or (data_dir / DATABASE_NAME).exists():
-            err.print(f"[red]error:[/] {data_dir} holds a directory already: this directory "
-                      "is initialized")
-            sys.exit(1)
+            _fail(f"{data_dir} holds a directory already: this directory is initialized")
     else:
         settings = _settings(data_dir)
-        try:
-            create_keystore(settings)
-        except ConfigurationError as exc:
-            err.print(f"[red]error:[/] {exc}")
-            sys.exit(1)
+        if settings.keystore_path.is_file() and not _log_started(data_dir):
+            console.print(f"finishing the init interrupted in {_safe(data_dir)}: its keystore "
+                          "is kept")
+        else:
+            try:
+                create_keystore(settings)
+            except ConfigurationError as exc:
+                _fail(str(exc))
     write_env_file(data_dir / ".env", values, header="OpenRed directory settings "
                    "(OPENRED_* variables in the environment override these)")
     settings = _settings(data_dir)
@@ -160,7 +222,7 @@ def init(data_dir: Path, host: str, port: int, public_url: str,
         return key
 
     key = _run(create())
-    console.print(f"directory initialized in {data_dir}")
+    console.print(f"directory initialized in {_safe(data_dir)}")
     console.print("directory key (nodes pin it as OPENRED_DIRECTORY_KEY):")
     click.echo(key)
 
@@ -180,6 +242,7 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     if port is not None:
         overrides["port"] = port
     settings = _settings(data_dir, **overrides)
+    _check_port(settings)
     from openred.directory.keys import PASSPHRASE_ENV, jail_is_external, passphrase_available
     from openred.store.sqlite import DATABASE_NAME
 
@@ -188,40 +251,48 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     external = jail_is_external(settings)
     initialized = (data_dir / DATABASE_NAME if external else settings.keystore_path).is_file()
     if not initialized:
-        err.print(f"[red]error:[/] {data_dir} is not initialized: run `openred directory init`")
-        sys.exit(1)
+        _fail(f"{data_dir} is not initialized: run `openred directory init`")
     if not external and not passphrase_available(settings):
-        err.print(f"[red]error:[/] no keystore passphrase: set {PASSPHRASE_ENV} or create "
-                  f"{settings.passphrase_path}")
-        sys.exit(1)
+        _fail(f"no keystore passphrase: set {PASSPHRASE_ENV} or create {settings.passphrase_path}")
     _lock_data_dir(data_dir)
     from openred.web.logging import configure_logging
 
     try:
         configure_logging()  # OPENRED_LOG_FORMAT=json for one JSON object a line
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"directory serving on {settings.base_url}")
+    console.print(f"directory serving on {_safe(settings.base_url)}")
     try:
         run(create_app(settings), settings.host, settings.port)
     except OpenRedError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
 
 
 def _database(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / "openred.db"
     if not path.is_file():
-        err.print(f"[red]error:[/] no directory database in {data_dir}: run "
-                  "`openred directory init`")
-        sys.exit(1)
+        _fail(f"no directory database in {data_dir}: run `openred directory init`")
+    from openred.store.chain import log_kind
+    from openred.store.codec import decode_payload
+    from openred.store.events import LOG_OPENED
     from openred.store.sqlite import readonly_uri
 
-    return sqlite3.connect(readonly_uri(path), uri=True)
+    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    # A node's data directory holds a log too: `key` printed the node's key as a directory's.
+    try:
+        row = conn.execute("SELECT type, payload FROM events WHERE seq = 1").fetchone()
+        kind = (log_kind(decode_payload(bytes(row[1])))
+                if row is not None and row[0] == LOG_OPENED else "directory")
+    except (sqlite3.Error, ValueError, KeyError, TypeError, AttributeError):
+        kind = "directory"  # no log yet, or one the command's own read reports on
+    if kind != "directory":
+        conn.close()
+        _fail(f"{path} is a {kind} log, not a directory's: is {data_dir} the directory's "
+              "data directory?")
+    return conn
 
 
 @directory.command()
@@ -234,13 +305,11 @@ def key(data_dir: Path) -> None:
     try:
         history = key_history(conn)
     except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
-        err.print(f"[red]error:[/] cannot read the directory's key from its database: {exc}")
-        sys.exit(1)
+        _fail(f"cannot read the directory's key from its database: {exc}")
     finally:
         conn.close()
     if not history:
-        err.print("[red]error:[/] the directory's log has no key")
-        sys.exit(1)
+        _fail("the directory's log has no key")
     click.echo(history[-1][1].b64url())
 
 
@@ -270,7 +339,7 @@ def revoke(data_dir: Path, node_id: str, reason: str) -> None:
                 await supervisor.stop()
 
     _run(do())
-    console.print(f"node {node_id} revoked")
+    console.print(f"node {_safe(node_id)} revoked")
 
 
 @directory.command()
@@ -284,8 +353,7 @@ def nodes(data_dir: Path, as_json: bool) -> None:
             "SELECT node_id, status, api_url, version, last_seen, registered_at "
             "FROM directory_nodes ORDER BY node_id").fetchall()
     except sqlite3.DatabaseError as exc:
-        err.print(f"[red]error:[/] cannot read the directory database: {exc}")
-        sys.exit(1)
+        _fail(f"cannot read the directory database: {exc}")
     finally:
         conn.close()
     names = ("node_id", "status", "api_url", "version", "last_seen", "registered_at")
@@ -293,7 +361,11 @@ def nodes(data_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    _table(f"{len(items)} nodes", items, list(names))
+    # What a node registered stays on its row: a newline in a record drew lines that read as
+    # more nodes (printable keeps newlines, for the messages `inbox` shows).
+    _table(f"{len(items)} nodes", [
+        {name: value.replace("\n", "\\x0a") if isinstance(value, str) else value
+         for name, value in item.items()} for item in items], list(names))
 
 
 # -- nodes --------------------------------------------------------------------------------
@@ -330,7 +402,10 @@ def _when(value: object) -> object:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {_safe(message)}", soft_wrap=True)
+    """``error: MESSAGE`` as one line on stderr (markup and control characters inert, a newline
+    shown as ``\\n``: a path, a variable's value or a jail's stderr may hold any), exit 1."""
+    line = _safe(message).replace("\n", "\\n")
+    err.print(f"[red]error:[/] {line}", soft_wrap=True)
     sys.exit(1)
 
 
@@ -375,7 +450,13 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         _fail(f"--directory {directory_url!r} has a bad port")
     if where.scheme not in ("http", "https") or not where.hostname:
         _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    from openred.files import check_data_dir
+
+    try:
+        check_data_dir(data_dir)
+    except OpenRedError as exc:
+        _fail(str(exc))
+    _make_data_dir(data_dir)
     values = {
         "OPENRED_DIRECTORY_URL": directory_url.rstrip("/"),
         "OPENRED_DIRECTORY_KEY": directory_key,
@@ -409,7 +490,7 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
         return node_id
 
     node_id = _run(create())
-    console.print(f"node initialized in {data_dir}")
+    console.print(f"node initialized in {_safe(data_dir)}")
     console.print("node id:")
     click.echo(node_id)
 
@@ -432,7 +513,10 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    from openred.files import check_data_dir
+
     try:
+        check_data_dir(data_dir)
         settings = NodeSettings.load(data_dir, **overrides)
     except OpenRedError as exc:
         _fail(str(exc))
@@ -454,8 +538,8 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     except OpenRedError as exc:
         _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"node serving on {settings.base_url} (listening on "
-                  f"{settings.host}:{settings.port})")
+    console.print(f"node serving on {_safe(settings.base_url)} (listening on "
+                  f"{_safe(settings.host)}:{settings.port})")
     try:
         run_node(settings)
     except OpenRedError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from openred.errors import ConfigurationError
 
-__all__ = ["SERVE_LOCK", "hold_serve_lock", "write_private"]
+__all__ = ["SERVE_LOCK", "check_data_dir", "hold_serve_lock", "write_private"]
 
 SERVE_LOCK = "serve.lock"
 
@@ -37,6 +37,29 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """ConfigurationError if ``data_dir`` exists and other users may write into it.
+
+    Whoever may write into the data directory may rename the ``.env``, keystore, database or
+    passphrase file away and put their own there (a file's own mode does not stop that), and a
+    sticky bit still lets them create one that is not there yet (``jail-passphrase`` when the
+    passphrase comes from the environment, ``nonces.json``). ``init`` creates the directory
+    0700; one the operator made world-writable is refused, as sshd refuses such a home. A
+    group-writable one is left alone: with user-private groups (umask 002) that group is the
+    user.
+    """
+    try:
+        mode = data_dir.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {data_dir}: {exc.strerror or exc}") from None
+    if mode & 0o002:
+        raise ConfigurationError(
+            f"{data_dir} is writable by every user (mode {mode & 0o7777:04o}): any of them "
+            f"could replace its .env, keystore or database; run chmod o-w {data_dir}")
 
 
 def hold_serve_lock(data_dir: Path) -> int:

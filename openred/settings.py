@@ -1,11 +1,13 @@
 """Configuration: ``OPENRED_*`` environment variables over the data directory's ``.env`` file.
 
 Precedence, highest first: the process environment, then ``DATA_DIR/.env`` (written by
-``openred directory init``), then the defaults below. Every service shares
-:class:`ServiceSettings` (where it listens, its public URL, request limits, its jail); each
-service adds its own fields in a subclass — :class:`DirectorySettings` here, a ``NodeSettings``
-beside it — and its own ``_from_values``. Values are parsed strictly: a malformed value is a
-:class:`~openred.errors.ConfigurationError` naming the variable, never a silent default.
+``openred directory init``), then the defaults below. An empty value, in the environment or
+the file, is "not given": an empty variable in the environment does not mask the file's.
+Every service shares :class:`ServiceSettings` (where it listens, its public URL, request
+limits, its jail); each service adds its own fields in a subclass — :class:`DirectorySettings`
+here, a ``NodeSettings`` beside it — and its own ``_from_values``. Values are parsed
+strictly: a malformed value is a :class:`~openred.errors.ConfigurationError` naming the
+variable, never a silent default.
 
 Shared variables:
 
@@ -38,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from openred.errors import ConfigurationError
 from openred.files import write_private
@@ -56,6 +59,7 @@ MAX_INTEGER = 2**53 - 1
 """The largest integer any setting takes: a float holds it exactly (budgets, intervals and
 sizes are divided or converted to floats; 400 digits would raise OverflowError there)."""
 _LINE = re.compile(r"(?:export\s+)?([A-Z][A-Z0-9_]*)\s*=\s*(.*)")
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -64,7 +68,9 @@ MAX_ENV_BYTES = 1 << 20
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes); {} if absent.
+    """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes, an optional
+    ``export`` prefix, a UTF-8 byte order mark and CRLF line ends allowed; the last of a
+    repeated key wins); {} if absent.
 
     Only a regular file (a symbolic link to one is fine) of at most ``MAX_ENV_BYTES`` is read:
     a FIFO at that name made every command wait forever, a link to ``/dev/zero`` read until
@@ -84,7 +90,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         if len(data) > MAX_ENV_BYTES:
             raise ConfigurationError(f"cannot read {path}: too large (over {MAX_ENV_BYTES} "
                                      "bytes)")
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # an editor's byte order mark is no part of line 1
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -114,6 +120,37 @@ def write_env_file(path: Path, values: Mapping[str, str], *, header: str = "") -
     write_private(path, "\n".join(lines) + "\n")
 
 
+def _shown(value: str) -> str:
+    """A setting's value quoted in an error: repr (control characters escaped), clipped."""
+    return repr(value if len(value) <= 64 else value[:64] + "…")
+
+
+def _public_url(value: str) -> str:
+    """``OPENRED_PUBLIC_URL`` checked: every signed request's ``@target-uri`` is rebuilt from
+    it, so a value no client can sign for (``not a url``, a query, a user) made a service that
+    ran and refused every signed request as a bad signature."""
+    if not value:
+        return value
+    problem = ""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        problem = "holds spaces or control characters"
+    else:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - a bad port raises
+        except ValueError:
+            problem = "has a bad port"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = "is not an http(s) URL with a host"
+            elif "@" in parts.netloc or "?" in value or "#" in value:
+                problem = "has a user, a query or a fragment"
+    if problem:
+        raise ConfigurationError(f"{PREFIX}PUBLIC_URL={_shown(value)} {problem} (use "
+                                 "https://HOST[:PORT][/PATH], the URL clients reach)")
+    return value
+
+
 class _Values:
     """Looks variables up in the environment, then the .env file; parses them strictly."""
 
@@ -122,10 +159,13 @@ class _Values:
         self._file = file_values
 
     def raw(self, name: str) -> str | None:
+        """The environment's value, else the file's. An empty variable in the environment
+        is "not given" (as an empty value is everywhere): it used to mask the file's value,
+        so ``OPENRED_PUBLIC_URL=`` from a compose file or unit dropped the .env's URL."""
         key = PREFIX + name
-        if key in self._env:
+        if self._env.get(key):
             return self._env[key]
-        return self._file.get(key)
+        return self._file.get(key, self._env.get(key))
 
     def text(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -140,10 +180,13 @@ class _Values:
         value = self.raw(name)
         if value is None or value == "":
             return default
+        # ASCII digits only: int() also reads 8_700 and full-width or other scripts' digits.
         try:
-            number = int(value, 10)
+            if not _INTEGER.fullmatch(value.strip()):
+                raise ValueError(value)
+            number = int(value.strip(), 10)  # ValueError past 4300 digits too
         except ValueError:
-            raise ConfigurationError(f"{PREFIX}{name}={value!r} is not an integer") from None
+            raise ConfigurationError(f"{PREFIX}{name}={_shown(value)} is not an integer") from None
         if number < minimum:
             raise ConfigurationError(f"{PREFIX}{name} must be at least {minimum}")
         maximum = MAX_INTEGER if maximum is None else min(maximum, MAX_INTEGER)
@@ -168,7 +211,7 @@ class _Values:
             return True
         if lowered in _FALSE:
             return False
-        raise ConfigurationError(f"{PREFIX}{name}={value!r} is not a boolean (use 1 or 0)")
+        raise ConfigurationError(f"{PREFIX}{name}={_shown(value)} is not a boolean (use 1 or 0)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,7 +281,7 @@ class ServiceSettings:
             "data_dir": data_dir,
             "host": v.text("HOST", "127.0.0.1"),
             "port": v.integer("PORT", cls.DEFAULT_PORT, minimum=0, maximum=65535),
-            "public_url": v.text("PUBLIC_URL", ""),
+            "public_url": _public_url(v.text("PUBLIC_URL", "")),
             "allow_private_urls": v.flag("ALLOW_PRIVATE_URLS"),
             "signature_window": v.integer("SIGNATURE_WINDOW", 60, minimum=1),
             "max_body_bytes": v.integer("MAX_BODY_BYTES", 65536, minimum=1024),
@@ -305,7 +348,8 @@ class DirectorySettings(ServiceSettings):
             raise ConfigurationError("OPENRED_SUITE_SEED is not hexadecimal") from None
         mode = v.text("SUITE_MODE", "hourly")
         if mode not in ("hourly", "weekday", "seeded"):
-            raise ConfigurationError(f"OPENRED_SUITE_MODE={mode!r}: use hourly, weekday or seeded")
+            raise ConfigurationError(f"OPENRED_SUITE_MODE={_shown(mode)}: use hourly, weekday or "
+                                     "seeded")
         if mode == "seeded" and (seed is None or len(seed) < 16):
             raise ConfigurationError("OPENRED_SUITE_MODE=seeded needs OPENRED_SUITE_SEED "
                                      "(at least 16 bytes, hex)")

@@ -23,10 +23,22 @@ from openred.modules.authentication.operator import OperatorAuth
 from openred.modules.monitoring.health import database_writable
 from openred.node.own_record import OwnRecord
 from openred.settings import read_env_file
+from openred.store.signer import InProcessSigner
 from openred.store.sqlite import key_history, readonly_uri
 from openred.web.signatures import InboundVerifier
 from tests.cli.test_hostile_answers import UNSAFE
 from tests.vectors import make_fixtures as mf
+
+
+async def _directory_log(data: Path) -> Path:
+    """A directory's log (kind ``directory``: `directory key` refuses a node's)."""
+    from openred.directory.events import directory_registry
+    from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore
+
+    store = await SQLiteEventStore.open(data, InProcessSigner.from_seed(mf.OWNER_SEED),
+                                        kind="directory", registry=directory_registry())
+    await store.close()
+    return data / DATABASE_NAME
 
 
 @pytest.mark.parametrize("name", ["dir#2", "dir?mode=rwc", "dir%23"])
@@ -35,7 +47,7 @@ def test_a_data_dir_with_uri_characters_reads_exactly_its_database(
 ) -> None:
     data = tmp_path / name
     data.mkdir()
-    db = asyncio.run(mf.build_closed_log(data / "openred.db"))
+    db = asyncio.run(_directory_log(data))
     conn = sqlite3.connect(db)
     expected = key_history(conn)[-1][1].b64url()
     conn.close()
