@@ -56,7 +56,7 @@ from openred.directory import events as ev
 from openred.directory.events import directory_registry
 from openred.directory.keys import jail_is_external
 from openred.directory.models import DirectoryNode
-from openred.directory.projections import directory_projections
+from openred.directory.projections import directory_projections, node_row
 from openred.directory.tree import ProofTree
 from openred.errors import (
     CryptoError,
@@ -70,6 +70,7 @@ from openred.errors import (
 from openred.modules.monitoring.health import SharedChecks
 from openred.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.settings import DirectorySettings
+from openred.store.chain import recompute_hash
 from openred.store.checkpoint import (
     Checkpoint,
     parse_checkpoint_body,
@@ -77,9 +78,16 @@ from openred.store.checkpoint import (
     vkey,
 )
 from openred.store.events import NewEvent, StoredEvent
+from openred.store.merkle import leaf_hash
 from openred.store.readmodels import ReadModels
 from openred.store.signer import Signer as LogSigner
-from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
+from openred.store.sqlite import (
+    DATABASE_NAME,
+    EVENT_COLUMNS,
+    SQLiteEventStore,
+    readonly_uri,
+    row_to_event,
+)
 from openred.web.client import HttpClient, Signer
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 from openred.web.urls import check_url
@@ -132,6 +140,9 @@ class GrantOutcome:
     delivered: dict[str, bool]
 
 
+_STREAM_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream = ? ORDER BY stream_version"  # noqa: S608 (columns are constants)
+
+
 class _NodeCache:
     """Node views by id (None cached too), valid while no other process wrote to the log."""
 
@@ -154,6 +165,11 @@ class _NodeCache:
         self.generation = 0
         self._version: int | None = None
         self._settled = False
+        # The schema the store checked at open (SchemaError for any foreign object): the
+        # directory never changes it while it serves, so a change is another program's — the
+        # append-only triggers dropped, a trigger or view planted — and nothing read after it
+        # is believed (check()).
+        self._schema = self._schema_version()
 
     def check(self) -> None:
         """Drop every cached view a committed entry this process has not accounted for touches.
@@ -176,6 +192,11 @@ class _NodeCache:
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
         if version == self._version and self._settled:
             return
+        if self._schema_version() != self._schema:
+            raise StoreError(
+                "the directory's database schema was changed by another program while it "
+                "serves (a trigger, view, index or table dropped or added): it answers nothing "
+                "from that file until restarted, and its start checks the schema")
         self._version = version
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
@@ -200,11 +221,13 @@ class _NodeCache:
                 ours.discard(self.known_size)
         self._settled = size <= self.known_size
 
-    def exists(self, node_id: str) -> bool:
-        """Whether the projection has a row for ``node_id`` (an indexed probe, microseconds)."""
-        row = self._conn.execute(
-            "SELECT 1 FROM directory_nodes WHERE node_id = ?", (node_id,)).fetchone()
-        return row is not None
+    def _schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA schema_version").fetchone()[0])
+
+    def stream(self, node_id: str) -> list[StoredEvent]:
+        """The entries of ``node_id``'s stream in the log, in order (the stream's unique index:
+        an unknown node is one probe, microseconds, as the projection's row was)."""
+        return [row_to_event(row) for row in self._conn.execute(_STREAM_SQL, ("node:" + node_id,))]
 
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
@@ -272,6 +295,7 @@ class DirectoryService:
         self.verifier = InboundVerifier(settings.base_url,
                                         window_seconds=settings.signature_window, clock=clock)
         self.tree = ProofTree()
+        self._registry = directory_registry()
         self._arrived: dict[int, bytes] = {}
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
@@ -393,15 +417,13 @@ class DirectoryService:
         if node_id in cache.views:
             return cache.views[node_id]
         generation = cache.generation
-        # An unknown node (every first registration) is answered by the cache's own read-only
-        # connection without a round trip through the session and its aiosqlite thread; a row
-        # that exists is read through SQLModel.
-        if not cache.exists(node_id):
-            view = None
-        else:
-            async with self.reads.session() as session:
-                row = await session.get(DirectoryNode, node_id)
-            view = None if row is None else _view(row)
+        # The node's view comes from its stream in the signed log, not from its row in the
+        # ``directory_nodes`` projection: the row is a table any writer of the file can edit
+        # (un-revoke a node, delete the row of a revoked one so it registers anew, put back
+        # an older record of its own). Each entry read is the one the proof tree holds — the
+        # tree every checkpoint the directory signs covers, checked against the jail's witness
+        # at open — so an entry edited in the file is refused, not believed.
+        view = self._view_from_log(node_id, await self._node_entries(node_id))
         # Only cache what was read while no view was dropped (see _NodeCache.generation): an
         # entry on a node's stream that landed during the read may be missing from what it
         # returned, and its drop has run already. Entries on other streams (grants) change no
@@ -411,6 +433,29 @@ class DirectoryService:
         if cache.generation == generation and node_id not in cache.views:
             cache.put(node_id, view)
         return view
+
+    async def _node_entries(self, node_id: str) -> list[StoredEvent]:
+        """``node_id``'s stream in the log, with the proof tree holding all of it."""
+        entries = self._cache.stream(node_id)
+        if entries and entries[-1].seq > len(self.tree):
+            await self._sync_tree(entries[-1].seq)
+        return entries
+
+    def _view_from_log(self, node_id: str, entries: Sequence[StoredEvent]) -> d.NodeView | None:
+        tree = self.tree
+        for entry in entries:
+            if entry.seq > len(tree) or leaf_hash(recompute_hash(entry)) != tree.leaf(
+                    entry.seq - 1):
+                raise StoreError(
+                    f"the log's entry {entry.seq} (node {node_id}) is not the one the "
+                    "directory's checkpoints cover: its database was written by another "
+                    "program (run `audit_tools verify` on it)")
+        row = node_row(self._registry.decode(entry) for entry in entries)
+        if row is None:
+            return None
+        return d.NodeView(node_id, str(row["status"]), int(row["version"] or 0),
+                          str(row["record_hash"]), int(row["last_seen"] or 0),
+                          str(row["record"]), str(row["signature"]), str(row["sign_key"]))
 
     async def resolve_key(self, keyid: str) -> SignKey | None:
         """The key of a node the directory knows (revoked included: they get 403, not 401)."""

@@ -99,6 +99,8 @@ _EVENT_COLUMNS = (
     "seq, stream, stream_version, type, schema_version, recorded_at, "
     "payload, prev_hash, entry_hash, signature"
 )
+EVENT_COLUMNS = _EVENT_COLUMNS
+"""The events table's columns in :func:`row_to_event`'s order."""
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _STREAM_CACHE_SIZE = 100_000
 _READ_CHUNK = 5_000
