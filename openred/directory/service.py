@@ -143,6 +143,11 @@ class GrantOutcome:
 _STREAM_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream = ? ORDER BY stream_version"  # noqa: S608 (columns are constants)
 
 
+_NODE_STREAMS_SQL = (
+    f"SELECT {EVENT_COLUMNS} FROM events "  # noqa: S608 (columns are constants)
+    "WHERE stream >= 'node:' AND stream < 'node;' ORDER BY stream, stream_version")
+
+
 class _NodeCache:
     """Node views by id (None cached too), valid while no other process wrote to the log."""
 
@@ -354,12 +359,45 @@ class DirectoryService:
         service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
                       signs=signs)
         await service._sync_tree(store.head.size)
+        await service._check_nodes_table()
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
         # of the whole durable log at start keeps GET /directory/checkpoint at or beyond every
         # checkpoint pushed before a restart.
         await store.checkpoint()
         return service
+
+    async def _check_nodes_table(self) -> None:
+        """Compare ``directory_nodes`` with every node's stream in the log; rebuild the
+        projections from the log when they differ (rows written by another program while the
+        directory was stopped), with a warning naming the nodes.
+
+        Decisions never read the table (:meth:`node`), but discovery pages and counts do.
+        """
+        entries = [row_to_event(row) for row in await self.store.query(_NODE_STREAMS_SQL)]
+        self._check_entries(entries)
+        truth: dict[str, dict[str, Any]] = {}
+        start = 0
+        for i in range(1, len(entries) + 1):
+            if i == len(entries) or entries[i].stream != entries[start].stream:
+                row = node_row(self._registry.decode(e) for e in entries[start:i])
+                if row is not None:
+                    truth[str(row["node_id"])] = row
+                start = i
+        columns = list(DirectoryNode.model_fields)
+        rows = await self.store.query(
+            f"SELECT {', '.join(columns)} FROM directory_nodes")  # noqa: S608 (model's names)
+        table = {str(r[0]): dict(zip(columns, r, strict=True)) for r in rows}
+        wrong = sorted(n for n in truth.keys() | table.keys() if truth.get(n) != table.get(n))
+        if not wrong:
+            return
+        logger.warning(
+            "directory_nodes disagreed with the log for %d node(s) (%s%s): the database was "
+            "written by another program while the directory was stopped; the projections are "
+            "rebuilt from the log (run `audit_tools verify` on a copy taken before this start "
+            "to see what was written)", len(wrong), ", ".join(wrong[:5]),
+            ", …" if len(wrong) > 5 else "")
+        await self.store.rebuild_projections()
 
     def restore_nonces(self) -> None:
         """Know again the nonces a cleanly stopped server saved (the serving process's start;
@@ -441,15 +479,19 @@ class DirectoryService:
             await self._sync_tree(entries[-1].seq)
         return entries
 
-    def _view_from_log(self, node_id: str, entries: Sequence[StoredEvent]) -> d.NodeView | None:
+    def _check_entries(self, entries: Sequence[StoredEvent]) -> None:
+        """Each entry read from the file is the one the proof tree holds (StoreError if not)."""
         tree = self.tree
         for entry in entries:
             if entry.seq > len(tree) or leaf_hash(recompute_hash(entry)) != tree.leaf(
                     entry.seq - 1):
                 raise StoreError(
-                    f"the log's entry {entry.seq} (node {node_id}) is not the one the "
+                    f"the log's entry {entry.seq} ({entry.stream}) is not the one the "
                     "directory's checkpoints cover: its database was written by another "
                     "program (run `audit_tools verify` on it)")
+
+    def _view_from_log(self, node_id: str, entries: Sequence[StoredEvent]) -> d.NodeView | None:
+        self._check_entries(entries)
         row = node_row(self._registry.decode(entry) for entry in entries)
         if row is None:
             return None
