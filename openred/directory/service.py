@@ -50,6 +50,7 @@ from openred.crypto.transparency import (
     connection_granted_payload,
     directory_origin,
     entry_to_wire,
+    verify_directory_checkpoint,
 )
 from openred.directory import decisions as d
 from openred.directory import events as ev
@@ -59,6 +60,7 @@ from openred.directory.models import DirectoryNode
 from openred.directory.projections import directory_projections, node_row
 from openred.directory.tree import ProofTree
 from openred.errors import (
+    CheckpointError,
     CryptoError,
     InvalidSignature,
     JailError,
@@ -1004,7 +1006,15 @@ class DirectoryService:
         that size): a node holding signed checkpoints of both sizes checks them against each
         other in one request, however far the directory has moved on meanwhile.
         """
-        note = await self.store.latest_checkpoint()
+        row = await self.store.latest_checkpoint_row()
+        note = None if row is None else row[1]
+        if row is not None and not await self._own_checkpoint(*row):
+            # A row inserted into the table (INSERT passes its append-only triggers): the
+            # newest one this directory signed is signed again from the tree instead.
+            logger.warning("the newest row of the checkpoints table is not a checkpoint this "
+                           "directory signed of its log: ignored (its database was written "
+                           "by another program; run `audit_tools verify` on it)")
+            note = (await self._note_covering(self.store.head.size)).text
         if note is None:
             note = await self.store.checkpoint()
         checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
@@ -1029,6 +1039,18 @@ class DirectoryService:
             await self._sync_tree(checkpoint.size)
             proof = [b64url(h) for h in self.tree.consistency_proof(from_size, end)]
         return {"checkpoint": note.decode("utf-8"), "consistency_proof": proof}
+
+    async def _own_checkpoint(self, size: int, note: bytes) -> bool:
+        """Whether ``note`` (stored as of ``size``) is signed by this directory's key over its
+        log at that size as the proof tree holds it (one Ed25519 verification and a root from
+        cached block roots)."""
+        try:
+            checkpoint = verify_directory_checkpoint(note, self.key)
+        except CheckpointError:
+            return False
+        await self._sync_tree(checkpoint.size)
+        return (checkpoint.size == size <= len(self.tree)
+                and self.tree.root(checkpoint.size) == checkpoint.root_hash)
 
     async def health(self) -> dict[str, Any]:
         head = self.store.head

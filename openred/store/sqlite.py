@@ -1488,11 +1488,21 @@ class SQLiteEventStore:
 
     async def latest_checkpoint(self) -> bytes | None:
         """The newest signed checkpoint note, if any (after a checkpoint being signed now)."""
+        row = await self.latest_checkpoint_row()
+        return None if row is None else row[1]
+
+    async def latest_checkpoint_row(self) -> tuple[int, bytes] | None:
+        """The newest row of the checkpoints table, (its size column, its note), if any (after
+        a checkpoint being signed now). The row is not checked: a caller that serves the note
+        checks it is signed over the log at that size."""
         await self._checkpoint_idle.wait()
-        return await self._read(
-            lambda conn: _one_blob(conn, "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"),
-            "reading the latest checkpoint",
-        )
+
+        def read(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        return await self._read(read, "reading the latest checkpoint")
 
     # -- reading (read-only connections, in the reader threads) -------------------------------
 
@@ -1600,11 +1610,6 @@ def _fail(requests: Iterable[_Request], exc: BaseException) -> None:
     for request in requests:
         if not request.future.done():
             request.future.set_exception(exc)
-
-
-def _one_blob(conn: sqlite3.Connection, sql: str) -> bytes | None:
-    row = conn.execute(sql).fetchone()
-    return None if row is None else bytes(row[0])
 
 
 def _stream_version(conn: sqlite3.Connection, stream: str) -> int:
