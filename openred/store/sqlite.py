@@ -49,6 +49,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from openred.crypto.identity import EntryHash, SignKey, from_b64url
 from openred.errors import (
+    CheckpointError,
     ConcurrencyConflict,
     ConfigurationError,
     OpenRedError,
@@ -69,7 +70,7 @@ from openred.store.chain import (
     origin_for,
     rotation_event,
 )
-from openred.store.checkpoint import Checkpoint
+from openred.store.checkpoint import Checkpoint, verify_checkpoint
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import (
     KEY_ROTATED,
@@ -696,7 +697,11 @@ class SQLiteEventStore:
         else:
             self._key_in_force = self._signer.sign_key
             self._origin = origin_for(self._signer.sign_key.node_id)
-        row = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
+        # Only a row the log has reached counts: one planted at a size beyond the head (the
+        # checkpoints table takes INSERTs) would otherwise stop the store's checkpoints until
+        # the log grows that far.
+        row = conn.execute("SELECT max(size) FROM checkpoints WHERE size <= ?",
+                           (self._frontier.size,)).fetchone()
         self._last_checkpoint_size = int(row[0] or 0)
         self._catch_up_projections(conn)
 
@@ -1432,8 +1437,26 @@ class SQLiteEventStore:
         return await self._witness.sign(checkpoint, signer, prove, newer=newer)
 
     def _checkpoint_note_sync(self, size: int) -> bytes | None:
+        """The stored note of ``size``, if it is this log's checkpoint of its head at that
+        size (one signature check); a row another program inserted is ignored, with a warning
+        (the fresh note is then returned and the row left for ``audit_tools verify``)."""
         row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        note = bytes(row[0])
+        try:
+            checkpoint = verify_checkpoint(note, self._origin,
+                                           self._key_in_force or self._signer.sign_key,
+                                           origin=self._origin)
+        except CheckpointError:
+            checkpoint = None
+        if (checkpoint is None or checkpoint.size != size
+                or (size == self._frontier.size
+                    and checkpoint.root_hash != self._frontier.tree.root())):
+            logger.warning("%s: the stored checkpoint of size %d is not this log's own; "
+                           "ignored (run audit_tools verify on the file)", self.path, size)
+            return None
+        return note
 
     def _store_checkpoint_sync(self, size: int, root: bytes, note: bytes, signed_at: str) -> None:
         self._db.execute(
