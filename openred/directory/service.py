@@ -228,6 +228,20 @@ class _NodeCache:
                 ours.discard(self.known_size)
         self._settled = size <= self.known_size
 
+    def nodes_snapshot(self, columns: Sequence[str],
+                       ) -> tuple[list[StoredEvent], list[tuple[Any, ...]]]:
+        """Every entry of a ``node:`` stream (by stream, in order) and every row of
+        ``directory_nodes`` (``columns``), read in one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            entries = [row_to_event(row) for row in conn.execute(_NODE_STREAMS_SQL)]
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM directory_nodes").fetchall()  # noqa: S608
+        finally:
+            conn.execute("COMMIT")
+        return entries, rows
+
     def _schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA schema_version").fetchone()[0])
 
@@ -376,7 +390,12 @@ class DirectoryService:
 
         Decisions never read the table (:meth:`node`), but discovery pages and counts do.
         """
-        entries = [row_to_event(row) for row in await self.store.query(_NODE_STREAMS_SQL)]
+        columns = list(DirectoryNode.model_fields)
+        # One snapshot for both (another process may be serving and appending meanwhile:
+        # `openred directory revoke` opens this too), and the tree up to its last entry.
+        entries, rows = self._cache.nodes_snapshot(columns)
+        if entries:
+            await self._sync_tree(max(e.seq for e in entries))
         self._check_entries(entries)
         truth: dict[str, dict[str, Any]] = {}
         start = 0
@@ -386,9 +405,6 @@ class DirectoryService:
                 if row is not None:
                     truth[str(row["node_id"])] = row
                 start = i
-        columns = list(DirectoryNode.model_fields)
-        rows = await self.store.query(
-            f"SELECT {', '.join(columns)} FROM directory_nodes")  # noqa: S608 (model's names)
         table = {str(r[0]): dict(zip(columns, r, strict=True)) for r in rows}
         wrong = sorted(n for n in truth.keys() | table.keys() if truth.get(n) != table.get(n))
         if not wrong:
