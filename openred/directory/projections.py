@@ -11,9 +11,9 @@ from openred.directory import events as ev
 from openred.directory.models import DirectoryGrant, DirectoryNode
 from openred.store.codec import canonical_json
 from openred.store.events import RecordedEvent
-from openred.store.projections import ProjectionRegistry, RowOp, Update, Upsert
+from openred.store.projections import ProjectionRegistry, RowOp, SqlValue, Update, Upsert
 
-__all__ = ["GrantsProjection", "NodesProjection", "directory_projections"]
+__all__ = ["GrantsProjection", "NodesProjection", "directory_projections", "node_row"]
 
 NODES = str(DirectoryNode.__tablename__)
 GRANTS = str(DirectoryGrant.__tablename__)
@@ -65,6 +65,26 @@ class NodesProjection:
         else:
             yield Update(NODES, {"node_id": p["node_id"]},
                          {"status": "revoked", "updated_at": at})
+
+
+def node_row(events: Iterable[RecordedEvent]) -> dict[str, SqlValue] | None:
+    """The ``directory_nodes`` row one node's stream gives (its events in order), or None.
+
+    The projection's own row operations folded in memory, so the row is exactly the one a
+    replay writes: the directory decides on this, read from the signed log, not on the table
+    (docs/decisions.md, "The directory's log against a hostile local process").
+    """
+    nodes = NodesProjection()
+    row: dict[str, SqlValue] | None = None
+    for event in events:
+        if event.type not in nodes.handles:
+            continue
+        for op in nodes.apply(event):
+            if isinstance(op, Upsert):
+                row = {**(row or {}), **op.row}
+            elif isinstance(op, Update) and row is not None:
+                row.update(op.values)
+    return row
 
 
 @dataclass(frozen=True)

@@ -50,15 +50,17 @@ from openred.crypto.transparency import (
     connection_granted_payload,
     directory_origin,
     entry_to_wire,
+    verify_directory_checkpoint,
 )
 from openred.directory import decisions as d
 from openred.directory import events as ev
 from openred.directory.events import directory_registry
 from openred.directory.keys import jail_is_external
 from openred.directory.models import DirectoryNode
-from openred.directory.projections import directory_projections
+from openred.directory.projections import directory_projections, node_row
 from openred.directory.tree import ProofTree
 from openred.errors import (
+    CheckpointError,
     CryptoError,
     InvalidSignature,
     JailError,
@@ -70,6 +72,7 @@ from openred.errors import (
 from openred.modules.monitoring.health import SharedChecks
 from openred.ratelimit import FairShare, Held, InFlight, RateLimiter, client_key
 from openred.settings import DirectorySettings
+from openred.store.chain import recompute_hash
 from openred.store.checkpoint import (
     Checkpoint,
     parse_checkpoint_body,
@@ -77,9 +80,16 @@ from openred.store.checkpoint import (
     vkey,
 )
 from openred.store.events import NewEvent, StoredEvent
+from openred.store.merkle import leaf_hash
 from openred.store.readmodels import ReadModels
 from openred.store.signer import Signer as LogSigner
-from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
+from openred.store.sqlite import (
+    DATABASE_NAME,
+    EVENT_COLUMNS,
+    SQLiteEventStore,
+    readonly_uri,
+    row_to_event,
+)
 from openred.web.client import HttpClient, Signer
 from openred.web.signatures import InboundVerifier, restore_nonces, save_nonces
 from openred.web.urls import check_url
@@ -132,6 +142,14 @@ class GrantOutcome:
     delivered: dict[str, bool]
 
 
+_STREAM_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream = ? ORDER BY stream_version"  # noqa: S608 (columns are constants)
+
+
+_NODE_STREAMS_SQL = (
+    f"SELECT {EVENT_COLUMNS} FROM events "  # noqa: S608 (columns are constants)
+    "WHERE stream >= 'node:' AND stream < 'node;' ORDER BY stream, stream_version")
+
+
 class _NodeCache:
     """Node views by id (None cached too), valid while no other process wrote to the log."""
 
@@ -154,6 +172,11 @@ class _NodeCache:
         self.generation = 0
         self._version: int | None = None
         self._settled = False
+        # The schema the store checked at open (SchemaError for any foreign object): the
+        # directory never changes it while it serves, so a change is another program's — the
+        # append-only triggers dropped, a trigger or view planted — and nothing read after it
+        # is believed (check()).
+        self._schema = self._schema_version()
 
     def check(self) -> None:
         """Drop every cached view a committed entry this process has not accounted for touches.
@@ -176,6 +199,11 @@ class _NodeCache:
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
         if version == self._version and self._settled:
             return
+        if self._schema_version() != self._schema:
+            raise StoreError(
+                "the directory's database schema was changed by another program while it "
+                "serves (a trigger, view, index or table dropped or added): it answers nothing "
+                "from that file until restarted, and its start checks the schema")
         self._version = version
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
         size = int(row[0] or 0)
@@ -200,11 +228,27 @@ class _NodeCache:
                 ours.discard(self.known_size)
         self._settled = size <= self.known_size
 
-    def exists(self, node_id: str) -> bool:
-        """Whether the projection has a row for ``node_id`` (an indexed probe, microseconds)."""
-        row = self._conn.execute(
-            "SELECT 1 FROM directory_nodes WHERE node_id = ?", (node_id,)).fetchone()
-        return row is not None
+    def nodes_snapshot(self, columns: Sequence[str],
+                       ) -> tuple[list[StoredEvent], list[tuple[Any, ...]]]:
+        """Every entry of a ``node:`` stream (by stream, in order) and every row of
+        ``directory_nodes`` (``columns``), read in one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            entries = [row_to_event(row) for row in conn.execute(_NODE_STREAMS_SQL)]
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM directory_nodes").fetchall()  # noqa: S608
+        finally:
+            conn.execute("COMMIT")
+        return entries, rows
+
+    def _schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA schema_version").fetchone()[0])
+
+    def stream(self, node_id: str) -> list[StoredEvent]:
+        """The entries of ``node_id``'s stream in the log, in order (the stream's unique index:
+        an unknown node is one probe, microseconds, as the projection's row was)."""
+        return [row_to_event(row) for row in self._conn.execute(_STREAM_SQL, ("node:" + node_id,))]
 
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
@@ -272,6 +316,7 @@ class DirectoryService:
         self.verifier = InboundVerifier(settings.base_url,
                                         window_seconds=settings.signature_window, clock=clock)
         self.tree = ProofTree()
+        self._registry = directory_registry()
         self._arrived: dict[int, bytes] = {}
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
@@ -330,12 +375,47 @@ class DirectoryService:
         service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
                       signs=signs)
         await service._sync_tree(store.head.size)
+        await service._check_nodes_table()
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
         # only (the entries they cover are durable; see _sign_from_tree). One stored checkpoint
         # of the whole durable log at start keeps GET /directory/checkpoint at or beyond every
         # checkpoint pushed before a restart.
         await store.checkpoint()
         return service
+
+    async def _check_nodes_table(self) -> None:
+        """Compare ``directory_nodes`` with every node's stream in the log; rebuild the
+        projections from the log when they differ (rows written by another program while the
+        directory was stopped), with a warning naming the nodes.
+
+        Decisions never read the table (:meth:`node`), but discovery pages and counts do.
+        """
+        columns = list(DirectoryNode.model_fields)
+        # One snapshot for both (another process may be serving and appending meanwhile:
+        # `openred directory revoke` opens this too), and the tree up to its last entry.
+        entries, rows = self._cache.nodes_snapshot(columns)
+        if entries:
+            await self._sync_tree(max(e.seq for e in entries))
+        self._check_entries(entries)
+        truth: dict[str, dict[str, Any]] = {}
+        start = 0
+        for i in range(1, len(entries) + 1):
+            if i == len(entries) or entries[i].stream != entries[start].stream:
+                row = node_row(self._registry.decode(e) for e in entries[start:i])
+                if row is not None:
+                    truth[str(row["node_id"])] = row
+                start = i
+        table = {str(r[0]): dict(zip(columns, r, strict=True)) for r in rows}
+        wrong = sorted(n for n in truth.keys() | table.keys() if truth.get(n) != table.get(n))
+        if not wrong:
+            return
+        logger.warning(
+            "directory_nodes disagreed with the log for %d node(s) (%s%s): the database was "
+            "written by another program while the directory was stopped; the projections are "
+            "rebuilt from the log (run `audit_tools verify` on a copy taken before this start "
+            "to see what was written)", len(wrong), ", ".join(wrong[:5]),
+            ", …" if len(wrong) > 5 else "")
+        await self.store.rebuild_projections()
 
     def restore_nonces(self) -> None:
         """Know again the nonces a cleanly stopped server saved (the serving process's start;
@@ -393,15 +473,13 @@ class DirectoryService:
         if node_id in cache.views:
             return cache.views[node_id]
         generation = cache.generation
-        # An unknown node (every first registration) is answered by the cache's own read-only
-        # connection without a round trip through the session and its aiosqlite thread; a row
-        # that exists is read through SQLModel.
-        if not cache.exists(node_id):
-            view = None
-        else:
-            async with self.reads.session() as session:
-                row = await session.get(DirectoryNode, node_id)
-            view = None if row is None else _view(row)
+        # The node's view comes from its stream in the signed log, not from its row in the
+        # ``directory_nodes`` projection: the row is a table any writer of the file can edit
+        # (un-revoke a node, delete the row of a revoked one so it registers anew, put back
+        # an older record of its own). Each entry read is the one the proof tree holds — the
+        # tree every checkpoint the directory signs covers, checked against the jail's witness
+        # at open — so an entry edited in the file is refused, not believed.
+        view = self._view_from_log(node_id, await self._node_entries(node_id))
         # Only cache what was read while no view was dropped (see _NodeCache.generation): an
         # entry on a node's stream that landed during the read may be missing from what it
         # returned, and its drop has run already. Entries on other streams (grants) change no
@@ -411,6 +489,33 @@ class DirectoryService:
         if cache.generation == generation and node_id not in cache.views:
             cache.put(node_id, view)
         return view
+
+    async def _node_entries(self, node_id: str) -> list[StoredEvent]:
+        """``node_id``'s stream in the log, with the proof tree holding all of it."""
+        entries = self._cache.stream(node_id)
+        if entries and entries[-1].seq > len(self.tree):
+            await self._sync_tree(entries[-1].seq)
+        return entries
+
+    def _check_entries(self, entries: Sequence[StoredEvent]) -> None:
+        """Each entry read from the file is the one the proof tree holds (StoreError if not)."""
+        tree = self.tree
+        for entry in entries:
+            if entry.seq > len(tree) or leaf_hash(recompute_hash(entry)) != tree.leaf(
+                    entry.seq - 1):
+                raise StoreError(
+                    f"the log's entry {entry.seq} ({entry.stream}) is not the one the "
+                    "directory's checkpoints cover: its database was written by another "
+                    "program (run `audit_tools verify` on it)")
+
+    def _view_from_log(self, node_id: str, entries: Sequence[StoredEvent]) -> d.NodeView | None:
+        self._check_entries(entries)
+        row = node_row(self._registry.decode(entry) for entry in entries)
+        if row is None:
+            return None
+        return d.NodeView(node_id, str(row["status"]), int(row["version"] or 0),
+                          str(row["record_hash"]), int(row["last_seen"] or 0),
+                          str(row["record"]), str(row["signature"]), str(row["sign_key"]))
 
     async def resolve_key(self, keyid: str) -> SignKey | None:
         """The key of a node the directory knows (revoked included: they get 403, not 401)."""
@@ -917,7 +1022,15 @@ class DirectoryService:
         that size): a node holding signed checkpoints of both sizes checks them against each
         other in one request, however far the directory has moved on meanwhile.
         """
-        note = await self.store.latest_checkpoint()
+        row = await self.store.latest_checkpoint_row()
+        note = None if row is None else row[1]
+        if row is not None and not await self._own_checkpoint(*row):
+            # A row inserted into the table (INSERT passes its append-only triggers): the
+            # newest one this directory signed is signed again from the tree instead.
+            logger.warning("the newest row of the checkpoints table is not a checkpoint this "
+                           "directory signed of its log: ignored (its database was written "
+                           "by another program; run `audit_tools verify` on it)")
+            note = (await self._note_covering(self.store.head.size)).text
         if note is None:
             note = await self.store.checkpoint()
         checkpoint = parse_checkpoint_body(parse_signed_note(note).body)
@@ -942,6 +1055,18 @@ class DirectoryService:
             await self._sync_tree(checkpoint.size)
             proof = [b64url(h) for h in self.tree.consistency_proof(from_size, end)]
         return {"checkpoint": note.decode("utf-8"), "consistency_proof": proof}
+
+    async def _own_checkpoint(self, size: int, note: bytes) -> bool:
+        """Whether ``note`` (stored as of ``size``) is signed by this directory's key over its
+        log at that size as the proof tree holds it (one Ed25519 verification and a root from
+        cached block roots)."""
+        try:
+            checkpoint = verify_directory_checkpoint(note, self.key)
+        except CheckpointError:
+            return False
+        await self._sync_tree(checkpoint.size)
+        return (checkpoint.size == size <= len(self.tree)
+                and self.tree.root(checkpoint.size) == checkpoint.root_hash)
 
     async def health(self) -> dict[str, Any]:
         head = self.store.head

@@ -35,6 +35,10 @@ class ProofTree:
     def __len__(self) -> int:
         return len(self._levels[0])
 
+    def leaf(self, index: int) -> bytes:
+        """The leaf hash of leaf ``index`` (seq ``index + 1``)."""
+        return self._levels[0][index]
+
     def append(self, entry_hash: bytes) -> None:
         """Add the next leaf (the entry hash of seq len+1)."""
         if len(entry_hash) != 32:

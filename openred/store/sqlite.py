@@ -49,6 +49,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from openred.crypto.identity import EntryHash, SignKey, from_b64url
 from openred.errors import (
+    CheckpointError,
     ConcurrencyConflict,
     ConfigurationError,
     OpenRedError,
@@ -69,7 +70,7 @@ from openred.store.chain import (
     origin_for,
     rotation_event,
 )
-from openred.store.checkpoint import Checkpoint
+from openred.store.checkpoint import Checkpoint, verify_checkpoint
 from openred.store.codec import GENESIS_PREV_HASH, decode_payload
 from openred.store.events import (
     KEY_ROTATED,
@@ -99,6 +100,8 @@ _EVENT_COLUMNS = (
     "seq, stream, stream_version, type, schema_version, recorded_at, "
     "payload, prev_hash, entry_hash, signature"
 )
+EVENT_COLUMNS = _EVENT_COLUMNS
+"""The events table's columns in :func:`row_to_event`'s order."""
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 _STREAM_CACHE_SIZE = 100_000
 _READ_CHUNK = 5_000
@@ -694,7 +697,11 @@ class SQLiteEventStore:
         else:
             self._key_in_force = self._signer.sign_key
             self._origin = origin_for(self._signer.sign_key.node_id)
-        row = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
+        # Only a row the log has reached counts: one planted at a size beyond the head (the
+        # checkpoints table takes INSERTs) would otherwise stop the store's checkpoints until
+        # the log grows that far.
+        row = conn.execute("SELECT max(size) FROM checkpoints WHERE size <= ?",
+                           (self._frontier.size,)).fetchone()
         self._last_checkpoint_size = int(row[0] or 0)
         self._catch_up_projections(conn)
 
@@ -1430,8 +1437,26 @@ class SQLiteEventStore:
         return await self._witness.sign(checkpoint, signer, prove, newer=newer)
 
     def _checkpoint_note_sync(self, size: int) -> bytes | None:
+        """The stored note of ``size``, if it is this log's checkpoint of its head at that
+        size (one signature check); a row another program inserted is ignored, with a warning
+        (the fresh note is then returned and the row left for ``audit_tools verify``)."""
         row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        note = bytes(row[0])
+        try:
+            checkpoint = verify_checkpoint(note, self._origin,
+                                           self._key_in_force or self._signer.sign_key,
+                                           origin=self._origin)
+        except CheckpointError:
+            checkpoint = None
+        if (checkpoint is None or checkpoint.size != size
+                or (size == self._frontier.size
+                    and checkpoint.root_hash != self._frontier.tree.root())):
+            logger.warning("%s: the stored checkpoint of size %d is not this log's own; "
+                           "ignored (run audit_tools verify on the file)", self.path, size)
+            return None
+        return note
 
     def _store_checkpoint_sync(self, size: int, root: bytes, note: bytes, signed_at: str) -> None:
         self._db.execute(
@@ -1486,11 +1511,21 @@ class SQLiteEventStore:
 
     async def latest_checkpoint(self) -> bytes | None:
         """The newest signed checkpoint note, if any (after a checkpoint being signed now)."""
+        row = await self.latest_checkpoint_row()
+        return None if row is None else row[1]
+
+    async def latest_checkpoint_row(self) -> tuple[int, bytes] | None:
+        """The newest row of the checkpoints table, (its size column, its note), if any (after
+        a checkpoint being signed now). The row is not checked: a caller that serves the note
+        checks it is signed over the log at that size."""
         await self._checkpoint_idle.wait()
-        return await self._read(
-            lambda conn: _one_blob(conn, "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"),
-            "reading the latest checkpoint",
-        )
+
+        def read(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        return await self._read(read, "reading the latest checkpoint")
 
     # -- reading (read-only connections, in the reader threads) -------------------------------
 
@@ -1598,11 +1633,6 @@ def _fail(requests: Iterable[_Request], exc: BaseException) -> None:
     for request in requests:
         if not request.future.done():
             request.future.set_exception(exc)
-
-
-def _one_blob(conn: sqlite3.Connection, sql: str) -> bytes | None:
-    row = conn.execute(sql).fetchone()
-    return None if row is None else bytes(row[0])
 
 
 def _stream_version(conn: sqlite3.Connection, stream: str) -> int:

@@ -16,8 +16,7 @@ stale view was cached after the revocation's own invalidation had already run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from openred.directory import events as ev
@@ -132,27 +131,18 @@ async def test_a_view_read_while_an_own_write_lands_out_of_order_is_not_cached_s
         assert (await node.register()).status == 201
     cache = service._cache
     cache.views.clear()
-    # 1. A read of bob starts (bob active in its snapshot) and is slow to come back.
-    reads = service.reads
-    real_session = reads.session
+    # 1. A read of bob starts (bob active in what it read) and is slow to come back.
+    real_entries = service._node_entries
     read, resume = asyncio.Event(), asyncio.Event()
 
-    @contextlib.asynccontextmanager
-    async def slow_session() -> AsyncIterator[Any]:
-        reads.session = real_session  # type: ignore[method-assign]
-        async with real_session() as session:
-            real_get = session.get
+    async def slow_entries(node_id: str) -> list[StoredEvent]:
+        service._node_entries = real_entries  # type: ignore[method-assign]
+        entries = await real_entries(node_id)
+        read.set()
+        await resume.wait()
+        return entries
 
-            async def get(*args: Any, **kwargs: Any) -> Any:
-                row = await real_get(*args, **kwargs)
-                read.set()
-                await resume.wait()
-                return row
-
-            session.get = get  # type: ignore[method-assign]
-            yield session
-
-    reads.session = slow_session  # type: ignore[method-assign]
+    service._node_entries = slow_entries  # type: ignore[method-assign]
     reading = asyncio.create_task(service.node(bob.node_id))
     await read.wait()
     # 2. Bob is revoked by this process; after its check and before its append commits,
@@ -191,32 +181,24 @@ async def test_a_view_read_while_an_own_write_lands_out_of_order_is_not_cached_s
 
 
 class SlowRead:
-    """The next node read through SQLModel stops after its row came back, until released."""
+    """The next node read (its stream in the log) stops after its entries came, until
+    released."""
 
     def __init__(self, service: DirectoryService) -> None:
-        reads = service.reads
-        real_session = reads.session
+        real_entries = service._node_entries
         self.read, self.resume = asyncio.Event(), asyncio.Event()
         self.sessions = 0
         outer = self
 
-        @contextlib.asynccontextmanager
-        async def slow_session() -> AsyncIterator[Any]:
-            reads.session = real_session  # type: ignore[method-assign]
+        async def slow_entries(node_id: str) -> list[StoredEvent]:
+            service._node_entries = real_entries  # type: ignore[method-assign]
             outer.sessions += 1
-            async with real_session() as session:
-                real_get = session.get
+            entries = await real_entries(node_id)
+            outer.read.set()
+            await outer.resume.wait()
+            return entries
 
-                async def get(*args: Any, **kwargs: Any) -> Any:
-                    row = await real_get(*args, **kwargs)
-                    outer.read.set()
-                    await outer.resume.wait()
-                    return row
-
-                session.get = get  # type: ignore[method-assign]
-                yield session
-
-        reads.session = slow_session  # type: ignore[method-assign]
+        service._node_entries = slow_entries  # type: ignore[method-assign]
 
 
 async def bob_read_held(directory: Directory, make_node: Callable[..., Any],
@@ -238,7 +220,7 @@ async def test_a_read_during_which_only_grants_landed_is_cached(
 ) -> None:
     """An entry of this process on another stream than a node's (a grant) changes no view:
     a read it lands during is cached, so a loaded directory does not read its nodes through
-    SQLModel again for every request while grants keep landing. A read during which an entry
+    the log again for every request while grants keep landing. A read during which an entry
     of that node's stream lands is still not cached (the next test, and the one above)."""
     service, cache = directory.service, directory.service._cache
     alice, bob, slow, reading = await bob_read_held(directory, make_node)

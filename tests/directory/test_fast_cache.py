@@ -15,11 +15,13 @@ import sqlite3
 from pathlib import Path
 
 import nacl.signing
+import pytest
 
 from openred.directory import events as ev
 from openred.directory.events import directory_registry
 from openred.directory.projections import directory_projections
 from openred.directory.service import _NodeCache
+from openred.errors import StoreError
 from openred.store.signer import InProcessSigner
 from openred.store.sqlite import SQLiteEventStore
 from tests.directory.test_pure import NOW, signed, view
@@ -98,8 +100,13 @@ async def test_a_write_by_another_process_is_seen_at_the_next_check(tmp_path: Pa
         cache.put(a.node_id, a)
         cache.check()
         with sqlite3.connect(tmp_path / "openred.db") as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
+            conn.execute("UPDATE projection_positions SET position = position")
         cache.check()
         assert a.node_id in cache.views
+        # A change of the schema is never the directory's own: nothing is answered after it.
+        with sqlite3.connect(tmp_path / "openred.db") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS scratch (x)")
+        with pytest.raises(StoreError, match="schema was changed by another program"):
+            cache.check()
     finally:
         cache.close()
