@@ -318,6 +318,10 @@ class DirectoryService:
         self.tree = ProofTree()
         self._registry = directory_registry()
         self._arrived: dict[int, bytes] = {}
+        # node id -> seq of the newest entry of its stream that this process appended or read
+        # into the proof tree: a stream read from the file that lacks it (deleted, or hidden
+        # by an edited index) is refused (_check_stream).
+        self._stream_last: dict[str, int] = {}
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
         self._started = int(clock())
@@ -446,6 +450,7 @@ class DirectoryService:
         self._cache.appended(stored)
         tree, arrived = self.tree, self._arrived
         for entry in stored:
+            self._saw(entry.stream, entry.seq)
             if entry.seq > len(tree):
                 arrived[entry.seq] = entry.entry_hash
         while (nxt := len(tree) + 1) in arrived:
@@ -455,15 +460,36 @@ class DirectoryService:
         if len(self.tree) >= size:
             return
         rows = await self.store.query(
-            "SELECT seq, entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+            "SELECT seq, entry_hash, stream FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
             (len(self.tree), size),
         )
-        for seq, digest in rows:
+        for seq, digest, stream in rows:
             if seq == len(self.tree) + 1:
                 self.tree.append(bytes(digest))
                 self._arrived.pop(seq, None)
+                self._saw(str(stream), seq)
         while (nxt := len(self.tree) + 1) in self._arrived:
             self.tree.append(self._arrived.pop(nxt))
+
+    def _saw(self, stream: str, seq: int) -> None:
+        if stream.startswith("node:"):
+            node_id = stream[5:]
+            if seq > self._stream_last.get(node_id, 0):
+                self._stream_last[node_id] = seq
+
+    def _check_stream(self, node_id: str, entries: Sequence[StoredEvent],
+                      last: int | None) -> None:
+        """StoreError unless ``entries`` (the stream as read) is whole: versions 1..n with no
+        gap, holding ``last`` (what :meth:`_saw` knew before the read). The entries left after
+        one is deleted all still hash to their leaves; the schema check does not see a writer
+        that puts the append-only triggers and ``PRAGMA schema_version`` back afterwards."""
+        whole = all(e.stream_version == i for i, e in enumerate(entries, 1))
+        if whole and (last is None or any(e.seq == last for e in entries)):
+            return
+        raise StoreError(
+            f"node:{node_id}'s stream in the log lacks an entry the directory appended or read "
+            f"(seq {last}) or has a gap: its database was written by another program (run "
+            "`audit_tools verify` on it)")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -491,8 +517,11 @@ class DirectoryService:
         return view
 
     async def _node_entries(self, node_id: str) -> list[StoredEvent]:
-        """``node_id``'s stream in the log, with the proof tree holding all of it."""
+        """``node_id``'s stream in the log, whole, with the proof tree holding all of it."""
+        # Read with no await in between: every seq known here had committed before the read.
+        last = self._stream_last.get(node_id)
         entries = self._cache.stream(node_id)
+        self._check_stream(node_id, entries, last)
         if entries and entries[-1].seq > len(self.tree):
             await self._sync_tree(entries[-1].seq)
         return entries
