@@ -1,0 +1,29 @@
+"""Today's settings rules reviewed (mreview): what "an empty value is not given" must not do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openred.settings import DirectorySettings
+
+
+@pytest.mark.parametrize(("name", "field"), [
+    ("OPENRED_ALLOW_PRIVATE_URLS", "allow_private_urls"),
+    ("OPENRED_JAIL_NO_SECCOMP", "jail_no_seccomp"),
+])
+def test_an_empty_flag_in_the_environment_still_switches_the_dotenv_flag_off(
+    tmp_path: Path, name: str, field: str,
+) -> None:
+    """A flag the ``.env`` turns on (``init --allow-private-urls`` writes ``1``) blanked in the
+    environment (``Environment=OPENRED_ALLOW_PRIVATE_URLS=``, a compose file's empty
+    ``${VAR}``): an empty flag has always read as off (``_FALSE`` holds ""). With "empty is not
+    given" the ``.env``'s 1 came back: the SSRF guard on node URLs, or seccomp, off while the
+    operator's environment said off. A flag fails safe: empty in the environment is off."""
+    data = tmp_path / "d"
+    data.mkdir(mode=0o700)
+    (data / ".env").write_text(f"{name}=1\n")
+    assert getattr(DirectorySettings.load(data, environ={}), field) is True
+    assert getattr(DirectorySettings.load(data, environ={name: ""}), field) is False
+    assert getattr(DirectorySettings.load(data, environ={name: "0"}), field) is False
