@@ -135,8 +135,9 @@ async def test_a_revocation_deleted_from_the_events_table_while_serving_stops_th
     assert bob.received == [] and alice.received == []
 
 
+@pytest.mark.parametrize("updates", [0, 12])  # 12: bob's stream folded in memory (long)
 async def test_a_revocation_deleted_with_the_schema_cookie_put_back_stops_the_grants(
-    directory: Directory, make_node: Any,
+    directory: Directory, make_node: Any, updates: int,
 ) -> None:
     """As above, but the writer puts the triggers back as they were and the schema cookie
     with them (``PRAGMA schema_version = N``: one statement, no page edits), so the serving
@@ -146,7 +147,13 @@ async def test_a_revocation_deleted_with_the_schema_cookie_put_back_stops_the_gr
     alice, bob = await make_node(), await make_node()
     for node in (alice, bob):
         assert (await node.register()).status == 201
+    for _ in range(updates):
+        assert (await bob.register()).status == 200
+    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
+    assert reply.status == 201, reply.body
     await directory.service.revoke(bob.node_id, "compromised")
+    bob.received.clear()
+    alice.received.clear()
     with _db(directory) as conn:
         cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
         triggers = [r[0] for r in conn.execute(
