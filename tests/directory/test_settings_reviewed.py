@@ -27,3 +27,19 @@ def test_an_empty_flag_in_the_environment_still_switches_the_dotenv_flag_off(
     assert getattr(DirectorySettings.load(data, environ={}), field) is True
     assert getattr(DirectorySettings.load(data, environ={name: ""}), field) is False
     assert getattr(DirectorySettings.load(data, environ={name: "0"}), field) is False
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[not-an-address]:8700"])
+@pytest.mark.parametrize("command", ["init", "serve"])
+def test_a_public_url_urlsplit_cannot_read_is_one_error_line(
+    tmp_path: Path, url: str, command: str,
+) -> None:
+    """The public URL check read the value with ``urlsplit``, which raises ValueError itself on
+    a bracketed host that is not an IPv6 address: a traceback, not one error line."""
+    from tests.directory.test_cli_attacked import cli, one_error_line
+
+    data = tmp_path / "d"
+    line = one_error_line(cli(command, "--data-dir", str(data),
+                              env={"OPENRED_PUBLIC_URL": url}))
+    assert "OPENRED_PUBLIC_URL" in line, line
+    assert not data.exists()
