@@ -136,11 +136,11 @@ def _public_url(value: str) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in value):
         problem = "holds spaces or control characters"
     else:
-        parts = urlsplit(value)
         try:
+            parts = urlsplit(value)  # raises itself on "[::1" or "[not-an-address]"
             parts.port  # noqa: B018 - a bad port raises
         except ValueError:
-            problem = "has a bad port"
+            problem = "has a bad host or port"
         else:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 problem = "is not an http(s) URL with a host"
