@@ -172,3 +172,19 @@ async def test_a_revocation_deleted_with_the_schema_cookie_put_back_stops_the_gr
     assert reply.status == 503, reply.body
     assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
     assert bob.received == [] and alice.received == []
+
+
+async def test_health_says_503_once_the_schema_changed_under_the_serving_directory(
+    directory: Directory, make_node: Any,
+) -> None:
+    """After a schema change every decision is 503 "until restarted", but ``/health`` said
+    200 ok: a supervisor or load balancer probing it never restarted the directory."""
+    alice = await make_node()
+    assert (await alice.register()).status == 201
+    reply = await alice.call("GET", "/api/v3/health", signed=False)
+    assert reply.status == 200, reply.body
+    with _db(directory) as conn:
+        _unguarded(conn)
+    reply = await alice.call("GET", "/api/v3/health", signed=False)
+    assert reply.status == 503, reply.body
+    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
