@@ -1143,6 +1143,9 @@ class DirectoryService:
                 and self.tree.root(checkpoint.size) == checkpoint.root_hash)
 
     async def health(self) -> dict[str, Any]:
+        # StoreError (503) once the schema changed while serving, as every decision answers
+        # until restarted: a supervisor probing /health restarts it (its open checks the file).
+        self._cache.check()
         head = self.store.head
         root = await self.store.root()
         return {"status": "ok", "version": __version__, "nodes": await self.counts(),
