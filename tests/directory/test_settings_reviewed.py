@@ -43,3 +43,25 @@ def test_a_public_url_urlsplit_cannot_read_is_one_error_line(
                               env={"OPENRED_PUBLIC_URL": url}))
     assert "OPENRED_PUBLIC_URL" in line, line
     assert not data.exists()
+
+
+@pytest.mark.parametrize("option", ["--directory", "--api-url"])
+def test_node_init_with_a_url_urlsplit_cannot_read_is_one_error_line(
+    tmp_path: Path, option: str,
+) -> None:
+    """The same ValueError from ``openred node init``'s own URL checks: a traceback."""
+    import subprocess
+    import sys
+
+    from tests.directory.test_cli_attacked import base_env, one_error_line
+
+    data = tmp_path / "n"
+    args = {"--directory": "http://127.0.0.1:1", "--api-url": "http://127.0.0.1:2",
+            option: "http://[::1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "openred.cli", "node", "init", "--data-dir", str(data),
+         "--directory-key", "x", *(item for pair in args.items() for item in pair)],
+        env=base_env(), capture_output=True, text=True, timeout=60, check=False)
+    line = one_error_line(result)
+    assert option in line, line
+    assert not data.exists()
