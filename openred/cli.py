@@ -436,18 +436,18 @@ def node_init(data_dir: Path, directory_url: str, directory_key: str, api_url: s
     from openred.node.services import NodeServices
     from openred.node.settings import NodeSettings
 
-    parts = urlsplit(api_url)
-    try:
+    try:  # urlsplit itself raises on "[::1" or "[not-an-address]"
+        parts = urlsplit(api_url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        _fail(f"--api-url {api_url!r} has a bad port")
+        _fail(f"--api-url {api_url!r} has a bad host or port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         _fail(f"--api-url {api_url!r} is not an http(s) URL with a host")
-    where = urlsplit(directory_url)
     try:
+        where = urlsplit(directory_url)
         where.port  # noqa: B018 - a bad port raises
     except ValueError:
-        _fail(f"--directory {directory_url!r} has a bad port")
+        _fail(f"--directory {directory_url!r} has a bad host or port")
     if where.scheme not in ("http", "https") or not where.hostname:
         _fail(f"--directory {directory_url!r} is not an http(s) URL with a host")
     from openred.files import check_data_dir

@@ -2,7 +2,8 @@
 
 Precedence, highest first: the process environment, then ``DATA_DIR/.env`` (written by
 ``openred directory init``), then the defaults below. An empty value, in the environment or
-the file, is "not given": an empty variable in the environment does not mask the file's.
+the file, is "not given": an empty variable in the environment does not mask the file's
+(a flag excepted: an empty flag in the environment is off, as it always was).
 Every service shares :class:`ServiceSettings` (where it listens, its public URL, request
 limits, its jail); each service adds its own fields in a subclass — :class:`DirectorySettings`
 here, a ``NodeSettings`` beside it — and its own ``_from_values``. Values are parsed
@@ -135,11 +136,11 @@ def _public_url(value: str) -> str:
     if any(ch.isspace() or not ch.isprintable() for ch in value):
         problem = "holds spaces or control characters"
     else:
-        parts = urlsplit(value)
         try:
+            parts = urlsplit(value)  # raises itself on "[::1" or "[not-an-address]"
             parts.port  # noqa: B018 - a bad port raises
         except ValueError:
-            problem = "has a bad port"
+            problem = "has a bad host or port"
         else:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 problem = "is not an http(s) URL with a host"
@@ -203,7 +204,12 @@ class _Values:
         return self.integer(name, 0, minimum=1)
 
     def flag(self, name: str, default: bool = False) -> bool:
-        value = self.raw(name)
+        """A boolean. Unlike other values, an empty one in the environment is given: it has
+        always read as off, and a flag blanked there to switch off the ``.env``'s ``1``
+        (``OPENRED_ALLOW_PRIVATE_URLS``, the SSRF guard; ``OPENRED_JAIL_NO_SECCOMP``) must not
+        fail open."""
+        key = PREFIX + name
+        value = self._env[key] if self._env.get(key) == "" else self.raw(name)
         if value is None:
             return default
         lowered = value.strip().lower()

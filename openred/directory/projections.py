@@ -67,15 +67,17 @@ class NodesProjection:
                          {"status": "revoked", "updated_at": at})
 
 
-def node_row(events: Iterable[RecordedEvent]) -> dict[str, SqlValue] | None:
-    """The ``directory_nodes`` row one node's stream gives (its events in order), or None.
+def node_row(events: Iterable[RecordedEvent], row: dict[str, SqlValue] | None = None,
+             ) -> dict[str, SqlValue] | None:
+    """The ``directory_nodes`` row one node's stream gives (its events in order), or None;
+    ``row``: the row its earlier events gave (not changed), when ``events`` are the rest.
 
     The projection's own row operations folded in memory, so the row is exactly the one a
     replay writes: the directory decides on this, read from the signed log, not on the table
     (docs/decisions.md, "The directory's log against a hostile local process").
     """
     nodes = NodesProjection()
-    row: dict[str, SqlValue] | None = None
+    row = None if row is None else dict(row)
     for event in events:
         if event.type not in nodes.handles:
             continue

@@ -142,7 +142,26 @@ class GrantOutcome:
     delivered: dict[str, bool]
 
 
-_STREAM_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream = ? ORDER BY stream_version"  # noqa: S608 (columns are constants)
+_STREAM_SQL = (
+    f"SELECT {EVENT_COLUMNS} FROM events "  # noqa: S608 (columns are constants)
+    "WHERE stream = ? AND stream_version > ? ORDER BY stream_version")
+
+_FOLD_FROM = 8
+"""A node's stream of at least this many entries keeps its folded row in memory
+(:class:`_Fold`): a miss of the node cache then reads only the entries after it."""
+
+_FOLDS_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Fold:
+    """A node's row folded from its stream up to ``version`` (entry ``seq``), every entry
+    checked against the proof tree when it was read. Memory, not the file: an entry of it
+    deleted or edited in the file later changes nothing here."""
+
+    version: int
+    seq: int
+    row: dict[str, Any] | None
 
 
 _NODE_STREAMS_SQL = (
@@ -245,10 +264,12 @@ class _NodeCache:
     def _schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA schema_version").fetchone()[0])
 
-    def stream(self, node_id: str) -> list[StoredEvent]:
-        """The entries of ``node_id``'s stream in the log, in order (the stream's unique index:
-        an unknown node is one probe, microseconds, as the projection's row was)."""
-        return [row_to_event(row) for row in self._conn.execute(_STREAM_SQL, ("node:" + node_id,))]
+    def stream(self, node_id: str, after: int = 0) -> list[StoredEvent]:
+        """The entries of ``node_id``'s stream in the log after stream version ``after``, in
+        order (the stream's unique index: an unknown node is one probe, microseconds, as the
+        projection's row was)."""
+        return [row_to_event(row)
+                for row in self._conn.execute(_STREAM_SQL, ("node:" + node_id, after))]
 
     def appended(self, stored: Sequence[StoredEvent]) -> None:
         for entry in stored:
@@ -318,6 +339,13 @@ class DirectoryService:
         self.tree = ProofTree()
         self._registry = directory_registry()
         self._arrived: dict[int, bytes] = {}
+        # node id -> seq of the newest entry of its stream that this process appended or read
+        # into the proof tree: a stream read from the file that lacks it (deleted, or hidden
+        # by an edited index) is refused (_check_stream).
+        self._stream_last: dict[str, int] = {}
+        # node id -> its long stream folded so far (never evicted, so a read after one always
+        # finds the fold it started from; at most _FOLDS_MAX, then no new ones)
+        self._folds: dict[str, _Fold] = {}
         self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
         self._last_seen: dict[str, int] = {}
         self._started = int(clock())
@@ -404,6 +432,9 @@ class DirectoryService:
                 row = node_row(self._registry.decode(e) for e in entries[start:i])
                 if row is not None:
                     truth[str(row["node_id"])] = row
+                    last = entries[i - 1]
+                    self._keep_fold(str(row["node_id"]),
+                                    _Fold(last.stream_version, last.seq, row))
                 start = i
         table = {str(r[0]): dict(zip(columns, r, strict=True)) for r in rows}
         wrong = sorted(n for n in truth.keys() | table.keys() if truth.get(n) != table.get(n))
@@ -446,6 +477,7 @@ class DirectoryService:
         self._cache.appended(stored)
         tree, arrived = self.tree, self._arrived
         for entry in stored:
+            self._saw(entry.stream, entry.seq)
             if entry.seq > len(tree):
                 arrived[entry.seq] = entry.entry_hash
         while (nxt := len(tree) + 1) in arrived:
@@ -455,15 +487,38 @@ class DirectoryService:
         if len(self.tree) >= size:
             return
         rows = await self.store.query(
-            "SELECT seq, entry_hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+            "SELECT seq, entry_hash, stream FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
             (len(self.tree), size),
         )
-        for seq, digest in rows:
+        for seq, digest, stream in rows:
             if seq == len(self.tree) + 1:
                 self.tree.append(bytes(digest))
                 self._arrived.pop(seq, None)
+                self._saw(str(stream), seq)
         while (nxt := len(self.tree) + 1) in self._arrived:
             self.tree.append(self._arrived.pop(nxt))
+
+    def _saw(self, stream: str, seq: int) -> None:
+        if stream.startswith("node:"):
+            node_id = stream[5:]
+            if seq > self._stream_last.get(node_id, 0):
+                self._stream_last[node_id] = seq
+
+    def _check_stream(self, node_id: str, entries: Sequence[StoredEvent],
+                      last: int | None, fold: _Fold | None) -> None:
+        """StoreError unless ``entries`` (the stream as read after ``fold``) is whole:
+        versions on from the fold's with no gap, holding ``last`` (what :meth:`_saw` knew
+        before the read) unless the fold does. The entries left after one is deleted all still
+        hash to their leaves; the schema check does not see a writer that puts the append-only
+        triggers and ``PRAGMA schema_version`` back afterwards."""
+        after, folded = (0, 0) if fold is None else (fold.version, fold.seq)
+        whole = all(e.stream_version == after + i for i, e in enumerate(entries, 1))
+        if whole and (last is None or last <= folded or any(e.seq == last for e in entries)):
+            return
+        raise StoreError(
+            f"node:{node_id}'s stream in the log lacks an entry the directory appended or read "
+            f"(seq {last}) or has a gap: its database was written by another program (run "
+            "`audit_tools verify` on it)")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -491,8 +546,12 @@ class DirectoryService:
         return view
 
     async def _node_entries(self, node_id: str) -> list[StoredEvent]:
-        """``node_id``'s stream in the log, with the proof tree holding all of it."""
-        entries = self._cache.stream(node_id)
+        """``node_id``'s stream in the log, whole, with the proof tree holding all of it."""
+        # Read with no await in between: every seq known here had committed before the read.
+        last = self._stream_last.get(node_id)
+        fold = self._folds.get(node_id)
+        entries = self._cache.stream(node_id, 0 if fold is None else fold.version)
+        self._check_stream(node_id, entries, last, fold)
         if entries and entries[-1].seq > len(self.tree):
             await self._sync_tree(entries[-1].seq)
         return entries
@@ -509,13 +568,28 @@ class DirectoryService:
                     "program (run `audit_tools verify` on it)")
 
     def _view_from_log(self, node_id: str, entries: Sequence[StoredEvent]) -> d.NodeView | None:
+        """The view of ``node_id`` from its fold and ``entries`` (its stream as read after the
+        fold it had then; a fold stored meanwhile is newer and only ever grows)."""
         self._check_entries(entries)
-        row = node_row(self._registry.decode(entry) for entry in entries)
+        fold = self._folds.get(node_id)
+        if fold is not None:
+            entries = [e for e in entries if e.stream_version > fold.version]
+        row = node_row((self._registry.decode(entry) for entry in entries),
+                       None if fold is None else fold.row)
+        if entries:
+            self._keep_fold(node_id, _Fold(entries[-1].stream_version, entries[-1].seq, row))
         if row is None:
             return None
         return d.NodeView(node_id, str(row["status"]), int(row["version"] or 0),
                           str(row["record_hash"]), int(row["last_seen"] or 0),
                           str(row["record"]), str(row["signature"]), str(row["sign_key"]))
+
+    def _keep_fold(self, node_id: str, fold: _Fold) -> None:
+        held = self._folds.get(node_id)
+        if fold.version >= _FOLD_FROM and (
+                held.version < fold.version if held is not None
+                else len(self._folds) < _FOLDS_MAX):
+            self._folds[node_id] = fold
 
     async def resolve_key(self, keyid: str) -> SignKey | None:
         """The key of a node the directory knows (revoked included: they get 403, not 401)."""
@@ -1069,6 +1143,9 @@ class DirectoryService:
                 and self.tree.root(checkpoint.size) == checkpoint.root_hash)
 
     async def health(self) -> dict[str, Any]:
+        # StoreError (503) once the schema changed while serving, as every decision answers
+        # until restarted: a supervisor probing /health restarts it (its open checks the file).
+        self._cache.check()
         head = self.store.head
         root = await self.store.root()
         return {"status": "ok", "version": __version__, "nodes": await self.counts(),

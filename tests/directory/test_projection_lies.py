@@ -133,3 +133,58 @@ async def test_a_revocation_deleted_from_the_events_table_while_serving_stops_th
     assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
     assert "schema was changed by another program" in caplog.text
     assert bob.received == [] and alice.received == []
+
+
+@pytest.mark.parametrize("updates", [0, 12])  # 12: bob's stream folded in memory (long)
+async def test_a_revocation_deleted_with_the_schema_cookie_put_back_stops_the_grants(
+    directory: Directory, make_node: Any, updates: int,
+) -> None:
+    """As above, but the writer puts the triggers back as they were and the schema cookie
+    with them (``PRAGMA schema_version = N``: one statement, no page edits), so the serving
+    directory's schema check sees nothing. Before: the stream without its revocation read as
+    whole and the revoked node got a grant (201). The directory knows the last entry of each
+    node's stream its tree holds, and a stream read that lacks it is refused."""
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    for _ in range(updates):
+        assert (await bob.register()).status == 200
+    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
+    assert reply.status == 201, reply.body
+    await directory.service.revoke(bob.node_id, "compromised")
+    bob.received.clear()
+    alice.received.clear()
+    with _db(directory) as conn:
+        cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
+        triggers = [r[0] for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' "
+            "AND name IN ('events_no_update', 'events_no_delete')")]
+        assert len(triggers) == 2
+        _unguarded(conn)
+        conn.execute("DELETE FROM events WHERE stream = ? AND type = 'NodeRevoked'",
+                     (f"node:{bob.node_id}",))
+        for sql in triggers:
+            conn.execute(sql)
+        conn.execute(f"PRAGMA schema_version = {int(cookie)}")
+    with _db(directory) as conn:
+        assert conn.execute("PRAGMA schema_version").fetchone()[0] == cookie
+    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
+    assert reply.status == 503, reply.body
+    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
+    assert bob.received == [] and alice.received == []
+
+
+async def test_health_says_503_once_the_schema_changed_under_the_serving_directory(
+    directory: Directory, make_node: Any,
+) -> None:
+    """After a schema change every decision is 503 "until restarted", but ``/health`` said
+    200 ok: a supervisor or load balancer probing it never restarted the directory."""
+    alice = await make_node()
+    assert (await alice.register()).status == 201
+    reply = await alice.call("GET", "/api/v3/health", signed=False)
+    assert reply.status == 200, reply.body
+    with _db(directory) as conn:
+        _unguarded(conn)
+    reply = await alice.call("GET", "/api/v3/health", signed=False)
+    assert reply.status == 503, reply.body
+    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
