@@ -121,6 +121,11 @@ async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_h
     {"checkpoint": "NOTE", "consistency_proof": {"0": "AAAA"}},
     {"checkpoint": "NOTE", "consistency_proof": [None, []]},
     {"checkpoint": "NOTE\udc80", "consistency_proof": []},
+    # Hashes that are not 32 bytes, or more of them than any proof has (tattack): a
+    # malformed answer, not a proof that fails; it was taken for a fork and logged as one.
+    {"checkpoint": "NOTE", "consistency_proof": ["AAAA"]},
+    {"checkpoint": "NOTE", "consistency_proof": ["A" * 43 + "A" * 43]},
+    {"checkpoint": "NOTE", "consistency_proof": ["A" * 43] * 10_000},
 ])
 async def test_a_malformed_checkpoint_answer_of_the_directory_is_a_problem_not_a_500(
     world: World, answer: Any,
