@@ -458,7 +458,7 @@ class NodeServices:
     async def request_grant(self, peer: str) -> str:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
         url = self.settings.directory_url
-        since = self.store.head.size
+        since, forks = self.store.head.size, self.tokens.forks_refused
         try:
             reply = await self.http.request(
                 "POST", f"{url}{REQUEST_CONNECTION_PATH}",
@@ -472,7 +472,9 @@ class NodeServices:
             raise directory_unreachable(url, exc) from None
         if reply.status != 201:
             refusal = _refusal_from(reply, "the directory")
-            if await self._fork_logged_since(since):
+            # A fork refused meanwhile: logged as evidence, or not (a pair already kept, or
+            # MAX_FORK_EVIDENCE kept), so counted too.
+            if self.tokens.forks_refused != forks or await self._fork_logged_since(since):
                 raise NodeRefused(502, DIRECTORY_FORK, DIRECTORY_FORK_DETAIL) from None
             raise refusal
         body = reply.json()

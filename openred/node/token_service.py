@@ -46,6 +46,7 @@ from openred.errors import (
 from openred.node import events as ev
 from openred.node.book import NodeBook
 from openred.node.tokens import (
+    DIRECTORY_STREAM,
     HeldCheckpoint,
     PeerInfo,
     ReceiveToken,
@@ -57,9 +58,12 @@ from openred.node.tokens import (
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
+__all__ = ["MAX_FORK_EVIDENCE", "DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
 
 logger = logging.getLogger("openred.node")
+
+MAX_FORK_EVIDENCE = 16
+"""``DirectoryForkDetected`` events a node keeps at most (one per pair of checkpoints)."""
 
 DELIVERY_KEYS = frozenset({
     "grant", "grant_signature", "sealed_token", "peer_record", "entry", "checkpoint",
@@ -135,6 +139,9 @@ class TokenReceiver:
         """The newest checkpoint a delivery of this process decided to hold (it may not be
         logged yet: deliveries checked meanwhile must be consistent with it too)."""
         self._advancing = asyncio.Lock()
+        self.forks_refused = 0
+        """Deliveries refused as forks since this process started (logged as evidence or
+        not: see :meth:`_keep_fork_evidence`)."""
 
     async def receive(self, body: object, now: int) -> dict[str, str]:
         """Accept a delivery; ``{grant_id, status}`` with status received or duplicate."""
@@ -254,18 +261,41 @@ class TokenReceiver:
             raise _bad(422, "unverifiable-delivery", str(exc)) from None
         if isinstance(verdict, Forked):
             assert held is not None, "a fork needs a checkpoint held before"
-            stored = await self.store.append_one(
-                fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
-            )
+            self.forks_refused += 1
+            kept = await self._keep_fork_evidence(grant.grant_id, held,
+                                                  verdict.received_checkpoint)
             # The operator hears it from the node itself (the push's 409 reaches only the
             # directory, whose log is the one in question, and it relays what it likes).
             logger.error("the directory's checkpoint for grant %s is inconsistent with the one "
                          "this node holds (size %d): its log was forked or rolled back; grant "
-                         "refused, both checkpoints kept as DirectoryForkDetected (seq %d)",
-                         grant.grant_id, held.size, stored.seq)
+                         "refused, %s", grant.grant_id, held.size, kept)
             raise _bad(409, "directory-fork",
                        "the directory's checkpoint is inconsistent with the one this node holds")
         return verdict
+
+    async def _keep_fork_evidence(self, grant_id: str, held: HeldCheckpoint,
+                                  received: str) -> str:
+        """Log ``DirectoryForkDetected`` for a pair of checkpoints not kept yet, up to
+        :data:`MAX_FORK_EVIDENCE` in all; what was done, for the operator's log line.
+
+        One pair proves the directory showed two histories; a directory pushing the same
+        forked delivery again, or signing forks without end, does not grow the log by two
+        notes a push (the push is refused all the same).
+        """
+        state = await self.store.load_stream(DIRECTORY_STREAM)
+        for event in state.events:
+            if (event.payload.get("held_checkpoint") == held.note
+                    and event.payload.get("received_checkpoint") == received):
+                return f"both checkpoints already kept as DirectoryForkDetected (seq {event.seq})"
+        if len(state.events) >= MAX_FORK_EVIDENCE:
+            return (f"{len(state.events)} DirectoryForkDetected already kept: this pair of "
+                    "checkpoints is not logged")
+        try:
+            stored = await self.store.append_one(replace(
+                fork_evidence(grant_id, held, received), expected_version=state.version))
+        except ConcurrencyConflict:  # another refused push logged one meanwhile
+            return "evidence logged by a concurrent push"
+        return f"both checkpoints kept as DirectoryForkDetected (seq {stored.seq})"
 
     async def _known_peer(self, peer: PeerInfo) -> tuple[PeerInfo | None, int | None]:
         """The record held for ``peer``'s node, with its version when ``peer`` differs from it.

@@ -356,3 +356,39 @@ async def test_a_grant_for_another_peer_does_not_connect_the_operator_elsewhere(
     assert body["type"].endswith(":wrong-grant")
     assert await world.a.services.book.sessions() == []
     assert (await world.a.services.book.token_state(grant_id)).status.value == "received"
+
+
+async def test_fork_evidence_is_kept_once_per_pair_of_checkpoints_and_bounded(
+    world: World,
+) -> None:
+    """A forking directory pushing the same forked delivery again, or forked deliveries
+    without end, grew the node's log by an event carrying two notes per push (tattack).
+    Each pair of checkpoints is kept once and at most MAX_FORK_EVIDENCE in all; every such
+    push is still refused, and the node takes an honest grant afterwards."""
+    from openred.node.token_service import MAX_FORK_EVIDENCE
+
+    directory = world.directory
+    _, _, honest = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    assert (await push(world, world.b, honest)).status == 200
+    directory.serving = directory.fork  # its proofs are of the fork too
+    try:
+        _, _, forked = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                            issued_at=now(), log=directory.fork)
+        for _ in range(3):
+            problem(await push(world, world.b, forked), 409, "directory-fork")
+        store = world.b.services.store
+        assert len(await store.read_stream("directory")) == 1
+        for _ in range(MAX_FORK_EVIDENCE + 3):
+            _, _, other = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                               issued_at=now(), log=directory.fork)
+            problem(await push(world, world.b, other), 409, "directory-fork")
+        evidence = await store.read_stream("directory")
+        assert len(evidence) == MAX_FORK_EVIDENCE
+        assert len({e.payload["received_checkpoint"] for e in evidence}) == MAX_FORK_EVIDENCE
+    finally:
+        directory.serving = directory.store
+    # The honest log moves on; the node still takes its grants.
+    _, _, later = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, later)).status == 200
