@@ -392,3 +392,49 @@ async def test_fork_evidence_is_kept_once_per_pair_of_checkpoints_and_bounded(
     _, _, later = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
                                        issued_at=now())
     assert (await push(world, world.b, later)).status == 200
+
+
+async def test_the_checkpoint_held_never_goes_back_when_two_deliveries_log_out_of_order(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two grants pushed at once, with checkpoints X < Y (both newer than the one held): X's
+    delivery decided first (so its TokenReceived carries X), Y's checked against X (carries
+    Y), and Y's appended first. The projection kept the last one logged: X, so the node held
+    an older checkpoint than one it had accepted a grant on — after a restart it took a
+    history without Y's grant (tattack)."""
+    directory, tokens = world.directory, world.b.services.tokens
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    gx, _, x = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                    issued_at=now())
+    gy, _, y = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                    issued_at=now())
+    x_size, y_size = x["inclusion_proof"]["tree_size"], y["inclusion_proof"]["tree_size"]
+    assert x_size < y_size
+    verify, append = tokens.checks.verify, tokens.store.append
+    y_logged = asyncio.Event()
+
+    async def x_decides_first(delivery: Any, grant: Any, peer: Any, held: Any) -> Any:
+        if grant.grant_id == gy.grant_id and (held is None or held.size < x_size):
+            async def x_held() -> None:
+                while tokens._held is None or tokens._held.size != x_size:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(x_held(), 5)
+        return await verify(delivery, grant, peer, held)
+
+    async def y_logged_first(events: Any, *args: Any, **kw: Any) -> Any:
+        streams = {e.stream for e in events}
+        if ev.grant_stream(gx.grant_id) in streams:
+            await asyncio.wait_for(y_logged.wait(), 5)
+        done = await append(events, *args, **kw)
+        if ev.grant_stream(gy.grant_id) in streams:
+            y_logged.set()
+        return done
+
+    monkeypatch.setattr(tokens.checks, "verify", x_decides_first)
+    monkeypatch.setattr(tokens.store, "append", y_logged_first)
+    replies = await asyncio.gather(push(world, world.b, x), push(world, world.b, y))
+    assert [r.status for r in replies] == [200, 200], [r.body for r in replies]
+    held = await world.b.services.book.directory_checkpoint()
+    assert held is not None and held.size == y_size, (held, x_size, y_size)
