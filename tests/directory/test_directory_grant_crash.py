@@ -14,7 +14,9 @@ are killed in the middle. After a restart with the same command:
 - a ``ConnectionGranted`` with no outcome that was not answered 201 is one of the requests
   the kill cut off (docs/decisions.md: a directory killed between a grant's entry and its
   pushes leaves it without outcome), so there are at most as many as those;
-- the restarted directory's checkpoint covers every grant logged, and it mints new grants.
+- every checkpoint pushed before the kill has the restarted log's root at its size (no node
+  holding one sees a fork), the restarted directory's checkpoint covers every grant logged,
+  and it mints new grants.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from audit_tools.verify import verify
 from openred.store.checkpoint import parse_checkpoint_body
+from openred.store.merkle import root_from_entry_hashes
 from tests.cli.network import alive, network
 from tests.crypto_jail.test_server import short_dir
 from tests.directory.test_directory_crash import Registrant, status_of
@@ -43,17 +46,22 @@ REQUEST = "/api/v3/tokens/request-connection"
 CHECKPOINT = "/api/v3/directory/checkpoint"
 
 
+PUSHED: set[str] = set()
+"""Every checkpoint note pushed to the taker (what nodes would hold)."""
+
+
 class Taker(BaseHTTPRequestHandler):
     """A node's receiver that takes every push."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b'{"status":"received"}'
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        PUSHED.add(body["checkpoint"])
+        reply = b'{"status":"received"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(reply)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -81,6 +89,7 @@ def answer(request: urllib.request.Request) -> tuple[int, Any]:
 
 
 def test_a_directory_killed_during_registrations_and_grants_accounts_for_every_grant() -> None:
+    PUSHED.clear()
     root = short_dir()
     env = {"OPENRED_RATE_PER_INITIATOR": "10000", "OPENRED_RATE_PER_TARGET": "10000",
            "OPENRED_RATE_PER_CLIENT": "100000", "OPENRED_PUSHES_PER_NETWORK": "256",
@@ -172,12 +181,20 @@ def test_a_directory_killed_during_registrations_and_grants_accounts_for_every_g
                     assert grant_id in granted, f"{grant_id} failed but was never granted"
                     failed[grant_id] = seq
             last = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            hashes = [bytes(r[0]) for r in conn.execute(
+                "SELECT entry_hash FROM events ORDER BY seq")]
         assert not {n.node_id for n in acknowledged} - registered
         for grant_id, status in answered.items():
             assert grant_id in granted, (grant_id, status)
             assert (grant_id in failed) == (status == 502), (grant_id, status)
         without_outcome = set(granted) - set(failed) - set(answered)
         assert len(without_outcome) <= cut_off, (without_outcome, cut_off)
+        # Every checkpoint pushed before the kill is of the log the directory restarted with
+        # (the nodes holding them see no fork): its root is the log's at its size.
+        assert PUSHED
+        for note in PUSHED:
+            checkpoint = parse_checkpoint_body(note.split("\n\n")[0].encode() + b"\n")
+            assert root_from_entry_hashes(hashes[:checkpoint.size]) == checkpoint.root_hash
         # The restarted directory's checkpoint covers the whole log, and it grants again.
         a, b = nodes[0], nodes[1]
         status, body = answer(a.checkpoint())
