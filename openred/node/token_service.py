@@ -201,13 +201,18 @@ class TokenReceiver:
                     verdict = await self._verify(body, grant, peer_id, held)
                 if _advances(verdict.checkpoint, held):
                     self._held = verdict.checkpoint
-        # 6. decide and append (once more if a concurrent delivery of the same grant won)
+        # 6. decide and append (once more if a concurrent delivery of the same grant won).
+        #    The checkpoint is logged with the token unless a larger one is logged already:
+        #    compared with the logged one, not with one held in memory only (a duplicate or
+        #    a refused delivery advances that, logs nothing, and is forgotten at a restart;
+        #    the grant accepted here must keep its own checkpoint pinned).
         command = ReceiveToken(grant, signature, sealed, verdict.peer, verdict.checkpoint)
         for _attempt in (1, 2):
             known, peer_version = await self._known_peer(verdict.peer)
             decision = decide_receive(
                 await self.book.token_state(grant.grant_id), command, me=self.me,
-                known_peer=known, held=held, now=now, peer_stream_version=peer_version,
+                known_peer=known, held=await self.book.directory_checkpoint(), now=now,
+                peer_stream_version=peer_version,
             )
             if isinstance(decision, Refusal):
                 raise decision.error()

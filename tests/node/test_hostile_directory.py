@@ -22,6 +22,7 @@ from quart import Quart, Response
 from openred.crypto.client import JailClient
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.crypto.transparency import InclusionProof
 from openred.node import events as ev
 from tests.node.test_app import World, granted, now, problem, push, serve_node
 from tests.node.test_fastpath import world
@@ -438,3 +439,34 @@ async def test_the_checkpoint_held_never_goes_back_when_two_deliveries_log_out_o
     assert [r.status for r in replies] == [200, 200], [r.body for r in replies]
     held = await world.b.services.book.directory_checkpoint()
     assert held is not None and held.size == y_size, (held, x_size, y_size)
+
+
+async def test_a_grant_accepted_after_an_unlogged_newer_checkpoint_still_pins_its_own(
+    world: World,
+) -> None:
+    """A directory re-pushes a grant the node already holds with a newer checkpoint X (a
+    duplicate: nothing logged, X held in memory only), then pushes a grant on checkpoint Y,
+    older than X, newer than the one logged. Y's TokenReceived did not carry Y (it did not
+    advance past X), so after a restart the node held the checkpoint before Y and would take
+    a history hiding the grant it accepted on Y (tattack)."""
+    directory, book = world.directory, world.b.services.book
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    logged = await book.directory_checkpoint()
+    assert logged is not None
+    _, _, on_y = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                      issued_at=now())
+    await directory.pair(world.a, world.b, issued_at=now())  # type: ignore[arg-type]
+    # The first grant again, proven in the directory's newest checkpoint X.
+    seq = first["entry"]["seq"]
+    size, hashes = await directory.store.inclusion_proof(seq)
+    again = {**first, "checkpoint": (await directory.store.checkpoint()).decode(),
+             "inclusion_proof": InclusionProof(seq - 1, size, tuple(hashes)).to_wire()}
+    reply = await push(world, world.b, again)
+    assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
+    y_size = on_y["inclusion_proof"]["tree_size"]
+    assert logged.size < y_size < size
+    assert (await push(world, world.b, on_y)).status == 200
+    held = await book.directory_checkpoint()
+    assert held is not None and held.size == y_size, (held, y_size)
