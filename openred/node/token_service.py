@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from openred.crypto.client import JailClient
 from openred.crypto.grants import Grant, check_sealed_token, verify_grant_signature
 from openred.crypto.identity import NodeId, SignKey, from_b64url
+from openred.crypto.transparency import directory_origin
 from openred.errors import (
     ConcurrencyConflict,
     CryptoError,
@@ -129,6 +130,9 @@ class TokenReceiver:
         self.own_record = own_record
         """The ``record_hash`` of this node's current signed record (None: it has none yet)."""
         self.directory_key = directory_key
+        self.origin = directory_origin(directory_key)
+        """The pinned directory's log: checkpoints held of another (a directory pinned before,
+        replaced under a new key) are not compared with its deliveries."""
         self.store = store
         self.jail = jail
         self.book = book
@@ -211,7 +215,7 @@ class TokenReceiver:
             known, peer_version = await self._known_peer(verdict.peer)
             decision = decide_receive(
                 await self.book.token_state(grant.grant_id), command, me=self.me,
-                known_peer=known, held=await self.book.directory_checkpoint(), now=now,
+                known_peer=known, held=await self.book.directory_checkpoint(self.origin), now=now,
                 peer_stream_version=peer_version,
             )
             if isinstance(decision, Refusal):
@@ -244,7 +248,7 @@ class TokenReceiver:
 
     async def _held_checkpoint(self) -> HeldCheckpoint | None:
         """The newest checkpoint held: logged, or decided on by a delivery still under way."""
-        logged, decided = await self.book.directory_checkpoint(), self._held
+        logged, decided = await self.book.directory_checkpoint(self.origin), self._held
         if decided is None or (logged is not None and logged.size > decided.size):
             return logged
         return decided

@@ -24,7 +24,16 @@ from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
 from openred.crypto.transparency import InclusionProof
 from openred.node import events as ev
-from tests.node.test_app import World, granted, now, problem, push, serve_node
+from openred.web.client import HttpClient, Signer
+from tests.node.test_app import (
+    World,
+    directory_app,
+    granted,
+    now,
+    problem,
+    push,
+    serve_node,
+)
 from tests.node.test_fastpath import world
 from tests.node.world import Directory
 from tests.servers import serve_in_loop
@@ -87,9 +96,9 @@ async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_h
     both_read = asyncio.Event()
     readers = 0
 
-    async def held_when_both_arrived() -> Any:
+    async def held_when_both_arrived(*args: Any) -> Any:
         nonlocal readers
-        held = await read()
+        held = await read(*args)
         readers += 1
         if readers == 2:
             both_read.set()
@@ -470,3 +479,37 @@ async def test_a_grant_accepted_after_an_unlogged_newer_checkpoint_still_pins_it
     assert (await push(world, world.b, on_y)).status == 200
     held = await book.directory_checkpoint()
     assert held is not None and held.size == y_size, (held, y_size)
+
+
+async def test_a_node_pinned_to_a_new_directory_key_takes_its_grants(
+    world: World, tmp_path: Path,
+) -> None:
+    """The way out of a compromised directory is a new one, under a new key, that nodes pin
+    instead. The node kept comparing every delivery with the largest checkpoint it held of
+    any origin — the old directory's, which does not verify under the new key — so it
+    refused every grant of the new directory, for good (tattack)."""
+    _, _, old = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                           issued_at=now())
+    assert (await push(world, world.b, old)).status == 200
+    new = await Directory.open(tmp_path / "new-directory")
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(new.signing.sign(base).signature)
+
+    pusher = HttpClient(signer=Signer("directory", sign_base), allow_private=True, attempts=1)
+    try:
+        async with serve_in_loop(directory_app(new)) as new_url, serve_node(
+                "b", world.jails[1], world.b.data, new.key, new_url, port=port) as b2:
+            for _ in range(2):  # the first is taken on trust, the second checked against it
+                _, _, fresh = await new.pair(world.a, b2,  # type: ignore[arg-type]
+                                             issued_at=now())
+                reply = await pusher.request("POST", f"{b2.url}/api/v3/tokens/receive",
+                                             json_body=fresh, signed=True)
+                assert reply.status == 200, reply.body
+            held = await b2.services.tokens._held_checkpoint()
+            assert held is not None and held.origin == f"openred/{new.key.node_id}"
+    finally:
+        await pusher.close()
+        await new.close()
