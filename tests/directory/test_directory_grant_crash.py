@@ -141,6 +141,8 @@ def test_a_directory_killed_during_registrations_and_grants_accounts_for_every_g
                     with lock:
                         cut_off += 1  # the directory died under it
                     continue
+                if status in (429, 503):  # busy (a slow jail under load): nothing to count
+                    continue
                 assert status in (201, 502), (status, body)
                 if status == 502:
                     assert body["type"].endswith(":push-failed"), body
