@@ -10,7 +10,8 @@
    ``outdated-record``, logged), before any costlier work;
 4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
    grant is in the directory's log, consistent with the checkpoint this node holds (422); a
-   fork is logged as evidence (``DirectoryForkDetected``) and refused (409). A checkpoint
+   fork is logged as evidence (``DirectoryForkDetected``: each pair of checkpoints once, at
+   most :data:`MAX_FORK_EVIDENCE`) and refused (409). A checkpoint
    that would become the one held is checked again, under a lock, against the newest one a
    delivery of this process decided to hold when that moved meanwhile: two deliveries pushed
    at once are each consistent with the older checkpoint, not necessarily with each other
@@ -303,7 +304,8 @@ class TokenReceiver:
             stored = await self.store.append_one(replace(
                 fork_evidence(grant_id, held, received), expected_version=state.version))
         except ConcurrencyConflict:  # another refused push logged one meanwhile
-            return "evidence logged by a concurrent push"
+            return ("this pair not logged: a concurrent push logged a DirectoryForkDetected "
+                    "meanwhile")
         return f"both checkpoints kept as DirectoryForkDetected (seq {stored.seq})"
 
     async def _known_peer(self, peer: PeerInfo) -> tuple[PeerInfo | None, int | None]:
