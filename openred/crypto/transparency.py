@@ -38,6 +38,7 @@ __all__ = [
     "CONNECTION_GRANTED",
     "InclusionProof",
     "connection_granted_payload",
+    "decode_hashes",
     "directory_origin",
     "entry_from_wire",
     "entry_to_wire",

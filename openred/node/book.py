@@ -81,12 +81,15 @@ class NodeBook:
         return PeerInfo(NodeId(row.node_id), row.api_url, SignKey.from_b64url(row.sign_key),
                         BoxKey.from_b64url(row.box_key))
 
-    async def directory_checkpoint(self) -> HeldCheckpoint | None:
+    async def directory_checkpoint(self, origin: str | None = None) -> HeldCheckpoint | None:
+        """The largest directory checkpoint held; of the log ``origin`` when given (the
+        pinned directory's: one held of a directory pinned before does not count)."""
+        query = select(DirectoryCheckpointRow)
+        if origin is not None:
+            query = query.where(col(DirectoryCheckpointRow.origin) == origin)
         async with self.reads.session() as s:
             row = (await s.exec(
-                select(DirectoryCheckpointRow).order_by(
-                    col(DirectoryCheckpointRow.size).desc()
-                ).limit(1)
+                query.order_by(col(DirectoryCheckpointRow.size).desc()).limit(1)
             )).first()
         if row is None:
             return None

@@ -116,9 +116,11 @@ class DirectoryCheckpointProjection:
         p = event.payload
         held = p.get("directory_checkpoint")
         if held is not None:
+            # Only a larger one replaces it: two deliveries decided at once may be logged in
+            # either order, and the checkpoint held must never go back (decisions, tattack).
             yield Upsert("directory_checkpoint", ("origin",), {
                 "origin": held["origin"], "size": held["size"], "checkpoint": held["note"],
-            })
+            }, grows="size")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from openred.crypto.client import JailClient, JailSigner, PublicKeys
 from openred.crypto.identity import b64url, from_b64url
 from openred.crypto.methods import MethodRegistry
 from openred.crypto.records import SignedNodeRecord
-from openred.errors import NodeRefused, OpenRedError, PeerUnreachable, TransportError
+from openred.crypto.transparency import decode_hashes
+from openred.errors import (
+    NodeRefused,
+    OpenRedError,
+    PeerUnreachable,
+    TransparencyError,
+    TransportError,
+)
 from openred.modules import LoadReport, load_modules
 from openred.modules.messaging import MESSAGING_SERVICE
 from openred.modules.messaging.service import Messaging, PeerBudget, Receipt
@@ -168,7 +175,10 @@ def _refusal_from(reply: Reply, what: str) -> NodeRefused:
 def _checkpoint_answer(body: object) -> tuple[bytes, list[bytes]]:
     """The directory's ``{checkpoint, consistency_proof}``: the note's bytes and the hashes.
 
-    Anything else is a TransportError (the push being checked gets 502), never a 500.
+    Anything else is a TransportError (the push being checked gets 502), never a 500. A
+    hash that is not 32 bytes, or more hashes than any proof has, is malformed too: only a
+    well-formed proof that fails is a fork (logged as evidence), not an answer garbled on
+    the way.
     """
     malformed = TransportError("the directory's checkpoint answer is malformed")
     if not isinstance(body, dict):
@@ -177,8 +187,8 @@ def _checkpoint_answer(body: object) -> tuple[bytes, list[bytes]]:
     if not isinstance(note, str) or not isinstance(proof, list):
         raise malformed
     try:
-        return note.encode("utf-8"), [from_b64url(h) for h in proof]
-    except ValueError:  # a hash that is not base64url text, a note that is not UTF-8
+        return note.encode("utf-8"), decode_hashes(proof, "consistency proof")
+    except (ValueError, TransparencyError):  # not base64url, not 32 bytes, a note not UTF-8
         raise malformed from None
 
 
@@ -448,7 +458,7 @@ class NodeServices:
     async def request_grant(self, peer: str) -> str:
         """Ask the directory for a grant to ``peer`` (it pushes both halves before answering)."""
         url = self.settings.directory_url
-        since = self.store.head.size
+        since, forks = self.store.head.size, self.tokens.forks_refused
         try:
             reply = await self.http.request(
                 "POST", f"{url}{REQUEST_CONNECTION_PATH}",
@@ -462,7 +472,9 @@ class NodeServices:
             raise directory_unreachable(url, exc) from None
         if reply.status != 201:
             refusal = _refusal_from(reply, "the directory")
-            if await self._fork_logged_since(since):
+            # A fork refused meanwhile: logged as evidence, or not (a pair already kept, or
+            # MAX_FORK_EVIDENCE kept), so counted too.
+            if self.tokens.forks_refused != forks or await self._fork_logged_since(since):
                 raise NodeRefused(502, DIRECTORY_FORK, DIRECTORY_FORK_DETAIL) from None
             raise refusal
         body = reply.json()

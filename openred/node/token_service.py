@@ -10,7 +10,8 @@
    ``outdated-record``, logged), before any costlier work;
 4. asks the :class:`DeliveryChecks` port to verify the peer's signed node record and that the
    grant is in the directory's log, consistent with the checkpoint this node holds (422); a
-   fork is logged as evidence (``DirectoryForkDetected``) and refused (409). A checkpoint
+   fork is logged as evidence (``DirectoryForkDetected``: each pair of checkpoints once, at
+   most :data:`MAX_FORK_EVIDENCE`) and refused (409). A checkpoint
    that would become the one held is checked again, under a lock, against the newest one a
    delivery of this process decided to hold when that moved meanwhile: two deliveries pushed
    at once are each consistent with the older checkpoint, not necessarily with each other
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 from openred.crypto.client import JailClient
 from openred.crypto.grants import Grant, check_sealed_token, verify_grant_signature
 from openred.crypto.identity import NodeId, SignKey, from_b64url
+from openred.crypto.transparency import directory_origin
 from openred.errors import (
     ConcurrencyConflict,
     CryptoError,
@@ -46,6 +48,7 @@ from openred.errors import (
 from openred.node import events as ev
 from openred.node.book import NodeBook
 from openred.node.tokens import (
+    DIRECTORY_STREAM,
     HeldCheckpoint,
     PeerInfo,
     ReceiveToken,
@@ -57,9 +60,12 @@ from openred.node.tokens import (
 from openred.store.events import NewEvent
 from openred.store.sqlite import SQLiteEventStore
 
-__all__ = ["DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
+__all__ = ["MAX_FORK_EVIDENCE", "DeliveryChecks", "Forked", "TokenReceiver", "Verified"]
 
 logger = logging.getLogger("openred.node")
+
+MAX_FORK_EVIDENCE = 16
+"""``DirectoryForkDetected`` events a node keeps at most (one per pair of checkpoints)."""
 
 DELIVERY_KEYS = frozenset({
     "grant", "grant_signature", "sealed_token", "peer_record", "entry", "checkpoint",
@@ -125,6 +131,9 @@ class TokenReceiver:
         self.own_record = own_record
         """The ``record_hash`` of this node's current signed record (None: it has none yet)."""
         self.directory_key = directory_key
+        self.origin = directory_origin(directory_key)
+        """The pinned directory's log: checkpoints held of another (a directory pinned before,
+        replaced under a new key) are not compared with its deliveries."""
         self.store = store
         self.jail = jail
         self.book = book
@@ -135,6 +144,9 @@ class TokenReceiver:
         """The newest checkpoint a delivery of this process decided to hold (it may not be
         logged yet: deliveries checked meanwhile must be consistent with it too)."""
         self._advancing = asyncio.Lock()
+        self.forks_refused = 0
+        """Deliveries refused as forks since this process started (logged as evidence or
+        not: see :meth:`_keep_fork_evidence`)."""
 
     async def receive(self, body: object, now: int) -> dict[str, str]:
         """Accept a delivery; ``{grant_id, status}`` with status received or duplicate."""
@@ -194,13 +206,18 @@ class TokenReceiver:
                     verdict = await self._verify(body, grant, peer_id, held)
                 if _advances(verdict.checkpoint, held):
                     self._held = verdict.checkpoint
-        # 6. decide and append (once more if a concurrent delivery of the same grant won)
+        # 6. decide and append (once more if a concurrent delivery of the same grant won).
+        #    The checkpoint is logged with the token unless a larger one is logged already:
+        #    compared with the logged one, not with one held in memory only (a duplicate or
+        #    a refused delivery advances that, logs nothing, and is forgotten at a restart;
+        #    the grant accepted here must keep its own checkpoint pinned).
         command = ReceiveToken(grant, signature, sealed, verdict.peer, verdict.checkpoint)
         for _attempt in (1, 2):
             known, peer_version = await self._known_peer(verdict.peer)
             decision = decide_receive(
                 await self.book.token_state(grant.grant_id), command, me=self.me,
-                known_peer=known, held=held, now=now, peer_stream_version=peer_version,
+                known_peer=known, held=await self.book.directory_checkpoint(self.origin), now=now,
+                peer_stream_version=peer_version,
             )
             if isinstance(decision, Refusal):
                 raise decision.error()
@@ -232,7 +249,7 @@ class TokenReceiver:
 
     async def _held_checkpoint(self) -> HeldCheckpoint | None:
         """The newest checkpoint held: logged, or decided on by a delivery still under way."""
-        logged, decided = await self.book.directory_checkpoint(), self._held
+        logged, decided = await self.book.directory_checkpoint(self.origin), self._held
         if decided is None or (logged is not None and logged.size > decided.size):
             return logged
         return decided
@@ -254,18 +271,42 @@ class TokenReceiver:
             raise _bad(422, "unverifiable-delivery", str(exc)) from None
         if isinstance(verdict, Forked):
             assert held is not None, "a fork needs a checkpoint held before"
-            stored = await self.store.append_one(
-                fork_evidence(grant.grant_id, held, verdict.received_checkpoint)
-            )
+            self.forks_refused += 1
+            kept = await self._keep_fork_evidence(grant.grant_id, held,
+                                                  verdict.received_checkpoint)
             # The operator hears it from the node itself (the push's 409 reaches only the
             # directory, whose log is the one in question, and it relays what it likes).
             logger.error("the directory's checkpoint for grant %s is inconsistent with the one "
                          "this node holds (size %d): its log was forked or rolled back; grant "
-                         "refused, both checkpoints kept as DirectoryForkDetected (seq %d)",
-                         grant.grant_id, held.size, stored.seq)
+                         "refused, %s", grant.grant_id, held.size, kept)
             raise _bad(409, "directory-fork",
                        "the directory's checkpoint is inconsistent with the one this node holds")
         return verdict
+
+    async def _keep_fork_evidence(self, grant_id: str, held: HeldCheckpoint,
+                                  received: str) -> str:
+        """Log ``DirectoryForkDetected`` for a pair of checkpoints not kept yet, up to
+        :data:`MAX_FORK_EVIDENCE` in all; what was done, for the operator's log line.
+
+        One pair proves the directory showed two histories; a directory pushing the same
+        forked delivery again, or signing forks without end, does not grow the log by two
+        notes a push (the push is refused all the same).
+        """
+        state = await self.store.load_stream(DIRECTORY_STREAM)
+        for event in state.events:
+            if (event.payload.get("held_checkpoint") == held.note
+                    and event.payload.get("received_checkpoint") == received):
+                return f"both checkpoints already kept as DirectoryForkDetected (seq {event.seq})"
+        if len(state.events) >= MAX_FORK_EVIDENCE:
+            return (f"{len(state.events)} DirectoryForkDetected already kept: this pair of "
+                    "checkpoints is not logged")
+        try:
+            stored = await self.store.append_one(replace(
+                fork_evidence(grant_id, held, received), expected_version=state.version))
+        except ConcurrencyConflict:  # another refused push logged one meanwhile
+            return ("this pair not logged: a concurrent push logged a DirectoryForkDetected "
+                    "meanwhile")
+        return f"both checkpoints kept as DirectoryForkDetected (seq {stored.seq})"
 
     async def _known_peer(self, peer: PeerInfo) -> tuple[PeerInfo | None, int | None]:
         """The record held for ``peer``'s node, with its version when ``peer`` differs from it.

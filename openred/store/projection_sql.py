@@ -23,21 +23,25 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @functools.lru_cache(maxsize=1024)
 def _statement(kind: type[RowOp], table: str, columns: tuple[str, ...],
-               key: tuple[str, ...]) -> str:
+               key: tuple[str, ...], grows: str | None = None) -> str:
     """The SQL text of one shape of row operation, built and checked once per shape.
 
     ``columns`` are the Upsert's row columns or the Update's SET columns; ``key`` the Upsert's
-    conflict key or the WHERE columns.
+    conflict key or the WHERE columns; ``grows`` the Upsert's column that must grow for an
+    existing row to be replaced.
     """
-    for name in (table, *columns, *key):
+    for name in (table, *columns, *key, *([grows] if grows is not None else [])):
         if not _IDENT.fullmatch(name):
             raise StoreError(f"projection used an invalid SQL identifier: {name!r}")
     if kind is Upsert:
         updates = [c for c in columns if c not in key]
+        if grows is not None and (grows not in updates):
+            raise StoreError(f"projection's growing column {grows!r} is not one it sets")
+        guard = f" WHERE excluded.{grows} > {table}.{grows}" if grows is not None else ""
         return (
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             f"ON CONFLICT({', '.join(key)}) DO "
-            + (f"UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in updates)}" if updates
+            + (f"UPDATE SET {', '.join(f'{c}=excluded.{c}' for c in updates)}{guard}" if updates
                else "NOTHING")
         )
     where = " AND ".join(f"{c}=?" for c in key)
@@ -48,7 +52,7 @@ def _statement(kind: type[RowOp], table: str, columns: tuple[str, ...],
 
 def _sql_for(op: RowOp) -> tuple[str, tuple[Any, ...]]:
     if isinstance(op, Upsert):
-        return (_statement(Upsert, op.table, tuple(op.row), tuple(op.key)),
+        return (_statement(Upsert, op.table, tuple(op.row), tuple(op.key), op.grows),
                 tuple(op.row.values()))
     if isinstance(op, Update):
         return (_statement(Update, op.table, tuple(op.values), tuple(op.where)),

@@ -21,11 +21,17 @@ SqlValue: TypeAlias = str | int | bytes | None
 
 @dataclass(frozen=True, slots=True)
 class Upsert:
-    """Insert ``row``; if a row with the same ``key`` columns exists, replace its other columns."""
+    """Insert ``row``; if a row with the same ``key`` columns exists, replace its other columns.
+
+    With ``grows`` (a column of ``row``), an existing row is replaced only when ``row``'s value
+    of that column is larger: a row that must never go back (the newest checkpoint held)
+    stays the largest one whatever order the log holds its events in.
+    """
 
     table: str
     key: tuple[str, ...]
     row: Mapping[str, SqlValue]
+    grows: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

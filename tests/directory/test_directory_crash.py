@@ -35,7 +35,8 @@ REGISTER = "/api/v3/nodes/register"
 class Registrant:
     """A fresh node with prepared, signed requests (no jail: the test holds its key)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, api_url: str = "http://127.0.0.1:9") -> None:
+        self.api_url = api_url
         self.sk = nacl.signing.SigningKey.generate()
         self.box = nacl.public.PrivateKey.generate()
         self.directory = directory
@@ -58,7 +59,7 @@ class Registrant:
     def registration(self) -> urllib.request.Request:
         record = NodeRecord.build(sign_key=SignKey(bytes(self.sk.verify_key)),
                                   box_key=BoxKey(bytes(self.box.public_key)),
-                                  api_url="http://127.0.0.1:9", modules=["messaging"],
+                                  api_url=self.api_url, modules=["messaging"],
                                   issued_at=int(time.time()), version=1)
         wire = SignedNodeRecord(record,
                                 self.sk.sign(record.canonical_bytes()).signature).to_wire()
@@ -66,6 +67,12 @@ class Registrant:
 
     def discover(self, node_id: str) -> urllib.request.Request:
         return self._signed("GET", f"/api/v3/nodes/discover?node_id={node_id}")
+
+    def request_connection(self, target: str) -> urllib.request.Request:
+        return self._signed("POST", "/api/v3/tokens/request-connection", {"target": target})
+
+    def checkpoint(self) -> urllib.request.Request:
+        return self._signed("GET", "/api/v3/directory/checkpoint")
 
 
 def status_of(request: urllib.request.Request) -> int:

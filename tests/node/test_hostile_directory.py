@@ -22,8 +22,18 @@ from quart import Quart, Response
 from openred.crypto.client import JailClient
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.records import NodeRecord, SignedNodeRecord, sign_record
+from openred.crypto.transparency import InclusionProof
 from openred.node import events as ev
-from tests.node.test_app import World, granted, now, problem, push, serve_node
+from openred.web.client import HttpClient, Signer
+from tests.node.test_app import (
+    World,
+    directory_app,
+    granted,
+    now,
+    problem,
+    push,
+    serve_node,
+)
 from tests.node.test_fastpath import world
 from tests.node.world import Directory
 from tests.servers import serve_in_loop
@@ -86,9 +96,9 @@ async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_h
     both_read = asyncio.Event()
     readers = 0
 
-    async def held_when_both_arrived() -> Any:
+    async def held_when_both_arrived(*args: Any) -> Any:
         nonlocal readers
-        held = await read()
+        held = await read(*args)
         readers += 1
         if readers == 2:
             both_read.set()
@@ -121,6 +131,11 @@ async def test_checkpoints_of_two_forked_histories_pushed_at_once_are_not_both_h
     {"checkpoint": "NOTE", "consistency_proof": {"0": "AAAA"}},
     {"checkpoint": "NOTE", "consistency_proof": [None, []]},
     {"checkpoint": "NOTE\udc80", "consistency_proof": []},
+    # Hashes that are not 32 bytes, or more of them than any proof has (tattack): a
+    # malformed answer, not a proof that fails; it was taken for a fork and logged as one.
+    {"checkpoint": "NOTE", "consistency_proof": ["AAAA"]},
+    {"checkpoint": "NOTE", "consistency_proof": ["A" * 43 + "A" * 43]},
+    {"checkpoint": "NOTE", "consistency_proof": ["A" * 43] * 10_000},
 ])
 async def test_a_malformed_checkpoint_answer_of_the_directory_is_a_problem_not_a_500(
     world: World, answer: Any,
@@ -351,3 +366,150 @@ async def test_a_grant_for_another_peer_does_not_connect_the_operator_elsewhere(
     assert body["type"].endswith(":wrong-grant")
     assert await world.a.services.book.sessions() == []
     assert (await world.a.services.book.token_state(grant_id)).status.value == "received"
+
+
+async def test_fork_evidence_is_kept_once_per_pair_of_checkpoints_and_bounded(
+    world: World,
+) -> None:
+    """A forking directory pushing the same forked delivery again, or forked deliveries
+    without end, grew the node's log by an event carrying two notes per push (tattack).
+    Each pair of checkpoints is kept once and at most MAX_FORK_EVIDENCE in all; every such
+    push is still refused, and the node takes an honest grant afterwards."""
+    from openred.node.token_service import MAX_FORK_EVIDENCE
+
+    directory = world.directory
+    _, _, honest = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                        issued_at=now())
+    assert (await push(world, world.b, honest)).status == 200
+    directory.serving = directory.fork  # its proofs are of the fork too
+    try:
+        _, _, forked = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                            issued_at=now(), log=directory.fork)
+        for _ in range(3):
+            problem(await push(world, world.b, forked), 409, "directory-fork")
+        store = world.b.services.store
+        assert len(await store.read_stream("directory")) == 1
+        for _ in range(MAX_FORK_EVIDENCE + 3):
+            _, _, other = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                               issued_at=now(), log=directory.fork)
+            problem(await push(world, world.b, other), 409, "directory-fork")
+        evidence = await store.read_stream("directory")
+        assert len(evidence) == MAX_FORK_EVIDENCE
+        assert len({e.payload["received_checkpoint"] for e in evidence}) == MAX_FORK_EVIDENCE
+    finally:
+        directory.serving = directory.store
+    # The honest log moves on; the node still takes its grants.
+    _, _, later = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, later)).status == 200
+
+
+async def test_the_checkpoint_held_never_goes_back_when_two_deliveries_log_out_of_order(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two grants pushed at once, with checkpoints X < Y (both newer than the one held): X's
+    delivery decided first (so its TokenReceived carries X), Y's checked against X (carries
+    Y), and Y's appended first. The projection kept the last one logged: X, so the node held
+    an older checkpoint than one it had accepted a grant on — after a restart it took a
+    history without Y's grant (tattack)."""
+    directory, tokens = world.directory, world.b.services.tokens
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    gx, _, x = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                    issued_at=now())
+    gy, _, y = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                    issued_at=now())
+    x_size, y_size = x["inclusion_proof"]["tree_size"], y["inclusion_proof"]["tree_size"]
+    assert x_size < y_size
+    verify, append = tokens.checks.verify, tokens.store.append
+    y_logged = asyncio.Event()
+
+    async def x_decides_first(delivery: Any, grant: Any, peer: Any, held: Any) -> Any:
+        if grant.grant_id == gy.grant_id and (held is None or held.size < x_size):
+            async def x_held() -> None:
+                while tokens._held is None or tokens._held.size != x_size:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(x_held(), 5)
+        return await verify(delivery, grant, peer, held)
+
+    async def y_logged_first(events: Any, *args: Any, **kw: Any) -> Any:
+        streams = {e.stream for e in events}
+        if ev.grant_stream(gx.grant_id) in streams:
+            await asyncio.wait_for(y_logged.wait(), 5)
+        done = await append(events, *args, **kw)
+        if ev.grant_stream(gy.grant_id) in streams:
+            y_logged.set()
+        return done
+
+    monkeypatch.setattr(tokens.checks, "verify", x_decides_first)
+    monkeypatch.setattr(tokens.store, "append", y_logged_first)
+    replies = await asyncio.gather(push(world, world.b, x), push(world, world.b, y))
+    assert [r.status for r in replies] == [200, 200], [r.body for r in replies]
+    held = await world.b.services.book.directory_checkpoint()
+    assert held is not None and held.size == y_size, (held, x_size, y_size)
+
+
+async def test_a_grant_accepted_after_an_unlogged_newer_checkpoint_still_pins_its_own(
+    world: World,
+) -> None:
+    """A directory re-pushes a grant the node already holds with a newer checkpoint X (a
+    duplicate: nothing logged, X held in memory only), then pushes a grant on checkpoint Y,
+    older than X, newer than the one logged. Y's TokenReceived did not carry Y (it did not
+    advance past X), so after a restart the node held the checkpoint before Y and would take
+    a history hiding the grant it accepted on Y (tattack)."""
+    directory, book = world.directory, world.b.services.book
+    _, _, first = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                       issued_at=now())
+    assert (await push(world, world.b, first)).status == 200
+    logged = await book.directory_checkpoint()
+    assert logged is not None
+    _, _, on_y = await directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                      issued_at=now())
+    await directory.pair(world.a, world.b, issued_at=now())  # type: ignore[arg-type]
+    # The first grant again, proven in the directory's newest checkpoint X.
+    seq = first["entry"]["seq"]
+    size, hashes = await directory.store.inclusion_proof(seq)
+    again = {**first, "checkpoint": (await directory.store.checkpoint()).decode(),
+             "inclusion_proof": InclusionProof(seq - 1, size, tuple(hashes)).to_wire()}
+    reply = await push(world, world.b, again)
+    assert reply.status == 200 and reply.json()["status"] == "duplicate", reply.body
+    y_size = on_y["inclusion_proof"]["tree_size"]
+    assert logged.size < y_size < size
+    assert (await push(world, world.b, on_y)).status == 200
+    held = await book.directory_checkpoint()
+    assert held is not None and held.size == y_size, (held, y_size)
+
+
+async def test_a_node_pinned_to_a_new_directory_key_takes_its_grants(
+    world: World, tmp_path: Path,
+) -> None:
+    """The way out of a compromised directory is a new one, under a new key, that nodes pin
+    instead. The node kept comparing every delivery with the largest checkpoint it held of
+    any origin — the old directory's, which does not verify under the new key — so it
+    refused every grant of the new directory, for good (tattack)."""
+    _, _, old = await world.directory.pair(world.a, world.b,  # type: ignore[arg-type]
+                                           issued_at=now())
+    assert (await push(world, world.b, old)).status == 200
+    new = await Directory.open(tmp_path / "new-directory")
+    port = int(world.b.url.rsplit(":", 1)[1])
+    await world.b_server.aclose()
+
+    async def sign_base(base: bytes) -> bytes:
+        return bytes(new.signing.sign(base).signature)
+
+    pusher = HttpClient(signer=Signer("directory", sign_base), allow_private=True, attempts=1)
+    try:
+        async with serve_in_loop(directory_app(new)) as new_url, serve_node(
+                "b", world.jails[1], world.b.data, new.key, new_url, port=port) as b2:
+            for _ in range(2):  # the first is taken on trust, the second checked against it
+                _, _, fresh = await new.pair(world.a, b2,  # type: ignore[arg-type]
+                                             issued_at=now())
+                reply = await pusher.request("POST", f"{b2.url}/api/v3/tokens/receive",
+                                             json_body=fresh, signed=True)
+                assert reply.status == 200, reply.body
+            held = await b2.services.tokens._held_checkpoint()
+            assert held is not None and held.origin == f"openred/{new.key.node_id}"
+    finally:
+        await pusher.close()
+        await new.close()
