@@ -264,9 +264,10 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"directory serving on {_safe(settings.base_url)}")
     try:
-        run(create_app(settings), settings.host, settings.port)
+        # Said once it takes connections, not before its jail, log and socket are up.
+        run(create_app(settings), settings.host, settings.port,
+            ready=lambda: console.print(f"directory serving on {_safe(settings.base_url)}"))
     except OpenRedError as exc:
         _fail(str(exc))
 
@@ -538,10 +539,12 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     except OpenRedError as exc:
         _fail(str(exc))
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    console.print(f"node serving on {_safe(settings.base_url)} (listening on "
-                  f"{_safe(settings.host)}:{settings.port})")
+    def serving() -> None:  # once it and its admin API take connections
+        console.print(f"node serving on {_safe(settings.base_url)} (listening on "
+                      f"{_safe(settings.host)}:{settings.port})")
+
     try:
-        run_node(settings)
+        run_node(settings, ready=serving)
     except OpenRedError as exc:
         _fail(str(exc))
 

@@ -67,6 +67,13 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 MAX_ENV_BYTES = 1 << 20
 
+PUSH_TIMEOUT = 5
+"""Seconds a directory waits for a node's answer to one push of a grant half (the default of
+``OPENRED_PUSH_TIMEOUT``). A node's answer is budgeted against it: the consistency proof it may
+fetch from the directory meanwhile gets half of it, every attempt and backoff included
+(:data:`openred.node.services.PROOF_FETCH_BUDGET`), so it answers — a 503 when the proof did
+not come in time — while the push still waits."""
+
 
 def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines of a ``.env`` file (``#`` comments, optional quotes, an optional
@@ -320,7 +327,10 @@ class DirectorySettings(ServiceSettings):
                                         twice that in all)
     ``OPENRED_RATE_PER_CLIENT``         signed requests one node may make per window (600)
     ``OPENRED_PUSH_ATTEMPTS``           tries per token push (3)
-    ``OPENRED_PUSH_TIMEOUT``            seconds per push attempt (5)
+    ``OPENRED_PUSH_TIMEOUT``            seconds per push attempt (5, :data:`PUSH_TIMEOUT`;
+                                        nodes answer within half of the default: a
+                                        shorter one can give up on a node still
+                                        fetching its consistency proof)
     ``OPENRED_PUSHES_PER_NETWORK``      pushes in flight for grants one client network
                                         (IPv4 address, IPv6 /64) asked for (8: 4 grants)
     ``OPENRED_PUSHES_IN_FLIGHT``        pushes in flight in all, and the push client's
@@ -340,7 +350,7 @@ class DirectorySettings(ServiceSettings):
     rate_per_target: int = 60
     rate_per_client: int = 600
     push_attempts: int = 3
-    push_timeout: float = 5.0
+    push_timeout: float = float(PUSH_TIMEOUT)
     pushes_per_network: int = 8
     pushes_in_flight: int = 256
 
@@ -379,7 +389,7 @@ class DirectorySettings(ServiceSettings):
             rate_per_target=v.integer("RATE_PER_TARGET", 60, minimum=1),
             rate_per_client=v.integer("RATE_PER_CLIENT", 600, minimum=1),
             push_attempts=v.integer("PUSH_ATTEMPTS", 3, minimum=1),
-            push_timeout=float(v.integer("PUSH_TIMEOUT", 5, minimum=1)),
+            push_timeout=float(v.integer("PUSH_TIMEOUT", PUSH_TIMEOUT, minimum=1)),
             pushes_per_network=v.integer("PUSHES_PER_NETWORK", 8, minimum=2),
             pushes_in_flight=v.integer("PUSHES_IN_FLIGHT", 256, minimum=2),
         )

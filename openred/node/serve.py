@@ -4,10 +4,11 @@
 starts it for a development keystore, and opens the node's services), then — once the services
 are open — the local admin API on 127.0.0.1, the :class:`~openred.node.lifecycle.Registrar`
 (registration, heartbeats) and the :class:`~openred.node.lifecycle.Housekeeper` (the tasks
-modules add, such as file_sharing's offer expiry, and the projection sweep). The admin URL is
-written to ``DATA_DIR/admin-url`` for the CLI and removed on exit. SIGTERM or SIGINT stops the
-registrar and the housekeeper first, then both servers (requests in flight finish), then the app
-closes its services, store and jail.
+modules add, such as file_sharing's offer expiry, and the projection sweep), once both
+servers take connections. The admin URL is then written to ``DATA_DIR/admin-url`` for the CLI
+(and removed on exit), and ``ready`` is called ("node serving on" of the command). SIGTERM or
+SIGINT stops the registrar and the housekeeper first, then both servers (requests in flight
+finish), then the app closes its services, store and jail.
 
 ``OPENRED_ADMIN_PORT`` sets the admin port (default: the node's port + 100).
 """
@@ -19,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 from hypercorn.utils import LifespanFailureError
 from quart import Quart
@@ -74,11 +76,36 @@ async def _ready(app: Quart, task: asyncio.Task[None]) -> NodeServices:
         await asyncio.sleep(0.02)
 
 
+async def _listening(events: list[asyncio.Event], servers: list[asyncio.Task[None]],
+                     stop: asyncio.Event) -> bool:
+    """Wait until every event is set (each server takes connections): True; False if ``stop``
+    came first; a server's own error if one ended before."""
+    async def all_set() -> None:
+        for event in events:
+            await event.wait()
+
+    listening = asyncio.create_task(all_set())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({listening, stopping, *servers}, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:
+            if server.done():
+                server.result()
+                raise ConfigurationError("the node stopped before it was serving")
+        return listening.done()
+    finally:
+        for task in (listening, stopping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def serve_node(
     settings: NodeSettings, *, stop: asyncio.Event | None = None,
-    retry_interval: float = 5.0,
+    retry_interval: float = 5.0, ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve the node until ``stop`` is set, or SIGTERM/SIGINT when ``stop`` is None."""
+    """Serve the node until ``stop`` is set, or SIGTERM/SIGINT when ``stop`` is None;
+    ``ready`` is called once the node and its admin API take connections."""
     admin_key = ensure_admin_key(settings.data_dir)
     port = admin_port(settings)
     stop = stop or asyncio.Event()
@@ -92,9 +119,10 @@ async def serve_node(
     app = create_app(settings)
     tasks_registry = LifecycleTasks()
     app.extensions[LIFECYCLE_TASKS] = tasks_registry  # modules add their tasks when they load
+    listening = [asyncio.Event(), asyncio.Event()]  # the node's server, the admin API's
     node_task = asyncio.create_task(serve_app(
         app, hypercorn_config(settings.host, settings.port), shutdown=shutdown,
-        install_signals=False))
+        install_signals=False, ready=listening[0].set))
     tasks: list[asyncio.Task[None]] = [node_task]
     url_file = settings.data_dir / ADMIN_URL_FILE
     try:
@@ -113,7 +141,11 @@ async def serve_node(
         explain_missing_routes(admin, services.modules)
         tasks.append(asyncio.create_task(serve_app(
             admin, hypercorn_config(ADMIN_HOST, port), shutdown=shutdown,
-            install_signals=False)))
+            install_signals=False, ready=listening[1].set)))
+        # Registered (the directory pushes grants here), told to the CLI and said once both
+        # take connections: the services are open before the sockets listen.
+        if not await _listening(listening, tasks, stop):
+            return
         registrar = Registrar(services, retry_interval=retry_interval)
         app.extensions[REGISTRAR] = registrar
         registering = asyncio.create_task(registrar.run())
@@ -121,6 +153,8 @@ async def serve_node(
         url_file.write_text(f"http://{ADMIN_HOST}:{port}\n", encoding="utf-8")
         logger.info("node %s serving on %s, admin API on http://%s:%d", services.keys.node_id,
                     settings.base_url, ADMIN_HOST, port)
+        if ready is not None:
+            ready()
         await freeze_startup_objects()  # as `openred directory serve` does (openred.web.serve.run)
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
@@ -146,10 +180,11 @@ async def serve_node(
                 raise result
 
 
-def run_node(settings: NodeSettings) -> None:
-    """Serve the node until SIGTERM or SIGINT (blocking); a failed start is ConfigurationError."""
+def run_node(settings: NodeSettings, *, ready: Callable[[], None] | None = None) -> None:
+    """Serve the node until SIGTERM or SIGINT (blocking); a failed start is ConfigurationError.
+    ``ready``: called once it and its admin API take connections."""
     try:
-        asyncio.run(serve_node(settings))
+        asyncio.run(serve_node(settings, ready=ready))
     except LifespanFailureError as exc:
         raise ConfigurationError(f"the node failed to start: {startup_failure(exc)}") from exc
     except OSError as exc:

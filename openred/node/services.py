@@ -56,6 +56,7 @@ from openred.node.settings import NodeSettings
 from openred.node.token_service import TokenReceiver
 from openred.node.transparency import TransparencyChecks
 from openred.node.transport import post_envelope
+from openred.settings import PUSH_TIMEOUT
 from openred.store.sqlite import DATABASE_NAME, SQLiteEventStore, readonly_uri
 from openred.web.client import HttpClient, Reply, Signer
 from openred.web.problems import INTERNAL_DETAILS, LOGGED_BY_PRODUCER
@@ -75,6 +76,17 @@ BATCH_IN_FLIGHT: Final = 1
 measured best once messages wait for their ``MessageSent`` in the queue, docs/decisions.md)."""
 MAX_BATCHERS: Final = 1024
 """Peer URLs with a batcher before idle batchers are dropped."""
+PROOF_FETCH_BUDGET: Final = PUSH_TIMEOUT / 2
+"""Seconds the consistency proof a push needs may take to fetch from the directory, every
+attempt and backoff included: half of what the directory waits for the push's answer
+(:data:`openred.settings.PUSH_TIMEOUT`), so the node answers while the push still waits —
+503 ``directory-unreachable`` with Retry-After when the proof did not come, the half not
+accepted, and the directory's next attempt pushes it again. Before, the fetch had the client's
+10 s × 3 tries: the push gave up first (``ConnectionGrantFailed``) on a node still checking."""
+PROOF_FETCH_ATTEMPTS: Final = 2
+"""Tries of that fetch inside its budget (a second one only if the first failed fast)."""
+PROOF_RETRY_AFTER: Final = 1
+"""Retry-After (seconds) of the 503 a push gets when the proof did not come in time."""
 GRANT_TIMEOUT = 17.0
 """Seconds a ``request-connection`` may take (one attempt: it mints a grant, so it is sent
 again only after a 503 or when no connection was made). The directory pushes both halves
@@ -134,6 +146,17 @@ def directory_unreachable(url: str, exc: PeerUnreachable) -> NodeRefused:
     return NodeRefused(502, DIRECTORY_UNREACHABLE,
                        f"the directory at {url} is unreachable ({cause}): no new connection "
                        "until it is back; sessions already established keep working")
+
+
+def _proof_unavailable(cause: str) -> NodeRefused:
+    """503 for a push whose consistency proof the directory did not give within
+    :data:`PROOF_FETCH_BUDGET` (``cause``: why): nothing accepted, push it again."""
+    refused = NodeRefused(
+        503, DIRECTORY_UNREACHABLE,
+        f"no consistency proof from the directory within {PROOF_FETCH_BUDGET:g} s ({cause}): "
+        "the grant half is not accepted; push it again")
+    refused.retry_after = PROOF_RETRY_AFTER
+    return refused
 
 
 def _refusal_from(reply: Reply, what: str) -> NodeRefused:
@@ -316,7 +339,14 @@ class NodeServices:
 
         async def fetch(from_size: int, to_size: int) -> tuple[bytes, list[bytes]]:
             url = f"{settings.directory_url}{CHECKPOINT_PATH}?from={from_size}&to={to_size}"
-            reply = await http.request("GET", url)
+            try:
+                reply = await http.request("GET", url, attempts=PROOF_FETCH_ATTEMPTS,
+                                           budget=PROOF_FETCH_BUDGET)
+            except PeerUnreachable as exc:
+                cause = str(exc).partition(" attempts: ")[2] or str(exc)
+                raise _proof_unavailable(cause) from None
+            if reply.status >= 500:
+                raise _proof_unavailable(f"it answered {reply.status}")
             if not reply.ok:
                 raise _refusal_from(reply, "the directory")
             return _checkpoint_answer(reply.json())

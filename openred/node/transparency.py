@@ -14,8 +14,10 @@ For a delivery (DESIGN §5, CONTRACTS "Signed node records and grants"):
    the directory moving on meanwhile (every grant it mints moves its newest checkpoint)
    changes nothing: the proof is between the node's own two notes.
 
-A fork (:class:`~openred.errors.ForkDetected`) becomes :class:`Forked`; every other failure
-raises (the receiver answers 422).
+A fork (:class:`~openred.errors.ForkDetected`) becomes :class:`Forked`; a proof the directory
+did not give in time (a 5xx :class:`~openred.errors.RequestRefused` of the port) is raised as it
+is (the receiver answers 503: push again); every other failure raises (the receiver answers
+422).
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ class TransparencyChecks:
         try:
             _, proof = await self.fetch(small.size, large.size)
         except RequestRefused as exc:
+            if exc.status >= 500:
+                # No proof now (the directory unreachable, slow or busy past the fetch's
+                # budget): the push is refused for now (503), not judged.
+                raise
             # The directory's own refusal to prove it (a log restored from an older copy has
             # no entry at the size held): the delivery does not verify, rather than the
             # directory's status passed on as if it were this node's answer.

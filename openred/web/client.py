@@ -210,6 +210,7 @@ class HttpClient:
         replayable: bool = True,
         timeout: float | None = None,
         max_reply: int = MAX_REPLY_BYTES,
+        budget: float | None = None,
     ) -> Reply:
         """Send one request (retried on transport failures and 502/503/504); its Reply.
 
@@ -222,6 +223,9 @@ class HttpClient:
         answer, a 502 or a 504. ``timeout`` replaces the client's total time per attempt.
         ``max_reply``: the most bytes of an answer's body read (at most
         :data:`MAX_REPLY_BYTES`); a longer answer is a transport failure.
+        ``budget``: the most seconds the whole request takes, every attempt and backoff
+        included (each attempt gets what is left, at most its own total time; none starts
+        once it is spent): a caller that must answer someone else in time.
         """
         self._check(url)
         if body is not None:
@@ -241,26 +245,42 @@ class HttpClient:
         retry_statuses = RETRY_STATUSES if replayable else _UNDONE_STATUSES
         per_attempt = None if timeout is None else aiohttp.ClientTimeout(
             total=timeout, connect=self._timeout.connect)
+        base_timeout = per_attempt or self._timeout
+        deadline = None if budget is None else time.monotonic() + budget
         last: Exception | None = None
-        attempt = 0
+        answered: Reply | None = None  # a retried answer, returned when no time is left
+        made = 0
         for attempt in range(tries):
-            if attempt:
-                await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (1 + random.random()))
+            pause = self.backoff * (2 ** (attempt - 1)) * (1 + random.random()) if attempt else 0
+            if deadline is not None:
+                left = deadline - time.monotonic() - pause
+                if left <= 0:
+                    if answered is not None:
+                        return answered
+                    last = last or TimeoutError(f"no time left of its {budget} s")
+                    break
+                per_attempt = aiohttp.ClientTimeout(
+                    total=min(base_timeout.total or left, left),
+                    connect=min(base_timeout.connect or left, left))
+            if pause:
+                await asyncio.sleep(pause)
             send_headers = dict(base_headers)
             if signed:
                 send_headers = await self._sign(method, url, send_headers, body)
+            made += 1
             try:
                 reply = await self._send(method, url, send_headers, body, per_attempt,
                                          min(max_reply, MAX_REPLY_BYTES))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = exc
+                last, answered = exc, None
                 if replayable or isinstance(exc, aiohttp.ClientConnectorError):
                     continue
                 break  # it may have been received and acted on
             if reply.status in retry_statuses and attempt + 1 < tries:
+                answered = reply
                 continue
             return reply
-        raise PeerUnreachable(f"{method} {url} failed after {attempt + 1} attempts: "
+        raise PeerUnreachable(f"{method} {url} failed after {made} attempts: "
                               f"{describe(last)}") from last
 
     async def _sign(

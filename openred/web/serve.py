@@ -16,10 +16,11 @@ import os
 import re
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.logging import Logger
 from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
@@ -28,7 +29,7 @@ from openred.web.logging import access_logger, error_logger
 
 __all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVE_CLEANUPS", "add_serve_cleanup",
            "freeze_startup_objects", "hypercorn_config", "run", "serve_app", "startup_failure",
-           "tune_gc"]
+           "tell_when_listening", "tune_gc"]
 
 logger = logging.getLogger("openred.web")
 
@@ -90,11 +91,39 @@ def startup_failure(exc: LifespanFailureError) -> str:
     return match.group(1) if match else text
 
 
+def tell_when_listening(config: Config, ready: Callable[[], None]) -> None:
+    """Have Hypercorn call ``ready`` once every socket of ``config`` takes connections.
+
+    Hypercorn binds and listens only after the app's start-up (its ``before_serving``
+    functions: the jail, the log) and logs one "Running on …" info line per socket right
+    after that socket is served (``hypercorn.asyncio.run.worker_serve``). Nothing else marks
+    that moment, so the logger it builds from ``config`` counts those lines (whether or not
+    the error log is written anywhere). A "serving on" said before it was refused to a client
+    that took it at its word (``tests/cli/test_serving_line.py``). Call before serving.
+    """
+    expected, heard = len(config.bind), 0
+
+    class Listening(Logger):
+        async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+            nonlocal heard
+            await super().info(message, *args, **kwargs)
+            if message.startswith("Running on "):
+                heard += 1
+                if heard == expected:
+                    ready()
+
+    config.logger_class = Listening
+
+
 async def serve_app(
     app: Quart, config: Config, *, shutdown: asyncio.Event | None = None,
-    install_signals: bool = True,
+    install_signals: bool = True, ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``)."""
+    """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``).
+    ``ready`` is called once the app has started and its sockets take connections
+    (:func:`tell_when_listening`)."""
+    if ready is not None:
+        tell_when_listening(config, ready)
     stop = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -145,8 +174,10 @@ async def freeze_startup_objects() -> None:
     tune_gc()
 
 
-def run(app: Quart, host: str, port: int, *, access_log: bool | None = None) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking).
+def run(app: Quart, host: str, port: int, *, access_log: bool | None = None,
+        ready: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT (blocking); ``ready`` is called
+    once it takes connections (what ``openred directory serve`` says "serving on" at).
 
     A port that cannot be bound or an app that fails to start is a ConfigurationError.
     Once the app has started (its own ``before_serving`` functions ran first), the objects
@@ -154,7 +185,8 @@ def run(app: Quart, host: str, port: int, *, access_log: bool | None = None) -> 
     """
     app.before_serving(freeze_startup_objects)
     try:
-        asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log)))
+        asyncio.run(serve_app(app, hypercorn_config(host, port, access_log=access_log),
+                              ready=ready))
     except LifespanFailureError as exc:
         raise ConfigurationError(f"the service failed to start: {startup_failure(exc)}") from exc
     except OSError as exc:

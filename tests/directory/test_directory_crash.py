@@ -17,6 +17,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nacl.public
@@ -26,8 +28,9 @@ from audit_tools.verify import verify
 from openred.crypto.httpsig import HttpRequest, new_nonce, sign_request
 from openred.crypto.identity import BoxKey, SignKey
 from openred.crypto.records import NodeRecord, SignedNodeRecord
-from tests.cli.network import alive, network
+from tests.cli.network import Network, alive, network
 from tests.crypto_jail.test_server import short_dir
+from tests.servers import ServerProcess
 
 REGISTER = "/api/v3/nodes/register"
 
@@ -84,6 +87,37 @@ def status_of(request: urllib.request.Request) -> int:
         return int(exc.code)
 
 
+def kill_mid_load(server: ServerProcess, threads: list[threading.Thread],
+                  loaded: Callable[[], bool], *, within: float,
+                  before: Callable[[], None] = lambda: None,
+                  after: Callable[[], None] = lambda: None) -> None:
+    """Start ``threads`` (the load), wait at most ``within`` seconds for ``loaded()``, then
+    SIGKILL the directory and its jails (``before`` and ``after`` the kill: what the test stops
+    there) and join the threads; no jail outlives the kill."""
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + within
+    while not loaded():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.005)
+    before()
+    jails = server.kill_with_children()
+    after()
+    for thread in threads:
+        thread.join(30)
+    assert not any(alive(pid) for pid in jails)
+
+
+def restart_verified(net: Network) -> tuple[ServerProcess, Path]:
+    """The directory started again with the same command, and its data directory, whose log
+    audit_tools verifies (projections included)."""
+    restarted = net.start_directory()
+    data = net.root / "directory"
+    report = verify(data)
+    assert report.ok, report.reason
+    return restarted, data
+
+
 def test_a_directory_killed_while_nodes_register_keeps_every_acknowledged_registration(
 ) -> None:
     root = short_dir()
@@ -112,25 +146,15 @@ def test_a_directory_killed_while_nodes_register_keeps_every_acknowledged_regist
                     with lock:
                         acknowledged.append(node)
 
-        threads = [threading.Thread(target=register) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while len(acknowledged) < 40:
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.005)
-        jails = server.kill_with_children()
-        with lock:
-            requests.clear()  # the rest is never sent
-        for thread in threads:
-            thread.join(30)
-        assert not any(alive(pid) for pid in jails)
+        def never_sent() -> None:
+            with lock:
+                requests.clear()  # the rest is never sent
+
+        kill_mid_load(server, [threading.Thread(target=register) for _ in range(8)],
+                      lambda: len(acknowledged) >= 40, within=60, after=never_sent)
         assert unanswered, "the kill should have met requests in flight"
 
-        restarted = net.start_directory()
-        data = root / "directory"
-        report = verify(data)
-        assert report.ok, report.reason
+        restarted, data = restart_verified(net)
         with sqlite3.connect(f"file:{data / 'openred.db'}?mode=ro", uri=True) as conn:
             logged = {r[0].removeprefix("node:") for r in conn.execute(
                 "SELECT stream FROM events WHERE type = 'NodeRegistered'")}

@@ -26,7 +26,6 @@ import json
 import random
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,12 +33,16 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from audit_tools.verify import verify
 from openred.store.checkpoint import parse_checkpoint_body
 from openred.store.merkle import root_from_entry_hashes
-from tests.cli.network import alive, network
+from tests.cli.network import network
 from tests.crypto_jail.test_server import short_dir
-from tests.directory.test_directory_crash import Registrant, status_of
+from tests.directory.test_directory_crash import (
+    Registrant,
+    kill_mid_load,
+    restart_verified,
+    status_of,
+)
 from tests.servers import free_port
 
 REQUEST = "/api/v3/tokens/request-connection"
@@ -151,23 +154,12 @@ def test_a_directory_killed_during_registrations_and_grants_accounts_for_every_g
 
         threads = [threading.Thread(target=register) for _ in range(3)]
         threads += [threading.Thread(target=grant) for _ in range(5)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 90
-        while len(answered) < 60 or len(acknowledged) < 20:
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.005)
-        stop.set()  # no request starts after this: those in flight meet the kill
-        jails = server.kill_with_children()
-        for thread in threads:
-            thread.join(30)
-        assert not any(alive(pid) for pid in jails)
+        # stop: no request starts after it, those in flight meet the kill.
+        kill_mid_load(server, threads, lambda: len(answered) >= 60 and len(acknowledged) >= 20,
+                      within=90, before=stop.set)
         assert 502 in answered.values() and 201 in answered.values(), answered
 
-        restarted = net.start_directory()
-        data = root / "directory"
-        report = verify(data)
-        assert report.ok, report.reason
+        restarted, data = restart_verified(net)
         with sqlite3.connect(f"file:{data / 'openred.db'}?mode=ro", uri=True) as conn:
             registered = {r[0].removeprefix("node:") for r in conn.execute(
                 "SELECT stream FROM events WHERE type = 'NodeRegistered'")}

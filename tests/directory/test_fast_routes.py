@@ -102,16 +102,13 @@ async def served(tmp_path: Path, env: dict[str, str], *, fast: bool) -> AsyncIte
 PairFactory = Callable[..., contextlib.AbstractAsyncContextManager[Pair]]
 
 
-@pytest.fixture(autouse=True)
-def frozen_now() -> None:
-    """The instant both directories decide at: now, when the test starts."""
-    global NOW
-    NOW = int(time.time())
-
-
 @pytest.fixture
 async def make_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     ) -> AsyncIterator[PairFactory]:
+    """Pairs of directories; :data:`NOW`, the instant both decide at, is now (when the test
+    starts, not when this module was imported)."""
+    global NOW
+    NOW = int(time.time())
     for name, value in TEST_JAIL_ENV.items():
         monkeypatch.setenv(name, value)
 

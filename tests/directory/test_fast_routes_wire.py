@@ -32,7 +32,6 @@ from tests.directory.test_fast_routes import (
     Peer,
     Served,
     _metrics_agree,
-    frozen_now,  # noqa: F401 - autouse fixture: the pair's clock is now, not the import's
     make_pair,  # noqa: F401 - fixture
     masked_body,
     receiver,

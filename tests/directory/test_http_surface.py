@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 
 from openred.crypto.httpsig import new_nonce
 from tests.directory.test_fast_routes import (
@@ -21,7 +22,6 @@ from tests.directory.test_fast_routes import (
     PairFactory,
     Peer,
     Served,
-    frozen_now,  # noqa: F401 - autouse fixture: the pair's clock is now, not the import's
     make_pair,  # noqa: F401 - fixture
 )
 from tests.directory.test_fast_routes_wire import answers_of, exchange, head, port_of
@@ -65,6 +65,24 @@ async def status(served: Served, data: bytes) -> tuple[int, bytes]:
     return int(answer[0].split()[1]), answer[2]
 
 
+async def registered(side: Served, peer: Peer) -> None:
+    """``peer`` registers on ``side`` (201)."""
+    found = await status(side, signed_bytes(side, peer, "POST", REGISTER, peer.body(1)))
+    assert found[0] == 201, found
+
+
+async def same_on_both_paths(pairs: PairFactory, peer: Peer,
+                             ask: Callable[[Served], Awaitable[object]]) -> None:
+    """A pair with the public URL :data:`PUBLIC`: on each side ``peer`` registers, then
+    ``ask`` (which checks each answer and returns them); both sides answered the same."""
+    async with pairs(OPENRED_PUBLIC_URL=PUBLIC) as pair:
+        answers = []
+        for side in (pair.fast, pair.slow):
+            await registered(side, peer)
+            answers.append(await ask(side))
+        assert answers[0] == answers[1]
+
+
 async def test_a_signature_for_another_url_never_verifies_through_an_odd_request_target(
     make_pair: PairFactory,  # noqa: F811
 ) -> None:
@@ -78,9 +96,7 @@ async def test_a_signature_for_another_url_never_verifies_through_an_odd_request
     body = b"{}"
     async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
         for side in (pair.fast, pair.slow):
-            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
-                                                    alice.body(1)))
-            assert found[0] == 201, found
+            await registered(side, alice)
             odd = [
                 ("api/v3/nodes/heartbeat", "http://dir.testapi/v3/nodes/heartbeat"),
                 ("x:/api/v3/nodes/heartbeat", "http://dir.testx:/api/v3/nodes/heartbeat"),
@@ -132,19 +148,17 @@ async def test_content_digests_a_hostile_client_signs(
         ("sha-256=:" + "A" * 44 + ":;x=1", 401),
         ("sha-256=?1", 401),
     ]
-    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
-        answers: dict[str, list[tuple[int, bytes]]] = {}
-        for side in (pair.fast, pair.slow):
-            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
-                                                    alice.body(1)))
-            assert found[0] == 201, found
-            answers[side.url] = []
-            for digest, wanted in cases:
-                code, answer = await status(side, signed_bytes(side, alice, "POST", HEARTBEAT,
-                                                               body, digest=digest))
-                assert code == wanted, (digest, code, answer)
-                answers[side.url].append((code, answer))
-        assert answers[pair.fast.url] == answers[pair.slow.url]
+
+    async def ask(side: Served) -> list[tuple[int, bytes]]:
+        answers = []
+        for digest, wanted in cases:
+            code, answer = await status(side, signed_bytes(side, alice, "POST", HEARTBEAT,
+                                                           body, digest=digest))
+            assert code == wanted, (digest, code, answer)
+            answers.append((code, answer))
+        return answers
+
+    await same_on_both_paths(make_pair, alice, ask)
 
 
 async def test_one_directory_counts_and_remembers_across_its_two_paths(
@@ -158,8 +172,7 @@ async def test_one_directory_counts_and_remembers_across_its_two_paths(
     body = b"{}"
     async with make_pair(OPENRED_PUBLIC_URL=PUBLIC, OPENRED_RATE_PER_CLIENT="4") as pair:
         side = pair.fast
-        found = await status(side, signed_bytes(side, alice, "POST", REGISTER, alice.body(1)))
-        assert found[0] == 201, found
+        await registered(side, alice)
         data = signed_bytes(side, alice, "POST", HEARTBEAT, body)
         served = side.fast.served
         assert (await status(side, data))[0] == 200
@@ -205,25 +218,23 @@ async def test_odd_covered_components_are_refused_with_a_reason_not_a_python_mes
     alice = Peer(f"http://{HOST}:{free_port()}")
     odd = ['"@query-param"', '"@signature-params"', '"@status"', '"@foo"', '"x-missing"',
            '"content-type";key="x"', '"@query-param";name="a"', '"@authority"', '""']
-    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
-        answers: dict[str, list[tuple[int, bytes]]] = {}
-        for side in (pair.fast, pair.slow):
-            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
-                                                    alice.body(1)))
-            assert found[0] == 201, found
-            answers[side.url] = []
-            for component in odd:
-                data = signed_bytes(side, alice, "POST", HEARTBEAT + "?a=1", b"{}")
-                data = data.replace(b'"content-digest");',
-                                    b'"content-digest" ' + component.encode() + b");", 1)
-                code, answer = await status(side, data)
-                detail = json.loads(answer)["detail"]
-                assert code == 401, (component, answer)
-                assert detail.startswith("bad signature"), (component, detail)
-                assert not detail.endswith(": "), (component, detail)
-                assert "argument" not in detail and "()" not in detail, (component, detail)
-                answers[side.url].append((code, answer))
-        assert answers[pair.fast.url] == answers[pair.slow.url]
+
+    async def ask(side: Served) -> list[tuple[int, bytes]]:
+        answers = []
+        for component in odd:
+            data = signed_bytes(side, alice, "POST", HEARTBEAT + "?a=1", b"{}")
+            data = data.replace(b'"content-digest");',
+                                b'"content-digest" ' + component.encode() + b");", 1)
+            code, answer = await status(side, data)
+            detail = json.loads(answer)["detail"]
+            assert code == 401, (component, answer)
+            assert detail.startswith("bad signature"), (component, detail)
+            assert not detail.endswith(": "), (component, detail)
+            assert "argument" not in detail and "()" not in detail, (component, detail)
+            answers.append((code, answer))
+        return answers
+
+    await same_on_both_paths(make_pair, alice, ask)
 
 
 async def test_a_schema_refusal_does_not_echo_a_huge_field_name(
@@ -235,17 +246,14 @@ async def test_a_schema_refusal_does_not_echo_a_huge_field_name(
     alice = Peer(f"http://{HOST}:{free_port()}")
     name = "x" * 50_000
     body = json.dumps({"target": "a" * 32, name: 1, "y" * 100: 2}).encode()
-    async with make_pair(OPENRED_PUBLIC_URL=PUBLIC) as pair:
-        answers = []
-        for side in (pair.fast, pair.slow):
-            found = await status(side, signed_bytes(side, alice, "POST", REGISTER,
-                                                    alice.body(1)))
-            assert found[0] == 201, found
-            code, answer = await status(side, signed_bytes(side, alice, "POST", CONNECT, body))
-            assert code == 422, answer[:200]
-            assert len(answer) < 1000, len(answer)
-            detail = json.loads(answer)["detail"]
-            assert detail.count("Extra inputs are not permitted") == 2, detail
-            assert "x" * 64 + "…" in detail and "y" * 100 not in detail, detail
-            answers.append(answer)
-        assert answers[0] == answers[1]
+
+    async def ask(side: Served) -> bytes:
+        code, answer = await status(side, signed_bytes(side, alice, "POST", CONNECT, body))
+        assert code == 422, answer[:200]
+        assert len(answer) < 1000, len(answer)
+        detail = json.loads(answer)["detail"]
+        assert detail.count("Extra inputs are not permitted") == 2, detail
+        assert "x" * 64 + "…" in detail and "y" * 100 not in detail, detail
+        return answer
+
+    await same_on_both_paths(make_pair, alice, ask)

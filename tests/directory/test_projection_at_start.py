@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from openred.directory.keys import create_keystore
 from openred.directory.service import DirectoryService
-from openred.settings import DirectorySettings
-from tests.directory.conftest import TEST_JAIL_ENV, Node
-from tests.directory.test_witness import directory_jail
-from tests.servers import HOST, free_port
+from tests.directory.conftest import Node
+from tests.directory.test_witness import directory_jail, stopped_directory
+from tests.servers import HOST
 
 
 async def test_rows_edited_while_stopped_are_rebuilt_from_the_log_at_start(
@@ -23,14 +21,8 @@ async def test_rows_edited_while_stopped_are_rebuilt_from_the_log_at_start(
     """Before: a revoked node set back to ``active`` and a node that never registered,
     written into the table while the directory was stopped, were listed by discovery as
     active nodes after the start (and a deleted row was missing from it)."""
-    for name, value in TEST_JAIL_ENV.items():
-        monkeypatch.setenv(name, value)
-    data_dir, port = tmp_path / "d", free_port()
-    data_dir.mkdir()
-    env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_PORT": str(port),
-           "OPENRED_JAIL_SOCKET": f"/tmp/openred-test-{port}/j.sock"}
-    settings = DirectorySettings.load(data_dir, environ=env)
-    create_keystore(settings)
+    settings, _ = stopped_directory(tmp_path, monkeypatch)
+    data_dir = settings.data_dir
     records = [Node(None, api_url=f"http://{HOST}:9").record()  # type: ignore[arg-type]
                for _ in range(3)]
     alice, bob, carol = (r.record.node_id for r in records)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.directory.conftest import Directory
+from tests.directory.conftest import Directory, Node
 from tests.servers import free_port
 
 GRANT = "/api/v3/tokens/request-connection"
@@ -23,16 +23,30 @@ def _db(directory: Directory) -> sqlite3.Connection:
     return sqlite3.connect(directory.settings.data_dir / "openred.db")
 
 
+async def registered_with_bob_revoked(directory: Directory, make_node: Any) -> tuple[Node, Node]:
+    """Alice and bob registered (201), then bob revoked by the directory."""
+    alice, bob = await make_node(), await make_node()
+    for node in (alice, bob):
+        assert (await node.register()).status == 201
+    await directory.service.revoke(bob.node_id, "compromised")
+    return alice, bob
+
+
+async def grant_refused_unavailable(alice: Node, bob: Node) -> None:
+    """Alice's grant to bob is 503 ``store-unavailable``, and neither got a push."""
+    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
+    assert reply.status == 503, reply.body
+    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
+    assert bob.received == [] and alice.received == []
+
+
 async def test_a_revoked_node_un_revoked_in_the_nodes_table_gets_no_grant(
     directory: Directory, make_node: Any,
 ) -> None:
     """The row of a revoked node set back to ``active`` while the directory serves (its view
     not cached: nothing read it since the revocation). Before: the next grant read the row,
     and the revoked node got a grant pushed (201)."""
-    alice, bob = await make_node(), await make_node()
-    for node in (alice, bob):
-        assert (await node.register()).status == 201
-    await directory.service.revoke(bob.node_id, "compromised")
+    alice, bob = await registered_with_bob_revoked(directory, make_node)
     with _db(directory) as conn:
         conn.execute("UPDATE directory_nodes SET status = 'active' WHERE node_id = ?",
                      (bob.node_id,))
@@ -97,10 +111,7 @@ async def test_a_revocation_rewritten_in_the_events_table_is_refused_not_believe
     """The revocation entry itself rewritten (the triggers dropped) into a status change back
     to active: the node's stream now un-revokes it. Its entry no longer hashes to the leaf
     every checkpoint covers, so the directory refuses (503) instead of granting."""
-    alice, bob = await make_node(), await make_node()
-    for node in (alice, bob):
-        assert (await node.register()).status == 201
-    await directory.service.revoke(bob.node_id, "compromised")
+    alice, bob = await registered_with_bob_revoked(directory, make_node)
     with _db(directory) as conn:
         _unguarded(conn)
         conn.execute(
@@ -108,10 +119,7 @@ async def test_a_revocation_rewritten_in_the_events_table_is_refused_not_believe
             "AND type = 'NodeRevoked'",
             (json.dumps({"node_id": bob.node_id, "status": "active", "previous": "revoked",
                          "last_seen": 1, "at": 1}).encode(), f"node:{bob.node_id}"))
-    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
-    assert reply.status == 503, reply.body
-    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
-    assert bob.received == [] and alice.received == []
+    await grant_refused_unavailable(alice, bob)
 
 
 async def test_a_revocation_deleted_from_the_events_table_while_serving_stops_the_grants(
@@ -120,19 +128,13 @@ async def test_a_revocation_deleted_from_the_events_table_while_serving_stops_th
     """The revocation entry deleted (the last of its stream: what is left still reads as a
     whole stream). The schema changed under the serving directory (a trigger dropped), which
     it never does itself: it answers 503 until restarted, and its open refuses the file."""
-    alice, bob = await make_node(), await make_node()
-    for node in (alice, bob):
-        assert (await node.register()).status == 201
-    await directory.service.revoke(bob.node_id, "compromised")
+    alice, bob = await registered_with_bob_revoked(directory, make_node)
     with _db(directory) as conn:
         _unguarded(conn)
         conn.execute("DELETE FROM events WHERE stream = ? AND type = 'NodeRevoked'",
                      (f"node:{bob.node_id}",))
-    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
-    assert reply.status == 503, reply.body
-    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
+    await grant_refused_unavailable(alice, bob)
     assert "schema was changed by another program" in caplog.text
-    assert bob.received == [] and alice.received == []
 
 
 @pytest.mark.parametrize("updates", [0, 12])  # 12: bob's stream folded in memory (long)
@@ -168,10 +170,7 @@ async def test_a_revocation_deleted_with_the_schema_cookie_put_back_stops_the_gr
         conn.execute(f"PRAGMA schema_version = {int(cookie)}")
     with _db(directory) as conn:
         assert conn.execute("PRAGMA schema_version").fetchone()[0] == cookie
-    reply = await alice.call("POST", GRANT, {"target": bob.node_id})
-    assert reply.status == 503, reply.body
-    assert reply.json()["type"] == "urn:openred:problem:store-unavailable"
-    assert bob.received == [] and alice.received == []
+    await grant_refused_unavailable(alice, bob)
 
 
 async def test_health_says_503_once_the_schema_changed_under_the_serving_directory(

@@ -110,6 +110,21 @@ async def directory_jail(settings: DirectorySettings) -> AsyncIterator[JailClien
         await supervisor.stop()
 
 
+def stopped_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      ) -> tuple[DirectorySettings, dict[str, str]]:
+    """A directory's settings and keystore in ``tmp_path / "d"``, nothing started (its jail
+    is :func:`directory_jail`'s); the environment its settings were loaded from."""
+    for name, value in TEST_JAIL_ENV.items():
+        monkeypatch.setenv(name, value)
+    data_dir, port = tmp_path / "d", free_port()
+    data_dir.mkdir()
+    env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_PORT": str(port),
+           "OPENRED_JAIL_SOCKET": f"/tmp/openred-test-{port}/j.sock"}
+    settings = DirectorySettings.load(data_dir, environ=env)
+    create_keystore(settings)
+    return settings, env
+
+
 async def grow(settings: DirectorySettings, jail: JailClient, nodes: int = 0) -> int:
     """Open the directory, register ``nodes`` nodes, close it; the log's size."""
     service = await DirectoryService.open(settings, jail)
@@ -132,14 +147,8 @@ def put_back(source: Path, data_dir: Path) -> None:
 async def test_a_directory_log_rolled_back_or_truncated_while_stopped_does_not_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in TEST_JAIL_ENV.items():
-        monkeypatch.setenv(name, value)
-    data_dir, port = tmp_path / "d", free_port()
-    data_dir.mkdir()
-    env = {"OPENRED_ALLOW_PRIVATE_URLS": "1", "OPENRED_PORT": str(port),
-           "OPENRED_JAIL_SOCKET": f"/tmp/openred-test-{port}/j.sock"}
-    settings = DirectorySettings.load(data_dir, environ=env)
-    create_keystore(settings)
+    settings, env = stopped_directory(tmp_path, monkeypatch)
+    data_dir = settings.data_dir
     backup, grown = tmp_path / "backup", tmp_path / "grown"
     async with directory_jail(settings) as jail:
         old_size = await grow(settings, jail, 2)

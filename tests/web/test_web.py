@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,11 @@ def build_app(public_url: str, key: SignKey, calls: list[str]) -> Quart:
     @app.get("/bug")
     async def bug() -> None:
         raise ZeroDivisionError("secret internal detail")
+
+    @app.get("/slow")
+    async def slow() -> dict[str, int]:
+        await asyncio.sleep(30)  # cancelled when the client leaves
+        return {"n": 0}
 
     @app.route("/flaky", methods=["GET", "POST"])
     async def flaky() -> tuple[dict[str, int], int]:
@@ -196,6 +202,23 @@ async def test_the_client_retries_503_then_succeeds(site: Site) -> None:
     async with HttpClient(allow_private=True, attempts=3, backoff=0.01) as client:
         reply = await client.request("GET", site.url + "/flaky")
     assert reply.status == 200 and len(site.calls) == 3
+
+
+async def test_a_budget_bounds_all_attempts_and_backoff_together(site: Site) -> None:
+    """``budget``: the whole request's time. A peer that never answers costs it, not three
+    tries of the client's total time each; a retried answer is returned as it stands when no
+    time is left for the next try."""
+    async with HttpClient(allow_private=True, attempts=3, total_timeout=10,
+                          backoff=0.01) as client:
+        started = time.monotonic()
+        with pytest.raises(PeerUnreachable, match="after 1 attempts"):
+            await client.request("GET", site.url + "/slow", budget=0.5)
+        assert time.monotonic() - started < 1.5
+    async with HttpClient(allow_private=True, attempts=3, backoff=5) as client:
+        started = time.monotonic()
+        reply = await client.request("GET", site.url + "/flaky", budget=1)
+        assert reply.status == 503 and len(site.calls) == 1
+        assert time.monotonic() - started < 1
 
 
 async def test_the_client_reports_an_unreachable_peer() -> None:
