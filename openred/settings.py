@@ -335,6 +335,8 @@ class DirectorySettings(ServiceSettings):
                                         (IPv4 address, IPv6 /64) asked for (8: 4 grants)
     ``OPENRED_PUSHES_IN_FLIGHT``        pushes in flight in all, and the push client's
                                         connection pool (256)
+    ``OPENRED_SIGNATURE_WORKER``        verify request and record signatures in a worker
+                                        process, off the event loop (1; 0: inline)
     ==================================  =======================================================
     """
 
@@ -353,6 +355,7 @@ class DirectorySettings(ServiceSettings):
     push_timeout: float = float(PUSH_TIMEOUT)
     pushes_per_network: int = 8
     pushes_in_flight: int = 256
+    signature_worker: bool = True
 
     @classmethod
     def _from_values(cls, data_dir: Path, v: _Values) -> Self:
@@ -392,4 +395,5 @@ class DirectorySettings(ServiceSettings):
             push_timeout=float(v.integer("PUSH_TIMEOUT", PUSH_TIMEOUT, minimum=1)),
             pushes_per_network=v.integer("PUSHES_PER_NETWORK", 8, minimum=2),
             pushes_in_flight=v.integer("PUSHES_IN_FLIGHT", 256, minimum=2),
+            signature_worker=v.flag("SIGNATURE_WORKER", default=True),
         )

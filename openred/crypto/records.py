@@ -171,11 +171,16 @@ def record_hash(record: NodeRecord | SignedNodeRecord) -> bytes:
     return record.hash
 
 
-def verify_signed_record(signed: SignedNodeRecord) -> NodeRecord:
+def verify_signed_record(signed: SignedNodeRecord, *,
+                         signature_valid: bool | None = None) -> NodeRecord:
     """The record if its node signed it and node_id = id(sign_key); raise otherwise.
 
     1. node_id is the id of sign_key (CryptoError) — checked when the record was built;
     2. the Ed25519 signature verifies under sign_key over the canonical bytes (InvalidSignature).
+
+    ``signature_valid``: the outcome of step 2 when the caller had it checked already (a
+    :class:`~openred.crypto.checks.SignatureChecker` on exactly ``record_signature_check``'s
+    arguments); None checks it here.
     """
     record = signed.record
     # 1. Self-certifying id (NodeRecord construction already refused a mismatch; keep it explicit).
@@ -183,10 +188,19 @@ def verify_signed_record(signed: SignedNodeRecord) -> NodeRecord:
         raise CryptoError("node_id is not the id of sign_key")
     # 2. The node's own signature over exactly these bytes.
     try:
-        record.sign_key.verify(signed.signature, record.canonical_bytes())
+        if signature_valid is None:
+            record.sign_key.verify(signed.signature, record.canonical_bytes())
+        elif not signature_valid:
+            raise InvalidSignature("signature does not verify")
     except InvalidSignature as exc:
         raise InvalidSignature("node record signature does not verify under its sign_key") from exc
     return record
+
+
+def record_signature_check(signed: SignedNodeRecord) -> tuple[SignKey, bytes, bytes]:
+    """(key, signature, message) of step 2 of :func:`verify_signed_record`, to check ahead."""
+    record = signed.record
+    return record.sign_key, signed.signature, record.canonical_bytes()
 
 
 async def sign_record(

@@ -58,6 +58,9 @@ def create_app(settings: DirectorySettings) -> Quart:
             if supervisor is not None:
                 await supervisor.stop()
             raise
+        # Its signature check worker must not outlive it either (Hypercorn runs no shutdown
+        # when it cannot bind after this start-up).
+        add_serve_cleanup(app, service.checks.close)
         service.restore_nonces()
         try:
             monitor_directory(app, service)  # a metrics address it cannot bind: no start

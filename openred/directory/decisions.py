@@ -62,9 +62,14 @@ class NodeView:
 
 
 def decide_registration(
-    existing: NodeView | None, signed: SignedNodeRecord, *, signer: str, now: int, window: int
+    existing: NodeView | None, signed: SignedNodeRecord, *, signer: str, now: int, window: int,
+    signature_valid: bool | None = None,
 ) -> tuple[int, list[NewEvent]]:
-    """(201 or 200, events) for a node registering ``signed``, or RequestRefused."""
+    """(201 or 200, events) for a node registering ``signed``, or RequestRefused.
+
+    ``signature_valid``: whether the record's signature verified, when the caller had it
+    checked already (off the event loop: ``records.record_signature_check``); None checks it
+    here."""
     record = signed.record
     # 1. Self-certifying: only the node itself registers or moves its record.
     if signer != record.node_id:
@@ -72,7 +77,7 @@ def decide_registration(
                              f"{signer} cannot register or change node {record.node_id}")
     # 2. The record is the node's own word: node_id = id(sign_key), signed by sign_key.
     try:
-        verify_signed_record(signed)
+        verify_signed_record(signed, signature_valid=signature_valid)
     except (InvalidSignature, CryptoError) as exc:
         raise RequestRefused(422, "invalid-record", str(exc)) from exc
     # 3. A record from the future is refused (a clock that far off breaks expiry anyway).

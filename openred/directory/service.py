@@ -40,11 +40,16 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from openred import __version__
+from openred.crypto.checks import InlineChecker, ProcessChecker, SignatureChecker
 from openred.crypto.client import GrantToSeal, JailClient, JailSigner, SignCoalescer
 from openred.crypto.grants import new_grant
 from openred.crypto.identity import EntryHash, NodeId, Signature, SignKey, b64url
 from openred.crypto.methods import DEFAULT_REGISTRY, select_crypto_method
-from openred.crypto.records import SignedNodeRecord, verify_signed_record
+from openred.crypto.records import (
+    SignedNodeRecord,
+    record_signature_check,
+    verify_signed_record,
+)
 from openred.crypto.transparency import (
     InclusionProof,
     connection_granted_payload,
@@ -325,6 +330,7 @@ class DirectoryService:
         self, settings: DirectorySettings, store: SQLiteEventStore, reads: ReadModels,
         jail: JailClient, http: HttpClient, *, clock: Callable[[], float] = time.time,
         signer: LogSigner | None = None, signs: SignCoalescer | None = None,
+        checks: SignatureChecker | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -334,8 +340,11 @@ class DirectoryService:
         self.clock = clock
         self.key = store.sign_key
         self.origin = directory_origin(self.key)
+        # Ed25519 checks of requests and records (a worker process: ProcessChecker; or inline).
+        self.checks: SignatureChecker = checks if checks is not None else InlineChecker()
         self.verifier = InboundVerifier(settings.base_url,
-                                        window_seconds=settings.signature_window, clock=clock)
+                                        window_seconds=settings.signature_window, clock=clock,
+                                        checker=self.checks)
         self.tree = ProofTree()
         self._registry = directory_registry()
         self._arrived: dict[int, bytes] = {}
@@ -400,8 +409,10 @@ class DirectoryService:
         # As many pooled connections as requests a loaded directory serves at once: a smaller
         # pool opens and closes an overflow connection (and its aiosqlite thread) per read.
         reads = ReadModels(settings.data_dir / DATABASE_NAME, pool_size=READ_POOL)
+        # Started last (below): nothing before it can fail and leave its worker running.
+        checks = ProcessChecker() if settings.signature_worker else InlineChecker()
         service = cls(settings, store, reads, jail, http, clock=clock, signer=signer,
-                      signs=signs)
+                      signs=signs, checks=checks)
         await service._sync_tree(store.head.size)
         await service._check_nodes_table()
         # Checkpoints pushed with grants are signed from the proof tree and kept in memory
@@ -409,6 +420,8 @@ class DirectoryService:
         # of the whole durable log at start keeps GET /directory/checkpoint at or beyond every
         # checkpoint pushed before a restart.
         await store.checkpoint()
+        if isinstance(checks, ProcessChecker):
+            await checks.start()
         return service
 
     async def _check_nodes_table(self) -> None:
@@ -458,6 +471,7 @@ class DirectoryService:
         save_nonces(self.verifier, self.settings.data_dir)
 
     async def close(self) -> None:
+        await self.checks.close()
         self._cache.close()
         await self.http.close()
         await self.reads.close()
@@ -726,13 +740,17 @@ class DirectoryService:
     ) -> tuple[int, dict[str, Any]]:
         """Register or update a node's signed record; (status code, discovery item)."""
         record = signed.record
+        valid = None
         if signer == record.node_id:
             await check_url(record.api_url, allow_private=self.settings.allow_private_urls)
+            # Off the event loop (ProcessChecker); the decision takes its outcome.
+            valid = await self.checks.check(*record_signature_check(signed))
         async with self._lock(record.node_id):
             now = self.now()
             existing = await self.node(record.node_id)
             status, events = d.decide_registration(
-                existing, signed, signer=signer, now=now, window=self.settings.signature_window)
+                existing, signed, signer=signer, now=now, window=self.settings.signature_window,
+                signature_valid=valid)
             await self.append(events)
             self._last_seen[record.node_id] = now
         # Whatever the decision, the node is now active with this record.

@@ -21,12 +21,15 @@ from typing import Any
 import http_sf
 from quart import Request
 
+from openred.crypto.checks import SignatureChecker
 from openred.crypto.httpsig import (
     DEFAULT_WINDOW_SECONDS,
     MAX_HEADER_LEN,
+    CheckedSignature,
     HttpRequest,
     NonceCache,
     RequestVerifier,
+    fast_parts,
 )
 from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
@@ -171,8 +174,12 @@ class InboundVerifier:
         clock: Callable[[], float] = time.time,
         nonce_cache: NonceCache | None = None,
         not_before: int | None = None,
+        checker: SignatureChecker | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
+        # Where an exact-form request's Ed25519 signature is verified (a worker process, off
+        # the event loop); None: inline, in RequestVerifier.
+        self.checker = checker
         self.window_seconds = window_seconds
         self.clock = clock
         # Signatures created before this instant are refused (see :meth:`restore`).
@@ -200,10 +207,22 @@ class InboundVerifier:
         def one(wanted: str) -> SignKey | None:
             return key if wanted == keyid else None
 
+        checked = None
+        if key is not None and self.checker is not None:
+            parts = fast_parts(req)
+            # Only a signature the fast path would verify (inside the window) goes out.
+            if parts is not None and self._in_window(parts[1]):
+                valid = await self.checker.check(key, parts[4], parts[0])
+                checked = CheckedSignature(req, parts, key.raw, valid)
         verifier = RequestVerifier(one, window_seconds=self.window_seconds,
                                    nonce_cache=self.nonce_cache, not_before=self.not_before,
                                    admit=admit)
-        return verifier.verify(req, int(self.clock()))
+        return verifier.verify(req, int(self.clock()), checked=checked)
+
+    def _in_window(self, created: int) -> bool:
+        now = int(self.clock())
+        return (now - self.window_seconds <= created <= now + self.window_seconds
+                and (self.not_before is None or created >= self.not_before))
 
     def save(self, path: Path) -> None:
         """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""

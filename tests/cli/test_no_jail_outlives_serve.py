@@ -5,7 +5,9 @@ running ``crypto_jail``, read from /proc while it runs), makes ``serve`` fail af
 started, or stops or kills it, and checks every recorded jail is gone. A ``serve`` that stops
 (on SIGTERM, or because its start failed) stops its jail itself before it exits; a ``serve``
 SIGKILLed leaves the jail to notice within a few seconds (its stdin at EOF, its parent-death
-signal). Only processes these tests started are signalled, by pid.
+signal). The directory's signature check worker (``openred.crypto.check_worker``) is held to
+the same: gone when ``serve`` stopped, gone within seconds of a SIGKILL (its stdin at EOF).
+Only processes these tests started are signalled, by pid.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from tests.crypto_jail.test_server import short_dir
 from tests.servers import HOST, answers, children
 
 
-def jails_of(pid: int) -> list[int]:
+def jails_of(pid: int, program: bytes = b"crypto_jail") -> list[int]:
     found = []
     for child in children(pid):
         with contextlib.suppress(OSError):
-            if b"crypto_jail" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if program in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
     return found
+
+
+WORKER = b"openred.crypto.check_worker"
 
 
 @dataclass
@@ -46,10 +51,12 @@ class Serve:
     proc: subprocess.Popen[bytes]
     log: Path
     jails: set[int] = field(default_factory=set)
+    workers: set[int] = field(default_factory=set)
 
     def watch(self) -> None:
         if self.proc.poll() is None:
             self.jails.update(jails_of(self.proc.pid))
+            self.workers.update(jails_of(self.proc.pid, WORKER))
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -74,7 +81,7 @@ class Serve:
         return int(self.proc.returncode)
 
     def jails_alive(self) -> list[int]:
-        return [pid for pid in self.jails if alive(pid)]
+        return [pid for pid in self.jails | self.workers if alive(pid)]
 
     def jails_gone_within(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -98,7 +105,7 @@ def serving(kind: str, data: Path, env: dict[str, str]) -> Iterator[Serve]:
     try:
         yield serve
     finally:
-        for pid in [proc.pid, *serve.jails]:
+        for pid in [proc.pid, *serve.jails, *serve.workers]:
             if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
@@ -207,6 +214,8 @@ def test_a_sigkilled_directory_leaves_no_jail_behind(net: Network, when: str) ->
         os.kill(serve.proc.pid, signal.SIGKILL)
         serve.exit_code()
         assert serve.jails, serve.output()
+        if when == "serving":
+            assert serve.workers, f"no signature check worker:\n{serve.output()}"
         assert serve.jails_gone_within(5), (
             f"the jail {serve.jails_alive()} outlived its SIGKILLed directory:\n"
             f"{serve.output()}")
@@ -217,6 +226,7 @@ def test_a_directory_stopped_with_sigterm_stops_its_jail_first(net: Network) -> 
     url = f"http://{HOST}:{env_port(data, 'OPENRED_PORT')}/api/v3/health"
     with serving("directory", data, net.env) as serve:
         serve.wait_for(lambda: answers(url, 0.5))
+        assert serve.workers, f"no signature check worker:\n{serve.output()}"
         os.kill(serve.proc.pid, signal.SIGTERM)
         assert serve.exit_code() == 0, serve.output()
         assert_no_jail_left(serve)

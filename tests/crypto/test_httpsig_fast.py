@@ -177,3 +177,50 @@ async def test_signing_past_year_9999_is_refused_as_before() -> None:
     with pytest.raises(RequestSignatureError, match="cannot sign request"):
         await sign_request(HttpRequest("GET", "https://d.example/x"), keyid="directory",
                            sign_base=sign, now=253_402_300_800, nonce=new_nonce())
+
+
+async def test_a_signature_checked_ahead_counts_only_for_its_request_and_key() -> None:
+    """CheckedSignature (a SignatureChecker's outcome, off the event loop) decides the fast
+    path's Ed25519 check for exactly that request object and key; otherwise it verifies inline,
+    and a "not valid" never refuses a good signature (the general path decides)."""
+    from openred.crypto.httpsig import CheckedSignature, fast_parts
+
+    key = nacl.signing.SigningKey.generate()
+    public = SignKey(bytes(key.verify_key))
+    other = SignKey(bytes(nacl.signing.SigningKey.generate().verify_key))
+    keyid = str(public.node_id)
+
+    async def sign(base: bytes) -> bytes:
+        return bytes(key.sign(base).signature)
+
+    async def signed(sign_base: object = sign) -> HttpRequest:
+        return await sign_request(HttpRequest("POST", "https://d.example/x", {}, b"{}"),
+                                  keyid=keyid, sign_base=sign_base,  # type: ignore[arg-type]
+                                  now=NOW, nonce=new_nonce())
+
+    def verifier() -> RequestVerifier:
+        return RequestVerifier({keyid: public}.get, window_seconds=60)
+
+    good = await signed()
+    parts = fast_parts(good)
+    assert parts is not None
+    # Checked valid: used, no inline check needed.
+    assert verifier().verify(good, NOW, checked=CheckedSignature(good, parts, public.raw, True)) \
+        == keyid
+    # Checked "not valid" for a good signature: the general path verifies it (accepted).
+    assert verifier().verify(good, NOW,
+                             checked=CheckedSignature(good, parts, public.raw, False)) == keyid
+
+    async def bad_sign(base: bytes) -> bytes:
+        return bytes(nacl.signing.SigningKey.generate().sign(base).signature)
+
+    bad = await signed(bad_sign)
+    bad_parts = fast_parts(bad)
+    assert bad_parts is not None
+    # "Valid" said of another request object, or under another key: ignored, verified inline.
+    for checked in (CheckedSignature(good, bad_parts, public.raw, True),
+                    CheckedSignature(bad, bad_parts, other.raw, True)):
+        with pytest.raises(RequestSignatureError):
+            verifier().verify(bad, NOW, checked=checked)
+    with pytest.raises(RequestSignatureError):
+        verifier().verify(bad, NOW, checked=CheckedSignature(bad, bad_parts, public.raw, False))

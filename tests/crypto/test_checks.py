@@ -1,0 +1,211 @@
+"""Ed25519 checks in a worker process (openred.crypto.checks): true answers, whatever it does."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import struct
+import sys
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from openred.crypto import check_worker
+from openred.crypto.checks import (
+    MAX_BATCH,
+    MAX_MESSAGE,
+    InlineChecker,
+    ProcessChecker,
+    check_inline,
+)
+from openred.crypto.identity import SignKey
+
+
+def _keys(n: int) -> list[nacl.signing.SigningKey]:
+    return [nacl.signing.SigningKey.generate() for _ in range(n)]
+
+
+def _cases() -> list[tuple[SignKey, bytes, bytes, bool]]:
+    """(key, signature, message, valid): good ones and every way of being wrong."""
+    a, b = _keys(2)
+    key_a, key_b = SignKey(bytes(a.verify_key)), SignKey(bytes(b.verify_key))
+    msg = b"the request's signature base"
+    sig = a.sign(msg).signature
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    cases = [
+        (key_a, sig, msg, True),
+        (key_b, sig, msg, False),                      # wrong key
+        (key_a, flipped, msg, False),                  # tampered signature
+        (key_a, sig, msg + b"!", False),               # tampered message
+        (key_a, a.sign(b"").signature, b"", True),     # empty message
+        (key_a, bytes(64), msg, False),                # all zeros
+        (key_a, sig, b"", False),
+    ]
+    long = os.urandom(MAX_MESSAGE)
+    cases.append((key_b, b.sign(long).signature, long, True))  # the longest sent out
+    return cases
+
+
+@pytest.fixture
+async def checker() -> ProcessChecker:
+    checker = ProcessChecker()
+    await checker.start()
+    yield checker  # type: ignore[misc]
+    await checker.close()
+
+
+async def test_the_worker_answers_what_inline_answers_in_batches(checker: ProcessChecker) -> None:
+    assert checker.pid is not None
+    cases = _cases() * 40
+    results = await asyncio.gather(*(checker.check(k, s, m) for k, s, m, _ in cases))
+    assert results == [valid for *_, valid in cases]
+    assert results == [check_inline(k, s, m) for k, s, m, _ in cases]
+    # Checks asked together went out together: far fewer batches than checks.
+    assert 1 <= checker.batches < len(cases) / 4
+
+
+async def test_what_never_leaves_the_process(checker: ProcessChecker) -> None:
+    a = nacl.signing.SigningKey.generate()
+    key = SignKey(bytes(a.verify_key))
+    huge = os.urandom(MAX_MESSAGE + 1)
+    sig = a.sign(huge).signature
+    assert await checker.check(key, sig, huge) is True
+    assert await checker.check(key, sig[:63], huge) is False    # not 64 bytes: no framing
+    assert await checker.check(key, sig + b"\x00", huge) is False
+    assert await checker.check(key, bytes(sig[:-1]) + bytes([sig[-1] ^ 0x80]), huge) is False
+    assert checker.batches == 0
+
+
+async def test_a_killed_worker_leaves_true_answers_then_is_replaced(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    checker = ProcessChecker(restart_after=30.0, clock=lambda: now[0])
+    await checker.start()
+    try:
+        cases = _cases()
+        assert await asyncio.gather(*(checker.check(k, s, m) for k, s, m, _ in cases)) == \
+            [v for *_, v in cases]
+        pid = checker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        with caplog.at_level(logging.WARNING, "openred.crypto.checks"):
+            assert await asyncio.gather(*(checker.check(k, s, m) for k, s, m, _ in cases)) == \
+                [v for *_, v in cases]
+        assert "verified inline" in caplog.text
+        assert checker.pid is None
+        done = checker.batches
+        # Inline until restart_after has passed, then a new worker.
+        now[0] = 29.0
+        assert await checker.check(*cases[0][:3]) is True
+        assert checker.pid is None and checker.batches == done
+        now[0] = 31.0
+        assert await asyncio.gather(*(checker.check(k, s, m) for k, s, m, _ in cases)) == \
+            [v for *_, v in cases]
+        assert checker.pid not in (None, pid)
+        assert checker.batches > done
+    finally:
+        await checker.close()
+
+
+def _fake_worker(tmp_path: Path, code: str) -> str:
+    """An executable that ProcessChecker runs as its "python" (it ignores the arguments)."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!{sys.executable}\nimport sys, time\n{code}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("code", [
+    # answers a byte that is neither 0 nor 1
+    "import struct\nn = struct.unpack('>I', sys.stdin.buffer.read(4))[0]\n"
+    "sys.stdout.buffer.write(b'\\x02' * n); sys.stdout.buffer.flush(); time.sleep(60)",
+    # answers too few bytes, then exits
+    "sys.stdin.buffer.read(4); sys.stdout.buffer.write(b'\\x01'); sys.stdout.buffer.flush()",
+    # exits at once
+    "sys.exit(0)",
+    # never answers
+    "time.sleep(60)",
+], ids=["odd-byte", "short-answer", "gone", "hung"])
+async def test_a_worker_that_answers_wrong_is_dropped_for_inline_checks(
+        tmp_path: Path, code: str) -> None:
+    checker = ProcessChecker(python=_fake_worker(tmp_path, code), answer_timeout=1.0)
+    await checker.start()
+    try:
+        cases = _cases()
+        assert await asyncio.gather(*(checker.check(k, s, m) for k, s, m, _ in cases)) == \
+            [v for *_, v in cases]
+        assert checker.pid is None and checker.batches == 0
+    finally:
+        await checker.close()
+
+
+async def test_a_worker_that_cannot_start_means_inline_checks(tmp_path: Path) -> None:
+    checker = ProcessChecker(python=str(tmp_path / "no-such-python"))
+    await checker.start()
+    try:
+        cases = _cases()
+        assert [await checker.check(k, s, m) for k, s, m, _ in cases] == [v for *_, v in cases]
+    finally:
+        await checker.close()
+
+
+async def test_close_stops_the_worker_and_later_checks_are_inline() -> None:
+    checker = ProcessChecker()
+    await checker.start()
+    pid = checker.pid
+    assert pid is not None
+    await checker.close()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # reaped by close(): the pid is gone
+            os.kill(pid, 0)
+            await asyncio.sleep(0.05)
+    key, sig, msg, valid = _cases()[0]
+    assert await checker.check(key, sig, msg) is valid
+    assert checker.batches == 0
+
+
+async def test_checks_in_flight_when_closing_get_true_answers() -> None:
+    checker = ProcessChecker()
+    await checker.start()
+    cases = _cases() * 50
+    pending = [asyncio.ensure_future(checker.check(k, s, m)) for k, s, m, _ in cases]
+    await asyncio.sleep(0)
+    await checker.close()
+    assert await asyncio.gather(*pending) == [v for *_, v in cases]
+
+
+async def test_inline_checker() -> None:
+    cases = _cases()
+    assert [await InlineChecker().check(k, s, m) for k, s, m, _ in cases] == \
+        [v for *_, v in cases]
+
+
+def _frame(items: list[tuple[bytes, bytes, bytes]], count: int | None = None) -> bytes:
+    out = [struct.pack(">I", len(items) if count is None else count)]
+    for key, sig, msg in items:
+        out += [key, sig, struct.pack(">I", len(msg)), msg]
+    return b"".join(out)
+
+
+def test_the_worker_itself_answers_batches_and_refuses_malformed_ones() -> None:
+    cases = _cases()
+    items = [(k.raw, s, m) for k, s, m, _ in cases]
+    out = io.BytesIO()
+    assert check_worker.serve(io.BytesIO(_frame(items) * 2), out) == 0
+    assert out.getvalue() == bytes(v for *_, v in cases) * 2
+    key, sig, msg = items[0]
+    for bad in (
+        _frame([], count=0),                                        # no check
+        _frame([], count=MAX_BATCH + 1),                            # too many
+        struct.pack(">I", 1) + key + sig + struct.pack(">I", MAX_MESSAGE + 1),  # too long
+        _frame([(key, sig, msg)])[:-1],                             # cut short
+        b"\x00\x00",                                                # half a count
+    ):
+        out = io.BytesIO()
+        assert check_worker.serve(io.BytesIO(bad), out) == 2
+        assert out.getvalue() == b""
