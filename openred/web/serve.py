@@ -4,6 +4,10 @@ A signal sets the shutdown trigger: Hypercorn stops accepting, lets requests in 
 (within ``graceful_timeout``), and the app's ``after_serving`` hooks run (closing the store,
 signing a last checkpoint, closing the jail client), so a stopped service leaves nothing
 half-written.
+
+Every app is served inside :class:`~openred.web.bodies.WholeBodies`: an answer given before its
+request's body arrived (a 413, a 404, a route that reads no body) no longer leaves a kept-alive
+client to send its next request on a connection Hypercorn is closing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
 from openred.errors import ConfigurationError
+from openred.web.bodies import DRAIN_BYTES, WholeBodies
 from openred.web.logging import access_logger, error_logger
 
 __all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVE_CLEANUPS", "add_serve_cleanup",
@@ -94,7 +99,9 @@ async def serve_app(
     app: Quart, config: Config, *, shutdown: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> None:
-    """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``)."""
+    """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``).
+
+    The app is served inside :class:`~openred.web.bodies.WholeBodies` (see the module)."""
     stop = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -105,7 +112,9 @@ async def serve_app(
                 installed.append(sig)
     trigger: Callable[[], Awaitable[None]] = stop.wait  # type: ignore[assignment]
     try:
-        await serve(app, config, shutdown_trigger=trigger)
+        largest = max(DRAIN_BYTES, app.config.get("MAX_CONTENT_LENGTH") or 0)
+        await serve(WholeBodies(app, drain_bytes=largest), config, shutdown_trigger=trigger,
+                    mode="asgi")
     finally:
         try:
             await _run_cleanups(app)  # e.g. the jail of an app whose port was in use

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from quart import Quart, request
 
+from openred.web.bodies import WholeBodies
 from openred.web.fastpath import FastPath, json_answer, send_answer
 from openred.web.problems import install
 from tests.servers import HOST, serve_in_loop
@@ -196,3 +197,114 @@ async def test_a_body_the_app_reads_keeps_the_connection() -> None:
         finally:
             writer.close()
 
+
+# WholeBodies itself, on ASGI messages: what it waits for and when it gives up.
+
+
+class Client:
+    """The server side of one request as Hypercorn hands it to an app: a queue of receive
+    messages, and what was sent."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.sent: list[Any] = []
+
+    def body(self, data: bytes, more: bool) -> None:
+        self.queue.put_nowait({"type": "http.request", "body": data, "more_body": more})
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+    def closes(self) -> bool:
+        return (b"connection", b"close") in self.sent[0]["headers"]
+
+
+async def answer_at_once(scope: Any, receive: Any, send: Any) -> None:
+    """An app that answers without reading its body."""
+    await send({"type": "http.response.start", "status": 401, "headers": []})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+@pytest.mark.parametrize("queue_get", [True, False], ids=["hypercorn-queue", "any-receive"])
+async def test_the_rest_of_an_unread_body_is_received_before_the_answer(
+        queue_get: bool) -> None:
+    """Hypercorn's receive (its queue's ``get``, what arrived is taken at once) or any other."""
+    client = Client([(b"content-length", b"30")])
+    client.body(b"x" * 10, True)
+
+    async def receive() -> Any:
+        return await client.queue.get()
+
+    wrapped = WholeBodies(answer_at_once)
+    task = asyncio.create_task(wrapped(client.scope, client.queue.get if queue_get else receive,
+                                       client.send))
+    await asyncio.sleep(0.05)
+    assert client.sent == []  # waiting for the rest of the body
+    client.body(b"x" * 20, False)
+    await asyncio.wait_for(task, 5)
+    assert client.queue.empty() and [m["type"] for m in client.sent] == [
+        "http.response.start", "http.response.body"]
+    assert not client.closes()
+
+
+async def test_a_body_that_does_not_come_in_time_closes_the_connection() -> None:
+    client = Client([(b"content-length", b"30")])
+    client.body(b"x" * 10, True)
+    wrapped = WholeBodies(answer_at_once, drain_seconds=0.2)
+    await asyncio.wait_for(wrapped(client.scope, client.queue.get, client.send), 5)
+    assert client.closes() and client.sent[0]["status"] == 401
+
+
+async def test_a_chunked_body_longer_than_worth_reading_closes_the_connection() -> None:
+    client = Client([(b"transfer-encoding", b"chunked")])
+    for _ in range(5):
+        client.body(b"x" * 1000, True)
+    wrapped = WholeBodies(answer_at_once, drain_bytes=3000)
+    await asyncio.wait_for(wrapped(client.scope, client.queue.get, client.send), 5)
+    assert client.closes()
+    assert client.queue.qsize() == 1  # stopped once more than 3000 bytes had come
+
+
+async def test_a_body_the_app_reads_while_answering_is_not_taken_from_it() -> None:
+    """Quart reads the body in a task of its own, concurrently with the route; the messages
+    it takes count (the rest of the body is not read twice, nothing is waited for in vain)."""
+    client = Client([(b"content-length", b"30")])
+    client.body(b"x" * 10, True)
+    got: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def reader() -> None:
+            while True:
+                message = await receive()
+                got.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    return
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.02)
+        await answer_at_once(scope, receive, send)
+        await task
+
+    wrapped = WholeBodies(app, drain_seconds=5)
+    run = asyncio.create_task(wrapped(client.scope, client.queue.get, client.send))
+    await asyncio.sleep(0.05)
+    client.body(b"y" * 20, False)
+    await asyncio.wait_for(run, 2)
+    assert got == [b"x" * 10, b"y" * 20] and not client.closes()
+
+
+async def test_other_scopes_pass_through() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((receive, send))
+
+    async def receive() -> Any:
+        return {}
+
+    async def send(message: Any) -> None:
+        return None
+
+    await WholeBodies(app)({"type": "lifespan"}, receive, send)
+    assert seen == [(receive, send)]
