@@ -4,6 +4,10 @@ A signal sets the shutdown trigger: Hypercorn stops accepting, lets requests in 
 (within ``graceful_timeout``), and the app's ``after_serving`` hooks run (closing the store,
 signing a last checkpoint, closing the jail client), so a stopped service leaves nothing
 half-written.
+
+Every app is served inside :class:`~openred.web.bodies.WholeBodies`: an answer given before its
+request's body arrived (a 413, a 404, a route that reads no body) no longer leaves a kept-alive
+client to send its next request on a connection Hypercorn is closing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
 from openred.errors import ConfigurationError
+from openred.web.bodies import DRAIN_BYTES, WholeBodies
 from openred.web.logging import access_logger, error_logger
 
 __all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVE_CLEANUPS", "add_serve_cleanup",
@@ -121,7 +126,9 @@ async def serve_app(
 ) -> None:
     """Serve until ``shutdown`` is set (or SIGTERM/SIGINT arrives when ``install_signals``).
     ``ready`` is called once the app has started and its sockets take connections
-    (:func:`tell_when_listening`)."""
+    (:func:`tell_when_listening`).
+
+    The app is served inside :class:`~openred.web.bodies.WholeBodies` (see the module)."""
     if ready is not None:
         tell_when_listening(config, ready)
     stop = shutdown or asyncio.Event()
@@ -134,7 +141,9 @@ async def serve_app(
                 installed.append(sig)
     trigger: Callable[[], Awaitable[None]] = stop.wait  # type: ignore[assignment]
     try:
-        await serve(app, config, shutdown_trigger=trigger)
+        largest = max(DRAIN_BYTES, app.config.get("MAX_CONTENT_LENGTH") or 0)
+        await serve(WholeBodies(app, drain_bytes=largest), config, shutdown_trigger=trigger,
+                    mode="asgi")
     finally:
         try:
             await _run_cleanups(app)  # e.g. the jail of an app whose port was in use
