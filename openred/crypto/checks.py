@@ -193,8 +193,9 @@ class ProcessChecker:
                           item.message]
             try:
                 proc.stdin.write(b"".join(frame))
-                answer = await asyncio.wait_for(proc.stdout.readexactly(len(batch)),
-                                                self._answer_timeout)
+                # asyncio.timeout, not wait_for: no task of its own per batch.
+                async with asyncio.timeout(self._answer_timeout):
+                    answer = await proc.stdout.readexactly(len(batch))
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self._fail(f"the signature check worker failed ({type(exc).__name__}: {exc})")
             else:
