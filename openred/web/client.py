@@ -40,6 +40,8 @@ Content-Length, or the bytes read) is then the bound of what it occupies. aiohtt
 deflate (and br, zstd) and inflated what came; a caller that read an answer of known length
 whole got 1 GiB from a 1 MiB answer of gzip. No OpenRed server compresses; a compressed answer
 now reads as bytes that are not JSON (a transport failure)."""
+POOL_IDLE_SECONDS: float = 30
+"""Seconds the pool keeps an idle connection for reuse."""
 _CHECKED_URLS_MAX = 4096
 """Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
 
@@ -149,7 +151,7 @@ class HttpClient:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=self._limit_per_host,
                 resolver=SafeResolver(allow_private=self.allow_private),
-                keepalive_timeout=30, enable_cleanup_closed=False,
+                keepalive_timeout=POOL_IDLE_SECONDS, enable_cleanup_closed=False,
             )
             # No cookie jar: no OpenRed protocol uses cookies, and one peer's Set-Cookie has no
             # business in the requests this process sends (it also spares every request the
