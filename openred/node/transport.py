@@ -6,7 +6,9 @@ copied twice, the answer's headers copied into a dict and read in 64 KiB pieces 
 the same pooled aiohttp session (:meth:`~openred.web.client.HttpClient.session_for`: the same
 URL check, connection pool, timeouts and :class:`~openred.web.urls.SafeResolver`), with the
 same headers, the same body bytes (:meth:`~openred.node.envelope.Envelope.to_json_bytes`), the
-same 1 MiB bound on the answer and the same single attempt. A transport failure is
+same 1 MiB bound on the answer and the same single attempt (sent once more, the same bytes, only
+when its reused pooled connection closed before any byte of the answer came, as every request
+of the session: :func:`openred.web.client._send_again_on_stale`). A transport failure is
 :class:`~openred.errors.PeerUnreachable`; an answer that is not 2xx is handed to ``refuse`` as a
 :class:`~openred.web.client.Reply`. A client whose ``request`` someone wrapped (monitoring) is
 used through that wrapper instead.

@@ -10,22 +10,33 @@ with exponential backoff and jitter; after the last attempt a transport failure 
 :class:`~openred.errors.PeerUnreachable` — aiohttp's exceptions are translated here and nowhere
 else. Any HTTP answer that is not retried is returned as a :class:`Reply` for the caller to
 judge.
+
+Idle connections are kept half as long as OpenRed's servers keep them
+(:data:`POOL_IDLE_SECONDS`), and a request whose reused connection the server closed before
+any byte of the answer came is sent once more, the same bytes, on a new connection, inside the
+same attempt (:func:`_send_again_on_stale`; every user of the session, the P2P calls of
+:meth:`HttpClient.session_for` too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import errno
+import functools
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from openred.crypto.httpsig import HttpRequest, SignBase, new_nonce, sign_request
 from openred.errors import OpenRedError, PeerUnreachable, TransportError
+from openred.web.serve import SERVER_KEEP_ALIVE_SECONDS
 from openred.web.urls import SafeResolver, check_address, check_url_syntax
 
 __all__ = ["HttpClient", "Reply", "Signer", "describe"]
@@ -40,6 +51,13 @@ Content-Length, or the bytes read) is then the bound of what it occupies. aiohtt
 deflate (and br, zstd) and inflated what came; a caller that read an answer of known length
 whole got 1 GiB from a 1 MiB answer of gzip. No OpenRed server compresses; a compressed answer
 now reads as bytes that are not JSON (a transport failure)."""
+POOL_IDLE_SECONDS: float = SERVER_KEEP_ALIVE_SECONDS / 2
+"""Seconds the pool keeps an idle connection for reuse: half as long as OpenRed's servers
+(:data:`~openred.web.serve.SERVER_KEEP_ALIVE_SECONDS`). The server's idle time starts when its
+answer is out, the pool's when the answer was read, so with the same 30 s a connection idle
+for just under 30 s by the pool's clock was over 30 s by the server's, and a request sent on
+it met the server's close. A connection another server or a proxy closes sooner is what
+:func:`_send_again_on_stale` is for."""
 _CHECKED_URLS_MAX = 4096
 """Outbound URLs whose syntax and literal address passed, remembered per client (bounded)."""
 
@@ -78,6 +96,99 @@ class _Response(aiohttp.ClientResponse):
             return await super().start(connection)
         finally:
             del protocol.read
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's protocol of one connection, counting its requests and the answer's bytes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.requests = 0
+        self.answer_bytes = 0
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        # aiohttp calls this once per request, before writing it on this connection.
+        self.requests += 1
+        self.answer_bytes = 0
+        _SENT_ON.set(self)
+        super().set_response_params(**kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        self.answer_bytes += len(data)
+        super().data_received(data)
+
+
+_SENT_ON: contextvars.ContextVar[_Handler | None] = contextvars.ContextVar(
+    "openred_sent_on", default=None)
+"""The connection the current task's request was last written on."""
+_NEW_CONNECTION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "openred_new_connection", default=False)
+"""Set while a request is sent again after a stale connection: no pooled one is taken."""
+_CLOSED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, with :class:`_Handler` connections, that takes no pooled connection
+    while :data:`_NEW_CONNECTION` is set (the request sent again after a stale one)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aiohttp's own protocol factory (a private attribute since 3.0), for _Handler.
+        self._factory = functools.partial(_Handler, loop=self._loop)  # type: ignore[assignment]
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        if _NEW_CONNECTION.get():
+            return None
+        return await super()._get(*args, **kwargs)
+
+
+def _closed_unanswered(exc: BaseException, sent_on: _Handler | None) -> bool:
+    """Whether ``exc`` is a REUSED connection closed before any byte of the answer came."""
+    if sent_on is None or sent_on.requests < 2 or sent_on.answer_bytes:
+        return False
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, ConnectionResetError) or (
+        isinstance(exc, OSError) and exc.errno in _CLOSED_ERRNOS)
+
+
+async def _send_again_on_stale(
+    req: aiohttp.ClientRequest,
+    handler: Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]],
+) -> aiohttp.ClientResponse:
+    """Session middleware: a request whose reused pooled connection closed before any byte of
+    the answer came is sent once more, the same bytes, on a new connection.
+
+    That close is the stale-connection race (the server closed the idle connection as the
+    request went out: it did not act on it); browsers do the same. The same bytes: a signed
+    request carries the same nonce, so in the rare case the server did act on it and then
+    closed without a word, the verifier refuses the second copy as a replay (401) — a new
+    signature would have it acted on twice. Any byte of an answer, a timeout, a connection
+    that was new: never sent again here. Inside the one ``session.request`` call, so within
+    its total timeout, and not an attempt of :meth:`HttpClient.request`. When the new
+    connection cannot even be made, the first failure is the attempt's (the request was sent
+    once: not "no connection was made").
+    """
+    token = _SENT_ON.set(None)
+    try:
+        try:
+            return await handler(req)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            if not _closed_unanswered(exc, _SENT_ON.get()) or getattr(
+                    req.body, "consumed", False):
+                raise
+            first = exc
+    finally:
+        _SENT_ON.reset(token)
+    await req.close()  # the first write's task, ended
+    fresh, token = _NEW_CONNECTION.set(True), _SENT_ON.set(None)
+    try:
+        return await handler(req)
+    except aiohttp.ClientConnectorError:
+        raise first from None
+    finally:
+        _NEW_CONNECTION.reset(fresh)
+        _SENT_ON.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +257,10 @@ class HttpClient:
 
     def _ensure(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=self._limit, limit_per_host=self._limit_per_host,
                 resolver=SafeResolver(allow_private=self.allow_private),
-                keepalive_timeout=30, enable_cleanup_closed=False,
+                keepalive_timeout=POOL_IDLE_SECONDS, enable_cleanup_closed=False,
             )
             # No cookie jar: no OpenRed protocol uses cookies, and one peer's Set-Cookie has no
             # business in the requests this process sends (it also spares every request the
@@ -158,7 +269,7 @@ class HttpClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
                 auto_decompress=False, headers=IDENTITY_ONLY, response_class=_Response,
-                cookie_jar=aiohttp.DummyCookieJar(),
+                cookie_jar=aiohttp.DummyCookieJar(), middlewares=(_send_again_on_stale,),
             )
         return self._session
 
@@ -220,7 +331,10 @@ class HttpClient:
         ``replayable=False`` is for a request whose effect must not happen twice (a grant
         minted): it is sent again only when it cannot have been acted on — no connection was
         made, or a 503 (a refusal before anything was done) —, never after a timeout, a broken
-        answer, a 502 or a 504. ``timeout`` replaces the client's total time per attempt.
+        answer, a 502 or a 504. (Any request, this one too, is sent once more with the same
+        bytes when its reused pooled connection closed before any byte of the answer came:
+        :func:`_send_again_on_stale`; that is not an attempt.) ``timeout`` replaces the client's
+        total time per attempt.
         ``max_reply``: the most bytes of an answer's body read (at most
         :data:`MAX_REPLY_BYTES`); a longer answer is a transport failure.
         ``budget``: the most seconds the whole request takes, every attempt and backoff

@@ -32,9 +32,9 @@ from openred.errors import ConfigurationError
 from openred.web.bodies import DRAIN_BYTES, WholeBodies
 from openred.web.logging import access_logger, error_logger
 
-__all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVE_CLEANUPS", "add_serve_cleanup",
-           "freeze_startup_objects", "hypercorn_config", "run", "serve_app", "startup_failure",
-           "tell_when_listening", "tune_gc"]
+__all__ = ["ACCESS_LOG_FORMAT", "GC_THRESHOLDS", "SERVER_KEEP_ALIVE_SECONDS", "SERVE_CLEANUPS",
+           "add_serve_cleanup", "freeze_startup_objects", "hypercorn_config", "run", "serve_app",
+           "startup_failure", "tell_when_listening", "tune_gc"]
 
 logger = logging.getLogger("openred.web")
 
@@ -58,6 +58,11 @@ async def _run_cleanups(app: Quart) -> None:
         except Exception:  # the others still run; the service is stopping anyway
             logger.exception("a clean-up after serving failed")
 
+
+SERVER_KEEP_ALIVE_SECONDS: Final = 30
+"""Seconds an OpenRed server (Hypercorn, :func:`hypercorn_config`) keeps an idle kept-alive
+connection open before closing it. :data:`openred.web.client.POOL_IDLE_SECONDS`, how long the
+outbound pool keeps one, is derived from it."""
 
 ACCESS_LOG_FORMAT = Config.access_log_format + " request_id=%({x-request-id}o)s"
 """Hypercorn's access line, with the request id the middleware echoes in the answer."""
@@ -83,7 +88,7 @@ def hypercorn_config(
     config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = error_logger()
     config.graceful_timeout = graceful_timeout
-    config.keep_alive_timeout = 30
+    config.keep_alive_timeout = SERVER_KEEP_ALIVE_SECONDS
     config.h11_max_incomplete_size = 16 * 1024
     config.include_server_header = False
     return config
