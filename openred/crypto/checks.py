@@ -168,6 +168,12 @@ class ProcessChecker:
                 proc.kill()
             await proc.wait()
             raise
+        if self._closed:  # close() came while it started: nothing would ever stop it
+            writer.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return
         self._proc, self._reader, self._writer = proc, reader, writer
 
     async def check(self, key: SignKey, signature: bytes, message: bytes) -> bool:

@@ -169,6 +169,42 @@ async def test_close_stops_the_worker_and_later_checks_are_inline() -> None:
     assert checker.batches == 0
 
 
+def _workers() -> set[int]:
+    """Pids of this process's children running the check worker."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == os.getpid() and b"openred.crypto.check_worker" in cmdline:
+            found.add(int(entry))
+    return found
+
+
+async def test_close_while_the_worker_starts_leaves_no_worker() -> None:
+    """A close() that comes while start() is still spawning the worker: the worker, once
+    spawned, is stopped, not kept (with no one left to close it) until this process exits."""
+    before = _workers()
+    checker = ProcessChecker()
+    starting = asyncio.create_task(checker.start())
+    await asyncio.sleep(0)
+    await checker.close()
+    await starting
+    assert checker.pid is None
+    for _ in range(50):
+        if not _workers() - before:
+            break
+        await asyncio.sleep(0.05)
+    assert not _workers() - before, "a worker outlived close()"
+    key, sig, msg, valid = _cases()[0]
+    assert await checker.check(key, sig, msg) is valid and checker.batches == 0
+
+
 async def test_checks_in_flight_when_closing_get_true_answers() -> None:
     checker = ProcessChecker()
     await checker.start()
