@@ -143,7 +143,11 @@ class ProcessChecker:
         # /proc/<pid>/fd by any process of the same uid — even one Yama forbids to ptrace it —
         # which could then write "valid" answers the directory would take for the worker's.
         # A socket cannot be opened from /proc.
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # no descriptor left, say: checked inline meanwhile
+            self._fail(f"cannot start {WORKER_MODULE}: {exc}")
+            return
         try:
             # The worker's stdin and stdout, open for its lifetime: if this process dies it
             # reads EOF and exits.
@@ -162,12 +166,15 @@ class ProcessChecker:
             theirs.close()
         try:
             reader, writer = await asyncio.open_unix_connection(sock=ours)
-        except BaseException:
+        except BaseException as exc:
             ours.close()
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            self._fail(f"cannot reach {WORKER_MODULE}: {exc}")
+            return
         if self._closed:  # close() came while it started: nothing would ever stop it
             writer.close()
             with contextlib.suppress(ProcessLookupError):
@@ -198,6 +205,9 @@ class ProcessChecker:
                 del self._pending[:MAX_BATCH]
                 try:
                     results = await self._ask(batch)
+                except Exception as exc:  # noqa: BLE001 - a check must never be left waiting
+                    self._fail(f"the signature check worker failed ({type(exc).__name__}: {exc})")
+                    results = [check_inline(i.key, i.signature, i.message) for i in batch]
                 except asyncio.CancelledError:
                     # Closing: whoever still waits gets the true answer, computed here.
                     for item in batch + self._pending:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -245,3 +246,43 @@ def test_the_worker_itself_answers_batches_and_refuses_malformed_ones() -> None:
         out = io.BytesIO()
         assert check_worker.serve(io.BytesIO(bad), out) == 2
         assert out.getvalue() == b""
+
+
+def test_checks_are_answered_when_no_descriptor_is_left_for_a_new_worker(tmp_path: Path) -> None:
+    """A worker replaced while the process has no file descriptor left (a flood of
+    connections): the checks waiting for it are answered inline, none waits forever. Run in a
+    process of its own, whose descriptor limit is lowered."""
+    script = tmp_path / "nofile.py"
+    script.write_text(
+        "import asyncio, os, resource, signal, sys\n"
+        "import nacl.signing\n"
+        "from openred.crypto.checks import ProcessChecker\n"
+        "from openred.crypto.identity import SignKey\n"
+        "async def main():\n"
+        "    sk = nacl.signing.SigningKey.generate()\n"
+        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "    checker = ProcessChecker(restart_after=0)\n"
+        "    await checker.start()\n"
+        "    os.kill(checker.pid, signal.SIGKILL)\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    assert await checker.check(key, sig, b'm') is True  # the failure: inline\n"
+        "    used = len(os.listdir('/proc/self/fd'))\n"
+        "    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))\n"
+        "    spare = []\n"
+        "    try:\n"
+        "        while True:\n"
+        "            spare.append(os.open('/dev/null', os.O_RDONLY))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    answers = await asyncio.wait_for(asyncio.gather(\n"
+        "        checker.check(key, sig, b'm'), checker.check(key, sig, b'x')), 5)\n"
+        "    for fd in spare:\n"
+        "        os.close(fd)\n"
+        "    await checker.close()\n"
+        "    print(answers)\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[True, False]"
