@@ -150,10 +150,13 @@ class ProcessChecker:
             return
         try:
             # The worker's stdin and stdout, open for its lifetime: if this process dies it
-            # reads EOF and exits.
+            # reads EOF and exits. A session of its own: a terminal's Ctrl-C (SIGINT to the
+            # foreground process group) stops this service gracefully, and must not kill the
+            # worker under the requests it still answers; close() stops it.
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-I", "-m", WORKER_MODULE,
                 stdin=theirs, stdout=theirs, stderr=asyncio.subprocess.DEVNULL, env=env,
+                start_new_session=True,
             )
         except OSError as exc:
             ours.close()

@@ -286,3 +286,45 @@ def test_checks_are_answered_when_no_descriptor_is_left_for_a_new_worker(tmp_pat
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[True, False]"
+
+
+def test_a_ctrl_c_stops_the_service_not_its_worker(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal signals the whole foreground process group. The service stops
+    gracefully on SIGINT (the requests in flight are still answered); its worker must not die
+    of the same signal under them (each in-flight check would meet a dead worker, a warning,
+    and be done inline): it stops when the service closes it."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(
+        "import asyncio, signal, sys\n"
+        "import nacl.signing\n"
+        "from openred.crypto.checks import ProcessChecker\n"
+        "from openred.crypto.identity import SignKey\n"
+        "async def main():\n"
+        "    sk = nacl.signing.SigningKey.generate()\n"
+        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "    stopping = asyncio.Event()\n"
+        "    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stopping.set)\n"
+        "    checker = ProcessChecker()\n"
+        "    await checker.start()\n"
+        "    assert await checker.check(key, sig, b'm') is True\n"
+        "    print('ready', flush=True)\n"
+        "    await stopping.wait()\n"
+        "    await asyncio.sleep(0.3)  # the signal has reached every process of the group\n"
+        "    ok = await checker.check(key, sig, b'm')  # a request still in flight\n"
+        "    print(ok, checker.batches, flush=True)\n"
+        "    await checker.close()\n"
+        "asyncio.run(main())\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() == "True 2", (out, err[-2000:])  # answered by the worker, not inline
+    assert "worker failed" not in err
