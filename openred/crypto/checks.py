@@ -155,8 +155,8 @@ class ProcessChecker:
             # worker under the requests it still answers; close() stops it.
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-I", "-m", WORKER_MODULE,
-                stdin=theirs, stdout=theirs, stderr=asyncio.subprocess.DEVNULL, env=env,
-                start_new_session=True,
+                stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=asyncio.subprocess.DEVNULL,
+                env=env, start_new_session=True,
             )
         except OSError as exc:
             ours.close()
@@ -208,7 +208,7 @@ class ProcessChecker:
                 del self._pending[:MAX_BATCH]
                 try:
                     results = await self._ask(batch)
-                except Exception as exc:  # noqa: BLE001 - a check must never be left waiting
+                except Exception as exc:  # a check must never be left waiting
                     self._fail(f"the signature check worker failed ({type(exc).__name__}: {exc})")
                     results = [check_inline(i.key, i.signature, i.message) for i in batch]
                 except asyncio.CancelledError:
