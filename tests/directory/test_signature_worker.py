@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -116,3 +117,31 @@ async def test_a_local_process_cannot_answer_for_the_worker(directory: Directory
         f"a forged deregistration answered {status} after {injected} bytes were written on "
         f"the worker's channel from /proc")
     assert (await alice.call("POST", "/api/v3/nodes/heartbeat", {})).status == 200
+
+
+async def test_a_worker_that_says_invalid_refuses_nothing_good(
+        directory: Directory, tmp_path: Path) -> None:
+    """A worker answering well-formed zeros (wrong, but in form: a broken or mismatched
+    environment of its own): requests and records that verify are still accepted — its "not
+    valid" is checked again inline, for a request's signature and a node record's alike."""
+    script = tmp_path / "says-invalid"
+    script.write_text(
+        f"#!{sys.executable}\nimport struct, sys\n"
+        "from openred.crypto.checks import _ITEM\n"
+        "while head := sys.stdin.buffer.read(4):\n"
+        "    n = struct.unpack('>I', head)[0]\n"
+        "    for _ in range(n):\n"
+        "        *_, size = _ITEM.unpack(sys.stdin.buffer.read(_ITEM.size))\n"
+        "        sys.stdin.buffer.read(size)\n"
+        "    sys.stdout.buffer.write(bytes(n)); sys.stdout.buffer.flush()\n")
+    script.chmod(0o755)
+    service = directory.service
+    await service.checks.close()
+    lying = ProcessChecker(python=str(script))
+    await lying.start()
+    service.checks = service.verifier.checker = lying
+    alice = Node(directory)
+    reply = await alice.register()
+    assert reply.status == 201, reply.json()
+    assert (await alice.call("POST", "/api/v3/nodes/heartbeat", {})).status == 200
+    assert lying.batches >= 2 and lying.pid is not None  # it was asked, and kept
