@@ -3,7 +3,8 @@
 Reads batches on stdin — a big-endian u32 count (1 to ``MAX_BATCH``), then per check a 32-byte
 Ed25519 key, a 64-byte signature, a u32 length (at most ``MAX_MESSAGE``) and the message — and
 answers each batch with one byte per check, in order: 1 if the signature verifies, else 0.
-Exits 0 at end of input (its parent closed the pipe or died) and 2 on a malformed batch.
+Exits 0 at end of input (its parent closed its end or died) and 2 on a malformed batch. Its
+stdin and stdout are one end of a socket pair (see ``ProcessChecker._spawn``), not pipes.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A loaded directory is bound by its one Python thread (the GIL), and two Ed25519 
 (the request's RFC 9421 signature and the node record's) were 0.12 ms of every registration's
 ~1 ms there. :class:`ProcessChecker` hands them to a worker process on another core
 (``python -I -m openred.crypto.check_worker``), in batches: every check asked for while a batch
-is out goes in the next one, so the loop pays one pipe write and one read per batch, not per
+is out goes in the next one, so the loop pays one write and one read per batch, not per
 signature (the same shape as the store's group commit).
 
 The answer is the worker's, computed with the code the loop would run
@@ -13,9 +13,12 @@ framing: exactly one byte, ``0`` or ``1``, per check asked, in order. Anything e
 gone, a short or odd answer, no answer within :data:`ANSWER_TIMEOUT` — stops the worker and the
 checks of that batch (and every later one until :attr:`ProcessChecker.restart_after` has passed)
 are verified inline, so a check always gets the true answer, only slower. A message over
-:data:`MAX_MESSAGE` or a signature that is not 64 bytes never leaves the process.
+:data:`MAX_MESSAGE` or a signature that is not 64 bytes never leaves the process. The worker
+is reached over a socket pair, which no other process can open (a pipe can be reopened through
+``/proc/<pid>/fd`` by any process of the same uid, one that may not ptrace either end
+included).
 
-:class:`InlineChecker` verifies on the spot (nodes, tests, ``OPENRED_CHECK_WORKERS=0``).
+:class:`InlineChecker` verifies on the spot (nodes, tests, ``OPENRED_SIGNATURE_WORKER=0``).
 Both are :class:`SignatureChecker`\\ s: callers await ``check(key, signature, message)``.
 """
 
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import struct
 import sys
 import time
@@ -111,6 +115,8 @@ class ProcessChecker:
         self._answer_timeout = answer_timeout
         self._clock = clock
         self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None  # the worker's answers
+        self._writer: asyncio.StreamWriter | None = None  # its batches
         self._pending: list[_Pending] = []
         self._drainer: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
@@ -133,16 +139,52 @@ class ProcessChecker:
     async def _spawn(self) -> None:
         # Only what Python needs: no passphrase or other secret of the parent's environment.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        # A socket pair, not pipes: a pipe of a process can be reopened, writable, through
+        # /proc/<pid>/fd by any process of the same uid — even one Yama forbids to ptrace it —
+        # which could then write "valid" answers the directory would take for the worker's.
+        # A socket cannot be opened from /proc.
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                # stdin open for the worker's lifetime: if this process dies it reads EOF and
-                # exits.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # no descriptor left, say: checked inline meanwhile
+            self._fail(f"cannot start {WORKER_MODULE}: {exc}")
+            return
+        try:
+            # The worker's stdin and stdout, open for its lifetime: if this process dies it
+            # reads EOF and exits. A session of its own: a terminal's Ctrl-C (SIGINT to the
+            # foreground process group) stops this service gracefully, and must not kill the
+            # worker under the requests it still answers; close() stops it.
+            proc = await asyncio.create_subprocess_exec(
                 self.python, "-I", "-m", WORKER_MODULE,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, env=env,
+                stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=asyncio.subprocess.DEVNULL,
+                env=env, start_new_session=True,
             )
         except OSError as exc:
+            ours.close()
             self._fail(f"cannot start {WORKER_MODULE} with {self.python}: {exc}")
+            return
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException as exc:
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            if not isinstance(exc, OSError):
+                raise
+            self._fail(f"cannot reach {WORKER_MODULE}: {exc}")
+            return
+        if self._closed:  # close() came while it started: nothing would ever stop it
+            writer.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return
+        self._proc, self._reader, self._writer = proc, reader, writer
 
     async def check(self, key: SignKey, signature: bytes, message: bytes) -> bool:
         if (self._proc is None and not self._may_respawn()) or len(signature) != SIGNATURE_LEN \
@@ -166,6 +208,9 @@ class ProcessChecker:
                 del self._pending[:MAX_BATCH]
                 try:
                     results = await self._ask(batch)
+                except Exception as exc:  # a check must never be left waiting
+                    self._fail(f"the signature check worker failed ({type(exc).__name__}: {exc})")
+                    results = [check_inline(i.key, i.signature, i.message) for i in batch]
                 except asyncio.CancelledError:
                     # Closing: whoever still waits gets the true answer, computed here.
                     for item in batch + self._pending:
@@ -184,19 +229,19 @@ class ProcessChecker:
         """The worker's answers for ``batch``, or the inline ones if it cannot give them."""
         if self._proc is None and self._may_respawn():
             await self._spawn()
-        proc = self._proc
-        if proc is not None and not self._closed:
-            assert proc.stdin is not None and proc.stdout is not None
+        reader, writer = self._reader, self._writer
+        if self._proc is not None and reader is not None and writer is not None \
+                and not self._closed:
             frame = [_COUNT.pack(len(batch))]
             for item in batch:
                 frame += [_ITEM.pack(item.key.raw, item.signature, len(item.message)),
                           item.message]
             try:
-                proc.stdin.write(b"".join(frame))
+                writer.write(b"".join(frame))
                 # asyncio.timeout, not wait_for: no task of its own per batch.
                 async with asyncio.timeout(self._answer_timeout):
-                    answer = await proc.stdout.readexactly(len(batch))
-            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                    answer = await reader.readexactly(len(batch))
+            except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self._fail(f"the signature check worker failed ({type(exc).__name__}: {exc})")
             else:
                 if len(answer) == len(batch) and not answer.translate(None, b"\x00\x01"):
@@ -210,6 +255,9 @@ class ProcessChecker:
         logger.warning("%s: signatures are verified inline for %g s", reason, self.restart_after)
         self._failed_at = self._clock()
         proc, self._proc = self._proc, None
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
         if proc is not None:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -222,6 +270,7 @@ class ProcessChecker:
         """Stop the worker (its stdin closed, then killed if it lingers); later checks inline."""
         self._closed = True
         drainer, proc, self._proc = self._drainer, self._proc, None
+        writer, self._reader, self._writer = self._writer, None, None
         if drainer is not None:
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -235,10 +284,10 @@ class ProcessChecker:
         for item in pending:
             if not item.future.done():
                 item.future.set_result(check_inline(item.key, item.signature, item.message))
+        if writer is not None:
+            writer.close()  # the worker reads EOF and exits
         if proc is None:
             return
-        if proc.stdin is not None:
-            proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), 2.0)
         except TimeoutError:

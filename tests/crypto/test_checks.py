@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -169,6 +170,42 @@ async def test_close_stops_the_worker_and_later_checks_are_inline() -> None:
     assert checker.batches == 0
 
 
+def _workers() -> set[int]:
+    """Pids of this process's children running the check worker."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == os.getpid() and b"openred.crypto.check_worker" in cmdline:
+            found.add(int(entry))
+    return found
+
+
+async def test_close_while_the_worker_starts_leaves_no_worker() -> None:
+    """A close() that comes while start() is still spawning the worker: the worker, once
+    spawned, is stopped, not kept (with no one left to close it) until this process exits."""
+    before = _workers()
+    checker = ProcessChecker()
+    starting = asyncio.create_task(checker.start())
+    await asyncio.sleep(0)
+    await checker.close()
+    await starting
+    assert checker.pid is None
+    for _ in range(50):
+        if not _workers() - before:
+            break
+        await asyncio.sleep(0.05)
+    assert not _workers() - before, "a worker outlived close()"
+    key, sig, msg, valid = _cases()[0]
+    assert await checker.check(key, sig, msg) is valid and checker.batches == 0
+
+
 async def test_checks_in_flight_when_closing_get_true_answers() -> None:
     checker = ProcessChecker()
     await checker.start()
@@ -209,3 +246,85 @@ def test_the_worker_itself_answers_batches_and_refuses_malformed_ones() -> None:
         out = io.BytesIO()
         assert check_worker.serve(io.BytesIO(bad), out) == 2
         assert out.getvalue() == b""
+
+
+def test_checks_are_answered_when_no_descriptor_is_left_for_a_new_worker(tmp_path: Path) -> None:
+    """A worker replaced while the process has no file descriptor left (a flood of
+    connections): the checks waiting for it are answered inline, none waits forever. Run in a
+    process of its own, whose descriptor limit is lowered."""
+    script = tmp_path / "nofile.py"
+    script.write_text(
+        "import asyncio, os, resource, signal, sys\n"
+        "import nacl.signing\n"
+        "from openred.crypto.checks import ProcessChecker\n"
+        "from openred.crypto.identity import SignKey\n"
+        "async def main():\n"
+        "    sk = nacl.signing.SigningKey.generate()\n"
+        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "    checker = ProcessChecker(restart_after=0)\n"
+        "    await checker.start()\n"
+        "    os.kill(checker.pid, signal.SIGKILL)\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    assert await checker.check(key, sig, b'm') is True  # the failure: inline\n"
+        "    used = len(os.listdir('/proc/self/fd'))\n"
+        "    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))\n"
+        "    spare = []\n"
+        "    try:\n"
+        "        while True:\n"
+        "            spare.append(os.open('/dev/null', os.O_RDONLY))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    answers = await asyncio.wait_for(asyncio.gather(\n"
+        "        checker.check(key, sig, b'm'), checker.check(key, sig, b'x')), 5)\n"
+        "    for fd in spare:\n"
+        "        os.close(fd)\n"
+        "    await checker.close()\n"
+        "    print(answers)\n"
+        "asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[True, False]"
+
+
+def test_a_ctrl_c_stops_the_service_not_its_worker(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal signals the whole foreground process group. The service stops
+    gracefully on SIGINT (the requests in flight are still answered); its worker must not die
+    of the same signal under them (each in-flight check would meet a dead worker, a warning,
+    and be done inline): it stops when the service closes it."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(
+        "import asyncio, signal, sys\n"
+        "import nacl.signing\n"
+        "from openred.crypto.checks import ProcessChecker\n"
+        "from openred.crypto.identity import SignKey\n"
+        "async def main():\n"
+        "    sk = nacl.signing.SigningKey.generate()\n"
+        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "    stopping = asyncio.Event()\n"
+        "    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stopping.set)\n"
+        "    checker = ProcessChecker()\n"
+        "    await checker.start()\n"
+        "    assert await checker.check(key, sig, b'm') is True\n"
+        "    print('ready', flush=True)\n"
+        "    await stopping.wait()\n"
+        "    await asyncio.sleep(0.3)  # the signal has reached every process of the group\n"
+        "    ok = await checker.check(key, sig, b'm')  # a request still in flight\n"
+        "    print(ok, checker.batches, flush=True)\n"
+        "    await checker.close()\n"
+        "asyncio.run(main())\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() == "True 2", (out, err[-2000:])  # answered by the worker, not inline
+    assert "worker failed" not in err
