@@ -40,6 +40,10 @@ by Little's law, requests in flight = rate × time each spends in the server, an
 plus the group it waits behind is 10–13 ms of every registration's stay at 16. The ``_c64``
 figures are the directory's capacity, what the issue's targets compare
 (docs/decisions.md, "The directory's capacity: requests in flight, not the GIL alone").
+Since then (2026-12-03) the directory's process is ~0.9 of a core busy at 16 in flight too,
+but pays more per request there: each group commit and each batch of signature checks is
+shared by fewer requests (measured: 0.72 + 3.4 / c ms of its CPU per registration at c in
+flight, c = 8 to 128), which is what the figures without a suffix show.
 
 Each figure also has a ``_cpu`` line: the CPU time (user + system, from ``/proc``) the server
 process spent per request during the same chunks — the directory's own process (not its jail,
