@@ -248,19 +248,24 @@ def test_the_worker_itself_answers_batches_and_refuses_malformed_ones() -> None:
         assert out.getvalue() == b""
 
 
+_SCRIPT_HEAD = (
+    "import nacl.signing\n"
+    "from openred.crypto.checks import ProcessChecker\n"
+    "from openred.crypto.identity import SignKey\n"
+    "async def main():\n"
+    "    sk = nacl.signing.SigningKey.generate()\n"
+    "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+)
+"""The start of the scripts below (each runs in a process of its own): a key, a signature."""
+
+
 def test_checks_are_answered_when_no_descriptor_is_left_for_a_new_worker(tmp_path: Path) -> None:
     """A worker replaced while the process has no file descriptor left (a flood of
     connections): the checks waiting for it are answered inline, none waits forever. Run in a
     process of its own, whose descriptor limit is lowered."""
     script = tmp_path / "nofile.py"
     script.write_text(
-        "import asyncio, os, resource, signal, sys\n"
-        "import nacl.signing\n"
-        "from openred.crypto.checks import ProcessChecker\n"
-        "from openred.crypto.identity import SignKey\n"
-        "async def main():\n"
-        "    sk = nacl.signing.SigningKey.generate()\n"
-        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "import asyncio, os, resource, signal, sys\n" + _SCRIPT_HEAD +
         "    checker = ProcessChecker(restart_after=0)\n"
         "    await checker.start()\n"
         "    os.kill(checker.pid, signal.SIGKILL)\n"
@@ -295,13 +300,7 @@ def test_a_ctrl_c_stops_the_service_not_its_worker(tmp_path: Path) -> None:
     and be done inline): it stops when the service closes it."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(
-        "import asyncio, signal, sys\n"
-        "import nacl.signing\n"
-        "from openred.crypto.checks import ProcessChecker\n"
-        "from openred.crypto.identity import SignKey\n"
-        "async def main():\n"
-        "    sk = nacl.signing.SigningKey.generate()\n"
-        "    key, sig = SignKey(bytes(sk.verify_key)), sk.sign(b'm').signature\n"
+        "import asyncio, signal, sys\n" + _SCRIPT_HEAD +
         "    stopping = asyncio.Event()\n"
         "    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stopping.set)\n"
         "    checker = ProcessChecker()\n"
