@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from openred.crypto.client import EXIT_GRACE, exited_within
 from openred.crypto.identity import SignKey
 from openred.errors import InvalidSignature
 
@@ -91,6 +92,16 @@ class InlineChecker:
         return None
 
 
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill a failed worker — unless it exits on its own at once (gone already, or at the EOF
+    of its closed channel): killing an exiting child races asyncio's child watcher
+    (:func:`~openred.crypto.client.exited_within`). Its channel is closed: it answers no one."""
+    if proc.returncode is None and not await exited_within(proc, EXIT_GRACE):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 class _Pending:
     __slots__ = ("future", "key", "message", "signature")
 
@@ -120,7 +131,7 @@ class ProcessChecker:
         self._pending: list[_Pending] = []
         self._drainer: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
-        self._reaping: set[asyncio.Task[int]] = set()  # failed workers, killed, being reaped
+        self._reaping: set[asyncio.Task[None]] = set()  # failed workers, killed, being reaped
         self._started = False
         self._closed = False
         self.batches = 0
@@ -259,10 +270,7 @@ class ProcessChecker:
         if writer is not None:
             writer.close()
         if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            reaping = asyncio.get_running_loop().create_task(proc.wait())
+            reaping = asyncio.get_running_loop().create_task(_stop(proc))
             self._reaping.add(reaping)
             reaping.add_done_callback(self._reaping.discard)
 

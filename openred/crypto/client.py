@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from crypto_jail.errors import FrameError, OpRefused
 from crypto_jail.protocol import (
@@ -365,6 +365,26 @@ async def _answers(socket_path: Path) -> bool:
     return True
 
 
+EXIT_GRACE: Final = 0.5
+"""Seconds a child that may be exiting on its own is given before it is signalled."""
+
+
+async def exited_within(proc: asyncio.subprocess.Process, seconds: float) -> bool:
+    """Whether ``proc`` exits within ``seconds`` (reaped by asyncio's child watcher).
+
+    Wait for this before signalling a child that may be exiting already (its output ended: a
+    jail with a wrong passphrase or a socket it cannot bind, a worker gone): signalling polls
+    it (``Popen.send_signal`` reaps a finished child first), and the watcher's own
+    ``waitpid``, finding no child, logs "Unknown child process pid …, will report returncode
+    255" — a stray line after ``openred directory init``'s one-line error (seen in CI).
+    """
+    try:
+        await asyncio.wait_for(proc.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class JailSupervisor:
     """Runs the jail as a child process; restarts it only if its keystore has no passphrase.
 
@@ -537,7 +557,7 @@ class JailSupervisor:
             pass
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
+        if proc.returncode is None and not await exited_within(proc, EXIT_GRACE):
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:

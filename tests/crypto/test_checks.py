@@ -327,3 +327,25 @@ def test_a_ctrl_c_stops_the_service_not_its_worker(tmp_path: Path) -> None:
     assert proc.returncode == 0, err[-2000:]
     assert out.strip() == "True 2", (out, err[-2000:])  # answered by the worker, not inline
     assert "worker failed" not in err
+
+
+async def test_a_worker_gone_is_reaped_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that died is left to asyncio's child watcher: killing it as it is found gone
+    polled it first (``Popen.send_signal``), and the watcher, finding no child, logged
+    "Unknown child process pid …"."""
+    checker = ProcessChecker(restart_after=0)
+    await checker.start()
+    key, sig, msg, valid = _cases()[0]
+    try:
+        with caplog.at_level(logging.WARNING, "asyncio"):
+            for _ in range(8):
+                pid = checker.pid
+                assert await checker.check(key, sig, msg) is valid  # a worker runs: spawned
+                pid = checker.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                assert await checker.check(key, sig, msg) is valid  # found gone: inline
+                await asyncio.sleep(0.05)
+    finally:
+        await checker.close()
+    assert "Unknown child process" not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
 import struct
@@ -486,3 +487,25 @@ async def test_a_call_cancelled_while_it_waits_for_its_answer_closes_its_connect
             await call
         await asyncio.wait_for(closed.wait(), 5.0)  # the client hung up
         await client.close()
+
+
+async def test_a_jail_that_exits_before_ready_is_reaped_once(
+        workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A jail that exits on its own before it is ready (a wrong passphrase, a socket it cannot
+    bind) is reaped by asyncio's child watcher only: signalling it as it exits polled it
+    (``Popen.send_signal`` reaps a finished child first), the watcher then found no child and
+    logged "Unknown child process pid …" — a stray line on the operator's terminal after the
+    one-line error of ``openred directory init`` (seen in CI)."""
+    directory = workdir / "exits"
+    directory.mkdir(mode=0o700)
+    keystore = directory / "ks.json"
+    create_keystore(keystore, PASSPHRASE, kdf_level="min", test_only=True)
+    with caplog.at_level(logging.WARNING, "asyncio"):
+        for _ in range(12):
+            supervisor = JailSupervisor(keystore, directory / "s" / "j.sock",
+                                        passphrase=b"nope", extra_args=("--insecure-test-kdf",))
+            with pytest.raises(JailUnavailable, match="wrong passphrase"):
+                await supervisor.start()
+            await supervisor.stop()
+            await asyncio.sleep(0.05)  # the watcher's callback, had it raced
+    assert "Unknown child process" not in caplog.text
