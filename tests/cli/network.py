@@ -91,17 +91,41 @@ class Network:
                 return int(line.split("=", 1)[1])
         raise AssertionError("no port")
 
-    def start_node(self, name: str) -> ServerProcess:
-        server = start_process(
-            [sys.executable, "-m", "openred.cli", "node", "serve", "--data-dir",
-             str(self.root / name)], port=self.node_port(name), env=self.env, cwd=ROOT)
-        self.servers[name] = server
-        # serving peers comes first; wait for the admin API too
-        deadline = time.monotonic() + 20
-        while not (self.root / name / "admin-url").exists():
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.05)
-        return server
+    def start_node(self, name: str, *, tries: int = 3) -> ServerProcess:
+        """``openred node serve``, once its admin API answers too. Its admin port was only
+        picked (``free_port``) at init: when the node says another socket took it meanwhile
+        (a client's ephemeral port, another test's server), a fresh one is written to its
+        ``.env`` and the node started again — a test's port, not the product, was wrong."""
+        for attempt in range(tries):
+            last = attempt + 1 == tries
+            try:
+                server = start_process(
+                    [sys.executable, "-m", "openred.cli", "node", "serve", "--data-dir",
+                     str(self.root / name)], port=self.node_port(name), env=self.env, cwd=ROOT)
+            except RuntimeError as exc:  # it exited before its API port answered
+                if last or "Address already in use" not in str(exc):
+                    raise
+                self._new_admin_port(name)
+                continue
+            self.servers[name] = server
+            # serving peers comes first; wait for the admin API too
+            deadline = time.monotonic() + 20
+            while not (self.root / name / "admin-url").exists():
+                if (server.proc.poll() is not None and not last
+                        and "Address already in use" in server.output()):
+                    self._new_admin_port(name)
+                    break
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+            else:
+                return server
+        raise AssertionError(f"{name} did not start in {tries} tries")
+
+    def _new_admin_port(self, name: str) -> None:
+        env_file = self.root / name / ".env"
+        lines = [f"OPENRED_ADMIN_PORT={free_port()}" if line.startswith("OPENRED_ADMIN_PORT=")
+                 else line for line in env_file.read_text().splitlines()]
+        env_file.write_text("\n".join(lines) + "\n")
 
     def cli(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return openred(*args, "--data-dir", str(self.root / name), env=self.env, check=check)
