@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from openred.crypto.client import EXIT_GRACE, exited_within
+from openred.crypto.client import exit_or_signal
 from openred.crypto.identity import SignKey
 from openred.errors import InvalidSignature
 
@@ -92,14 +92,36 @@ class InlineChecker:
         return None
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def _stop(proc: asyncio.subprocess.Process, kill: Callable[[], None]) -> None:
     """Kill a failed worker — unless it exits on its own at once (gone already, or at the EOF
     of its closed channel): killing an exiting child races asyncio's child watcher
-    (:func:`~openred.crypto.client.exited_within`). Its channel is closed: it answers no one."""
-    if proc.returncode is None and not await exited_within(proc, EXIT_GRACE):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+    (:func:`~openred.crypto.client.exit_or_signal`, which kills it also when the wait is
+    cancelled). Its channel is closed: it answers no one."""
+    if await exit_or_signal(proc, kill):
         await proc.wait()
+
+
+def _stop_later(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
+    """:func:`_stop` in a task of its own; the worker is killed too when that task is cancelled
+    before it even ran (the loop ending at once: ``asyncio.run`` cancels what is left), which
+    runs none of :func:`_stop`. A hung worker reads nothing, so it never sees the EOF of its
+    channel, and it runs in a session of its own: it would outlive the service."""
+    sent = False
+
+    def kill() -> None:  # once: a second kill would poll a dead child (the watcher's race)
+        nonlocal sent
+        if not sent:
+            sent = True
+            proc.kill()
+
+    def cancelled(task: asyncio.Task[None]) -> None:
+        if task.cancelled() and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                kill()
+
+    task = asyncio.get_running_loop().create_task(_stop(proc, kill))
+    task.add_done_callback(cancelled)
+    return task
 
 
 class _Pending:
@@ -270,7 +292,7 @@ class ProcessChecker:
         if writer is not None:
             writer.close()
         if proc is not None:
-            reaping = asyncio.get_running_loop().create_task(_stop(proc))
+            reaping = _stop_later(proc)
             self._reaping.add(reaping)
             reaping.add_done_callback(self._reaping.discard)
 

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -385,6 +385,29 @@ async def exited_within(proc: asyncio.subprocess.Process, seconds: float) -> boo
     return True
 
 
+async def exit_or_signal(proc: asyncio.subprocess.Process, signal: Callable[[], None]) -> bool:
+    """Give ``proc`` :data:`EXIT_GRACE` to exit on its own (:func:`exited_within`), else call
+    ``signal`` (its ``terminate`` or ``kill``); whether it was signalled.
+
+    Signalled at once, too, when the wait is cancelled (a stop cut short, the loop ending and
+    cancelling what is left): the grace is for a child already exiting, and must never let
+    one that is not — hung, or compromised and deaf to the EOF of its channel — outlive the
+    stop that was to signal it (before the grace, the signal came before any await).
+    """
+    if proc.returncode is not None:
+        return False
+    try:
+        if await exited_within(proc, EXIT_GRACE):
+            return False
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            signal()
+        raise
+    with contextlib.suppress(ProcessLookupError):
+        signal()
+    return True
+
+
 class JailSupervisor:
     """Runs the jail as a child process; restarts it only if its keystore has no passphrase.
 
@@ -557,9 +580,7 @@ class JailSupervisor:
             pass
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None and not await exited_within(proc, EXIT_GRACE):
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        if await exit_or_signal(proc, proc.terminate):
             try:
                 await asyncio.wait_for(proc.wait(), 5.0)
             except TimeoutError:

@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nacl.signing
@@ -349,3 +350,69 @@ async def test_a_worker_gone_is_reaped_once(caplog: pytest.LogCaptureFixture) ->
     finally:
         await checker.close()
     assert "Unknown child process" not in caplog.text
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an exited child nobody reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_hung_worker_dropped_just_before_the_loop_ends_does_not_outlive_it(
+        tmp_path: Path) -> None:
+    """A worker that stopped answering (hung, or compromised: it reads nothing, so it never
+    sees the EOF of its channel) is dropped and killed. The kill came after a grace of
+    EXIT_GRACE in a task of its own, and a loop ending inside the grace (the service stops,
+    asyncio.run cancels what is left) cancelled it before any signal: the worker, in a session
+    of its own, ran on after its service had exited. It must be killed all the same."""
+    worker = _fake_worker(tmp_path, "time.sleep(60)")
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import asyncio, sys\n" + _SCRIPT_HEAD +
+        f"    checker = ProcessChecker(python={worker!r}, answer_timeout=0.3)\n"
+        "    await checker.start()\n"
+        "    print(checker.pid, flush=True)\n"
+        "    assert await checker.check(key, sig, b'm') is True  # timed out: inline\n"
+        "    assert checker.pid is None  # dropped; the loop ends now, without close()\n"
+        "asyncio.run(main())\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pid = 0
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+        for _ in range(40):
+            if not _running(pid):
+                break
+            time.sleep(0.05)
+        assert not _running(pid), "the hung worker outlived its service"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_failed_worker_is_killed_even_if_its_reaping_never_ran() -> None:
+    """The task that gives a failed worker its grace and then kills it, cancelled before its
+    first step (a loop ending in the very step the worker failed), ran none of its code."""
+    from openred.crypto.checks import _stop_later
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; "
+                                                "time.sleep(60)")
+    try:
+        reaping = _stop_later(proc)
+        reaping.cancel()  # before it ran
+        with pytest.raises(asyncio.CancelledError):
+            await reaping
+        assert await asyncio.wait_for(proc.wait(), 5) == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

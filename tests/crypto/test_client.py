@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -509,3 +510,30 @@ async def test_a_jail_that_exits_before_ready_is_reaped_once(
             await supervisor.stop()
             await asyncio.sleep(0.05)  # the watcher's callback, had it raced
     assert "Unknown child process" not in caplog.text
+
+
+async def test_a_stop_cut_short_still_signals_the_jail(workdir: Path) -> None:
+    """A stop cancelled at once (a shutdown cut short: a second Ctrl-C, a time limit around
+    the clean-ups) signalled the jail before anything else. With the grace a child exiting on
+    its own is given first, a cancel inside it left the jail unsignalled, serving its socket,
+    with stdin still open (the EOF that stops it comes only when this process dies)."""
+    directory = workdir / "cut"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    try:
+        pid = supervisor.pid
+        assert pid is not None
+        stopping = asyncio.create_task(supervisor.stop())
+        await asyncio.sleep(0.1)  # inside the grace
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        for _ in range(60):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), "the jail outlived its stop"
+    finally:
+        await supervisor.stop()

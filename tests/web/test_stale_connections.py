@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import nacl.signing
 import pytest
 from quart import Quart, request
@@ -314,3 +316,33 @@ async def test_a_connection_idle_for_most_of_the_servers_keep_alive_is_not_reuse
         now[0] += SERVER_KEEP_ALIVE_SECONDS * 0.9
         await client.request("POST", url + "/echo", json_body={}, attempts=1)
         assert peers[2] != peers[1]
+
+
+# -- what the session's other users send: a body that cannot be sent twice ---------------------
+
+async def test_a_streamed_body_begun_is_not_sent_again_and_a_file_is_sent_whole() -> None:
+    """Through the pooled session itself (``session_for``): an async iterator, once its first
+    chunk went out, cannot be sent again — a resend would send what is left of it, a cut body
+    the server takes whole (chunked) — so the close is the caller's; a file is read again from
+    where it started, all of it."""
+    async with served("close") as (relay, _, seen), HttpClient(allow_private=True) as client:
+        session = client.session_for(relay.url + "/echo")
+        async with session.post(relay.url + "/echo", data=b'{"n":1}') as resp:
+            assert resp.status == 200
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"n":'
+            await asyncio.sleep(0.05)
+            yield b"2}"
+
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            async with session.post(relay.url + "/echo", data=chunks()):
+                pass
+        assert seen == [{"n": 1}] and relay.connections == 1
+    async with served("close") as (relay, _, seen), HttpClient(allow_private=True) as client:
+        session = client.session_for(relay.url + "/echo")
+        async with session.post(relay.url + "/echo", data=b'{"n":1}') as resp:
+            assert resp.status == 200
+        async with session.post(relay.url + "/echo", data=io.BytesIO(b'{"n":2}')) as resp:
+            assert await resp.json() == {"n": 2}
+        assert seen == [{"n": 1}, {"n": 2}] and relay.connections == 2
