@@ -449,6 +449,8 @@ class JailSupervisor:
         self._starts: deque[float] = deque()
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The jail's stdout read to its end: it is exiting, or gone (see _reap).
+        self._output_ended = False
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._lock = asyncio.Lock()
 
@@ -550,6 +552,7 @@ class JailSupervisor:
             if read_end is not None:
                 os.close(read_end)
         self._proc = proc
+        self._output_ended = False
         self._stderr_tail.clear()
         assert proc.stdout is not None and proc.stderr is not None
         self._tasks = [asyncio.create_task(self._drain_stderr(proc.stderr))]
@@ -565,6 +568,7 @@ class JailSupervisor:
         while True:
             line = await stdout.readline()
             if not line:
+                self._output_ended = True
                 raise JailUnavailable("the jail exited before it was ready")
             if line.startswith(b"READY "):
                 return
@@ -578,9 +582,19 @@ class JailSupervisor:
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while await stream.read(65536):
             pass
+        self._output_ended = True
 
-    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
-        if await exit_or_signal(proc, proc.terminate):
+    async def _reap(self, proc: asyncio.subprocess.Process, *, exiting: bool = True) -> None:
+        """Stop ``proc`` and wait for it. ``exiting``: it may be exiting on its own (it failed,
+        its output ended), so it is given :data:`EXIT_GRACE` before it is signalled
+        (:func:`exit_or_signal`); a jail that is not is signalled at once."""
+        if not exiting and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            signalled = True
+        else:
+            signalled = await exit_or_signal(proc, proc.terminate)
+        if signalled:
             try:
                 await asyncio.wait_for(proc.wait(), 5.0)
             except TimeoutError:
@@ -595,10 +609,13 @@ class JailSupervisor:
         self._tasks = []
 
     async def stop(self) -> None:
-        """Terminate the jail (SIGTERM, then SIGKILL after 5 s) and wait for it."""
+        """Terminate the jail (SIGTERM, then SIGKILL after 5 s) and wait for it.
+
+        At once: only a jail whose output has ended (exiting on its own) is first given
+        :data:`EXIT_GRACE`, which every stop of a running jail used to wait out."""
         async with self._lock:
             if self._proc is not None:
-                await self._reap(self._proc)
+                await self._reap(self._proc, exiting=self._output_ended)
                 self._proc = None
 
 

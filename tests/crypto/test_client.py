@@ -11,7 +11,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nacl.public
@@ -514,9 +514,10 @@ async def test_a_jail_that_exits_before_ready_is_reaped_once(
 
 async def test_a_stop_cut_short_still_signals_the_jail(workdir: Path) -> None:
     """A stop cancelled at once (a shutdown cut short: a second Ctrl-C, a time limit around
-    the clean-ups) signalled the jail before anything else. With the grace a child exiting on
-    its own is given first, a cancel inside it left the jail unsignalled, serving its socket,
-    with stdin still open (the EOF that stops it comes only when this process dies)."""
+    the clean-ups) still signals the jail: a cancel inside the grace once left it unsignalled,
+    serving its socket, with stdin still open (the EOF that stops it comes only when this
+    process dies). A running jail is now signalled before any await; the grace's own cancel
+    is :func:`test_a_wait_for_an_exit_cut_short_still_signals`."""
     directory = workdir / "cut"
     directory.mkdir(mode=0o700)
     keystore, _ = dev_keystore(directory)
@@ -526,7 +527,7 @@ async def test_a_stop_cut_short_still_signals_the_jail(workdir: Path) -> None:
         pid = supervisor.pid
         assert pid is not None
         stopping = asyncio.create_task(supervisor.stop())
-        await asyncio.sleep(0.1)  # inside the grace
+        await asyncio.sleep(0.1)
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopping
@@ -537,3 +538,76 @@ async def test_a_stop_cut_short_still_signals_the_jail(workdir: Path) -> None:
         assert not Path(f"/proc/{pid}").exists(), "the jail outlived its stop"
     finally:
         await supervisor.stop()
+
+
+async def test_a_wait_for_an_exit_cut_short_still_signals() -> None:
+    """:func:`exit_or_signal` cancelled inside its grace signals the child all the same."""
+    proc = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        waiting = asyncio.create_task(client_module.exit_or_signal(proc, proc.terminate))
+        await asyncio.sleep(0.1)  # inside the grace
+        assert proc.returncode is None
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGTERM
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _record_graces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids given the grace (:func:`openred.crypto.client.exit_or_signal`) from now on."""
+    asked: list[int] = []
+    real = client_module.exit_or_signal
+
+    async def recording(proc: asyncio.subprocess.Process, signal: Callable[[], None]) -> bool:
+        asked.append(proc.pid)
+        return await real(proc, signal)
+
+    monkeypatch.setattr(client_module, "exit_or_signal", recording)
+    return asked
+
+
+async def test_a_running_jail_is_stopped_at_once(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping a jail that runs signals it at once. The grace for a child exiting on its own
+    was waited out by every stop (0.5 s per node and per directory stopped: the demo went from
+    14 to 19 s); a running jail is not exiting, its stdout has not ended."""
+    asked = _record_graces(monkeypatch)
+    directory = workdir / "atonce"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    pid = supervisor.pid
+    await supervisor.stop()
+    assert asked == []
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+async def test_a_jail_that_died_is_left_to_the_watcher_when_stopped(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A jail whose output ended (it died, here by SIGKILL from outside) is given the grace
+    when stopped, so asyncio's child watcher reaps it alone: no "Unknown child process"."""
+    asked = _record_graces(monkeypatch)
+    directory = workdir / "died"
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    pid = supervisor.pid
+    assert pid is not None
+    with caplog.at_level(logging.WARNING, "asyncio"):
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if supervisor._output_ended:
+                break
+            await asyncio.sleep(0.02)
+        assert supervisor._output_ended
+        await supervisor.stop()
+        await asyncio.sleep(0.05)  # the watcher's callback, had it raced
+    assert asked == [pid]
+    assert "Unknown child process" not in caplog.text
