@@ -518,11 +518,7 @@ async def test_a_stop_cut_short_still_signals_the_jail(workdir: Path) -> None:
     serving its socket, with stdin still open (the EOF that stops it comes only when this
     process dies). A running jail is now signalled before any await; the grace's own cancel
     is :func:`test_a_wait_for_an_exit_cut_short_still_signals`."""
-    directory = workdir / "cut"
-    directory.mkdir(mode=0o700)
-    keystore, _ = dev_keystore(directory)
-    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
-    await supervisor.start()
+    supervisor = await _started_supervisor(workdir, "cut")
     try:
         pid = supervisor.pid
         assert pid is not None
@@ -557,6 +553,16 @@ async def test_a_wait_for_an_exit_cut_short_still_signals() -> None:
             await proc.wait()
 
 
+async def _started_supervisor(workdir: Path, name: str) -> JailSupervisor:
+    """A development jail under a supervisor, started, in ``workdir / name``."""
+    directory = workdir / name
+    directory.mkdir(mode=0o700)
+    keystore, _ = dev_keystore(directory)
+    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
+    await supervisor.start()
+    return supervisor
+
+
 def _record_graces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The pids given the grace (:func:`openred.crypto.client.exit_or_signal`) from now on."""
     asked: list[int] = []
@@ -576,11 +582,7 @@ async def test_a_running_jail_is_stopped_at_once(
     was waited out by every stop (0.5 s per node and per directory stopped: the demo went from
     14 to 19 s); a running jail is not exiting, its stdout has not ended."""
     asked = _record_graces(monkeypatch)
-    directory = workdir / "atonce"
-    directory.mkdir(mode=0o700)
-    keystore, _ = dev_keystore(directory)
-    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
-    await supervisor.start()
+    supervisor = await _started_supervisor(workdir, "atonce")
     pid = supervisor.pid
     await supervisor.stop()
     assert asked == []
@@ -593,11 +595,7 @@ async def test_a_jail_that_died_is_left_to_the_watcher_when_stopped(
     """A jail whose output ended (it died, here by SIGKILL from outside) is given the grace
     when stopped, so asyncio's child watcher reaps it alone: no "Unknown child process"."""
     asked = _record_graces(monkeypatch)
-    directory = workdir / "died"
-    directory.mkdir(mode=0o700)
-    keystore, _ = dev_keystore(directory)
-    supervisor = JailSupervisor(keystore, directory / "s" / "j.sock")
-    await supervisor.start()
+    supervisor = await _started_supervisor(workdir, "died")
     pid = supervisor.pid
     assert pid is not None
     with caplog.at_level(logging.WARNING, "asyncio"):
