@@ -65,6 +65,7 @@ __all__ = [
     "fast_parts",
     "new_nonce",
     "sign_request",
+    "within_window",
 ]
 
 ALGORITHM: Final = "ed25519"
@@ -436,13 +437,11 @@ class RequestVerifier:
         """
         if checked is not None and checked.request is not req:
             checked = None
-        parts = _fast_parts(req) if checked is None else checked.parts
+        parts = fast_parts(req) if checked is None else checked.parts
         if parts is None:
             return None
         base, created, keyid, nonce, signature, digest = parts
-        if not now - self.window_seconds <= created <= now + self.window_seconds:
-            return None
-        if self.not_before is not None and created < self.not_before:
+        if not within_window(created, now, self.window_seconds, self.not_before):
             return None
         key = self._resolve_key(keyid)
         if key is None:
@@ -575,17 +574,19 @@ def _signature_headers(req: HttpRequest) -> tuple[str, str, str] | None:
     return found["signature-input"], found["signature"], found["content-digest"]
 
 
+def within_window(created: int, now: int, window_seconds: int, not_before: int | None) -> bool:
+    """Whether a signature ``created`` then is inside the window around ``now`` and not before
+    ``not_before`` (what the fast path accepts; the general path says which bound failed)."""
+    return (now - window_seconds <= created <= now + window_seconds
+            and (not_before is None or created >= not_before))
+
+
 FastParts = tuple[bytes, int, str, str, bytes, str]
 """(signature base, created, keyid, nonce, signature, content-digest) of an exact-form request."""
 
 
 def fast_parts(req: HttpRequest) -> FastParts | None:
     """:data:`FastParts` of ``req``, or None when it is not in the exact form."""
-    return _fast_parts(req)
-
-
-def _fast_parts(req: HttpRequest) -> FastParts | None:
-    """(signature base, created, keyid, nonce, signature, content-digest) in the exact form."""
     fields = _signature_headers(req)
     if fields is None:
         return None
@@ -610,7 +611,7 @@ def _fast_parts(req: HttpRequest) -> FastParts | None:
 
 def fast_signature_base(req: HttpRequest) -> bytes | None:
     """The signature base the fast path verifies for ``req`` (None: not in the exact form)."""
-    parts = _fast_parts(req)
+    parts = fast_parts(req)
     return None if parts is None else parts[0]
 
 

@@ -30,6 +30,7 @@ from openred.crypto.httpsig import (
     NonceCache,
     RequestVerifier,
     fast_parts,
+    within_window,
 )
 from openred.crypto.identity import SignKey
 from openred.errors import RequestSignatureError
@@ -211,18 +212,14 @@ class InboundVerifier:
         if key is not None and self.checker is not None:
             parts = fast_parts(req)
             # Only a signature the fast path would verify (inside the window) goes out.
-            if parts is not None and self._in_window(parts[1]):
+            if parts is not None and within_window(parts[1], int(self.clock()),
+                                                   self.window_seconds, self.not_before):
                 valid = await self.checker.check(key, parts[4], parts[0])
                 checked = CheckedSignature(req, parts, key.raw, valid)
         verifier = RequestVerifier(one, window_seconds=self.window_seconds,
                                    nonce_cache=self.nonce_cache, not_before=self.not_before,
                                    admit=admit)
         return verifier.verify(req, int(self.clock()), checked=checked)
-
-    def _in_window(self, created: int) -> bool:
-        now = int(self.clock())
-        return (now - self.window_seconds <= created <= now + self.window_seconds
-                and (self.not_before is None or created >= self.not_before))
 
     def save(self, path: Path) -> None:
         """Write the live nonces to ``path`` (0600, atomically), for :meth:`restore`."""
