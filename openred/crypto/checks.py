@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from openred.crypto.client import exit_or_signal
+from openred.crypto.client import exit_or_signal, wait_or_kill
 from openred.crypto.identity import SignKey
 from openred.errors import InvalidSignature
 
@@ -318,9 +318,4 @@ class ProcessChecker:
             writer.close()  # the worker reads EOF and exits
         if proc is None:
             return
-        try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await wait_or_kill(proc, 2.0)

@@ -385,6 +385,14 @@ async def exited_within(proc: asyncio.subprocess.Process, seconds: float) -> boo
     return True
 
 
+async def wait_or_kill(proc: asyncio.subprocess.Process, seconds: float) -> None:
+    """Wait up to ``seconds`` for ``proc`` to exit, then SIGKILL it and wait for it."""
+    if not await exited_within(proc, seconds):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 async def exit_or_signal(proc: asyncio.subprocess.Process, signal: Callable[[], None]) -> bool:
     """Give ``proc`` :data:`EXIT_GRACE` to exit on its own (:func:`exited_within`), else call
     ``signal`` (its ``terminate`` or ``kill``); whether it was signalled.
@@ -595,12 +603,7 @@ class JailSupervisor:
         else:
             signalled = await exit_or_signal(proc, proc.terminate)
         if signalled:
-            try:
-                await asyncio.wait_for(proc.wait(), 5.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+            await wait_or_kill(proc, 5.0)
         if proc.stdin is not None:
             proc.stdin.close()
         for task in self._tasks:
